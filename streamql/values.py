@@ -1,0 +1,217 @@
+"""Run-time values beyond Python's own.
+
+Integer → int, Real → float, Charstring → str, Boolean → bool, null → None, Record → dict,
+numeric Vector → numpy.ndarray (1-D, or 2-D for a vector of equal-length numeric vectors),
+other Vector → list. The classes here cover what Python lacks: points in time, timestamped
+values, bags, store objects and function references.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Time:
+    """A point in time: seconds since the Unix epoch, UTC."""
+
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Time":
+        """Parse ISO 8601 (`2024-03-07T23:10:17.9Z`, a date alone, or with an offset)."""
+        raw = text.strip()
+        if raw.endswith(("Z", "z")):
+            raw = raw[:-1] + "+00:00"
+        try:
+            moment = _dt.datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise ValueError(f"not an ISO 8601 time: {text!r}") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_dt.timezone.utc)
+        return cls((moment - _EPOCH).total_seconds())
+
+    def iso(self) -> str:
+        moment = _EPOCH + _dt.timedelta(seconds=self.seconds)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        fraction = round(self.seconds - math.floor(self.seconds), 6)
+        if fraction and fraction < 1:
+            text += f"{fraction:.6f}"[1:].rstrip("0")
+        return text + "Z"
+
+    def __add__(self, other: Any) -> "Time":
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            return Time(self.seconds + other)
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any):
+        if isinstance(other, Time):
+            return self.seconds - other.seconds
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            return Time(self.seconds - other)
+        return NotImplemented
+
+    def __str__(self) -> str:
+        return f"|{self.iso()}|"
+
+    __repr__ = __str__
+
+
+@dataclass(frozen=True, slots=True)
+class Timeval:
+    """A timestamped value, as `ts(t, v)` makes and `time(tv)`, `value(tv)` take apart."""
+
+    time: Time
+    value: Any
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timeval) and self.time == other.time and values_equal(self.value, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.time, _hashable(self.value)))
+
+    def __repr__(self) -> str:
+        return f"ts({self.time}, {format_value(self.value)})"
+
+
+class Bag:
+    """An unordered collection that may hold duplicates; equal to another with the same elements."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[Any] = ()):
+        self.items = list(items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Bag):
+            return NotImplemented
+        if len(self.items) != len(other.items):
+            return False
+        return Counter(map(_hashable, self.items)) == Counter(map(_hashable, other.items))
+
+    def __hash__(self) -> int:
+        return hash(frozenset(Counter(map(_hashable, self.items)).items()))
+
+    def __repr__(self) -> str:
+        return "bag(" + ", ".join(format_value(v) for v in self.items) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Obj:
+    """An object of the store: identity is its number; its type name is kept for printing."""
+
+    oid: int
+    type_name: str
+
+    def __repr__(self) -> str:
+        return f"#[OID {self.oid} {self.type_name}]"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRef:
+    """An edge (device) of a federation, identified by its device id."""
+
+    id: str
+
+    def __repr__(self) -> str:
+        return f"#[Edge {self.id}]"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRef:
+    """A reference to a function by name, written `#'mean'`."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"#'{self.name}'"
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable stand-in for a value, equal for equal values (arrays by content)."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.shape, tuple(value.ravel().tolist()))
+    if isinstance(value, list):
+        return ("list", tuple(_hashable(v) for v in value))
+    if isinstance(value, dict):
+        return ("record", tuple(sorted((k, _hashable(v)) for k, v in value.items())))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 1 = 1.0 holds, so they must hash alike
+    if isinstance(value, np.generic):
+        return _hashable(value.item())
+    return value
+
+
+hashable = _hashable
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Exact equality as the language defines it: `1 = 1.0`, vectors elementwise into one Boolean."""
+    if a is None or b is None:
+        return False
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        try:
+            a_arr, b_arr = np.asarray(a), np.asarray(b)
+        except Exception:
+            return False
+        if a_arr.shape != b_arr.shape:
+            return False
+        if a_arr.dtype == object or b_arr.dtype == object:
+            return all(values_equal(x, y) for x, y in zip(a_arr.ravel(), b_arr.ravel()))
+        return bool(np.array_equal(a_arr, b_arr))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def format_value(value: Any) -> str:
+    """A value as the language would write it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return format_real(float(value))
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, np.ndarray):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f'"{k}": {format_value(v)}' for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def format_real(x: float) -> str:
+    """A float printed so that it reads back exactly (repr), with `nan`/`inf` spelled out."""
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    text = repr(x)
+    return text
