@@ -146,7 +146,7 @@ def _pack_array(array: np.ndarray) -> msgpack.ExtType:
         array = array.astype(wire_dtype)  # big-endian in, little-endian on the wire
     array = np.ascontiguousarray(array)
     header = bytes((code, array.ndim)) + b"".join(_U64.pack(n) for n in array.shape)
-    return msgpack.ExtType(EXT_NDARRAY, b"".join((header, memoryview(array).cast("B"))))
+    return msgpack.ExtType(EXT_NDARRAY, b"".join((header, array.reshape(-1).view(np.uint8))))
 
 
 _local = threading.local()
@@ -324,7 +324,7 @@ def _time_jsonable(time: Time) -> Any:
     if math.isfinite(seconds) and abs(seconds) < 2.5e11:
         try:
             text = time.iso()
-            if Time.parse(text).seconds == seconds:
+            if repr(Time.parse(text).seconds) == repr(seconds):
                 return text  # readable when exact
         except (ValueError, OverflowError):
             pass

@@ -626,3 +626,48 @@ class PublishReceiver:
         return {"edges": {edge: {"log": self._logs.get(edge), "last": self._last.get(edge, 0),
                                  "missing": self._missing.get(edge, 0)}
                           for edge in set(self._logs) | set(self._last)}}
+
+
+# == examples ==================================================================================
+def examples() -> dict[str, dict]:
+    """One valid field set per frame type: for docs and for contract tests of either side."""
+    return {
+        "hello": {"edge": "wl-1", "software": "streamql 0.1.0", "versions": [1],
+                  "metadata": {"kind": "wheel loader", "region": "US"},
+                  "capabilities": {"ram_kb": 524288, "flash_kb": 4194304, "cpu": "cortex-a53",
+                                   "signals": [{"name": "vibration", "type": "Real", "rate_hz": 1000.0}],
+                                   "runtimes": {"python": "3.11.7", "numpy": "2.4.6"}},
+                  "models": {"vib-anomaly": "1.2.0"}, "restarts": 3,
+                  "resume": {"log": "6f1c0e2a9b3d4c5e", "first": 41, "last": 57, "count": 17,
+                             "dropped": 0}},
+        "welcome": {"accepted": True, "server_time": 1709853017.9, "heartbeat_s": 5.0,
+                    "publish_acked": 40},
+        "health": {"time": 1709853017.9, "uptime_s": 3600.5, "restarts": 3, "cpu_percent": 4.2,
+                   "memory_kb": 61234, "battery": {"percent": 87.0, "charging": False, "source": "sysfs"},
+                   "queues": {"buffer": 17, "q-1": 0}, "link": {"rtt_ms": 12.5, "reconnects": 2},
+                   "errors": [{"time": 1709853000.0, "kind": "ProtocolError", "message": "bad frame"}],
+                   "buffer": {"records": 17, "bytes": 20480, "dropped": 0}, "queries": ["q-1"]},
+        "query": {"qid": "q-1", "source": "select signal_value('vibration');",
+                  "limits": {"rows": 1000, "seconds": 60.0, "memory_mb": 64.0}, "credit": 4096,
+                  "batch_rows": 1024},
+        "rows": {"qid": "q-1", "seq": 0, "n": 2, "cols": [np.array([0.5, 0.7]), ["a", "b"]],
+                 "names": ["v", "s"]},
+        "credit": {"qid": "q-1", "add": 4096},
+        "end": {"qid": "q-1", "outcome": "error", "rows": 0,
+                "error": {"kind": "NameError", "message": "no signal vibration", "line": 1, "column": 21}},
+        "cancel": {"qid": "q-1", "reason": "client went away"},
+        "deploy": {"did": "d-9", "model": "vib-anomaly", "version": "1.2.0",
+                   "sha256": "0" * 64, "size": 3, "chunk": 0, "chunks": 1, "data": b"abc",
+                   "variants": ["int8"]},
+        "ack": {"did": "d-9", "model": "vib-anomaly", "version": "1.2.0",
+                "active": {"vib-anomaly": "1.2.0"}},
+        "nack": {"did": "d-9", "code": "requirements", "reason": "needs ram_kb 1048576, has 524288",
+                 "active": {"vib-anomaly": "1.1.0"}},
+        "rollback": {"did": "d-10", "model": "vib-anomaly"},
+        "undeploy": {"did": "d-11", "model": "vib-anomaly"},
+        "publish": {"seq": 41, "flow": "alerts", "n": 1, "cols": [np.array([2.7])], "time": 1709853017.9},
+        "publish_ack": {"upto": 41},
+        "error": {"code": "unknown_type", "message": "unknown frame type 'zzz'", "ref": "zzz"},
+        "ping": {"nonce": 7, "time": 1709853017.9},
+        "pong": {"nonce": 7, "time": 1709853017.9},
+    }
