@@ -1,0 +1,69 @@
+"""The federation's aiohttp application: `create_app(config)` wires resources, middlewares, routes.
+
+Tests use the same factory through pytest-aiohttp's `aiohttp_client` fixture.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from federation.auth import bootstrap_admin
+from federation.config import FederationConfig
+from federation.index import SelectionIndex
+from federation.keys import BOOTSTRAP_TOKEN, CONFIG, INDEX, METRICS, REGISTRY, WEBSOCKETS
+from federation.metrics import FederationMetrics
+from federation.middlewares import auth_middleware, error_middleware
+from federation.registry import Registry
+from federation.routes import setup_routes
+
+log = logging.getLogger("streamql.federation")
+
+
+def create_app(config: FederationConfig) -> web.Application:
+    # bodies past client_max_size are refused by aiohttp itself (413, made JSON by error_middleware)
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=config.max_request_bytes)
+    app[CONFIG] = config
+    app[METRICS] = FederationMetrics()
+    app[INDEX] = SelectionIndex()
+    app[WEBSOCKETS] = weakref.WeakSet()
+    app.cleanup_ctx.append(registry_ctx)
+    app.on_shutdown.append(close_websockets)
+    setup_routes(app)
+    return app
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the registry, index every device, create the first admin token; close at the end."""
+    config = app[CONFIG]
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    registry = Registry(config.registry_path)
+    index = app[INDEX]
+    registry.mark_all_offline()  # no edge is connected before we accept connections
+    registry.add_listener(index)
+    index.before_select = registry.poll_external_changes  # devices provisioned by another process
+    app[REGISTRY] = registry
+    if config.bootstrap_admin:
+        token = bootstrap_admin(registry, config.data_dir)
+        if token is not None:
+            app[BOOTSTRAP_TOKEN] = token
+            if config.announce:
+                print(f"StreamQL federation: first start; admin token (also in {config.data_dir / 'admin.token'}):\n"
+                      f"  {token}", flush=True)
+    metrics = app[METRICS]
+    metrics.watch_fleet(edges_registered=lambda: len(index), edges_online=index.online_count,
+                        deployments=registry.deployment_counts, targets=registry.target_counts)
+    try:
+        yield
+    finally:
+        index.before_select = None
+        registry.remove_listener(index)
+        registry.close()
+
+
+async def close_websockets(app: web.Application) -> None:
+    for ws in list(app[WEBSOCKETS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

@@ -1,0 +1,169 @@
+"""`streamql federation …`: serve, provision devices, manage tokens.
+
+    streamql federation --port 8080 --data DIR [--host 127.0.0.1] [--tls-cert C --tls-key K [--tls-client-ca CA]]
+    streamql federation provision --data DIR --id ID [--meta k=v ...] [--capability k=v ...]
+    streamql federation token create --data DIR --role read|deploy|admin [--label L]
+    streamql federation token list --data DIR
+    streamql federation token revoke --data DIR --token-id N
+
+The main `streamql` command calls `register(subparsers)`; each parser sets `func(args) -> int`.
+`python -m federation.cli …` works on its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from federation.config import FederationConfig
+
+
+def _attribute(text: str) -> tuple[str, Any]:
+    """k=v with v as JSON when it parses (numbers, booleans, lists), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key, parsed if not isinstance(parsed, dict) else value
+
+
+def _data_arg(parser: argparse.ArgumentParser, sub: bool) -> None:
+    # on subcommands SUPPRESS keeps a --data given before the subcommand from being overwritten
+    parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS if sub else None,
+                        help="the federation's data directory (registry, bundles, admin.token)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("federation", help="run or administer a federation service",
+                                   description="Serve a StreamQL federation, or administer its registry.")
+    _data_arg(parser, sub=False)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    parser.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
+    parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest JSON request body")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=serve)
+    commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")
+
+    prov = commands.add_parser("provision", help="register a device and print its token")
+    _data_arg(prov, sub=True)
+    prov.add_argument("--id", required=True, dest="device_id", help="the device id")
+    prov.add_argument("--meta", type=_attribute, action="append", default=[], metavar="K=V",
+                      help="a metadata key and value (repeatable)")
+    prov.add_argument("--capability", type=_attribute, action="append", default=[], metavar="K=V",
+                      help="a capability and its value (repeatable)")
+    prov.add_argument("--json", action="store_true", help="print {id, token} as JSON")
+    prov.set_defaults(func=provision_command)
+
+    token = commands.add_parser("token", help="create, list or revoke tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_commands.add_parser("create", help="create a token and print it")
+    _data_arg(create, sub=True)
+    create.add_argument("--role", required=True, choices=["read", "deploy", "admin"])
+    create.add_argument("--label", default="")
+    create.set_defaults(func=token_create_command)
+    listing = token_commands.add_parser("list", help="list active tokens (never their secrets)")
+    _data_arg(listing, sub=True)
+    listing.set_defaults(func=token_list_command)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by id")
+    _data_arg(revoke, sub=True)
+    revoke.add_argument("--token-id", type=int, required=True)
+    revoke.set_defaults(func=token_revoke_command)
+    return parser
+
+
+def _require_data(args: argparse.Namespace) -> Path:
+    data = getattr(args, "data", None)
+    if not data:
+        raise SystemExit("streamql federation: --data DIR is required")
+    return Path(data)
+
+
+def _open_registry(args: argparse.Namespace):
+    from federation.config import REGISTRY_FILE
+    from federation.registry import Registry
+
+    data = _require_data(args)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Registry(data / REGISTRY_FILE)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from federation.app import create_app
+    from federation.tls import ssl_context_for
+
+    _require_data(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = FederationConfig.from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"streamql federation: {exc}") from None
+    scheme = "https" if config.tls else "http"
+    web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=ssl_context_for(config),
+                print=lambda _: print(f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))
+    return 0
+
+
+def provision_command(args: argparse.Namespace) -> int:
+    from federation.auth import provision
+    from streamql.errors import QueryError
+
+    with _open_registry(args) as registry:
+        try:
+            done = provision(registry, args.device_id, dict(args.meta), dict(args.capability))
+        except QueryError as exc:
+            print(f"streamql federation provision: {exc.message}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({"id": done.device.id, "token": done.token}))
+    else:
+        print(done.token)
+    return 0
+
+
+def token_create_command(args: argparse.Namespace) -> int:
+    from federation.auth import create_token
+
+    with _open_registry(args) as registry:
+        _, token = create_token(registry, args.role, label=args.label)
+    print(token)
+    return 0
+
+
+def token_list_command(args: argparse.Namespace) -> int:
+    with _open_registry(args) as registry:
+        for record in registry.list_tokens():
+            owner = f"device {record.device_id}" if record.device_id else record.role
+            print(f"{record.id}\t{owner}\t{record.label}")
+    return 0
+
+
+def token_revoke_command(args: argparse.Namespace) -> int:
+    with _open_registry(args) as registry:
+        if not registry.revoke_token(args.token_id):
+            print(f"streamql federation token revoke: no active token {args.token_id}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamql")
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv if argv[:1] == ["federation"] else ["federation", *argv])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

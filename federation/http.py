@@ -1,0 +1,144 @@
+"""Helpers for route handlers: access levels, the caller, JSON bodies, size limits, WebSockets.
+
+    from federation.auth import Role
+    from federation.http import requires, principal, json_body, read_body, track_websocket
+
+    @requires(Role.READ)
+    async def run_query(request: web.Request) -> web.StreamResponse:
+        body = await json_body(request)            # a JSON object, else 400 BadRequest
+        caller = principal(request)                # Principal(role, device_id, token_id)
+        ...
+
+A handler without `@requires(…)` or `@public` needs an admin token (closed by default).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from federation.auth import Principal, Role
+from federation.errors import BadRequest, PayloadTooLarge, Unauthorized
+from federation.keys import CONFIG, PRINCIPAL, WEBSOCKETS
+
+ACCESS_ATTRIBUTE = "__streamql_access__"
+BODY_LIMIT_ATTRIBUTE = "__streamql_body_limit__"
+PUBLIC = "public"
+DEFAULT_ACCESS = Role.ADMIN
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def requires(role: Role) -> Callable[[H], H]:
+    """The role a handler needs; Role.DEVICE means a device token (its id in `principal`)."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, ACCESS_ATTRIBUTE, role)
+        return handler
+
+    return mark
+
+
+def public(handler: H) -> H:
+    setattr(handler, ACCESS_ATTRIBUTE, PUBLIC)
+    return handler
+
+
+def body_limit(limit: int | None = None) -> Callable[[H], H]:
+    """Allow a handler bodies up to `limit` bytes, by default the configured bundle limit
+    (`max_bundle_bytes`); read them with `read_body(request)`, not `request.read()`."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, BODY_LIMIT_ATTRIBUTE, limit)
+        return handler
+
+    return mark
+
+
+def access_of(handler: Any) -> Role | str:
+    return getattr(handler, ACCESS_ATTRIBUTE, DEFAULT_ACCESS)
+
+
+def body_limit_of(request: web.Request) -> int:
+    """The largest body the matched handler accepts."""
+    config = request.app[CONFIG]
+    handler = getattr(request.match_info, "handler", None)
+    if not hasattr(handler, BODY_LIMIT_ATTRIBUTE):
+        return config.max_request_bytes
+    limit = getattr(handler, BODY_LIMIT_ATTRIBUTE)
+    return config.max_bundle_bytes if limit is None else limit
+
+
+def principal(request: web.Request) -> Principal:
+    found = request.get(PRINCIPAL)
+    if found is None:
+        raise Unauthorized("this request carries no token")
+    return found
+
+
+async def json_body(request: web.Request) -> dict:
+    """The request's JSON object (size-limited by the app's client_max_size)."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(exc.text or "request body too large") from None
+    if not raw:
+        raise BadRequest("this request needs a JSON object as its body")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        error = BadRequest(f"the body is not valid JSON: {exc}")
+        if isinstance(exc, json.JSONDecodeError):  # the position inside the body, 1-based
+            from streamql.errors import Span
+            error.span = Span(exc.pos, exc.pos + 1, exc.lineno, exc.colno, exc.lineno, exc.colno + 1)
+        raise error from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The raw body, streamed, refusing more than `limit` bytes (default: the handler's limit)."""
+    limit = body_limit_of(request) if limit is None else limit
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; at most {limit} are accepted")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def query_flag(request: web.Request, name: str) -> bool | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"query parameter {name} must be true or false, not {value!r}")
+
+
+def query_int(request: web.Request, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer, not {value!r}") from None
+    if number < low or (high is not None and number > high):
+        raise BadRequest(f"query parameter {name} must be between {low} and {high}")
+    return number
+
+
+def track_websocket(request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+    """Remember an open WebSocket so that shutdown closes it with GOING_AWAY."""
+    request.app[WEBSOCKETS].add(ws)
+    return ws

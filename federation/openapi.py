@@ -1,0 +1,264 @@
+"""The OpenAPI 3.1 document of the federation's HTTP API — every route, in one place.
+
+`OPERATIONS` lists each method and path with the role it needs (`x-streamql-role`: public,
+device, read, deploy or admin), what it takes and what it answers. A test checks that the app's
+routes and this list agree, route by route and role by role, so a new route starts here: fill in
+its operation, then write its handler in `federation/routes/`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import streamql
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict:
+    words = {400: "Bad input (with the position when it is in a statement)", 401: "Missing or unknown token",
+             403: "The token's role does not allow this", 404: "Not found", 409: "Already exists",
+             413: "Request body too large", 501: "Not implemented yet"}
+    return {str(s): _json(ERROR, words[s]) for s in statuses}
+
+
+AUTH_ERRORS = (401, 403)
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "/v1/query": {
+        "post": {
+            "summary": "Run a statement; rows stream back as NDJSON (or msgpack), then each device's outcome",
+            "tags": ["query"], "x-streamql-role": "read",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("QueryRequest")}}},
+            "responses": {
+                "200": {"description": "One JSON array per row with exactly the selected columns, then a last "
+                                       'line {"status": {…}} with each device\'s outcome',
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                                    "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}}}},
+                **_errors(400, *AUTH_ERRORS, 413)},
+        },
+    },
+    "/v1/query/ws": {
+        "get": {
+            "summary": "WebSocket: submit statements, stream their rows, cancel them",
+            "description": "Browsers, which cannot set headers on a WebSocket, may pass the token as ?access_token=.",
+            "tags": ["query"], "x-streamql-role": "read",
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/edges": {
+        "get": {
+            "summary": "Devices with metadata, status, health and deployed model versions",
+            "tags": ["edges"], "x-streamql-role": "read",
+            "parameters": [
+                {"name": "online", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "id", "in": "query", "schema": {"type": "string"}, "description": "repeatable"},
+                {"name": "meta.{key}", "in": "query", "schema": {"type": "string"},
+                 "description": "metadata key equals the value (repeat the parameter for `in`)"},
+                {"name": "capability.{key}", "in": "query", "schema": {"type": "string"},
+                 "description": "capability equals the value (repeatable)"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {"200": _json(_ref("EdgeList")), **_errors(400, *AUTH_ERRORS)},
+        },
+        "post": {
+            "summary": "Provision a device: id, metadata and capabilities → its token (shown once)",
+            "tags": ["edges"], "x-streamql-role": "admin",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProvisionRequest")}}},
+            "responses": {"201": _json(_ref("Provisioned"), "Provisioned"), **_errors(400, *AUTH_ERRORS, 409, 413)},
+        },
+    },
+    "/v1/edges/connect": {
+        "get": {
+            "summary": "WebSocket used by edge engines (device token): announce, heartbeats, fragments, results",
+            "tags": ["edges"], "x-streamql-role": "device",
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/edges/{id}": {
+        "get": {
+            "summary": "One device", "tags": ["edges"], "x-streamql-role": "read", "parameters": [ID_PARAM],
+            "responses": {"200": _json(_ref("Edge")), **_errors(*AUTH_ERRORS, 404)},
+        },
+        "delete": {
+            "summary": "Forget a device, its tokens, targets and model versions", "tags": ["edges"],
+            "x-streamql-role": "admin", "parameters": [ID_PARAM],
+            "responses": {"200": _json({"type": "object", "properties": {"deleted": {"type": "string"}}}),
+                          **_errors(*AUTH_ERRORS, 404)},
+        },
+    },
+    "/v1/tokens": {
+        "get": {
+            "summary": "Tokens (never their secrets)", "tags": ["tokens"], "x-streamql-role": "admin",
+            "parameters": [{"name": "revoked", "in": "query", "schema": {"type": "boolean"}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "tokens": {"type": "array", "items": _ref("Token")}}}), **_errors(*AUTH_ERRORS)},
+        },
+        "post": {
+            "summary": "Create a read, deploy or admin token, or a new token for one device",
+            "tags": ["tokens"], "x-streamql-role": "admin",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TokenRequest")}}},
+            "responses": {"201": _json(_ref("NewToken"), "Created"), **_errors(400, *AUTH_ERRORS, 404, 413)},
+        },
+    },
+    "/v1/tokens/{id}": {
+        "delete": {
+            "summary": "Revoke a token", "tags": ["tokens"], "x-streamql-role": "admin",
+            "parameters": [{**ID_PARAM, "schema": {"type": "integer"}}],
+            "responses": {"200": _json({"type": "object", "properties": {"revoked": {"type": "integer"}}}),
+                          **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
+    "/v1/models": {
+        "get": {
+            "summary": "Bundles and their versions", "tags": ["models"], "x-streamql-role": "read",
+            "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "models": {"type": "array", "items": _ref("Bundle")}}}), **_errors(*AUTH_ERRORS)},
+        },
+        "post": {
+            "summary": "Upload a signed model bundle (one packed file)", "tags": ["models"],
+            "x-streamql-role": "deploy",
+            "requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"201": _json(_ref("Bundle"), "Stored"), **_errors(400, *AUTH_ERRORS, 409, 413, 501)},
+        },
+    },
+    "/v1/deployments": {
+        "get": {
+            "summary": "Deployments, newest first", "tags": ["deployments"], "x-streamql-role": "read",
+            "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "deployments": {"type": "array", "items": _ref("Deployment")}}}), **_errors(400, *AUTH_ERRORS)},
+        },
+    },
+    "/v1/deployments/{id}": {
+        "get": {
+            "summary": "Progress of one deployment per device: pending, sending, done, skipped (why), failed (why)",
+            "tags": ["deployments"], "x-streamql-role": "read",
+            "parameters": [{**ID_PARAM, "schema": {"type": "integer"}}],
+            "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
+    "/v1/openapi.json": {
+        "get": {"summary": "This document", "tags": ["service"], "x-streamql-role": "read",
+                "responses": {"200": _json({"type": "object"}), **_errors(*AUTH_ERRORS)}},
+    },
+    "/metrics": {
+        "get": {"summary": "Metrics in the Prometheus text format", "tags": ["service"], "x-streamql-role": "public",
+                "security": [],
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}},
+    },
+    "/healthz": {
+        "get": {"summary": "Liveness: the service answers and its registry opens", "tags": ["service"],
+                "x-streamql-role": "public", "security": [],
+                "responses": {"200": _json({"type": "object", "properties": {"status": {"type": "string"}}})}},
+    },
+    "/": {
+        "get": {"summary": "The dashboard: devices, a query box, live charts", "tags": ["dashboard"],
+                "x-streamql-role": "public", "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}},
+    },
+    "/static/{path}": {
+        "get": {"summary": "The dashboard's static files", "tags": ["dashboard"], "x-streamql-role": "public",
+                "security": [], "parameters": [{"name": "path", "in": "path", "required": True,
+                                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "A file"}, "404": {"description": "Not found"}}},
+    },
+}
+
+_ATTRIBUTES = {"type": "object", "additionalProperties": True, "description": "key → JSON value"}
+
+SCHEMAS: dict[str, dict] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["kind", "message"],
+        "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
+                       "line": {"type": ["integer", "null"]}, "column": {"type": ["integer", "null"]}}}}},
+    "QueryRequest": {"type": "object", "required": ["query"], "properties": {
+        "query": {"type": "string", "description": "one or more statements, each ending with ;"},
+        "timeout": {"type": "number", "description": "seconds each device has to answer"},
+        "limit": {"type": "integer"}}},
+    "ModelVersion": {"type": "object", "properties": {
+        "version": {"type": "string"}, "previous_version": {"type": ["string", "null"]}, "updated": {"type": "number"}}},
+    "Edge": {"type": "object", "required": ["id", "metadata", "capabilities", "online"], "properties": {
+        "id": {"type": "string"}, "metadata": _ATTRIBUTES, "capabilities": _ATTRIBUTES,
+        "created": {"type": "number"}, "last_seen": {"type": ["number", "null"]}, "online": {"type": "boolean"},
+        "health": {"type": "object"}, "restarts": {"type": "integer"},
+        "models": {"type": "object", "additionalProperties": _ref("ModelVersion")}}},
+    "EdgeList": {"type": "object", "properties": {
+        "edges": {"type": "array", "items": _ref("Edge")}, "total": {"type": "integer"},
+        "limit": {"type": "integer"}, "offset": {"type": "integer"}}},
+    "ProvisionRequest": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"},
+        "metadata": _ATTRIBUTES, "capabilities": _ATTRIBUTES}},
+    "Provisioned": {"type": "object", "properties": {
+        "id": {"type": "string"}, "token": {"type": "string", "description": "shown only this once"},
+        "edge": _ref("Edge")}},
+    "Token": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "role": {"enum": ["read", "deploy", "admin", "device"]},
+        "device_id": {"type": ["string", "null"]}, "label": {"type": "string"}, "created": {"type": "number"},
+        "revoked": {"type": ["number", "null"]}}},
+    "TokenRequest": {"type": "object", "properties": {
+        "role": {"enum": ["read", "deploy", "admin"]}, "label": {"type": "string"},
+        "device": {"type": "string", "description": "instead of a role: a new token for this device"}}},
+    "NewToken": {"allOf": [_ref("Token"), {"type": "object", "properties": {
+        "token": {"type": "string", "description": "shown only this once"}}}]},
+    "Bundle": {"type": "object", "properties": {
+        "name": {"type": "string"}, "version": {"type": "string"}, "sha256": {"type": "string"},
+        "manifest": {"type": "object"}, "size": {"type": "integer"}, "uploaded": {"type": "number"},
+        "uploader": {"type": "string"}}},
+    "Deployment": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "action": {"enum": ["deploy", "rollback", "undeploy"]},
+        "bundle": {"type": "string"}, "version": {"type": ["string", "null"]}, "selection": {"type": "string"},
+        "created": {"type": "number"}, "updated": {"type": "number"},
+        "state": {"enum": ["pending", "running", "done", "aborted", "failed", "cancelled"]},
+        "waves": {"type": "object"}, "failure_threshold": {"type": "number"}, "created_by": {"type": "string"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+    "DeploymentTarget": {"type": "object", "properties": {
+        "device_id": {"type": "string"}, "state": {"enum": ["pending", "sending", "done", "skipped", "failed"]},
+        "reason": {"type": ["string", "null"]}, "variant": {"type": ["string", "null"]},
+        "wave": {"type": "integer"}, "updated": {"type": "number"}}},
+    "DeploymentProgress": {"allOf": [_ref("Deployment"), {"type": "object", "properties": {
+        "targets": {"type": "array", "items": _ref("DeploymentTarget")}}}]},
+}
+
+
+def document(server_url: str | None = None) -> dict:
+    """The OpenAPI document; every operation needs the bearer token unless it says otherwise."""
+    paths = {}
+    for path, methods in OPERATIONS.items():
+        paths[path] = {method: {"operationId": _operation_id(method, path), **op} for method, op in methods.items()}
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "StreamQL federation", "version": streamql.__version__,
+                 "description": "Query and manage a fleet of edge devices. Errors are "
+                                '{"error": {"kind", "message", "line", "column"}} with a 4xx status.'},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "a token made by provisioning or POST /v1/tokens"}}},
+        "security": [{"bearer": []}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}").replace(".", "_") for w in path.strip("/").split("/") if w and w != "v1"]
+    return method + "".join(w[:1].upper() + w[1:] for w in words) if words else method + "Dashboard"
+
+
+def role_of(method: str, path: str) -> str | None:
+    """The role the document says a route needs, or None for an undocumented route."""
+    return OPERATIONS.get(path, {}).get(method.lower(), {}).get("x-streamql-role")

@@ -1,0 +1,762 @@
+"""The registry: devices, tokens, bundles, deployments and deployed model versions in SQLite.
+
+One connection in WAL mode with foreign keys on, used from the event loop thread: every call is
+a handful of indexed statements (microseconds to a millisecond), and batch writes such as the
+heartbeats of a thousand edges go in one transaction with `executemany`. The schema evolves
+only through `MIGRATIONS`, applied in order at open, each in its own transaction.
+
+Listeners (the selection index, the edge hub) hear about device changes after they commit;
+`poll_external_changes` notices commits by other processes (e.g. `streamql federation provision`
+while the service runs) and resets the listeners.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from federation.errors import Conflict, NotFound
+
+TOKEN_ROLES = ("read", "deploy", "admin", "device")
+DEPLOYMENT_ACTIONS = ("deploy", "rollback", "undeploy")
+DEPLOYMENT_STATES = ("pending", "running", "done", "aborted", "failed", "cancelled")
+TARGET_STATES = ("pending", "sending", "done", "skipped", "failed")
+INLINE_BUNDLE_LIMIT = 256 * 1024  # larger bundles live as files under the data directory
+_CHUNK = 5000  # ids per `IN (…)` list, well under SQLite's variable limit
+
+
+# --- migrations -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...] = ()
+    apply: Callable[[sqlite3.Connection], None] | None = None  # for steps SQL alone cannot do
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        for statement in self.statements:
+            conn.execute(statement)
+        if self.apply is not None:
+            self.apply(conn)
+
+
+def _in_list(values: Sequence[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "devices and tokens", (
+        """CREATE TABLE devices (
+            id TEXT PRIMARY KEY,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            capabilities TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            last_seen REAL,
+            online INTEGER NOT NULL DEFAULT 0 CHECK (online IN (0, 1))
+        )""",
+        f"""CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            hash TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ({_in_list(TOKEN_ROLES)})),
+            device_id TEXT REFERENCES devices(id) ON DELETE CASCADE,
+            label TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            revoked REAL,
+            CHECK ((role = 'device') = (device_id IS NOT NULL))
+        )""",
+    )),
+    Migration(2, "device health; bundles, deployments, their targets and device models", (
+        "ALTER TABLE devices ADD COLUMN health TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE devices ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE bundles (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            manifest TEXT NOT NULL DEFAULT '{}',
+            size INTEGER NOT NULL,
+            data BLOB,
+            path TEXT,
+            uploaded REAL NOT NULL,
+            uploader TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (name, version),
+            CHECK ((data IS NULL) != (path IS NULL))
+        )""",
+        f"""CREATE TABLE deployments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            action TEXT NOT NULL CHECK (action IN ({_in_list(DEPLOYMENT_ACTIONS)})),
+            bundle TEXT NOT NULL,
+            version TEXT,
+            selection TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(DEPLOYMENT_STATES)})),
+            waves TEXT NOT NULL DEFAULT '{{}}',
+            failure_threshold REAL NOT NULL DEFAULT 1.0,
+            created_by TEXT NOT NULL DEFAULT ''
+        )""",
+        f"""CREATE TABLE deployment_targets (
+            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(TARGET_STATES)})),
+            reason TEXT,
+            variant TEXT,
+            wave INTEGER NOT NULL DEFAULT 0,
+            updated REAL NOT NULL,
+            PRIMARY KEY (deployment_id, device_id)
+        )""",
+        """CREATE TABLE device_models (
+            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            previous_version TEXT,
+            updated REAL NOT NULL,
+            PRIMARY KEY (device_id, model)
+        )""",
+    )),
+    Migration(3, "indexes for reconnect catch-up, per-model lookups and token listing", (
+        "CREATE INDEX deployment_targets_by_device ON deployment_targets (device_id, state)",
+        "CREATE INDEX device_models_by_model ON device_models (model, version)",
+        "CREATE INDEX tokens_by_device ON tokens (device_id)",
+        "CREATE INDEX deployments_by_state ON deployments (state)",
+    )),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL, description TEXT NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply the migrations past the database's version up to `target` (default: all)."""
+    target = SCHEMA_VERSION if target is None else target
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"the registry has schema version {current}; this StreamQL knows up to {SCHEMA_VERSION}")
+    for step in MIGRATIONS:
+        if current < step.version <= target:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                step.run(conn)
+                conn.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (step.version, time.time(), step.description))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            current = step.version
+    return current
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions explicit), WAL, foreign keys enforced."""
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+# --- records ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    metadata: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)
+    created: float = 0.0
+    last_seen: float | None = None
+    online: bool = False
+    health: dict = field(default_factory=dict)
+    restarts: int = 0
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "metadata": self.metadata, "capabilities": self.capabilities,
+                "created": self.created, "last_seen": self.last_seen, "online": self.online,
+                "health": self.health, "restarts": self.restarts}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    id: int
+    role: str
+    device_id: str | None
+    label: str
+    created: float
+    revoked: float | None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "role": self.role, "device_id": self.device_id, "label": self.label,
+                "created": self.created, "revoked": self.revoked}
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    name: str
+    version: str
+    sha256: str
+    manifest: dict
+    size: int
+    path: str | None  # relative to the bundle directory; None when stored inline
+    uploaded: float
+    uploader: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "manifest": self.manifest,
+                "size": self.size, "uploaded": self.uploaded, "uploader": self.uploader}
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: int
+    action: str
+    bundle: str
+    version: str | None
+    selection: str
+    created: float
+    updated: float
+    state: str
+    waves: dict
+    failure_threshold: float
+    created_by: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "action": self.action, "bundle": self.bundle, "version": self.version,
+                "selection": self.selection, "created": self.created, "updated": self.updated,
+                "state": self.state, "waves": self.waves, "failure_threshold": self.failure_threshold,
+                "created_by": self.created_by}
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentTarget:
+    deployment_id: int
+    device_id: str
+    state: str
+    reason: str | None
+    variant: str | None
+    wave: int
+    updated: float
+
+    def to_dict(self) -> dict:
+        return {"device_id": self.device_id, "state": self.state, "reason": self.reason,
+                "variant": self.variant, "wave": self.wave, "updated": self.updated}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    device_id: str
+    model: str
+    version: str
+    previous_version: str | None
+    updated: float
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "previous_version": self.previous_version, "updated": self.updated}
+
+
+class NewTarget(NamedTuple):
+    """A device a new deployment addresses, with its initial state."""
+
+    device_id: str
+    state: str = "pending"
+    reason: str | None = None
+    variant: str | None = None
+    wave: int = 0
+
+
+class Heartbeat(NamedTuple):
+    device_id: str
+    at: float
+    health: dict | None = None
+    restarts: int | None = None
+
+
+class RegistryListener(Protocol):
+    def device_changed(self, device: Device) -> None: ...
+    def device_removed(self, device_id: str) -> None: ...
+    def online_changed(self, device_ids: Sequence[str], online: bool) -> None: ...
+    def reset(self, devices: Iterable[Device]) -> None: ...
+
+
+def version_key(version: str | None) -> tuple:
+    """Order versions as people do: '1.10.0' after '1.9.2'; numbers before text in each part."""
+    parts = re.split(r"[.\-+_]", version or "")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value if value is not None else {}, sort_keys=True, separators=(",", ":"))
+
+
+# --- the registry -----------------------------------------------------------------------------
+class Registry:
+    """The federation's persistent state; reopen the same file to get it back after a restart."""
+
+    def __init__(self, path: str | os.PathLike, *, bundle_dir: str | os.PathLike | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else self.path.parent / "bundles"
+        self.clock = clock
+        self._conn = connect(self.path)
+        self._depth = 0
+        self._listeners: list[RegistryListener] = []
+        migrate(self._conn)
+        self._data_version = self._pragma_data_version()
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self._conn)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self._conn
+            finally:
+                self._depth -= 1
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def add_listener(self, listener: RegistryListener) -> None:
+        self._listeners.append(listener)
+        listener.reset(self.iter_devices())
+
+    def remove_listener(self, listener: RegistryListener) -> None:
+        self._listeners.remove(listener)
+
+    def _pragma_data_version(self) -> int:
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def poll_external_changes(self) -> bool:
+        """Reset the listeners when another process committed since the last poll (cheap)."""
+        version = self._pragma_data_version()
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        if self._listeners:
+            devices = list(self.iter_devices())
+            for listener in self._listeners:
+                listener.reset(devices)
+        return True
+
+    def _notify_changed(self, devices: Iterable[Device]) -> None:
+        for device in devices:
+            for listener in self._listeners:
+                listener.device_changed(device)
+
+    # --- devices -------------------------------------------------------------------------------
+    _DEVICE_COLUMNS = "id, metadata, capabilities, created, last_seen, online, health, restarts"
+
+    @staticmethod
+    def _device(row: tuple) -> Device:
+        return Device(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4], bool(row[5]),
+                      json.loads(row[6]), row[7])
+
+    def add_device(self, device_id: str, metadata: dict | None = None, capabilities: dict | None = None, *,
+                   token_hash: str, token_label: str = "device") -> Device:
+        """Register a device together with the hash of its token; Conflict if the id exists."""
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                conn.execute("INSERT INTO devices (id, metadata, capabilities, created) VALUES (?, ?, ?, ?)",
+                             (device_id, _json(metadata), _json(capabilities), now))
+                conn.execute("INSERT INTO tokens (hash, role, device_id, label, created) VALUES (?, 'device', ?, ?, ?)",
+                             (token_hash, device_id, token_label, now))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"device {device_id!r} is already registered") from exc
+        device = Device(device_id, dict(metadata or {}), dict(capabilities or {}), now)
+        self._notify_changed([device])
+        return device
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._conn.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return self._device(row) if row else None
+
+    def require_device(self, device_id: str) -> Device:
+        device = self.get_device(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r} is registered")
+        return device
+
+    def get_devices(self, device_ids: Sequence[str]) -> list[Device]:
+        """The devices with these ids, in the order given (unknown ids left out)."""
+        found: dict[str, Device] = {}
+        for start in range(0, len(device_ids), _CHUNK):
+            chunk = device_ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE id IN ({marks})", chunk):
+                found[row[0]] = self._device(row)
+        return [found[i] for i in device_ids if i in found]
+
+    def iter_devices(self) -> Iterator[Device]:
+        for row in self._conn.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices ORDER BY id"):
+            yield self._device(row)
+
+    def list_devices(self, *, online: bool | None = None, limit: int | None = None, offset: int = 0) -> list[Device]:
+        sql, args = f"SELECT {self._DEVICE_COLUMNS} FROM devices", []
+        if online is not None:
+            sql += " WHERE online = ?"
+            args.append(int(online))
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else limit, offset]
+        return [self._device(row) for row in self._conn.execute(sql, args)]
+
+    def device_count(self, *, online: bool | None = None) -> int:
+        if online is None:
+            return self._conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+        return self._conn.execute("SELECT count(*) FROM devices WHERE online = ?", (int(online),)).fetchone()[0]
+
+    def delete_device(self, device_id: str) -> bool:
+        """Forget a device, its tokens, its deployment targets and model versions."""
+        with self.transaction() as conn:
+            deleted = conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
+        if deleted:
+            for listener in self._listeners:
+                listener.device_removed(device_id)
+        return deleted
+
+    def update_device(self, device_id: str, *, metadata: dict | None = None, capabilities: dict | None = None,
+                      health: dict | None = None, restarts: int | None = None) -> Device:
+        """Replace the given fields (None leaves a field as it is); NotFound for an unknown id."""
+        sets, args = [], []
+        for column, value in (("metadata", metadata), ("capabilities", capabilities), ("health", health)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(_json(value))
+        if restarts is not None:
+            sets.append("restarts = ?")
+            args.append(int(restarts))
+        if sets:
+            with self.transaction() as conn:
+                if conn.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", [*args, device_id]).rowcount == 0:
+                    raise NotFound(f"no device {device_id!r} is registered")
+        device = self.require_device(device_id)
+        if metadata is not None or capabilities is not None:
+            self._notify_changed([device])
+        return device
+
+    def set_online(self, device_id: str, online: bool, *, at: float | None = None) -> None:
+        """An edge connected (online, last seen now) or went away (offline, last seen kept)."""
+        at = self.clock() if at is None else at
+        with self.transaction() as conn:
+            if online:
+                cur = conn.execute("UPDATE devices SET online = 1, last_seen = ? WHERE id = ?", (at, device_id))
+            else:
+                cur = conn.execute("UPDATE devices SET online = 0 WHERE id = ?", (device_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no device {device_id!r} is registered")
+        for listener in self._listeners:
+            listener.online_changed([device_id], online)
+
+    def mark_all_offline(self) -> int:
+        """At start no edge is connected yet, whatever the last run left behind."""
+        with self.transaction() as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM devices WHERE online = 1")]
+            conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
+        if ids:
+            for listener in self._listeners:
+                listener.online_changed(ids, False)
+        return len(ids)
+
+    def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
+        """Last seen, health and restarts of many devices in one transaction; returns rows updated."""
+        rows = [(b.at, None if b.health is None else _json(b.health), b.restarts, b.device_id) for b in beats]
+        if not rows:
+            return 0
+        with self.transaction() as conn:
+            cur = conn.executemany("UPDATE devices SET last_seen = ?, health = coalesce(?, health), "
+                                   "restarts = coalesce(?, restarts) WHERE id = ?", rows)
+            return cur.rowcount
+
+    # --- tokens --------------------------------------------------------------------------------
+    _TOKEN_COLUMNS = "id, role, device_id, label, created, revoked"
+
+    def add_token(self, token_hash: str, role: str, *, label: str = "", device_id: str | None = None) -> TokenRecord:
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                cur = conn.execute("INSERT INTO tokens (hash, role, device_id, label, created) VALUES (?, ?, ?, ?, ?)",
+                                   (token_hash, role, device_id, label, now))
+        except sqlite3.IntegrityError as exc:
+            if device_id is not None and self.get_device(device_id) is None:
+                raise NotFound(f"no device {device_id!r} is registered") from exc
+            raise Conflict(f"cannot store a {role!r} token: {exc}") from exc
+        return TokenRecord(cur.lastrowid, role, device_id, label, now, None)
+
+    def token_by_hash(self, token_hash: str) -> tuple[TokenRecord, str] | None:
+        """The token stored under this hash (revoked ones too) and the stored hash itself."""
+        row = self._conn.execute(f"SELECT {self._TOKEN_COLUMNS}, hash FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
+        return (TokenRecord(*row[:6]), row[6]) if row else None
+
+    def get_token(self, token_id: int) -> TokenRecord | None:
+        row = self._conn.execute(f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return TokenRecord(*row) if row else None
+
+    def list_tokens(self, *, include_revoked: bool = False, device_id: str | None = None) -> list[TokenRecord]:
+        sql, args = f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE 1", []
+        if not include_revoked:
+            sql += " AND revoked IS NULL"
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            args.append(device_id)
+        return [TokenRecord(*row) for row in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def revoke_token(self, token_id: int) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                                (self.clock(), token_id)).rowcount > 0
+
+    def revoke_device_tokens(self, device_id: str) -> int:
+        with self.transaction() as conn:
+            return conn.execute("UPDATE tokens SET revoked = ? WHERE device_id = ? AND revoked IS NULL",
+                                (self.clock(), device_id)).rowcount
+
+    def has_active_token(self, role: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM tokens WHERE role = ? AND revoked IS NULL LIMIT 1", (role,)).fetchone() is not None
+
+    # --- bundles -------------------------------------------------------------------------------
+    _BUNDLE_COLUMNS = "name, version, sha256, manifest, size, path, uploaded, uploader"
+
+    @staticmethod
+    def _bundle(row: tuple) -> Bundle:
+        return Bundle(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])
+
+    def add_bundle(self, name: str, version: str, data: bytes, manifest: dict | None = None, *,
+                   uploader: str = "") -> Bundle:
+        """Store a bundle's bytes (inline, or as a file when large); the same bytes again is a no-op."""
+        digest = hashlib.sha256(data).hexdigest()
+        existing = self.get_bundle(name, version)
+        if existing is not None:
+            if existing.sha256 == digest:
+                return existing
+            raise Conflict(f"bundle {name!r} version {version!r} exists with different contents")
+        path = None
+        if len(data) > INLINE_BUNDLE_LIMIT:
+            path = f"{digest}.bundle"
+            _write_atomically(self.bundle_dir / path, data)
+        now = self.clock()
+        try:
+            with self.transaction() as conn:
+                conn.execute(f"INSERT INTO bundles ({self._BUNDLE_COLUMNS}, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (name, version, digest, _json(manifest), len(data), path, now, uploader,
+                              None if path else sqlite3.Binary(data)))
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"bundle {name!r} version {version!r} exists") from exc
+        return Bundle(name, version, digest, dict(manifest or {}), len(data), path, now, uploader)
+
+    def get_bundle(self, name: str, version: str | None = None) -> Bundle | None:
+        """A bundle by name and version; without a version, its latest one."""
+        if version is not None:
+            row = self._conn.execute(f"SELECT {self._BUNDLE_COLUMNS} FROM bundles WHERE name = ? AND version = ?",
+                                     (name, version)).fetchone()
+            return self._bundle(row) if row else None
+        versions = self.list_bundles(name)
+        return versions[-1] if versions else None
+
+    def list_bundles(self, name: str | None = None) -> list[Bundle]:
+        """Bundles by name, each name's versions oldest to newest."""
+        sql, args = f"SELECT {self._BUNDLE_COLUMNS} FROM bundles", ()
+        if name is not None:
+            sql, args = sql + " WHERE name = ?", (name,)
+        bundles = [self._bundle(row) for row in self._conn.execute(sql, args)]
+        return sorted(bundles, key=lambda b: (b.name, version_key(b.version)))
+
+    def bundle_data(self, bundle: Bundle) -> bytes:
+        """The bundle's bytes, checked against its sha256."""
+        if bundle.path is None:
+            row = self._conn.execute("SELECT data FROM bundles WHERE name = ? AND version = ?",
+                                     (bundle.name, bundle.version)).fetchone()
+            if row is None:
+                raise NotFound(f"no bundle {bundle.name!r} version {bundle.version!r}")
+            data = bytes(row[0])
+        else:
+            data = (self.bundle_dir / bundle.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != bundle.sha256:
+            raise RuntimeError(f"bundle {bundle.name!r} {bundle.version!r} does not match its sha256")
+        return data
+
+    def delete_bundle(self, name: str, version: str) -> bool:
+        bundle = self.get_bundle(name, version)
+        if bundle is None:
+            return False
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM bundles WHERE name = ? AND version = ?", (name, version))
+            still_used = bundle.path and conn.execute("SELECT 1 FROM bundles WHERE path = ?", (bundle.path,)).fetchone()
+        if bundle.path and not still_used:
+            with contextlib.suppress(FileNotFoundError):
+                (self.bundle_dir / bundle.path).unlink()
+        return True
+
+    # --- deployments ---------------------------------------------------------------------------
+    _DEPLOYMENT_COLUMNS = "id, action, bundle, version, selection, created, updated, state, waves, failure_threshold, created_by"
+    _TARGET_COLUMNS = "deployment_id, device_id, state, reason, variant, wave, updated"
+
+    @staticmethod
+    def _deployment(row: tuple) -> Deployment:
+        return Deployment(*row[:8], json.loads(row[8]), row[9], row[10])
+
+    def create_deployment(self, action: str, bundle: str, version: str | None, selection: str,
+                          targets: Iterable[NewTarget | tuple], *, waves: dict | None = None,
+                          failure_threshold: float = 1.0, created_by: str = "", state: str = "pending") -> Deployment:
+        """A deployment and its per-device targets, in one transaction."""
+        now = self.clock()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO deployments (action, bundle, version, selection, created, updated, state, waves, "
+                "failure_threshold, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (action, bundle, version, selection, now, now, state, _json(waves), failure_threshold, created_by))
+            deployment_id = cur.lastrowid
+            rows = [(deployment_id, t.device_id, t.state, t.reason, t.variant, t.wave, now)
+                    for t in (NewTarget(*t) for t in targets)]
+            conn.executemany(f"INSERT INTO deployment_targets ({self._TARGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return Deployment(deployment_id, action, bundle, version, selection, now, now, state, dict(waves or {}),
+                          failure_threshold, created_by)
+
+    def get_deployment(self, deployment_id: int) -> Deployment | None:
+        row = self._conn.execute(f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?",
+                                 (deployment_id,)).fetchone()
+        return self._deployment(row) if row else None
+
+    def list_deployments(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[Deployment]:
+        sql, args = f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments", []
+        if state is not None:
+            sql += " WHERE state = ?"
+            args.append(state)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        return [self._deployment(row) for row in self._conn.execute(sql, [*args, limit, offset])]
+
+    def set_deployment_state(self, deployment_id: int, state: str) -> None:
+        with self.transaction() as conn:
+            if conn.execute("UPDATE deployments SET state = ?, updated = ? WHERE id = ?",
+                            (state, self.clock(), deployment_id)).rowcount == 0:
+                raise NotFound(f"no deployment {deployment_id}")
+
+    def deployment_targets(self, deployment_id: int, *, state: str | None = None) -> list[DeploymentTarget]:
+        sql, args = f"SELECT {self._TARGET_COLUMNS} FROM deployment_targets WHERE deployment_id = ?", [deployment_id]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [DeploymentTarget(*row) for row in self._conn.execute(sql + " ORDER BY wave, device_id", args)]
+
+    def update_targets(self, deployment_id: int, updates: Iterable[tuple[str, str, str | None]]) -> int:
+        """Set (device_id, state, reason) of many targets in one transaction."""
+        now = self.clock()
+        rows = [(state, reason, now, deployment_id, device_id) for device_id, state, reason in updates]
+        with self.transaction() as conn:
+            cur = conn.executemany("UPDATE deployment_targets SET state = ?, reason = ?, updated = ? "
+                                   "WHERE deployment_id = ? AND device_id = ?", rows)
+            conn.execute("UPDATE deployments SET updated = ? WHERE id = ?", (now, deployment_id))
+            return cur.rowcount
+
+    def target_counts(self, deployment_id: int | None = None) -> dict[str, int]:
+        """Targets per state, of one deployment or of all."""
+        sql, args = "SELECT state, count(*) FROM deployment_targets", ()
+        if deployment_id is not None:
+            sql, args = sql + " WHERE deployment_id = ?", (deployment_id,)
+        return dict(self._conn.execute(sql + " GROUP BY state", args).fetchall())
+
+    def deployment_counts(self) -> dict[str, int]:
+        return dict(self._conn.execute("SELECT state, count(*) FROM deployments GROUP BY state").fetchall())
+
+    def open_targets_for(self, device_id: str) -> list[tuple[Deployment, DeploymentTarget]]:
+        """Targets of a device still pending or sending in unfinished deployments (for reconnects)."""
+        cols = ", ".join(f"d.{c.strip()}" for c in self._DEPLOYMENT_COLUMNS.split(","))
+        tcols = ", ".join(f"t.{c.strip()}" for c in self._TARGET_COLUMNS.split(","))
+        rows = self._conn.execute(
+            f"SELECT {cols}, {tcols} FROM deployment_targets t JOIN deployments d ON d.id = t.deployment_id "
+            "WHERE t.device_id = ? AND t.state IN ('pending', 'sending') AND d.state IN ('pending', 'running') "
+            "ORDER BY d.id", (device_id,))
+        return [(self._deployment(row[:11]), DeploymentTarget(*row[11:])) for row in rows]
+
+    # --- which model version runs where --------------------------------------------------------
+    def set_model_version(self, device_id: str, model: str, version: str) -> ModelVersion:
+        """Record that `version` now runs; the version it replaces becomes the previous one."""
+        now = self.clock()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO device_models (device_id, model, version, previous_version, updated) VALUES (?, ?, ?, NULL, ?) "
+                "ON CONFLICT (device_id, model) DO UPDATE SET "
+                "previous_version = CASE WHEN version = excluded.version THEN previous_version ELSE version END, "
+                "version = excluded.version, updated = excluded.updated",
+                (device_id, model, version, now))
+        return self.model_version(device_id, model)  # type: ignore[return-value]
+
+    def rollback_model_version(self, device_id: str, model: str) -> ModelVersion | None:
+        """Make the previous version current again; None (and nothing changed) when there is none."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE device_models SET version = previous_version, previous_version = NULL, "
+                               "updated = ? WHERE device_id = ? AND model = ? AND previous_version IS NOT NULL",
+                               (self.clock(), device_id, model))
+        return self.model_version(device_id, model) if cur.rowcount else None
+
+    def remove_model(self, device_id: str, model: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM device_models WHERE device_id = ? AND model = ?",
+                                (device_id, model)).rowcount > 0
+
+    def model_version(self, device_id: str, model: str) -> ModelVersion | None:
+        row = self._conn.execute("SELECT device_id, model, version, previous_version, updated FROM device_models "
+                                 "WHERE device_id = ? AND model = ?", (device_id, model)).fetchone()
+        return ModelVersion(*row) if row else None
+
+    def model_versions(self, device_ids: Sequence[str] | None = None) -> dict[str, dict[str, ModelVersion]]:
+        """device id → model name → what runs there (all devices when no ids are given)."""
+        out: dict[str, dict[str, ModelVersion]] = {}
+        sql = "SELECT device_id, model, version, previous_version, updated FROM device_models"
+        if device_ids is None:
+            batches: Iterable[tuple] = [self._conn.execute(sql)]
+        else:
+            batches = (self._conn.execute(f"{sql} WHERE device_id IN ({','.join('?' * len(chunk))})", chunk)
+                       for chunk in (device_ids[i:i + _CHUNK] for i in range(0, len(device_ids), _CHUNK)))
+        for rows in batches:
+            for row in rows:
+                out.setdefault(row[0], {})[row[1]] = ModelVersion(*row)
+        return out
+
+    def devices_running(self, model: str, version: str | None = None) -> list[str]:
+        sql, args = "SELECT device_id FROM device_models WHERE model = ?", [model]
+        if version is not None:
+            sql += " AND version = ?"
+            args.append(version)
+        return [row[0] for row in self._conn.execute(sql + " ORDER BY device_id", args)]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
