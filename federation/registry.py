@@ -15,282 +15,43 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from federation.errors import Conflict, NotFound
+from federation.records import (
+    Bundle,
+    Deployment,
+    DeploymentTarget,
+    Device,
+    Heartbeat,
+    ModelVersion,
+    NewTarget,
+    RegistryListener,
+    TokenRecord,
+    version_key,
+)
+from federation.schema import (
+    DEPLOYMENT_ACTIONS,
+    DEPLOYMENT_STATES,
+    SCHEMA_VERSION,
+    TARGET_STATES,
+    TOKEN_ROLES,
+    connect,
+    migrate,
+    schema_version,
+)
 
-TOKEN_ROLES = ("read", "deploy", "admin", "device")
-DEPLOYMENT_ACTIONS = ("deploy", "rollback", "undeploy")
-DEPLOYMENT_STATES = ("pending", "running", "done", "aborted", "failed", "cancelled")
-TARGET_STATES = ("pending", "sending", "done", "skipped", "failed")
+__all__ = [
+    "Bundle", "Deployment", "DeploymentTarget", "Device", "Heartbeat", "ModelVersion", "NewTarget", "Registry",
+    "RegistryListener", "TokenRecord", "DEPLOYMENT_ACTIONS", "DEPLOYMENT_STATES", "SCHEMA_VERSION",
+    "TARGET_STATES", "TOKEN_ROLES", "version_key",
+]
 INLINE_BUNDLE_LIMIT = 256 * 1024  # larger bundles live as files under the data directory
 _CHUNK = 5000  # ids per `IN (…)` list, well under SQLite's variable limit
-
-
-# --- migrations -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    description: str
-    statements: tuple[str, ...] = ()
-    apply: Callable[[sqlite3.Connection], None] | None = None  # for steps SQL alone cannot do
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        for statement in self.statements:
-            conn.execute(statement)
-        if self.apply is not None:
-            self.apply(conn)
-
-
-def _in_list(values: Sequence[str]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "devices and tokens", (
-        """CREATE TABLE devices (
-            id TEXT PRIMARY KEY,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            capabilities TEXT NOT NULL DEFAULT '{}',
-            created REAL NOT NULL,
-            last_seen REAL,
-            online INTEGER NOT NULL DEFAULT 0 CHECK (online IN (0, 1))
-        )""",
-        f"""CREATE TABLE tokens (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            hash TEXT NOT NULL UNIQUE,
-            role TEXT NOT NULL CHECK (role IN ({_in_list(TOKEN_ROLES)})),
-            device_id TEXT REFERENCES devices(id) ON DELETE CASCADE,
-            label TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL,
-            revoked REAL,
-            CHECK ((role = 'device') = (device_id IS NOT NULL))
-        )""",
-    )),
-    Migration(2, "device health; bundles, deployments, their targets and device models", (
-        "ALTER TABLE devices ADD COLUMN health TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE devices ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0",
-        """CREATE TABLE bundles (
-            name TEXT NOT NULL,
-            version TEXT NOT NULL,
-            sha256 TEXT NOT NULL,
-            manifest TEXT NOT NULL DEFAULT '{}',
-            size INTEGER NOT NULL,
-            data BLOB,
-            path TEXT,
-            uploaded REAL NOT NULL,
-            uploader TEXT NOT NULL DEFAULT '',
-            PRIMARY KEY (name, version),
-            CHECK ((data IS NULL) != (path IS NULL))
-        )""",
-        f"""CREATE TABLE deployments (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            action TEXT NOT NULL CHECK (action IN ({_in_list(DEPLOYMENT_ACTIONS)})),
-            bundle TEXT NOT NULL,
-            version TEXT,
-            selection TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL,
-            updated REAL NOT NULL,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(DEPLOYMENT_STATES)})),
-            waves TEXT NOT NULL DEFAULT '{{}}',
-            failure_threshold REAL NOT NULL DEFAULT 1.0,
-            created_by TEXT NOT NULL DEFAULT ''
-        )""",
-        f"""CREATE TABLE deployment_targets (
-            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
-            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(TARGET_STATES)})),
-            reason TEXT,
-            variant TEXT,
-            wave INTEGER NOT NULL DEFAULT 0,
-            updated REAL NOT NULL,
-            PRIMARY KEY (deployment_id, device_id)
-        )""",
-        """CREATE TABLE device_models (
-            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-            model TEXT NOT NULL,
-            version TEXT NOT NULL,
-            previous_version TEXT,
-            updated REAL NOT NULL,
-            PRIMARY KEY (device_id, model)
-        )""",
-    )),
-    Migration(3, "indexes for reconnect catch-up, per-model lookups and token listing", (
-        "CREATE INDEX deployment_targets_by_device ON deployment_targets (device_id, state)",
-        "CREATE INDEX device_models_by_model ON device_models (model, version)",
-        "CREATE INDEX tokens_by_device ON tokens (device_id)",
-        "CREATE INDEX deployments_by_state ON deployments (state)",
-    )),
-)
-SCHEMA_VERSION = MIGRATIONS[-1].version
-
-
-def schema_version(conn: sqlite3.Connection) -> int:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL, description TEXT NOT NULL)")
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return row[0] or 0
-
-
-def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
-    """Apply the migrations past the database's version up to `target` (default: all)."""
-    target = SCHEMA_VERSION if target is None else target
-    current = schema_version(conn)
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(f"the registry has schema version {current}; this StreamQL knows up to {SCHEMA_VERSION}")
-    for step in MIGRATIONS:
-        if current < step.version <= target:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                step.run(conn)
-                conn.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (step.version, time.time(), step.description))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            current = step.version
-    return current
-
-
-def connect(path: str | os.PathLike) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions explicit), WAL, foreign keys enforced."""
-    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-# --- records ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Device:
-    id: str
-    metadata: dict = field(default_factory=dict)
-    capabilities: dict = field(default_factory=dict)
-    created: float = 0.0
-    last_seen: float | None = None
-    online: bool = False
-    health: dict = field(default_factory=dict)
-    restarts: int = 0
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "metadata": self.metadata, "capabilities": self.capabilities,
-                "created": self.created, "last_seen": self.last_seen, "online": self.online,
-                "health": self.health, "restarts": self.restarts}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRecord:
-    id: int
-    role: str
-    device_id: str | None
-    label: str
-    created: float
-    revoked: float | None
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "role": self.role, "device_id": self.device_id, "label": self.label,
-                "created": self.created, "revoked": self.revoked}
-
-
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    name: str
-    version: str
-    sha256: str
-    manifest: dict
-    size: int
-    path: str | None  # relative to the bundle directory; None when stored inline
-    uploaded: float
-    uploader: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "manifest": self.manifest,
-                "size": self.size, "uploaded": self.uploaded, "uploader": self.uploader}
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    id: int
-    action: str
-    bundle: str
-    version: str | None
-    selection: str
-    created: float
-    updated: float
-    state: str
-    waves: dict
-    failure_threshold: float
-    created_by: str
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "action": self.action, "bundle": self.bundle, "version": self.version,
-                "selection": self.selection, "created": self.created, "updated": self.updated,
-                "state": self.state, "waves": self.waves, "failure_threshold": self.failure_threshold,
-                "created_by": self.created_by}
-
-
-@dataclass(frozen=True, slots=True)
-class DeploymentTarget:
-    deployment_id: int
-    device_id: str
-    state: str
-    reason: str | None
-    variant: str | None
-    wave: int
-    updated: float
-
-    def to_dict(self) -> dict:
-        return {"device_id": self.device_id, "state": self.state, "reason": self.reason,
-                "variant": self.variant, "wave": self.wave, "updated": self.updated}
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    device_id: str
-    model: str
-    version: str
-    previous_version: str | None
-    updated: float
-
-    def to_dict(self) -> dict:
-        return {"version": self.version, "previous_version": self.previous_version, "updated": self.updated}
-
-
-class NewTarget(NamedTuple):
-    """A device a new deployment addresses, with its initial state."""
-
-    device_id: str
-    state: str = "pending"
-    reason: str | None = None
-    variant: str | None = None
-    wave: int = 0
-
-
-class Heartbeat(NamedTuple):
-    device_id: str
-    at: float
-    health: dict | None = None
-    restarts: int | None = None
-
-
-class RegistryListener(Protocol):
-    def device_changed(self, device: Device) -> None: ...
-    def device_removed(self, device_id: str) -> None: ...
-    def online_changed(self, device_ids: Sequence[str], online: bool) -> None: ...
-    def reset(self, devices: Iterable[Device]) -> None: ...
-
-
-def version_key(version: str | None) -> tuple:
-    """Order versions as people do: '1.10.0' after '1.9.2'; numbers before text in each part."""
-    parts = re.split(r"[.\-+_]", version or "")
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 def _json(value: Any) -> str:

@@ -8,10 +8,10 @@ from aiohttp import web
 
 from federation.auth import Role, provision
 from federation.errors import BadRequest, NotFound
-from federation.http import json_body, query_flag, query_int, requires
+from federation.http import json_body, query_int, requires
 from federation.keys import INDEX, REGISTRY
 from federation.registry import Device, Registry
-from federation.selection import ID, ONLINE, And, Eq, In, Predicate, capability, conjunction, meta
+from federation.selection import ID, ONLINE, Eq, In, Predicate, capability, conjunction, meta
 
 MAX_PAGE = 10_000
 
