@@ -218,7 +218,8 @@ class SelectionIndex:
     # --- answering ---------------------------------------------------------------------------------
     def select(self, predicate: Predicate) -> list[str]:
         """Ids of the devices satisfying `predicate`, in registration order (rows reused)."""
-        return self._ids[self.select_rows(predicate)].tolist()
+        rows = self.select_rows(predicate)  # first: it may reset the arrays (before_select)
+        return self._ids[rows].tolist()
 
     def select_rows(self, predicate: Predicate) -> np.ndarray:
         if self.before_select is not None:
