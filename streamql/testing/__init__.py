@@ -1,0 +1,1 @@
+"""Testing helpers that ship with the library (model builders, fakes)."""
