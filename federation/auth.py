@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,19 @@ def provision(registry: Registry, device_id: Any, metadata: Any = None, capabili
     token = new_token()
     device = registry.add_device(device_id, metadata, capabilities, token_hash=hash_token(token))
     return Provisioned(device, token)
+
+
+def provision_many(registry: Registry, devices: Iterable[tuple[Any, Any, Any]]) -> list[tuple[str, str]]:
+    """Register many (id, metadata, capabilities) in one transaction; [(id, token)] in order."""
+    rows, out = [], []
+    for device_id, metadata, capabilities in devices:
+        device_id = check_device_id(device_id)
+        token = new_token()
+        rows.append((device_id, _check_attributes("metadata", metadata),
+                     _check_attributes("capabilities", capabilities), hash_token(token)))
+        out.append((device_id, token))
+    registry.add_devices(rows)
+    return out
 
 
 def bootstrap_admin(registry: Registry, data_dir: str | os.PathLike) -> str | None:

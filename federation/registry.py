@@ -160,6 +160,21 @@ class Registry:
         self._notify_changed([device])
         return device
 
+    def add_devices(self, devices: Iterable[tuple[str, dict | None, dict | None, str]]) -> int:
+        """Register many (id, metadata, capabilities, token hash) in one transaction; all or none."""
+        now = self.clock()
+        rows = [(i, _json(m), _json(c), h) for i, m, c, h in devices]
+        try:
+            with self.transaction() as conn:
+                conn.executemany("INSERT INTO devices (id, metadata, capabilities, created) VALUES (?, ?, ?, ?)",
+                                 [(i, m, c, now) for i, m, c, _ in rows])
+                conn.executemany("INSERT INTO tokens (hash, role, device_id, label, created) "
+                                 "VALUES (?, 'device', ?, 'device', ?)", [(h, i, now) for i, _, _, h in rows])
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"some of these devices are already registered: {exc}") from exc
+        self._notify_changed(Device(i, json.loads(m), json.loads(c), now) for i, m, c, _ in rows)
+        return len(rows)
+
     def get_device(self, device_id: str) -> Device | None:
         row = self._conn.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE id = ?", (device_id,)).fetchone()
         return self._device(row) if row else None

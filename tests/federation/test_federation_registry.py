@@ -218,3 +218,16 @@ def test_listeners_and_changes_by_another_process(tmp_path):
 def test_version_order():
     assert sorted(["1.10.0", "1.9.2", "1.9.10", "2.0.0-rc1", "2.0.0"], key=version_key) == \
         ["1.9.2", "1.9.10", "1.10.0", "2.0.0", "2.0.0-rc1"]
+
+
+def test_provision_many_in_one_transaction(registry):
+    from federation.auth import provision_many
+
+    index = SelectionIndex()
+    registry.add_listener(index)
+    made = provision_many(registry, [(f"e{i}", {"region": "US" if i % 2 else "EU"}, {"ram_kb": i}) for i in range(100)])
+    assert len(made) == 100 and authenticate(registry, made[7][1]).device_id == "e7"
+    assert index.count(Eq(meta("region"), "US")) == 50 and registry.device_count() == 100
+    with pytest.raises(Conflict):  # one duplicate: none of the batch is stored
+        provision_many(registry, [("new", {}, {}), ("e1", {}, {})])
+    assert registry.get_device("new") is None and "new" not in index
