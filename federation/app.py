@@ -4,6 +4,8 @@ Tests use the same factory through pytest-aiohttp's `aiohttp_client` fixture.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -12,8 +14,9 @@ from aiohttp import WSCloseCode, web
 
 from federation.auth import bootstrap_admin
 from federation.config import FederationConfig
+from federation.heartbeats import HeartbeatBuffer
 from federation.index import SelectionIndex
-from federation.keys import BOOTSTRAP_TOKEN, CONFIG, INDEX, METRICS, REGISTRY, WEBSOCKETS
+from federation.keys import BOOTSTRAP_TOKEN, CONFIG, HEARTBEATS, INDEX, METRICS, REGISTRY, WEBSOCKETS
 from federation.metrics import FederationMetrics
 from federation.middlewares import auth_middleware, error_middleware
 from federation.registry import Registry
@@ -31,6 +34,7 @@ def create_app(config: FederationConfig) -> web.Application:
     app[INDEX] = SelectionIndex()
     app[WEBSOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.append(registry_ctx)
+    app.cleanup_ctx.append(heartbeat_ctx)  # after the registry: flushed before it closes
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app
@@ -62,6 +66,20 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         index.before_select = None
         registry.remove_listener(index)
         registry.close()
+
+
+async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Flush buffered heartbeats every second, and a last time before the registry closes."""
+    buffer = HeartbeatBuffer(app[REGISTRY])
+    app[HEARTBEATS] = buffer
+    task = asyncio.create_task(buffer.run(), name="heartbeat-flush")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        buffer.flush()
 
 
 async def close_websockets(app: web.Application) -> None:

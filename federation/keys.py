@@ -11,6 +11,7 @@ from aiohttp import web
 
 from federation.auth import Principal
 from federation.config import FederationConfig
+from federation.heartbeats import HeartbeatBuffer
 from federation.index import SelectionIndex
 from federation.metrics import FederationMetrics
 from federation.registry import Registry
@@ -20,6 +21,7 @@ REGISTRY = web.AppKey("registry", Registry)  # set while the app runs (cleanup_c
 INDEX = web.AppKey("index", SelectionIndex)  # in sync with REGISTRY
 METRICS = web.AppKey("metrics", FederationMetrics)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)  # every open WebSocketResponse, closed on shutdown
+HEARTBEATS = web.AppKey("heartbeats", HeartbeatBuffer)  # add(Heartbeat(…)); flushed every second
 BOOTSTRAP_TOKEN = web.AppKey("bootstrap_token", str)  # only on the first start of a data directory
 
 # the authenticated caller of a request (absent on public routes)

@@ -348,3 +348,24 @@ def test_role_marks_on_handlers_match_the_roles_enum():
     assert Role.parse("Deploy") is Role.DEPLOY and Role.DEPLOY.label == "deploy"
     with pytest.raises(Exception):
         Role.parse("root")
+
+
+async def test_heartbeats_are_buffered_and_flushed_at_shutdown(config):
+    from federation.keys import HEARTBEATS
+    from federation.registry import Heartbeat
+
+    app = create_app(config)
+    async with TestClient(TestServer(app)) as client:
+        registry = client.app[REGISTRY]
+        from federation.auth import provision_many
+        provision_many(registry, [(f"e{i}", {}, {}) for i in range(1000)])
+        buffer = client.app[HEARTBEATS]
+        for at in (1.0, 2.0):  # the latest per device wins
+            for i in range(1000):
+                buffer.add(Heartbeat(f"e{i}", at, {"cpu": at}, 0))
+        assert len(buffer) == 1000 and registry.get_device("e5").last_seen is None
+        assert buffer.flush() == 1000 and registry.get_device("e5").health == {"cpu": 2.0}
+        buffer.add(Heartbeat("e5", 3.0))
+    from federation.registry import Registry
+    with Registry(config.registry_path) as registry:
+        assert registry.get_device("e5").last_seen == 3.0
