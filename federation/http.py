@@ -22,6 +22,7 @@ from aiohttp import web
 from federation.auth import Principal, Role
 from federation.errors import BadRequest, PayloadTooLarge, Unauthorized
 from federation.keys import CONFIG, PRINCIPAL, WEBSOCKETS
+from streamql.errors import Span
 
 ACCESS_ATTRIBUTE = "__streamql_access__"
 BODY_LIMIT_ATTRIBUTE = "__streamql_body_limit__"
@@ -91,7 +92,6 @@ async def json_body(request: web.Request) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         error = BadRequest(f"the body is not valid JSON: {exc}")
         if isinstance(exc, json.JSONDecodeError):  # the position inside the body, 1-based
-            from streamql.errors import Span
             error.span = Span(exc.pos, exc.pos + 1, exc.lineno, exc.colno, exc.lineno, exc.colno + 1)
         raise error from None
     if not isinstance(body, dict):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +59,8 @@ def free_port() -> int:
 
 def test_serve_as_a_process_and_provision_while_it_runs(tmp_path):
     data, port = tmp_path / "fed", free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "federation.cli", "--port", str(port), "--data", str(data),
                              "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     try:

@@ -5,6 +5,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -206,7 +207,9 @@ def test_listeners_and_changes_by_another_process(tmp_path):
     assert index.select(Eq(("online",), True)) == ["e1"]
     code = ("import sys; from federation.registry import Registry; from federation.auth import provision;"
             f"provision(Registry({str(path)!r}), 'e2', {{'region': 'US'}})")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
     assert sorted(index.select(Eq(meta("region"), "US"))) == ["e1", "e2"]
     assert index.select(Eq(("online",), True)) == ["e1"]
     reg.delete_device("e1")
