@@ -72,6 +72,7 @@ class Registry:
         self._listeners: list[RegistryListener] = []
         migrate(self._conn)
         self._data_version = self._pragma_data_version()
+        self._known = self._device_extent()  # (deletions/rewrites counter, max rowid) we are in sync with
 
     # --- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -119,16 +120,43 @@ class Registry:
     def _pragma_data_version(self) -> int:
         return self._conn.execute("PRAGMA data_version").fetchone()[0]
 
+    def _device_extent(self) -> tuple[int, int]:
+        return self._conn.execute(
+            "SELECT (SELECT value FROM registry_counters WHERE name = 'device_rewrites'), "
+            "coalesce(max(rowid), 0) FROM devices").fetchone()
+
+    @contextlib.contextmanager
+    def _device_write(self) -> Iterator[sqlite3.Connection]:
+        """A transaction writing devices; it keeps us in sync unless another process wrote first."""
+        with self.transaction() as conn:
+            in_sync = self._device_extent() == self._known
+            yield conn
+            after = self._device_extent()
+        if in_sync:
+            self._known = after
+
     def poll_external_changes(self) -> bool:
-        """Reset the listeners when another process committed since the last poll (cheap)."""
+        """Bring the listeners up to date when another process committed since the last poll.
+
+        Costs one pragma when nothing changed. Devices another process added (the `provision`
+        command) are passed on one by one; a deletion or metadata change elsewhere resets the
+        listeners from the whole table. Tokens need nothing: each request reads them afresh.
+        """
         version = self._pragma_data_version()
         if version == self._data_version:
             return False
         self._data_version = version
-        if self._listeners:
+        extent = self._device_extent()
+        if extent == self._known:
+            return False
+        if extent[0] != self._known[0]:
             devices = list(self.iter_devices())
             for listener in self._listeners:
                 listener.reset(devices)
+        else:
+            self._notify_changed([self._device(row) for row in self._conn.execute(
+                f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE rowid > ?", (self._known[1],))])
+        self._known = extent
         return True
 
     def _notify_changed(self, devices: Iterable[Device]) -> None:
@@ -149,7 +177,7 @@ class Registry:
         """Register a device together with the hash of its token; Conflict if the id exists."""
         now = self.clock()
         try:
-            with self.transaction() as conn:
+            with self._device_write() as conn:
                 conn.execute("INSERT INTO devices (id, metadata, capabilities, created) VALUES (?, ?, ?, ?)",
                              (device_id, _json(metadata), _json(capabilities), now))
                 conn.execute("INSERT INTO tokens (hash, role, device_id, label, created) VALUES (?, 'device', ?, ?, ?)",
@@ -165,7 +193,7 @@ class Registry:
         now = self.clock()
         rows = [(i, _json(m), _json(c), h) for i, m, c, h in devices]
         try:
-            with self.transaction() as conn:
+            with self._device_write() as conn:
                 conn.executemany("INSERT INTO devices (id, metadata, capabilities, created) VALUES (?, ?, ?, ?)",
                                  [(i, m, c, now) for i, m, c, _ in rows])
                 conn.executemany("INSERT INTO tokens (hash, role, device_id, label, created) "
@@ -215,7 +243,7 @@ class Registry:
 
     def delete_device(self, device_id: str) -> bool:
         """Forget a device, its tokens, its deployment targets and model versions."""
-        with self.transaction() as conn:
+        with self._device_write() as conn:
             deleted = conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount > 0
         if deleted:
             for listener in self._listeners:
@@ -234,7 +262,7 @@ class Registry:
             sets.append("restarts = ?")
             args.append(int(restarts))
         if sets:
-            with self.transaction() as conn:
+            with self._device_write() as conn:
                 if conn.execute(f"UPDATE devices SET {', '.join(sets)} WHERE id = ?", [*args, device_id]).rowcount == 0:
                     raise NotFound(f"no device {device_id!r} is registered")
         device = self.require_device(device_id)

@@ -111,6 +111,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX tokens_by_device ON tokens (device_id)",
         "CREATE INDEX deployments_by_state ON deployments (state)",
     )),
+    Migration(4, "a counter of device deletions and metadata changes, for other processes to notice", (
+        "CREATE TABLE registry_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO registry_counters VALUES ('device_rewrites', 0)",
+        """CREATE TRIGGER devices_deleted AFTER DELETE ON devices BEGIN
+            UPDATE registry_counters SET value = value + 1 WHERE name = 'device_rewrites'; END""",
+        """CREATE TRIGGER devices_rewritten AFTER UPDATE OF metadata, capabilities ON devices BEGIN
+            UPDATE registry_counters SET value = value + 1 WHERE name = 'device_rewrites'; END""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

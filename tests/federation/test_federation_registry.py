@@ -212,8 +212,17 @@ def test_listeners_and_changes_by_another_process(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     assert sorted(index.select(Eq(meta("region"), "US"))) == ["e1", "e2"]
     assert index.select(Eq(("online",), True)) == ["e1"]
+    assert not reg.poll_external_changes()  # nothing new since
+    create_token(Registry(path), Role.READ)  # another connection's commit that touches no device
+    assert not reg.poll_external_changes()
+    other = Registry(path)
+    other.delete_device("e2")
+    provision(other, "e3", {"region": "US"})
+    other.close()
+    assert sorted(index.select(Eq(meta("region"), "US"))) == ["e1", "e3"]  # a deletion elsewhere: full reset
+    assert index.select(Eq(("online",), True)) == ["e1"]
     reg.delete_device("e1")
-    assert index.select(Eq(meta("region"), "US")) == ["e2"]
+    assert index.select(Eq(meta("region"), "US")) == ["e3"]
     assert reg.mark_all_offline() == 0
     reg.close()
 
@@ -234,3 +243,22 @@ def test_provision_many_in_one_transaction(registry):
     with pytest.raises(Conflict):  # one duplicate: none of the batch is stored
         provision_many(registry, [("new", {}, {}), ("e1", {}, {})])
     assert registry.get_device("new") is None and "new" not in index
+
+
+def test_own_writes_after_another_process_wrote_are_not_mistaken_for_sync(tmp_path):
+    path = tmp_path / "registry.sqlite3"
+    reg = Registry(path)
+    index = SelectionIndex()
+    reg.add_listener(index)
+    provision(reg, "a", {"k": 1})
+    with Registry(path) as other:  # another process adds b, then we add c before polling
+        provision(other, "b", {"k": 1})
+    provision(reg, "c", {"k": 1})
+    assert reg.poll_external_changes()
+    assert sorted(index.select(Eq(meta("k"), 1))) == ["a", "b", "c"]
+    with Registry(path) as other:  # another process changes a's metadata
+        other.update_device("a", metadata={"k": 2})
+    assert reg.poll_external_changes() and sorted(index.select(Eq(meta("k"), 1))) == ["b", "c"]
+    reg.update_device("b", metadata={"k": 2})  # our own change: in sync, nothing to poll
+    assert not reg.poll_external_changes()
+    reg.close()
