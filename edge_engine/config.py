@@ -1,0 +1,440 @@
+"""Edge configuration: `edge.toml`, with every setting also a command-line flag.
+
+Precedence, highest first: command-line flags, the environment (`STREAMQL_EDGE_TOKEN` only, so a
+token need not show in `ps`), the file, defaults. Flags that give a list (`--trusted-key`)
+replace the file's list; `--meta KEY=VALUE` overrides one metadata key; `--signal` adds a signal
+or replaces the file's signal of the same name. Every problem is a `ConfigError` naming the key.
+See `edge_engine/example-edge.toml` for a commented example.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import platform
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from .buffer import FSYNC_POLICIES, OVERFLOW_POLICIES
+from .signals import SignalSpecError, check_spec
+
+__all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Reconnect",
+           "add_arguments", "load_config", "detect_runtimes", "TOKEN_ENV"]
+
+TOKEN_ENV = "STREAMQL_EDGE_TOKEN"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; `key` is its dotted name (`buffer.max_records`, `signals[2].rate_hz`)."""
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
+        self.key = key
+        self.message = message
+        self.source = source
+
+
+@dataclass
+class Capabilities:
+    ram_kb: int | None = None
+    flash_kb: int | None = None
+    cpu: str | None = None
+
+
+@dataclass
+class BufferSettings:
+    max_records: int | None = 100_000
+    max_bytes: int | None = 64 * 1024 * 1024
+    fsync: str = "interval"
+    fsync_interval_s: float = 1.0
+    overflow: str = "drop_oldest"
+
+
+@dataclass
+class Limits:
+    """Defaults for query fragments that arrive without their own limits."""
+
+    rows: int | None = None
+    seconds: float | None = None
+    memory_mb: float | None = 256.0
+
+
+@dataclass
+class Reconnect:
+    """Exponential backoff with full jitter between `initial_s` and `max_s`."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+
+@dataclass
+class EdgeConfig:
+    id: str
+    federation: str | None = None
+    token: str | None = field(default=None, repr=False)
+    store: Path = Path("edge-state")
+    metadata: dict[str, Any] = field(default_factory=dict)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    signals: list[dict] = field(default_factory=list)
+    heartbeat_s: float = 5.0
+    buffer: BufferSettings = field(default_factory=BufferSettings)
+    limits: Limits = field(default_factory=Limits)
+    reconnect: Reconnect = field(default_factory=Reconnect)
+    trusted_keys: list[str] = field(default_factory=list)
+    log_level: str = "info"
+    source: Path | None = None          # the file it was loaded from, if any
+
+    def capabilities_dict(self, signals: list[dict] | None = None) -> dict:
+        """`hello.capabilities`: the configured ones, runtimes detected, signals (from the drivers)."""
+        described = signals if signals is not None else [
+            {"name": s["name"], "kind": s.get("kind", "simulated"), "type": s.get("type")} for s in self.signals]
+        caps = {k: v for k, v in asdict(self.capabilities).items() if v is not None}
+        return {**caps, "signals": described, "runtimes": detect_runtimes()}
+
+    def to_dict(self) -> dict:
+        """The effective settings (token hidden), e.g. for `--print-config` and logs."""
+        data = asdict(self)
+        data["store"] = str(self.store)
+        data["source"] = str(self.source) if self.source else None
+        data["token"] = "***" if self.token else None
+        return data
+
+
+def detect_runtimes() -> dict[str, str]:
+    """Versions of what this engine can run: Python, numpy, StreamQL, a TFLite runtime if present."""
+    runtimes = {"python": platform.python_version(), "machine": platform.machine() or "unknown"}
+    for label, distribution in (("streamql", "streamql"), ("numpy", "numpy"), ("msgpack", "msgpack"),
+                                ("litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):
+        try:
+            runtimes[label] = _metadata.version(distribution)
+        except _metadata.PackageNotFoundError:
+            continue
+    if "streamql" not in runtimes:
+        try:
+            import streamql
+            runtimes["streamql"] = streamql.__version__
+        except Exception:
+            pass
+    return runtimes
+
+
+# == command line ==============================================================================
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every edge setting as a flag (defaults are None: only given flags override the file)."""
+    group = parser.add_argument_group("edge configuration (flags override the file)")
+    add = group.add_argument
+    add("--config", metavar="FILE", help="edge.toml to read")
+    add("--id", metavar="ID", help="this device's id")
+    add("--token", metavar="TOKEN", help=f"device token (or ${TOKEN_ENV})")
+    add("--federation", metavar="URL", help="federation URL, e.g. ws://host:8080/v1/edges/connect")
+    add("--store", metavar="DIR", help="store directory (bundles, buffer, state)")
+    add("--heartbeat", dest="heartbeat_s", type=float, metavar="SECONDS", help="health interval")
+    add("--log-level", choices=LOG_LEVELS)
+    add("--meta", action="append", metavar="KEY=VALUE", help="a metadata entry (repeatable)")
+    add("--ram-kb", type=int, metavar="KB")
+    add("--flash-kb", type=int, metavar="KB")
+    add("--cpu", metavar="NAME")
+    add("--signal", action="append", metavar="SPEC",
+        help="a signal: name=vibration,kind=simulated,shape=sine,rate_hz=1000 or a JSON object (repeatable)")
+    add("--buffer-records", type=int, metavar="N", help="store-and-forward capacity in records (0: unbounded)")
+    add("--buffer-bytes", type=int, metavar="N", help="store-and-forward capacity in bytes (0: unbounded)")
+    add("--fsync", choices=FSYNC_POLICIES, help="when the buffer reaches the disk")
+    add("--overflow", choices=OVERFLOW_POLICIES, help="what a full buffer drops")
+    add("--limit-rows", type=int, metavar="N", help="default row limit of a query")
+    add("--limit-seconds", type=float, metavar="S", help="default time limit of a query")
+    add("--limit-memory-mb", type=float, metavar="MB", help="default memory limit of a query")
+    add("--trusted-key", action="append", metavar="KEY", help="a public key trusted for bundles (repeatable)")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace | None) -> dict:
+    """The flags given, as a partial document shaped like edge.toml."""
+    if args is None:
+        return {}
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    doc: dict[str, Any] = {}
+    for key, name in (("id", "id"), ("token", "token"), ("federation", "federation"), ("store", "store"),
+                      ("heartbeat_s", "heartbeat_s"), ("log_level", "log_level")):
+        if get(name) is not None:
+            doc[key] = get(name)
+    for section, pairs in (
+            ("capabilities", (("ram_kb", "ram_kb"), ("flash_kb", "flash_kb"), ("cpu", "cpu"))),
+            ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
+                        ("fsync", "fsync"), ("overflow", "overflow"))),
+            ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb")))):
+        for key, name in pairs:
+            if get(name) is not None:
+                doc.setdefault(section, {})[key] = get(name)
+    if get("meta"):
+        meta = doc.setdefault("metadata", {})
+        for entry in get("meta"):
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise ConfigError("--meta", f"expected KEY=VALUE, got {entry!r}")
+            meta[key.strip()] = _scalar(value)
+    if get("signal"):
+        doc["signals"] = [_signal_flag(text) for text in get("signal")]
+    if get("trusted_key"):
+        doc["trusted_keys"] = list(get("trusted_key"))
+    return doc
+
+
+def _scalar(text: str) -> Any:
+    """A flag value as TOML would read it: numbers and booleans typed, anything else a string."""
+    text = text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _signal_flag(text: str) -> dict:
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError("--signal", f"not a JSON object: {exc}") from None
+        if not isinstance(spec, dict):
+            raise ConfigError("--signal", "must be a JSON object")
+        return spec
+    spec: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError("--signal", f"expected key=value, got {part!r}")
+        target = spec
+        *parents, leaf = key.strip().split(".")  # spikes.rate_per_s=2 → {"spikes": {"rate_per_s": 2}}
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _scalar(value)
+    return spec
+
+
+# == loading ===================================================================================
+_TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
+        "buffer", "limits", "reconnect", "trusted_keys", "log_level"}
+_SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
+             "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
+             "limits": {"rows", "seconds", "memory_mb"},
+             "reconnect": {"initial_s", "max_s"}}
+
+
+def load_config(path: str | os.PathLike | None = None, args: argparse.Namespace | None = None,
+                environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """The effective configuration: the file (if any), the environment, then flags on top."""
+    environ = os.environ if environ is None else environ
+    if path is None and args is not None:
+        path = getattr(args, "config", None)
+    source = str(path) if path is not None else "command line"
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError("", f"no such configuration file: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"not valid TOML: {exc}", source) from None
+        except OSError as exc:
+            raise ConfigError("", f"cannot read: {exc}", source) from None
+    try:
+        flags = _flag_overrides(args)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.message, "command line") from None
+    _check_keys(document, source)
+    _check_keys(flags, "command line")
+    if environ.get(TOKEN_ENV) and "token" not in flags:
+        flags["token"] = environ[TOKEN_ENV]
+    merged = _merge(document, flags)
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    from_flags = {key for key, value in flags.items() if key not in _SECTIONS and key != "metadata"}
+    from_flags |= {f"{key}.{inner}" for key, value in flags.items()
+                   if key in _SECTIONS or key == "metadata" for inner in value}
+    from_flags |= {f"signal:{spec.get('name')}" for spec in flags.get("signals", [])}
+    return _build(merged, base, Path(path) if path is not None else None, source, from_flags)
+
+
+def _check_keys(document: dict, source: str) -> None:
+    for key, value in document.items():
+        if key not in _TOP:
+            raise ConfigError(key, "unknown setting" + _suggest(key, _TOP), source)
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(key, "must be a table", source)
+            for inner in value:
+                if inner not in _SECTIONS[key]:
+                    raise ConfigError(f"{key}.{inner}", "unknown setting" + _suggest(inner, _SECTIONS[key]), source)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+
+
+def _merge(document: dict, flags: dict) -> dict:
+    merged = dict(document)
+    for key, value in flags.items():
+        if key in _SECTIONS or key == "metadata":
+            base = merged.get(key, {})
+            merged[key] = {**(base if isinstance(base, dict) else {}), **value}
+        elif key == "signals":
+            signals = list(merged.get("signals", []) if isinstance(merged.get("signals"), list) else [])
+            for spec in value:
+                name = spec.get("name")
+                signals = [s for s in signals if not (isinstance(s, dict) and s.get("name") == name)] + [spec]
+            merged["signals"] = signals
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: set) -> EdgeConfig:
+    def fail(key: str, message: str, signal: str | None = None):
+        head = key.split("[")[0].split(".")
+        given = (".".join(head[:2]) in from_flags or head[0] in from_flags - {"signals"}
+                 or f"signal:{signal}" in from_flags)
+        raise ConfigError(key, message, "command line" if given else source)
+
+    edge_id = doc.get("id")
+    if edge_id is None:
+        fail("id", "is required (set id in the file or give --id)")
+    if not isinstance(edge_id, str) or not _ID.fullmatch(edge_id):
+        fail("id", f"must be 1–128 letters, digits, '.', '_', ':' or '-' starting with a letter or digit, got {edge_id!r}")
+    token = _opt_str(doc, "token", fail)
+    federation = _opt_str(doc, "federation", fail)
+    if federation is not None and not re.match(r"(wss?|https?)://[^/\s]+", federation):
+        fail("federation", f"must be a ws://, wss://, http:// or https:// URL, got {federation!r}")
+    store_text = doc.get("store", f"edge-state/{edge_id}")
+    if not isinstance(store_text, str) or not store_text:
+        fail("store", "must be a directory path")
+    store = Path(store_text).expanduser()
+    if not store.is_absolute():
+        store = base / store
+
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        fail("metadata", "must be a table")
+    for key, value in metadata.items():
+        if not _META_KEY.fullmatch(key):
+            fail(f"metadata.{key}", "a metadata key must be a name (letters, digits, '_'), as it becomes a function")
+        if isinstance(value, float) and not math.isfinite(value) or not isinstance(value, (str, int, float, bool)):
+            fail(f"metadata.{key}", f"must be a string, number or boolean, got {type(value).__name__}")
+
+    section = lambda name: doc.get(name, {})  # noqa: E731
+    caps = section("capabilities")
+    capabilities = Capabilities(
+        ram_kb=_opt_int(caps, "ram_kb", "capabilities.ram_kb", fail, minimum=0),
+        flash_kb=_opt_int(caps, "flash_kb", "capabilities.flash_kb", fail, minimum=0),
+        cpu=_opt_str(caps, "cpu", fail, "capabilities.cpu"))
+
+    buf = section("buffer")
+    defaults = BufferSettings()
+    buffer = BufferSettings(
+        max_records=_capacity(buf, "max_records", defaults.max_records, fail),
+        max_bytes=_capacity(buf, "max_bytes", defaults.max_bytes, fail),
+        fsync=_choice(buf, "fsync", FSYNC_POLICIES, defaults.fsync, fail),
+        fsync_interval_s=_number(buf, "fsync_interval_s", defaults.fsync_interval_s, "buffer.fsync_interval_s", fail),
+        overflow=_choice(buf, "overflow", OVERFLOW_POLICIES, defaults.overflow, fail))
+
+    lim = section("limits")
+    limits = Limits(
+        rows=_opt_int(lim, "rows", "limits.rows", fail, minimum=1),
+        seconds=_opt_number(lim, "seconds", "limits.seconds", fail),
+        memory_mb=_opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb)
+
+    rec = section("reconnect")
+    reconnect = Reconnect(initial_s=_number(rec, "initial_s", 0.5, "reconnect.initial_s", fail),
+                          max_s=_number(rec, "max_s", 30.0, "reconnect.max_s", fail))
+    if reconnect.max_s < reconnect.initial_s:
+        fail("reconnect.max_s", "must not be below reconnect.initial_s")
+
+    heartbeat = _number(doc, "heartbeat_s", 5.0, "heartbeat_s", fail)
+    if heartbeat > 3600:
+        fail("heartbeat_s", "must be at most 3600 seconds")
+    log_level = doc.get("log_level", "info")
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+    keys = doc.get("trusted_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        fail("trusted_keys", "must be a list of public keys or key file paths")
+
+    signals = doc.get("signals", [])
+    if not isinstance(signals, list):
+        fail("signals", "must be a list of tables ([[signals]])")
+    checked, names = [], set()
+    for i, spec in enumerate(signals):
+        label = spec.get("name") if isinstance(spec, dict) else None
+        try:
+            spec = check_spec(spec)
+        except SignalSpecError as exc:
+            fail(f"signals[{i}]" + (f".{exc.key}" if exc.key else "")
+                 + (f" ({label})" if isinstance(label, str) else ""), exc.message, label)
+        if spec["name"] in names:
+            fail(f"signals[{i}].name", f"signal {spec['name']!r} is defined twice", spec["name"])
+        names.add(spec["name"])
+        if spec.get("kind") == "csv" and not Path(spec["path"]).is_absolute():
+            spec = {**spec, "path": str(base / spec["path"])}
+        checked.append(spec)
+
+    return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
+                      capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
+                      limits=limits, reconnect=reconnect, trusted_keys=list(keys), log_level=log_level.lower(),
+                      source=path)
+
+
+def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:
+    value = doc.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        fail(label or key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_int(doc: dict, key: str, label: str, fail, minimum: int = 0) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(label, f"must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _number(doc: dict, key: str, default: float, label: str, fail) -> float:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        fail(label, f"must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _opt_number(doc: dict, key: str, label: str, fail) -> float | None:
+    if doc.get(key) is None:
+        return None
+    return _number(doc, key, 0.0, label, fail)
+
+
+def _capacity(doc: dict, key: str, default: int | None, fail) -> int | None:
+    """A buffer capacity: a positive integer, or 0 for unbounded."""
+    value = doc.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        fail(f"buffer.{key}", f"must be a non-negative integer (0: unbounded), got {value!r}")
+    return value or None
+
+
+def _choice(doc: dict, key: str, choices, default: str, fail) -> str:
+    value = doc.get(key, default)
+    if value not in choices:
+        fail(f"buffer.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+    return value

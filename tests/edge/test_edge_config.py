@@ -1,0 +1,116 @@
+"""Edge configuration: the file, the environment and flags, in that order; errors name the key."""
+import argparse
+from pathlib import Path
+
+import pytest
+
+from edge_engine.config import ConfigError, EdgeConfig, add_arguments, load_config
+from edge_engine.signals import build_drivers
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "edge_engine" / "example-edge.toml"
+
+
+def parse(*flags):
+    return add_arguments(argparse.ArgumentParser()).parse_args(list(flags))
+
+
+def write(tmp_path, text, name="edge.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_loads_and_its_signals_build():
+    config = load_config(EXAMPLE, environ={})
+    assert isinstance(config, EdgeConfig) and config.id == "wl-1"
+    assert config.metadata["region"] == "US" and config.capabilities.ram_kb == 524288
+    assert [s["name"] for s in config.signals] == ["vibration", "outside_temperature"]
+    assert config.store == EXAMPLE.parent / "state" / "wl-1"  # relative to the file
+    drivers = build_drivers(config.signals)
+    assert set(drivers.signals) == {"vibration", "outside_temperature"}
+    caps = config.capabilities_dict(drivers.describe())
+    assert caps["ram_kb"] == 524288 and "numpy" in caps["runtimes"] and caps["signals"][0]["name"]
+
+
+def test_flags_override_the_file_and_the_environment_gives_the_token(tmp_path):
+    path = write(tmp_path, '''
+id = "a"
+token = "from-file"
+heartbeat_s = 10
+[metadata]
+region = "US"
+kind = "dumper"
+[buffer]
+max_records = 50
+[[signals]]
+name = "t"
+shape = "constant"
+offset = 1
+''')
+    config = load_config(path, parse("--heartbeat", "2", "--meta", "region=EU", "--meta", "year=2019",
+                                     "--buffer-bytes", "0", "--signal", "name=t,shape=sine,rate_hz=4",
+                                     "--signal", '{"name": "u", "kind": "udp", "port": 9000}',
+                                     "--trusted-key", "k1"), environ={"STREAMQL_EDGE_TOKEN": "from-env"})
+    assert config.heartbeat_s == 2.0 and config.token == "from-env"
+    assert config.metadata == {"region": "EU", "kind": "dumper", "year": 2019}
+    assert config.buffer.max_records == 50 and config.buffer.max_bytes is None
+    assert [(s["name"], s.get("shape")) for s in config.signals] == [("t", "sine"), ("u", None)]
+    assert config.trusted_keys == ["k1"]
+    assert load_config(path, parse("--token", "flag"), environ={"STREAMQL_EDGE_TOKEN": "env"}).token == "flag"
+    assert load_config(path, parse(), environ={}).token == "from-file"
+    assert "from-file" not in repr(load_config(path, environ={})) and load_config(path, environ={}).to_dict()["token"] == "***"
+
+
+def test_flags_alone_are_enough():
+    config = load_config(None, parse("--id", "e-7", "--federation", "http://127.0.0.1:9/", "--signal",
+                                     "name=v,rate_hz=100,spikes.rate_per_s=1.5"), environ={})
+    assert config.id == "e-7" and config.signals[0]["spikes"] == {"rate_per_s": 1.5}
+    assert config.source is None and config.store.name == "e-7"
+
+
+@pytest.mark.parametrize("text, key", [
+    ('idd = "x"', "idd"),
+    ('id = "x"\n[buffer]\nmax_recrods = 1', "buffer.max_recrods"),
+    ('id = "x"\n[buffer]\nfsync = "often"', "buffer.fsync"),
+    ('id = "x"\n[buffer]\nmax_records = -1', "buffer.max_records"),
+    ('id = "bad id"', "id"),
+    ('token = "t"', "id"),
+    ('id = "x"\nfederation = "ftp://h"', "federation"),
+    ('id = "x"\nheartbeat_s = 0', "heartbeat_s"),
+    ('id = "x"\nlog_level = "loud"', "log_level"),
+    ('id = "x"\n[metadata]\n"bad key" = 1', "metadata.bad key"),
+    ('id = "x"\n[metadata]\nk = [1, 2]', "metadata.k"),
+    ('id = "x"\n[capabilities]\nram_kb = "lots"', "capabilities.ram_kb"),
+    ('id = "x"\n[limits]\nrows = 0', "limits.rows"),
+    ('id = "x"\n[reconnect]\ninitial_s = 5\nmax_s = 1', "reconnect.max_s"),
+    ('id = "x"\ntrusted_keys = "k"', "trusted_keys"),
+    ('id = "x"\nmetadata = 3', "metadata"),
+    ('id = "x"\n[[signals]]\nname = "v"\nrate_hz = "fast"', "signals[0].rate_hz (v)"),
+    ('id = "x"\n[[signals]]\nname = "v"\n[[signals]]\nname = "v"', "signals[1].name"),
+    ('id = "x"\n[[signals]]\nname = "v"\nkind = "csv"\npath = "nope.csv"\nrate_hz = 1\nspeed = -1', "signals[0].speed (v)"),
+])
+def test_errors_name_the_key_and_the_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == key and str(path) in str(info.value)
+
+
+def test_suggestions_and_flag_errors_name_the_command_line(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'heartbeat_s'"):
+        load_config(write(tmp_path, 'id = "x"\nheartbeat = 3'), environ={})
+    path = write(tmp_path, 'id = "x"')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, parse("--heartbeat", "-1"), environ={})
+    assert info.value.source == "command line" and info.value.key == "heartbeat_s"
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(path, parse("--meta", "novalue"), environ={})
+    with pytest.raises(ConfigError, match="command line: signals"):
+        load_config(path, parse("--signal", "name=z,shape=cube"), environ={})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "absent.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML.*line 1"):
+        load_config(write(tmp_path, "id = \n[x"), environ={})
