@@ -1,8 +1,20 @@
 """The HTTP routes, one module per area; each module has `setup(app)` adding its routes.
 
-Modules marked "stub" answer 501 until their owners fill them in (the OpenAPI document in
-`federation/openapi.py` already describes them). Order matters: `edges_connect` comes before
-`edges` so that `/v1/edges/connect` is not taken for the device id "connect".
+Adding or filling in a route:
+1. describe it in `federation/openapi.py` (`OPERATIONS`: summary, `x-streamql-role`, bodies);
+2. write the handler in its module here, marked `@requires(Role.READ | DEPLOY | ADMIN | DEVICE)`
+   or `@public` (unmarked handlers need admin), using the helpers of `federation.http`
+   (`principal`, `json_body`, `read_body` with `@body_limit()`, `track_websocket`) and the app's
+   typed keys in `federation.keys` (`REGISTRY`, `INDEX`, `METRICS`, `HEARTBEATS`, `CONFIG`);
+3. raise `federation.errors` (or any `QueryError`) for bad input: the error middleware answers
+   `{"error": {kind, message, line, column}}` with its 4xx status;
+4. resources with a lifetime (the edge hub, background tasks) go in `app.cleanup_ctx` from the
+   module's `setup(app)`, with their own `web.AppKey` in `federation/keys.py`.
+A test (tests/federation/test_federation_app.py) checks that the served routes, their roles and
+the OpenAPI document agree.
+
+Modules marked "stub" answer 501 until their owners fill them in. Order matters: `edges_connect`
+comes before `edges` so that `/v1/edges/connect` is not taken for the device id "connect".
 """
 from __future__ import annotations
 

@@ -369,3 +369,29 @@ async def test_heartbeats_are_buffered_and_flushed_at_shutdown(config):
     from federation.registry import Registry
     with Registry(config.registry_path) as registry:
         assert registry.get_device("e5").last_seen == 3.0
+
+
+async def test_a_handler_without_a_role_mark_needs_admin(aiohttp_client, config):
+    async def unmarked(request):
+        return web.json_response({"ok": True})
+
+    app = create_app(config)
+    app.router.add_get("/test/unmarked", unmarked)
+    client = await aiohttp_client(app)
+    registry = client.app[REGISTRY]
+    from federation.auth import create_token
+    deploy = create_token(registry, Role.DEPLOY)[1]
+    assert (await client.get("/test/unmarked")).status == 401
+    assert (await client.get("/test/unmarked", headers={"Authorization": f"Bearer {deploy}"})).status == 403
+    admin = {"Authorization": f"Bearer {client.app[BOOTSTRAP_TOKEN]}"}
+    assert (await client.get("/test/unmarked", headers=admin)).status == 200
+
+
+def test_openapi_declares_every_path_parameter():
+    doc = openapi.document()
+    for path, operations in doc["paths"].items():
+        names = set(re.findall(r"\{(\w+)\}", path))
+        for method, op in operations.items():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == names, (method, path)
+            assert op["responses"] and op["summary"], (method, path)
