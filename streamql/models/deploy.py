@@ -342,9 +342,10 @@ def bundle_fit(bundle_or_manifest: Any, capabilities: Mapping | None,
             if scored:
                 found = min(scored, key=lambda s: s[:3])
         if found is None:
-            need = deployable({"ram_kb": ram, "flash_kb": flash},
-                              {"ram_kb": cap.get("ram_kb"), "flash_kb": cap.get("flash_kb")})
-            return BundleFit(False, choices, f"the models together {need.reason}", ram, flash)
+            short = [f"{_fmt(need)} KB of {label} but the device has {_fmt(float(cap[key]))} KB"
+                     for key, label, need in (("ram_kb", "RAM", ram), ("flash_kb", "flash", flash))
+                     if cap.get(key) is not None and need > float(cap[key])]
+            return BundleFit(False, choices, "the models together need " + " and ".join(short), ram, flash)
         _, ram, flash, best_combo = found
         choices = {n: Choice(n, v, r, choices[n].reasons, choices[n].candidates)
                    for n, (v, r) in zip(names, best_combo)}

@@ -511,8 +511,8 @@ def _pack(kind: str, params: dict, arrays: dict[str, np.ndarray]) -> bytes:
     blobs = []
     offset = 0
     for key in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[key], dtype="<f8")
-        raw = arr.tobytes()
+        arr = np.asarray(arrays[key], dtype="<f8")  # not ascontiguousarray: it turns 0-d into 1-d
+        raw = arr.tobytes(order="C")
         directory.append({"name": key, "shape": list(arr.shape), "offset": offset, "nbytes": len(raw)})
         blobs.append(raw)
         offset += len(raw)

@@ -97,8 +97,8 @@ class TFLiteModel(Model):
 
     def __init__(self, data: bytes, name: str = "model", num_threads: int = 1):
         super().__init__(name)
+        self.graph = read_tflite(data, name)  # checks the type, too
         self._data = bytes(data)
-        self.graph = read_tflite(self._data, name)
         self._info = describe_tflite(self.graph, self._data)
         self._interpreter = runtime.make_interpreter(self._data, num_threads=num_threads)
         self._lock = threading.Lock()
