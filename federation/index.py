@@ -4,8 +4,8 @@ Devices are row numbers. Each key (`('meta', name)` or `('capability', name)`) i
 int32 array of codes into the key's dictionary of distinct values (0 = missing) and, once a number
 appears under the key, a float64 array (NaN where there is no number) for ordering comparisons.
 A predicate becomes a boolean mask over the rows: equality and `in` look their values up in the
-dictionary and gather a per-code truth table (`lut[codes]`); `like` and string comparisons
-evaluate the dictionary once, never the rows. `np.flatnonzero` of the mask gives the rows.
+dictionary and compare codes (a few) or gather a per-code truth table (`np.take(lut, codes)`);
+`like` and string comparisons evaluate the dictionary once, never the rows. `np.flatnonzero` of the mask gives the rows.
 
 The index is kept in sync with the registry as its listener (`device_changed`, `device_removed`,
 `online_changed`, `reset`); it never writes anything itself.
@@ -244,13 +244,17 @@ class SelectionIndex:
             case All():
                 return np.ones(n, dtype=bool)
             case And(predicates=ps):
-                out = np.ones(n, dtype=bool)
-                for p in ps:
+                if not ps:
+                    return np.ones(n, dtype=bool)
+                out = self.mask(ps[0])
+                for p in ps[1:]:
                     out &= self.mask(p)
                 return out
             case Or(predicates=ps):
-                out = np.zeros(n, dtype=bool)
-                for p in ps:
+                if not ps:
+                    return np.zeros(n, dtype=bool)
+                out = self.mask(ps[0])
+                for p in ps[1:]:
                     out |= self.mask(p)
                 return out
             case Not(predicate=p):
@@ -272,7 +276,7 @@ class SelectionIndex:
                 if column is None:
                     return np.zeros(n, dtype=bool)
                 lut = column.truth_table(lambda v: v[0] == STRING and like(v[1], pattern))
-                return lut[column.codes[:n]]
+                return np.take(lut, column.codes[:n])
             case IsNull(key=key):
                 if key in (ID, ONLINE):
                     return np.zeros(n, dtype=bool)
@@ -301,11 +305,15 @@ class SelectionIndex:
         codes = [c for c in (column.lookup.get(v) for v in wanted) if c is not None]
         if not codes:
             return out
-        if len(codes) == 1:
-            return column.codes[:n] == codes[0]
+        column_codes = column.codes[:n]
+        if len(codes) <= 4:  # a few equalities beat a gather through a truth table
+            out = column_codes == codes[0]
+            for code in codes[1:]:
+                out |= column_codes == code
+            return out
         lut = np.zeros(len(column.values), dtype=bool)
         lut[codes] = True
-        return lut[column.codes[:n]]
+        return np.take(lut, column_codes)
 
     def _compare(self, key: Key, op: str, value: Any) -> np.ndarray:
         n = self._rows
@@ -331,7 +339,7 @@ class SelectionIndex:
                 return numbers > bound
             return numbers >= bound
         lut = column.truth_table(lambda v: compare_normalized(v, op, right))
-        return lut[column.codes[:n]]
+        return np.take(lut, column.codes[:n])
 
     def _by_id(self, test: Callable[[str], bool]) -> np.ndarray:
         out = np.zeros(self._rows, dtype=bool)
