@@ -111,6 +111,7 @@ class TFLiteModel(Model):
                              f" outputs ({runtime.first_line(exc)})") from None
         self._output_names = _unique_names([p.name for p in self._outputs])
         self._batchable = all(p.batched for p in self._inputs)
+        self._one_to_one = len(self._inputs) == 1 == len(self._outputs)
         self._allocated = 1 if self._batchable else None
 
     @staticmethod
@@ -145,6 +146,10 @@ class TFLiteModel(Model):
 
     # --- running ----------------------------------------------------------------------------
     def predict(self, x: Any) -> Any:
+        if self._one_to_one and self._batchable and isinstance(x, np.ndarray):
+            fast = self._predict_one_to_one(x)
+            if fast is not None:
+                return fast
         batches, single = self._coerce(x)
         n = batches[0].shape[0]
         encoded = [p.encode(b) for p, b in zip(self._inputs, batches)]
@@ -163,6 +168,39 @@ class TFLiteModel(Model):
         if len(outs) == 1:
             return outs[0]
         return dict(zip(self._output_names, outs))
+
+    def _predict_one_to_one(self, x: np.ndarray) -> Any:
+        """The common case (one input, one output, an array of the right shape) without the
+        generality of `predict`: a window of a stream arriving alone must cost little more than
+        calling the interpreter directly. None when the general path must take over."""
+        port, out = self._inputs[0], self._outputs[0]
+        shape = port.sample_shape
+        if x.shape == shape:
+            n = 0  # one sample
+        elif x.shape[1:] == shape and x.ndim == len(shape) + 1 and x.shape[0] > 0:
+            n = x.shape[0]
+        else:
+            return None
+        if x.dtype.kind not in "fiu":
+            return None
+        rows = n or 1
+        data = port.encode(x.reshape((rows, *shape))) if port.quantized else \
+            x.reshape((rows, *shape)).astype(port.dtype, copy=False)
+        it = self._interpreter
+        with self._lock:
+            if self._allocated != rows and not self._resize(rows):
+                return None
+            try:
+                it.set_tensor(port.index, data)
+                it.invoke()
+                y = it.get_tensor(out.index)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelError(f"model '{self.name}' failed to run: {runtime.first_line(exc)}") from None
+        y = out.decode(y) if out.quantized else y.astype(np.float64)
+        if n:
+            return y
+        y = y[0]
+        return float(y) if y.ndim == 0 else y
 
     def _coerce(self, x: Any) -> tuple[list[np.ndarray], bool]:
         if len(self._inputs) == 1:

@@ -365,3 +365,22 @@ def test_tflite_runtime_is_the_fallback(monkeypatch):
         assert model.predict([3.0]).tolist() == [7.0]
     finally:
         runtime.reset()
+
+
+def test_several_inputs_take_a_record(rng):
+    g = T.GraphBuilder()
+    a = g.tensor("a", [1, 3], shape_signature=[-1, 3])
+    b = g.tensor("b", [1, 3], shape_signature=[-1, 3])
+    y = g.tensor("sum", [1, 3], shape_signature=[-1, 3])
+    g.op("ADD", [a, b], [y], g._schema.AddOptionsT())
+    model = load_tflite(g.build([a, b], [y]), "adder")
+    assert model.input_shapes == {"a": (3,), "b": (3,)}
+    xa, xb = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    np.testing.assert_allclose(model.predict({"a": xa, "b": xb}), xa + xb, rtol=1e-6)
+    np.testing.assert_allclose(model.predict({"a": xa[0], "b": xb[0]}), xa[0] + xb[0], rtol=1e-6)
+    with pytest.raises(ModelError, match="2 inputs \\(a, b\\): pass a record"):
+        model.predict(xa)
+    with pytest.raises(ModelError, match="needs input\\(s\\) b"):
+        model.predict({"a": xa})
+    with pytest.raises(ModelError, match="same number of samples"):
+        model.predict({"a": xa, "b": xb[:2]})
