@@ -229,3 +229,18 @@ def test_publish_receiver_dedups_and_survives_restart_and_new_logs():
     assert restarted.hello("e1", "L2") == 0 and restarted.accept("e1", 1)
     assert restarted.hello("e2", "L9") == 0 and restarted.last("e2") == 0
     assert math.isfinite(restarted.last("e1"))
+
+
+def test_protocol_doc_lists_every_frame_with_its_direction_and_required_fields():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    rows = {t: (d, f) for t, d, f in re.findall(r"^\| `(\w+)` \| ([EF/]+) \| (.*) \|$", text, re.M)}
+    assert set(rows) == wire.FRAME_TYPES
+    for t, (direction, fields) in rows.items():
+        assert (t in wire.FROM_EDGE) == ("E" in direction) and (t in wire.FROM_FEDERATION) == ("F" in direction), t
+        required, optional = wire.SCHEMAS[t]
+        for name in required:
+            assert f"`{name}` " in fields, (t, name)  # required: no "?" after the name
+        for name in optional:
+            assert f"`{name}`?" in fields, (t, name)
