@@ -1,0 +1,273 @@
+"""The typed tree the binder produces: expressions with their types, resolved functions and
+variables, and queries with typed conjuncts. Structural equality (spans excluded) lets the
+optimizer find common subexpressions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import Span
+from .types import BOOLEAN, Type
+from .values import hashable
+
+_span = lambda: field(default=None, compare=False, repr=False, kw_only=True)  # noqa: E731
+
+
+@dataclass(frozen=True)
+class TExpr:
+    type: Type
+    span: Span | None = _span()
+
+    def children(self) -> tuple["TExpr", ...]:
+        return ()
+
+    def walk(self) -> Iterator["TExpr"]:
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def free_variables(self) -> frozenset[str]:
+        out: set[str] = set()
+        for node in self.walk():
+            if isinstance(node, TVar):
+                out.add(node.name)
+            elif isinstance(node, TQuery):
+                out |= node.query.outer_references
+            elif isinstance(node, TLet):
+                pass
+        for node in self.walk():
+            if isinstance(node, TLet):
+                out.discard(node.name)
+        return frozenset(out)
+
+    @property
+    def volatile(self) -> bool:
+        """Whether evaluating twice may give different answers (never folded, hoisted or shared)."""
+        for node in self.walk():
+            if isinstance(node, TCall) and node.fn.volatile:
+                return True
+            if isinstance(node, TQuery) and node.query.volatile:
+                return True
+            if isinstance(node, TAt):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class TConst(TExpr):
+    value: Any
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, TConst) and self.type == other.type
+                and type(self.value) is type(other.value) and hashable(self.value) == hashable(other.value))
+
+    def __hash__(self) -> int:
+        return hash((self.type, hashable(self.value)))
+
+
+@dataclass(frozen=True)
+class TVar(TExpr):
+    """A query variable (lowercase name), a hidden one (`$…`) or a function parameter."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class TCall(TExpr):
+    """A call of a library overload. `lift` is 'stream' when a scalar function maps over a
+    stream argument (`sqrt(siota(1, 10))`), else None."""
+
+    fn: Any  # library.registry.Overload (compared by identity)
+    args: tuple[TExpr, ...] = ()
+    lift: str | None = None
+    options: tuple = ()  # static extras some functions need (e.g. a cast's target type)
+
+    def children(self):
+        return self.args
+
+
+@dataclass(frozen=True)
+class TStored(TExpr):
+    """A call of a stored function: a lookup that may find no value (then the row is dropped)."""
+
+    function: Any  # store.StoredFunction
+    args: tuple[TExpr, ...] = ()
+
+    def children(self):
+        return self.args
+
+
+@dataclass(frozen=True)
+class TField(TExpr):
+    """A column of a table row variable: `r.site`."""
+
+    target: TExpr
+    table: str
+    column: str
+    position: int
+
+    def children(self):
+        return (self.target,)
+
+
+@dataclass(frozen=True)
+class TAnd(TExpr):
+    terms: tuple[TExpr, ...] = ()
+
+    def children(self):
+        return self.terms
+
+
+@dataclass(frozen=True)
+class TOr(TExpr):
+    terms: tuple[TExpr, ...] = ()
+
+    def children(self):
+        return self.terms
+
+
+@dataclass(frozen=True)
+class TNot(TExpr):
+    operand: TExpr = None
+
+    def children(self):
+        return (self.operand,)
+
+
+@dataclass(frozen=True)
+class TCase(TExpr):
+    whens: tuple[tuple[TExpr, TExpr], ...] = ()
+    otherwise: TExpr | None = None
+
+    def children(self):
+        out = [x for pair in self.whens for x in pair]
+        if self.otherwise is not None:
+            out.append(self.otherwise)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class TNarrow(TExpr):
+    """A value known only at run time to have `type`: checked there, naming `label` on failure."""
+
+    operand: TExpr = None
+    label: str = ""
+
+    def children(self):
+        return (self.operand,)
+
+
+@dataclass(frozen=True)
+class TLet(TExpr):
+    """Evaluate `value` once, name it, and evaluate `body` (keeps volatile arguments single)."""
+
+    name: str = ""
+    value: TExpr = None
+    body: TExpr = None
+
+    def children(self):
+        return (self.value, self.body)
+
+
+@dataclass(frozen=True)
+class TQuery(TExpr):
+    """A nested query used as a value: a Bag, Vector or Stream."""
+
+    query: Any = None  # BoundQuery
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(frozen=True)
+class TAt(TExpr):
+    """`expr @ e`: evaluated on edge e (planned by a federation)."""
+
+    expr: TExpr = None
+    edge: TExpr = None
+    source: str = ""  # the fragment's printed source
+
+    def children(self):
+        return (self.expr, self.edge)
+
+
+@dataclass(frozen=True)
+class TAggregate(TExpr):
+    """An aggregate over the rows of a group (`count(e)` with group by, `sum(x)` over a query)."""
+
+    fn: Any = None  # the aggregate overload
+    arg: TExpr | None = None  # None for count(*)
+
+    def children(self):
+        return () if self.arg is None else (self.arg,)
+
+
+def const_true(span=None) -> TConst:
+    return TConst(BOOLEAN, True, span=span)
+
+
+# -------------------------------------------------------------------------------------- queries
+@dataclass
+class Variable:
+    name: str          # lowercase
+    type: Type
+    written: str       # as the user wrote it, for messages
+    span: Span | None
+    hidden: bool = False
+
+
+@dataclass
+class Conjunct:
+    """One `and`-term of a where clause.
+
+    `test` is how it is checked when everything it mentions is bound. When it can also bind
+    variables (`x in e`, `x = e`, `[a, b] = v`), `targets` are those variables, `source` the
+    expression they come from and `mode` how: 'each' element of a bag/vector/stream, 'whole'
+    value, or 'destructure' a vector into several variables.
+    """
+
+    test: TExpr
+    span: Span | None = None
+    targets: tuple[str, ...] = ()
+    source: TExpr | None = None
+    mode: str | None = None
+    narrow: tuple[Type | None, ...] = ()  # per target: a run-time check to the declared type
+
+
+@dataclass
+class BoundQuery:
+    kind: str                                   # 'bag' | 'vector' | 'stream'
+    variables: dict[str, Variable]              # the query's own variables (declared and hidden)
+    conjuncts: list[Conjunct]
+    items: list[tuple[str, TExpr]]              # column name, expression
+    distinct: bool = False
+    group_by: list[TExpr] = field(default_factory=list)
+    aggregates: list[TAggregate] = field(default_factory=list)
+    having: TExpr | None = None
+    order_by: list[tuple[TExpr, bool]] = field(default_factory=list)
+    limit: TExpr | None = None
+    outer_references: frozenset[str] = frozenset()
+    extents: dict[str, Any] = field(default_factory=dict)   # variable → what enumerates it
+    span: Span | None = None
+    source: str | None = None
+    aggregate_query: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        return [name for name, _ in self.items]
+
+    @property
+    def types(self) -> list[Type]:
+        return [expr.type for _, expr in self.items]
+
+    @property
+    def continuous(self) -> bool:
+        return self.kind == "stream"
+
+    @property
+    def volatile(self) -> bool:
+        return self.continuous or any(c.test.volatile or (c.source is not None and c.source.volatile)
+                                      for c in self.conjuncts) or any(e.volatile for _, e in self.items)

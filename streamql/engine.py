@@ -1,0 +1,356 @@
+"""The engine: the facade over store, signals, library, compiler and executor.
+
+    engine = streamql.Engine()
+    engine.execute("create function f(Number x) -> Number as x * 2;")
+    sorted(engine.query("select f(x) from Number x where x in iota(1, 3);"))   # [2, 4, 6]
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import numpy as np
+
+from . import ast as A
+from .batch import IDLE
+from .binder import Binder
+from .bound import TExpr
+from .catalog import Table, UserType
+from .clock import SYSTEM_CLOCK, Clock
+from .compiler import compile_statement, physical_plan
+from .errors import QueryError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
+from .explain import describe_plan
+from .library import Library, default_library
+from .result import QueryHandle, Result
+from .signals import LiveSignal, Signal, SignalRegistry, make_signal
+from .statements import StatementRunner
+from .store import Store, read_snapshot, write_snapshot
+from .streams import ExecContext, LazyBag, Limits, StreamValue
+from .syntax import parse, parse_one
+from .types import Type, parse_type
+
+QUERY_STATEMENTS = (A.Select, A.ExprStatement)
+
+
+class FlowRegistry:
+    """Named flows: `publish(s, 'name')` pushes into one, `subscribe('name')` reads it."""
+
+    def __init__(self, clock: Clock):
+        self._hubs: dict[str, LiveSignal] = {}
+        self._lock = threading.Lock()
+        self.clock = clock
+
+    def hub(self, name: str) -> LiveSignal:
+        with self._lock:
+            hub = self._hubs.get(name)
+            if hub is None:
+                hub = self._hubs[name] = LiveSignal(name, clock=self.clock)
+            return hub
+
+    def names(self) -> list[str]:
+        return sorted(self._hubs)
+
+
+class LocalCatalog:
+    """The catalog of a local engine: its store, library and signals."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+        self.library = engine.library
+        self.lattice = engine.store.lattice
+
+    def user_type(self, name: str) -> UserType | None:
+        return self.engine.store.user_type(name)
+
+    def table(self, name: str) -> Table | None:
+        return self.engine.store.table(name)
+
+    def user_functions(self, name: str):
+        return self.engine.store.user_functions(name)
+
+    def user_function_names(self) -> list[str]:
+        return sorted(self.engine.store.functions)
+
+    def session_variable(self, name: str):
+        return self.engine.store.session[name.lower()]
+
+    def signal_type(self, name: str) -> Type | None:
+        return self.engine._signal_types.get(name)
+
+    def has_extent(self, type_: Type) -> bool:
+        if type_.arg is not None:
+            return False
+        store = self.engine.store
+        return type_.name.lower() in store.types or type_.name.lower() in store.tables
+
+
+class Engine:
+    """An in-memory StreamQL engine: a store, signals, models and a query executor."""
+
+    def __init__(self, store_dir: str | os.PathLike | None = None, *, clock: Clock | None = None,
+                 seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
+                 optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None):
+        from .models import ModelRegistry
+        self.name = name or "local"
+        self.clock = clock or SYSTEM_CLOCK
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.library = library or default_library()
+        self.store = Store()
+        self.signals = SignalRegistry()
+        self.flows = FlowRegistry(self.clock)
+        self.models = ModelRegistry(clock=self.clock.now)
+        self.trusted_keys = list(trusted_keys or [])
+        self.catalog = LocalCatalog(self)
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.optimize_enabled = optimize
+        self._statements = StatementRunner(self)
+        self._signal_types: dict[str, Type] = {}
+        self._handles: dict[int, QueryHandle] = {}
+        self._handle_ids = itertools.count(1)
+        self._handles_lock = threading.Lock()
+        self.last_created: list = []
+        self.bundles: dict[str, Any] = {}
+        if self.store_dir is not None:
+            self._restore()
+
+    # ------------------------------------------------------------------------- the API
+    def execute(self, script: str) -> list[Result]:
+        """Run every statement of a script, in order; one Result each.
+
+        Bag and vector query results are computed before the next statement runs; a continuous
+        query's Result is returned unstarted (iterate it to run it)."""
+        results = []
+        for statement in parse(script):
+            result = self._execute_statement(statement, script)
+            if result.kind in ("bag", "vector", "explain"):
+                rows = list(result)
+                materialized = Result(result.columns, result.types, result.kind, items=None,
+                                      statement=result.statement)
+                materialized._rows = iter(rows)
+                materialized.rows = rows
+                result = materialized
+            results.append(result)
+        return results
+
+    def query(self, text: str) -> Result:
+        """Compile one query now (a bad query raises here) and return its rows as an iterator."""
+        statement = parse_one(text)
+        if not isinstance(statement, QUERY_STATEMENTS + (A.Explain,)):
+            raise QueryTypeError("query() takes a query (select … or an expression); use execute() for other "
+                                 "statements", statement.span, text)
+        return self._execute_statement(statement, text)
+
+    def aquery(self, text: str) -> AsyncIterator:
+        """`async for row in engine.aquery(…)`: the query runs in a worker thread."""
+        return _AsyncRows(self.query(text))
+
+    def start(self, text: str, sink: Callable[[Any], None] | None = None, limits: dict | Limits | None = None,
+              name: str | None = None) -> QueryHandle:
+        """Run a query in the background; the handle watches and cancels it."""
+        statement = parse_one(text)
+        if not isinstance(statement, QUERY_STATEMENTS):
+            raise QueryTypeError("start() runs a query", statement.span, text)
+        result = self._query_result(statement, text, Limits.of(limits))
+        query_id = next(self._handle_ids)
+        handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name)
+        with self._handles_lock:
+            self._handles[query_id] = handle
+        return handle.start()
+
+    def queries(self) -> list[QueryHandle]:
+        """The background queries still running."""
+        with self._handles_lock:
+            return list(self._handles.values())
+
+    def _forget(self, handle: QueryHandle) -> None:
+        with self._handles_lock:
+            self._handles.pop(handle.id, None)
+
+    def add_signal(self, name: str, source: Any, type: str | Type | None = None, timestamps: bool = False,
+                   period: float | None = None) -> Signal:
+        """Make a sensor available as `signal_stream(name)`: a list or numpy array (replayed in
+        batches), an iterator (one reading at a time), a callable (polled), or a Signal."""
+        type_name = str(type) if type is not None else None
+        signal = make_signal(name, source, type_name=type_name, timestamps=timestamps, period=period)
+        if isinstance(signal, LiveSignal) and signal.clock is SYSTEM_CLOCK and self.clock is not SYSTEM_CLOCK:
+            signal.clock = self.clock
+        self.signals.add(signal)
+        if type is not None:
+            self._signal_types[name] = type if isinstance(type, Type) else parse_type(str(type))
+        else:
+            self._signal_types.pop(name, None)
+        return signal
+
+    def remove_signal(self, name: str) -> None:
+        self.signals.remove(name)
+        self._signal_types.pop(name, None)
+
+    def functions(self) -> list[dict]:
+        """Every function: the library's overloads and the user's functions."""
+        out = self.library.describe()
+        for functions in self.store.functions.values():
+            for function in functions:
+                out.append({"name": function.name, "signature": function.signature,
+                            "kind": "stored" if hasattr(function, "values") else "derived", "doc": "",
+                            "topic": "user", "volatile": False, "elementwise": False, "aggregate_split": None})
+        return out
+
+    def save(self, store_dir: str | os.PathLike | None = None) -> Path:
+        """Snapshot the store (schema, objects, values, session variables, models) atomically."""
+        target = Path(store_dir) if store_dir is not None else self.store_dir
+        if target is None:
+            raise QueryRuntimeError("save() needs a directory: Engine(store_dir=…) or save(dir)")
+        with self.store.lock:
+            schema = self.store.schema_statements()
+            data = self.store.data()
+            models = self.models.dump() if len(self.models) else None
+        return write_snapshot(target, schema, data, models)
+
+    def close(self) -> None:
+        """Cancel background queries."""
+        for handle in self.queries():
+            handle.cancel(wait=1.0)
+
+    def resolve_path(self, path: str) -> Path:
+        candidate = Path(path)
+        if not candidate.is_absolute() and self.base_dir is not None:
+            return self.base_dir / candidate
+        return candidate
+
+    def explain(self, text: str) -> str:
+        statement = parse_one(text)
+        if isinstance(statement, A.Explain):
+            statement = statement.statement
+        return self.explain_text(statement, text)
+
+    def explain_text(self, statement: A.Statement, source: str) -> str:
+        plan = self._compile(statement, source)
+        return describe_plan(plan)
+
+    # --------------------------------------------------------------------- internals
+    def _execute_statement(self, statement: A.Statement, source: str) -> Result:
+        try:
+            if isinstance(statement, QUERY_STATEMENTS):
+                return self._query_result(statement, source, Limits())
+            return self._statements.run(statement, source)
+        except QueryError as exc:
+            if exc.source is None:
+                exc.source = source
+            if exc.span is None:
+                exc.span = statement.span
+            raise
+        except RecursionError:
+            raise QueryRuntimeError("the statement is nested too deeply", statement.span, source) from None
+        except Exception as exc:  # noqa: BLE001 - nothing but QueryErrors reaches users
+            error = QueryRuntimeError(f"internal error: {type(exc).__name__}: {exc}", statement.span, source)
+            error.traceback = traceback.format_exc()
+            raise error from exc
+
+    def _compile(self, statement: A.Statement, source: str):
+        optimize = self._optimizer() if self.optimize_enabled else None
+        return compile_statement(self.catalog, statement, source, optimize)
+
+    def _optimizer(self):
+        try:
+            from .optimizer import optimize
+        except ImportError:
+            return None
+        return optimize
+
+    def new_context(self, limits: Limits | None = None) -> ExecContext:
+        return ExecContext(self, clock=self.clock, rng=self._rng, limits=limits)
+
+    def _query_result(self, statement: A.Statement, source: str, limits: Limits) -> Result:
+        plan = self._compile(statement, source)
+        ctx = self.new_context(limits)
+        physical = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
+        items = physical.run({})
+        return Result(plan.columns, plan.types, plan.kind, items=items, ctx=ctx,
+                      statement=_statement_text(statement, source), span=statement.span, source=source)
+
+    def _run_select(self, select: A.Select, source: str) -> list:
+        result = self._query_result(select, source, Limits())
+        return list(result)
+
+    def evaluate(self, expr: TExpr, source: str, span: Span | None = None) -> Any:
+        """The value of a closed typed expression."""
+        from .physical.expressions import ExprCompiler
+        from .compiler import plan_query
+        ctx = self.new_context()
+
+        def compile_subquery(query):
+            from .compiler import query_values
+            plan = plan_query(query, source, self._optimizer() if self.optimize_enabled else None)
+            sub = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
+            return lambda outer: query_values(sub.run(outer), len(query.items))
+
+        compiled = ExprCompiler(ctx, compile_subquery).compile(expr)
+        try:
+            value = compiled.row({})
+        except QueryError as exc:
+            raise exc.located(span).with_source(source)
+        if isinstance(value, LazyBag):
+            return value.materialize()
+        return value
+
+    def _restore(self) -> None:
+        snapshot = read_snapshot(self.store_dir)
+        if snapshot is None:
+            return
+        schema_texts, data, models = snapshot
+        for text in schema_texts:
+            for statement in parse(text):
+                self._statements.run(statement, text)
+        self.store.load_data(data)
+        if models is not None:
+            meta, payloads = models
+            self.models.load(meta, payloads)
+        self.store.revision = 0
+
+
+def _statement_text(statement: A.Statement, source: str) -> str:
+    span = statement.span
+    return source[span.start:span.end] if span is not None else statement.sql()
+
+
+class _AsyncRows:
+    """Async iteration over a Result, pulling from a worker thread one batch at a time."""
+
+    def __init__(self, result: Result):
+        self.result = result
+        self._pending: list = []
+        self._items = None
+        self._done = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._pending:
+            if self._done:
+                raise StopAsyncIteration
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(None, self._next_rows)
+            if rows is None:
+                self._done = True
+                raise StopAsyncIteration
+            self._pending = rows
+        return self._pending.pop(0)
+
+    def _next_rows(self, limit: int = 4096):
+        rows = []
+        try:
+            rows.append(next(self.result))
+        except StopIteration:
+            return None
+        return rows
+
+    async def aclose(self):
+        self.result.close()

@@ -1,0 +1,485 @@
+"""Operators: arithmetic, comparison, membership, pattern matching, indexing, constructors, cast.
+
+Integer op Integer stays Integer (except `/`), with overflow an error; mixed numbers give Real;
+`%` takes the sign of the dividend; `^` gives Real; `+` joins strings; `+ - .* ./ .^` act
+elementwise on vectors, `*` of two vectors is their dot product. Real arithmetic follows IEEE as
+numpy does (1.0 / 0 is inf, sqrt(-1) is nan). A comparison with null is false.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import QueryRuntimeError
+from ..types import BOOLEAN, CHARSTRING, INTEGER, NULL, NUMBER, OBJECT, REAL, TIME, Type, vector_of
+from ..values import Bag, Time, format_value, values_equal
+from .registry import Library
+
+INT64_MAX = 2 ** 63 - 1
+INT64_MIN = -2 ** 63
+
+
+def _checked_int(value: int) -> int:
+    if value > INT64_MAX or value < INT64_MIN:
+        raise QueryRuntimeError(f"integer overflow: {value} does not fit in 64 bits")
+    return value
+
+
+def _int_batch(op, float_op):
+    """An int64 array operation that fails on overflow instead of wrapping around."""
+    def run(a, b):
+        with np.errstate(over="ignore"):
+            result = op(a, b)
+        estimate = float_op(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        if np.any(np.abs(estimate) > 9.2e18):
+            raise QueryRuntimeError("integer overflow: a result does not fit in 64 bits")
+        return result
+    return run
+
+
+def _fmod_int(a: int, b: int) -> int:
+    if b == 0:
+        raise QueryRuntimeError("integer division by zero in %")
+    return a - b * int(a / b) if abs(a) < 2 ** 52 else int(math.fmod(a, b))
+
+
+def _int_mod_batch(a, b):
+    if np.any(np.asarray(b) == 0):
+        raise QueryRuntimeError("integer division by zero in %")
+    return np.fmod(a, b)
+
+
+def _real_div(a, b):
+    try:
+        return a / b
+    except ZeroDivisionError:
+        if a == 0 or a != a:
+            return math.nan
+        return math.copysign(math.inf, a) * (math.copysign(1.0, b) if isinstance(b, float) else 1.0)
+
+
+def _real_mod(a, b):
+    try:
+        return math.fmod(a, b)
+    except ValueError:
+        return math.nan
+
+
+def _pow(a, b):
+    try:
+        result = math.pow(a, b)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return math.nan
+    return result
+
+
+def _np_div(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.true_divide(a, b)
+
+
+def _np_pow(a, b):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.power(np.asarray(a, dtype=np.float64), b)
+
+
+def _vector_scalar(op):
+    """v op x where v is a vector column (n, k) and x a number column (n,) or a constant."""
+    def run(v, x):
+        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
+            x = x[:, None]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return op(v, x)
+    return run
+
+
+def _scalar_vector(op):
+    def run(x, v):
+        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
+            x = x[:, None]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return op(x, v)
+    return run
+
+
+def _elementwise(op):
+    def run(a, b):
+        a_arr, b_arr = np.asarray(a), np.asarray(b)
+        if a_arr.shape[-1:] != b_arr.shape[-1:]:
+            raise QueryRuntimeError(f"vectors of different lengths ({a_arr.shape[-1]} and {b_arr.shape[-1]})")
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return op(a_arr, b_arr)
+    return run
+
+
+def _dot(a, b):
+    a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_arr.shape[-1] != b_arr.shape[-1]:
+        raise QueryRuntimeError(f"vectors of different lengths ({a_arr.shape[-1]} and {b_arr.shape[-1]})")
+    if a_arr.ndim == 1 and b_arr.ndim == 1:
+        return float(a_arr @ b_arr)
+    return np.einsum("...i,...i->...", a_arr, b_arr)
+
+
+def _vector_result(types, args) -> Type:
+    elements = [t.element if t.is_vector else t for t in types]
+    if all(e == INTEGER for e in elements):
+        return vector_of(INTEGER)
+    return vector_of(REAL)
+
+
+def _numeric_vector(t: Type) -> bool:
+    return t.is_vector and (t.element.is_numeric or t.element in (OBJECT, NULL))
+
+
+def _dynamic(op_name: str, python_op):
+    """Arithmetic on values whose types are known only at run time."""
+    def run(a, b):
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return python_op(np.asarray(a), np.asarray(b)) if op_name != "*" or not (
+                    isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else _dot(a, b)
+        if isinstance(a, str) and isinstance(b, str) and op_name == "+":
+            return a + b
+        if isinstance(a, Time) or isinstance(b, Time):
+            result = python_op(a, b)
+            if result is NotImplemented:
+                raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+            return result
+        if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+        if op_name == "/":
+            return _real_div(float(a), b)
+        if op_name == "^":
+            return _pow(a, b)
+        if op_name == "%":
+            return _fmod_int(a, b) if isinstance(a, int) and isinstance(b, int) else _real_mod(a, b)
+        result = python_op(a, b)
+        return _checked_int(result) if isinstance(result, int) else result
+    return run
+
+
+def _only_when_unknown(binder, args) -> bool:
+    """Generic overloads apply only when an argument's type is known only at run time."""
+    types = [a.type for a in args]
+    if not any(t in (OBJECT, NULL) or (t.is_vector and t.element == OBJECT) for t in types):
+        return False
+    return all(binder.lattice.compatible(types[0], t) or t in (OBJECT, NULL) or types[0] in (OBJECT, NULL)
+               or (t.is_numeric or t == OBJECT) for t in types)
+
+
+def _compatible_args(binder, args) -> bool:
+    return binder.lattice.compatible(args[0].type, args[1].type)
+
+
+# ------------------------------------------------------------------------------ comparisons
+def _equal(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    return values_equal(a, b)
+
+
+def _order(op):
+    def run(a, b):
+        if a is None or b is None:
+            return False
+        if isinstance(a, Time) and isinstance(b, Time):
+            return op(a.seconds, b.seconds)
+        try:
+            return bool(op(a, b))
+        except TypeError:
+            raise QueryRuntimeError(f"cannot compare {format_value(a)} with {format_value(b)}") from None
+    return run
+
+
+def _cmp_batch(op):
+    def run(a, b):
+        with np.errstate(invalid="ignore"):
+            return op(a, b)
+    return run
+
+
+def _vector_equal_batch(a, b):
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    if a_arr.shape != b_arr.shape:
+        return np.zeros(len(a_arr), dtype=bool)
+    return np.all(a_arr == b_arr, axis=tuple(range(1, a_arr.ndim)))
+
+
+# ------------------------------------------------------------------------------- membership
+def _in(x, collection) -> bool:
+    if x is None:
+        return False
+    if hasattr(collection, "column"):  # a LazyBag
+        collection = collection.column()
+    if isinstance(collection, Bag):
+        collection = collection.items
+    if isinstance(collection, np.ndarray) and collection.ndim == 1 and isinstance(x, (int, float)) \
+            and not isinstance(x, bool) and collection.dtype.kind in "iuf":
+        return bool(np.any(collection == x))
+    return any(_equal(x, item) for item in collection)
+
+
+def _in_list(x, *items) -> bool:
+    return x is not None and any(_equal(x, item) for item in items)
+
+
+def _in_list_batch(x, *items):
+    result = np.zeros(len(x), dtype=bool)
+    for item in items:
+        with np.errstate(invalid="ignore"):
+            result |= (x == item)
+    return result
+
+
+def _between(x, low, high) -> bool:
+    less_equal = _order(operator.le)
+    return less_equal(low, x) and less_equal(x, high)
+
+
+@lru_cache(maxsize=256)
+def like_regex(pattern: str) -> re.Pattern:
+    """SQL LIKE: `%` any run of characters, `_` exactly one; everything else literal."""
+    parts = []
+    for ch in pattern:
+        parts.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _like(text, pattern) -> bool:
+    if text is None or pattern is None:
+        return False
+    if not isinstance(text, str):
+        text = format_value(text)
+    return like_regex(pattern).fullmatch(text) is not None
+
+
+# --------------------------------------------------------------------------------- indexing
+def _index(target, index):
+    if isinstance(target, dict):
+        return target.get(index)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        if isinstance(index, float) and index.is_integer():
+            index = int(index)
+        else:
+            raise QueryRuntimeError(f"a vector index must be an integer, not {format_value(index)}")
+    length = len(target)
+    if not 1 <= index <= length:
+        raise QueryRuntimeError(f"index {index} is out of range 1..{length}")
+    value = target[index - 1]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _index_batch(target, index):
+    if target.ndim < 2 or index.dtype.kind not in "iu":
+        raise TypeError("not a vector column")
+    length = target.shape[1]
+    if len(index) and (index.min() < 1 or index.max() > length):
+        bad = index[(index < 1) | (index > length)][0]
+        raise QueryRuntimeError(f"index {bad} is out of range 1..{length}")
+    return target[np.arange(len(target)), index - 1]
+
+
+def _slice(target, start, stop):
+    for bound in (start, stop):
+        if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)):
+            raise QueryRuntimeError(f"slice bounds must be integers, not {format_value(bound)}")
+    length = len(target)
+    first = max(int(start), 1)
+    last = min(int(stop), length)
+    if last < first:
+        return target[0:0]
+    return target[first - 1:last]
+
+
+def _vector(*items):
+    from .vector import make_vector
+    return make_vector(list(items))
+
+
+def _vector_batch(*columns):
+    return np.stack(columns, axis=-1)
+
+
+def _record(*values, options=()):
+    return dict(zip(options, values))
+
+
+def _coalesce(*values):
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+# ------------------------------------------------------------------------------------- cast
+def cast_value(value, options=()):
+    target = options[0]
+    name = target.name
+    if value is None:
+        return None
+    try:
+        if name == "Integer":
+            if isinstance(value, str):
+                text = value.strip()
+                return int(text) if re.fullmatch(r"[+-]?\d+", text) else _round_half_away(float(text))
+            if isinstance(value, (bool, np.bool_)):
+                return int(value)
+            if isinstance(value, (float, np.floating)):
+                if not math.isfinite(value):
+                    raise QueryRuntimeError(f"cannot cast {format_value(value)} to Integer")
+                return _round_half_away(float(value))
+            return _checked_int(int(value))
+        if name in ("Real", "Number"):
+            if isinstance(value, str):
+                return float(value.strip())
+            return float(value)
+        if name == "Charstring":
+            return value if isinstance(value, str) else format_value(value).strip("'")
+        if name == "Boolean":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("true", "false"):
+                    return lowered == "true"
+                raise QueryRuntimeError(f"cannot cast {format_value(value)} to Boolean")
+            return bool(value)
+        if name == "Time":
+            if isinstance(value, Time):
+                return value
+            if isinstance(value, str):
+                return Time.parse(value)
+            return Time(float(value))
+        if name == "Vector":
+            from .vector import make_vector
+            return make_vector(list(value))
+    except (ValueError, OverflowError):
+        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}") from None
+    from ..physical.expressions import value_fits
+    if not value_fits(value, target):
+        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}")
+    return value
+
+
+def _round_half_away(x: float) -> int:
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+# ----------------------------------------------------------------------------- registration
+def register(lib: Library) -> None:
+    d = lib.define
+    op = dict(topic="operator", batch_scalars=True)
+    add, sub, mul = operator.add, operator.sub, operator.mul
+
+    def int_op(f):
+        return lambda a, b: _checked_int(f(a, b))
+
+    for symbol, f, npf in (("+", add, np.add), ("-", sub, np.subtract), ("*", mul, np.multiply)):
+        d(f"{symbol}(Integer a, Integer b) -> Integer", scalar=int_op(f), batch=_int_batch(npf, npf),
+          doc=f"Integer {symbol}: stays Integer; overflow is an error", **op)
+        d(f"{symbol}(Number a, Number b) -> Real", scalar=f, batch=f, doc=f"Number {symbol}", **op)
+    d("+(Charstring a, Charstring b) -> Charstring", scalar=add, doc="Joins two strings", **op)
+    d("+(Time t, Number seconds) -> Time", scalar=add, doc="A time moved by some seconds", **op)
+    d("+(Number seconds, Time t) -> Time", scalar=lambda s, t: t + s, doc="A time moved by some seconds", **op)
+    d("-(Time a, Time b) -> Real", scalar=sub, doc="Seconds between two times", **op)
+    d("-(Time t, Number seconds) -> Time", scalar=sub, doc="A time moved back by some seconds", **op)
+    d("/(Number a, Number b) -> Real", scalar=lambda a, b: _real_div(float(a), b), batch=_np_div,
+      doc="Division, always Real (IEEE: 1.0 / 0 is inf)", **op)
+    d("%(Integer a, Integer b) -> Integer", scalar=_fmod_int, batch=_int_mod_batch,
+      doc="Remainder with the sign of the dividend", **op)
+    d("%(Number a, Number b) -> Real", scalar=_real_mod, batch=lambda a, b: np.fmod(a, b),
+      doc="Remainder with the sign of the dividend", **op)
+    d("^(Number a, Number b) -> Real", scalar=_pow, batch=_np_pow, doc="Power, always Real", **op)
+    vector_ops = {"+": np.add, "-": np.subtract, ".*": np.multiply, "./": np.true_divide, ".^": np.power}
+    for symbol, npf in vector_ops.items():
+        fn = _elementwise(npf)
+        d(f"{symbol}(Vector of Number a, Vector of Number b) -> Vector of Real", scalar=fn, batch=fn,
+          result_type=_vector_result, doc=f"Elementwise {symbol} of two vectors", **op)
+        vs, sv = _vector_scalar(npf), _scalar_vector(npf)
+        d(f"{symbol}(Vector of Number v, Number x) -> Vector of Real", scalar=vs, batch=vs,
+          result_type=_vector_result, doc=f"{symbol} of each element and a number", **op)
+        d(f"{symbol}(Number x, Vector of Number v) -> Vector of Real", scalar=sv, batch=sv,
+          result_type=_vector_result, doc=f"{symbol} of a number and each element", **op)
+    for symbol, npf in (("*", np.multiply), ("/", np.true_divide)):
+        vs = _vector_scalar(npf)
+        d(f"{symbol}(Vector of Number v, Number x) -> Vector of Real", scalar=vs, batch=vs,
+          result_type=_vector_result if symbol == "*" else None, doc=f"Each element {symbol} a number", **op)
+    sv = _scalar_vector(np.multiply)
+    d("*(Number x, Vector of Number v) -> Vector of Real", scalar=sv, batch=sv, result_type=_vector_result,
+      doc="A vector scaled by a number", **op)
+    d("*(Vector of Number a, Vector of Number b) -> Real", scalar=_dot, batch=_dot,
+      doc="The dot product of two vectors", **op)
+    for symbol, f in (("+", add), ("-", sub), ("*", mul), ("/", operator.truediv), ("%", operator.mod),
+                      ("^", operator.pow)):
+        d(f"{symbol}(Object a, Object b) -> Object", scalar=_dynamic(symbol, f), check_args=_only_when_unknown,
+          doc=f"{symbol} of values known only at run time", **op)
+    d("neg(Integer x) -> Integer", scalar=lambda x: _checked_int(-x), batch=np.negative, doc="Negation", **op)
+    d("neg(Number x) -> Real", scalar=operator.neg, batch=np.negative, doc="Negation", **op)
+    d("neg(Vector of Number v) -> Vector of Real", scalar=np.negative, batch=np.negative,
+      result_type=lambda t, a: vector_of(INTEGER) if t[0].element == INTEGER else vector_of(REAL),
+      doc="Negation of each element", **op)
+    d("neg(Object x) -> Object", scalar=lambda x: -np.asarray(x) if isinstance(x, (list, np.ndarray)) else -x,
+      check_args=_only_when_unknown, doc="Negation", **op)
+
+    cmp = dict(topic="operator", null_propagating=False, batch_scalars=True)
+    d("=(Number a, Number b) -> Boolean", scalar=_equal, batch=_cmp_batch(np.equal), doc="Equality (1 = 1.0)", **cmp)
+    d("!=(Number a, Number b) -> Boolean", scalar=lambda a, b: a is not None and b is not None and not _equal(a, b),
+      batch=_cmp_batch(np.not_equal), doc="Inequality", **cmp)
+    d("=(Vector of Number a, Vector of Number b) -> Boolean", scalar=_equal, batch=_vector_equal_batch,
+      doc="Whether two vectors are equal in every element", **{**cmp, "batch_scalars": False})
+    d("!=(Vector of Number a, Vector of Number b) -> Boolean",
+      scalar=lambda a, b: a is not None and b is not None and not _equal(a, b),
+      batch=lambda a, b: ~_vector_equal_batch(a, b), doc="Whether two vectors differ",
+      **{**cmp, "batch_scalars": False})
+    d("=(Object a, Object b) -> Boolean", scalar=_equal, check_args=_compatible_args, doc="Equality", **cmp)
+    d("!=(Object a, Object b) -> Boolean", scalar=lambda a, b: a is not None and b is not None and not _equal(a, b),
+      check_args=_compatible_args, doc="Inequality", **cmp)
+    for symbol, f, npf in (("<", operator.lt, np.less), ("<=", operator.le, np.less_equal),
+                           (">", operator.gt, np.greater), (">=", operator.ge, np.greater_equal)):
+        d(f"{symbol}(Number a, Number b) -> Boolean", scalar=_order(f), batch=_cmp_batch(npf),
+          doc=f"Ordering {symbol}", **cmp)
+        d(f"{symbol}(Charstring a, Charstring b) -> Boolean", scalar=_order(f), doc=f"Ordering {symbol}", **cmp)
+        d(f"{symbol}(Time a, Time b) -> Boolean", scalar=_order(f), doc=f"Ordering {symbol}", **cmp)
+        d(f"{symbol}(Object a, Object b) -> Boolean", scalar=_order(f), check_args=_compatible_args,
+          doc=f"Ordering {symbol}", **cmp)
+
+    def member_check(binder, args):
+        return binder.lattice.compatible(args[0].type, args[1].type.element)
+
+    d("in(Object x, Bag of Object b) -> Boolean", scalar=_in, check_args=member_check,
+      doc="Whether x is an element of a bag", **{**cmp, "batch_scalars": False})
+    d("in(Object x, Vector of Object v) -> Boolean", scalar=_in, check_args=member_check,
+      doc="Whether x is an element of a vector", **{**cmp, "batch_scalars": False})
+    d("in_list(Object x, Object items...) -> Boolean", scalar=_in_list, batch=_in_list_batch,
+      doc="x in (a, b, …)", **cmp)
+    d("between(Object x, Object low, Object high) -> Boolean", scalar=_between,
+      check_args=lambda b, a: all(b.lattice.compatible(a[0].type, x.type) for x in a[1:]),
+      doc="low <= x <= high", **cmp)
+    d("like(Charstring text, Charstring pattern) -> Boolean", scalar=_like,
+      doc="SQL pattern match: % any characters, _ one character", **cmp)
+    d("like(Object text, Charstring pattern) -> Boolean", scalar=_like, doc="SQL pattern match", **cmp)
+    d("is_null(Object x) -> Boolean", scalar=lambda x: x is None,
+      batch=lambda x: np.zeros(len(x), dtype=bool), doc="Whether x is null", **cmp)
+    d("coalesce(Object values...) -> Object", scalar=_coalesce, null_propagating=False,
+      result_type=lambda t, a: next((x for x in t if x != NULL), OBJECT), doc="The first value that is not null",
+      topic="general")
+
+    d("index(Vector of T v, Integer i) -> T", scalar=_index, batch=_index_batch, topic="vector",
+      doc="The i-th element, counting from 1")
+    d("index(Record r, Charstring key) -> Object", scalar=_index, topic="general", doc="A field of a record")
+    d("index(Object v, Object i) -> Object", scalar=_index, check_args=_only_when_unknown, topic="vector",
+      doc="An element by position (vectors, from 1) or key (records)")
+    d("slice(Vector of T v, Integer first, Integer last) -> Vector of T", scalar=_slice, topic="vector",
+      doc="Elements first..last, both included, counting from 1")
+    d("vector(T items...) -> Vector of T", scalar=_vector, batch=_vector_batch, topic="vector",
+      doc="A vector of the given elements")
+    d("record(Object values...) -> Record", scalar=_record, null_propagating=False, topic="general",
+      doc="A record of the given fields")
+    d("cast(Object x) -> Object", scalar=cast_value, topic="general", doc="cast(x as Type): convert a value")

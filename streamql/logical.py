@@ -1,0 +1,292 @@
+"""Typed query → logical plan: which variable is bound where, and in what order.
+
+The plan is a chain of small nodes, each holding configuration only (the physical layer builds
+the running operators from it):
+
+    Unit → Generate / Scan (bind variables) → Let (computed columns) → Filter → …
+         → Aggregate → Filter (having) → Project → Distinct → Sort → Limit
+
+Conjuncts are ordered so that every variable is bound before it is tested: a test runs as soon as
+everything it mentions is bound; otherwise a ready generator (`x in e`, `x = e`) binds its
+variables, streams first (so a bag generator does not wait behind an endless stream); otherwise
+the objects of a type are scanned. A variable nothing can bind is an error, before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .bound import (BoundQuery, Conjunct, TAggregate, TCall, TCase, TConst, TExpr, TNot, TOr, TQuery,
+                    TStored, TVar)
+from .binder import replace_children
+from .errors import QueryNameError, QueryTypeError
+from .types import BOOLEAN, Type
+
+
+@dataclass(eq=False)
+class PlanNode:
+    input: "PlanNode | None" = None
+
+    def chain(self) -> list["PlanNode"]:
+        """The nodes from the first (Unit) to this one."""
+        nodes, node = [], self
+        while node is not None:
+            nodes.append(node)
+            node = node.input
+        return nodes[::-1]
+
+    def expressions(self) -> list[TExpr]:
+        return []
+
+
+@dataclass(eq=False)
+class Unit(PlanNode):
+    """One empty row (carrying the values of enclosing queries)."""
+
+
+@dataclass(eq=False)
+class Generate(PlanNode):
+    """Bind `targets` from `source`: each element ('each'), the whole value ('whole'), or the
+    elements of a vector one per target ('destructure')."""
+
+    targets: tuple[str, ...] = ()
+    source: TExpr = None
+    mode: str = "each"
+    narrow: tuple[Type | None, ...] = ()
+    types: tuple[Type, ...] = ()
+
+    def expressions(self):
+        return [self.source]
+
+
+@dataclass(eq=False)
+class Scan(PlanNode):
+    """Bind `variable` to every object (or table row) of a type."""
+
+    variable: str = ""
+    type: Type = None
+
+
+@dataclass(eq=False)
+class Let(PlanNode):
+    """Compute a column. With `required`, rows where it has no value are dropped (a stored
+    function without a value yields no row)."""
+
+    name: str = ""
+    value: TExpr = None
+    required: bool = False
+
+    def expressions(self):
+        return [self.value]
+
+
+@dataclass(eq=False)
+class Filter(PlanNode):
+    predicate: TExpr = None
+
+    def expressions(self):
+        return [self.predicate]
+
+
+@dataclass(eq=False)
+class Aggregate(PlanNode):
+    """Group rows by `keys` (output as $g0, $g1, …) and compute `aggregates` ($a0, $a1, …)."""
+
+    keys: list[TExpr] = field(default_factory=list)
+    aggregates: list[TAggregate] = field(default_factory=list)
+
+    def expressions(self):
+        return list(self.keys) + [a.arg for a in self.aggregates if a.arg is not None]
+
+
+@dataclass(eq=False)
+class Project(PlanNode):
+    """The result columns, plus hidden sort keys (`extra`) kept until sorting is done."""
+
+    items: list[tuple[str, TExpr]] = field(default_factory=list)
+    extra: list[tuple[str, TExpr]] = field(default_factory=list)
+
+    def expressions(self):
+        return [e for _, e in self.items] + [e for _, e in self.extra]
+
+
+@dataclass(eq=False)
+class Distinct(PlanNode):
+    columns: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Sort(PlanNode):
+    keys: list[tuple[str, bool]] = field(default_factory=list)  # column, descending
+
+
+@dataclass(eq=False)
+class Limit(PlanNode):
+    count: TExpr = None
+
+    def expressions(self):
+        return [self.count]
+
+
+@dataclass
+class LogicalPlan:
+    root: PlanNode
+    query: BoundQuery
+    columns: list[str]
+    types: list[Type]
+    kind: str
+    rules: list[str] = field(default_factory=list)   # optimizer rules that fired, for EXPLAIN
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f"$c{i}" for i in range(len(self.columns))]
+
+
+class Planner:
+    def __init__(self, source: str | None = None):
+        self.source = source
+        self._hidden = 0
+
+    def _name(self, prefix: str) -> str:
+        self._hidden += 1
+        return f"${prefix}{self._hidden}"
+
+    def plan(self, query: BoundQuery) -> LogicalPlan:
+        node: PlanNode = Unit()
+        bound = set(query.outer_references)
+        pending = list(query.conjuncts)
+        declared = [name for name, v in query.variables.items() if not v.hidden]
+        unbound = set(query.variables)
+
+        while pending:
+            test = next((c for c in pending if c.test.free_variables() <= bound
+                         and set(c.targets) <= bound), None)
+            if test is not None:
+                pending.remove(test)
+                node = self._filter(node, test.test, bound)
+                continue
+            generator = self._ready_generator(pending, bound)
+            if generator is not None:
+                pending.remove(generator)
+                node = self._generate(node, generator, query, bound)
+                bound |= set(generator.targets)
+                unbound -= set(generator.targets)
+                continue
+            scanned = next((name for name in declared if name in unbound and name in query.extents), None)
+            if scanned is not None:
+                node = Scan(node, scanned, query.extents[scanned])
+                bound.add(scanned)
+                unbound.discard(scanned)
+                continue
+            raise self._never_bound(query, pending, bound)
+
+        for name in declared:
+            if name in unbound:
+                if name in query.extents:
+                    node = Scan(node, name, query.extents[name])
+                    unbound.discard(name)
+                    bound.add(name)
+                else:
+                    raise self._unbound_variable(query, name)
+
+        if query.aggregate_query:
+            node = self._hoist_stored(node, query.group_by + [a.arg for a in query.aggregates if a.arg is not None], bound)
+            node = Aggregate(node, list(query.group_by), list(query.aggregates))
+            if query.having is not None:
+                node = Filter(node, query.having)
+        items = query.items
+        if not query.aggregate_query:
+            node = self._hoist_stored(node, [e for _, e in items] + [e for e, _ in query.order_by], bound)
+        extra = [(f"$o{i}", expr) for i, (expr, _) in enumerate(query.order_by)]
+        columns = [f"$c{i}" for i in range(len(items))]
+        node = Project(node, [(c, e) for c, (_, e) in zip(columns, items)], extra)
+        if query.distinct:
+            node = Distinct(node, columns)
+        if query.order_by:
+            node = Sort(node, [(f"$o{i}", desc) for i, (_, desc) in enumerate(query.order_by)])
+        if query.limit is not None:
+            node = Limit(node, query.limit)
+        return LogicalPlan(node, query, [n for n, _ in items], [e.type for _, e in items], query.kind)
+
+    # --------------------------------------------------------------------------- steps
+    def _ready_generator(self, pending: list[Conjunct], bound: set[str]) -> Conjunct | None:
+        ready = [c for c in pending if c.targets and not (set(c.targets) & bound)
+                 and c.source.free_variables() <= bound]
+        if not ready:
+            return None
+        streams = [c for c in ready if c.source.type.is_stream and c.mode == "each"]
+        return streams[0] if streams else ready[0]
+
+    def _filter(self, node: PlanNode, predicate: TExpr, bound: set[str]) -> PlanNode:
+        if isinstance(predicate, TConst) and predicate.value is True:
+            return node
+        node = self._hoist_stored(node, [predicate], bound)
+        return Filter(node, self._replace_hoisted(predicate))
+
+    def _generate(self, node: PlanNode, conjunct: Conjunct, query: BoundQuery, bound: set[str]) -> PlanNode:
+        node = self._hoist_stored(node, [conjunct.source], bound)
+        types = tuple(query.variables[t].type for t in conjunct.targets)
+        return Generate(node, conjunct.targets, self._replace_hoisted(conjunct.source), conjunct.mode,
+                        conjunct.narrow, types)
+
+    # Stored-function calls in strict positions become Let(required) steps, so that a missing
+    # value drops the row; under or/not/case/is null they read as null instead.
+    def _hoist_stored(self, node: PlanNode, exprs: list[TExpr], bound: set[str]) -> PlanNode:
+        self._hoisted = getattr(self, "_hoisted", {})
+        for expr in exprs:
+            for call in _strict_stored_calls(expr):
+                if call in self._hoisted:
+                    continue
+                name = self._name("s")
+                self._hoisted[call] = TVar(call.type, name, span=call.span)
+                node = Let(node, name, self._replace_hoisted(call, inner=True), required=True)
+        return node
+
+    def _replace_hoisted(self, expr: TExpr, inner: bool = False) -> TExpr:
+        hoisted = getattr(self, "_hoisted", {})
+        if not hoisted:
+            return expr
+
+        def rewrite(node: TExpr) -> TExpr:
+            if not (inner and node is expr) and node in hoisted:
+                return hoisted[node]
+            return replace_children(node, rewrite)
+        return rewrite(expr)
+
+    # --------------------------------------------------------------------------- errors
+    def _never_bound(self, query: BoundQuery, pending: list[Conjunct], bound: set[str]):
+        conjunct = pending[0]
+        missing = sorted((conjunct.test.free_variables() | (conjunct.source.free_variables()
+                                                           if conjunct.source is not None else set())) - bound)
+        name = missing[0] if missing else "?"
+        variable = query.variables.get(name)
+        written = variable.written if variable else name
+        return QueryNameError(
+            f"variable {written} is never given values: bind it with `{written} in …` or `{written} = …`"
+            f" in the where clause (or declare it of a type whose objects can be listed)",
+            conjunct.span or query.span, self.source)
+
+    def _unbound_variable(self, query: BoundQuery, name: str):
+        variable = query.variables[name]
+        return QueryNameError(
+            f"variable {variable.written} of type {variable.type} is never given values: bind it with "
+            f"`{variable.written} in …` or `{variable.written} = …` in the where clause",
+            variable.span, self.source)
+
+
+def _strict_stored_calls(expr: TExpr):
+    """Stored-function calls outside or/not/case/is null/subqueries, innermost first."""
+    if isinstance(expr, (TOr, TNot, TCase, TQuery)):
+        return
+    if isinstance(expr, TCall) and expr.fn.name in ("is_null", "coalesce"):
+        return
+    for child in expr.children():
+        yield from _strict_stored_calls(child)
+    if isinstance(expr, TStored):
+        yield expr
+
+
+def explain_plan(plan: LogicalPlan) -> str:
+    """The plan as indented text, first step at the top."""
+    from .explain import describe_plan
+    return describe_plan(plan)

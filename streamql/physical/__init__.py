@@ -1,0 +1,1 @@
+"""Batched physical operators over numpy arrays; expressions compiled to closures."""

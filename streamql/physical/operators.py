@@ -1,0 +1,482 @@
+"""The running operators: each plan node becomes a generator stage over items.
+
+Items are `Chunk`s (many rows, columnar), plain dicts (one row, the scalar fast path) or `IDLE`
+ticks from live sources, which every stage passes on so that cancellation and time limits are
+noticed while waiting. Stateless stages are vectorized over chunks; blocking stages (aggregate,
+sort) collect first.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .. import logical as L
+from ..batch import IDLE, Batch
+from ..bound import BoundQuery
+from ..errors import QueryRuntimeError
+from ..streams import LazyBag, StreamValue, as_numeric_array
+from ..values import Bag, Time, Timeval, hashable
+from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column, repeat_column
+from .expressions import Compiled, ExprCompiler, as_mask, full_column, narrowing_checks
+
+Runner = Callable[[dict], Iterator[Any]]
+
+
+class PhysicalPlan:
+    """A logical plan made runnable for one execution context."""
+
+    def __init__(self, plan: L.LogicalPlan, ctx, compile_subplan: Callable[[BoundQuery], Runner]):
+        self.plan = plan
+        self.ctx = ctx
+        self.compiler = ExprCompiler(ctx, compile_subplan)
+        self.stages = [self._build(node) for node in plan.root.chain()]
+
+    def run(self, outer: dict | None = None) -> Iterator[Any]:
+        stream: Iterator[Any] = iter(())
+        for stage in self.stages:
+            stream = stage(stream, outer or {})
+        return stream
+
+    # ------------------------------------------------------------------------------ build
+    def _build(self, node: L.PlanNode):
+        method = getattr(self, "_build_" + type(node).__name__)
+        return method(node)
+
+    def _build_Unit(self, node: L.Unit):
+        def unit(upstream, outer):
+            yield dict(outer)
+        return unit
+
+    def _build_Generate(self, node: L.Generate):
+        source = self.compiler.compile(node.source)
+        targets, mode = node.targets, node.mode
+        target = targets[0]
+        checks = [narrowing_checks(t, f"variable {name.split('~')[0]}") if t is not None else None
+                  for t, name in zip(node.narrow or (None,) * len(targets), targets)]
+        check_value, check_column = checks[0] if checks[0] else (None, None)
+        wants_timeval = bool(node.types) and node.types[0].name == "Timeval"
+        ctx = self.ctx
+
+        def bind_whole(env: dict, value) -> dict | None:
+            if mode == "destructure":
+                items = column_values(value) if isinstance(value, np.ndarray) else list(value)
+                if len(items) != len(targets):
+                    return None
+                row = dict(env)
+                for name, item, check in zip(targets, items, checks):
+                    if check:
+                        check[0](item)
+                    row[name] = item
+                return row
+            if check_value is not None:
+                check_value(value)
+            row = dict(env)
+            row[target] = value
+            return row
+
+        def expand(env: dict, value) -> Iterator[Any]:
+            if value is None:
+                return
+            if mode != "each":
+                row = bind_whole(env, value)
+                if row is not None:
+                    yield row
+                return
+            if isinstance(value, StreamValue):
+                items = value.open()
+                try:
+                    for item in items:
+                        if item is IDLE:
+                            yield IDLE
+                        elif type(item) is Batch:
+                            column = item.values
+                            if len(column) == 0:
+                                continue
+                            if wants_timeval and item.times is not None:
+                                column = [Timeval(Time(float(t)), _py(v)) for t, v in zip(item.times, column_values(column))]
+                            if check_column is not None:
+                                column = check_column(column)
+                            yield _chunk_with(env, target, column)
+                        else:
+                            if check_value is not None:
+                                check_value(item)
+                            row = dict(env)
+                            row[target] = item
+                            yield row
+                finally:
+                    close = getattr(items, "close", None)
+                    if close:
+                        close()
+                return
+            if isinstance(value, LazyBag):
+                for item in value.open():
+                    if item is IDLE:
+                        continue
+                    column = item.values if type(item) is Batch else [item]
+                    if len(column):
+                        if check_column is not None:
+                            column = check_column(column)
+                        yield _chunk_with(env, target, column)
+                return
+            if isinstance(value, Bag):
+                column = make_column(value.items)
+            elif isinstance(value, (np.ndarray, list, tuple)):
+                column = value if isinstance(value, np.ndarray) else make_column(list(value))
+            else:  # a single value where a collection was expected: bind it whole
+                if check_value is not None:
+                    check_value(value)
+                row = dict(env)
+                row[target] = value
+                yield row
+                return
+            if len(column):
+                if check_column is not None:
+                    column = check_column(column)
+                yield _chunk_with(env, target, column)
+
+        source_row = source.row
+        vectorized_whole = mode == "whole"
+
+        def generate(upstream, outer):
+            for item in upstream:
+                if item is IDLE:
+                    yield item
+                elif type(item) is dict:
+                    yield from expand(item, source_row(item))
+                elif vectorized_whole and not node.source.type.is_collection:
+                    column = full_column(source, item)
+                    if check_column is not None:
+                        column = check_column(column)
+                    yield item.with_column(target, column)
+                else:
+                    for env in item.rows():
+                        yield from expand(env, source_row(env))
+        return generate
+
+    def _build_Scan(self, node: L.Scan):
+        ctx, variable, type_ = self.ctx, node.variable, node.type
+
+        def scan(upstream, outer):
+            for item in upstream:
+                if item is IDLE:
+                    yield item
+                    continue
+                objects = ctx.store.extent(type_)
+                if not objects:
+                    continue
+                column = make_column(list(objects))
+                if type(item) is dict:
+                    yield _chunk_with(item, variable, column)
+                else:
+                    k = len(column)
+                    counts = np.full(item.n, k)
+                    out = {name: repeat_column(col, counts) for name, col in item.items()}
+                    out[variable] = _tile(column, item.n)
+                    yield Chunk(out, item.n * k)
+        return scan
+
+    def _build_Let(self, node: L.Let):
+        value = self.compiler.compile(node.value)
+        name, required = node.name, node.required
+        value_row = value.row
+
+        def let(upstream, outer):
+            for item in upstream:
+                if item is IDLE:
+                    yield item
+                elif type(item) is dict:
+                    result = value_row(item)
+                    if required and result is None:
+                        continue
+                    row = dict(item)
+                    row[name] = result
+                    yield row
+                else:
+                    column = full_column(value, item)
+                    chunk = item.with_column(name, column)
+                    if required and not isinstance(column, np.ndarray):
+                        present = np.array([v is not None for v in column], dtype=bool)
+                        if not present.all():
+                            chunk = chunk.take(present)
+                            chunk[name] = make_column(chunk[name])
+                    if chunk.n:
+                        yield chunk
+        return let
+
+    def _build_Filter(self, node: L.Filter):
+        predicate = self.compiler.compile(node.predicate)
+        if predicate.const:
+            keep = bool(predicate.value)
+
+            def constant_filter(upstream, outer):
+                for item in upstream:
+                    if item is IDLE or keep:
+                        yield item
+            return constant_filter
+        test_row, test_batch = predicate.row, predicate.batch
+
+        def filter_(upstream, outer):
+            for item in upstream:
+                if type(item) is dict:
+                    if test_row(item):
+                        yield item
+                elif item is IDLE:
+                    yield item
+                else:
+                    mask = as_mask(test_batch(item), item.n)
+                    if mask.all():
+                        yield item
+                    elif mask.any():
+                        yield item.take(mask)
+        return filter_
+
+    def _build_Aggregate(self, node: L.Aggregate):
+        keys = [self.compiler.compile(k) for k in node.keys]
+        args = [self.compiler.compile(a.arg) if a.arg is not None else None for a in node.aggregates]
+        functions = [a.fn for a in node.aggregates]
+        ctx = self.ctx
+
+        def aggregate(upstream, outer):
+            chunks = []
+            for item in upstream:
+                if item is IDLE:
+                    ctx.check()
+                    continue
+                chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
+            chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
+            n = chunk.n
+            key_columns = [full_column(k, chunk) if n else [] for k in keys]
+            group_ids, first_rows, group_count = _factorize(key_columns, n)
+            if not keys:
+                group_ids, first_rows, group_count = np.zeros(n, dtype=np.intp), np.zeros(1, dtype=np.intp), 1
+            if group_count == 0:
+                return
+            order = np.argsort(group_ids, kind="stable")
+            bounds = np.searchsorted(group_ids[order], np.arange(group_count + 1))
+            out: dict[str, Any] = {}
+            for i, column in enumerate(key_columns):
+                if isinstance(column, np.ndarray):
+                    out[f"$g{i}"] = column[first_rows]
+                else:
+                    out[f"$g{i}"] = make_column([column[j] for j in first_rows])
+            for i, (fn, arg) in enumerate(zip(functions, args)):
+                if arg is None:  # count(*)
+                    out[f"$a{i}"] = np.diff(bounds).astype(np.int64)
+                    continue
+                column = full_column(arg, chunk) if n else []
+                results = []
+                for g in range(group_count):
+                    rows = order[bounds[g]:bounds[g + 1]]
+                    if isinstance(column, np.ndarray):
+                        part = column[rows]
+                    else:
+                        part = [column[j] for j in rows]
+                    results.append(fn.scalar(part))
+                out[f"$a{i}"] = make_column(results)
+            yield Chunk(out, group_count)
+        return aggregate
+
+    def _build_Project(self, node: L.Project):
+        compiled = [(name, self.compiler.compile(expr)) for name, expr in list(node.items) + list(node.extra)]
+        names = [name for name, _ in compiled]
+        rows = [c.row for _, c in compiled]
+        if len(compiled) == 1:
+            only_name, only_row = names[0], rows[0]
+
+            def project_row(env):
+                return {only_name: only_row(env)}
+        else:
+            def project_row(env):
+                return {name: row(env) for name, row in zip(names, rows)}
+
+        def project(upstream, outer):
+            for item in upstream:
+                if type(item) is dict:
+                    yield project_row(item)
+                elif item is IDLE:
+                    yield item
+                else:
+                    yield Chunk({name: full_column(c, item) for name, c in compiled}, item.n)
+        return project
+
+    def _build_Distinct(self, node: L.Distinct):
+        columns = node.columns
+
+        def distinct(upstream, outer):
+            seen = set()
+            for item in upstream:
+                if item is IDLE:
+                    yield item
+                elif type(item) is dict:
+                    key = tuple(hashable(item[c]) for c in columns)
+                    if key not in seen:
+                        seen.add(key)
+                        yield item
+                else:
+                    values = [column_values(item[c]) for c in columns]
+                    keep = []
+                    for i, row in enumerate(zip(*values)):
+                        key = tuple(hashable(v) for v in row)
+                        if key not in seen:
+                            seen.add(key)
+                            keep.append(i)
+                    if keep:
+                        yield item.take(np.array(keep, dtype=np.intp))
+        return distinct
+
+    def _build_Sort(self, node: L.Sort):
+        keys = node.keys
+        ctx = self.ctx
+
+        def sort(upstream, outer):
+            chunks = []
+            for item in upstream:
+                if item is IDLE:
+                    ctx.check()
+                    continue
+                chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
+            if not chunks:
+                return
+            chunk = concat_chunks(chunks)
+            if chunk.n == 0:
+                return
+            order = np.arange(chunk.n)
+            for name, descending in reversed(keys):
+                column = chunk[name]
+                order = order[_stable_order(_take(column, order), descending)]
+            yield chunk.take(order)
+        return sort
+
+    def _build_Limit(self, node: L.Limit):
+        count_expr = self.compiler.compile(node.count)
+
+        def limit(upstream, outer):
+            count = count_expr.row(outer)
+            if count is None:
+                yield from upstream
+                return
+            remaining = int(count)
+            if remaining <= 0:
+                return
+            try:
+                for item in upstream:
+                    if item is IDLE:
+                        yield item
+                    elif type(item) is dict:
+                        remaining -= 1
+                        yield item
+                    else:
+                        if item.n >= remaining:
+                            yield item.take(np.arange(remaining)) if item.n > remaining else item
+                            remaining = 0
+                        else:
+                            remaining -= item.n
+                            yield item
+                    if remaining <= 0:
+                        return
+            finally:
+                close = getattr(upstream, "close", None)
+                if close:
+                    close()
+        return limit
+
+
+# ------------------------------------------------------------------------------- helpers
+def _py(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _chunk_with(env: dict, name: str | None, column) -> Chunk:
+    """A chunk of the rows of `column` (or one row), each also holding env's values."""
+    n = len(column) if name is not None else 1
+    columns = {key: broadcast(value, n) if name is not None else _one(value) for key, value in env.items()}
+    if name is not None:
+        columns[name] = column
+    return Chunk(columns, n)
+
+
+def _one(value):
+    converted = as_numeric_array([value])
+    return converted if converted is not None else [value]
+
+
+def _tile(column, times: int):
+    if isinstance(column, np.ndarray):
+        return np.tile(column, (times,) + (1,) * (column.ndim - 1))
+    return list(column) * times
+
+
+def _take(column, order):
+    if isinstance(column, np.ndarray):
+        return column[order]
+    return [column[i] for i in order]
+
+
+def _factorize(columns: list, n: int):
+    """Group numbers for rows by key columns: (group id per row, first row of each group, count)."""
+    if not columns:
+        return np.zeros(n, dtype=np.intp), np.zeros(min(n, 1), dtype=np.intp), min(n, 1)
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), 0
+    if len(columns) == 1 and isinstance(columns[0], np.ndarray) and columns[0].ndim == 1 \
+            and columns[0].dtype != object:
+        _, first, inverse = np.unique(columns[0], return_index=True, return_inverse=True)
+        # keep groups in order of first appearance
+        rank = np.argsort(np.argsort(first))
+        return rank[inverse].astype(np.intp), np.sort(first), len(first)
+    groups: dict = {}
+    ids = np.empty(n, dtype=np.intp)
+    first = []
+    values = [column_values(c) for c in columns]
+    for i, row in enumerate(zip(*values)):
+        key = tuple(hashable(v) for v in row)
+        gid = groups.get(key)
+        if gid is None:
+            gid = groups[key] = len(groups)
+            first.append(i)
+        ids[i] = gid
+    return ids, np.array(first, dtype=np.intp), len(groups)
+
+
+def _stable_order(column, descending: bool) -> np.ndarray:
+    """A stable sorting permutation; nulls last either way."""
+    if isinstance(column, np.ndarray) and column.ndim == 1 and column.dtype.kind in "iufb":
+        if descending:
+            return np.argsort(-column.astype(np.float64) if column.dtype.kind == "b" else -column, kind="stable") \
+                if column.dtype.kind != "u" else np.argsort(column, kind="stable")[::-1]
+        return np.argsort(column, kind="stable")
+    values = column_values(column)
+    present = [i for i, v in enumerate(values) if v is not None]
+    missing = [i for i, v in enumerate(values) if v is None]
+    try:
+        present.sort(key=lambda i: _sort_key(values[i]), reverse=descending)
+    except TypeError as exc:
+        raise QueryRuntimeError(f"cannot order values of different kinds: {exc}") from None
+    if descending:
+        # reverse=True is not stable for equal keys; restore first-come order among equals
+        present = _stable_desc(present, values)
+    return np.array(present + missing, dtype=np.intp)
+
+
+def _stable_desc(indices, values):
+    groups: dict = {}
+    order = []
+    for i in indices:
+        key = hashable(values[i])
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(i)
+    out = []
+    for key in order:
+        out.extend(sorted(groups[key]))
+    return out
+
+
+def _sort_key(value):
+    if isinstance(value, np.ndarray):
+        return tuple(value.tolist())
+    if isinstance(value, Time):
+        return value.seconds
+    return value

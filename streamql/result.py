@@ -1,0 +1,237 @@
+"""Results: rows as they arrive, with column names and types; handles of background queries."""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .batch import IDLE
+from .errors import QueryCancelled, QueryError, QueryLimitError, QueryRuntimeError
+from .physical.chunk import column_values
+
+
+class Result:
+    """An iterator of rows. One-column rows are plain values, several columns tuples.
+
+    Closing it (or dropping it) cancels the query and frees its sources.
+    """
+
+    def __init__(self, columns: list[str], types: list, kind: str, items: Iterator[Any] | None = None,
+                 ctx=None, message: str | None = None, statement: str | None = None, span=None,
+                 source: str | None = None):
+        self.columns = columns
+        self.types = types
+        self.kind = kind                 # 'bag' | 'vector' | 'stream' | 'statement' | 'explain'
+        self.message = message
+        self.statement = statement
+        self.status: dict | None = None  # per-device outcome on a federation
+        self.ctx = ctx
+        self._span = span
+        self._source = source
+        self._items = items
+        self._rows = self._generate() if items is not None else iter(())
+        self._closed = False
+        self.rows_delivered = 0
+
+    @property
+    def continuous(self) -> bool:
+        return self.kind == "stream"
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._rows)
+
+    def items(self) -> Iterator[Any]:
+        """The raw stream items (chunks, single rows) instead of rows, for tools that batch."""
+        return self._items
+
+    def _generate(self) -> Iterator[Any]:
+        n = len(self.columns)
+        names = [f"$c{i}" for i in range(n)]
+        ctx = self.ctx
+        check = ctx.check if ctx is not None else (lambda: None)
+        max_rows = ctx.limits.rows if ctx is not None else None
+        delivered = 0
+        items = self._items
+        try:
+            if self.kind == "vector":
+                yield self._collect_vector(items, names)
+                return
+            for item in items:
+                check()
+                if item is IDLE:
+                    continue
+                if type(item) is dict:
+                    row = item[names[0]] if n == 1 else tuple(item[c] for c in names)
+                    delivered += 1
+                    if max_rows is not None and delivered > max_rows:
+                        raise QueryLimitError(f"the query produced more than its limit of {max_rows} rows")
+                    self.rows_delivered = delivered
+                    yield _py(row) if n == 1 else tuple(_py(v) for v in row)
+                else:
+                    columns = [column_values(item[c]) for c in names]
+                    rows = columns[0] if n == 1 else list(zip(*columns))
+                    for row in rows:
+                        delivered += 1
+                        if max_rows is not None and delivered > max_rows:
+                            raise QueryLimitError(f"the query produced more than its limit of {max_rows} rows")
+                        self.rows_delivered = delivered
+                        yield row
+        except QueryError as exc:
+            if exc.span is None and self._span is not None and not isinstance(exc, (QueryCancelled, QueryLimitError)):
+                exc.span = self._span
+            if exc.source is None:
+                exc.source = self._source
+            raise
+        except (GeneratorExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a QueryError
+            error = QueryRuntimeError(f"internal error while running the query: {type(exc).__name__}: {exc}",
+                                      self._span, self._source)
+            error.__cause__ = exc
+            error.traceback = traceback.format_exc()
+            raise error from exc
+        finally:
+            self._finish()
+
+    def _collect_vector(self, items, names):
+        from .streams import join_columns
+        parts = []
+        for item in items:
+            if item is IDLE:
+                if self.ctx is not None:
+                    self.ctx.check()
+                continue
+            if type(item) is dict:
+                parts.append([item[names[0]]] if len(names) == 1 else [list(item[c] for c in names)])
+            else:
+                if len(names) == 1:
+                    parts.append(item[names[0]])
+                else:
+                    parts.append([list(r) for r in zip(*[column_values(item[c]) for c in names])])
+        column = join_columns(parts)
+        if isinstance(column, np.ndarray) and column.dtype != object:
+            return column
+        return list(column.tolist() if isinstance(column, np.ndarray) else column)
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # closed while running in another thread: it stops at its next check
+                pass
+
+    def close(self) -> None:
+        """Stop the query and free its sources."""
+        if self.ctx is not None:
+            self.ctx.cancel.set()
+        try:
+            self._rows.close()
+        except ValueError:
+            pass
+        self._finish()
+
+    def __del__(self):
+        try:
+            if not self._closed and self.ctx is not None:
+                self.ctx.cancel.set()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def fetchall(self) -> list:
+        return list(self)
+
+    def __repr__(self) -> str:
+        if self.message is not None:
+            return f"<Result {self.message}>"
+        return f"<Result {self.kind} ({', '.join(self.columns)})>"
+
+
+def _py(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class QueryHandle:
+    """A query running in the background: watch it, wait for it, cancel it."""
+
+    def __init__(self, query_id: int, text: str, result: Result, sink: Callable | None,
+                 on_exit: Callable[["QueryHandle"], None] | None = None, name: str | None = None,
+                 batch_sink: bool = False):
+        self.id = query_id
+        self.name = name or f"q{query_id}"
+        self.text = text
+        self.result = result
+        self.sink = sink
+        self.status = "running"
+        self.error: QueryError | None = None
+        self.rows = 0
+        self.started = time.time()
+        self.finished: float | None = None
+        self._on_exit = on_exit
+        self._done = threading.Event()
+        self._batch_sink = batch_sink
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"streamql-query-{query_id}")
+
+    @property
+    def columns(self) -> list[str]:
+        return self.result.columns
+
+    def start(self) -> "QueryHandle":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        sink = self.sink
+        try:
+            for row in self.result:
+                self.rows += 1
+                if sink is not None:
+                    sink(row)
+            self.status = "done"
+        except QueryCancelled:
+            self.status = "cancelled"
+        except QueryLimitError as exc:
+            self.status = "limit"
+            self.error = exc
+        except QueryError as exc:
+            self.status = "failed"
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - a sink's failure stops only this query
+            self.status = "failed"
+            self.error = QueryRuntimeError(f"the result sink failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.finished = time.time()
+            self.result._finish()
+            self._done.set()
+            if self._on_exit is not None:
+                self._on_exit(self)
+
+    def cancel(self, wait: float | None = 5.0) -> None:
+        if self.result.ctx is not None:
+            self.result.ctx.cancel.set()
+        if wait:
+            self._done.wait(wait)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def describe(self) -> dict:
+        return {"id": self.id, "name": self.name, "query": self.text, "status": self.status, "rows": self.rows,
+                "started": self.started, "finished": self.finished,
+                "error": self.error.to_dict() if self.error else None}
+
+    def __repr__(self) -> str:
+        return f"<QueryHandle {self.name} {self.status} rows={self.rows}>"

@@ -1,0 +1,264 @@
+"""Streams and bags as run-time values, and the context a query runs in.
+
+A `StreamValue` is a recipe: `open()` starts a fresh pass and returns an iterator of stream items
+(`Batch`, single value, or `IDLE`). Stream functions take stream values and return new ones, so
+`winagg(signal_stream('s'), 256, 128)` is a value built before any reading flows. A `LazyBag`
+is the same for bags that are better not materialised (`iota(1, 10000000)`, a subquery).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .batch import IDLE, Batch
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import QueryCancelled, QueryLimitError
+from .values import Bag, Time, Timeval
+
+
+class StreamValue:
+    """A stream: opened any number of times, each pass an iterator of items."""
+
+    __slots__ = ("_open", "label", "__weakref__")
+
+    def __init__(self, open_fn: Callable[[], Iterator[Any]], label: str = "stream"):
+        self._open = open_fn
+        self.label = label
+
+    def open(self) -> Iterator[Any]:
+        return self._open()
+
+    def elements(self) -> Iterator[Any]:
+        """The stream's values one by one (idle ticks skipped)."""
+        return iter_elements(self.open())
+
+    def __iter__(self):
+        return self.elements()
+
+    def __repr__(self) -> str:
+        return f"<stream {self.label}>"
+
+
+class LazyBag:
+    """A bag produced on demand: `open()` yields items like a stream; `materialize()` a Bag."""
+
+    __slots__ = ("_open", "label", "_cache")
+
+    def __init__(self, open_fn: Callable[[], Iterator[Any]], label: str = "bag"):
+        self._open = open_fn
+        self.label = label
+        self._cache = None
+
+    def open(self) -> Iterator[Any]:
+        if self._cache is not None:
+            return iter([Batch(self._cache)])
+        return self._open()
+
+    def column(self):
+        """All elements as one column (numpy array when numeric)."""
+        if self._cache is None:
+            self._cache = collect_column(self._open())
+        return self._cache
+
+    def materialize(self) -> Bag:
+        column = self.column()
+        return Bag(column.tolist() if isinstance(column, np.ndarray) and column.ndim == 1 else list(column))
+
+    def __iter__(self):
+        return iter(self.materialize())
+
+    def __len__(self) -> int:
+        return len(self.column())
+
+    def __eq__(self, other):
+        return self.materialize() == (other.materialize() if isinstance(other, LazyBag) else other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(self.materialize())
+
+
+def iter_elements(items: Iterable[Any]) -> Iterator[Any]:
+    """Single values from stream items: batches unpacked, idle ticks skipped."""
+    for item in items:
+        if item is IDLE:
+            continue
+        if type(item) is Batch:
+            values = item.values
+            if item.times is not None:
+                times = item.times
+                for i in range(len(values)):
+                    yield Timeval(Time(float(times[i])), _python(values[i]))
+            elif isinstance(values, np.ndarray):
+                if values.ndim == 1:
+                    yield from values.tolist()
+                else:
+                    yield from values
+            else:
+                yield from values
+        else:
+            yield item
+
+
+def _python(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def collect_column(items: Iterable[Any]):
+    """Gather stream items into one column: a numpy array when every part is numeric."""
+    parts: list = []
+    scalars: list = []
+    for item in items:
+        if item is IDLE:
+            continue
+        if type(item) is Batch:
+            if scalars:
+                parts.append(scalars)
+                scalars = []
+            parts.append(item.values)
+        else:
+            scalars.append(item)
+    if scalars:
+        parts.append(scalars)
+    return join_columns(parts)
+
+
+def join_columns(parts: list):
+    if not parts:
+        return np.empty(0)
+    arrays = []
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            arrays.append(part)
+        else:
+            converted = as_numeric_array(part)
+            if converted is None:
+                return _join_as_list(parts)
+            arrays.append(converted)
+    shapes = {a.shape[1:] for a in arrays if len(a)}
+    if len(shapes) > 1:
+        return _join_as_list(parts)
+    arrays = [a for a in arrays if len(a)] or arrays[:1]
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+
+def _join_as_list(parts: list) -> list:
+    out: list = []
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            out.extend(part.tolist() if part.ndim == 1 else list(part))
+        else:
+            out.extend(part)
+    return out
+
+
+def as_numeric_array(values: list) -> np.ndarray | None:
+    """A list of numbers (or of equal-length numeric arrays) as an array; None when not numeric."""
+    if not values:
+        return np.empty(0)
+    first = values[0]
+    if isinstance(first, bool) or first is None:
+        if all(isinstance(v, bool) for v in values):
+            return np.array(values, dtype=bool)
+        return None
+    if isinstance(first, (int, float, np.integer, np.floating)):
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+            if all(isinstance(v, (int, np.integer)) for v in values):
+                try:
+                    return np.array(values, dtype=np.int64)
+                except OverflowError:
+                    return None
+            return np.array(values, dtype=np.float64)
+        return None
+    if isinstance(first, np.ndarray) and first.dtype != object:
+        shape = first.shape
+        if all(isinstance(v, np.ndarray) and v.shape == shape and v.dtype != object for v in values):
+            return np.stack(values)
+    return None
+
+
+def to_column(values) -> Any:
+    """A column from a bag, vector, lazy bag, stream-collected list or array."""
+    if isinstance(values, LazyBag):
+        return values.column()
+    if isinstance(values, Bag):
+        values = values.items
+    if isinstance(values, np.ndarray):
+        return values
+    if isinstance(values, (list, tuple)):
+        converted = as_numeric_array(list(values))
+        return converted if converted is not None else list(values)
+    raise TypeError(f"not a collection: {type(values).__name__}")
+
+
+class Limits:
+    """Per-query limits: rows delivered, seconds of running, megabytes of operator state."""
+
+    __slots__ = ("rows", "seconds", "memory_mb")
+
+    def __init__(self, rows: int | None = None, seconds: float | None = None, memory_mb: float | None = None):
+        self.rows = rows
+        self.seconds = seconds
+        self.memory_mb = memory_mb
+
+    @classmethod
+    def of(cls, value) -> "Limits":
+        if value is None:
+            return cls()
+        if isinstance(value, Limits):
+            return value
+        if isinstance(value, dict):
+            return cls(value.get("rows"), value.get("seconds"), value.get("memory_mb"))
+        raise TypeError("limits are a dict with rows, seconds and memory_mb, or a Limits")
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "seconds": self.seconds, "memory_mb": self.memory_mb}
+
+
+class ExecContext:
+    """What a running query can reach: the engine's clock, randomness, signals, store, flows and
+    models, plus its own cancellation flag, limits and memory accounting."""
+
+    def __init__(self, engine: Any, clock: Clock = SYSTEM_CLOCK, rng: np.random.Generator | None = None,
+                 limits: Limits | None = None, cancel: threading.Event | None = None):
+        self.engine = engine
+        self.clock = clock
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.limits = limits or Limits()
+        self.cancel = cancel or threading.Event()
+        self.started = clock.monotonic()
+        self.state_bytes = 0
+        self.counters: dict[str, int] = {}
+
+    @property
+    def signals(self):
+        return self.engine.signals
+
+    @property
+    def store(self):
+        return self.engine.store
+
+    @property
+    def flows(self):
+        return self.engine.flows
+
+    @property
+    def models(self):
+        return self.engine.models
+
+    def check(self) -> None:
+        """Raise when the query was cancelled or ran past its time or memory limit."""
+        if self.cancel.is_set():
+            raise QueryCancelled("the query was cancelled")
+        limits = self.limits
+        if limits.seconds is not None and self.clock.monotonic() - self.started > limits.seconds:
+            raise QueryLimitError(f"the query ran past its time limit of {limits.seconds} s")
+        if limits.memory_mb is not None and self.state_bytes > limits.memory_mb * 1e6:
+            raise QueryLimitError(f"the query's state grew past its memory limit of {limits.memory_mb} MB "
+                                  f"({self.state_bytes / 1e6:.1f} MB)")
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount

@@ -1,0 +1,590 @@
+"""The parser: the only user of Lark. Loads the grammar once (cached) and turns text into the AST.
+
+`parse(text)` returns a `Script`; `parse_one(text)` a single statement; `parse_expression(text)`
+one expression. Errors are `QueryParseError`s with the line, column and a caret excerpt, worded
+for people ("expected an expression after '+'"), not as parser states.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from . import ast as A
+from .errors import QueryError, QueryParseError, Span
+from .values import FunctionRef, Time
+
+GRAMMAR_FILE = "streamql.lark"
+
+
+def grammar_text() -> str:
+    """The grammar, from the installed package or (running from a checkout) the repository."""
+    try:
+        return resources.files("streamql.grammar").joinpath(GRAMMAR_FILE).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        checkout = Path(__file__).resolve().parent.parent / "grammar" / GRAMMAR_FILE
+        return checkout.read_text(encoding="utf-8")
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def parser() -> Lark:
+    """The LALR parser, built once per process and cached on disk between processes."""
+    with _lock:
+        return Lark(grammar_text(), parser="lalr", lexer="contextual", strict=True,
+                    maybe_placeholders=True, transformer=ToAst(), cache=True)
+
+
+def keywords() -> list[str]:
+    """Every keyword of the language, lowercase (for highlighting and completion)."""
+    return sorted(t.pattern.value for t in parser().terminals
+                  if t.pattern.type == "str" and t.pattern.value.isalpha())
+
+
+# ------------------------------------------------------------------------------- the transformer
+def _edges(item, last: bool):
+    """The first (or last) positioned piece of a child: a token, a node's span, or inside a tuple."""
+    if item is None:
+        return None
+    if isinstance(item, Token):
+        return item
+    if isinstance(item, A.Node):
+        return item.span
+    if isinstance(item, (tuple, list)):
+        for sub in (reversed(item) if last else item):
+            found = _edges(sub, last)
+            if found is not None:
+                return found
+    return None
+
+
+def _span(children) -> Span | None:
+    """The span from the first to the last positioned child."""
+    first = last = None
+    for child in children:
+        first = _edges(child, False)
+        if first is not None:
+            break
+    for child in reversed(children):
+        last = _edges(child, True)
+        if last is not None:
+            break
+    if first is None or last is None:
+        return None
+    if isinstance(first, Token):
+        start, line, column = first.start_pos, first.line, first.column
+    else:
+        start, line, column = first.start, first.line, first.column
+    if isinstance(last, Token):
+        end, end_line, end_column = last.end_pos, last.end_line, last.end_column
+    else:
+        end, end_line, end_column = last.end, last.end_line, last.end_column
+    return Span(start, end, line, column, end_line, end_column)
+
+
+def _token_span(token: Token) -> Span:
+    return Span(token.start_pos, token.end_pos, token.line, token.column, token.end_line, token.end_column)
+
+
+def _unquote(token: str) -> str:
+    quote = token[0]
+    return token[1:-1].replace(quote * 2, quote)
+
+
+class _Star:
+    """Marks `select *`."""
+
+
+def _kept(children):
+    """Children that are nodes or values: no tokens (keywords, brackets) and no empty placeholders."""
+    return [c for c in children if c is not None and (not isinstance(c, Token) or c.type == "NAME_VALUE")]
+
+
+def _names(children):
+    return [str(c) for c in children if isinstance(c, Token) and c.type == "NAME_VALUE"]
+
+
+def _has(children, token_type: str) -> bool:
+    return any(isinstance(c, Token) and c.type == token_type for c in children)
+
+
+class ToAst(Transformer):
+    """Lark rules → AST nodes, applied while parsing. Every grammar rule and alias has a method.
+
+    Names come back from `name` as tokens of type NAME_VALUE so that they keep their position.
+    """
+
+    # -- statements -------------------------------------------------------------------------
+    def start(self, children):
+        return [c for c in children if not isinstance(c, Token)]
+
+    def expr_statement(self, children):
+        return A.ExprStatement(children[0], span=children[0].span)
+
+    def select(self, children):
+        _, distinct, kind, items, from_, where, group, having, order, limit = children
+        return A.Select(None if isinstance(items, _Star) else items, from_ or (), where,
+                        group or (), having, order or (), limit, distinct is not None, kind,
+                        span=_span(children))
+
+    def stream_kind(self, children):
+        return "stream"
+
+    def vector_kind(self, children):
+        return "vector"
+
+    def bag_kind(self, children):
+        return "bag"
+
+    def select_list(self, children):
+        return tuple(children)
+
+    def select_star(self, children):
+        return _Star()
+
+    def select_item(self, children):
+        expr, _, alias = children
+        return A.SelectItem(expr, None if alias is None else str(alias), span=_span(children))
+
+    def from_clause(self, children):
+        return tuple(c for c in children if isinstance(c, A.Declaration))
+
+    def declaration(self, children):
+        return A.Declaration(children[0], str(children[1]), span=_span(children))
+
+    def where_clause(self, children):
+        return children[1]
+
+    def group_clause(self, children):
+        return tuple(c for c in children if isinstance(c, A.Expr))
+
+    def having_clause(self, children):
+        return children[1]
+
+    def order_clause(self, children):
+        return tuple(c for c in children if isinstance(c, A.OrderItem))
+
+    def order_item(self, children):
+        expr, direction = children
+        return A.OrderItem(expr, direction is not None and direction.type == "DESC", span=_span(children))
+
+    def order_direction(self, children):
+        return children[0]
+
+    def limit_clause(self, children):
+        return children[1]
+
+    def create_type(self, children):
+        names = _names(children)
+        properties = tuple(c for c in children if isinstance(c, A.Property))
+        return A.CreateType(names[0], tuple(names[1:]), properties, span=_span(children))
+
+    def property(self, children):
+        name, type_, key = children
+        return A.Property(str(name), type_, key is not None, span=_span(children))
+
+    def create_instances(self, children):
+        names = _names(children)
+        rows = tuple(c for c in children if isinstance(c, tuple))
+        return A.CreateInstances(names[0], tuple(names[1:]), rows, span=_span(children))
+
+    def instance(self, children):
+        return tuple(c for c in children if isinstance(c, A.Expr))
+
+    def create_function(self, children):
+        name = _names(children)[0]
+        parameters = tuple(p for p in children if isinstance(p, A.Parameter))
+        result, body = children[-3], children[-1]
+        return A.CreateFunction(name, parameters, result, body, span=_span(children))
+
+    def parameter(self, children):
+        return A.Parameter(children[0], str(children[1]), span=_span(children))
+
+    def stored_body(self, children):
+        return A.StoredBody(span=_span(children))
+
+    def query_body(self, children):
+        return children[0]
+
+    def expr_body(self, children):
+        return children[0]
+
+    def create_model(self, children):
+        _, _, name, (path, expr), _, version = children
+        return A.CreateModel(str(name), path, expr, None if version is None else _unquote(version),
+                             span=_span(children))
+
+    def model_name(self, children):
+        child = children[0]
+        return _unquote(child) if child.type == "STRING" else child
+
+    def model_from_file(self, children):
+        return (_unquote(children[1]), None)
+
+    def model_from_expr(self, children):
+        return (None, children[1])
+
+    def create_table(self, children):
+        name = _names(children)[0]
+        columns = tuple(c for c in children if isinstance(c, A.ColumnDef))
+        unique = tuple(c[1] for c in children if isinstance(c, tuple) and c[0] == "unique")
+        primary = next((c[1] for c in children if isinstance(c, tuple) and c[0] == "primary"), ())
+        return A.CreateTable(name, columns, unique, primary, span=_span(children))
+
+    def column_def(self, children):
+        name, type_, not_, _ = children
+        return A.ColumnDef(str(name), type_, not_ is not None, span=_span(children))
+
+    def unique_constraint(self, children):
+        return ("unique", tuple(_names(children)))
+
+    def primary_key_constraint(self, children):
+        return ("primary", tuple(_names(children)))
+
+    def insert(self, children):
+        names = _names(children)
+        rows = tuple(c for c in children if isinstance(c, tuple))
+        return A.Insert(names[0], tuple(names[1:]), rows, span=_span(children))
+
+    def arguments(self, children):
+        return tuple(children)
+
+    def set_function(self, children):
+        _, name, _, args, _, value, from_, where = children
+        return A.SetFunction(str(name), args or (), value, from_ or (), where, span=_span(children))
+
+    def set_variable(self, children):
+        return A.SetVariable(children[1].value[1:], children[2], span=_span(children))
+
+    def delete(self, children):
+        _, _, declaration, where = children
+        return A.Delete(declaration, where, span=_span(children))
+
+    def drop(self, children):
+        _, kind, name = children
+        name = _unquote(name) if name.type == "STRING" else str(name)
+        return A.Drop(kind, name, span=_span(children))
+
+    def drop_kind(self, children):
+        return children[0].value.lower()
+
+    def explain(self, children):
+        statement = children[1]
+        if isinstance(statement, A.Expr):
+            statement = A.ExprStatement(statement, span=statement.span)
+        return A.Explain(statement, span=_span(children))
+
+    def validate(self, children):
+        return A.Validate(_unquote(children[1]), tuple(children[2:]), span=_span(children))
+
+    def check(self, children):
+        return A.Check(children[1], children[2], span=_span(children))
+
+    def deploy(self, children):
+        _, _, model, _, version, _, selection = children
+        return A.Deploy(_unquote(model), selection, None if version is None else _unquote(version),
+                        span=_span(children))
+
+    def rollback(self, children):
+        _, _, model, _, _, version, _, selection = children
+        return A.Rollback(_unquote(model), selection, None if version is None else _unquote(version),
+                          span=_span(children))
+
+    def undeploy(self, children):
+        return A.Undeploy(_unquote(children[2]), children[4], span=_span(children))
+
+    def edge_selection(self, children):
+        return A.EdgeSelection(children[0], children[1], span=_span(children))
+
+    # -- types --------------------------------------------------------------------------------
+    def type_expr(self, children):
+        name, _, of = children
+        return A.TypeExpr(str(name), of, span=_span(children))
+
+    def type_name(self, children):
+        child = children[0]
+        return child if child.type == "NAME_VALUE" else Token("NAME_VALUE", child.value, child.start_pos,
+                                                            child.line, child.column, child.end_line,
+                                                            child.end_column, child.end_pos)
+
+    # -- expressions ----------------------------------------------------------------------
+    def or_op(self, children):
+        return A.Or(children[0], children[2], span=_span(children))
+
+    def and_op(self, children):
+        return A.And(children[0], children[2], span=_span(children))
+
+    def not_op(self, children):
+        return A.Not(children[1], span=_span(children))
+
+    def compare(self, children):
+        left, op, right = children
+        return A.Compare("!=" if op.value == "<>" else op.value, left, right, span=_span(children))
+
+    def equals(self, children):
+        return A.Compare("=", children[0], children[1], span=_span(children))
+
+    def in_op(self, children):
+        element, negated, _, (kind, target, end) = children
+        span = _span([element, end])
+        if kind == "list":
+            return A.InList(element, target, negated is not None, span=span)
+        return A.In(element, target, negated is not None, span=span)
+
+    def in_list(self, children):
+        return ("list", tuple(c for c in children if isinstance(c, A.Expr)), children[-1])
+
+    def in_expr(self, children):
+        return ("expr", children[0], children[0])
+
+    def between(self, children):
+        operand, negated, _, low, _, high = children
+        return A.Between(operand, low, high, negated is not None, span=_span(children))
+
+    def like(self, children):
+        operand, negated, _, pattern = children
+        return A.Like(operand, pattern, negated is not None, span=_span(children))
+
+    def is_null(self, children):
+        operand, _, negated, _ = children
+        return A.IsNull(operand, negated is not None, span=_span(children))
+
+    def binary(self, children):
+        left, op, right = children
+        return A.BinaryOp(op.value, left, right, span=_span(children))
+
+    def negate(self, children):
+        return A.Negate(children[1], span=_span(children))
+
+    def positive(self, children):
+        return children[1]
+
+    def paren(self, children):
+        return children[1]
+
+    def index(self, children):
+        return A.Index(children[0], children[2], span=_span(children))
+
+    def slice(self, children):
+        return A.Slice(children[0], children[2], children[3], span=_span(children))
+
+    def field(self, children):
+        return A.Field(children[0], str(children[1]), span=_span(children))
+
+    def at_edge(self, children):
+        return A.AtEdge(children[0], children[1], span=_span(children))
+
+    def variable(self, children):
+        return A.Variable(str(children[0]), span=_token_span(children[0]))
+
+    def session_variable(self, children):
+        return A.SessionVariable(children[0].value[1:], span=_token_span(children[0]))
+
+    def call(self, children):
+        args = tuple(c for c in children[2:-1] if c is not None)
+        return A.Call(str(children[0]), args, span=_span(children))
+
+    def call_query(self, children):
+        query = children[2]
+        return A.Call(str(children[0]), (A.Subquery(query, span=query.span),), span=_span(children))
+
+    def call_star(self, children):
+        return A.Call(str(children[0]), (), star=True, span=_span(children))
+
+    def cast(self, children):
+        return A.Cast(children[2], children[4], span=_span(children))
+
+    def subquery(self, children):
+        return A.Subquery(children[1], span=_span(children))
+
+    def vector(self, children):
+        return A.VectorLiteral(tuple(c for c in children[1:-1] if c is not None), span=_span(children))
+
+    def record(self, children):
+        return A.RecordLiteral(tuple(c for c in children[1:-1] if c is not None), span=_span(children))
+
+    def record_field(self, children):
+        return (_unquote(children[0]), children[1])
+
+    def case(self, children):
+        whens = tuple(c for c in children if isinstance(c, tuple))
+        otherwise = children[-2]
+        return A.Case(whens, otherwise, span=_span(children))
+
+    def case_when(self, children):
+        return (children[1], children[3])
+
+    def function_name(self, children):
+        child = children[0]
+        if child.type == "NAME_VALUE":
+            return child
+        return Token("NAME_VALUE", child.value, child.start_pos, child.line, child.column,
+                     child.end_line, child.end_column, child.end_pos)
+
+    def number(self, children):
+        token = children[0]
+        text = token.value
+        value = float(text) if ("." in text or "e" in text or "E" in text) else int(text)
+        return A.Literal(value, span=_token_span(token))
+
+    def string(self, children):
+        return A.Literal(_unquote(children[0].value), span=_token_span(children[0]))
+
+    def true(self, children):
+        return A.Literal(True, span=_token_span(children[0]))
+
+    def false(self, children):
+        return A.Literal(False, span=_token_span(children[0]))
+
+    def null(self, children):
+        return A.Literal(None, span=_token_span(children[0]))
+
+    def time(self, children):
+        token = children[0]
+        try:
+            value = Time.parse(token.value[1:-1])
+        except ValueError as exc:
+            raise QueryParseError(str(exc), _token_span(token)) from None
+        return A.Literal(value, span=_token_span(token))
+
+    def function_ref(self, children):
+        return A.Literal(FunctionRef(children[0].value[2:-1]), span=_token_span(children[0]))
+
+    def name(self, children):
+        token = children[0]
+        return Token("NAME_VALUE", token.value, token.start_pos, token.line, token.column,
+                     token.end_line, token.end_column, token.end_pos)
+
+
+
+
+# ------------------------------------------------------------------------------------ errors
+_FRIENDLY = {
+    "SEMICOLON": "';'", "$END": "end of input", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
+    "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='",
+    "DOT": "'.'", "AT": "'@'", "STAR": "'*'", "ARROW": "'->'", "NAME": "a name",
+    "NUMBER": "a number", "STRING": "a string", "TIME_LITERAL": "a time", "COMPARE_OP": "a comparison",
+    "ADD_OP": "'+' or '-'", "MUL_OP": "an operator", "POW_OP": "'^'", "SESSION_VARIABLE": "a session variable",
+    "QUALIFIED_NAME": "a name", "FUNCTION_REF": "a function reference", "MINUS": "'-'", "PLUS": "'+'",
+    "__ANON_0": "'=>'", "MORETHAN": "'>'", "LESSTHAN": "'<'",
+}
+_EXPRESSION_START = {"NUMBER", "STRING", "NAME", "LPAR", "MINUS", "LSQB", "SESSION_VARIABLE"}
+
+
+def _describe_token(token: Token) -> str:
+    if token.type == "$END":
+        return "end of input"
+    text = token.value
+    return f"'{text}'" if len(text) < 40 else f"'{text[:37]}…'"
+
+
+def _describe_expected(expected: set[str]) -> str:
+    if _EXPRESSION_START <= expected or {"NUMBER", "NAME", "LPAR"} <= expected:
+        return "an expression"
+    names = []
+    for name in sorted(expected):
+        if name in _FRIENDLY:
+            names.append(_FRIENDLY[name])
+        elif name.isupper() and name.isalpha():
+            names.append(name.lower())
+        else:
+            names.append(name.lower())
+    names = sorted(set(names))
+    if len(names) > 6:
+        names = names[:6] + ["…"]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _parse_error(text: str, exc: UnexpectedInput) -> QueryParseError:
+    offset = getattr(exc, "pos_in_stream", None) or 0
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        if token.type == "$END":
+            span = Span.at(text, len(text.rstrip()), 1) if text.strip() else Span.at(text, 0, 0)
+            message = f"the statement ends too early: expected {_describe_expected(set(exc.expected))}"
+        else:
+            span = _token_span(token)
+            expected = set(exc.expected)
+            message = f"unexpected {_describe_token(token)}: expected {_describe_expected(expected)}"
+            if "SEMICOLON" in expected and token.type in _STATEMENT_START:
+                message = f"missing ';' before {_describe_token(token)}"
+            elif token.type == "SEMICOLON":
+                message = f"the statement ends too early at ';': expected {_describe_expected(expected)}"
+    elif isinstance(exc, UnexpectedCharacters):
+        span = Span.at(text, offset, 1)
+        char = text[offset] if offset < len(text) else ""
+        if char in "'\"":
+            message = "a string is not closed: add the closing quote"
+        elif char == "|":
+            message = "a time literal is not closed: write it as |2024-03-07T23:10:17Z|"
+        else:
+            message = f"unexpected character {char!r}"
+    else:  # pragma: no cover - other UnexpectedInput kinds do not occur with LALR
+        span = Span.at(text, offset, 1)
+        message = str(exc).splitlines()[0]
+    return QueryParseError(message, span, text)
+
+
+_STATEMENT_START = {"SELECT", "CREATE", "SET", "DELETE", "DROP", "INSERT", "EXPLAIN", "VALIDATE",
+                    "DEPLOY", "ROLLBACK", "UNDEPLOY"}
+
+
+# ------------------------------------------------------------------------------ entry points
+_DIRECTIVE = re.compile(r"^[ \t]*(?://|--)[ \t]*([A-Za-z_]+[ \t]*:.*?)[ \t]*$", re.MULTILINE)
+
+
+def parse(text: str) -> A.Script:
+    """Parse a script of `;`-separated statements into a `Script` (the last `;` may be left out)."""
+    try:
+        statements = tuple(parser().parse(text))
+    except UnexpectedInput as exc:
+        raise _parse_error(text, exc) from None
+    except QueryError as exc:
+        exc.source = text
+        raise
+    return A.Script(_attach_directives(text, statements), span=Span.at(text, 0, len(text)))
+
+
+def _attach_directives(text: str, statements: tuple) -> tuple:
+    """Keep comment directives (`//plot: Line plot`) with the statement that follows them."""
+    if "//" not in text and "--" not in text:
+        return statements
+    out, previous_end = [], 0
+    for statement in statements:
+        start = statement.span.start if statement.span else previous_end
+        gap = text[previous_end:start]
+        directives = tuple(m.group(1) for m in _DIRECTIVE.finditer(gap))
+        out.append(replace(statement, directives=directives) if directives else statement)
+        previous_end = statement.span.end if statement.span else start
+    return tuple(out)
+
+
+def parse_one(text: str) -> A.Statement:
+    """Parse exactly one statement."""
+    script = parse(text)
+    if len(script) != 1:
+        raise QueryParseError(f"expected one statement, found {len(script)}",
+                              script[1].span if len(script) > 1 else Span.at(text, 0, len(text)), text)
+    return script[0]
+
+
+def parse_expression(text: str) -> A.Expr:
+    """Parse one expression (as a bare expression statement)."""
+    statement = parse_one(text)
+    if not isinstance(statement, A.ExprStatement):
+        raise QueryParseError("expected an expression", statement.span, text)
+    return statement.expr
+
+
+def statement_texts(text: str) -> list[tuple[A.Statement, str]]:
+    """Each statement of a script with its own source text."""
+    script = parse(text)
+    return [(s, text[s.span.start:s.span.end] if s.span else s.sql()) for s in script]
