@@ -100,7 +100,7 @@ def _has_code(text: str) -> bool:
 
 # --- the bundle ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Bundle:
     """A read, hash-checked bundle. `files` maps each path to its bytes (index excluded)."""
 
