@@ -89,10 +89,23 @@ def test_register_adds_a_subcommand():
     assert callable(args.func) and args.engine_factory is FakeEngine
 
 
+def test_test_uses_streamql_engine_by_default(tmp_path, capsys, monkeypatch):
+    import streamql
+
+    monkeypatch.setattr(streamql, "Engine", FakeEngine, raising=False)
+    d = tmp_path / "vib"
+    cli.main(["init", str(d)])
+    assert cli.main(["test", str(d)]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+
+
 def test_test_without_an_engine_is_a_plain_error(tmp_path, capsys, monkeypatch):
     import streamql
 
-    monkeypatch.delattr(streamql, "Engine", raising=False)
+    def no_engine(name):
+        raise AttributeError(name)
+
+    monkeypatch.setattr(streamql, "__getattr__", no_engine, raising=False)
     d = tmp_path / "vib"
     cli.main(["init", str(d)])
     code = cli.main(["test", str(d)])
