@@ -7,8 +7,8 @@ Guarantees (docs/protocol.md, "Publish"):
 - **Crash-safe**: records live in append-only segment files, each record framed by its length, a
   CRC-32 and its sequence number. After `kill -9` (or a power cut, with `fsync="always"`) a torn
   record at the tail is detected on open and cut off; every record whose `append` returned is
-  still there. The control state (acknowledged and dropped positions, counters) is replaced
-  atomically (temp file, rename). Damage in the middle of a file (the disk, not a crash) is
+  still there. The control state (acknowledged and dropped positions, counters) is written
+  alternately into two checksummed slots, so a write torn by a crash leaves the other intact. Damage in the middle of a file (the disk, not a crash) is
   skipped: the records after it are found again by their framing, the unreadable ones are
   counted in `damaged` and never returned, and no sequence number is ever reused.
 - **Bounded, drops counted exactly**: with `max_records` and/or `max_bytes` set, a full buffer
@@ -26,6 +26,7 @@ sharing safe rather than fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import struct
@@ -39,6 +40,8 @@ from typing import Any
 from streamql import codec
 from streamql.clock import SYSTEM_CLOCK, Clock
 
+log = logging.getLogger("streamql.edge.buffer")
+
 __all__ = ["StoreForwardBuffer", "BufferError", "FSYNC_POLICIES", "OVERFLOW_POLICIES", "RECORD_OVERHEAD"]
 
 FSYNC_POLICIES = ("always", "interval", "never")
@@ -49,7 +52,7 @@ _SEGMENT_HEADER = struct.Struct("<8s16sQ")       # magic, log id (16 bytes), fir
 _RECORD_HEADER = struct.Struct("<IIQ")           # payload length, CRC-32 of seq+payload, sequence
 RECORD_OVERHEAD = _RECORD_HEADER.size
 _MAX_RECORD = 1 << 30
-_STATE = "state.json"
+_STATE_SLOTS = ("state.0", "state.1")   # written alternately: a torn write spoils one, never both
 
 
 class BufferError(Exception):
@@ -105,6 +108,8 @@ class StoreForwardBuffer:
         self.acked = 0         # highest sequence acknowledged by the federation
         self.dropped = 0       # records lost to overflow, ever (persisted)
         self.truncated = 0     # torn tails cut off when opening (this process)
+        self.recovered = False  # the state was unreadable and rebuilt from the segments
+        self._state_counter = 0
         self._damaged: set[int] = set()   # held sequence numbers whose record is unreadable
         self.count = 0         # records held
         self.bytes = 0         # their size on disk, framing included
@@ -343,18 +348,19 @@ class StoreForwardBuffer:
         return None
 
     def _save_state(self) -> None:
-        state = {"format": 1, "log": self.log_id, "head": self.head, "acked": self.acked,
-                 "dropped": self.dropped, "next": self._next}
-        path = self.directory / _STATE
-        temporary = self.directory / (_STATE + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(state, handle)
-            handle.flush()
-            if self.fsync != "never":
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        if self.fsync == "always":
-            _fsync_dir(self.directory)
+        self._state_counter += 1
+        body = json.dumps({"format": 1, "counter": self._state_counter, "log": self.log_id, "head": self.head,
+                           "acked": self.acked, "dropped": self.dropped, "next": self._next}, sort_keys=True)
+        text = f"{body}\n{zlib.crc32(body.encode()):08x}\n".encode()
+        path = self.directory / _STATE_SLOTS[self._state_counter % 2]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, text)
+            if self.fsync == "always" or (self.fsync == "interval" and
+                                          self.clock.monotonic() - self._last_sync >= self.fsync_interval):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _check_open(self) -> None:
         if not self.log_id:
@@ -390,16 +396,31 @@ class StoreForwardBuffer:
             self._fd = os.open(tail.path, os.O_WRONLY | os.O_APPEND)
 
     def _load_state(self) -> dict:
-        path = self.directory / _STATE
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (ValueError, OSError) as exc:
-            raise BufferError(f"{path}: unreadable buffer state ({exc}); move it away to start over") from None
-        if not isinstance(state, dict) or state.get("format") != 1:
-            raise BufferError(f"{path}: not a buffer state of format 1")
-        return state
+        """The newest intact state slot; {} for a new buffer. Unreadable slots only: recover."""
+        best: dict = {}
+        seen = False
+        for name in _STATE_SLOTS:
+            path = self.directory / name
+            try:
+                body, crc, *_ = path.read_bytes().split(b"\n") + [b"", b""]
+            except FileNotFoundError:
+                continue
+            seen = True
+            try:
+                if f"{zlib.crc32(body):08x}".encode() != crc:
+                    continue
+                state = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(state, dict) and state.get("format") == 1 and state.get("counter", 0) > best.get("counter", -1):
+                best = state
+        if seen and not best:
+            # both slots damaged (a disk fault, not a crash): rebuild from the segments; the
+            # acknowledged position and the drop count restart from what the segments show
+            log.warning("store-and-forward buffer %s: state unreadable, recovered from the segments", self.directory)
+            self.recovered = True
+        self._state_counter = int(best.get("counter", 0))
+        return best
 
     def _scan(self, path: Path) -> _Segment | None:
         """Index a segment file, cutting off a torn or corrupt tail; None (and delete) if unusable."""
@@ -407,13 +428,13 @@ class StoreForwardBuffer:
         if len(data) < _SEGMENT_HEADER.size:
             path.unlink()  # torn while being created: it never held a record
             return None
-        magic, log, first = _SEGMENT_HEADER.unpack_from(data)
+        magic, log_bytes, first = _SEGMENT_HEADER.unpack_from(data)
         if magic != _SEGMENT_MAGIC:
             raise BufferError(f"{path}: not a buffer segment")
         if not self.log_id:
-            self.log_id = log.hex()
-        elif log.hex() != self.log_id:
-            raise BufferError(f"{path}: belongs to log {log.hex()}, not {self.log_id}")
+            self.log_id = log_bytes.hex()
+        elif log_bytes.hex() != self.log_id:
+            raise BufferError(f"{path}: belongs to log {log_bytes.hex()}, not {self.log_id}")
         segment = _Segment(path, first)
         offset, seq = _SEGMENT_HEADER.size, first
         while offset < len(data):

@@ -148,9 +148,25 @@ def test_closed_buffer_and_bad_arguments(tmp_path):
         StoreForwardBuffer(tmp_path, overflow="drop_random")
     with pytest.raises(ValueError):
         StoreForwardBuffer(tmp_path, fsync="sometimes")
-    (tmp_path / "state.json").write_text("{torn")
-    with pytest.raises(BufferError, match="state"):
-        StoreForwardBuffer(tmp_path)
+
+
+def test_torn_state_slot_falls_back_and_both_torn_recovers_from_segments(tmp_path):
+    buffer = StoreForwardBuffer(tmp_path, max_records=5)
+    for i in range(8):
+        buffer.append(i)
+    buffer.ack(4)
+    log = buffer.log_id
+    buffer.close()
+    slots = sorted(tmp_path.glob("state.*"), key=lambda p: p.stat().st_mtime_ns)
+    slots[-1].write_bytes(b'{"format": 1, "coun')  # the newest write was torn
+    reopened = StoreForwardBuffer(tmp_path, max_records=5)
+    assert not reopened.recovered and reopened.dropped == 3 and seqs(reopened) == [5, 6, 7, 8]
+    reopened.close()
+    for slot in tmp_path.glob("state.*"):
+        slot.write_bytes(b"garbage")
+    rebuilt = StoreForwardBuffer(tmp_path, max_records=5)
+    assert rebuilt.recovered and rebuilt.log_id == log and rebuilt.append(9) == 9
+    assert seqs(rebuilt)[-1] == 9
 
 
 CHILD = r"""
