@@ -45,10 +45,6 @@ class Verdict:
         return self.ok
 
 
-def _kb(v: Any) -> float:
-    return float(v)
-
-
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
@@ -94,7 +90,7 @@ def deployable(requirements: Mapping | None, capabilities: Mapping | None) -> Ve
     reasons: list[str] = []
     for key, label in (("ram_kb", "RAM"), ("flash_kb", "flash")):
         if req.get(key) is not None and cap.get(key) is not None:
-            need, have = _kb(req[key]), _kb(cap[key])
+            need, have = float(req[key]), float(cap[key])
             if need > have:
                 reasons.append(f"needs {_fmt(need)} KB of {label} but the device has {_fmt(have)} KB")
     if "signals" in cap:

@@ -42,12 +42,17 @@ def install_bundle(engine: Any, bundle: Bundle | Any, capabilities: dict | None 
     """Install the best-fitting variant of every model, run the scripts, start the autostart queries.
 
     `capabilities` default to this machine's (its runtimes; RAM, flash and signals unchecked).
+    `trusted_keys` default to the engine's `trusted_keys` attribute, when it has one: then only
+    bundles signed by one of those keys are installed.
     Models are loaded before anything changes; when a model install or a script fails, the models
     installed so far are rolled back and the error is raised. A failing autostart query cancels
     the ones already started and raises, leaving models and script effects in place.
     """
+    trusted = trusted_keys if trusted_keys is not None else getattr(engine, "trusted_keys", None)
     if not isinstance(bundle, Bundle):
-        bundle = read_bundle(bundle, trusted_keys)
+        bundle = read_bundle(bundle, trusted)
+    elif trusted is not None:
+        bundle = read_bundle(bundle.to_bytes(), trusted)  # read earlier, perhaps without the keys
     caps = local_capabilities() if capabilities is None else capabilities
     fit = bundle_fit(bundle, caps)
     if not fit:

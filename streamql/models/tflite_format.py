@@ -90,6 +90,7 @@ class TFLiteGraph:
 
 
 _DTYPE_CODES: dict[str, int] = {}
+_DTYPE_NAMES: dict[int, str] = {}
 _OP_NAMES: dict[int, str] = {}
 
 
@@ -102,6 +103,7 @@ def _tables():
         for attr, value in vars(schema.TensorType).items():
             if not attr.startswith("_") and isinstance(value, int):
                 _DTYPE_CODES[attr.lower()] = value
+                _DTYPE_NAMES[value] = attr.lower()
     return schema
 
 
@@ -241,7 +243,7 @@ def _read_subgraph(schema, b: _Bounds, sg, s: int, op_names: list[str],
         if any(d < 0 for d in shape) or math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
             raise _Corrupt(f"tensor {i} has an impossible shape {list(shape)}")
         type_code = int(t.Type())
-        dtype = _dtype_name(type_code)
+        dtype = _DTYPE_NAMES.get(type_code)
         if dtype is None:
             raise _Corrupt(f"tensor {i} has unknown element type {type_code}")
         buffer_index = int(t.Buffer())
@@ -285,13 +287,6 @@ def _ints(b: _Bounds, obj, field: int, fmt: str, what: str) -> tuple:
     tab = obj._tab
     start = tab.Vector(tab.Offset(field))
     return struct.unpack_from("<" + fmt[1:] * length, b.buf, start)
-
-
-def _dtype_name(code: int) -> str | None:
-    for name, value in _DTYPE_CODES.items():
-        if value == code:
-            return name
-    return None  # pragma: no cover - every schema type has a name
 
 
 def _guess_format(data: bytes) -> str | None:

@@ -124,3 +124,13 @@ def test_models_keep_serving_batches_through_an_upgrade(tmp_path, fake_engine):
     assert fake_engine.models.rollback("vib").version == "0.1.0"
     np.testing.assert_array_equal(fake_engine.models.get("vib").model.predict(np.zeros((3, 4))),
                                   [[0.0, 0.5]] * 3)
+
+
+def test_an_engine_with_trusted_keys_refuses_unsigned_bundles(tmp_path, bundle, fake_engine):
+    private, public = keygen(tmp_path / "k")
+    fake_engine.trusted_keys = [public]
+    with pytest.raises(ModelError, match="not signed"):
+        install_bundle(fake_engine, bundle)  # a Bundle read earlier without keys
+    assert len(fake_engine.models) == 0
+    signed = read_bundle(sign(pack(tmp_path / "vib", tmp_path / "vib.sqlbundle"), private))
+    assert install_bundle(fake_engine, signed).variants == {"vib": "float32"}
