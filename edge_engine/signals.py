@@ -202,6 +202,12 @@ class SimModel:
         times = self.grid(n, start_time) if period is None else start_time + np.arange(n) * period
         return times, self.values_at(times)
 
+    def latest_at(self, now: float) -> tuple[float, float]:
+        """(time, value) of the last grid reading at or before `now`: what `signal_value` reads
+        once the driver has caught up (a fast driver delivers every `batch_interval_s`)."""
+        t = math.floor(now * self.rate_hz) / self.rate_hz
+        return t, float(self.values_at(np.array([t]))[0])
+
     def _walk(self, t: np.ndarray) -> np.ndarray:
         total = np.zeros(t.shape)
         norm = 0.0
@@ -780,6 +786,37 @@ class DriverSet:
 
     def poll(self, now: float | None = None) -> int:
         return sum(driver.poll(now) for driver in self.drivers)
+
+    def start_thread(self) -> threading.Thread:
+        """Run the drivers on their own event loop in a daemon thread (for embedding without asyncio)."""
+        self._thread_stop = threading.Event()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main():
+            try:
+                await self.start()
+            except BaseException as exc:  # reported to the caller of start_thread
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            while not self._thread_stop.is_set():
+                await asyncio.sleep(0.05)
+            await self.stop()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), name="signal-drivers", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        return self._thread
+
+    def stop_thread(self, timeout: float = 5.0) -> None:
+        if getattr(self, "_thread", None) is not None:
+            self._thread_stop.set()
+            self._thread.join(timeout)
+            self._thread = None
 
     def describe(self) -> list[dict]:
         """What `hello.capabilities.signals` announces."""

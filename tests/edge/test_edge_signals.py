@@ -264,3 +264,18 @@ async def test_driver_set_runs_and_stops_on_the_event_loop(csv_file):
     assert drivers.describe()[0]["port"] > 0
     with pytest.raises(SignalSpecError, match="twice"):
         build_drivers([specs[1], specs[1]])
+
+
+def test_driver_set_in_a_thread_and_latest_at():
+    drivers = build_drivers([{"name": "t", "shape": "walk", "rate_hz": 100, "seed": 4, "offset": -25}])
+    drivers.start_thread()
+    try:
+        import time
+        time.sleep(0.25)
+    finally:
+        drivers.stop_thread()
+    signal = drivers.signals["t"]
+    assert signal.pushed >= 10
+    model = SimModel("walk", rate_hz=100, seed=4, offset=-25)
+    stamp, value = model.latest_at(signal.latest_time() + 0.001)
+    assert stamp == signal.latest_time() and value == signal.latest()
