@@ -82,6 +82,9 @@ class LocalCatalog:
     def signal_type(self, name: str) -> Type | None:
         return self.engine._signal_types.get(name)
 
+    def model(self, name: str):
+        return self.engine.models.find(name)
+
     def has_extent(self, type_: Type) -> bool:
         if type_.arg is not None:
             return False

@@ -73,7 +73,7 @@ def describe_node(node: L.PlanNode, columns: list[str] | None = None) -> str:
         return "Unit"
     if isinstance(node, L.Generate):
         targets = ", ".join(node.targets)
-        how = {"each": "in", "whole": "=", "destructure": "= […] of"}[node.mode]
+        how = {"each": "in", "whole": "=", "destructure": "= […] of", "columns": "in"}[node.mode]
         return f"Generate {targets} {how} {expr_text(node.source)}"
     if isinstance(node, L.Scan):
         return f"Scan {node.variable} over {node.type}"
@@ -81,6 +81,8 @@ def describe_node(node: L.PlanNode, columns: list[str] | None = None) -> str:
         return f"Let {node.name} = {expr_text(node.value)}" + (" (drops rows without a value)" if node.required else "")
     if isinstance(node, L.Filter):
         return f"Filter {expr_text(node.predicate)}"
+    if isinstance(node, L.Keep):
+        return f"Keep {', '.join(node.columns) or '(nothing)'}"
     if isinstance(node, L.Aggregate):
         keys = ", ".join(expr_text(k) for k in node.keys) or "()"
         aggs = ", ".join(f"$a{i} = {expr_text(a)}" for i, a in enumerate(node.aggregates))
@@ -104,6 +106,7 @@ def describe_plan(plan: L.LogicalPlan) -> str:
         lines.append(f"{'  ' * min(depth, 1)}{depth}. {describe_node(node, plan.columns)}")
     if plan.rules:
         lines.append("rules fired: " + ", ".join(plan.rules))
+        lines.extend(f"  - {step}" for step in plan.trace)
     else:
         lines.append("rules fired: none")
     return "\n".join(lines)

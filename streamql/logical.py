@@ -46,8 +46,9 @@ class Unit(PlanNode):
 
 @dataclass(eq=False)
 class Generate(PlanNode):
-    """Bind `targets` from `source`: each element ('each'), the whole value ('whole'), or the
-    elements of a vector one per target ('destructure')."""
+    """Bind `targets` from `source`: each element ('each'), the whole value ('whole'), the
+    elements of a vector one per target ('destructure'), or each row of several values one per
+    target ('columns', made by window–aggregate fusion)."""
 
     targets: tuple[str, ...] = ()
     source: TExpr = None
@@ -78,6 +79,13 @@ class Let(PlanNode):
 
     def expressions(self):
         return [self.value]
+
+
+@dataclass(eq=False)
+class Keep(PlanNode):
+    """Drop every column but these (projection pruning): less to carry and to copy."""
+
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -130,12 +138,15 @@ class Limit(PlanNode):
 
 @dataclass
 class LogicalPlan:
+    """A planned query: the chain of nodes, what it returns, and the optimizer's trace."""
+
     root: PlanNode
     query: BoundQuery
     columns: list[str]
     types: list[Type]
     kind: str
     rules: list[str] = field(default_factory=list)   # optimizer rules that fired, for EXPLAIN
+    trace: list[str] = field(default_factory=list)   # what each rule did, in order
 
     @property
     def output_names(self) -> list[str]:

@@ -200,15 +200,16 @@ class LiveSignal(Signal):
         return len(self._readers)
 
     def open(self, clock: Clock | None = None) -> Iterator[Any]:
+        # Register now, not at the first pull: readings pushed in between must not be lost.
         queue = _LiveQueue()
         with self._cond:
             self._readers.append(queue)
-        try:
-            yield from self._drain(queue)
-        finally:
-            with self._cond:
-                if queue in self._readers:
-                    self._readers.remove(queue)
+        return _LiveReader(self, queue)
+
+    def _unregister(self, queue: "_LiveQueue") -> None:
+        with self._cond:
+            if queue in self._readers:
+                self._readers.remove(queue)
 
     def _drain(self, queue: "_LiveQueue") -> Iterator[Any]:
         cond = self._cond
@@ -223,6 +224,35 @@ class LiveSignal(Signal):
                 else:
                     item = queue.pop_all()
             yield item
+
+
+class _LiveReader:
+    """One reader of a LiveSignal; closing or dropping it stops its queue from filling."""
+
+    __slots__ = ("_hub", "_queue", "_items", "__weakref__")
+
+    def __init__(self, hub: LiveSignal, queue: "_LiveQueue"):
+        self._hub = hub
+        self._queue = queue
+        self._items = hub._drain(queue)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._items)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._hub._unregister(self._queue)
+            self._queue = None
+            self._items.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
 
 
 class _LiveQueue:

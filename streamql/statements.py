@@ -191,16 +191,12 @@ class StatementRunner:
 
     def _CreateModel(self, stmt: A.CreateModel, source: str) -> Result:
         models = self.engine.models
-        from .models import load_tflite
+        from .models import load_model_file
         from .models.base import Model
         if stmt.path is not None:
             path = self.engine.resolve_path(stmt.path)
             try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise ModelError(f"cannot read model file {stmt.path}: {exc.strerror or exc}", stmt.span, source) from None
-            try:
-                model = load_tflite(data, name=stmt.name)
+                model = load_model_file(path, name=stmt.name)
             except QueryError as exc:
                 raise ModelError(exc.message, stmt.span, source) from None
             origin = str(path)
@@ -211,11 +207,13 @@ class StatementRunner:
                                      f"{type_of_value(model)}", stmt.expr.span, source)
             origin = _text(stmt, source)
         with self.store.transaction():
+            previous = models.find(stmt.name)
             try:
                 entry = models.install(stmt.name, model, version=stmt.version, origin=origin)
             except QueryError as exc:
                 raise ModelError(exc.message, stmt.span, source) from None
-            self.store._record(lambda: _undo_install(models, stmt.name))
+            if entry is not previous:  # re-installing the same version and bytes changes nothing
+                self.store._record(lambda: _undo_install(models, stmt.name, previous))
         return self._done(f"model {entry.name} version {entry.version} installed", stmt, source)
 
     # ------------------------------------------------------------------------------ data
@@ -352,14 +350,17 @@ _OPERATOR_NAMES = {"+", "-", "*", "/", "%", "^", ".*", "./", ".^", "=", "!=", "<
                    "in", "in_list", "between", "like", "is_null", "index", "slice", "vector", "record", "cast"}
 
 
-def _undo_install(models, name: str) -> None:
-    try:
-        models.rollback(name)
-    except QueryError:
+def _undo_install(models, name: str, previous) -> None:
+    if previous is None:
         try:
             models.remove(name)
         except QueryError:
             pass
+        return
+    try:
+        models.rollback(name)
+    except QueryError:
+        models.install(previous.name, previous.model, version=previous.version, origin=previous.origin)
 
 
 def _scope_for(binder: Binder, declarations) -> Any:

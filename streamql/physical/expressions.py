@@ -50,7 +50,9 @@ class ExprCompiler:
         self._cache: dict[int, Compiled] = {}
 
     def compile(self, expr: TExpr) -> Compiled:
-        method = getattr(self, "_" + type(expr).__name__)
+        method = getattr(self, "_" + type(expr).__name__, None)
+        if method is None:  # nodes made by optimizer rules compile themselves
+            return expr.compile(self)
         return method(expr)
 
     # ---------------------------------------------------------------------------- leaves

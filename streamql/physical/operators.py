@@ -40,8 +40,23 @@ class PhysicalPlan:
 
     # ------------------------------------------------------------------------------ build
     def _build(self, node: L.PlanNode):
-        method = getattr(self, "_build_" + type(node).__name__)
+        method = getattr(self, "_build_" + type(node).__name__, None)
+        if method is None:  # nodes made by optimizer rules build themselves
+            return node.build(self)
         return method(node)
+
+    def _build_Keep(self, node: L.Keep):
+        names = list(node.columns)
+
+        def keep(upstream, outer):
+            for item in upstream:
+                if type(item) is dict:
+                    yield {name: item[name] for name in names}
+                elif item is IDLE:
+                    yield item
+                else:
+                    yield Chunk({name: item[name] for name in names}, item.n)
+        return keep
 
     def _build_Unit(self, node: L.Unit):
         def unit(upstream, outer):
@@ -59,7 +74,7 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def bind_whole(env: dict, value) -> dict | None:
-            if mode == "destructure":
+            if mode in ("destructure", "columns"):
                 items = column_values(value) if isinstance(value, np.ndarray) else list(value)
                 if len(items) != len(targets):
                     return None
@@ -78,6 +93,9 @@ class PhysicalPlan:
         def expand(env: dict, value) -> Iterator[Any]:
             if value is None:
                 return
+            if mode == "columns":
+                yield from expand_columns(env, value)
+                return
             if mode != "each":
                 row = bind_whole(env, value)
                 if row is not None:
@@ -91,7 +109,14 @@ class PhysicalPlan:
                             yield IDLE
                         elif type(item) is Batch:
                             column = item.values
-                            if len(column) == 0:
+                            if len(column) <= 1:  # a batch of one takes the scalar path
+                                if len(column) == 1:
+                                    single = _single(item, wants_timeval)
+                                    if check_value is not None:
+                                        check_value(single)
+                                    row = dict(env)
+                                    row[target] = single
+                                    yield row
                                 continue
                             if wants_timeval and item.times is not None:
                                 column = [Timeval(Time(float(t)), _py(v)) for t, v in zip(item.times, column_values(column))]
@@ -134,6 +159,32 @@ class PhysicalPlan:
                 if check_column is not None:
                     column = check_column(column)
                 yield _chunk_with(env, target, column)
+
+        def expand_columns(env: dict, value) -> Iterator[Any]:
+            """Rows of several values each (a window's fused aggregates), one per target."""
+            items = value.open() if isinstance(value, StreamValue) else iter([Batch(value)])
+            try:
+                for item in items:
+                    if item is IDLE:
+                        yield IDLE
+                    elif type(item) is Batch:
+                        block = item.values
+                        if len(block) == 0:
+                            continue
+                        n = len(block)
+                        columns = {name: broadcast(v, n) for name, v in env.items()}
+                        for i, name in enumerate(targets):
+                            columns[name] = block[:, i] if isinstance(block, np.ndarray) else [r[i] for r in block]
+                        yield Chunk(columns, n)
+                    else:
+                        row = dict(env)
+                        for name, v in zip(targets, item):
+                            row[name] = _py(v)
+                        yield row
+            finally:
+                close = getattr(items, "close", None)
+                if close:
+                    close()
 
         source_row = source.row
         vectorized_whole = mode == "whole"
@@ -385,6 +436,14 @@ class PhysicalPlan:
 # ------------------------------------------------------------------------------- helpers
 def _py(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _single(item: Batch, timeval: bool):
+    value = item.values[0]
+    value = value.item() if isinstance(value, np.generic) else value
+    if timeval and item.times is not None:
+        return Timeval(Time(float(item.times[0])), value)
+    return value
 
 
 def _chunk_with(env: dict, name: str | None, column) -> Chunk:
