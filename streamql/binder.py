@@ -26,6 +26,21 @@ from .values import Bag
 
 AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median", "var"}
 
+# Overload fits by (function, argument types): resolution is pure for built-in types, and a query
+# resolves the same few calls over and over. User types are left out (their lattice can change).
+_FITS: dict = {}
+_BUILTIN_TYPE_NAMES = {"Object", "Number", "Integer", "Real", "Charstring", "Boolean", "Record", "Time",
+                       "Timeval", "Vector", "Bag", "Stream", "Model", "Edge", "Function", "Null"}
+
+
+def _has_user_types(types) -> bool:
+    for t in types:
+        while t is not None:
+            if t.name not in _BUILTIN_TYPE_NAMES and not t.name.startswith("?"):
+                return True
+            t = t.arg
+    return False
+
 
 @dataclass
 class Scope:
@@ -756,24 +771,31 @@ class Binder:
 
     def _resolve(self, overloads: list[Overload], args: list[TExpr]):
         """The best-fitting overload: least cost, then most specific; with its result type."""
-        best = []
-        for overload in overloads:
-            if not overload.accepts_arity(len(args)):
-                continue
-            bindings: dict = {}
-            total = 0
-            narrows = []
-            for param_type, arg in zip(overload.param_types(len(args)), args):
-                cost = self.lattice.unify(param_type, arg.type, bindings)
-                if cost is None:
-                    break
-                total += cost
-                narrows.append(param_type if cost == 2 and not param_type.contains_variable()
-                               and arg.type == OBJECT and param_type != OBJECT else None)
-            else:
-                if overload.check_args is not None and not overload.check_args(self, args):
+        types = tuple(a.type for a in args)
+        key = (id(overloads[0]) if overloads else 0, len(overloads), types)
+        fitting = _FITS.get(key) if not _has_user_types(types) else None
+        if fitting is None:
+            fitting = []
+            for overload in overloads:
+                if not overload.accepts_arity(len(args)):
                     continue
-                best.append((total, overload, bindings, narrows))
+                bindings: dict = {}
+                total = 0
+                narrows = []
+                for param_type, arg_type in zip(overload.param_types(len(args)), types):
+                    cost = self.lattice.unify(param_type, arg_type, bindings)
+                    if cost is None:
+                        break
+                    total += cost
+                    narrows.append(param_type if cost == 2 and not param_type.contains_variable()
+                                   and arg_type == OBJECT and param_type != OBJECT else None)
+                else:
+                    fitting.append((total, overload, bindings, narrows))
+            if not _has_user_types(types):
+                if len(_FITS) > 4096:
+                    _FITS.clear()
+                _FITS[key] = fitting
+        best = [f for f in fitting if f[1].check_args is None or f[1].check_args(self, args)]
         if not best:
             return None
         lowest = min(b[0] for b in best)
@@ -831,28 +853,35 @@ def _retype(expr: TExpr, new_type: Type) -> TExpr:
 
 
 def _replace_children(node: TExpr, fn) -> TExpr:
-    """A copy of node with fn applied to each child expression (queries are left alone)."""
+    """node with fn applied to each child expression; the same node when nothing changed
+    (queries are left alone)."""
     from dataclasses import replace
-    if isinstance(node, TCall):
-        return replace(node, args=tuple(fn(a) for a in node.args))
-    if isinstance(node, TStored):
-        return replace(node, args=tuple(fn(a) for a in node.args))
+    if isinstance(node, (TCall, TStored)):
+        args = tuple(fn(a) for a in node.args)
+        return node if _same(args, node.args) else replace(node, args=args)
     if isinstance(node, (TAnd, TOr)):
-        return replace(node, terms=tuple(fn(t) for t in node.terms))
-    if isinstance(node, TNot):
-        return replace(node, operand=fn(node.operand))
-    if isinstance(node, TNarrow):
-        return replace(node, operand=fn(node.operand))
+        terms = tuple(fn(t) for t in node.terms)
+        return node if _same(terms, node.terms) else replace(node, terms=terms)
+    if isinstance(node, (TNot, TNarrow)):
+        operand = fn(node.operand)
+        return node if operand is node.operand else replace(node, operand=operand)
     if isinstance(node, TCase):
-        return replace(node, whens=tuple((fn(c), fn(v)) for c, v in node.whens),
-                       otherwise=None if node.otherwise is None else fn(node.otherwise))
+        whens = tuple((fn(c), fn(v)) for c, v in node.whens)
+        otherwise = None if node.otherwise is None else fn(node.otherwise)
+        if otherwise is node.otherwise and all(a is c and b is v for (a, b), (c, v) in zip(whens, node.whens)):
+            return node
+        return replace(node, whens=whens, otherwise=otherwise)
     if isinstance(node, TField):
-        return replace(node, target=fn(node.target))
+        target = fn(node.target)
+        return node if target is node.target else replace(node, target=target)
     if isinstance(node, TLet):
-        return replace(node, value=fn(node.value), body=fn(node.body))
-    if isinstance(node, TAggregate):
-        return node
+        value, body = fn(node.value), fn(node.body)
+        return node if value is node.value and body is node.body else replace(node, value=value, body=body)
     return node
+
+
+def _same(new: tuple, old: tuple) -> bool:
+    return all(a is b for a, b in zip(new, old))
 
 
 replace_children = _replace_children

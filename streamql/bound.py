@@ -11,6 +11,7 @@ from .types import BOOLEAN, Type
 from .values import hashable
 
 _span = lambda: field(default=None, compare=False, repr=False, kw_only=True)  # noqa: E731
+_EMPTY: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -27,29 +28,34 @@ class TExpr:
             yield from child.walk()
 
     def free_variables(self) -> frozenset[str]:
+        """The variables the expression reads (computed once per node; nodes are immutable)."""
+        cached = self.__dict__.get("_free")
+        if cached is None:
+            cached = self._compute_free()
+            object.__setattr__(self, "_free", cached)
+        return cached
+
+    def _compute_free(self) -> frozenset[str]:
+        children = self.children()
+        if not children:
+            return _EMPTY
+        if len(children) == 1:
+            return children[0].free_variables()
         out: set[str] = set()
-        for node in self.walk():
-            if isinstance(node, TVar):
-                out.add(node.name)
-            elif isinstance(node, TQuery):
-                out |= node.query.outer_references
-            elif isinstance(node, TLet):
-                pass
-        for node in self.walk():
-            if isinstance(node, TLet):
-                out.discard(node.name)
+        for child in children:
+            out |= child.free_variables()
         return frozenset(out)
 
     @property
     def volatile(self) -> bool:
         """Whether evaluating twice may give different answers (never folded, hoisted or shared)."""
-        for node in self.walk():
-            if isinstance(node, TCall) and node.fn.volatile:
-                return True
-            if isinstance(node, TQuery) and node.query.volatile:
-                return True
-            if isinstance(node, TAt):
-                return True
+        cached = self.__dict__.get("_volatile")
+        if cached is None:
+            cached = self._own_volatility() or any(child.volatile for child in self.children())
+            object.__setattr__(self, "_volatile", cached)
+        return cached
+
+    def _own_volatility(self) -> bool:
         return False
 
 
@@ -71,6 +77,9 @@ class TVar(TExpr):
 
     name: str
 
+    def _compute_free(self) -> frozenset[str]:
+        return frozenset((self.name,))
+
 
 @dataclass(frozen=True)
 class TCall(TExpr):
@@ -84,6 +93,9 @@ class TCall(TExpr):
 
     def children(self):
         return self.args
+
+    def _own_volatility(self) -> bool:
+        return self.fn.volatile
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,9 @@ class TLet(TExpr):
     def children(self):
         return (self.value, self.body)
 
+    def _compute_free(self) -> frozenset[str]:
+        return self.value.free_variables() | (self.body.free_variables() - {self.name})
+
 
 @dataclass(frozen=True)
 class TQuery(TExpr):
@@ -181,6 +196,12 @@ class TQuery(TExpr):
     def __hash__(self) -> int:
         return id(self)
 
+    def _compute_free(self) -> frozenset[str]:
+        return frozenset(self.query.outer_references)
+
+    def _own_volatility(self) -> bool:
+        return self.query.volatile
+
 
 @dataclass(frozen=True)
 class TAt(TExpr):
@@ -193,6 +214,9 @@ class TAt(TExpr):
     def children(self):
         return (self.expr, self.edge)
 
+    def _own_volatility(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class TAggregate(TExpr):
@@ -203,6 +227,27 @@ class TAggregate(TExpr):
 
     def children(self):
         return () if self.arg is None else (self.arg,)
+
+
+def _cache_hashes() -> None:
+    """Frozen dataclasses hash their whole tree on every call; typed trees are immutable, so each
+    node keeps its hash after the first time (the optimizer hashes subtrees a lot)."""
+    for cls in (TExpr, TConst, TVar, TCall, TStored, TField, TAnd, TOr, TNot, TCase, TNarrow, TLet, TAt,
+                TAggregate):
+        original = cls.__dict__.get("__hash__")
+        if original is None:
+            continue
+
+        def cached(self, _original=original):
+            value = self.__dict__.get("_hash")
+            if value is None:
+                value = _original(self)
+                object.__setattr__(self, "_hash", value)
+            return value
+        cls.__hash__ = cached
+
+
+_cache_hashes()
 
 
 def const_true(span=None) -> TConst:

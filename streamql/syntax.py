@@ -116,6 +116,65 @@ def _has(children, token_type: str) -> bool:
     return any(isinstance(c, Token) and c.type == token_type for c in children)
 
 
+class _Signed:
+    """A prefix-signed operand inside an arithmetic list: its signs bind looser than `^`."""
+
+    __slots__ = ("signs", "operand")
+
+    def __init__(self, signs, operand):
+        self.signs = signs
+        self.operand = operand
+
+
+def _apply_signs(signs, operand, children=None):
+    minus = sum(1 for s in signs if s.type == "MINUS")
+    if minus % 2 == 0:
+        return operand
+    return A.Negate(operand, span=_span([signs[0], operand]))
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "%": 2, ".*": 2, "./": 2, "^": 4, ".^": 4}
+_RIGHT = {"^", ".^"}
+_UNARY = 3
+
+
+class _Precedence:
+    """Groups a flat `a op b op c …` list by precedence (unary minus between `*` and `^`)."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, items):
+        self.items = items
+        self.pos = 0
+
+    def parse(self, minimum: int = 1):
+        left = self._operand()
+        items = self.items
+        while self.pos < len(items):
+            op = items[self.pos].value
+            precedence = _PRECEDENCE[op]
+            if precedence < minimum:
+                break
+            self.pos += 1
+            right = self.parse(precedence if op in _RIGHT else precedence + 1)
+            left = A.BinaryOp(op, left, right, span=_span([left, right]))
+        return left
+
+    def _operand(self):
+        item = self.items[self.pos]
+        self.pos += 1
+        if not isinstance(item, _Signed):
+            return item
+        operand = item.operand
+        items = self.items
+        while self.pos < len(items) and _PRECEDENCE[items[self.pos].value] > _UNARY:
+            op = items[self.pos].value
+            self.pos += 1
+            right = self.parse(_PRECEDENCE[op] if op in _RIGHT else _PRECEDENCE[op] + 1)
+            operand = A.BinaryOp(op, operand, right, span=_span([operand, right]))
+        return _apply_signs(item.signs, operand)
+
+
 class ToAst(Transformer):
     """Lark rules → AST nodes, applied while parsing. Every grammar rule and alias has a method.
 
@@ -357,15 +416,14 @@ class ToAst(Transformer):
         operand, _, negated, _ = children
         return A.IsNull(operand, negated is not None, span=_span(children))
 
-    def binary(self, children):
-        left, op, right = children
-        return A.BinaryOp(op.value, left, right, span=_span(children))
+    def arithmetic(self, children):
+        return _Precedence(children).parse()
 
-    def negate(self, children):
-        return A.Negate(children[1], span=_span(children))
+    def negation(self, children):
+        return _apply_signs(children[:-1], children[-1], children)
 
-    def positive(self, children):
-        return children[1]
+    def signed_operand(self, children):
+        return _Signed(children[:-1], children[-1])
 
     def paren(self, children):
         return children[1]
@@ -383,21 +441,21 @@ class ToAst(Transformer):
         return A.AtEdge(children[0], children[1], span=_span(children))
 
     def variable(self, children):
-        return A.Variable(str(children[0]), span=_token_span(children[0]))
+        return A.Variable(str(children[0].value), span=_token_span(children[0]))
 
     def session_variable(self, children):
         return A.SessionVariable(children[0].value[1:], span=_token_span(children[0]))
 
     def call(self, children):
         args = tuple(c for c in children[2:-1] if c is not None)
-        return A.Call(str(children[0]), args, span=_span(children))
+        return A.Call(children[0].value, args, span=_span(children))
 
     def call_query(self, children):
         query = children[2]
-        return A.Call(str(children[0]), (A.Subquery(query, span=query.span),), span=_span(children))
+        return A.Call(children[0].value, (A.Subquery(query, span=query.span),), span=_span(children))
 
     def call_star(self, children):
-        return A.Call(str(children[0]), (), star=True, span=_span(children))
+        return A.Call(children[0].value, (), star=True, span=_span(children))
 
     def cast(self, children):
         return A.Cast(children[2], children[4], span=_span(children))
@@ -421,13 +479,6 @@ class ToAst(Transformer):
 
     def case_when(self, children):
         return (children[1], children[3])
-
-    def function_name(self, children):
-        child = children[0]
-        if child.type == "NAME_VALUE":
-            return child
-        return Token("NAME_VALUE", child.value, child.start_pos, child.line, child.column,
-                     child.end_line, child.end_column, child.end_pos)
 
     def number(self, children):
         token = children[0]

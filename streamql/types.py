@@ -112,6 +112,19 @@ BUILTIN_PARENTS: dict[str, tuple[str, ...]] = {
 }
 BUILTIN_NAMES = {name.lower(): name for name in BUILTIN_PARENTS if name != "Null"}
 
+
+def _builtin_ancestors(name: str) -> list[str]:
+    order, todo = [], [name]
+    while todo:
+        current = todo.pop(0)
+        if current not in order:
+            order.append(current)
+            todo.extend(BUILTIN_PARENTS[current])
+    return order
+
+
+_BUILTIN_ANCESTORS = {name: _builtin_ancestors(name) for name in BUILTIN_PARENTS}
+
 # Short forms of LANGUAGE.md §3.
 SHORT_FORMS = {
     "matrix": vector_of(vector_of(NUMBER)),
@@ -140,6 +153,9 @@ class TypeLattice:
         return found if found is not None else ("Object",)
 
     def ancestors(self, name: str) -> list[str]:
+        builtin = _BUILTIN_ANCESTORS.get(name)
+        if builtin is not None:
+            return builtin
         seen, order, todo = set(), [], [name]
         while todo:
             current = todo.pop(0)

@@ -1,0 +1,64 @@
+"""The optimizer: named rewrite rules, one per file, applied in order by one pipeline.
+
+Each rule takes the logical plan and a context and returns the plan; when it changes something
+it says so through `ctx.fire(rule, what)`, which EXPLAIN shows. Rules never fold, hoist or share
+volatile expressions (`now`, `frand`, `signal_value`, sources).
+
+    constant_folding        1 + 2 → 3; `and true` dropped; a filter that is always false empties the plan
+    predicate_pushdown      filters into subqueries and into the streams their variable comes from
+    limit_pushdown          `limit n` on a plain scan becomes first_n at the source, which then stops
+    window_fusion           mean/sum/min/max/rms over winagg windows computed per window on the
+                            batch (a reshape for tumbling windows, running sums for sliding ones)
+    common_subexpressions   an expression used twice (mean(w) in select and where) computed once
+    elementwise_fusion      chains of arithmetic and math on numbers compiled into one kernel
+    projection_pruning      columns dropped from batches after their last use
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+
+from ..logical import LogicalPlan
+from . import (common_subexpressions, constant_folding, elementwise_fusion, limit_pushdown,
+               predicate_pushdown, projection_pruning, window_fusion)
+
+RULES = (
+    constant_folding.rule,
+    predicate_pushdown.rule,
+    limit_pushdown.rule,
+    window_fusion.rule,
+    common_subexpressions.rule,
+    elementwise_fusion.rule,
+    projection_pruning.rule,
+)
+
+
+@dataclass
+class OptimizerContext:
+    rules: tuple = RULES
+    fired: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    _names: count = field(default_factory=lambda: count(1))
+
+    def fire(self, rule: str, what: str) -> None:
+        if rule not in self.fired:
+            self.fired.append(rule)
+        self.trace.append(f"{rule}: {what}")
+
+    def name(self, prefix: str) -> str:
+        """A fresh hidden variable name (`$w1`, `$x2`, …) that no planner name can clash with."""
+        return f"${prefix}{next(self._names)}"
+
+
+def optimize(plan: LogicalPlan, rules: tuple | None = None) -> LogicalPlan:
+    """Apply the rules in order, recording which fired and what each did."""
+    ctx = OptimizerContext(rules=rules or RULES)
+    for rule in ctx.rules:
+        plan = rule(plan, ctx)
+    plan.rules = list(ctx.fired)
+    plan.trace = list(ctx.trace)
+    return plan
+
+
+def rule_names() -> list[str]:
+    return [rule.__module__.rsplit(".", 1)[-1] for rule in RULES]

@@ -1,0 +1,185 @@
+"""Predicate pushdown: a filter on one generated variable moves to where its values come from.
+
+    select y from Integer y where y in (select x * 2 from Integer x where x in iota(1, 100)) and y > 150
+    ─▶ the subquery gets `x * 2 > 150` among its own conditions; the outer filter goes away
+
+    select stream of x from Real x where x in signal_stream('s') and x > 0
+    ─▶ Generate x in signal_stream('s') where (x > 0): readings are dropped inside the stream,
+       batch by batch, before rows are made of them
+
+Filters also move up past later generators (window generators included) to the first point
+where everything they mention is bound, so rows are dropped before they are multiplied.
+Volatile filters stay where they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import logical as L
+from ..batch import IDLE, Batch
+from ..bound import Conjunct, TAnd, TExpr, TQuery, TVar
+from ..physical.chunk import Chunk
+from ..physical.expressions import Compiled, as_mask
+from ..streams import LazyBag, StreamValue
+from ..types import BOOLEAN
+from .tree import is_barrier, nodes_of, produces, relink, substitute
+
+NAME = "predicate_pushdown"
+
+
+@dataclass(frozen=True, eq=False)
+class TSourceFilter(TExpr):
+    """A stream or bag whose elements are filtered as they are produced."""
+
+    source: TExpr = None
+    variable: str = ""
+    predicate: TExpr = None
+    narrow: object = None  # the declared type elements are checked against before the condition
+
+    def children(self):
+        return (self.source,)
+
+    def describe(self) -> str:
+        from ..explain import expr_text
+        return f"{expr_text(self.source)} where {expr_text(self.predicate)}"
+
+    def compile(self, compiler) -> Compiled:
+        from ..physical.expressions import narrowing_checks
+        source = compiler.compile(self.source)
+        predicate = compiler.compile(self.predicate)
+        name = self.variable
+        checks = narrowing_checks(self.narrow, f"variable {name.split('~')[0]}") if self.narrow is not None else None
+
+        def filtered(value):
+            if isinstance(value, StreamValue):
+                return StreamValue(lambda: _filter_items(value.open(), name, predicate, checks), value.label)
+            if isinstance(value, LazyBag):
+                return LazyBag(lambda: _filter_items(value.open(), name, predicate, checks), value.label)
+            items = value.items if hasattr(value, "items") and not isinstance(value, (dict, list, np.ndarray)) else value
+            return LazyBag(lambda: _filter_items(iter([Batch(items)]), name, predicate, checks), "filtered")
+
+        def row(env):
+            return filtered(source.row(env))
+
+        def batch(chunk):
+            return [filtered(v) for v in source.batch(chunk)]
+
+        return Compiled(batch, row, self.type)
+
+
+def _filter_items(items, name: str, predicate: Compiled, checks=None):
+    test_row, test_batch = predicate.row, predicate.batch
+    check_value, check_column = checks if checks is not None else (None, None)
+    try:
+        for item in items:
+            if item is IDLE:
+                yield item
+            elif type(item) is Batch:
+                if check_column is not None:
+                    check_column(item.values)
+                chunk = Chunk({name: item.values}, len(item.values))
+                mask = as_mask(test_batch(chunk), chunk.n)
+                if mask.all():
+                    yield item
+                elif mask.any():
+                    yield item.take(mask)
+            else:
+                if check_value is not None:
+                    check_value(item)
+                if test_row({name: item}):
+                    yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close:
+            close()
+
+
+def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
+    nodes = nodes_of(plan)
+    nodes = _hoist_filters(nodes, ctx)
+    barrier = next((i for i, n in enumerate(nodes) if is_barrier(n)), len(nodes))
+    i = 0
+    while i < barrier:
+        node = nodes[i]
+        if isinstance(node, L.Generate) and node.mode == "each" and len(node.targets) == 1:
+            target = node.targets[0]
+            movable = [n for n in nodes[i + 1:barrier] if isinstance(n, L.Filter)
+                       and n.predicate.free_variables() == {target} and not n.predicate.volatile]
+            narrow = node.narrow[0] if node.narrow else None
+            if movable:
+                if isinstance(node.source, TQuery) and narrow is None and _accepts_conditions(node.source.query):
+                    node.source = _push_into_query(node.source, target, [f.predicate for f in movable])
+                    ctx.fire(NAME, f"{len(movable)} condition(s) on {target} moved into its subquery")
+                elif _filterable_source(node):
+                    predicate = _conjoin([f.predicate for f in movable])
+                    node.source = TSourceFilter(node.source.type, node.source, target, predicate, narrow,
+                                                span=node.source.span)
+                    ctx.fire(NAME, f"{len(movable)} condition(s) on {target} moved into its source")
+                else:
+                    movable = []
+                for f in movable:
+                    nodes.remove(f)
+                    barrier -= 1
+        i += 1
+    return relink(plan, nodes)
+
+
+def _hoist_filters(nodes: list[L.PlanNode], ctx) -> list[L.PlanNode]:
+    """Move each non-volatile filter up to just after the node binding the last thing it needs."""
+    out: list[L.PlanNode] = []
+    barrier_seen = False
+    for node in nodes:
+        if isinstance(node, L.Filter) and not barrier_seen and not node.predicate.volatile:
+            needed = node.predicate.free_variables()
+            position = len(out)
+            while position > 1 and not (produces(out[position - 1]) & needed) \
+                    and not isinstance(out[position - 1], (L.Filter, L.Unit)) \
+                    and not _required_let(out[position - 1]):
+                position -= 1
+            if position < len(out):
+                moved_past = [type(n).__name__ for n in out[position:]]
+                ctx.fire(NAME, f"a filter moved up past {', '.join(moved_past)}")
+            out.insert(position, node)
+            continue
+        if is_barrier(node):
+            barrier_seen = True
+        out.append(node)
+    return out
+
+
+def _required_let(node) -> bool:
+    # Moving a filter above a dropping Let would be fine, but keep rows' order of checks stable.
+    return isinstance(node, L.Let) and node.required
+
+
+def _filterable_source(node: L.Generate) -> bool:
+    t = node.source.type
+    if not (t.is_stream or t.is_bag):
+        return False
+    if t.element.name == "Timeval":
+        return False
+    return not isinstance(node.source, TSourceFilter)
+
+
+def _accepts_conditions(query) -> bool:
+    return (len(query.items) == 1 and query.limit is None and not query.aggregate_query
+            and not query.items[0][1].volatile)
+
+
+def _push_into_query(source: TQuery, target: str, predicates: list[TExpr]) -> TQuery:
+    """The subquery with the conditions added, its result expression put for the variable."""
+    query = source.query
+    item = query.items[0][1]
+    conditions = []
+    for predicate in predicates:
+        references = {n for n in predicate.walk() if isinstance(n, TVar) and n.name == target}
+        conditions.append(Conjunct(substitute(predicate, {ref: item for ref in references}), predicate.span))
+    return TQuery(source.type, query=replace(query, conjuncts=list(query.conjuncts) + conditions), span=source.span)
+
+
+def _conjoin(predicates: list[TExpr]) -> TExpr:
+    if len(predicates) == 1:
+        return predicates[0]
+    return TAnd(BOOLEAN, tuple(predicates))

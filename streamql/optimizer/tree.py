@@ -1,0 +1,123 @@
+"""Helpers the rules share: plans as lists of nodes, and rewriting typed expressions."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Iterator
+
+from .. import logical as L
+from ..binder import replace_children
+from ..bound import TAggregate, TExpr, TVar
+
+
+def nodes_of(plan: L.LogicalPlan) -> list[L.PlanNode]:
+    """The plan's nodes, first (Unit) to last."""
+    return plan.root.chain()
+
+
+def relink(plan: L.LogicalPlan, nodes: list[L.PlanNode]) -> L.LogicalPlan:
+    """Chain nodes in list order and make the last one the plan's root."""
+    previous = None
+    for node in nodes:
+        node.input = previous
+        previous = node
+    plan.root = nodes[-1]
+    return plan
+
+
+def rewrite(expr: TExpr, fn: Callable[[TExpr], TExpr | None]) -> TExpr:
+    """Bottom-up rewrite: children first, then `fn` on the node (None keeps it)."""
+    rebuilt = replace_children(expr, lambda child: rewrite(child, fn))
+    result = fn(rebuilt)
+    return rebuilt if result is None else result
+
+
+def substitute(expr: TExpr, mapping: dict[TExpr, TExpr]) -> TExpr:
+    """Replace whole subexpressions equal to a key by its value (outermost first)."""
+    if not mapping:
+        return expr
+
+    def visit(node: TExpr) -> TExpr:
+        if node in mapping:
+            return mapping[node]
+        if isinstance(node, TAggregate) and node.arg is not None:
+            return replace(node, arg=visit(node.arg))
+        return replace_children(node, visit)
+    return visit(expr)
+
+
+def map_expressions(node: L.PlanNode, fn: Callable[[TExpr], TExpr]) -> None:
+    """Apply fn to every expression a node holds, in place."""
+    if isinstance(node, L.Generate):
+        node.source = fn(node.source)
+    elif isinstance(node, L.Let):
+        node.value = fn(node.value)
+    elif isinstance(node, L.Filter):
+        node.predicate = fn(node.predicate)
+    elif isinstance(node, L.Aggregate):
+        node.keys = [fn(k) for k in node.keys]
+        node.aggregates = [a if a.arg is None else replace(a, arg=fn(a.arg)) for a in node.aggregates]
+    elif isinstance(node, L.Project):
+        node.items = [(n, fn(e)) for n, e in node.items]
+        node.extra = [(n, fn(e)) for n, e in node.extra]
+    elif isinstance(node, L.Limit):
+        node.count = fn(node.count)
+    else:
+        exprs = getattr(node, "map_expressions", None)
+        if exprs is not None:
+            exprs(fn)
+
+
+def expressions(node: L.PlanNode) -> list[TExpr]:
+    return [e for e in node.expressions() if e is not None]
+
+
+def walk_all(expr: TExpr) -> Iterator[TExpr]:
+    """Every subexpression, aggregates' arguments included."""
+    yield expr
+    if isinstance(expr, TAggregate) and expr.arg is not None:
+        yield from walk_all(expr.arg)
+        return
+    for child in expr.children():
+        yield from walk_all(child)
+
+
+def uses(node: L.PlanNode) -> set[str]:
+    """Variables a node reads."""
+    out: set[str] = set()
+    for expr in expressions(node):
+        out |= expr.free_variables()
+    if isinstance(node, L.Distinct):
+        out |= set(node.columns)
+    if isinstance(node, L.Sort):
+        out |= {name for name, _ in node.keys}
+    if isinstance(node, L.Keep):
+        out |= set(node.columns)
+    extra = getattr(node, "used_variables", None)
+    if extra is not None:
+        out |= extra()
+    return out
+
+
+def produces(node: L.PlanNode) -> set[str]:
+    """Variables a node adds to each row."""
+    if isinstance(node, L.Generate):
+        return set(node.targets)
+    if isinstance(node, L.Scan):
+        return {node.variable}
+    if isinstance(node, L.Let):
+        return {node.name}
+    extra = getattr(node, "produced_variables", None)
+    return set(extra()) if extra is not None else set()
+
+
+def is_barrier(node: L.PlanNode) -> bool:
+    """Nodes that end the row-binding part of a plan (rows change meaning past them)."""
+    return isinstance(node, (L.Aggregate, L.Project, L.Distinct, L.Sort, L.Limit))
+
+
+def var(name: str, type_, span=None) -> TVar:
+    return TVar(type_, name, span=span)
+
+
+def size(expr: TExpr) -> int:
+    return sum(1 for _ in walk_all(expr))
