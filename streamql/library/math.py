@@ -101,7 +101,8 @@ def _mod(a, b):
     if isinstance(a, int) and isinstance(b, int):
         if b == 0:
             raise QueryRuntimeError("integer division by zero in mod")
-        return int(math.fmod(a, b)) if abs(a) >= 2 ** 52 else a - b * int(a / b)
+        remainder = abs(a) % abs(b)  # exact: fmod would round integers past 2**53
+        return -remainder if a < 0 else remainder
     try:
         return math.fmod(a, b)
     except ValueError:

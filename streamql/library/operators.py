@@ -42,9 +42,11 @@ def _int_batch(op, float_op):
 
 
 def _fmod_int(a: int, b: int) -> int:
+    """a % b with the sign of the dividend, exact for every 64-bit integer."""
     if b == 0:
         raise QueryRuntimeError("integer division by zero in %")
-    return a - b * int(a / b) if abs(a) < 2 ** 52 else int(math.fmod(a, b))
+    remainder = abs(a) % abs(b)
+    return -remainder if a < 0 else remainder
 
 
 def _int_mod_batch(a, b):
