@@ -29,14 +29,17 @@ def _checked_int(value: int) -> int:
     return value
 
 
-def _int_batch(op, float_op):
+def _int_batch(op, python_op):
     """An int64 array operation that fails on overflow instead of wrapping around."""
     def run(a, b):
         with np.errstate(over="ignore"):
             result = op(a, b)
-        estimate = float_op(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-        if np.any(np.abs(estimate) > 9.2e18):
-            raise QueryRuntimeError("integer overflow: a result does not fit in 64 bits")
+        estimate = op(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        near = np.abs(estimate) > 9.2e18
+        if np.any(near):
+            # the float estimate only finds candidates: results up to 2**63 - 1 still fit
+            for x, y in zip(*(np.broadcast_to(v, near.shape)[near] for v in (a, b))):
+                _checked_int(python_op(int(x), int(y)))
         return result
     return run
 
@@ -384,7 +387,7 @@ def register(lib: Library) -> None:
         return lambda a, b: _checked_int(f(a, b))
 
     for symbol, f, npf in (("+", add, np.add), ("-", sub, np.subtract), ("*", mul, np.multiply)):
-        d(f"{symbol}(Integer a, Integer b) -> Integer", scalar=int_op(f), batch=_int_batch(npf, npf),
+        d(f"{symbol}(Integer a, Integer b) -> Integer", scalar=int_op(f), batch=_int_batch(npf, f),
           doc=f"Integer {symbol}: stays Integer; overflow is an error", **op)
         d(f"{symbol}(Number a, Number b) -> Real", scalar=f, batch=f, doc=f"Number {symbol}", **op)
     d("+(Charstring a, Charstring b) -> Charstring", scalar=add, doc="Joins two strings", **op)
