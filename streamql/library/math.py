@@ -116,7 +116,7 @@ def register(lib: Library) -> None:
         lib.define(f"{name}(Vector of Number x) -> Vector of Real", scalar=batch, batch=batch, doc=doc,
                    topic="math", elementwise=True, result_type=result, batch_scalars=True)
 
-    unary("abs", "Absolute value", _abs, _keep_int(np.abs), _same_type)
+    unary("abs", "Absolute value", _abs, _np(np.abs), _same_type)
     unary("sqrt", "Square root (nan for negative numbers)", _safe(math.sqrt), _np(np.sqrt))
     unary("exp", "e to the power x", _safe(math.exp), _np(np.exp))
     unary("log", "Natural logarithm (-inf at 0, nan below)", lambda x: _log(x, math.log), _np(np.log))
@@ -130,7 +130,7 @@ def register(lib: Library) -> None:
     unary("floor", "Largest whole number not above x", _floor, _keep_int(np.floor), _same_type)
     unary("ceil", "Smallest whole number not below x", _ceil, _keep_int(np.ceil), _same_type)
     unary("round", "Round half away from zero", round_half_away, _keep_int(round_half_away), _same_type)
-    unary("sign", "-1, 0 or 1 by the sign of x", _sign, _keep_int(np.sign), _same_type)
+    unary("sign", "-1, 0 or 1 by the sign of x", _sign, _np(np.sign), _same_type)
 
     for params, result in (("Number y, Number x", "Real"), ("Vector of Number y, Vector of Number x", "Vector of Real")):
         lib.define(f"atan2({params}) -> {result}", scalar=_safe(math.atan2) if result == "Real" else _np(np.arctan2),
