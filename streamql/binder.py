@@ -358,18 +358,7 @@ class Binder:
             test = self._equality(ref, collection, term)
             return Conjunct(test, term.span, (variable.name,), collection, "whole", (narrow,))
         if isinstance(term, A.Compare) and term.op == "=":
-            for target, other in ((term.left, term.right), (term.right, term.left)):
-                if isinstance(target, A.Variable) and target.name.lower() in own:
-                    variable = own[target.name.lower()]
-                    value = self.bind_expr(other, scope)
-                    ref = TVar(variable.type, variable.name, span=target.span)
-                    if value.type.is_bag:
-                        narrow = self._binding_fit(variable, value.type.element, term)
-                        test = self._membership(ref, value, term)
-                        return Conjunct(test, term.span, (variable.name,), value, "each", (narrow,))
-                    narrow = self._binding_fit(variable, value.type, term)
-                    test = self._equality(ref, value, term)
-                    return Conjunct(test, term.span, (variable.name,), value, "whole", (narrow,))
+            # `[a, b] = v` destructures v even when v is a variable of this query (bound elsewhere)
             if isinstance(term.left, A.VectorLiteral) and term.left.items and all(
                     isinstance(i, A.Variable) and i.name.lower() in own for i in term.left.items):
                 value = self.bind_expr(term.right, scope)
@@ -382,6 +371,18 @@ class Binder:
                     narrows.append(self._binding_fit(variable, value.type.element, term))
                 test = self.bind_expr(term, scope)
                 return Conjunct(test, term.span, tuple(targets), value, "destructure", tuple(narrows))
+            for target, other in ((term.left, term.right), (term.right, term.left)):
+                if isinstance(target, A.Variable) and target.name.lower() in own:
+                    variable = own[target.name.lower()]
+                    value = self.bind_expr(other, scope)
+                    ref = TVar(variable.type, variable.name, span=target.span)
+                    if value.type.is_bag:
+                        narrow = self._binding_fit(variable, value.type.element, term)
+                        test = self._membership(ref, value, term)
+                        return Conjunct(test, term.span, (variable.name,), value, "each", (narrow,))
+                    narrow = self._binding_fit(variable, value.type, term)
+                    test = self._equality(ref, value, term)
+                    return Conjunct(test, term.span, (variable.name,), value, "whole", (narrow,))
         test = self.bind_expr(term, scope)
         self._expect_boolean(test, term.span, "where")
         return Conjunct(test, term.span)
