@@ -366,7 +366,11 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
                 if item is IDLE:
                     yield item
                     continue
-                if type(item) is Batch:
+                if type(item) is Batch and item.times is None and _all_timevals(item.values):
+                    # a batch of ts(t, v) values (vstream of a vector of them): their own times
+                    new_times = np.array([tv.time.seconds for tv in item.values], dtype=np.float64)
+                    new_values = to_column([tv.value for tv in item.values])
+                elif type(item) is Batch:
                     new_times = np.asarray(item.times if item.times is not None else
                                            np.full(len(item.values), ctx.clock.now()), dtype=np.float64)
                     new_values = item.values
@@ -397,6 +401,10 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
         finally:
             _closing(items)
     return StreamValue(open_, f"twinagg({stream.label}, {size}, {stride})")
+
+
+def _all_timevals(values) -> bool:
+    return isinstance(values, list) and len(values) > 0 and all(isinstance(v, Timeval) for v in values)
 
 
 def _next_end(t: float, stride: float, emitted_end: float) -> float:
