@@ -716,7 +716,8 @@ class Binder:
             else:
                 result = self.bind_expr(body, scope)
         except (QueryTypeError, QueryNameError) as exc:
-            raise self.type_error(f"in {function.name}: {exc.message}", node.span) from None
+            # keep the kind: a name missing from the body is still a NameError
+            raise type(exc)(f"in {function.name}: {exc.message}", node.span, self.source) from None
         finally:
             self._inlining.pop()
         declared = function.result
