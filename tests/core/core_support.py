@@ -15,11 +15,12 @@ A file is a sequence of *cases* separated by blank lines, run in order against o
     (empty)                              <- the query gives no rows
     !! TypeError: cannot compare         <- the statement fails with this kind (and message part)
     columns> a, b                        <- Result.columns
+    contains> Generate x                 <- some row's text contains this (for explain)
 
 A case without expectations must simply succeed (create, set, insert …). Rows are compared in
 order when the result is a vector or a stream, when the statement has `order by`, or under
 `# ordered`; otherwise as multisets. Numbers match within a relative 1e-9; numpy arrays match
-lists elementwise. A failing case must leave the store exactly as it was.
+lists elementwise. A failing one-statement case must leave the store exactly as it was.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from streamql.values import Bag, Obj, Time, Timeval
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MAX_STREAM_ROWS = 5000
 
-_MARKERS = ("> ", "numpy> ", "!! ", "(empty)", "columns> ")
+_MARKERS = ("> ", "numpy> ", "!! ", "(empty)", "columns> ", "contains> ")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Case:
     rows: list | None = None          # expected rows (None: not checked)
     error: tuple[str, str] | None = None  # (kind, message part)
     columns: list[str] | None = None
+    contains: list[str] = field(default_factory=list)
     ordered: bool | None = None
     options: set[str] = field(default_factory=set)
 
@@ -119,6 +121,8 @@ def _case(path: Path, block: list[tuple[int, str]]) -> Case:
         elif line.startswith("!! "):
             kind, _, part = line[3:].partition(":")
             case.error = (kind.strip(), part.strip())
+        elif line.startswith("contains> "):
+            case.contains.append(line[len("contains> "):])
         elif line.startswith("columns> "):
             case.columns = [c.strip() for c in line[len("columns> "):].split(",")]
         else:
@@ -177,14 +181,16 @@ def run_case(engine, case: Case) -> str | None:
             return f"expected a message with {part!r}, got: {exc.message}"
         if exc.line is None or exc.column is None:
             return f"{exc.kind} without a position: {exc.message}"
-        after = store_fingerprint(engine)
-        if after != before:
+        if _statement_count(case.text) == 1 and store_fingerprint(engine) != before:
             return "the failed statement changed the store"
         return None
     if case.error is not None:
         return f"expected {case.error[0]}, but it ran and gave {rows!r}"
     if case.columns is not None and list(last.columns) != case.columns:
         return f"columns {last.columns}, expected {case.columns}"
+    for text in case.contains:
+        if not any(text in str(row) for row in rows):
+            return f"no row contains {text!r}: {rows!r}"
     if case.rows is not None:
         ordered = case.ordered
         if ordered is None:
@@ -193,6 +199,13 @@ def run_case(engine, case: Case) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _statement_count(text: str) -> int:
+    try:
+        return len(streamql.parse(text))
+    except QueryError:
+        return 1
 
 
 def compare_rows(got: list, expected: list, ordered: bool) -> str | None:
