@@ -327,7 +327,7 @@ class Binder:
             if fn is None:
                 raise self.type_error(f"{node.name} cannot aggregate values of type {element}: "
                                       + "; ".join(o.signature for o in overloads), node.span)
-        aggregate = TAggregate(result, fn=fn, arg=arg, span=node.span)
+        aggregate = TAggregate(result, fn=fn, arg=arg, node=None if node.star else node.args[0], span=node.span)
         for index, existing in enumerate(state.aggregates):
             if existing == aggregate:
                 return TVar(result, f"$a{index}", span=node.span)

@@ -210,6 +210,7 @@ class TAt(TExpr):
     expr: TExpr = None
     edge: TExpr = None
     source: str = ""  # the fragment's printed source
+    node: Any = field(default=None, compare=False, repr=False)  # the AST of `expr`, printed into fragments
 
     def children(self):
         return (self.expr, self.edge)
@@ -224,6 +225,7 @@ class TAggregate(TExpr):
 
     fn: Any = None  # the aggregate overload
     arg: TExpr | None = None  # None for count(*)
+    node: Any = field(default=None, compare=False, repr=False)  # the argument's AST (for fleet fragments)
 
     def children(self):
         return () if self.arg is None else (self.arg,)

@@ -7,7 +7,8 @@ the running operators from it):
          → Aggregate → Filter (having) → Project → Distinct → Sort → Limit
 
 Conjuncts are ordered so that every variable is bound before it is tested: a test runs as soon as
-everything it mentions is bound; otherwise a ready generator (`x in e`, `x = e`) binds its
+everything it mentions is bound (a volatile one only after every generator, so it is checked per
+row); otherwise a ready generator (`x in e`, `x = e`) binds its
 variables, streams first (so a bag generator does not wait behind an endless stream); otherwise
 the objects of a type are scanned. A variable nothing can bind is an error, before anything runs.
 """
@@ -170,8 +171,11 @@ class Planner:
         unbound = set(query.variables)
 
         while pending:
+            # Volatile tests (frand() > 0.5, signal_value('t') < -20) are checked per row, so they
+            # wait until every generator has run; the others as soon as what they read is bound.
+            generators_left = any(c.targets and not set(c.targets) <= bound for c in pending)
             test = next((c for c in pending if c.test.free_variables() <= bound
-                         and set(c.targets) <= bound), None)
+                         and set(c.targets) <= bound and not (generators_left and c.test.volatile)), None)
             if test is not None:
                 pending.remove(test)
                 node = self._filter(node, test.test, bound)
