@@ -22,7 +22,7 @@ from streamql.bound import (BoundQuery, Conjunct, TAggregate, TAnd, TAt, TCall, 
                             TVar)
 from streamql.errors import FleetError
 from streamql.printer import to_source
-from streamql.types import EDGE
+from streamql.types import EDGE, INTEGER
 
 from federation import selection as S
 
@@ -285,17 +285,16 @@ class FleetPlanner:
         for aggregate in query.aggregates:
             if aggregate.arg is None:  # count(*)
                 if partial:
-                    spec = AggregateSpec(aggregate.fn, [len(outputs)], True)
-                    outputs.append(A.Call("count", (), star=True))
+                    column = output(A.Call("count", (), star=True), TConst(INTEGER, 0))
+                    spec = AggregateSpec(aggregate.fn, [int(column.name[2:])], True)
                 else:
                     spec = AggregateSpec(aggregate.fn, [], False, star=True)
                 plan.aggregates.append(spec)
                 continue
-            if partial:
+            if partial:  # the parts, each computed once on the edge however many aggregates use it
                 parts = PARTIALS[aggregate.fn.name](aggregate.node)
-                start = len(outputs)
-                outputs.extend(parts)
-                plan.aggregates.append(AggregateSpec(aggregate.fn, list(range(start, start + len(parts))), True))
+                columns = [int(output(part, aggregate.arg).name[2:]) for part in parts]
+                plan.aggregates.append(AggregateSpec(aggregate.fn, columns, True))
             else:
                 column = output(aggregate.node, aggregate.arg)
                 plan.aggregates.append(AggregateSpec(aggregate.fn, [int(column.name[2:])], False))
