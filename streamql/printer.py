@@ -124,7 +124,8 @@ def _(node: A.BinaryOp) -> str:
 @_print.register
 def _(node: A.Negate) -> str:
     operand = _expr(node.operand, UNARY)
-    return "- " + operand if operand.startswith("-") else "-" + operand
+    # `- -x` would read back as x (signs cancel): keep the inner negation in parentheses
+    return f"-({operand})" if operand.startswith("-") else "-" + operand
 
 
 @_print.register
