@@ -35,12 +35,22 @@ def grammar_text() -> str:
 _lock = threading.Lock()
 
 
+class _WholeWords:
+    """Lets the contextual lexer always consider NAME, so that a keyword matches whole words only:
+    where `in` fits but a name does not, `Integer` is one (unexpected) name, not `In` + `teger`."""
+
+    always_accept = ("NAME",)
+
+    def process(self, stream):
+        return stream
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     """The LALR parser, built once per process and cached on disk between processes."""
     with _lock:
         return Lark(grammar_text(), parser="lalr", lexer="contextual", strict=True,
-                    maybe_placeholders=True, transformer=ToAst(), cache=True)
+                    maybe_placeholders=True, transformer=ToAst(), cache=True, postlex=_WholeWords())
 
 
 def keywords() -> list[str]:
@@ -565,7 +575,8 @@ def _parse_error(text: str, exc: UnexpectedInput) -> QueryParseError:
             span = _token_span(token)
             expected = set(exc.expected)
             message = f"unexpected {_describe_token(token)}: expected {_describe_expected(expected)}"
-            if "SEMICOLON" in expected and token.type in _STATEMENT_START:
+            starts = token.type in _STATEMENT_START or (token.type == "NAME" and token.value.upper() in _STATEMENT_START)
+            if "SEMICOLON" in expected and starts:
                 message = f"missing ';' before {_describe_token(token)}"
             elif token.type == "SEMICOLON":
                 message = f"the statement ends too early at ';': expected {_describe_expected(expected)}"
