@@ -112,7 +112,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
                 if isinstance(node.source, TQuery) and narrow is None and _accepts_conditions(node.source.query):
                     node.source = _push_into_query(node.source, target, [f.predicate for f in movable])
                     ctx.fire(NAME, f"{len(movable)} condition(s) on {target} moved into its subquery")
-                elif _filterable_source(node):
+                elif _filterable_source(node) and not _shares_work(movable, nodes[i + 1:]):
                     predicate = _conjoin([f.predicate for f in movable])
                     node.source = TSourceFilter(node.source.type, node.source, target, predicate, narrow,
                                                 span=node.source.span)
@@ -152,6 +152,24 @@ def _hoist_filters(nodes: list[L.PlanNode], ctx) -> list[L.PlanNode]:
 def _required_let(node) -> bool:
     # Moving a filter above a dropping Let would be fine, but keep rows' order of checks stable.
     return isinstance(node, L.Let) and node.required
+
+
+def _shares_work(filters: list, later: list) -> bool:
+    """Whether a condition computes something later steps need too (mean(w) in where and select):
+    then it stays a filter, so that common_subexpressions computes it once."""
+    from .tree import expressions, walk_all
+    from ..bound import TCall
+    costly = {sub for f in filters for sub in walk_all(f.predicate)
+              if isinstance(sub, TCall) and sub.fn.topic != "operator"}
+    if not costly:
+        return False
+    for node in later:
+        if node in filters:
+            continue
+        for expr in expressions(node):
+            if any(sub in costly for sub in walk_all(expr)):
+                return True
+    return False
 
 
 def _filterable_source(node: L.Generate) -> bool:

@@ -5,7 +5,9 @@
     ─▶ … Generate x = max(w); Keep x; Filter (x > 2) …: the windows are not copied by the filter
 
 A Keep goes in only where it spares copying: before a filter, a generator that multiplies
-rows, or a blocking step (aggregate, sort). Single rows are dicts and are left alone.
+rows, or a blocking step (aggregate, sort), and only to drop a heavy column (a vector such as a
+window, a record, strings, objects) — dropping a plain number costs more than copying it.
+Single rows are dicts and are left alone.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
         if isinstance(node, (L.Project, L.Aggregate)):
             needed = set()
         needed = (needed - produces(node)) | uses(node)
+    types = _column_types(plan, nodes)
     out: list[L.PlanNode] = []
     available: set[str] = set(outer)
     for index, node in enumerate(nodes):
@@ -43,8 +46,23 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
             continue
         keep = needed_after[index] & available
         dropped = available - keep
-        if dropped and not isinstance(node, (L.Project, L.Aggregate, L.Unit, L.Keep)):
+        if dropped and any(_heavy(types.get(name)) for name in dropped) \
+                and not isinstance(node, (L.Project, L.Aggregate, L.Unit, L.Keep)):
             out.append(L.Keep(None, tuple(sorted(keep))))
             available = set(keep)
             ctx.fire(NAME, f"dropped {', '.join(sorted(dropped))} before {type(following).__name__}")
     return relink(plan, out)
+
+
+def _column_types(plan: L.LogicalPlan, nodes) -> dict:
+    types = {name: v.type for name, v in plan.query.variables.items()}
+    for node in nodes:
+        if isinstance(node, L.Generate):
+            types.update(zip(node.targets, node.types))
+        elif isinstance(node, L.Let):
+            types[node.name] = node.value.type
+    return types
+
+
+def _heavy(type_) -> bool:
+    return type_ is None or not (type_.is_numeric or type_.name == "Boolean")

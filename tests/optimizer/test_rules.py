@@ -1,0 +1,53 @@
+"""Fixture tests per optimizer rule: a query and the plan steps (and rules fired) it must give."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import streamql
+from streamql.optimizer import RULES, rule_names
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_cases():
+    for path in sorted(FIXTURES.glob("*.txt")):
+        for block in path.read_text().split("# case:")[1:]:
+            title, _, rest = block.partition("\n")
+            query, _, expected = rest.partition("=>")
+            lines = [line.strip() for line in expected.strip().splitlines() if line.strip()]
+            yield pytest.param(query.strip(), lines, id=f"{path.stem}: {title.strip()}")
+
+
+def plan_steps(engine: streamql.Engine, query: str) -> list[str]:
+    text = engine.explain(query)
+    steps, fired = [], "fired: none"
+    for line in text.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("rules fired:"):
+            fired = "fired: " + stripped[len("rules fired: "):]
+        elif stripped[:1].isdigit() and ". " in stripped:
+            step = stripped.split(". ", 1)[1]
+            if step != "Unit":
+                steps.append(step)
+    return steps + [fired]
+
+
+@pytest.fixture
+def engine():
+    engine = streamql.Engine()
+    engine.add_signal("s", np.random.default_rng(0).normal(size=1000))
+    return engine
+
+
+@pytest.mark.parametrize("query, expected", list(load_cases()))
+def test_rule_fixture(engine, query, expected):
+    assert plan_steps(engine, query) == expected
+
+
+def test_every_rule_has_fixtures():
+    files = {path.stem for path in FIXTURES.glob("*.txt")}
+    assert set(rule_names()) <= files, f"rules without fixtures: {set(rule_names()) - files}"
+    assert len(RULES) == 7
