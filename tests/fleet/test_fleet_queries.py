@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import streamql
-from conftest import FLEET, rows_of, vibration
+from fleet_support import FLEET, rows_of, vibration
 
 MOTIVATING = """select stream of id(e), w
 from Edge e, Vector of Real w
