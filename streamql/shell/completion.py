@@ -199,7 +199,7 @@ def _matches(word: str, candidates: list[tuple[str, str]], start: int, upper: bo
         if key.startswith(lower):
             prefix.append((name, meta))
             seen.add(key)
-        elif lower and len(lower) > 1 and lower in key:
+        elif len(lower) > 2 and lower in key:
             inner.append((name, meta))
             seen.add(key)
     for name, meta in prefix + inner:

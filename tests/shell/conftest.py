@@ -24,13 +24,6 @@ class Transcript:
     shell: Shell
 
 
-class TtyStringIO(io.StringIO):
-    """Captured output that claims to be a terminal (for live redraws)."""
-
-    def isatty(self) -> bool:
-        return True
-
-
 @pytest.fixture
 def history_file(tmp_path):
     return tmp_path / "history"
