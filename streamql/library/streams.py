@@ -381,7 +381,10 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
                     raise QueryRuntimeError("twinagg needs timestamped values: use ts_signal_stream or ts(t, v)")
                 last_end = np.floor((new_times + size) / stride) * stride
                 in_some_window = last_end > new_times
-                late = in_some_window & (last_end <= emitted_end)
+                # late: every window holding the event closed before it came (the watermark, the
+                # largest time seen before it, had reached their ends), even windows left empty
+                seen_before = np.maximum.accumulate(np.concatenate([[watermark], new_times[:-1]]))
+                late = in_some_window & (last_end <= np.maximum(seen_before, emitted_end))
                 if late.any():
                     ctx.count("late_events", int(late.sum()))
                 keep = in_some_window & ~late
@@ -392,6 +395,8 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
                 times, values = _merge_sorted(times, values, new_times, new_values)
                 watermark = max(watermark, float(new_times.max()))
                 times, values, emitted_end, ends, windows = windows_up_to(times, values, emitted_end, watermark, False)
+                # every window ending at or before the watermark is closed now, emitted or empty
+                emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
                 if ends:
                     yield _timeval_batch(ends, windows)
             if len(times):
