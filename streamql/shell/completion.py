@@ -82,6 +82,12 @@ class StreamQLCompleter(Completer):
 
     # -------------------------------------------------------------------------------------
     def get_completions(self, document: Document, complete_event: CompleteEvent):
+        try:
+            yield from self._completions(document, complete_event)
+        except Exception:  # noqa: BLE001 - completion must never break typing
+            return
+
+    def _completions(self, document: Document, complete_event: CompleteEvent):
         before = document.text_before_cursor
         stripped = before.lstrip()
         if stripped.startswith("\\"):

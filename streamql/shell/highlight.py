@@ -56,7 +56,10 @@ class StreamQLLexer(Lexer):
     """prompt_toolkit lexer: scans the whole buffer once per change, serves it line by line."""
 
     def lex_document(self, document: Document):
-        lines = highlight_fragments(document.text)
+        try:
+            lines = highlight_fragments(document.text)
+        except Exception:  # noqa: BLE001 - plain text rather than a broken prompt
+            lines = [[("", line)] for line in document.text.split("\n")]
 
         def get_line(number: int):
             return lines[number] if number < len(lines) else []

@@ -71,6 +71,10 @@ def _colored(text: str, series: int | None, color: bool) -> str:
     return f"\x1b[{COLORS[series % len(COLORS)]}m{text}\x1b[0m"
 
 
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
 def _label(value: float) -> str:
     if value == 0:
         return "0"
@@ -115,8 +119,15 @@ class BrailleCanvas:
     def lines(self, color: bool = False) -> list[str]:
         out = []
         for bits, series in zip(self._bits, self._series):
-            out.append("".join(_colored(chr(BRAILLE_BASE + b), s, color) if b else chr(BRAILLE_BASE)
-                               for b, s in zip(bits, series)))
+            # one colour escape per run of cells of the same series, not one per cell
+            runs: list[tuple[int | None, list[str]]] = []
+            for b, s in zip(bits, series):
+                owner = s if b else None
+                if runs and runs[-1][0] == owner:
+                    runs[-1][1].append(chr(BRAILLE_BASE + b))
+                else:
+                    runs.append((owner, [chr(BRAILLE_BASE + b)]))
+            out.append("".join(_colored("".join(chars), owner, color) for owner, chars in runs))
         return out
 
 
@@ -235,7 +246,7 @@ class LineChart(Chart):
                 previous = point
         latest = ", ".join(f"{name}={_label(float(v[-1]))}" for name, v, s in series if s and v.size
                            and math.isfinite(v[-1]))
-        footer = f"{self.rows} rows" + (f", latest {latest}" if latest else "")
+        footer = _rows(self.rows) + (f", latest {latest}" if latest else "")
         return _framed(canvas.lines(color), low, high, footer, _legend([n for n, _, _ in series], color))
 
 
@@ -333,7 +344,7 @@ class BarChart(Chart):
             bar = "█" * (eighths // 8) + (EIGHTHS[eighths % 8] if eighths % 8 else "")
             out.append(f"{label[:gutter].rjust(gutter)} │{_colored(bar, i if len(self.columns) > 1 else 0, color)}"
                        f" {_label(value)}")
-        out.append(" " * gutter + f"   {self.rows} rows")
+        out.append(" " * gutter + f"   {_rows(self.rows)}")
         return out
 
     def _columns(self, color: bool) -> list[str]:
@@ -345,12 +356,13 @@ class BarChart(Chart):
         low, high = min(0.0, float(np.nanmin(values))), max(0.0, float(np.nanmax(values)))
         span = (high - low) or 1.0
         heights = np.round((values - low) / span * rows * 8).astype(int)
+        heights = np.repeat(heights, max(1, min(4, columns // max(1, len(heights)))))  # few bars: wider
         canvas = []
         for row in range(rows):
             floor = (rows - 1 - row) * 8
             cells = "".join(VERTICAL[min(8, max(0, h - floor))] for h in heights)
             canvas.append(_colored(cells, 0, color))
-        return _framed(canvas, low, high, f"{len(self.values)} bars, {self.rows} rows", "")
+        return _framed(canvas, low, high, f"{len(self.values)} bars, {_rows(self.rows)}", "")
 
 
 class TextChart(Chart):
@@ -371,7 +383,7 @@ class TextChart(Chart):
         for name, value in zip(self.columns, self.latest):
             text = cell_text(value)[: max(10, self.width - gutter - 3)]
             out.append(f"{name.rjust(gutter)} : {_colored(text, 0, color) if color else text}")
-        out.append(f"{' ' * gutter}   ({self.rows} rows)")
+        out.append(f"{' ' * gutter}   ({_rows(self.rows)})")
         return out
 
 

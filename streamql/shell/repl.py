@@ -89,13 +89,21 @@ class Shell:
         if banner:
             self.runner.out.write(self.banner() + "\n")
             self.runner.out.flush()
+        failures = 0
         while True:
             try:
                 text = self.prompt_session.prompt()
+                failures = 0
             except KeyboardInterrupt:
                 continue
             except EOFError:
                 break
+            except Exception as exc:  # noqa: BLE001 - the terminal went wrong: say so, try again, then give up
+                self.runner.report_bug(exc)
+                failures += 1
+                if failures >= 3:
+                    return 1
+                continue
             try:
                 status = self.runner.run_text(text)
             except KeyboardInterrupt:  # between statements, or in a meta-command

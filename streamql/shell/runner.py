@@ -2,7 +2,7 @@
 
 The REPL, `\\read FILE`, `streamql run FILE` and a piped script all go through `Runner.run_text`,
 so they print alike. A statement runs in a worker thread that iterates its result and hands rows
-over a bounded queue; the main thread prints them and stays free to take Ctrl-C, which closes the
+over a bounded buffer; the main thread prints them and stays free to take Ctrl-C, which closes the
 result (the engine cancels the query at its next check) and returns to the caller.
 """
 from __future__ import annotations
@@ -15,15 +15,13 @@ import traceback
 from collections import deque
 from typing import Any, Callable, TextIO
 
-from .. import ast as A
 from ..errors import QueryCancelled, QueryError, Span
 from ..syntax import parse
 from .formatting import FORMATS, as_tuple, make_printer
-from .lexer import Piece, split
+from .lexer import Piece, scan, split
 from .plots import LiveArea, LivePlot, make_chart, plot_kind
 from .progress import is_complete, render_progress
 
-FLEET_STATEMENTS = (A.Deploy, A.Rollback, A.Undeploy)
 TICK = 0.05           # how often the main thread wakes while waiting for rows
 CANCEL_GRACE = 2.0    # how long a cancelled query may take to stop before it is left behind
 
@@ -76,6 +74,8 @@ class Runner:
 
     def run_statement(self, source: str, piece: Piece, origin: str | None = None) -> Status:
         chunk = piece.text
+        if all(token.trivia or token.type == "SEMICOLON" for token in scan(chunk)):
+            return Status.OK  # an empty statement: a lone ';'
         try:
             script = parse(chunk)
         except QueryError as exc:
@@ -88,7 +88,7 @@ class Runner:
         try:
             status = self._execute(chunk, statement, source, piece, origin)
         finally:
-            if self.on_change is not None and not isinstance(statement, (A.Select, A.ExprStatement, A.Explain)):
+            if self.on_change is not None:  # any statement may add names (a query can publish a flow)
                 self.on_change()
         if self.timing and status is not Status.ERROR:
             self.info(f"Time: {(self.clock() - started) * 1000:.1f} ms")

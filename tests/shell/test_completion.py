@@ -69,6 +69,13 @@ def test_names_inside_strings_by_call(local):
     assert names(complete(local, "drop model '")) == ["centroids"]
 
 
+def test_flows(engine):
+    engine.flows.hub("alerts")
+    completer = StreamQLCompleter(LocalSession(engine))
+    assert complete(completer, "select subscribe('al") == [("alerts", "flow", -2)]
+    assert names(complete(completer, "select publish(s, '")) == ["alerts"]
+
+
 def test_no_popup_while_typing_after_a_space(local):
     assert complete(local, "select ", requested=False) == []
     assert complete(local, "select 1 -- sel", requested=False) == []

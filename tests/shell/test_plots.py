@@ -77,7 +77,7 @@ def test_scatter_and_text():
     assert braille_dots(scatter.render()) >= 40
     text = TextChart(["temperature", "ok"], width=40)
     text.add((21.5, True))
-    assert text.render() == ["temperature : 21.5", "         ok : true", "              (1 rows)"]
+    assert text.render() == ["temperature : 21.5", "         ok : true", "              (1 row)"]
 
 
 class FakeClock:
