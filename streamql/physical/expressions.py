@@ -459,7 +459,7 @@ def _batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: boo
         try:
             if null_propagating:
                 for values in zip(*lists) if lists else ([()] * n):
-                    if None in values and any(v is None for v in values):
+                    if any(v is None for v in values):  # `None in values` would compare arrays with ==
                         append(None)
                     else:
                         append(scalar(*values))
