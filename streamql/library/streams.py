@@ -213,15 +213,26 @@ def make_bag(*items) -> Bag:
     return Bag(items)
 
 
-def vectorof(collection):
+def vectorof(ctx, collection):
     """A finite stream or a bag as a vector (a stream must end: limit it with first_n or timeout)."""
     if isinstance(collection, StreamValue):
-        column = collect_column(collection.open())
+        column = collect_column(_checking(ctx, collection.open()))
     else:
         column = to_column(collection)
     if isinstance(column, np.ndarray) and column.dtype != object:
         return column
     return list(column.tolist() if isinstance(column, np.ndarray) else column)
+
+
+def _checking(ctx, items):
+    """The items, checking the query's cancellation and limits between them (an endless stream
+    collected into a vector would otherwise never stop)."""
+    try:
+        for item in items:
+            ctx.check()
+            yield item
+    finally:
+        _closing(items)
 
 
 def extract(collection):
@@ -834,8 +845,10 @@ def register(lib: Library) -> None:
                doc="Each element's z-score against the n elements before it", **tr)
     lib.define("drift(Stream of Number s, Number reference_mean, Number reference_std, Integer n) -> Stream of Real",
                scalar=drift, doc="Standard errors between each n-element mean and a reference mean", **tr)
-    lib.define("vectorof(Stream of T s) -> Vector of T", scalar=vectorof, doc="A finite stream as a vector", **tr)
-    lib.define("vectorof(Bag of T b) -> Vector of T", scalar=vectorof, kind=STREAM, topic="stream", lifts=False,
+    lib.define("vectorof(Stream of T s) -> Vector of T", scalar=vectorof, needs_context=True,
+               doc="A finite stream as a vector", **tr)
+    lib.define("vectorof(Bag of T b) -> Vector of T", scalar=vectorof, needs_context=True, kind=STREAM,
+               topic="stream", lifts=False,
                doc="A bag as a vector")
     lib.define("extract(Stream of T s) -> Stream of T", scalar=extract, doc="The elements of a stream", **tr)
     lib.define("extract(Bag of T b) -> Bag of T", scalar=extract, kind=STREAM, topic="stream", lifts=False,
