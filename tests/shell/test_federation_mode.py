@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 
-import pytest
 
 from streamql.shell.federation import FederationSession
 from streamql.shell.progress import device_states, is_complete, render_progress

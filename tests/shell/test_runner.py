@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from streamql.shell.formatting import CsvPrinter, JsonPrinter, TablePrinter, cell_text
 from streamql.shell.runner import Runner, Status

@@ -107,3 +107,17 @@ def test_the_command_line_csv_output(script):
     assert ran.returncode == 0
     assert ran.stdout == "c,f\n0,32.0\n1,33.8\n2,35.6\nx\n1\n2\n"
     assert "function fahrenheit created" in ran.stderr   # messages stay off the CSV
+
+
+def test_the_shell_with_a_store_saves_it_on_exit(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from streamql.shell import main
+
+    store = tmp_path / "store"
+    args = argparse.Namespace(federation=None, token=None, store=str(store), history=None)
+    monkeypatch.setattr("sys.stdin", io.StringIO("create function f(Number x) -> Number as x + 1;\n"))
+    assert main(args) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("select f(41);\n"))
+    assert main(args) == 0
+    assert " 42\n" in capsys.readouterr().out
