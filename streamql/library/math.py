@@ -44,11 +44,15 @@ def round_half_away(x):
     """Round half away from zero (round(2.5) = 3, round(-2.5) = -3)."""
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
         return x
+    # whole part and fraction are exact; floor(|x| + 0.5) is not (0.49999999999999994 + 0.5 is 1.0)
     if isinstance(x, np.ndarray):
-        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+        with np.errstate(invalid="ignore"):
+            whole = np.trunc(x)
+            return np.where(np.abs(x - whole) >= 0.5, whole + np.sign(x), whole)
     if not math.isfinite(x):
         return x
-    return math.copysign(math.floor(abs(x) + 0.5), x)
+    fraction, whole = math.modf(x)
+    return whole + math.copysign(1.0, x) if abs(fraction) >= 0.5 else whole
 
 
 def roundto(x, digits):

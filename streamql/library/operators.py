@@ -374,7 +374,8 @@ def cast_value(value, options=()):
 
 
 def _round_half_away(x: float) -> int:
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+    fraction, whole = math.modf(x)  # exact, unlike floor(|x| + 0.5)
+    return int(whole) + (int(math.copysign(1, x)) if abs(fraction) >= 0.5 else 0)
 
 
 # ----------------------------------------------------------------------------- registration
