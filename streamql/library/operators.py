@@ -335,13 +335,15 @@ def cast_value(value, options=()):
         if name == "Integer":
             if isinstance(value, str):
                 text = value.strip()
-                return int(text) if re.fullmatch(r"[+-]?\d+", text) else _round_half_away(float(text))
+                if re.fullmatch(r"[+-]?\d+", text):
+                    return _checked_int(int(text))
+                value = float(text)
             if isinstance(value, (bool, np.bool_)):
                 return int(value)
             if isinstance(value, (float, np.floating)):
                 if not math.isfinite(value):
                     raise QueryRuntimeError(f"cannot cast {format_value(value)} to Integer")
-                return _round_half_away(float(value))
+                return _checked_int(_round_half_away(float(value)))
             return _checked_int(int(value))
         if name in ("Real", "Number"):
             if isinstance(value, str):
