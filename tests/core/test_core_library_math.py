@@ -123,11 +123,15 @@ def test_integer_overflow_is_an_error_on_every_path():
                  "select 3037000500 * 3037000500;", "select abs(-9223372036854775807 - 1);",
                  "select x * x from Integer x where x in iota(3037000499, 3037000500);",
                  "select x + 9223372036854775800 from Integer x where x in iota(1, 10);",
-                 "select sum(x) from Integer x where x in bag(9223372036854775807, 1);"):
+                 "select sum(x) from Integer x where x in bag(9223372036854775807, 1);",
+                 "select sum(bag(9223372036854775807, 1));", "select sum([9223372036854775807, 1]);",
+                 "select cumsum([9223372036854775807, 1, -5]);",
+                 "select sum(w) from Vector of Integer w where w in bag([9223372036854775807, 1], [1, 2]);"):
         with pytest.raises(streamql.QueryError) as info:
             list(engine.query(text))
         assert info.value.kind == "RuntimeError" and "overflow" in info.value.message, text
     assert list(engine.query("select x * x from Integer x where x = 3037000499;")) == [3037000499 ** 2]
+    assert list(engine.query("select sum([9223372036854775807, 1, -5]);")) == [9223372036854775803]
 
 
 def test_negative_zero_is_its_own_constant():
