@@ -52,6 +52,8 @@ def agg_sum(bag):
     values = _numeric(values_of(bag), "sum")
     if len(values) == 0:
         return 0
+    from .vector import check_int_sums
+    check_int_sums(values, 0)
     return _py(values.sum(axis=0))
 
 

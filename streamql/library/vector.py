@@ -76,10 +76,30 @@ def _var(v, axis=-1):
     return np.var(a, axis=axis, ddof=1)
 
 
+def check_int_sums(a: np.ndarray, axis: int, running: bool = False) -> None:
+    """numpy's integer sums wrap around past 64 bits: raise the contract's overflow error instead.
+    The float sum of magnitudes bounds every partial sum; only near the limit are sums redone
+    exactly (the total, or with `running` every partial sum as cumsum gives them)."""
+    if a.dtype.kind not in "iu" or a.size == 0:
+        return
+    if np.abs(a.astype(np.float64)).sum(axis=axis).max() <= 9.2e18:
+        return
+    exact = np.cumsum(a.astype(object), axis=axis) if running else a.astype(object).sum(axis=axis)
+    if any(not -2 ** 63 <= int(x) < 2 ** 63 for x in np.ravel(exact)):
+        raise QueryRuntimeError("integer overflow: a sum does not fit in 64 bits")
+
+
 def _sum_vector(v):
     a = _array(v)
+    check_int_sums(a, -1)
     result = a.sum(axis=-1)
     return result.item() if isinstance(result, np.generic) else result
+
+
+def _cumsum(v):
+    a = _array(v)
+    check_int_sums(a, -1, running=True)
+    return np.cumsum(a, axis=-1)
 
 
 def _arg(fn):
@@ -203,7 +223,7 @@ def register(lib: Library) -> None:
     d("dim(Vector v) -> Integer", scalar=_length, doc="The number of elements of a vector")
     d("length(Vector v) -> Integer", scalar=_length, doc="The number of elements of a vector")
     d("length(Charstring s) -> Integer", scalar=len, doc="The number of characters of a string")
-    d("sum(Vector of Number v) -> Real", scalar=_sum_vector, batch=lambda v: v.sum(axis=-1),
+    d("sum(Vector of Number v) -> Real", scalar=_sum_vector, batch=_sum_vector,
       result_type=_numeric_result, doc="The sum of the elements")
     for name in ("mean", "avg"):
         d(f"{name}(Vector of Number v) -> Real", scalar=_nonempty(name, np.mean), batch=_axis(np.mean),
@@ -233,8 +253,7 @@ def register(lib: Library) -> None:
     d("diff(Vector of Number v) -> Vector of Real", scalar=lambda v: np.diff(_array(v)),
       batch=lambda v: np.diff(v, axis=-1), result_type=lambda t, a: t[0],
       doc="Differences of consecutive elements (one fewer element)")
-    d("cumsum(Vector of Number v) -> Vector of Real", scalar=lambda v: np.cumsum(_array(v)),
-      batch=lambda v: np.cumsum(v, axis=-1), result_type=lambda t, a: t[0],
+    d("cumsum(Vector of Number v) -> Vector of Real", scalar=_cumsum, batch=_cumsum, result_type=lambda t, a: t[0],
       doc="Running sums of the elements")
     d("percentile(Vector of Number v, Number p) -> Real", scalar=_percentile,
       doc="The p-th percentile (0–100) with linear interpolation")
