@@ -270,3 +270,15 @@ def test_apply_and_reduce():
 def test_pi_and_simsig():
     engine = new_engine()
     assert list(engine.query("select pi(), simsig(0.5);")) == [(math.pi, math.sin(0.5) + math.sin(1.55) / 3)]
+
+
+def test_real_arithmetic_on_columns_is_quiet_ieee():
+    """nan and inf as numpy gives them, without RuntimeWarnings leaking to the user's console."""
+    import warnings
+    engine = new_engine()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = list(engine.query("select x % 0.0, x / 0.0, sqrt(-x), log(x - 1), x ^ 2000, exp(x * 1000) "
+                                 "from Real x where x in bag(1.0, 2.0) order by x;"))
+    assert math.isnan(rows[0][0]) and rows[0][1] == math.inf and math.isnan(rows[0][2])
+    assert rows[0][3] == -math.inf and rows[1][4] == math.inf and rows[1][5] == math.inf
