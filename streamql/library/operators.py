@@ -84,6 +84,11 @@ def _pow(a, b):
     return result
 
 
+def _np_fmod(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.fmod(a, b)
+
+
 def _np_div(a, b):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.true_divide(a, b)
@@ -402,7 +407,7 @@ def register(lib: Library) -> None:
       doc="Division, always Real (IEEE: 1.0 / 0 is inf)", **op)
     d("%(Integer a, Integer b) -> Integer", scalar=_fmod_int, batch=_int_mod_batch,
       doc="Remainder with the sign of the dividend", **op)
-    d("%(Number a, Number b) -> Real", scalar=_real_mod, batch=lambda a, b: np.fmod(a, b),
+    d("%(Number a, Number b) -> Real", scalar=_real_mod, batch=_np_fmod,
       doc="Remainder with the sign of the dividend", **op)
     d("^(Number a, Number b) -> Real", scalar=_pow, batch=_np_pow, doc="Power, always Real", **op)
     vector_ops = {"+": np.add, "-": np.subtract, ".*": np.multiply, "./": np.true_divide, ".^": np.power}
