@@ -1,0 +1,88 @@
+"""Every function of the library has a test: each overload's name must be called in a StreamQL
+statement of some core test or fixture. Adding a function without a test fails here. Also the
+registry's own promises: signatures, docs, volatility, aggregate splits."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import streamql
+from streamql.library import AGGREGATE, SCALAR, SOURCE, STREAM
+
+from core_support import FIXTURES
+
+TESTS = Path(__file__).resolve().parent
+
+# Operators are written as operators, not called by name.
+OPERATOR_SPELLING = {
+    "+": r"[\w)\]] \+ [\w(\[:'\"]", "-": r"[\w)\]] - [\w(\[:]", "*": r"[\w)\]] \* [\w(\[:]",
+    "/": r"[\w)\]] / [\w(\[:]", "%": r"[\w)\]] % [\w(\[:-]", "^": r"\^", ".*": r"\.\*", "./": r"\./",
+    ".^": r"\.\^", "=": r"[\w)\]] = [\w(\[:'-]", "!=": r"!=", "<": r"[\w)\]] < [\w(\[:'-]", "<=": r"<=",
+    ">": r"[\w)\]] > [\w(\[:'-]", ">=": r">=", "neg": r"(?:^|[\s(,])-[\w(:\[]",
+    "in": r"\bin\b", "in_list": r"\bin \([^s]", "between": r"\bbetween\b", "like": r"\blike\b",
+    "is_null": r"\bis (not )?null\b", "index": r"[\w)\]]\[[^\]:]+\]", "slice": r"\[\w+:\w+\]",
+    "vector": r"\[\w+, \w+\]", "record": r"\{\"\w+\": \w", "cast": r"\bcast\(",
+}
+
+
+def _test_text() -> str:
+    parts = [p.read_text(encoding="utf-8") for p in sorted(TESTS.glob("test_core_*.py"))]
+    parts += [p.read_text(encoding="utf-8") for p in sorted(FIXTURES.rglob("*.sql"))
+              if "parse" not in p.relative_to(FIXTURES).parts]   # parsing alone tests nothing
+    return "\n".join(parts)
+
+
+def _overloads():
+    return list(streamql.Engine().library.all())
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return _test_text()
+
+
+def test_every_library_function_is_called_in_a_test(text):
+    missing = []
+    for name in sorted({o.name for o in _overloads()}):
+        if name in OPERATOR_SPELLING:
+            found = re.search(OPERATOR_SPELLING[name], text, re.M | re.I)
+        else:
+            found = re.search(rf"(?<![\w:.]){re.escape(name)}\(", text, re.I)
+        if not found:
+            missing.append(name)
+    assert not missing, f"library functions without a test: {missing}"
+
+
+def test_every_overload_name_is_known_to_this_check():
+    operators = {o.name for o in _overloads() if not re.fullmatch(r"[a-z_][a-z0-9_]*(:[a-z_]+)?", o.name)}
+    assert operators <= set(OPERATOR_SPELLING), operators - set(OPERATOR_SPELLING)
+
+
+def test_registry_entries_are_complete():
+    for o in _overloads():
+        assert o.kind in (SCALAR, AGGREGATE, STREAM, SOURCE), o.name
+        assert o.doc, f"{o.signature} has no doc"
+        assert o.signature.startswith(o.name + "(") and " -> " in o.signature
+        assert o.scalar is not None or o.batch is not None, o.name
+        if o.kind == SOURCE:
+            assert o.volatile, f"source {o.name} must be volatile"
+        if o.kind == AGGREGATE and o.name != "median":
+            split = o.split
+            assert split is not None and split.parts, o.name
+    for name in ("now", "frand", "signal_value", "heartbeat"):
+        assert all(o.volatile for o in streamql.Engine().library.overloads(name)), name
+
+
+def test_engine_functions_lists_library_and_user_functions():
+    engine = streamql.Engine()
+    engine.execute("create function twice(Number x) -> Number as x * 2; create function tag(Number x) -> Charstring as stored;")
+    described = engine.functions()
+    names = {d["name"] for d in described}
+    assert {"sqrt", "winagg", "twice", "tag"} <= names
+    aggregates = {d["name"]: d["aggregate_split"] for d in described if d["kind"] == "aggregate"}
+    assert aggregates["avg"] == ["sum", "count"] and aggregates["stdev"] == ["n", "mean", "M2"]
+    assert aggregates["median"] is None
+    user = {d["name"]: d["kind"] for d in described if d.get("topic") == "user"}
+    assert user == {"twice": "derived", "tag": "stored"}
