@@ -180,7 +180,7 @@ class Binder:
             items = [(name, expr) for name, expr, _ in items]
             items = self._flatten_items(items, variables, conjuncts)
 
-        kind = self._query_kind(select, conjuncts, aggregate_query)
+        kind = self._query_kind(select, conjuncts, aggregate_query, state)
         extents = {}
         for name, variable in variables.items():
             if not variable.hidden and self.catalog.has_extent(variable.type):
@@ -194,7 +194,8 @@ class Binder:
                            source=self.source, aggregate_query=aggregate_query)
         return query
 
-    def _query_kind(self, select: A.Select, conjuncts: list[Conjunct], aggregate_query: bool) -> str:
+    def _query_kind(self, select: A.Select, conjuncts: list[Conjunct], aggregate_query: bool,
+                    state: "_QueryState | None" = None) -> str:
         streaming = any(c.source is not None and c.source.type.is_stream and c.mode == "each"
                         for c in conjuncts)
         if select.kind == "vector":
@@ -204,9 +205,16 @@ class Binder:
         if streaming or select.kind == "stream":
             if streaming and (select.group_by or select.order_by or aggregate_query):
                 what = "group by" if select.group_by else "order by" if select.order_by else "an aggregate over its rows"
+                span = select.span
+                if select.group_by:
+                    span = select.group_by[0].span
+                elif select.order_by:
+                    span = select.order_by[0].span
+                elif state is not None and state.aggregates:
+                    span = state.aggregates[0].span or span
                 raise self.type_error(
                     f"a query over a stream runs forever, so it cannot use {what}: aggregate windows "
-                    "with winagg(s, size, stride) or collect a finite stream with vectorof(s)", select.span)
+                    "with winagg(s, size, stride) or collect a finite stream with vectorof(s)", span)
             return "stream"
         return "bag"
 

@@ -65,10 +65,10 @@ class TConst(TExpr):
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, TConst) and self.type == other.type
-                and type(self.value) is type(other.value) and hashable(self.value) == hashable(other.value))
+                and type(self.value) is type(other.value) and _exact(self.value) == _exact(other.value))
 
     def __hash__(self) -> int:
-        return hash((self.type, hashable(self.value)))
+        return hash((self.type, _exact(self.value)))
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,14 @@ class TAggregate(TExpr):
 
     def children(self):
         return () if self.arg is None else (self.arg,)
+
+
+def _exact(value):
+    """A key equal only for the very same constant: 0.0 and -0.0 differ (atan2 and 1/x tell them
+    apart), and nan equals nan; everything else as values compare."""
+    if isinstance(value, float):
+        return ("float", value.hex())
+    return hashable(value)
 
 
 def _cache_hashes() -> None:

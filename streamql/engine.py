@@ -150,6 +150,10 @@ class Engine:
                                  "statements", statement.span, text)
         return self._execute_statement(statement, text)
 
+    def run(self, text: str) -> Result:
+        """Run one statement of any kind; a query's rows are computed lazily as they are read."""
+        return self._execute_statement(parse_one(text), text)
+
     def aquery(self, text: str) -> AsyncIterator:
         """`async for row in engine.aquery(…)`: the query runs in a worker thread."""
         return _AsyncRows(self.query(text))

@@ -235,6 +235,15 @@ def _checking(ctx, items):
         _closing(items)
 
 
+def _checked(ctx, items):
+    try:
+        for item in items:
+            ctx.check()
+            yield item
+    finally:
+        _closing(items)
+
+
 def extract(collection):
     return collection
 

@@ -291,8 +291,8 @@ class PhysicalPlan:
         def aggregate(upstream, outer):
             chunks = []
             for item in upstream:
+                ctx.check()  # blocking: notice cancellation and limits while collecting
                 if item is IDLE:
-                    ctx.check()
                     continue
                 chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
             chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
@@ -383,8 +383,8 @@ class PhysicalPlan:
         def sort(upstream, outer):
             chunks = []
             for item in upstream:
+                ctx.check()
                 if item is IDLE:
-                    ctx.check()
                     continue
                 chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
             if not chunks:
