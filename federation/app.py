@@ -16,7 +16,18 @@ from federation.auth import bootstrap_admin
 from federation.config import FederationConfig
 from federation.heartbeats import HeartbeatBuffer
 from federation.index import SelectionIndex
-from federation.keys import BOOTSTRAP_TOKEN, CONFIG, HEARTBEATS, INDEX, METRICS, REGISTRY, WEBSOCKETS
+from federation.keys import (
+    BOOTSTRAP_TOKEN,
+    CONFIG,
+    DEPLOYMENTS,
+    HEARTBEATS,
+    HUB,
+    INDEX,
+    METRICS,
+    QUERY_SERVICE,
+    REGISTRY,
+    WEBSOCKETS,
+)
 from federation.metrics import FederationMetrics
 from federation.middlewares import auth_middleware, error_middleware
 from federation.registry import Registry
@@ -33,8 +44,12 @@ def create_app(config: FederationConfig) -> web.Application:
     app[METRICS] = FederationMetrics()
     app[INDEX] = SelectionIndex()
     app[WEBSOCKETS] = weakref.WeakSet()
+    # resources in dependency order; each is torn down before what it depends on
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(heartbeat_ctx)  # after the registry: flushed before it closes
+    app.cleanup_ctx.append(hub_ctx)  # edges: needs the registry and the heartbeats
+    app.cleanup_ctx.append(deployments_ctx)  # rollouts: need the hub
+    app.cleanup_ctx.append(query_service_ctx)  # fleet queries: need all of the above
     app.on_shutdown.append(close_websockets)
     setup_routes(app)
     return app
@@ -44,7 +59,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the registry, index every device, create the first admin token; close at the end."""
     config = app[CONFIG]
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    registry = Registry(config.registry_path)
+    registry = Registry(config.registry_path, bundle_dir=config.bundle_dir)
     index = app[INDEX]
     registry.mark_all_offline()  # no edge is connected before we accept connections
     registry.add_listener(index)
@@ -85,3 +100,53 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
 async def close_websockets(app: web.Application) -> None:
     for ws in list(app[WEBSOCKETS]):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The edge hub and its published-records log; closed (edges told we go away) at the end."""
+    from federation.hub import EdgeHub
+
+    hub = EdgeHub(app[REGISTRY], app[CONFIG], heartbeats=app[HEARTBEATS], metrics=app[METRICS])
+    app[HUB] = hub
+    await hub.start()
+    try:
+        yield
+    finally:
+        await hub.close()
+
+
+async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The deployer: hears the hub's connects and acks; resumes what a previous run left running."""
+    from federation.deployments import DeploymentManager
+
+    config = app[CONFIG]
+    manager = DeploymentManager(app[REGISTRY], app[HUB], ack_timeout=config.deploy_ack_timeout_s,
+                                default_waves=config.deploy_waves,
+                                default_failure_threshold=config.deploy_failure_threshold,
+                                concurrency=config.deploy_concurrency, metrics=app[METRICS])
+    app[DEPLOYMENTS] = manager
+    app[HUB].add_observer(manager)
+    resumed = await manager.resume()
+    if resumed:
+        log.info("resumed %d deployments", resumed)
+    try:
+        yield
+    finally:
+        app[HUB].remove_observer(manager)
+        await manager.close()
+
+
+async def query_service_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The fleet-query service (federation/fleet/service.py), unless one was set beforehand."""
+    from federation.query_service import close_query_service, load_query_service
+
+    made = None
+    if QUERY_SERVICE not in app:
+        made = await load_query_service(app)
+        if made is not None:
+            app[QUERY_SERVICE] = made
+    try:
+        yield
+    finally:
+        if made is not None:
+            await close_query_service(made)

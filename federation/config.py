@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REGISTRY_FILE = "registry.sqlite3"
+PUBLISH_FILE = "published.sqlite3"  # records edges publish, with the deduplication state
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,21 @@ class FederationConfig:
     max_bundle_bytes: int = 64 << 20
     bootstrap_admin: bool = True  # create admin.token at first start
     announce: bool = True  # print the bootstrap admin token once to stdout
-    extra: dict = field(default_factory=dict)  # settings of parts written later (query, deployments)
+    # --- the edge hub
+    heartbeat_s: float = 5.0  # told to edges in welcome; silent for 3 × this → offline
+    hello_timeout_s: float = 30.0  # a connection that says nothing this long after upgrading is closed
+    publish_flush_s: float = 0.1  # published records are committed (then acknowledged) this often
+    publish_retention_s: float = 7 * 86400.0  # published records older than this are trimmed
+    # --- deployments
+    trusted_keys: tuple[Path, ...] = ()  # public keys (PEM) whose signatures make a bundle acceptable
+    allow_unsigned_bundles: bool = False  # only for development: accept bundles nobody signed
+    deploy_ack_timeout_s: float = 120.0  # a device that neither acks nor nacks this long has failed
+    deploy_waves: int = 1  # default number of waves of a rollout
+    deploy_failure_threshold: float = 0.5  # more than this fraction failed after a wave → abort the rest
+    deploy_concurrency: int = 64  # devices receiving bundle bytes at the same time
+    # --- queries
+    max_socket_queries: int = 8  # statements running at once on one /v1/query/ws socket
+    extra: dict = field(default_factory=dict)  # settings of parts written by others (the fleet planner)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -28,14 +43,27 @@ class FederationConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "trusted_keys", tuple(Path(p) for p in self.trusted_keys or ()))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("requiring client certificates needs TLS (a certificate and key)")
+        if not 0.0 <= self.deploy_failure_threshold <= 1.0:
+            raise ValueError("the failure threshold is a fraction between 0 and 1")
+        if self.deploy_waves < 1 or self.heartbeat_s <= 0 or self.deploy_ack_timeout_s <= 0:
+            raise ValueError("waves, heartbeat and ack timeout must be positive")
 
     @property
     def registry_path(self) -> Path:
         return self.data_dir / REGISTRY_FILE
+
+    @property
+    def publish_path(self) -> Path:
+        return self.data_dir / PUBLISH_FILE
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.data_dir / "bundles"
 
     @property
     def tls(self) -> bool:
@@ -45,4 +73,8 @@ class FederationConfig:
     def from_args(cls, args: argparse.Namespace) -> "FederationConfig":
         return cls(data_dir=Path(args.data), host=args.host, port=args.port, tls_cert=args.tls_cert,
                    tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                   max_request_bytes=args.max_request_bytes)
+                   max_request_bytes=args.max_request_bytes,
+                   max_bundle_bytes=getattr(args, "max_bundle_bytes", 64 << 20),
+                   trusted_keys=tuple(getattr(args, "trusted_key", None) or ()),
+                   allow_unsigned_bundles=bool(getattr(args, "allow_unsigned_bundles", False)),
+                   heartbeat_s=getattr(args, "heartbeat", 5.0))

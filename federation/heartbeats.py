@@ -1,7 +1,8 @@
 """Heartbeats of many edges, buffered and written to the registry once a second in one transaction.
 
 The edge hub calls `app[HEARTBEATS].add(Heartbeat(device_id, at, health, restarts))` for each
-heartbeat frame; only the latest per device is kept until the next flush (1,000 edges ≈ 5 ms).
+health frame and `touch(device_id, at)` for other traffic (last seen only); per device the latest
+is kept until the next flush (1,000 edges ≈ 5 ms).
 """
 from __future__ import annotations
 
@@ -19,7 +20,20 @@ class HeartbeatBuffer:
         self._pending: dict[str, Heartbeat] = {}
 
     def add(self, beat: Heartbeat) -> None:
+        before = self._pending.get(beat.device_id)
+        if before is not None and (beat.health is None or beat.restarts is None):
+            # a beat without health or restarts keeps what the pending one carried
+            beat = beat._replace(health=beat.health if beat.health is not None else before.health,
+                                 restarts=beat.restarts if beat.restarts is not None else before.restarts)
         self._pending[beat.device_id] = beat
+
+    def touch(self, device_id: str, at: float) -> None:
+        """The device was heard from at `at` (any frame): only its last-seen time moves."""
+        before = self._pending.get(device_id)
+        if before is None:
+            self._pending[device_id] = Heartbeat(device_id, at)
+        elif at > before.at:
+            self._pending[device_id] = before._replace(at=at)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -38,4 +52,3 @@ class HeartbeatBuffer:
                 self.flush()
             except Exception:  # a locked database must not end the flushing for good
                 log.exception("writing heartbeats failed")
-

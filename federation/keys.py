@@ -1,11 +1,11 @@
 """Typed keys for what the application and each request carry (instead of string keys).
 
-Parts written later add their own here, next to these: e.g. the edge hub
-(`HUB = web.AppKey("hub", EdgeHub)`), the query service and the deployer.
+The hub, the deployer and the query service are typed by name (their modules import this one).
 """
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,6 +16,11 @@ from federation.index import SelectionIndex
 from federation.metrics import FederationMetrics
 from federation.registry import Registry
 
+if TYPE_CHECKING:
+    from federation.deployments import DeploymentManager
+    from federation.hub import EdgeHub
+    from federation.query_service import QueryService
+
 CONFIG = web.AppKey("config", FederationConfig)
 REGISTRY = web.AppKey("registry", Registry)  # set while the app runs (cleanup_ctx)
 INDEX = web.AppKey("index", SelectionIndex)  # in sync with REGISTRY
@@ -23,6 +28,11 @@ METRICS = web.AppKey("metrics", FederationMetrics)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)  # every open WebSocketResponse, closed on shutdown
 HEARTBEATS = web.AppKey("heartbeats", HeartbeatBuffer)  # add(Heartbeat(…)); flushed every second
 BOOTSTRAP_TOKEN = web.AppKey("bootstrap_token", str)  # only on the first start of a data directory
+HUB = web.AppKey["EdgeHub"]("hub")  # connected edges: fragments, published records, sending frames
+DEPLOYMENTS = web.AppKey["DeploymentManager"]("deployments")  # start / progress / wait
+# The fleet-query service (federation/fleet/service.py: `create_query_service(app)`); tests and
+# embedders may set it before the app starts. Absent → the query routes answer 501.
+QUERY_SERVICE = web.AppKey["QueryService"]("query_service")
 
 # the authenticated caller of a request (absent on public routes)
 PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "streamql.principal"

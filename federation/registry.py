@@ -466,12 +466,43 @@ class Registry:
                             (state, self.clock(), deployment_id)).rowcount == 0:
                 raise NotFound(f"no deployment {deployment_id}")
 
+    def update_deployment(self, deployment_id: int, *, state: str | None = None, waves: dict | None = None) -> None:
+        """Change a deployment's state and/or its wave record ({count, current}); NotFound when unknown."""
+        sets, args = ["updated = ?"], [self.clock()]
+        if state is not None:
+            sets.append("state = ?")
+            args.append(state)
+        if waves is not None:
+            sets.append("waves = ?")
+            args.append(_json(waves))
+        with self.transaction() as conn:
+            if conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", [*args, deployment_id]).rowcount == 0:
+                raise NotFound(f"no deployment {deployment_id}")
+
+    def move_targets(self, deployment_id: int, from_states: Sequence[str], to_state: str, reason: str | None,
+                     *, device_id: str | None = None) -> int:
+        """Move every target in one of `from_states` (of one device, or all) to `to_state` with `reason`."""
+        marks = ",".join("?" * len(from_states))
+        sql = (f"UPDATE deployment_targets SET state = ?, reason = ?, updated = ? "
+               f"WHERE deployment_id = ? AND state IN ({marks})")
+        args: list = [to_state, reason, self.clock(), deployment_id, *from_states]
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            args.append(device_id)
+        with self.transaction() as conn:
+            return conn.execute(sql, args).rowcount
+
     def deployment_targets(self, deployment_id: int, *, state: str | None = None) -> list[DeploymentTarget]:
         sql, args = f"SELECT {self._TARGET_COLUMNS} FROM deployment_targets WHERE deployment_id = ?", [deployment_id]
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
         return [DeploymentTarget(*row) for row in self._conn.execute(sql + " ORDER BY wave, device_id", args)]
+
+    def deployment_target(self, deployment_id: int, device_id: str) -> DeploymentTarget | None:
+        row = self._conn.execute(f"SELECT {self._TARGET_COLUMNS} FROM deployment_targets "
+                                 "WHERE deployment_id = ? AND device_id = ?", (deployment_id, device_id)).fetchone()
+        return DeploymentTarget(*row) if row else None
 
     def update_targets(self, deployment_id: int, updates: Iterable[tuple[str, str, str | None]]) -> int:
         """Set (device_id, state, reason) of many targets in one transaction."""
@@ -528,6 +559,30 @@ class Registry:
         with self.transaction() as conn:
             return conn.execute("DELETE FROM device_models WHERE device_id = ? AND model = ?",
                                 (device_id, model)).rowcount > 0
+
+    def record_active_models(self, device_id: str, active: dict[str, str], *, only: str | None = None) -> bool:
+        """Make the registry agree with what a device says runs on it (`hello.models`, `ack.active`).
+
+        With `only`, just that model is reconciled (an ack speaks for its own model); otherwise
+        models the device no longer lists are removed. A version equal to the recorded previous
+        one is recorded as a rollback, so the version before it is not lost. True when it changed.
+        """
+        current = self.model_versions([device_id]).get(device_id, {})
+        names = [only] if only is not None else sorted(set(current) | set(active))
+        changed = False
+        with self.transaction():
+            for name in names:
+                now, wanted = current.get(name), active.get(name)
+                if wanted is None:
+                    if now is not None:
+                        changed |= self.remove_model(device_id, name)
+                elif now is None or now.version != wanted:
+                    if now is not None and now.previous_version == wanted:
+                        self.rollback_model_version(device_id, name)
+                    else:
+                        self.set_model_version(device_id, name, str(wanted))
+                    changed = True
+        return changed
 
     def model_version(self, device_id: str, model: str) -> ModelVersion | None:
         row = self._conn.execute("SELECT device_id, model, version, previous_version, updated FROM device_models "

@@ -1,23 +1,21 @@
-"""GET /v1/edges/connect — stub: the WebSocket edge engines open with their device token.
+"""GET /v1/edges/connect — the WebSocket edge engines open with their device token.
 
-To fill in: the caller is `principal(request)` (a device principal: `.device_id`); check the
-announced id with `principal.may_act_as(announced_id)`; mark presence with
-`app[REGISTRY].set_online(id, True/False)` (the index follows), store announced metadata and
-capabilities with `update_device`, batch heartbeats with `record_heartbeats([...])`, and send
-pending deployments from `open_targets_for(id)`. Register the socket with `track_websocket`.
+The middleware has refused a missing or wrong token (401) and any non-device token (403) before
+the upgrade; the hub (federation/hub.py, federation/edge_link.py) does the rest of
+docs/protocol.md: hello → welcome, a device speaking only as itself, frames until the socket closes.
 """
 from __future__ import annotations
 
 from aiohttp import web
 
 from federation.auth import Role
-from federation.errors import NotImplementedYet
-from federation.http import requires
+from federation.http import principal, requires
+from federation.keys import HUB
 
 
 @requires(Role.DEVICE)
 async def edge_socket(request: web.Request) -> web.StreamResponse:
-    raise NotImplementedYet("the edge connection is not implemented yet")
+    return await request.app[HUB].serve(request, principal(request))
 
 
 def setup(app: web.Application) -> None:

@@ -39,3 +39,39 @@ async def tokens(client) -> Tokens:
     device = provision(registry, "dev-1", {"region": "US", "kind": "dumper"}, {"ram_kb": 512})
     return Tokens(admin=client.app[BOOTSTRAP_TOKEN], deploy=create_token(registry, Role.DEPLOY)[1],
                   read=create_token(registry, Role.READ)[1], device=device.token)
+
+
+class Fleet:
+    """Fake edges (federation.testing.FakeEdge) provisioned on the app under test."""
+
+    def __init__(self, client):
+        self.client = client
+        self.url = str(client.make_url("/")).rstrip("/")
+        self.edges: list = []
+
+    @property
+    def app(self):
+        return self.client.app
+
+    def provision(self, device_id: str, metadata: dict | None = None, capabilities: dict | None = None) -> str:
+        return provision(self.app[REGISTRY], device_id, metadata, capabilities).token
+
+    def edge(self, device_id: str, token: str | None = None, *, provisioned: dict | None = None, **kwargs):
+        from federation.testing import FakeEdge
+
+        if token is None:
+            token = self.provision(device_id, (provisioned or {}).get("metadata"), (provisioned or {}).get("capabilities"))
+        edge = FakeEdge(self.url, token, device_id, **kwargs)
+        self.edges.append(edge)
+        return edge
+
+    async def close(self) -> None:
+        for edge in self.edges:
+            await edge.shutdown()
+
+
+@pytest.fixture
+async def fleet(client):
+    made = Fleet(client)
+    yield made
+    await made.close()

@@ -1,0 +1,541 @@
+"""The edge hub: every connected edge's WebSocket (docs/protocol.md), and the API through which the
+fleet planner and the deployer reach devices.
+
+    hub = app[HUB]
+    hub.is_online("wl-1"), hub.online_ids(), hub.announced("wl-1")
+    async for batch in hub.fragment("wl-1", "select signal_value('vibration');", credit=4096):
+        batch.names, batch.n, batch.cols          # RowBatch: column-major, as the edge sent them
+    # raises EdgeOffline (not connected, or the link dropped) or FragmentError (end limit/error/cancelled)
+    async with hub.subscribe(flow="alerts") as records:   # published records, once they are durable
+        async for record in records: ...
+    await hub.send("wl-1", frame)                  # any frame (the deployer sends deploy chunks)
+
+One `EdgeConnection` (federation/edge_link.py) per connected edge reads its frames and dispatches
+them here; observers (the deployer) hear about connects, disconnects and ack/nack frames.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from federation.auth import Principal
+from federation.config import FederationConfig
+from federation.edge_link import EdgeConnection, serve_edge
+from federation.heartbeats import HeartbeatBuffer
+from federation.metrics import FederationMetrics
+from federation.publish import PublishedRecord, PublishLog
+from federation.registry import Device, Heartbeat, Registry
+from streamql import codec, wire
+
+log = logging.getLogger("streamql.federation.hub")
+
+__all__ = ["EdgeHub", "EdgeOffline", "FragmentError", "RowBatch", "HubObserver", "Subscription",
+           "PublishedRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowBatch:
+    """One `rows` frame of a fragment: `n` rows in column-major `cols` (numpy arrays or lists)."""
+
+    names: list[str]
+    n: int
+    cols: list
+
+    def rows(self) -> list:
+        """Plain rows: a value per row for one column, tuples for several (wire.rows_of)."""
+        return wire.rows_of(self.n, self.cols)
+
+
+class EdgeOffline(Exception):
+    """The edge is not connected (`dropped` False) or its link dropped while a fragment ran (True)."""
+
+    def __init__(self, edge_id: str, reason: str = "is not connected", *, dropped: bool = False):
+        super().__init__(f"edge {edge_id!r} {reason}")
+        self.edge_id, self.reason, self.dropped = edge_id, reason, dropped
+
+
+class FragmentError(Exception):
+    """A fragment ended with `limit`, `error` or `cancelled` (`error` as the edge sent it), or broke
+    the protocol (outcome `error`, kind ProtocolError)."""
+
+    def __init__(self, outcome: str, error: dict | None = None, *, edge_id: str | None = None, rows: int = 0):
+        message = (error or {}).get("message") or outcome
+        super().__init__(f"{outcome}: {message}")
+        self.outcome, self.error, self.edge_id, self.rows = outcome, error, edge_id, rows
+
+
+class HubObserver(Protocol):
+    """What the deployer implements to hear from the hub (every method optional)."""
+
+    async def edge_connected(self, edge_id: str) -> None: ...
+    def edge_disconnected(self, edge_id: str) -> None: ...
+    def edge_replied(self, edge_id: str, frame: wire.Frame) -> None: ...  # ack / nack
+
+
+class _End:
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: wire.Frame):
+        self.frame = frame
+
+
+class FragmentState:
+    """The federation's side of one running fragment (its rows wait here for the consumer)."""
+
+    __slots__ = ("qid", "edge_id", "queue", "granted", "received", "next_seq", "names", "done")
+
+    def __init__(self, qid: str, edge_id: str, credit: int):
+        self.qid, self.edge_id = qid, edge_id
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.granted = credit      # rows the edge may send in total so far
+        self.received = 0
+        self.next_seq = 0
+        self.names: list[str] = []
+        self.done = False          # ended, failed or dropped: later frames for it are ignored
+
+    def finish(self, item: Any) -> None:
+        if not self.done:
+            self.done = True
+            self.queue.put_nowait(item)
+
+
+class Subscription:
+    """Published records as they become durable: `async for record in subscription`.
+
+    A subscriber slower than the edges loses the newest records once `maxsize` wait (counted in
+    `dropped`; they are still in the log: `hub.publish_log.read(after=…)`).
+    """
+
+    def __init__(self, hub: "EdgeHub", flow: str | None, edges: Iterable[str] | None, maxsize: int):
+        self.hub, self.flow = hub, flow
+        self.edges = frozenset(edges) if edges is not None else None
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def wants(self, record: PublishedRecord) -> bool:
+        return (self.flow is None or record.flow == self.flow) and (self.edges is None or record.edge in self.edges)
+
+    def offer(self, record: PublishedRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._subscriptions.discard(self)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> PublishedRecord:
+        if self.closed and self.queue.empty():
+            raise StopAsyncIteration
+        record = await self.queue.get()
+        if record is None:
+            raise StopAsyncIteration
+        return record
+
+    async def __aenter__(self) -> "Subscription":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return codec.to_plain(value)
+    except codec.CodecError:
+        return repr(value)
+
+
+def signal_descriptions(capabilities: dict) -> list[dict]:
+    """The announced signals as [{name, type, kind, rate_hz, …}] (a bare name becomes {name})."""
+    out = []
+    for item in capabilities.get("signals") or []:
+        if isinstance(item, str):
+            out.append({"name": item})
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            out.append({str(k): _plain(v) for k, v in item.items()})
+    return out
+
+
+class EdgeHub:
+    """Connected edges, fragments running on them, published records, and their observers."""
+
+    def __init__(self, registry: Registry, config: FederationConfig, *, heartbeats: HeartbeatBuffer | None = None,
+                 metrics: FederationMetrics | None = None, publish_log: PublishLog | None = None):
+        self.registry, self.config = registry, config
+        self.heartbeats = heartbeats
+        self.metrics = metrics or FederationMetrics()
+        self.publish_log = publish_log if publish_log is not None else PublishLog(config.publish_path)
+        self._connections: dict[str, EdgeConnection] = {}
+        self._announced: dict[str, dict] = {}
+        self._observers: list[Any] = []
+        self._subscriptions: set[Subscription] = set()
+        self._qids = itertools.count(1)
+        self._prefix = secrets.token_hex(3)  # qids differ across restarts of the federation
+        self._tasks: set[asyncio.Task] = set()
+        self._flush_now = asyncio.Event()
+        self._background: list[asyncio.Task] = []
+        m = self.metrics
+        self.m_frames = m.counter("streamql_edge_frames_total", "Frames received from edges, by type.", ("type",))
+        self.m_connects = m.counter("streamql_edge_connections_total", "Edge connections, by how they ended the "
+                                    "handshake.", ("result",))
+        self.m_fragments = m.counter("streamql_fragments_total", "Query fragments run on edges, by outcome.",
+                                     ("outcome",))
+        self.m_fragment_rows = m.counter("streamql_fragment_rows_total", "Rows received from query fragments.")
+        self.m_fragments_running = m.gauge("streamql_fragments_running", "Query fragments running on edges now.")
+        self.m_published = m.counter("streamql_published_records_total", "Published records kept (new ones).")
+        self.m_duplicates = m.counter("streamql_published_duplicates_total",
+                                      "Published records dropped as duplicates (resent after a reconnect).")
+        self.m_protocol = m.counter("streamql_edge_protocol_errors_total", "Bad frames from edges, by code.",
+                                    ("code",))
+        m.callback("streamql_edges_connected", "Edges with an open connection to this federation node.",
+                   lambda: len(self._connections))
+
+    # --- lifetime --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._background = [asyncio.create_task(self._flush_loop(), name="publish-flush"),
+                            asyncio.create_task(self._sweep_loop(), name="edge-liveness")]
+        self.registry.add_listener(self)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.registry.remove_listener(self)
+        for conn in list(self._connections.values()):
+            await conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._flush_publish()
+        for sub in list(self._subscriptions):
+            sub.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self.publish_log.close()
+
+    def add_observer(self, observer: Any) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Any) -> None:
+        with contextlib.suppress(ValueError):
+            self._observers.remove(observer)
+
+    def spawn(self, coro, name: str | None = None) -> asyncio.Task:
+        """A background task the hub keeps a reference to (and cancels at close)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task %s failed", task.get_name(), exc_info=task.exception())
+
+    # --- the planner's API -----------------------------------------------------------------------
+    def is_online(self, edge_id: str) -> bool:
+        conn = self._connections.get(edge_id)
+        return conn is not None and not conn.closing
+
+    def online_ids(self) -> set[str]:
+        return {edge for edge, conn in self._connections.items() if not conn.closing}
+
+    def announced(self, edge_id: str) -> dict | None:
+        """The latest hello of the edge (kept after it disconnects): edge, software, metadata,
+        capabilities, signals [{name, type, kind, rate_hz}], models {name: version} (kept current
+        by acks), restarts, version (negotiated), connected_at; None when it never said hello."""
+        found = self._announced.get(edge_id)
+        return None if found is None else dict(found)
+
+    def connection(self, edge_id: str) -> EdgeConnection | None:
+        return self._connections.get(edge_id)
+
+    async def send(self, edge_id: str, frame: wire.Frame | bytes) -> None:
+        """Send one frame (or its encoded bytes) to a connected edge; EdgeOffline when it is not."""
+        conn = self._connections.get(edge_id)
+        if conn is None or conn.closing:
+            raise EdgeOffline(edge_id)
+        await conn.send(frame)
+
+    async def fragment(self, edge_id: str, source: str, *, limits: dict | None = None, credit: int = 10_000,
+                       params: dict | None = None, columns: list[str] | None = None,
+                       batch_rows: int | None = None) -> AsyncIterator[RowBatch]:
+        """Run `source` on the edge: RowBatches as `rows` frames arrive; see the module docstring.
+
+        Credit: the edge may have `credit` rows unconsumed; each time the consumer has taken half
+        of that, the hub grants as much again. Closing the iterator early (aclose, or the consuming
+        task being cancelled) sends `cancel`.
+        """
+        if credit < 1:
+            raise ValueError("a fragment needs a credit of at least one row")
+        conn = self._connections.get(edge_id)
+        if conn is None or conn.closing:
+            self.m_fragments.inc(outcome="offline")
+            raise EdgeOffline(edge_id)
+        qid = f"q{self._prefix}-{next(self._qids)}"
+        state = FragmentState(qid, edge_id, credit)
+        fields: dict[str, Any] = {"qid": qid, "source": source, "credit": credit,
+                                  "limits": {k: v for k, v in (limits or {}).items() if v is not None}}
+        if params:
+            fields["params"] = params
+        if columns:
+            fields["columns"] = list(columns)
+        if batch_rows:
+            fields["batch_rows"] = batch_rows
+        query = wire.make("query", **fields)
+        conn.fragments[qid] = state
+        self.m_fragments_running.inc()
+        outcome = "cancelled"
+        grant_at = max(1, credit // 2)
+        consumed = 0
+        try:
+            await conn.send(query)
+            while True:
+                item = await state.queue.get()
+                if type(item) is RowBatch:
+                    yield item
+                    consumed += item.n
+                    if consumed >= grant_at and not state.done:
+                        state.granted += consumed
+                        await conn.send(wire.make("credit", qid=qid, add=consumed))
+                        consumed = 0
+                elif type(item) is _End:
+                    end = item.frame
+                    outcome = end["outcome"]
+                    if outcome == "ok":
+                        return
+                    raise FragmentError(outcome, end.get("error"), edge_id=edge_id, rows=end["rows"])
+                else:
+                    outcome = "offline" if isinstance(item, EdgeOffline) else "error"
+                    raise item
+        finally:
+            self.m_fragments_running.dec()
+            self.m_fragments.inc(outcome=outcome)
+            conn.fragments.pop(qid, None)
+            if not state.done:
+                state.done = True
+                if not conn.closing:
+                    conn.post(wire.make("cancel", qid=qid, reason="the federation stopped reading"))
+
+    def subscribe(self, flow: str | None = None, *, edges: Iterable[str] | None = None,
+                  maxsize: int = 10_000) -> Subscription:
+        """Published records of one flow (or all), of some edges (or all), as they become durable."""
+        sub = Subscription(self, flow, edges, maxsize)
+        self._subscriptions.add(sub)
+        return sub
+
+    # --- called by the edge connections ----------------------------------------------------------
+    def attach(self, conn: EdgeConnection, device: Device, hello: wire.Frame) -> tuple[int, EdgeConnection | None]:
+        """A device said hello: make it the edge's connection; returns (publish_acked, replaced one)."""
+        edge = conn.edge_id
+        replaced = self._connections.get(edge)
+        self._connections[edge] = conn
+        capabilities = dict(hello["capabilities"])
+        self._announced[edge] = {
+            "edge": edge, "software": hello["software"], "metadata": {k: _plain(v) for k, v in hello["metadata"].items()},
+            "capabilities": {k: _plain(v) for k, v in capabilities.items()},
+            "signals": signal_descriptions(capabilities), "models": dict(hello["models"]),
+            "restarts": hello["restarts"], "version": conn.version, "connected_at": time.time(),
+        }
+        self._record_hello(device, hello)
+        resume = hello.get("resume") or {}
+        acked = self.publish_log.hello(edge, resume.get("log"))
+        self.m_connects.inc(result="accepted")
+        return acked, replaced
+
+    def _record_hello(self, device: Device, hello: wire.Frame) -> None:
+        """What the device announced goes into the registry (and so into the selection index)."""
+        announced = self._announced[device.id]
+        metadata = {**device.metadata, **{k: v for k, v in announced["metadata"].items() if _good_key(k)}}
+        capabilities = dict(device.capabilities)
+        for key, value in announced["capabilities"].items():
+            if key == "signals":
+                capabilities["signals"] = [s["name"] for s in announced["signals"]]
+            elif value is not None and _good_key(key):
+                capabilities[key] = value
+        if metadata != device.metadata or capabilities != device.capabilities:
+            self.registry.update_device(device.id, metadata=metadata if metadata != device.metadata else None,
+                                        capabilities=capabilities if capabilities != device.capabilities else None)
+        self.registry.record_active_models(device.id, {k: str(v) for k, v in hello["models"].items()})
+        self.registry.set_online(device.id, True)
+        if self.heartbeats is not None:
+            self.heartbeats.add(Heartbeat(device.id, time.time(), None, hello["restarts"]))
+
+    def connected(self, conn: EdgeConnection) -> None:
+        """The welcome went out: observers may now send what waits for the edge."""
+        for observer in self._observers:
+            hook = getattr(observer, "edge_connected", None)
+            if hook is not None:
+                self.spawn(hook(conn.edge_id), name=f"connected-{conn.edge_id}")
+
+    def detach(self, conn: EdgeConnection, reason: str) -> None:
+        """The connection ended: its fragments fail; the edge is offline unless a newer one replaced it."""
+        for state in list(conn.fragments.values()):
+            state.finish(EdgeOffline(conn.edge_id, f"dropped its link while the fragment ran ({reason})", dropped=True))
+        conn.fragments.clear()
+        if self._connections.get(conn.edge_id) is not conn:
+            return
+        del self._connections[conn.edge_id]
+        with contextlib.suppress(Exception):  # the device may have been deleted meanwhile
+            self.registry.set_online(conn.edge_id, False)
+        if self.heartbeats is not None:
+            self.heartbeats.touch(conn.edge_id, conn.last_seen)
+        for observer in self._observers:
+            hook = getattr(observer, "edge_disconnected", None)
+            if hook is not None:
+                try:
+                    hook(conn.edge_id)
+                except Exception:
+                    log.exception("an observer failed on the disconnect of %s", conn.edge_id)
+
+    def on_health(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        health = {k: _plain(v) for k, v in frame.fields.items()}
+        announced = self._announced.get(conn.edge_id)
+        if announced is not None:
+            announced["health"] = health
+        if self.heartbeats is not None:
+            self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]))
+
+    def on_reply(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        """ack / nack of a deployment: the announced models follow `active`; observers decide the rest."""
+        announced = self._announced.get(conn.edge_id)
+        if announced is not None:
+            announced["models"] = dict(frame["active"])
+        for observer in self._observers:
+            hook = getattr(observer, "edge_replied", None)
+            if hook is not None:
+                hook(conn.edge_id, frame)
+
+    def on_rows(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        state = conn.fragments.get(frame["qid"])
+        if state is None or state.done:
+            return  # rows of a fragment we cancelled may still be on their way
+        n, seq = frame["n"], frame["seq"]
+        if seq != state.next_seq:
+            self._break(conn, state, f"rows frame {seq} arrived where {state.next_seq} was expected")
+            return
+        if state.received + n > state.granted:
+            self._break(conn, state, f"the edge sent {state.received + n} rows with a credit of {state.granted}")
+            return
+        state.next_seq += 1
+        state.received += n
+        names = frame.get("names")
+        if names is not None:
+            state.names = list(names)
+        self.m_fragment_rows.inc(n)
+        state.queue.put_nowait(RowBatch(state.names, n, frame["cols"]))
+
+    def on_end(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        state = conn.fragments.get(frame["qid"])
+        if state is not None:
+            state.finish(_End(frame))
+
+    def on_error(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        """An error frame about one of our fragments (say duplicate_query) ends that fragment."""
+        ref = frame.get("ref")
+        state = conn.fragments.get(ref) if isinstance(ref, str) else None
+        if state is not None:
+            state.finish(FragmentError("error", {"kind": "ProtocolError", "message": f"{frame['code']}: "
+                                                 f"{frame['message']}", "line": None, "column": None},
+                                       edge_id=conn.edge_id, rows=state.received))
+
+    def _break(self, conn: EdgeConnection, state: FragmentState, message: str) -> None:
+        """The edge broke the fragment protocol: end the fragment with an error and cancel it."""
+        state.finish(FragmentError("error", {"kind": "ProtocolError", "message": message, "line": None,
+                                             "column": None}, edge_id=conn.edge_id, rows=state.received))
+        self.m_protocol.inc(code="fragment")
+        conn.post(wire.make("cancel", qid=state.qid, reason=message))
+
+    def on_publish(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        if self.publish_log.accept(conn.edge_id, frame.fields):
+            self.m_published.inc()
+        else:
+            self.m_duplicates.inc()
+        if self.publish_log.pending >= 1024:
+            self._flush_now.set()
+
+    # --- registry listener (only removals matter: a deleted device is disconnected) --------------
+    def device_removed(self, device_id: str) -> None:
+        conn = self._connections.get(device_id)
+        if conn is not None:
+            self.spawn(conn.close(wire.CLOSE_CODES["unauthorized"], "the device was deleted"))
+        self._announced.pop(device_id, None)
+
+    def device_changed(self, device: Device) -> None:
+        pass
+
+    def online_changed(self, device_ids, online: bool) -> None:
+        pass
+
+    def reset(self, devices) -> None:
+        known = {d.id for d in devices}
+        for edge in [e for e in self._connections if e not in known]:
+            self.device_removed(edge)
+
+    # --- background work -------------------------------------------------------------------------
+    def _flush_publish(self) -> None:
+        records, acks = self.publish_log.flush()
+        for record in records:
+            for sub in list(self._subscriptions):
+                if sub.wants(record):
+                    sub.offer(record)
+        for edge, (upto, log_id) in acks.items():
+            conn = self._connections.get(edge)
+            if conn is not None and not conn.closing:
+                fields = {"upto": upto} if log_id is None else {"upto": upto, "log": log_id}
+                conn.post(wire.make("publish_ack", **fields))
+
+    async def _flush_loop(self) -> None:
+        last_trim = time.monotonic()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.config.publish_flush_s)
+            self._flush_now.clear()
+            try:
+                self._flush_publish()
+                if time.monotonic() - last_trim > 60:
+                    last_trim = time.monotonic()
+                    self.publish_log.trim(time.time() - self.config.publish_retention_s)
+            except Exception:  # a locked database must not stop acknowledging for good
+                log.exception("committing published records failed")
+
+    async def _sweep_loop(self) -> None:
+        """Edges silent for 3 × heartbeat_s are closed (and so marked offline)."""
+        limit = 3 * self.config.heartbeat_s
+        while True:
+            await asyncio.sleep(min(self.config.heartbeat_s, 5.0))
+            now = time.monotonic()
+            for conn in list(self._connections.values()):
+                if not conn.closing and now - conn.last_frame > limit:
+                    log.info("edge %s silent for %.0f s: closing", conn.edge_id, now - conn.last_frame)
+                    self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))
+            if self.heartbeats is not None:
+                for conn in self._connections.values():
+                    self.heartbeats.touch(conn.edge_id, conn.last_seen)
+
+    # --- the route -------------------------------------------------------------------------------
+    async def serve(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Handle GET /v1/edges/connect for an authenticated device token."""
+        return await serve_edge(self, request, principal)
+
+
+def _good_key(key: Any) -> bool:
+    return isinstance(key, str) and 0 < len(key) <= 128 and not any(c.isspace() or ord(c) < 32 for c in key)
