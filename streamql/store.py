@@ -435,6 +435,8 @@ def write_snapshot(directory: str | Path, schema: list[str], data: dict, models:
                 "models": len(model_files)}
     _write(staging / "manifest.json", json.dumps(manifest, indent=2).encode())
     _fsync_dir(staging)
+    if target.exists():  # left by a save interrupted before CURRENT pointed at it: never current
+        shutil.rmtree(target)
     os.replace(staging, target)
     _fsync_dir(root)
     pointer = root / "CURRENT.tmp"
