@@ -300,26 +300,26 @@ class Store:
 
     # -------------------------------------------------------------------------- snapshots
     def schema_statements(self) -> list[str]:
-        """The statements that recreate the schema: types, stored functions, tables, derived
-        functions (as written)."""
+        """The statements that recreate the schema: types, tables, stored functions (whose
+        parameters may be table rows), derived functions (as written)."""
         statements = []
         for user in _types_in_dependency_order(self.types.values()):
             statement = f"create type {user.name}"
             if user.supertypes:
                 statement += " under " + ", ".join(user.supertypes)
             statements.append(statement)
-        for functions in self.functions.values():
-            for function in functions:
-                if isinstance(function, StoredFunction):
-                    params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
-                    statements.append(f"create function {function.name}({params}) -> "
-                                      f"{_type_source(function.result)} as stored")
         for table in self.tables.values():
             columns = [f"{c.name} {_type_source(c.type)}" + (" not null" if c.not_null else "") for c in table.columns]
             columns += [f"unique({', '.join(u)})" for u in table.unique]
             if table.primary_key:
                 columns.append(f"primary key({', '.join(table.primary_key)})")
             statements.append(f"create table {table.name}({', '.join(columns)})")
+        for functions in self.functions.values():
+            for function in functions:
+                if isinstance(function, StoredFunction):
+                    params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
+                    statements.append(f"create function {function.name}({params}) -> "
+                                      f"{_type_source(function.result)} as stored")
         for functions in self.functions.values():
             for function in functions:
                 if isinstance(function, DerivedFunction):
