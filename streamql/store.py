@@ -301,7 +301,7 @@ class Store:
     # -------------------------------------------------------------------------- snapshots
     def schema_statements(self) -> list[str]:
         """The statements that recreate the schema: types, tables, stored functions (whose
-        parameters may be table rows), derived functions (as written)."""
+        parameters may be table rows), derived functions (as written, each after those it calls)."""
         statements = []
         for user in _types_in_dependency_order(self.types.values()):
             statement = f"create type {user.name}"
@@ -320,10 +320,9 @@ class Store:
                     params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
                     statements.append(f"create function {function.name}({params}) -> "
                                       f"{_type_source(function.result)} as stored")
-        for functions in self.functions.values():
-            for function in functions:
-                if isinstance(function, DerivedFunction):
-                    statements.append(function.source.strip().rstrip(";"))
+        derived = [f for functions in self.functions.values() for f in functions if isinstance(f, DerivedFunction)]
+        for function in _derived_in_call_order(derived):
+            statements.append(function.source.strip().rstrip(";"))
         return statements
 
     def data(self) -> dict:
@@ -385,6 +384,29 @@ _MISSING = object()
 def _type_source(t: Type) -> str:
     text = str(t)
     return text
+
+
+def _derived_in_call_order(functions: list) -> list:
+    """Derived functions, each after the derived functions its body calls (a function may call
+    one that was dropped and created again after it)."""
+    from . import ast as A
+    names = {f.name.lower() for f in functions}
+    calls = {}
+    for function in functions:
+        body = function.body
+        called = {n.name.lower() for n in body.walk() if isinstance(n, A.Call)} if isinstance(body, A.Node) else set()
+        calls[id(function)] = (called & names) - {function.name.lower()}
+    ordered, done, pending = [], set(), list(functions)
+    while pending:
+        ready = [f for f in pending if calls[id(f)] <= done]
+        if not ready:  # pragma: no cover - bodies are checked when created, so calls cannot cycle
+            ordered.extend(pending)
+            break
+        for function in ready:
+            pending.remove(function)
+            ordered.append(function)
+        done |= {f.name.lower() for f in ready if not any(p.name.lower() == f.name.lower() for p in pending)}
+    return ordered
 
 
 def _types_in_dependency_order(types) -> list[UserType]:
