@@ -311,8 +311,8 @@ class DeploymentManager:
         out = []
         for device_id in device_ids:
             device = devices.get(device_id)
-            if device is None:
-                out.append(NewTarget(device_id, "skipped", "no such device is registered"))
+            if device is None:  # deleted since it was selected: nothing to record it against
+                log.warning("device %s is not registered: left out of the deployment", device_id)
                 continue
             current = running.get(device_id, {}).get(model)
             if action == "deploy":

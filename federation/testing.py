@@ -431,3 +431,33 @@ def _as_columns(batch: Any) -> tuple[int, list]:
     rows = list(batch)
     width = len(rows[0]) if isinstance(rows[0], tuple) else 1
     return wire.columns_of(rows, width)
+
+
+def make_bundle(directory, name: str, version: str, *, private_key=None, requirements: dict | None = None,
+                variants: list[dict] | None = None, padding: int = 0) -> bytes:
+    """A packed bundle (signed when `private_key` is given) of one native model named after the
+    bundle, with `variants` (default one numpy variant) and `padding` bytes of extra data (to make
+    it as large as a benchmark wants)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from streamql.models import bundle as bundles
+
+    root = Path(directory) / f"{name}-{version}"
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    spec = {"type": "linear_regression", "weights": [1.0, 2.0], "bias": 0.5}
+    (root / "models" / "model.json").write_text(json.dumps(spec))
+    if padding:
+        (root / "data").mkdir(exist_ok=True)
+        (root / "data" / "padding.bin").write_bytes(os.urandom(padding))
+    manifest = {"format_version": 1, "name": name, "version": version,
+                "requirements": dict(requirements or {}),
+                "models": [{"name": name.replace("-", "_"), "variants": variants or [
+                    {"id": "numpy", "kind": "native", "artifact": "models/model.json", "requirements": {}}]}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    packed = Path(directory) / f"{name}-{version}.bundle"
+    bundles.pack(root, packed)
+    if private_key is not None:
+        bundles.sign(packed, private_key)
+    return packed.read_bytes()

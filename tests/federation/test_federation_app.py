@@ -210,9 +210,9 @@ async def test_request_too_large_is_413_json(client, tokens):
 
     resp = await client.post("/v1/edges", headers=admin, data=chunks())
     assert resp.status == 413 and error_of(await resp.json())["kind"] == "PayloadTooLarge"
-    # a bundle upload may be larger than a JSON body (the stub then answers 501)
+    # a bundle upload may be larger than a JSON body (these bytes are read, then refused as no bundle)
     resp = await client.post("/v1/models", headers=tokens.header("deploy"), data=b"b" * 100_000)
-    assert resp.status == 501
+    assert resp.status == 400 and error_of(await resp.json())["kind"] == "ModelError"
 
 
 async def test_domain_errors_and_bugs(aiohttp_client, config, caplog):
@@ -296,10 +296,12 @@ async def test_deployments_and_models_read_from_the_registry(client, tokens):
     models = await (await client.get("/v1/models", headers=read)).json()
     assert [(m["name"], m["version"]) for m in models["models"]] == [("vib", "1.0.0")]
     listing = await (await client.get("/v1/deployments", headers=read)).json()
-    assert listing["deployments"][0]["id"] == dep.id and listing["deployments"][0]["counts"] == {"skipped": 1}
+    assert listing["deployments"][0]["id"] == str(dep.id) and listing["deployments"][0]["model"] == "vib"
+    assert listing["deployments"][0]["counts"] == {"pending": 0, "sending": 0, "done": 0, "skipped": 1, "failed": 0}
     progress = await (await client.get(f"/v1/deployments/{dep.id}", headers=read)).json()
-    assert progress["targets"] == [{"device_id": "dev-1", "state": "skipped", "reason": "ram_kb 128 < 256",
-                                    "variant": None, "wave": 0, "updated": progress["targets"][0]["updated"]}]
+    assert progress["devices"] == [{"id": "dev-1", "state": "skipped", "reason": "ram_kb 128 < 256",
+                                    "variant": None, "wave": 0, "updated": progress["devices"][0]["updated"]}]
+    assert progress["model"] == "vib" and progress["counts"]["skipped"] == 1 and progress["state"] == "pending"
     assert (await client.get("/v1/deployments/999", headers=read)).status == 404
     assert (await client.get("/v1/deployments?state=weird", headers=read)).status == 400
 
