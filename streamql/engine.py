@@ -108,7 +108,8 @@ class Engine:
         self.signals = SignalRegistry()
         self.flows = FlowRegistry(self.clock)
         self.models = ModelRegistry(clock=self.clock.now)
-        self.trusted_keys = list(trusted_keys or [])
+        # None: bundles need no signature; keys given: only bundles signed by one of them load
+        self.trusted_keys = list(trusted_keys) if trusted_keys is not None else None
         self.catalog = LocalCatalog(self)
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.base_dir = Path(base_dir) if base_dir is not None else None
