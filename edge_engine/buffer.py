@@ -16,6 +16,10 @@ Guarantees (docs/protocol.md, "Publish"):
   monitoring device the newest results matter most, and dropping at the head keeps the log
   append-only) or refuses the new one (`drop_newest`: `append` returns None). Either way
   `dropped` counts every record lost that way, and the count persists across restarts.
+- **Dropped means lost**: a record dropped after it was sent but before its acknowledgement may
+  have reached the federation; when a later `ack` covers it, it is taken off `dropped` again.
+  So once everything sent is acknowledged, `dropped` equals the gaps the federation sees
+  (`PublishReceiver.missing`) exactly.
 - **Trimmed by acknowledgement**: `ack(upto)` forgets records ≤ upto; whole segment files are
   deleted once every record in them is gone, so the disk holds at most `max_bytes` plus one
   segment.
@@ -190,6 +194,12 @@ class StoreForwardBuffer:
             if upto <= self.acked and upto <= self.head:
                 return 0
             before = self.count
+            # records in (acked, head] were dropped unacknowledged; those the federation now
+            # acknowledges reached it after all (sent before the drop), so they were not lost
+            covered = min(upto, self.head)
+            if covered > self.acked:
+                damaged = sum(1 for s in self._damaged if self.acked < s <= covered)
+                self.dropped = max(0, self.dropped - (covered - self.acked - damaged))
             self.acked = max(self.acked, upto)
             self._advance_head(upto)
             self._save_state()

@@ -154,6 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--limit-seconds", type=float, metavar="S", help="default time limit of a query")
     add("--limit-memory-mb", type=float, metavar="MB", help="default memory limit of a query")
     add("--trusted-key", action="append", metavar="KEY", help="a public key trusted for bundles (repeatable)")
+    add("--reconnect-initial", dest="reconnect_initial_s", type=float, metavar="S",
+        help="first reconnection backoff (doubles up to --reconnect-max, with full jitter)")
+    add("--reconnect-max", dest="reconnect_max_s", type=float, metavar="S", help="longest reconnection backoff")
     return parser
 
 
@@ -171,7 +174,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
             ("capabilities", (("ram_kb", "ram_kb"), ("flash_kb", "flash_kb"), ("cpu", "cpu"))),
             ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
                         ("fsync", "fsync"), ("overflow", "overflow"))),
-            ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb")))):
+            ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"))),
+            ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s")))):
         for key, name in pairs:
             if get(name) is not None:
                 doc.setdefault(section, {})[key] = get(name)

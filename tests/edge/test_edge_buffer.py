@@ -99,8 +99,23 @@ def test_overflow_drops_oldest_and_counts_exactly_across_restarts(tmp_path):
     for i in range(5):
         buffer.append(i)
     assert buffer.dropped == 20 and seqs(buffer) == list(range(21, 31))
-    buffer.ack(25)
-    assert buffer.dropped == 20 and len(buffer) == 5
+    buffer.ack(25)                # it had them all after all (see the next test)
+    assert buffer.dropped == 0 and len(buffer) == 5
+
+
+def test_dropped_records_the_federation_acknowledges_were_not_lost(tmp_path):
+    """Sent, then dropped before their ack: an ack covering them takes them off the count."""
+    buffer = StoreForwardBuffer(tmp_path, max_records=4)
+    for i in range(10):           # 1..6 dropped, 7..10 held
+        buffer.append(i)
+    assert buffer.dropped == 6 and buffer.first_seq == 7
+    buffer.ack(3)                 # the federation had received 1..3 before they were dropped
+    assert buffer.dropped == 3
+    buffer.close()
+    buffer = StoreForwardBuffer(tmp_path, max_records=4)
+    assert buffer.dropped == 3    # persisted
+    buffer.ack(8)                 # … and 4..6 too: nothing was lost
+    assert buffer.dropped == 0 and seqs(buffer) == [9, 10]
 
 
 def test_overflow_by_bytes_and_drop_newest(tmp_path):
@@ -154,13 +169,13 @@ def test_torn_state_slot_falls_back_and_both_torn_recovers_from_segments(tmp_pat
     buffer = StoreForwardBuffer(tmp_path, max_records=5)
     for i in range(8):
         buffer.append(i)
-    buffer.ack(4)
+    buffer.ack(4)                 # covers the three dropped: they had reached the federation
     log = buffer.log_id
     buffer.close()
     slots = sorted(tmp_path.glob("state.*"), key=lambda p: p.stat().st_mtime_ns)
     slots[-1].write_bytes(b'{"format": 1, "coun')  # the newest write was torn
     reopened = StoreForwardBuffer(tmp_path, max_records=5)
-    assert not reopened.recovered and reopened.dropped == 3 and seqs(reopened) == [5, 6, 7, 8]
+    assert not reopened.recovered and reopened.dropped == 0 and seqs(reopened) == [5, 6, 7, 8]
     reopened.close()
     for slot in tmp_path.glob("state.*"):
         slot.write_bytes(b"garbage")
@@ -210,6 +225,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.directory = tempfile.mkdtemp(prefix="sqlbuf-")
         self.live: list[tuple[int, bytes]] = []
         self.dropped = 0
+        self.dropped_seqs: set[int] = set()
         self.next = 1
         self.buffer = self.open()
 
@@ -237,7 +253,7 @@ class BufferMachine(RuleBasedStateMachine):
             self.dropped += 1
             return
         while self.live and not self.fits(1, size):
-            self.live.pop(0)
+            self.dropped_seqs.add(self.live.pop(0)[0])
             self.dropped += 1
         assert seq == self.next
         self.live.append((seq, payload))
@@ -248,6 +264,9 @@ class BufferMachine(RuleBasedStateMachine):
         upto = data.draw(st.integers(0, self.next + 1))
         self.buffer.ack(upto)
         self.live = [(s, p) for s, p in self.live if s > upto]
+        recovered = {s for s in self.dropped_seqs if s <= upto}   # they had reached the federation
+        self.dropped -= len(recovered)
+        self.dropped_seqs -= recovered
 
     @rule()
     def reopen(self):

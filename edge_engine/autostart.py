@@ -1,0 +1,240 @@
+"""Autostart queries of deployed bundles: which flow their results go to, and running them.
+
+Every statement of a bundle's autostart files is a continuous query the edge runs whether or not
+the federation is reachable. Its results are meant for the federation: each batch of rows becomes
+one record of the store-and-forward buffer, sent as a `publish` frame of a named **flow**:
+
+- by default the flow is `<bundle>/<file stem>` (`vib-anomaly/scores` for `autostart/scores.sql`),
+  and `<bundle>/<file stem>/<n>` for the n-th statement (1-based) of a file holding several;
+- a comment directive on the line before the statement names it: `//publish: vibration_alerts`;
+- `//publish: none` keeps the results on the edge (a query run for its side effects, such as
+  `publish(s, 'flow')` into a local flow that other queries `subscribe` to).
+
+Flows of the engine's own `publish(s, 'name')` stay inside the engine; only autostart results
+travel. A query that fails is restarted with exponential backoff (its error goes to the health
+frame's errors); one that ends is not.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Callable
+
+import numpy as np
+
+from streamql.batch import IDLE
+from streamql.errors import QueryCancelled, QueryError
+from streamql.models.bundle import split_statements
+
+__all__ = ["AutostartSpec", "AutostartQuery", "AutostartSet", "autostart_queries", "item_columns",
+           "LOCAL_ONLY"]
+
+LOCAL_ONLY = ("none", "off", "local")
+_PUBLISH = re.compile(r"^[ \t]*(?://|--)[ \t]*publish[ \t]*:[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CODE = re.compile(r"(?m)^(?![ \t]*(?://|--)).*\S")
+MAX_RECORD_ROWS = 4096
+MAX_RECORD_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class AutostartSpec:
+    bundle: str
+    path: str            # the autostart file in the bundle
+    index: int           # 1-based position of the statement in its file
+    text: str
+    flow: str | None     # None: results stay on the edge
+
+    @property
+    def name(self) -> str:
+        return f"{self.bundle}:{self.path}#{self.index}"
+
+
+def _flow_of(bundle: str, path: str, index: int, several: bool, text: str) -> str | None:
+    head = text[:_CODE.search(text).start()] if _CODE.search(text) else text   # comments before the code
+    named = _PUBLISH.findall(head)
+    if named:
+        flow = named[-1].strip().strip("'\"")
+        return None if flow.lower() in LOCAL_ONLY else flow[:256]
+    stem = PurePosixPath(path).stem
+    return f"{bundle}/{stem}/{index}"[:256] if several else f"{bundle}/{stem}"[:256]
+
+
+def autostart_queries(bundle) -> list[AutostartSpec]:
+    """The autostart queries of a bundle with the flow each publishes to (module docstring)."""
+    out = []
+    for path in bundle.autostart_paths:
+        statements = split_statements(bundle.text(path))
+        for i, text in enumerate(statements, 1):
+            out.append(AutostartSpec(bundle.name, path, i, text,
+                                     _flow_of(bundle.name, path, i, len(statements) > 1, text)))
+    return out
+
+
+# == rows as columns ===========================================================================
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _wire_column(column):
+    """A column the codec and the wire accept: numeric arrays as they are, anything else a list."""
+    if isinstance(column, np.ndarray):
+        if column.dtype.kind in "biufc" and column.ndim >= 1:
+            return column
+        return [_plain(v) if not isinstance(v, np.ndarray) or v.dtype.kind in "biufc" else v.tolist()
+                for v in (column.tolist() if column.ndim == 1 and column.dtype != object else list(column))]
+    return [_plain(v) for v in column]
+
+
+def item_columns(item, width: int) -> tuple[int, list]:
+    """(n, columns) of one stream item of a Result (a Chunk of `$c0…` columns or a single row)."""
+    names = [f"$c{i}" for i in range(width)]
+    if type(item) is dict:
+        return 1, [_wire_column([item[c]]) for c in names]
+    n = item.n
+    return n, [_wire_column(item[c]) for c in names]
+
+
+def columns_bytes(cols: list) -> int:
+    """About how many bytes the columns take (arrays exactly, lists estimated)."""
+    total = 0
+    for col in cols:
+        if isinstance(col, np.ndarray):
+            total += col.nbytes
+        else:
+            total += 16 * len(col) + sum(len(v) for v in col if isinstance(v, (str, bytes)))
+            total += sum(v.nbytes for v in col if isinstance(v, np.ndarray))
+    return total
+
+
+def split_rows(n: int, cols: list, max_rows: int, max_bytes: int):
+    """Pieces of at most `max_rows` rows and about `max_bytes` bytes (views for arrays)."""
+    per_row = max(1, columns_bytes(cols) // max(n, 1))
+    step = max(1, min(max_rows, max_bytes // per_row))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        yield stop - start, [c[start:stop] for c in cols]
+
+
+# == running ===================================================================================
+class AutostartQuery:
+    """One autostart query in its own thread; each batch of rows goes to `emit(spec, n, cols, names)`."""
+
+    def __init__(self, engine, spec: AutostartSpec, emit: Callable[[AutostartSpec, int, list, list], None], *,
+                 log: logging.Logger, on_error: Callable[[str], None] | None = None,
+                 backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0):
+        self.engine = engine
+        self.spec = spec
+        self.emit = emit
+        self.log = log
+        self.on_error = on_error
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.status = "starting"
+        self.rows = 0
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._result = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"autostart {spec.name}"[:60])
+
+    def start(self) -> "AutostartQuery":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the query to stop (it does at its next batch or idle tick, within ~0.1 s)."""
+        self._stop.set()
+        result = self._result
+        if result is not None and result.ctx is not None:
+            result.ctx.cancel.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = self.backoff_initial_s
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._run_once()
+                self.status = "done"
+                return
+            except QueryCancelled:
+                break
+            except QueryError as exc:
+                self.last_error = f"{exc.kind}: {exc.message}"
+            except Exception as exc:  # noqa: BLE001 - a broken query must not take the daemon down
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            if self._stop.is_set():
+                break
+            self.status = "failed"
+            message = f"autostart query {self.spec.name} failed ({self.last_error}); restarting in {delay:.0f} s"
+            self.log.warning(message)
+            if self.on_error is not None:
+                self.on_error(message)
+            if time.monotonic() - started > 60:
+                delay = self.backoff_initial_s   # it had run well for a while: start the backoff over
+            if self._stop.wait(delay):
+                break
+            delay = min(self.backoff_max_s, delay * 2)
+            self.restarts += 1
+        self.status = "stopped"
+
+    def _run_once(self) -> None:
+        result = self.engine.query(self.spec.text)
+        self._result = result
+        if self._stop.is_set():
+            result.close()
+            raise QueryCancelled("stopped")
+        self.status = "running"
+        names = list(result.columns)
+        width = len(names)
+        try:
+            items = result.items()
+            if items is None or result.kind == "vector":
+                items = ({"$c0": row} if width == 1 else dict(zip([f"$c{i}" for i in range(width)], row))
+                         for row in result)
+            for item in items:
+                if self._stop.is_set():
+                    raise QueryCancelled("stopped")
+                if item is IDLE:
+                    continue
+                n, cols = item_columns(item, width)
+                if not n:
+                    continue
+                for piece_n, piece in split_rows(n, cols, MAX_RECORD_ROWS, MAX_RECORD_BYTES):
+                    self.emit(self.spec, piece_n, piece, names)
+                    self.rows += piece_n
+        finally:
+            result.close()
+
+    def describe(self) -> dict:
+        return {"query": self.spec.name, "flow": self.spec.flow, "status": self.status, "rows": self.rows,
+                "restarts": self.restarts, "error": self.last_error}
+
+
+class AutostartSet:
+    """The autostart queries of one engine's bundles, started and stopped together."""
+
+    def __init__(self, queries: list[AutostartQuery]):
+        self.queries = queries
+
+    @classmethod
+    def start(cls, engine, specs: list[AutostartSpec], emit, *, log: logging.Logger,
+              on_error: Callable[[str], None] | None = None, **backoff: Any) -> "AutostartSet":
+        return cls([AutostartQuery(engine, spec, emit, log=log, on_error=on_error, **backoff).start()
+                    for spec in specs])
+
+    def stop(self, timeout: float = 2.0) -> None:
+        for query in self.queries:
+            query.stop()
+        deadline = time.monotonic() + timeout
+        for query in self.queries:
+            query.join(max(0.0, deadline - time.monotonic()))
+
+    def describe(self) -> list[dict]:
+        return [q.describe() for q in self.queries]

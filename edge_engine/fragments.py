@@ -1,0 +1,331 @@
+"""Query fragments sent by the federation: run, stream back with credit, stop at limits, cancel.
+
+Each fragment runs in its own worker thread that pulls the query's batches (`Result.items()`:
+numpy columns, no per-row Python) and hands encoded `rows` frames to the event loop. The loop
+owns the fragment's life: credit and cancel frames, the time limit, and the one `end` frame.
+
+- **Credit** (rows): the worker takes rows from the fragment's `CreditWindow` before each
+  frame and cuts a batch to what the window holds; at 0 it stops pulling from the query (so
+  backpressure reaches the sources) and waits, paused, not dropped, until credit arrives.
+- **Limits**: `rows` — exactly that many rows are sent, then `end limit` (a finite query that
+  ends right there ends `ok`); `seconds` — counted from the query frame's arrival, enforced by
+  the loop even when the worker is busy inside an operator; `memory_mb` — a result batch larger
+  than the limit stops the query (the core counts operator state in `ExecContext.state_bytes`,
+  which `ctx.check()` also enforces). Missing limits take the edge's configured defaults.
+- **Exactly one `end`** per query, sent after its last `rows` frame: `ok`, `limit`, `error` (with
+  the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
+  worker stops at its next batch or idle tick, and anything it still produces is discarded.
+- When the connection drops, its fragments are cancelled without an `end` (the socket is gone).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Awaitable, Callable
+
+from streamql import wire
+from streamql.batch import IDLE
+from streamql.errors import QueryCancelled, QueryError, QueryLimitError
+from streamql.streams import Limits
+
+from .autostart import columns_bytes, item_columns
+
+__all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
+
+DEFAULT_BATCH_ROWS = 1024
+CREDIT_WAIT_S = 0.1
+MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
+
+
+class DuplicateQuery(Exception):
+    pass
+
+
+class _Stopped(Exception):
+    """The loop ended the fragment (cancel, time limit, lost connection): the worker just leaves."""
+
+
+class Fragment:
+    """One query fragment (see the module docstring)."""
+
+    def __init__(self, owner: "FragmentSet", fields: dict, engine: Any):
+        self.owner = owner
+        self.qid: str = fields["qid"]
+        self.source: str = fields["source"]
+        limits = fields.get("limits") or {}
+        defaults = owner.default_limits
+        given = lambda key: limits.get(key) if limits.get(key) is not None else getattr(defaults, key)  # noqa: E731
+        self.limits = Limits(rows=given("rows"), seconds=given("seconds"), memory_mb=given("memory_mb"))
+        self.params = fields.get("params") or {}
+        self.names = fields.get("columns")
+        self.batch_rows = fields.get("batch_rows") or DEFAULT_BATCH_ROWS
+        self.window = wire.CreditWindow(fields["credit"])
+        self.engine = engine
+        self.received = time.monotonic()
+        self.sent_rows = 0          # rows whose frames were written (loop)
+        self.taken_rows = 0         # rows granted by the window so far (worker)
+        self.seq = 0
+        self.outcome: str | None = None     # decided (loop); the end frame follows
+        self.ctx = None
+        self._cond = threading.Condition()
+        self._send_lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"fragment {self.qid}"[:60])
+
+    # == the loop's side ========================================================================
+    def start(self) -> None:
+        if self.limits.seconds is not None:
+            self._timer = self.owner.loop.call_later(self.limits.seconds, self._expire)
+        self._thread.start()
+
+    def add_credit(self, rows: int) -> None:
+        with self._cond:
+            self.window.add(rows)
+            self._cond.notify_all()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.finish("cancelled", None)
+
+    def _expire(self) -> None:
+        self.finish("limit", {"kind": "LimitError",
+                              "message": f"the query ran past its time limit of {self.limits.seconds:g} s"})
+
+    def drop(self) -> None:
+        """The connection is gone: stop, no end."""
+        self._decide("dropped")
+
+    def _decide(self, outcome: str) -> bool:
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        if self._timer is not None:
+            self._timer.cancel()
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.cancel.set()
+        with self._cond:
+            self._cond.notify_all()
+        self.owner.forget(self)
+        return True
+
+    def finish(self, outcome: str, error: dict | None) -> None:
+        """Decide the outcome (once) and send the end frame after the rows already on their way."""
+        if self._decide(outcome):
+            self.owner.spawn(self._send_end(outcome, error))
+
+    async def _send_rows(self, data: bytes, n: int) -> None:
+        async with self._send_lock:
+            if self.outcome is not None:
+                raise _Stopped()
+            await self.owner.send_bytes(data)
+            self.sent_rows += n
+
+    async def _send_end(self, outcome: str, error: dict | None) -> None:
+        async with self._send_lock:
+            fields = {"qid": self.qid, "outcome": outcome, "rows": self.sent_rows,
+                      "seconds": round(time.monotonic() - self.received, 6)}
+            if error is not None:
+                fields["error"] = {"kind": str(error.get("kind") or "RuntimeError"),
+                                   "message": str(error.get("message") or ""),
+                                   "line": error.get("line"), "column": error.get("column")}
+            try:
+                await self.owner.send_frame(wire.make("end", **fields))
+            except Exception as exc:  # noqa: BLE001 - the connection went away: nobody to tell
+                self.owner.log.debug("end of %s not sent: %s", self.qid, exc)
+
+    # == the worker's side ======================================================================
+    def _post(self, outcome: str, error: dict | None) -> None:
+        self.owner.loop.call_soon_threadsafe(self.finish, outcome, error)
+
+    def _run(self) -> None:
+        result = None
+        try:
+            result = self._compile()
+            self._stream(result)
+        except _Stopped:
+            pass
+        except QueryCancelled:
+            if self.outcome is None:
+                self._post("cancelled", None)
+        except QueryLimitError as exc:
+            self._post("limit", exc.to_dict())
+        except QueryError as exc:
+            self._post("error", exc.to_dict())
+        except Exception as exc:  # noqa: BLE001 - one fragment's failure ends only that fragment
+            if self.outcome is None:
+                self.owner.log.exception("fragment %s failed", self.qid)
+                self._post("error", {"kind": "RuntimeError", "message": f"internal error: {type(exc).__name__}: {exc}"})
+        finally:
+            if result is not None:
+                try:
+                    result.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _compile(self):
+        engine = self.engine
+        with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
+            session = engine.store.session
+            saved = {}
+            try:
+                for name, value in self.params.items():
+                    key = name.lower()
+                    saved[key] = session.get(key, _MISSING)
+                    session[key] = value
+                result = engine.query(self.source)
+            finally:
+                for key, value in saved.items():
+                    if value is _MISSING:
+                        session.pop(key, None)
+                    else:
+                        session[key] = value
+        result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
+        self.ctx = result.ctx
+        if self.outcome is not None:
+            result.ctx.cancel.set()
+            raise _Stopped()
+        return result
+
+    def _stream(self, result) -> None:
+        names = list(self.names) if self.names and len(self.names) == len(result.columns) else list(result.columns)
+        width = len(result.columns)
+        ctx = result.ctx
+        rows_limit = self.limits.rows
+        memory_limit = self.limits.memory_mb
+        items = result.items()
+        if items is None or result.kind == "vector":
+            items = ({"$c0": row} if width == 1 else dict(zip([f"$c{i}" for i in range(width)], row))
+                     for row in result)
+        for item in items:
+            if self.outcome is not None:
+                raise _Stopped()
+            ctx.check()
+            if item is IDLE:
+                continue
+            n, cols = item_columns(item, width)
+            if not n:
+                continue
+            if memory_limit is not None and columns_bytes(cols) > memory_limit * 1e6:
+                raise QueryLimitError(f"a result batch of {columns_bytes(cols) / 1e6:.1f} MB went past the "
+                                      f"query's memory limit of {memory_limit:g} MB")
+            offset = 0
+            while offset < n:
+                if rows_limit is not None and self.taken_rows >= rows_limit:
+                    raise QueryLimitError(f"the query produced more than its limit of {rows_limit} rows")
+                want = min(n - offset, self.batch_rows)
+                if rows_limit is not None:
+                    want = min(want, rows_limit - self.taken_rows)
+                granted = self._take(want, ctx)
+                self._send([c[offset:offset + granted] for c in cols], granted, names)
+                offset += granted
+            if rows_limit is not None and self.taken_rows >= rows_limit and result.kind == "stream":
+                # a stream goes on: stop now rather than wait for a row past the limit
+                raise QueryLimitError(f"the query reached its limit of {rows_limit} rows")
+        if self.outcome is None:
+            self._post("ok", None)
+
+    def _take(self, want: int, ctx) -> int:
+        """Rows the window grants now, waiting (paused: not pulling from the query) while it is empty."""
+        with self._cond:
+            while True:
+                if self.outcome is not None:
+                    raise _Stopped()
+                granted = self.window.take(want)
+                if granted:
+                    self.taken_rows += granted
+                    return granted
+                self._cond.wait(CREDIT_WAIT_S)
+                ctx.check()
+
+    def _send(self, cols: list, n: int, names: list) -> None:
+        frame = wire.make("rows", qid=self.qid, seq=self.seq, n=n, cols=cols, names=names, time=time.time())
+        try:
+            data = wire.encode(frame, max_size=MAX_FRAME_PAYLOAD)
+        except wire.ProtocolError as exc:
+            if exc.code != "too_large" or n < 2:
+                raise QueryLimitError(f"a row of the result cannot be sent: {exc.reason}") from None
+            half = n // 2
+            self._send([c[:half] for c in cols], half, names)
+            self._send([c[half:] for c in cols], n - half, names)
+            return
+        self.seq += 1
+        future = asyncio.run_coroutine_threadsafe(self._send_rows(data, n), self.owner.loop)
+        try:
+            future.result()
+        except _Stopped:
+            raise
+        except Exception as exc:  # the connection failed under it
+            raise _Stopped() from exc
+
+
+_MISSING = object()
+
+
+class FragmentSet:
+    """The fragments running over one connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, send_frame: Callable[[wire.Frame], Awaitable[None]],
+                 send_bytes: Callable[[bytes], Awaitable[None]], engine: Callable[[], Any],
+                 default_limits: Limits | None = None, max_running: int = 32,
+                 compile_lock: threading.Lock | None = None, log: logging.Logger | None = None):
+        self.loop = loop
+        self.send_frame = send_frame
+        self.send_bytes = send_bytes
+        self.engine = engine
+        self.default_limits = default_limits or Limits()
+        self.max_running = max_running
+        self.compile_lock = compile_lock or threading.Lock()
+        self.log = log or logging.getLogger("streamql.edge.fragments")
+        self.running: dict[str, Fragment] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.started = 0
+
+    def spawn(self, coroutine) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self, fields: dict) -> Fragment:
+        qid = fields["qid"]
+        if qid in self.running:
+            raise DuplicateQuery(qid)
+        fragment = Fragment(self, fields, self.engine())
+        if len(self.running) >= self.max_running:
+            fragment.finish("error", {"kind": "LimitError",
+                                      "message": f"this edge runs at most {self.max_running} queries at once"})
+            return fragment
+        self.running[qid] = fragment
+        self.started += 1
+        fragment.start()
+        return fragment
+
+    def forget(self, fragment: Fragment) -> None:
+        if self.running.get(fragment.qid) is fragment:
+            del self.running[fragment.qid]
+
+    def credit(self, qid: str, rows: int) -> None:
+        fragment = self.running.get(qid)
+        if fragment is not None:            # credit for an unknown qid is ignored (protocol §6)
+            fragment.add_credit(rows)
+
+    def cancel(self, qid: str, reason: str = "cancelled") -> None:
+        fragment = self.running.get(qid)
+        if fragment is not None:
+            fragment.cancel(reason)
+
+    def drop_all(self) -> None:
+        for fragment in list(self.running.values()):
+            fragment.drop()
+
+    def qids(self) -> list[str]:
+        return sorted(self.running)
+
+    def paused(self) -> int:
+        return sum(1 for f in self.running.values() if f.window.available == 0)
+
+    async def drain(self, timeout: float = 2.0) -> None:
+        """Wait for end frames on their way (used when shutting down)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

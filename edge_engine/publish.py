@@ -1,0 +1,120 @@
+"""Results of autostart queries to the federation: into the store-and-forward buffer, out as `publish`.
+
+Producers (autostart query threads) call `emit`: each batch becomes one buffer record
+`{flow, n, cols, names, time}` — on disk before anything is sent, so it survives the link and
+the process. While connected, `send_loop` sends held records in sequence order as `publish`
+frames, at most 256 records (or 8 MiB) unacknowledged; `publish_ack {upto}` trims the buffer and
+lets it go on. After a reconnect, `welcome.publish_acked` trims what the federation already has
+and sending restarts from the oldest record held, so every record is delivered at least once on
+the wire and exactly once after the federation's deduplication by sequence (docs/protocol.md §8).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Awaitable, Callable
+
+from streamql import codec, wire
+
+from .autostart import AutostartSpec
+from .buffer import BufferError, StoreForwardBuffer
+
+__all__ = ["Publisher", "WINDOW_RECORDS", "WINDOW_BYTES"]
+
+WINDOW_RECORDS = 256
+WINDOW_BYTES = 8 << 20
+READ_BATCH = 64
+
+
+class Publisher:
+    """The buffer between autostart queries and the link (see the module docstring)."""
+
+    def __init__(self, buffer: StoreForwardBuffer, loop: asyncio.AbstractEventLoop, *,
+                 log: logging.Logger | None = None, window_records: int = WINDOW_RECORDS,
+                 window_bytes: int = WINDOW_BYTES):
+        self.buffer = buffer
+        self.loop = loop
+        self.log = log or logging.getLogger("streamql.edge.publish")
+        self.window_records, self.window_bytes = window_records, window_bytes
+        self._wake = asyncio.Event()
+        self._inflight: collections.deque[tuple[int, int]] = collections.deque()   # (seq, frame bytes)
+        self.appended = 0
+        self.refused = 0        # records too large for the buffer at all (also counted as errors)
+        self.sent = 0
+        self.skipped = 0        # held records that could not be read back or framed
+
+    # == producers (any thread) =================================================================
+    def emit(self, spec: AutostartSpec, n: int, cols: list, names: list) -> int | None:
+        """Store one batch of an autostart query's rows for its flow; the record's sequence."""
+        if spec.flow is None:
+            return None
+        record = {"flow": spec.flow, "n": n, "cols": cols, "names": names, "time": time.time()}
+        try:
+            seq = self.buffer.append(record)
+        except BufferError as exc:
+            self.refused += 1
+            self.log.error("results of %s not kept: %s", spec.name, exc)
+            return None
+        self.appended += 1
+        self.loop.call_soon_threadsafe(self._wake.set)
+        return seq
+
+    # == the link (event loop) ==================================================================
+    @property
+    def unacked(self) -> int:
+        return len(self._inflight)
+
+    def acked(self, upto: int, log: str | None = None) -> None:
+        """A publish_ack: the federation has every record <= upto of our log."""
+        if log is not None and log != self.buffer.log_id:
+            self.log.warning("publish_ack for log %s ignored: this edge's log is %s", log, self.buffer.log_id)
+            return
+        self.buffer.ack(upto)
+        while self._inflight and self._inflight[0][0] <= upto:
+            self._inflight.popleft()
+        self._wake.set()
+
+    async def send_loop(self, send_bytes: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send held records while the connection lasts (cancel the task when it drops)."""
+        inflight = self._inflight = collections.deque()
+        next_seq = self.buffer.first_seq or self.buffer.next_seq
+        while True:
+            self._wake.clear()
+            while inflight and inflight[0][0] <= self.buffer.acked:
+                inflight.popleft()
+            room = self.window_records - len(inflight)
+            room_bytes = self.window_bytes - sum(size for _, size in inflight)
+            sent_any = False
+            if room > 0 and room_bytes > 0:
+                records = self.buffer.read_from(next_seq, max_records=min(room, READ_BATCH), max_bytes=room_bytes,
+                                                raw=True)
+                for seq, payload in records:
+                    data = self._frame(seq, payload)
+                    next_seq = seq + 1
+                    if data is None:
+                        continue
+                    await send_bytes(data)
+                    inflight.append((seq, len(data)))
+                    self.sent += 1
+                    sent_any = True
+                if records and not sent_any:
+                    continue        # all skipped: read on
+            if not sent_any:
+                await self._wake.wait()
+
+    def _frame(self, seq: int, payload: bytes) -> bytes | None:
+        try:
+            record = codec.unpack(payload)
+            fields = {"seq": seq, "flow": record["flow"], "n": record["n"], "cols": record["cols"],
+                      "dropped": self.buffer.dropped}
+            if record.get("names") is not None:
+                fields["names"] = record["names"]
+            if record.get("time") is not None:
+                fields["time"] = record["time"]
+            return wire.encode(wire.make("publish", **fields))
+        except (codec.CodecError, wire.ProtocolError, KeyError, TypeError) as exc:
+            self.skipped += 1
+            self.log.error("buffer record %d cannot be sent and is skipped: %s", seq, exc)
+            return None
