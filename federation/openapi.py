@@ -25,7 +25,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
 def _errors(*statuses: int) -> dict:
     words = {400: "Bad input (with the position when it is in a statement)", 401: "Missing or unknown token",
              403: "The token's role does not allow this", 404: "Not found", 409: "Already exists",
-             413: "Request body too large", 501: "Not implemented yet"}
+             406: "Neither NDJSON nor msgpack is acceptable to the client", 413: "Request body too large",
+             501: "Not available on this federation"}
     return {str(s): _json(ERROR, words[s]) for s in statuses}
 
 
@@ -35,23 +36,45 @@ ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "st
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/query": {
         "post": {
-            "summary": "Run a statement; rows stream back as NDJSON (or msgpack), then each device's outcome",
+            "summary": "Run one statement; rows stream back as NDJSON (or msgpack), then each device's outcome",
+            "description": "Columns, types and the result kind come in the response headers X-StreamQL-Columns, "
+                           "X-StreamQL-Types (JSON arrays) and X-StreamQL-Kind (and X-StreamQL-Deployment for a "
+                           "deploy, rollback or undeploy). The body has one JSON array per row with exactly the "
+                           'selected columns, then a last line {"status": {device: {outcome, rows, reason}}, '
+                           '"rows": n, "message"?, "deployment_id"?}; an error while rows stream makes the last '
+                           'line {"error": {kind, message, line, column}, "status": …, "rows": n}. With '
+                           "Accept: application/x-msgpack the same values come as concatenated msgpack objects "
+                           "(streamql.codec: arrays, times and records keep their types). Closing the connection "
+                           "cancels the statement. Deploy, rollback and undeploy need the deploy role.",
             "tags": ["query"], "x-streamql-role": "read",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("QueryRequest")}}},
+            "parameters": [{"name": "Accept", "in": "header", "schema": {
+                "enum": ["application/x-ndjson", "application/x-msgpack", "application/json", "*/*"]}}],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("QueryRequest")},
+                "text/plain": {"schema": {"type": "string", "description": "the statement itself"}}}},
             "responses": {
                 "200": {"description": "One JSON array per row with exactly the selected columns, then a last "
-                                       'line {"status": {…}} with each device\'s outcome',
+                                       'line {"status": {…}, "rows": n} with each device\'s outcome',
+                        "headers": {name: {"schema": {"type": "string"}} for name in (
+                            "X-StreamQL-Columns", "X-StreamQL-Types", "X-StreamQL-Kind", "X-StreamQL-Deployment")},
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                     "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}}}},
-                **_errors(400, *AUTH_ERRORS, 413)},
+                **_errors(400, *AUTH_ERRORS, 406, 413, 501)},
         },
     },
     "/v1/query/ws": {
         "get": {
             "summary": "WebSocket: submit statements, stream their rows, cancel them",
-            "description": "Browsers, which cannot set headers on a WebSocket, may pass the token as ?access_token=.",
+            "description": 'Client messages: {"type": "query", "id", "query", "limits"?} and {"type": "cancel", '
+                           '"id"}. Federation messages per id: {"type": "columns", "columns", "types", "kind"}, '
+                           '{"type": "rows", "rows": [[…], …]}, then {"type": "end", "status", "rows"} or '
+                           '{"type": "error", "error", "status"?} or {"type": "cancelled", "status", "rows"}. '
+                           "JSON text messages, or msgpack binary ones with ?format=msgpack. Browsers, which "
+                           "cannot set headers on a WebSocket, may pass the token as ?access_token=.",
             "tags": ["query"], "x-streamql-role": "read",
-            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, **_errors(*AUTH_ERRORS)},
+            "parameters": [{"name": "format", "in": "query", "schema": {"enum": ["json", "msgpack"]}}],
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"},
+                          **_errors(400, *AUTH_ERRORS, 501)},
         },
     },
     "/v1/edges": {
@@ -80,8 +103,12 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/edges/connect": {
         "get": {
             "summary": "WebSocket used by edge engines (device token): announce, heartbeats, fragments, results",
+            "description": "docs/protocol.md: binary msgpack frames of streamql.wire (at most 16 MiB each). The "
+                           "token must belong to the device the hello names (else welcome {accepted: false} "
+                           "and close 4003).",
             "tags": ["edges"], "x-streamql-role": "device",
-            "responses": {"101": {"description": "Switching to the WebSocket protocol"}, **_errors(*AUTH_ERRORS)},
+            "responses": {"101": {"description": "Switching to the WebSocket protocol"},
+                          **_errors(400, *AUTH_ERRORS)},
         },
     },
     "/v1/edges/{id}": {
@@ -126,18 +153,21 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "models": {"type": "array", "items": _ref("Bundle")}}}), **_errors(*AUTH_ERRORS)},
         },
         "post": {
-            "summary": "Upload a signed model bundle (one packed file)", "tags": ["models"],
-            "x-streamql-role": "deploy",
+            "summary": "Upload a signed model bundle (one packed file), verified against the trusted keys",
+            "tags": ["models"], "x-streamql-role": "deploy",
             "requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
-            "responses": {"201": _json(_ref("Bundle"), "Stored"), **_errors(400, *AUTH_ERRORS, 409, 413, 501)},
+            "responses": {"201": _json(_ref("UploadedBundle"), "Stored"),
+                          "200": _json(_ref("UploadedBundle"), "The same bytes were stored before"),
+                          **_errors(400, *AUTH_ERRORS, 409, 413)},
         },
     },
     "/v1/deployments": {
         "get": {
             "summary": "Deployments, newest first", "tags": ["deployments"], "x-streamql-role": "read",
             "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
-                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "deployments": {"type": "array", "items": _ref("Deployment")}}}), **_errors(400, *AUTH_ERRORS)},
         },
@@ -146,7 +176,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "summary": "Progress of one deployment per device: pending, sending, done, skipped (why), failed (why)",
             "tags": ["deployments"], "x-streamql-role": "read",
-            "parameters": [{**ID_PARAM, "schema": {"type": "integer"}}],
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                           {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 60},
+                            "description": "seconds to wait for the deployment to settle (finished, or only "
+                                           "offline devices pending) before answering"}],
             "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404)},
         },
     },
@@ -184,10 +217,11 @@ SCHEMAS: dict[str, dict] = {
         "type": "object", "required": ["kind", "message"],
         "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
                        "line": {"type": ["integer", "null"]}, "column": {"type": ["integer", "null"]}}}}},
-    "QueryRequest": {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "string", "description": "one or more statements, each ending with ;"},
-        "timeout": {"type": "number", "description": "seconds each device has to answer"},
-        "limit": {"type": "integer"}}},
+    "QueryRequest": {"type": "object", "required": ["query"], "additionalProperties": False, "properties": {
+        "query": {"type": "string", "description": "one statement (ending with ;)"},
+        "limits": {"type": "object", "additionalProperties": False, "description": "per-fragment limits",
+                   "properties": {"rows": {"type": "integer", "minimum": 1}, "seconds": {"type": "number"},
+                                  "memory_mb": {"type": "number"}}}}},
     "ModelVersion": {"type": "object", "properties": {
         "version": {"type": "string"}, "previous_version": {"type": ["string", "null"]}, "updated": {"type": "number"}}},
     "Edge": {"type": "object", "required": ["id", "metadata", "capabilities", "online"], "properties": {
@@ -216,20 +250,35 @@ SCHEMAS: dict[str, dict] = {
     "Bundle": {"type": "object", "properties": {
         "name": {"type": "string"}, "version": {"type": "string"}, "sha256": {"type": "string"},
         "manifest": {"type": "object"}, "size": {"type": "integer"}, "uploaded": {"type": "number"},
-        "uploader": {"type": "string"}}},
+        "uploader": {"type": "string"}, "requirements": {"type": "object"},
+        "models": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "variants": {"type": ["array", "null"], "items": {"type": "string"}}}}}}},
+    "UploadedBundle": {"allOf": [_ref("Bundle"), {"type": "object", "properties": {
+        "created": {"type": "boolean"}, "signed_by": {"type": "array", "items": {"type": "string"}},
+        "verified_by": {"type": ["string", "null"], "description": "the trusted key whose signature held"}}}]},
+    "TargetCounts": {"type": "object", "properties": {
+        state: {"type": "integer"} for state in ("pending", "sending", "done", "skipped", "failed")}},
     "Deployment": {"type": "object", "properties": {
-        "id": {"type": "integer"}, "action": {"enum": ["deploy", "rollback", "undeploy"]},
-        "bundle": {"type": "string"}, "version": {"type": ["string", "null"]}, "selection": {"type": "string"},
-        "created": {"type": "number"}, "updated": {"type": "number"},
+        "id": {"type": "string"}, "action": {"enum": ["deploy", "rollback", "undeploy"]},
+        "model": {"type": "string"}, "bundle": {"type": "string"}, "version": {"type": ["string", "null"]},
+        "selection": {"type": "string"}, "created": {"type": "number"}, "updated": {"type": "number"},
         "state": {"enum": ["pending", "running", "done", "aborted", "failed", "cancelled"]},
-        "waves": {"type": "object"}, "failure_threshold": {"type": "number"}, "created_by": {"type": "string"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
-    "DeploymentTarget": {"type": "object", "properties": {
-        "device_id": {"type": "string"}, "state": {"enum": ["pending", "sending", "done", "skipped", "failed"]},
+        "waves": {"type": "object", "properties": {"count": {"type": "integer"}, "current": {"type": "integer"}}},
+        "failure_threshold": {"type": "number"}, "created_by": {"type": "string"}, "counts": _ref("TargetCounts")}},
+    "DeploymentDevice": {"type": "object", "properties": {
+        "id": {"type": "string"}, "state": {"enum": ["pending", "sending", "done", "skipped", "failed"]},
         "reason": {"type": ["string", "null"]}, "variant": {"type": ["string", "null"]},
         "wave": {"type": "integer"}, "updated": {"type": "number"}}},
-    "DeploymentProgress": {"allOf": [_ref("Deployment"), {"type": "object", "properties": {
-        "targets": {"type": "array", "items": _ref("DeploymentTarget")}}}]},
+    "DeploymentProgress": {"type": "object", "properties": {
+        "id": {"type": "string"}, "action": {"enum": ["deploy", "rollback", "undeploy"]},
+        "model": {"type": "string"}, "version": {"type": ["string", "null"]}, "selection": {"type": "string"},
+        "state": {"enum": ["pending", "running", "done", "aborted", "failed", "cancelled"]},
+        "created": {"type": "number"}, "updated": {"type": "number"}, "requested_by": {"type": "string"},
+        "waves": {"type": "object", "properties": {"count": {"type": "integer"}, "current": {"type": "integer"}}},
+        "failure_threshold": {"type": "number"}, "counts": _ref("TargetCounts"),
+        "waiting_for_offline": {"type": "integer", "description": "pending devices that are not connected"},
+        "settled": {"type": "boolean", "description": "finished, or only waiting for offline devices"},
+        "devices": {"type": "array", "items": _ref("DeploymentDevice")}}},
 }
 
 

@@ -1,0 +1,232 @@
+"""Fleet results on the wire of the HTTP API: NDJSON or msgpack rows, the status line, errors.
+
+    POST /v1/query → 200, headers X-StreamQL-Columns / -Types / -Kind (JSON), then the body:
+        [1, "wl-1", 2.5]                  one JSON array per row, exactly the selected columns
+        …
+        {"status": {"wl-1": {"outcome": "answered", "rows": 2, …}}, "rows": 2}          the last line
+    or, when the statement fails while rows stream:
+        {"error": {"kind", "message", "line", "column"}, "status": {…}, "rows": 1}     the last line
+
+With `Accept: application/x-msgpack` the body is the same sequence of values, each one msgpack
+object encoded by `streamql.codec` (so numpy arrays, times and records keep their types).
+Rows are written as they arrive: buffered up to 64 KiB, and never held back more than 20 ms.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from federation.auth import Principal, Role
+from federation.errors import FederationError, Forbidden
+from federation.metrics import FederationMetrics
+from streamql import ast as A
+from streamql import codec
+from streamql.errors import QueryError
+from streamql.syntax import parse_one
+
+log = logging.getLogger("streamql.federation.query")
+
+NDJSON = "application/x-ndjson"
+MSGPACK = "application/x-msgpack"
+FLUSH_BYTES = 64 * 1024
+FLUSH_DELAY_S = 0.02
+DEPLOYMENT_STATEMENTS = (A.Deploy, A.Rollback, A.Undeploy)
+
+
+class NotAcceptable(FederationError):
+    kind = "NotAcceptable"
+    http_status = 406
+
+
+def choose_format(accept: str | None) -> str:
+    """NDJSON unless the client asks for msgpack; 406 for a client that accepts neither."""
+    if not accept:
+        return NDJSON
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if MSGPACK in wanted or "application/msgpack" in wanted:
+        return MSGPACK
+    if any(w in (NDJSON, "application/json", "application/*", "*/*", "text/plain", "text/*") for w in wanted):
+        return NDJSON
+    raise NotAcceptable(f"rows come as {NDJSON} (the default) or {MSGPACK}, not {accept}")
+
+
+def plain_line(value: Any) -> bytes:
+    return json.dumps(codec.to_plain(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def encoder_for(fmt: str) -> Callable[[Any], bytes]:
+    if fmt == MSGPACK:
+        return codec.pack
+    return plain_line
+
+
+def error_info(exc: BaseException) -> dict:
+    """The JSON error of an exception: a QueryError's kind and position, anything else internal."""
+    if isinstance(exc, QueryError):
+        return exc.to_dict()
+    return {"kind": "InternalError", "message": "internal error; the service logged it", "line": None, "column": None}
+
+
+def check_statement(text: str, principal: Principal) -> A.Statement:
+    """One statement, parsed (a bad one → 400 with its position); deployments need the deploy role."""
+    statement = parse_one(text)  # several statements: a ParseError at the second (execute() splits scripts)
+    if isinstance(statement, DEPLOYMENT_STATEMENTS) and not principal.allows(Role.DEPLOY):
+        error = Forbidden(f"{type(statement).__name__.lower()} needs a token with the deploy role; this one is "
+                          f"{principal.role.label}")
+        error.span = statement.span
+        raise error
+    return statement
+
+
+def result_headers(result: Any, fmt: str) -> dict[str, str]:
+    headers = {"Content-Type": fmt if fmt == MSGPACK else f"{NDJSON}; charset=utf-8",
+               "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+               "X-StreamQL-Columns": json.dumps(list(result.columns)),
+               "X-StreamQL-Types": json.dumps([str(t) for t in result.types]),
+               "X-StreamQL-Kind": str(result.kind)}
+    if getattr(result, "deployment_id", None) is not None:
+        headers["X-StreamQL-Deployment"] = str(result.deployment_id)
+    return headers
+
+
+def final_record(result: Any, rows: int, error: BaseException | None = None) -> dict:
+    out: dict[str, Any] = {}
+    if error is not None:
+        out["error"] = error_info(error)
+    out["status"] = dict(getattr(result, "status", None) or {})
+    out["rows"] = rows
+    for name in ("message", "deployment_id"):
+        value = getattr(result, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class RowWriter:
+    """Rows buffered on their way out, flushed when the buffer is full or 20 ms after the first
+    row started waiting — so rows that trickle in are never held back while the next is awaited.
+
+    `emit(items)` sends a list of buffered items (encoded rows for HTTP, row lists for the
+    WebSocket); the buffer is full at `max_items` items or `max_bytes` bytes of encoded rows.
+    """
+
+    def __init__(self, emit: Callable[[list], Any], metrics: FederationMetrics | None = None, *,
+                 max_items: int = 1 << 30, max_bytes: int = FLUSH_BYTES):
+        self._emit = emit
+        self.metrics = metrics
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self.items: list = []
+        self.size = 0
+        self.rows = 0
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task | None = None
+        self.error: BaseException | None = None
+
+    async def add(self, item: Any) -> None:
+        self.items.append(item)
+        if isinstance(item, (bytes, bytearray)):
+            self.size += len(item)
+        if len(self.items) >= self.max_items or self.size >= self.max_bytes:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        if self.items and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.ensure_future(self._quiet_flush())
+
+    async def _quiet_flush(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # the client went away: the main loop sees it at its next add
+            self.error = exc
+
+    async def flush(self) -> None:
+        if self.error is not None:
+            raise self.error
+        async with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self.items:
+                return
+            items, self.items, self.size = self.items, [], 0
+            await self._emit(items)
+            self.rows += len(items)
+            if self.metrics is not None:
+                self.metrics.query_rows.inc(len(items))
+                self.metrics.query_rows_rate.mark(len(items))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+
+
+async def watch_disconnect(request: web.Request, interval: float = 0.25) -> None:
+    """Returns when the client's connection is gone (aiohttp does not cancel handlers itself)."""
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(interval)
+
+
+async def close_result(result: Any) -> None:
+    """aclose the result, even from a task being cancelled, without letting it raise."""
+    close = getattr(result, "aclose", None)
+    if close is None:
+        return
+    try:
+        await asyncio.shield(asyncio.ensure_future(close()))
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("closing a fleet result failed")
+
+
+class QueryTimer:
+    """Counts a statement in the metrics: running while it streams, then by outcome."""
+
+    def __init__(self, metrics: FederationMetrics):
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.outcome = "ok"
+
+    def __enter__(self) -> "QueryTimer":
+        self.metrics.queries_running.inc()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.metrics.queries_running.dec()
+        self.metrics.queries.inc(outcome=self.outcome)
+
+
+async def pump_rows(result: Any, writer: RowWriter, encode: Callable[[Any], Any]) -> None:
+    """Every row of the result into the writer, then a final flush."""
+    rows = result.rows()
+    try:
+        async for row in rows:
+            await writer.add(encode(list(row)))
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # the rows before the error still go out
+            await writer.flush()
+        raise
+    else:
+        await writer.flush()
+    finally:
+        with contextlib.suppress(Exception):
+            await rows.aclose()
