@@ -1,0 +1,113 @@
+"""`streamql query --federation URL --token T "select …;"`: rows as they arrive, then each device's
+outcome (on standard error, so standard output holds only rows).
+
+    streamql query --federation https://fed:8080 --token $T --ca-file ca.pem "select id(e) from Edge e;"
+    streamql query --federation URL --format json "…"        one JSON array per row (NDJSON)
+    streamql query --federation URL --token T -f script.sql   every statement of a file, in order
+
+The token may also come from $STREAMQL_TOKEN. Exit status: 0, 1 for a statement's error, 2 for
+usage, 3 when the federation refused or could not be reached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("query", help="run a statement on a federation",
+                                   description="Run StreamQL statements on a federation and print the rows.")
+    parser.add_argument("statement", nargs="?", help="the statement (or use --file)")
+    parser.add_argument("--federation", required=True, metavar="URL", help="the federation, http(s)://host:port")
+    parser.add_argument("--token", help="bearer token (default: $STREAMQL_TOKEN)")
+    parser.add_argument("--ca-file", metavar="PEM", help="trust this CA for https (a private federation)")
+    parser.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    parser.add_argument("--file", "-f", metavar="FILE", help="run every statement of a script file")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: tab-separated values (default); json: one JSON array per row")
+    parser.add_argument("--quiet", "-q", action="store_true", help="do not print the status per device")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _text(value: Any) -> str:
+    from streamql import codec
+
+    plain = codec.to_plain(value)
+    return plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False)
+
+
+def _print_row(row: Any, width: int, fmt: str) -> None:
+    from streamql import codec
+
+    values = list(row) if width > 1 and isinstance(row, tuple) else [row]
+    if fmt == "json":
+        print(json.dumps(codec.to_plain(values), ensure_ascii=False), flush=True)
+    else:
+        print("\t".join(_text(v) for v in values), flush=True)
+
+
+def _print_status(result, quiet: bool) -> None:
+    if result.message:
+        print(result.message, file=sys.stderr)
+    if result.deployment_id:
+        print(f"deployment {result.deployment_id}", file=sys.stderr)
+    if quiet or not result.status:
+        return
+    width = max(len(str(device)) for device in result.status)
+    for device, outcome in sorted(result.status.items()):
+        outcome = outcome if isinstance(outcome, dict) else {"outcome": outcome}
+        reason = outcome.get("reason")
+        line = f"{device:<{width}}  {outcome.get('outcome', '?'):<10} {outcome.get('rows', 0):>8} rows"
+        print(line + (f"  {reason}" if reason else ""), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamql.client import FederationRequestError, FederationUnavailable, connect
+    from streamql.errors import QueryError
+
+    if bool(args.statement) == bool(args.file):
+        print("streamql query: give one statement, or --file FILE", file=sys.stderr)
+        return 2
+    try:
+        fleet = connect(args.federation, args.token, ca_file=args.ca_file, verify=not args.insecure)
+    except ValueError as exc:
+        print(f"streamql query: {exc}", file=sys.stderr)
+        return 2
+    if args.file:
+        from pathlib import Path
+
+        from streamql.syntax import parse
+        script = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        try:
+            statements = [script[s.span.start:s.span.end] + ";" for s in parse(script)]
+        except QueryError as exc:
+            print(f"{args.file}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        statements = [args.statement]
+    for text in statements:
+        result = None
+        try:
+            result = fleet.query(text, format="msgpack")
+            for row in result:
+                _print_row(row, len(result.columns), args.format)
+        except FederationRequestError as exc:
+            print(f"streamql query: {exc}", file=sys.stderr)
+            return 3 if exc.status in (401, 403, 404, 501) or exc.status is None else 1
+        except FederationUnavailable as exc:
+            print(f"streamql query: {exc}", file=sys.stderr)
+            return 3
+        except QueryError as exc:
+            print(str(exc), file=sys.stderr)
+            if result is not None and result.status:
+                _print_status(result, args.quiet)
+            return 1
+        except KeyboardInterrupt:
+            if result is not None:
+                result.close()
+            return 130
+        _print_status(result, args.quiet)
+    return 0
