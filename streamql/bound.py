@@ -58,6 +58,28 @@ class TExpr:
     def _own_volatility(self) -> bool:
         return False
 
+    @property
+    def facts(self) -> tuple[int, bool, bool]:
+        """(node count, holds a call of a non-operator function, holds a subquery or aggregate),
+        computed once per node: the optimizer asks about every subtree many times."""
+        cached = self.__dict__.get("_facts")
+        if cached is None:
+            size, costly, opaque = 1, self._own_cost(), self._own_opacity()
+            for child in self.children():
+                child_size, child_costly, child_opaque = child.facts
+                size += child_size
+                costly = costly or child_costly
+                opaque = opaque or child_opaque
+            cached = (size, costly, opaque)
+            object.__setattr__(self, "_facts", cached)
+        return cached
+
+    def _own_cost(self) -> bool:
+        return False
+
+    def _own_opacity(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True)
 class TConst(TExpr):
@@ -96,6 +118,9 @@ class TCall(TExpr):
 
     def _own_volatility(self) -> bool:
         return self.fn.volatile
+
+    def _own_cost(self) -> bool:
+        return self.fn.topic != "operator"
 
 
 @dataclass(frozen=True)
@@ -202,6 +227,9 @@ class TQuery(TExpr):
     def _own_volatility(self) -> bool:
         return self.query.volatile
 
+    def _own_opacity(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class TAt(TExpr):
@@ -226,6 +254,9 @@ class TAggregate(TExpr):
     fn: Any = None  # the aggregate overload
     arg: TExpr | None = None  # None for count(*)
     node: Any = field(default=None, compare=False, repr=False)  # the argument's AST (for fleet fragments)
+
+    def _own_opacity(self) -> bool:
+        return True
 
     def children(self):
         return () if self.arg is None else (self.arg,)

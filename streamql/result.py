@@ -134,10 +134,12 @@ class Result:
         """Stop the query and free its sources."""
         if self.ctx is not None:
             self.ctx.cancel.set()
-        try:
-            self._rows.close()
-        except ValueError:
-            pass
+        close = getattr(self._rows, "close", None)  # rows already computed are a plain iterator
+        if close is not None:
+            try:
+                close()
+            except ValueError:
+                pass
         self._finish()
 
     def __del__(self):

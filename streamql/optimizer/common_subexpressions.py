@@ -17,47 +17,53 @@ from ..bound import TAggregate, TCall, TConst, TExpr, TField, TNarrow, TQuery, T
 from .tree import expressions, map_expressions, nodes_of, relink, size, substitute, walk_all
 
 NAME = "common_subexpressions"
-MAX_ROUNDS = 16
 
 
 def _candidate(expr: TExpr) -> bool:
     if isinstance(expr, (TVar, TConst, TNarrow, TQuery, TAggregate)):
         return False
-    if expr.volatile or expr.type.is_stream or expr.type.is_bag:
-        return False
-    if any(isinstance(sub, (TQuery, TAggregate)) for sub in walk_all(expr)):
+    size, costly, opaque = expr.facts
+    if opaque or expr.volatile or expr.type.is_stream or expr.type.is_bag:
         return False
     if not expr.free_variables():
         return False  # constants are folded, not shared
     if isinstance(expr, (TStored, TField)):
         return True
-    worth = any(isinstance(sub, TCall) and sub.fn.topic != "operator" for sub in walk_all(expr))
-    return worth or size(expr) >= 5
+    return costly or size >= 5
 
 
 def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
     nodes = nodes_of(plan)
-    for _ in range(MAX_ROUNDS):
-        counts: Counter = Counter()
-        first_use: dict[TExpr, int] = {}
-        for index, node in enumerate(nodes):
-            if isinstance(node, L.Generate) and node.mode == "each":
-                continue  # a generator's source is evaluated once per input row already
-            for expr in expressions(node):
-                for sub in walk_all(expr):
-                    if _candidate(sub):
-                        counts[sub] += 1
-                        first_use.setdefault(sub, index)
-        shared = [e for e, n in counts.items() if n >= 2]
-        if not shared:
-            break
-        chosen = max(shared, key=size)
-        name = ctx.name("x")
-        position = first_use[chosen]
-        replacement = TVar(chosen.type, name, span=chosen.span)
-        for node in nodes[position:]:
-            map_expressions(node, lambda e: substitute(e, {chosen: replacement}))
-        nodes.insert(position, L.Let(None, name, chosen, required=False))
-        from ..explain import expr_text
-        ctx.fire(NAME, f"{expr_text(chosen)} computed once as {name} ({counts[chosen]} uses)")
+    counts: Counter = Counter()
+    first_use: dict[TExpr, int] = {}
+    for index, node in enumerate(nodes):
+        if isinstance(node, L.Generate) and node.mode == "each":
+            continue  # a generator's source is evaluated once per input row already
+        for expr in expressions(node):
+            for sub in walk_all(expr):
+                if _candidate(sub):
+                    counts[sub] += 1
+                    first_use.setdefault(sub, index)
+    shared = sorted((e for e, n in counts.items() if n >= 2), key=lambda e: -e.facts[0])
+    chosen: list[TExpr] = []
+    for candidate in shared:
+        # uses left once the chosen (larger) expressions are computed once each
+        inside = [c for c in chosen if any(sub == candidate for sub in walk_all(c))]
+        covered = sum(counts[c] * sum(1 for sub in walk_all(c) if sub == candidate) for c in inside)
+        if counts[candidate] - covered + len(inside) >= 2:
+            chosen.append(candidate)
+    if not chosen:
+        return plan
+    names = {expr: ctx.name("x") for expr in chosen}
+    mapping = {expr: TVar(expr.type, names[expr], span=expr.span) for expr in chosen}
+    for node in nodes:
+        map_expressions(node, lambda e: substitute(e, mapping))
+    # each Let just before its first use; an inner expression's Let before the one using it
+    order = sorted(chosen, key=lambda e: (first_use[e], e.facts[0]))
+    from ..explain import expr_text
+    for expr in reversed(order):
+        inner = {k: v for k, v in mapping.items() if k is not expr}
+        nodes.insert(first_use[expr], L.Let(None, names[expr], substitute(expr, inner), required=False))
+    for expr in order:
+        ctx.fire(NAME, f"{expr_text(expr)} computed once as {names[expr]} ({counts[expr]} uses)")
     return relink(plan, nodes)
