@@ -298,6 +298,17 @@ class Binder:
                     return TVar(node.type, f"$g{index}", span=node.span)
             if isinstance(node, TVar) and node.name.startswith("$a"):
                 return node
+            if isinstance(node, TQuery):
+                # a subquery reading a group key gets it from the group's column
+                wrapped = node
+                for name in sorted(node.query.outer_references & set(variables)):
+                    index = next((i for i, k in enumerate(keys) if isinstance(k, TVar) and k.name == name), None)
+                    if index is None:
+                        raise self.type_error(
+                            f"{variables[name].written} must appear in the group by clause to be used in "
+                            "a subquery of an aggregate query", node.span or span)
+                    wrapped = TLet(node.type, name, TVar(keys[index].type, f"$g{index}"), wrapped, span=node.span)
+                return wrapped
             if isinstance(node, TVar) and node.name in variables:
                 raise self.type_error(
                     f"{variables[node.name].written} must appear in the group by clause or be used inside "

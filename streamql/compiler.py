@@ -39,18 +39,24 @@ def physical_plan(plan: LogicalPlan, ctx, optimize=None) -> PhysicalPlan:
             cache[key] = physical_plan(plan_query(query, source, optimize), ctx, optimize)
         sub = cache[key]
         width = len(query.items)
-        return lambda outer: query_values(sub.run(outer), width)
+        return lambda outer: query_values(sub.run(outer), width, ctx)
 
     return PhysicalPlan(plan, ctx, compile_subquery)
 
 
-def query_values(items, width: int):
-    """A query's output items as stream items of its values (several columns → vectors)."""
+def query_values(items, width: int, ctx=None):
+    """A query's output items as stream items of its values (several columns → vectors).
+
+    With a context, cancellation and limits are checked per item: a subquery may be collected
+    whole (`x in (select …)`, `count(select …)`) far from any other check."""
     from .batch import IDLE, Batch
     from .physical.chunk import column_values
     from .library.vector import make_vector
     names = [f"$c{i}" for i in range(width)]
+    check = ctx.check if ctx is not None else None
     for item in items:
+        if check is not None:
+            check()
         if item is IDLE:
             yield item
         elif type(item) is dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -35,6 +36,11 @@ from .syntax import parse, parse_one
 from .types import Type, parse_type
 
 QUERY_STATEMENTS = (A.Select, A.ExprStatement)
+
+# The binder, planner and printer recurse over the tree; the parser allows 400 levels, which needs
+# more than Python's default of 1,000 frames.
+if sys.getrecursionlimit() < 6000:
+    sys.setrecursionlimit(6000)
 
 
 class FlowRegistry:
@@ -297,7 +303,7 @@ class Engine:
             from .compiler import query_values
             plan = plan_query(query, source, self._optimizer() if self.optimize_enabled else None)
             sub = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
-            return lambda outer: query_values(sub.run(outer), len(query.items))
+            return lambda outer: query_values(sub.run(outer), len(query.items), ctx)
 
         compiled = ExprCompiler(ctx, compile_subquery).compile(expr)
         try:

@@ -176,6 +176,8 @@ def as_numeric_array(values: list) -> np.ndarray | None:
     if isinstance(first, np.ndarray) and first.dtype != object:
         shape = first.shape
         if all(isinstance(v, np.ndarray) and v.shape == shape and v.dtype != object for v in values):
+            if len(shape) >= 31:  # numpy holds at most 64 dimensions; deep nests stay lists
+                return None
             return np.stack(values)
     return None
 

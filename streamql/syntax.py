@@ -603,8 +603,56 @@ _STATEMENT_START = {"SELECT", "CREATE", "SET", "DELETE", "DROP", "INSERT", "EXPL
 _DIRECTIVE = re.compile(r"^[ \t]*(?://|--)[ \t]*([A-Za-z_]+[ \t]*:.*?)[ \t]*$", re.MULTILINE)
 
 
+MAX_NESTING = 64   # brackets inside brackets: far beyond what a person writes
+MAX_DEPTH = 400    # levels of the tree (a sum of 400 terms): the binder and printer recurse this deep
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse absurdly deep nesting before it reaches the recursive parts (cheap: one scan)."""
+    depth = 0
+    quote = None
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise QueryParseError(f"the statement is nested more than {MAX_NESTING} brackets deep",
+                                      Span.at(text, i, 1), text)
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "-" and text.startswith("--", i) or ch == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif ch == "/" and text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            continue
+        i += 1
+
+
+def _check_depth(text: str, statement: A.Statement) -> None:
+    """The tree's depth, measured without recursion; too deep is a parse error at that node."""
+    stack = [(statement, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise QueryParseError(f"the statement is nested more than {MAX_DEPTH} levels deep (split a long "
+                                  "expression into functions)", node.span or statement.span, text)
+        for child in node.children():
+            stack.append((child, depth + 1))
+
+
 def parse(text: str) -> A.Script:
     """Parse a script of `;`-separated statements into a `Script` (the last `;` may be left out)."""
+    _check_nesting(text)
     try:
         statements = tuple(parser().parse(text))
     except UnexpectedInput as exc:
@@ -612,6 +660,10 @@ def parse(text: str) -> A.Script:
     except QueryError as exc:
         exc.source = text
         raise
+    except RecursionError:
+        raise QueryParseError("the statement is nested too deeply", Span.at(text, 0, len(text)), text) from None
+    for statement in statements:
+        _check_depth(text, statement)
     return A.Script(_attach_directives(text, statements), span=Span.at(text, 0, len(text)))
 
 

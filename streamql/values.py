@@ -154,6 +154,9 @@ def _hashable(value: Any) -> Any:
         return int(value)  # 1 = 1.0 holds, so they must hash alike
     if isinstance(value, np.generic):
         return _hashable(value.item())
+    materialize = getattr(value, "materialize", None)  # a bag computed on demand
+    if materialize is not None:
+        return materialize()
     return value
 
 

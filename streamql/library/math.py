@@ -57,9 +57,15 @@ def round_half_away(x):
 
 def roundto(x, digits):
     """Round to a number of decimals, half away from zero."""
+    if isinstance(x, np.ndarray) or isinstance(digits, np.ndarray):
+        x_arr = np.asarray(x, dtype=np.float64)
+        d = np.asarray(digits, dtype=np.float64)
+        if x_arr.ndim == 2 and d.ndim == 1:
+            d = d[:, None]
+        with np.errstate(all="ignore"):
+            factor = 10.0 ** d
+            return np.sign(x_arr) * np.floor(np.abs(x_arr) * factor + 0.5) / factor
     factor = 10.0 ** digits
-    if isinstance(x, np.ndarray):
-        return np.sign(x) * np.floor(np.abs(x) * factor + 0.5) / factor
     if not math.isfinite(x):
         return x
     return math.copysign(math.floor(abs(x) * factor + 0.5), x) / factor

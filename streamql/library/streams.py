@@ -39,7 +39,16 @@ def _closing(items):
 
 
 # ---------------------------------------------------------------------------------- sources
+INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
 def iota(lo: int, hi: int) -> LazyBag:
+    for bound in (lo, hi):
+        if not INT64[0] <= bound <= INT64[1]:
+            raise QueryRuntimeError(f"iota's bounds must fit in 64 bits, not {bound}")
+    if hi == INT64[1]:
+        raise QueryRuntimeError("iota cannot count up to the largest 64-bit integer")
+
     def open_():
         for start in range(lo, hi + 1, BATCH):
             yield Batch(np.arange(start, min(start + BATCH, hi + 1), dtype=np.int64))

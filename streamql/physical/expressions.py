@@ -115,8 +115,13 @@ class ExprCompiler:
                     if item is IDLE:
                         yield item
                     elif type(item) is Batch:
-                        yield _map_batch(item, others, position, scalar, batch_impl, null_propagating,
-                                         element_is_timeval, fn, ctx, batch_scalars)
+                        try:
+                            yield _map_batch(item, others, position, scalar, batch_impl, null_propagating,
+                                             element_is_timeval, fn, ctx, batch_scalars)
+                        except QueryRuntimeError as exc:
+                            raise exc.located(expr.span)
+                        except (ArithmeticError, ValueError, TypeError, IndexError, KeyError) as exc:
+                            raise QueryRuntimeError(f"{fn.name}: {exc}", expr.span) from None
                     else:
                         call_args = list(others)
                         call_args[position] = item
@@ -516,7 +521,9 @@ def _map_batch(item: Batch, others: list, position: int, scalar, batch_impl, nul
             else:
                 call_args.append(broadcast(other, n))
         result = batch_impl(ctx, n, *call_args) if fn.needs_context else batch_impl(*call_args)
-        return Batch(result, item.times)
+        if isinstance(result, (np.ndarray, list)) and len(result) == n:
+            return Batch(result, item.times)
+        # the batch form did not give one value per element: fall back to element by element
     column = column_values(values)
     out = []
     for v in column:
