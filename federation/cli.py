@@ -1,6 +1,7 @@
 """`streamql federation …`: serve, provision devices, manage tokens.
 
     streamql federation --port 8080 --data DIR [--host 127.0.0.1] [--tls-cert C --tls-key K [--tls-client-ca CA]]
+                        [--trusted-key PUB ...] [--heartbeat S] [--max-bundle-bytes N]
     streamql federation provision --data DIR --id ID [--meta k=v ...] [--capability k=v ...]
     streamql federation token create --data DIR --role read|deploy|admin [--label L]
     streamql federation token list --data DIR
@@ -50,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest JSON request body")
+    parser.add_argument("--max-bundle-bytes", type=int, default=64 << 20, help="largest bundle upload")
+    parser.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                        help="a public key (PEM) whose signature makes a bundle acceptable (repeatable)")
+    parser.add_argument("--allow-unsigned-bundles", action="store_true",
+                        help="accept bundles nobody signed (development only)")
+    parser.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
+                        help="heartbeat interval told to edges; silent for 3 × this means offline")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")

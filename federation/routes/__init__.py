@@ -8,13 +8,15 @@ Adding or filling in a route:
    typed keys in `federation.keys` (`REGISTRY`, `INDEX`, `METRICS`, `HEARTBEATS`, `CONFIG`);
 3. raise `federation.errors` (or any `QueryError`) for bad input: the error middleware answers
    `{"error": {kind, message, line, column}}` with its 4xx status;
-4. resources with a lifetime (the edge hub, background tasks) go in `app.cleanup_ctx` from the
-   module's `setup(app)`, with their own `web.AppKey` in `federation/keys.py`.
+4. resources with a lifetime go in `app.cleanup_ctx` in `federation/app.py`, in dependency order
+   (registry → heartbeats → hub → deployments → query service), each with its `web.AppKey` in
+   `federation/keys.py` (`HUB`, `DEPLOYMENTS`, `QUERY_SERVICE`).
 A test (tests/federation/test_federation_app.py) checks that the served routes, their roles and
 the OpenAPI document agree.
 
-Modules marked "stub" answer 501 until their owners fill them in. Order matters: `edges_connect`
-comes before `edges` so that `/v1/edges/connect` is not taken for the device id "connect".
+The query routes answer 501 while no query service is wired (federation/query_service.py says how).
+Order matters: `edges_connect` comes before `edges` so that `/v1/edges/connect` is not taken for the
+device id "connect".
 """
 from __future__ import annotations
 
@@ -34,12 +36,12 @@ from federation.routes import (
 
 ROUTE_MODULES = (
     system,         # /healthz, /metrics, /v1/openapi.json
-    query,          # POST /v1/query (stub)
-    query_ws,       # GET /v1/query/ws (stub)
-    edges_connect,  # GET /v1/edges/connect (stub)
+    query,          # POST /v1/query
+    query_ws,       # GET /v1/query/ws
+    edges_connect,  # GET /v1/edges/connect (the edge hub)
     edges,          # /v1/edges, /v1/edges/{id}
     tokens,         # /v1/tokens, /v1/tokens/{id}
-    models,         # GET /v1/models; POST /v1/models (stub)
+    models,         # GET /v1/models; POST /v1/models
     deployments,    # GET /v1/deployments[/{id}]
     dashboard,      # / and /static/*
 )
