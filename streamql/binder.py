@@ -163,8 +163,9 @@ class Binder:
             limit = None
             if select.limit is not None:
                 limit = self.bind_expr(select.limit, scope)
-                if not (limit.type.is_numeric or limit.type in (OBJECT, NULL)):
-                    raise self.type_error(f"limit needs a number, not {limit.type}", select.limit.span)
+                if not (limit.type == INTEGER or limit.type in (OBJECT, NULL)):
+                    # a count of rows: limit 2.5 means nothing, and limit 1e999 cannot be counted to
+                    raise self.type_error(f"limit needs an Integer, not {limit.type}", select.limit.span)
                 if limit.free_variables() & set(variables):
                     raise self.type_error("limit cannot depend on the query's variables", select.limit.span)
         finally:
