@@ -346,3 +346,12 @@ def _wait_for(condition, seconds: float = 5.0) -> None:
         time.sleep(0.005)
     if seconds >= 1:
         raise AssertionError("condition not reached in time")
+
+
+def test_json_file_stream_of_absurdly_nested_values(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 70 + "1" + "]" * 70 + "\n" + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    engine = new_engine()
+    with pytest.raises(streamql.QueryError) as info:
+        list(engine.query(f"select json:file_stream('{path}');"))
+    assert "line 2" in info.value.message and "internal error" not in info.value.message
