@@ -79,6 +79,8 @@ def json_file_stream(ctx, path: str) -> StreamValue:
                     values.append(_json_value(json.loads(line)))
                 except json.JSONDecodeError as exc:
                     raise QueryRuntimeError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise QueryRuntimeError(f"{path}, line {number}: the value is nested too deeply") from None
                 if len(values) >= CHUNK_ROWS:
                     yield Batch(values)
                     values = []
