@@ -176,7 +176,14 @@ async def _handshake(hub: "EdgeHub", ws: web.WebSocketResponse, principal: Princ
         await _refuse(ws, _welcome_refused(f"no device {edge_id!r} is registered"), unauthorized, "unknown edge")
         return None
     conn = EdgeConnection(hub, ws, edge_id, version)
-    acked, replaced = hub.attach(conn, device, hello)
+    try:
+        acked, replaced = hub.attach(conn, device, hello)
+    except Exception as exc:  # the registry failed us (or the device was deleted meanwhile)
+        log.exception("accepting the hello of %s failed", edge_id)
+        hub.m_connects.inc(result="internal")
+        await _refuse(ws, _welcome_refused(f"the federation could not accept the connection: {type(exc).__name__}"),
+                      1011, "internal error")
+        return None
     if replaced is not None:
         replaced.close_reason = "replaced by a newer connection"
         hub.spawn(replaced.close(wire.CLOSE_CODES["replaced"], "replaced by a newer connection"))

@@ -346,8 +346,6 @@ class EdgeHub:
     def attach(self, conn: EdgeConnection, device: Device, hello: wire.Frame) -> tuple[int, EdgeConnection | None]:
         """A device said hello: make it the edge's connection; returns (publish_acked, replaced one)."""
         edge = conn.edge_id
-        replaced = self._connections.get(edge)
-        self._connections[edge] = conn
         capabilities = dict(hello["capabilities"])
         self._announced[edge] = {
             "edge": edge, "software": hello["software"], "metadata": {k: _plain(v) for k, v in hello["metadata"].items()},
@@ -355,9 +353,12 @@ class EdgeHub:
             "signals": signal_descriptions(capabilities), "models": dict(hello["models"]),
             "restarts": hello["restarts"], "version": conn.version, "connected_at": time.time(),
         }
-        self._record_hello(device, hello)
+        self._record_hello(device, hello)  # may raise (the device deleted meanwhile): nothing registered yet
         resume = hello.get("resume") or {}
         acked = self.publish_log.hello(edge, resume.get("log"))
+        replaced = self._connections.get(edge)
+        self._connections[edge] = conn
+        self.registry.set_online(edge, True)
         self.m_connects.inc(result="accepted")
         return acked, replaced
 
@@ -375,7 +376,6 @@ class EdgeHub:
             self.registry.update_device(device.id, metadata=metadata if metadata != device.metadata else None,
                                         capabilities=capabilities if capabilities != device.capabilities else None)
         self.registry.record_active_models(device.id, {k: str(v) for k, v in hello["models"].items()})
-        self.registry.set_online(device.id, True)
         if self.heartbeats is not None:
             self.heartbeats.add(Heartbeat(device.id, time.time(), None, hello["restarts"]))
 
