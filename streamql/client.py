@@ -217,7 +217,32 @@ class Federation:
         for key, value in metadata.items():
             for item in value if isinstance(value, (list, tuple, set)) else [value]:
                 query.append((f"meta.{key}", str(item)))
-        return self._json("GET", "/v1/edges?" + urllib.parse.urlencode(query))["edges"]
+        edges = self._json("GET", "/v1/edges?" + urllib.parse.urlencode(query))["edges"]
+        for edge in edges:  # the announced signal names, where tools look for them
+            edge.setdefault("signals", list((edge.get("capabilities") or {}).get("signals") or []))
+        return edges
+
+    def metadata_keys(self) -> list[str]:
+        """Every metadata key some device has (each is a function of the edge: `region(e)`)."""
+        return sorted({key for edge in self.edges() for key in edge.get("metadata") or {}})
+
+    def signals(self) -> list[str]:
+        """Every signal some device announced."""
+        return sorted({name for edge in self.edges() for name in edge.get("signals") or []})
+
+    def functions(self) -> list[dict]:
+        """The functions statements may call: the built-in library (the federation runs the same
+        one), the fleet functions of LANGUAGE.md §8 and one function per metadata key."""
+        from .library import default_library
+
+        out = default_library().describe()
+        fleet = [(name, signature, doc) for name, signature, doc in FLEET_FUNCTIONS]
+        fleet += [(key, f"{key}(Edge e) -> Object", f"the metadata value '{key}' of the edge")
+                  for key in self.metadata_keys() if key not in {f[0] for f in FLEET_FUNCTIONS}]
+        for name, signature, doc in fleet:
+            out.append({"name": name, "signature": signature, "kind": "fleet", "doc": doc, "topic": "fleet",
+                        "volatile": True, "elementwise": False, "aggregate_split": None})
+        return out
 
     def edge(self, edge_id: str) -> dict:
         return self._json("GET", f"/v1/edges/{urllib.parse.quote(edge_id, safe='')}")
@@ -259,6 +284,25 @@ class Federation:
             if progress.get("settled") or (deadline is not None and time.monotonic() >= deadline):
                 return progress
 
+    def deployment_progress(self, deployment_id: str | int, *, poll: float = 0.5,
+                            timeout: float | None = None) -> Iterator[dict]:
+        """Progress records of a deployment as it changes, for progress bars: {action, model,
+        version, deployment, devices: {id: {state, reason}}, complete}; the last one is settled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        while True:
+            progress = self.deployment(deployment_id)
+            record = {"action": progress["action"], "model": progress["model"], "version": progress["version"],
+                      "deployment": progress["id"], "state": progress["state"],
+                      "devices": {d["id"]: {"state": d["state"], "reason": d["reason"]} for d in progress["devices"]},
+                      "complete": bool(progress.get("settled"))}
+            if record != last:
+                yield record
+                last = record
+            if record["complete"] or (deadline is not None and time.monotonic() >= deadline):
+                return
+            time.sleep(poll)
+
     def metrics(self) -> str:
         conn, response = self._open("GET", "/metrics")
         try:
@@ -274,6 +318,19 @@ class Federation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+FLEET_FUNCTIONS = (
+    ("id", "id(Edge e) -> Charstring", "the device id"),
+    ("meta", "meta(Edge e, Charstring key) -> Object", "a metadata value of the edge"),
+    ("online", "online(Edge e) -> Boolean", "whether the edge is connected now"),
+    ("last_seen", "last_seen(Edge e) -> Time", "when the edge was last heard from"),
+    ("health", "health(Edge e) -> Record", "the edge's latest health: cpu, memory, battery, queues, link"),
+    ("capability", "capability(Edge e, Charstring key) -> Object", "a capability of the edge (ram_kb, cpu, …)"),
+    ("model_version", "model_version(Edge e, Charstring model) -> Charstring", "the version of a model running there"),
+    ("signals", "signals(Edge e) -> Vector of Charstring", "the signals the edge announced"),
+    ("edges_with_signal", "edges_with_signal(Charstring name) -> Bag of Edge", "the edges that have this signal"),
+)
 
 
 def _rebased(exc: QueryError, script: str, span: Span) -> QueryError:

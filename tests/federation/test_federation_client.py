@@ -234,3 +234,21 @@ def test_tls_end_to_end_with_a_private_ca(tmp_path):
         assert json.loads(json.dumps(fleet.edges()))[0]["id"] == "e1"
     finally:
         fed.stop()
+
+
+def test_what_the_shell_asks_of_the_client(served):
+    admin = streamql.connect(served.url, served.tokens["admin"])
+    admin.provision("wl-1", {"region": "EU", "kind": "dumper"}, {"signals": ["vibration"]})
+    assert admin.metadata_keys() == ["kind", "region"] and admin.signals() == ["vibration"]
+    names = {f["name"]: f for f in admin.functions()}
+    assert "winagg" in names and names["region"]["kind"] == "fleet" and "health" in names
+    registry = served.app[REGISTRY]
+    from federation.registry import NewTarget
+    deployment = registry.create_deployment("deploy", "vib", "1.0.0", "true", [NewTarget("wl-1", "skipped", "no")])
+    registry.update_deployment(deployment.id, state="done")
+    records = list(admin.deployment_progress(deployment.id, poll=0.01, timeout=5))
+    assert records[-1]["complete"] and records[-1]["devices"] == {"wl-1": {"state": "skipped", "reason": "no"}}
+    from streamql.shell.federation import FederationSession
+    session = FederationSession(admin, served.url)
+    assert session.metadata_keys() == ["kind", "region"] and "vibration" in session.signals()
+    assert list(session.run(ROWS)) == [1, 2, 3]
