@@ -371,6 +371,11 @@ def cast_value(value, options=()):
             return Time(float(value))
         if name == "Vector":
             from .vector import make_vector
+            element = target.arg.name if target.arg is not None else None
+            if element in ("Real", "Number"):
+                return np.asarray(value, dtype=np.float64)
+            if element == "Integer":  # each element as cast(x as Integer) converts it
+                return make_vector([cast_value(v, (target.arg,)) for v in list(value)])
             return make_vector(list(value))
     except (ValueError, OverflowError):
         raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}") from None
