@@ -17,9 +17,9 @@ Guarantees (docs/protocol.md, "Publish"):
   append-only) or refuses the new one (`drop_newest`: `append` returns None). Either way
   `dropped` counts every record lost that way, and the count persists across restarts.
 - **Dropped means lost**: a record dropped after it was sent but before its acknowledgement may
-  have reached the federation; when a later `ack` covers it, it is taken off `dropped` again.
-  So once everything sent is acknowledged, `dropped` equals the gaps the federation sees
-  (`PublishReceiver.missing`) exactly.
+  have reached the federation; the sender, which knows what it sent on which connection, takes
+  those that did off the count (`reached_after_drop`), so `dropped` equals the gaps the federation
+  sees (`PublishReceiver.missing`).
 - **Trimmed by acknowledgement**: `ack(upto)` forgets records ≤ upto; whole segment files are
   deleted once every record in them is gone, so the disk holds at most `max_bytes` plus one
   segment.
@@ -194,17 +194,23 @@ class StoreForwardBuffer:
             if upto <= self.acked and upto <= self.head:
                 return 0
             before = self.count
-            # records in (acked, head] were dropped unacknowledged; those the federation now
-            # acknowledges reached it after all (sent before the drop), so they were not lost
-            covered = min(upto, self.head)
-            if covered > self.acked:
-                damaged = sum(1 for s in self._damaged if self.acked < s <= covered)
-                self.dropped = max(0, self.dropped - (covered - self.acked - damaged))
             self.acked = max(self.acked, upto)
             self._advance_head(upto)
             self._save_state()
             self._delete_dead_segments()
             return before - self.count
+
+    def dropped_unacked(self, seq: int) -> bool:
+        """Whether record `seq` was dropped by overflow before an acknowledgement covered it."""
+        return self.acked < seq <= self.head and seq not in self._damaged
+
+    def reached_after_drop(self, count: int) -> None:
+        """`count` dropped records turned out to have reached the federation (they were sent
+        before being dropped): they were not lost, so they leave the drop count."""
+        if count > 0:
+            with self._lock:
+                self.dropped = max(0, self.dropped - count)
+                self._save_state()
 
     @property
     def damaged(self) -> int:

@@ -246,7 +246,7 @@ class EdgeDaemon:
         return fields
 
     async def connected(self, conn: Connection, welcome: wire.Frame) -> None:
-        self.publisher.acked(welcome["publish_acked"])
+        self.publisher.connected(welcome["publish_acked"])
         limits = self.config.limits
         self.fragments = FragmentSet(self.loop, send_frame=conn.send, send_bytes=conn.send_bytes,
                                      engine=lambda: self.engine,
@@ -267,6 +267,7 @@ class EdgeDaemon:
         if self._send_task is not None:
             self._send_task.cancel()
             self._send_task = None
+        self.publisher.disconnected()
 
     async def handle(self, conn: Connection, frame: wire.Frame) -> None:
         t = frame.t

@@ -341,9 +341,8 @@ class Link:
         while not conn.closed:
             silent = self.clock.monotonic() - self.last_heard
             if silent > 3 * self.heartbeat_s:
-                self.last_error = f"nothing heard for {silent:.1f} s"
                 self.log.warning("no frame from the federation for %.1f s: reconnecting", silent)
-                await conn.close(wire.CLOSE_CODES["going_away"], "federation silent")
+                await conn.close(wire.CLOSE_CODES["going_away"], f"nothing heard for {silent:.1f} s")
                 return
             try:
                 await conn.send(wire.make("health", **self.handler.health()))

@@ -40,6 +40,7 @@ class Publisher:
         self.window_records, self.window_bytes = window_records, window_bytes
         self._wake = asyncio.Event()
         self._inflight: collections.deque[tuple[int, int]] = collections.deque()   # (seq, frame bytes)
+        self._unresolved: set[int] = set()      # in flight when a connection dropped
         self.appended = 0
         self.refused = 0        # records too large for the buffer at all (also counted as errors)
         self.sent = 0
@@ -67,14 +68,37 @@ class Publisher:
         return len(self._inflight)
 
     def acked(self, upto: int, log: str | None = None) -> None:
-        """A publish_ack: the federation has every record <= upto of our log."""
+        """A publish_ack on this connection: the federation accepted everything up to `upto`.
+
+        Records sent on this connection arrive in order, so those of them <= upto reached it —
+        even ones the buffer dropped meanwhile (full while their ack was on its way): they are
+        taken off the drop count. An ack past a gap says nothing about records never sent here.
+        """
         if log is not None and log != self.buffer.log_id:
             self.log.warning("publish_ack for log %s ignored: this edge's log is %s", log, self.buffer.log_id)
             return
-        self.buffer.ack(upto)
+        reached = 0
         while self._inflight and self._inflight[0][0] <= upto:
-            self._inflight.popleft()
+            seq, _ = self._inflight.popleft()
+            reached += self.buffer.dropped_unacked(seq)
+        self.buffer.ack(upto)
+        self.buffer.reached_after_drop(reached)
         self._wake.set()
+
+    def connected(self, publish_acked: int) -> None:
+        """A welcome: the federation's last accepted record. Of what was in flight when the
+        previous connection dropped, what is <= publish_acked arrived (the prefix rule of one
+        connection); dropped ones among them were not lost."""
+        reached = sum(1 for seq in self._unresolved if seq <= publish_acked and self.buffer.dropped_unacked(seq))
+        self._unresolved = set()
+        self.buffer.ack(publish_acked)
+        self.buffer.reached_after_drop(reached)
+        self._wake.set()
+
+    def disconnected(self) -> None:
+        """Records in flight are now of unknown fate, until the next welcome says."""
+        self._unresolved |= {seq for seq, _ in self._inflight}
+        self._inflight = collections.deque()
 
     async def send_loop(self, send_bytes: Callable[[bytes], Awaitable[None]]) -> None:
         """Send held records while the connection lasts (cancel the task when it drops)."""
@@ -82,8 +106,6 @@ class Publisher:
         next_seq = self.buffer.first_seq or self.buffer.next_seq
         while True:
             self._wake.clear()
-            while inflight and inflight[0][0] <= self.buffer.acked:
-                inflight.popleft()
             room = self.window_records - len(inflight)
             room_bytes = self.window_bytes - sum(size for _, size in inflight)
             sent_any = False

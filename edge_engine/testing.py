@@ -134,12 +134,16 @@ class FakeFederation:
 
     def __init__(self, *, tokens: dict[str, str] | None = None, heartbeat_s: float = 1.0,
                  ack_publish: bool = True, ack_every: int = 1, accept: Callable[[wire.Frame], str | None] | None = None,
+                 answer_pings: bool = True, admin_token: str | None = None,
                  max_msg_size: int = wire.MAX_FRAME_BYTES + (1 << 20)):
         self.tokens = tokens                  # token → edge id; None: any token, any edge
         self.heartbeat_s = heartbeat_s
         self.ack_publish = ack_publish
         self.ack_every = max(1, ack_every)
         self.accept = accept                  # hello → None (accept) or the reason to refuse
+        self.answer_pings = answer_pings      # False: a federation that went silent
+        self.admin_token = admin_token        # enables POST /v1/edges (provisioning)
+        self.provisioned: dict[str, dict] = {}
         self.max_msg_size = max_msg_size
         self.receiver = wire.PublishReceiver()
         self.published: dict[str, list[dict]] = {}      # edge → accepted records, in order
@@ -158,6 +162,7 @@ class FakeFederation:
     async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_get("/v1/edges/connect", self._connect)
+        app.router.add_post("/v1/edges", self._provision)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0)
@@ -254,7 +259,7 @@ class FakeFederation:
                 except wire.ProtocolError as exc:
                     conn.errors.append(exc)
                     continue
-                if frame.t == "ping":
+                if frame.t == "ping" and self.answer_pings:
                     await ws.send_bytes(wire.encode(wire.make("pong", nonce=frame["nonce"],
                                                               **({"time": frame["time"]} if "time" in frame else {}))))
                 elif frame.t == "publish":
@@ -273,6 +278,19 @@ class FakeFederation:
                     del self.connections[edge]
                 self._arrived.notify_all()
         return ws
+
+    async def _provision(self, request: web.Request) -> web.Response:
+        if self.admin_token is None or request.headers.get("Authorization") != f"Bearer {self.admin_token}":
+            raise web.HTTPUnauthorized(text="an admin token is needed")
+        body = await request.json()
+        edge = body["id"]
+        if edge in self.provisioned:
+            raise web.HTTPConflict(text=f"{edge} exists")
+        token = f"token-{edge}-{len(self.provisioned)}"
+        self.provisioned[edge] = body
+        if self.tokens is not None:
+            self.tokens[token] = edge
+        return web.json_response({"id": edge, "token": token}, status=201)
 
     def _publish(self, edge: str, frame: wire.Frame) -> None:
         self.publish_frames[edge] = self.publish_frames.get(edge, 0) + 1

@@ -99,23 +99,20 @@ def test_overflow_drops_oldest_and_counts_exactly_across_restarts(tmp_path):
     for i in range(5):
         buffer.append(i)
     assert buffer.dropped == 20 and seqs(buffer) == list(range(21, 31))
-    buffer.ack(25)                # it had them all after all (see the next test)
-    assert buffer.dropped == 0 and len(buffer) == 5
+    buffer.ack(25)
+    assert buffer.dropped == 20 and len(buffer) == 5
 
 
-def test_dropped_records_the_federation_acknowledges_were_not_lost(tmp_path):
-    """Sent, then dropped before their ack: an ack covering them takes them off the count."""
+def test_dropped_records_that_reached_the_federation_leave_the_count(tmp_path):
     buffer = StoreForwardBuffer(tmp_path, max_records=4)
     for i in range(10):           # 1..6 dropped, 7..10 held
         buffer.append(i)
-    assert buffer.dropped == 6 and buffer.first_seq == 7
-    buffer.ack(3)                 # the federation had received 1..3 before they were dropped
-    assert buffer.dropped == 3
+    assert buffer.dropped == 6 and [buffer.dropped_unacked(s) for s in (1, 6, 7)] == [True, True, False]
+    buffer.ack(8)                 # an ack past a gap says nothing about the records in it
+    assert buffer.dropped == 6 and not buffer.dropped_unacked(3)
+    buffer.reached_after_drop(2)  # the sender knows 1 and 2 had been sent and received
     buffer.close()
-    buffer = StoreForwardBuffer(tmp_path, max_records=4)
-    assert buffer.dropped == 3    # persisted
-    buffer.ack(8)                 # … and 4..6 too: nothing was lost
-    assert buffer.dropped == 0 and seqs(buffer) == [9, 10]
+    assert StoreForwardBuffer(tmp_path, max_records=4).dropped == 4    # persisted
 
 
 def test_overflow_by_bytes_and_drop_newest(tmp_path):
@@ -169,13 +166,13 @@ def test_torn_state_slot_falls_back_and_both_torn_recovers_from_segments(tmp_pat
     buffer = StoreForwardBuffer(tmp_path, max_records=5)
     for i in range(8):
         buffer.append(i)
-    buffer.ack(4)                 # covers the three dropped: they had reached the federation
+    buffer.ack(4)
     log = buffer.log_id
     buffer.close()
     slots = sorted(tmp_path.glob("state.*"), key=lambda p: p.stat().st_mtime_ns)
     slots[-1].write_bytes(b'{"format": 1, "coun')  # the newest write was torn
     reopened = StoreForwardBuffer(tmp_path, max_records=5)
-    assert not reopened.recovered and reopened.dropped == 0 and seqs(reopened) == [5, 6, 7, 8]
+    assert not reopened.recovered and reopened.dropped == 3 and seqs(reopened) == [5, 6, 7, 8]
     reopened.close()
     for slot in tmp_path.glob("state.*"):
         slot.write_bytes(b"garbage")
@@ -225,7 +222,6 @@ class BufferMachine(RuleBasedStateMachine):
         self.directory = tempfile.mkdtemp(prefix="sqlbuf-")
         self.live: list[tuple[int, bytes]] = []
         self.dropped = 0
-        self.dropped_seqs: set[int] = set()
         self.next = 1
         self.buffer = self.open()
 
@@ -253,7 +249,7 @@ class BufferMachine(RuleBasedStateMachine):
             self.dropped += 1
             return
         while self.live and not self.fits(1, size):
-            self.dropped_seqs.add(self.live.pop(0)[0])
+            self.live.pop(0)
             self.dropped += 1
         assert seq == self.next
         self.live.append((seq, payload))
@@ -264,9 +260,6 @@ class BufferMachine(RuleBasedStateMachine):
         upto = data.draw(st.integers(0, self.next + 1))
         self.buffer.ack(upto)
         self.live = [(s, p) for s, p in self.live if s > upto]
-        recovered = {s for s in self.dropped_seqs if s <= upto}   # they had reached the federation
-        self.dropped -= len(recovered)
-        self.dropped_seqs -= recovered
 
     @rule()
     def reopen(self):

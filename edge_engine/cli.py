@@ -1,0 +1,141 @@
+"""`streamql edge …`: run an edge engine daemon, or a fleet of simulated ones.
+
+    streamql edge --config edge.toml                  one device (every setting also a flag)
+    streamql edge --id wl-1 --federation ws://127.0.0.1:8080 --signal name=vibration,rate_hz=100
+    streamql edge --simulate 100 --federation URL --provision ADMIN_TOKEN [--seed 7] [--store DIR]
+    streamql edge --simulate 100 --federation URL --tokens tokens.json
+    streamql edge --config edge.toml --print-config   the effective settings, as JSON
+
+`python -m edge_engine …` runs the same command on its own. SIGINT or SIGTERM stops gracefully:
+the link closes with 1001, queries stop, the buffer is flushed. Exit codes: 0 stopped, 2 a
+configuration error, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal as _signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError, add_arguments, load_config
+
+__all__ = ["register", "build_parser", "main"]
+
+
+def _add(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_arguments(parser)
+    sim = parser.add_argument_group("simulated fleet")
+    sim.add_argument("--simulate", type=int, metavar="N", help="run N simulated edges in this process")
+    sim.add_argument("--tokens", metavar="FILE", help="device tokens of the simulated edges (JSON or 'id token' lines)")
+    sim.add_argument("--provision", metavar="ADMIN_TOKEN",
+                     help="register the simulated edges on the federation with this admin token")
+    sim.add_argument("--seed", type=int, default=0, help="the fleet's seed: ids, metadata, signals (default 0)")
+    sim.add_argument("--id-prefix", default="", help="prefix of the simulated edges' ids")
+    sim.add_argument("--rate-scale", type=float, default=1.0, help="multiply the simulated signal rates")
+    parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "edge", help="run an edge engine daemon (or a simulated fleet)",
+        description="Run an edge engine: its signals, deployed bundles and link to the federation.")
+    return _add(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _add(argparse.ArgumentParser(prog="streamql edge", description="Run an edge engine daemon."))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.simulate is not None:
+        return _simulate(args)
+    try:
+        config = load_config(args.config, args)
+    except ConfigError as exc:
+        print(f"streamql edge: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2, default=str))
+        return 0
+    _logging(config.log_level)
+    from .daemon import run_daemon
+    try:
+        return asyncio.run(run_daemon(config))
+    except ConfigError as exc:
+        print(f"streamql edge: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for a failed start
+        logging.getLogger("streamql.edge").exception("the edge daemon failed")
+        print(f"streamql edge: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    if args.simulate < 1:
+        print("streamql edge: --simulate needs at least 1 edge", file=sys.stderr)
+        return 2
+    if getattr(args, "id", None) is None:
+        args.id = "sim"      # each simulated edge gets its own id; the template needs one
+    try:
+        base = load_config(args.config, args)
+    except ConfigError as exc:
+        print(f"streamql edge: {exc}", file=sys.stderr)
+        return 2
+    if not base.federation:
+        print("streamql edge: --simulate needs --federation URL", file=sys.stderr)
+        return 2
+    store_root = Path(args.store) if args.store else Path("edge-sim")
+    tokens = {}
+    if args.tokens:
+        from .simulate import load_tokens
+        try:
+            tokens = load_tokens(args.tokens)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"streamql edge: --tokens: {exc}", file=sys.stderr)
+            return 2
+    _logging(base.log_level)
+    return asyncio.run(_run_fleet(args, base, store_root, tokens))
+
+
+async def _run_fleet(args, base, store_root: Path, tokens: dict) -> int:
+    from .simulate import SimulatedFleet
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    fleet = SimulatedFleet(args.simulate, base, store_root=store_root, seed=args.seed, tokens=tokens,
+                           admin_token=args.provision, prefix=args.id_prefix, rate_scale=args.rate_scale)
+    log = logging.getLogger("streamql.edge.simulate")
+    try:
+        await fleet.start()
+    except Exception as exc:  # noqa: BLE001
+        log.error("the simulated fleet did not start: %s", exc)
+        await fleet.stop()
+        return 1
+    log.info("%d simulated edges running (store %s); connected: %d", len(fleet.daemons), store_root,
+             await fleet.wait_connected(10.0))
+    try:
+        await stop.wait()
+    finally:
+        await fleet.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

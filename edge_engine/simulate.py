@@ -1,0 +1,266 @@
+"""Many simulated edges in one process: `streamql edge --simulate N --federation URL …`.
+
+Each simulated edge is a full `EdgeDaemon` — its own engine, store directory, buffer, metadata,
+capabilities, signals and WebSocket — but they share what can be shared: the process (the
+library, the grammar, numpy), one event loop, one aiohttp session, and one `SignalPump` task that
+polls every edge's simulated drivers (no thread or task per signal).
+
+**Identities** are a pure function of (seed, index), so a fleet can be recreated and an oracle can
+recompute every simulated value (`SimModel.values_at`):
+
+- id `{prefix}{code}-{i:04d}`: `wl-0001` (wheel loader), `dt-0002` (dumper), `ex-0003` (excavator);
+- metadata: `kind`, `region` (US, EU, AU, CA, SE, BR), `site`, `model_year`, `fleet`;
+- capabilities: `ram_kb` (128 MiB … 2 GiB), `flash_kb` (512 MiB … 8 GiB), `cpu` by size;
+- signals: `vibration` (sine with noise, digging bursts and spikes; 100 Hz × rate scale),
+  `outside_temperature` (a slow mean-reverting walk around a regional level: some US, EU and
+  CA machines are below −20 °C, AU ones rarely), `engine_speed` (rpm, 10 Hz) and `battery`
+  (percent, also reported in health);
+- store directory `{store}/{id}`; the seed of edge i is derived from the fleet seed and i.
+
+**Tokens**: `--tokens FILE` (JSON `{id: token}` or `[{"id", "token"}]`, or lines `id token`), or
+`--provision ADMIN_TOKEN`, which registers the edges missing from `{store}/tokens.json` with
+`POST /v1/edges` and keeps their tokens there (mode 0600) for the next run.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from streamql.clock import SYSTEM_CLOCK, Clock
+
+from .config import Capabilities, EdgeConfig
+from .daemon import EdgeDaemon
+from .signals import DriverSet, build_drivers
+
+__all__ = ["SimIdentity", "fleet_identities", "SignalPump", "SimulatedFleet", "load_tokens", "provision_tokens"]
+
+log = logging.getLogger("streamql.edge.simulate")
+
+KINDS = (("wheel loader", "wl"), ("dumper", "dt"), ("excavator", "ex"))
+REGIONS = {   # region → (mean outside temperature °C, sites)
+    "US": (-12.0, ("minot", "fairbanks", "elko", "butte")),
+    "EU": (-14.0, ("kiruna", "oulu", "tromso", "gallivare")),
+    "AU": (14.0, ("pilbara", "kalgoorlie", "mount-isa")),
+    "CA": (-24.0, ("yellowknife", "fort-mcmurray", "thompson")),
+    "SE": (-17.0, ("kiruna", "boliden", "garpenberg")),
+    "BR": (22.0, ("carajas", "itabira")),
+}
+MEMORY_KB = (131072, 262144, 524288, 1048576, 2097152)
+CPUS = {131072: "cortex-a7", 262144: "cortex-a53", 524288: "cortex-a53", 1048576: "cortex-a72", 2097152: "x86_64"}
+
+
+@dataclass(frozen=True)
+class SimIdentity:
+    id: str
+    metadata: dict
+    capabilities: Capabilities
+    signals: list
+    seed: int
+
+
+def fleet_identities(n: int, seed: int = 0, *, prefix: str = "", rate_scale: float = 1.0) -> list[SimIdentity]:
+    """The first `n` edges of the fleet of `seed` (module docstring); edge i is the same in any fleet size."""
+    return [_identity(i, seed, prefix, rate_scale) for i in range(1, n + 1)]
+
+
+def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
+    rng = random.Random(f"streamql-fleet:{seed}:{i}")
+    kind, code = KINDS[(i - 1) % len(KINDS)]
+    region = rng.choice(sorted(REGIONS))
+    base_temperature, sites = REGIONS[region]
+    ram = rng.choice(MEMORY_KB)
+    flash = rng.choice((524288, 1048576, 2097152, 4194304, 8388608))
+    edge_seed = rng.randrange(1 << 31)
+    metadata = {"kind": kind, "region": region, "site": rng.choice(sites),
+                "model_year": rng.randrange(2012, 2025), "fleet": f"fleet-{seed}"}
+    vibration_gain = {"wl": 1.0, "dt": 0.7, "ex": 1.3}[code]
+    signals = [
+        {"name": "vibration", "kind": "simulated", "shape": "sine", "seed": edge_seed,
+         "rate_hz": 100.0 * rate_scale, "frequency_hz": round(rng.uniform(8.0, 16.0), 2),
+         "amplitude": round(0.8 * vibration_gain, 3), "noise": 0.2,
+         "bursts": {"every_s": 30.0, "probability": 0.5, "duration_s": 8.0,
+                    "amplitude": round(2.5 * vibration_gain, 3), "frequency_hz": 45.0},
+         "spikes": {"rate_per_s": 0.02, "amplitude": 6.0}},
+        {"name": "outside_temperature", "kind": "simulated", "shape": "walk", "seed": edge_seed + 1,
+         "rate_hz": 1.0, "offset": round(base_temperature + rng.uniform(-9.0, 9.0), 1), "amplitude": 4.0,
+         "reversion_s": 1800.0,
+         "level_shifts": {"every_s": 3600.0, "probability": 0.3, "duration_s": 600.0, "magnitude": 3.0}},
+        {"name": "engine_speed", "kind": "simulated", "shape": "walk", "seed": edge_seed + 2,
+         "rate_hz": 10.0 * rate_scale, "offset": {"wl": 1500.0, "dt": 1300.0, "ex": 1800.0}[code],
+         "amplitude": 250.0, "reversion_s": 120.0, "noise": 15.0, "min": 600.0, "max": 2400.0},
+        {"name": "battery", "kind": "simulated", "shape": "walk", "seed": edge_seed + 3, "rate_hz": 0.2,
+         "offset": round(rng.uniform(55.0, 90.0), 1), "amplitude": 8.0, "reversion_s": 7200.0,
+         "min": 0.0, "max": 100.0},
+    ]
+    return SimIdentity(f"{prefix}{code}-{i:04d}", metadata, Capabilities(ram_kb=ram, flash_kb=flash, cpu=CPUS[ram]),
+                       signals, edge_seed)
+
+
+# == signals ===================================================================================
+class SignalPump:
+    """One task polling the simulated drivers of every edge (instead of a task per signal)."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, interval_s: float = 0.05):
+        self.clock = clock
+        self.interval_s = interval_s
+        self.sets: list[DriverSet] = []
+        self._task: asyncio.Task | None = None
+        self.failures = 0
+
+    def add(self, drivers: DriverSet) -> None:
+        self.sets.append(drivers)
+
+    def remove(self, drivers: DriverSet) -> None:
+        if drivers in self.sets:
+            self.sets.remove(drivers)
+
+    def poll(self) -> int:
+        now = self.clock.now()
+        pushed = 0
+        for drivers in self.sets:
+            for driver in drivers.drivers:
+                try:
+                    pushed += driver.poll(now)
+                except Exception:  # noqa: BLE001 - one broken driver must not stop the others
+                    self.failures += 1
+                    if self.failures <= 10:
+                        log.exception("signal %s failed", driver.name)
+        return pushed
+
+    async def run(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="signal pump")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+# == tokens ====================================================================================
+def load_tokens(path: str | os.PathLike) -> dict[str, str]:
+    """Device tokens by edge id from a file: JSON {id: token}, JSON [{id, token}], or lines `id token`."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        tokens = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.replace(",", " ").replace("\t", " ").split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}: expected 'id token' per line, got {line!r}")
+            tokens[parts[0]] = parts[1]
+        return tokens
+    if isinstance(data, dict):
+        return {str(k): str(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return {str(item["id"]): str(item["token"]) for item in data}
+    raise ValueError(f"{path}: expected a JSON object or list of tokens")
+
+
+def _http_base(federation: str) -> str:
+    parts = urlsplit(federation)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+async def provision_tokens(identities: list[SimIdentity], federation: str, admin_token: str,
+                           store_root: Path, session: aiohttp.ClientSession) -> dict[str, str]:
+    """Tokens for every identity: kept ones from `{store_root}/tokens.json`, the others provisioned."""
+    path = store_root / "tokens.json"
+    tokens = load_tokens(path) if path.exists() else {}
+    missing = [identity for identity in identities if identity.id not in tokens]
+    url = _http_base(federation) + "/v1/edges"
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    for identity in missing:
+        body = {"id": identity.id, "metadata": identity.metadata,
+                "capabilities": {k: v for k, v in dataclasses.asdict(identity.capabilities).items() if v is not None}}
+        async with session.post(url, json=body, headers=headers) as response:
+            if response.status == 409:
+                raise RuntimeError(f"{identity.id} is already provisioned, but its token is not in {path}; "
+                                   "give --tokens FILE or remove the device from the federation")
+            if response.status >= 400:
+                raise RuntimeError(f"provisioning {identity.id} failed: HTTP {response.status} {await response.text()}")
+            tokens[identity.id] = (await response.json())["token"]
+        store_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(tokens, handle, indent=1)
+        os.replace(path.with_suffix(".tmp"), path)
+    return tokens
+
+
+# == the fleet =================================================================================
+class SimulatedFleet:
+    """N simulated edges on this event loop (see the module docstring)."""
+
+    def __init__(self, n: int, base: EdgeConfig, *, store_root: str | os.PathLike, seed: int = 0,
+                 tokens: dict[str, str] | None = None, admin_token: str | None = None, prefix: str = "",
+                 rate_scale: float = 1.0, clock: Clock = SYSTEM_CLOCK, **daemon_options):
+        self.identities = fleet_identities(n, seed, prefix=prefix, rate_scale=rate_scale)
+        self.base = base
+        self.store_root = Path(store_root)
+        self.tokens = dict(tokens or {})
+        self.admin_token = admin_token
+        self.clock = clock
+        self.daemon_options = daemon_options
+        self.daemons: list[EdgeDaemon] = []
+        self.pump = SignalPump(clock)
+        self.session: aiohttp.ClientSession | None = None
+
+    def config_for(self, identity: SimIdentity) -> EdgeConfig:
+        metadata = {**self.base.metadata, **identity.metadata}
+        return dataclasses.replace(self.base, id=identity.id, token=self.tokens.get(identity.id, self.base.token),
+                                   store=self.store_root / identity.id, metadata=metadata,
+                                   capabilities=identity.capabilities, signals=list(identity.signals), source=None)
+
+    async def start(self) -> "SimulatedFleet":
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        if self.admin_token and self.base.federation:
+            self.tokens.update(await provision_tokens(self.identities, self.base.federation, self.admin_token,
+                                                      self.store_root, self.session))
+        for identity in self.identities:
+            config = self.config_for(identity)
+            drivers = build_drivers(config.signals, clock=self.clock)
+            daemon = EdgeDaemon(config, clock=self.clock, session=self.session, drivers=drivers,
+                                start_drivers=False, seed=identity.seed, **self.daemon_options)
+            await daemon.start()
+            self.pump.add(drivers)
+            self.daemons.append(daemon)
+        self.pump.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.pump.stop()
+        await asyncio.gather(*(daemon.stop() for daemon in self.daemons), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    def connected(self) -> int:
+        return sum(1 for d in self.daemons if d.link is not None and d.link.connected.is_set())
+
+    async def wait_connected(self, timeout: float = 30.0) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.connected() < len(self.daemons) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.connected()

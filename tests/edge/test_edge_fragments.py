@@ -1,0 +1,168 @@
+"""Query fragments: numpy column batches, credit-based backpressure, limits, cancel, one end each."""
+import asyncio
+
+import numpy as np
+
+from streamql import wire
+
+STREAM = "select stream of x from Real x where x in signal_stream('vibration');"
+
+
+def rows_frames(conn, qid):
+    return conn.of_type("rows", qid=qid)
+
+
+async def test_rows_arrive_as_typed_numpy_columns_with_names(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    rows, end = await conn.run_query("select x, x * 1.5, 'r' + 'x' from Integer x where x in iota(1, 3000);",
+                                     batch_rows=1000)
+    frames = conn.of_type("rows", qid=end["qid"])
+    assert [f["seq"] for f in frames] == list(range(len(frames)))
+    first = frames[0]
+    assert first["names"] == ["x", "x * 1.5", "'r' + 'x'"]
+    assert isinstance(first["cols"][0], np.ndarray) and first["cols"][0].dtype == np.int64
+    assert isinstance(first["cols"][1], np.ndarray) and first["cols"][1].dtype == np.float64
+    assert first["cols"][2][:2] == ["rx", "rx"]
+    assert all(f["n"] <= 1000 for f in frames)
+    assert sorted(r[0] for r in rows) == list(range(1, 3001))
+    assert end["outcome"] == "ok" and end["rows"] == 3000 and "error" not in end
+
+
+async def test_credit_is_never_exceeded_and_a_paused_fragment_resumes_where_it_stopped(fed, edge_config,
+                                                                                        start_edge):
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    qid = await conn.start_query("select stream of x from Integer x where x in siota(1, 10000);",
+                                 credit=100, batch_rows=32)
+    await conn.wait_for(lambda f: f.t == "rows" and sum(r["n"] for r in rows_frames(conn, qid)) >= 100)
+    await asyncio.sleep(0.4)
+    assert sum(f["n"] for f in rows_frames(conn, qid)) == 100      # window 100: exactly that many
+    assert not conn.of_type("end", qid=qid)                        # paused, not dropped
+    assert daemon.fragments.paused() == 1
+    await conn.send("credit", qid=qid, add=50)
+    await conn.wait_for(lambda f: f.t == "rows" and sum(r["n"] for r in rows_frames(conn, qid)) >= 150)
+    await asyncio.sleep(0.3)
+    assert sum(f["n"] for f in rows_frames(conn, qid)) == 150
+    await conn.send("credit", qid=qid, add=20000)
+    end = await conn.next("end", qid=qid, start=0)
+    assert end["outcome"] == "ok" and end["rows"] == 10000
+    assert conn.rows_of(qid) == list(range(1, 10001))              # nothing lost, nothing repeated, in order
+
+
+async def test_a_row_limit_sends_exactly_that_many_then_ends_limit(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    rows, end = await conn.run_query(STREAM, limits={"rows": 250})
+    assert len(rows) == 250 and end["outcome"] == "limit" and end["rows"] == 250
+    assert end["error"]["kind"] == "LimitError"
+    rows, end = await conn.run_query("select x from Integer x where x in iota(1, 40);", limits={"rows": 40})
+    assert len(rows) == 40 and end["outcome"] == "ok"               # a finite query that ends at its limit
+    rows, end = await conn.run_query("select x from Integer x where x in iota(1, 41);", limits={"rows": 40})
+    assert len(rows) == 40 and end["outcome"] == "limit"
+
+
+async def test_a_query_past_its_limits_is_stopped_and_the_others_keep_running(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    steady = await conn.start_query(STREAM)
+    timed = await conn.start_query(STREAM, limits={"seconds": 0.5})
+    big = await conn.start_query("select vectorof(siota(1, 1000000));", limits={"memory_mb": 1})
+    counted = await conn.start_query(STREAM, limits={"rows": 10})
+    end = await conn.next("end", qid=timed, start=0, timeout=5)
+    assert end["outcome"] == "limit" and "time limit" in end["error"]["message"]
+    assert 0.4 < end["seconds"] < 2.0
+    end = await conn.next("end", qid=big, start=0)
+    assert end["outcome"] == "limit" and "memory limit" in end["error"]["message"] and end["rows"] == 0
+    end = await conn.next("end", qid=counted, start=0)
+    assert end["outcome"] == "limit" and end["rows"] == 10
+    before = sum(f["n"] for f in rows_frames(conn, steady))
+    await asyncio.sleep(0.3)
+    assert sum(f["n"] for f in rows_frames(conn, steady)) > before    # still streaming
+    assert not conn.of_type("end", qid=steady)
+    await conn.send("cancel", qid=steady)
+    end = await conn.next("end", qid=steady, start=0)
+    assert end["outcome"] == "cancelled"
+
+
+async def test_cancel_answers_at_once_and_nothing_follows_the_end(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    qid = await conn.start_query(STREAM, batch_rows=7)
+    await conn.next("rows", qid=qid, start=0)
+    await conn.send("cancel", qid=qid, reason="client went away")
+    end = await conn.next("end", qid=qid, start=0)
+    at_end = conn.frames.index(end)
+    await asyncio.sleep(0.3)
+    assert end["outcome"] == "cancelled"
+    assert end["rows"] == sum(f["n"] for f in rows_frames(conn, qid))      # end.rows = rows sent
+    assert not [f for f in conn.frames[at_end + 1:] if f.get("qid") == qid]
+    assert len(conn.of_type("end", qid=qid)) == 1
+    # credit and cancel for a qid that is over (or never was) are ignored, without an error
+    await conn.send("credit", qid=qid, add=10)
+    await conn.send("cancel", qid="never-was")
+    await conn.run_query("select 1;")
+    assert not conn.of_type("error")
+
+
+async def test_errors_end_with_kind_message_and_position(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    _, end = await conn.run_query("select x from Integer x\n where x in iota(1, ;")
+    assert end["outcome"] == "error" and end["error"]["kind"] == "ParseError" and end["error"]["line"] == 2
+    _, end = await conn.run_query("select nosuch(1);")
+    assert end["outcome"] == "error" and end["error"]["kind"] == "NameError" and end["error"]["column"] == 8
+    _, end = await conn.run_query("select stream of x from Real x where x in signal_stream('pressure');")
+    assert end["outcome"] == "error" and "pressure" in end["error"]["message"]
+    _, end = await conn.run_query("create type T;")
+    assert end["outcome"] == "error"
+    rows, end = await conn.run_query("select :k * 2, :name;", params={"k": 21, "name": "wl"})
+    assert rows == [(42, "wl")] and end["outcome"] == "ok"
+
+
+async def test_a_duplicate_qid_is_refused_and_the_running_query_goes_on(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    await conn.start_query(STREAM, qid="same")
+    await conn.start_query(STREAM, qid="same")
+    error = await conn.next("error", start=0)
+    assert error["code"] == "duplicate_query" and error["ref"] == "same"
+    await conn.send("cancel", qid="same")
+    assert (await conn.next("end", qid="same", start=0))["outcome"] == "cancelled"
+
+
+async def test_several_fragments_run_concurrently(fed, edge_config, start_edge):
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    qids = [await conn.start_query(f"select x * {k} from Integer x where x in iota(1, 2000);") for k in range(1, 7)]
+    qids.append(await conn.start_query("select stream of signal_value('outside_temperature') "
+                                       "from Integer i where i in diota(0.01, 1, 20);"))
+    for k, qid in enumerate(qids, 1):
+        end = await conn.next("end", qid=qid, start=0)
+        assert end["outcome"] == "ok"
+        if k <= 6:
+            assert sorted(conn.rows_of(qid)) == [x * k for x in range(1, 2001)]
+    assert len(conn.of_type("end")) == len(qids)
+
+
+async def test_fragments_of_a_dropped_connection_stop(fed, edge_config, start_edge):
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    await conn.start_query(STREAM)
+    await conn.next("rows", start=0)
+    await conn.drop()
+    conn2 = await fed.connection("wl-1", newer_than=conn)
+    assert daemon.fragments is not None and not daemon.fragments.running
+    rows, end = await conn2.run_query("select 1;")
+    assert rows == [1] and end["outcome"] == "ok"
+
+
+def test_rows_frames_respect_the_wire_contract():
+    """What the fragments send validates as rows frames, column lengths included."""
+    from edge_engine.autostart import item_columns
+    from streamql.physical.chunk import Chunk
+    chunk = Chunk({"$c0": np.arange(3), "$c1": np.ones((3, 4)), "$c2": ["a", None, {"k": 1}]}, 3)
+    n, cols = item_columns(chunk, 3)
+    frame = wire.decode(wire.encode(wire.make("rows", qid="q", seq=0, n=n, cols=cols)))
+    assert wire.rows_of(frame["n"], frame["cols"])[2][2] == {"k": 1}
+    assert frame["cols"][1].shape == (3, 4)

@@ -1,0 +1,88 @@
+"""Simulated fleets: deterministic identities, tokens, provisioning, many edges on one loop."""
+import ast
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge_engine.config import load_config
+from edge_engine.signals import SimModel
+from edge_engine.simulate import SimulatedFleet, fleet_identities, load_tokens
+from edge_engine.testing import FakeFederation
+
+
+def test_identities_are_a_deterministic_mix():
+    fleet = fleet_identities(60, seed=7)
+    assert fleet == fleet_identities(60, seed=7)
+    assert fleet[:10] == fleet_identities(10, seed=7)             # edge i does not depend on the fleet size
+    assert fleet != fleet_identities(60, seed=8)
+    assert len({e.id for e in fleet}) == 60 and fleet[0].id == "wl-0001" and fleet[1].id == "dt-0002"
+    assert {e.metadata["kind"] for e in fleet} == {"wheel loader", "dumper", "excavator"}
+    assert {e.metadata["region"] for e in fleet} >= {"US", "EU", "AU"}
+    assert len({e.capabilities.ram_kb for e in fleet}) >= 4 and len({e.seed for e in fleet}) == 60
+    names = {s["name"] for s in fleet[0].signals}
+    assert names == {"vibration", "outside_temperature", "engine_speed", "battery"}
+    # the motivating query has answers: cold machines in the US, EU or AU
+    cold = [e for e in fleet if e.metadata["region"] in ("US", "EU") and
+            next(s for s in e.signals if s["name"] == "outside_temperature")["offset"] < -20]
+    assert cold
+
+
+def test_tokens_files(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"wl-0001": "t1"}))
+    (tmp_path / "b.json").write_text(json.dumps([{"id": "wl-0001", "token": "t1"}]))
+    (tmp_path / "c.txt").write_text("# id token\nwl-0001 t1\ndt-0002,t2\n")
+    assert load_tokens(tmp_path / "a.json") == load_tokens(tmp_path / "b.json") == {"wl-0001": "t1"}
+    assert load_tokens(tmp_path / "c.txt") == {"wl-0001": "t1", "dt-0002": "t2"}
+
+
+async def test_a_provisioned_fleet_on_one_loop(tmp_path):
+    fed = FakeFederation(tokens={}, admin_token="admin", heartbeat_s=0.5)
+    await fed.start()
+    import argparse
+    base = load_config(None, argparse.Namespace(id="sim", federation=fed.url, heartbeat_s=0.5))
+    fleet = SimulatedFleet(8, base, store_root=tmp_path / "sim", seed=2, admin_token="admin")
+    try:
+        await fleet.start()
+        assert await fleet.wait_connected(15) == 8
+        assert set(fed.provisioned) == {e.id for e in fleet.identities}
+        assert fed.provisioned["wl-0001"]["metadata"] == fleet.identities[0].metadata
+        tokens = json.loads((tmp_path / "sim" / "tokens.json").read_text())
+        assert set(tokens) == set(fed.provisioned)
+        assert (tmp_path / "sim" / "tokens.json").stat().st_mode & 0o077 == 0
+        # each edge answers from its own signals, which the oracle can recompute
+        edge = fleet.identities[3]
+        conn = await fed.connection(edge.id)
+        assert conn.hello["capabilities"]["ram_kb"] == edge.capabilities.ram_kb
+        await asyncio.sleep(0.3)
+        rows, end = await conn.run_query("select stream of tv from Timeval tv "
+                                         "where tv in ts_signal_stream('engine_speed') limit 5;")
+        assert end["outcome"] == "ok" and len(rows) == 5
+        spec = next(s for s in edge.signals if s["name"] == "engine_speed")
+        times = np.array([tv.time.seconds for tv in rows])
+        assert np.allclose(SimModel.from_spec(spec).values_at(times), [tv.value for tv in rows])
+        stores = sorted(p.name for p in (tmp_path / "sim").iterdir() if p.is_dir())
+        assert stores == sorted(e.id for e in fleet.identities)
+    finally:
+        await fleet.stop()
+    # a second run reuses the kept tokens instead of provisioning again
+    fleet = SimulatedFleet(8, base, store_root=tmp_path / "sim", seed=2, admin_token="admin")
+    try:
+        await fleet.start()
+        assert await fleet.wait_connected(15) == 8
+        assert all(d.deployments is not None for d in fleet.daemons)
+        assert fleet.daemons[0].monitor.restarts == 1
+    finally:
+        await fleet.stop()
+        await fed.stop()
+
+
+def test_the_edge_engine_never_imports_the_federation():
+    """edge_engine and federation talk only over the wire (ARCHITECTURE.md)."""
+    for path in (Path(__file__).resolve().parents[2] / "edge_engine").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "federation" or n.startswith("federation.") for n in names), path.name
