@@ -93,8 +93,9 @@ class Binder:
         return QueryNameError(message, span, self.source)
 
     def _suggest(self, name: str, candidates) -> str:
-        close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=1, cutoff=0.75)
-        return f" (did you mean {close[0]}?)" if close else ""
+        spelled = {c.lower(): c for c in candidates}  # suggest a name as it is written (Integer)
+        close = difflib.get_close_matches(name.lower(), list(spelled), n=1, cutoff=0.75)
+        return f" (did you mean {spelled[close[0]]}?)" if close else ""
 
     def hidden(self, prefix: str) -> str:
         return f"${prefix}{next(self._counter)}"
