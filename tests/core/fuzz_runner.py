@@ -23,6 +23,7 @@ ROWS = 30                 # rows read from a query
 QUERY_SECONDS = 0.25      # the engine's own time limit for a query
 BUDGET = 2.0              # wall seconds before the harness stops a statement itself
 FRESH_EVERY = 300         # statements per engine (successful statements change the store)
+MAX_OVERRUNS = 8          # after this many statements that ignored their budget, stop (each costs seconds)
 
 BASE_SCHEMA = """
 create type Equipment properties (name Charstring key, kind Charstring, region Charstring);
@@ -172,6 +173,8 @@ def run_all(statements: list[str], workdir: Path, log=None) -> list[dict]:
         reports.append(outcome)
         if status == "hung":
             break  # the engine may hold its locks: stop here, the report says where
+        if sum(1 for r in reports if r["status"] == "overran") >= MAX_OVERRUNS:
+            break  # enough examples of one bug; the run would take too long
     if engine is not None:
         engine.close()
     return reports

@@ -227,7 +227,9 @@ def _summary(problems: list[dict], limit: int = 25) -> str:
 def test_ten_thousand_bad_statements_were_run(fuzz_report):
     statements, reports = fuzz_report
     assert len(statements) >= TOTAL
-    assert len(reports) == len(statements), "the run stopped early (a statement hung)"
+    assert len(reports) == len(statements), (
+        f"the run stopped after {len(reports)} statements: a statement hung or too many overran their budget:\n"
+        + _summary([r for r in reports if r["status"] in ("overran", "hung")]))
     errors = sum(1 for r in reports if r["status"] == "error")
     assert errors > TOTAL // 2  # mostly bad input, as intended
     assert sum(1 for r in reports if r["status"] == "ok") > 100  # and some that ran
