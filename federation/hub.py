@@ -319,13 +319,18 @@ class EdgeHub:
                         consumed = 0
                 elif type(item) is _End:
                     end = item.frame
-                    outcome = end["outcome"]
-                    if outcome == "ok":
+                    if end["outcome"] == "ok":
+                        outcome = "ok"
                         return
-                    raise FragmentError(outcome, end.get("error"), edge_id=edge_id, rows=end["rows"])
+                    raise FragmentError(end["outcome"], end.get("error"), edge_id=edge_id, rows=end["rows"])
                 else:
-                    outcome = "offline" if isinstance(item, EdgeOffline) else "error"
                     raise item
+        except EdgeOffline:
+            outcome = "offline"
+            raise
+        except FragmentError as exc:
+            outcome = exc.outcome
+            raise
         finally:
             self.m_fragments_running.dec()
             self.m_fragments.inc(outcome=outcome)
