@@ -388,3 +388,26 @@ def test_parse_one_wants_one_statement():
     with pytest.raises(QueryParseError) as info:
         parse_one("select 1; select 2;")
     assert info.value.line == 1 and info.value.column == 11
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.datetimes(min_value=__import__("datetime").datetime(1000, 1, 2), max_value=__import__("datetime").datetime(9999, 12, 30)))
+def test_time_literals_print_back_exactly(moment):
+    text = "|" + moment.isoformat() + "Z|"
+    tree = parse_expression(text)
+    printed = tree.sql()
+    assert parse_expression(printed) == tree, (text, printed)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=0), st.integers(0, 2 ** 70),
+                 st.text(max_size=20)))
+def test_literals_print_back_exactly(value):
+    from streamql.printer import literal_source
+    tree = parse_expression(literal_source(value))
+    assert isinstance(tree, A.Literal) and type(tree.value) is type(value) and tree.value == value
+
+
+def test_times_before_the_year_1000_print_back():
+    tree = parse_expression("|0999-01-01T00:00:00Z|")
+    assert parse_expression(tree.sql()) == tree, tree.sql()
