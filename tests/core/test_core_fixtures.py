@@ -30,3 +30,33 @@ def test_fixture_files_exist():
     assert len(RUN_FILES) >= 10
     total = sum(len(load_fixture(p)) for p in fixture_files())
     assert total >= 300, total
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", RUN_FILES, ids=lambda p: str(p.relative_to(FIXTURES)))
+def test_explain_every_fixture_query(path, tmp_path, monkeypatch):
+    """explain runs for every query that runs, and names at least a source and a projection."""
+    import streamql
+    from streamql import ast as A
+    monkeypatch.chdir(tmp_path)
+    engine = new_engine()
+    failures = []
+    for case in load_fixture(path):
+        problem = run_case(engine, case)
+        if problem or case.error:
+            continue
+        try:
+            statements = streamql.parse(case.text)
+        except streamql.QueryError:
+            continue
+        last = statements[-1]
+        if not isinstance(last, (A.Select, A.ExprStatement)):
+            continue
+        try:
+            lines = list(engine.execute("explain " + last.sql())[0])
+        except streamql.QueryError as exc:
+            failures.append(f"{case.where}: explain failed: {exc}")
+            continue
+        if not lines or not any("Project" in line for line in lines):
+            failures.append(f"{case.where}: explain gave {lines}")
+    assert not failures, "\n".join(failures)
