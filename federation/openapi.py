@@ -183,6 +183,30 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404)},
         },
     },
+    "/v1/flows": {
+        "get": {
+            "summary": "Flows the edges publish to (results of their autonomous queries), with counts",
+            "tags": ["flows"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {"flows": {
+                "type": "object", "additionalProperties": {"type": "object", "properties": {
+                    "records": {"type": "integer"}, "rows": {"type": "integer"},
+                    "last_id": {"type": "integer"}}}}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/flows/{flow}": {
+        "get": {
+            "summary": "A flow's published records in order, each kept exactly once; page with after=next",
+            "tags": ["flows"], "x-streamql-role": "read",
+            "parameters": [{"name": "flow", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                       "maximum": 10000}},
+                           {"name": "edge", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "records": {"type": "array", "items": _ref("PublishedRecord")}, "next": {"type": "integer"}}}),
+                **_errors(400, *AUTH_ERRORS)},
+        },
+    },
     "/v1/openapi.json": {
         "get": {"summary": "This document", "tags": ["service"], "x-streamql-role": "read",
                 "responses": {"200": _json({"type": "object"}), **_errors(*AUTH_ERRORS)}},
@@ -256,6 +280,13 @@ SCHEMAS: dict[str, dict] = {
     "UploadedBundle": {"allOf": [_ref("Bundle"), {"type": "object", "properties": {
         "created": {"type": "boolean"}, "signed_by": {"type": "array", "items": {"type": "string"}},
         "verified_by": {"type": ["string", "null"], "description": "the trusted key whose signature held"}}}]},
+    "PublishedRecord": {"type": "object", "properties": {
+        "id": {"type": "integer", "description": "position in the federation's log"}, "edge": {"type": "string"},
+        "flow": {"type": "string"}, "seq": {"type": "integer", "description": "in the edge's log"},
+        "n": {"type": "integer"}, "names": {"type": ["array", "null"], "items": {"type": "string"}},
+        "time": {"type": ["number", "null"]}, "received": {"type": "number"},
+        "dropped": {"type": "integer", "description": "records the edge dropped on overflow so far"},
+        "rows": {"type": "array", "description": "plain JSON rows (a value, or an array for several columns)"}}},
     "TargetCounts": {"type": "object", "properties": {
         state: {"type": "integer"} for state in ("pending", "sending", "done", "skipped", "failed")}},
     "Deployment": {"type": "object", "properties": {

@@ -27,6 +27,7 @@ from federation.routes import (
     deployments,
     edges,
     edges_connect,
+    flows,
     models,
     query,
     query_ws,
@@ -43,6 +44,7 @@ ROUTE_MODULES = (
     tokens,         # /v1/tokens, /v1/tokens/{id}
     models,         # GET /v1/models; POST /v1/models
     deployments,    # GET /v1/deployments[/{id}]
+    flows,          # GET /v1/flows[/{flow}]: published records
     dashboard,      # / and /static/*
 )
 

@@ -44,7 +44,7 @@ def app_routes(app: web.Application) -> dict[tuple[str, str], str]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", "12345").replace("{path}", "index.html")
+    return path.replace("{id}", "12345").replace("{path}", "index.html").replace("{flow}", "alerts")
 
 
 def error_of(body: dict) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from federation.app import create_app
-from federation.auth import provision
+from federation.auth import Role, create_token, provision
 from federation.hub import EdgeOffline, FragmentError, RowBatch
 from federation.keys import HEARTBEATS, HUB, INDEX, METRICS, REGISTRY
 from federation.selection import Eq, capability, meta
@@ -364,6 +364,15 @@ async def test_published_records_are_kept_once_across_a_federation_restart(confi
         assert [(r.seq, r.flow) for r in records] == [(1, "alerts"), (2, "alerts"), (3, "alerts"), (4, "alerts"),
                                                       (5, "alerts"), (6, "alerts"), (7, "other"), (8, "alerts")]
         assert records[6].rows() == [(7, "seven")] and log.duplicates == 1
+        read = {"Authorization": f"Bearer {create_token(client.app[REGISTRY], Role.READ)[1]}"}
+        flows = await (await client.get("/v1/flows", headers=read)).json()
+        assert flows["flows"]["alerts"]["records"] == 7 and flows["flows"]["other"]["rows"] == 1
+        page = await (await client.get("/v1/flows/alerts?limit=4", headers=read)).json()
+        assert [r["seq"] for r in page["records"]] == [1, 2, 3, 4] and page["records"][0]["rows"] == [1.0]
+        page = await (await client.get(f"/v1/flows/alerts?after={page['next']}", headers=read)).json()
+        assert [r["seq"] for r in page["records"]] == [5, 6, 8]
+        page = await (await client.get("/v1/flows/other", headers=read)).json()
+        assert page["records"][0]["rows"] == [[7, "seven"]] and page["records"][0]["edge"] == "e1"
         # a wiped edge store (a new log) starts again at 1
         await edge.close()
         edge.log_id, edge.next_seq, edge.acked, edge.sent_upto = "fresh", 1, 0, 0
