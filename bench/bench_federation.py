@@ -12,7 +12,7 @@ run in a second process, so the hub has a core of its own. Measured:
    each edge's buffer fully acknowledged (the ISSUE's figure is 1,000 edges × 10 rows/s × 60 s).
 
     /work/venv/bin/python bench/bench_federation.py [--edges 1000] [--publish-seconds 60]
-        [--publish-rate 10] [--merge-rows 2000000] [--fanout-rows 100]
+        [--publish-rate 10] [--merge-rows 2000000] [--fanout-rows 100] [--keep]
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -216,6 +217,8 @@ async def main(args) -> None:
         await loop.run_in_executor(None, parent.recv)
         process.join(10)
         await runner.cleanup()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(table("Results", results, ("what", "figure", "figure", "notes")))
 
 
@@ -254,4 +257,5 @@ if __name__ == "__main__":
     parser.add_argument("--merge-edges", type=int, default=10, help="edges of the first merge figure")
     parser.add_argument("--publish-rate", type=float, default=10.0, help="rows per second per edge")
     parser.add_argument("--publish-seconds", type=float, default=60.0)
+    parser.add_argument("--keep", action="store_true", help="keep the federation's data directory")
     asyncio.run(main(parser.parse_args()))
