@@ -355,3 +355,14 @@ def test_json_file_stream_of_absurdly_nested_values(tmp_path):
     with pytest.raises(streamql.QueryError) as info:
         list(engine.query(f"select json:file_stream('{path}');"))
     assert "line 2" in info.value.message and "internal error" not in info.value.message
+
+
+@pytest.mark.parametrize("call", ["zscore(s, 2)", "drift(s, 0, 1, 2)", "deadband(s, 0.5)"])
+def test_numeric_transforms_refuse_non_numbers_in_plain_words(call):
+    engine = new_engine()
+    for values in ("[1, 2, 'x', 4, 5]", "[1, 2, |2024-01-01T00:00:00Z|, 4]"):
+        text = f"select {call.replace('s,', f'vstream({values}),')};"
+        with pytest.raises(streamql.QueryError) as info:
+            list(engine.query(text))
+        assert info.value.kind == "RuntimeError" and "internal error" not in info.value.message, info.value.message
+        assert "number" in info.value.message
