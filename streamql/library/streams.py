@@ -20,7 +20,7 @@ from ..signals import Stamped
 from ..streams import LazyBag, StreamValue, collect_column, iter_elements, to_column
 from ..types import (BOOLEAN, CHARSTRING, INTEGER, OBJECT, REAL, Type, bag_of, stream_of,
                      timeval_of, vector_of)
-from ..values import Bag, Time, Timeval, values_equal
+from ..values import Bag, Time, Timeval, format_value, values_equal
 from .registry import SOURCE, STREAM, Library
 
 BATCH = 65536
@@ -30,6 +30,23 @@ def _require_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise QueryRuntimeError(f"{name} must be an integer of at least {minimum}, not {value!r}")
     return int(value)
+
+
+def _floats(values, name: str) -> np.ndarray:
+    """Numbers as float64, or the error that names the first value that is not a number (a
+    stream of Object can hold anything; numpy would parse '1' or fail on a time)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        return values.astype(np.float64, copy=False)
+
+    def check(value):
+        if isinstance(value, (list, np.ndarray)):
+            for v in (value.tolist() if isinstance(value, np.ndarray) else value):
+                check(v)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise QueryRuntimeError(f"{name} needs numbers, not {format_value(value)}")
+
+    check(values if isinstance(values, (list, np.ndarray)) else [values])
+    return np.asarray(values, dtype=np.float64)
 
 
 def _closing(items):
@@ -602,6 +619,7 @@ def deadband(stream: StreamValue, eps: float) -> StreamValue:
                         v = element.value if isinstance(element, Timeval) else element
                         if v is None:
                             continue
+                        _floats(v, "deadband")
                         if last is None or abs(v - last) > eps:
                             last = v
                             yield element
@@ -754,8 +772,7 @@ def zscore(stream: StreamValue, n: int) -> StreamValue:
                 if item is IDLE:
                     yield item
                     continue
-                values = item.values if type(item) is Batch else np.array([item], dtype=np.float64)
-                values = np.asarray(values, dtype=np.float64)
+                values = _floats(item.values if type(item) is Batch else [item], "zscore")
                 data = np.concatenate([history, values])
                 if len(data) > n:
                     windows = sliding_window_view(data, n)[:-1]
@@ -787,9 +804,9 @@ def drift(stream: StreamValue, reference_mean: float, reference_std: float, n: i
                 if item is IDLE:
                     yield item
                 elif type(item) is Batch:
-                    yield Batch((np.asarray(item.values, dtype=np.float64).mean(axis=1) - reference_mean) / scale)
+                    yield Batch((_floats(item.values, "drift").mean(axis=1) - reference_mean) / scale)
                 else:
-                    yield (float(np.mean(item)) - reference_mean) / scale
+                    yield (float(np.mean(_floats(item, "drift"))) - reference_mean) / scale
         finally:
             _closing(items)
     return StreamValue(open_, f"drift({stream.label}, {reference_mean}, {reference_std}, {n})")
