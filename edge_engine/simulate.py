@@ -11,7 +11,8 @@ recompute every simulated value (`SimModel.values_at`):
 - id `{prefix}{code}-{i:04d}`: `wl-0001` (wheel loader), `dt-0002` (dumper), `ex-0003` (excavator);
 - metadata: `kind`, `region` (US, EU, AU, CA, SE, BR), `site`, `model_year`, `fleet`;
 - capabilities: `ram_kb` (128 MiB … 2 GiB), `flash_kb` (512 MiB … 8 GiB), `cpu` by size;
-- signals: `vibration` (sine with noise, digging bursts and spikes; 100 Hz × rate scale),
+- signals: `vibration` (sine with noise, digging bursts and spikes; 100 Hz × rate scale, delivered
+  in batches every 0.25 s),
   `outside_temperature` (a slow mean-reverting walk around a regional level: some US, EU and
   CA machines are below −20 °C, AU ones rarely), `engine_speed` (rpm, 10 Hz) and `battery`
   (percent, also reported in health);
@@ -85,7 +86,7 @@ def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
     vibration_gain = {"wl": 1.0, "dt": 0.7, "ex": 1.3}[code]
     signals = [
         {"name": "vibration", "kind": "simulated", "shape": "sine", "seed": edge_seed,
-         "rate_hz": 100.0 * rate_scale, "frequency_hz": round(rng.uniform(8.0, 16.0), 2),
+         "rate_hz": 100.0 * rate_scale, "frequency_hz": round(rng.uniform(8.0, 16.0), 2), "batch_interval_s": 0.25,
          "amplitude": round(0.8 * vibration_gain, 3), "noise": 0.2,
          "bursts": {"every_s": 30.0, "probability": 0.5, "duration_s": 8.0,
                     "amplitude": round(2.5 * vibration_gain, 3), "frequency_hz": 45.0},
@@ -95,7 +96,7 @@ def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
          "reversion_s": 1800.0,
          "level_shifts": {"every_s": 3600.0, "probability": 0.3, "duration_s": 600.0, "magnitude": 3.0}},
         {"name": "engine_speed", "kind": "simulated", "shape": "walk", "seed": edge_seed + 2,
-         "rate_hz": 10.0 * rate_scale, "offset": {"wl": 1500.0, "dt": 1300.0, "ex": 1800.0}[code],
+         "rate_hz": 10.0 * rate_scale, "offset": {"wl": 1500.0, "dt": 1300.0, "ex": 1800.0}[code], "batch_interval_s": 0.25,
          "amplitude": 250.0, "reversion_s": 120.0, "noise": 15.0, "min": 600.0, "max": 2400.0},
         {"name": "battery", "kind": "simulated", "shape": "walk", "seed": edge_seed + 3, "rate_hz": 0.2,
          "offset": round(rng.uniform(55.0, 90.0), 1), "amplitude": 8.0, "reversion_s": 7200.0,
@@ -107,12 +108,18 @@ def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
 
 # == signals ===================================================================================
 class SignalPump:
-    """One task polling the simulated drivers of every edge (instead of a task per signal)."""
+    """One task polling the simulated drivers of every edge (instead of a task per signal).
+
+    Each driver is polled when it is due (`next_due()` after its last poll: the next reading of a
+    slow signal, one batch interval later for a fast one), so a 1 Hz signal costs one call a
+    second and a 100 Hz one with `batch_interval_s = 0.25` four calls of 25 readings.
+    """
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, interval_s: float = 0.05):
         self.clock = clock
         self.interval_s = interval_s
         self.sets: list[DriverSet] = []
+        self._due: dict[int, float] = {}       # id(driver) → clock time of its next poll
         self._task: asyncio.Task | None = None
         self.failures = 0
 
@@ -122,15 +129,23 @@ class SignalPump:
     def remove(self, drivers: DriverSet) -> None:
         if drivers in self.sets:
             self.sets.remove(drivers)
+            for driver in drivers.drivers:
+                self._due.pop(id(driver), None)
 
     def poll(self) -> int:
         now = self.clock.now()
         pushed = 0
+        due = self._due
         for drivers in self.sets:
             for driver in drivers.drivers:
+                key = id(driver)
+                if due.get(key, now) > now:
+                    continue
                 try:
                     pushed += driver.poll(now)
+                    due[key] = driver.next_due() or now + self.interval_s
                 except Exception:  # noqa: BLE001 - one broken driver must not stop the others
+                    due[key] = now + 1.0
                     self.failures += 1
                     if self.failures <= 10:
                         log.exception("signal %s failed", driver.name)

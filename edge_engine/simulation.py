@@ -32,23 +32,38 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer, vectorized (uint64 arithmetic wraps)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+    """splitmix64's finalizer, vectorized (uint64 arithmetic wraps; arrays never warn about it,
+    so no errstate here: entering one costs more than the mixing of a few values)."""
+    x = np.atleast_1d(x)
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
 
 
 def _uniform(seed: int, salt: int, keys: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) for each uint64 key, independent across (seed, salt)."""
     base = np.uint64((seed * _GOLDEN + salt * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF)
-    return (_mix(_mix(keys ^ base)) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return (_mix(_mix(keys ^ base)) >> _S11).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _gauss(seed: int, salt: int, keys: np.ndarray) -> np.ndarray:
     u1 = _uniform(seed, salt, keys)
     u2 = _uniform(seed, salt + 7919, keys)
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def _gauss_rows(seed: int, salts: list[int], keys: np.ndarray) -> np.ndarray:
+    """`_gauss(seed, salts[i], keys[i])` for every row i, in one pass."""
+    def bases(offset: int) -> np.ndarray:
+        return np.array([(seed * _GOLDEN + (salt + offset) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
+                         for salt in salts], dtype=np.uint64)[:, None]
+    scale = 1.0 / (1 << 53)
+    u1 = (_mix(_mix(keys ^ bases(0))) >> _S11).astype(np.float64) * scale
+    u2 = (_mix(_mix(keys ^ bases(7919))) >> _S11).astype(np.float64) * scale
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
@@ -173,20 +188,27 @@ class SimModel:
         return t, float(self.values_at(np.array([t]))[0])
 
     def _walk(self, t: np.ndarray) -> np.ndarray:
-        total = np.zeros(t.shape)
+        # every octave's random levels in one pass over an (octaves, 2n) array: the same values
+        # as octave by octave, at a fraction of the per-call overhead for the few readings a
+        # driver asks for at a time
+        n = t.shape[0] if t.ndim else 1
+        flat = t.reshape(-1)
+        octaves = np.arange(self._octaves)
+        scales = self.reversion_s / np.array([float(1 << o) for o in octaves])
+        position = flat[None, :] / scales[:, None]
+        cell = np.floor(position)
+        frac = position - cell
+        smooth = frac * frac * (3.0 - 2.0 * frac)
+        levels = _gauss_rows(self.seed, [100 + int(o) for o in octaves], _cell_keys(np.concatenate([cell, cell + 1], 1)))
+        total = np.zeros(flat.shape)
         norm = 0.0
         for octave in range(self._octaves):
             scale = self.reversion_s / (1 << octave)
             weight = math.sqrt(scale / self.reversion_s)
-            position = t / scale
-            cell = np.floor(position)
-            frac = position - cell
-            smooth = frac * frac * (3.0 - 2.0 * frac)
-            here = _gauss(self.seed, 100 + octave, _cell_keys(cell))
-            there = _gauss(self.seed, 100 + octave, _cell_keys(cell + 1))
-            total += weight * (here + (there - here) * smooth)
+            here, there = levels[octave, :n], levels[octave, n:]
+            total += weight * (here + (there - here) * smooth[octave])
             norm += weight * weight
-        return total / math.sqrt(norm)
+        return (total / math.sqrt(norm)).reshape(t.shape)
 
     def _window_events(self, t: np.ndarray, params: dict, salt: int):
         every, duration = params["every_s"], params["duration_s"]
