@@ -225,7 +225,10 @@ class FleetRun:
         except asyncio.TimeoutError:
             status.update(outcome="timed out", reason=f"no complete answer within {self.fragment_timeout} s")
         except EdgeOffline as exc:
-            status.update(outcome="offline", reason=str(exc) or "the link dropped")
+            if getattr(exc, "dropped", False):  # it was answering when its link dropped (protocol §6)
+                status.update(outcome="failed", reason=f"disconnected: {getattr(exc, 'reason', exc)}")
+            else:
+                status.update(outcome="offline", reason=getattr(exc, "reason", None) or str(exc))
         except FragmentError as exc:
             error = exc.error or {}
             outcome = "failed" if exc.outcome != "limit" else "limit"

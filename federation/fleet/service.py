@@ -156,7 +156,7 @@ class QueryService:
         try:
             deployment_id = await self.deployments.start(
                 action, statement.model, version, devices, selection=statement.selection.sql(),
-                requested_by=getattr(principal, "label", None) or getattr(principal, "device_id", None))
+                requested_by=getattr(principal, "name", None))
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         left_out = {device: s for device, s in status.items() if s.get("outcome") != "answered"}
@@ -185,18 +185,25 @@ class QueryService:
 
 
 def _require(principal, role: str, statement, text: str) -> None:
+    """Statements that change things need a token with at least `role` (403 otherwise)."""
     if principal is None:
         return
     allows = getattr(principal, "allows", None)
     if allows is None:
         return
-    try:
-        from federation.auth import Role
-        wanted = Role[role.upper()]
-    except (ImportError, KeyError):
-        return
-    if not allows(wanted):
-        raise FleetError(f"this statement needs a token with the {role} role", statement.span, text)
+    from federation.auth import Role
+    from federation.errors import Forbidden
+    if not allows(Role[role.upper()]):
+        raise Forbidden(f"this statement needs a token with the {role} role")
+
+
+def create_query_service(app) -> QueryService:
+    """The query service of a federation app (called at startup, once the registry, index, hub
+    and deployment manager exist): its own engine holds the federation's functions and session
+    variables; the fleet comes from the registry and the hub."""
+    import streamql
+    from federation.keys import DEPLOYMENTS, HUB, INDEX, REGISTRY
+    return QueryService(streamql.Engine(name="federation"), app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS])
 
 
 async def _aiter(rows):
