@@ -366,3 +366,10 @@ def test_numeric_transforms_refuse_non_numbers_in_plain_words(call):
             list(engine.query(text))
         assert info.value.kind == "RuntimeError" and "internal error" not in info.value.message, info.value.message
         assert "number" in info.value.message
+
+
+def test_zscore_refuses_vectors_among_numbers():
+    engine = new_engine()
+    with pytest.raises(streamql.QueryError) as info:
+        list(engine.query("select zscore(vstream([1, 2, [], 4, 10]), 3);"))
+    assert "internal error" not in info.value.message and "number" in info.value.message
