@@ -32,21 +32,25 @@ def _require_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _floats(values, name: str) -> np.ndarray:
-    """Numbers as float64, or the error that names the first value that is not a number (a
-    stream of Object can hold anything; numpy would parse '1' or fail on a time)."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+def _floats(values, name: str, depth: int = 1) -> np.ndarray:
+    """Numbers (`depth` levels of lists of them) as float64, or the error that names the first
+    value that is not a number (a stream of Object can hold anything; numpy would parse '1' or
+    fail on a time)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == depth:
         return values.astype(np.float64, copy=False)
 
-    def check(value):
-        if isinstance(value, (list, np.ndarray)):
+    def check(value, level):
+        if level and isinstance(value, (list, np.ndarray)):
             for v in (value.tolist() if isinstance(value, np.ndarray) else value):
-                check(v)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                check(v, level - 1)
+        elif level or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise QueryRuntimeError(f"{name} needs numbers, not {format_value(value)}")
 
-    check(values if isinstance(values, (list, np.ndarray)) else [values])
-    return np.asarray(values, dtype=np.float64)
+    check(values, depth)
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except ValueError:  # windows of different lengths
+        raise QueryRuntimeError(f"{name} needs windows of numbers of one length") from None
 
 
 def _closing(items):
@@ -619,7 +623,7 @@ def deadband(stream: StreamValue, eps: float) -> StreamValue:
                         v = element.value if isinstance(element, Timeval) else element
                         if v is None:
                             continue
-                        _floats(v, "deadband")
+                        _floats(v, "deadband", 0)
                         if last is None or abs(v - last) > eps:
                             last = v
                             yield element
@@ -804,7 +808,7 @@ def drift(stream: StreamValue, reference_mean: float, reference_std: float, n: i
                 if item is IDLE:
                     yield item
                 elif type(item) is Batch:
-                    yield Batch((_floats(item.values, "drift").mean(axis=1) - reference_mean) / scale)
+                    yield Batch((_floats(item.values, "drift", 2).mean(axis=1) - reference_mean) / scale)
                 else:
                     yield (float(np.mean(_floats(item, "drift"))) - reference_mean) / scale
         finally:
