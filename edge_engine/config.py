@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from .buffer import FSYNC_POLICIES, OVERFLOW_POLICIES
 from .signals import SignalSpecError, check_spec
 
-__all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Reconnect",
+__all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Reconnect", "Tls",
            "add_arguments", "load_config", "detect_runtimes", "TOKEN_ENV"]
 
 TOKEN_ENV = "STREAMQL_EDGE_TOKEN"
@@ -78,6 +78,16 @@ class Reconnect:
 
 
 @dataclass
+class Tls:
+    """TLS towards a `wss://` federation: a CA file to trust (else the system store), and a
+    client certificate with its key where the federation requires mutual TLS."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass
 class EdgeConfig:
     id: str
     federation: str | None = None
@@ -91,6 +101,7 @@ class EdgeConfig:
     limits: Limits = field(default_factory=Limits)
     reconnect: Reconnect = field(default_factory=Reconnect)
     trusted_keys: list[str] = field(default_factory=list)
+    tls: Tls = field(default_factory=Tls)
     log_level: str = "info"
     source: Path | None = None          # the file it was loaded from, if any
 
@@ -105,6 +116,7 @@ class EdgeConfig:
         """The effective settings (token hidden), e.g. for `--print-config` and logs."""
         data = asdict(self)
         data["store"] = str(self.store)
+        data["tls"] = {k: str(v) if v is not None else None for k, v in asdict(self.tls).items()}
         data["source"] = str(self.source) if self.source else None
         data["token"] = "***" if self.token else None
         return data
@@ -154,6 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--limit-seconds", type=float, metavar="S", help="default time limit of a query")
     add("--limit-memory-mb", type=float, metavar="MB", help="default memory limit of a query")
     add("--trusted-key", action="append", metavar="KEY", help="a public key trusted for bundles (repeatable)")
+    add("--ca-file", metavar="PEM", help="CA certificates to trust for a wss:// federation")
+    add("--client-cert", metavar="PEM", help="client certificate, where the federation requires mutual TLS")
+    add("--client-key", metavar="PEM", help="the client certificate's private key")
     add("--reconnect-initial", dest="reconnect_initial_s", type=float, metavar="S",
         help="first reconnection backoff (doubles up to --reconnect-max, with full jitter)")
     add("--reconnect-max", dest="reconnect_max_s", type=float, metavar="S", help="longest reconnection backoff")
@@ -175,7 +190,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
             ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
                         ("fsync", "fsync"), ("overflow", "overflow"))),
             ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"))),
-            ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s")))):
+            ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s"))),
+            ("tls", (("ca_file", "ca_file"), ("cert_file", "client_cert"), ("key_file", "client_key")))):
         for key, name in pairs:
             if get(name) is not None:
                 doc.setdefault(section, {})[key] = get(name)
@@ -227,11 +243,12 @@ def _signal_flag(text: str) -> dict:
 
 # == loading ===================================================================================
 _TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
-        "buffer", "limits", "reconnect", "trusted_keys", "log_level"}
+        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
              "limits": {"rows", "seconds", "memory_mb"},
-             "reconnect": {"initial_s", "max_s"}}
+             "reconnect": {"initial_s", "max_s"},
+             "tls": {"ca_file", "cert_file", "key_file"}}
 
 
 def load_config(path: str | os.PathLike | None = None, args: argparse.Namespace | None = None,
@@ -363,6 +380,17 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     if reconnect.max_s < reconnect.initial_s:
         fail("reconnect.max_s", "must not be below reconnect.initial_s")
 
+    tls_doc = section("tls")
+    tls_paths = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        text = _opt_str(tls_doc, key, fail, f"tls.{key}")
+        if text is not None:
+            path = Path(text).expanduser()
+            tls_paths[key] = path if path.is_absolute() else base / path
+    if ("cert_file" in tls_paths) != ("key_file" in tls_paths):
+        fail("tls.cert_file", "a client certificate needs its key (tls.key_file), and a key its certificate")
+    tls = Tls(**tls_paths)
+
     heartbeat = _number(doc, "heartbeat_s", 5.0, "heartbeat_s", fail)
     if heartbeat > 3600:
         fail("heartbeat_s", "must be at most 3600 seconds")
@@ -394,7 +422,7 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
 
     return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
-                      limits=limits, reconnect=reconnect, trusted_keys=list(keys), log_level=log_level.lower(),
+                      limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, log_level=log_level.lower(),
                       source=path)
 
 

@@ -147,7 +147,7 @@ class EdgeDaemon:
         if config.federation:
             self.link = Link(self, config.federation, config.token, reconnect=config.reconnect,
                              heartbeat_s=config.heartbeat_s, session=self.session, clock=self.clock,
-                             stats=self.monitor.link, rng=self.rng, log=self.log)
+                             stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls)
             self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
         self.started = True
         return self

@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 import random
+import ssl
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +37,7 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 from .config import Reconnect
 from .health import LinkStats
 
-__all__ = ["Link", "Connection", "LinkHandler", "connect_url", "backoff_delay"]
+__all__ = ["Link", "Connection", "LinkHandler", "connect_url", "backoff_delay", "tls_context"]
 
 CONNECT_PATH = "/v1/edges/connect"
 STABLE_AFTER_S = 60.0
@@ -52,6 +53,16 @@ def connect_url(federation: str) -> str:
     if not path.endswith(CONNECT_PATH):
         path += CONNECT_PATH
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def tls_context(tls) -> ssl.SSLContext | None:
+    """The TLS context of a `Tls` setting (CA file, client certificate); None: aiohttp's default."""
+    if tls is None or (tls.ca_file is None and tls.cert_file is None):
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return context
 
 
 def backoff_delay(attempt: int, reconnect: Reconnect, rng: random.Random) -> float:
@@ -110,7 +121,7 @@ class Link:
                  reconnect: Reconnect | None = None, heartbeat_s: float = 5.0,
                  session: aiohttp.ClientSession | None = None, clock: Clock = SYSTEM_CLOCK,
                  stats: LinkStats | None = None, rng: random.Random | None = None,
-                 log: logging.Logger | None = None, handshake_timeout_s: float = 10.0):
+                 log: logging.Logger | None = None, handshake_timeout_s: float = 10.0, tls=None):
         self.handler = handler
         self.url = connect_url(federation)
         self.token = token
@@ -122,6 +133,7 @@ class Link:
         self.rng = rng or random.Random()
         self.log = log or logging.getLogger("streamql.edge.link")
         self.handshake_timeout_s = handshake_timeout_s
+        self.ssl = tls_context(tls) if self.url.startswith("wss:") else None
         self._session = session
         self._own_session = session is None
         self._stopping = asyncio.Event()
@@ -180,9 +192,10 @@ class Link:
 
     async def _connect_once(self) -> float | None:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        options = {"ssl": self.ssl} if self.ssl is not None else {}
         ws = await self._session.ws_connect(
             self.url, headers=headers, max_msg_size=MAX_MESSAGE, autoping=True, heartbeat=None,
-            compress=0, timeout=aiohttp.ClientWSTimeout(ws_close=2.0), autoclose=True)
+            compress=0, timeout=aiohttp.ClientWSTimeout(ws_close=2.0), autoclose=True, **options)
         conn = Connection(ws, self.stats, self.log)
         self.connection = conn
         self._bad.clear()

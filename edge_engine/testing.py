@@ -154,18 +154,22 @@ class FakeFederation:
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.ssl_context = None
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.ssl_context is not None else 'ws'}://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> str:
+    async def start(self, port: int = 0, ssl_context=None) -> str:
+        """Listen (again, on the same port after a stop); `ssl_context` serves wss://."""
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
         app = web.Application()
         app.router.add_get("/v1/edges/connect", self._connect)
         app.router.add_post("/v1/edges", self._provision)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port or 0, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self.url

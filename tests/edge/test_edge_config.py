@@ -114,3 +114,15 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(tmp_path / "absent.toml", environ={})
     with pytest.raises(ConfigError, match="not valid TOML.*line 1"):
         load_config(write(tmp_path, "id = \n[x"), environ={})
+
+
+def test_tls_and_reconnect_settings(tmp_path):
+    path = write(tmp_path, 'id = "e"\n[tls]\nca_file = "ca.pem"\n[reconnect]\ninitial_s = 1\nmax_s = 8\n')
+    config = load_config(path, parse("--client-cert", "/etc/e.crt", "--client-key", "/etc/e.key",
+                                     "--reconnect-max", "4"), environ={})
+    assert config.tls.ca_file == tmp_path / "ca.pem"                      # relative to the file
+    assert (str(config.tls.cert_file), str(config.tls.key_file)) == ("/etc/e.crt", "/etc/e.key")
+    assert (config.reconnect.initial_s, config.reconnect.max_s) == (1.0, 4.0)
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, parse("--id", "e", "--client-cert", "e.crt"), environ={})
+    assert caught.value.key == "tls.cert_file"

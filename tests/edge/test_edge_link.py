@@ -185,3 +185,60 @@ def test_backoff_is_full_jitter_capped_and_exponential():
 ])
 def test_connect_url(given, url):
     assert connect_url(given) == url
+
+
+def _certificate(prefix, name, issuer=None, ca=False):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_cert, issuer_key = issuer or (None, key)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_cert.subject if issuer_cert else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    prefix.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    prefix.with_suffix(".key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    return cert, key, prefix.with_suffix(".crt"), prefix.with_suffix(".key")
+
+
+async def test_wss_with_a_ca_file_and_a_client_certificate(tmp_path, edge_config, start_edge):
+    import dataclasses
+    import ssl
+
+    from edge_engine.config import Tls
+    ca_cert, ca_key, ca_file, _ = _certificate(tmp_path / "ca", "test CA", ca=True)
+    _, _, server_cert, server_key = _certificate(tmp_path / "server", "127.0.0.1", (ca_cert, ca_key))
+    _, _, client_cert, client_key = _certificate(tmp_path / "edge", "wl-1", (ca_cert, ca_key))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(server_cert, server_key)
+    server.verify_mode = ssl.CERT_REQUIRED                  # mutual TLS
+    server.load_verify_locations(ca_file)
+    fed = FakeFederation(heartbeat_s=0.5)
+    await fed.start(ssl_context=server)
+    try:
+        assert fed.url.startswith("wss://")
+        without = await start_edge(edge_config(federation=fed.url, store=tmp_path / "a", tls=Tls(ca_file=ca_file)))
+        await asyncio.sleep(0.5)
+        assert not without.link.connected.is_set()           # no client certificate: refused
+        await without.stop()
+        config = edge_config(federation=fed.url, store=tmp_path / "b")
+        config = dataclasses.replace(config, tls=Tls(ca_file=ca_file, cert_file=client_cert, key_file=client_key))
+        await start_edge(config)
+        conn = await fed.connection("wl-1")
+        rows, _ = await conn.run_query("select 6 * 7;")
+        assert rows == [42]
+    finally:
+        await fed.stop()
