@@ -256,6 +256,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "errors": list_of(struct({"time": NUM, "message": STR}, {"kind": STR}), 100),
         "buffer": struct({}, {"records": COUNT, "bytes": COUNT, "dropped": COUNT}),
         "queries": list_of(ID),
+        "models": ACTIVE,
+        "autostart": list_of(MAP, 1000),
     }),
     "query": ({
         "qid": ID,

@@ -244,3 +244,13 @@ def test_protocol_doc_lists_every_frame_with_its_direction_and_required_fields()
             assert f"`{name}` " in fields, (t, name)  # required: no "?" after the name
         for name in optional:
             assert f"`{name}`?" in fields, (t, name)
+
+
+def test_health_may_carry_active_models_and_autostart_queries():
+    fields = dict(wire.examples()["health"], models={"vib-anomaly": "1.2.0"},
+                  autostart=[{"query": "vib-anomaly:autostart/scores.sql#1", "flow": "vib-anomaly/scores",
+                              "status": "running", "rows": 10, "restarts": 0, "error": None}])
+    assert wire.decode(wire.encode(wire.make("health", **fields)))["models"] == {"vib-anomaly": "1.2.0"}
+    with pytest.raises(wire.ProtocolError) as caught:
+        wire.make("health", **dict(fields, models={"vib-anomaly": 1}))
+    assert caught.value.ref == "models.vib-anomaly"
