@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from streamql import ast as A
 from streamql.bound import TAt, TExpr, TVar
-from streamql.errors import FleetError, QueryTypeError
+from streamql.errors import FleetError, QueryNameError, QueryTypeError
 from streamql.library.registry import SOURCE, Library, Overload, Param
 from streamql.types import (BOOLEAN, CHARSTRING, EDGE, OBJECT, RECORD, TIME, Type, bag_of)
 from streamql.values import Bag, EdgeRef, Time
@@ -160,8 +160,43 @@ class FleetCatalog:
         if not (isinstance(edge, TVar) and edge.type == EDGE):
             raise QueryTypeError("the right of @ must be an Edge variable (… @ e with e declared Edge e)",
                                  node.edge.span, binder.source)
-        inner = binder.bind_expr(node.expr, scope)
+        try:
+            inner = binder.bind_expr(node.expr, scope)
+        except QueryNameError as exc:
+            if not exc.message.startswith("unknown function"):
+                raise
+            # A function the edge has (a deployed bundle defines it) but the federation does not:
+            # the edge checks it; here it is a value known only at run time.
+            inner = TEdgeOnly(OBJECT, node=node.expr, names=_variables(node.expr, scope), span=node.expr.span)
         return TAt(inner.type, expr=inner, edge=edge, source=node.expr.sql(), node=node.expr, span=node.span)
+
+
+@dataclass(frozen=True, eq=False)
+class TEdgeOnly(TExpr):
+    """An expression only an edge can check (it uses functions the edge alone has)."""
+
+    node: Any = None
+    names: frozenset = frozenset()
+
+    def _compute_free(self) -> frozenset[str]:
+        return self.names
+
+    def _own_volatility(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return self.node.sql()
+
+
+def _variables(node: A.Node, scope) -> frozenset:
+    """The query variables an AST reads, by their internal names."""
+    out = set()
+    for sub in node.walk():
+        if isinstance(sub, A.Variable):
+            found, _ = scope.lookup(sub.name.lower())
+            if found is not None and hasattr(found, "name") and not isinstance(found, TExpr):
+                out.add(found.name)
+    return frozenset(out)
 
 
 def metadata_keys(index) -> list[str]:

@@ -187,6 +187,13 @@ class FleetPlanner:
                                      "depend on other variables", conjunct.span)
                 plan.candidates_from = conjunct.source
                 continue
+            if targets and ast_term is None and not has_at(conjunct.source) \
+                    and conjunct.source.free_variables() <= {edge}:
+                # a bag-valued select item computed at the federation (signals(e)): kept as a bag
+                target = conjunct.targets[0]
+                replacements[TVar(query.variables[target].type, target)] = conjunct.source
+                central_vars.discard(target)
+                continue
             if targets:
                 raise self.error("in a fleet query every variable but the edge must be bound on the edge "
                                  "(x in …@e)", conjunct.span)
@@ -212,6 +219,11 @@ class FleetPlanner:
             plan.selection = S.conjunction(index_terms) if len(index_terms) > 1 else index_terms[0]
             plan.selection_text = str(plan.selection)
 
+        if replacements and not shipped and not outputs and not edge_local \
+                and not any(has_at(e) for _, e in query.items):
+            plan.local = True  # only registry values: the federation's own engine flattens the bag
+            plan.items = query.items
+            return plan
         needs_edge = bool(shipped or outputs or edge_local or any(has_at(e) for _, e in query.items))
         if not needs_edge and not any(has_at(a.arg) for a in query.aggregates if a.arg is not None):
             plan.local = True
