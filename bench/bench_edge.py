@@ -115,6 +115,15 @@ async def single_daemon(fed: FakeFederation, work: Path, settle_s: float, starts
             stop(process)
             if conn is not None:
                 await conn.closed.wait()
+    # the same store again: the bundle restored at start (one engine, no deployment work)
+    process = spawn(args + ["--store", str(work / "store-0")], log)
+    try:
+        conn = await fed.connection("bench-1", timeout=30, newer_than=fed.connections.get("bench-1"))
+        assert conn.hello["models"] == {"vib": "1.0.0"}
+        out["restored_rss"], out["restored_cpu"] = await settle(process.pid, settle_s)
+    finally:
+        stop(process)
+        await conn.closed.wait()
     out["cold"] = cold
     return out
 
@@ -159,8 +168,10 @@ async def main() -> None:
     print(table("\nmemory (resident, after idling)", [
         ("python + numpy (baseline)", f"{base:.1f} MB", "1.00×"),
         ("idle daemon, 2 signals (1 kHz + 1 Hz)", f"{single['idle_rss']:.1f} MB", f"{single['idle_rss'] / base:.2f}×"),
-        ("… with a TFLite model bundle and its autostart query",
+        ("… after deploying a TFLite model bundle (autostart query scoring)",
          f"{single['model_rss']:.1f} MB (peak {single['model_hwm']:.1f})", f"{single['model_rss'] / base:.2f}×"),
+        ("… restarted with that bundle restored", f"{single['restored_rss']:.1f} MB",
+         f"{single['restored_rss'] / base:.2f}×"),
     ], ("process", "resident", "vs baseline")))
     print(f"target ≤ 80 MB idle: {'met' if single['idle_rss'] <= 80 else 'MISSED'}; "
           f"CPU while idle {single['idle_cpu']:.1f} % of a core (1 kHz signal), "

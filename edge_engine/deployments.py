@@ -134,12 +134,18 @@ class Deployments:
         if size > limit:
             return self._nack(did, model, "requirements",
                               f"the bundle of {size} bytes is larger than this edge can store ({limit} bytes)")
+        if chunks > max(1, size):
+            return self._nack(did, model, "validate", f"{chunks} chunks cannot make a bundle of {size} bytes")
         meta = {k: fields[k] for k in ("model", "version", "sha256", "size", "chunks")}
         self.store.chunks.put(did, fields["chunk"], fields["data"], meta)
         received = self.store.chunks.received(did)
+        total = sum(received.values())
+        if total > size:
+            self.store.chunks.discard(did)
+            return self._nack(did, model, "hash", f"the chunks received hold {total} bytes, more than the "
+                                                   f"bundle's {size}")
         if any(i not in received for i in range(chunks)):
             return None
-        total = sum(received[i] for i in range(chunks))
         if total != size:
             self.store.chunks.discard(did)
             return self._nack(did, model, "hash", f"the {chunks} chunks hold {total} bytes, the deployment "

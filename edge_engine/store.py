@@ -192,9 +192,10 @@ class ChunkStore:
     `join` returns the bundle bytes. Stale deployments (older than `max_age_s`) are removed.
     """
 
-    def __init__(self, directory: Path, max_age_s: float = 24 * 3600):
+    def __init__(self, directory: Path, max_age_s: float = 24 * 3600, max_pending: int = 8):
         self.directory = directory
         self.max_age_s = max_age_s
+        self.max_pending = max_pending        # deployments half received at once; the oldest go first
         directory.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, did: str) -> Path:
@@ -203,6 +204,10 @@ class ChunkStore:
 
     def put(self, did: str, chunk: int, data: bytes, meta: dict) -> None:
         directory = self._dir(did)
+        if not directory.exists():
+            pending = sorted(self.directory.iterdir(), key=lambda p: p.stat().st_mtime)
+            for stale in pending[:max(0, len(pending) - self.max_pending + 1)]:
+                shutil.rmtree(stale, ignore_errors=True)
         directory.mkdir(exist_ok=True)
         meta_path = directory / "meta.json"
         wanted = json.dumps(meta, sort_keys=True).encode()

@@ -232,3 +232,21 @@ def test_flows_of_autostart_queries(tmp_path):
     assert [(s.path, s.index, s.flow) for s in specs] == [
         ("autostart/many.sql", 1, "alerts"), ("autostart/many.sql", 2, "vib/many/2"),
         ("autostart/many.sql", 3, None), ("autostart/scores.sql", 1, "vib/scores")]
+
+
+async def test_lying_chunk_counts_and_sizes_are_refused(fed, edge_config, start_edge, bundles):
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    await conn.send("deploy", did="d-1", model="vib", version="1.0.0", sha256="0" * 64, size=10, chunk=0,
+                    chunks=1000, data=b"x")
+    assert (await conn.answer("d-1"))["code"] == "validate"
+    await conn.send("deploy", did="d-2", model="vib", version="1.0.0", sha256="0" * 64, size=10, chunk=0,
+                    chunks=2, data=b"x" * 10)
+    await conn.send("deploy", did="d-2", model="vib", version="1.0.0", sha256="0" * 64, size=10, chunk=1,
+                    chunks=2, data=b"y" * 5)
+    assert (await conn.answer("d-2"))["code"] == "hash"
+    for i in range(12):          # deployments never completed: only the newest few are kept
+        await conn.send("deploy", did=f"p-{i}", model="vib", version="1.0.0", sha256="0" * 64, size=10,
+                        chunk=0, chunks=2, data=b"z")
+    ack = await conn.deploy("d-3", bundles["v1"], "vib", "1.0.0")
+    assert ack.t == "ack" and len(list((daemon.store.root / "incoming").iterdir())) <= 8
