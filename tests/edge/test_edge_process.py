@@ -14,10 +14,9 @@ from edge_engine.daemon import CRASH_ENV
 from edge_engine.store import EdgeStore
 from edge_engine.testing import make_bundle
 
-from conftest import VIBRATION
-
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "select m_version(), predict('m', [0, 0, 0, 0]);"
+VIBRATION = "name=vibration,shape=sine,rate_hz=200,noise=0.1,seed=3"
 
 
 class EdgeProcess:
