@@ -37,10 +37,6 @@ from .types import Type, parse_type
 
 QUERY_STATEMENTS = (A.Select, A.ExprStatement)
 
-# The binder, planner and printer recurse over the tree; the parser allows 400 levels, which needs
-# more than Python's default of 1,000 frames.
-if sys.getrecursionlimit() < 6000:
-    sys.setrecursionlimit(6000)
 
 
 class FlowRegistry:
@@ -171,7 +167,7 @@ class Engine:
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS):
             raise QueryTypeError("start() runs a query", statement.span, text)
-        result = self._query_result(statement, text, Limits.of(limits))
+        result = self._guarded(statement, text, lambda: self._query_result(statement, text, Limits.of(limits)))
         query_id = next(self._handle_ids)
         handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name)
         with self._handles_lock:
@@ -250,10 +246,16 @@ class Engine:
 
     # --------------------------------------------------------------------- internals
     def _execute_statement(self, statement: A.Statement, source: str) -> Result:
-        try:
+        def run() -> Result:
             if isinstance(statement, QUERY_STATEMENTS):
                 return self._query_result(statement, source, Limits())
             return self._statements.run(statement, source)
+        return self._guarded(statement, source, run)
+
+    def _guarded(self, statement: A.Statement, source: str, work: Callable[[], Any]):
+        """Run a statement's compilation or execution so that only QueryErrors come out."""
+        try:
+            return work()
         except QueryError as exc:
             if exc.source is None:
                 exc.source = source

@@ -234,6 +234,8 @@ class ExecContext:
         self.started = clock.monotonic()
         self.state_bytes = 0
         self.counters: dict[str, int] = {}
+        self._deadline = None if self.limits.seconds is None else self.started + self.limits.seconds
+        self._watch = self.limits.seconds is not None or self.limits.memory_mb is not None
 
     @property
     def signals(self):
@@ -252,11 +254,14 @@ class ExecContext:
         return self.engine.models
 
     def check(self) -> None:
-        """Raise when the query was cancelled or ran past its time or memory limit."""
+        """Raise when the query was cancelled or ran past its time or memory limit (cheap: it is
+        called for every item a source produces)."""
         if self.cancel.is_set():
             raise QueryCancelled("the query was cancelled")
+        if not self._watch:
+            return
         limits = self.limits
-        if limits.seconds is not None and self.clock.monotonic() - self.started > limits.seconds:
+        if self._deadline is not None and self.clock.monotonic() > self._deadline:
             raise QueryLimitError(f"the query ran past its time limit of {limits.seconds} s")
         if limits.memory_mb is not None and self.state_bytes > limits.memory_mb * 1e6:
             raise QueryLimitError(f"the query's state grew past its memory limit of {limits.memory_mb} MB "

@@ -604,7 +604,8 @@ _DIRECTIVE = re.compile(r"^[ \t]*(?://|--)[ \t]*([A-Za-z_]+[ \t]*:.*?)[ \t]*$", 
 
 
 MAX_NESTING = 64   # brackets inside brackets: far beyond what a person writes
-MAX_DEPTH = 400    # levels of the tree (a sum of 400 terms): the binder and printer recurse this deep
+MAX_DEPTH = 200    # levels of the tree (a sum of 200 terms): the binder and printer recurse this deep,
+                   # which fits Python's default recursion limit with room for the caller's own frames
 
 
 def _check_nesting(text: str) -> None:

@@ -40,7 +40,9 @@ class Time:
 
     def iso(self) -> str:
         moment = _EPOCH + _dt.timedelta(seconds=self.seconds)
-        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        # not strftime: its %Y gives '999', not '0999', for years before 1000 on glibc
+        text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+                f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}")
         fraction = round(self.seconds - math.floor(self.seconds), 6)
         if fraction and fraction < 1:
             text += f"{fraction:.6f}"[1:].rstrip("0")

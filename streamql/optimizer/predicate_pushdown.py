@@ -53,12 +53,13 @@ class TSourceFilter(TExpr):
         checks = narrowing_checks(self.narrow, f"variable {name.split('~')[0]}") if self.narrow is not None else None
 
         def filtered(value):
+            stop = compiler.ctx.check
             if isinstance(value, StreamValue):
-                return StreamValue(lambda: _filter_items(value.open(), name, predicate, checks), value.label)
+                return StreamValue(lambda: _filter_items(value.open(), name, predicate, checks, stop), value.label)
             if isinstance(value, LazyBag):
-                return LazyBag(lambda: _filter_items(value.open(), name, predicate, checks), value.label)
+                return LazyBag(lambda: _filter_items(value.open(), name, predicate, checks, stop), value.label)
             items = value.items if hasattr(value, "items") and not isinstance(value, (dict, list, np.ndarray)) else value
-            return LazyBag(lambda: _filter_items(iter([Batch(items)]), name, predicate, checks), "filtered")
+            return LazyBag(lambda: _filter_items(iter([Batch(items)]), name, predicate, checks, stop), "filtered")
 
         def row(env):
             return filtered(source.row(env))
@@ -69,11 +70,13 @@ class TSourceFilter(TExpr):
         return Compiled(batch, row, self.type)
 
 
-def _filter_items(items, name: str, predicate: Compiled, checks=None):
+def _filter_items(items, name: str, predicate: Compiled, checks=None, stop=None):
     test_row, test_batch = predicate.row, predicate.batch
     check_value, check_column = checks if checks is not None else (None, None)
     try:
         for item in items:
+            if stop is not None:
+                stop()  # a condition that drops everything must not hide cancellation or limits
             if item is IDLE:
                 yield item
             elif type(item) is Batch:

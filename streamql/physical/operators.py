@@ -103,8 +103,10 @@ class PhysicalPlan:
                 return
             if isinstance(value, StreamValue):
                 items = value.open()
+                check = ctx.check
                 try:
                     for item in items:
+                        check()  # cancellation and time limits, even when later filters drop every row
                         if item is IDLE:
                             yield IDLE
                         elif type(item) is Batch:
@@ -136,6 +138,7 @@ class PhysicalPlan:
                 return
             if isinstance(value, LazyBag):
                 for item in value.open():
+                    ctx.check()
                     if item is IDLE:
                         continue
                     column = item.values if type(item) is Batch else [item]
