@@ -196,8 +196,8 @@ class EdgeDaemon:
         self.autostarts = AutostartSet([])
         await asyncio.to_thread(old.stop)
         self.engine = engine
-        self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log,
-                                             on_error=lambda message: None)
+        # a failing query logs a warning, which the health frame's errors pick up
+        self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log)
 
     def fit_capabilities(self) -> dict:
         """What deployability is checked against: configured RAM, flash and CPU, signal names, runtimes."""
