@@ -166,3 +166,21 @@ def test_rows_frames_respect_the_wire_contract():
     frame = wire.decode(wire.encode(wire.make("rows", qid="q", seq=0, n=n, cols=cols)))
     assert wire.rows_of(frame["n"], frame["cols"])[2][2] == {"k": 1}
     assert frame["cols"][1].shape == (3, 4)
+
+
+async def test_a_query_whose_filter_drops_every_row_still_stops(fed, edge_config, start_edge):
+    import threading
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    silent = "select stream of x from Real x where x in signal_stream('vibration') and x > 1000;"
+    timed = await conn.start_query(silent, limits={"seconds": 0.3})
+    cancelled = await conn.start_query(silent)
+    await asyncio.sleep(0.2)
+    await conn.send("cancel", qid=cancelled)
+    assert (await conn.next("end", qid=cancelled, start=0))["outcome"] == "cancelled"
+    assert (await conn.next("end", qid=timed, start=0))["outcome"] == "limit"
+    for _ in range(50):                      # and their threads are gone, not left waiting for a row
+        if not [t for t in threading.enumerate() if t.name.startswith("fragment ")]:
+            break
+        await asyncio.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith("fragment ")]
