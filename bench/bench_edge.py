@@ -1,6 +1,7 @@
 """Edge daemon footprint: idle memory, cold start to connected, memory per simulated edge.
 
-Every daemon runs as a real child process (`python -m edge_engine …`) against a fake federation
+Every daemon runs as a real child process (`streamql edge …`, the fleet `streamql edge --simulate N`)
+against a fake federation
 (`edge_engine.testing.FakeFederation`, in this process, on 127.0.0.1), and is measured from
 outside through /proc. Baselines in the same run: a bare Python with numpy imported (memory),
 the time to import the daemon's modules (start-up), and one simulated edge (per-edge memory).
@@ -73,7 +74,7 @@ def import_time_s() -> float:
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import edge_engine.daemon, streamql.engine"], cwd=ROOT,
+        subprocess.run([sys.executable, "-c", "import streamql.cli, edge_engine.daemon, streamql.engine"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
         times.append(time.perf_counter() - start)
     return min(times)
@@ -90,7 +91,7 @@ async def settle(pid: int, seconds: float) -> tuple[float, float]:
 async def single_daemon(fed: FakeFederation, work: Path, settle_s: float, starts: int, log) -> dict:
     priv, pub = make_keys(work)
     bundle = make_bundle(work / "bundle", name="vib", key=priv)
-    args = ["-m", "edge_engine", "--id", "bench-1", "--federation", fed.url, "--trusted-key", pub,
+    args = ["-m", "streamql.cli", "edge", "--id", "bench-1", "--federation", fed.url, "--trusted-key", pub,
             "--ram-kb", "524288", "--heartbeat", "5", "--log-level", "warning"]
     for spec in SIGNALS:
         args += ["--signal", spec]
@@ -132,7 +133,7 @@ async def fleet(fed: FakeFederation, work: Path, n: int, settle_s: float, log) -
     """(resident MB, CPU %, seconds until all connected) of a process running n simulated edges."""
     from edge_engine.simulate import fleet_identities
     began = time.perf_counter()
-    process = spawn(["-m", "edge_engine", "--simulate", str(n), "--federation", fed.url, "--store",
+    process = spawn(["-m", "streamql.cli", "edge", "--simulate", str(n), "--federation", fed.url, "--store",
                      str(work / f"fleet-{n}"), "--heartbeat", "5", "--log-level", "warning", "--seed", str(n)], log)
     try:
         for identity in fleet_identities(n, n):

@@ -37,7 +37,7 @@ LOCAL_ONLY = ("none", "off", "local")
 _PUBLISH = re.compile(r"^[ \t]*(?://|--)[ \t]*publish[ \t]*:[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _CODE = re.compile(r"(?m)^(?![ \t]*(?://|--)).*\S")
 MAX_RECORD_ROWS = 4096
-MAX_RECORD_BYTES = 4 << 20
+MAX_RECORD_BYTES = 1 << 20     # a record must fit any federation's frame limit
 
 
 @dataclass(frozen=True)

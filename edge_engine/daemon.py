@@ -251,7 +251,9 @@ class EdgeDaemon:
         self.fragments = FragmentSet(self.loop, send_frame=conn.send, send_bytes=conn.send_bytes,
                                      engine=lambda: self.engine,
                                      default_limits=Limits(limits.rows, limits.seconds, limits.memory_mb),
-                                     max_running=self.max_fragments, compile_lock=self._compile_lock, log=self.log)
+                                     max_running=self.max_fragments, compile_lock=self._compile_lock, log=self.log,
+                                     max_frame=welcome.get("max_frame"))
+        self.publisher.max_frame = welcome.get("max_frame") or wire.MAX_FRAME_BYTES
         self._send_task = self.spawn(self._publish(conn))
 
     async def _publish(self, conn: Connection) -> None:

@@ -242,7 +242,7 @@ class Fragment:
     def _send(self, cols: list, n: int, names: list) -> None:
         frame = wire.make("rows", qid=self.qid, seq=self.seq, n=n, cols=cols, names=names, time=time.time())
         try:
-            data = wire.encode(frame, max_size=MAX_FRAME_PAYLOAD)
+            data = wire.encode(frame, max_size=self.owner.max_frame)
         except wire.ProtocolError as exc:
             if exc.code != "too_large" or n < 2:
                 raise QueryLimitError(f"a row of the result cannot be sent: {exc.reason}") from None
@@ -269,8 +269,10 @@ class FragmentSet:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send_frame: Callable[[wire.Frame], Awaitable[None]],
                  send_bytes: Callable[[bytes], Awaitable[None]], engine: Callable[[], Any],
                  default_limits: Limits | None = None, max_running: int = 32,
-                 compile_lock: threading.Lock | None = None, log: logging.Logger | None = None):
+                 compile_lock: threading.Lock | None = None, log: logging.Logger | None = None,
+                 max_frame: int | None = None):
         self.loop = loop
+        self.max_frame = min(MAX_FRAME_PAYLOAD, max_frame or MAX_FRAME_PAYLOAD)   # welcome.max_frame
         self.send_frame = send_frame
         self.send_bytes = send_bytes
         self.engine = engine

@@ -205,7 +205,7 @@ class Link:
             await conn.send(wire.make("hello", **self.handler.hello()))
             welcome = await self._welcome(conn)
             conn.welcome = welcome
-            self.heartbeat_s = float(welcome["heartbeat_s"])
+            self.heartbeat_s = min(3600.0, max(0.1, float(welcome["heartbeat_s"])))   # whatever it says
             up_since = self.clock.monotonic()
             self.stats.connected()
             self.last_heard = self.clock.monotonic()

@@ -41,6 +41,7 @@ class Publisher:
         self._wake = asyncio.Event()
         self._inflight: collections.deque[tuple[int, int]] = collections.deque()   # (seq, frame bytes)
         self._unresolved: set[int] = set()      # in flight when a connection dropped
+        self.max_frame = wire.MAX_FRAME_BYTES     # the federation's, from welcome
         self.appended = 0
         self.refused = 0        # records too large for the buffer at all (also counted as errors)
         self.sent = 0
@@ -135,7 +136,7 @@ class Publisher:
                 fields["names"] = record["names"]
             if record.get("time") is not None:
                 fields["time"] = record["time"]
-            return wire.encode(wire.make("publish", **fields))
+            return wire.encode(wire.make("publish", **fields), max_size=self.max_frame)
         except (codec.CodecError, wire.ProtocolError, KeyError, TypeError) as exc:
             self.skipped += 1
             self.log.error("buffer record %d cannot be sent and is skipped: %s", seq, exc)

@@ -134,7 +134,7 @@ class FakeFederation:
 
     def __init__(self, *, tokens: dict[str, str] | None = None, heartbeat_s: float = 1.0,
                  ack_publish: bool = True, ack_every: int = 1, accept: Callable[[wire.Frame], str | None] | None = None,
-                 answer_pings: bool = True, admin_token: str | None = None,
+                 answer_pings: bool = True, admin_token: str | None = None, max_frame: int | None = None,
                  max_msg_size: int = wire.MAX_FRAME_BYTES + (1 << 20)):
         self.tokens = tokens                  # token → edge id; None: any token, any edge
         self.heartbeat_s = heartbeat_s
@@ -142,6 +142,7 @@ class FakeFederation:
         self.ack_every = max(1, ack_every)
         self.accept = accept                  # hello → None (accept) or the reason to refuse
         self.answer_pings = answer_pings      # False: a federation that went silent
+        self.max_frame = max_frame            # announced in welcome
         self.admin_token = admin_token        # enables POST /v1/edges (provisioning)
         self.provisioned: dict[str, dict] = {}
         self.max_msg_size = max_msg_size
@@ -247,7 +248,8 @@ class FakeFederation:
             await older.close(wire.CLOSE_CODES["replaced"])
         conn = FakeConnection(self, ws, hello)
         await ws.send_bytes(wire.encode(wire.make("welcome", accepted=True, server_time=time.time(),
-                                                  heartbeat_s=self.heartbeat_s, publish_acked=acked, edge=edge)))
+                                                  heartbeat_s=self.heartbeat_s, publish_acked=acked, edge=edge,
+                                                  **({"max_frame": self.max_frame} if self.max_frame else {}))))
         async with self._arrived:
             self.connections[edge] = conn
             self.history.append(conn)

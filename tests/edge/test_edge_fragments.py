@@ -184,3 +184,19 @@ async def test_a_query_whose_filter_drops_every_row_still_stops(fed, edge_config
             break
         await asyncio.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name.startswith("fragment ")]
+
+
+async def test_rows_frames_stay_within_the_federations_frame_limit(edge_config, start_edge):
+    from edge_engine.testing import FakeFederation
+    fed = FakeFederation(heartbeat_s=0.5, max_frame=20_000)
+    await fed.start()
+    try:
+        await start_edge(edge_config(federation=fed.url))
+        conn = await fed.connection("wl-1")
+        rows, end = await conn.run_query("select x, x * 1.5 from Integer x where x in iota(1, 20000);",
+                                         batch_rows=5000)
+        assert end["outcome"] == "ok" and sorted(r[0] for r in rows) == list(range(1, 20001))
+        sizes = [len(wire.encode(f)) for f in conn.of_type("rows")]
+        assert max(sizes) <= 20_000 and len(sizes) > 8       # 5000-row batches were split to fit
+    finally:
+        await fed.stop()
