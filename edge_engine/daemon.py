@@ -37,7 +37,7 @@ from streamql.streams import Limits
 
 from .autostart import AutostartSet
 from .buffer import StoreForwardBuffer
-from .config import EdgeConfig, detect_runtimes
+from .config import ConfigError, EdgeConfig, detect_runtimes
 from .deployments import Deployments
 from .fragments import DuplicateQuery, FragmentSet
 from .health import ErrorLogHandler, HealthMonitor, bump_restarts
@@ -58,14 +58,17 @@ SOFTWARE = f"streamql-edge {streamql.__version__}"
 def load_trusted_keys(entries: list[str], base: Path | None = None) -> list:
     """Public keys from the configuration: PEM text, or key files (relative to the config file)."""
     keys = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         source: Any = entry
         if not entry.lstrip().startswith("-----BEGIN"):
             path = Path(entry).expanduser()
             if not path.is_absolute() and base is not None and (base / path).exists():
                 path = base / path
             source = path
-        keys.append(signing.load_public_key(source))
+        try:
+            keys.append(signing.load_public_key(source))
+        except streamql.ModelError as exc:
+            raise ConfigError(f"trusted_keys[{i}]", exc.message) from None
     return keys
 
 

@@ -160,6 +160,10 @@ def test_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "streamql.cli", "edge", "--id", "x-1", "--heartbeat", "-1"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "heartbeat_s" in bad.stderr
+    keyless = subprocess.run([sys.executable, "-m", "edge_engine", "--id", "x-1", "--store", str(tmp_path / "s"),
+                              "--trusted-key", str(tmp_path / "missing.pub")], capture_output=True, text=True,
+                             env=env, timeout=60)
+    assert keyless.returncode == 2 and "trusted_keys[0]" in keyless.stderr
 
 
 async def test_a_simulated_fleet_process_connects_and_stops_cleanly(fed, tmp_path, processes):
