@@ -1,0 +1,364 @@
+// The query box: an editor, Run / Stop, results streaming into a live chart or a table, each
+// device's outcome when the statement ends, errors with their position.
+"use strict";
+
+import { Chart, planChart } from "./chart.js";
+import { $, clear, fullText, h, num, plural, throttle, valueText } from "./util.js";
+
+const TEXT_KEY = "streamql.query", HISTORY_KEY = "streamql.history";
+const MAX_KEPT_ROWS = 5000;     // rows kept for the table
+const MAX_SHOWN_ROWS = 1000;    // rows in the table's DOM
+
+export const EXAMPLES = [
+  ["Vibration, live: mean of 64-sample windows per device",
+   "select stream of id(e), mean(w)\nfrom Edge e, Vector of Real w\nwhere w in winagg(signal_stream('vibration'), 64, 64)@e;"],
+  ["Devices: region, kind, online",
+   "select id(e), region(e), kind(e), online(e) from Edge e;"],
+  ["Devices per region",
+   "select region(e), count(e) from Edge e group by region(e);"],
+  ["Outside temperature, live, as a line plot",
+   "//plot: Line plot\nselect stream of id(e), t\nfrom Edge e, Real t\nwhere t in signal_stream('outside_temperature')@e;"],
+  ["Signals every device announces",
+   "select id(e), signals(e) from Edge e;"],
+  ["How the vibration query is planned",
+   "explain select stream of id(e), mean(w)\nfrom Edge e, Vector of Real w\nwhere w in winagg(signal_stream('vibration'), 64, 64)@e;"],
+];
+
+const OUTCOME_CLASS = { answered: "ok", cancelled: "warn", limit: "warn", offline: "muted", "timed out": "bad", failed: "bad" };
+
+/** The `//plot: …` directive of a statement: "line", "scatter", "bar", "text" or null. */
+export function plotDirective(text) {
+  const match = /^[ \t]*(?:\/\/|--)[ \t]*plot[ \t]*:[ \t]*(\w+)/im.exec(text);
+  if (!match) return null;
+  const word = match[1].toLowerCase();
+  for (const kind of ["line", "scatter", "bar", "text"]) if (word.startsWith(kind)) return kind;
+  return "line";
+}
+
+/** 1-based line and column of offset `at` in `text`. */
+function positionOf(text, at) {
+  const before = text.slice(0, at);
+  const line = before.split("\n").length;
+  return { line, column: at - (before.lastIndexOf("\n") + 1) + 1 };
+}
+
+function offsetOf(text, line, column) {
+  const lines = text.split("\n");
+  let offset = 0;
+  for (let i = 0; i < Math.min(line - 1, lines.length - 1); i++) offset += lines[i].length + 1;
+  return Math.min(text.length, offset + Math.max(0, (column || 1) - 1));
+}
+
+export class QueryPanel {
+  constructor(root, api, { onDeployment } = {}) {
+    this.root = root;
+    this.api = api;
+    this.onDeployment = onDeployment || (() => {});
+    this.run = null;         // the statement running now
+    this.editor = $("#query-text", root);
+    this.gutter = $("#query-gutter", root);
+    this.runButton = $("#run", root);
+    this.stopButton = $("#stop", root);
+    this.info = $("#query-info", root);
+    this.errorBox = $("#query-error", root);
+    this.message = $("#query-message", root);
+    this.viewButtons = [...root.querySelectorAll("[data-view]")];
+    this.chartBox = $("#chart", root);
+    this.tableBox = $("#result-table", root);
+    this.resultBox = $(".result", root);
+    this.statusBox = $("#query-status", root);
+    this.chart = new Chart(this.chartBox);
+    this.renderTable = throttle(() => this.drawTable(), 250);
+    this.renderInfo = throttle(() => this.drawInfo(), 250);
+    this.setupEditor();
+    this.setupMenus();
+    this.runButton.addEventListener("click", () => this.start());
+    this.stopButton.addEventListener("click", () => this.stop());
+    for (const button of this.viewButtons) button.addEventListener("click", () => this.setView(button.dataset.view, true));
+    this.setView("table", false);
+    this.drawInfo();
+  }
+
+  setupEditor() {
+    const saved = localStorage.getItem(TEXT_KEY);
+    this.editor.value = saved !== null ? saved : EXAMPLES[0][1];
+    const sync = () => {
+      const lines = this.editor.value.split("\n").length;
+      if (this.gutter.childElementCount !== lines) {
+        clear(this.gutter, Array.from({ length: lines }, (_, i) => h("div", { class: i + 1 === this.errorLine ? "err" : null }, i + 1)));
+      }
+      this.gutter.scrollTop = this.editor.scrollTop;
+    };
+    this.syncGutter = () => { this.gutter.replaceChildren(); sync(); };
+    this.editor.addEventListener("input", () => { localStorage.setItem(TEXT_KEY, this.editor.value); sync(); });
+    this.editor.addEventListener("scroll", sync);
+    this.editor.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        this.start();
+      } else if (event.key === "Escape" && this.run) {
+        event.preventDefault();
+        this.stop();
+      }
+    });
+    this.syncGutter();
+  }
+
+  setupMenus() {
+    const examples = $("#examples", this.root);
+    clear(examples, h("option", { value: "" }, "Examples…"),
+          EXAMPLES.map(([title], i) => h("option", { value: String(i) }, title)));
+    examples.addEventListener("change", () => {
+      if (examples.value !== "") this.setText(EXAMPLES[Number(examples.value)][1]);
+      examples.value = "";
+    });
+    this.historyMenu = $("#history", this.root);
+    this.historyMenu.addEventListener("change", () => {
+      const list = this.history();
+      if (this.historyMenu.value !== "") this.setText(list[Number(this.historyMenu.value)]);
+      this.historyMenu.value = "";
+    });
+    this.drawHistory();
+  }
+
+  history() {
+    try { return JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]"); } catch { return []; }
+  }
+
+  remember(text) {
+    const list = [text, ...this.history().filter((t) => t !== text)].slice(0, 20);
+    localStorage.setItem(HISTORY_KEY, JSON.stringify(list));
+    this.drawHistory();
+  }
+
+  drawHistory() {
+    const list = this.history();
+    clear(this.historyMenu, h("option", { value: "" }, list.length ? "History…" : "History (empty)"),
+          list.map((t, i) => h("option", { value: String(i), title: t }, t.replace(/\s+/g, " ").slice(0, 90))));
+  }
+
+  /** Replace the editor's text (an example, a query about a device) and focus it. */
+  setText(text, { run = false } = {}) {
+    this.editor.value = text;
+    localStorage.setItem(TEXT_KEY, text);
+    this.errorLine = null;
+    this.syncGutter();
+    this.editor.focus();
+    this.editor.setSelectionRange(text.length, text.length);
+    if (run) this.start();
+  }
+
+  // --- running ------------------------------------------------------------------------------------
+  start() {
+    if (this.run) this.stop();
+    const full = this.editor.value;
+    let from = this.editor.selectionStart, to = this.editor.selectionEnd;
+    let text = full, offset = 0;
+    if (to > from && full.slice(from, to).trim()) { text = full.slice(from, to); offset = from; }
+    if (!text.trim()) return;
+    // a directive on the lines just before a selected statement counts too
+    const directive = plotDirective(offset ? full.slice(0, offset).split("\n").slice(-3).join("\n") + text : text);
+    this.remember(text.trim());
+    this.clearError();
+    clear(this.statusBox);
+    clear(this.message);
+    const run = {
+      text, offset, full, directive, started: performance.now(), rows: [], count: 0, columns: null, types: [],
+      kind: null, state: "running", userView: false, handle: null, firstRowAt: null,
+    };
+    this.run = run;
+    this.chart.reset(null);
+    this.setView(this.view, false);
+    this.runButton.disabled = true;
+    this.stopButton.disabled = false;
+    this.root.classList.add("running");
+    const mine = (fn) => (...args) => { if (this.run === run) fn(...args); };
+    run.handle = this.api.query(text, {
+      columns: mine((head) => this.onColumns(run, head)),
+      rows: mine((rows) => this.onRows(run, rows)),
+      end: mine((last) => this.finish(run, "done", last)),
+      cancelled: mine((last) => this.finish(run, "stopped", last)),
+      error: mine((error, last) => { this.showError(run, error); this.finish(run, "error", last); }),
+    });
+    this.ticker = setInterval(() => this.renderInfo(), 1000);
+    this.drawInfo();
+  }
+
+  stop() {
+    const run = this.run;
+    if (!run || run.state !== "running") return;
+    run.state = "stopping";
+    this.stopButton.disabled = true;
+    run.handle.stop();
+    this.drawInfo();
+    // a federation that never confirms the cancel does not leave the page stuck
+    setTimeout(() => { if (this.run === run && run.state === "stopping") this.finish(run, "stopped", null); }, 5000);
+  }
+
+  onColumns(run, head) {
+    run.columns = head.columns || [];
+    run.types = head.types || [];
+    run.kind = head.kind;
+    run.deployment = head.deployment_id;
+    this.planView(run);
+    this.drawTable();
+    this.drawInfo();
+  }
+
+  planView(run) {
+    run.plan = planChart(run.columns, run.types, run.rows.slice(0, 20));
+    const style = run.directive && run.directive !== "text" ? run.directive : "line";
+    this.chart.reset(run.plan, style);
+    if (run.rows.length) this.chart.add(run.rows.slice(-MAX_KEPT_ROWS));
+    if (!run.userView) {
+      const chart = run.directive ? run.directive !== "text" && run.plan.plottable
+                                  : run.kind === "stream" && run.plan.plottable;
+      this.setView(chart ? "chart" : "table", false);
+    }
+  }
+
+  onRows(run, rows) {
+    if (!run.columns) this.onColumns(run, { columns: rows[0].map((_, i) => "column " + (i + 1)), types: [], kind: "bag" });
+    const first = run.count === 0;
+    run.count += rows.length;
+    if (run.firstRowAt === null) run.firstRowAt = performance.now();
+    for (const row of rows) run.rows.push(row);
+    if (run.rows.length > MAX_KEPT_ROWS) run.rows.splice(0, run.rows.length - MAX_KEPT_ROWS);
+    if (first && !run.plan.plottable && run.types.some((t) => t === "Object" || !t)) this.planView(run);
+    else this.chart.add(rows);
+    if (this.view === "table") this.renderTable();
+    this.renderInfo();
+  }
+
+  finish(run, state, last) {
+    if (run.state === "done" || run.state === "error" || run.state === "stopped") return;
+    run.state = state;
+    run.ended = performance.now();
+    clearInterval(this.ticker);
+    this.runButton.disabled = false;
+    this.stopButton.disabled = true;
+    this.root.classList.remove("running");
+    if (last) {
+      run.last = last;
+      this.drawStatus(last.status || {}, state);
+      const deployment = last.deployment_id || run.deployment;
+      if (last.message || deployment) {
+        clear(this.message, last.message ? h("span", {}, last.message) : null,
+              deployment ? h("button", { type: "button", class: "link", onclick: () => this.onDeployment(String(deployment)) },
+                             `show deployment ${deployment}`) : null);
+      }
+      if (deployment) this.onDeployment(String(deployment), { quiet: true });
+    } else if (state === "stopped") {
+      clear(this.statusBox, h("p", { class: "muted" }, "Stopped: the connection was closed, which cancels the statement on every device."));
+    }
+    this.setView(this.view, false);
+    this.drawInfo();
+  }
+
+  drawInfo() {
+    const run = this.run;
+    if (!run) { clear(this.info, h("span", { class: "muted" }, "Ctrl+Enter runs the statement (or the selection); Esc stops it.")); return; }
+    const end = run.ended || performance.now();
+    const seconds = (end - run.started) / 1000;
+    const label = { running: "running", stopping: "stopping…", done: "done", stopped: "stopped", error: "failed" }[run.state];
+    const parts = [h("span", { class: ["pill", "state-" + run.state] }, label)];
+    if (run.kind) parts.push(h("span", { class: "pill kind" }, run.kind));
+    parts.push(h("span", { id: "row-count", "data-rows": String(run.count) }, plural(run.count, "row")));
+    parts.push(h("span", { class: "muted" }, num(seconds, 3) + " s"));
+    if (run.kind === "stream" && run.count && seconds > 1) parts.push(h("span", { class: "muted" }, num(run.count / seconds, 3) + " rows/s"));
+    clear(this.info, parts);
+  }
+
+  setView(view, byUser) {
+    this.view = view;
+    if (byUser && this.run) this.run.userView = true;
+    for (const button of this.viewButtons) {
+      const on = button.dataset.view === view;
+      button.classList.toggle("on", on);
+      button.setAttribute("aria-pressed", String(on));
+    }
+    this.chartBox.hidden = view !== "chart";
+    this.tableBox.hidden = view !== "table";
+    this.resultBox.hidden = !!(this.run && this.run.state === "error" && !this.run.columns);
+    if (view === "chart") this.chart.render(); else this.drawTable();
+  }
+
+  drawTable() {
+    if (this.view !== "table") return;
+    const run = this.run;
+    if (!run || !run.columns) { clear(this.tableBox, h("p", { class: "muted empty" }, run ? "waiting for the result…" : "Run a statement to see its rows here.")); return; }
+    const stream = run.kind === "stream";
+    const rows = stream ? run.rows.slice(-MAX_SHOWN_ROWS).reverse() : run.rows.slice(0, MAX_SHOWN_ROWS);
+    const head = h("tr", {}, run.columns.map((c, i) => h("th", { title: run.types[i] || "" }, c,
+                                                         run.types[i] ? h("span", { class: "type" }, run.types[i]) : null)));
+    const body = rows.map((row) => h("tr", {}, row.map((v) => h("td", {
+      class: typeof v === "number" ? "num" : null, title: typeof v === "object" && v !== null ? fullText(v).slice(0, 2000) : null,
+    }, valueText(v)))));
+    const note = run.count > rows.length
+      ? h("p", { class: "muted note" }, stream ? `the newest ${rows.length} of ${run.count} rows, newest first`
+                                               : `the first ${rows.length} of ${run.count} rows`) : null;
+    const explain = run.kind === "explain";
+    clear(this.tableBox, note, explain
+      ? h("pre", { class: "plan" }, run.rows.map((r) => r.join(" ")).join("\n"))
+      : h("table", { class: "rows" }, h("thead", {}, head), h("tbody", {}, body)),
+      !rows.length && run.state !== "running" ? h("p", { class: "muted empty" }, "no rows") : null);
+  }
+
+  drawStatus(status, state) {
+    const entries = Object.entries(status).sort(([a], [b]) => a.localeCompare(b));
+    if (!entries.length) {
+      clear(this.statusBox, state === "done" ? h("p", { class: "muted small", id: "status-none" }, "No device was asked: the registry answered.") : null);
+      return;
+    }
+    const counts = {};
+    for (const [, s] of entries) counts[s.outcome] = (counts[s.outcome] || 0) + 1;
+    clear(this.statusBox,
+      h("h3", {}, "Per device", h("span", { class: "summary" },
+        Object.entries(counts).map(([o, n]) => h("span", { class: ["pill", "outcome-" + (OUTCOME_CLASS[o] || "muted")] }, `${n} ${o}`)))),
+      h("table", { class: "status", id: "status-table" },
+        h("thead", {}, h("tr", {}, h("th", {}, "device"), h("th", {}, "outcome"), h("th", { class: "num" }, "rows"), h("th", {}, "reason"))),
+        h("tbody", {}, entries.map(([device, s]) => h("tr", { "data-device": device },
+          h("td", {}, h("a", { href: "#devices/" + encodeURIComponent(device) }, device)),
+          h("td", {}, h("span", { class: ["pill", "outcome-" + (OUTCOME_CLASS[s.outcome] || "muted")] }, s.outcome)),
+          h("td", { class: "num" }, s.rows ?? ""), h("td", { class: "reason" }, s.reason || ""))))));
+  }
+
+  // --- errors -------------------------------------------------------------------------------------
+  clearError() {
+    this.errorLine = null;
+    this.errorBox.hidden = true;
+    clear(this.errorBox);
+    this.syncGutter();
+  }
+
+  showError(run, error) {
+    error = error || { kind: "Error", message: "unknown error" };
+    let line = error.line, column = error.column;
+    if (line && run.offset) {
+      const start = positionOf(run.full, run.offset);
+      column = line === 1 ? start.column + (column || 1) - 1 : column;
+      line = start.line + line - 1;
+    }
+    const parts = [h("div", { class: "error-head" }, h("b", { class: "error-kind" }, error.kind || "Error"),
+                     line ? h("span", { class: "error-pos" }, ` at line ${line}, column ${column || 1}`) : null,
+                     ": ", h("span", { class: "error-message" }, error.message || ""))];
+    if (line && this.editor.value === run.full) {
+      const lines = run.full.split("\n");
+      const text = lines[line - 1] ?? "";
+      const gutter = String(line).padStart(4) + " │ ";
+      // the caret keeps the line's tabs so it sits under the right character
+      const pad = Array.from(text.slice(0, Math.max(0, (column || 1) - 1))).map((c) => (c === "\t" ? "\t" : " ")).join("");
+      parts.push(h("pre", { class: "excerpt", id: "error-excerpt" },
+                   gutter + text + "\n" + " ".repeat(gutter.length - 2) + "│ " + pad + "^"));
+      parts.push(h("button", { type: "button", class: "link", onclick: () => {
+        const at = offsetOf(run.full, line, column);
+        this.editor.focus();
+        this.editor.setSelectionRange(at, Math.min(at + 1, run.full.length));
+      } }, "show in the editor"));
+      this.errorLine = line;
+      this.syncGutter();
+    }
+    clear(this.errorBox, parts);
+    this.errorBox.hidden = false;
+  }
+}

@@ -1,0 +1,283 @@
+"""The dashboard in real headless Chromium against a real federation and a simulated fleet
+(tests/dashboard/fleet.py): the token, devices (filters, details), a continuous query drawn live
+and stopped, a bag query as a table, errors with their position, deployments per device, and
+the NDJSON transport. Every page must log no error and fetch nothing from another origin."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.dashboard.fleet import EDGES, OFFLINE, UNTRUSTING
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+VIBRATION = ("select stream of id(e), mean(w) from Edge e, Vector of Real w\n"
+             "where w in winagg(signal_stream('vibration'), 64, 64)@e;")
+
+
+def open_dashboard(page, fleet, view: str = "devices", token: str | None = None):
+    page.goto(f"{fleet.url}/?token={token or fleet.read}#{view}")
+    expect(page.locator("#conn")).to_contain_text("online")
+
+
+def device_ids(page) -> list[str]:
+    return page.locator("table#devices tbody tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "a condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def run_query(page, text: str):
+    page.locator("#query-text").fill(text)
+    page.locator("#query-text").press("Control+Enter")
+
+
+def rows_shown(page) -> int:
+    return int(page.locator("#row-count").get_attribute("data-rows"))
+
+
+def test_the_token_from_the_address_and_the_page_headers(page, fleet):
+    response = page.goto(f"{fleet.url}/?token={fleet.read}#devices")
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and response.headers["referrer-policy"] == "no-referrer"
+    expect(page.locator("table#devices tbody tr").first).to_be_visible()
+    assert "token" not in page.url and page.url.endswith("/#devices")  # taken out of the address bar
+    assert page.evaluate("localStorage.getItem('streamql.token')") == fleet.read
+    page.reload()  # kept in this browser
+    expect(page.locator("table#devices tbody tr")).to_have_count(len(EDGES) + 2)
+
+
+def test_without_a_token_or_with_a_refused_one(page, fleet):
+    page.goto(f"{fleet.url}/")
+    banner = page.locator("#auth-banner")
+    expect(banner).to_contain_text("A token is needed")
+    page.locator("#token").fill("sqf_" + "x" * 43)
+    page.locator("#token").press("Enter")
+    expect(banner).to_contain_text("refused (401)")
+    expect(page.locator("#conn")).to_contain_text("Unauthorized")
+    page.locator("#token").fill(fleet.read)
+    page.locator("#token").press("Enter")
+    expect(banner).to_be_hidden()
+    expect(page.locator("table#devices tbody tr")).to_have_count(len(EDGES) + 2)
+
+
+def test_devices_are_listed_filtered_and_shown_in_detail(page, fleet):
+    open_dashboard(page, fleet)
+    everyone = sorted(EDGES + [UNTRUSTING, OFFLINE])
+    wait_for(lambda: device_ids(page) == everyone, what="every device")
+    expect(page.locator("#devices-summary")).to_have_text(f"{len(EDGES) + 1}/{len(EDGES) + 2}")
+    offline = page.locator(f'tr[data-id="{OFFLINE}"]')
+    expect(offline).to_have_class(re.compile(r"\boffline\b"))
+    expect(offline).to_contain_text("never")
+    online = page.locator('tr[data-id="dt-0002"]')
+    expect(online).to_contain_text("EU")
+    expect(online).to_contain_text("dumper")
+    expect(online.locator("td").nth(7)).to_contain_text("%")  # battery, from the edge's health
+    expect(online).to_contain_text("MB")                      # memory
+
+    # the text filter looks at ids and metadata
+    page.locator("#device-filter").fill("wheel")
+    wait_for(lambda: device_ids(page) == ["wl-0001", "wl-0004", UNTRUSTING], what="the text filter")
+    expect(page.locator("#device-count")).to_contain_text("3 of 6 devices")
+    page.locator("#device-filter").fill("wheel US")
+    wait_for(lambda: device_ids(page) == ["wl-0001", UNTRUSTING], what="two words")
+    page.locator("#device-filter").fill("")
+    # quick filters by region and kind, and online only
+    page.locator("#quick-region").select_option("EU")
+    wait_for(lambda: device_ids(page) == ["dt-0002", OFFLINE], what="region = EU")
+    page.locator("#device-online").check()
+    wait_for(lambda: device_ids(page) == ["dt-0002"], what="online only")
+    page.locator("#device-clear").click()
+    page.locator("#quick-kind").select_option("excavator")
+    wait_for(lambda: device_ids(page) == ["ex-0003"], what="kind = excavator")
+    page.locator("#device-clear").click()
+    wait_for(lambda: device_ids(page) == everyone, what="cleared filters")
+    # sorting by a column
+    page.locator("th button.sort", has_text="device").click()
+    wait_for(lambda: device_ids(page) == everyone[::-1], what="descending ids")
+
+    # a device's details: metadata, health, signals, capabilities
+    page.locator('tr[data-id="wl-0004"] a').click()
+    drawer = page.locator("#device-details")
+    expect(page.locator("#device-title")).to_have_text("wl-0004")
+    assert page.url.endswith("#devices/wl-0004")
+    expect(drawer).to_contain_text("AU")
+    expect(drawer).to_contain_text("wheel loader")
+    expect(drawer.locator("#device-health")).to_contain_text("uptime")
+    expect(drawer.locator("#device-signals")).to_contain_text("vibration")
+    expect(drawer.locator("#device-signals")).to_contain_text("outside_temperature")
+    expect(drawer).to_contain_text("ram_kb")
+    expect(drawer).to_contain_text("256 MB")
+    page.keyboard.press("Escape")
+    expect(drawer).to_be_hidden()
+    assert page.url.endswith("#devices")
+    # the details of the offline device say so; a device link also opens by address
+    page.goto(f"{fleet.url}/#devices/{OFFLINE}")
+    expect(page.locator("#device-title")).to_have_text(OFFLINE)
+    expect(drawer).to_contain_text("offline")
+    expect(drawer).to_contain_text("no health report yet")
+
+
+def test_a_continuous_query_draws_a_live_chart_until_stopped(page, fleet):
+    open_dashboard(page, fleet, "query")
+    run_query(page, VIBRATION)
+    chart = page.locator("#chart svg.chart")
+    expect(page.locator("#chart")).to_be_visible()  # a stream of numbers per device: the chart
+    points = lambda: int(chart.get_attribute("data-points") or 0)  # noqa: E731
+    first = wait_for(lambda: points() >= 5 and points(), what="the first points")
+    path_length = len(chart.locator("path.line").first.get_attribute("d"))
+    wait_for(lambda: points() >= first + 10, what="the chart to grow")
+    assert len(chart.locator("path.line").first.get_attribute("d")) > path_length
+    # one series per device that answers
+    wait_for(lambda: int(chart.get_attribute("data-series")) == len(EDGES) + 1, what="a series per online device")
+    legend = page.locator(".legend")
+    for device in EDGES + [UNTRUSTING]:
+        expect(legend).to_contain_text(device)
+    expect(page.locator("#query-info")).to_contain_text("running")
+    expect(page.locator("#query-info")).to_contain_text("stream")
+
+    page.locator("#stop").click()
+    expect(page.locator("#query-info")).to_contain_text("stopped")
+    status = page.locator("#status-table")
+    expect(status.locator("tbody tr")).to_have_count(len(EDGES) + 2)
+    expect(status.locator(f'tr[data-device="{OFFLINE}"]')).to_contain_text("offline")
+    expect(status.locator('tr[data-device="dt-0002"]')).to_contain_text("cancelled")
+    expect(page.locator("#run")).to_be_enabled()
+    stopped_at = rows_shown(page)
+    # the cancel reached the federation: nothing runs there any more
+    wait_for(lambda: "streamql_queries_running 0" in page.request.get(f"{fleet.url}/metrics").text(),
+             what="the statement to end on the federation")
+    time.sleep(0.5)
+    assert rows_shown(page) == stopped_at
+    # the table view of the same rows, newest first
+    page.locator("button[data-view=table]").click()
+    expect(page.locator("#result-table table.rows thead")).to_contain_text("mean(w)")
+    assert page.locator("#result-table table.rows tbody tr").count() == min(stopped_at, 1000)
+
+
+def test_a_bag_query_is_a_table_and_errors_show_where(page, fleet):
+    open_dashboard(page, fleet, "query")
+    run_query(page, "select id(e), region(e), kind(e) from Edge e;")
+    table = page.locator("#result-table table.rows")
+    expect(table.locator("tbody tr")).to_have_count(len(EDGES) + 2)
+    expect(page.locator("#chart")).to_be_hidden()
+    expect(table.locator("thead")).to_contain_text("region(e)")
+    expect(table.locator("tbody")).to_contain_text("excavator")
+    expect(page.locator("#query-info")).to_contain_text("done")
+    expect(page.locator("#status-none")).to_be_visible()  # the registry answered alone
+    page.locator("button[data-view=chart]").click()  # the toggle: nothing numeric here
+    expect(page.locator("#chart")).to_contain_text("nothing numeric to plot")
+    page.locator("button[data-view=table]").click()
+
+    # a parse error: kind, position and a caret under it
+    run_query(page, "select id(e),\n   from Edge e;")
+    error = page.locator("#query-error")
+    expect(error).to_contain_text("ParseError")
+    expect(error).to_contain_text("line 2, column 9")
+    excerpt = page.locator("#error-excerpt").inner_text().split("\n")
+    assert excerpt[0].endswith("   from Edge e;")
+    text_start = excerpt[0].index("   from")
+    assert excerpt[1].index("^") == text_start + 8  # under the E of Edge
+    expect(page.locator("#query-gutter .err")).to_have_text("2")
+    expect(page.locator("#query-info")).to_contain_text("failed")
+    page.locator("#query-error button.link").click()  # puts the cursor there
+    assert page.evaluate("document.getElementById('query-text').selectionStart") == len("select id(e),\n   from ")
+
+    # running a selection: the position is still the one in the editor
+    page.locator("#query-text").fill("select 1;\nselect nosuch(2);")
+    page.evaluate("() => { const t = document.getElementById('query-text'); t.focus(); t.setSelectionRange(10, t.value.length); }")
+    page.locator("#query-text").press("Control+Enter")
+    expect(error).to_contain_text("NameError")
+    expect(error).to_contain_text("line 2, column 8")
+    # a good statement clears the error
+    run_query(page, "select 1 + 2;")
+    expect(error).to_be_hidden()
+    expect(page.locator("#result-table")).to_contain_text("3")
+
+
+def test_a_plot_directive_and_how_results_are_charted(page, fleet):
+    open_dashboard(page, fleet, "query")
+    # //plot: Line plot charts even a bag
+    run_query(page, "//plot: Line plot\nselect id(e), capability(e, 'ram_kb') from Edge e where online(e);")
+    expect(page.locator("#chart")).to_be_visible()
+    expect(page.locator("#query-info")).to_contain_text("done")
+    assert int(page.locator("#chart svg.chart").get_attribute("data-series")) == len(EDGES) + 1
+    plans = page.evaluate("""async () => {
+        const { planChart } = await import('/static/chart.js');
+        const { plotDirective } = await import('/static/query.js');
+        return {
+            vector: planChart(['id(e)', 'w'], ['Charstring', 'Vector of Real'], []),
+            timeval: planChart(['id(e)', 'v'], ['Charstring', 'Timeval of Real'], []),
+            keyless: planChart(['t', 'x', 'label'], ['Time', 'Real', 'Charstring'], []),
+            text: planChart(['id(e)', 'region(e)'], ['Charstring', 'Object'], [['a', 'EU']]),
+            directives: [plotDirective('//plot: Line plot\\nselect 1;'), plotDirective('-- plot: Scatter\\nselect 1;'),
+                         plotDirective('select 1; // a comment'), plotDirective('  //PLOT:bar chart\\nselect 1;')],
+        };
+    }""")
+    assert plans["vector"]["vector"] and plans["vector"]["key"] == 0 and plans["vector"]["plottable"]
+    assert plans["timeval"]["values"][0]["timeval"] and not plans["timeval"]["vector"]
+    assert plans["keyless"]["time"] == 0 and plans["keyless"]["key"] == 2 and plans["keyless"]["values"][0]["index"] == 1
+    assert not plans["text"]["plottable"]
+    assert plans["directives"] == ["line", "scatter", None, "bar"]
+
+
+def test_a_deployment_shows_its_progress_per_device(page, fleet):
+    deployment = fleet.deploy_bundle("vib-anomaly", "1.0.0", requirements={"ram_kb": 200000})
+    open_dashboard(page, fleet, "deployments")
+    # the running deployment opens by itself
+    expect(page.locator("#deployment-title")).to_contain_text(f"#{deployment} deploy vib-anomaly 1.0.0")
+    targets = page.locator("#deployment-devices tbody")
+    row = lambda device: targets.locator(f'tr[data-device="{device}"]')  # noqa: E731
+    for device in ("dt-0002", "wl-0001", "wl-0004"):
+        expect(row(device)).to_have_attribute("data-state", "done")
+    expect(row("ex-0003")).to_have_attribute("data-state", "skipped")
+    expect(row("ex-0003")).to_contain_text("KB of RAM")  # the reason, from the fit check
+    expect(row(UNTRUSTING)).to_have_attribute("data-state", "failed")
+    expect(row(UNTRUSTING)).to_contain_text("trusts no signing keys")  # the device's own reason
+    expect(row(OFFLINE)).to_have_attribute("data-state", "pending")  # sent when it connects
+    expect(page.locator("#deployment-detail")).to_contain_text("1 offline device")
+    expect(page.locator(f'#deployments tr[data-id="{deployment}"]')).to_contain_text("3 done")
+    page.locator("#deployment-detail button", has_text="failed 1").click()
+    expect(targets.locator("tr")).to_have_count(1)
+    expect(targets.locator("tr")).to_contain_text(UNTRUSTING)
+
+    # the devices view shows the model version where it runs
+    page.goto(f"{fleet.url}/#devices")
+    expect(page.locator('tr[data-id="wl-0001"]')).to_contain_text("vib-anomaly1.0.0")
+    expect(page.locator('tr[data-id="ex-0003"]')).not_to_contain_text("vib-anomaly")
+
+    # a deployment statement from the query box (a deploy-capable token) leads to its progress
+    page.locator("#token").fill(fleet.admin)
+    page.locator("#token").press("Enter")
+    page.goto(f"{fleet.url}/#query")
+    run_query(page, "undeploy model 'vib-anomaly' from Edge e where id(e) = 'wl-0004';")
+    expect(page.locator("#query-message")).to_contain_text("show deployment")
+    page.locator("#query-message button").click()
+    expect(page.locator("#deployment-title")).to_contain_text("undeploy vib-anomaly")
+    expect(page.locator('#deployment-devices tr[data-device="wl-0004"]')).to_have_attribute("data-state", "done")
+
+
+def test_statements_also_run_over_plain_http(page, fleet):
+    page.add_init_script("localStorage.setItem('streamql.transport', 'http')")
+    open_dashboard(page, fleet, "query")
+    run_query(page, VIBRATION)
+    chart = page.locator("#chart svg.chart")
+    wait_for(lambda: int(chart.get_attribute("data-points") or 0) >= 10, what="points over NDJSON")
+    page.locator("#query-text").press("Escape")  # Esc in the editor stops
+    expect(page.locator("#query-info")).to_contain_text("stopped")
+    expect(page.locator("#query-status")).to_contain_text("the connection was closed")
+    run_query(page, "select id(e) from Edge e where online(e);")
+    expect(page.locator("#result-table table.rows tbody tr")).to_have_count(len(EDGES) + 1)
+    run_query(page, "select 1 +;")
+    expect(page.locator("#query-error")).to_contain_text("line 1, column 11")
+    assert not any("/v1/query/ws" in url for url in page.requests)
