@@ -31,7 +31,11 @@ const tokenInput = $("#token");
 const state = { lastOk: null, error: null, devices: null, deployments: null };
 
 const devices = new DevicesPanel($("#view-devices"), api, {
-  onSummary: (s) => { state.devices = s; clear($("#devices-summary"), `${s.online}/${s.total}`); },
+  onSummary: (s) => {
+    state.devices = s;
+    clear($("#devices-summary"), `${s.online}/${s.total}`);
+    $("#devices-summary").title = `${s.online} online of ${s.total} registered`;
+  },
   onQuery: (text) => { location.hash = "#query"; query.setText(text, { run: true }); },
 });
 const deployments = new DeploymentsPanel($("#view-deployments"), api, {
@@ -43,6 +47,10 @@ const query = new QueryPanel($("#view-query"), api, {
     if (quiet) deployments.select(id); else location.hash = "#deployments/" + encodeURIComponent(id);
   },
 });
+
+if (/Mac|iPhone|iPad/.test(navigator.platform || navigator.userAgent)) {
+  for (const k of document.querySelectorAll("kbd")) if (k.textContent === "Ctrl+Enter" || k.textContent === "Ctrl") k.textContent = k.textContent.replace("Ctrl", "⌘");
+}
 
 // --- the token ------------------------------------------------------------------------------------
 tokenInput.value = api.token;

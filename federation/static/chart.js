@@ -139,6 +139,7 @@ export class Chart {
     const plan = this.plan;
     if (!plan || !plan.plottable) return;
     const now = performance.now() / 1000 - this.t0;
+    const arrived = new Map();  // series → the values that came in this batch without a time of their own
     for (const row of rows) {
       const keyText = plan.key >= 0 ? String(row[plan.key]) : "";
       const rowTime = plan.time >= 0 ? timeOf(row[plan.time]) : null;
@@ -156,13 +157,26 @@ export class Chart {
           continue;
         }
         const y = numberOf(value);
-        const x = col.timeval ? (timeOf(value) ?? rowTime ?? now) : (rowTime ?? now);
-        series.xs.push(x); series.ys.push(y);
-        this.points++;
-        if (series.xs.length > MAX_POINTS) { series.xs.shift(); series.ys.shift(); this.points--; }
+        const x = col.timeval ? (timeOf(value) ?? rowTime) : rowTime;
+        if (x !== null) this.push(series, x, y);
+        else if (arrived.has(series)) arrived.get(series).push(y);
+        else arrived.set(series, [y]);
       }
     }
+    // Values that arrive together (an edge sends its readings in batches) are spread over the time
+    // since the series' previous point (at most a second), so a batch is not drawn as a vertical jump.
+    for (const [series, ys] of arrived) {
+      const last = series.xs.length ? series.xs[series.xs.length - 1] : null;
+      const start = last === null ? now - 0.25 : Math.max(last, now - 1);
+      ys.forEach((y, i) => this.push(series, ys.length === 1 && last === null ? now : start + (now - start) * (i + 1) / ys.length, y));
+    }
     this.schedule();
+  }
+
+  push(series, x, y) {
+    series.xs.push(x); series.ys.push(y);
+    this.points++;
+    if (series.xs.length > MAX_POINTS) { series.xs.shift(); series.ys.shift(); this.points--; }
   }
 
   get absoluteTime() {

@@ -62,7 +62,7 @@ export class DeploymentsPanel {
       return h("tr", { "data-id": d.id, class: d.id === this.selected ? "selected" : null,
                        onclick: (ev) => { if (!ev.target.closest("a")) location.hash = "#deployments/" + d.id; } },
         h("td", {}, h("a", { href: "#deployments/" + d.id, "data-key": "dep:" + d.id }, "#" + d.id)),
-        h("td", {}, what(d)),
+        h("td", { class: "what" }, what(d)),
         h("td", {}, h("span", { class: ["pill", "state-" + d.state] }, d.state)),
         h("td", { class: "wide" }, progressBar(d.counts, total || 1),
           h("span", { class: "small muted" }, STATES.filter((s) => d.counts[s]).map((s) => `${d.counts[s]} ${s}`).join(" · ") || "no devices")),

@@ -264,7 +264,9 @@ export class DevicesPanel {
     }
     if (this.detailId !== id) return;
     const scroll = this.drawer.scrollTop;
+    const opened = [...this.drawer.querySelectorAll("details[open]")].map((d) => d.dataset.key);
     keepFocus(this.drawer, () => clear(this.drawer, this.drawerHead(id, edge), this.details(edge)));
+    for (const key of opened) { const d = this.drawer.querySelector(`details[data-key="${key}"]`); if (d) d.open = true; }
     this.drawer.scrollTop = scroll;
   }
 
@@ -307,7 +309,7 @@ export class DevicesPanel {
         ["queries", Array.isArray(health.queries) ? String(health.queries.length) : undefined],
         ["errors", Array.isArray(health.errors) && health.errors.length ? health.errors.map((x) => typeof x === "string" ? x : JSON.stringify(x)).join("; ") : undefined],
       ]) : h("p", { class: "muted" }, "no health report yet"),
-      Object.keys(health).length ? h("details", {}, h("summary", {}, "the whole health report"), h("pre", { class: "json" }, JSON.stringify(health, null, 2))) : null));
+      Object.keys(health).length ? h("details", { "data-key": "health-json" }, h("summary", {}, "the whole health report"), h("pre", { class: "json" }, JSON.stringify(health, null, 2))) : null));
     sections.push(h("section", {}, h("h3", {}, "Models"),
       Object.keys(e.models || {}).length ? h("table", { class: "compact", id: "device-models" },
         h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "version"), h("th", {}, "previous"), h("th", {}, "updated"))),

@@ -222,8 +222,12 @@ export class QueryPanel {
     const first = run.count === 0;
     run.count += rows.length;
     if (run.firstRowAt === null) run.firstRowAt = performance.now();
-    for (const row of rows) run.rows.push(row);
-    if (run.rows.length > MAX_KEPT_ROWS) run.rows.splice(0, run.rows.length - MAX_KEPT_ROWS);
+    if (run.kind === "stream") {
+      for (const row of rows) run.rows.push(row);  // the newest are kept
+      if (run.rows.length > MAX_KEPT_ROWS) run.rows.splice(0, run.rows.length - MAX_KEPT_ROWS);
+    } else {
+      for (const row of rows.slice(0, Math.max(0, MAX_KEPT_ROWS - run.rows.length))) run.rows.push(row);  // the first
+    }
     if (first && !run.plan.plottable && run.types.some((t) => t === "Object" || !t)) this.planView(run);
     else this.chart.add(rows);
     if (this.view === "table") this.renderTable();
@@ -288,7 +292,7 @@ export class QueryPanel {
     const run = this.run;
     if (!run || !run.columns) { clear(this.tableBox, h("p", { class: "muted empty" }, run ? "waiting for the result…" : "Run a statement to see its rows here.")); return; }
     const stream = run.kind === "stream";
-    const rows = stream ? run.rows.slice(-MAX_SHOWN_ROWS).reverse() : run.rows.slice(0, MAX_SHOWN_ROWS);
+    const rows = stream ? run.rows.slice(-MAX_SHOWN_ROWS / 2).reverse() : run.rows.slice(0, MAX_SHOWN_ROWS);
     const head = h("tr", {}, run.columns.map((c, i) => h("th", { title: run.types[i] || "" }, c,
                                                          run.types[i] ? h("span", { class: "type" }, run.types[i]) : null)));
     const body = rows.map((row) => h("tr", {}, row.map((v) => h("td", {

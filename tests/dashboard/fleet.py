@@ -32,6 +32,16 @@ UNTRUSTING = "x-wl-0001"
 OFFLINE = "spare-0099"
 
 
+def _die_with_parent() -> None:
+    """In the child: be sent SIGTERM when the test process goes away, however it ends (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +60,7 @@ class DashboardFleet:
         log = open(self.dir / f"{name}.log", "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=self.dir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
         self.procs.append(proc)
         return proc
@@ -151,6 +161,10 @@ class DashboardFleet:
 
 
 def main() -> int:
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     directory = Path(tempfile.mkdtemp(prefix="streamql-dashboard-"))
     fleet = DashboardFleet(directory).start()
     print(f"dashboard: {fleet.url}/?token={fleet.read}\nadmin token: {fleet.admin}\ndata: {directory}", flush=True)
