@@ -67,6 +67,13 @@ $("#token-show").addEventListener("click", (event) => {
 api.onToken(() => {
   tokenInput.value = api.token;
   state.error = null;
+  if (!api.token) {  // forgotten: show nothing that came with it
+    state.devices = null;
+    devices.forget();
+    deployments.forget();
+    clear($("#devices-summary"));
+    clear($("#deployments-summary"));
+  }
   refreshAll();
 });
 
@@ -101,22 +108,28 @@ function drawConnection() {
         h("span", { class: "muted", id: "updated" }, ` · updated ${ago(state.lastOk / 1000)}`));
 }
 
-let refreshing = false;
+let refreshing = false, again = false;
 async function refreshAll() {
-  if (refreshing) return;
+  if (refreshing) { again = true; return; }  // once more when this one is done (the token may have changed)
   if (!api.token) { showAuthProblem(null); drawConnection(); return; }
   refreshing = true;
+  const token = api.token;
   try {
     await Promise.all([devices.refresh(), deployments.refresh()]);
-    state.error = null;
-    state.lastOk = Date.now();
-    showAuthProblem(null);
+    if (token === api.token) {
+      state.error = null;
+      state.lastOk = Date.now();
+      showAuthProblem(null);
+    }
   } catch (err) {
-    state.error = err;
-    showAuthProblem(err);
+    if (token === api.token) {
+      state.error = err;
+      showAuthProblem(err);
+    }
   } finally {
     refreshing = false;
     drawConnection();
+    if (again) { again = false; refreshAll(); }
   }
 }
 

@@ -64,11 +64,13 @@ export function planChart(columns, types, rows) {
       values.push({ index: i, name, vector: false, timeval: type.startsWith("Timeval") });
     }
   });
-  if (key < 0) key = columns.findIndex((c, i) => types[i] === "Charstring" && !values.some((v) => v.index === i));
+  if (key < 0) {  // else the first text column names the series
+    key = columns.findIndex((c, i) => i !== time && !values.some((v) => v.index === i) &&
+                                      (types[i] === "Charstring" || (types[i] === "Object" || !types[i]) && typeof sample(i) === "string"));
+  }
   const scalars = values.filter((v) => !v.vector);
   return { key, time, values: scalars.length ? scalars : values, vector: !scalars.length && values.length > 0,
-           plottable: values.length > 0, numericTyped: values.some((v) => !v.vector && NUMERIC_TYPES.has(types[v.index]) ||
-                                                                         v.vector || v.timeval) };
+           plottable: values.length > 0 };
 }
 
 function niceStep(span, count) {

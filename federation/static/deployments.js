@@ -42,6 +42,15 @@ export class DeploymentsPanel {
     this.renderDetail();
   }
 
+  forget() {
+    clearTimeout(this.timer);
+    this.generation = (this.generation || 0) + 1;
+    this.list = [];
+    this.selected = this.detail = null;
+    clear(this.listBox);
+    clear(this.detailBox);
+  }
+
   async refresh() {
     if (!this.api.token) return;
     const data = await this.api.get("/v1/deployments?limit=50");

@@ -92,6 +92,16 @@ export class DevicesPanel {
     this.onSummary({ total: data.total, online });
   }
 
+  forget() {
+    this.edges = [];
+    this.total = 0;
+    this.loaded = false;
+    if (this.detailId) this.close();
+    clear(this.tableBox);
+    clear(this.quickBox);
+    clear(this.countBox);
+  }
+
   matches(edge) {
     if (this.onlineBox.checked && !edge.online) return false;
     for (const [key, value] of Object.entries(this.quick)) {

@@ -180,6 +180,7 @@ export class QueryPanel {
       cancelled: mine((last) => this.finish(run, "stopped", last)),
       error: mine((error, last) => { this.showError(run, error); this.finish(run, "error", last); }),
     });
+    clearInterval(this.ticker);
     this.ticker = setInterval(() => this.renderInfo(), 1000);
     this.drawInfo();
   }
@@ -228,7 +229,8 @@ export class QueryPanel {
     } else {
       for (const row of rows.slice(0, Math.max(0, MAX_KEPT_ROWS - run.rows.length))) run.rows.push(row);  // the first
     }
-    if (first && !run.plan.plottable && run.types.some((t) => t === "Object" || !t)) this.planView(run);
+    // untyped (Object) columns are known by their first values: plan again with them
+    if (first && run.types.some((t) => t === "Object" || !t)) this.planView(run);
     else this.chart.add(rows);
     if (this.view === "table") this.renderTable();
     this.renderInfo();

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,15 +22,19 @@ playwright_sync = pytest.importorskip("playwright.sync_api", reason="the Python 
 
 
 @pytest.fixture(scope="session")
-def fleet(tmp_path_factory):
+def fleet():
     from tests.dashboard.fleet import DashboardFleet
 
-    made = DashboardFleet(tmp_path_factory.mktemp("dashboard"))
+    # a directory of our own: pytest's numbered temporary directories are removed by other pytest
+    # sessions that start meanwhile (only the newest three are kept), data directory and all
+    directory = Path(tempfile.mkdtemp(prefix="streamql-dashboard-test-"))
+    made = DashboardFleet(directory)
     try:
         made.start()
         yield made
     finally:
         made.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,12 @@ def test_without_a_token_or_with_a_refused_one(page, fleet):
     page.locator("#token").press("Enter")
     expect(banner).to_be_hidden()
     expect(page.locator("table#devices tbody tr")).to_have_count(len(EDGES) + 2)
+    # an empty token forgets it, and what came with it
+    page.locator("#token").fill("")
+    page.locator("#token").press("Enter")
+    expect(banner).to_contain_text("A token is needed")
+    expect(page.locator("table#devices")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('streamql.token')") is None
 
 
 def test_devices_are_listed_filtered_and_shown_in_detail(page, fleet):
@@ -213,6 +219,11 @@ def test_a_plot_directive_and_how_results_are_charted(page, fleet):
     expect(page.locator("#chart")).to_be_visible()
     expect(page.locator("#query-info")).to_contain_text("done")
     assert int(page.locator("#chart svg.chart").get_attribute("data-series")) == len(EDGES) + 1
+    # //plot: Bar, one bar per region (the text column names the series)
+    run_query(page, "//plot: Bar\nselect region(e), count(e) from Edge e group by region(e);")
+    expect(page.locator("#query-info")).to_contain_text("done")
+    expect(page.locator("#chart svg.chart rect[data-series]")).to_have_count(4)  # US, EU, SE, AU
+    expect(page.locator(".legend")).to_contain_text("EU")
     plans = page.evaluate("""async () => {
         const { planChart } = await import('/static/chart.js');
         const { plotDirective } = await import('/static/query.js');
@@ -221,6 +232,7 @@ def test_a_plot_directive_and_how_results_are_charted(page, fleet):
             timeval: planChart(['id(e)', 'v'], ['Charstring', 'Timeval of Real'], []),
             keyless: planChart(['t', 'x', 'label'], ['Time', 'Real', 'Charstring'], []),
             text: planChart(['id(e)', 'region(e)'], ['Charstring', 'Object'], [['a', 'EU']]),
+            grouped: planChart(['region(e)', 'count(e)'], ['Object', 'Integer'], [['EU', 2]]),
             directives: [plotDirective('//plot: Line plot\\nselect 1;'), plotDirective('-- plot: Scatter\\nselect 1;'),
                          plotDirective('select 1; // a comment'), plotDirective('  //PLOT:bar chart\\nselect 1;')],
         };
@@ -229,6 +241,7 @@ def test_a_plot_directive_and_how_results_are_charted(page, fleet):
     assert plans["timeval"]["values"][0]["timeval"] and not plans["timeval"]["vector"]
     assert plans["keyless"]["time"] == 0 and plans["keyless"]["key"] == 2 and plans["keyless"]["values"][0]["index"] == 1
     assert not plans["text"]["plottable"]
+    assert plans["grouped"]["key"] == 0 and plans["grouped"]["values"][0]["index"] == 1
     assert plans["directives"] == ["line", "scatter", None, "bar"]
 
 
