@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("text", "json"), default="text",
                         help="text: tab-separated values (default); json: one JSON array per row")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the status per device")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait for a deployment to settle before the next statement")
+    parser.add_argument("--deploy-timeout", type=float, default=300.0, metavar="S",
+                        help="how long to wait for a deployment to settle (default 300 s)")
     parser.set_defaults(func=run)
     return parser
 
@@ -64,6 +68,19 @@ def _print_status(result, quiet: bool) -> None:
         print(line + (f"  {reason}" if reason else ""), file=sys.stderr)
 
 
+def _wait(fleet, deployment_id: str, timeout: float, quiet: bool) -> None:
+    """Wait for a rollout to settle, so the next statement of a script sees its outcome."""
+    progress = fleet.wait_deployment(deployment_id, timeout)
+    counts = progress.get("counts", {})
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    print(f"deployment {deployment_id} {progress.get('state', '?')}: {summary or 'no devices'}", file=sys.stderr)
+    if quiet:
+        return
+    for device in progress.get("devices", []):
+        if device.get("state") in ("skipped", "failed"):
+            print(f"  {device['id']}  {device['state']}  {device.get('reason') or ''}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamql.client import FederationRequestError, FederationUnavailable, connect
     from streamql.errors import QueryError
@@ -93,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = fleet.query(text, format="msgpack")
             for row in result:
-                _print_row(row, len(result.columns), args.format)
+                if result.kind != "deployment":
+                    _print_row(row, len(result.columns), args.format)
+            if result.deployment_id and not args.no_wait:
+                _print_status(result, args.quiet)
+                _wait(fleet, result.deployment_id, args.deploy_timeout, args.quiet)
+                continue
         except FederationRequestError as exc:
             print(f"streamql query: {exc}", file=sys.stderr)
             return 3 if exc.status in (401, 403, 404, 501) or exc.status is None else 1
