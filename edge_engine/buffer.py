@@ -17,9 +17,9 @@ Guarantees (docs/protocol.md, "Publish"):
   append-only) or refuses the new one (`drop_newest`: `append` returns None). Either way
   `dropped` counts every record lost that way, and the count persists across restarts.
 - **Dropped means lost**: a record dropped after it was sent but before its acknowledgement may
-  have reached the federation; the sender, which knows what it sent on which connection, takes
-  those that did off the count (`reached_after_drop`), so `dropped` equals the gaps the federation
-  sees (`PublishReceiver.missing`).
+  have reached the federation; the sender, which knows what it sent on which connection, names
+  them when it acknowledges (`ack(upto, sent=…)`) and they leave the count, so `dropped` equals
+  the gaps the federation sees (`PublishReceiver.missing`).
 - **Trimmed by acknowledgement**: `ack(upto)` forgets records ≤ upto; whole segment files are
   deleted once every record in them is gone, so the disk holds at most `max_bytes` plus one
   segment.
@@ -39,7 +39,7 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from streamql import codec
 from streamql.clock import SYSTEM_CLOCK, Clock
@@ -186,12 +186,22 @@ class StoreForwardBuffer:
                     break
         return out
 
-    def ack(self, upto: int) -> int:
-        """The federation has every record <= upto: forget them. Returns how many were removed."""
+    def ack(self, upto: int, sent: Iterable[int] = ()) -> int:
+        """The federation has every record <= upto: forget them. Returns how many were removed.
+
+        `sent`: records the caller knows reached the federation (sent on the connection the ack
+        came by, and <= upto); those among them dropped meanwhile leave the drop count. Checked
+        and acknowledged under one lock, so an append dropping records cannot slip in between.
+        """
         with self._lock:
             self._check_open()
+            reached = sum(1 for seq in sent if seq <= upto and self.dropped_unacked(seq))
+            if reached:
+                self.dropped = max(0, self.dropped - reached)
             upto = min(int(upto), self._next - 1)
             if upto <= self.acked and upto <= self.head:
+                if reached:
+                    self._save_state()
                 return 0
             before = self.count
             self.acked = max(self.acked, upto)
@@ -203,14 +213,6 @@ class StoreForwardBuffer:
     def dropped_unacked(self, seq: int) -> bool:
         """Whether record `seq` was dropped by overflow before an acknowledgement covered it."""
         return self.acked < seq <= self.head and seq not in self._damaged
-
-    def reached_after_drop(self, count: int) -> None:
-        """`count` dropped records turned out to have reached the federation (they were sent
-        before being dropped): they were not lost, so they leave the drop count."""
-        if count > 0:
-            with self._lock:
-                self.dropped = max(0, self.dropped - count)
-                self._save_state()
 
     @property
     def damaged(self) -> int:

@@ -78,22 +78,18 @@ class Publisher:
         if log is not None and log != self.buffer.log_id:
             self.log.warning("publish_ack for log %s ignored: this edge's log is %s", log, self.buffer.log_id)
             return
-        reached = 0
+        sent = []
         while self._inflight and self._inflight[0][0] <= upto:
-            seq, _ = self._inflight.popleft()
-            reached += self.buffer.dropped_unacked(seq)
-        self.buffer.ack(upto)
-        self.buffer.reached_after_drop(reached)
+            sent.append(self._inflight.popleft()[0])
+        self.buffer.ack(upto, sent=sent)
         self._wake.set()
 
     def connected(self, publish_acked: int) -> None:
         """A welcome: the federation's last accepted record. Of what was in flight when the
         previous connection dropped, what is <= publish_acked arrived (the prefix rule of one
         connection); dropped ones among them were not lost."""
-        reached = sum(1 for seq in self._unresolved if seq <= publish_acked and self.buffer.dropped_unacked(seq))
-        self._unresolved = set()
-        self.buffer.ack(publish_acked)
-        self.buffer.reached_after_drop(reached)
+        unresolved, self._unresolved = self._unresolved, set()
+        self.buffer.ack(publish_acked, sent=unresolved)
         self._wake.set()
 
     def disconnected(self) -> None:
@@ -118,8 +114,9 @@ class Publisher:
                     next_seq = seq + 1
                     if data is None:
                         continue
-                    await send_bytes(data)
+                    # in flight before the send: its ack may be handled while the send still awaits
                     inflight.append((seq, len(data)))
+                    await send_bytes(data)
                     self.sent += 1
                     sent_any = True
                 if records and not sent_any:

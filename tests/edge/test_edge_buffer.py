@@ -110,9 +110,13 @@ def test_dropped_records_that_reached_the_federation_leave_the_count(tmp_path):
     assert buffer.dropped == 6 and [buffer.dropped_unacked(s) for s in (1, 6, 7)] == [True, True, False]
     buffer.ack(8)                 # an ack past a gap says nothing about the records in it
     assert buffer.dropped == 6 and not buffer.dropped_unacked(3)
-    buffer.reached_after_drop(2)  # the sender knows 1 and 2 had been sent and received
+    for i in range(4):            # 11..14; 9, 10 dropped
+        buffer.append(i)
+    assert buffer.dropped == 8
+    buffer.ack(12, sent=[9, 10, 11, 13])   # 9 and 10 had been sent before they were dropped
+    assert buffer.dropped == 6 and seqs(buffer) == [13, 14]
     buffer.close()
-    assert StoreForwardBuffer(tmp_path, max_records=4).dropped == 4    # persisted
+    assert StoreForwardBuffer(tmp_path, max_records=4).dropped == 6    # persisted
 
 
 def test_overflow_by_bytes_and_drop_newest(tmp_path):
