@@ -36,7 +36,7 @@ const devices = new DevicesPanel($("#view-devices"), api, {
     clear($("#devices-summary"), `${s.online}/${s.total}`);
     $("#devices-summary").title = `${s.online} online of ${s.total} registered`;
   },
-  onQuery: (text) => { location.hash = "#query"; query.setText(text, { run: true }); },
+  onQuery: (text) => { go("#query"); query.setText(text, { run: true }); },
 });
 const deployments = new DeploymentsPanel($("#view-deployments"), api, {
   onSummary: (s) => clear($("#deployments-summary"), s.running ? h("span", { class: "live" }, `${s.running} running`) : ""),
@@ -162,6 +162,13 @@ function route() {
 }
 window.addEventListener("hashchange", route);
 
+/** Shows a view at once (hashchange comes later), e.g. to focus something in it. */
+function go(hash) {
+  if (location.hash === hash) return;
+  location.hash = hash;
+  route();
+}
+
 // tabs: arrow keys move between them
 $(".tabs").addEventListener("keydown", (event) => {
   const tabs = [...document.querySelectorAll("[role=tab]")];
@@ -177,14 +184,14 @@ document.addEventListener("keydown", (event) => {
   const typing = event.target.closest("input, textarea, select, [contenteditable]");
   if (event.altKey && !event.ctrlKey && !event.metaKey && ["1", "2", "3"].includes(event.key)) {
     event.preventDefault();
-    location.hash = "#" + VIEWS[Number(event.key) - 1];
+    go("#" + VIEWS[Number(event.key) - 1]);
     if (event.key === "2") $("#query-text").focus();
     return;
   }
   if (typing) return;
   if (event.key === "/" && !event.ctrlKey && !event.metaKey && !event.altKey) {
     event.preventDefault();
-    if (!location.hash.startsWith("#devices")) location.hash = "#devices";
+    if (!location.hash.startsWith("#devices")) go("#devices");
     $("#device-filter").focus();
   } else if (event.key === "Escape" && devices.detailId) {
     devices.close();

@@ -7,12 +7,12 @@
 // such as id(e) is selected; a vector column is a series over its index, replaced by each new row.
 "use strict";
 
-import { clear, h, isNumber, num, s, throttle } from "./util.js";
+import { clear, h, isNumber, keepFocus, num, s, throttle } from "./util.js";
 
 export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
                         "#65a30d", "#ea580c", "#4f46e5", "#0d9488", "#9333ea", "#b45309", "#e11d48"];
 const MAX_POINTS = 2000;   // kept per series (the oldest are dropped)
-const MAX_SERIES = 40;     // drawn; more are counted in the legend
+const MAX_SERIES = 200;    // drawn; more are counted in the legend
 const NUMERIC_TYPES = new Set(["Real", "Integer", "Number", "Boolean"]);
 
 /** The plottable number in a value, or null. */
@@ -123,6 +123,7 @@ export class Chart {
     this.t0 = performance.now() / 1000;
     this.hiddenCount = 0;
     this.cursor = null;
+    this.legendSignature = null;
     this.render();
   }
 
@@ -310,19 +311,38 @@ export class Chart {
     });
   }
 
+  /** The legend: rebuilt only when the series change (a live chart redraws several times a second,
+   * and a button replaced between mouse down and up would lose the click), else updated in place. */
   renderLegend() {
-    const items = [];
-    for (const series of this.series.values()) {
-      const last = series.ys.length ? series.ys[series.ys.length - 1] : null;
-      items.push(h("button", {
-        type: "button", class: ["legend-item", series.hidden && "off"], role: "listitem",
-        title: series.hidden ? "show this series" : "hide this series", "aria-pressed": String(!series.hidden),
-        onclick: () => { series.hidden = !series.hidden; this.render(); },
-      }, h("span", { class: "swatch", style: { background: series.color } }), series.name,
-         this.plan && !this.plan.vector ? h("span", { class: "legend-value" }, num(last)) : null));
+    const all = [...this.series.values()].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+    const showValues = this.plan && !this.plan.vector;
+    const signature = all.map((x) => x.name).join("\n") + "|" + this.hiddenCount + "|" + showValues;
+    if (signature !== this.legendSignature) {
+      this.legendSignature = signature;
+      const items = [];
+      if (all.length > 6) {
+        const show = (on) => () => { for (const x of this.series.values()) x.hidden = !on; this.render(); };
+        items.push(h("span", { class: "legend-all" }, h("button", { type: "button", class: "link", onclick: show(true) }, "all"), " · ",
+                     h("button", { type: "button", class: "link", onclick: show(false) }, "none")));
+      }
+      for (const series of all) {
+        series.valueEl = showValues ? h("span", { class: "legend-value" }) : null;
+        series.legendEl = h("button", {
+          type: "button", class: "legend-item", role: "listitem", "data-key": "series:" + series.name,
+          onclick: () => { series.hidden = !series.hidden; this.render(); },
+          ondblclick: () => { for (const x of this.series.values()) x.hidden = x !== series; this.render(); },
+        }, h("span", { class: "swatch", style: { background: series.color } }), series.name, series.valueEl);
+        items.push(series.legendEl);
+      }
+      if (this.hiddenCount) items.push(h("span", { class: "muted" }, `+ more series not drawn (at most ${MAX_SERIES})`));
+      keepFocus(this.legend, () => clear(this.legend, items));
     }
-    if (this.hiddenCount) items.push(h("span", { class: "muted" }, `+ more series not drawn (at most ${MAX_SERIES})`));
-    clear(this.legend, items);
+    for (const series of all) {
+      series.legendEl.classList.toggle("off", series.hidden);
+      series.legendEl.setAttribute("aria-pressed", String(!series.hidden));
+      series.legendEl.title = (series.hidden ? "show" : "hide") + " this series; double-click: only this one";
+      if (series.valueEl) series.valueEl.textContent = num(series.ys.length ? series.ys[series.ys.length - 1] : null);
+    }
   }
 
   hover(event) {

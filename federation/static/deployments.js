@@ -2,7 +2,7 @@
 // deployment's progress per device (GET /v1/deployments/{id}), polled every second while it runs.
 "use strict";
 
-import { $, ago, clear, dateTime, h, keepFocus, plural } from "./util.js";
+import { $, ago, clear, dateTime, h, keepFocus, plural, whenIdle } from "./util.js";
 
 const STATES = ["done", "sending", "pending", "skipped", "failed"];
 const LIVE_MS = 1000;
@@ -55,8 +55,7 @@ export class DeploymentsPanel {
     if (!this.api.token) return;
     const data = await this.api.get("/v1/deployments?limit=50");
     this.list = data.deployments;
-    this.renderList();
-    if (!this.selected) this.renderDetail();
+    whenIdle(this.listLater || (this.listLater = () => { this.renderList(); if (!this.selected) this.renderDetail(); }));
     this.onSummary({ running: this.list.filter((d) => d.state === "running").length, total: this.list.length });
   }
 
@@ -101,9 +100,10 @@ export class DeploymentsPanel {
       const detail = await this.api.get("/v1/deployments/" + encodeURIComponent(id) + (unsettled ? "?wait=1" : ""));
       if (generation !== this.generation) return;
       const wasLive = this.detail && this.detail.state === "running";
+      const same = this.detail && JSON.stringify(this.detail) === JSON.stringify(detail);
       this.detail = detail;
       this.error = null;
-      this.renderDetail();
+      if (!same || Date.now() - (this.drawnAt || 0) > 15000) whenIdle(this.detailLater || (this.detailLater = () => this.renderDetail()));
       if (wasLive && detail.state !== "running") this.refresh().catch(() => {});
     } catch (err) {
       if (generation !== this.generation) return;
@@ -128,6 +128,7 @@ export class DeploymentsPanel {
     }
     const d = this.detail;
     if (!d) { clear(this.detailBox, h("p", { class: "muted" }, "loading deployment " + this.selected + "…")); return; }
+    this.drawnAt = Date.now();
     const total = totalOf(d.counts);
     const live = d.state === "running";
     const filters = h("div", { class: "segmented", role: "group", "aria-label": "show devices in state" },

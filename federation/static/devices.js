@@ -3,7 +3,7 @@
 // (GET /v1/edges/{id}) in a side panel.
 "use strict";
 
-import { $, ago, clear, dateTime, duration, h, isNumber, kb, keepFocus, num, plural, quote } from "./util.js";
+import { $, ago, clear, dateTime, duration, h, isNumber, kb, keepFocus, num, plural, quote, whenIdle } from "./util.js";
 
 const PAGE = 10000;                 // the API's largest page
 const PINNED = ["region", "kind"];  // metadata keys shown as their own columns and quick filters first
@@ -86,7 +86,7 @@ export class DevicesPanel {
     this.edges = data.edges;
     this.total = data.total;
     this.loaded = true;
-    this.render();
+    whenIdle(this.renderLater || (this.renderLater = () => this.render()));
     if (this.detailId) await this.refreshDetails();
     const online = this.edges.filter((e) => e.online).length;
     this.onSummary({ total: data.total, online });
@@ -273,6 +273,13 @@ export class DevicesPanel {
       return;
     }
     if (this.detailId !== id) return;
+    this.shown = { id, edge };
+    whenIdle(this.drawLater || (this.drawLater = () => this.drawDetails()));
+  }
+
+  drawDetails() {
+    if (!this.shown || this.shown.id !== this.detailId) return;
+    const { id, edge } = this.shown;
     const scroll = this.drawer.scrollTop;
     const opened = [...this.drawer.querySelectorAll("details[open]")].map((d) => d.dataset.key);
     keepFocus(this.drawer, () => clear(this.drawer, this.drawerHead(id, edge), this.details(edge)));

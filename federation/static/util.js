@@ -145,3 +145,22 @@ export function keepFocus(root, fn) {
     if (again && again !== document.activeElement) again.focus({ preventScroll: true });
   }
 }
+
+// Periodic redraws wait while a mouse button is down: an element replaced between pointer down
+// and up would never get its click.
+let pointerDown = false;
+const deferred = new Set();
+function released() {
+  pointerDown = false;
+  setTimeout(() => { const fns = [...deferred]; deferred.clear(); for (const fn of fns) fn(); }, 0);  // after the click
+}
+if (typeof document !== "undefined") {
+  document.addEventListener("pointerdown", () => { pointerDown = true; }, true);
+  document.addEventListener("pointerup", released, true);
+  document.addEventListener("pointercancel", released, true);
+}
+
+/** Runs fn now, or (once) just after the mouse button is released. */
+export function whenIdle(fn) {
+  if (pointerDown) deferred.add(fn); else fn();
+}

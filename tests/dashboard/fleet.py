@@ -6,10 +6,12 @@
     fleet.stop()
 
 The fleet: `streamql federation` (a release key trusted), four simulated edges of seed 2 that trust
-the key (wl-0001 US 256 MiB, dt-0002 EU 1 GiB, ex-0003 SE 128 MiB, wl-0004 AU 256 MiB), one more
-simulated edge that trusts no key (`x-wl-0001`: it refuses every bundle) and one device provisioned
-but never connected (`spare-0099`, offline). `python -m tests.dashboard.fleet` runs the same fleet
-until Ctrl-C and prints the dashboard's address, for working on the page by hand.
+the key (EDGES: a wheel loader, a dumper, an excavator, a wheel loader, with the regions and RAM
+the simulation gives them), one more simulated edge that trusts no key (UNTRUSTING: it refuses
+every bundle) and one device provisioned but never connected (OFFLINE, in the region of EDGES[1]).
+Tests read the metadata from the registry rather than assuming the simulation's choices.
+`python -m tests.dashboard.fleet` runs the same fleet until Ctrl-C and prints the dashboard's
+address, for working on the page by hand.
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from edge_engine.simulate import fleet_identities
+
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 2
-EDGES = ["dt-0002", "ex-0003", "wl-0001", "wl-0004"]
-UNTRUSTING = "x-wl-0001"
+EDGES = [identity.id for identity in fleet_identities(4, SEED)]
+UNTRUSTING = fleet_identities(1, SEED, prefix="x-")[0].id
 OFFLINE = "spare-0099"
 
 
@@ -89,8 +93,6 @@ class DashboardFleet:
                 self.procs.remove(fed)
         self.admin = (data / "admin.token").read_text().strip()
         self.read = self.api("POST", "/v1/tokens", {"role": "read", "label": "dashboard tests"})["token"]
-        self.api("POST", "/v1/edges", {"id": OFFLINE, "metadata": {"region": "EU", "kind": "dumper", "site": "depot"},
-                                        "capabilities": {"ram_kb": 524288}})
         common = ["--federation", self.url, "--provision", self.admin, "--heartbeat", "2", "--log-level", "warning",
                   "--reconnect-initial", "0.2", "--reconnect-max", "2"]
         self._spawn("edges", "edge", "--simulate", str(len(EDGES)), "--seed", str(SEED), "--store",
@@ -98,7 +100,14 @@ class DashboardFleet:
         self._spawn("untrusting", "edge", "--simulate", "1", "--seed", str(SEED), "--id-prefix", "x-", "--store",
                     str(self.dir / "untrusting"), *common)
         self._wait(lambda: self.online() >= set(EDGES) | {UNTRUSTING}, 40, "the edges to come online")
+        region = self.edges()[EDGES[1]]["metadata"]["region"]
+        self.api("POST", "/v1/edges", {"id": OFFLINE, "metadata": {"region": region, "kind": "dumper", "site": "depot"},
+                                        "capabilities": {"ram_kb": 524288}})
         return self
+
+    def edges(self) -> dict[str, dict]:
+        """Every registered device by id, as GET /v1/edges has it."""
+        return {e["id"]: e for e in self.api("GET", "/v1/edges")["edges"]}
 
     def _healthy(self) -> bool:
         try:

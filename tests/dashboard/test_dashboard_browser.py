@@ -42,6 +42,23 @@ def run_query(page, text: str):
     page.locator("#query-text").press("Control+Enter")
 
 
+def ids_where(edges: dict, predicate) -> list[str]:
+    return sorted(i for i, e in edges.items() if predicate(e))
+
+
+def words_of(edge: dict) -> str:
+    """What the page's text filter looks at (id, metadata, models, signals, CPU), lower case."""
+    caps = edge["capabilities"]
+    parts = [edge["id"]] + [f"{k}={v}\n{v}" for k, v in edge["metadata"].items()]
+    parts += [f"{m}\n{m}@{v['version']}" for m, v in edge["models"].items()] + caps.get("signals", [])
+    parts += [str(caps["cpu"])] if caps.get("cpu") else []
+    return "\n".join(parts).lower()
+
+
+def ram_text(kb: int) -> str:
+    return f"{kb / 1048576:g} GB" if kb >= 1048576 else f"{kb / 1024:g} MB"
+
+
 def rows_shown(page) -> int:
     return int(page.locator("#row-count").get_attribute("data-rows"))
 
@@ -78,34 +95,51 @@ def test_without_a_token_or_with_a_refused_one(page, fleet):
 
 
 def test_devices_are_listed_filtered_and_shown_in_detail(page, fleet):
+    edges = fleet.edges()  # the simulation chooses regions and RAM: read them, do not assume them
     open_dashboard(page, fleet)
-    everyone = sorted(EDGES + [UNTRUSTING, OFFLINE])
+    everyone = sorted(edges)
+    assert len(everyone) == len(EDGES) + 2
     wait_for(lambda: device_ids(page) == everyone, what="every device")
+    page.locator("body").press("/")  # the keyboard: / filters, Alt+2 is the query view, Alt+1 back
+    expect(page.locator("#device-filter")).to_be_focused()
+    page.keyboard.press("Alt+2")
+    expect(page.locator("#view-query")).to_be_visible()
+    expect(page.locator("#query-text")).to_be_focused()
+    page.keyboard.press("Alt+1")
+    expect(page.locator("#view-devices")).to_be_visible()
     expect(page.locator("#devices-summary")).to_have_text(f"{len(EDGES) + 1}/{len(EDGES) + 2}")
     offline = page.locator(f'tr[data-id="{OFFLINE}"]')
     expect(offline).to_have_class(re.compile(r"\boffline\b"))
     expect(offline).to_contain_text("never")
-    online = page.locator('tr[data-id="dt-0002"]')
-    expect(online).to_contain_text("EU")
-    expect(online).to_contain_text("dumper")
+    one = EDGES[1]
+    online = page.locator(f'tr[data-id="{one}"]')
+    expect(online).to_contain_text(edges[one]["metadata"]["region"])
+    expect(online).to_contain_text(edges[one]["metadata"]["kind"])
     expect(online.locator("td").nth(7)).to_contain_text("%")  # battery, from the edge's health
     expect(online).to_contain_text("MB")                      # memory
 
-    # the text filter looks at ids and metadata
+    # the text filter looks at ids and metadata, every word
+    wheel = ids_where(edges, lambda e: "wheel" in words_of(e))
     page.locator("#device-filter").fill("wheel")
-    wait_for(lambda: device_ids(page) == ["wl-0001", "wl-0004", UNTRUSTING], what="the text filter")
-    expect(page.locator("#device-count")).to_contain_text("3 of 6 devices")
-    page.locator("#device-filter").fill("wheel US")
-    wait_for(lambda: device_ids(page) == ["wl-0001", UNTRUSTING], what="two words")
+    wait_for(lambda: device_ids(page) == wheel, what="the text filter")
+    expect(page.locator("#device-count")).to_contain_text(f"{len(wheel)} of {len(everyone)} devices")
+    region = edges[EDGES[0]]["metadata"]["region"]
+    page.locator("#device-filter").fill(f"wheel {region}")
+    wait_for(lambda: device_ids(page) == ids_where(edges, lambda e: "wheel" in words_of(e) and region.lower() in words_of(e)),
+             what="two words")
     page.locator("#device-filter").fill("")
-    # quick filters by region and kind, and online only
-    page.locator("#quick-region").select_option("EU")
-    wait_for(lambda: device_ids(page) == ["dt-0002", OFFLINE], what="region = EU")
+    # quick filters by region and kind, and online only (OFFLINE shares EDGES[1]'s region)
+    region = edges[one]["metadata"]["region"]
+    page.locator("#quick-region").select_option(region)
+    in_region = ids_where(edges, lambda e: e["metadata"].get("region") == region)
+    assert OFFLINE in in_region and one in in_region
+    wait_for(lambda: device_ids(page) == in_region, what=f"region = {region}")
     page.locator("#device-online").check()
-    wait_for(lambda: device_ids(page) == ["dt-0002"], what="online only")
+    wait_for(lambda: device_ids(page) == [i for i in in_region if i != OFFLINE], what="online only")
     page.locator("#device-clear").click()
-    page.locator("#quick-kind").select_option("excavator")
-    wait_for(lambda: device_ids(page) == ["ex-0003"], what="kind = excavator")
+    kind = edges[EDGES[2]]["metadata"]["kind"]
+    page.locator("#quick-kind").select_option(kind)
+    wait_for(lambda: device_ids(page) == ids_where(edges, lambda e: e["metadata"].get("kind") == kind), what=f"kind = {kind}")
     page.locator("#device-clear").click()
     wait_for(lambda: device_ids(page) == everyone, what="cleared filters")
     # sorting by a column
@@ -113,17 +147,18 @@ def test_devices_are_listed_filtered_and_shown_in_detail(page, fleet):
     wait_for(lambda: device_ids(page) == everyone[::-1], what="descending ids")
 
     # a device's details: metadata, health, signals, capabilities
-    page.locator('tr[data-id="wl-0004"] a').click()
+    shown = EDGES[3]
+    page.locator(f'tr[data-id="{shown}"] a').click()
     drawer = page.locator("#device-details")
-    expect(page.locator("#device-title")).to_have_text("wl-0004")
-    assert page.url.endswith("#devices/wl-0004")
-    expect(drawer).to_contain_text("AU")
-    expect(drawer).to_contain_text("wheel loader")
+    expect(page.locator("#device-title")).to_have_text(shown)
+    assert page.url.endswith(f"#devices/{shown}")
+    for value in edges[shown]["metadata"].values():
+        expect(drawer).to_contain_text(str(value))
     expect(drawer.locator("#device-health")).to_contain_text("uptime")
     expect(drawer.locator("#device-signals")).to_contain_text("vibration")
     expect(drawer.locator("#device-signals")).to_contain_text("outside_temperature")
     expect(drawer).to_contain_text("ram_kb")
-    expect(drawer).to_contain_text("256 MB")
+    expect(drawer).to_contain_text(ram_text(edges[shown]["capabilities"]["ram_kb"]))
     page.keyboard.press("Escape")
     expect(drawer).to_be_hidden()
     assert page.url.endswith("#devices")
@@ -158,7 +193,7 @@ def test_a_continuous_query_draws_a_live_chart_until_stopped(page, fleet):
     status = page.locator("#status-table")
     expect(status.locator("tbody tr")).to_have_count(len(EDGES) + 2)
     expect(status.locator(f'tr[data-device="{OFFLINE}"]')).to_contain_text("offline")
-    expect(status.locator('tr[data-device="dt-0002"]')).to_contain_text("cancelled")
+    expect(status.locator(f'tr[data-device="{EDGES[1]}"]')).to_contain_text("cancelled")
     expect(page.locator("#run")).to_be_enabled()
     stopped_at = rows_shown(page)
     # the cancel reached the federation: nothing runs there any more
@@ -166,6 +201,16 @@ def test_a_continuous_query_draws_a_live_chart_until_stopped(page, fleet):
              what="the statement to end on the federation")
     time.sleep(0.5)
     assert rows_shown(page) == stopped_at
+    # the legend hides a series; a double click keeps only that one
+    lines = chart.locator("path.line")
+    expect(lines).to_have_count(len(EDGES) + 1)
+    legend_item = lambda device: page.locator(f'.legend-item[data-key="series:{device}"]')  # noqa: E731
+    legend_item(EDGES[1]).click()
+    expect(lines).to_have_count(len(EDGES))
+    expect(legend_item(EDGES[1])).to_have_attribute("aria-pressed", "false")
+    legend_item(EDGES[3]).dblclick()
+    expect(lines).to_have_count(1)
+    assert lines.get_attribute("data-series") == EDGES[3]
     # the table view of the same rows, newest first
     page.locator("button[data-view=table]").click()
     expect(page.locator("#result-table table.rows thead")).to_contain_text("mean(w)")
@@ -179,7 +224,7 @@ def test_a_bag_query_is_a_table_and_errors_show_where(page, fleet):
     expect(table.locator("tbody tr")).to_have_count(len(EDGES) + 2)
     expect(page.locator("#chart")).to_be_hidden()
     expect(table.locator("thead")).to_contain_text("region(e)")
-    expect(table.locator("tbody")).to_contain_text("excavator")
+    expect(table.locator("tbody")).to_contain_text(fleet.edges()[EDGES[2]]["metadata"]["kind"])
     expect(page.locator("#query-info")).to_contain_text("done")
     expect(page.locator("#status-none")).to_be_visible()  # the registry answered alone
     page.locator("button[data-view=chart]").click()  # the toggle: nothing numeric here
@@ -222,8 +267,10 @@ def test_a_plot_directive_and_how_results_are_charted(page, fleet):
     # //plot: Bar, one bar per region (the text column names the series)
     run_query(page, "//plot: Bar\nselect region(e), count(e) from Edge e group by region(e);")
     expect(page.locator("#query-info")).to_contain_text("done")
-    expect(page.locator("#chart svg.chart rect[data-series]")).to_have_count(4)  # US, EU, SE, AU
-    expect(page.locator(".legend")).to_contain_text("EU")
+    regions = {e["metadata"]["region"] for e in fleet.edges().values()}
+    expect(page.locator("#chart svg.chart rect[data-series]")).to_have_count(len(regions))
+    for region in regions:
+        expect(page.locator(".legend")).to_contain_text(region)
     plans = page.evaluate("""async () => {
         const { planChart } = await import('/static/chart.js');
         const { plotDirective } = await import('/static/query.js');
@@ -246,39 +293,47 @@ def test_a_plot_directive_and_how_results_are_charted(page, fleet):
 
 
 def test_a_deployment_shows_its_progress_per_device(page, fleet):
-    deployment = fleet.deploy_bundle("vib-anomaly", "1.0.0", requirements={"ram_kb": 200000})
+    edges = fleet.edges()
+    ram = {device: edges[device]["capabilities"]["ram_kb"] for device in EDGES}
+    # a bundle that needs more RAM than the smallest devices have (when their RAM differs)
+    least = min(ram.values())
+    requirement = least if len(set(ram.values())) > 1 else None
+    done = [d for d in EDGES if requirement is None or ram[d] > least]
+    skipped = [d for d in EDGES if d not in done]
+    deployment = fleet.deploy_bundle("vib-anomaly", "1.0.0", requirements={"ram_kb": requirement} if requirement else None)
     open_dashboard(page, fleet, "deployments")
     # the running deployment opens by itself
     expect(page.locator("#deployment-title")).to_contain_text(f"#{deployment} deploy vib-anomaly 1.0.0")
     targets = page.locator("#deployment-devices tbody")
     row = lambda device: targets.locator(f'tr[data-device="{device}"]')  # noqa: E731
-    for device in ("dt-0002", "wl-0001", "wl-0004"):
+    for device in done:
         expect(row(device)).to_have_attribute("data-state", "done")
-    expect(row("ex-0003")).to_have_attribute("data-state", "skipped")
-    expect(row("ex-0003")).to_contain_text("KB of RAM")  # the reason, from the fit check
+    for device in skipped:
+        expect(row(device)).to_have_attribute("data-state", "skipped")
+        expect(row(device)).to_contain_text("KB of RAM")  # the reason, from the fit check
     expect(row(UNTRUSTING)).to_have_attribute("data-state", "failed")
     expect(row(UNTRUSTING)).to_contain_text("trusts no signing keys")  # the device's own reason
     expect(row(OFFLINE)).to_have_attribute("data-state", "pending")  # sent when it connects
     expect(page.locator("#deployment-detail")).to_contain_text("1 offline device")
-    expect(page.locator(f'#deployments tr[data-id="{deployment}"]')).to_contain_text("3 done")
+    expect(page.locator(f'#deployments tr[data-id="{deployment}"]')).to_contain_text(f"{len(done)} done")
     page.locator("#deployment-detail button", has_text="failed 1").click()
     expect(targets.locator("tr")).to_have_count(1)
     expect(targets.locator("tr")).to_contain_text(UNTRUSTING)
 
     # the devices view shows the model version where it runs
     page.goto(f"{fleet.url}/#devices")
-    expect(page.locator('tr[data-id="wl-0001"]')).to_contain_text("vib-anomaly1.0.0")
-    expect(page.locator('tr[data-id="ex-0003"]')).not_to_contain_text("vib-anomaly")
+    expect(page.locator(f'tr[data-id="{done[0]}"]')).to_contain_text("vib-anomaly1.0.0")
+    expect(page.locator(f'tr[data-id="{UNTRUSTING}"]')).not_to_contain_text("vib-anomaly")
 
     # a deployment statement from the query box (a deploy-capable token) leads to its progress
     page.locator("#token").fill(fleet.admin)
     page.locator("#token").press("Enter")
     page.goto(f"{fleet.url}/#query")
-    run_query(page, "undeploy model 'vib-anomaly' from Edge e where id(e) = 'wl-0004';")
+    run_query(page, f"undeploy model 'vib-anomaly' from Edge e where id(e) = '{done[-1]}';")
     expect(page.locator("#query-message")).to_contain_text("show deployment")
     page.locator("#query-message button").click()
     expect(page.locator("#deployment-title")).to_contain_text("undeploy vib-anomaly")
-    expect(page.locator('#deployment-devices tr[data-device="wl-0004"]')).to_have_attribute("data-state", "done")
+    expect(page.locator(f'#deployment-devices tr[data-device="{done[-1]}"]')).to_have_attribute("data-state", "done")
 
 
 def test_statements_also_run_over_plain_http(page, fleet):
