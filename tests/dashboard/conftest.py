@@ -1,9 +1,8 @@
-"""Fixtures for the dashboard tests: one real federation with a simulated fleet for the module
+"""Fixtures for the dashboard tests: one real federation with a simulated fleet for the session
 (tests/dashboard/fleet.py), Debian's Chromium driven by Playwright (never a downloaded browser),
 and a fresh browser context per test whose page must log no error."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -11,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("STREAMQL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"the dashboard tests drive Debian's Chromium, and {CHROMIUM} does not exist "
-                "(apt-get install chromium; CI installs it)", allow_module_level=True)
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed")
+from tests.dashboard.browser import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +31,9 @@ def fleet():
 
 @pytest.fixture(scope="session")
 def browser():
-    with playwright_sync.sync_playwright() as p:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield launched

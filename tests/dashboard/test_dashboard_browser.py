@@ -8,9 +8,14 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import expect
 
-from tests.dashboard.fleet import EDGES, OFFLINE, UNTRUSTING
+from tests.dashboard.browser import skip_without_a_browser
+
+skip_without_a_browser()
+
+from playwright.sync_api import expect  # noqa: E402
+
+from tests.dashboard.fleet import EDGES, OFFLINE, UNTRUSTING  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
