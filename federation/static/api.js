@@ -111,7 +111,11 @@ class QuerySocket {
       stop: () => {
         if (q.fallback) { q.fallback.stop(); return; }
         q.stopped = true;
-        if (this.ws && this.running.has(id)) this.send({ type: "cancel", id });
+        if (this.ws && this.running.has(id)) {
+          this.send({ type: "cancel", id });
+          // a statement cancelled while it is still being planned is not answered: let it go
+          setTimeout(() => { if (this.running.get(id) === q) { this.running.delete(id); on.cancelled(null); } }, 4000);
+        }
       },
     };
     this.open().then(() => {

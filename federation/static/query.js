@@ -295,7 +295,8 @@ export class QueryPanel {
     if (!run || !run.columns) { clear(this.tableBox, h("p", { class: "muted empty" }, run ? "waiting for the result…" : "Run a statement to see its rows here.")); return; }
     const stream = run.kind === "stream";
     const rows = stream ? run.rows.slice(-MAX_SHOWN_ROWS / 2).reverse() : run.rows.slice(0, MAX_SHOWN_ROWS);
-    const head = h("tr", {}, run.columns.map((c, i) => h("th", { title: run.types[i] || "" }, c,
+    const numeric = (i) => ["Integer", "Real", "Number"].includes(run.types[i]);
+    const head = h("tr", {}, run.columns.map((c, i) => h("th", { title: run.types[i] || "", class: numeric(i) ? "num" : null }, c,
                                                          run.types[i] ? h("span", { class: "type" }, run.types[i]) : null)));
     const body = rows.map((row) => h("tr", {}, row.map((v) => h("td", {
       class: typeof v === "number" ? "num" : null, title: typeof v === "object" && v !== null ? fullText(v).slice(0, 2000) : null,
@@ -313,7 +314,8 @@ export class QueryPanel {
   drawStatus(status, state) {
     const entries = Object.entries(status).sort(([a], [b]) => a.localeCompare(b));
     if (!entries.length) {
-      clear(this.statusBox, state === "done" ? h("p", { class: "muted small", id: "status-none" }, "No device was asked: the registry answered.") : null);
+      const asked = state === "done" && ["bag", "stream", "vector"].includes(this.run && this.run.kind);
+      clear(this.statusBox, asked ? h("p", { class: "muted small", id: "status-none" }, "No device was asked: the registry answered.") : null);
       return;
     }
     const counts = {};
