@@ -129,7 +129,7 @@ class DashboardFleet:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.terminate()  # SIGTERM: SIGINT may be ignored by processes started in the background
         for proc in reversed(self.procs):
             try:
                 proc.wait(8)
