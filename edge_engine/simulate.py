@@ -9,12 +9,12 @@ polls every edge's simulated drivers (no thread or task per signal).
 recompute every simulated value (`SimModel.values_at`):
 
 - id `{prefix}{code}-{i:04d}`: `wl-0001` (wheel loader), `dt-0002` (dumper), `ex-0003` (excavator);
-- metadata: `kind`, `region` (US, EU, AU, CA, SE, BR), `site`, `model_year`, `fleet`;
+- metadata: `kind`, `region` (US, EU and AU most often, CA, CL, ZA), `site`, `model_year`, `fleet`;
 - capabilities: `ram_kb` (128 MiB … 2 GiB), `flash_kb` (512 MiB … 8 GiB), `cpu` by size;
 - signals: `vibration` (sine with noise, digging bursts and spikes; 100 Hz × rate scale, delivered
   in batches every 0.25 s),
-  `outside_temperature` (a slow mean-reverting walk around a regional level: some US, EU and
-  CA machines are below −20 °C, AU ones rarely), `engine_speed` (rpm, 10 Hz) and `battery`
+  `outside_temperature` (a slow mean-reverting walk around a regional level: about half the
+  US, EU and CA machines are below −20 °C, AU ones never), `engine_speed` (rpm, 10 Hz) and `battery`
   (percent, also reported in health);
 - store directory `{store}/{id}`; the seed of edge i is derived from the fleet seed and i.
 
@@ -40,21 +40,22 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 
 from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
-from .signals import DriverSet, build_drivers
+from .signals import DriverSet, SimulatedDriver, build_drivers
 
 __all__ = ["SimIdentity", "fleet_identities", "SignalPump", "SimulatedFleet", "load_tokens", "provision_tokens"]
 
 log = logging.getLogger("streamql.edge.simulate")
 
 KINDS = (("wheel loader", "wl"), ("dumper", "dt"), ("excavator", "ex"))
-REGIONS = {   # region → (mean outside temperature °C, sites)
-    "US": (-12.0, ("minot", "fairbanks", "elko", "butte")),
-    "EU": (-14.0, ("kiruna", "oulu", "tromso", "gallivare")),
+REGIONS = {   # region → (mean outside temperature °C, sites): mines in the north, mostly
+    "US": (-21.0, ("minot", "fairbanks", "elko", "butte")),
+    "EU": (-22.0, ("kiruna", "oulu", "tromso", "gallivare")),
     "AU": (14.0, ("pilbara", "kalgoorlie", "mount-isa")),
-    "CA": (-24.0, ("yellowknife", "fort-mcmurray", "thompson")),
-    "SE": (-17.0, ("kiruna", "boliden", "garpenberg")),
-    "BR": (22.0, ("carajas", "itabira")),
+    "CA": (-26.0, ("yellowknife", "fort-mcmurray", "thompson")),
+    "CL": (6.0, ("escondida", "chuquicamata")),
+    "ZA": (17.0, ("rustenburg", "kathu")),
 }
+REGION_WEIGHTS = (("US", 3), ("EU", 3), ("AU", 2), ("CA", 1), ("CL", 1), ("ZA", 1))
 MEMORY_KB = (131072, 262144, 524288, 1048576, 2097152)
 CPUS = {131072: "cortex-a7", 262144: "cortex-a53", 524288: "cortex-a53", 1048576: "cortex-a72", 2097152: "x86_64"}
 
@@ -76,7 +77,7 @@ def fleet_identities(n: int, seed: int = 0, *, prefix: str = "", rate_scale: flo
 def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
     rng = random.Random(f"streamql-fleet:{seed}:{i}")
     kind, code = KINDS[(i - 1) % len(KINDS)]
-    region = rng.choice(sorted(REGIONS))
+    region = rng.choices([r for r, _ in REGION_WEIGHTS], [w for _, w in REGION_WEIGHTS])[0]
     base_temperature, sites = REGIONS[region]
     ram = rng.choice(MEMORY_KB)
     flash = rng.choice((524288, 1048576, 2097152, 4194304, 8388608))
@@ -92,7 +93,7 @@ def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
                     "amplitude": round(2.5 * vibration_gain, 3), "frequency_hz": 45.0},
          "spikes": {"rate_per_s": 0.02, "amplitude": 6.0}},
         {"name": "outside_temperature", "kind": "simulated", "shape": "walk", "seed": edge_seed + 1,
-         "rate_hz": 1.0, "offset": round(base_temperature + rng.uniform(-9.0, 9.0), 1), "amplitude": 4.0,
+         "rate_hz": 1.0, "offset": round(base_temperature + rng.uniform(-6.0, 6.0), 1), "amplitude": 4.0,
          "reversion_s": 1800.0,
          "level_shifts": {"every_s": 3600.0, "probability": 0.3, "duration_s": 600.0, "magnitude": 3.0}},
         {"name": "engine_speed", "kind": "simulated", "shape": "walk", "seed": edge_seed + 2,
@@ -143,7 +144,10 @@ class SignalPump:
                     continue
                 try:
                     pushed += driver.poll(now)
-                    due[key] = driver.next_due() or now + self.interval_s
+                    if driver.pushed == 0 and isinstance(driver, SimulatedDriver):
+                        due[key] = driver._next_k / driver.rate_hz      # its very first reading: on time
+                    else:
+                        due[key] = driver.next_due() or now + self.interval_s
                 except Exception:  # noqa: BLE001 - one broken driver must not stop the others
                     due[key] = now + 1.0
                     self.failures += 1
@@ -254,15 +258,16 @@ class SimulatedFleet:
         if self.admin_token and self.base.federation:
             self.tokens.update(await provision_tokens(self.identities, self.base.federation, self.admin_token,
                                                       self.store_root, self.session))
+        self.pump.start()       # first: an edge that connects early already has readings
         for identity in self.identities:
             config = self.config_for(identity)
             drivers = build_drivers(config.signals, clock=self.clock)
+            self.pump.add(drivers)
+            self.pump.poll()
             daemon = EdgeDaemon(config, clock=self.clock, session=self.session, drivers=drivers,
                                 start_drivers=False, seed=identity.seed, **self.daemon_options)
             await daemon.start()
-            self.pump.add(drivers)
             self.daemons.append(daemon)
-        self.pump.start()
         return self
 
     async def stop(self) -> None:
