@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="a federation, a simulated fleet, a signed model bundle and the shell",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edges", type=int, default=60, help="simulated edges (default 60)")
-    parser.add_argument("--port", type=int, default=8080, help="the federation's port (a free one if taken)")
+    parser.add_argument("--port", type=int, default=8080, help="the federation's port (a free one if taken, or 0)")
     parser.add_argument("--data", help="directory for the federation, the fleet and the keys (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=1, help="the fleet's seed (same seed, same fleet)")
     parser.add_argument("--no-shell", action="store_true", help="start everything and wait for Ctrl-C instead of the shell")
@@ -161,13 +161,13 @@ def _spawn(arguments: list[str], log) -> subprocess.Popen:
 
 
 def _free_port(preferred: int) -> int:
+    """`preferred` if it is free, else (or for 0) a free port the system picks."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
+        return probe.getsockname()[1]
 
 
 def _wait_for_federation(url: str, token_file: Path, child: subprocess.Popen, timeout: float = 30.0) -> str:

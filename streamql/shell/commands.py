@@ -155,9 +155,13 @@ class Commands:
         from .formatting import make_printer
         printer = make_printer(self.runner.output, self.runner.out)
         printer.begin(["id", *keys], [], "bag")
+        readable = self.runner.output == "table"
         for edge in edges:
             metadata = edge.get("metadata") if isinstance(edge.get("metadata"), dict) else {}
-            printer.row(tuple([edge.get("id")] + [edge.get(k, metadata.get(k)) for k in keys]))
+            values = [edge.get(k, metadata.get(k)) for k in keys]
+            if readable:   # epoch seconds as local time for people; CSV and JSON keep the numbers
+                values = [_clock(v) if k in _TIMES else v for k, v in zip(keys, values)]
+            printer.row(tuple([edge.get("id")] + values))
         printer.end()
         return None
 
@@ -189,3 +193,14 @@ class Commands:
     def quit(self, args: list[str]) -> "Status":
         from .runner import Status
         return Status.QUIT
+
+
+_TIMES = {"created", "last_seen", "connected_at", "disconnected_at"}
+
+
+def _clock(value):
+    """Epoch seconds as `YYYY-MM-DD HH:MM:SS` local time; anything else unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        import time
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return value

@@ -80,6 +80,14 @@ class StreamQLCompleter(Completer):
         """Forget the catalog: the next completion asks the session again."""
         self._catalog = None
 
+    def prefetch(self) -> None:
+        """Ask the session for the catalog now (a federation answers over the network), so that
+        the first keystrokes are not held up by it."""
+        try:
+            self.catalog()
+        except Exception:  # noqa: BLE001 - completion must never stop the shell
+            pass
+
     # -------------------------------------------------------------------------------------
     def get_completions(self, document: Document, complete_event: CompleteEvent):
         try:

@@ -10,8 +10,8 @@ The client is whatever `streamql.connect(url, token)` returns. The shell needs f
   optional (used when present, else derived or empty):
     client.signals(), client.flows(), client.types(), client.metadata_keys(), client.close()
     client.deployment_progress(deployment_id) -> iterator of progress records
-        used when a deploy/rollback/undeploy result is not itself of kind 'deployment' but
-        carries `.deployment` (its id); see `shell/progress.py` for the record shape.
+        used when a deploy/rollback/undeploy result carries `.deployment_id`: the shell
+        then shows the rollout; see `shell/progress.py` for the record shape.
 """
 from __future__ import annotations
 
@@ -65,8 +65,10 @@ class FederationSession:
             return self.client.query(text)
         results = self.client.execute(text)
         result = results[0] if isinstance(results, (list, tuple)) else results
-        if isinstance(statement, FLEET_STATEMENTS) and getattr(result, "kind", None) != "deployment":
-            deployment = getattr(result, "deployment", None)
+        if isinstance(statement, FLEET_STATEMENTS):
+            # the client's result is the started deployment (its id as a row); the shell shows
+            # the rollout itself, as progress records, until every device has settled
+            deployment = getattr(result, "deployment_id", None)
             progress = getattr(self.client, "deployment_progress", None)
             if deployment is not None and progress is not None:
                 return ProgressResult(progress(deployment), getattr(result, "message", None))

@@ -69,7 +69,7 @@ class Shell:
             history = open_history(history)
         self.prompt_session = PromptSession(
             message=self._message, multiline=True, prompt_continuation=self._continuation,
-            lexer=StreamQLLexer(), completer=self.completer, complete_while_typing=True,
+            lexer=StreamQLLexer(), completer=self.completer, complete_while_typing=True, complete_in_thread=True,
             history=history, key_bindings=key_bindings(), style=STYLE, include_default_pygments_style=False,
             input=input, output=output, enable_open_in_editor=False)
 
@@ -89,6 +89,9 @@ class Shell:
         if banner:
             self.runner.out.write(self.banner() + "\n")
             self.runner.out.flush()
+        # Completion reads the catalog (over the network on a federation): fetch it before the
+        # first prompt, and complete in a thread, so typing never waits for it.
+        self.completer.prefetch()
         failures = 0
         while True:
             try:

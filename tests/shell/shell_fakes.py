@@ -7,7 +7,7 @@ import threading
 import streamql
 
 EDGES = [
-    {"id": "wl-1", "metadata": {"region": "US", "kind": "wheel loader"}, "online": True,
+    {"id": "wl-1", "metadata": {"region": "US", "kind": "wheel loader"}, "online": True, "last_seen": 1795295614.3,
      "signals": ["vibration", "outside_temperature"]},
     {"id": "wl-2", "metadata": {"region": "EU", "kind": "wheel loader"}, "online": False,
      "signals": ["vibration"]},
@@ -28,17 +28,19 @@ def progress_records(devices=("wl-1", "wl-2", "d-7")):
     yield {**base, "devices": {k: dict(v) for k, v in states.items()}, "complete": True}
 
 
-class StatementResult:
-    kind = "statement"
-    columns: list = []
-    types: list = []
+class DeploymentStarted:
+    """What `streamql.client.Federation.execute` returns for a fleet statement: kind
+    'deployment', the id as the one row and as `deployment_id`."""
+    kind = "deployment"
+    columns = ["deployment"]
+    types = ["Charstring"]
 
-    def __init__(self, message, deployment=None):
+    def __init__(self, message, deployment_id):
         self.message = message
-        self.deployment = deployment
+        self.deployment_id = deployment_id
 
     def __iter__(self):
-        return iter(())
+        return iter([self.deployment_id])
 
     def close(self):
         pass
@@ -59,7 +61,7 @@ class FakeClient:
     def execute(self, text):
         lowered = text.lower()
         if any(word in lowered for word in ("deploy model", "rollback model", "undeploy model")):
-            return [StatementResult("deployment d-1 started", deployment="d-1")]
+            return [DeploymentStarted("deployment d-1 started", "d-1")]
         return self.engine.execute(text)
 
     def deployment_progress(self, deployment_id):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-
+import time
 
 from streamql.shell.federation import FederationSession
 from streamql.shell.progress import device_states, is_complete, render_progress
@@ -71,6 +71,8 @@ def test_a_deploy_shows_live_progress_until_complete():
 def test_edges_in_the_shell(drive):
     t = drive("\\edges\r\\edges wl\r", session=FederationSession(FakeClient(), "http://fleet:8080"))
     assert " wl-1 " in t.out and " d-7 " in t.out and "wheel loader" in t.out
+    seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795295614.3))
+    assert seen in t.out and "1795295614" not in t.out        # last_seen as a time, not epoch seconds
     second = t.out.split("(3 rows)")[1]
     assert "d-7" not in second and "(2 rows)" in second
 
