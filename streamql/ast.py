@@ -20,10 +20,16 @@ class Node:
 
     def children(self) -> Iterator["Node"]:
         """The direct child nodes, in field order (tuples and pairs unpacked)."""
-        for f in fields(self):
-            if f.name in ("span", "directives"):
-                continue
-            yield from _nodes_in(getattr(self, f.name))
+        names = _CHILD_FIELDS.get(type(self))
+        if names is None:
+            names = _CHILD_FIELDS[type(self)] = tuple(
+                f.name for f in fields(self) if f.name not in ("span", "directives"))
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, Node):
+                yield value
+            elif isinstance(value, tuple):
+                yield from _nodes_in(value)
 
     def walk(self) -> Iterator["Node"]:
         """This node and every node below it, depth first."""
@@ -33,6 +39,9 @@ class Node:
 
     def sql(self) -> str:
         return to_source(self)
+
+
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}   # node class → its fields that may hold nodes
 
 
 def _nodes_in(value: Any) -> Iterator[Node]:

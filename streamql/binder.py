@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,7 +28,8 @@ AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median
 
 # Overload fits by (function, argument types): resolution is pure for built-in types, and a query
 # resolves the same few calls over and over. User types are left out (their lattice can change).
-_FITS: dict = {}
+_FITS: dict = {}      # (overloads, argument types) → the overloads that fit, with their costs
+_CHOSEN: dict = {}    # (overloads, argument types) → the overload chosen, when types alone decide
 _BUILTIN_TYPE_NAMES = {"Object", "Number", "Integer", "Real", "Charstring", "Boolean", "Record", "Time",
                        "Timeval", "Vector", "Bag", "Stream", "Model", "Edge", "Function", "Null"}
 
@@ -378,6 +379,13 @@ class Binder:
             narrow = self._binding_fit(variable, collection.type, term)
             test = self._equality(ref, collection, term)
             return Conjunct(test, term.span, (variable.name,), collection, "whole", (narrow,))
+        if isinstance(term, A.InList) and not term.negated and isinstance(term.element, A.Variable) \
+                and term.element.name.lower() in own:
+            # `t in (-40, 0, 100)` with t unbound generates the items, as `t in bag(-40, 0, 100)`
+            variable = own[term.element.name.lower()]
+            collection = self.bind_expr(A.Call(name="bag", args=term.items, span=term.span), scope)
+            narrow = self._binding_fit(variable, collection.type.element, term)
+            return Conjunct(self.bind_expr(term, scope), term.span, (variable.name,), collection, "each", (narrow,))
         if isinstance(term, A.Compare) and term.op == "=":
             # `[a, b] = v` destructures v even when v is a variable of this query (bound elsewhere)
             if isinstance(term.left, A.VectorLiteral) and term.left.items and all(
@@ -754,6 +762,9 @@ class Binder:
     def _call_overloads(self, name: str, args: list[TExpr], span: Span | None,
                         node: A.Node | None = None) -> TExpr:
         overloads = self.library.overloads(name)
+        chosen = self._resolve(overloads, args) if overloads else None
+        if chosen is not None:
+            return self._make_call(*chosen, args, span, lift=None)
         arg_types = [a.type for a in args]
         display = _display_name(name)
         if not overloads:
@@ -761,9 +772,6 @@ class Binder:
         if not any(o.accepts_arity(len(args)) for o in overloads):
             raise self.type_error(f"{display} takes {_arities(overloads)} arguments, not {len(args)}: "
                                   + "; ".join(o.signature for o in overloads), span)
-        chosen = self._resolve(overloads, args)
-        if chosen is not None:
-            return self._make_call(*chosen, args, span, lift=None)
         # Lifting: a scalar function over a stream maps over its elements.
         stream_positions = [i for i, t in enumerate(arg_types) if t.is_stream]
         if stream_positions:
@@ -795,8 +803,14 @@ class Binder:
     def _resolve(self, overloads: list[Overload], args: list[TExpr]):
         """The best-fitting overload: least cost, then most specific; with its result type."""
         types = tuple(a.type for a in args)
-        key = (id(overloads[0]) if overloads else 0, len(overloads), types)
-        fitting = _FITS.get(key) if not _has_user_types(types) else None
+        # the overloads themselves in the key: a dropped function's id is never mistaken for a new one's
+        key = (tuple(overloads), types)
+        cacheable = not _has_user_types(types)
+        if cacheable:
+            known = _CHOSEN.get(key)
+            if known is not None:
+                return known
+        fitting = _FITS.get(key) if cacheable else None
         if fitting is None:
             fitting = []
             for overload in overloads:
@@ -814,7 +828,7 @@ class Binder:
                                    and arg_type == OBJECT and param_type != OBJECT else None)
                 else:
                     fitting.append((total, overload, bindings, narrows))
-            if not _has_user_types(types):
+            if cacheable:
                 if len(_FITS) > 4096:
                     _FITS.clear()
                 _FITS[key] = fitting
@@ -833,7 +847,14 @@ class Binder:
             result = overload.result_type([a.type for a in args], args)
         if overload.catalog_type is not None:
             result = overload.catalog_type(self.catalog, args) or result
-        return overload, result, narrows
+        answer = (overload, result, narrows)
+        if (cacheable and overload.result_type is None and overload.catalog_type is None
+                and all(f[1].check_args is None for f in fitting)):
+            # the choice depended on the argument types alone
+            if len(_CHOSEN) > 4096:
+                _CHOSEN.clear()
+            _CHOSEN[key] = answer
+        return answer
 
     def _more_specific(self, a: Overload, b: Overload, n: int) -> bool:
         a_types, b_types = a.param_types(n), b.param_types(n)
@@ -868,7 +889,6 @@ def _arities(overloads) -> str:
 
 
 def _retype(expr: TExpr, new_type: Type) -> TExpr:
-    from dataclasses import replace
     try:
         return replace(expr, type=new_type)
     except TypeError:
@@ -878,29 +898,56 @@ def _retype(expr: TExpr, new_type: Type) -> TExpr:
 def _replace_children(node: TExpr, fn) -> TExpr:
     """node with fn applied to each child expression; the same node when nothing changed
     (queries are left alone)."""
-    from dataclasses import replace
-    if isinstance(node, (TCall, TStored)):
-        args = tuple(fn(a) for a in node.args)
-        return node if _same(args, node.args) else replace(node, args=args)
-    if isinstance(node, (TAnd, TOr)):
-        terms = tuple(fn(t) for t in node.terms)
-        return node if _same(terms, node.terms) else replace(node, terms=terms)
-    if isinstance(node, (TNot, TNarrow)):
-        operand = fn(node.operand)
-        return node if operand is node.operand else replace(node, operand=operand)
-    if isinstance(node, TCase):
-        whens = tuple((fn(c), fn(v)) for c, v in node.whens)
-        otherwise = None if node.otherwise is None else fn(node.otherwise)
-        if otherwise is node.otherwise and all(a is c and b is v for (a, b), (c, v) in zip(whens, node.whens)):
-            return node
-        return replace(node, whens=whens, otherwise=otherwise)
-    if isinstance(node, TField):
-        target = fn(node.target)
-        return node if target is node.target else replace(node, target=target)
-    if isinstance(node, TLet):
-        value, body = fn(node.value), fn(node.body)
-        return node if value is node.value and body is node.body else replace(node, value=value, body=body)
+    kind = type(node)
+    replacer = _REPLACERS.get(kind)
+    if replacer is None:
+        replacer = next((r for base, r in _REPLACER_BASES if issubclass(kind, base)), _leaf)
+        _REPLACERS[kind] = replacer
+    return replacer(node, fn)
+
+
+def _leaf(node, fn):
     return node
+
+
+def _replace_args(node, fn):
+    args = tuple(fn(a) for a in node.args)
+    return node if _same(args, node.args) else replace(node, args=args)
+
+
+def _replace_terms(node, fn):
+    terms = tuple(fn(t) for t in node.terms)
+    return node if _same(terms, node.terms) else replace(node, terms=terms)
+
+
+def _replace_operand(node, fn):
+    operand = fn(node.operand)
+    return node if operand is node.operand else replace(node, operand=operand)
+
+
+def _replace_case(node, fn):
+    whens = tuple((fn(c), fn(v)) for c, v in node.whens)
+    otherwise = None if node.otherwise is None else fn(node.otherwise)
+    if otherwise is node.otherwise and all(a is c and b is v for (a, b), (c, v) in zip(whens, node.whens)):
+        return node
+    return replace(node, whens=whens, otherwise=otherwise)
+
+
+def _replace_target(node, fn):
+    target = fn(node.target)
+    return node if target is node.target else replace(node, target=target)
+
+
+def _replace_let(node, fn):
+    value, body = fn(node.value), fn(node.body)
+    return node if value is node.value and body is node.body else replace(node, value=value, body=body)
+
+
+# a lookup by the node's class: the rewrites of the binder and optimizer call this for every node
+_REPLACER_BASES = ((TCall, _replace_args), (TStored, _replace_args), (TAnd, _replace_terms),
+                   (TOr, _replace_terms), (TNot, _replace_operand), (TNarrow, _replace_operand),
+                   (TCase, _replace_case), (TField, _replace_target), (TLet, _replace_let))
+_REPLACERS: dict[type, object] = {}
 
 
 def _same(new: tuple, old: tuple) -> bool:

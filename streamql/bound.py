@@ -286,6 +286,16 @@ def _cache_hashes() -> None:
                 object.__setattr__(self, "_hash", value)
             return value
         cls.__hash__ = cached
+        original_eq = cls.__dict__.get("__eq__")
+        if original_eq is not None:
+            # equal trees hash alike, so different hashes settle most comparisons at once
+            def equal(self, other, _original=original_eq):
+                if self is other:
+                    return True
+                if type(other) is not type(self) or hash(self) != hash(other):
+                    return NotImplemented if not isinstance(other, TExpr) else False
+                return _original(self, other)
+            cls.__eq__ = equal
 
 
 _cache_hashes()

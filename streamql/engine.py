@@ -145,21 +145,23 @@ class Engine:
             results.append(result)
         return results
 
-    def query(self, text: str) -> Result:
-        """Compile one query now (a bad query raises here) and return its rows as an iterator."""
+    def query(self, text: str, limits: dict | Limits | None = None) -> Result:
+        """Compile one query now (a bad query raises here) and return its rows as an iterator.
+        `limits` ({"rows", "seconds", "memory_mb"}) stop it with a QueryLimitError when exceeded
+        (rows: more rows than that raise too)."""
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS + (A.Explain,)):
             raise QueryTypeError("query() takes a query (select … or an expression); use execute() for other "
                                  "statements", statement.span, text)
-        return self._execute_statement(statement, text)
+        return self._execute_statement(statement, text, Limits.of(limits))
 
     def run(self, text: str) -> Result:
         """Run one statement of any kind; a query's rows are computed lazily as they are read."""
         return self._execute_statement(parse_one(text), text)
 
-    def aquery(self, text: str) -> AsyncIterator:
+    def aquery(self, text: str, limits: dict | Limits | None = None) -> AsyncIterator:
         """`async for row in engine.aquery(…)`: the query runs in a worker thread."""
-        return _AsyncRows(self.query(text))
+        return _AsyncRows(self.query(text, limits))
 
     def start(self, text: str, sink: Callable[[Any], None] | None = None, limits: dict | Limits | None = None,
               name: str | None = None) -> QueryHandle:
@@ -245,10 +247,10 @@ class Engine:
         return describe_plan(plan)
 
     # --------------------------------------------------------------------- internals
-    def _execute_statement(self, statement: A.Statement, source: str) -> Result:
+    def _execute_statement(self, statement: A.Statement, source: str, limits: Limits | None = None) -> Result:
         def run() -> Result:
             if isinstance(statement, QUERY_STATEMENTS):
-                return self._query_result(statement, source, Limits())
+                return self._query_result(statement, source, limits or Limits())
             return self._statements.run(statement, source)
         return self._guarded(statement, source, run)
 

@@ -196,6 +196,30 @@ def to_column(values) -> Any:
     raise TypeError(f"not a collection: {type(values).__name__}")
 
 
+def approximate_bytes(value) -> int:
+    """About how many bytes a value kept in operator state takes: arrays exactly, Python
+    containers at 16 bytes an item plus their strings and nested arrays (one level)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes if value.dtype != object else 16 * value.size
+    if isinstance(value, dict):          # a chunk of columns or one row
+        return sum(approximate_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        total = 16 * len(value)
+        for v in value:
+            if isinstance(v, (str, bytes)):
+                total += len(v)
+            elif isinstance(v, np.ndarray):
+                total += v.nbytes
+            elif isinstance(v, (list, tuple)):
+                total += 16 * len(v)
+        return total
+    if isinstance(value, Batch):
+        return approximate_bytes(value.values) + (0 if value.times is None else approximate_bytes(value.times))
+    if isinstance(value, (str, bytes)):
+        return 49 + len(value)
+    return 16
+
+
 class Limits:
     """Per-query limits: rows delivered, seconds of running, megabytes of operator state."""
 
@@ -229,13 +253,24 @@ class ExecContext:
         self.engine = engine
         self.clock = clock
         self.rng = rng if rng is not None else np.random.default_rng()
-        self.limits = limits or Limits()
         self.cancel = cancel or threading.Event()
         self.started = clock.monotonic()
-        self.state_bytes = 0
+        self.state_bytes = 0         # what the query's operators hold now (windows, groups, sorts)
+        self.peak_state_bytes = 0
         self.counters: dict[str, int] = {}
-        self._deadline = None if self.limits.seconds is None else self.started + self.limits.seconds
-        self._watch = self.limits.seconds is not None or self.limits.memory_mb is not None
+        self.limits = limits or Limits()
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        # replaceable after compiling (an edge applies a fragment's limits to a compiled query)
+        self._limits = limits
+        self._deadline = None if limits.seconds is None else self.started + limits.seconds
+        self._memory = None if limits.memory_mb is None else limits.memory_mb * 1e6
+        self._watch = self._deadline is not None or self._memory is not None
 
     @property
     def signals(self):
@@ -260,12 +295,24 @@ class ExecContext:
             raise QueryCancelled("the query was cancelled")
         if not self._watch:
             return
-        limits = self.limits
         if self._deadline is not None and self.clock.monotonic() > self._deadline:
-            raise QueryLimitError(f"the query ran past its time limit of {limits.seconds} s")
-        if limits.memory_mb is not None and self.state_bytes > limits.memory_mb * 1e6:
-            raise QueryLimitError(f"the query's state grew past its memory limit of {limits.memory_mb} MB "
-                                  f"({self.state_bytes / 1e6:.1f} MB)")
+            raise QueryLimitError(f"the query ran past its time limit of {self._limits.seconds} s")
+        if self._memory is not None and self.state_bytes > self._memory:
+            self._memory_exceeded()
+
+    def hold(self, nbytes: int) -> None:
+        """Account `nbytes` more (negative: fewer) of operator state; past the memory limit the
+        query stops right here, before the state grows further."""
+        held = self.state_bytes + nbytes
+        self.state_bytes = held
+        if held > self.peak_state_bytes:
+            self.peak_state_bytes = held
+            if self._memory is not None and held > self._memory:
+                self._memory_exceeded()
+
+    def _memory_exceeded(self) -> None:
+        raise QueryLimitError(f"the query's state grew past its memory limit of {self._limits.memory_mb:g} MB "
+                              f"({self.state_bytes / 1e6:.1f} MB held)")
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..batch import IDLE, Batch
 from ..errors import QueryRuntimeError
 from ..signals import Stamped
-from ..streams import LazyBag, StreamValue, collect_column, iter_elements, to_column
+from ..streams import LazyBag, StreamValue, approximate_bytes, collect_column, iter_elements, to_column
 from ..types import (BOOLEAN, CHARSTRING, INTEGER, OBJECT, REAL, Type, bag_of, stream_of,
                      timeval_of, vector_of)
 from ..values import Bag, Time, Timeval, format_value, values_equal
@@ -279,9 +279,10 @@ def extract(collection):
 
 
 # ---------------------------------------------------------------------------------- windows
-def winagg(stream: StreamValue, size: int, stride: int) -> StreamValue:
+def winagg(ctx, stream: StreamValue, size: int, stride: int) -> StreamValue:
     """Count windows: the first after `size` elements, then every `stride` elements; a trailing
-    partial window is dropped; stride > size samples."""
+    partial window is dropped; stride > size samples. The elements waiting for their window are
+    accounted as the query's state (`ctx` may be None inside other stream functions)."""
     size = _require_int("the window size", size)
     stride = _require_int("the window stride", stride)
 
@@ -289,6 +290,8 @@ def winagg(stream: StreamValue, size: int, stride: int) -> StreamValue:
         items = stream.open()
         pending = None        # not yet windowed elements: ndarray or list
         skip = 0              # elements to drop before the next window starts (stride > size)
+        held = 0              # bytes of pending accounted in ctx
+        hold = ctx.hold if ctx is not None else None
         try:
             for item in items:
                 if item is IDLE:
@@ -307,6 +310,10 @@ def winagg(stream: StreamValue, size: int, stride: int) -> StreamValue:
                     elif isinstance(pending, np.ndarray):
                         pending = list(pending)
                     pending.append(item)
+                    if hold is not None and not len(pending) & 1023:   # every 1024 elements: cheap
+                        now = len(pending) * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
+                        previous, held = held, now
+                        hold(held - previous)
                     if len(pending) >= size:
                         window = pending[:size]
                         yield _window_value(window)
@@ -327,16 +334,24 @@ def winagg(stream: StreamValue, size: int, stride: int) -> StreamValue:
                 n = len(data)
                 if n < size:
                     pending = data
-                    continue
-                count = (n - size) // stride + 1
-                yield Batch(_windows(data, size, stride, count))
-                next_start = count * stride
-                if next_start <= n:
-                    pending = data[next_start:]
                 else:
-                    pending = None
-                    skip = next_start - n
+                    count = (n - size) // stride + 1
+                    windows = _windows(data, size, stride, count)
+                    next_start = count * stride
+                    if next_start <= n:
+                        pending = data[next_start:]
+                    else:
+                        pending = None
+                        skip = next_start - n
+                if hold is not None:
+                    now = approximate_bytes(pending) if pending is not None else 0
+                    previous, held = held, now
+                    hold(held - previous)
+                if n >= size:
+                    yield Batch(windows)
         finally:
+            if hold is not None:
+                hold(-held)
             _closing(items)
     return StreamValue(open_, f"winagg({stream.label}, {size}, {stride})")
 
@@ -411,6 +426,7 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
         values: Any = np.empty(0)
         watermark = -math.inf
         emitted_end = -math.inf
+        held = 0              # bytes of events waiting for their windows, accounted in ctx
         try:
             for item in items:
                 if item is IDLE:
@@ -447,6 +463,9 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
                 times, values, emitted_end, ends, windows = windows_up_to(times, values, emitted_end, watermark, False)
                 # every window ending at or before the watermark is closed now, emitted or empty
                 emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
+                now = times.nbytes + approximate_bytes(values)
+                previous, held = held, now
+                ctx.hold(held - previous)
                 if ends:
                     yield _timeval_batch(ends, windows)
             if len(times):
@@ -454,6 +473,7 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
                 if ends:
                     yield _timeval_batch(ends, windows)
         finally:
+            ctx.hold(-held)
             _closing(items)
     return StreamValue(open_, f"twinagg({stream.label}, {size}, {stride})")
 
@@ -799,7 +819,7 @@ def drift(stream: StreamValue, reference_mean: float, reference_std: float, n: i
     if not reference_std > 0:
         raise QueryRuntimeError("drift needs a positive reference standard deviation")
     scale = reference_std / math.sqrt(n)
-    windows = winagg(stream, n, n)
+    windows = winagg(None, stream, n, n)
 
     def open_():
         items = windows.open()
@@ -861,7 +881,7 @@ def register(lib: Library) -> None:
     lib.define("publish(Stream of T s, Charstring flow) -> Stream of T", scalar=publish, needs_context=True,
                volatile=True, doc="Pass s through, also delivering it to subscribers of flow", **tr)
     lib.define("winagg(Stream of T s, Integer size, Integer stride) -> Stream of Vector of T", scalar=winagg,
-               doc="Count windows of size elements every stride elements", **tr)
+               needs_context=True, doc="Count windows of size elements every stride elements", **tr)
     lib.define("twinagg(Stream of Timeval of T s, Number size, Number stride) -> Stream of Timeval of Vector of T",
                scalar=twinagg, needs_context=True,
                doc="Time windows of size seconds every stride seconds, stamped with their end", **tr)

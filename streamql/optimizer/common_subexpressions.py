@@ -36,6 +36,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
     nodes = nodes_of(plan)
     counts: Counter = Counter()
     first_use: dict[TExpr, int] = {}
+    holders: dict[TExpr, set] = {}      # candidate → the plan nodes it occurs in
     for index, node in enumerate(nodes):
         if isinstance(node, L.Generate) and node.mode == "each":
             continue  # a generator's source is evaluated once per input row already
@@ -44,20 +45,22 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
                 if _candidate(sub):
                     counts[sub] += 1
                     first_use.setdefault(sub, index)
+                    holders.setdefault(sub, set()).add(index)
     shared = sorted((e for e, n in counts.items() if n >= 2), key=lambda e: -e.facts[0])
-    chosen: list[TExpr] = []
+    picked: list[tuple[TExpr, Counter]] = []   # (expression, how often each part occurs in it)
     for candidate in shared:
         # uses left once the chosen (larger) expressions are computed once each
-        inside = [c for c in chosen if any(sub == candidate for sub in walk_all(c))]
-        covered = sum(counts[c] * sum(1 for sub in walk_all(c) if sub == candidate) for c in inside)
+        inside = [(c, parts[candidate]) for c, parts in picked if candidate in parts]
+        covered = sum(counts[c] * times for c, times in inside)
         if counts[candidate] - covered + len(inside) >= 2:
-            chosen.append(candidate)
+            picked.append((candidate, Counter(walk_all(candidate))))
+    chosen = [c for c, _ in picked]
     if not chosen:
         return plan
     names = {expr: ctx.name("x") for expr in chosen}
     mapping = {expr: TVar(expr.type, names[expr], span=expr.span) for expr in chosen}
-    for node in nodes:
-        map_expressions(node, lambda e: substitute(e, mapping))
+    for index in sorted(set().union(*(holders[expr] for expr in chosen))):
+        map_expressions(nodes[index], lambda e: substitute(e, mapping))
     # each Let just before its first use; an inner expression's Let before the one using it
     order = sorted(chosen, key=lambda e: (first_use[e], e.facts[0]))
     from ..explain import expr_text

@@ -18,13 +18,29 @@ from ..errors import QueryError
 from ..library.registry import SCALAR
 from ..physical.expressions import value_fits
 from ..types import BOOLEAN
-from .tree import map_expressions, nodes_of, relink, rewrite
+from .tree import map_expressions, nodes_of, relink, rewrite, walk_all
 
 NAME = "constant_folding"
 
 
 def fold(expr: TExpr) -> TExpr:
+    if not any(_may_fold(node) for node in walk_all(expr)):
+        return expr   # the usual case, seen without rebuilding the tree
     return rewrite(expr, _fold_node)
+
+
+def _may_fold(node: TExpr) -> bool:
+    """Whether `_fold_node` might change this node given its children as they are (folding
+    only starts where some node has constant children)."""
+    if isinstance(node, TCall):
+        return all(isinstance(a, TConst) for a in node.args)
+    if isinstance(node, (TAnd, TOr)):
+        return any(isinstance(t, TConst) for t in node.terms)
+    if isinstance(node, (TNot, TNarrow)):
+        return isinstance(node.operand, TConst)
+    if isinstance(node, TCase):
+        return any(isinstance(c, TConst) for c, _ in node.whens)
+    return False
 
 
 def _fold_node(node: TExpr) -> TExpr | None:

@@ -210,6 +210,8 @@ def _fuse(expr: TExpr, fired: list) -> TExpr:
     """Replace maximal fusable trees of two or more operations by kernels."""
     sizes: dict[int, int | None] = {}
     _measure(expr, sizes)
+    if not any(ops is not None and ops >= 2 for ops in sizes.values()):
+        return expr
     return _replace(expr, sizes, fired)
 
 

@@ -71,14 +71,22 @@ def expressions(node: L.PlanNode) -> list[TExpr]:
     return [e for e in node.expressions() if e is not None]
 
 
-def walk_all(expr: TExpr) -> Iterator[TExpr]:
-    """Every subexpression, aggregates' arguments included."""
-    yield expr
-    if isinstance(expr, TAggregate) and expr.arg is not None:
-        yield from walk_all(expr.arg)
-        return
-    for child in expr.children():
-        yield from walk_all(child)
+def walk_all(expr: TExpr) -> list[TExpr]:
+    """Every subexpression, aggregates' arguments included, depth first (a list, built without
+    recursion: rules walk every subtree of a plan several times)."""
+    out = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if isinstance(node, TAggregate):
+            if node.arg is not None:
+                stack.append(node.arg)
+            continue
+        children = node.children()
+        if children:
+            stack.extend(reversed(children))
+    return out
 
 
 def uses(node: L.PlanNode) -> set[str]:
@@ -120,4 +128,4 @@ def var(name: str, type_, span=None) -> TVar:
 
 
 def size(expr: TExpr) -> int:
-    return sum(1 for _ in walk_all(expr))
+    return len(walk_all(expr))

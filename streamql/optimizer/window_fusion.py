@@ -53,9 +53,10 @@ class TWindowAggregates(TExpr):
     def compile(self, compiler) -> Compiled:
         source = compiler.compile(self.source)
         size, stride, aggregates, check = self.size, self.stride, self.aggregates, self.check
+        ctx = compiler.ctx
 
         def make(stream):
-            return StreamValue(lambda: fused_windows(stream.open(), size, stride, aggregates, check),
+            return StreamValue(lambda: fused_windows(stream.open(), size, stride, aggregates, check, ctx),
                                f"window_aggregate({stream.label})")
 
         return Compiled(lambda chunk: [make(s) for s in source.batch(chunk)],
@@ -127,11 +128,14 @@ def _reduce_one(window: np.ndarray, names) -> list:
     return out
 
 
-def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: str | None):
-    """Stream items of per-window aggregate rows: a (windows × aggregates) array per batch."""
+def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: str | None, ctx=None):
+    """Stream items of per-window aggregate rows: a (windows × aggregates) array per batch. The
+    readings waiting for their window are accounted in `ctx` as the query's state."""
     pending: np.ndarray | None = None
     singles: list = []
     skip = 0
+    held = 0
+    hold = ctx.hold if ctx is not None else None
     try:
         for item in items:
             if item is IDLE:
@@ -145,6 +149,9 @@ def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: 
                     singles = pending.tolist()
                     pending = None
                 singles.append(item)
+                if hold is not None and not len(singles) & 1023:   # every 1024 readings: cheap
+                    previous, held = held, 16 * len(singles)
+                    hold(held - previous)
                 if len(singles) >= size:
                     window = _numeric(singles[:size], check)
                     yield _reduce_one(window, names)
@@ -169,6 +176,9 @@ def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: 
             n = len(data)
             if n < size:
                 pending = data
+                if hold is not None:
+                    previous, held = held, data.nbytes
+                    hold(held - previous)
                 continue
             count = (n - size) // stride + 1
             if stride == size:
@@ -185,7 +195,12 @@ def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: 
             else:
                 pending = None
                 skip = next_start - n
+            if hold is not None:
+                previous, held = held, (0 if pending is None else pending.nbytes)
+                hold(held - previous)
     finally:
+        if hold is not None:
+            hold(-held)
         close = getattr(items, "close", None)
         if close:
             close()

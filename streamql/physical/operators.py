@@ -15,7 +15,7 @@ from .. import logical as L
 from ..batch import IDLE, Batch
 from ..bound import BoundQuery
 from ..errors import QueryRuntimeError
-from ..streams import LazyBag, StreamValue, as_numeric_array
+from ..streams import LazyBag, StreamValue, approximate_bytes, as_numeric_array
 from ..values import Bag, Time, Timeval, hashable
 from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column, repeat_column
 from .expressions import Compiled, ExprCompiler, as_mask, full_column, narrowing_checks
@@ -292,12 +292,13 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def aggregate(upstream, outer):
-            chunks = []
-            for item in upstream:
-                ctx.check()  # blocking: notice cancellation and limits while collecting
-                if item is IDLE:
-                    continue
-                chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
+            chunks, held = _collect(upstream, ctx)
+            try:
+                yield from grouped(chunks, outer)
+            finally:
+                ctx.hold(-held)
+
+        def grouped(chunks, outer):
             chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
             n = chunk.n
             key_columns = [full_column(k, chunk) if n else [] for k in keys]
@@ -356,27 +357,34 @@ class PhysicalPlan:
 
     def _build_Distinct(self, node: L.Distinct):
         columns = node.columns
+        ctx = self.ctx
+        key_bytes = _SEEN_KEY_BYTES + 16 * len(columns)
 
         def distinct(upstream, outer):
             seen = set()
-            for item in upstream:
-                if item is IDLE:
-                    yield item
-                elif type(item) is dict:
-                    key = tuple(hashable(item[c]) for c in columns)
-                    if key not in seen:
-                        seen.add(key)
+            try:
+                for item in upstream:
+                    if item is IDLE:
                         yield item
-                else:
-                    values = [column_values(item[c]) for c in columns]
-                    keep = []
-                    for i, row in enumerate(zip(*values)):
-                        key = tuple(hashable(v) for v in row)
+                    elif type(item) is dict:
+                        key = tuple(hashable(item[c]) for c in columns)
                         if key not in seen:
                             seen.add(key)
-                            keep.append(i)
-                    if keep:
-                        yield item.take(np.array(keep, dtype=np.intp))
+                            ctx.hold(key_bytes)
+                            yield item
+                    else:
+                        values = [column_values(item[c]) for c in columns]
+                        keep = []
+                        for i, row in enumerate(zip(*values)):
+                            key = tuple(hashable(v) for v in row)
+                            if key not in seen:
+                                seen.add(key)
+                                keep.append(i)
+                        if keep:
+                            ctx.hold(key_bytes * len(keep))
+                            yield item.take(np.array(keep, dtype=np.intp))
+            finally:
+                ctx.hold(-key_bytes * len(seen))
         return distinct
 
     def _build_Sort(self, node: L.Sort):
@@ -384,22 +392,21 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def sort(upstream, outer):
-            chunks = []
-            for item in upstream:
-                ctx.check()
-                if item is IDLE:
-                    continue
-                chunks.append(item if type(item) is not dict else _chunk_with(item, None, None))
-            if not chunks:
-                return
-            chunk = concat_chunks(chunks)
-            if chunk.n == 0:
-                return
-            order = np.arange(chunk.n)
-            for name, descending in reversed(keys):
-                column = chunk[name]
-                order = order[_stable_order(_take(column, order), descending)]
-            yield chunk.take(order)
+            chunks, held = _collect(upstream, ctx)
+            try:
+                if not chunks:
+                    return
+                chunk = concat_chunks(chunks)
+                if chunk.n == 0:
+                    return
+                order = np.arange(chunk.n)
+                for name, descending in reversed(keys):
+                    column = chunk[name]
+                    order = order[_stable_order(_take(column, order), descending)]
+                sorted_chunk = chunk.take(order)
+            finally:
+                ctx.hold(-held)
+            yield sorted_chunk
         return sort
 
     def _build_Limit(self, node: L.Limit):
@@ -437,6 +444,30 @@ class PhysicalPlan:
 
 
 # ------------------------------------------------------------------------------- helpers
+_SEEN_KEY_BYTES = 120    # a set entry and its key tuple, about (the values themselves are counted per column)
+
+
+def _collect(upstream, ctx) -> tuple[list, int]:
+    """Every chunk of a blocking operator's input, with the bytes they hold accounted in `ctx`
+    (the caller releases them): a group by or order by over an endless stream meets its memory limit."""
+    chunks = []
+    held = 0
+    try:
+        for item in upstream:
+            ctx.check()  # blocking: notice cancellation and limits while collecting
+            if item is IDLE:
+                continue
+            chunk = item if type(item) is not dict else _chunk_with(item, None, None)
+            size = approximate_bytes(chunk)
+            held += size
+            ctx.hold(size)
+            chunks.append(chunk)
+    except BaseException:
+        ctx.hold(-held)
+        raise
+    return chunks, held
+
+
 def _py(value):
     return value.item() if isinstance(value, np.generic) else value
 

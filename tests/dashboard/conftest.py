@@ -13,7 +13,7 @@ import pytest
 from tests.dashboard.browser import CHROMIUM, CHROMIUM_ARGS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fleet():
     from tests.dashboard.fleet import DashboardFleet
 
@@ -29,7 +29,10 @@ def fleet():
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open its event loop counts as running
+# in this thread, and every asyncio test after it would fail to start its own (and the fleet's
+# processes would outlive the dashboard tests).
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 

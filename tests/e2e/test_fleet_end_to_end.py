@@ -16,7 +16,7 @@ import streamql
 from edge_engine.simulate import fleet_identities
 from edge_engine.simulation import SimModel
 
-from conftest import EDGES, SEED
+from demo_process import EDGES, SEED
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,7 +18,7 @@ import pytest
 import streamql
 from streamql import codec
 
-from conftest import ROOT
+from demo_process import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -121,8 +121,10 @@ def test_the_shell_on_the_federation_in_a_terminal(demo, tmp_path):
         time.sleep(0.3)
         child.sendintr()                                        # Ctrl-C stops the fleet query
         child.expect(r"cancelled")
+        child.expect(prompt)
         child.send("\\edges\r")
         child.expect(r"wl-0001")
+        child.expect(prompt)
         child.send("deploy model 'vib-anomaly' version '1.2.0' to Edge e where kind(e) = 'excavator';\r")
         excavators = sum(1 for i in range(1, demo.edges + 1) if i % 3 == 0)
         child.expect(rf"{excavators}/{excavators} +done {excavators} ")   # the rollout's progress, to the end
@@ -130,6 +132,8 @@ def test_the_shell_on_the_federation_in_a_terminal(demo, tmp_path):
         child.expect(prompt)
         child.send("select 'the session survived';\r")
         child.expect(r"the session survived\r\n\(1 row\)")
+        # Ctrl-D typed before the prompt is back would be the terminal's end-of-file in cooked mode
+        child.expect(prompt)
         child.sendcontrol("d")
         child.expect(pexpect.EOF)
     finally:

@@ -1,0 +1,94 @@
+"""The parser's own LALR loop and contextual lexer (`syntax._FastParse`, `syntax._StateLexer`)
+against lark's: for every statement of the fixtures, and for thousands of mutated and random
+ones, both give the same tree with the same spans, or fail with the same error at the same
+place (the fast loop hands text it cannot parse to lark, whose error is the one raised)."""
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import pytest
+from lark import Lark
+from lark.exceptions import UnexpectedInput
+
+from streamql import ast as A
+from streamql.syntax import ToAst, _fast_parse, _WholeWords, grammar_text, parser
+
+from test_core_bad_input import KINDS, _corpus, make_statement
+
+
+@lru_cache(maxsize=1)
+def lark_reference() -> Lark:
+    return Lark(grammar_text(), parser="lalr", lexer="contextual", strict=True, maybe_placeholders=True,
+                transformer=ToAst(), cache=True, postlex=_WholeWords())
+
+
+class Ours:
+    """How `syntax.parse` parses: the fast loop, and lark (with our lexer) where it gives up."""
+
+    def __init__(self):
+        self.fast = 0
+
+    def parse(self, text: str):
+        statements = _fast_parse().parse(text)
+        if statements is not None:
+            self.fast += 1
+            return statements
+        return parser().parse(text)
+
+
+def outcome(lark, text: str):
+    """The statements with every node's span, or the error's kind and position."""
+    try:
+        statements = lark.parse(text)
+    except UnexpectedInput as exc:
+        token = getattr(exc, "token", None)
+        return ("error", type(exc).__name__, exc.line, exc.column, str(token) if token is not None else None,
+                getattr(token, "type", None), sorted(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or []))
+    except Exception as exc:  # noqa: BLE001 - the transformer's own errors (numbers out of range, …)
+        return ("raised", type(exc).__name__, str(exc))
+    return ("parsed", [described for statement in statements for described in _nodes(statement)])
+
+
+def _nodes(root: A.Node) -> list:
+    """Each node as (class, span, its values that are not nodes), without recursion (trees of
+    mutated statements can be deeper than Python's recursion limit)."""
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        values = tuple(repr(v) for k, v in vars(node).items()
+                       if k != "span" and not isinstance(v, (A.Node, tuple)))
+        out.append((type(node).__name__, node.span, values))
+        stack.extend(node.children())
+    return out
+
+
+def assert_same(text: str) -> None:
+    ours = Ours()
+    mine, theirs = outcome(ours, text), outcome(lark_reference(), text)
+    assert mine == theirs, text
+    if theirs[0] == "parsed":
+        assert ours.fast, f"the fast loop gave up on valid text: {text!r}"
+
+
+def test_the_fixture_corpus_lexes_as_lark_does():
+    corpus = _corpus()
+    assert len(corpus) > 100
+    for text in corpus:
+        assert_same(text)
+
+
+def test_lines_columns_and_comments_as_lark_counts_them():
+    assert_same("select x\n  from Integer x -- a comment\n  where x in iota(1, 3) /* and\n more */ and x > 1;")
+    assert_same("select 'a\nb', {'k':x} from Integer x where x in iota(1,2);\n\n  select :v;")
+    assert_same("select |2024-01-01T00:00:00Z|, #'sqrt', csv:file_stream('f.csv') ;")
+    assert_same("select x from Integer x where x in iota(1, 3) and x ! 2;")       # unexpected character
+    assert_same("select from where;\nselect 1 +;")                                 # unexpected tokens
+    assert_same("SELECT Stream OF x FROM Integer x WHERE x IN siota(1, 3) LIMIT 2;")
+
+
+@pytest.mark.parametrize("kind", sorted(set(KINDS)))
+def test_random_and_mutated_statements_lex_as_lark_does(kind):
+    rnd = random.Random(kind)
+    for _ in range(600):
+        assert_same(make_statement(kind, rnd.randrange(2 ** 32)))
