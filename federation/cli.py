@@ -109,6 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from federation.app import create_app
+    from federation.http import RedactingAccessLogger
     from federation.tls import ssl_context_for
 
     _require_data(args)
@@ -119,6 +120,7 @@ def serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"streamql federation: {exc}") from None
     scheme = "https" if config.tls else "http"
     web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=ssl_context_for(config),
+                access_log_class=RedactingAccessLogger,
                 print=lambda _: print(f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))
     return 0
 

@@ -14,10 +14,12 @@ A handler without `@requires(…)` or `@public` needs an admin token (closed by 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 
 from federation.auth import Principal, Role
 from federation.errors import BadRequest, PayloadTooLarge, Unauthorized
@@ -142,3 +144,16 @@ def track_websocket(request: web.Request, ws: web.WebSocketResponse) -> web.WebS
     """Remember an open WebSocket so that shutdown closes it with GOING_AWAY."""
     request.app[WEBSOCKETS].add(ws)
     return ws
+
+
+# ---------------------------------------------------------------------------- access log
+_TOKEN_IN_URL = re.compile(r"((?:access_)?token=)[^&\s\"#]+")
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log with tokens in URLs blanked: a WebSocket's `?access_token=` and the
+    dashboard's `?token=` (which also travels in Referer headers) never reach a log file."""
+
+    def _format_line(self, request, response, time):
+        return [(key, _TOKEN_IN_URL.sub(r"\1…", value) if isinstance(value, str) else value)
+                for key, value in super()._format_line(request, response, time)]

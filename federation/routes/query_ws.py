@@ -113,7 +113,10 @@ class QuerySocket:
                 await self.refuse(qid, exc)
                 return
             except asyncio.CancelledError:
+                # cancelled while planning (selecting devices, reaching them): still one answer
                 timer.outcome = "cancelled"
+                with contextlib.suppress(Exception):
+                    await self.send({"type": "cancelled", "id": qid, "status": {}, "rows": 0})
                 return
             except Exception as exc:
                 timer.outcome = "error"

@@ -17,6 +17,7 @@ UNKNOWN = "select nosuch(1);"
 DEPLOY = "deploy model 'vib' version '1.0.0' to Edge e where region(e) = 'US';"
 SLOW_FIRST = "select stream of 1;"
 MANY = "select x from Integer x where x in iota(1, 100000);"
+SLOW_PLAN = "select stream of 2;"     # planning waits for FakeService.planned (reaching devices)
 
 
 class FakeResult:
@@ -53,10 +54,13 @@ class FakeService:
     def __init__(self):
         self.results: list[FakeResult] = []
         self.gate = asyncio.Event()
+        self.planned = asyncio.Event()
         self.calls: list[tuple] = []
 
     async def run(self, text: str, principal, *, limits: dict | None = None):
         self.calls.append((text, principal, limits))
+        if text == SLOW_PLAN:
+            await self.planned.wait()
         if text == UNKNOWN:
             raise QueryNameError("unknown function nosuch", Span(7, 13, 1, 8, 1, 14), text)
         if text == ROWS:

@@ -397,3 +397,20 @@ def test_openapi_declares_every_path_parameter():
             declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert declared == names, (method, path)
             assert op["responses"] and op["summary"], (method, path)
+
+
+async def test_tokens_in_urls_never_reach_the_access_log(aiohttp_server, aiohttp_client, config, caplog):
+    from federation.http import RedactingAccessLogger
+
+    server = await aiohttp_server(create_app(config), access_log_class=RedactingAccessLogger)
+    client = await aiohttp_client(server)
+    secret = "sqf_do-not-log-me"
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        await client.get(f"/?token={secret}", headers={"Referer": f"http://127.0.0.1/?token={secret}&x=1"})
+        await client.get(f"/v1/query/ws?access_token={secret}&format=json")
+        await client.get("/healthz?verbose=1")
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) == 3
+    assert not any(secret in line for line in lines)
+    assert "GET /?token=… HTTP/1.1" in lines[0] and "/?token=…&x=1" in lines[0]
+    assert "access_token=…&format=json" in lines[1] and "/healthz?verbose=1" in lines[2]

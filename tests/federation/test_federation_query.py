@@ -13,8 +13,8 @@ from aiohttp import WSMsgType
 from federation.app import create_app
 from federation.keys import METRICS, QUERY_SERVICE
 from streamql import codec
-from tests.federation.fake_service import (DEPLOY, FAILING, MANY, ROWS, SLOW_FIRST, STREAM, UNKNOWN, WIDE,
-                                           FakeService)
+from tests.federation.fake_service import (DEPLOY, FAILING, MANY, ROWS, SLOW_FIRST, SLOW_PLAN, STREAM, UNKNOWN,
+                                           WIDE, FakeService)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,6 +217,20 @@ async def test_the_websocket_submits_streams_and_cancels(client, tokens, service
     assert (await ws.receive_json(timeout=5))["error"]["kind"] == "BadRequest"
     await ws.send_json({"type": "query", "query": ROWS})  # no id
     assert (await ws.receive_json(timeout=5))["id"] is None
+    await ws.close()
+
+
+async def test_a_statement_cancelled_while_planning_is_answered_cancelled(client, tokens, service):
+    ws = await client.ws_connect("/v1/query/ws", headers=tokens.header("read"))
+    await ws.send_json({"type": "query", "id": "p", "query": SLOW_PLAN})
+    for _ in range(200):
+        if service.calls:
+            break
+        await asyncio.sleep(0.01)
+    await ws.send_json({"type": "cancel", "id": "p"})
+    assert await ws.receive_json(timeout=5) == {"type": "cancelled", "id": "p", "status": {}, "rows": 0}
+    await ws.send_json({"type": "query", "id": "p", "query": ROWS})       # the id is free again
+    assert (await ws.receive_json(timeout=5))["type"] == "columns"
     await ws.close()
 
 
