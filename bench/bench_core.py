@@ -32,7 +32,7 @@ B3 = "select stream of x * 2 from Real x where x in signal_stream('s') and x > 0
 Q300 = ("select stream of mean(w) as m, max(w) - min(w) as spread, stdev(w) as sd, rms(w) as r "
         "from Vector of Real w where w in winagg(signal_stream('s'), 256, 128) and mean(w) > 0.1 "
         "and stdev(w) between 0.2 and 3.5 and not rms(w) in (1, 2, 3) and abs(max(w)) < 100 "
-        "and dim(w) = 256 limit 1000;")
+        "and dim(w) = 256 and median(w) > -5 limit 1000;")
 
 
 def engine_with(data) -> streamql.Engine:

@@ -4,7 +4,7 @@ Precedence, highest first: command-line flags, the environment (`STREAMQL_EDGE_T
 token need not show in `ps`), the file, defaults. Flags that give a list (`--trusted-key`)
 replace the file's list; `--meta KEY=VALUE` overrides one metadata key; `--signal` adds a signal
 or replaces the file's signal of the same name. Every problem is a `ConfigError` naming the key.
-See `edge_engine/example-edge.toml` for a commented example.
+See `examples/edge/edge.toml` for a commented example.
 """
 from __future__ import annotations
 
@@ -161,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--buffer-records", type=int, metavar="N", help="store-and-forward capacity in records (0: unbounded)")
     add("--buffer-bytes", type=int, metavar="N", help="store-and-forward capacity in bytes (0: unbounded)")
     add("--fsync", choices=FSYNC_POLICIES, help="when the buffer reaches the disk")
+    add("--fsync-interval", dest="fsync_interval_s", type=float, metavar="S",
+        help="with --fsync interval: at most this long between syncs")
     add("--overflow", choices=OVERFLOW_POLICIES, help="what a full buffer drops")
     add("--limit-rows", type=int, metavar="N", help="default row limit of a query")
     add("--limit-seconds", type=float, metavar="S", help="default time limit of a query")
@@ -188,7 +190,7 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
     for section, pairs in (
             ("capabilities", (("ram_kb", "ram_kb"), ("flash_kb", "flash_kb"), ("cpu", "cpu"))),
             ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
-                        ("fsync", "fsync"), ("overflow", "overflow"))),
+                        ("fsync", "fsync"), ("fsync_interval_s", "fsync_interval_s"), ("overflow", "overflow"))),
             ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"))),
             ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s"))),
             ("tls", (("ca_file", "ca_file"), ("cert_file", "client_cert"), ("key_file", "client_key")))):

@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -285,12 +286,14 @@ class Federation:
                 return progress
 
     def deployment_progress(self, deployment_id: str | int, *, poll: float = 0.5,
-                            timeout: float | None = None) -> Iterator[dict]:
+                            timeout: float | None = None, stop: threading.Event | None = None) -> Iterator[dict]:
         """Progress records of a deployment as it changes, for progress bars: {action, model,
-        version, deployment, devices: {id: {state, reason}}, complete}; the last one is settled."""
+        version, deployment, devices: {id: {state, reason}}, complete}; the last one is settled.
+        Setting `stop` ends the watching (not the rollout) at once, from any thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        stop = stop or threading.Event()
         last = None
-        while True:
+        while not stop.is_set():
             progress = self.deployment(deployment_id)
             record = {"action": progress["action"], "model": progress["model"], "version": progress["version"],
                       "deployment": progress["id"], "state": progress["state"],
@@ -301,7 +304,7 @@ class Federation:
                 last = record
             if record["complete"] or (deadline is not None and time.monotonic() >= deadline):
                 return
-            time.sleep(poll)
+            stop.wait(poll)
 
     def metrics(self) -> str:
         conn, response = self._open("GET", "/metrics")

@@ -1,7 +1,7 @@
 """`streamql demo`: fleet in a box.
 
 Starts, on the embedded defaults, a federation and a simulated fleet (60 edges by default: wheel
-loaders, dumpers and excavators in the US, EU, AU, CA, SE and BR, with varying RAM and flash;
+loaders, dumpers and excavators in the US, EU and AU (and some in CA, CL and ZA), with varying RAM and flash;
 signals vibration, outside_temperature, engine_speed and battery), makes a signing key, signs and
 uploads the example vibration-anomaly bundle in two versions, prints the dashboard's address, and
 opens the shell on the federation. Ctrl-D (or `\\q`) shuts everything down.

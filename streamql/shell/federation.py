@@ -15,6 +15,7 @@ The client is whatever `streamql.connect(url, token)` returns. The shell needs f
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -33,9 +34,10 @@ class ProgressResult:
     columns: list = []
     types: list = []
 
-    def __init__(self, records: Iterator[dict], message: str | None = None):
+    def __init__(self, records: Iterator[dict], message: str | None = None, stop: threading.Event | None = None):
         self._records = iter(records)
         self.message = message
+        self._stop = stop        # ends the client's polling between two polls
 
     def __iter__(self):
         return self
@@ -44,6 +46,8 @@ class ProgressResult:
         return next(self._records)
 
     def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
         close = getattr(self._records, "close", None)
         if close is not None:
             try:
@@ -71,7 +75,8 @@ class FederationSession:
             deployment = getattr(result, "deployment_id", None)
             progress = getattr(self.client, "deployment_progress", None)
             if deployment is not None and progress is not None:
-                return ProgressResult(progress(deployment), getattr(result, "message", None))
+                stop = threading.Event()
+                return ProgressResult(progress(deployment, stop=stop), getattr(result, "message", None), stop)
         return result
 
     def _optional(self, name: str, default):

@@ -158,6 +158,11 @@ class Runner:
         if self.live:
             self.out.write("\r\x1b[K")  # over the terminal's echoed ^C (and any half-printed row)
             self.out.flush()
+        if isinstance(sink, ProgressSink):
+            # only the watching stopped; the sink said so ("the rollout goes on")
+            if not stopped:
+                self.info("(the watching is still finishing in the background)", always_err=True)
+            return Status.INTERRUPTED
         self.info(f"({note})", always_err=True)
         return Status.INTERRUPTED
 

@@ -37,12 +37,13 @@ def model(identity, signal: str) -> SimModel:
     return SimModel.from_spec({k: v for k, v in spec.items() if k not in ("name", "kind")})
 
 
-def oracle_devices(now: float, margin: float = 0.5) -> tuple[set, set]:
-    """(devices that must answer, devices too close to -20 °C to be sure either way)."""
+def oracle_devices(now: float, margin: float = 0.5, motivating: bool = True) -> tuple[set, set]:
+    """(devices that must answer, devices too close to -20 °C to be sure either way); only wheel
+    loaders and dumpers in the US, EU and AU unless not `motivating`."""
     sure, unsure = set(), set()
     for edge_id, identity in identities().items():
         meta = identity.metadata
-        if meta["region"] not in ("US", "EU", "AU") or meta["kind"] not in ("wheel loader", "dumper"):
+        if motivating and (meta["region"] not in ("US", "EU", "AU") or meta["kind"] not in ("wheel loader", "dumper")):
             continue
         _, temperature = model(identity, "outside_temperature").latest_at(now)
         if temperature < -20 - margin:
@@ -87,6 +88,15 @@ def test_metadata_queries_match_the_registry_and_the_simulation(demo):
     assert rows == expected
     counts = dict(fleet.query("select region(e), count(e) from Edge e group by region(e);"))
     assert counts == {r: sum(1 for i in identities().values() if i.metadata["region"] == r) for r in counts}
+
+    # monitoring: every simulated edge is online, seen within its heartbeat, and reports its health
+    now = time.time()
+    rows = list(fleet.query("select id(e), online(e), last_seen(e), health(e) from Edge e;"))
+    assert {r[0] for r in rows} == set(identities())
+    for edge_id, online, last_seen, health in rows:
+        assert online is True, edge_id
+        assert now - 30 < last_seen.seconds <= now + 1, (edge_id, last_seen)
+        assert health["uptime_s"] > 0 and health["restarts"] >= 0 and "link" in health, health
 
 
 def _deploy(fleet, statement: str) -> dict:
@@ -153,3 +163,18 @@ def test_wrong_or_missing_tokens_are_refused(demo):
     tokens = json.loads((demo.data / "edges" / "tokens.json").read_text())
     device_token = next(iter(tokens.values())) if isinstance(tokens, dict) else tokens[0]["token"]
     assert _status(demo.url, device_token) == 403
+
+
+def test_a_deployment_selected_by_live_state_reaches_the_devices_where_it_holds(demo):
+    # the temperature condition is evaluated on each device, at the time of the deployment
+    fleet = streamql.connect(demo.url, demo.admin)
+    started = time.time()
+    must, maybe = oracle_devices(started, margin=1.0, motivating=False)
+    assert must and set(identities()) - must - maybe, "the fleet should have both cold and warm devices"
+    progress = _deploy(fleet, "deploy model 'vib-anomaly' version '1.2.0' to Edge e "
+                              "where signal_value('outside_temperature')@e < -20;")
+    reached = {d["id"] for d in progress["devices"]}
+    assert must <= reached <= must | maybe, (sorted(reached), sorted(must), sorted(maybe))
+    assert all(d["state"] == "done" for d in progress["devices"]), progress["devices"]
+    versions = _versions(fleet)
+    assert {d for d, v in versions.items() if v == "1.2.0"} == reached

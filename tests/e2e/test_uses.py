@@ -84,6 +84,8 @@ def test_the_dashboard_and_the_openapi_document_are_served(demo):
     ("aggregates_by_region.sql", "partial aggregates merged"),
     ("drift.sql", None),
     ("deadband.sql", None),
+    ("deploy.sql", "1.2.0"),
+    ("rollback.sql", "1.1.0"),
 ])
 def test_the_fleet_examples_run_through_streamql_query(demo, script, expect):
     run = subprocess.run([sys.executable, "-m", "streamql.cli", "query", "--federation", demo.url, "--token", demo.admin,

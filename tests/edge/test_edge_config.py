@@ -7,7 +7,7 @@ import pytest
 from edge_engine.config import ConfigError, EdgeConfig, add_arguments, load_config
 from edge_engine.signals import build_drivers
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "edge_engine" / "example-edge.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edge" / "edge.toml"
 
 
 def parse(*flags):
@@ -126,3 +126,28 @@ def test_tls_and_reconnect_settings(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(None, parse("--id", "e", "--client-cert", "e.crt"), environ={})
     assert caught.value.key == "tls.cert_file"
+
+
+def test_every_setting_of_the_file_is_also_a_flag():
+    from edge_engine.config import _SECTIONS, _TOP, _flag_overrides
+
+    parser = add_arguments(argparse.ArgumentParser())
+    flags = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "config"):
+            continue
+        flag = action.option_strings[-1]
+        if action.nargs == 0:
+            flags.append(flag)
+        elif action.choices:
+            flags += [flag, list(action.choices)[0]]
+        elif action.dest == "meta":
+            flags += [flag, "region=US"]
+        elif action.dest == "signal":
+            flags += [flag, "name=v,kind=simulated,shape=sine,rate_hz=10"]
+        else:
+            flags += [flag, "1"]
+    doc = _flag_overrides(parser.parse_args(flags))
+    assert _TOP <= set(doc), f"settings without a flag: {_TOP - set(doc)}"
+    for section, keys in _SECTIONS.items():
+        assert keys <= set(doc.get(section, {})), f"[{section}] settings without a flag: {keys - set(doc[section])}"

@@ -253,3 +253,15 @@ async def test_the_websocket_speaks_msgpack_and_closing_cancels(client, tokens, 
             break
         await asyncio.sleep(0.02)
     assert result.closed
+
+
+async def test_rows_merged_are_counted_and_their_rate_is_in_the_metrics(client, tokens, service):
+    from tests.federation.test_federation_app import parse_prometheus
+
+    resp = await client.post("/v1/query", json={"query": MANY}, headers=tokens.header("read"))
+    assert len(ndjson(await resp.text())) == 100_001                  # the rows, then the status
+    samples = parse_prometheus(await (await client.get("/metrics")).text())
+    assert samples["streamql_query_rows_total"] == [({}, 100_000.0)]
+    (_, rate), = samples["streamql_query_rows_per_second"]
+    assert 100_000 / 10 <= rate <= 100_000                             # over the last 10 s
+    assert ({"outcome": "ok"}, 1.0) in samples["streamql_queries_total"]

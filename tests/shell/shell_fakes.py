@@ -64,7 +64,7 @@ class FakeClient:
             return [DeploymentStarted("deployment d-1 started", "d-1")]
         return self.engine.execute(text)
 
-    def deployment_progress(self, deployment_id):
+    def deployment_progress(self, deployment_id, stop=None):
         self.progress_watched.set()
         return self.records()
 
