@@ -172,6 +172,7 @@ class _FastParse:
         state_stack, value_stack = [self.start_state], []
         pos, line, line_start, size_of_text = 0, 1, 0, len(text)
         token = None
+        new_token = _NEW_TOKEN
         while True:
             state = state_stack[-1]
             kind = "$END"
@@ -196,7 +197,7 @@ class _FastParse:
                 if kind in newlines and "\n" in value:
                     end_line += value.count("\n")
                     end_start = pos + value.rindex("\n") + 1
-                token = Token(kind, value, pos, line, pos - line_start + 1, end_line, stop - end_start + 1, stop)
+                token = new_token(kind, value, pos, line, pos - line_start + 1, end_line, stop - end_start + 1, stop)
                 pos, line, line_start = stop, end_line, end_start
                 break
             while True:
@@ -221,6 +222,10 @@ class _FastParse:
                 state_stack.append(states[state_stack[-1]][origin][1])
                 if kind == "$END" and state_stack[-1] == end_state:
                     return value_stack[-1]
+
+
+# Token(…) goes through a shim for a deprecated keyword; this is the constructor behind it
+_NEW_TOKEN = getattr(Token, "_future_new", Token)
 
 
 @lru_cache(maxsize=1)

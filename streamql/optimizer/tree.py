@@ -71,22 +71,26 @@ def expressions(node: L.PlanNode) -> list[TExpr]:
     return [e for e in node.expressions() if e is not None]
 
 
-def walk_all(expr: TExpr) -> list[TExpr]:
-    """Every subexpression, aggregates' arguments included, depth first (a list, built without
-    recursion: rules walk every subtree of a plan several times)."""
-    out = []
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        if isinstance(node, TAggregate):
-            if node.arg is not None:
-                stack.append(node.arg)
-            continue
-        children = node.children()
-        if children:
-            stack.extend(reversed(children))
-    return out
+def walk_all(expr: TExpr) -> tuple[TExpr, ...]:
+    """Every subexpression, aggregates' arguments included, depth first. Typed trees are
+    immutable, so each node keeps its walk (rules walk every subtree of a plan several times)."""
+    cached = expr.__dict__.get("_walk")
+    if cached is not None:
+        return cached
+    out = [expr]
+    if isinstance(expr, TAggregate):
+        if expr.arg is not None:
+            out.extend(walk_all(expr.arg))
+    else:
+        for child in expr.children():
+            out.extend(walk_all(child))
+    cached = tuple(out)
+    object.__setattr__(expr, "_walk", cached)
+    return cached
+
+
+def size(expr: TExpr) -> int:
+    return len(walk_all(expr))
 
 
 def uses(node: L.PlanNode) -> set[str]:
@@ -127,5 +131,3 @@ def var(name: str, type_, span=None) -> TVar:
     return TVar(type_, name, span=span)
 
 
-def size(expr: TExpr) -> int:
-    return len(walk_all(expr))
