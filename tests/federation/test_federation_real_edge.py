@@ -81,3 +81,34 @@ async def test_the_real_edge_daemon_through_the_hub(tmp_path):
         if daemon is not None:
             await daemon.stop()
         await client.close()
+
+
+async def test_a_restarted_federation_keeps_its_devices_and_the_edge_reconnects_by_itself(tmp_path):
+    config = FederationConfig(data_dir=tmp_path / "fed", announce=False, heartbeat_s=1.0)
+    first = TestClient(TestServer(create_app(config)))
+    await first.start_server()
+    port = first.port
+    daemon = second = None
+    try:
+        token = provision(first.app[REGISTRY], "wl-7", {"region": "EU"}).token
+        args = argparse.Namespace(
+            id="wl-7", federation=str(first.make_url("/")), store=str(tmp_path / "store"), token=token,
+            signal=["name=vibration,shape=sine,rate_hz=50,seed=1"], heartbeat_s=1.0,
+            reconnect_initial_s=0.05, reconnect_max_s=0.3, log_level="warning")
+        daemon = await edge_daemon.EdgeDaemon(edge_config.load_config(None, args)).start()
+        await until(lambda: first.app[HUB].is_online("wl-7"))
+        await first.close()                                     # the federation goes away …
+        first = None
+        second = TestClient(TestServer(create_app(config), port=port))   # … and comes back, same data
+        await second.start_server()
+        hub = second.app[HUB]
+        assert second.app[REGISTRY].get_device("wl-7").metadata["region"] == "EU"
+        await until(lambda: hub.is_online("wl-7"), timeout=20)  # nobody told the edge
+        rows = [r async for b in hub.fragment("wl-7", "select x from Integer x where x in iota(1, 3);") for r in b.rows()]
+        assert rows == [1, 2, 3]
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+        for client in (first, second):
+            if client is not None:
+                await client.close()
