@@ -71,6 +71,11 @@ def _predict_type(catalog, args):
     return None
 
 
+def _predict_batch_type(catalog, args):
+    single = _predict_type(catalog, args)
+    return vector_of(single) if single is not None and single.is_vector else single
+
+
 def _models(ctx) -> Bag:
     return Bag([model_info(entry) for entry in ctx.models.entries()])
 
@@ -108,6 +113,10 @@ def register(lib: Library) -> None:
     d("predict(Charstring model, Vector of Number x) -> Object", scalar=predict, batch=predict_batch,
       needs_context=True, volatile=True, batch_scalars=True, catalog_type=_predict_type,
       doc="Run a model on one input (or a vector of inputs): a vector, or a record for several outputs")
+    d("predict(Charstring model, Vector of Vector of Number x) -> Object", scalar=predict, needs_context=True,
+      volatile=True, catalog_type=_predict_batch_type,
+      doc="Run a model on a batch written as a vector of inputs (or on one multi-dimensional input): "
+          "outputs stacked, a vector of vectors (a record of stacked outputs for several outputs)")
     d("predict(Charstring model, Record x) -> Object", scalar=predict, needs_context=True, volatile=True,
       catalog_type=_predict_type, doc="Run a model with several named inputs")
     d("models() -> Bag of Record", scalar=_models, needs_context=True, volatile=True,
