@@ -48,12 +48,11 @@ class _WholeWords:
 
 class _StateLexer(ContextualLexer):
     """Lark's contextual lexer — in each parser state only the terminals that state accepts —
-    done with one regular expression per set of accepted terminals and keywords looked up in a
-    dict. It yields the same tokens as lark's, at a third of the cost: lexing was half of parsing.
-
-    Keywords are whole words (`_WholeWords`): a word is NAME unless it spells a keyword the
-    state accepts, as lark's "unless" callback decides. On text no accepted terminal matches,
-    lark's own lexer takes over from that position and raises its usual error."""
+    as one regular expression per set of accepted terminals, with keywords looked up in a dict:
+    the scanners `_FastParse` lexes with (a third of the cost of lark's lexing, which was half of
+    parsing). Keywords are whole words (`_WholeWords`): a word is NAME unless it spells a keyword
+    the state accepts, as lark's "unless" callback decides. Lark's own `lex` stays for lark's
+    parser, which runs only where the fast loop gives up (bad input: lark words the error)."""
 
     def __init__(self, conf, states, always_accept=()):
         super().__init__(conf, states, always_accept)
@@ -84,44 +83,6 @@ class _StateLexer(ContextualLexer):
         self._by_state[state] = found
         return found
 
-    def lex(self, lexer_state, parser_state):
-        text = lexer_state.text.text
-        end = lexer_state.text.end
-        counter = lexer_state.line_ctr
-        pos, line, line_start = counter.char_pos, counter.line, counter.line_start_pos
-        ignore, newlines, by_state = self._ignore, self._newlines, self._by_state
-        while pos < end:
-            state = parser_state.position
-            match, keywords = by_state.get(state) or self._scanner_for(state)
-            found = match(text, pos)
-            if found is None:
-                break
-            kind = found.lastgroup
-            value = found.group()
-            stop = found.end()
-            if kind in ignore:
-                if kind in newlines and "\n" in value:
-                    line += value.count("\n")
-                    line_start = pos + value.rindex("\n") + 1
-                pos = stop
-                continue
-            if kind == "NAME":
-                kind = keywords.get(value.lower(), kind)
-            end_line, end_start = line, line_start
-            if kind in newlines and "\n" in value:
-                end_line += value.count("\n")
-                end_start = pos + value.rindex("\n") + 1
-            token = Token(kind, value, pos, line, pos - line_start + 1, end_line, stop - end_start + 1, stop)
-            lexer_state.last_token = token
-            pos, line, line_start = stop, end_line, end_start
-            counter.char_pos, counter.line, counter.line_start_pos = pos, line, line_start
-            counter.column = pos - line_start + 1
-            yield token
-        counter.char_pos, counter.line, counter.line_start_pos = pos, line, line_start
-        counter.column = pos - line_start + 1
-        if pos < end:
-            yield from super().lex(lexer_state, parser_state)   # lark's error, worded as usual
-
 
 @lru_cache(maxsize=1)
 def parser() -> Lark:
@@ -130,7 +91,6 @@ def parser() -> Lark:
         return Lark(grammar_text(), parser="lalr", lexer="contextual", strict=True,
                     maybe_placeholders=True, transformer=ToAst(), cache=True, postlex=_WholeWords(),
                     _plugins={"ContextualLexer": _StateLexer})
-
 
 
 class _FastParse:

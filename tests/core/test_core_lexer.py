@@ -24,7 +24,7 @@ def lark_reference() -> Lark:
 
 
 class Ours:
-    """How `syntax.parse` parses: the fast loop, and lark (with our lexer) where it gives up."""
+    """How `syntax.parse` parses: the fast loop, and lark where it gives up."""
 
     def __init__(self):
         self.fast = 0

@@ -1,7 +1,9 @@
 """A fake engine with the narrow interface the real one gives the model subsystem."""
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 
 import numpy as np
 
@@ -63,3 +65,32 @@ class _Handle:
 
     def cancel(self):
         self.cancelled = True
+
+
+def rewrite_zip(data: bytes, change) -> bytes:
+    """Copy a bundle zip, letting `change(name, content)` return new content (None drops it)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            content = change(info.filename, src.read(info))
+            if content is not None:
+                dst.writestr(info.filename, content)
+    return out.getvalue()
+
+
+def count_calls(model) -> dict:
+    """Count a TFLite model's interpreter invokes and input resizes (live: read it afterwards)."""
+    calls = {"resize": 0, "invoke": 0}
+    it = model._interpreter
+    real_resize, real_invoke = it.resize_tensor_input, it.invoke
+
+    def resize(*a, **k):
+        calls["resize"] += 1
+        return real_resize(*a, **k)
+
+    def invoke():
+        calls["invoke"] += 1
+        return real_invoke()
+
+    it.resize_tensor_input, it.invoke = resize, invoke
+    return calls

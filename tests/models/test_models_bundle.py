@@ -15,6 +15,8 @@ from streamql.models import (Bundle, init_bundle, inspect, keygen, pack, pack_by
                              sign, split_statements, verify)
 from streamql.models.bundle import INDEX_NAME, SIGNATURE_NAME
 
+from model_fakes import rewrite_zip
+
 
 @pytest.fixture
 def bundle_dir(tmp_path):
@@ -31,17 +33,6 @@ def keys(tmp_path):
 @pytest.fixture
 def other_keys(tmp_path):
     return keygen(tmp_path / "keys" / "mallory")
-
-
-def rewrite_zip(data: bytes, change) -> bytes:
-    """Copy a bundle zip, letting `change(name, content)` return new content (None drops it)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            content = change(info.filename, src.read(info))
-            if content is not None:
-                dst.writestr(info.filename, content)
-    return out.getvalue()
 
 
 def test_template_reads_as_a_bundle(bundle_dir):

@@ -19,6 +19,8 @@ from streamql.models.bundle_template import TEMPLATE_BIAS, TEMPLATE_WEIGHTS
 from streamql.signals import LiveSignal
 from streamql.testing import tflite as T
 
+from model_fakes import count_calls, rewrite_zip
+
 FLOAT_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -45,24 +47,6 @@ def write(path, data: bytes) -> str:
 def windows_query(model: str, signal: str, size: int) -> str:
     return (f"select stream of predict('{model}', w) from Vector of Real w "
             f"where w in winagg(signal_stream('{signal}'), {size}, {size});")
-
-
-def count_calls(model) -> dict:
-    """Count the interpreter's invokes and input resizes, as the model-level tests do."""
-    calls = {"resize": 0, "invoke": 0}
-    it = model._interpreter
-    real_resize, real_invoke = it.resize_tensor_input, it.invoke
-
-    def resize(*a, **k):
-        calls["resize"] += 1
-        return real_resize(*a, **k)
-
-    def invoke():
-        calls["invoke"] += 1
-        return real_invoke()
-
-    it.resize_tensor_input, it.invoke = resize, invoke
-    return calls
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
@@ -391,15 +375,6 @@ def test_hot_swap_while_batches_stream_never_mixes_versions(engine, tmp_path, rn
 
 # --- 6. signed bundles in a real engine ------------------------------------------------------------
 
-def _rewrite_zip(data: bytes, change) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            content = change(info.filename, src.read(info))
-            if content is not None:
-                dst.writestr(info.filename, content)
-    return out.getvalue()
-
 
 @pytest.fixture
 def signed_bundle(tmp_path):
@@ -448,7 +423,7 @@ def test_engine_with_trusted_keys_refuses_unsigned_and_tampered_bundles(signed_b
             return evil_model if name == "models/vib.tflite" else content
 
         with pytest.raises(streamql.ModelError, match="tampered.*models/vib.tflite"):
-            install_bundle(engine, _rewrite_zip(signed_bytes, swap_model))
+            install_bundle(engine, rewrite_zip(signed_bytes, swap_model))
         _assert_nothing_installed(engine)
 
         # tampered consistently: the index updated to the new hash, which breaks the signature
@@ -464,7 +439,7 @@ def test_engine_with_trusted_keys_refuses_unsigned_and_tampered_bundles(signed_b
                 return (json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n").encode()
             return content
 
-        consistent = _rewrite_zip(signed_bytes, swap_model_and_index)
+        consistent = rewrite_zip(signed_bytes, swap_model_and_index)
         assert read_bundle(consistent).load_model("vib").predict([1, 1, 1, 1]).tolist() == [400.0, 400.0]
         with pytest.raises(streamql.ModelError, match="does not match its content"):
             install_bundle(engine, consistent)

@@ -17,6 +17,8 @@ from streamql.models.tflite_analysis import arena_bytes, quantization
 from streamql.models.tflite_format import read_tflite
 from streamql.testing import tflite as T
 
+from model_fakes import count_calls
+
 
 def dense_oracle(x, w, b, relu=False):
     y = np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float32).astype(np.float64).T
@@ -60,19 +62,7 @@ def test_lists_and_vectors_of_vectors_are_accepted(rng):
 
 def test_batch_is_one_invoke_and_resizes_once_per_distinct_size(fc, rng):
     _, _, model = fc
-    calls = {"resize": 0, "invoke": 0}
-    it = model._interpreter
-    real_resize, real_invoke = it.resize_tensor_input, it.invoke
-
-    def resize(*a, **k):
-        calls["resize"] += 1
-        return real_resize(*a, **k)
-
-    def invoke():
-        calls["invoke"] += 1
-        return real_invoke()
-
-    it.resize_tensor_input, it.invoke = resize, invoke
+    calls = count_calls(model)
     x = rng.normal(size=(64, 256))
     model.predict(x)
     assert calls == {"resize": 1, "invoke": 1}
