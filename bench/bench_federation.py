@@ -53,7 +53,11 @@ async def _edge_main(conn, url: str, devices: list[tuple[str, str]]) -> None:
 
     def answer(source: str, frame):
         match = re.search(r"rows=(\d+) batch=(\d+)", source)
-        n, batch = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+        if match:
+            n, batch = int(match.group(1)), int(match.group(2))
+        else:   # a fleet query's fragment, `select i, x … where i in iota(1, N) …`: N rows (Integer, Real)
+            fleet = re.search(r"iota\(1, (\d+)\)", source)
+            n, batch = (int(fleet.group(1)), 1024) if fleet else (1, 1)
         key = (n, batch)
         if key not in cache:
             cols = _columns(batch)
@@ -123,7 +127,7 @@ async def main(args) -> None:
     from federation.auth import provision_many
     from federation.config import FederationConfig
     from federation.hub import EdgeOffline
-    from federation.keys import DEPLOYMENTS, HUB, REGISTRY
+    from federation.keys import BOOTSTRAP_TOKEN, DEPLOYMENTS, HUB, REGISTRY
     from federation.testing import make_bundle
     from streamql.models import keygen, read_bundle
 
@@ -165,6 +169,15 @@ async def main(args) -> None:
             results.append((f"{label}: {rows_each} rows from each of {args.edges} edges",
                             f"first row {first * 1000:.1f} ms", f"all rows {seconds * 1000:.0f} ms",
                             f"{total:,} rows, {failures} failed"))
+
+        # the same fan-out as a fleet query through the HTTP API: planning, fragments, merge, NDJSON
+        query = (f"select id(e), i, x from Edge e, Integer i, Real x "
+                 f"where i in iota(1, {args.fanout_rows})@e and x = i * 0.5;")
+        first, rows, seconds, status = await http_fan_out(url, app[BOOTSTRAP_TOKEN], query)
+        answered = sum(1 for s in status["status"].values() if s["outcome"] == "answered")
+        results.append((f"fan-out query via POST /v1/query: {args.fanout_rows} rows from each of {args.edges} edges",
+                        f"first row {first * 1000:.1f} ms", f"all rows {seconds * 1000:.0f} ms",
+                        f"{rows:,} NDJSON rows, {answered} devices answered"))
 
         # merge throughput: fragments of many rows from a few edges and from all of them
         for edges_used, as_rows in ((args.merge_edges, False), (args.edges, False), (args.edges, True)):
@@ -247,6 +260,28 @@ async def fan_out(hub, ids: list[str], source: str, offline_error, as_rows: bool
 
     await asyncio.gather(*(one(e) for e in ids))
     return first or 0.0, total, time.perf_counter() - start, failures
+
+
+async def http_fan_out(url: str, token: str, query: str) -> tuple[float, int, float, dict]:
+    """POST a fleet query and read its NDJSON: (first row s, rows, all rows s, the status line)."""
+    import json
+
+    import aiohttp
+
+    start = time.perf_counter()
+    first, rows, status = None, 0, {}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/query", json={"query": query},
+                                headers={"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}) as resp:
+            assert resp.status == 200, await resp.text()
+            async for line in resp.content:
+                if first is None:
+                    first = time.perf_counter() - start
+                if line.startswith(b"["):
+                    rows += 1
+                else:
+                    status = json.loads(line)
+    return first or 0.0, rows, time.perf_counter() - start, status
 
 
 if __name__ == "__main__":

@@ -57,8 +57,16 @@ def choose_format(accept: str | None) -> str:
     raise NotAcceptable(f"rows come as {NDJSON} (the default) or {MSGPACK}, not {accept}")
 
 
+_ENCODE = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode  # made once
+_PLAIN_SCALARS = frozenset((str, int, bool, type(None)))
+
+
 def plain_line(value: Any) -> bytes:
-    return json.dumps(codec.to_plain(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """One NDJSON line. Rows of plain scalars (most rows) skip the conversion: a finite float is
+    the one float with `v - v == 0` (inf and NaN give NaN, which to_plain turns into null)."""
+    if type(value) is list and all(type(v) in _PLAIN_SCALARS or (type(v) is float and v - v == 0) for v in value):
+        return _ENCODE(value).encode() + b"\n"
+    return _ENCODE(codec.to_plain(value)).encode() + b"\n"
 
 
 def encoder_for(fmt: str) -> Callable[[Any], bytes]:

@@ -181,13 +181,26 @@ class FleetRun:
         """Chunks of fragment results from every device, in arrival order."""
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         substitute = substituter(self.catalog, self.plan.edge_written)
+        substituted = False
+
+        def noting(node, edge_id):
+            nonlocal substituted
+            value = substitute(node, edge_id)
+            substituted = substituted or value is not NO_VALUE
+            return value
+
+        shared = None     # the fragment's text when it holds none of e's metadata: printed once
         running = 0
         for device in devices:
             if not self.hub.is_online(device):
                 self.status[device] = {"outcome": "offline", "rows": 0, "reason": "not connected"}
                 continue
             try:
-                source = self.plan.fragment.source_for(device, substitute)
+                source = shared
+                if source is None:
+                    source = self.plan.fragment.source_for(device, noting)
+                    if not substituted:   # whether a call is substituted depends on the call, not the device
+                        shared = source
             except QueryError as exc:
                 self.status[device] = {"outcome": "failed", "rows": 0, "reason": exc.message}
                 continue
