@@ -182,3 +182,25 @@ async def test_a_simulated_fleet_process_connects_and_stops_cleanly(fed, tmp_pat
         await asyncio.wait_for(conn.closed.wait(), 5)
         assert conn.ws.close_code == 1001
     assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == sorted(c.edge for c in conns)
+
+
+async def test_a_real_daemon_answers_hostile_frames_and_stops_only_the_query_past_its_limits(fed, tmp_path, keys,
+                                                                                             processes):
+    from test_edge_link import HOSTILE
+
+    edge = processes(edge_args(fed, tmp_path / "store", keys), tmp_path)
+    conn = await fed.connection("wl-1", timeout=30)
+    steady = await conn.start_query("select stream of x from Real x where x in signal_stream('vibration');")
+    for data, code, ref in HOSTILE:                    # garbage, wrong types, huge claims, deep nesting
+        start = len(conn.frames)
+        await conn.send_raw(data)
+        error = await conn.next("error", start=start)
+        assert error["code"] == code, (data[:40], error)
+    big = await conn.start_query("select x, count(*) from Integer x where x in iota(1, 5000000) group by x;",
+                                 limits={"memory_mb": 4})
+    end = await conn.next("end", qid=big, start=0, timeout=30)
+    assert end["outcome"] == "limit" and "memory limit" in end["error"]["message"], end
+    rows, end = await conn.run_query("select 40 + 2;")
+    assert rows == [42] and end["outcome"] == "ok"
+    assert not conn.of_type("end", qid=steady)         # the stream went on through all of it
+    assert conn is fed.connections["wl-1"] and edge.process.poll() is None, edge.output()
