@@ -44,6 +44,8 @@ from typing import Any, Iterable
 from streamql import codec
 from streamql.clock import SYSTEM_CLOCK, Clock
 
+from .store import fsync_dir
+
 log = logging.getLogger("streamql.edge.buffer")
 
 __all__ = ["StoreForwardBuffer", "BufferError", "FSYNC_POLICIES", "OVERFLOW_POLICIES", "RECORD_OVERHEAD"]
@@ -339,7 +341,7 @@ class StoreForwardBuffer:
         _write_all(fd, _SEGMENT_HEADER.pack(_SEGMENT_MAGIC, bytes.fromhex(self.log_id), self._next))
         if self.fsync != "never":
             os.fsync(fd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._fd = fd
         # the previous (now sealed) segment may be entirely gone already
         self._segments.append(_Segment(path, self._next))
@@ -531,16 +533,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
