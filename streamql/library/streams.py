@@ -337,12 +337,7 @@ def winagg(ctx, stream: StreamValue, size: int, stride: int) -> StreamValue:
                 else:
                     count = (n - size) // stride + 1
                     windows = _windows(data, size, stride, count)
-                    next_start = count * stride
-                    if next_start <= n:
-                        pending = data[next_start:]
-                    else:
-                        pending = None
-                        skip = next_start - n
+                    pending, skip = window_rest(data, count, stride)
                 if hold is not None:
                     now = approximate_bytes(pending) if pending is not None else 0
                     previous, held = held, now
@@ -354,6 +349,15 @@ def winagg(ctx, stream: StreamValue, size: int, stride: int) -> StreamValue:
                 hold(-held)
             _closing(items)
     return StreamValue(open_, f"winagg({stream.label}, {size}, {stride})")
+
+
+def window_rest(data, count: int, stride: int) -> tuple:
+    """After `count` windows every `stride` elements of `data`: (the elements the next window
+    starts with, or None; how many coming elements to drop first, when stride > size)."""
+    next_start = count * stride
+    if next_start <= len(data):
+        return data[next_start:], 0
+    return None, next_start - len(data)
 
 
 def _window_value(window: list):

@@ -23,6 +23,7 @@ from .. import logical as L
 from ..batch import IDLE, Batch
 from ..bound import TCall, TConst, TExpr, TVar
 from ..errors import QueryRuntimeError
+from ..library.streams import window_rest
 from ..physical.expressions import Compiled
 from ..streams import StreamValue
 from ..types import INTEGER, REAL, Type
@@ -189,12 +190,7 @@ def fused_windows(items, size: int, stride: int, names: tuple[str, ...], check: 
             else:
                 block = _reduce_sliding(data, size, stride, count, names)
             yield Batch(block)
-            next_start = count * stride
-            if next_start <= n:
-                pending = data[next_start:]
-            else:
-                pending = None
-                skip = next_start - n
+            pending, skip = window_rest(data, count, stride)
             if hold is not None:
                 previous, held = held, (0 if pending is None else pending.nbytes)
                 hold(held - previous)
