@@ -17,8 +17,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def best_of(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """The fastest of several runs, in seconds (the least disturbed by other load)."""
+def timings(fn, repeat: int, warmup: int) -> list[float]:
+    """Seconds of each of `repeat` runs of fn, after `warmup` runs not timed."""
     for _ in range(warmup):
         fn()
     times = []
@@ -26,18 +26,17 @@ def best_of(fn, repeat: int = 5, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """The fastest of several runs, in seconds (the least disturbed by other load)."""
+    return min(timings(fn, repeat, warmup))
 
 
 def median_of(fn, repeat: int = 300, warmup: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median run, in seconds (for short operations timed many times)."""
+    return statistics.median(timings(fn, repeat, warmup))
 
 
 def machine() -> str:
