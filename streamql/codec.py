@@ -336,14 +336,50 @@ def _array_jsonable(array: np.ndarray) -> dict:
         return {"dtype": "object", "shape": list(array.shape),
                 "data": [to_jsonable(v) for v in array.ravel().tolist()]}
     name = dtype_name(array.dtype)
-    flat = array.ravel()
+    flat = np.ascontiguousarray(array.ravel())
     if array.dtype.kind == "c":
-        data = [[_float_jsonable(z.real), _float_jsonable(z.imag)] for z in flat.tolist()]
-    elif array.dtype.kind == "f" and not np.isfinite(flat).all():
-        data = [_float_jsonable(x) for x in flat.tolist()]
+        parts = _float_items(flat.view(f"{array.dtype.byteorder}f{array.dtype.itemsize // 2}"))
+        data = [parts[i:i + 2] for i in range(0, len(parts), 2)]
+    elif array.dtype.kind == "f":
+        data = _float_items(flat)
     else:
         data = flat.tolist()
     return {"dtype": name, "shape": list(array.shape), "data": data}
+
+
+def _float_items(floats: np.ndarray) -> list:
+    """A float array's items as JSON: numbers, and "NaN", "Infinity", "-Infinity" — or, for a NaN
+    with another sign or payload than the dtype's own, "NaN:" and its bits in hex (bit-exact)."""
+    data = floats.tolist()
+    finite = np.isfinite(floats)
+    if finite.all():
+        return data
+    canonical = np.array([np.nan], dtype=floats.dtype.newbyteorder(">")).tobytes()
+    for i in np.flatnonzero(~finite):
+        x = data[i]
+        if not math.isnan(x):
+            data[i] = "Infinity" if x > 0 else "-Infinity"
+            continue
+        bits = floats[i:i + 1].astype(floats.dtype.newbyteorder(">")).tobytes()
+        data[i] = "NaN" if bits == canonical else "NaN:" + bits.hex()
+    return data
+
+
+def _floats_from(data: list, dtype: np.dtype) -> np.ndarray:
+    """The inverse of _float_items, for a float dtype."""
+    out = np.array([math.nan if isinstance(x, str) and x.startswith("NaN:") else _scalar_from(x) for x in data],
+                   dtype=dtype)
+    bits = out.view(f"u{dtype.itemsize}")
+    for i, x in enumerate(data):
+        if isinstance(x, str) and x.startswith("NaN:"):
+            try:
+                raw = bytes.fromhex(x[4:])
+            except ValueError:
+                raise CodecError(f"not a number: {x!r}") from None
+            _expect(len(raw) == dtype.itemsize, f"{x!r} is not {dtype.itemsize} bytes")
+            bits[i] = int.from_bytes(raw, "big")
+            _expect(math.isnan(out[i]), f"{x!r} is not a NaN")
+    return out
 
 
 def _float_jsonable(x: float) -> Any:
@@ -442,12 +478,12 @@ def _array_from(body: Any) -> np.ndarray:
         raise CodecError(f"unknown dtype {name!r}")
     dtype = DTYPES[name][1].newbyteorder("=")
     if dtype.kind == "c":
-        flat = [complex(_scalar_from(re), _scalar_from(im)) for re, im in data]
-    elif dtype.kind == "f":
-        flat = [_scalar_from(x) for x in data]
-    else:
-        flat = data
-    return np.array(flat, dtype=dtype).reshape(shape)
+        _expect(all(isinstance(z, list) and len(z) == 2 for z in data), "complex items are [re, im]")
+        parts = _floats_from([x for z in data for x in z], np.dtype(f"f{dtype.itemsize // 2}"))
+        return parts.view(dtype).reshape(shape)
+    if dtype.kind == "f":
+        return _floats_from(data, dtype).reshape(shape)
+    return np.array(data, dtype=dtype).reshape(shape)
 
 
 def _scalar_from(x: Any) -> float:

@@ -223,3 +223,15 @@ def test_deeply_nested_extensions_are_refused():
         unpack(data)
     shallow = Bag([Bag([Bag([1])])])
     assert unpack(pack(shallow)) == shallow
+
+
+@pytest.mark.parametrize("dtype, bits", [("f4", 0xFFC00000), ("f4", 0x7FC00123), ("f8", 0xFFF8000000000000),
+                                         ("f2", 0xFE00)])
+def test_tagged_json_keeps_the_sign_and_payload_of_nan_in_arrays(dtype, bits):
+    value = np.array([np.nan, 1.0, np.nan], dtype=dtype)
+    value.view(f"u{value.itemsize}")[2] = bits
+    text = to_json(value)
+    assert json.loads(text)["$array"]["data"][0] == "NaN"            # the usual NaN stays readable
+    assert same(from_json(text), value)
+    with pytest.raises(CodecError):
+        from_json(text.replace(f"{bits:x}", "7"))                     # wrong size
