@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from federation.auth import provision_many  # noqa: E402
 from federation.index import SelectionIndex  # noqa: E402
 from federation.registry import Registry  # noqa: E402
-from federation.selection import ONLINE, And, Compare, Eq, In, Like, Not, Or, capability, meta  # noqa: E402
+from streamql.selection import ONLINE, And, Compare, Eq, In, Like, Not, Or, capability, meta  # noqa: E402
 
 REGIONS = ["US", "EU", "AU", "SE", "CN", "BR", "IN", "ZA"]
 KINDS = ["wheel loader", "dumper", "excavator", "hauler", "crusher", "drill"]

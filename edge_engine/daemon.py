@@ -236,6 +236,7 @@ class EdgeDaemon:
     def hello(self) -> dict:
         capabilities = self.config.capabilities_dict(self.drivers.describe())
         capabilities["runtimes"] = {**capabilities.get("runtimes", {}), **self._runtimes()}
+        capabilities["functions"] = self.engine.function_signatures() if self.engine is not None else []
         return {"edge": self.config.id, "software": SOFTWARE, "metadata": dict(self.config.metadata),
                 "capabilities": capabilities, "models": self.deployments.active(),
                 "restarts": self.monitor.restarts, "versions": list(wire.SUPPORTED_VERSIONS),
@@ -314,7 +315,10 @@ class EdgeDaemon:
         if conn is None:
             return      # the federation resends the deployment after reconnecting; did makes it idempotent
         try:
-            await conn.send(wire.make(change.frame, **change.fields))
+            fields = dict(change.fields)
+            if change.frame == "ack":
+                fields["functions"] = self.engine.function_signatures()   # what fleet statements may call here
+            await conn.send(wire.make(change.frame, **fields))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             self.log.info("%s of %s not sent (%s); the federation will resend", change.frame, frame["did"], exc)
 

@@ -31,6 +31,7 @@ from federation.keys import (
 from federation.metrics import FederationMetrics
 from federation.middlewares import auth_middleware, error_middleware
 from federation.registry import Registry
+from federation.statements import create_query_service
 from federation.routes import setup_routes
 
 log = logging.getLogger("streamql.federation")
@@ -137,14 +138,13 @@ async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def query_service_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The fleet-query service (federation/fleet/service.py), unless one was set beforehand."""
-    from federation.query_service import close_query_service, load_query_service
-
+    """The statement service (federation/statements.py), unless one was set beforehand."""
     made = None
     if QUERY_SERVICE not in app:
-        made = await load_query_service(app)
-        if made is not None:
-            app[QUERY_SERVICE] = made
+        made = app[QUERY_SERVICE] = create_query_service(app)
+    restore = getattr(app.get(QUERY_SERVICE), "restore", None)
+    if restore is not None:
+        await restore()
     # the parser is built once per process (a quarter of a second): now, off the loop, rather
     # than inside the first statement a client sends
     warming = asyncio.get_running_loop().run_in_executor(None, _warm_parser)
@@ -154,7 +154,7 @@ async def query_service_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await warming
         if made is not None:
-            await close_query_service(made)
+            await made.aclose()
 
 
 def _warm_parser() -> None:

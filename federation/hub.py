@@ -265,6 +265,10 @@ class EdgeHub:
         found = self._announced.get(edge_id)
         return None if found is None else dict(found)
 
+    def announced_ids(self) -> list[str]:
+        """The edges that said hello since the federation started."""
+        return list(self._announced)
+
     def connection(self, edge_id: str) -> EdgeConnection | None:
         return self._connections.get(edge_id)
 
@@ -424,6 +428,8 @@ class EdgeHub:
         announced = self._announced.get(conn.edge_id)
         if announced is not None:
             announced["models"] = dict(frame["active"])
+            if frame.get("functions") is not None:
+                announced["capabilities"]["functions"] = list(frame["functions"])
         for observer in self._observers:
             hook = getattr(observer, "edge_replied", None)
             if hook is not None:

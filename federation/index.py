@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from federation.selection import (
+from streamql.selection import (
     ID,
     NUMBER,
     ONLINE,

@@ -19,7 +19,7 @@ from federation.registry import Registry
 if TYPE_CHECKING:
     from federation.deployments import DeploymentManager
     from federation.hub import EdgeHub
-    from federation.query_service import QueryService
+    from federation.statements import QueryService
 
 CONFIG = web.AppKey("config", FederationConfig)
 REGISTRY = web.AppKey("registry", Registry)  # set while the app runs (cleanup_ctx)
@@ -30,8 +30,8 @@ HEARTBEATS = web.AppKey("heartbeats", HeartbeatBuffer)  # add(Heartbeat(…)); f
 BOOTSTRAP_TOKEN = web.AppKey("bootstrap_token", str)  # only on the first start of a data directory
 HUB = web.AppKey["EdgeHub"]("hub")  # connected edges: fragments, published records, sending frames
 DEPLOYMENTS = web.AppKey["DeploymentManager"]("deployments")  # start / progress / wait
-# The fleet-query service (federation/fleet/service.py: `create_query_service(app)`); tests and
-# embedders may set it before the app starts. Absent → the query routes answer 501.
+# The statement service (federation/statements.py: `create_query_service(app)`); tests and
+# embedders may set it before the app starts.
 QUERY_SERVICE = web.AppKey["QueryService"]("query_service")
 
 # the authenticated caller of a request (absent on public routes)

@@ -352,6 +352,16 @@ class Registry:
     # --- bundles -------------------------------------------------------------------------------
     _BUNDLE_COLUMNS = "name, version, sha256, manifest, size, path, uploaded, uploader"
 
+    # --- definitions made at the federation ------------------------------------------------------
+    def add_definition(self, text: str) -> None:
+        """Keep a statement that defined something (create function, create type, drop …)."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO definitions (text, created) VALUES (?, ?)", (text, time.time()))
+
+    def definitions(self) -> list[str]:
+        """The kept definitions, oldest first (replaying them in order rebuilds what they made)."""
+        return [row[0] for row in self._conn.execute("SELECT text FROM definitions ORDER BY id")]
+
     @staticmethod
     def _bundle(row: tuple) -> Bundle:
         return Bundle(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])

@@ -104,11 +104,13 @@ def result_headers(result: Any, fmt: str) -> dict[str, str]:
     return headers
 
 
-def final_record(result: Any, rows: int, error: BaseException | None = None) -> dict:
+def final_record(result: Any, rows: int, error: BaseException | None = None, detail: bool | None = None) -> dict:
     out: dict[str, Any] = {}
     if error is not None:
         out["error"] = error_info(error)
-    out["status"] = dict(getattr(result, "status", None) or {})
+    status = result.status_dict(detail) if hasattr(result, "status_dict") else dict(getattr(result, "status", None) or {})
+    out["status"] = status
+    out["complete"] = bool(status.get("complete", True)) and error is None
     out["rows"] = rows
     for name in ("message", "deployment_id"):
         value = getattr(result, name, None)
@@ -133,13 +135,16 @@ class RowWriter:
         self.items: list = []
         self.size = 0
         self.rows = 0
+        self._not_rows = 0          # buffered items that are not rows (status changes)
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task | None = None
         self.error: BaseException | None = None
 
-    async def add(self, item: Any) -> None:
+    async def add(self, item: Any, *, row: bool = True) -> None:
         self.items.append(item)
+        if not row:
+            self._not_rows += 1
         if isinstance(item, (bytes, bytearray)):
             self.size += len(item)
         if len(self.items) >= self.max_items or self.size >= self.max_bytes:
@@ -168,11 +173,12 @@ class RowWriter:
             if not self.items:
                 return
             items, self.items, self.size = self.items, [], 0
+            rows, self._not_rows = len(items) - self._not_rows, 0
             await self._emit(items)
-            self.rows += len(items)
-            if self.metrics is not None:
-                self.metrics.query_rows.inc(len(items))
-                self.metrics.query_rows_rate.mark(len(items))
+            self.rows += rows
+            if self.metrics is not None and rows:
+                self.metrics.query_rows.inc(rows)
+                self.metrics.query_rows_rate.mark(rows)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -221,12 +227,24 @@ class QueryTimer:
         self.metrics.queries.inc(outcome=self.outcome)
 
 
-async def pump_rows(result: Any, writer: RowWriter, encode: Callable[[Any], Any]) -> None:
-    """Every row of the result into the writer, then a final flush."""
-    rows = result.rows()
+async def pump_rows(result: Any, writer: RowWriter, encode: Callable[[Any], Any],
+                    on_status: Callable[[dict], Any] | None = None) -> None:
+    """Every row of the result into the writer, then a final flush. A standing fleet stream's
+    status changes (a device joining, dropping its link) go to `on_status`, or into the writer
+    as {"status_change": …} items between the rows."""
+    rows = result.items() if hasattr(result, "items") else _batched(result.rows())
     try:
-        async for row in rows:
-            await writer.add(encode(list(row)))
+        async for item in rows:
+            if isinstance(item, dict):
+                if on_status is not None:
+                    await writer.flush()
+                    await on_status(item["status_change"])
+                else:
+                    await writer.add(encode(item), row=False)
+                    await writer.flush()
+                continue
+            for row in item:
+                await writer.add(encode(list(row)))
     except asyncio.CancelledError:
         raise
     except BaseException:
@@ -238,3 +256,8 @@ async def pump_rows(result: Any, writer: RowWriter, encode: Callable[[Any], Any]
     finally:
         with contextlib.suppress(Exception):
             await rows.aclose()
+
+
+async def _batched(rows):
+    async for row in rows:
+        yield [row]

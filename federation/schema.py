@@ -119,6 +119,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TRIGGER devices_rewritten AFTER UPDATE OF metadata, capabilities ON devices BEGIN
             UPDATE registry_counters SET value = value + 1 WHERE name = 'device_rewrites'; END""",
     )),
+    Migration(5, "definitions made at the federation (functions, types, tables), replayed at start", (
+        """CREATE TABLE definitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            text TEXT NOT NULL,
+            created REAL NOT NULL
+        )""",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

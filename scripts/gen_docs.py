@@ -20,11 +20,11 @@ DOC = ROOT / "docs" / "language.md"
 def generated() -> str:
     from streamql.library import default_library
     from streamql.library.docs import markdown_reference
-    from federation.fleet.catalog import DeviceFacts, fleet_library
+    from streamql.fleet import FleetFacts, fleet_library
     parts = [markdown_reference(default_library()).rstrip(),
              "### On a federation\n\nBesides these, one function per metadata key (`region(e)`, `kind(e)`, …) "
              "returns that key's value for an edge.\n",
-             markdown_reference(fleet_library(DeviceFacts(), [])).split("\n", 2)[2].rstrip()]
+             markdown_reference(fleet_library(FleetFacts(None), [])).split("\n", 2)[2].rstrip()]
     return "\n\n".join(parts)
 
 

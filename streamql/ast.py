@@ -94,11 +94,13 @@ class SessionVariable(Expr):
 
 @dataclass(frozen=True)
 class Call(Expr):
-    """`f(a, b)`, `csv:file_stream(p)` (name holds the namespace), or `count(*)` (star=True)."""
+    """`f(a, b)`, `csv:file_stream(p)` (name holds the namespace), `count(*)` (star=True) or
+    `count(distinct x)` (distinct=True)."""
 
     name: str
     args: tuple[Expr, ...] = ()
     star: bool = False
+    distinct: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .types import (BOOLEAN, CHARSTRING, CONSTRUCTORS, INTEGER, NULL, NUMBER, OB
                     Type, bag_of, canonical_builtin, stream_of, substitute, type_of_value, vector_of)
 from .values import Bag
 
-AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median", "var"}
+AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median", "var", "m2"}
 
 # Overload fits by (function, argument types): resolution is pure for built-in types, and a query
 # resolves the same few calls over and over. User types are left out (their lattice can change).
@@ -349,7 +349,8 @@ class Binder:
             if fn is None:
                 raise self.type_error(f"{node.name} cannot aggregate values of type {element}: "
                                       + "; ".join(o.signature for o in overloads), node.span)
-        aggregate = TAggregate(result, fn=fn, arg=arg, node=None if node.star else node.args[0], span=node.span)
+        aggregate = TAggregate(result, fn=fn, arg=arg, node=None if node.star else node.args[0],
+                               distinct=node.distinct, span=node.span)
         for index, existing in enumerate(state.aggregates):
             if existing == aggregate:
                 return TVar(result, f"$a{index}", span=node.span)
@@ -661,6 +662,9 @@ class Binder:
                 return bound
         if node.star:
             raise self.type_error(f"{node.name}(*) counts rows: it is written count(*)", node.span)
+        if node.distinct:
+            raise self.type_error(f"{node.name}(distinct …) aggregates the distinct values of a query's rows: "
+                                  f"use it in a select over variables, such as count(distinct x)", node.span)
 
         user = self.catalog.user_functions(name)
         args = [self.bind_expr(a, scope, allow_row_aggregates) for a in node.args]
@@ -690,6 +694,9 @@ class Binder:
             return None
         if probe.type.is_stream:
             raise self._aggregate_over_stream(node)
+        if node.distinct:
+            state.became_aggregate = True
+            return self._row_aggregate(node, scope)
         if not state.aggregate_context and (probe.type.is_vector or probe.type in (RECORD,)):
             return None  # mean(w) of a window: the vector function
         if not probe.free_variables():

@@ -253,6 +253,7 @@ class TAggregate(TExpr):
 
     fn: Any = None  # the aggregate overload
     arg: TExpr | None = None  # None for count(*)
+    distinct: bool = False    # count(distinct x): each value once
     node: Any = field(default=None, compare=False, repr=False)  # the argument's AST (for fleet fragments)
 
     def _own_opacity(self) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 from . import codec
 from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError, QueryNameError,
                      QueryParseError, QueryRuntimeError, QueryTypeError, QueryValidationError, Span, StoreError)
+from .fleet_status import StatusReport
 
 __all__ = ["connect", "Federation", "FederationResult", "AsyncFederationResult", "FederationRequestError",
            "FederationUnavailable"]
@@ -398,7 +399,10 @@ class _ResultBase:
         self.kind = headers("X-StreamQL-Kind") or "bag"
         self.deployment_id = headers("X-StreamQL-Deployment")
         self.message: str | None = None
-        self.status: dict | None = None
+        self.status: StatusReport | None = None
+        self.status_changes: list[dict] = []      # a standing fleet stream's devices coming and going
+        self.on_status_change: Callable[[dict], None] | None = None
+        self.complete: bool | None = None
         self.rows_received = 0
         self.finished = False
 
@@ -407,9 +411,16 @@ class _ResultBase:
         if isinstance(value, list):
             self.rows_received += 1
             return True, _row(value, len(self.columns))
+        if isinstance(value, dict) and "status_change" in value:
+            change = value["status_change"]
+            self.status_changes.append(change)
+            if self.on_status_change is not None:
+                self.on_status_change(change)
+            return False, None
         if isinstance(value, dict):
             self.finished = True
-            self.status = value.get("status") or {}
+            self.status = StatusReport(value.get("status"))
+            self.complete = bool(value.get("complete", self.status.complete))
             self.message = value.get("message", self.message)
             self.deployment_id = value.get("deployment_id", self.deployment_id)
             if value.get("error") is not None:

@@ -5,8 +5,15 @@ outcome (on standard error, so standard output holds only rows).
     streamql query --federation URL --format json "…"        one JSON array per row (NDJSON)
     streamql query --federation URL --token T -f script.sql   every statement of a file, in order
 
-The token may also come from $STREAMQL_TOKEN. Exit status: 0, 1 for a statement's error, 2 for
-usage, 3 when the federation refused or could not be reached.
+The token may also come from $STREAMQL_TOKEN. Exit status:
+    0    every statement ran and every selected device answered
+    1    a statement's error (the message has its position)
+    2    usage
+    3    the federation refused (401, 403, 404) or could not be reached
+    4    an incomplete answer: some selected device did not answer (offline, timed out, failed,
+         skipped); the rows of those that did were printed, the status says which did not
+    5    the federation refused the request for now (429, too many requests): retry later
+    130  interrupted (Ctrl-C)
 """
 from __future__ import annotations
 
@@ -36,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
+SHOWN_DEVICES = 20   # devices that did not answer, listed one per line (the summary counts them all)
+
+
 def _text(value: Any) -> str:
     from streamql import codec
 
@@ -58,14 +68,25 @@ def _print_status(result, quiet: bool) -> None:
         print(result.message, file=sys.stderr)
     if result.deployment_id:
         print(f"deployment {result.deployment_id}", file=sys.stderr)
-    if quiet or not result.status:
+    status = result.status
+    if quiet or not status:
         return
-    width = max(len(str(device)) for device in result.status)
-    for device, outcome in sorted(result.status.items()):
+    summary = getattr(status, "summary", None)
+    if summary is not None:
+        print(summary() + ("" if getattr(status, "complete", True) else " · partial answer"), file=sys.stderr)
+    shown = [(d, o) for d, o in sorted(status.items()) if not isinstance(o, dict) or o.get("outcome") != "answered"]
+    if not shown:
+        return
+    more = len(shown) - SHOWN_DEVICES
+    shown = shown[:SHOWN_DEVICES]
+    width = max(len(str(device)) for device, _ in shown)
+    for device, outcome in shown:
         outcome = outcome if isinstance(outcome, dict) else {"outcome": outcome}
         reason = outcome.get("reason")
         line = f"{device:<{width}}  {outcome.get('outcome', '?'):<10} {outcome.get('rows', 0):>8} rows"
         print(line + (f"  {reason}" if reason else ""), file=sys.stderr)
+    if more > 0:
+        print(f"… and {more} more device{'s' if more != 1 else ''} that did not answer", file=sys.stderr)
 
 
 def _wait(fleet, deployment_id: str, timeout: float, quiet: bool) -> None:
@@ -105,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     else:
         statements = [args.statement]
+    incomplete = False
     for text in statements:
         result = None
         try:
@@ -118,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
         except FederationRequestError as exc:
             print(f"streamql query: {exc}", file=sys.stderr)
+            if exc.status == 429:
+                return 5
             return 3 if exc.status in (401, 403, 404, 501) or exc.status is None else 1
         except FederationUnavailable as exc:
             print(f"streamql query: {exc}", file=sys.stderr)
@@ -132,4 +156,5 @@ def run(args: argparse.Namespace) -> int:
                 result.close()
             return 130
         _print_status(result, args.quiet)
-    return 0
+        incomplete = incomplete or result.complete is False
+    return 4 if incomplete else 0

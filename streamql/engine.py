@@ -11,6 +11,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
@@ -26,6 +27,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_statement, physical_plan
 from .errors import QueryError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
+from .fleet import FleetAccess, FleetCatalog
+from .fleet_session import DEFAULT_DEVICE_TIMEOUT, FleetSession
 from .library import Library, default_library
 from .result import QueryHandle, Result
 from .signals import LiveSignal, Signal, SignalRegistry, make_signal
@@ -33,7 +36,7 @@ from .statements import StatementRunner
 from .store import Store, read_snapshot, write_snapshot
 from .streams import ExecContext, LazyBag, Limits, StreamValue
 from .syntax import parse, parse_one
-from .types import Type, parse_type
+from .types import CHARSTRING, Type, parse_type
 
 QUERY_STATEMENTS = (A.Select, A.ExprStatement)
 
@@ -145,15 +148,24 @@ class Engine:
             results.append(result)
         return results
 
-    def query(self, text: str, limits: dict | Limits | None = None) -> Result:
+    def query(self, text: str, limits: dict | Limits | None = None, *, fleet: FleetAccess | None = None,
+              principal: str | None = None, device_timeout: float | None = DEFAULT_DEVICE_TIMEOUT) -> Result:
         """Compile one query now (a bad query raises here) and return its rows as an iterator.
         `limits` ({"rows", "seconds", "memory_mb"}) stop it with a QueryLimitError when exceeded
-        (rows: more rows than that raise too)."""
+        (rows: more rows than that raise too).
+
+        With `fleet` (a federation's FleetAccess) the query is planned across its edges: `Edge e`
+        ranges over its devices, `… @ e` runs on them, and `result.status` has every selected
+        device's outcome. Each device's fragment runs under the same memory and time limits, as
+        `principal`, and a bag fragment not answered within `device_timeout` seconds is reported
+        timed out."""
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS + (A.Explain,)):
             raise QueryTypeError("query() takes a query (select … or an expression); use execute() for other "
                                  "statements", statement.span, text)
-        return self._execute_statement(statement, text, Limits.of(limits))
+        fleet_options = None if fleet is None else {"access": fleet, "principal": principal,
+                                                    "device_timeout": device_timeout}
+        return self._execute_statement(statement, text, Limits.of(limits), fleet_options)
 
     def run(self, text: str) -> Result:
         """Run one statement of any kind; a query's rows are computed lazily as they are read."""
@@ -214,6 +226,16 @@ class Engine:
                             "topic": "user", "volatile": False, "elementwise": False, "aggregate_split": None})
         return out
 
+    def function_signatures(self) -> list[str]:
+        """The user functions as signatures, `name(Type param, …) -> Result` (what an edge
+        announces, so that fleet statements calling them are checked before they ship)."""
+        out = []
+        for functions in self.store.functions.values():
+            for function in functions:
+                params = ", ".join(f"{p.type} {p.name}" for p in function.params)
+                out.append(f"{function.name}({params}) -> {function.result}")
+        return sorted(out)
+
     def save(self, store_dir: str | os.PathLike | None = None) -> Path:
         """Snapshot the store (schema, objects, values, session variables, models) atomically."""
         target = Path(store_dir) if store_dir is not None else self.store_dir
@@ -236,21 +258,27 @@ class Engine:
             return self.base_dir / candidate
         return candidate
 
-    def explain(self, text: str) -> str:
+    def explain(self, text: str, *, fleet: FleetAccess | None = None) -> str:
         statement = parse_one(text)
         if isinstance(statement, A.Explain):
             statement = statement.statement
-        return self.explain_text(statement, text)
+        return self.explain_text(statement, text, fleet=fleet)
 
-    def explain_text(self, statement: A.Statement, source: str) -> str:
-        plan = self._compile(statement, source)
-        return describe_plan(plan)
+    def explain_text(self, statement: A.Statement, source: str, *, fleet: FleetAccess | None = None) -> str:
+        catalog = FleetCatalog(self.catalog, self.library, fleet) if fleet is not None else None
+        plan = self._compile(statement, source, catalog)
+        return describe_plan(plan, fleet)
 
     # --------------------------------------------------------------------- internals
-    def _execute_statement(self, statement: A.Statement, source: str, limits: Limits | None = None) -> Result:
+    def _execute_statement(self, statement: A.Statement, source: str, limits: Limits | None = None,
+                           fleet: dict | None = None) -> Result:
         def run() -> Result:
             if isinstance(statement, QUERY_STATEMENTS):
-                return self._query_result(statement, source, limits or Limits())
+                return self._query_result(statement, source, limits or Limits(), fleet)
+            if isinstance(statement, A.Explain) and fleet is not None:
+                text = self.explain_text(statement.statement, source, fleet=fleet["access"])
+                lines = text.splitlines()
+                return Result(["plan"], [CHARSTRING], "explain", items=iter([{"$c0": line} for line in lines]))
             return self._statements.run(statement, source)
         return self._guarded(statement, source, run)
 
@@ -271,9 +299,12 @@ class Engine:
             error.traceback = traceback.format_exc()
             raise error from exc
 
-    def _compile(self, statement: A.Statement, source: str):
+    def _compile(self, statement: A.Statement, source: str, catalog=None):
         optimize = self._optimizer() if self.optimize_enabled else None
-        return compile_statement(self.catalog, statement, source, optimize)
+        plan = compile_statement(catalog or self.catalog, statement, source, optimize)
+        if isinstance(catalog, FleetCatalog):
+            catalog.check(plan.query, source)
+        return plan
 
     def _optimizer(self):
         try:
@@ -285,13 +316,23 @@ class Engine:
     def new_context(self, limits: Limits | None = None) -> ExecContext:
         return ExecContext(self, clock=self.clock, rng=self._rng, limits=limits)
 
-    def _query_result(self, statement: A.Statement, source: str, limits: Limits) -> Result:
-        plan = self._compile(statement, source)
+    def _query_result(self, statement: A.Statement, source: str, limits: Limits, fleet: dict | None = None) -> Result:
+        catalog = FleetCatalog(self.catalog, self.library, fleet["access"]) if fleet is not None else None
+        started = time.perf_counter()
+        plan = self._compile(statement, source, catalog)
         ctx = self.new_context(limits)
+        if catalog is not None:
+            ctx.fleet = FleetSession(self, fleet["access"], catalog, statement, source,
+                                     principal=fleet.get("principal"), device_timeout=fleet.get("device_timeout"),
+                                     fragment_limits={"seconds": limits.seconds, "memory_mb": limits.memory_mb})
         physical = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
         items = physical.run({})
-        return Result(plan.columns, plan.types, plan.kind, items=items, ctx=ctx,
-                      statement=_statement_text(statement, source), span=statement.span, source=source)
+        result = Result(plan.columns, plan.types, plan.kind, items=items, ctx=ctx,
+                        statement=_statement_text(statement, source), span=statement.span, source=source)
+        if catalog is not None:
+            result.status = ctx.fleet.status
+            result.status.timings["plan"] = time.perf_counter() - started   # parse excluded: done before
+        return result
 
     def _run_select(self, select: A.Select, source: str) -> list:
         result = self._query_result(select, source, Limits())
@@ -314,9 +355,7 @@ class Engine:
             value = compiled.row({})
         except QueryError as exc:
             raise exc.located(span).with_source(source)
-        if isinstance(value, LazyBag):
-            return value.materialize()
-        return value
+        return _materialized(value)
 
     def _restore(self) -> None:
         snapshot = read_snapshot(self.store_dir)
@@ -331,6 +370,15 @@ class Engine:
             meta, payloads = models
             self.models.load(meta, payloads)
         self.store.revision = 0
+
+
+def _materialized(value: Any) -> Any:
+    """A value with every lazy bag in it computed (a value kept in the store must not hold a query)."""
+    if isinstance(value, LazyBag):
+        return value.materialize()
+    if isinstance(value, list) and any(isinstance(v, (LazyBag, list)) for v in value):
+        return [_materialized(v) for v in value]
+    return value
 
 
 def _statement_text(statement: A.Statement, source: str) -> str:

@@ -159,3 +159,14 @@ class FleetError(QueryError):
     """A fleet statement cannot run here (no federation) or failed on the federation."""
 
     kind = "FleetError"
+
+
+ERRORS_BY_KIND = {cls.kind: cls for cls in (QueryError, QueryParseError, QueryNameError, QueryTypeError,
+                                            QueryRuntimeError, QueryLimitError, QueryCancelled, QueryValidationError,
+                                            ModelError, StoreError, FleetError)}
+
+
+def error_from_dict(error: dict, span: Span | None = None, source: str | None = None) -> QueryError:
+    """A QueryError of the kind a serialized error names (RuntimeError when unknown)."""
+    cls = ERRORS_BY_KIND.get(str(error.get("kind")), QueryRuntimeError)
+    return cls(str(error.get("message") or error.get("kind") or "failed"), span, source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .bound import (TAggregate, TAnd, TAt, TCall, TCase, TConst, TExpr, TField, TLet, TNarrow, TNot, TOr,
                     TQuery, TStored, TVar)
 from . import logical as L
+from .selection import All
 from .values import format_value
 
 _INFIX = {"+", "-", "*", "/", "%", "^", ".*", "./", ".^", "=", "!=", "<", "<=", ">", ">="}
@@ -56,13 +57,24 @@ def expr_text(expr: TExpr) -> str:
     if isinstance(expr, TQuery):
         return f"(subquery {expr.query.kind})"
     if isinstance(expr, TAggregate):
-        return f"{expr.fn.name}({'*' if expr.arg is None else expr_text(expr.arg)})"
+        distinct = "distinct " if expr.distinct else ""
+        return f"{expr.fn.name}({distinct}{'*' if expr.arg is None else expr_text(expr.arg)})"
     if isinstance(expr, TAt):
         return f"({expr_text(expr.expr)})@{expr_text(expr.edge)}"
     describe = getattr(expr, "describe", None)
     if describe is not None:
         return describe()
     return type(expr).__name__
+
+
+def _selected_now(node: L.Remote, fleet) -> str:
+    ids = list(fleet.select(node.index if node.index is not None else All()))
+    devices = fleet.devices(ids)
+    online = sum(1 for d in devices.values() if d.online)
+    shown = ", ".join(ids[:8]) + (" …" if len(ids) > 8 else "")
+    more = " (before the per-device conditions)" if node.residual or node.candidates is not None else ""
+    return (f"→ the index selects {len(ids)} device{'s' if len(ids) != 1 else ''}{more}: {online} online, "
+            f"{len(ids) - online} offline" + (f" ({shown})" if ids else ""))
 
 
 def describe_node(node: L.PlanNode, columns: list[str] | None = None) -> str:
@@ -97,13 +109,43 @@ def describe_node(node: L.PlanNode, columns: list[str] | None = None) -> str:
         return "Sort by " + ", ".join(f"{name}{' desc' if desc else ''}" for name, desc in node.keys)
     if isinstance(node, L.Limit):
         return f"Limit {expr_text(node.count)}"
+    if isinstance(node, L.Remote):
+        return _describe_remote(node)
+    if isinstance(node, L.MergeAggregate):
+        keys = ", ".join(expr_text(k) for k in node.keys) or "()"
+        aggs = ", ".join(f"$a{i} = {a.fn.name}(parts {', '.join(p)})" for i, (a, p) in
+                         enumerate(zip(node.aggregates, node.parts)))
+        return f"MergeAggregate by {keys}: {aggs}  (partial aggregates from the edges, merged here)"
     return type(node).__name__
 
 
-def describe_plan(plan: L.LogicalPlan) -> str:
+def _describe_remote(node: L.Remote) -> str:
+    lines = [f"Remote over Edge {node.edge_written}"]
+    if node.candidates is not None:
+        lines.append(f"     candidates: {expr_text(node.candidates)}")
+    lines.append(f"     selection (registry index): {node.index if node.index is not None else 'all edges'}")
+    for condition in node.residual:
+        lines.append(f"     per device at the federation: {expr_text(condition)}")
+    if node.fragment is None:
+        lines.append("     no fragment: answered from the registry, no device contacted")
+    else:
+        fragment = node.fragment
+        lines.append(f"     fragment ({fragment.kind}) on each selected edge: {fragment.text}")
+        for param in fragment.params:
+            lines.append(f"       :{param.name} = {expr_text(param.value)} of each edge")
+        lines.append(f"     columns back: {', '.join(fragment.columns)}"
+                     + (f"; at most {node.limit} rows in all (the rest cancelled)" if node.limit is not None else ""))
+    return "\n".join(lines)
+
+
+def describe_plan(plan: L.LogicalPlan, fleet=None) -> str:
+    """The plan as text; with a fleet (a federation's FleetAccess), what each Remote's selection
+    picks there now."""
     lines = [f"{plan.kind} query → columns: {', '.join(plan.columns)}"]
     for depth, node in enumerate(plan.root.chain()):
         lines.append(f"{'  ' * min(depth, 1)}{depth}. {describe_node(node, plan.columns)}")
+        if fleet is not None and isinstance(node, L.Remote):
+            lines.append("     " + _selected_now(node, fleet))
     if plan.rules:
         lines.append("rules fired: " + ", ".join(plan.rules))
         lines.extend(f"  - {step}" for step in plan.trace)

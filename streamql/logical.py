@@ -109,6 +109,65 @@ class Aggregate(PlanNode):
 
 
 @dataclass(eq=False)
+class Remote(PlanNode):
+    """Rows from the edges of a fleet. The edges are those the `selection` conditions (on each
+    edge's registry values) pick among the `candidates` (every registered edge, or a bag of edges
+    such as edges_with_signal('x')): `index` is the part the federation's index answers, `residual`
+    the conditions checked per device there. On each selected edge the `fragment` runs, and every
+    row it sends back binds `edge` and the fragment's columns. Without a fragment the registry
+    alone answers: one row per selected edge, no device contacted.
+
+    The fragment is printed from its parts: `binds` (targets, source, mode, span) and `conditions`
+    evaluated on the edge, `outputs` (column, edge-side expression) sent back, and for aggregates
+    split across edges the edge's `group_by` keys and `partials` (column, aggregate, argument,
+    type, span)."""
+
+    edge: str = ""
+    edge_written: str = ""
+    selection: list[TExpr] = field(default_factory=list)
+    candidates: TExpr | None = None
+    variables: dict = field(default_factory=dict)
+    binds: list = field(default_factory=list)
+    conditions: list[TExpr] = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    group_by: list[TExpr] = field(default_factory=list)
+    partials: list = field(default_factory=list)
+    index: Any = None                # selection.Predicate | None
+    residual: list[TExpr] = field(default_factory=list)
+    fragment: Any = None             # fragments.Fragment | None
+    limit: int | None = None         # the rows wanted in all (limit pushed down): then the rest are cancelled
+
+    def expressions(self):
+        # the selection is evaluated inside, on the edges the node binds: no rule may hoist it
+        return [self.candidates] if self.candidates is not None else []
+
+    def produced_variables(self) -> list[str]:
+        return [self.edge] + (list(self.fragment.columns) if self.fragment is not None else [])
+
+    @property
+    def kind(self) -> str:
+        return self.fragment.kind if self.fragment is not None else "bag"
+
+
+@dataclass(eq=False)
+class MergeAggregate(PlanNode):
+    """The final step of aggregates split across edges: group rows by `keys` (output $g0, …) and
+    merge each aggregate's partial parts (columns computed on the edges) with the library's split
+    of that aggregate (output $a0, …). `parts[i]` names aggregate i's part columns, in the order
+    of its split's parts."""
+
+    keys: list[TExpr] = field(default_factory=list)
+    aggregates: list[TAggregate] = field(default_factory=list)
+    parts: list[list[str]] = field(default_factory=list)
+
+    def expressions(self):
+        return list(self.keys)
+
+    def used_variables(self) -> set[str]:
+        return {c for columns in self.parts for c in columns}
+
+
+@dataclass(eq=False)
 class Project(PlanNode):
     """The result columns, plus hidden sort keys (`extra`) kept until sorting is done."""
 

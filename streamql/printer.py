@@ -110,6 +110,8 @@ def _(node: A.SessionVariable) -> str:
 def _(node: A.Call) -> str:
     if node.star:
         return f"{node.name}(*)"
+    if node.distinct:
+        return f"{node.name}(distinct {_list(node.args)})"
     return f"{node.name}({_list(node.args)})"
 
 

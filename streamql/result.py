@@ -50,7 +50,25 @@ class Result:
         """The raw stream items (chunks, single rows) instead of rows, for tools that batch."""
         return self._items
 
-    def _generate(self) -> Iterator[Any]:
+    def batches(self, max_rows: int = 512) -> Iterator[list]:
+        """The rows in lists: one as soon as `max_rows` are ready or the query waits on an idle
+        source, so a service forwarding them never holds rows back. Use it instead of iterating."""
+        self._rows = iter(())
+        batch: list = []
+        for row in self._generate(with_idle=True):
+            if row is IDLE:
+                if batch:
+                    yield batch
+                    batch = []
+                continue
+            batch.append(row)
+            if len(batch) >= max_rows:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _generate(self, with_idle: bool = False) -> Iterator[Any]:
         n = len(self.columns)
         names = [f"$c{i}" for i in range(n)]
         ctx = self.ctx
@@ -65,6 +83,8 @@ class Result:
             for item in items:
                 check()
                 if item is IDLE:
+                    if with_idle:
+                        yield IDLE
                     continue
                 if type(item) is dict:
                     row = item[names[0]] if n == 1 else tuple(item[c] for c in names)

@@ -259,6 +259,7 @@ class ExecContext:
         self.peak_state_bytes = 0
         self.counters: dict[str, int] = {}
         self.limits = limits or Limits()
+        self.fleet = None            # a FleetSession when the query runs on a federation
 
     @property
     def limits(self) -> Limits:

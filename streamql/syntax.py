@@ -607,6 +607,9 @@ class ToAst(Transformer):
     def call_star(self, children):
         return A.Call(children[0].value, (), star=True, span=_span(children))
 
+    def call_distinct(self, children):
+        return A.Call(children[0].value, (children[3],), distinct=True, span=_span(children))
+
     def cast(self, children):
         return A.Cast(children[2], children[4], span=_span(children))
 

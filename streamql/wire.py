@@ -225,7 +225,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "metadata": MAP,
         "capabilities": struct({}, {
             "ram_kb": opt(COUNT), "flash_kb": opt(COUNT), "cpu": opt(STR),
-            "signals": list_of(ANY), "runtimes": map_of(STR)}),
+            "signals": list_of(ANY), "runtimes": map_of(STR), "functions": list_of(STR, 10_000)}),
         "models": ACTIVE,
         "restarts": COUNT,
     }, {
@@ -285,7 +285,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     }, {
         "variants": list_of(STR), "requirements": MAP,
     }),
-    "ack": ({"did": ID, "active": ACTIVE}, {"model": STR, "version": opt(STR), "message": STR}),
+    "ack": ({"did": ID, "active": ACTIVE}, {"model": STR, "version": opt(STR), "message": STR,
+                                            "functions": list_of(STR, 10_000)}),
     "nack": ({"did": ID, "reason": STR, "active": ACTIVE}, {"code": STR, "model": STR}),
     "rollback": ({"did": ID, "model": ID}, {"version": opt(STR)}),
     "undeploy": ({"did": ID, "model": ID}, {}),

@@ -11,7 +11,7 @@ from federation.errors import BadRequest, NotFound
 from federation.http import json_body, query_int, requires
 from federation.keys import INDEX, REGISTRY
 from federation.registry import Device, Registry
-from federation.selection import ID, ONLINE, Eq, In, Predicate, capability, conjunction, meta
+from streamql.selection import ID, ONLINE, Eq, In, Predicate, capability, conjunction, meta
 
 MAX_PAGE = 10_000
 

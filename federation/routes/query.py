@@ -1,10 +1,12 @@
 """POST /v1/query — run one statement on the fleet; rows stream back as NDJSON (or msgpack).
 
-The body is `{"query": "…", "limits": {"rows": …, "seconds": …}}` (limits optional, passed to the
-query service), or the statement itself as `text/plain`. The format of the response is in
-federation/results.py and docs/http-api.md. Errors found before the first row are a 4xx JSON error
-with the position; errors while rows stream end the body with an `{"error": …, "status": …}` line.
-A client that goes away cancels the statement (and so its fragments on the edges).
+The body is `{"query": "…", "limits": {"rows": …, "seconds": …, "memory_mb": …},
+"device_timeout": 10, "status": "full"}` (all but query optional), or the statement itself as
+`text/plain`. The format of the response is in federation/results.py and docs/http-api.md.
+The response headers wait for the first row: an error found before it — a bad statement, or one
+on which every selected device failed — is a 4xx JSON error with its position in the user's text;
+errors while rows stream end the body with an `{"error": …, "status": …}` line. A client that goes
+away cancels the statement (and so its fragments on the edges).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from federation.results import (
 
 log = logging.getLogger("streamql.federation.query")
 LIMIT_KEYS = ("rows", "seconds", "memory_mb")
+REQUEST_FIELDS = ("query", "limits", "device_timeout", "status")
 
 
 def query_service(app: web.Application):
@@ -54,46 +57,75 @@ def parse_limits(value) -> dict | None:
     return value
 
 
-async def read_query(request: web.Request) -> tuple[str, dict | None]:
-    """The statement text and limits of a request (JSON, or the statement as plain text)."""
+async def read_query(request: web.Request) -> tuple[str, dict | None, dict]:
+    """The statement text, limits and options of a request (JSON, or the statement as plain text)."""
     if request.content_type == "text/plain":
         raw = await read_body(request, request.app[CONFIG].max_request_bytes)
         try:
-            return raw.decode("utf-8"), None
+            return raw.decode("utf-8"), None, {}
         except UnicodeDecodeError:
             raise BadRequest("the statement is not UTF-8 text") from None
     body = await json_body(request)
-    unknown = set(body) - {"query", "limits"}
+    unknown = set(body) - set(REQUEST_FIELDS)
     if unknown:
-        raise BadRequest(f"unknown fields {sorted(unknown)}: a query request has query and limits")
+        raise BadRequest(f"unknown fields {sorted(unknown)}: a query request has {', '.join(REQUEST_FIELDS)}")
     text = body.get("query")
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("the body needs \"query\": the statement to run")
-    return text, parse_limits(body.get("limits"))
+    return text, parse_limits(body.get("limits")), parse_options(body)
 
 
-async def start_statement(service, text: str, caller, limits: dict | None):
+def parse_options(body: dict) -> dict:
+    """device_timeout (seconds a connected device has to answer) and status ("full": every
+    device's outcome, however many)."""
+    options: dict = {}
+    timeout = body.get("device_timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise BadRequest("device_timeout is a number of seconds, more than 0 and at most 3600")
+        options["device_timeout"] = float(timeout)
+    status = body.get("status")
+    if status is not None:
+        if status not in ("full", "summary"):
+            raise BadRequest('status is "full" (every device\'s outcome) or "summary"')
+        options["detail"] = status == "full"
+    return options
+
+
+async def start_statement(service, text: str, caller, limits: dict | None, options: dict | None = None):
     """The service's result for one statement (raising its QueryError at once)."""
-    if limits and "limits" in inspect.signature(service.run).parameters:
-        return await service.run(text, caller, limits=limits)
-    return await service.run(text, caller)
+    parameters = inspect.signature(service.run).parameters
+    kwargs = {}
+    if limits and "limits" in parameters:
+        kwargs["limits"] = limits
+    if options and options.get("device_timeout") is not None and "device_timeout" in parameters:
+        kwargs["device_timeout"] = options["device_timeout"]
+    return await service.run(text, caller, **kwargs)
 
 
 @requires(Role.READ)
 async def run_query(request: web.Request) -> web.StreamResponse:
     service = query_service(request.app)
     fmt = choose_format(request.headers.get("Accept"))
-    text, limits = await read_query(request)
+    text, limits, options = await read_query(request)
     caller = principal(request)
     check_statement(text, caller)
     metrics = request.app[METRICS]
+    detail = options.get("detail")
     with QueryTimer(metrics) as timer:
         try:
-            result = await start_statement(service, text, caller, limits)
+            result = await start_statement(service, text, caller, limits, options)
         except BaseException:
             timer.outcome = "rejected"
             raise
         try:
+            first = getattr(result, "first", None)
+            if first is not None:
+                try:
+                    await _until_first(request, first())
+                except BaseException:
+                    timer.outcome = "rejected"
+                    raise
             response = web.StreamResponse(headers=result_headers(result, fmt))
             response.enable_chunked_encoding()
             await response.prepare(request)
@@ -127,7 +159,7 @@ async def run_query(request: web.Request) -> web.StreamResponse:
                 if not _is_query_error(error):
                     log.error("a fleet statement failed while streaming", exc_info=error)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await response.write(encode(final_record(result, writer.rows, error)))
+                await response.write(encode(final_record(result, writer.rows, error, detail)))
                 await response.write_eof()
             return response
         except asyncio.CancelledError:
@@ -135,6 +167,22 @@ async def run_query(request: web.Request) -> web.StreamResponse:
             raise
         finally:
             await close_result(result)
+
+
+async def _until_first(request: web.Request, waiting) -> None:
+    """Wait for the statement's first rows (or its end), or for the client to leave (cancelled)."""
+    first = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(watch_disconnect(request))
+    try:
+        await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not first.done():
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+        raise asyncio.CancelledError()
+    first.result()
 
 
 def error_kind(error: BaseException) -> str:

@@ -3,13 +3,15 @@
 Messages are JSON text (or, with `?format=msgpack`, binary msgpack of the same maps, values kept
 exact by streamql.codec). The client sends
 
-    {"type": "query", "id": "q1", "query": "select …;", "limits": {"rows": 100}}   (limits optional)
+    {"type": "query", "id": "q1", "query": "select …;", "limits": {"rows": 100},
+     "device_timeout": 10, "status": "full"}                   (all but type, id, query optional)
     {"type": "cancel", "id": "q1"}
 
 and the federation answers, per statement id,
 
     {"type": "columns", "id": "q1", "columns": […], "types": […], "kind": "stream"}
     {"type": "rows", "id": "q1", "rows": [[…], …]}             (batched: ≤ 500 rows, ≤ 20 ms late)
+    {"type": "status", "id": "q1", "change": {device, outcome, rows, reason}}   (standing streams)
     {"type": "end", "id": "q1", "status": {…}, "rows": n, "message"?: …, "deployment_id"?: …}
   or {"type": "error", "id": "q1", "error": {kind, message, line, column}, "status"?: {…}, "rows"?: n}
   or {"type": "cancelled", "id": "q1", "status": {…}, "rows": n}
@@ -40,7 +42,7 @@ from federation.results import (
     final_record,
     pump_rows,
 )
-from federation.routes.query import parse_limits, query_service, start_statement
+from federation.routes.query import parse_limits, parse_options, query_service, start_statement
 from streamql import codec
 from streamql.errors import QueryError
 
@@ -95,18 +97,27 @@ class QuerySocket:
             if not isinstance(text, str) or not text.strip():
                 raise BadRequest("a query message needs \"query\": the statement to run")
             limits = parse_limits(message.get("limits"))
+            options = parse_options(message)
         except QueryError as exc:
             await self.refuse(qid, exc)
             return
-        task = asyncio.ensure_future(self.run(qid, text, limits))
+        task = asyncio.ensure_future(self.run(qid, text, limits, options))
         self.running[qid] = task
         task.add_done_callback(lambda _t, q=qid: self.running.pop(q, None))
 
-    async def run(self, qid: str, text: str, limits: dict | None) -> None:
+    async def run(self, qid: str, text: str, limits: dict | None, options: dict) -> None:
+        detail = options.get("detail")
         with QueryTimer(self.metrics) as timer:
             try:
                 check_statement(text, self.caller)
-                result = await start_statement(self.service, text, self.caller, limits)
+                result = await start_statement(self.service, text, self.caller, limits, options)
+                first = getattr(result, "first", None)
+                if first is not None:
+                    try:
+                        await first()
+                    except BaseException:
+                        await close_result(result)
+                        raise
             except QueryError as exc:
                 timer.outcome = "rejected"
                 self.metrics.errors.inc(kind=exc.kind)
@@ -133,24 +144,28 @@ class QuerySocket:
                 async def emit(rows: list) -> None:
                     await self.send({"type": "rows", "id": qid, "rows": rows})
 
+                async def status(change: dict) -> None:
+                    await self.send({"type": "status", "id": qid, "change": change})
+
                 writer = RowWriter(emit, self.metrics, max_items=BATCH_ROWS)
                 try:
-                    await pump_rows(result, writer, _same)
+                    await pump_rows(result, writer, _same, on_status=status)
                 finally:
                     writer.close()
                     sent = writer.rows
-                await self.send({"type": "end", "id": qid, **final_record(result, sent)})
+                await self.send({"type": "end", "id": qid, **final_record(result, sent, None, detail)})
             except asyncio.CancelledError:
                 timer.outcome = "cancelled"
+                await close_result(result)
                 with contextlib.suppress(Exception):
-                    await self.send({"type": "cancelled", "id": qid, **final_record(result, sent)})
+                    await self.send({"type": "cancelled", "id": qid, **final_record(result, sent, None, detail)})
             except Exception as exc:
                 timer.outcome = "error"
                 self.metrics.errors.inc(kind=getattr(exc, "kind", None) or "InternalError")
                 if not isinstance(exc, QueryError):
                     log.exception("a fleet statement failed while streaming")
                 with contextlib.suppress(Exception):
-                    await self.send({"type": "error", "id": qid, **final_record(result, sent, exc)})
+                    await self.send({"type": "error", "id": qid, **final_record(result, sent, exc, detail)})
             finally:
                 await close_result(result)
 

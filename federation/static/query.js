@@ -24,7 +24,8 @@ export const EXAMPLES = [
    "explain select stream of id(e), mean(w)\nfrom Edge e, Vector of Real w\nwhere w in winagg(signal_stream('vibration'), 64, 64)@e;"],
 ];
 
-const OUTCOME_CLASS = { answered: "ok", cancelled: "warn", limit: "warn", offline: "muted", "timed out": "bad", failed: "bad" };
+const OUTCOME_CLASS = { answered: "ok", running: "ok", cancelled: "warn", limit: "warn", offline: "muted", skipped: "warn",
+                        "timed out": "bad", failed: "bad" };
 
 /** The `//plot: …` directive of a statement: "line", "scatter", "bar", "text" or null. */
 export function plotDirective(text) {
@@ -237,7 +238,9 @@ export class QueryPanel {
   }
 
   finish(run, state, last) {
-    if (run.state === "done" || run.state === "error" || run.state === "stopped") return;
+    if (["done", "partial", "error", "stopped"].includes(run.state)) return;
+    // an answer some selected devices did not give is partial, and says so
+    if (state === "done" && last && last.complete === false) state = "partial";
     run.state = state;
     run.ended = performance.now();
     clearInterval(this.ticker);
@@ -266,7 +269,8 @@ export class QueryPanel {
     if (!run) { clear(this.info, h("span", { class: "muted" }, "Ctrl+Enter runs the statement (or the selection); Esc stops it.")); return; }
     const end = run.ended || performance.now();
     const seconds = (end - run.started) / 1000;
-    const label = { running: "running", stopping: "stopping…", done: "done", stopped: "stopped", error: "failed" }[run.state];
+    const label = { running: "running", stopping: "stopping…", done: "done", partial: "partial", stopped: "stopped",
+                    error: "failed" }[run.state];
     const parts = [h("span", { class: ["pill", "state-" + run.state] }, label)];
     if (run.kind) parts.push(h("span", { class: "pill kind" }, run.kind));
     parts.push(h("span", { id: "row-count", "data-rows": String(run.count) }, plural(run.count, "row")));
@@ -312,17 +316,27 @@ export class QueryPanel {
   }
 
   drawStatus(status, state) {
-    const entries = Object.entries(status).sort(([a], [b]) => a.localeCompare(b));
-    if (!entries.length) {
-      const asked = state === "done" && ["bag", "stream", "vector"].includes(this.run && this.run.kind);
+    // {complete, selected, counts, incomplete, registry_only, devices}: the devices listed are
+    // every one for small fleets, else those that did not answer
+    const devices = status.devices || {};
+    const entries = Object.entries(devices).sort(([a], [b]) => a.localeCompare(b));
+    if (status.registry_only || !entries.length) {
+      const asked = ["done", "partial"].includes(state) && ["bag", "stream", "vector"].includes(this.run && this.run.kind);
       clear(this.statusBox, asked ? h("p", { class: "muted small", id: "status-none" }, "No device was asked: the registry answered.") : null);
       return;
     }
-    const counts = {};
-    for (const [, s] of entries) counts[s.outcome] = (counts[s.outcome] || 0) + 1;
-    clear(this.statusBox,
+    const counts = status.counts || {};
+    const missing = status.incomplete || [];
+    const partial = status.complete === false
+      ? h("p", { class: "partial", id: "status-partial" },
+          `Partial answer: ${plural(missing.length, "selected device")} did not answer (${missing.slice(0, 8).join(", ")}` +
+          `${missing.length > 8 ? ", …" : ""}).`)
+      : null;
+    const hidden = (status.selected || entries.length) - entries.length;
+    clear(this.statusBox, partial,
       h("h3", {}, "Per device", h("span", { class: "summary" },
         Object.entries(counts).map(([o, n]) => h("span", { class: ["pill", "outcome-" + (OUTCOME_CLASS[o] || "muted")] }, `${n} ${o}`)))),
+      hidden > 0 ? h("p", { class: "muted small" }, `${plural(hidden, "device")} that answered not listed`) : null,
       h("table", { class: "status", id: "status-table" },
         h("thead", {}, h("tr", {}, h("th", {}, "device"), h("th", {}, "outcome"), h("th", { class: "num" }, "rows"), h("th", {}, "reason"))),
         h("tbody", {}, entries.map(([device, s]) => h("tr", { "data-device": device },

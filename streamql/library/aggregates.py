@@ -153,19 +153,45 @@ def _pick(np_fn, py_fn):
     return pick
 
 
+def agg_m2(bag):
+    """The sum of squared deviations from the mean: stdev's and var's partial across edges."""
+    return _moments(bag)[2] if len(values_of(bag)) else None
+
+
 SPLITS = {
-    "count": AggregateSplit(("count",), lambda bag: (agg_count(bag),), _add, lambda p: p[0]),
-    "sum": AggregateSplit(("sum",), lambda bag: (agg_sum(bag),), _add, lambda p: p[0]),
+    "count": AggregateSplit(("count",), lambda bag: (agg_count(bag),), _add, lambda p: p[0], ("count",)),
+    "sum": AggregateSplit(("sum",), lambda bag: (agg_sum(bag),), _add, lambda p: p[0], ("sum",)),
     "avg": AggregateSplit(("sum", "count"), lambda bag: (agg_sum(bag), agg_count(bag)), _add,
-                          lambda p: None if p[1] == 0 else _py(np.asarray(p[0]) / p[1])),
+                          lambda p: None if p[1] == 0 else _py(np.asarray(p[0]) / p[1]), ("sum", "count")),
     "min": AggregateSplit(("min",), lambda bag: (_minmax(np.min, "min")(bag),), _merge_extreme(_pick(np.minimum, min)),
-                          lambda p: p[0]),
+                          lambda p: p[0], ("min",)),
     "max": AggregateSplit(("max",), lambda bag: (_minmax(np.max, "max")(bag),), _merge_extreme(_pick(np.maximum, max)),
-                          lambda p: p[0]),
-    "stdev": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_stdev),
-    "var": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_var),
+                          lambda p: p[0], ("max",)),
+    "stdev": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_stdev, ("count", "avg", "m2")),
+    "var": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_var, ("count", "avg", "m2")),
 }
 SPLITS["mean"] = SPLITS["avg"]
+
+
+def merge_partials(split: AggregateSplit, partials) -> object:
+    """The final value of an aggregate from the partial tuples of its parts (one per edge, or per
+    group on an edge). Partials of no rows (a count or n of 0) add nothing: their means are null."""
+    merged = None
+    for parts in partials:
+        parts = tuple(_py(p) for p in parts)
+        if _no_rows(split, parts):
+            continue
+        merged = parts if merged is None else split.merge(merged, parts)
+    if merged is None:
+        merged = tuple(0 if p in ("count", "n", "sum") else (0.0 if p == "M2" else None) for p in split.parts)
+    return split.final(merged)
+
+
+def _no_rows(split: AggregateSplit, parts: tuple) -> bool:
+    for name in ("n", "count"):
+        if name in split.parts and (len(split.parts) > 1 or name == "n"):
+            return not parts[split.parts.index(name)]
+    return False
 
 
 def _element_result(default: Type):
@@ -203,3 +229,6 @@ def register(lib: Library) -> None:
                result_type=_element_result(REAL), doc="The sample variance (n - 1)", **common)
     lib.define("median(Bag of Object b) -> Real", scalar=agg_median, result_type=_element_result(REAL),
                doc="The median (no partial form: computed where all the data is)", **common)
+    lib.define("m2(Bag of Object b) -> Real", scalar=agg_m2, result_type=_element_result(REAL),
+               doc="The sum of squared deviations from the mean (the partial of stdev and var across edges)",
+               **common)

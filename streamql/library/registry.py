@@ -33,12 +33,14 @@ class Param:
 class AggregateSplit:
     """How an aggregate is computed across edges: `partial` on each edge's rows gives a tuple,
     `merge` combines tuples, `final` turns the merged tuple into the answer. `parts` names the
-    tuple's fields (avg → sum, count; stdev → n, mean, M2)."""
+    tuple's fields (avg → sum, count; stdev → n, mean, M2) and `edge_aggregates` the aggregate
+    that computes each part in an edge's fragment (avg → sum, count; stdev → count, avg, m2)."""
 
     parts: tuple[str, ...]
     partial: Callable[[Any], tuple]
     merge: Callable[[tuple, tuple], tuple]
     final: Callable[[tuple], Any]
+    edge_aggregates: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)

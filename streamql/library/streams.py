@@ -82,8 +82,8 @@ def siota(lo: int, hi: int) -> StreamValue:
 
 def heartbeat(ctx, period: float) -> StreamValue:
     """Seconds since the stream started, every `period` seconds (of the engine's clock)."""
-    if not period > 0:
-        raise QueryRuntimeError(f"heartbeat needs a positive period, not {period}")
+    if not (period > 0 and math.isfinite(period)):
+        raise QueryRuntimeError(f"heartbeat needs a positive period (finite, in seconds), not {period}")
     clock = ctx.clock
 
     def open_():
@@ -114,6 +114,8 @@ def simstream(ctx, period: float) -> StreamValue:
 
 
 def diota(ctx, pace: float, lo: int, hi: int) -> StreamValue:
+    if not (pace >= 0 and math.isfinite(pace)):
+        raise QueryRuntimeError(f"diota needs a pace of zero or more seconds, not {pace}")
     clock = ctx.clock
 
     def open_():

@@ -4,6 +4,9 @@ Each rule takes the logical plan and a context and returns the plan; when it cha
 it says so through `ctx.fire(rule, what)`, which EXPLAIN shows. Rules never fold, hoist or share
 volatile expressions (`now`, `frand`, `signal_value`, sources).
 
+    remote_fragments        on a federation: what depends on one edge's values runs on that edge
+                            (a Remote node: the registry's selection, the fragment each edge runs)
+    aggregate_split         aggregates over the edges' rows computed in parts there, merged here
     constant_folding        1 + 2 → 3; `and true` dropped; a filter that is always false empties the plan
     predicate_pushdown      filters into subqueries and into the streams their variable comes from
     limit_pushdown          `limit n` on a plain scan becomes first_n at the source, which then stops
@@ -19,10 +22,12 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from ..logical import LogicalPlan
-from . import (common_subexpressions, constant_folding, elementwise_fusion, limit_pushdown,
-               predicate_pushdown, projection_pruning, window_fusion)
+from . import (aggregate_split, common_subexpressions, constant_folding, elementwise_fusion, limit_pushdown,
+               predicate_pushdown, projection_pruning, remote_fragments, window_fusion)
 
 RULES = (
+    remote_fragments.rule,
+    aggregate_split.rule,
     constant_folding.rule,
     predicate_pushdown.rule,
     limit_pushdown.rule,

@@ -124,7 +124,7 @@ def produces(node: L.PlanNode) -> set[str]:
 
 def is_barrier(node: L.PlanNode) -> bool:
     """Nodes that end the row-binding part of a plan (rows change meaning past them)."""
-    return isinstance(node, (L.Aggregate, L.Project, L.Distinct, L.Sort, L.Limit))
+    return isinstance(node, (L.Aggregate, L.MergeAggregate, L.Project, L.Distinct, L.Sort, L.Limit))
 
 
 def var(name: str, type_, span=None) -> TVar:

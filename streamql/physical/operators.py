@@ -19,6 +19,7 @@ from ..streams import LazyBag, StreamValue, approximate_bytes, as_numeric_array
 from ..values import Bag, Time, Timeval, hashable
 from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column, repeat_column
 from .expressions import Compiled, ExprCompiler, as_mask, full_column, narrowing_checks
+from .remote import build_merge_aggregate, build_remote
 
 Runner = Callable[[dict], Iterator[Any]]
 
@@ -289,6 +290,7 @@ class PhysicalPlan:
         keys = [self.compiler.compile(k) for k in node.keys]
         args = [self.compiler.compile(a.arg) if a.arg is not None else None for a in node.aggregates]
         functions = [a.fn for a in node.aggregates]
+        distinct = [a.distinct for a in node.aggregates]
         ctx = self.ctx
 
         def aggregate(upstream, outer):
@@ -327,10 +329,18 @@ class PhysicalPlan:
                         part = column[rows]
                     else:
                         part = [column[j] for j in rows]
+                    if distinct[i]:
+                        part = _distinct_values(part)
                     results.append(fn.scalar(part))
                 out[f"$a{i}"] = make_column(results)
             yield Chunk(out, group_count)
         return aggregate
+
+    def _build_Remote(self, node: L.Remote):
+        return build_remote(self, node)
+
+    def _build_MergeAggregate(self, node: L.MergeAggregate):
+        return build_merge_aggregate(self, node, _collect)
 
     def _build_Project(self, node: L.Project):
         compiled = [(name, self.compiler.compile(expr)) for name, expr in list(node.items) + list(node.extra)]
@@ -470,6 +480,17 @@ def _collect(upstream, ctx) -> tuple[list, int]:
 
 def _py(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _distinct_values(part):
+    """Each value of a group once (count(distinct x)), in order of first appearance."""
+    seen, kept = set(), []
+    for value in column_values(part):
+        key = hashable(value)
+        if key not in seen:
+            seen.add(key)
+            kept.append(value)
+    return make_column(kept)
 
 
 def _single(item: Batch, timeval: bool):

@@ -98,8 +98,10 @@ class Runner:
     def _execute(self, chunk: str, statement, source: str, piece: Piece, origin: str | None) -> Status:
         job = Job(self.session.run, chunk)
         sink: Sink | None = None
+        shown = 0    # status changes of a standing fleet stream printed so far
         try:
             for event, payload in job.events(TICK):
+                shown = self._status_changes(job.result, shown)
                 if event == "tick":
                     if sink is not None:
                         sink.tick()
@@ -117,6 +119,7 @@ class Runner:
                         sink.end(interrupted=True)
                         sink = None
                     self.report(payload, source, piece, origin)
+                    self.fleet_summary(job.result)
                     return Status.ERROR
                 else:  # a bug
                     if sink is not None:
@@ -126,6 +129,7 @@ class Runner:
                     return Status.ERROR
             if sink is not None:
                 sink.end()
+            self.fleet_summary(job.result)
             return Status.OK
         except KeyboardInterrupt:
             return self._interrupted(job, sink)
@@ -183,6 +187,30 @@ class Runner:
         if plot is not None:
             return PlotSink(self, plot, columns)
         return RowSink(self, result, columns)
+
+    # ---------------------------------------------------------------------------- fleets
+    def fleet_summary(self, result) -> None:
+        """After a statement on a federation, how every selected device fared:
+        `58 answered · 2 offline (wl-0031, dt-0005) · 0 failed`."""
+        status = getattr(result, "status", None)
+        summary = getattr(status, "summary", None)
+        if summary is None or not len(status) or getattr(result, "kind", None) == "deployment":
+            return
+        complete = getattr(status, "complete", True)
+        self.info(self._dim(summary() + ("" if complete else " · partial answer")))
+
+    def _status_changes(self, result, shown: int) -> int:
+        """A standing fleet stream's devices coming and going, printed as they happen."""
+        changes = getattr(result, "status_changes", None)
+        if not changes or len(changes) <= shown:
+            return shown
+        for change in changes[shown:]:
+            reason = f": {change['reason']}" if change.get("reason") else ""
+            self.info(self._dim(f"-- {change['device']} {change['outcome']}{reason}"), always_err=self.live)
+        return len(changes)
+
+    def _dim(self, text: str) -> str:
+        return f"\x1b[2m{text}\x1b[0m" if self.color else text
 
     # ---------------------------------------------------------------------------- output
     def info(self, text: str, always_err: bool = False) -> None:

@@ -24,7 +24,9 @@ NUMPY = {
     "stdev": lambda a: np.std(a, axis=0, ddof=1) if len(a) > 1 else None,
     "var": lambda a: np.var(a, axis=0, ddof=1) if len(a) > 1 else None,
     "median": lambda a: np.median(a, axis=0) if len(a) else None,
+    "m2": lambda a: np.sum((a - np.mean(a, axis=0)) ** 2, axis=0) if len(a) else None,
 }
+UNSPLIT = {"median", "m2"}   # computed where all the data is (m2 is itself a part of stdev's split)
 
 
 def aggregate_overloads():
@@ -34,7 +36,7 @@ def aggregate_overloads():
 def test_every_aggregate_has_an_oracle_and_all_but_median_a_split():
     overloads = aggregate_overloads()
     assert set(overloads) == set(NUMPY)
-    assert {name for name, o in overloads.items() if o.split is None} == {"median"}
+    assert {name for name, o in overloads.items() if o.split is None} == UNSPLIT
     assert overloads["avg"].split.parts == ("sum", "count")
     assert overloads["stdev"].split.parts == ("n", "mean", "M2")
 
@@ -58,7 +60,7 @@ def test_aggregate_matches_numpy(name, a, b):
     assert close(fn.scalar(Bag(a + b)), NUMPY[name](np.asarray(a + b)))
 
 
-@pytest.mark.parametrize("name", sorted(n for n in NUMPY if n != "median"))
+@pytest.mark.parametrize("name", sorted(n for n in NUMPY if n not in UNSPLIT))
 @FAST
 @given(a=NUMBERS, b=NUMBERS, c=NUMBERS)
 def test_split_final_of_merged_partials_is_the_full_aggregate(name, a, b, c):
@@ -68,6 +70,22 @@ def test_split_final_of_merged_partials_is_the_full_aggregate(name, a, b, c):
     # merging is order-independent
     other = split.merge(split.partial(Bag(c)), split.merge(split.partial(Bag(b)), split.partial(Bag(a))))
     assert close(split.final(other), split.final(merged))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in NUMPY if n not in UNSPLIT))
+@FAST
+@given(parts=st.lists(NUMBERS, max_size=5))
+def test_the_parts_the_edges_compute_merge_into_the_full_aggregate(name, parts):
+    """What a fleet does: each edge runs the split's edge aggregates over its rows (empty ones
+    too), the federation merges those partials (merge_partials)."""
+    from streamql.library.aggregates import merge_partials
+    overloads = aggregate_overloads()
+    split = overloads[name].split
+    partials = [tuple(overloads[agg].scalar(Bag(part)) for agg in split.edge_aggregates) for part in parts]
+    assert len(split.edge_aggregates) == len(split.parts)
+    expected = NUMPY[name](np.asarray([x for part in parts for x in part]))
+    assert close(merge_partials(split, partials), expected if expected is not None or name not in ("count", "sum")
+                 else 0)
 
 
 @pytest.mark.parametrize("name", ["count", "sum", "min", "max"])
@@ -80,7 +98,7 @@ def test_split_of_integers_stays_exact(name, a, b):
     assert got == (None if expected is None else int(expected))
 
 
-@pytest.mark.parametrize("name", sorted(n for n in NUMPY if n != "median"))
+@pytest.mark.parametrize("name", sorted(n for n in NUMPY if n not in UNSPLIT))
 @FAST
 @given(st.lists(st.lists(st.floats(-100, 100, allow_nan=False), min_size=3, max_size=3), max_size=12),
        st.integers(0, 12))

@@ -1,6 +1,7 @@
 """The examples run as documented, and the example bundle is reproducible and passes its tests."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,9 +31,13 @@ def test_deadband_example_reduces_the_data():
     assert before == 600 and 50 < after < 200
 
 
+# the checkout's code, whether or not the package is installed
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def test_the_embedding_example_runs():
     run = subprocess.run([sys.executable, str(EXAMPLES / "local" / "embedding.py")], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+                         text=True, timeout=120, cwd=ROOT, env=CHECKOUT_ENV)
     assert run.returncode == 0, run.stderr
     assert "loud windows" in run.stdout and "TypeError at line 1" in run.stdout and "[212.0]" in run.stdout
 
@@ -41,7 +46,7 @@ def test_the_example_bundle_rebuilds_byte_for_byte(tmp_path):
     copy = tmp_path / "bundles"
     shutil.copytree(EXAMPLES / "bundles", copy)
     run = subprocess.run([sys.executable, str(copy / "build_vib_anomaly.py")], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+                         timeout=300, cwd=ROOT, env=CHECKOUT_ENV)
     assert run.returncode == 0, run.stderr
     for artifact in ("vib_f32.tflite", "vib_i8.tflite", "fallback.json"):
         assert (copy / "vib-anomaly" / "models" / artifact).read_bytes() == \

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from streamql.errors import QueryNameError, QueryRuntimeError, Span
+from streamql.fleet_status import FleetStatus
 from streamql.values import Time
 
 ROWS = "select x from Integer x where x in iota(1, 3);"
@@ -45,6 +46,14 @@ class FakeResult:
             self.produced += 1
             yield [float(self.produced)]
         self.status = self._final_status
+
+    def status_dict(self, detail=None) -> dict:
+        """The status as the real service sends it (streamql.fleet_status)."""
+        status = FleetStatus()
+        for device, outcome in self.status.items():
+            status.set(device, outcome["outcome"], outcome["reason"])
+            status.devices[device].rows = outcome["rows"]
+        return status.to_dict(detail) if self.status else {}
 
     async def aclose(self):
         self.closed = True

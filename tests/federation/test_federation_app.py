@@ -16,7 +16,7 @@ from federation.auth import Role, authenticate
 from federation.http import access_of, public, track_websocket
 from federation.keys import BOOTSTRAP_TOKEN, INDEX, METRICS, REGISTRY
 from federation.registry import NewTarget
-from federation.selection import Eq, meta
+from streamql.selection import Eq, meta
 from streamql.errors import QueryParseError, Span
 
 # every route of ARCHITECTURE.md's table, with the role it needs

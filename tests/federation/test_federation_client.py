@@ -194,10 +194,11 @@ def test_the_fleet_edges_models_and_deployments(served, tmp_path, keys):
 
 def test_streamql_query_prints_rows_then_the_status(served, capsys, tmp_path):
     base = ["query", "--federation", served.url, "--token", served.tokens["read"]]
-    assert cli_main([*base, WIDE]) == 0
+    assert cli_main([*base, WIDE]) == 4     # wl-3 did not answer: an incomplete answer
     out, err = capsys.readouterr()
     assert out.splitlines() == ["wl-1\t[1.0, null, 2.5]\t1970-01-01T00:00:00.5Z", "wl-2\t[0.0, 1.0, 2.0]\tnull"]
-    assert "wl-3  offline" in err and "not connected" in err
+    assert err.splitlines()[0] == "2 answered · 1 offline (wl-3) · 0 failed · partial answer"
+    assert "wl-3  offline" in err and "not connected" in err and "wl-1" not in err
     assert cli_main([*base, "--format", "json", ROWS]) == 0
     assert capsys.readouterr().out.splitlines() == ["[1]", "[2]", "[3]"]
     assert cli_main([*base, UNKNOWN]) == 1

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-import types
 
 import numpy as np
 import pytest
 
 import streamql
-from federation import query_service
 from federation.auth import Role, create_token, provision
 from federation.config import FederationConfig
-from federation.keys import DEPLOYMENTS, HUB, INDEX, REGISTRY
+from federation.keys import HUB, REGISTRY
 from tests.federation.test_federation_client import Served
 
 edge_config = pytest.importorskip("edge_engine.config")
 edge_daemon = pytest.importorskip("edge_engine.daemon")
-fleet_service = pytest.importorskip("federation.fleet.service")
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,22 +31,7 @@ FLEET = [("wl-us", "wheel loader", "US", -25), ("du-eu", "dumper", "EU", -30), (
          ("du-au", "dumper", "AU", 10)]
 
 
-@pytest.fixture
-def wired(monkeypatch):
-    """The real service through the route's loader (until federation/fleet/service.py has its own
-    create_query_service(app), one is made here the way the planner's tests make it)."""
-    if not hasattr(fleet_service, "create_query_service"):
-        module = types.ModuleType("e2e_query_service")
-
-        def create_query_service(app):
-            return fleet_service.QueryService(streamql.Engine(), app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS])
-
-        module.create_query_service = create_query_service
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-        monkeypatch.setattr(query_service, "SERVICE_MODULE", module.__name__)
-
-
-def test_the_motivating_query_end_to_end(tmp_path, wired):
+def test_the_motivating_query_end_to_end(tmp_path):
     fed = Served(FederationConfig(data_dir=tmp_path / "fed", announce=False, heartbeat_s=1.0))
     daemons = []
 

@@ -13,7 +13,7 @@ from federation.app import create_app
 from federation.auth import Role, create_token, provision
 from federation.hub import EdgeOffline, FragmentError, RowBatch
 from federation.keys import HEARTBEATS, HUB, INDEX, METRICS, REGISTRY
-from federation.selection import Eq, capability, meta
+from streamql.selection import Eq, capability, meta
 from federation.testing import FakeEdge
 from streamql import codec, wire
 from streamql.errors import QueryParseError, Span

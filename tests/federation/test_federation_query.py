@@ -57,10 +57,12 @@ async def test_rows_stream_as_ndjson_then_the_status(client, tokens, service):
     lines = ndjson(await resp.text())
     assert lines[0] == ["wl-1", [1.0, None, 2.5], "1970-01-01T00:00:00.5Z"]
     assert lines[1] == ["wl-2", [0.0, 1.0, 2.0], None]
-    assert lines[2] == {"rows": 2, "status": {
-        "wl-1": {"outcome": "answered", "rows": 1, "reason": None},
-        "wl-2": {"outcome": "answered", "rows": 1, "reason": None},
-        "wl-3": {"outcome": "offline", "rows": 0, "reason": "not connected"}}}
+    assert lines[2] == {"rows": 2, "complete": False, "status": {
+        "complete": False, "selected": 3, "counts": {"answered": 2, "offline": 1}, "incomplete": ["wl-3"],
+        "registry_only": False, "devices": {
+            "wl-1": {"outcome": "answered", "rows": 1, "reason": None},
+            "wl-2": {"outcome": "answered", "rows": 1, "reason": None},
+            "wl-3": {"outcome": "offline", "rows": 0, "reason": "not connected"}}}}
     assert service.results[-1].closed
     # the statement as plain text, with an explicit Accept
     resp = await client.post("/v1/query", data=ROWS, headers={**tokens.header("read"), "Content-Type": "text/plain",
@@ -77,7 +79,7 @@ async def test_msgpack_keeps_every_value_exact(client, tokens):
     first, second, last = values
     assert first[0] == "wl-1" and first[1].dtype == np.float64 and np.isnan(first[1][1])
     assert second[1].dtype == np.float32 and first[2].seconds == 0.5
-    assert last["rows"] == 2 and last["status"]["wl-3"]["outcome"] == "offline"
+    assert last["rows"] == 2 and last["status"]["devices"]["wl-3"]["outcome"] == "offline"
     resp = await client.post("/v1/query", json={"query": ROWS}, headers={**tokens.header("read"), "Accept": "image/png"})
     assert resp.status == 406 and (await resp.json())["error"]["kind"] == "NotAcceptable"
 
@@ -113,7 +115,8 @@ async def test_roles_for_queries_and_deployment_statements(client, tokens):
     resp = await client.post("/v1/query", json={"query": DEPLOY}, headers=tokens.header("deploy"))
     assert resp.status == 200 and resp.headers["X-StreamQL-Deployment"] == "7"
     lines = ndjson(await resp.text())
-    assert lines == [["7"], {"status": {}, "rows": 1, "message": "deploy started", "deployment_id": "7"}]
+    assert lines == [["7"], {"status": {}, "complete": True, "rows": 1, "message": "deploy started",
+                             "deployment_id": "7"}]
     assert (await client.post("/v1/query", json={"query": f"explain {DEPLOY}"}, headers=tokens.header("read"))).status == 200
 
 
@@ -123,7 +126,10 @@ async def test_an_error_while_streaming_ends_the_body(client, tokens):
     lines = ndjson(await resp.text())
     assert lines[:2] == [[1.0], [2.0]]
     assert lines[2] == {"error": {"kind": "RuntimeError", "message": "division by zero", "line": 1, "column": 10},
-                        "status": {"e1": {"outcome": "failed", "rows": 2, "reason": "division by zero"}}, "rows": 2}
+                        "complete": False, "rows": 2, "status": {
+                            "complete": False, "selected": 1, "counts": {"failed": 1}, "incomplete": ["e1"],
+                            "registry_only": False,
+                            "devices": {"e1": {"outcome": "failed", "rows": 2, "reason": "division by zero"}}}}
     metrics = client.app[METRICS]
     for _ in range(100):  # the handler counts the outcome right after the last line went out
         if metrics.queries.value(outcome="error") == 1:
@@ -169,21 +175,6 @@ async def test_many_rows_flow_and_are_counted(client, tokens):
     assert client.app[METRICS].query_rows.value() == 100_000
 
 
-async def test_without_a_query_service_the_routes_answer_501(aiohttp_client, tmp_path, monkeypatch):
-    from federation import query_service
-    from federation.config import FederationConfig
-    from federation.keys import BOOTSTRAP_TOKEN
-
-    monkeypatch.setattr(query_service, "SERVICE_MODULE", "federation.fleet.not_there")
-    bare = await aiohttp_client(create_app(FederationConfig(data_dir=tmp_path / "bare", announce=False)))
-    assert QUERY_SERVICE not in bare.app
-    admin = {"Authorization": f"Bearer {bare.app[BOOTSTRAP_TOKEN]}"}
-    resp = await bare.post("/v1/query", json={"query": ROWS}, headers=admin)
-    assert resp.status == 501 and (await resp.json())["error"]["kind"] == "NotImplemented"
-    resp = await bare.get("/v1/query/ws", headers=admin)
-    assert resp.status == 501
-
-
 async def test_the_websocket_submits_streams_and_cancels(client, tokens, service):
     ws = await client.ws_connect("/v1/query/ws", headers=tokens.header("read"))
     await ws.send_json({"type": "query", "id": "a", "query": STREAM})
@@ -201,7 +192,8 @@ async def test_the_websocket_submits_streams_and_cancels(client, tokens, service
     assert b[0] == {"type": "columns", "id": "b", "columns": ["id(e)", "w", "t"],
                     "types": ["Charstring", "Vector of Real", "Time"], "kind": "bag"}
     assert b[1]["rows"][0] == ["wl-1", [1.0, None, 2.5], "1970-01-01T00:00:00.5Z"]
-    assert b[-1]["type"] == "end" and b[-1]["rows"] == 2 and b[-1]["status"]["wl-3"]["outcome"] == "offline"
+    assert b[-1]["type"] == "end" and b[-1]["rows"] == 2
+    assert b[-1]["status"]["devices"]["wl-3"]["outcome"] == "offline"
     assert seen["c"] == [{"type": "error", "id": "c", "error": {"kind": "ParseError", "message": seen["c"][0]["error"]["message"],
                                                                 "line": 1, "column": 11}}]
     assert seen["d"][0]["error"]["kind"] == "Forbidden"

@@ -14,7 +14,7 @@ from federation.errors import Conflict, NotFound, Unauthorized
 from federation.index import SelectionIndex
 from federation.registry import INLINE_BUNDLE_LIMIT, Heartbeat, NewTarget, Registry, version_key
 from federation.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate, schema_version
-from federation.selection import Eq, meta
+from streamql.selection import Eq, meta
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The selection index against a brute-force oracle written apart from federation.selection."""
+"""The selection index against a brute-force oracle written apart from streamql.selection."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.index import SelectionIndex
-from federation.selection import (
+from streamql.selection import (
     ID, ONLINE, All, And, Compare, Eq, In, IsNull, Like, Not, Or, capability, conjunction, device_lookup, meta,
 )
 

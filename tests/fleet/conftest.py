@@ -1,30 +1,33 @@
-"""A small fleet for planner tests: a real registry and index, and a fake hub whose devices are
-local engines with deterministic signals."""
+"""A small fleet in one process for the planner's tests: every device a local Engine with
+signals whose values are known (constants and replayed arrays), so every answer has an oracle."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import streamql
-from federation.fleet import QueryService
-from federation.index import SelectionIndex
-from federation.registry import Registry
+from streamql.testing.fleet import LocalFleet
 
-from fleet_fakes import FakeHub
 from fleet_support import FLEET, vibration
 
-@pytest.fixture
-def fleet(tmp_path):
-    registry = Registry(tmp_path / "registry.sqlite")
-    engines = {}
+
+def make_fleet() -> LocalFleet:
+    fleet = LocalFleet()
     for i, (device, meta, caps, temperature, offset) in enumerate(FLEET):
-        registry.add_device(device, meta, caps, token_hash=f"hash-{i}")
         engine = streamql.Engine(seed=i)
-        engine.add_signal("vibration", vibration(offset))
-        engine.add_signal("outside_temperature", [temperature])
-        engines[device] = engine
-    index = SelectionIndex()
-    index.reset(registry.iter_devices())
-    hub = FakeHub(engines, offline={"d-3"})
-    service = QueryService(streamql.Engine(), registry, index, hub, fragment_timeout=2.0)
-    return service, hub, engines
+        engine.add_signal("vibration", vibration(offset), type="Real")
+        engine.add_signal("outside_temperature", [temperature], type="Real")
+        if meta["kind"] == "dumper":
+            engine.add_signal("mode", ["hauling" if temperature < -30 else "idle"], type="Charstring")
+        fleet.add(device, engine, meta, caps, online=device != "d-3")
+    return fleet
+
+
+@pytest.fixture
+def fleet():
+    return make_fleet()
+
+
+@pytest.fixture
+def federation():
+    """The federation's own engine (where functions defined at the federation live)."""
+    return streamql.Engine(name="federation")

@@ -1,9 +1,12 @@
-"""The fleet the planner tests run against, and small helpers."""
+"""The fleet the planner tests run against, its oracle, and small helpers."""
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 
-# id, metadata, capabilities, outside temperature, vibration offset
+# id, metadata, capabilities, outside temperature (a constant signal), vibration offset
 FLEET = [
     ("wl-1", {"region": "US", "kind": "wheel loader", "site": "north"}, {"ram_kb": 512, "limit": -20}, -25.0, 0),
     ("wl-2", {"region": "EU", "kind": "wheel loader", "site": "south"}, {"ram_kb": 1024, "limit": -30}, 5.0, 10000),
@@ -12,6 +15,7 @@ FLEET = [
     ("d-2", {"region": "SE", "kind": "dumper"}, {"ram_kb": 2560, "limit": -20}, -35.0, 40000),
     ("d-3", {"region": "EU", "kind": "dumper", "site": "south"}, {"ram_kb": 3072, "limit": -20}, -22.0, 50000),
 ]
+OFFLINE = {"d-3"}
 VIBRATION = 1024
 
 
@@ -19,7 +23,41 @@ def vibration(offset: int) -> np.ndarray:
     return np.arange(VIBRATION, dtype=float) + offset
 
 
-async def rows_of(service, text):
-    result = await service.run(text)
-    rows = [row async for row in result.rows()]
-    return rows, result
+def online():
+    """The devices that answer: (id, metadata, capabilities, temperature, offset)."""
+    return [d for d in FLEET if d[0] not in OFFLINE]
+
+
+def mode(meta: dict, temperature: float) -> str | None:
+    return ("hauling" if temperature < -30 else "idle") if meta["kind"] == "dumper" else None
+
+
+def take(result, count: int, timeout: float = 20.0) -> list:
+    """The first `count` rows of a (standing) stream, read in a thread; then the result is closed."""
+    rows: list = []
+    done = threading.Event()
+
+    def read():
+        try:
+            for row in result:
+                rows.append(row)
+                if len(rows) >= count:
+                    break
+        except Exception:  # noqa: BLE001 - closed from here
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout)
+    result.close()
+    return rows
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False

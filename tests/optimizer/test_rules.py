@@ -8,6 +8,7 @@ import pytest
 
 import streamql
 from streamql.optimizer import RULES, rule_names
+from streamql.testing.fleet import LocalFleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -21,18 +22,31 @@ def load_cases():
             yield pytest.param(query.strip(), lines, id=f"{path.stem}: {title.strip()}")
 
 
-def plan_steps(engine: streamql.Engine, query: str) -> list[str]:
-    text = engine.explain(query)
-    steps, fired = [], "fired: none"
+def plan_steps(engine: streamql.Engine, query: str, fleet=None) -> list[str]:
+    text = engine.explain(query, fleet=fleet)
+    steps, fired, traced = [], "fired: none", False
     for line in text.splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("rules fired:"):
-            fired = "fired: " + stripped[len("rules fired: "):]
+            fired, traced = "fired: " + stripped[len("rules fired: "):], True
         elif stripped[:1].isdigit() and ". " in stripped:
             step = stripped.split(". ", 1)[1]
             if step != "Unit":
                 steps.append(step)
+        elif stripped and not traced:
+            steps.append(stripped)   # a step's details on the lines under it (a Remote's fragment)
     return steps + [fired]
+
+
+def small_fleet() -> LocalFleet:
+    """Two edges with known signals for the fleet rules' fixtures (`… from Edge e …`)."""
+    fleet = LocalFleet()
+    for device, region, temperature in (("a-1", "US", -25.0), ("b-1", "EU", 5.0)):
+        edge = streamql.Engine()
+        edge.add_signal("t", [temperature], type="Real")
+        edge.add_signal("vibration", np.arange(8.0), type="Real")
+        fleet.add(device, edge, {"region": region, "kind": "dumper"}, {"limit": -20}, online=device == "a-1")
+    return fleet
 
 
 @pytest.fixture
@@ -44,10 +58,11 @@ def engine():
 
 @pytest.mark.parametrize("query, expected", list(load_cases()))
 def test_rule_fixture(engine, query, expected):
-    assert plan_steps(engine, query) == expected
+    fleet = small_fleet() if " Edge " in query else None
+    assert plan_steps(engine, query, fleet) == expected
 
 
 def test_every_rule_has_fixtures():
     files = {path.stem for path in FIXTURES.glob("*.txt")}
     assert set(rule_names()) <= files, f"rules without fixtures: {set(rule_names()) - files}"
-    assert len(RULES) == 7
+    assert len(RULES) == 9

@@ -1,0 +1,343 @@
+"""The statement service behind `/v1/query` and `/v1/query/ws`: one statement in, a result out.
+
+Every statement runs in a worker thread of a bounded pool, never on the event loop, parse
+included. Queries are planned by the federation's own engine against the fleet (`Engine.query(…,
+fleet=HubFleetAccess)`): the engine's binder, planner, optimizer and operators, with `Remote`
+nodes reaching the edges. Rows cross to the loop in batches through a bounded channel, so a
+client that reads slowly slows the statement down rather than filling memory; a client that
+leaves cancels it. `deploy`, `rollback` and `undeploy` select their devices with the same planner
+(`select id(e) from Edge e where …`, live conditions asked of each edge) and hand them to the
+deployment manager. Other statements (`create function …`) run on the federation's engine and,
+when they define something, are kept in the registry, so they survive a restart.
+
+    result = await service.run(text, principal, limits={"seconds": 30})
+    await result.first()                  # the first rows, or the statement's error (HTTP waits for it)
+    async for item in result.items():     # lists of rows, and status changes of standing streams
+        ...
+    result.status                         # every selected device's outcome (streamql.fleet_status)
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from typing import Any, AsyncIterator
+
+import streamql
+from streamql import ast as A
+from streamql.errors import FleetError, QueryCancelled, QueryError, Span
+from streamql.syntax import parse_one
+
+from federation.auth import Role
+from federation.errors import Forbidden
+from federation.fleet_access import HubFleetAccess
+from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
+
+log = logging.getLogger("streamql.federation.statements")
+
+DEPLOYMENT_STATEMENTS = (A.Deploy, A.Rollback, A.Undeploy)
+QUERY_STATEMENTS = (A.Select, A.ExprStatement)
+DEFINITIONS = (A.CreateType, A.CreateFunction, A.CreateTable, A.Drop)
+BATCH_ROWS = 512
+CHANNEL_BATCHES = 16
+STATUS_POLL_S = 0.25
+_END = object()
+
+
+class StatementResult:
+    """Columns, then rows as they come, then every device's outcome (see the module docstring)."""
+
+    def __init__(self, columns: list[str], types: list, kind: str, *, rows: list | None = None,
+                 message: str | None = None, deployment_id: str | None = None, status=None):
+        self.columns = list(columns)
+        self.types = [str(t) for t in types]
+        self.kind = kind
+        self.message = message
+        self.deployment_id = deployment_id
+        self.status = status
+        self._ready: list = [rows] if rows else []    # row batches not yet taken
+        self._channel: asyncio.Queue | None = None     # row batches from the worker (streaming)
+        self._cancel: threading.Event | None = None
+        self._task: asyncio.Future | None = None
+        self._result = None
+        self._finished = True                          # nothing more will come
+
+    @classmethod
+    def streaming(cls, result, pool: "StatementPool") -> "StatementResult":
+        """Rows of an engine Result, produced in a worker thread."""
+        out = cls(result.columns, result.types, result.kind, status=result.status)
+        out._finished = False
+        loop = asyncio.get_running_loop()
+        channel: asyncio.Queue = asyncio.Queue(CHANNEL_BATCHES)
+        cancel = threading.Event()
+        out._channel, out._cancel = channel, cancel
+
+        def produce() -> None:
+            def put(item) -> None:
+                future = asyncio.run_coroutine_threadsafe(channel.put(item), loop)
+                while True:
+                    try:
+                        future.result(0.25)
+                        return
+                    except concurrent.futures.TimeoutError:
+                        if cancel.is_set():   # nobody reads any more
+                            future.cancel()
+                            raise QueryCancelled("the client went away") from None
+            try:
+                for batch in result.batches(BATCH_ROWS):
+                    if cancel.is_set():
+                        break
+                    put([list(row) if isinstance(row, tuple) else [row] for row in batch])
+                _merged(result.status)
+                put(_END)
+            except QueryCancelled:
+                if not cancel.is_set():
+                    with contextlib.suppress(Exception):
+                        put(QueryCancelled("the statement was cancelled"))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                with contextlib.suppress(Exception):
+                    put(exc)
+            finally:
+                result.close()
+
+        out._result = result
+        out._task = pool.submit(produce)
+        return out
+
+    async def first(self) -> None:
+        """Wait for the first rows (or the end); raise the statement's error if it fails first."""
+        if self._finished or self._ready:
+            return
+        item = await self._channel.get()
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        if item is _END:
+            self._finished = True
+        else:
+            self._ready.append(item)
+
+    async def items(self) -> AsyncIterator[list | dict]:
+        """Lists of rows; for a stream on the fleet also {"status_change": …} as devices come and go."""
+        version = 0
+        watch = self.status is not None and self.kind == "stream"
+        while self._ready:
+            yield self._ready.pop(0)
+        while not self._finished:
+            try:
+                item = await asyncio.wait_for(self._channel.get(), STATUS_POLL_S) if watch else \
+                    await self._channel.get()
+            except asyncio.TimeoutError:
+                item = None
+            if watch:
+                changes, version = self.status.changes(version)
+                for change in changes:
+                    yield {"status_change": change}
+            if item is None:
+                continue
+            if item is _END:
+                self._finished = True
+                break
+            if isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            yield item
+
+    async def rows(self) -> AsyncIterator[list]:
+        async for item in self.items():
+            if isinstance(item, list):
+                for row in item:
+                    yield row
+
+    def status_dict(self, detail: bool | None = None) -> dict:
+        if self.status is None:
+            return {}
+        return self.status.to_dict(detail) if hasattr(self.status, "to_dict") else dict(self.status)
+
+    async def aclose(self) -> None:
+        """Stop the statement (the client went away or was done)."""
+        if self._cancel is not None:
+            self._cancel.set()
+            if self._result is not None and self._result.ctx is not None:
+                self._result.ctx.cancel.set()
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+
+
+class StatementPool:
+    """The worker threads statements run in; at most `workers` at once, the rest wait."""
+
+    def __init__(self, workers: int = 32):
+        self.workers = workers
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="statement")
+
+    def submit(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def call(self, fn, *args):
+        return await self.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class QueryService:
+    def __init__(self, engine, registry, index, hub, deployments=None, *, workers: int = 32,
+                 device_timeout: float = 10.0, credit: int = 10_000):
+        self.engine = engine          # the federation's own Engine: its functions and session variables
+        self.registry = registry
+        self.index = index
+        self.hub = hub
+        self.deployments = deployments
+        self.device_timeout = device_timeout
+        self.pool = StatementPool(workers)
+        self.access = HubFleetAccess(_loop(), registry, index, hub, credit=credit)
+        self._restored = False
+
+    async def restore(self) -> None:
+        """Replay the definitions kept in the registry (once, at start)."""
+        if self._restored:
+            return
+        self._restored = True
+        for text in self.registry.definitions():
+            try:
+                await self.pool.call(self.engine.execute, text)
+            except QueryError as exc:
+                log.warning("a kept definition no longer runs (%s): %s", exc.message, text[:200])
+
+    # ------------------------------------------------------------------------------ entry
+    async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
+                  device_timeout: float | None = None) -> StatementResult:
+        statement = await self.pool.call(parse_one, text)
+        if isinstance(statement, A.Explain):
+            return await self._explain(statement.statement, text)
+        if isinstance(statement, DEPLOYMENT_STATEMENTS):
+            _require(principal, "deploy")
+            return await self._deployment(statement, text, principal)
+        if isinstance(statement, QUERY_STATEMENTS):
+            timeout = self.device_timeout if device_timeout is None else device_timeout
+            name = getattr(principal, "name", None)
+            result = await self.pool.call(lambda: self.engine.query(
+                text, limits, fleet=self.access, principal=name, device_timeout=timeout))
+            return StatementResult.streaming(result, self.pool)
+        _require(principal, "deploy")
+        return await self.pool.call(self._statement, statement, text)
+
+    def _statement(self, statement: A.Statement, text: str) -> StatementResult:
+        result = self.engine.run(text)
+        rows = [list(r) if isinstance(r, tuple) else [r] for r in result] if result.kind != "statement" else []
+        if isinstance(statement, DEFINITIONS):
+            span = statement.span
+            self.access._on_loop(lambda: self.registry.add_definition(
+                text[span.start:span.end] + ";" if span is not None else statement.sql() + ";"))
+        return StatementResult(result.columns, result.types, result.kind, rows=rows, message=result.message)
+
+    async def select_devices(self, selection: A.EdgeSelection, text: str) -> tuple[list[str], Any]:
+        """The devices a deploy/rollback/undeploy addresses, and the status of the others."""
+        declaration = selection.declaration
+        select = A.Select((A.SelectItem(A.Call("id", (A.Variable(declaration.name),))),), (declaration,),
+                          selection.where, span=selection.span)
+        query_text = _selection_query(select, selection, text)
+
+        def run():
+            result = self.engine.query(query_text, fleet=self.access, device_timeout=self.device_timeout)
+            return list(dict.fromkeys(result)), result.status
+        try:
+            return await self.pool.call(run)
+        except QueryError as exc:
+            raise _relocated(exc, selection, text) from None
+
+    async def _deployment(self, statement, text: str, principal) -> StatementResult:
+        if self.deployments is None:
+            raise FleetError("this federation has no deployment manager", statement.span, text)
+        devices, status = await self.select_devices(statement.selection, text)
+        action = {A.Deploy: "deploy", A.Rollback: "rollback", A.Undeploy: "undeploy"}[type(statement)]
+        version = getattr(statement, "version", None)
+        try:
+            deployment_id = await self.deployments.start(
+                action, statement.model, version, devices, selection=statement.selection.sql(),
+                requested_by=getattr(principal, "name", None))
+        except QueryError as exc:
+            raise exc.located(statement.span).with_source(text)
+        message = (f"{action} of {statement.model}{' ' + version if version else ''} started for "
+                   f"{len(devices)} device{'s' if len(devices) != 1 else ''}")
+        return StatementResult(["deployment"], ["Charstring"], "deployment", rows=[[deployment_id]],
+                               message=message, deployment_id=deployment_id, status=status)
+
+    async def _explain(self, statement: A.Statement, text: str) -> StatementResult:
+        if isinstance(statement, DEPLOYMENT_STATEMENTS):
+            selection = statement.selection
+            select = A.Select((A.SelectItem(A.Call("id", (A.Variable(selection.declaration.name),))),),
+                              (selection.declaration,), selection.where, span=selection.span)
+            target_text = _selection_query(select, selection, text)
+            try:
+                plan = await self.pool.call(lambda: self.engine.explain(target_text, fleet=self.access))
+            except QueryError as exc:
+                raise _relocated(exc, selection, text) from None
+        else:
+            plan = await self.pool.call(lambda: self.engine.explain_text(statement, text, fleet=self.access))
+        return StatementResult(["plan"], ["Charstring"], "explain", rows=[[line] for line in plan.splitlines()])
+
+    async def aclose(self) -> None:
+        self.pool.shutdown()
+
+
+def _merged(status) -> None:
+    """The time from the last fragment's end to the last row: the merge at the federation."""
+    ended = getattr(status, "fan_out_ended", None)
+    if ended is not None:
+        status.timings["merge"] = time.perf_counter() - ended
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:   # made outside the loop (tests): the loop that will run it
+        return asyncio.get_event_loop_policy().get_event_loop()
+
+
+def _selection_query(select: A.Select, selection: A.EdgeSelection, text: str) -> str:
+    """The selection of a deployment as a query of its own: the user's where clause, verbatim
+    where possible (so positions map back by an offset)."""
+    where = selection.where
+    declaration = selection.declaration
+    if where is not None and where.span is not None:
+        head = f"select id({declaration.name}) from Edge {declaration.name} where "
+        return head + text[where.span.start:where.span.end] + ";"
+    return select.sql() + ";"
+
+
+def _relocated(exc: QueryError, selection: A.EdgeSelection, text: str) -> QueryError:
+    """An error found in a deployment's selection query, at its place in the user's statement."""
+    where = selection.where
+    if exc.span is not None and where is not None and where.span is not None:
+        head = len(f"select id({selection.declaration.name}) from Edge {selection.declaration.name} where ")
+        offset = where.span.start - head + exc.span.start
+        exc.span = Span.at(text, offset, exc.span.end - exc.span.start)
+    exc.source = text
+    return exc
+
+
+def _require(principal, role: str) -> None:
+    """Statements that change things need a token with at least `role` (403 otherwise)."""
+    if principal is None:
+        return
+    allows = getattr(principal, "allows", None)
+    if allows is None:
+        return
+    if not allows(Role[role.upper()]):
+        raise Forbidden(f"this statement needs a token with the {role} role")
+
+
+def create_query_service(app) -> QueryService:
+    """The query service of a federation app (made at start-up, once the registry, index, hub and
+    deployment manager exist)."""
+    config = app[CONFIG]
+    return QueryService(streamql.Engine(name="federation"), app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
+                        workers=getattr(config, "statement_workers", 32),
+                        device_timeout=getattr(config, "device_timeout_s", 10.0))
+

@@ -1,0 +1,231 @@
+"""The fleet operators: rows from the edges (`Remote`) and the merge of partial aggregates.
+
+A Remote stage asks the statement's fleet session (`ctx.fleet`, made by the engine for a
+statement on a federation) which edges its selection picks, checks on which of them the fragment
+can run, starts it on the connected ones and turns every `rows` event into a chunk binding the
+edge variable and the fragment's columns. Offline devices are reported at once, never waited for;
+a bag fragment that does not end within the device timeout is cancelled and reported as timed out.
+While it waits it yields IDLE, so cancellation and time limits are noticed. Closing it (a `limit`
+met, the consumer gone) cancels whatever still runs on the edges.
+
+A stream fragment is standing: a device that connects later and matches the selection joins; one
+that drops its link is reported offline and joins again when it comes back. The stream ends only
+when the statement is cancelled or its limit is met.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import logical as L
+from ..batch import IDLE
+from ..errors import QueryRuntimeError
+from ..library.aggregates import merge_partials
+from ..values import EdgeRef, hashable
+from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column
+from .expressions import as_mask, full_column
+
+WAIT_S = 0.1
+
+
+def build_remote(plan, node: L.Remote):
+    ctx = plan.ctx
+    compiler = plan.compiler
+    residual = [compiler.compile(p) for p in node.residual]
+    candidates = compiler.compile(node.candidates) if node.candidates is not None else None
+    fragment = node.fragment
+    params = [(p.name, compiler.compile(p.value)) for p in fragment.params] if fragment is not None else []
+    edge = node.edge
+
+    def selected(env: dict, session) -> list[str]:
+        ids = session.select(node.index)
+        if candidates is not None:
+            allowed = {e.id for e in (candidates.row(env) or ()) if isinstance(e, EdgeRef)}
+            ids = [i for i in ids if i in allowed]
+        if residual and ids:
+            session.devices(ids)   # facts for the conditions, loaded at once
+            chunk = _edge_chunk(env, edge, ids)
+            for condition in residual:
+                mask = as_mask(full_column(condition, chunk), chunk.n)
+                chunk = chunk.take(mask)
+            ids = [e.id for e in chunk[edge]]
+        return ids
+
+    def remote(upstream, outer):
+        for item in upstream:
+            if item is IDLE:
+                yield item
+                continue
+            session = getattr(ctx, "fleet", None)
+            if session is None:
+                raise QueryRuntimeError(f"Edge {node.edge_written} ranges over the devices of a federation: run "
+                                        "this statement on one (streamql shell --federation URL)")
+            env = item if type(item) is dict else {}
+            ids = selected(env, session)
+            if fragment is None:
+                session.status.registry_only = True
+                for device in ids:
+                    session.status.set(device, "answered", "answered from the registry")
+                if ids:
+                    yield _edge_chunk(env, edge, ids)
+                continue
+            yield from _run_fragments(node, ctx, session, env, ids, params, selected)
+    return remote
+
+
+def _edge_chunk(env: dict, edge: str, ids: list[str]) -> Chunk:
+    n = len(ids)
+    columns = {name: broadcast(value, n) for name, value in env.items()}
+    columns[edge] = [EdgeRef(i) for i in ids]
+    return Chunk(columns, n)
+
+
+def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], params, selected):
+    fragment = node.fragment
+    status = session.status
+    standing = fragment.kind == "stream"
+    devices = session.devices(ids)
+    runnable = session.check(fragment, devices)
+    online = [d for d in runnable if devices[d].online]
+    for device in runnable:
+        if not devices[device].online:
+            status.set(device, "offline", "not connected")
+    values = _param_values(env, node.edge, online, params)
+    feed = session.open_feed(watch=standing)
+    running: dict[str, float] = {}
+    limit = node.limit
+    delivered = 0
+    timeout = session.device_timeout
+    finished = False
+
+    def start(device: str, device_params: dict) -> None:
+        feed.start(session.request(device, fragment, device_params))
+        status.set(device, "running")
+        running[device] = time.monotonic()
+
+    began = time.perf_counter()
+    try:
+        for device in online:
+            start(device, values[device])
+        while running or standing:
+            if limit is not None and delivered >= limit:
+                break
+            event = feed.next(WAIT_S)
+            ctx.check()
+            if event is None:
+                if not standing and timeout is not None:
+                    now = time.monotonic()
+                    for device, began in list(running.items()):
+                        if now - began > timeout:
+                            feed.cancel(device)
+                            del running[device]
+                            status.set(device, "timed out", f"no complete answer within {timeout:g} s")
+                yield IDLE
+                continue
+            device = event.device
+            if event.kind == "rows":
+                if device not in running or not event.n:
+                    continue
+                status.add_rows(device, event.n)
+                chunk = _rows_chunk(env, node, device, event)
+                if limit is not None and delivered + chunk.n > limit:
+                    chunk = chunk.take(np.arange(limit - delivered))
+                delivered += chunk.n
+                yield chunk
+            elif event.kind == "end":
+                if running.pop(device, None) is None:
+                    continue
+                _ended(session, fragment, device, event)
+            elif event.kind == "connected" and standing and device not in running:
+                if device in selected(env, session):
+                    joined = session.check(fragment, session.devices([device], fresh=True))
+                    if joined:
+                        start(device, _param_values(env, node.edge, joined, params)[device])
+        finished = not running
+    finally:
+        feed.close()
+        # fan-out: from the first fragment sent to the last one ended (what follows is the merge)
+        status.timings["fan_out"] = status.timings.get("fan_out", 0.0) + time.perf_counter() - began
+        status.fan_out_ended = time.perf_counter()
+        if not finished:
+            status.stop_running(by_limit=not ctx.cancel.is_set())
+    if not standing:
+        failure = session.failure()
+        if failure is not None:
+            raise failure
+
+
+def _param_values(env: dict, edge: str, devices: list[str], params) -> dict[str, dict]:
+    """Each device's values of the fragment's parameters (its metadata, id, …)."""
+    out: dict[str, dict] = {d: {} for d in devices}
+    if not params or not devices:
+        return out
+    chunk = _edge_chunk(env, edge, devices)
+    for name, compiled in params:
+        column = column_values(full_column(compiled, chunk))
+        for device, value in zip(devices, column):
+            out[device][name] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def _rows_chunk(env: dict, node: L.Remote, device: str, event) -> Chunk:
+    n = event.n
+    columns = {name: broadcast(value, n) for name, value in env.items()}
+    columns[node.edge] = [EdgeRef(device)] * n
+    for name, values in zip(node.fragment.columns, event.columns or ()):
+        columns[name] = values if isinstance(values, np.ndarray) else make_column(list(values))
+    return Chunk(columns, n)
+
+
+def _ended(session, fragment, device: str, event) -> None:
+    status = session.status
+    outcome = event.outcome
+    if outcome == "ok":
+        status.set(device, "answered")
+    elif outcome == "offline":
+        status.set(device, "offline", (event.error or {}).get("message") or "not connected")
+    elif outcome == "dropped":
+        status.set(device, "offline", (event.error or {}).get("message") or "its link dropped")
+    elif outcome == "cancelled":
+        status.set(device, "cancelled", (event.error or {}).get("message") or "cancelled on the edge")
+    else:
+        error = session.edge_error(device, fragment, event.error or {"kind": "RuntimeError", "message": outcome})
+        status.set(device, "failed", error.message, error=error.to_dict())
+
+
+# ---------------------------------------------------------------------------- merge aggregate
+def build_merge_aggregate(plan, node: L.MergeAggregate, collect):
+    """Group the rows from the edges by the keys and merge each aggregate's partial parts
+    (`collect` gathers a blocking operator's input, its memory accounted)."""
+    compiler, ctx = plan.compiler, plan.ctx
+    keys = [compiler.compile(k) for k in node.keys]
+    splits = [a.fn.split for a in node.aggregates]
+    parts = node.parts
+
+    def merge(upstream, outer):
+        chunks, held = collect(upstream, ctx)
+        try:
+            chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
+            groups: dict[tuple, list] = {}
+            n = chunk.n
+            key_values = [column_values(full_column(k, chunk)) if n else [] for k in keys]
+            part_values = [[column_values(chunk[c]) if n else [] for c in columns] for columns in parts]
+            for row in range(n):
+                values = [column[row] for column in key_values]
+                group = groups.get(tuple(hashable(v) for v in values))
+                if group is None:
+                    group = groups[tuple(hashable(v) for v in values)] = [values, [[] for _ in splits]]
+                for i, columns in enumerate(part_values):
+                    group[1][i].append(tuple(column[row] for column in columns))
+            if not groups and not keys:
+                groups[()] = [[], [[] for _ in splits]]
+            out: dict[str, Any] = {f"$g{i}": make_column([g[0][i] for g in groups.values()]) for i in range(len(keys))}
+            for i, split in enumerate(splits):
+                out[f"$a{i}"] = make_column([merge_partials(split, g[1][i]) for g in groups.values()])
+        finally:
+            ctx.hold(-held)
+        if groups:
+            yield Chunk(out, len(groups))
+    return merge
