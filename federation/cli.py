@@ -58,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="accept bundles nobody signed (development only)")
     parser.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
                         help="heartbeat interval told to edges; silent for 3 × this means offline")
+    parser.add_argument("--statement-workers", type=int, default=32, metavar="N",
+                        help="worker threads statements run in (default 32)")
+    parser.add_argument("--device-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long a connected device has to answer a query (default 10)")
+    parser.add_argument("--query-memory-mb", type=float, default=256.0, metavar="MB",
+                        help="a statement's memory limit when its request gives none (default 256)")
+    parser.add_argument("--query-seconds", type=float, default=None, metavar="SECONDS",
+                        help="a statement's time limit when its request gives none (default: none)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")

@@ -35,6 +35,10 @@ class FederationConfig:
     deploy_concurrency: int = 64  # devices receiving bundle bytes at the same time
     # --- queries
     max_socket_queries: int = 8  # statements running at once on one /v1/query/ws socket
+    statement_workers: int = 32  # worker threads statements run in (never on the event loop)
+    device_timeout_s: float = 10.0  # a connected device has this long to answer a bag query
+    query_memory_mb: float = 256.0  # a statement's memory when its request does not say (here and on edges)
+    query_seconds: float | None = None  # a statement's time limit when its request does not say
     extra: dict = field(default_factory=dict)  # settings of parts written by others (the fleet planner)
 
     def __post_init__(self) -> None:
@@ -52,6 +56,9 @@ class FederationConfig:
             raise ValueError("the failure threshold is a fraction between 0 and 1")
         if self.deploy_waves < 1 or self.heartbeat_s <= 0 or self.deploy_ack_timeout_s <= 0:
             raise ValueError("waves, heartbeat and ack timeout must be positive")
+        if self.statement_workers < 1 or self.device_timeout_s <= 0 or self.query_memory_mb <= 0 \
+                or (self.query_seconds is not None and self.query_seconds <= 0):
+            raise ValueError("statement workers, the device timeout and query limits must be positive")
 
     @property
     def registry_path(self) -> Path:
@@ -77,4 +84,8 @@ class FederationConfig:
                    max_bundle_bytes=getattr(args, "max_bundle_bytes", 64 << 20),
                    trusted_keys=tuple(getattr(args, "trusted_key", None) or ()),
                    allow_unsigned_bundles=bool(getattr(args, "allow_unsigned_bundles", False)),
-                   heartbeat_s=getattr(args, "heartbeat", 5.0))
+                   heartbeat_s=getattr(args, "heartbeat", 5.0),
+                   statement_workers=getattr(args, "statement_workers", 32),
+                   device_timeout_s=getattr(args, "device_timeout", 10.0),
+                   query_memory_mb=getattr(args, "query_memory_mb", 256.0),
+                   query_seconds=getattr(args, "query_seconds", None))

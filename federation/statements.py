@@ -44,6 +44,7 @@ DEFINITIONS = (A.CreateType, A.CreateFunction, A.CreateTable, A.Drop)
 BATCH_ROWS = 512
 CHANNEL_BATCHES = 16
 STATUS_POLL_S = 0.25
+FIRST_ROW_WAIT_S = 2.0      # how long a stream's response waits for its first row before it starts
 _END = object()
 
 
@@ -108,10 +109,15 @@ class StatementResult:
         return out
 
     async def first(self) -> None:
-        """Wait for the first rows (or the end); raise the statement's error if it fails first."""
+        """Wait for the first rows (or the end); raise the statement's error if it fails first. A
+        stream may take its time to give a first row (a slow sensor): for a stream the wait ends
+        after FIRST_ROW_WAIT_S, once its fragments have had the time to start or fail."""
         if self._finished or self._ready:
             return
-        item = await self._channel.get()
+        try:
+            item = await asyncio.wait_for(self._channel.get(), FIRST_ROW_WAIT_S if self.kind == "stream" else None)
+        except asyncio.TimeoutError:
+            return
         if isinstance(item, BaseException):
             self._finished = True
             raise item
@@ -187,13 +193,14 @@ class StatementPool:
 
 class QueryService:
     def __init__(self, engine, registry, index, hub, deployments=None, *, workers: int = 32,
-                 device_timeout: float = 10.0, credit: int = 10_000):
+                 device_timeout: float = 10.0, credit: int = 10_000, default_limits: dict | None = None):
         self.engine = engine          # the federation's own Engine: its functions and session variables
         self.registry = registry
         self.index = index
         self.hub = hub
         self.deployments = deployments
         self.device_timeout = device_timeout
+        self.default_limits = {k: v for k, v in (default_limits or {}).items() if v is not None}
         self.pool = StatementPool(workers)
         self.access = HubFleetAccess(_loop(), registry, index, hub, credit=credit)
         self._restored = False
@@ -220,7 +227,8 @@ class QueryService:
             return await self._deployment(statement, text, principal)
         if isinstance(statement, QUERY_STATEMENTS):
             timeout = self.device_timeout if device_timeout is None else device_timeout
-            name = getattr(principal, "name", None)
+            name = principal_name(principal)
+            limits = {**self.default_limits, **{k: v for k, v in (limits or {}).items() if v is not None}}
             result = await self.pool.call(lambda: self.engine.query(
                 text, limits, fleet=self.access, principal=name, device_timeout=timeout))
             return StatementResult.streaming(result, self.pool)
@@ -260,7 +268,7 @@ class QueryService:
         try:
             deployment_id = await self.deployments.start(
                 action, statement.model, version, devices, selection=statement.selection.sql(),
-                requested_by=getattr(principal, "name", None))
+                requested_by=principal_name(principal))
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         message = (f"{action} of {statement.model}{' ' + version if version else ''} started for "
@@ -322,6 +330,14 @@ def _relocated(exc: QueryError, selection: A.EdgeSelection, text: str) -> QueryE
     return exc
 
 
+def principal_name(principal) -> str | None:
+    """Who runs a statement, as edges see it (their query slots are shared out per principal)."""
+    if principal is None:
+        return None
+    token = getattr(principal, "token_id", None)
+    return f"token-{token}" if token is not None else getattr(getattr(principal, "role", None), "label", None)
+
+
 def _require(principal, role: str) -> None:
     """Statements that change things need a token with at least `role` (403 otherwise)."""
     if principal is None:
@@ -338,6 +354,6 @@ def create_query_service(app) -> QueryService:
     deployment manager exist)."""
     config = app[CONFIG]
     return QueryService(streamql.Engine(name="federation"), app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
-                        workers=getattr(config, "statement_workers", 32),
-                        device_timeout=getattr(config, "device_timeout_s", 10.0))
+                        workers=config.statement_workers, device_timeout=config.device_timeout_s,
+                        default_limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds})
 
