@@ -19,7 +19,9 @@ from federation.registry import Registry
 if TYPE_CHECKING:
     from federation.deployments import DeploymentManager
     from federation.hub import EdgeHub
+    from federation.limits import RequestLimiter, UploadSlots
     from federation.query_service import QueryService
+    from federation.sessions import Sessions
 
 CONFIG = web.AppKey("config", FederationConfig)
 REGISTRY = web.AppKey("registry", Registry)  # set while the app runs (cleanup_ctx)
@@ -33,6 +35,9 @@ DEPLOYMENTS = web.AppKey["DeploymentManager"]("deployments")  # start / progress
 # The fleet-query service (federation/fleet/service.py: `create_query_service(app)`); tests and
 # embedders may set it before the app starts. Absent → the query routes answer 501.
 QUERY_SERVICE = web.AppKey["QueryService"]("query_service")
+SESSIONS = web.AppKey["Sessions"]("sessions")  # open WebSockets and requests per token id (revocation)
+LIMITER = web.AppKey["RequestLimiter"]("limiter")  # per-token request rate and concurrency
+UPLOADS = web.AppKey["UploadSlots"]("uploads")  # bundle uploads checked at once
 
 # the authenticated caller of a request (absent on public routes)
 PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "streamql.principal"
