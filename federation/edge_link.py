@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from federation.auth import Principal
 from federation.errors import BadRequest
 from federation.http import track_websocket
+from federation.keys import SESSIONS
 from streamql import codec, wire
 
 if TYPE_CHECKING:
@@ -113,10 +114,18 @@ async def serve_edge(hub: "EdgeHub", request: web.Request, principal: Principal)
     conn = await _handshake(hub, ws, principal)
     if conn is None:
         return ws
+    sessions = request.app[SESSIONS]
+
+    async def revoked(reason: str) -> None:
+        conn.close_reason = reason
+        await conn.close(wire.CLOSE_CODES["unauthorized"], reason)
+
+    session = sessions.open(principal.token_id, revoked, label=f"edge {conn.edge_id}")
     try:
         hub.connected(conn)
         await _read_frames(hub, conn)
     finally:
+        sessions.close(session)
         conn.closing = True
         hub.detach(conn, conn.close_reason)
         if not ws.closed:

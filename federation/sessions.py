@@ -46,6 +46,7 @@ class Sessions:
         self._by_token: dict[int, _Open] = {}
         self._where: dict[int, int] = {}  # socket handle → token id
         self._handles = itertools.count(1)
+        self._jobs: set[asyncio.Task] = set()
         self.revocations = 0
 
     # --- bookkeeping ---------------------------------------------------------------------------
@@ -89,7 +90,11 @@ class Sessions:
     # --- revoking ------------------------------------------------------------------------------
     async def revoke(self, token_id: int, reason: str = "the token was revoked") -> int:
         """Close every socket of the token (4003 and `reason`) and cancel its requests in flight,
-        except the one calling (a token revoking itself still gets its answer). How many ended."""
+        except the one calling (a token revoking itself still gets its answer); how many there were.
+
+        The close frames go out now; waiting for peers to answer them (a peer that never reads
+        would make the revoking request wait) and cancelling what remains happen in the background.
+        """
         entry = self._by_token.get(token_id)
         if entry is None:
             return 0
@@ -99,15 +104,21 @@ class Sessions:
         tasks = [t for t in entry.tasks if t is not me and not t.done()]
         if closers:
             log.info("token %s revoked: closing %d open sockets", token_id, len(closers))
-            results = await asyncio.gather(*(asyncio.wait_for(_quietly(closer, reason), CLOSE_TIMEOUT_S)
-                                             for _, closer in closers), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, asyncio.TimeoutError):
-                    log.debug("closing a socket of a revoked token: %r", result)
+        job = asyncio.ensure_future(self._end(closers, tasks, reason))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        await asyncio.sleep(0)  # the close frames are written before the caller answers
+        return len(closers) + len(tasks)
+
+    async def _end(self, closers: list[tuple[str, Closer]], tasks: list[asyncio.Task], reason: str) -> None:
+        results = await asyncio.gather(*(asyncio.wait_for(_quietly(closer, reason), CLOSE_TIMEOUT_S)
+                                         for _, closer in closers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.TimeoutError):
+                log.debug("closing a socket of a revoked token: %r", result)
         for task in tasks:  # what the closed sockets did not end by themselves
             if not task.done():
                 task.cancel()
-        return len(closers) + len(tasks)
 
     async def sweep(self, revoked_among: Callable[[list[int]], set[int]]) -> None:
         """Revoke what another process revoked: `revoked_among(ids)` says which ids are revoked."""
