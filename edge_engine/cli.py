@@ -23,12 +23,11 @@ import asyncio
 import json
 import logging
 import os
-import signal as _signal
 import sys
 from pathlib import Path
 
 from .config import SECRET_ON_COMMAND_LINE, ConfigError, add_arguments, load_config, read_secret_file
-from .guard import STOP_DEADLINE_S, guard_state, stop_within_deadline, supervise
+from .guard import STOP_DEADLINE_S, guard_state, install_stop_handlers, supervise
 
 __all__ = ["register", "build_parser", "main", "ADMIN_TOKEN_ENV"]
 
@@ -152,12 +151,7 @@ async def _run_fleet(args, base, store_root: Path, tokens: dict, admin_token: st
     from .simulate import SimulatedFleet
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (_signal.SIGINT, _signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop_within_deadline, stop)
-        except (NotImplementedError, RuntimeError):
-            pass
+    install_stop_handlers(asyncio.get_running_loop(), stop)
     fleet = SimulatedFleet(args.simulate, base, store_root=store_root, seed=args.seed, tokens=tokens,
                            admin_token=admin_token, prefix=args.id_prefix, rate_scale=args.rate_scale)
     log = logging.getLogger("streamql.edge.simulate")

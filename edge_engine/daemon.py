@@ -40,7 +40,7 @@ from .buffer import StoreForwardBuffer
 from .config import ConfigError, EdgeConfig, detect_runtimes
 from .deployments import Deployments
 from .fragments import DuplicateQuery, FragmentSet
-from .guard import STOP_DEADLINE_S, Quarantine, RunningLog, guard_state, stop_within_deadline
+from .guard import STOP_DEADLINE_S, Quarantine, RunningLog, guard_state, install_stop_handlers
 from .health import ErrorLogHandler, HealthMonitor, bump_restarts
 from .link import Connection, Link
 from .publish import Publisher
@@ -366,12 +366,7 @@ class EdgeDaemon:
 async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, **options: Any) -> int:
     """Run one daemon until SIGINT/SIGTERM (or `stop` is set); the exit code."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (_signal.SIGINT, _signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop_within_deadline, stop)
-        except (NotImplementedError, RuntimeError):
-            pass
+    install_stop_handlers(asyncio.get_running_loop(), stop)
     daemon = EdgeDaemon(config, **options)
     await daemon.start()
     daemon.log.info("edge %s running (store %s, %d signals, federation %s)", config.id, config.store,

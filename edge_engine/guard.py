@@ -35,7 +35,7 @@ from typing import Any
 from .store import atomic_write
 
 __all__ = ["GUARD_ENV", "RunningLog", "Quarantine", "guard_state", "supervise", "rss_mb", "hard_exit_after",
-           "stop_within_deadline", "STOP_DEADLINE_S"]
+           "install_stop_handlers", "STOP_DEADLINE_S"]
 
 log = logging.getLogger("streamql.edge.guard")
 
@@ -173,12 +173,26 @@ def hard_exit_after(seconds: float = HARD_STOP_S, code: int = 1) -> threading.Ti
     return timer
 
 
-def stop_within_deadline(stop) -> None:
-    """A SIGTERM/SIGINT handler of the daemon: stop gracefully (set `stop`), and end the process
-    HARD_STOP_S after the signal regardless."""
-    if not stop.is_set():
-        stop.set()
-        hard_exit_after()
+def install_stop_handlers(loop, stop) -> None:
+    """On SIGTERM or SIGINT: set the asyncio event `stop` (a graceful stop) and end the process
+    HARD_STOP_S later regardless. Plain signal handlers, not the loop's: they run even while
+    the event loop is blocked (a sensor callable that hangs), and the timer is a thread of its own."""
+    fired = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if not fired.is_set():
+            fired.set()
+            hard_exit_after()
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop is closed already
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(signum, handler)
+        except ValueError:  # not the main thread (embedded): the caller stops us
+            return
 
 
 # --- the supervisor (the parent process) ------------------------------------------------------

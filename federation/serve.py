@@ -61,11 +61,27 @@ def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> thr
     return timer
 
 
-async def _serve(config: FederationConfig, ssl_context, announce) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set `stop` and start the hard-exit watchdog. Plain signal handlers, not the
+    loop's: the watchdog starts even when the event loop is blocked."""
+    fired = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if not fired.is_set():
+            fired.set()
+            start_hard_exit_watchdog()
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop is closed already
+            pass
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        signal.signal(signum, handler)
+
+
+async def _serve(config: FederationConfig, ssl_context, announce) -> int:
+    stop = asyncio.Event()
+    _install_stop_handlers(asyncio.get_running_loop(), stop)
     runner = web.AppRunner(create_app(config), **runner_options(config))
     await runner.setup()
     try:
@@ -73,7 +89,6 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
         await site.start()
         announce()
         await stop.wait()
-        start_hard_exit_watchdog()
         log.info("stopping (at most %.0f s)", config.shutdown_timeout_s)
     finally:
         try:
