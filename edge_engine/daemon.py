@@ -364,9 +364,10 @@ class EdgeDaemon:
 
 
 async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, **options: Any) -> int:
-    """Run one daemon until SIGINT/SIGTERM (or `stop` is set); the exit code."""
-    stop = stop or asyncio.Event()
-    install_stop_handlers(asyncio.get_running_loop(), stop)
+    """Run one daemon until SIGINT/SIGTERM (or, when given, until `stop` is set); the exit code."""
+    if stop is None:  # run as the command: SIGTERM/SIGINT stop it, within 10 s whatever happens
+        stop = asyncio.Event()
+        install_stop_handlers(asyncio.get_running_loop(), stop)
     daemon = EdgeDaemon(config, **options)
     await daemon.start()
     daemon.log.info("edge %s running (store %s, %d signals, federation %s)", config.id, config.store,

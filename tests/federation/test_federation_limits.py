@@ -20,7 +20,7 @@ from federation.serve import runner_options
 from federation.testing import FakeEdge, make_bundle
 from hostile_zips import signed_bomb
 from streamql.models import keygen
-from tests.federation.fake_service import ROWS, STREAM, FakeService
+from tests.federation.fake_service import ROWS, STREAM, FakeResult, FakeService
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,3 +222,24 @@ async def test_uploads_are_bounded_at_once_and_bombs_are_refused_quickly(aiohttp
     assert good.status == 201
     assert await answers(client, tokens["read"])
     assert json.loads((await (await client.get("/v1/models", headers=deploy)).text()))["models"][0]["name"] == "vib"
+
+
+async def test_response_headers_stay_bounded_for_wide_or_long_named_results(aiohttp_client, tmp_path, service):
+    from federation.results import MAX_HEADER_BYTES, bounded_names
+
+    text, cut = bounded_names(["x" * 9000, "y"])
+    assert cut and len(text) <= MAX_HEADER_BYTES and json.loads(text)[1] == "y" and json.loads(text)[0].endswith("…")
+    text, cut = bounded_names([f"column_{i}" for i in range(3000)])
+    assert cut and len(text) <= MAX_HEADER_BYTES and json.loads(text)[0] == "column_0"
+    assert bounded_names(["a", "b"]) == ('["a", "b"]', False)
+
+    class NamedAfterTheText(FakeService):
+        async def run(self, text, principal, *, limits=None):
+            return FakeResult([f"c{i}_{text}" for i in range(3)], ["Charstring"] * 3, "bag", [["a", "b", "c"]])
+
+    client, tokens = await start(aiohttp_client, tmp_path, NamedAfterTheText())
+    long = "select 1 as " + "z" * 20_000 + ";"
+    resp = await client.post("/v1/query", json={"query": long}, headers=bearer(tokens["read"]))
+    assert resp.status == 200 and resp.headers["X-StreamQL-Columns-Truncated"] == "true"
+    assert len(resp.headers["X-StreamQL-Columns"]) <= MAX_HEADER_BYTES
+    assert json.loads((await resp.text()).splitlines()[0]) == ["a", "b", "c"]
