@@ -1,7 +1,8 @@
 """The process guard with real processes (`streamql edge --watchdog`): a fragment that allocates past
 the memory cap gets the daemon killed and restarted; it reconnects, health tells the restart and
 its reason, the same statement is then refused for a while, other statements still run, and
-SIGTERM stops the guard and its daemon within 10 s. Also the pieces: the write-ahead log of
+SIGTERM stops the guard and its daemon within 10 s; the autostart query of a deployed bundle resumes
+after the restart. Also the pieces: the write-ahead log of
 running fragments and the quarantine."""
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from edge_engine.guard import Quarantine, RunningLog
+from edge_engine.testing import make_bundle, make_keys
 from federation.app import create_app
 from federation.auth import provision
 from federation.config import FederationConfig
 from federation.hub import EdgeOffline, FragmentError
-from federation.keys import HUB, REGISTRY
+from federation.keys import DEPLOYMENTS, HUB, REGISTRY
+from streamql.models import read_bundle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +84,9 @@ async def test_the_guard_restarts_a_daemon_past_its_memory_cap_and_quarantines_t
                                                                heartbeat_s=1.0))))
     await client.start_server()
     hub, registry = client.app[HUB], client.app[REGISTRY]
+    private, public = make_keys(tmp_path / "keys")
+    bundle = make_bundle(tmp_path / "bundle", key=private, native=True)
+    registry.add_bundle("vib", "1.0.0", bundle, read_bundle(bundle).manifest)
     token_file = tmp_path / "device.token"
     token_file.write_text(provision(registry, "wl-1").token + "\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
@@ -88,11 +94,16 @@ async def test_the_guard_restarts_a_daemon_past_its_memory_cap_and_quarantines_t
     guard = subprocess.Popen(
         [sys.executable, "-m", "edge_engine", "--id", "wl-1", "--federation", str(client.make_url("/")),
          "--store", str(tmp_path / "store"), "--token-file", str(token_file), "--signal", HOG_SIGNAL,
+         "--signal", "name=vibration,shape=sine,rate_hz=200,seed=3", "--trusted-key", str(public),
          "--watchdog", "--max-rss-mb", str(CAP_MB), "--guard-check-interval", "0.1", "--quarantine-s", "600",
          "--heartbeat", "0.5", "--reconnect-initial", "0.05", "--reconnect-max", "0.3", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_memory)
     try:
         await until(lambda: hub.is_online("wl-1"), 30, "the guarded edge connecting")
+        deployed = await client.app[DEPLOYMENTS].start("deploy", "vib", None, ["wl-1"], selection="true")
+        assert (await client.app[DEPLOYMENTS].wait(deployed, 30))["state"] == "done"
+        published = lambda: hub.publish_log.count(flow="vib/scores") if not hub._flush_publish() else 0  # noqa: E731
+        await until(lambda: published() > 0, 20, "the autostart query publishing")
         first_child = children_of(guard.pid)
         restarts_before = hub.announced("wl-1")["restarts"]
         started = time.monotonic()
@@ -114,6 +125,10 @@ async def test_the_guard_restarts_a_daemon_past_its_memory_cap_and_quarantines_t
         assert "refused on this edge until" in refused.value.error["message"]
         rows = [r async for b in hub.fragment("wl-1", "select 1 + 1;") for r in b.rows()]
         assert rows == [2] and hub.is_online("wl-1")
+        before = published()  # the autostart query resumed with the restarted daemon
+        await until(lambda: published() > before, 20, "the autostart query publishing after the restart")
+        await until(lambda: [a["status"] for a in hub.announced("wl-1")["health"]["autostart"]] == ["running"], 10,
+                    "health telling the autostart query runs")
         child = children_of(guard.pid)
         stopping = time.monotonic()
         guard.send_signal(signal.SIGTERM)
