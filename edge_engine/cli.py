@@ -1,14 +1,20 @@
 """`streamql edge …`: run an edge engine daemon, or a fleet of simulated ones.
 
     streamql edge --config edge.toml                  one device (every setting also a flag)
+    streamql edge --config edge.toml --watchdog       the same, guarded (edge_engine/guard.py)
     streamql edge --id wl-1 --federation ws://127.0.0.1:8080 --signal name=vibration,rate_hz=100
-    streamql edge --simulate 100 --federation URL --provision ADMIN_TOKEN [--seed 7] [--store DIR]
+    streamql edge --simulate 100 --federation URL --provision-token-file admin.token [--seed 7] [--store DIR]
+    STREAMQL_ADMIN_TOKEN=… streamql edge --simulate 100 --federation URL --provision
     streamql edge --simulate 100 --federation URL --tokens tokens.json
     streamql edge --config edge.toml --print-config   the effective settings, as JSON
 
-`python -m edge_engine …` runs the same command on its own. SIGINT or SIGTERM stops gracefully:
-the link closes with 1001, queries stop, the buffer is flushed. Exit codes: 0 stopped, 2 a
-configuration error, 1 anything else.
+Secrets never travel as flag values (`ps` shows them to everyone): the device token comes from
+`--token-file`, $STREAMQL_EDGE_TOKEN or edge.toml, the admin token of `--provision` from
+`--provision-token-file` or $STREAMQL_ADMIN_TOKEN.
+
+`python -m edge_engine …` runs the same command on its own. SIGINT or SIGTERM stops gracefully
+within 10 s: the link closes with 1001, queries stop, the buffer is flushed; whatever still runs
+after STOP_DEADLINE_S is abandoned (edge_engine/guard.py). Exit codes: 0 stopped, 2 a configuration error, 1 anything else.
 """
 from __future__ import annotations
 
@@ -16,13 +22,16 @@ import argparse
 import asyncio
 import json
 import logging
-import signal as _signal
+import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, add_arguments, load_config
+from .config import SECRET_ON_COMMAND_LINE, ConfigError, add_arguments, load_config, read_secret_file
+from .guard import STOP_DEADLINE_S, guard_state, install_stop_handlers, supervise
 
-__all__ = ["register", "build_parser", "main"]
+__all__ = ["register", "build_parser", "main", "ADMIN_TOKEN_ENV"]
+
+ADMIN_TOKEN_ENV = "STREAMQL_ADMIN_TOKEN"
 
 
 def _add(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,8 +39,11 @@ def _add(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sim = parser.add_argument_group("simulated fleet")
     sim.add_argument("--simulate", type=int, metavar="N", help="run N simulated edges in this process")
     sim.add_argument("--tokens", metavar="FILE", help="device tokens of the simulated edges (JSON or 'id token' lines)")
-    sim.add_argument("--provision", metavar="ADMIN_TOKEN",
-                     help="register the simulated edges on the federation with this admin token")
+    sim.add_argument("--provision", nargs="?", const=True, default=None, metavar="",
+                     help=f"register the simulated edges on the federation with the admin token of "
+                          f"--provision-token-file or ${ADMIN_TOKEN_ENV}")
+    sim.add_argument("--provision-token-file", metavar="PATH",
+                     help="a file holding the admin token for --provision (implies --provision)")
     sim.add_argument("--seed", type=int, default=0, help="the fleet's seed: ids, metadata, signals (default 0)")
     sim.add_argument("--id-prefix", default="", help="prefix of the simulated edges' ids")
     sim.add_argument("--rate-scale", type=float, default=1.0, help="multiply the simulated signal rates")
@@ -69,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2, default=str))
         return 0
     _logging(config.log_level)
+    if config.guard.enabled and guard_state() is None:  # this process guards; its child runs the daemon
+        return supervise(max_rss_mb=config.guard.max_rss_mb, check_interval_s=config.guard.check_interval_s)
     from .daemon import run_daemon
     try:
         return asyncio.run(run_daemon(config))
@@ -84,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     if args.simulate < 1:
         print("streamql edge: --simulate needs at least 1 edge", file=sys.stderr)
+        return 2
+    if getattr(args, "watchdog", None):
+        print("streamql edge: --watchdog guards one daemon; it does not apply to --simulate", file=sys.stderr)
+        return 2
+    try:
+        admin_token = _admin_token(args)
+    except ConfigError as exc:
+        print(f"streamql edge: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "id", None) is None:
         args.id = "sim"      # each simulated edge gets its own id; the template needs one
@@ -105,21 +127,33 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"streamql edge: --tokens: {exc}", file=sys.stderr)
             return 2
     _logging(base.log_level)
-    return asyncio.run(_run_fleet(args, base, store_root, tokens))
+    return asyncio.run(_run_fleet(args, base, store_root, tokens, admin_token))
 
 
-async def _run_fleet(args, base, store_root: Path, tokens: dict) -> int:
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """The admin token to provision with (None without --provision): never a flag's value."""
+    given = getattr(args, "provision", None)
+    if isinstance(given, str):
+        raise ConfigError("--provision", SECRET_ON_COMMAND_LINE.format(file_flag="--provision-token-file",
+                                                                      env=ADMIN_TOKEN_ENV))
+    path = getattr(args, "provision_token_file", None)
+    if path:
+        return read_secret_file(path, "admin token")
+    if given:
+        token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+        if not token:
+            raise ConfigError("--provision", f"needs the admin token: --provision-token-file PATH or ${ADMIN_TOKEN_ENV}")
+        return token
+    return None
+
+
+async def _run_fleet(args, base, store_root: Path, tokens: dict, admin_token: str | None) -> int:
     from .simulate import SimulatedFleet
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (_signal.SIGINT, _signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    install_stop_handlers(asyncio.get_running_loop(), stop)
     fleet = SimulatedFleet(args.simulate, base, store_root=store_root, seed=args.seed, tokens=tokens,
-                           admin_token=args.provision, prefix=args.id_prefix, rate_scale=args.rate_scale)
+                           admin_token=admin_token, prefix=args.id_prefix, rate_scale=args.rate_scale)
     log = logging.getLogger("streamql.edge.simulate")
     try:
         await fleet.start()
@@ -132,7 +166,10 @@ async def _run_fleet(args, base, store_root: Path, tokens: dict) -> int:
     try:
         await stop.wait()
     finally:
-        await fleet.stop()
+        try:
+            await asyncio.wait_for(fleet.stop(), STOP_DEADLINE_S)
+        except asyncio.TimeoutError:
+            log.warning("the simulated fleet did not stop within %.0f s; leaving the rest", STOP_DEADLINE_S)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Edge configuration: `edge.toml`, with every setting also a command-line flag.
 
-Precedence, highest first: command-line flags, the environment (`STREAMQL_EDGE_TOKEN` only, so a
-token need not show in `ps`), the file, defaults. Flags that give a list (`--trusted-key`)
+Precedence, highest first: command-line flags, the environment (`STREAMQL_EDGE_TOKEN` only), the
+file, defaults. The device token never comes from a flag's value, which `ps` shows to everyone:
+`--token-file PATH`, `STREAMQL_EDGE_TOKEN` or `token` in the file (`--token VALUE` is refused). Flags that give a list (`--trusted-key`)
 replace the file's list; `--meta KEY=VALUE` overrides one metadata key; `--signal` adds a signal
 or replaces the file's signal of the same name. Every problem is a `ConfigError` naming the key.
 See `examples/edge/edge.toml` for a commented example.
@@ -24,10 +25,12 @@ from typing import Any, Mapping
 from .buffer import FSYNC_POLICIES, OVERFLOW_POLICIES
 from .signals import SignalSpecError, check_spec
 
-__all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Reconnect", "Tls",
-           "add_arguments", "load_config", "detect_runtimes", "TOKEN_ENV"]
+__all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Guard", "Reconnect", "Tls",
+           "add_arguments", "load_config", "detect_runtimes", "TOKEN_ENV", "read_secret_file"]
 
 TOKEN_ENV = "STREAMQL_EDGE_TOKEN"
+SECRET_ON_COMMAND_LINE = ("a token given on the command line is visible to every user of this machine (ps); "
+                          "give it in a file ({file_flag} PATH) or the environment ({env})")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -62,11 +65,24 @@ class BufferSettings:
 
 @dataclass
 class Limits:
-    """Defaults for query fragments that arrive without their own limits."""
+    """Defaults for query fragments that arrive without their own limits, and the query slots."""
 
     rows: int | None = None
     seconds: float | None = None
     memory_mb: float | None = 256.0
+    max_queries: int = 32                 # fragments running at once
+    max_queries_per_principal: int = 8    # of them, fragments of one principal (who asked)
+
+
+@dataclass
+class Guard:
+    """The process guard (edge_engine/guard.py): `streamql edge --watchdog` runs the daemon as a
+    child, restarts it past `max_rss_mb`, and refuses the statements it was running for a while."""
+
+    enabled: bool = False
+    max_rss_mb: float = 1024.0
+    check_interval_s: float = 0.5
+    quarantine_s: float = 600.0
 
 
 @dataclass
@@ -102,6 +118,7 @@ class EdgeConfig:
     reconnect: Reconnect = field(default_factory=Reconnect)
     trusted_keys: list[str] = field(default_factory=list)
     tls: Tls = field(default_factory=Tls)
+    guard: Guard = field(default_factory=Guard)
     log_level: str = "info"
     source: Path | None = None          # the file it was loaded from, if any
 
@@ -147,7 +164,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add = group.add_argument
     add("--config", metavar="FILE", help="edge.toml to read")
     add("--id", metavar="ID", help="this device's id")
-    add("--token", metavar="TOKEN", help=f"device token (or ${TOKEN_ENV})")
+    add("--token", metavar="TOKEN", action=_RefuseSecret, file_flag="--token-file", env=TOKEN_ENV,
+        help=argparse.SUPPRESS)
+    add("--token-file", metavar="PATH", help=f"a file holding the device token (or ${TOKEN_ENV})")
     add("--federation", metavar="URL", help="federation URL, e.g. ws://host:8080/v1/edges/connect")
     add("--store", metavar="DIR", help="store directory (bundles, buffer, state)")
     add("--heartbeat", dest="heartbeat_s", type=float, metavar="SECONDS", help="health interval")
@@ -174,7 +193,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--reconnect-initial", dest="reconnect_initial_s", type=float, metavar="S",
         help="first reconnection backoff (doubles up to --reconnect-max, with full jitter)")
     add("--reconnect-max", dest="reconnect_max_s", type=float, metavar="S", help="longest reconnection backoff")
+    add("--max-queries", type=int, metavar="N", help="fragments running at once (32)")
+    add("--max-queries-per-principal", type=int, metavar="N", help="of them, fragments of one principal (8)")
+    add("--watchdog", action="store_true", default=None,
+        help="run the daemon as a child process, restarted past --max-rss-mb (edge_engine/guard.py)")
+    add("--max-rss-mb", type=float, metavar="MB", help="with --watchdog: the daemon's memory cap (1024)")
+    add("--quarantine-s", type=float, metavar="S",
+        help="with --watchdog: how long statements running at a memory restart are refused (600)")
+    add("--guard-check-interval", dest="guard_check_interval_s", type=float, metavar="S",
+        help="with --watchdog: how often the daemon's memory is checked (0.5)")
     return parser
+
+
+class _RefuseSecret(argparse.Action):
+    """A flag whose value would be a secret in argv: refused, saying what to use instead."""
+
+    def __init__(self, *args, file_flag: str, env: str, **kwargs):
+        self.file_flag, self.env = file_flag, env
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: " + SECRET_ON_COMMAND_LINE.format(file_flag=self.file_flag, env=self.env))
+
+
+def read_secret_file(path: str | os.PathLike, what: str = "token") -> str:
+    """The first line of a secret file (ConfigError when it is missing or empty)."""
+    try:
+        text = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    secret = text.splitlines()[0].strip() if text else ""
+    if not secret:
+        raise ConfigError("", f"the {what} file {path} is empty")
+    return secret
 
 
 def _flag_overrides(args: argparse.Namespace | None) -> dict:
@@ -187,11 +238,16 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
                       ("heartbeat_s", "heartbeat_s"), ("log_level", "log_level")):
         if get(name) is not None:
             doc[key] = get(name)
+    if get("token_file") is not None:
+        doc["token"] = read_secret_file(get("token_file"), "device token")
     for section, pairs in (
             ("capabilities", (("ram_kb", "ram_kb"), ("flash_kb", "flash_kb"), ("cpu", "cpu"))),
             ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
                         ("fsync", "fsync"), ("fsync_interval_s", "fsync_interval_s"), ("overflow", "overflow"))),
-            ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"))),
+            ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"),
+                        ("max_queries", "max_queries"), ("max_queries_per_principal", "max_queries_per_principal"))),
+            ("guard", (("enabled", "watchdog"), ("max_rss_mb", "max_rss_mb"), ("quarantine_s", "quarantine_s"),
+                       ("check_interval_s", "guard_check_interval_s"))),
             ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s"))),
             ("tls", (("ca_file", "ca_file"), ("cert_file", "client_cert"), ("key_file", "client_key")))):
         for key, name in pairs:
@@ -245,10 +301,11 @@ def _signal_flag(text: str) -> dict:
 
 # == loading ===================================================================================
 _TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
-        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level"}
+        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
-             "limits": {"rows", "seconds", "memory_mb"},
+             "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal"},
+             "guard": {"enabled", "max_rss_mb", "check_interval_s", "quarantine_s"},
              "reconnect": {"initial_s", "max_s"},
              "tls": {"ca_file", "cert_file", "key_file"}}
 
@@ -374,7 +431,19 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     limits = Limits(
         rows=_opt_int(lim, "rows", "limits.rows", fail, minimum=1),
         seconds=_opt_number(lim, "seconds", "limits.seconds", fail),
-        memory_mb=_opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb)
+        memory_mb=_opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb,
+        max_queries=_opt_int(lim, "max_queries", "limits.max_queries", fail, minimum=1) or Limits().max_queries,
+        max_queries_per_principal=_opt_int(lim, "max_queries_per_principal", "limits.max_queries_per_principal",
+                                           fail, minimum=1) or Limits().max_queries_per_principal)
+
+    guard_doc = section("guard")
+    enabled = guard_doc.get("enabled", False)
+    if not isinstance(enabled, bool):
+        fail("guard.enabled", f"must be true or false, got {enabled!r}")
+    guard = Guard(enabled=enabled, max_rss_mb=_number(guard_doc, "max_rss_mb", Guard().max_rss_mb, "guard.max_rss_mb", fail),
+                  check_interval_s=_number(guard_doc, "check_interval_s", Guard().check_interval_s,
+                                           "guard.check_interval_s", fail),
+                  quarantine_s=_number(guard_doc, "quarantine_s", Guard().quarantine_s, "guard.quarantine_s", fail))
 
     rec = section("reconnect")
     reconnect = Reconnect(initial_s=_number(rec, "initial_s", 0.5, "reconnect.initial_s", fail),
@@ -424,8 +493,8 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
 
     return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
-                      limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, log_level=log_level.lower(),
-                      source=path)
+                      limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
+                      log_level=log_level.lower(), source=path)
 
 
 def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:

@@ -40,6 +40,7 @@ from .buffer import StoreForwardBuffer
 from .config import ConfigError, EdgeConfig, detect_runtimes
 from .deployments import Deployments
 from .fragments import DuplicateQuery, FragmentSet
+from .guard import STOP_DEADLINE_S, Quarantine, RunningLog, guard_state, install_stop_handlers
 from .health import ErrorLogHandler, HealthMonitor, bump_restarts
 from .link import Connection, Link
 from .publish import Publisher
@@ -84,7 +85,7 @@ class EdgeDaemon:
                  session: aiohttp.ClientSession | None = None, drivers: DriverSet | None = None,
                  start_drivers: bool = True, seed: int | None = None, rng: random.Random | None = None,
                  log: logging.Logger | None = None, run_tests: bool = True,
-                 callables: dict[str, Callable] | None = None, max_fragments: int = 32):
+                 callables: dict[str, Callable] | None = None, max_fragments: int | None = None):
         self.config = config
         self.clock = clock
         self.session = session
@@ -95,7 +96,7 @@ class EdgeDaemon:
         self.log = log or logging.getLogger(f"streamql.edge.{config.id}")
         self.run_tests = run_tests
         self.callables = callables
-        self.max_fragments = max_fragments
+        self.max_fragments = max_fragments or config.limits.max_queries
         self.engine = None
         self.autostarts = AutostartSet([])
         self.fragments: FragmentSet | None = None
@@ -115,6 +116,7 @@ class EdgeDaemon:
         self._deploy_lock = asyncio.Lock()
         self.store = EdgeStore(config.store)
         restarts = bump_restarts(config.store)
+        self._start_guarded()
         self.buffer = StoreForwardBuffer(
             self.store.buffer_dir, max_records=config.buffer.max_records, max_bytes=config.buffer.max_bytes,
             overflow=config.buffer.overflow, fsync=config.buffer.fsync,
@@ -154,6 +156,31 @@ class EdgeDaemon:
             self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
         self.started = True
         return self
+
+    def _start_guarded(self) -> None:
+        """Under the process guard: statements running at a memory restart are quarantined, and
+        what runs from now on is written ahead (edge_engine/guard.py)."""
+        self.quarantine = Quarantine(self.config.store)
+        self.guard = guard_state()
+        self.running_log = RunningLog(self.config.store) if self.guard is not None else None
+        if self.running_log is None:
+            return
+        was_running = self.running_log.collect()
+        last = self.guard.get("last") or {}
+        if last.get("kind") == "memory" and was_running:
+            self.quarantine.add(was_running, self.config.guard.quarantine_s, last.get("reason", "memory"))
+            self.log.warning("restarted by the guard (%s); %d statements running then are refused for %g s",
+                             last.get("reason"), len(was_running), self.config.guard.quarantine_s)
+        elif last:
+            self.log.warning("restarted by the guard: %s", last.get("reason"))
+
+    def guard_view(self) -> dict | None:
+        """Health `guard`: restarts by the guard, the last reason and time, statements quarantined."""
+        if self.guard is None and not len(self.quarantine):
+            return None
+        last = (self.guard or {}).get("last") or {}
+        return {"restarts": int((self.guard or {}).get("restarts", 0)), "reason": last.get("reason"),
+                "time": last.get("time"), "quarantined": len(self.quarantine)}
 
     async def stop(self) -> None:
         if not self.started:
@@ -247,6 +274,10 @@ class EdgeDaemon:
         fields["errors"] = fields.get("errors", [])[-100:]
         fields["autostart"] = self.autostarts.describe()
         fields["models"] = self.deployments.active()
+        fields["publish"] = self.publisher.stats()
+        guard = self.guard_view()
+        if guard is not None:
+            fields["guard"] = guard
         return fields
 
     async def connected(self, conn: Connection, welcome: wire.Frame) -> None:
@@ -255,10 +286,16 @@ class EdgeDaemon:
         self.fragments = FragmentSet(self.loop, send_frame=conn.send, send_bytes=conn.send_bytes,
                                      engine=lambda: self.engine,
                                      default_limits=Limits(limits.rows, limits.seconds, limits.memory_mb),
-                                     max_running=self.max_fragments, compile_lock=self._compile_lock, log=self.log,
-                                     max_frame=welcome.get("max_frame"))
+                                     max_running=self.max_fragments,
+                                     max_per_principal=limits.max_queries_per_principal,
+                                     compile_lock=self._compile_lock, log=self.log, max_frame=welcome.get("max_frame"),
+                                     refuse=self.quarantine.refuse, running_log=self.running_log)
         self.publisher.max_frame = welcome.get("max_frame") or wire.MAX_FRAME_BYTES
         self._send_task = self.spawn(self._publish(conn))
+
+    def over_quota(self, seq: int, hold: int, retry_after_s: float, message: str) -> None:
+        """The federation refused a published record over this device's quota: slow down, keep it."""
+        self.publisher.over_quota(seq, hold, retry_after_s, message)
 
     async def _publish(self, conn: Connection) -> None:
         try:
@@ -331,14 +368,10 @@ class EdgeDaemon:
 
 
 async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, **options: Any) -> int:
-    """Run one daemon until SIGINT/SIGTERM (or `stop` is set); the exit code."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (_signal.SIGINT, _signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    """Run one daemon until SIGINT/SIGTERM (or, when given, until `stop` is set); the exit code."""
+    if stop is None:  # run as the command: SIGTERM/SIGINT stop it, within 10 s whatever happens
+        stop = asyncio.Event()
+        install_stop_handlers(asyncio.get_running_loop(), stop)
     daemon = EdgeDaemon(config, **options)
     await daemon.start()
     daemon.log.info("edge %s running (store %s, %d signals, federation %s)", config.id, config.store,
@@ -346,5 +379,8 @@ async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, *
     try:
         await stop.wait()
     finally:
-        await daemon.stop()
+        try:  # a query thread that does not stop must not hold the process (the buffer is crash-safe)
+            await asyncio.wait_for(daemon.stop(), STOP_DEADLINE_S)
+        except asyncio.TimeoutError:
+            daemon.log.warning("the daemon did not stop within %.0f s; leaving the rest", STOP_DEADLINE_S)
     return 0

@@ -16,6 +16,10 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
 - When the connection drops, its fragments are cancelled without an `end` (the socket is gone).
+- **Slots**: at most `max_running` fragments at once, and at most `max_per_principal` of one
+  principal (the `query` frame's `principal`: who asked), so one reader holding streams it never
+  reads cannot take every slot; fragments over either are answered `end error` LimitError.
+  A statement the process guard quarantined (edge_engine/guard.py) is refused the same way.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class Fragment:
         self.params = fields.get("params") or {}
         self.names = fields.get("columns")
         self.batch_rows = fields.get("batch_rows") or DEFAULT_BATCH_ROWS
+        self.principal: str | None = fields.get("principal")
         self.window = wire.CreditWindow(fields["credit"])
         self.engine = engine
         self.received = time.monotonic()
@@ -268,9 +273,10 @@ class FragmentSet:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send_frame: Callable[[wire.Frame], Awaitable[None]],
                  send_bytes: Callable[[bytes], Awaitable[None]], engine: Callable[[], Any],
-                 default_limits: Limits | None = None, max_running: int = 32,
+                 default_limits: Limits | None = None, max_running: int = 32, max_per_principal: int = 8,
                  compile_lock: threading.Lock | None = None, log: logging.Logger | None = None,
-                 max_frame: int | None = None):
+                 max_frame: int | None = None, refuse: Callable[[str], str | None] | None = None,
+                 running_log: Any = None):
         self.loop = loop
         self.max_frame = min(MAX_FRAME_PAYLOAD, max_frame or MAX_FRAME_PAYLOAD)   # welcome.max_frame
         self.send_frame = send_frame
@@ -278,6 +284,9 @@ class FragmentSet:
         self.engine = engine
         self.default_limits = default_limits or Limits()
         self.max_running = max_running
+        self.max_per_principal = max_per_principal   # one principal's share of the slots
+        self.refuse = refuse            # source → why it is refused here (the guard's quarantine), or None
+        self.running_log = running_log  # the guard's write-ahead of running fragments (edge_engine/guard.py)
         self.compile_lock = compile_lock or threading.Lock()
         self.log = log or logging.getLogger("streamql.edge.fragments")
         self.running: dict[str, Fragment] = {}
@@ -294,18 +303,36 @@ class FragmentSet:
         if qid in self.running:
             raise DuplicateQuery(qid)
         fragment = Fragment(self, fields, self.engine())
-        if len(self.running) >= self.max_running:
-            fragment.finish("error", {"kind": "LimitError",
-                                      "message": f"this edge runs at most {self.max_running} queries at once"})
+        refusal = self._refusal(fragment)
+        if refusal is not None:
+            fragment.finish("error", refusal)
             return fragment
         self.running[qid] = fragment
         self.started += 1
+        if self.running_log is not None:  # written ahead: a guard kill names what was running
+            self.running_log.started(qid, fragment.source)
         fragment.start()
         return fragment
+
+    def _refusal(self, fragment: Fragment) -> dict | None:
+        """Why the fragment may not start (an `end error` body), or None."""
+        if len(self.running) >= self.max_running:
+            return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
+        if fragment.principal is not None:
+            mine = sum(1 for f in self.running.values() if f.principal == fragment.principal)
+            if mine >= self.max_per_principal:
+                return {"kind": "LimitError",
+                        "message": f"this principal runs at most {self.max_per_principal} queries on this edge"}
+        reason = self.refuse(fragment.source) if self.refuse is not None else None
+        if reason is not None:
+            return {"kind": "LimitError", "message": reason}
+        return None
 
     def forget(self, fragment: Fragment) -> None:
         if self.running.get(fragment.qid) is fragment:
             del self.running[fragment.qid]
+            if self.running_log is not None:
+                self.running_log.ended(fragment.qid)
 
     def credit(self, qid: str, rows: int) -> None:
         fragment = self.running.get(qid)

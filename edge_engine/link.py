@@ -76,6 +76,7 @@ class LinkHandler(Protocol):
     async def handle(self, conn: "Connection", frame: wire.Frame) -> None: ...
     def health(self) -> dict: ...
     async def disconnected(self, conn: "Connection") -> None: ...
+    # optional: over_quota(seq, hold, retry_after_s, message), an `error {code: over_quota}` (§8)
 
 
 class Refused(Exception):
@@ -298,6 +299,10 @@ class Link:
             sent = self._pings.pop(frame["nonce"], None)
             if sent is not None:
                 self.stats.record_rtt(self.clock.monotonic() - sent)
+        elif t == "error" and frame["code"] == "over_quota":
+            over_quota = getattr(self.handler, "over_quota", None)
+            if over_quota is not None and isinstance(frame.get("ref"), int):
+                over_quota(frame["ref"], frame.get("hold") or 0, frame.get("retry_after_s") or 1.0, frame["message"])
         elif t == "error":
             self.log.warning("the federation reports %s: %s (ref %r)", frame["code"], frame["message"], frame.get("ref"))
             if frame["code"] == "unsupported_version":

@@ -7,6 +7,11 @@ frames, at most 256 records (or 8 MiB) unacknowledged; `publish_ack {upto}` trim
 lets it go on. After a reconnect, `welcome.publish_acked` trims what the federation already has
 and sending restarts from the oldest record held, so every record is delivered at least once on
 the wire and exactly once after the federation's deduplication by sequence (docs/protocol.md §8).
+
+Over its quota, the federation refuses a record with `error {code: "over_quota", ref: seq, hold,
+retry_after_s}` (`over_quota`): the refused record and those sent after it stay in the buffer,
+sending pauses for `retry_after_s`, and resumes from the refused record with `hold` on its first
+frame — slowed down, nothing dropped (counted in `throttled`, reported in health `publish`).
 """
 from __future__ import annotations
 
@@ -46,6 +51,10 @@ class Publisher:
         self.refused = 0        # records too large for the buffer at all (also counted as errors)
         self.sent = 0
         self.skipped = 0        # held records that could not be read back or framed
+        self.throttled = 0      # over_quota refusals heeded
+        self.paused_s = 0.0     # time spent paused by them
+        self.last_reason: str | None = None
+        self._resume: tuple[int, int, float] | None = None    # (resend from seq, hold, not before)
 
     # == producers (any thread) =================================================================
     def emit(self, spec: AutostartSpec, n: int, cols: list, names: list) -> int | None:
@@ -96,39 +105,71 @@ class Publisher:
         """Records in flight are now of unknown fate, until the next welcome says."""
         self._unresolved |= {seq for seq, _ in self._inflight}
         self._inflight = collections.deque()
+        self._resume = None     # a hold lives as long as its connection; welcome says where to go on
+
+    def over_quota(self, seq: int, hold: int, retry_after_s: float, message: str = "") -> None:
+        """The federation refused record `seq` and everything sent after it on this connection:
+        they stay held; sending pauses, then resumes from `seq` carrying `hold`."""
+        if not any(entry[0] == seq for entry in self._inflight):
+            self.log.debug("over_quota for record %d, which is not in flight", seq)
+        self._inflight = collections.deque(entry for entry in self._inflight if entry[0] < seq)
+        pause = min(60.0, max(0.0, float(retry_after_s)))
+        self._resume = (seq, hold, time.monotonic() + pause)
+        self.throttled += 1
+        self.paused_s += pause
+        self.last_reason = message[:200] or "over quota"
+        self.log.info("the federation refused publish record %d (over quota): resending in %.2f s", seq, pause)
+        self._wake.set()
+
+    def stats(self) -> dict:
+        """Health `publish`: refusals heeded and time paused by them."""
+        return {"throttled": self.throttled, "paused_s": round(self.paused_s, 3), "last_reason": self.last_reason}
 
     async def send_loop(self, send_bytes: Callable[[bytes], Awaitable[None]]) -> None:
         """Send held records while the connection lasts (cancel the task when it drops)."""
-        inflight = self._inflight = collections.deque()
+        self._inflight = collections.deque()
+        self._resume = None
         next_seq = self.buffer.first_seq or self.buffer.next_seq
+        hold = None
         while True:
             self._wake.clear()
-            room = self.window_records - len(inflight)
-            room_bytes = self.window_bytes - sum(size for _, size in inflight)
+            if self._resume is not None:    # refused over quota: pause, then go back to the refused record
+                next_seq, hold, not_before = self._resume
+                self._resume = None
+                await asyncio.sleep(max(0.0, not_before - time.monotonic()))
+                if self._resume is not None:
+                    continue
+            room = self.window_records - len(self._inflight)
+            room_bytes = self.window_bytes - sum(size for _, size in self._inflight)
             sent_any = False
             if room > 0 and room_bytes > 0:
                 records = self.buffer.read_from(next_seq, max_records=min(room, READ_BATCH), max_bytes=room_bytes,
                                                 raw=True)
                 for seq, payload in records:
-                    data = self._frame(seq, payload)
+                    data = self._frame(seq, payload, hold)
                     next_seq = seq + 1
                     if data is None:
                         continue
+                    hold = None
                     # in flight before the send: its ack may be handled while the send still awaits
-                    inflight.append((seq, len(data)))
+                    self._inflight.append((seq, len(data)))
                     await send_bytes(data)
                     self.sent += 1
                     sent_any = True
-                if records and not sent_any:
+                    if self._resume is not None:
+                        break       # refused meanwhile: the rest of this batch waits too
+                if records and not sent_any and self._resume is None:
                     continue        # all skipped: read on
-            if not sent_any:
+            if not sent_any and self._resume is None:
                 await self._wake.wait()
 
-    def _frame(self, seq: int, payload: bytes) -> bytes | None:
+    def _frame(self, seq: int, payload: bytes, hold: int | None = None) -> bytes | None:
         try:
             record = codec.unpack(payload)
             fields = {"seq": seq, "flow": record["flow"], "n": record["n"], "cols": record["cols"],
                       "dropped": self.buffer.dropped}
+            if hold is not None:
+                fields["hold"] = hold
             if record.get("names") is not None:
                 fields["names"] = record["names"]
             if record.get("time") is not None:

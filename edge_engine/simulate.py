@@ -19,8 +19,9 @@ recompute every simulated value (`SimModel.values_at`):
 - store directory `{store}/{id}`; the seed of edge i is derived from the fleet seed and i.
 
 **Tokens**: `--tokens FILE` (JSON `{id: token}` or `[{"id", "token"}]`, or lines `id token`), or
-`--provision ADMIN_TOKEN`, which registers the edges missing from `{store}/tokens.json` with
-`POST /v1/edges` and keeps their tokens there (mode 0600) for the next run.
+`--provision` with the admin token in `--provision-token-file PATH` or $STREAMQL_ADMIN_TOKEN (never
+on the command line, where `ps` shows it), which registers the edges missing from
+`{store}/tokens.json` with `POST /v1/edges` and keeps their tokens there (mode 0600) for the next run.
 """
 from __future__ import annotations
 
@@ -214,13 +215,19 @@ async def provision_tokens(identities: list[SimIdentity], federation: str, admin
     for identity in missing:
         body = {"id": identity.id, "metadata": identity.metadata,
                 "capabilities": {k: v for k, v in dataclasses.asdict(identity.capabilities).items() if v is not None}}
-        async with session.post(url, json=body, headers=headers) as response:
-            if response.status == 409:
-                raise RuntimeError(f"{identity.id} is already provisioned, but its token is not in {path}; "
-                                   "give --tokens FILE or remove the device from the federation")
-            if response.status >= 400:
-                raise RuntimeError(f"provisioning {identity.id} failed: HTTP {response.status} {await response.text()}")
-            tokens[identity.id] = (await response.json())["token"]
+        for _ in range(30):  # the federation limits an admin token's requests: wait as it says
+            async with session.post(url, json=body, headers=headers) as response:
+                status, text = response.status, await response.text()
+                retry_after = response.headers.get("Retry-After", "1")
+            if status != 429:
+                break
+            await asyncio.sleep(min(10.0, float(retry_after)))
+        if status == 409:
+            raise RuntimeError(f"{identity.id} is already provisioned, but its token is not in {path}; "
+                               "give --tokens FILE or remove the device from the federation")
+        if status >= 400:
+            raise RuntimeError(f"provisioning {identity.id} failed: HTTP {status} {text}")
+        tokens[identity.id] = json.loads(text)["token"]
         store_root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

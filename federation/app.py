@@ -26,27 +26,33 @@ from federation.keys import (
     METRICS,
     QUERY_SERVICE,
     REGISTRY,
+    SESSIONS,
     WEBSOCKETS,
 )
+from federation.limits import limits_middleware, setup_limits
 from federation.metrics import FederationMetrics
 from federation.middlewares import auth_middleware, error_middleware
 from federation.registry import Registry
 from federation.statements import create_query_service
 from federation.routes import setup_routes
+from federation.sessions import Sessions
 
 log = logging.getLogger("streamql.federation")
 
 
 def create_app(config: FederationConfig) -> web.Application:
     # bodies past client_max_size are refused by aiohttp itself (413, made JSON by error_middleware)
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[error_middleware, auth_middleware, limits_middleware],
                           client_max_size=config.max_request_bytes)
     app[CONFIG] = config
     app[METRICS] = FederationMetrics()
     app[INDEX] = SelectionIndex()
     app[WEBSOCKETS] = weakref.WeakSet()
+    app[SESSIONS] = Sessions()
+    setup_limits(app)
     # resources in dependency order; each is torn down before what it depends on
     app.cleanup_ctx.append(registry_ctx)
+    app.cleanup_ctx.append(sessions_ctx)  # revocations by other processes: needs the registry
     app.cleanup_ctx.append(heartbeat_ctx)  # after the registry: flushed before it closes
     app.cleanup_ctx.append(hub_ctx)  # edges: needs the registry and the heartbeats
     app.cleanup_ctx.append(deployments_ctx)  # rollouts: need the hub
@@ -98,9 +104,29 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
         buffer.flush()
 
 
+async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every couple of seconds, close what tokens revoked by another process still hold open."""
+    task = asyncio.create_task(app[SESSIONS].run_sweeps(app[REGISTRY].revoked_among), name="revocation-sweep")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+CLOSE_ALL_TIMEOUT_S = 3.0
+
+
 async def close_websockets(app: web.Application) -> None:
-    for ws in list(app[WEBSOCKETS]):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+    """Every open WebSocket told GOING_AWAY at once (a peer that never answers the close frame
+    cannot hold up shutdown: each close waits at most CLOSE_ALL_TIMEOUT_S)."""
+    async def close(ws) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"),
+                                   CLOSE_ALL_TIMEOUT_S)
+
+    await asyncio.gather(*(close(ws) for ws in list(app[WEBSOCKETS])))
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,11 +1,14 @@
 """`streamql federation …`: serve, provision devices, manage tokens.
 
     streamql federation --port 8080 --data DIR [--host 127.0.0.1] [--tls-cert C --tls-key K [--tls-client-ca CA]]
-                        [--trusted-key PUB ...] [--heartbeat S] [--max-bundle-bytes N]
+                        [--trusted-key PUB ...] [--heartbeat S] [--max-bundle-bytes N] [limits …]
     streamql federation provision --data DIR --id ID [--meta k=v ...] [--capability k=v ...]
     streamql federation token create --data DIR --role read|deploy|admin [--label L]
     streamql federation token list --data DIR
     streamql federation token revoke --data DIR --token-id N
+
+SIGTERM or SIGINT stops it within 10 s (federation/serve.py). The limits and their defaults are
+in docs/operations.md ("Limits").
 
 The main `streamql` command calls `register(subparsers)`; each parser sets `func(args) -> int`.
 `python -m federation.cli …` works on its own.
@@ -66,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="a statement's memory limit when its request gives none (default 256)")
     parser.add_argument("--query-seconds", type=float, default=None, metavar="SECONDS",
                         help="a statement's time limit when its request gives none (default: none)")
+    limits = parser.add_argument_group("limits (docs/operations.md, Limits; defaults there)")
+    limits.add_argument("--rate-limit", action="append", metavar="ROLE=RATE,BURST,CONCURRENT",
+                        help="requests per second, burst and requests in flight of each token of a role "
+                             "(read, deploy, admin, device; repeatable)")
+    limits.add_argument("--max-statement-bytes", type=int, metavar="N", help="longest statement text")
+    limits.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, metavar="S",
+                        help="close connections without a complete request head this long")
+    limits.add_argument("--body-timeout", dest="body_timeout_s", type=float, metavar="S",
+                        help="a request body must arrive within this (uploads: plus 1 s per 256 KiB)")
+    limits.add_argument("--shutdown-timeout", dest="shutdown_timeout_s", type=float, metavar="S",
+                        help="graceful shutdown budget after SIGTERM (the process exits after 10 s regardless)")
+    limits.add_argument("--max-uploads", type=int, metavar="N", help="bundle uploads checked at once")
+    limits.add_argument("--max-bundle-unpacked-bytes", type=int, metavar="N", help="a bundle's files, inflated")
+    limits.add_argument("--publish-records-per-s", type=float, metavar="N", help="records a device may publish a second")
+    limits.add_argument("--publish-bytes-per-s", type=float, metavar="N", help="bytes a device may publish a second")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")
@@ -114,10 +132,7 @@ def _open_registry(args: argparse.Namespace):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from federation.app import create_app
-    from federation.http import RedactingAccessLogger
+    from federation.serve import serve as serve_until_stopped
     from federation.tls import ssl_context_for
 
     _require_data(args)
@@ -127,10 +142,8 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"streamql federation: {exc}") from None
     scheme = "https" if config.tls else "http"
-    web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=ssl_context_for(config),
-                access_log_class=RedactingAccessLogger,
-                print=lambda _: print(f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))
-    return 0
+    return serve_until_stopped(config, ssl_context_for(config), announce=lambda: print(
+        f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))
 
 
 def provision_command(args: argparse.Namespace) -> int:

@@ -1,12 +1,54 @@
-"""The federation's configuration: one frozen object built from the command line or by tests."""
+"""The federation's configuration: one frozen object built from the command line or by tests.
+
+Every limit of docs/operations.md ("Limits") is a field here with its default; `RoleLimits`
+holds the per-role request limits of the HTTP API.
+"""
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamql.wire import MAX_FRAME_BYTES
+
 REGISTRY_FILE = "registry.sqlite3"
 PUBLISH_FILE = "published.sqlite3"  # records edges publish, with the deduplication state
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """Requests of one token: a token bucket (`rate` per second, `burst` at once) and at most
+    `concurrent` requests in flight (an open WebSocket counts as one for its lifetime)."""
+
+    rate: float
+    burst: int
+    concurrent: int
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1 or self.concurrent < 1:
+            raise ValueError("a rate limit needs a positive rate, burst and concurrency")
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, "RoleLimits"]:
+        """`read=20,200,16` → ("read", RoleLimits(20, 200, 16))."""
+        role, sep, values = text.partition("=")
+        parts = values.split(",")
+        if not sep or role not in DEFAULT_ROLE_LIMITS or len(parts) != 3:
+            raise ValueError(f"a rate limit is ROLE=RATE,BURST,CONCURRENT with ROLE one of "
+                             f"{', '.join(DEFAULT_ROLE_LIMITS)}, not {text!r}")
+        try:
+            return role, cls(float(parts[0]), int(parts[1]), int(parts[2]))
+        except ValueError:
+            raise ValueError(f"a rate limit is ROLE=RATE,BURST,CONCURRENT (numbers), not {text!r}") from None
+
+
+# generous for people and scripts, tight for device tokens (they only open their edge socket)
+DEFAULT_ROLE_LIMITS = {
+    "read": RoleLimits(rate=20.0, burst=200, concurrent=16),
+    "deploy": RoleLimits(rate=20.0, burst=200, concurrent=16),
+    "admin": RoleLimits(rate=100.0, burst=1000, concurrent=64),
+    "device": RoleLimits(rate=2.0, burst=20, concurrent=4),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +81,27 @@ class FederationConfig:
     device_timeout_s: float = 10.0  # a connected device has this long to answer a bag query
     query_memory_mb: float = 256.0  # a statement's memory when its request does not say (here and on edges)
     query_seconds: float | None = None  # a statement's time limit when its request does not say
+    max_statement_bytes: int = 64 << 10  # statement text (UTF-8) of POST /v1/query and /v1/query/ws
+    # --- HTTP hygiene
+    max_json_depth: int = 64  # JSON bodies and WebSocket messages nested deeper are a 400
+    idle_timeout_s: float = 15.0  # a connection without a complete request head this long is closed
+    body_timeout_s: float = 30.0  # a request body must arrive within this (uploads: + 1 s per 256 KiB)
+    shutdown_timeout_s: float = 8.0  # SIGTERM: graceful for this long, then the process exits regardless
+    rate_limits: dict = field(default_factory=lambda: dict(DEFAULT_ROLE_LIMITS))  # role → RoleLimits
+    # --- bundle uploads (checked before anything is inflated: federation/bundle_check.py)
+    max_uploads: int = 2  # uploads checked at once; more get 429 with Retry-After
+    max_bundle_unpacked_bytes: int = 256 << 20  # all files of a bundle, inflated
+    max_bundle_members: int = 1000
+    max_bundle_ratio: float = 100.0  # inflated/compressed size of a member larger than 1 MiB
+    # --- what one device may send
+    publish_records_per_s: float = 1000.0  # token bucket per device, records
+    publish_records_burst: int = 5000
+    publish_bytes_per_s: float = float(4 << 20)  # token bucket per device, frame bytes
+    publish_bytes_burst: int = 32 << 20  # at least one frame (16 MiB) so any valid record can pass
+    max_hello_bytes: int = 64 << 10  # the encoded hello frame
+    max_hello_keys: int = 64  # metadata and capabilities keys each
+    max_hello_value_bytes: int = 1024  # one metadata or capability value, as JSON
+    max_hello_signals: int = 256
     extra: dict = field(default_factory=dict)  # settings of parts written by others (the fleet planner)
 
     def __post_init__(self) -> None:
@@ -59,6 +122,23 @@ class FederationConfig:
         if self.statement_workers < 1 or self.device_timeout_s <= 0 or self.query_memory_mb <= 0 \
                 or (self.query_seconds is not None and self.query_seconds <= 0):
             raise ValueError("statement workers, the device timeout and query limits must be positive")
+        limits = {**DEFAULT_ROLE_LIMITS, **(self.rate_limits or {})}
+        unknown = set(limits) - set(DEFAULT_ROLE_LIMITS)
+        if unknown:
+            raise ValueError(f"rate limits name unknown roles: {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "rate_limits", limits)
+        for name in ("max_statement_bytes", "max_json_depth", "max_uploads", "max_bundle_unpacked_bytes",
+                     "max_bundle_members", "publish_records_burst", "max_hello_bytes", "max_hello_keys",
+                     "max_hello_value_bytes", "max_hello_signals"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        for name in ("idle_timeout_s", "body_timeout_s", "shutdown_timeout_s", "max_bundle_ratio",
+                     "publish_records_per_s", "publish_bytes_per_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.publish_bytes_burst < MAX_FRAME_BYTES:
+            raise ValueError(f"publish_bytes_burst must hold one frame ({MAX_FRAME_BYTES} bytes): a smaller "
+                             "burst could never let a large record through")
 
     @property
     def registry_path(self) -> Path:
@@ -88,4 +168,19 @@ class FederationConfig:
                    statement_workers=getattr(args, "statement_workers", 32),
                    device_timeout_s=getattr(args, "device_timeout", 10.0),
                    query_memory_mb=getattr(args, "query_memory_mb", 256.0),
-                   query_seconds=getattr(args, "query_seconds", None))
+                   query_seconds=getattr(args, "query_seconds", None),
+                   **_limit_flags(args))
+
+
+def _limit_flags(args: argparse.Namespace) -> dict:
+    """The limits given on the command line (absent flags keep the defaults)."""
+    out = {}
+    for name in ("max_statement_bytes", "idle_timeout_s", "body_timeout_s", "shutdown_timeout_s", "max_uploads",
+                 "max_bundle_unpacked_bytes", "publish_records_per_s", "publish_bytes_per_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    given = getattr(args, "rate_limit", None) or []
+    if given:
+        out["rate_limits"] = dict(RoleLimits.parse(text) for text in given)
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -22,6 +23,7 @@ from aiohttp import WSMsgType, web
 from federation.auth import Principal
 from federation.errors import BadRequest
 from federation.http import track_websocket
+from federation.keys import SESSIONS
 from streamql import codec, wire
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ class EdgeConnection:
         self.closing = False
         self.close_reason = "closed"
         self.rtt_ms: float | None = None
+        self.frame_bytes = 0  # size of the frame being handled (the publish quota charges it)
+        self.publish_hold: int | None = None  # a refused publish: frames are refused until one carries it
         self._bad: collections.deque[float] = collections.deque()
 
     def __repr__(self) -> str:
@@ -113,10 +117,18 @@ async def serve_edge(hub: "EdgeHub", request: web.Request, principal: Principal)
     conn = await _handshake(hub, ws, principal)
     if conn is None:
         return ws
+    sessions = request.app[SESSIONS]
+
+    async def revoked(reason: str) -> None:
+        conn.close_reason = reason
+        await conn.close(wire.CLOSE_CODES["unauthorized"], reason)
+
+    session = sessions.open(principal.token_id, revoked, label=f"edge {conn.edge_id}")
     try:
         hub.connected(conn)
         await _read_frames(hub, conn)
     finally:
+        sessions.close(session)
         conn.closing = True
         hub.detach(conn, conn.close_reason)
         if not ws.closed:
@@ -163,6 +175,12 @@ async def _handshake(hub: "EdgeHub", ws: web.WebSocketResponse, principal: Princ
                       wire.CLOSE_CODES["unsupported_version"], "unsupported version")
         return None
     edge_id = hello["edge"]
+    oversized = hello_too_large(hello, len(msg.data), hub.config)
+    if oversized is not None:
+        hub.m_connects.inc(result="hello_too_large")
+        log.warning("the hello of %s was refused: %s", edge_id, oversized)
+        await _refuse(ws, _welcome_refused(oversized), wire.CLOSE_CODES["policy"], "hello too large")
+        return None
     unauthorized = wire.CLOSE_CODES["unauthorized"]
     if not principal.may_act_as(edge_id):
         hub.m_connects.inc(result="impersonation")
@@ -200,6 +218,39 @@ async def _handshake(hub: "EdgeHub", ws: web.WebSocketResponse, principal: Princ
     return conn
 
 
+def hello_too_large(hello: wire.Frame, size: int, config) -> str | None:
+    """Why a hello is refused for its size (None when it is fine): what it announces is stored in
+    the registry and the selection index, so it is bounded in keys, value sizes and bytes."""
+    if size > config.max_hello_bytes:
+        return f"the hello is {size} bytes; at most {config.max_hello_bytes} are accepted"
+    capabilities = hello["capabilities"]
+    for what, values in (("metadata", hello["metadata"]), ("capabilities", capabilities)):
+        if len(values) > config.max_hello_keys:
+            return f"hello {what} has {len(values)} keys; at most {config.max_hello_keys} are accepted"
+        for key, value in values.items():
+            if key in ("signals", "runtimes") and what == "capabilities":
+                continue
+            if len(key) > 128:
+                return f"a hello {what} key is {len(key)} characters; at most 128 are accepted"
+            encoded = _json_size(value)
+            if encoded > config.max_hello_value_bytes:
+                return (f"hello {what}.{key} is {encoded} bytes; a value may have at most "
+                        f"{config.max_hello_value_bytes}")
+    signals = capabilities.get("signals") or []
+    if len(signals) > config.max_hello_signals:
+        return f"the hello announces {len(signals)} signals; at most {config.max_hello_signals} are accepted"
+    if len(capabilities.get("runtimes") or {}) > config.max_hello_keys:
+        return f"the hello announces more than {config.max_hello_keys} runtimes"
+    return None
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(codec.to_plain(value), default=str))
+    except (codec.CodecError, TypeError, ValueError, RecursionError):
+        return len(repr(value))
+
+
 _DISPATCH = {"rows": "on_rows", "end": "on_end", "health": "on_health", "ack": "on_reply", "nack": "on_reply",
              "publish": "on_publish", "error": "on_error"}
 
@@ -212,6 +263,7 @@ async def _read_frames(hub: "EdgeHub", conn: EdgeConnection) -> None:
         if msg.type is WSMsgType.BINARY:
             conn.last_frame = time.monotonic()
             conn.last_seen = time.time()
+            conn.frame_bytes = len(msg.data)
             _on_frame(hub, conn, msg.data, frames)
             if conn.closing:
                 return

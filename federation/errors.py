@@ -50,3 +50,21 @@ class NotImplementedYet(FederationError):
 
     kind = "NotImplemented"
     http_status = 501
+
+
+class RequestTimeout(FederationError):
+    """A request body that did not arrive in time (the connection is closed after the answer)."""
+
+    kind = "RequestTimeout"
+    http_status = 408
+
+
+class TooManyRequests(FederationError):
+    """Over a rate, concurrency or capacity limit; `retry_after` (seconds) becomes Retry-After."""
+
+    kind = "TooManyRequests"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))

@@ -151,7 +151,7 @@ class HubFeed:
         outcome, error = "ok", None
         try:
             stream = self.hub.fragment(device, request.source, limits=request.limits or None, credit=self.access.credit,
-                                       params=request.params or None)
+                                       params=request.params or None, principal=request.principal)
             try:
                 async for batch in stream:
                     if batch.n:

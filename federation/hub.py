@@ -33,6 +33,7 @@ from federation.edge_link import EdgeConnection, serve_edge
 from federation.heartbeats import HeartbeatBuffer
 from federation.metrics import FederationMetrics
 from federation.publish import PublishedRecord, PublishLog
+from federation.publish_quota import PublishQuotas
 from federation.registry import Device, Heartbeat, Registry
 from streamql import codec, wire
 
@@ -183,6 +184,7 @@ class EdgeHub:
         self.heartbeats = heartbeats
         self.metrics = metrics or FederationMetrics()
         self.publish_log = publish_log if publish_log is not None else PublishLog(config.publish_path)
+        self.quotas = PublishQuotas(config)
         self._connections: dict[str, EdgeConnection] = {}
         self._announced: dict[str, dict] = {}
         self._observers: list[Any] = []
@@ -207,6 +209,9 @@ class EdgeHub:
                                     ("code",))
         m.callback("streamql_edges_connected", "Edges with an open connection to this federation node.",
                    lambda: len(self._connections))
+        m.callback("streamql_publish_refused_total", "Published records refused by the per-device quota, by "
+                   "reason (records, bytes; held: sent after a refusal, before the edge paused).",
+                   lambda: self.quotas.refused, kind="counter", labels=("reason",))
 
     # --- lifetime --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -281,8 +286,11 @@ class EdgeHub:
 
     async def fragment(self, edge_id: str, source: str, *, limits: dict | None = None, credit: int = 10_000,
                        params: dict | None = None, columns: list[str] | None = None,
-                       batch_rows: int | None = None) -> AsyncIterator[RowBatch]:
+                       batch_rows: int | None = None, principal: str | None = None) -> AsyncIterator[RowBatch]:
         """Run `source` on the edge: RowBatches as `rows` frames arrive; see the module docstring.
+
+        `principal` names who asked (a token, e.g. `Principal.name`): the edge gives one principal
+        at most a share of its query slots, refusing the rest with `end error` LimitError.
 
         Credit: the edge may have `credit` rows unconsumed; each time the consumer has taken half
         of that, the hub grants as much again. Closing the iterator early (aclose, or the consuming
@@ -304,6 +312,8 @@ class EdgeHub:
             fields["columns"] = list(columns)
         if batch_rows:
             fields["batch_rows"] = batch_rows
+        if principal:
+            fields["principal"] = principal[:256]
         query = wire.make("query", **fields)
         conn.fragments[qid] = state
         self.m_fragments_running.inc()
@@ -417,6 +427,9 @@ class EdgeHub:
 
     def on_health(self, conn: EdgeConnection, frame: wire.Frame) -> None:
         health = {k: _plain(v) for k, v in frame.fields.items()}
+        quota = self.quotas.view(conn.edge_id)
+        if quota is not None:  # the federation's own count, whatever the edge says
+            health["publish_quota"] = quota
         announced = self._announced.get(conn.edge_id)
         if announced is not None:
             announced["health"] = health
@@ -476,6 +489,8 @@ class EdgeHub:
         conn.post(wire.make("cancel", qid=state.qid, reason=message))
 
     def on_publish(self, conn: EdgeConnection, frame: wire.Frame) -> None:
+        if not self._within_quota(conn, frame):
+            return
         if self.publish_log.accept(conn.edge_id, frame.fields):
             self.m_published.inc()
         else:
@@ -483,12 +498,37 @@ class EdgeHub:
         if self.publish_log.pending >= 1024:
             self._flush_now.set()
 
+    def _within_quota(self, conn: EdgeConnection, frame: wire.Frame) -> bool:
+        """Whether a publish frame may go on to the log (federation/publish_quota.py says why not)."""
+        quota = self.quotas.of(conn.edge_id)
+        if conn.publish_hold is not None:
+            if frame.get("hold") != conn.publish_hold:
+                self.quotas.count(quota, "held")  # sent before the edge heard the refusal: resent later
+                return False
+            conn.publish_hold = None
+        seq = frame["seq"]
+        if seq <= self.publish_log.last(conn.edge_id):
+            return True  # a duplicate costs nothing (and is acknowledged again)
+        reason = quota.take(conn.frame_bytes)
+        if reason is None:
+            return True
+        self.quotas.count(quota, reason)
+        conn.publish_hold = self.quotas.next_hold()
+        retry = max(0.05, quota.wait_for(conn.frame_bytes))
+        limit = (f"{self.config.publish_records_per_s:g} records" if reason == "records"
+                 else f"{self.config.publish_bytes_per_s:g} bytes")
+        conn.post(wire.make("error", code="over_quota", ref=seq, hold=conn.publish_hold, retry_after_s=retry,
+                            message=f"this device publishes more than {limit} a second; record {seq} and "
+                                    f"those after it were not accepted: resend them in {retry:.2f} s"))
+        return False
+
     # --- registry listener (only removals matter: a deleted device is disconnected) --------------
     def device_removed(self, device_id: str) -> None:
         conn = self._connections.get(device_id)
         if conn is not None:
             self.spawn(conn.close(wire.CLOSE_CODES["unauthorized"], "the device was deleted"))
         self._announced.pop(device_id, None)
+        self.quotas.forget(device_id)
 
     def device_changed(self, device: Device) -> None:
         pass

@@ -19,6 +19,8 @@ from federation.registry import Registry
 if TYPE_CHECKING:
     from federation.deployments import DeploymentManager
     from federation.hub import EdgeHub
+    from federation.limits import RequestLimiter, UploadSlots
+    from federation.sessions import Sessions
     from federation.statements import QueryService
 
 CONFIG = web.AppKey("config", FederationConfig)
@@ -33,6 +35,9 @@ DEPLOYMENTS = web.AppKey["DeploymentManager"]("deployments")  # start / progress
 # The statement service (federation/statements.py: `create_query_service(app)`); tests and
 # embedders may set it before the app starts.
 QUERY_SERVICE = web.AppKey["QueryService"]("query_service")
+SESSIONS = web.AppKey["Sessions"]("sessions")  # open WebSockets and requests per token id (revocation)
+LIMITER = web.AppKey["RequestLimiter"]("limiter")  # per-token request rate and concurrency
+UPLOADS = web.AppKey["UploadSlots"]("uploads")  # bundle uploads checked at once
 
 # the authenticated caller of a request (absent on public routes)
 PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "streamql.principal"

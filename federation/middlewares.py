@@ -43,7 +43,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         status = getattr(exc, "http_status", 400)
         info = exc.to_dict()
         headers = {hdrs.WWW_AUTHENTICATE: "Bearer"} if status == 401 else None
+        if getattr(exc, "retry_after", None) is not None:
+            headers = {hdrs.RETRY_AFTER: str(exc.retry_after)}
         response = error_response(info["kind"], info["message"], status, info["line"], info["column"], headers)
+        if status == 408:  # the rest of a slow body may still arrive: do not read it as the next request
+            response.force_close()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

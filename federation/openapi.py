@@ -26,11 +26,13 @@ def _errors(*statuses: int) -> dict:
     words = {400: "Bad input (with the position when it is in a statement)", 401: "Missing or unknown token",
              403: "The token's role does not allow this", 404: "Not found", 409: "Already exists",
              406: "Neither NDJSON nor msgpack is acceptable to the client", 413: "Request body too large",
+             408: "The request body did not arrive in time (the connection is closed)",
+             429: "Over the token's request rate or concurrency, or too many uploads at once (see Retry-After)",
              501: "Not available on this federation"}
     return {str(s): _json(ERROR, words[s]) for s in statuses}
 
 
-AUTH_ERRORS = (401, 403)
+AUTH_ERRORS = (401, 403, 429)  # every route with a token may also be over its limits
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -59,7 +61,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                             "X-StreamQL-Columns", "X-StreamQL-Types", "X-StreamQL-Kind", "X-StreamQL-Deployment")},
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                     "application/x-msgpack": {"schema": {"type": "string", "format": "binary"}}}},
-                **_errors(400, *AUTH_ERRORS, 406, 413, 501)},
+                **_errors(400, *AUTH_ERRORS, 406, 408, 413, 501)},
         },
     },
     "/v1/query/ws": {
@@ -97,7 +99,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Provision a device: id, metadata and capabilities → its token (shown once)",
             "tags": ["edges"], "x-streamql-role": "admin",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProvisionRequest")}}},
-            "responses": {"201": _json(_ref("Provisioned"), "Provisioned"), **_errors(400, *AUTH_ERRORS, 409, 413)},
+            "responses": {"201": _json(_ref("Provisioned"), "Provisioned"),
+                          **_errors(400, *AUTH_ERRORS, 408, 409, 413)},
         },
     },
     "/v1/edges/connect": {
@@ -134,14 +137,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Create a read, deploy or admin token, or a new token for one device",
             "tags": ["tokens"], "x-streamql-role": "admin",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TokenRequest")}}},
-            "responses": {"201": _json(_ref("NewToken"), "Created"), **_errors(400, *AUTH_ERRORS, 404, 413)},
+            "responses": {"201": _json(_ref("NewToken"), "Created"), **_errors(400, *AUTH_ERRORS, 404, 408, 413)},
         },
     },
     "/v1/tokens/{id}": {
         "delete": {
             "summary": "Revoke a token", "tags": ["tokens"], "x-streamql-role": "admin",
             "parameters": [{**ID_PARAM, "schema": {"type": "integer"}}],
-            "responses": {"200": _json({"type": "object", "properties": {"revoked": {"type": "integer"}}}),
+            "description": "Takes effect at once: the token's open WebSockets are closed with 4003 and its "
+                           "requests in flight stopped; `closed` counts them.",
+            "responses": {"200": _json({"type": "object", "properties": {"revoked": {"type": "integer"},
+                                                                         "closed": {"type": "integer"}}}),
                           **_errors(400, *AUTH_ERRORS, 404)},
         },
     },
@@ -159,7 +165,7 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 "schema": {"type": "string", "format": "binary"}}}},
             "responses": {"201": _json(_ref("UploadedBundle"), "Stored"),
                           "200": _json(_ref("UploadedBundle"), "The same bytes were stored before"),
-                          **_errors(400, *AUTH_ERRORS, 409, 413)},
+                          **_errors(400, *AUTH_ERRORS, 408, 409, 413)},
         },
     },
     "/v1/deployments": {

@@ -341,6 +341,15 @@ class Registry:
             return conn.execute("UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL",
                                 (self.clock(), token_id)).rowcount > 0
 
+    def revoked_among(self, token_ids: Sequence[int]) -> set[int]:
+        """Which of these token ids are revoked (or gone): the sessions sweep asks this."""
+        ids = [int(t) for t in token_ids][:10_000]
+        if not ids:
+            return set()
+        found = dict(self._conn.execute(f"SELECT id, revoked FROM tokens WHERE id IN ({','.join('?' * len(ids))})",
+                                        ids).fetchall())
+        return {t for t in ids if t not in found or found[t] is not None}
+
     def revoke_device_tokens(self, device_id: str) -> int:
         with self.transaction() as conn:
             return conn.execute("UPDATE tokens SET revoked = ? WHERE device_id = ? AND revoked IS NULL",

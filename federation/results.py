@@ -93,12 +93,31 @@ def check_statement(text: str, principal: Principal) -> A.Statement:
     return statement
 
 
+MAX_HEADER_BYTES = 4096  # clients refuse header lines past 8 KiB (aiohttp's default)
+
+
+def bounded_names(names: list[str]) -> tuple[str, bool]:
+    """A JSON list of names for a header, at most MAX_HEADER_BYTES: long names are shortened
+    (ending in "…"), and when that is not enough the list is cut; whether anything was."""
+    text = json.dumps(names)
+    if len(text) <= MAX_HEADER_BYTES:
+        return text, False
+    width = max(8, MAX_HEADER_BYTES // max(1, len(names)) - 8)
+    short = [n if len(n) <= width else n[:width - 1] + "…" for n in names]
+    while short and len(json.dumps(short)) > MAX_HEADER_BYTES:
+        short = short[:len(short) * 3 // 4]
+    return json.dumps(short), True
+
+
 def result_headers(result: Any, fmt: str) -> dict[str, str]:
+    columns, cut = bounded_names([str(c) for c in result.columns])
+    types, cut_types = bounded_names([str(t) for t in result.types])
     headers = {"Content-Type": fmt if fmt == MSGPACK else f"{NDJSON}; charset=utf-8",
                "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-               "X-StreamQL-Columns": json.dumps(list(result.columns)),
-               "X-StreamQL-Types": json.dumps([str(t) for t in result.types]),
+               "X-StreamQL-Columns": columns, "X-StreamQL-Types": types,
                "X-StreamQL-Kind": str(result.kind)}
+    if cut or cut_types:  # the rows still carry every column
+        headers["X-StreamQL-Columns-Truncated"] = "true"
     if getattr(result, "deployment_id", None) is not None:
         headers["X-StreamQL-Deployment"] = str(result.deployment_id)
     return headers

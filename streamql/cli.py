@@ -2,9 +2,9 @@
 only runs `streamql edge` never loads the shell, and `edge_engine`/`federation` stay optional.
 
     streamql                       the interactive shell on a local engine
-    streamql shell [--federation URL --token T]
+    streamql shell [--federation URL [--token-file PATH]]   (or $STREAMQL_TOKEN; --token T shows in ps)
     streamql run FILE…             run scripts, printing rows as they arrive
-    streamql query --federation URL --token T "select …"
+    streamql query --federation URL --token-file PATH "select …"
     streamql model init|pack|keygen|sign|verify|inspect|test …
     streamql edge --config edge.toml | --simulate N --federation URL
     streamql federation --port 8080 --data DIR | provision | token …
@@ -21,14 +21,21 @@ from typing import Callable
 def _add_shell(subparsers) -> None:
     parser = subparsers.add_parser("shell", help="the interactive shell")
     parser.add_argument("--federation", help="URL of a federation to connect to")
-    parser.add_argument("--token", help="bearer token for the federation")
+    from .client_cli import add_token_arguments
+    add_token_arguments(parser)
     parser.add_argument("--store", help="a store directory for the local engine")
     parser.add_argument("--history", help="history file (default ~/.streamql_history)")
     parser.set_defaults(func=_shell)
 
 
 def _shell(args) -> int:
+    from .client_cli import token_from
     from .shell import main as shell_main
+    try:
+        args.token = token_from(args)
+    except ValueError as exc:
+        print(f"streamql shell: {exc}", file=sys.stderr)
+        return 2
     return shell_main(args)
 
 

@@ -5,7 +5,8 @@ outcome (on standard error, so standard output holds only rows).
     streamql query --federation URL --format json "…"        one JSON array per row (NDJSON)
     streamql query --federation URL --token T -f script.sql   every statement of a file, in order
 
-The token may also come from $STREAMQL_TOKEN. Exit status:
+The token is best given in a file (`--token-file PATH`) or in $STREAMQL_TOKEN: a `--token T` on
+the command line is visible to every user of the machine (`ps`). Exit status:
     0    every statement ran and every selected device answered
     1    a statement's error (the message has its position)
     2    usage
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    description="Run StreamQL statements on a federation and print the rows.")
     parser.add_argument("statement", nargs="?", help="the statement (or use --file)")
     parser.add_argument("--federation", required=True, metavar="URL", help="the federation, http(s)://host:port")
-    parser.add_argument("--token", help="bearer token (default: $STREAMQL_TOKEN)")
+    add_token_arguments(parser)
     parser.add_argument("--ca-file", metavar="PEM", help="trust this CA for https (a private federation)")
     parser.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
     parser.add_argument("--file", "-f", metavar="FILE", help="run every statement of a script file")
@@ -44,6 +45,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 SHOWN_DEVICES = 20   # devices that did not answer, listed one per line (the summary counts them all)
+TOKEN_HELP = ("bearer token; visible to other users in ps: prefer --token-file or $STREAMQL_TOKEN")
+
+
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """--token (discouraged: argv is public) and --token-file; $STREAMQL_TOKEN when neither."""
+    parser.add_argument("--token", help=TOKEN_HELP)
+    parser.add_argument("--token-file", metavar="PATH", help="a file whose first line is the bearer token")
+
+
+def token_from(args: argparse.Namespace) -> str | None:
+    """The token of --token-file, else --token, else None (the client then reads $STREAMQL_TOKEN)."""
+    path = getattr(args, "token_file", None)
+    if path:
+        from pathlib import Path
+
+        try:
+            lines = Path(path).expanduser().read_text().strip().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"the token file {path} is empty")
+        return lines[0].strip()
+    return getattr(args, "token", None)
 
 
 def _text(value: Any) -> str:
@@ -110,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print("streamql query: give one statement, or --file FILE", file=sys.stderr)
         return 2
     try:
-        fleet = connect(args.federation, args.token, ca_file=args.ca_file, verify=not args.insecure)
+        fleet = connect(args.federation, token_from(args), ca_file=args.ca_file, verify=not args.insecure)
     except ValueError as exc:
         print(f"streamql query: {exc}", file=sys.stderr)
         return 2

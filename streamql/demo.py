@@ -82,7 +82,9 @@ def run(args) -> int:
                                 "--trusted-key", str(pub)], log))
         admin = _wait_for_federation(url, data / "federation" / "admin.token", children[0])
         print(f"  {args.edges} simulated edges …", flush=True)
-        children.append(_spawn(["edge", "--simulate", str(args.edges), "--federation", url, "--provision", admin,
+        # the admin token goes by file, never on a command line (ps shows those to everyone)
+        children.append(_spawn(["edge", "--simulate", str(args.edges), "--federation", url,
+                                "--provision-token-file", str(data / "federation" / "admin.token"),
                                 "--store", str(data / "edges"), "--seed", str(args.seed), "--trusted-key", str(pub),
                                 "--log-level", "warning"], log))
         online = _wait_for_edges(url, admin, args.edges, children[1])

@@ -41,6 +41,7 @@ OUTCOMES = ("ok", "limit", "error", "cancelled")
 CLOSE_CODES = {
     "normal": 1000,
     "going_away": 1001,
+    "policy": 1008,         # refused by a limit (a hello too large, say); the reason says which
     "too_large": 1009,
     "protocol_error": 4000,
     "unsupported_version": 4001,
@@ -258,6 +259,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "queries": list_of(ID),
         "models": ACTIVE,
         "autostart": list_of(MAP, 1000),
+        "publish": MAP,
+        "guard": MAP,
     }),
     "query": ({
         "qid": ID,
@@ -265,7 +268,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "limits": struct({}, {"rows": opt(COUNT), "seconds": opt(POSNUM), "memory_mb": opt(POSNUM)}),
         "credit": COUNT,
     }, {
-        "params": MAP, "columns": list_of(STR), "batch_rows": POSITIVE,
+        "params": MAP, "columns": list_of(STR), "batch_rows": POSITIVE, "principal": ID,
     }),
     "rows": ({
         "qid": ID, "seq": COUNT, "n": COUNT, "cols": COLUMNS,
@@ -293,10 +296,11 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "publish": ({
         "seq": POSITIVE, "flow": ID, "n": COUNT, "cols": COLUMNS,
     }, {
-        "names": list_of(STR), "time": NUM, "dropped": COUNT,
+        "names": list_of(STR), "time": NUM, "dropped": COUNT, "hold": COUNT,
     }),
     "publish_ack": ({"upto": COUNT}, {"log": STR}),
-    "error": ({"code": STR, "message": STR}, {"ref": ANY, "supported": list_of(INT, 64), "fatal": BOOL}),
+    "error": ({"code": STR, "message": STR}, {"ref": ANY, "supported": list_of(INT, 64), "fatal": BOOL,
+                                              "hold": COUNT, "retry_after_s": NUM}),
     "ping": ({"nonce": COUNT}, {"time": NUM}),
     "pong": ({"nonce": COUNT}, {"time": NUM}),
 }

@@ -14,7 +14,7 @@ Adding or filling in a route:
 A test (tests/federation/test_federation_app.py) checks that the served routes, their roles and
 the OpenAPI document agree.
 
-The query routes answer 501 while no query service is wired (federation/query_service.py says how).
+The query routes reach the statement service (federation/statements.py) through app[QUERY_SERVICE].
 Order matters: `edges_connect` comes before `edges` so that `/v1/edges/connect` is not taken for the
 device id "connect".
 """

@@ -1,15 +1,20 @@
-"""Model bundles: upload a signed bundle (verified against the configured trusted keys), list them."""
+"""Model bundles: upload a signed bundle (verified against the configured trusted keys), list them.
+
+An upload is checked by federation/bundle_check.py — signature and declared sizes before anything
+is inflated — in a worker thread, at most `max_uploads` at once (others: 429, Retry-After).
+"""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 from aiohttp import web
 
 from federation.auth import Role
-from federation.errors import BadRequest, Forbidden
+from federation.bundle_check import BundleLimits, check_bundle
+from federation.errors import BadRequest
 from federation.http import body_limit, principal, read_body, requires
-from federation.keys import CONFIG, REGISTRY
-from streamql import models
+from federation.keys import CONFIG, REGISTRY, UPLOADS
 
 
 def bundle_view(bundle, parsed=None) -> dict:
@@ -31,26 +36,24 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"models": [bundle_view(b) for b in bundles]})
 
 
-def _verify(data: bytes, config) -> models.Bundle:
-    parsed = models.read_bundle(data)  # what is not a bundle at all is a 400 before any trust question
-    if config.trusted_keys:
-        return models.read_bundle(data, trusted_keys=list(config.trusted_keys))
-    if config.allow_unsigned_bundles:
-        return parsed
-    raise Forbidden("this federation accepts only bundles signed by a trusted key, and none is configured "
-                    "(start it with --trusted-key PUB)")
+def _limits(config) -> BundleLimits:
+    return BundleLimits(max_members=config.max_bundle_members, max_unpacked_bytes=config.max_bundle_unpacked_bytes,
+                        max_ratio=config.max_bundle_ratio)
 
 
 @requires(Role.DEPLOY)
 @body_limit()
 async def upload_model(request: web.Request) -> web.Response:
-    data = await read_body(request)
-    if not data:
-        raise BadRequest("the body must be a packed bundle file (streamql model pack, then sign)")
     config = request.app[CONFIG]
-    # reading a bundle hashes every file and checks a signature: off the event loop for large ones
-    parsed = await asyncio.get_running_loop().run_in_executor(None, _verify, data, config) \
-        if len(data) > 1 << 20 else _verify(data, config)
+    # a slot before the body: a burst of uploads neither queues up their bodies nor the checks
+    with request.app[UPLOADS].acquire():
+        data = await read_body(request)
+        if not data:
+            raise BadRequest("the body must be a packed bundle file (streamql model pack, then sign)")
+        # checked off the event loop: signature and declared sizes first, then capped streaming
+        # inflation (federation/bundle_check.py), so a zip bomb costs neither memory nor the loop
+        parsed = await asyncio.to_thread(check_bundle, data, list(config.trusted_keys),
+                                         allow_unsigned=config.allow_unsigned_bundles, limits=_limits(config))
     if not 0 < len(parsed.name) <= 256 or not parsed.version:
         raise BadRequest("a bundle's name is 1 to 256 characters and it needs a version")
     registry = request.app[REGISTRY]
@@ -58,7 +61,7 @@ async def upload_model(request: web.Request) -> web.Response:
     stored = registry.add_bundle(parsed.name, parsed.version, data, parsed.manifest, uploader=principal(request).name)
     status = 200 if existed else 201
     return web.json_response({**bundle_view(stored, parsed), "created": not existed}, status=status,
-                             headers={"Location": f"/v1/models?name={parsed.name}"})
+                             headers={"Location": f"/v1/models?name={quote(parsed.name)}"})
 
 
 def setup(app: web.Application) -> None:

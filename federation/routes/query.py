@@ -19,7 +19,7 @@ from aiohttp import web
 
 from federation.auth import Role
 from federation.errors import BadRequest, NotImplementedYet
-from federation.http import json_body, principal, read_body, requires
+from federation.http import check_statement_size, json_body, principal, read_body, requires
 from federation.keys import CONFIG, METRICS, QUERY_SERVICE
 from federation.results import (
     QueryTimer,
@@ -62,9 +62,11 @@ async def read_query(request: web.Request) -> tuple[str, dict | None, dict]:
     if request.content_type == "text/plain":
         raw = await read_body(request, request.app[CONFIG].max_request_bytes)
         try:
-            return raw.decode("utf-8"), None, {}
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the statement is not UTF-8 text") from None
+        check_statement_size(request, text)
+        return text, None, {}
     body = await json_body(request)
     unknown = set(body) - set(REQUEST_FIELDS)
     if unknown:
@@ -72,6 +74,7 @@ async def read_query(request: web.Request) -> tuple[str, dict | None, dict]:
     text = body.get("query")
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("the body needs \"query\": the statement to run")
+    check_statement_size(request, text)
     return text, parse_limits(body.get("limits")), parse_options(body)
 
 

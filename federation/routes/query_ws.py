@@ -31,8 +31,8 @@ from aiohttp import WSMsgType, web
 
 from federation.auth import Principal, Role
 from federation.errors import BadRequest
-from federation.http import principal, requires, track_websocket
-from federation.keys import CONFIG, METRICS
+from federation.http import loads_json, principal, requires, statement_too_large, track_websocket
+from federation.keys import CONFIG, METRICS, SESSIONS
 from federation.results import (
     QueryTimer,
     RowWriter,
@@ -43,6 +43,7 @@ from federation.results import (
     pump_rows,
 )
 from federation.routes.query import parse_limits, parse_options, query_service, start_statement
+from federation.sessions import ws_closer
 from streamql import codec
 from streamql.errors import QueryError
 
@@ -192,13 +193,14 @@ async def query_socket(request: web.Request) -> web.StreamResponse:
     track_websocket(request, ws)
     socket = QuerySocket(ws, service, principal(request), request.app[METRICS], fmt == "msgpack",
                          config.max_socket_queries)
+    session = request.app[SESSIONS].open(socket.caller.token_id, ws_closer(ws), label="query ws")
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 try:
-                    message = json.loads(msg.data)
-                except ValueError:
-                    await socket.refuse(None, BadRequest("a text message must be JSON"))
+                    message = loads_json(msg.data, config.max_json_depth)
+                except BadRequest as exc:
+                    await socket.refuse(None, BadRequest(f"a text message must be JSON: {exc.message}"))
                     continue
             elif msg.type is WSMsgType.BINARY:
                 try:
@@ -208,8 +210,14 @@ async def query_socket(request: web.Request) -> web.StreamResponse:
                     continue
             else:
                 break
+            too_large = statement_too_large(message.get("query"), config.max_statement_bytes) \
+                if isinstance(message, dict) else None
+            if too_large is not None:
+                await socket.refuse(message.get("id"), too_large)
+                continue
             await socket.handle(message)
     finally:
+        request.app[SESSIONS].close(session)
         await socket.close()
     return ws
 

@@ -1,4 +1,5 @@
-"""Tokens: create (shown once), list (never the secret), revoke."""
+"""Tokens: create (shown once), list (never the secret), revoke (at once: its open WebSockets are
+closed with 4003 and its requests in flight cancelled, federation/sessions.py)."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -6,7 +7,7 @@ from aiohttp import web
 from federation.auth import Role, check_device_id, create_token
 from federation.errors import BadRequest, NotFound
 from federation.http import json_body, query_flag, requires
-from federation.keys import REGISTRY
+from federation.keys import REGISTRY, SESSIONS
 
 
 @requires(Role.ADMIN)
@@ -46,7 +47,8 @@ async def revoke(request: web.Request) -> web.Response:
         raise BadRequest("a token id is an integer") from None
     if not request.app[REGISTRY].revoke_token(token_id):
         raise NotFound(f"no active token {token_id}")
-    return web.json_response({"revoked": token_id})
+    ended = await request.app[SESSIONS].revoke(token_id, "the token was revoked")
+    return web.json_response({"revoked": token_id, "closed": ended})
 
 
 def setup(app: web.Application) -> None:

@@ -93,7 +93,8 @@ class DashboardFleet:
                 self.procs.remove(fed)
         self.admin = (data / "admin.token").read_text().strip()
         self.read = self.api("POST", "/v1/tokens", {"role": "read", "label": "dashboard tests"})["token"]
-        common = ["--federation", self.url, "--provision", self.admin, "--heartbeat", "2", "--log-level", "warning",
+        common = ["--federation", self.url, "--provision-token-file", str(data / "admin.token"), "--heartbeat", "2",
+                  "--log-level", "warning",
                   "--reconnect-initial", "0.2", "--reconnect-max", "2"]
         self._spawn("edges", "edge", "--simulate", str(len(EDGES)), "--seed", str(SEED), "--store",
                     str(self.dir / "edges"), "--trusted-key", str(self.public), *common)

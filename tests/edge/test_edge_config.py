@@ -56,9 +56,34 @@ offset = 1
     assert config.buffer.max_records == 50 and config.buffer.max_bytes is None
     assert [(s["name"], s.get("shape")) for s in config.signals] == [("t", "sine"), ("u", None)]
     assert config.trusted_keys == ["k1"]
-    assert load_config(path, parse("--token", "flag"), environ={"STREAMQL_EDGE_TOKEN": "env"}).token == "flag"
+    secret = tmp_path / "token"
+    secret.write_text("from-token-file\n")
+    assert load_config(path, parse("--token-file", str(secret)), environ={"STREAMQL_EDGE_TOKEN": "env"}).token \
+        == "from-token-file"
     assert load_config(path, parse(), environ={}).token == "from-file"
     assert "from-file" not in repr(load_config(path, environ={})) and load_config(path, environ={}).to_dict()["token"] == "***"
+
+
+def test_a_token_on_the_command_line_is_refused_saying_what_to_use(capsys, tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        parse("--token", "sqf_secret")
+    assert caught.value.code == 2
+    message = capsys.readouterr().err
+    assert "visible" in message and "--token-file" in message and "STREAMQL_EDGE_TOKEN" in message
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, parse("--id", "a", "--token-file", str(empty)), environ={})
+    assert "empty" in str(refused.value)
+
+
+def test_slots_and_the_guard_are_configured_in_the_file_or_by_flags(tmp_path):
+    path = write(tmp_path, 'id = "a"\n[limits]\nmax_queries = 16\n[guard]\nenabled = true\nquarantine_s = 60\n')
+    config = load_config(path, parse("--max-queries-per-principal", "4", "--max-rss-mb", "300"), environ={})
+    assert (config.limits.max_queries, config.limits.max_queries_per_principal) == (16, 4)
+    assert (config.guard.enabled, config.guard.max_rss_mb, config.guard.quarantine_s) == (True, 300.0, 60.0)
+    assert load_config(None, parse("--id", "b"), environ={}).guard.enabled is False
+    assert load_config(None, parse("--id", "b", "--watchdog"), environ={}).guard.enabled is True
 
 
 def test_flags_alone_are_enough():
@@ -128,16 +153,19 @@ def test_tls_and_reconnect_settings(tmp_path):
     assert caught.value.key == "tls.cert_file"
 
 
-def test_every_setting_of_the_file_is_also_a_flag():
+def test_every_setting_of_the_file_is_also_a_flag(tmp_path):
     from edge_engine.config import _SECTIONS, _TOP, _flag_overrides
 
     parser = add_arguments(argparse.ArgumentParser())
     flags = []
+    (tmp_path / "token").write_text("t\n")
     for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "config"):
-            continue
+        if not action.option_strings or action.dest in ("help", "config", "token"):
+            continue  # --token VALUE is refused: the token comes from --token-file
         flag = action.option_strings[-1]
-        if action.nargs == 0:
+        if action.dest == "token_file":
+            flags += [flag, str(tmp_path / "token")]
+        elif action.nargs == 0:
             flags.append(flag)
         elif action.choices:
             flags += [flag, list(action.choices)[0]]

@@ -204,3 +204,30 @@ async def test_a_real_daemon_answers_hostile_frames_and_stops_only_the_query_pas
     assert rows == [42] and end["outcome"] == "ok"
     assert not conn.of_type("end", qid=steady)         # the stream went on through all of it
     assert conn is fed.connections["wl-1"] and edge.process.poll() is None, edge.output()
+
+
+async def test_sigterm_stops_a_daemon_within_10_s_even_with_statements_running(fed, tmp_path, keys, processes):
+    edge = processes(edge_args(fed, tmp_path / "store", keys), tmp_path)
+    conn = await fed.connection("wl-1", timeout=30)
+    await conn.start_query("select stream of x from Real x where x in signal_stream('vibration');", credit=1)
+    busy = await conn.start_query("select count(x) from Integer x where x in iota(1, 2000000000);",
+                                  limits={"memory_mb": 100000})
+    await asyncio.sleep(0.5)
+    assert not conn.of_type("end", qid=busy)  # still counting
+    started = asyncio.get_running_loop().time()
+    edge.process.send_signal(signal.SIGTERM)
+    code = await edge.wait(15)
+    assert asyncio.get_running_loop().time() - started < 10 and code in (0, 1), (code, edge.output())
+
+
+async def test_sigterm_stops_a_daemon_within_10_s_even_when_its_event_loop_is_stuck(fed, tmp_path, keys, processes):
+    stall = '{"name": "stall", "kind": "callable", "function": "guard_hog:stall_after_a_second", "rate_hz": 20}'
+    edge = processes(edge_args(fed, tmp_path / "store", keys, "--signal", stall), tmp_path,
+                     env={"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])})
+    await fed.connection("wl-1", timeout=30)
+    await asyncio.sleep(2.0)  # the sensor has hung the loop by now
+    started = asyncio.get_running_loop().time()
+    edge.process.send_signal(signal.SIGTERM)
+    code = await edge.wait(15)
+    assert asyncio.get_running_loop().time() - started < 10 and code == 1, (code, edge.output())
+    assert "did not stop within" in edge.output()

@@ -1,4 +1,4 @@
-"""A fake fleet-query service with the interface of federation/query_service.py, for route tests."""
+"""A fake statement service with the interface of federation/statements.py, for route tests."""
 from __future__ import annotations
 
 import asyncio

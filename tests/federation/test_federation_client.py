@@ -212,6 +212,30 @@ def test_streamql_query_prints_rows_then_the_status(served, capsys, tmp_path):
     assert cli_main([*base]) == 2
 
 
+def test_tokens_come_from_a_file_or_the_environment_not_only_argv(served, capsys, tmp_path, monkeypatch):
+    secret = tmp_path / "read.token"
+    secret.write_text(served.tokens["read"] + "\n")
+    assert cli_main(["query", "--federation", served.url, "--token-file", str(secret), "--format", "json", ROWS]) == 0
+    assert capsys.readouterr().out.splitlines() == ["[1]", "[2]", "[3]"]
+    monkeypatch.setenv("STREAMQL_TOKEN", served.tokens["read"])
+    assert cli_main(["query", "--federation", served.url, "-q", ROWS]) == 0
+    assert capsys.readouterr().out.splitlines() == ["1", "2", "3"]
+    assert cli_main(["query", "--federation", served.url, "--token-file", str(tmp_path / "missing"), ROWS]) == 2
+    assert "cannot read the token file" in capsys.readouterr().err
+
+
+def test_the_admin_token_is_never_taken_from_argv(tmp_path, capsys, monkeypatch):
+    from edge_engine.cli import main as edge_main
+
+    common = ["--simulate", "2", "--federation", "http://127.0.0.1:9", "--store", str(tmp_path / "s")]
+    assert edge_main([*common, "--provision", "sqf_the_admin_token"]) == 2
+    message = capsys.readouterr().err
+    assert "visible" in message and "--provision-token-file" in message and "STREAMQL_ADMIN_TOKEN" in message
+    monkeypatch.delenv("STREAMQL_ADMIN_TOKEN", raising=False)
+    assert edge_main([*common, "--provision"]) == 2
+    assert "needs the admin token" in capsys.readouterr().err
+
+
 def test_tls_end_to_end_with_a_private_ca(tmp_path):
     ca_cert, ca_key, ca_path, _ = make_cert(tmp_path / "ca", "test CA", ca=True)
     _, _, cert, key = make_cert(tmp_path / "server", "127.0.0.1", issuer=(ca_cert, ca_key))

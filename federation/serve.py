@@ -1,0 +1,113 @@
+"""Serving the federation as a process: the HTTP timeouts, and a shutdown that always ends.
+
+    serve(config, ssl_context)            # until SIGTERM or SIGINT; the exit code
+
+- **Timeouts** (`runner_options`): a connection that has not sent a complete request head within
+  `idle_timeout_s` of connecting or of its previous answer is closed — idle keep-alive and
+  slowloris headers alike (aiohttp's keep-alive timer runs from the connection's start); bodies
+  are bounded by `body_timeout_s` where handlers read them (federation/http.py).
+- **Shutdown**: on SIGTERM or SIGINT the listening sockets close, every WebSocket is told
+  GOING_AWAY (at once, each close bounded), requests in flight get `shutdown_timeout_s / 2` to
+  finish and are then cancelled, and the resources are closed — all within `shutdown_timeout_s`.
+  A watchdog thread started with the signal ends the process `HARD_EXIT_S` after it whatever
+  still runs (a worker thread inside a statement, a peer that never answers), so a supervisor's
+  SIGTERM is always obeyed within 10 s.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from aiohttp import web
+
+from federation.app import create_app
+from federation.config import FederationConfig
+from federation.http import RedactingAccessLogger
+
+log = logging.getLogger("streamql.federation")
+
+HARD_EXIT_S = 9.5
+LINGER_S = 2.0
+
+
+def runner_options(config: FederationConfig) -> dict[str, Any]:
+    """What web.AppRunner (and aiohttp's TestServer) take for the HTTP timeouts of `config`."""
+    # lingering: after an answer that left a body unread (a 408, a 413), read and drop the rest
+    # for at most LINGER_S before closing, so a slow body cannot keep the connection either
+    return {"keepalive_timeout": config.idle_timeout_s, "shutdown_timeout": config.shutdown_timeout_s / 2,
+            "lingering_time": LINGER_S, "access_log_class": RedactingAccessLogger}
+
+
+def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> threading.Timer:
+    """A daemon timer that ends the process after `seconds`, flushing what can be flushed first."""
+    def hard_exit() -> None:
+        log.error("shutdown did not finish within %.1f s: exiting now", seconds)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - exiting regardless
+                pass
+        os._exit(code)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set `stop` and start the hard-exit watchdog. Plain signal handlers, not the
+    loop's: the watchdog starts even when the event loop is blocked."""
+    fired = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if not fired.is_set():
+            fired.set()
+            start_hard_exit_watchdog()
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop is closed already
+            pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+async def _serve(config: FederationConfig, ssl_context, announce) -> int:
+    stop = asyncio.Event()
+    _install_stop_handlers(asyncio.get_running_loop(), stop)
+    runner = web.AppRunner(create_app(config), **runner_options(config))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        await site.start()
+        announce()
+        await stop.wait()
+        log.info("stopping (at most %.0f s)", config.shutdown_timeout_s)
+    finally:
+        try:
+            await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("shutdown took longer than %.0f s; leaving the rest", config.shutdown_timeout_s)
+            return 1
+    return 0
+
+
+def serve(config: FederationConfig, ssl_context=None, announce=lambda: None) -> int:
+    """Serve until SIGTERM or SIGINT (see the module docstring); ends the process with its code."""
+    loop = asyncio.new_event_loop()
+    code = 1
+    try:
+        code = loop.run_until_complete(_serve(config, ssl_context, announce))
+    finally:
+        # not asyncio.run: it would wait for executor threads (a statement still inside a worker)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
