@@ -91,12 +91,24 @@ def heartbeat(ctx, period: float) -> StreamValue:
         ticks = 0
         while True:
             ticks += 1
-            due = start + ticks * period
-            wait = due - clock.monotonic()
-            if wait > 0:
-                clock.sleep(wait)
+            yield from pause_until(clock, start + ticks * period)
             yield round(clock.monotonic() - start, 9)
     return StreamValue(open_, f"heartbeat({period})")
+
+
+def pause_until(clock, due: float):
+    """Sleep until `due` (the clock's monotonic time) in slices, an IDLE tick after each, so a
+    query waiting for a slow source still notices that it was cancelled or ran out of time."""
+    wait = due - clock.monotonic()
+    while wait > IDLE_SLICE_S:
+        clock.sleep(IDLE_SLICE_S)
+        yield IDLE
+        wait = due - clock.monotonic()
+    if wait > 0:
+        clock.sleep(wait)
+
+
+IDLE_SLICE_S = 0.1
 
 
 def simsig(x: float) -> float:
@@ -120,7 +132,7 @@ def diota(ctx, pace: float, lo: int, hi: int) -> StreamValue:
 
     def open_():
         for value in range(lo, hi + 1):
-            clock.sleep(pace)
+            yield from pause_until(clock, clock.monotonic() + pace)
             yield value
     return StreamValue(open_, f"diota({pace}, {lo}, {hi})")
 
