@@ -257,6 +257,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "buffer": struct({}, {"records": COUNT, "bytes": COUNT, "dropped": COUNT}),
         "queries": list_of(ID),
         "models": ACTIVE,
+        "loaded": ACTIVE,  # model name → version, as the engine has them loaded
         "autostart": list_of(MAP, 1000),
     }),
     "query": ({
@@ -285,7 +286,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     }, {
         "variants": list_of(STR), "requirements": MAP,
     }),
-    "ack": ({"did": ID, "active": ACTIVE}, {"model": STR, "version": opt(STR), "message": STR}),
+    "ack": ({"did": ID, "active": ACTIVE}, {"model": STR, "version": opt(STR), "message": STR,
+                                          "autostart": list_of(STR, 1000), "loaded": ACTIVE}),
     "nack": ({"did": ID, "reason": STR, "active": ACTIVE}, {"code": STR, "model": STR}),
     "rollback": ({"did": ID, "model": ID}, {"version": opt(STR)}),
     "undeploy": ({"did": ID, "model": ID}, {}),
@@ -662,7 +664,8 @@ def examples() -> dict[str, dict]:
                    "sha256": "0" * 64, "size": 3, "chunk": 0, "chunks": 1, "data": b"abc",
                    "variants": ["int8"]},
         "ack": {"did": "d-9", "model": "vib-anomaly", "version": "1.2.0",
-                "active": {"vib-anomaly": "1.2.0"}},
+                "active": {"vib-anomaly": "1.2.0"}, "autostart": ["vib-anomaly:autostart/alerts.sql#1"],
+                "loaded": {"vib_anomaly": "1.2.0"}},
         "nack": {"did": "d-9", "code": "requirements", "reason": "needs ram_kb 1048576, has 524288",
                  "active": {"vib-anomaly": "1.1.0"}},
         "rollback": {"did": "d-10", "model": "vib-anomaly"},
