@@ -58,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="accept bundles nobody signed (development only)")
     parser.add_argument("--heartbeat", type=float, default=5.0, metavar="SECONDS",
                         help="heartbeat interval told to edges; silent for 3 × this means offline")
+    parser.add_argument("--deploy-wave-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long a rollout's wave waits at most for its devices to report healthy "
+                             "(a statement's `wave timeout` overrides it)")
+    parser.add_argument("--deploy-settle", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a device must look healthy after a change to count as healthy")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")

@@ -156,7 +156,7 @@ class QueryService:
         try:
             deployment_id = await self.deployments.start(
                 action, statement.model, version, devices, selection=statement.selection.sql(),
-                requested_by=getattr(principal, "name", None))
+                requested_by=getattr(principal, "name", None), rollout=statement.rollout)
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         left_out = {device: s for device, s in status.items() if s.get("outcome") != "answered"}
