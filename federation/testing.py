@@ -450,10 +450,10 @@ def _as_columns(batch: Any) -> tuple[int, list]:
 
 
 def make_bundle(directory, name: str, version: str, *, private_key=None, requirements: dict | None = None,
-                variants: list[dict] | None = None, padding: int = 0) -> bytes:
+                variants: list[dict] | None = None, padding: int = 0, files: dict[str, str] | None = None) -> bytes:
     """A packed bundle (signed when `private_key` is given) of one native model named after the
-    bundle, with `variants` (default one numpy variant) and `padding` bytes of extra data (to make
-    it as large as a benchmark wants)."""
+    bundle, with `variants` (default one numpy variant), `padding` bytes of extra data (to make
+    it as large as a benchmark wants) and `files` (path → text: scripts `*.sql`, `autostart/*.sql`)."""
     import json
     import os
     from pathlib import Path
@@ -467,6 +467,9 @@ def make_bundle(directory, name: str, version: str, *, private_key=None, require
     if padding:
         (root / "data").mkdir(exist_ok=True)
         (root / "data" / "padding.bin").write_bytes(os.urandom(padding))
+    for path, text in (files or {}).items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
     manifest = {"format_version": 1, "name": name, "version": version,
                 "requirements": dict(requirements or {}),
                 "models": [{"name": name.replace("-", "_"), "variants": variants or [
