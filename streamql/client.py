@@ -19,9 +19,12 @@ This module uses only the standard library for blocking calls; `aquery` needs ai
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -432,11 +435,17 @@ class _ResultBase:
 class FederationResult(_ResultBase):
     """Rows of one statement as they arrive (a blocking iterator). One-column rows are plain
     values, several columns tuples. `status` (each device's outcome) is there after the last row;
-    `close()` stops the statement on the federation."""
+    `close()` stops the statement on the federation — from any thread, at once, even while
+    another thread waits for a row that never comes (its iteration then raises QueryCancelled)."""
 
     def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, text: str):
         self.text = text
         self._conn, self._response = conn, response
+        # kept apart: http.client may hand the socket over to the response and forget it
+        self._sock = conn.sock or getattr(getattr(response.fp, "raw", None), "_sock", None)
+        self._lock = threading.Lock()
+        self._reading = False      # a thread is inside a blocking read
+        self._closed = False
         self._decoder = _Decoder(response.getheader("Content-Type") or NDJSON)
         self._headers(response.getheader)
         self._materialized: Iterator | None = None
@@ -468,19 +477,50 @@ class FederationResult(_ResultBase):
         raise StopIteration
 
     def _read(self) -> bytes:
+        with self._lock:
+            if self._closed:
+                raise QueryCancelled("the result was closed")
+            self._reading = True
         try:
             return self._response.read1(READ_CHUNK)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            if self._closed:
+                raise QueryCancelled("the result was closed") from None
             raise FederationUnavailable(f"the link to the federation broke: {exc}") from None
+        finally:
+            with self._lock:
+                self._reading = False
+                closing = self._closed
+            if closing:   # close() came from another thread while this one read: finish it here
+                self._release()
+                raise QueryCancelled("the result was closed")
 
     def fetchall(self) -> list:
         return list(self)
 
     def close(self) -> None:
-        """Stop reading; the federation cancels the statement when the connection closes."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Stop reading; the federation cancels the statement when the connection closes.
+
+        Safe from another thread while one waits for a row: shutting the socket down wakes that
+        read (closing the response here would wait for the reader's buffer lock, while the reader
+        waits for a chunk that may never come), and the reading thread closes the rest."""
+        with self._lock:
+            if self._closed or self._conn is None:
+                return
+            self._closed = True
+            reading = self._reading
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        if not reading:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):   # a socket shut down under it may complain
+                conn.close()
 
     def __enter__(self) -> "FederationResult":
         return self
@@ -496,7 +536,12 @@ class FederationResult(_ResultBase):
 
 
 class AsyncFederationResult(_ResultBase):
-    """`async for row in fleet.aquery(…)`; `await result.aclose()` stops the statement."""
+    """`async for row in fleet.aquery(…)`; `await result.aclose()` stops the statement.
+
+    Iteration that is abandoned — a `break`, an exception in the loop's body, the task cancelled
+    while it waits for a row — closes the HTTP session too: a cancelled or failed read closes it
+    before the exception goes on, and a result dropped unfinished closes its connection and lets
+    go of its session when it is collected (no "Unclosed client session", no traceback)."""
 
     def __init__(self, federation: Federation, text: str, limits: dict | None):
         self.federation, self.text, self.limits = federation, text, limits
@@ -504,6 +549,7 @@ class AsyncFederationResult(_ResultBase):
         self.status = None
         self._session = None
         self._response = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._decoder: _Decoder | None = None
 
     async def start(self) -> "AsyncFederationResult":
@@ -513,7 +559,9 @@ class AsyncFederationResult(_ResultBase):
         import aiohttp
 
         fed = self.federation
-        self._session = aiohttp.ClientSession()
+        self._loop = asyncio.get_running_loop()
+        # one request per session, never pooled: dropping the response leaves nothing open
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         body = {"query": self.text}
         if self.limits:
             body["limits"] = self.limits
@@ -525,11 +573,15 @@ class AsyncFederationResult(_ResultBase):
         except (OSError, aiohttp.ClientError) as exc:
             await self.aclose()
             raise FederationUnavailable(f"cannot reach the federation at {fed.url}: {exc}") from None
+        except BaseException:      # cancelled while connecting
+            await self.aclose()
+            raise
         if response.status >= 300:
             try:
                 info = (await response.json(content_type=None)).get("error")
             except (ValueError, AttributeError, aiohttp.ClientError):
                 info = {"kind": "HTTPError", "message": f"HTTP {response.status}"}
+            response.close()
             await self.aclose()
             raise error_from(info, response.status, self.text)
         self._response = response
@@ -550,6 +602,9 @@ class AsyncFederationResult(_ResultBase):
                 except Exception as exc:  # noqa: BLE001 - any broken link is the same to the caller
                     await self.aclose()
                     raise FederationUnavailable(f"the link to the federation broke: {exc}") from None
+                except BaseException:     # cancelled while waiting for a row: nothing may stay open
+                    await self.aclose()
+                    raise
                 if not chunk:
                     await self.aclose()
                     raise FederationUnavailable("the federation closed the stream before its status line")
@@ -569,11 +624,38 @@ class AsyncFederationResult(_ResultBase):
         return [row async for row in self]
 
     async def aclose(self) -> None:
-        if self._response is not None:
-            self._response.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        response, session = self._response, self._session
+        self._response = self._session = None
+        if response is not None:
+            response.close()
+        if session is not None:
+            await session.close()
+
+    def _drop(self) -> None:
+        """Close without awaiting (the result was dropped unfinished): closing the response closes
+        its only connection, and the session, then holding nothing, is let go of."""
+        response, session = self._response, self._session
+        self._response = self._session = None
+        if response is not None:
+            response.close()
+        if session is not None and not session.closed:
+            session.detach()
+
+    def __del__(self) -> None:
+        if self._session is None and self._response is None:
+            return
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        try:
+            if loop is None or running is loop:
+                self._drop()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(self._drop)
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
 
     async def __aenter__(self) -> "AsyncFederationResult":
         return await self.start()

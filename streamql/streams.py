@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from .batch import IDLE, Batch
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, CancellableClock, Clock
 from .errors import QueryCancelled, QueryLimitError
 from .values import Bag, Time, Timeval
 
@@ -251,9 +251,9 @@ class ExecContext:
     def __init__(self, engine: Any, clock: Clock = SYSTEM_CLOCK, rng: np.random.Generator | None = None,
                  limits: Limits | None = None, cancel: threading.Event | None = None):
         self.engine = engine
-        self.clock = clock
-        self.rng = rng if rng is not None else np.random.default_rng()
         self.cancel = cancel or threading.Event()
+        self.clock = CancellableClock(clock, self.cancel)   # sources' sleeps end when the query is cancelled
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.started = clock.monotonic()
         self.state_bytes = 0         # what the query's operators hold now (windows, groups, sorts)
         self.peak_state_bytes = 0
