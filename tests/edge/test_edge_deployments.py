@@ -255,12 +255,19 @@ async def test_lying_chunk_counts_and_sizes_are_refused(fed, edge_config, start_
 async def test_a_failing_autostart_query_is_retried_and_reported(fed, edge_config, start_edge, tmp_path, keys):
     daemon = await start_edge(edge_config())
     conn = await fed.connection("wl-1")
-    data = make_bundle(tmp_path, name="p", key=keys[0], requirements={}, autostart={
+    # a signal the edge does not have is refused before anything changes …
+    unknown = make_bundle(tmp_path / "u", name="p", key=keys[0], requirements={}, autostart={
         "autostart/pressure.sql": "select stream of x from Real x where x in signal_stream('pressure');\n"})
+    nack = await conn.deploy("d-0", unknown, "p", "1.0.0")
+    assert nack.t == "nack" and nack["code"] == "script" and "no signal named 'pressure'" in nack["reason"]
+    # … a query that fails only when it runs is retried, and reported
+    data = make_bundle(tmp_path, name="p", key=keys[0], requirements={}, autostart={
+        "autostart/pressure.sql": "select stream of w[3] from Vector of Real w "
+                                  "where w in winagg(signal_stream('vibration'), 2, 2);\n"})
     assert (await conn.deploy("d-1", data, "p", "1.0.0")).t == "ack"       # it compiles; it fails when it runs
     health = await conn.wait_for(lambda f: f.t == "health" and f["autostart"]
                                  and f["autostart"][0]["status"] == "failed", timeout=5)
-    assert "pressure" in health["autostart"][0]["error"] and health["autostart"][0]["flow"] == "p/pressure"
+    assert "3" in health["autostart"][0]["error"] and health["autostart"][0]["flow"] == "p/pressure"
     assert any("autostart query" in e["message"] and "restarting" in e["message"] for e in health["errors"])
     await asyncio.sleep(1.3)
     assert daemon.autostarts.queries[0].restarts >= 1                      # retried with backoff
