@@ -24,7 +24,7 @@ from .bound import TExpr
 from .catalog import Table, UserType
 from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_statement, physical_plan
-from .errors import QueryError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
+from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
 from .library import Library, default_library
 from .result import QueryHandle, Result
@@ -275,6 +275,8 @@ class Engine:
             raise
         except RecursionError:
             raise QueryRuntimeError("the statement is nested too deeply", statement.span, source) from None
+        except MemoryError:
+            raise QueryLimitError("the statement needs more memory than there is", statement.span, source) from None
         except Exception as exc:  # noqa: BLE001 - nothing but QueryErrors reaches users
             error = QueryRuntimeError(f"internal error: {type(exc).__name__}: {exc}", statement.span, source)
             error.traceback = traceback.format_exc()

@@ -93,6 +93,8 @@ class Result:
             raise
         except (GeneratorExit, KeyboardInterrupt):
             raise
+        except MemoryError:   # a value larger than the machine (range(0, 1e9)): the query's limit, not a bug
+            raise QueryLimitError("the query needs more memory than there is", self._span, self._source) from None
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a QueryError
             error = QueryRuntimeError(f"internal error while running the query: {type(exc).__name__}: {exc}",
                                       self._span, self._source)

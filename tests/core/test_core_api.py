@@ -332,6 +332,16 @@ def test_run_time_failures_reach_on_error_or_the_log(caplog):
     assert any("on_error callback of background query broken failed" in m for m in messages), messages
 
 
+def test_running_out_of_memory_is_the_querys_limit_not_an_internal_error():
+    engine = new_engine()
+
+    def reading():
+        raise MemoryError()
+    engine.add_signal("huge", reading)
+    with pytest.raises(streamql.QueryLimitError, match="needs more memory than there is"):
+        list(engine.query("select stream of x from Real x where x in signal_stream('huge');"))
+
+
 def test_engine_close_cancels_background_queries():
     engine = new_engine()
     hub = LiveSignal("live")
