@@ -291,7 +291,7 @@ class Federation:
     def deployment_progress(self, deployment_id: str | int, *, poll: float = 0.5,
                             timeout: float | None = None, stop: threading.Event | None = None) -> Iterator[dict]:
         """Progress records of a deployment as it changes, for progress bars: {action, model,
-        version, deployment, wave: {current, count, state}, abort, devices: {id: {state, reason}},
+        version, deployment, wave: {current, count, state, sizes}, abort, devices: {id: {state, reason}},
         complete}; the last one is settled.
         Setting `stop` ends the watching (not the rollout) at once, from any thread."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -301,7 +301,7 @@ class Federation:
             progress = self.deployment(deployment_id)
             waves = progress.get("waves") or {}
             current = waves.get("current") or 0
-            wave = {"current": current, "count": waves.get("count"),
+            wave = {"current": current, "count": waves.get("count"), "sizes": waves.get("sizes"),
                     "state": next((w.get("state") for w in waves.get("list") or () if w.get("wave") == current), None)}
             record = {"action": progress["action"], "model": progress["model"], "version": progress["version"],
                       "deployment": progress["id"], "state": progress["state"], "wave": wave,

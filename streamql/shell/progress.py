@@ -8,7 +8,7 @@ each time something changes; the last one has every device settled or `complete`
                  "wl-2": {"state": "skipped", "reason": "needs ram_kb 512, has 256"},
                  "d-7":  {"state": "failed", "reason": "checksum mismatch"},
                  "d-9":  {"state": "pending"}},           # or "running"
-     "wave": {"current": 1, "count": 3, "state": "running"},          # optional: a staged rollout
+     "wave": {"current": 1, "count": 3, "state": "running", "sizes": [2, 20, 22]},   # optional
      "abort": {"wave": 1, "reason": "…", "rollback": "done"},         # optional: it was aborted
      "complete": False}
 
@@ -79,12 +79,12 @@ def render_progress(record: dict, width: int = 80, color: bool = False, max_reas
     room = max(10, width - len(summary) - 4)
     bar = ""
     if total:
-        used = 0
+        cells = {state: round(counts[state] * room / total) for state in STATES}
+        # what rounding left over (or took too much) goes to the largest state, never to an empty one
+        largest = max(STATES, key=lambda state: counts[state])
+        cells[largest] = max(0, cells[largest] + room - sum(cells.values()))
         for state in STATES:
-            cells = round(counts[state] * room / total) if state != STATES[-1] else room - used
-            cells = max(0, min(cells, room - used))
-            used += cells
-            bar += _paint(_BAR[state] * cells, state, color)
+            bar += _paint(_BAR[state] * cells[state], state, color)
     else:
         bar = " " * room
     lines = [title, f"[{bar}] {summary}"]
@@ -94,8 +94,11 @@ def render_progress(record: dict, width: int = 80, color: bool = False, max_reas
         lines.append(_paint(abort.get("reason") or "rollout aborted", "failed", color) +
                      rollback.get(abort.get("rollback"), ""))
     elif wave and (wave.get("count") or 0) > 1:
-        lines.append(f"wave {wave.get('current') or 1} of {wave['count']}" +
-                     (f" ({wave['state']})" if wave.get("state") else ""))
+        if is_complete(record) and wave.get("sizes"):
+            lines.append(f"in {wave['count']} waves: " + ", ".join(str(n) for n in wave["sizes"]))
+        else:
+            lines.append(f"wave {wave.get('current') or 1} of {wave['count']}" +
+                         (f" ({wave['state']})" if wave.get("state") else ""))
     for state in ("skipped", "failed", "rolled_back"):
         reasons: dict[str, list[str]] = {}
         for device, (s, reason) in sorted(states.items()):

@@ -296,6 +296,9 @@ def test_a_staged_rollout_shows_its_wave_and_an_abort_with_its_rollback():
               "devices": {"e0": {"state": "done"}, "e1": {"state": "installed"}, "e2": {"state": "pending"}}}
     lines = render_progress(record)
     assert lines[2] == "wave 2 of 3 (running)" and "pending 2" in lines[1]   # installed: still running
+    finished = {**record, "complete": True, "wave": {**record["wave"], "current": 3, "sizes": [1, 1, 1]},
+                "devices": {d: {"state": "done"} for d in record["devices"]}}
+    assert render_progress(finished)[2:] == ["in 3 waves: 1, 1, 1", "complete"]
     aborted = {**record, "complete": True,
                "abort": {"wave": 1, "reason": "rollout aborted after wave 1: 2 of 2 devices failed, more than "
                                               "10 percent", "rollback": "done"},
