@@ -12,7 +12,8 @@ one record of the store-and-forward buffer, sent as a `publish` frame of a named
 
 Flows of the engine's own `publish(s, 'name')` stay inside the engine; only autostart results
 travel. A query that fails is restarted with exponential backoff (its error goes to the health
-frame's errors); one that ends is not.
+frame's errors); one that ends is not. Each change of a query's status is told to `on_status`, so
+the daemon can send its health at once (a rollout waits for it: docs/models.md, Rollouts).
 """
 from __future__ import annotations
 
@@ -125,20 +126,35 @@ class AutostartQuery:
 
     def __init__(self, engine, spec: AutostartSpec, emit: Callable[[AutostartSpec, int, list, list], None], *,
                  log: logging.Logger, on_error: Callable[[str], None] | None = None,
+                 on_status: Callable[["AutostartQuery"], None] | None = None,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0):
         self.engine = engine
         self.spec = spec
         self.emit = emit
         self.log = log
         self.on_error = on_error
+        self.on_status = on_status
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
-        self.status = "starting"
+        self._status = "starting"
         self.rows = 0
         self.restarts = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._result = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"autostart {spec.name}"[:60])
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        changed, self._status = value != self._status, value
+        if changed and self.on_status is not None:
+            try:
+                self.on_status(self)
+            except Exception:  # noqa: BLE001 - telling must never stop the query
+                self.log.exception("the autostart status callback failed")
 
     def start(self) -> "AutostartQuery":
         self._thread.start()
@@ -213,8 +229,8 @@ class AutostartQuery:
             result.close()
 
     def describe(self) -> dict:
-        return {"query": self.spec.name, "flow": self.spec.flow, "status": self.status, "rows": self.rows,
-                "restarts": self.restarts, "error": self.last_error}
+        return {"query": self.spec.name, "bundle": self.spec.bundle, "flow": self.spec.flow, "status": self.status,
+                "rows": self.rows, "restarts": self.restarts, "error": self.last_error}
 
 
 class AutostartSet:
@@ -225,9 +241,10 @@ class AutostartSet:
 
     @classmethod
     def start(cls, engine, specs: list[AutostartSpec], emit, *, log: logging.Logger,
-              on_error: Callable[[str], None] | None = None, **backoff: Any) -> "AutostartSet":
-        return cls([AutostartQuery(engine, spec, emit, log=log, on_error=on_error, **backoff).start()
-                    for spec in specs])
+              on_error: Callable[[str], None] | None = None, on_status: Callable | None = None,
+              **backoff: Any) -> "AutostartSet":
+        return cls([AutostartQuery(engine, spec, emit, log=log, on_error=on_error, on_status=on_status,
+                                   **backoff).start() for spec in specs])
 
     def stop(self, timeout: float = 2.0) -> None:
         for query in self.queries:

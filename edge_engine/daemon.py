@@ -14,6 +14,10 @@ What arrives over the link is dispatched here: `query`/`credit`/`cancel` to the 
 `FragmentSet`, `deploy`/`rollback`/`undeploy` to `Deployments` (in a worker thread, one at a
 time, answered with `ack`/`nack`), `publish_ack` to the `Publisher`. Many daemons can share one
 event loop and one aiohttp session (`edge_engine.simulate`).
+
+A rollout waits for devices to report healthy (docs/models.md, Rollouts): an `ack` names the
+bundle's autostart queries and the models it loaded, and a `health` frame goes out right after it
+and whenever an autostart query changes status, not only on the heartbeat.
 """
 from __future__ import annotations
 
@@ -107,6 +111,7 @@ class EdgeDaemon:
         self._tasks: set[asyncio.Task] = set()
         self._compile_lock = threading.Lock()
         self._stopped = asyncio.Event()
+        self._health_due = False      # a health frame is about to go out (status changes coalesce)
         self.started = False
 
     # == life ===================================================================================
@@ -227,7 +232,41 @@ class EdgeDaemon:
         await asyncio.to_thread(old.stop)
         self.engine = engine
         # a failing query logs a warning, which the health frame's errors pick up
-        self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log)
+        self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log,
+                                             on_status=self._autostart_changed)
+
+    def _autostart_changed(self, query) -> None:
+        """From a query's thread: its status changed, so the federation hears it soon."""
+        try:
+            self.loop.call_soon_threadsafe(self.health_soon)
+        except RuntimeError:  # the loop is closed: the daemon is gone
+            pass
+
+    def health_soon(self, delay: float = 0.1) -> None:
+        """Send a health frame in `delay` seconds (changes within that time share one frame)."""
+        if self._health_due or not self.started:
+            return
+        self._health_due = True
+        self.loop.call_later(delay, lambda: self.spawn(self._send_health()))
+
+    async def _send_health(self) -> None:
+        self._health_due = False
+        conn = self.link.connection if self.link is not None else None
+        if conn is None:
+            return
+        try:
+            await conn.send(wire.make("health", **self.health()))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError, wire.ProtocolError) as exc:
+            self.log.debug("health not sent: %s", exc)
+
+    def loaded_models(self, bundle: str | None = None) -> dict[str, str]:
+        """Model name → version of the models the running engine has loaded (of one bundle)."""
+        engine = self.engine
+        if engine is None:
+            return {}
+        prefix = None if bundle is None else f"bundle {bundle} "
+        return {e.name: e.version for e in engine.models.entries()
+                if prefix is None or (e.origin or "").startswith(prefix)}
 
     def fit_capabilities(self) -> dict:
         """What deployability is checked against: configured RAM, flash and CPU, signal names, runtimes."""
@@ -278,6 +317,7 @@ class EdgeDaemon:
         guard = self.guard_view()
         if guard is not None:
             fields["guard"] = guard
+        fields["loaded"] = self.loaded_models()
         return fields
 
     async def connected(self, conn: Connection, welcome: wire.Frame) -> None:
@@ -348,6 +388,10 @@ class EdgeDaemon:
             if change.engine is not None:
                 await self._swap(change.engine, change.autostart)
                 self.log.info("%s %s: active %s", frame.t, frame["did"], change.fields["active"])
+            if change.frame == "ack":   # what the federation then waits to see healthy
+                model = frame["model"]
+                change.fields["autostart"] = [q.spec.name for q in self.autostarts.queries if q.spec.bundle == model]
+                change.fields["loaded"] = self.loaded_models(model)
         conn = self.link.connection if self.link is not None else None
         if conn is None:
             return      # the federation resends the deployment after reconnecting; did makes it idempotent
@@ -358,6 +402,9 @@ class EdgeDaemon:
             await conn.send(wire.make(change.frame, **fields))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             self.log.info("%s of %s not sent (%s); the federation will resend", change.frame, frame["did"], exc)
+            return
+        if change.frame == "ack":
+            self.health_soon(0.0)
 
     # == conveniences ===========================================================================
     def status(self) -> dict:

@@ -143,14 +143,16 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The deployer: hears the hub's connects and acks; resumes what a previous run left running."""
+    """The deployer: hears the hub's connects, acks and health; resumes what a previous run left running."""
     from federation.deployments import DeploymentManager
+    from federation.rollout import RolloutDefaults
 
     config = app[CONFIG]
-    manager = DeploymentManager(app[REGISTRY], app[HUB], ack_timeout=config.deploy_ack_timeout_s,
-                                default_waves=config.deploy_waves,
-                                default_failure_threshold=config.deploy_failure_threshold,
-                                concurrency=config.deploy_concurrency, metrics=app[METRICS])
+    defaults = RolloutDefaults(config.deploy_waves, config.deploy_first_wave_percent,
+                               config.deploy_failure_threshold, config.deploy_wave_timeout_s)
+    manager = DeploymentManager(app[REGISTRY], app[HUB], ack_timeout=config.deploy_ack_timeout_s, defaults=defaults,
+                                settle_s=config.deploy_settle_s, concurrency=config.deploy_concurrency,
+                                metrics=app[METRICS])
     app[DEPLOYMENTS] = manager
     app[HUB].add_observer(manager)
     resumed = await manager.resume()

@@ -84,6 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     limits.add_argument("--max-bundle-unpacked-bytes", type=int, metavar="N", help="a bundle's files, inflated")
     limits.add_argument("--publish-records-per-s", type=float, metavar="N", help="records a device may publish a second")
     limits.add_argument("--publish-bytes-per-s", type=float, metavar="N", help="bytes a device may publish a second")
+    parser.add_argument("--deploy-wave-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long a rollout's wave waits at most for its devices to report healthy "
+                             "(a statement's `wave timeout` overrides it)")
+    parser.add_argument("--deploy-settle", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a device must look healthy after a change to count as healthy")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")

@@ -72,8 +72,13 @@ class FederationConfig:
     trusted_keys: tuple[Path, ...] = ()  # public keys (PEM) whose signatures make a bundle acceptable
     allow_unsigned_bundles: bool = False  # only for development: accept bundles nobody signed
     deploy_ack_timeout_s: float = 120.0  # a device that neither acks nor nacks this long has failed
-    deploy_waves: int = 1  # default number of waves of a rollout
-    deploy_failure_threshold: float = 0.5  # more than this fraction failed after a wave → abort the rest
+    # a deploy that says nothing of its rollout (docs/models.md, Rollouts): a first wave of this
+    # percent of its devices (at least one), then the rest — or `deploy_waves` equal waves
+    deploy_waves: int | None = None
+    deploy_first_wave_percent: float = 5.0
+    deploy_failure_threshold: float = 0.1  # more than this fraction of a wave's finished devices failed → abort
+    deploy_wave_timeout_s: float = 300.0  # a wave waits this long at most for its devices to report healthy
+    deploy_settle_s: float = 5.0  # a device counts as healthy once it has looked healthy this long
     deploy_concurrency: int = 64  # devices receiving bundle bytes at the same time
     # --- queries
     max_socket_queries: int = 8  # statements running at once on one /v1/query/ws socket
@@ -117,8 +122,11 @@ class FederationConfig:
             raise ValueError("requiring client certificates needs TLS (a certificate and key)")
         if not 0.0 <= self.deploy_failure_threshold <= 1.0:
             raise ValueError("the failure threshold is a fraction between 0 and 1")
-        if self.deploy_waves < 1 or self.heartbeat_s <= 0 or self.deploy_ack_timeout_s <= 0:
-            raise ValueError("waves, heartbeat and ack timeout must be positive")
+        if (self.deploy_waves is not None and self.deploy_waves < 1) or self.heartbeat_s <= 0 \
+                or self.deploy_ack_timeout_s <= 0 or self.deploy_wave_timeout_s <= 0:
+            raise ValueError("waves, heartbeat, ack and wave timeouts must be positive")
+        if not 0 < self.deploy_first_wave_percent <= 100 or self.deploy_settle_s < 0:
+            raise ValueError("the first wave is a percentage from 0 to 100, and settling takes no negative time")
         if self.statement_workers < 1 or self.device_timeout_s <= 0 or self.query_memory_mb <= 0 \
                 or (self.query_seconds is not None and self.query_seconds <= 0):
             raise ValueError("statement workers, the device timeout and query limits must be positive")
@@ -165,6 +173,8 @@ class FederationConfig:
                    trusted_keys=tuple(getattr(args, "trusted_key", None) or ()),
                    allow_unsigned_bundles=bool(getattr(args, "allow_unsigned_bundles", False)),
                    heartbeat_s=getattr(args, "heartbeat", 5.0),
+                   deploy_wave_timeout_s=getattr(args, "deploy_wave_timeout", 300.0),
+                   deploy_settle_s=getattr(args, "deploy_settle", 5.0),
                    statement_workers=getattr(args, "statement_workers", 32),
                    device_timeout_s=getattr(args, "device_timeout", 10.0),
                    query_memory_mb=getattr(args, "query_memory_mb", 256.0),

@@ -1,135 +1,117 @@
-"""Deployments: a model bundle (or a rollback, or an undeploy) rolled out to selected devices.
+"""Deployments: a model bundle (or a rollback, or an undeploy) rolled out to selected devices, in waves.
 
     manager = app[DEPLOYMENTS]
     did = await manager.start("deploy", "vib-anomaly", "1.2.0", ["wl-1", "wl-2"],
-                              selection="region(e) = 'US'", requested_by="deploy#3", waves=2,
-                              failure_threshold=0.2)
-    manager.progress(did)        # {id, action, model, version, state, counts{…}, devices: [{id, state, reason, variant}]}
+                              selection="region(e) = 'US'", requested_by="deploy#3",
+                              rollout=statement.rollout)     # or waves=2, failure_threshold=0.2
+    manager.progress(did)        # {id, action, model, version, state, counts, waves{…, list}, abort, devices}
     await manager.wait(did, 30)  # when finished, or when only offline devices are still pending
 
-How a rollout goes:
-- every device gets a target in the registry: `skipped` (with the reason) when it cannot take the
-  change — unknown, the bundle does not fit the capabilities it announced (`bundle_fit`; the best
-  fitting variant is chosen otherwise), the model is not there to roll back or undeploy — `done`
-  when it already runs the wanted version, else `pending`;
-- pending targets go out in waves (contiguous groups in id order); a wave sends to the devices
-  online now (`sending`) and waits until each has answered with `ack` (`done`) or `nack`
-  (`failed`, with the edge's reason), or has not answered within `deploy_ack_timeout_s`
-  (`failed`), or has dropped its link (`pending` again);
-- after a wave, if more than `failure_threshold` of the devices answered so far failed, the rest
-  is not sent: their targets become `skipped` ("rollout aborted …") and the deployment `aborted`;
-- devices offline during their wave stay `pending` and get theirs when they reconnect (the hub
-  tells the manager); the deployment stays `running` until none is pending, then `done` (or
-  `failed` when every device that answered failed);
+How a rollout goes (docs/models.md, Rollouts; the arithmetic is in federation/rollout.py):
+- every device gets a target: `skipped` (with the reason) when it cannot take the change —
+  unknown, the bundle does not fit the capabilities it announced (`bundle_fit`; the best fitting
+  variant is chosen otherwise), the model is not there to roll back or undeploy — `done` when it
+  already runs the wanted version, else `pending`;
+- pending targets are split into waves (contiguous groups in the order given). A wave sends to
+  its devices online now (`sending`) and waits, up to the wave timeout, until each has finished:
+  `nack` → `failed` (the edge's reason); `ack` → `installed`, then `done` once a health frame
+  shows the bundle active, its models loaded and its autostart queries running, and none failed
+  for `settle_s` seconds — `failed` when one did, or when the timeout came first. A device whose
+  link drops is `pending` again; one that is offline stays `pending`, gets its change when it
+  reconnects and never holds a wave past its timeout (the wave lists it as offline);
+- after each wave but the last, if more than the threshold's share of the devices the wave
+  finished have failed, the rollout aborts: the rest is `skipped` ("rollout aborted …"), and with
+  `rollback on abort` every device that switched to the new version goes back to the version it
+  ran before (or loses the bundle when it ran none): `rolled_back`. The deployment is `aborted`;
+- otherwise it is `done` once no device is pending (`failed` when every device that answered
+  failed); it stays `running` — and `settled` — while only offline devices wait;
 - which version runs where is recorded from what acks and nacks say is active (`active`), so the
   registry follows the devices, rollbacks included.
-A federation restart resumes running deployments: `sending` targets are pending again and are
-resent (the `did` makes that idempotent on the edge).
+A federation restart resumes running deployments: `sending` and `installed` targets are pending
+again and are resent (the `did` makes that idempotent on the edge).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from federation.deploy_frames import OutgoingBundle, deployment_number, did_of, variant_label
 from federation.errors import BadRequest, NotFound
 from federation.hub import EdgeHub, EdgeOffline
-from federation.registry import DEPLOYMENT_ACTIONS, Deployment, DeploymentTarget, NewTarget, Registry
-from streamql import models, wire
+from federation.registry import (DEPLOYMENT_ACTIONS, TARGET_STATES, Deployment, DeploymentTarget, NewTarget,
+                                 Registry)
+from federation.rollout import FAILED, HEALTHY, RolloutDefaults, RolloutPolicy, exceeds, health_verdict, policy_for
+from streamql import ast as A
+from streamql import wire
 from streamql.errors import ModelError
 
 log = logging.getLogger("streamql.federation.deployments")
 
 FINISHED = ("done", "aborted", "failed", "cancelled")
-TARGET_COUNTS = ("pending", "sending", "done", "skipped", "failed")
+TARGET_COUNTS = TARGET_STATES
+IN_FLIGHT = ("sending", "installed")
+UNDO = "-undo"   # the did of the rollback an abort sends: the edge keeps the deploy's did apart
 
 
-def did_of(deployment: Deployment) -> str:
-    """The deployment id edges see: unique across registries, so a fresh federation reusing the
-    number 1 is never taken by an edge for a deployment it already did."""
-    return f"d{deployment.id}-{int(deployment.created * 1000):x}"
-
-
-def deployment_number(did: str) -> int | None:
-    head = did.split("-", 1)[0]
-    return int(head[1:]) if head.startswith("d") and head[1:].isdigit() else None
-
-
-def capabilities_for_fit(capabilities: dict) -> dict:
-    """What `bundle_fit` reads: signals as names (an edge announces them as descriptions)."""
-    out = dict(capabilities or {})
-    if "signals" in out:
-        out["signals"] = [s.get("name") if isinstance(s, dict) else s for s in out["signals"] or []]
-    return out
-
-
-class _Bundle:
-    """A bundle read once per deployment, with its deploy frames encoded once per variant choice."""
-
-    def __init__(self, name: str, version: str, data: bytes):
-        self.name, self.version, self.data = name, version, data
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        self.parsed = models.read_bundle(data)
-        self._frames: dict[tuple[str, ...], list[bytes]] = {}
-
-    def fit(self, capabilities: dict) -> models.BundleFit:
-        return models.bundle_fit(self.parsed, capabilities_for_fit(capabilities))
-
-    def frames(self, did: str, variants: tuple[str, ...]) -> list[bytes]:
-        found = self._frames.get(variants)
-        if found is None:
-            size, step = len(self.data), wire.DEPLOY_CHUNK_BYTES
-            chunks = max(1, math.ceil(size / step))
-            extra: dict[str, Any] = {"variants": list(variants)} if variants else {}
-            if self.parsed.requirements:
-                extra["requirements"] = self.parsed.requirements
-            found = [wire.encode(wire.make("deploy", did=did, model=self.name, version=self.version,
-                                           sha256=self.sha256, size=size, chunk=i, chunks=chunks,
-                                           data=self.data[i * step:(i + 1) * step], **extra))
-                     for i in range(chunks)]
-            self._frames[variants] = found
-        return found
-
-
-def _variant_label(fit: models.BundleFit) -> tuple[str | None, tuple[str, ...]]:
-    chosen = {m: v for m, v in fit.variants().items() if v is not None}
-    if not chosen:
-        return None, ()
-    label = next(iter(chosen.values())) if len(chosen) == 1 else ", ".join(f"{m}: {v}" for m, v in chosen.items())
-    return label, tuple(chosen.values())
+def _note(reason: str | None, more: str) -> str:
+    return f"{reason}; {more}" if reason else more
 
 
 class _Run:
     """What the manager keeps in memory about a running deployment."""
 
-    def __init__(self, deployment: Deployment, bundle: _Bundle | None):
+    def __init__(self, deployment: Deployment, bundle: OutgoingBundle | None, policy: RolloutPolicy):
         self.deployment = deployment
         self.did = did_of(deployment)
         self.bundle = bundle
-        self.current_wave = int(deployment.waves.get("current", 0) or 0)
+        self.policy = policy
+        self.waves = dict(deployment.waves)   # count, current, sizes, policy, list (per wave), abort
+        self.current_wave = int(self.waves.get("current", 0) or 0)
         self.changed = asyncio.Event()
-        self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.sending: set[str] = set()  # devices sent to (or being sent to) that have not answered
+        self.timers: dict[str, asyncio.TimerHandle] = {}   # per device: no answer, or not healthy, in time
+        self.sending: set[str] = set()      # sent to (or being sent to), not answered yet
+        self.sent_at: dict[str, float] = {}
+        self.watching: dict[str, dict] = {}  # acked, waiting for health: {expected, why, settle}
+        self.undoing: dict[str, asyncio.Future] = {}
         self.task: asyncio.Task | None = None
         self.rolled_out = False  # every wave has been sent (or the rollout aborted)
 
     def poke(self) -> None:
         self.changed.set()
 
+    def stop_watching(self, edge: str) -> dict | None:
+        timer = self.timers.pop(edge, None)
+        if timer is not None:
+            timer.cancel()
+        watch = self.watching.pop(edge, None)
+        if watch is not None and watch["settle"] is not None:
+            watch["settle"].cancel()
+        return watch
+
+    def close(self) -> None:
+        for edge in list(self.timers) + list(self.watching):
+            self.stop_watching(edge)
+        for future in self.undoing.values():
+            if not future.done():
+                future.set_result(None)
+        self.undoing.clear()
+
 
 class DeploymentManager:
-    """Creates deployments and drives them; the hub's observer for connects and ack/nack."""
+    """Creates deployments and drives them; the hub's observer for connects, ack/nack and health."""
 
-    def __init__(self, registry: Registry, hub: EdgeHub, *, ack_timeout: float = 120.0, default_waves: int = 1,
-                 default_failure_threshold: float = 0.5, concurrency: int = 64, metrics=None):
+    def __init__(self, registry: Registry, hub: EdgeHub, *, ack_timeout: float = 120.0,
+                 defaults: RolloutDefaults | None = None, settle_s: float = 5.0, concurrency: int = 64,
+                 metrics=None):
         self.registry, self.hub = registry, hub
         self.ack_timeout = ack_timeout
-        self.default_waves, self.default_failure_threshold = default_waves, default_failure_threshold
+        self.defaults = defaults or RolloutDefaults()
+        self.settle_s = settle_s    # how long a device must look healthy before it counts as healthy
         self._send_slots = asyncio.Semaphore(max(1, concurrency))
         self._runs: dict[int, _Run] = {}
         self._closed = False
@@ -144,7 +126,7 @@ class DeploymentManager:
         resumed = 0
         for deployment in self.registry.list_deployments(state="running", limit=100_000) + \
                 self.registry.list_deployments(state="pending", limit=100_000):
-            self.registry.move_targets(deployment.id, ("sending",), "pending", "resent after a federation restart")
+            self.registry.move_targets(deployment.id, IN_FLIGHT, "pending", "resent after a federation restart")
             try:
                 bundle = self._load_bundle(deployment.action, deployment.bundle, deployment.version)
             except (NotFound, ModelError, RuntimeError, OSError) as exc:
@@ -157,8 +139,7 @@ class DeploymentManager:
     async def close(self) -> None:
         self._closed = True
         for run in list(self._runs.values()):
-            for timer in run.timers.values():
-                timer.cancel()
+            run.close()
             if run.task is not None:
                 run.task.cancel()
         for run in list(self._runs.values()):
@@ -169,35 +150,35 @@ class DeploymentManager:
     # --- the API ---------------------------------------------------------------------------------
     async def start(self, action: str, model: str, version: str | None, device_ids: list[str], *,
                     selection: str, requested_by: str | None = None, waves: int | None = None,
-                    failure_threshold: float | None = None) -> str:
-        """Create a deployment for these devices and start rolling it out; returns its id."""
+                    failure_threshold: float | None = None, rollout: A.Rollout | None = None) -> str:
+        """Create a deployment for these devices and start rolling it out; returns its id.
+        `rollout` is the statement's options; `waves` and `failure_threshold` (a fraction) say the
+        same for callers without one. What neither says comes from the defaults."""
         if action not in DEPLOYMENT_ACTIONS:
             raise BadRequest(f"unknown deployment action {action!r}: one of {', '.join(DEPLOYMENT_ACTIONS)}")
         if not isinstance(model, str) or not 0 < len(model) <= 256:
             raise BadRequest("a model name is a non-empty string of at most 256 characters")
-        waves = self.default_waves if waves is None else int(waves)
-        threshold = self.default_failure_threshold if failure_threshold is None else float(failure_threshold)
-        if waves < 1:
+        policy = policy_for(action, rollout, self.defaults, waves=waves, threshold=failure_threshold)
+        if policy.waves is not None and policy.waves < 1:
             raise BadRequest("a rollout has at least one wave")
-        if not 0.0 <= threshold <= 1.0:
+        if not 0.0 <= policy.threshold <= 1.0:
             raise BadRequest("the failure threshold is a fraction between 0 and 1")
+        if not policy.timeout_s > 0:
+            raise BadRequest("a wave timeout is a positive number of seconds")
+        if policy.rollback_on_abort and action != "deploy":
+            raise BadRequest(f"`rollback on abort` undoes a deploy; a {action} cannot be rolled back that way")
         bundle = self._load_bundle(action, model, version)
         if bundle is not None:
             version = bundle.version
         targets = self._plan_targets(action, model, version, bundle, list(dict.fromkeys(device_ids)))
-        sendable = [t for t in targets if t.state == "pending"]
-        count = max(1, min(waves, len(sendable)))
-        per_wave = math.ceil(len(sendable) / count) if sendable else 0
-        planned, position = [], 0
-        for target in targets:
-            if target.state == "pending":
-                planned.append(target._replace(wave=1 + position // per_wave))
-                position += 1
-            else:
-                planned.append(target)
+        sizes = policy.wave_sizes(sum(1 for t in targets if t.state == "pending"))
+        numbers = iter(wave for wave, size in enumerate(sizes, 1) for _ in range(size))
+        planned = [t._replace(wave=next(numbers)) if t.state == "pending" else t for t in targets]
+        record = {"count": len(sizes), "current": 0, "sizes": sizes, "policy": policy.to_dict(),
+                  "list": [{"wave": i, "state": "waiting"} for i in range(1, len(sizes) + 1)], "abort": None}
         deployment = self.registry.create_deployment(
-            action, model, version, selection, planned, waves={"count": count, "current": 0},
-            failure_threshold=threshold, created_by=requested_by or "", state="running")
+            action, model, version, selection, planned, waves=record, failure_threshold=policy.threshold,
+            created_by=requested_by or "", state="running")
         self._launch(deployment, bundle)
         return str(deployment.id)
 
@@ -205,19 +186,29 @@ class DeploymentManager:
         deployment = self._require(deployment_id)
         targets = self.registry.deployment_targets(deployment.id)
         counts = dict.fromkeys(TARGET_COUNTS, 0)
+        by_wave: dict[int, Counter] = {}
         for target in targets:
             counts[target.state] = counts.get(target.state, 0) + 1
+            by_wave.setdefault(target.wave, Counter())[target.state] += 1
         run = self._runs.get(deployment.id)
         online = self.hub.online_ids()
         waiting_offline = sum(1 for t in targets if t.state == "pending" and t.device_id not in online)
+        record = run.waves if run is not None else deployment.waves
+        policy = RolloutPolicy.from_dict(record.get("policy"), RolloutPolicy(threshold=deployment.failure_threshold))
+        waves = {"count": record.get("count", 1), "current": record.get("current", 0), "sizes": record.get("sizes"),
+                 "timeout_s": policy.timeout_s, "rollback_on_abort": policy.rollback_on_abort,
+                 "list": [{**wave, "devices": sum(by_wave.get(wave["wave"], Counter()).values()),
+                           **{state: by_wave.get(wave["wave"], Counter())[state] for state in TARGET_COUNTS}}
+                          for wave in record.get("list") or ()]}
         return {
             "id": str(deployment.id), "action": deployment.action, "model": deployment.bundle,
             "version": deployment.version, "selection": deployment.selection, "state": deployment.state,
             "created": deployment.created, "updated": deployment.updated, "requested_by": deployment.created_by,
-            "waves": deployment.waves, "failure_threshold": deployment.failure_threshold, "counts": counts,
-            "waiting_for_offline": waiting_offline,
+            "waves": waves, "abort": record.get("abort"), "failure_threshold": deployment.failure_threshold,
+            "counts": counts, "waiting_for_offline": waiting_offline,
             "settled": deployment.state in FINISHED or (
-                (run is None or run.rolled_out) and counts["sending"] == 0 and waiting_offline == counts["pending"]),
+                (run is None or run.rolled_out) and not any(counts[s] for s in IN_FLIGHT)
+                and waiting_offline == counts["pending"] and (record.get("abort") or {}).get("rollback") != "running"),
             "devices": [{"id": t.device_id, "state": t.state, "reason": t.reason, "variant": t.variant,
                          "wave": t.wave, "updated": t.updated} for t in targets],
         }
@@ -253,21 +244,24 @@ class DeploymentManager:
 
     def edge_disconnected(self, edge_id: str) -> None:
         for run in self._runs.values():
-            timer = run.timers.pop(edge_id, None)
-            if timer is not None:
-                timer.cancel()
-            if edge_id in run.sending:
+            undo = run.undoing.pop(edge_id, None)
+            if undo is not None and not undo.done():
+                undo.set_result(None)
+            watched = run.stop_watching(edge_id) is not None
+            if edge_id in run.sending or watched:
                 run.sending.discard(edge_id)
-                self.registry.move_targets(run.deployment.id, ("sending",), "pending",
-                                           "the device disconnected before answering; resent when it is back",
+                self.registry.move_targets(run.deployment.id, IN_FLIGHT, "pending",
+                                           "the device disconnected before it had finished; resent when it is back",
                                            device_id=edge_id)
                 run.poke()
 
     def edge_replied(self, edge_id: str, frame: wire.Frame) -> None:
-        number = deployment_number(frame["did"])
+        did = frame["did"]
+        undo = did.endswith(UNDO)
+        number = deployment_number(did)
         deployment = self.registry.get_deployment(number) if number is not None else None
-        if deployment is None or did_of(deployment) != frame["did"]:
-            log.info("%s answered %s for an unknown deployment %s", edge_id, frame.t, frame["did"])
+        if deployment is None or did_of(deployment) != (did[:-len(UNDO)] if undo else did):
+            log.info("%s answered %s for an unknown deployment %s", edge_id, frame.t, did)
             return
         model = frame.get("model") or deployment.bundle
         with contextlib.suppress(NotFound):
@@ -275,36 +269,64 @@ class DeploymentManager:
         if self.m_replies is not None:
             self.m_replies.inc(reply=frame.t)
         run = self._runs.get(deployment.id)
+        if undo:
+            future = run.undoing.pop(edge_id, None) if run is not None else None
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
         if run is not None:
-            timer = run.timers.pop(edge_id, None)
-            if timer is not None:
-                timer.cancel()
+            run.stop_watching(edge_id)
             run.sending.discard(edge_id)
         target = self.registry.deployment_target(deployment.id, edge_id)
-        if target is None or target.state == "skipped":
+        if target is None or target.state in ("skipped", "rolled_back"):
             return
-        if frame.t == "ack":
-            self.registry.update_targets(deployment.id, [(edge_id, "done", frame.get("message"))])
-        else:
+        if frame.t == "nack":
             code = frame.get("code")
-            reason = f"{code}: {frame['reason']}" if code else frame["reason"]
-            self.registry.update_targets(deployment.id, [(edge_id, "failed", reason)])
+            self._set(deployment.id, edge_id, "failed", f"{code}: {frame['reason']}" if code else frame["reason"])
+        elif run is None or not frame.get("autostart") or deployment.action == "undeploy":
+            # nothing left to watch (or an older edge that does not say what): the ack is the answer
+            self._set(deployment.id, edge_id, "done", frame.get("message"))
+        else:
+            self._set(deployment.id, edge_id, "installed", "installed; waiting for its health report")
+            expected = {"model": model, "version": frame.get("version"), "autostart": list(frame["autostart"]),
+                        "loaded": dict(frame.get("loaded") or {})}
+            run.watching[edge_id] = {"expected": expected, "why": "no health report yet", "settle": None}
+            loop = asyncio.get_running_loop()
+            left = run.sent_at.get(edge_id, time.monotonic()) + run.policy.timeout_s - time.monotonic()
+            run.timers[edge_id] = loop.call_later(max(0.0, left), self._give_up, run, edge_id)
         if run is not None:
             run.poke()
             if run.rolled_out:
                 self._maybe_finish(run)
 
+    def edge_health(self, edge_id: str, health: dict) -> None:
+        """A health frame: devices that acked are healthy, failed, or not there yet."""
+        for run in list(self._runs.values()):
+            watch = run.watching.get(edge_id)
+            if watch is None:
+                continue
+            verdict, why = health_verdict(watch["expected"], health)
+            watch["why"] = why
+            if verdict == FAILED:
+                self._verdict(run, edge_id, "failed", why)
+            elif verdict == HEALTHY and watch["settle"] is None:
+                if self.settle_s <= 0:
+                    self._verdict(run, edge_id, "done", None)
+                else:   # a query may still fail on its first data: healthy only if it stays so
+                    watch["settle"] = asyncio.get_running_loop().call_later(
+                        self.settle_s, self._verdict, run, edge_id, "done", None)
+
     # --- planning --------------------------------------------------------------------------------
-    def _load_bundle(self, action: str, model: str, version: str | None) -> _Bundle | None:
+    def _load_bundle(self, action: str, model: str, version: str | None) -> OutgoingBundle | None:
         if action != "deploy":
             return None
         stored = self.registry.get_bundle(model, version)
         if stored is None:
             which = f"version {version!r} of " if version else ""
             raise NotFound(f"no bundle {which}model {model!r} has been uploaded (POST /v1/models)")
-        return _Bundle(stored.name, stored.version, self.registry.bundle_data(stored))
+        return OutgoingBundle(stored.name, stored.version, self.registry.bundle_data(stored))
 
-    def _plan_targets(self, action: str, model: str, version: str | None, bundle: _Bundle | None,
+    def _plan_targets(self, action: str, model: str, version: str | None, bundle: OutgoingBundle | None,
                       device_ids: list[str]) -> list[NewTarget]:
         devices = {d.id: d for d in self.registry.get_devices(device_ids)}
         running = self.registry.model_versions(list(devices))
@@ -322,7 +344,7 @@ class DeploymentManager:
                 if not fit.ok:
                     out.append(NewTarget(device_id, "skipped", fit.reason or "the bundle does not fit the device"))
                     continue
-                label, _ = _variant_label(fit)
+                label, _ = variant_label(fit)
                 if current is not None and current.version == version:
                     out.append(NewTarget(device_id, "done", f"already running version {version}", label))
                 else:
@@ -336,24 +358,36 @@ class DeploymentManager:
         return out
 
     # --- the rollout -----------------------------------------------------------------------------
-    def _launch(self, deployment: Deployment, bundle: _Bundle | None) -> None:
-        run = _Run(deployment, bundle)
+    def _launch(self, deployment: Deployment, bundle: OutgoingBundle | None) -> None:
+        defaults = policy_for(deployment.action, None, self.defaults)
+        policy = RolloutPolicy.from_dict(deployment.waves.get("policy"), defaults)
+        run = _Run(deployment, bundle, policy)
         self._runs[deployment.id] = run
         run.task = self.hub.spawn(self._rollout(run), name=f"deployment-{deployment.id}")
 
     async def _rollout(self, run: _Run) -> None:
         deployment = run.deployment
-        count = int(deployment.waves.get("count", 1) or 1)
+        count = int(run.waves.get("count", 1) or 0)
         try:
+            if run.waves.get("abort"):    # resumed in the middle of an abort
+                await self._finish_abort(run)
+                return
             for wave in range(max(1, run.current_wave), count + 1):
                 run.current_wave = wave
-                self.registry.update_deployment(deployment.id, waves={"count": count, "current": wave})
-                pending = [t for t in self.registry.deployment_targets(deployment.id, state="pending") if t.wave <= wave]
+                self._wave_record(run, wave, state="running", started=time.time())
+                pending = [t for t in self.registry.deployment_targets(deployment.id, state="pending")
+                           if t.wave <= wave]
                 online = self.hub.online_ids()
                 await asyncio.gather(*(self._send(run, t) for t in pending if t.device_id in online))
-                await self._wave_answered(run, wave)
-                if wave < count and self._over_threshold(run):
-                    self._abort(run, wave)
+                last = wave == count
+                offline = await self._wave_finished(run, wave, last)
+                done, failed = self._wave_counts(run, wave)
+                share = round(failed / (done + failed), 4) if done + failed else None
+                over = not last and exceeds(failed, done + failed, run.policy.threshold)
+                self._wave_record(run, wave, state="aborted" if over else "done", finished=time.time(),
+                                  offline=offline, failed_share=share)
+                if over:
+                    await self._abort(run, wave, failed, done + failed)
                     return
             run.rolled_out = True
             self._maybe_finish(run)
@@ -365,53 +399,136 @@ class DeploymentManager:
         finally:
             run.poke()
 
-    async def _wave_answered(self, run: _Run, wave: int) -> None:
-        """Until no device sent to so far (this wave or, reconnected, an earlier one) owes an answer."""
-        while run.sending:
+    async def _wave_finished(self, run: _Run, wave: int, last: bool) -> list[str]:
+        """Wait until every device of the wave has finished or, but for the last wave, is offline and
+        the timeout has come; devices still busy then are given up on. The ids still offline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + run.policy.timeout_s
+        while True:
             run.changed.clear()
-            await run.changed.wait()
+            targets = [t for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave]
+            busy = [t.device_id for t in targets if t.state in IN_FLIGHT]
+            waiting = [t.device_id for t in targets if t.state == "pending"]
+            if not busy and (last or not waiting):
+                return waiting
+            left = deadline - loop.time()
+            if left <= 0:
+                for edge in busy:
+                    self._give_up(run, edge)
+                return waiting
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(run.changed.wait(), left)
 
-    def _over_threshold(self, run: _Run) -> bool:
-        counts = self.registry.target_counts(run.deployment.id)
-        answered = counts.get("done", 0) + counts.get("failed", 0)
-        return answered > 0 and counts.get("failed", 0) / answered > run.deployment.failure_threshold
+    def _wave_counts(self, run: _Run, wave: int) -> tuple[int, int]:
+        states = Counter(t.state for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave)
+        return states["done"], states["failed"]
 
-    def _abort(self, run: _Run, wave: int) -> None:
-        counts = self.registry.target_counts(run.deployment.id)
-        failed, answered = counts.get("failed", 0), counts.get("done", 0) + counts.get("failed", 0)
-        reason = (f"not sent: the rollout was aborted after wave {wave} ({failed} of {answered} devices failed, "
-                  f"more than the threshold of {run.deployment.failure_threshold:g})")
+    def _wave_record(self, run: _Run, wave: int | None = None, **fields: Any) -> None:
+        """Update what progress shows of the waves (and of an abort), and save it."""
+        if wave is not None:
+            run.waves["current"] = max(run.waves.get("current", 0) or 0, wave)
+            for entry in run.waves.get("list") or ():
+                if entry["wave"] == wave:
+                    entry.update(fields)
+        self.registry.update_deployment(run.deployment.id, waves=run.waves)
+
+    async def _abort(self, run: _Run, wave: int, failed: int, finished: int) -> None:
+        reason = (f"rollout aborted after wave {wave}: {failed} of {finished} devices failed, more than "
+                  f"{run.policy.threshold * 100:g} percent")
         self.registry.move_targets(run.deployment.id, ("pending",), "skipped", reason)
+        for entry in run.waves.get("list") or ():
+            if entry["wave"] > wave:
+                entry["state"] = "skipped"
+        run.waves["abort"] = {"wave": wave, "reason": reason,
+                              "rollback": "running" if run.policy.rollback_on_abort else None}
+        self._wave_record(run)
+        log.warning("deployment %s: %s", run.deployment.id, reason)
+        await self._finish_abort(run)
+
+    async def _finish_abort(self, run: _Run) -> None:
         run.rolled_out = True
+        abort = run.waves["abort"]
+        if abort.get("rollback") == "running":
+            while run.sending or run.watching:  # devices still answering (their timers bound this)
+                run.changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(run.changed.wait(), run.policy.timeout_s)
+            rolled_back = await self._undo(run)
+            abort.update(rollback="done", rolled_back=rolled_back)
+            self._wave_record(run)
         self._finish_with(run.deployment.id, "aborted", None)
-        log.warning("deployment %s aborted after wave %d: %d of %d failed", run.deployment.id, wave, failed, answered)
+
+    async def _undo(self, run: _Run) -> int:
+        """Send every device that switched to the new version back to the one it ran before (or
+        undeploy the bundle where it ran none); the number rolled back."""
+        deployment, loop = run.deployment, asyncio.get_running_loop()
+        targets = [t for t in self.registry.deployment_targets(deployment.id) if t.state in ("done", "failed")]
+        versions = self.registry.model_versions([t.device_id for t in targets])
+        online = self.hub.online_ids()
+        asked: list[tuple[DeploymentTarget, str | None, asyncio.Future]] = []
+        for target in targets:
+            current = versions.get(target.device_id, {}).get(deployment.bundle)
+            if current is None or current.version != deployment.version:
+                continue   # it never switched (a nack leaves the old version active)
+            if target.device_id not in online:
+                self._set(deployment.id, target.device_id, target.state,
+                          _note(target.reason, f"not rolled back: offline, it runs {deployment.version}"))
+                continue
+            before = current.previous_version
+            fields = {"did": run.did + UNDO, "model": deployment.bundle}
+            frame = wire.make("rollback", **fields, version=before) if before else wire.make("undeploy", **fields)
+            future = run.undoing[target.device_id] = loop.create_future()
+            try:
+                await self.hub.send(target.device_id, frame)
+            except EdgeOffline:
+                run.undoing.pop(target.device_id, None)
+                future.set_result(None)
+            asked.append((target, before, future))
+        if asked:
+            await asyncio.wait([f for _, _, f in asked], timeout=self.ack_timeout)
+        rolled_back = 0
+        for target, before, future in asked:
+            answer = future.result() if future.done() else None
+            run.undoing.pop(target.device_id, None)
+            if answer is not None and answer.t == "ack":
+                done = f"rolled back to {before}" if before else "undeployed: it ran no earlier version"
+                self._set(deployment.id, target.device_id, "rolled_back", _note(target.reason, done))
+                rolled_back += 1
+            else:
+                why = f"{answer.get('code')}: {answer['reason']}" if answer is not None else "no answer"
+                self._set(deployment.id, target.device_id, target.state,
+                          _note(target.reason, f"the rollback after the abort failed ({why})"))
+        return rolled_back
 
     def _maybe_finish(self, run: _Run) -> None:
         counts = self.registry.target_counts(run.deployment.id)
-        if counts.get("pending", 0) or counts.get("sending", 0):
+        if counts.get("pending", 0) or any(counts.get(s, 0) for s in IN_FLIGHT):
             return
         done, failed = counts.get("done", 0), counts.get("failed", 0)
         self._finish_with(run.deployment.id, "failed" if failed and not done else "done", None)
 
     def _finish_with(self, deployment_id: int, state: str, reason: str | None) -> None:
         if reason is not None:
-            self.registry.move_targets(deployment_id, ("pending", "sending"), "failed", reason)
+            self.registry.move_targets(deployment_id, ("pending", *IN_FLIGHT), "failed", reason)
         self.registry.update_deployment(deployment_id, state=state)
         run = self._runs.pop(deployment_id, None)
         if run is not None:
-            for timer in run.timers.values():
-                timer.cancel()
-            run.timers.clear()
+            run.close()
             run.poke()
 
+    def _set(self, deployment_id: int, edge: str, state: str, reason: str | None) -> None:
+        self.registry.update_targets(deployment_id, [(edge, state, reason)])
+
+    # --- one device ------------------------------------------------------------------------------
     async def _send(self, run: _Run, target: DeploymentTarget) -> None:
-        """Send one device its deploy chunks, rollback or undeploy; then wait for its answer."""
+        """Send one device its deploy chunks, rollback or undeploy; its answer comes to edge_replied."""
         edge = target.device_id
         deployment = run.deployment
-        if edge in run.sending:
+        if edge in run.sending or edge in run.watching:
             return
         run.sending.add(edge)
-        self.registry.update_targets(deployment.id, [(edge, "sending", None)])
+        run.sent_at[edge] = time.monotonic()
+        self._set(deployment.id, edge, "sending", None)
         try:
             async with self._send_slots:
                 if deployment.action == "deploy":
@@ -427,17 +544,16 @@ class DeploymentManager:
                     await self.hub.send(edge, wire.make("undeploy", did=run.did, model=deployment.bundle))
         except EdgeOffline:
             run.sending.discard(edge)
-            self.registry.update_targets(deployment.id, [(edge, "pending", "the device went offline; resent when "
-                                                                           "it is back")])
+            self._set(deployment.id, edge, "pending", "the device went offline; resent when it is back")
             run.poke()
             return
         if deployment.id not in self._runs or edge not in run.sending:
             return  # finished, or answered already
-        loop = asyncio.get_running_loop()
         previous = run.timers.pop(edge, None)
         if previous is not None:
             previous.cancel()
-        run.timers[edge] = loop.call_later(self.ack_timeout, self._timed_out, run, edge)
+        wait = min(self.ack_timeout, run.policy.timeout_s)
+        run.timers[edge] = asyncio.get_running_loop().call_later(wait, self._give_up, run, edge)
 
     def _variants_for(self, run: _Run, target: DeploymentTarget) -> tuple[str, ...]:
         announced = self.hub.announced(target.device_id)
@@ -447,14 +563,30 @@ class DeploymentManager:
         else:
             capabilities = announced["capabilities"]
         fit = run.bundle.fit(capabilities)
-        return _variant_label(fit)[1] if fit.ok else ()
+        return variant_label(fit)[1] if fit.ok else ()
 
-    def _timed_out(self, run: _Run, edge: str) -> None:
-        run.timers.pop(edge, None)
-        run.sending.discard(edge)
-        moved = self.registry.move_targets(run.deployment.id, ("sending",), "failed",
-                                           f"no answer within {self.ack_timeout:g} s", device_id=edge)
-        if moved:
+    def _give_up(self, run: _Run, edge: str) -> None:
+        """Time is up for a device: unanswered, or not (yet) healthy — unless it looked healthy."""
+        watch = run.watching.get(edge)
+        if watch is not None:
+            looked_healthy = watch["settle"] is not None
+            why = None if looked_healthy else f"not healthy within {run.policy.timeout_s:g} s: {watch['why']}"
+            self._verdict(run, edge, "done" if looked_healthy else "failed", why)
+            return
+        run.stop_watching(edge)
+        if edge in run.sending:
+            run.sending.discard(edge)
+            wait = min(self.ack_timeout, run.policy.timeout_s)
+            if self.registry.move_targets(run.deployment.id, ("sending",), "failed", f"no answer within {wait:g} s",
+                                          device_id=edge):
+                run.poke()
+                if run.rolled_out:
+                    self._maybe_finish(run)
+
+    def _verdict(self, run: _Run, edge: str, state: str, reason: str | None) -> None:
+        """The end of watching an installed device: done (healthy) or failed."""
+        run.stop_watching(edge)
+        if self.registry.move_targets(run.deployment.id, ("installed",), state, reason, device_id=edge):
             run.poke()
             if run.rolled_out:
                 self._maybe_finish(run)

@@ -80,6 +80,7 @@ class HubObserver(Protocol):
     async def edge_connected(self, edge_id: str) -> None: ...
     def edge_disconnected(self, edge_id: str) -> None: ...
     def edge_replied(self, edge_id: str, frame: wire.Frame) -> None: ...  # ack / nack
+    def edge_health(self, edge_id: str, health: dict) -> None: ...        # a health frame
 
 
 class _End:
@@ -435,6 +436,13 @@ class EdgeHub:
             announced["health"] = health
         if self.heartbeats is not None:
             self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]))
+        for observer in self._observers:   # a rollout waits for its devices to report healthy
+            hook = getattr(observer, "edge_health", None)
+            if hook is not None:
+                try:
+                    hook(conn.edge_id, health)
+                except Exception:
+                    log.exception("an observer failed on the health of %s", conn.edge_id)
 
     def on_reply(self, conn: EdgeConnection, frame: wire.Frame) -> None:
         """ack / nack of a deployment: the announced models follow `active`; observers decide the rest."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import streamql
+from federation.schema import TARGET_STATES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -180,7 +181,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "/v1/deployments/{id}": {
         "get": {
-            "summary": "Progress of one deployment per device: pending, sending, done, skipped (why), failed (why)",
+            "summary": "Progress of one deployment: its waves, an abort, and per device pending, sending, installed, "
+                       "done, skipped (why), failed (why), rolled back",
             "tags": ["deployments"], "x-streamql-role": "read",
             "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
                            {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 60},
@@ -293,8 +295,7 @@ SCHEMAS: dict[str, dict] = {
         "time": {"type": ["number", "null"]}, "received": {"type": "number"},
         "dropped": {"type": "integer", "description": "records the edge dropped on overflow so far"},
         "rows": {"type": "array", "description": "plain JSON rows (a value, or an array for several columns)"}}},
-    "TargetCounts": {"type": "object", "properties": {
-        state: {"type": "integer"} for state in ("pending", "sending", "done", "skipped", "failed")}},
+    "TargetCounts": {"type": "object", "properties": {state: {"type": "integer"} for state in TARGET_STATES}},
     "Deployment": {"type": "object", "properties": {
         "id": {"type": "string"}, "action": {"enum": ["deploy", "rollback", "undeploy"]},
         "model": {"type": "string"}, "bundle": {"type": "string"}, "version": {"type": ["string", "null"]},
@@ -303,7 +304,7 @@ SCHEMAS: dict[str, dict] = {
         "waves": {"type": "object", "properties": {"count": {"type": "integer"}, "current": {"type": "integer"}}},
         "failure_threshold": {"type": "number"}, "created_by": {"type": "string"}, "counts": _ref("TargetCounts")}},
     "DeploymentDevice": {"type": "object", "properties": {
-        "id": {"type": "string"}, "state": {"enum": ["pending", "sending", "done", "skipped", "failed"]},
+        "id": {"type": "string"}, "state": {"enum": list(TARGET_STATES)},
         "reason": {"type": ["string", "null"]}, "variant": {"type": ["string", "null"]},
         "wave": {"type": "integer"}, "updated": {"type": "number"}}},
     "DeploymentProgress": {"type": "object", "properties": {
@@ -311,7 +312,18 @@ SCHEMAS: dict[str, dict] = {
         "model": {"type": "string"}, "version": {"type": ["string", "null"]}, "selection": {"type": "string"},
         "state": {"enum": ["pending", "running", "done", "aborted", "failed", "cancelled"]},
         "created": {"type": "number"}, "updated": {"type": "number"}, "requested_by": {"type": "string"},
-        "waves": {"type": "object", "properties": {"count": {"type": "integer"}, "current": {"type": "integer"}}},
+        "waves": {"type": "object", "description": "the rollout (docs/models.md, Rollouts)", "properties": {
+            "count": {"type": "integer"}, "current": {"type": "integer"},
+            "sizes": {"type": "array", "items": {"type": "integer"}}, "timeout_s": {"type": "number"},
+            "rollback_on_abort": {"type": "boolean"},
+            "list": {"type": "array", "items": {"type": "object", "properties": {
+                "wave": {"type": "integer"}, "state": {"enum": ["waiting", "running", "done", "aborted", "skipped"]},
+                "started": {"type": "number"}, "finished": {"type": "number"},
+                "offline": {"type": "array", "items": {"type": "string"}},
+                "failed_share": {"type": ["number", "null"]}, "devices": {"type": "integer"}}}}}},
+        "abort": {"type": ["object", "null"], "properties": {
+            "wave": {"type": "integer"}, "reason": {"type": "string"},
+            "rollback": {"enum": [None, "running", "done"]}, "rolled_back": {"type": "integer"}}},
         "failure_threshold": {"type": "number"}, "counts": _ref("TargetCounts"),
         "waiting_for_offline": {"type": "integer", "description": "pending devices that are not connected"},
         "settled": {"type": "boolean", "description": "finished, or only waiting for offline devices"},

@@ -549,7 +549,8 @@ class Registry:
         tcols = ", ".join(f"t.{c.strip()}" for c in self._TARGET_COLUMNS.split(","))
         rows = self._conn.execute(
             f"SELECT {cols}, {tcols} FROM deployment_targets t JOIN deployments d ON d.id = t.deployment_id "
-            "WHERE t.device_id = ? AND t.state IN ('pending', 'sending') AND d.state IN ('pending', 'running') "
+            "WHERE t.device_id = ? AND t.state IN ('pending', 'sending', 'installed') "
+            "AND d.state IN ('pending', 'running') "
             "ORDER BY d.id", (device_id,))
         return [(self._deployment(row[:11]), DeploymentTarget(*row[11:])) for row in rows]
 

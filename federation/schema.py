@@ -14,7 +14,8 @@ from dataclasses import dataclass
 TOKEN_ROLES = ("read", "deploy", "admin", "device")
 DEPLOYMENT_ACTIONS = ("deploy", "rollback", "undeploy")
 DEPLOYMENT_STATES = ("pending", "running", "done", "aborted", "failed", "cancelled")
-TARGET_STATES = ("pending", "sending", "done", "skipped", "failed")
+# installed: acked, waiting for its health report; rolled_back: undone after the rollout aborted
+TARGET_STATES = ("pending", "sending", "installed", "done", "skipped", "failed", "rolled_back")
 
 
 # --- migrations -------------------------------------------------------------------------------
@@ -34,6 +35,19 @@ class Migration:
 
 def _in_list(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
+
+
+def _deployment_targets(states: Sequence[str], name: str = "deployment_targets") -> str:
+    return f"""CREATE TABLE {name} (
+            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(states)})),
+            reason TEXT,
+            variant TEXT,
+            wave INTEGER NOT NULL DEFAULT 0,
+            updated REAL NOT NULL,
+            PRIMARY KEY (deployment_id, device_id)
+        )"""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -86,16 +100,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             failure_threshold REAL NOT NULL DEFAULT 1.0,
             created_by TEXT NOT NULL DEFAULT ''
         )""",
-        f"""CREATE TABLE deployment_targets (
-            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
-            device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(TARGET_STATES)})),
-            reason TEXT,
-            variant TEXT,
-            wave INTEGER NOT NULL DEFAULT 0,
-            updated REAL NOT NULL,
-            PRIMARY KEY (deployment_id, device_id)
-        )""",
+        _deployment_targets(("pending", "sending", "done", "skipped", "failed")),
         """CREATE TABLE device_models (
             device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
             model TEXT NOT NULL,
@@ -119,7 +124,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TRIGGER devices_rewritten AFTER UPDATE OF metadata, capabilities ON devices BEGIN
             UPDATE registry_counters SET value = value + 1 WHERE name = 'device_rewrites'; END""",
     )),
-    Migration(5, "definitions made at the federation (functions, types, tables), replayed at start", (
+    # SQLite cannot change a CHECK constraint: the table is rebuilt (nothing references it)
+    Migration(5, "deployment targets may be installed (waiting for health) or rolled back", (
+        _deployment_targets(TARGET_STATES, "deployment_targets_5"),
+        "INSERT INTO deployment_targets_5 SELECT deployment_id, device_id, state, reason, variant, wave, updated "
+        "FROM deployment_targets",
+        "DROP TABLE deployment_targets",
+        "ALTER TABLE deployment_targets_5 RENAME TO deployment_targets",
+        "CREATE INDEX deployment_targets_by_device ON deployment_targets (device_id, state)",
+    )),
+    Migration(6, "definitions made at the federation (functions, types, tables), replayed at start", (
         """CREATE TABLE definitions (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             text TEXT NOT NULL,

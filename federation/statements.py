@@ -253,7 +253,8 @@ class QueryService:
 
         def run():
             result = self.engine.query(query_text, fleet=self.access, device_timeout=self.device_timeout)
-            return list(dict.fromkeys(result)), result.status
+            # in id order, whatever order the devices answered in: the rollout's waves follow it
+            return sorted(set(result)), result.status
         try:
             return await self.pool.call(run)
         except QueryError as exc:
@@ -268,7 +269,7 @@ class QueryService:
         try:
             deployment_id = await self.deployments.start(
                 action, statement.model, version, devices, selection=statement.selection.sql(),
-                requested_by=principal_name(principal))
+                requested_by=principal_name(principal), rollout=statement.rollout)
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         message = (f"{action} of {statement.model}{' ' + version if version else ''} started for "

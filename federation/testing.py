@@ -13,6 +13,10 @@ window exactly (`rows_sent` and `credit_given` let tests check it), with `end` o
 `answer` raises a QueryError (its line/column kept), or `cancelled` after a `cancel`. It installs
 deploy chunks (in any order, idempotent by `did`), rolls back and undeploys, answering ack/nack
 with what is active; `install(model, version, data, variants)` may raise `Nack(code, reason)`.
+With `autostart(model, version)` — the autostart queries of that bundle as a health frame reports
+them, [{query, status, restarts?, error?}] — an ack names those queries and the bundle's model as
+loaded, and a health frame showing them follows (as a real edge does); without it, acks name
+nothing to watch (as older edges).
 Every frame it receives is kept in `received` and queued in `inbox` for tests to inspect.
 """
 from __future__ import annotations
@@ -45,7 +49,7 @@ class FakeEdge:
                  restarts: int = 0, answer: Callable | None = None, install: Callable | None = None,
                  ssl: ssl_module.SSLContext | bool = True, session: aiohttp.ClientSession | None = None,
                  log_id: str | None = None, versions: list[int] | None = None, auto: bool = True,
-                 keep_frames: bool = True):
+                 keep_frames: bool = True, autostart: Callable[[str, str], list[dict]] | None = None):
         self.url = url.rstrip("/") + "/v1/edges/connect" if not url.endswith("/v1/edges/connect") else url
         self.token, self.edge_id = token, edge_id
         self.metadata = dict(metadata or {})
@@ -55,6 +59,7 @@ class FakeEdge:
         self.software, self.restarts = software, restarts
         self.answer = answer or (lambda source, frame: [])
         self.install = install
+        self.autostart = autostart
         self.ssl = ssl
         self.versions = versions or [1]
         self.auto = auto
@@ -326,7 +331,19 @@ class FakeEdge:
         self.models[model] = version
         self.installed.append((model, version, list(frame.get("variants") or [])))
         self.done_dids[did] = {"model": model, "version": version}
-        await self.send(wire.make("ack", did=did, model=model, version=version, active=dict(self.models)))
+        await self._ack(did, model, version)
+
+    async def _ack(self, did: str, model: str, version: str | None) -> None:
+        """An ack; with `autostart`, naming what to watch and followed by the health that shows it."""
+        if self.autostart is None or version is None:
+            await self.send(wire.make("ack", did=did, model=model, version=version, active=dict(self.models)))
+            return
+        queries = [{"bundle": model, "flow": None, "rows": 0, "restarts": 0, "error": None, **q}
+                   for q in self.autostart(model, version)]
+        loaded = {model.replace("-", "_"): version}
+        await self.send(wire.make("ack", did=did, model=model, version=version, active=dict(self.models),
+                                  autostart=[q["query"] for q in queries], loaded=loaded))
+        await self.send_health(models=dict(self.models), loaded=loaded, autostart=queries)
 
     async def _on_change(self, frame: wire.Frame) -> None:
         did, model = frame["did"], frame["model"]
@@ -362,8 +379,7 @@ class FakeEdge:
                 history.append(wanted)
             self.models[model] = wanted
         self.done_dids[did] = {"model": model}
-        await self.send(wire.make("ack", did=did, model=model, version=self.models.get(model),
-                                  active=dict(self.models)))
+        await self._ack(did, model, self.models.get(model))
 
     # --- publish -----------------------------------------------------------------------------------
     def publish(self, flow: str, rows: list, *, width: int | None = None) -> int:
@@ -434,10 +450,10 @@ def _as_columns(batch: Any) -> tuple[int, list]:
 
 
 def make_bundle(directory, name: str, version: str, *, private_key=None, requirements: dict | None = None,
-                variants: list[dict] | None = None, padding: int = 0) -> bytes:
+                variants: list[dict] | None = None, padding: int = 0, files: dict[str, str] | None = None) -> bytes:
     """A packed bundle (signed when `private_key` is given) of one native model named after the
-    bundle, with `variants` (default one numpy variant) and `padding` bytes of extra data (to make
-    it as large as a benchmark wants)."""
+    bundle, with `variants` (default one numpy variant), `padding` bytes of extra data (to make
+    it as large as a benchmark wants) and `files` (path → text: scripts `*.sql`, `autostart/*.sql`)."""
     import json
     import os
     from pathlib import Path
@@ -451,6 +467,9 @@ def make_bundle(directory, name: str, version: str, *, private_key=None, require
     if padding:
         (root / "data").mkdir(exist_ok=True)
         (root / "data" / "padding.bin").write_bytes(os.urandom(padding))
+    for path, text in (files or {}).items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
     manifest = {"format_version": 1, "name": name, "version": version,
                 "requirements": dict(requirements or {}),
                 "models": [{"name": name.replace("-", "_"), "variants": variants or [

@@ -423,10 +423,25 @@ class EdgeSelection(Node):
 
 
 @dataclass(frozen=True)
+class Rollout(Node):
+    """How a fleet change goes out: `over 3 waves` (equal waves) or `over waves of 1, 10 percent`
+    (these sizes, then the rest as a last wave), `abort above 10 percent` (of the devices a wave
+    finished), `wave timeout 2 minutes` (kept in seconds), `rollback on abort`. None: the
+    federation's default. A wave size is (number, True for a percentage of the devices)."""
+
+    waves: int | None = None
+    wave_sizes: tuple[tuple[int | float, bool], ...] = ()
+    abort_above: int | float | None = None   # percent
+    wave_timeout: int | float | None = None  # seconds
+    rollback_on_abort: bool = False
+
+
+@dataclass(frozen=True)
 class Deploy(Statement):
     model: str
     selection: EdgeSelection
     version: str | None = None
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True)
@@ -434,12 +449,14 @@ class Rollback(Statement):
     model: str
     selection: EdgeSelection
     version: str | None = None
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True)
 class Undeploy(Statement):
     model: str
     selection: EdgeSelection
+    rollout: Rollout | None = None
 
 
 @dataclass(frozen=True)

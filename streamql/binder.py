@@ -76,6 +76,9 @@ class _QueryState:
     continuous: bool = False
 
 
+_SIGNAL_FUNCTIONS = frozenset({"signal_stream", "ts_signal_stream", "signal_value"})
+
+
 class Binder:
     def __init__(self, catalog: Catalog, source: str | None = None):
         self.catalog = catalog
@@ -85,6 +88,9 @@ class Binder:
         self._counter = itertools.count(1)
         self._inlining: list[str] = []
         self._depth = 0
+        # a signal named by a literal must exist when the query compiles; a function body is
+        # checked when a query calls it (its signal may be added after the function is created)
+        self.check_signals = True
 
     # ------------------------------------------------------------------------------ errors
     def type_error(self, message: str, span: Span | None) -> QueryTypeError:
@@ -878,10 +884,23 @@ class Binder:
                                        span=call_args[i].span)
         if lift == "stream":
             result = stream_of(result)
-        options = ()
-        if overload.name == "signal_stream" or overload.name == "ts_signal_stream":
-            options = ()
-        return TCall(result, overload, tuple(call_args), lift=lift, options=options, span=span)
+        if overload.name in _SIGNAL_FUNCTIONS and self.check_signals:
+            self._check_signal(call_args)
+        return TCall(result, overload, tuple(call_args), lift=lift, span=span)
+
+    def _check_signal(self, args: list[TExpr]) -> None:
+        """`signal_stream('nope')`: a NameError now, with the signals there are, rather than a run-time
+        failure later — where the catalog knows its signals (a local engine; a federation's edges
+        check their own)."""
+        names = getattr(self.catalog, "signal_names", None)
+        name = args[0] if args else None
+        if names is None or not isinstance(name, TConst) or not isinstance(name.value, str):
+            return
+        known = names()
+        if known is not None and name.value not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise self.name_error(f"no signal named {name.value!r} on this engine (signals: {listed})"
+                                  + self._suggest(name.value, known), name.span)
 
 
 def _as_element(arg: TExpr) -> TExpr:

@@ -103,5 +103,9 @@ class Catalog(Protocol):
     def signal_type(self, name: str) -> Type | None:
         """The declared value type of a signal, when known."""
 
+    def signal_names(self) -> list[str] | None:
+        """The signals there are now (optional: None, or no such method, when the catalog cannot
+        tell — a federation's edges check their own)."""
+
     def has_extent(self, type_: Type) -> bool:
         """Whether the objects of a type can be enumerated (user types, tables, Edge on a federation)."""

@@ -25,7 +25,7 @@ from .bound import TExpr
 from .catalog import Table, UserType
 from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_statement, physical_plan
-from .errors import QueryError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
+from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
 from .fleet import FleetAccess, FleetCatalog
 from .fleet_session import DEFAULT_DEVICE_TIMEOUT, FleetSession
@@ -86,6 +86,9 @@ class LocalCatalog:
 
     def signal_type(self, name: str) -> Type | None:
         return self.engine._signal_types.get(name)
+
+    def signal_names(self) -> list[str]:
+        return self.engine.signals.names()
 
     def model(self, name: str):
         return self.engine.models.find(name)
@@ -176,14 +179,20 @@ class Engine:
         return _AsyncRows(self.query(text, limits))
 
     def start(self, text: str, sink: Callable[[Any], None] | None = None, limits: dict | Limits | None = None,
-              name: str | None = None) -> QueryHandle:
-        """Run a query in the background; the handle watches and cancels it."""
+              name: str | None = None, on_error: Callable[[QueryError], None] | None = None) -> QueryHandle:
+        """Run a query in the background; the handle watches and cancels it.
+
+        A statement that does not compile raises its QueryError here, before anything runs — a
+        signal this engine does not have (`signal_stream('nope')`) included. A failure while it
+        runs (a run-time error, a limit, `sink` raising) ends it: the handle's `status` becomes
+        failed (or limit), its `error` the QueryError, and `on_error(error)` is called from the
+        query's thread; without `on_error` the failure is logged (logger `streamql.engine`)."""
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS):
             raise QueryTypeError("start() runs a query", statement.span, text)
         result = self._guarded(statement, text, lambda: self._query_result(statement, text, Limits.of(limits)))
         query_id = next(self._handle_ids)
-        handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name)
+        handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name, on_error=on_error)
         with self._handles_lock:
             self._handles[query_id] = handle
         return handle.start()
@@ -294,6 +303,8 @@ class Engine:
             raise
         except RecursionError:
             raise QueryRuntimeError("the statement is nested too deeply", statement.span, source) from None
+        except MemoryError:
+            raise QueryLimitError("the statement needs more memory than there is", statement.span, source) from None
         except Exception as exc:  # noqa: BLE001 - nothing but QueryErrors reaches users
             error = QueryRuntimeError(f"internal error: {type(exc).__name__}: {exc}", statement.span, source)
             error.traceback = traceback.format_exc()

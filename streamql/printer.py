@@ -402,20 +402,43 @@ def _(node: A.EdgeSelection) -> str:
 
 
 @_print.register
+def _(node: A.Rollout) -> str:
+    parts = []
+    if node.waves is not None:
+        parts.append(f"over {node.waves} waves")
+    if node.wave_sizes:
+        sizes = ", ".join(literal_source(n) + (" percent" if percent else "") for n, percent in node.wave_sizes)
+        parts.append(f"over waves of {sizes}")
+    if node.abort_above is not None:
+        parts.append(f"abort above {literal_source(node.abort_above)} percent")
+    if node.wave_timeout is not None:
+        parts.append(f"wave timeout {literal_source(node.wave_timeout)} seconds")
+    if node.rollback_on_abort:
+        parts.append("rollback on abort")
+    return " ".join(parts)
+
+
+def _rollout(node: A.Rollout | None) -> str:
+    text = _print(node) if node is not None else ""
+    return " " + text if text else ""
+
+
+@_print.register
 def _(node: A.Deploy) -> str:
     version = f" version {literal_source(node.version)}" if node.version else ""
-    return f"deploy model {literal_source(node.model)}{version} to {_print(node.selection)}"
+    return f"deploy model {literal_source(node.model)}{version} to {_print(node.selection)}{_rollout(node.rollout)}"
 
 
 @_print.register
 def _(node: A.Rollback) -> str:
     version = f" to version {literal_source(node.version)}" if node.version else ""
-    return f"rollback model {literal_source(node.model)}{version} on {_print(node.selection)}"
+    return (f"rollback model {literal_source(node.model)}{version} on {_print(node.selection)}"
+            f"{_rollout(node.rollout)}")
 
 
 @_print.register
 def _(node: A.Undeploy) -> str:
-    return f"undeploy model {literal_source(node.model)} from {_print(node.selection)}"
+    return f"undeploy model {literal_source(node.model)} from {_print(node.selection)}{_rollout(node.rollout)}"
 
 
 @_print.register

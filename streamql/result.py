@@ -1,6 +1,7 @@
 """Results: rows as they arrive, with column names and types; handles of background queries."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -11,6 +12,8 @@ import numpy as np
 from .batch import IDLE
 from .errors import QueryCancelled, QueryError, QueryLimitError, QueryRuntimeError
 from .physical.chunk import column_values
+
+log = logging.getLogger("streamql.engine")
 
 
 class Result:
@@ -110,6 +113,8 @@ class Result:
             raise
         except (GeneratorExit, KeyboardInterrupt):
             raise
+        except MemoryError:   # a value larger than the machine (range(0, 1e9)): the query's limit, not a bug
+            raise QueryLimitError("the query needs more memory than there is", self._span, self._source) from None
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as a QueryError
             error = QueryRuntimeError(f"internal error while running the query: {type(exc).__name__}: {exc}",
                                       self._span, self._source)
@@ -183,16 +188,21 @@ def _py(value):
 
 
 class QueryHandle:
-    """A query running in the background: watch it, wait for it, cancel it."""
+    """A query running in the background: watch it, wait for it, cancel it.
+
+    `status` is running, done, cancelled, limit or failed; on a failure (a run-time error, a limit,
+    the sink raising) `error` holds the QueryError and `on_error(error)` is called in the query's
+    thread — or, without it, the error is logged (logger `streamql.engine`), never dropped."""
 
     def __init__(self, query_id: int, text: str, result: Result, sink: Callable | None,
                  on_exit: Callable[["QueryHandle"], None] | None = None, name: str | None = None,
-                 batch_sink: bool = False):
+                 batch_sink: bool = False, on_error: Callable[[QueryError], None] | None = None):
         self.id = query_id
         self.name = name or f"q{query_id}"
         self.text = text
         self.result = result
         self.sink = sink
+        self.on_error = on_error
         self.status = "running"
         self.error: QueryError | None = None
         self.rows = 0
@@ -233,9 +243,20 @@ class QueryHandle:
         finally:
             self.finished = time.time()
             self.result._finish()
+            if self.error is not None:
+                self._report(self.error)
             self._done.set()
             if self._on_exit is not None:
                 self._on_exit(self)
+
+    def _report(self, error: QueryError) -> None:
+        if self.on_error is None:
+            log.warning("background query %s %s: %s", self.name, self.status, error)
+            return
+        try:
+            self.on_error(error)
+        except Exception:  # noqa: BLE001 - a failing callback must not hide the failure it reports
+            log.exception("the on_error callback of background query %s failed (on: %s)", self.name, error)
 
     def cancel(self, wait: float | None = 5.0) -> None:
         if self.result.ctx is not None:

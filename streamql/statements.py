@@ -17,7 +17,7 @@ from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryRu
 from .library.registry import Param
 from .physical.chunk import column_values
 from .result import Result
-from .streams import LazyBag, StreamValue, collect_column
+from .streams import LazyBag, StreamValue, collect_column, held
 from .types import OBJECT, Type, type_of_value
 from .values import Bag, Obj, format_value, values_equal
 
@@ -86,6 +86,7 @@ class StatementRunner:
         from .binder import Scope
         from .bound import TVar
         binder = self._binder(source)
+        binder.check_signals = False   # its signals are checked when a query calls it
         scope = Scope(params={p.name.lower(): TVar(p.type, f"${p.name.lower()}") for p in function.params})
         binder._inlining.append(function.name.lower())
         if isinstance(function.body, A.Select):
@@ -384,11 +385,11 @@ def _check_value(value, expected: Type, node: A.Node, source: str, what: str) ->
 
 
 def _settle(value):
-    """A value to compare: bags and finite streams collected."""
+    """A value to compare: bags and finite streams collected (as much as memory may hold)."""
     if isinstance(value, LazyBag):
         return value.materialize()
     if isinstance(value, StreamValue):
-        column = collect_column(value.open())
+        column = collect_column(held(value.open(), what="a stream"))
         return column if isinstance(column, np.ndarray) else list(column)
     return value
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from .batch import IDLE, Batch
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import SYSTEM_CLOCK, CancellableClock, Clock
 from .errors import QueryCancelled, QueryLimitError
 from .values import Bag, Time, Timeval
 
@@ -41,15 +41,33 @@ class StreamValue:
         return f"<stream {self.label}>"
 
 
+MAX_HELD = 50_000_000   # elements a bag or stream may hold in memory at once (about 400 MB of numbers)
+
+
+def held(items: Iterable[Any], size: int | None = None, what: str = "a bag") -> Iterator[Any]:
+    """`items`, refusing (QueryLimitError) to go past MAX_HELD elements — before they are built when
+    the `size` is known (`iota(-9223372036854775808, 3)` in a `validate` would count for ever)."""
+    if size is not None and size > MAX_HELD:
+        raise QueryLimitError(f"{what} of {size} elements is too large to hold in memory (at most {MAX_HELD})")
+    seen = 0
+    for item in items:
+        seen += len(item.values) if type(item) is Batch else 1
+        if seen > MAX_HELD:
+            raise QueryLimitError(f"{what} of more than {MAX_HELD} elements is too large to hold in memory")
+        yield item
+
+
 class LazyBag:
-    """A bag produced on demand: `open()` yields items like a stream; `materialize()` a Bag."""
+    """A bag produced on demand: `open()` yields items like a stream; `materialize()` a Bag.
+    `size`, when known, lets holding it in memory be refused before it is built."""
 
-    __slots__ = ("_open", "label", "_cache")
+    __slots__ = ("_open", "label", "_cache", "size")
 
-    def __init__(self, open_fn: Callable[[], Iterator[Any]], label: str = "bag"):
+    def __init__(self, open_fn: Callable[[], Iterator[Any]], label: str = "bag", size: int | None = None):
         self._open = open_fn
         self.label = label
         self._cache = None
+        self.size = size
 
     def open(self) -> Iterator[Any]:
         if self._cache is not None:
@@ -59,7 +77,7 @@ class LazyBag:
     def column(self):
         """All elements as one column (numpy array when numeric)."""
         if self._cache is None:
-            self._cache = collect_column(self._open())
+            self._cache = collect_column(held(self._open(), self.size, self.label))
         return self._cache
 
     def materialize(self) -> Bag:
@@ -251,9 +269,9 @@ class ExecContext:
     def __init__(self, engine: Any, clock: Clock = SYSTEM_CLOCK, rng: np.random.Generator | None = None,
                  limits: Limits | None = None, cancel: threading.Event | None = None):
         self.engine = engine
-        self.clock = clock
-        self.rng = rng if rng is not None else np.random.default_rng()
         self.cancel = cancel or threading.Event()
+        self.clock = CancellableClock(clock, self.cancel)   # sources' sleeps end when the query is cancelled
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.started = clock.monotonic()
         self.state_bytes = 0         # what the query's operators hold now (windows, groups, sorts)
         self.peak_state_bytes = 0

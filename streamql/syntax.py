@@ -498,17 +498,54 @@ class ToAst(Transformer):
         return A.Check(children[1], children[2], span=_span(children))
 
     def deploy(self, children):
-        _, _, model, _, version, _, selection = children
-        return A.Deploy(_unquote(model), selection, None if version is None else _unquote(version),
+        _, _, model, _, version, _, selection, rollout = children
+        return A.Deploy(_unquote(model), selection, None if version is None else _unquote(version), rollout,
                         span=_span(children))
 
     def rollback(self, children):
-        _, _, model, _, _, version, _, selection = children
-        return A.Rollback(_unquote(model), selection, None if version is None else _unquote(version),
+        _, _, model, _, _, version, _, selection, rollout = children
+        return A.Rollback(_unquote(model), selection, None if version is None else _unquote(version), rollout,
                           span=_span(children))
 
     def undeploy(self, children):
-        return A.Undeploy(_unquote(children[2]), children[4], span=_span(children))
+        return A.Undeploy(_unquote(children[2]), children[4], children[5], span=_span(children))
+
+    def rollout(self, children):
+        """The options (`_rollout_option`, inlined) arrive as one flat list of tokens, with None
+        where a wave size has no PERCENT; read it left to right into one Rollout."""
+        def number(token, low, high=None, whole=False):
+            value = float(token) if any(c in token for c in ".eE") else int(token)
+            if value < low or (high is not None and value > high) or (whole and not isinstance(value, int)):
+                rule = "a whole number" if whole else "a number"
+                rule += f" from {low:g}" + (f" to {high:g}" if high is not None else " up")
+                raise QueryParseError(f"{token} is out of range here: {rule}", _token_span(token))
+            return value
+        found, i = {}, 0
+        while i < len(children):
+            head, kind = children[i], children[i].type
+            if kind == "OVER" and children[i + 1].type == "NUMBER":
+                key, value, i = "waves", number(children[i + 1], 1, whole=True), i + 3
+            elif kind == "OVER":
+                key, sizes, i = "wave_sizes", [], i + 3
+                while i < len(children) and children[i] is not None and children[i].type == "NUMBER":
+                    percent = children[i + 1] is not None
+                    sizes.append((number(children[i], 1, 100) if percent else number(children[i], 1, whole=True),
+                                  percent))
+                    i += 2
+                value = tuple(sizes)
+            elif kind == "ABORT":
+                key, value, i = "abort_above", number(children[i + 2], 0, 100), i + 4
+            elif kind == "WAVE":
+                seconds = number(children[i + 2], 0.001)
+                key, i = "wave_timeout", i + 4
+                value = seconds * 60 if children[i - 1].type == "MINUTES" else seconds
+            else:  # ROLLBACK ON ABORT
+                key, value, i = "rollback_on_abort", True, i + 3
+            if key in found or {key, *found} >= {"waves", "wave_sizes"}:
+                raise QueryParseError("each rollout option may be given once (and the waves one way)",
+                                      _token_span(head))
+            found[key] = value
+        return A.Rollout(**found, span=_span(children))
 
     def edge_selection(self, children):
         return A.EdgeSelection(children[0], children[1], span=_span(children))
@@ -723,6 +760,8 @@ def _parse_error(text: str, exc: UnexpectedInput) -> QueryParseError:
                 message = f"missing ';' before {_describe_token(token)}"
             elif token.type == "SEMICOLON":
                 message = f"the statement ends too early at ';': expected {_describe_expected(expected)}"
+            elif re.match(r"(in\s+\S+\s+)?(waves?|percent)\b", text[token.start_pos:], re.I):  # `in 3 waves`
+                message += " (rollout options follow the selection: over 3 waves abort above 10 percent)"
     elif isinstance(exc, UnexpectedCharacters):
         span = Span.at(text, offset, 1)
         char = text[offset] if offset < len(text) else ""

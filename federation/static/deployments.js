@@ -4,7 +4,7 @@
 
 import { $, ago, clear, dateTime, h, keepFocus, plural, whenIdle } from "./util.js";
 
-const STATES = ["done", "sending", "pending", "skipped", "failed"];
+const STATES = ["done", "installed", "sending", "pending", "skipped", "failed", "rolled_back"];
 const LIVE_MS = 1000;
 
 function progressBar(counts, total) {
@@ -139,7 +139,7 @@ export class DeploymentsPanel {
         onclick: () => { this.stateFilter = s; this.renderDetail(); },
       }, s ? `${s} ${d.counts[s] || 0}` : `all ${total}`)));
     const devices = d.devices.filter((x) => !this.stateFilter || x.state === this.stateFilter);
-    const order = { failed: 0, sending: 1, pending: 2, skipped: 3, done: 4 };
+    const order = { failed: 0, rolled_back: 1, installed: 2, sending: 3, pending: 4, skipped: 5, done: 6 };
     devices.sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9) || a.id.localeCompare(b.id));
     keepFocus(this.detailBox, () => clear(this.detailBox,
       h("div", { class: "detail-head" },
@@ -152,7 +152,11 @@ export class DeploymentsPanel {
         h("dt", {}, "requested by"), h("dd", {}, d.requested_by || "—"),
         h("dt", {}, "created"), h("dd", {}, dateTime(d.created)),
         h("dt", {}, "updated"), h("dd", {}, ago(d.updated)),
-        d.waves ? [h("dt", {}, "waves"), h("dd", {}, `${d.waves.current} of ${d.waves.count}`)] : null,
+        d.waves ? [h("dt", {}, "waves"), h("dd", {}, `${d.waves.current} of ${d.waves.count}` +
+                   (d.waves.sizes ? ` (${d.waves.sizes.join(", ")} devices)` : ""))] : null,
+        d.abort ? [h("dt", {}, "aborted"), h("dd", {}, d.abort.reason +
+                   (d.abort.rollback === "done" ? `; ${plural(d.abort.rolled_back || 0, "device")} rolled back` :
+                    d.abort.rollback === "running" ? "; rolling back" : ""))] : null,
         d.failure_threshold !== undefined ? [h("dt", {}, "abort above"), h("dd", {}, `${Math.round(d.failure_threshold * 100)} % failed`)] : null,
         d.waiting_for_offline ? [h("dt", {}, "waiting for"), h("dd", {}, plural(d.waiting_for_offline, "offline device") + " (sent when they reconnect)")] : null),
       progressBar(d.counts, total || 1),

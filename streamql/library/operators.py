@@ -289,8 +289,9 @@ def _index(target, index):
 
 
 def _index_batch(target, index):
-    if target.ndim < 2 or index.dtype.kind not in "iu":
-        raise TypeError("not a vector column")
+    if not isinstance(target, np.ndarray) or target.ndim < 2 or not isinstance(index, np.ndarray) \
+            or index.dtype.kind not in "iu":
+        return [_index(t, i) for t, i in zip(target, index)]   # ragged or mixed vectors: one row at a time
     length = target.shape[1]
     if len(index) and (index.min() < 1 or index.max() > length):
         bad = index[(index < 1) | (index > length)][0]

@@ -73,7 +73,7 @@ def iota(lo: int, hi: int) -> LazyBag:
     def open_():
         for start in range(lo, hi + 1, BATCH):
             yield Batch(np.arange(start, min(start + BATCH, hi + 1), dtype=np.int64))
-    return LazyBag(open_, f"iota({lo}, {hi})")
+    return LazyBag(open_, f"iota({lo}, {hi})", size=max(0, hi - lo + 1))
 
 
 def siota(lo: int, hi: int) -> StreamValue:

@@ -8,18 +8,21 @@ each time something changes; the last one has every device settled or `complete`
                  "wl-2": {"state": "skipped", "reason": "needs ram_kb 512, has 256"},
                  "d-7":  {"state": "failed", "reason": "checksum mismatch"},
                  "d-9":  {"state": "pending"}},           # or "running"
+     "wave": {"current": 1, "count": 3, "state": "running", "sizes": [2, 20, 22]},   # optional
+     "abort": {"wave": 1, "reason": "…", "rollback": "done"},         # optional: it was aborted
      "complete": False}
 
-A device's entry may also be just its state string (`"wl-1": "done"`).
+A device's entry may also be just its state string (`"wl-1": "done"`). A device installed and
+waiting to report healthy is `running`; one undone after an abort is `rolled_back`.
 """
 from __future__ import annotations
 
 from collections import Counter
 
-STATES = ("done", "skipped", "failed", "running", "pending")
-_BAR = {"done": "█", "skipped": "▒", "failed": "▓", "running": "░", "pending": "·"}
-_COLOR = {"done": 32, "skipped": 33, "failed": 31, "running": 36, "pending": 90}
-_SETTLED = {"done", "skipped", "failed"}
+STATES = ("done", "rolled_back", "skipped", "failed", "running", "pending")
+_BAR = {"done": "█", "rolled_back": "▚", "skipped": "▒", "failed": "▓", "running": "░", "pending": "·"}
+_COLOR = {"done": 32, "rolled_back": 35, "skipped": 33, "failed": 31, "running": 36, "pending": 90}
+_SETTLED = {"done", "rolled_back", "skipped", "failed"}
 
 
 def device_states(record: dict) -> dict[str, tuple[str, str | None]]:
@@ -35,8 +38,10 @@ def device_states(record: dict) -> dict[str, tuple[str, str | None]]:
             state = "done"
         elif state in ("error", "failure"):
             state = "failed"
-        elif state in ("in_progress", "started", "sending", "installing"):
+        elif state in ("in_progress", "started", "sending", "installing", "installed"):
             state = "running"
+        elif state in ("rolled back", "rolledback"):
+            state = "rolled_back"
         elif state not in STATES:
             state = "pending"
         out[str(device)] = (state, reason)
@@ -69,28 +74,42 @@ def render_progress(record: dict, width: int = 80, color: bool = False, max_reas
     settled = sum(counts[s] for s in _SETTLED)
     summary = (f"{settled}/{total}  done {counts['done']} · skipped {counts['skipped']} · "
                f"failed {counts['failed']} · pending {counts['pending'] + counts['running']}")
+    if counts["rolled_back"]:
+        summary += f" · rolled back {counts['rolled_back']}"
     room = max(10, width - len(summary) - 4)
     bar = ""
     if total:
-        used = 0
+        cells = {state: round(counts[state] * room / total) for state in STATES}
+        # what rounding left over (or took too much) goes to the largest state, never to an empty one
+        largest = max(STATES, key=lambda state: counts[state])
+        cells[largest] = max(0, cells[largest] + room - sum(cells.values()))
         for state in STATES:
-            cells = round(counts[state] * room / total) if state != STATES[-1] else room - used
-            cells = max(0, min(cells, room - used))
-            used += cells
-            bar += _paint(_BAR[state] * cells, state, color)
+            bar += _paint(_BAR[state] * cells[state], state, color)
     else:
         bar = " " * room
     lines = [title, f"[{bar}] {summary}"]
-    for state in ("skipped", "failed"):
+    wave, abort = record.get("wave"), record.get("abort")
+    if abort:
+        rollback = {"running": "; rolling the installed devices back", "done": "; the installed devices were rolled back"}
+        lines.append(_paint(abort.get("reason") or "rollout aborted", "failed", color) +
+                     rollback.get(abort.get("rollback"), ""))
+    elif wave and (wave.get("count") or 0) > 1:
+        if is_complete(record) and wave.get("sizes"):
+            lines.append(f"in {wave['count']} waves: " + ", ".join(str(n) for n in wave["sizes"]))
+        else:
+            lines.append(f"wave {wave.get('current') or 1} of {wave['count']}" +
+                         (f" ({wave['state']})" if wave.get("state") else ""))
+    for state in ("skipped", "failed", "rolled_back"):
         reasons: dict[str, list[str]] = {}
         for device, (s, reason) in sorted(states.items()):
             if s == state:
                 reasons.setdefault(reason or "no reason given", []).append(device)
         for reason, devices in list(reasons.items())[:max_reasons]:
             shown = ", ".join(devices[:5]) + (f" (+{len(devices) - 5} more)" if len(devices) > 5 else "")
-            lines.append(f"  {_paint(state, state, color)}: {reason}: {shown}")
+            lines.append(f"  {_paint(state.replace('_', ' '), state, color)}: {reason}: {shown}")
         if len(reasons) > max_reasons:
             lines.append(f"  … {len(reasons) - max_reasons} more {state} reasons")
     if is_complete(record):
-        lines.append("complete" if not counts["failed"] else f"complete with {counts['failed']} failed")
+        ended = "aborted" if abort else "complete"
+        lines.append(ended if not counts["failed"] else f"{ended} with {counts['failed']} failed")
     return lines

@@ -279,6 +279,69 @@ def test_start_compiles_at_once():
         engine.start("create type T;")
 
 
+def test_start_raises_at_once_for_a_signal_the_engine_does_not_have():
+    engine = new_engine()
+    engine.add_signal("temperature", [1.0, 2.0])
+    for text in ("select stream of x from Real x where x in signal_stream('nope');",
+                 "select signal_value('nope');", "select ts_signal_stream('nope');"):
+        with pytest.raises(streamql.QueryNameError) as caught:
+            engine.start(text)
+        assert "no signal named 'nope'" in caught.value.message and "(signals: temperature)" in caught.value.message
+        assert caught.value.column == text.index("'nope'") + 1     # under the name, not the whole query
+    assert engine.queries() == []
+    with pytest.raises(streamql.QueryNameError, match="did you mean temperature"):
+        engine.query("select stream of x from Real x where x in signal_stream('temprature');")
+
+
+def test_a_signal_added_later_serves_the_queries_compiled_later():
+    engine = new_engine()
+    # a function may name a signal the engine does not have yet: it is checked when a query calls it
+    engine.execute("create function readings() -> Stream of Real "
+                   "as select stream of x from Real x where x in signal_stream('later');")
+    with pytest.raises(streamql.QueryNameError, match="no signal named 'later'"):
+        engine.start("select stream of readings();")
+    engine.add_signal("later", [1.0, 2.0])
+    got = []
+    handle = engine.start("select stream of x from Real x where x in readings();", sink=got.append)
+    assert handle.wait(5) and handle.status == "done" and got == [1.0, 2.0]
+    engine.remove_signal("later")
+    with pytest.raises(streamql.QueryNameError):
+        engine.start("select stream of x from Real x where x in signal_stream('later');")
+
+
+def test_run_time_failures_reach_on_error_or_the_log(caplog):
+    engine = new_engine()
+    errors = []
+    handle = engine.start("select stream of [1, 2][x] from Integer x where x in siota(1, 3);", on_error=errors.append)
+    assert handle.wait(5) and handle.status == "failed"
+    assert errors == [handle.error] and errors[0].kind == "RuntimeError"
+    limited = engine.start("select stream of x from Integer x where x in siota(1, 9);", limits={"rows": 2},
+                           on_error=errors.append)
+    assert limited.wait(5) and limited.status == "limit" and errors[-1] is limited.error
+    done = engine.start("select stream of x from Integer x where x in siota(1, 2);", on_error=errors.append)
+    assert done.wait(5) and done.status == "done" and len(errors) == 2        # success: no call
+    # without on_error the failure is logged, never dropped; a failing callback is logged too
+    with caplog.at_level("WARNING", logger="streamql.engine"):
+        quiet = engine.start("select stream of [1][x] from Integer x where x in siota(1, 3);", name="quiet")
+        assert quiet.wait(5) and quiet.status == "failed"
+        broken = engine.start("select stream of [1][x] from Integer x where x in siota(1, 3);", name="broken",
+                              on_error=lambda error: 1 / 0)
+        assert broken.wait(5) and broken.status == "failed"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("background query quiet failed" in m and "out of range" in m for m in messages), messages
+    assert any("on_error callback of background query broken failed" in m for m in messages), messages
+
+
+def test_running_out_of_memory_is_the_querys_limit_not_an_internal_error():
+    engine = new_engine()
+
+    def reading():
+        raise MemoryError()
+    engine.add_signal("huge", reading)
+    with pytest.raises(streamql.QueryLimitError, match="needs more memory than there is"):
+        list(engine.query("select stream of x from Real x where x in signal_stream('huge');"))
+
+
 def test_engine_close_cancels_background_queries():
     engine = new_engine()
     hub = LiveSignal("live")

@@ -411,3 +411,43 @@ def test_literals_print_back_exactly(value):
 def test_times_before_the_year_1000_print_back():
     tree = parse_expression("|0999-01-01T00:00:00Z|")
     assert parse_expression(tree.sql()) == tree, tree.sql()
+
+
+# ------------------------------------------------------------------------- rollouts
+def test_rollout_options_parse_in_any_order_into_one_node():
+    statement = parse_one("deploy model 'vib' version '1.2.0' to Edge e where region(e) = 'US' "
+                          "rollback on abort wave timeout 2 minutes abort above 12.5 percent over 3 waves;")
+    assert statement.rollout == A.Rollout(waves=3, abort_above=12.5, wave_timeout=120, rollback_on_abort=True)
+    assert statement.selection.where == parse_expression("region(e) = 'US'")
+    sizes = parse_one("deploy model 'vib' to Edge e over waves of 1, 10 percent, 25;").rollout
+    assert sizes == A.Rollout(wave_sizes=((1, False), (10, True), (25, False)))
+    assert parse_one("deploy model 'vib' to Edge e;").rollout is None
+    undeploy = parse_one("undeploy model 'vib' from Edge e over 2 waves;")
+    assert undeploy.rollout == A.Rollout(waves=2) and undeploy.selection.where is None
+    rollback = parse_one("rollback model 'vib' to version '1.0.0' on Edge e wave timeout 30 seconds;")
+    assert rollback.rollout == A.Rollout(wave_timeout=30) and rollback.version == "1.0.0"
+
+
+def test_rollouts_print_back_to_the_same_tree():
+    for text in ("deploy model 'vib' to Edge e where kind(e) = 'dumper' over waves of 5 percent abort above 0 percent",
+                 "deploy model 'vib' version '2.0.0' to Edge e over 3 waves wave timeout 90.5 seconds rollback on abort",
+                 "explain undeploy model 'vib' from Edge e where x in y over 4 waves"):
+        statement = parse_one(text + ";")
+        assert statement.sql() == text
+        assert parse_one(statement.sql()) == statement
+
+
+@pytest.mark.parametrize("text,message", [
+    ("over 0 waves", "0 is out of range here: a whole number from 1 up"),
+    ("over 2.5 waves", "a whole number"),
+    ("over waves of 0", "a whole number from 1 up"),
+    ("over waves of 150 percent", "a number from 1 to 100"),
+    ("abort above 101 percent", "a number from 0 to 100"),
+    ("wave timeout 0 seconds", "out of range"),
+    ("over 2 waves over waves of 1", "given once (and the waves one way)"),
+    ("abort above 1 percent abort above 2 percent", "given once"),
+    ("where region(e) = 'US' in 3 waves", "rollout options follow the selection: over 3 waves"),
+])
+def test_bad_rollout_options_are_parse_errors_at_the_option(text, message):
+    with pytest.raises(QueryParseError, match=re.escape(message)):
+        parse_one(f"deploy model 'vib' to Edge e {text};")

@@ -161,12 +161,14 @@ class DashboardFleet:
             return set()
 
     def deploy_bundle(self, name: str, version: str, *, requirements: dict | None = None) -> str:
-        """Upload a signed bundle and deploy it to every edge; the deployment's id."""
+        """Upload a signed bundle and deploy it to every edge, in one wave (the device that refuses it
+        must not stop a staged rollout before the others are sent); the deployment's id."""
         from federation.testing import make_bundle
 
         data = make_bundle(self.dir / "bundles", name, version, private_key=self.private, requirements=requirements)
         self.api("POST", "/v1/models", raw=data, content_type="application/octet-stream")
-        lines = self.api("POST", "/v1/query", {"query": f"deploy model '{name}' version '{version}' to Edge e;"})
+        lines = self.api("POST", "/v1/query",
+                         {"query": f"deploy model '{name}' version '{version}' to Edge e over 1 waves;"})
         return str(lines[-1]["deployment_id"])
 
 

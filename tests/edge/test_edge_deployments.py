@@ -255,12 +255,48 @@ async def test_lying_chunk_counts_and_sizes_are_refused(fed, edge_config, start_
 async def test_a_failing_autostart_query_is_retried_and_reported(fed, edge_config, start_edge, tmp_path, keys):
     daemon = await start_edge(edge_config())
     conn = await fed.connection("wl-1")
-    data = make_bundle(tmp_path, name="p", key=keys[0], requirements={}, autostart={
+    # a signal the edge does not have is refused before anything changes …
+    unknown = make_bundle(tmp_path / "u", name="p", key=keys[0], requirements={}, autostart={
         "autostart/pressure.sql": "select stream of x from Real x where x in signal_stream('pressure');\n"})
+    nack = await conn.deploy("d-0", unknown, "p", "1.0.0")
+    assert nack.t == "nack" and nack["code"] == "script" and "no signal named 'pressure'" in nack["reason"]
+    # … a query that fails only when it runs is retried, and reported
+    data = make_bundle(tmp_path, name="p", key=keys[0], requirements={}, autostart={
+        "autostart/pressure.sql": "select stream of w[3] from Vector of Real w "
+                                  "where w in winagg(signal_stream('vibration'), 2, 2);\n"})
     assert (await conn.deploy("d-1", data, "p", "1.0.0")).t == "ack"       # it compiles; it fails when it runs
     health = await conn.wait_for(lambda f: f.t == "health" and f["autostart"]
                                  and f["autostart"][0]["status"] == "failed", timeout=5)
-    assert "pressure" in health["autostart"][0]["error"] and health["autostart"][0]["flow"] == "p/pressure"
+    assert "3" in health["autostart"][0]["error"] and health["autostart"][0]["flow"] == "p/pressure"
     assert any("autostart query" in e["message"] and "restarting" in e["message"] for e in health["errors"])
     await asyncio.sleep(1.3)
     assert daemon.autostarts.queries[0].restarts >= 1                      # retried with backoff
+
+
+async def test_an_ack_names_what_to_watch_and_health_follows_each_status_change(edge_config, start_edge,
+                                                                                 tmp_path, keys):
+    # a heartbeat far away: every health frame seen here was pushed by a deployment or a status change
+    from edge_engine.testing import FakeFederation
+    quiet = FakeFederation(heartbeat_s=60.0)
+    await quiet.start()
+    try:
+        await start_edge(dataclasses.replace(edge_config(), federation=quiet.url, heartbeat_s=60.0))
+        conn = await quiet.connection("wl-1")
+        await conn.wait_for(lambda f: f.t == "health", timeout=5)      # the first beat, at connect
+        start = len(conn.frames)
+        data = make_bundle(tmp_path, name="bad", key=keys[0], requirements={}, autostart={
+            "autostart/third.sql": "select stream of w[3] from Vector of Real w "
+                                   "where w in winagg(signal_stream('vibration'), 2, 2);\n"})
+        ack = await conn.deploy("d-1", data, "bad", "1.0.0")
+        assert ack.t == "ack" and ack["autostart"] == ["bad:autostart/third.sql#1"] and ack["loaded"] == {"m": "1.0.0"}
+        # the window has two elements: w[3] fails when the first one comes, and the edge says so at once
+        failed = await conn.wait_for(lambda f: f.t == "health" and any(
+            q["query"] == "bad:autostart/third.sql#1" and q["status"] == "failed" for q in f["autostart"]),
+            timeout=5, start=start)
+        assert failed["loaded"] == {"m": "1.0.0"} and failed["models"] == {"bad": "1.0.0"}
+        entry = next(q for q in failed["autostart"] if q["query"] == "bad:autostart/third.sql#1")
+        assert entry["bundle"] == "bad" and "3" in entry["error"]
+        pushed = [f for f in conn.frames[start:] if f.t == "health"]
+        assert len(pushed) >= 2         # right after the ack, and when the query failed
+    finally:
+        await quiet.stop()

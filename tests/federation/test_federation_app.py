@@ -297,7 +297,8 @@ async def test_deployments_and_models_read_from_the_registry(client, tokens):
     assert [(m["name"], m["version"]) for m in models["models"]] == [("vib", "1.0.0")]
     listing = await (await client.get("/v1/deployments", headers=read)).json()
     assert listing["deployments"][0]["id"] == str(dep.id) and listing["deployments"][0]["model"] == "vib"
-    assert listing["deployments"][0]["counts"] == {"pending": 0, "sending": 0, "done": 0, "skipped": 1, "failed": 0}
+    assert listing["deployments"][0]["counts"] == {"pending": 0, "sending": 0, "installed": 0, "done": 0, "skipped": 1,
+                                                   "failed": 0, "rolled_back": 0}
     progress = await (await client.get(f"/v1/deployments/{dep.id}", headers=read)).json()
     assert progress["devices"] == [{"id": "dev-1", "state": "skipped", "reason": "ram_kb 128 < 256",
                                     "variant": None, "wave": 0, "updated": progress["devices"][0]["updated"]}]

@@ -24,7 +24,7 @@ from streamql.cli import main as cli_main
 from streamql.client import FederationRequestError, FederationUnavailable
 from streamql.errors import QueryNameError, QueryParseError, QueryRuntimeError
 from streamql.models import keygen
-from tests.federation.fake_service import DEPLOY, FAILING, ROWS, STREAM, UNKNOWN, WIDE, FakeService
+from tests.federation.fake_service import DEPLOY, FAILING, ROWS, SLOW_FIRST, STREAM, UNKNOWN, WIDE, FakeService
 from tests.federation.test_federation_tls import make_cert
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,6 +129,70 @@ def test_closing_a_result_cancels_the_statement(served):
     result.close()
     stream = served.service.results[-1]
     served.call(_until(lambda: stream.closed))
+
+
+def test_closing_from_another_thread_wakes_a_reader_that_waits_for_a_row(served):
+    # the shell's Ctrl-C: one thread waits for a row that does not come, another closes the result
+    from streamql.errors import QueryCancelled
+    fleet = streamql.connect(served.url, served.tokens["read"])
+    result = fleet.query(SLOW_FIRST)                   # one row, then nothing until the gate opens
+    assert next(result) == 1
+    outcome: list = []
+
+    def read():
+        try:
+            outcome.append(next(result))
+        except BaseException as exc:  # noqa: BLE001 - what the reader saw is the point
+            outcome.append(exc)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive()                           # blocked in the read
+    closer = threading.Thread(target=result.close, daemon=True)
+    closer.start()
+    closer.join(2.0)
+    assert not closer.is_alive(), "close() waited for the blocked reader"
+    reader.join(2.0)
+    assert not reader.is_alive() and isinstance(outcome[0], QueryCancelled), outcome
+    stream = served.service.results[-1]
+    served.call(_until(lambda: stream.closed))         # the federation stopped the statement
+    with pytest.raises(QueryCancelled):
+        next(result)
+    result.close()                                     # again: nothing happens
+
+
+def test_abandoned_async_iteration_leaves_nothing_open(served):
+    import gc
+    import warnings
+    fleet = streamql.connect(served.url, served.tokens["read"])
+
+    async def run():
+        async for _ in fleet.aquery(STREAM):            # break
+            break
+        with pytest.raises(KeyError):                   # an exception in the loop's body
+            async for _ in fleet.aquery(STREAM):
+                raise KeyError("boom")
+
+        async def consume():                            # the task cancelled while it waits for a row
+            async for _ in fleet.aquery(SLOW_FIRST):
+                pass
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gc.collect()
+        await asyncio.sleep(0.1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(run())
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks
+    streams = [r for r in served.service.results if r.kind == "stream"]
+    assert len(streams) == 3
+    served.call(_until(lambda: all(r.closed for r in streams)))   # every statement stopped on the federation
 
 
 async def _until(predicate, timeout: float = 5.0):

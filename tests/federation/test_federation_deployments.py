@@ -106,7 +106,10 @@ async def test_deploy_fits_skips_with_reasons_and_records_versions(fleet, bundle
                               requested_by="deploy#1")
     progress = await manager.wait(did, 5)
     assert progress["state"] == "done" and progress["settled"] and progress["version"] == "1.0.0"
-    assert progress["counts"] == {"pending": 0, "sending": 0, "done": 2, "skipped": 2, "failed": 0}
+    assert progress["counts"] == {"pending": 0, "sending": 0, "installed": 0, "done": 2, "skipped": 2, "failed": 0,
+                                  "rolled_back": 0}
+    # the cautious default: a first wave of one device (5 percent, at least one), then the rest
+    assert progress["waves"]["sizes"] == [1, 1] and [w["state"] for w in progress["waves"]["list"]] == ["done"] * 2
     by_id = {d["id"]: d for d in progress["devices"]}
     assert by_id["e0"]["state"] == "done" and by_id["e0"]["variant"] == "numpy"
     assert "257 KB of RAM but the device has 128 KB" in by_id["e2"]["reason"]
@@ -173,11 +176,14 @@ async def test_waves_go_in_order_and_a_failure_threshold_aborts_the_rest(fleet, 
     assert fleet.app[REGISTRY].devices_running("vib") == []
     # below the threshold every wave goes, one after the other
     order.clear()
-    later = ["e2", "e3", "e1", "e4", "e5"]  # waves follow the order given: e1 fails in wave 3 of 5
-    did = await manager.start("deploy", "vib", None, later, selection="true", waves=5, failure_threshold=0.5)
+    later = ["e2", "e1", "e3", "e4", "e5"]  # waves follow the order given: e1 fails in wave 1 of 2
+    did = await manager.start("deploy", "vib", None, later, selection="true", waves=2, failure_threshold=0.5)
     progress = await manager.wait(did, 5)
-    assert progress["state"] == "done" and order == later
+    assert progress["state"] == "done"        # 1 failed of the 2 wave 1 finished is not above 50 percent
+    assert set(order[:2]) == {"e2", "e1"} and set(order[2:]) == {"e3", "e4", "e5"}
     assert progress["counts"]["done"] == 4 and progress["counts"]["failed"] == 1
+    assert [(w["wave"], w["devices"], w["failed"], w["failed_share"]) for w in progress["waves"]["list"]] == \
+        [(1, 2, 1, 0.5), (2, 3, 0, 0.0)]
 
 
 async def test_offline_devices_get_theirs_when_they_reconnect(fleet, bundle):

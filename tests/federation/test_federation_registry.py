@@ -75,6 +75,26 @@ def test_opening_an_old_database_migrates_it(tmp_path):
         assert [v for (v,) in history] == [m.version for m in MIGRATIONS]
 
 
+def test_targets_written_before_rollouts_survive_the_rebuild_that_adds_their_new_states(tmp_path):
+    path = tmp_path / "v4.sqlite3"
+    conn = connect(path)
+    assert migrate(conn, target=4) == 4
+    conn.execute("INSERT INTO devices (id, created) VALUES ('e1', 1.0)")
+    conn.execute("INSERT INTO deployments (action, bundle, created, updated) VALUES ('deploy', 'vib', 1.0, 1.0)")
+    conn.execute("INSERT INTO deployment_targets VALUES (1, 'e1', 'failed', 'disk full', 'numpy', 2, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):   # the old table knows no 'installed'
+        conn.execute("UPDATE deployment_targets SET state = 'installed'")
+    conn.close()
+    with Registry(path) as reg:
+        (target,) = reg.deployment_targets(1)
+        assert (target.state, target.reason, target.variant, target.wave) == ("failed", "disk full", "numpy", 2)
+        reg.update_targets(1, [("e1", "installed", None)])
+        reg.update_targets(1, [("e1", "rolled_back", "rolled back")])
+        assert reg.deployment_target(1, "e1").state == "rolled_back"
+        indexes = [row[1] for row in reg._conn.execute("PRAGMA index_list(deployment_targets)")]
+        assert "deployment_targets_by_device" in indexes
+
+
 def test_migrations_are_ordered_and_a_failing_step_rolls_back(tmp_path):
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     conn = connect(tmp_path / "x.sqlite3")

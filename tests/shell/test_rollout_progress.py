@@ -287,3 +287,29 @@ def test_the_clients_watching_stops_between_two_polls_when_asked():
     started = time.monotonic()
     assert list(records) == []
     assert time.monotonic() - started < 10 and polls == ["7"]
+
+
+def test_a_staged_rollout_shows_its_wave_and_an_abort_with_its_rollback():
+    from streamql.shell.progress import is_complete, render_progress
+    record = {"action": "deploy", "model": "vib", "version": "2.0.0", "deployment": "7",
+              "wave": {"current": 2, "count": 3, "state": "running"},
+              "devices": {"e0": {"state": "done"}, "e1": {"state": "installed"}, "e2": {"state": "pending"}}}
+    lines = render_progress(record)
+    assert lines[2] == "wave 2 of 3 (running)" and "pending 2" in lines[1]   # installed: still running
+    finished = {**record, "complete": True, "wave": {**record["wave"], "current": 3, "sizes": [1, 1, 1]},
+                "devices": {d: {"state": "done"} for d in record["devices"]}}
+    assert render_progress(finished)[2:] == ["in 3 waves: 1, 1, 1", "complete"]
+    aborted = {**record, "complete": True,
+               "abort": {"wave": 1, "reason": "rollout aborted after wave 1: 2 of 2 devices failed, more than "
+                                              "10 percent", "rollback": "done"},
+               "devices": {"e0": {"state": "rolled_back", "reason": "autostart query q failed: boom; rolled back "
+                                                                     "to 1.0.0"},
+                           "e1": {"state": "rolled_back", "reason": "autostart query q failed: boom; rolled back "
+                                                                     "to 1.0.0"},
+                           "e2": {"state": "skipped", "reason": "rollout aborted after wave 1"}}}
+    lines = render_progress(aborted)
+    assert "3/3" in lines[1] and lines[1].endswith("· rolled back 2")
+    assert lines[2] == ("rollout aborted after wave 1: 2 of 2 devices failed, more than 10 percent; "
+                        "the installed devices were rolled back")
+    assert "  rolled back: autostart query q failed: boom; rolled back to 1.0.0: e0, e1" in lines
+    assert lines[-1] == "aborted" and is_complete({**aborted, "complete": False})

@@ -49,3 +49,23 @@ def test_rows_ctrl_c_on_an_endless_stream_and_ctrl_d(terminal, tmp_path):
     child.close()
     assert child.exitstatus == 0
     assert "select 'the session survived';" in (tmp_path / ".streamql_history").read_text()
+
+
+def test_ctrl_c_on_slow_streams_gives_the_prompt_back_at_once(terminal):
+    # sources that sleep long between items (or an operator that swallows them) used to hold the
+    # cancellation until their next item: the prompt came back only after the 2 s grace, if at all
+    child = terminal
+    child.expect(PROMPT)
+    for query in ("select stream of x from Real x where x in heartbeat(30);",
+                  "select stream of w from Vector of Real w where w in winagg(heartbeat(0.5), 1000, 1000);",
+                  "select stream of x from Integer x where x in diota(30, 1, 3);"):
+        child.send(query + "\r")
+        time.sleep(1.0)
+        interrupted = time.monotonic()
+        child.sendintr()
+        child.expect(r"\(cancelled after 0 rows[^)]*\)")
+        note = child.match.group(0)
+        child.expect(PROMPT)
+        assert time.monotonic() - interrupted < 2.0 and "still finishing" not in note, note
+    child.send("select 'still here';\r")
+    child.expect(r" still here\r\n\(1 row\)")

@@ -1,0 +1,99 @@
+"""A federation process and a process of simulated edge daemons (`streamql edge --simulate N`) on
+loopback, for end-to-end tests that need a fleet of their own (demo_process.py runs the demo)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import streamql
+from federation.testing import make_bundle
+from streamql.models import keygen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Fleet:
+    """A federation process and a process of simulated edges, on loopback."""
+
+    def __init__(self, data: Path, edges: int, *, offline: list[str] = (), federation_args: list[str] = ()):
+        self.data = data
+        self.log = open(data / "processes.log", "w")
+        self.children: list[subprocess.Popen] = []
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.key, self.pub = keygen(data / "release")
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._spawn(env, "federation", "--data", str(data / "fed"), "--port", str(port), "--trusted-key",
+                    str(self.pub), *federation_args, "--log-level", "warning")
+        token_file = data / "fed" / "admin.token"
+        self._until(lambda: token_file.exists() and self._healthy(), 60, "the federation did not start")
+        self.admin = token_file.read_text().strip()
+        self.client = streamql.connect(self.url, self.admin)
+        for device in offline:    # registered, never connected
+            self.client.provision(device, {"kind": "dumper", "region": "US"}, {"ram_kb": 1 << 20})
+        self._spawn(env, "edge", "--simulate", str(edges), "--federation", self.url, "--provision", self.admin,
+                    "--store", str(data / "edges"), "--seed", "5", "--trusted-key", str(self.pub),
+                    "--log-level", "warning")
+        self._until(lambda: sum(1 for e in self.client.edges() if e.get("online")) >= edges, 120,
+                    "the simulated edges did not come online")
+        self.online = sorted(e["id"] for e in self.client.edges() if e.get("online"))
+
+    def _spawn(self, env, *arguments: str) -> None:
+        self.children.append(subprocess.Popen([sys.executable, "-m", "streamql.cli", *arguments], stdout=self.log,
+                                              stderr=self.log, stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT)))
+
+    def _healthy(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    def _until(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if any(child.poll() is not None for child in self.children) or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{what}: see {self.data / 'processes.log'}")
+            time.sleep(0.2)
+
+    def upload(self, name: str, version: str, autostart: str) -> None:
+        data = make_bundle(self.data / "bundles", name, version, private_key=self.key,
+                           requirements={"signals": ["vibration"]},
+                           files={"functions.sql": f"create function {name}_version() -> Charstring as '{version}';\n",
+                                  f"autostart/{name}.sql": autostart})
+        self.client.upload_model(data)
+
+    def deploy(self, statement: str, timeout: float = 120) -> dict:
+        result = self.client.query(statement)
+        list(result)
+        assert result.deployment_id, statement
+        return self.client.wait_deployment(result.deployment_id, timeout)
+
+    def running(self, name: str) -> dict:
+        """device → the version of bundle `name` its own engine runs (asked of each device)."""
+        result = self.client.query(f"select id(e), {name}_version()@e from Edge e where online(e);")
+        return {**{d: None for d in self.online}, **dict(result)}
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        self.log.close()
