@@ -58,6 +58,7 @@ def create_app(config: FederationConfig) -> web.Application:
     app.cleanup_ctx.append(deployments_ctx)  # rollouts: need the hub
     app.cleanup_ctx.append(query_service_ctx)  # fleet queries: need all of the above
     app.on_shutdown.append(close_websockets)
+    app.on_shutdown.append(stop_statements)
     setup_routes(app)
     return app
 
@@ -163,6 +164,13 @@ async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         app[HUB].remove_observer(manager)
         await manager.close()
+
+
+async def stop_statements(app: web.Application) -> None:
+    """Shutting down: running statements stop, so their requests end instead of holding it up."""
+    stop = getattr(app.get(QUERY_SERVICE), "stop_all", None)
+    if stop is not None:
+        stop()
 
 
 async def query_service_ctx(app: web.Application) -> AsyncIterator[None]:

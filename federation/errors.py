@@ -68,3 +68,14 @@ class TooManyRequests(FederationError):
     def __init__(self, message: str, retry_after: float = 1.0):
         super().__init__(message)
         self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class Busy(FederationError):
+    """Every worker the federation runs statements in is taken: try again shortly."""
+
+    kind = "Busy"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: float = 2.0):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))

@@ -94,9 +94,18 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
         try:
             await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
         except asyncio.TimeoutError:
-            log.warning("shutdown took longer than %.0f s; leaving the rest", config.shutdown_timeout_s)
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+            log.warning("shutdown took longer than %.0f s; leaving the rest (%s)", config.shutdown_timeout_s,
+                        "; ".join(_where(t) for t in pending[:8]) or "nothing pending")
             return 1
     return 0
+
+
+def _where(task: asyncio.Task) -> str:
+    """Where a task waits, for the log of a slow shutdown."""
+    frames = task.get_stack(limit=1)
+    where = f" at {frames[0].f_code.co_filename.rsplit('/', 2)[-1]}:{frames[0].f_lineno}" if frames else ""
+    return f"{task.get_coro().__qualname__}{where}"
 
 
 def serve(config: FederationConfig, ssl_context=None, announce=lambda: None) -> int:

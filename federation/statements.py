@@ -32,7 +32,7 @@ from streamql.errors import FleetError, QueryCancelled, QueryError, Span
 from streamql.syntax import parse_one
 
 from federation.auth import Role
-from federation.errors import Forbidden
+from federation.errors import Busy, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
 
@@ -44,6 +44,7 @@ DEFINITIONS = (A.CreateType, A.CreateFunction, A.CreateTable, A.Drop)
 BATCH_ROWS = 512
 CHANNEL_BATCHES = 16
 STATUS_POLL_S = 0.25
+QUICK_WORKERS = 4           # threads for parsing and planning, apart from the statements that run
 FIRST_ROW_WAIT_S = 2.0      # how long a stream's response waits for its first row before it starts
 _END = object()
 
@@ -65,9 +66,11 @@ class StatementResult:
         self._task: asyncio.Future | None = None
         self._result = None
         self._finished = True                          # nothing more will come
+        self._stopped: str | None = None               # why the federation stopped it (shutting down)
 
     @classmethod
     def streaming(cls, result, pool: "StatementPool") -> "StatementResult":
+        """(The caller holds one of the pool's slots: the producer releases it when it ends.)"""
         """Rows of an engine Result, produced in a worker thread."""
         out = cls(result.columns, result.types, result.kind, status=result.status)
         out._finished = False
@@ -106,6 +109,12 @@ class StatementResult:
 
         out._result = result
         out._task = pool.submit(produce)
+        pool.running.add(out)
+
+        def done(_task) -> None:
+            pool.running.discard(out)
+            pool.release()
+        out._task.add_done_callback(done)
         return out
 
     async def first(self) -> None:
@@ -134,10 +143,12 @@ class StatementResult:
             yield self._ready.pop(0)
         while not self._finished:
             try:
-                item = await asyncio.wait_for(self._channel.get(), STATUS_POLL_S) if watch else \
-                    await self._channel.get()
+                item = await asyncio.wait_for(self._channel.get(), STATUS_POLL_S)
             except asyncio.TimeoutError:
                 item = None
+            if self._stopped is not None:
+                self._finished = True
+                raise QueryCancelled(self._stopped)
             if watch:
                 changes, version = self.status.changes(version)
                 for change in changes:
@@ -163,6 +174,15 @@ class StatementResult:
             return {}
         return self.status.to_dict(detail) if hasattr(self.status, "to_dict") else dict(self.status)
 
+    def stop(self, reason: str) -> None:
+        """Stop the statement now, from the event loop (the federation is shutting down): its
+        reader ends with QueryCancelled(reason) within a moment."""
+        self._stopped = reason
+        if self._cancel is not None:
+            self._cancel.set()
+        if self._result is not None and self._result.ctx is not None:
+            self._result.ctx.cancel.set()
+
     async def aclose(self) -> None:
         """Stop the statement (the client went away or was done)."""
         if self._cancel is not None:
@@ -175,20 +195,54 @@ class StatementResult:
 
 
 class StatementPool:
-    """The worker threads statements run in; at most `workers` at once, the rest wait."""
+    """The worker threads statements run in, never the event loop. A statement holds one of
+    `workers` slots while it compiles and runs (a stream, for as long as it streams); when none
+    frees within `wait_s` it is refused with 503 Busy and Retry-After, never queued for ever.
+    Parsing, explaining and definitions — short work — have a few threads of their own, so they
+    are answered however many streams run."""
 
-    def __init__(self, workers: int = 32):
+    def __init__(self, workers: int = 32, wait_s: float = 5.0):
         self.workers = workers
+        self.wait_s = wait_s
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="statement")
+        self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
+        self._slots: asyncio.Semaphore | None = None
+        self.running: set[StatementResult] = set()     # statements whose rows are being produced
+
+    async def acquire(self) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
+        except asyncio.TimeoutError:
+            raise Busy(f"all {self.workers} statement workers are busy; try again shortly") from None
+
+    def release(self) -> None:
+        self._slots.release()
 
     def submit(self, fn, *args) -> asyncio.Future:
+        """fn(*args) in a worker; the caller holds a slot (acquire) and releases it when done."""
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def call(self, fn, *args):
-        return await self.submit(fn, *args)
+        """A statement's whole work in a worker, holding a slot for as long as it takes."""
+        await self.acquire()
+        try:
+            return await self.submit(fn, *args)
+        finally:
+            self.release()
+
+    async def quick(self, fn, *args):
+        """Short work (parsing, a plan) on the threads kept for it."""
+        return await asyncio.get_running_loop().run_in_executor(self._quick, fn, *args)
+
+    def stop_all(self, reason: str) -> None:
+        for result in list(self.running):
+            result.stop(reason)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._quick.shutdown(wait=False, cancel_futures=True)
 
 
 class QueryService:
@@ -219,7 +273,7 @@ class QueryService:
     # ------------------------------------------------------------------------------ entry
     async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
                   device_timeout: float | None = None) -> StatementResult:
-        statement = await self.pool.call(parse_one, text)
+        statement = await self.pool.quick(parse_one, text)
         if isinstance(statement, A.Explain):
             return await self._explain(statement.statement, text)
         if isinstance(statement, DEPLOYMENT_STATEMENTS):
@@ -229,9 +283,14 @@ class QueryService:
             timeout = self.device_timeout if device_timeout is None else device_timeout
             name = principal_name(principal)
             limits = {**self.default_limits, **{k: v for k, v in (limits or {}).items() if v is not None}}
-            result = await self.pool.call(lambda: self.engine.query(
-                text, limits, fleet=self.access, principal=name, device_timeout=timeout))
-            return StatementResult.streaming(result, self.pool)
+            await self.pool.acquire()
+            try:
+                result = await self.pool.submit(lambda: self.engine.query(
+                    text, limits, fleet=self.access, principal=name, device_timeout=timeout))
+            except BaseException:
+                self.pool.release()
+                raise
+            return StatementResult.streaming(result, self.pool)   # it releases the slot when it ends
         _require(principal, "deploy")
         return await self.pool.call(self._statement, statement, text)
 
@@ -284,14 +343,19 @@ class QueryService:
                               (selection.declaration,), selection.where, span=selection.span)
             target_text = _selection_query(select, selection, text)
             try:
-                plan = await self.pool.call(lambda: self.engine.explain(target_text, fleet=self.access))
+                plan = await self.pool.quick(lambda: self.engine.explain(target_text, fleet=self.access))
             except QueryError as exc:
                 raise _relocated(exc, selection, text) from None
         else:
-            plan = await self.pool.call(lambda: self.engine.explain_text(statement, text, fleet=self.access))
+            plan = await self.pool.quick(lambda: self.engine.explain_text(statement, text, fleet=self.access))
         return StatementResult(["plan"], ["Charstring"], "explain", rows=[[line] for line in plan.splitlines()])
 
+    def stop_all(self) -> None:
+        """The federation is shutting down: every running statement stops (its client is told)."""
+        self.pool.stop_all("the federation is shutting down")
+
     async def aclose(self) -> None:
+        self.pool.stop_all("the federation is shutting down")
         self.pool.shutdown()
 
 

@@ -43,8 +43,8 @@ class Fleet:
         self.client = streamql.connect(self.url, self.admin)
         for device in offline:    # registered, never connected
             self.client.provision(device, {"kind": "dumper", "region": "US"}, {"ram_kb": 1 << 20})
-        self._spawn(env, "edge", "--simulate", str(edges), "--federation", self.url, "--provision", self.admin,
-                    "--store", str(data / "edges"), "--seed", "5", "--trusted-key", str(self.pub),
+        self._spawn(env, "edge", "--simulate", str(edges), "--federation", self.url, "--provision-token-file",
+                    str(token_file), "--store", str(data / "edges"), "--seed", "5", "--trusted-key", str(self.pub),
                     "--log-level", "warning")
         self._until(lambda: sum(1 for e in self.client.edges() if e.get("online")) >= edges, 120,
                     "the simulated edges did not come online")

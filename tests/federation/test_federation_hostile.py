@@ -43,7 +43,7 @@ async def test_zip_bombs_are_refused_quickly_with_bounded_memory_and_queries_sti
     foreign = signed_bomb(mallory, inflated_mib=1000)
     lying = signed_bomb(None, inflated_mib=3000, declared=1000)  # ~3 MiB inflating to ~3 GiB, said to be 1 KB
     baseline = fleet.rss_mb()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         _, deploy = await token(session, fleet, "deploy")
 
         async def upload(data: bytes) -> tuple[int, float, dict]:
@@ -68,7 +68,7 @@ async def test_zip_bombs_are_refused_quickly_with_bounded_memory_and_queries_sti
 
 async def test_deep_json_a_megabyte_statement_and_200_slowloris_clients(deployment):
     fleet = deployment
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         deep = '{"query": "select 1;", "limits": ' + "[" * 100_000 + "]" * 100_000 + "}"
         async with session.post(fleet.url + "/v1/query", data=deep, headers={
                 **fleet.header(), "Content-Type": "application/json"}) as resp:
@@ -96,7 +96,7 @@ async def test_deep_json_a_megabyte_statement_and_200_slowloris_clients(deployme
 
 async def test_a_device_with_an_oversized_hello_or_a_publish_flood_harms_nobody(deployment):
     fleet = deployment
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         tokens = {}
         for device in ("chatty", "flood"):
             async with session.post(fleet.url + "/v1/edges", json={"id": device}, headers=fleet.header()) as resp:
@@ -134,7 +134,7 @@ async def test_a_device_with_an_oversized_hello_or_a_publish_flood_harms_nobody(
 
 async def test_revocation_and_one_reader_holding_streams_it_never_reads(deployment):
     fleet = deployment
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         reader_id, reader = await token(session, fleet, "read")
         ws = await session.ws_connect(fleet.url + "/v1/query/ws", headers=fleet.header(reader))
         await ws.send_json({"type": "query", "id": "s", "query": UNREAD})
@@ -173,7 +173,7 @@ async def test_revocation_and_one_reader_holding_streams_it_never_reads(deployme
 
 async def test_sigterm_stops_the_federation_and_the_fleet_within_10_s(tmp_path):
     with Deployment(tmp_path, edges=5) as fleet:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             ws = await session.ws_connect(fleet.url + "/v1/query/ws", headers=fleet.header())
             await ws.send_json({"type": "query", "id": "s", "query": UNREAD})
             assert (await ws.receive_json(timeout=20))["type"] == "columns"

@@ -66,9 +66,10 @@ def free_port() -> int:
 
 
 class ConstantFleet:
-    def __init__(self, directory: Path, devices: list[Device] = DEVICES):
+    def __init__(self, directory: Path, devices: list[Device] = DEVICES, federation_args: list[str] = ()):
         self.dir = Path(directory)
         self.devices = list(devices)
+        self.federation_args = list(federation_args)
         self.procs: dict[str, subprocess.Popen] = {}
         self.tokens: dict[str, str] = {}     # device id → its token
         self._env: dict[str, dict] = {}
@@ -94,7 +95,7 @@ class ConstantFleet:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         fed = self.spawn("federation", "federation", "--data", str(data), "--port", str(port), "--heartbeat", "2",
-                         "--log-level", "warning")
+                         "--log-level", "warning", *self.federation_args)
         self.wait(self.healthy, 30, "the federation to listen", fed, "federation")
         self.admin = (data / "admin.token").read_text().strip()
         self.read = self.api("POST", "/v1/tokens", {"role": "read", "label": "fleet tests"})["token"]

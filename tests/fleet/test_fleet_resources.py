@@ -52,9 +52,9 @@ def timed(fleet, statement: str) -> tuple[float, list]:
 
 
 def test_clients_that_leave_cancel_their_statements(fleet):
-    streams = [open_stream(fleet, ENDLESS[i % len(ENDLESS)]) for i in range(40)]   # more than the pool has workers
+    streams = [open_stream(fleet, ENDLESS[i % len(ENDLESS)]) for i in range(12)]   # under the token's limit
     assert all(s.status == 200 for s in streams)
-    assert timed(fleet, "select 1;")[1] == [[1]]       # the others still answer while 40 streams run
+    assert timed(fleet, "select 1;")[1] == [[1]]       # the others still answer while 12 streams run
     for stream in streams:
         stream.close()                                   # the clients go away
     fleet.wait(lambda: running(fleet) == 0, 30, "every abandoned statement to be cancelled")
@@ -79,8 +79,24 @@ def test_a_statement_that_works_hard_does_not_stall_the_others(fleet):
     worker.join(60)
     assert slowest < 3 and sorted(answer) == sorted([d.id, d.battery] for d in DEVICES)
     status, _, error = outcome["answer"]
-    assert status == 200 and error["error"]["kind"] == "LimitError"    # stopped by its own limit
+    assert status == 400 and error["error"]["kind"] == "LimitError"    # stopped by its own limit, before any row
     assert fleet.online() == {d.id for d in DEVICES}
+
+
+def test_statements_past_the_pool_are_refused_not_queued(tmp_path):
+    fleet = ConstantFleet(tmp_path, DEVICES[:1], federation_args=["--statement-workers", "4"]).start()
+    try:
+        streams = [open_stream(fleet, ENDLESS[0]) for _ in range(4)]        # every worker taken
+        status, _, error = fleet.post("select 1;")
+        assert status == 503 and error["error"]["kind"] == "Busy"           # refused after the short wait
+        status, rows, _ = fleet.post("explain select 1;")
+        assert status == 200 and rows                                       # planning has threads of its own
+        streams[0].close()
+        fleet.wait(lambda: fleet.post("select 1;")[0] == 200, 30, "a worker to free when a client leaves")
+        for stream in streams[1:]:
+            stream.close()
+    finally:
+        fleet.stop()
 
 
 def test_sigterm_stops_the_federation_within_ten_seconds_whatever_runs(tmp_path):
