@@ -76,7 +76,13 @@ def test_the_demo_opens_the_shell_on_its_fleet_and_ctrl_d_stops_everything(tmp_p
         child.timeout = 60
         child.send("select count(e) from Edge e;\r")
         child.expect(rf" {EDGES}\r\n\(1 row\)")
+        child.expect(rf"{EDGES} selected · answered from the registry")   # no device was asked
         child.expect(prompt)                                # Ctrl-D only once the prompt is back
+        time.sleep(0.5)                                     # the terminal back in raw mode before typing
+        child.send("select count(e) from Edge e where (1 = 1)@e;\r")      # asked of every device
+        child.expect(rf" {EDGES}\r\n\(1 row\)")
+        child.expect(rf"{EDGES} answered · 0 failed")       # every device's outcome, after the rows
+        child.expect(prompt)
 
         started = _descendants(child.pid)
         assert len(started) >= 2, started                   # at least the federation and the fleet
