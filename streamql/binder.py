@@ -15,14 +15,14 @@ import numpy as np
 
 from . import ast as A
 from .bound import (BoundQuery, Conjunct, TAggregate, TAnd, TCall, TCase, TConst, TExpr, TField,
-                    TLet, TNarrow, TNot, TOr, TQuery, TStored, TVar, Variable)
+                    TLet, TNarrow, TNot, TOr, TQuery, TStored, TVar, Variable, replace_children)
 from .catalog import Catalog, DerivedFunction, StoredFunction
 from .errors import FleetError, QueryNameError, QueryTypeError, Span
-from .library.registry import AGGREGATE, SCALAR, Overload
+from .registry import AGGREGATE, SCALAR, Overload
 from .printer import to_source
 from .types import (BOOLEAN, CHARSTRING, CONSTRUCTORS, INTEGER, NULL, NUMBER, OBJECT, REAL, RECORD,
                     Type, bag_of, canonical_builtin, stream_of, substitute, type_of_value, vector_of)
-from .values import Bag
+from .values import Bag, make_vector
 
 AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median", "var"}
 
@@ -316,7 +316,7 @@ class Binder:
                 raise self.type_error(
                     f"{variables[node.name].written} must appear in the group by clause or be used inside "
                     "an aggregate function such as count, sum or avg", node.span or span)
-            return _replace_children(node, rewrite)
+            return replace_children(node, rewrite)
 
         return rewrite(expr)
 
@@ -607,7 +607,6 @@ class Binder:
             element = self.lattice.join(element, item.type)
         element = OBJECT if element == NULL else element
         if all(isinstance(i, TConst) for i in items):
-            from .library.vector import make_vector
             return TConst(Type("Vector", element), make_vector([i.value for i in items]), span=node.span)
         fn = self.library.overloads("vector")[0]
         return TCall(Type("Vector", element), fn, tuple(items), span=node.span)
@@ -896,65 +895,3 @@ def _retype(expr: TExpr, new_type: Type) -> TExpr:
         return replace(expr, type=new_type)
     except TypeError:
         return expr
-
-
-def _replace_children(node: TExpr, fn) -> TExpr:
-    """node with fn applied to each child expression; the same node when nothing changed
-    (queries are left alone)."""
-    kind = type(node)
-    replacer = _REPLACERS.get(kind)
-    if replacer is None:
-        replacer = next((r for base, r in _REPLACER_BASES if issubclass(kind, base)), _leaf)
-        _REPLACERS[kind] = replacer
-    return replacer(node, fn)
-
-
-def _leaf(node, fn):
-    return node
-
-
-def _replace_args(node, fn):
-    args = tuple(fn(a) for a in node.args)
-    return node if _same(args, node.args) else replace(node, args=args)
-
-
-def _replace_terms(node, fn):
-    terms = tuple(fn(t) for t in node.terms)
-    return node if _same(terms, node.terms) else replace(node, terms=terms)
-
-
-def _replace_operand(node, fn):
-    operand = fn(node.operand)
-    return node if operand is node.operand else replace(node, operand=operand)
-
-
-def _replace_case(node, fn):
-    whens = tuple((fn(c), fn(v)) for c, v in node.whens)
-    otherwise = None if node.otherwise is None else fn(node.otherwise)
-    if otherwise is node.otherwise and all(a is c and b is v for (a, b), (c, v) in zip(whens, node.whens)):
-        return node
-    return replace(node, whens=whens, otherwise=otherwise)
-
-
-def _replace_target(node, fn):
-    target = fn(node.target)
-    return node if target is node.target else replace(node, target=target)
-
-
-def _replace_let(node, fn):
-    value, body = fn(node.value), fn(node.body)
-    return node if value is node.value and body is node.body else replace(node, value=value, body=body)
-
-
-# a lookup by the node's class: the rewrites of the binder and optimizer call this for every node
-_REPLACER_BASES = ((TCall, _replace_args), (TStored, _replace_args), (TAnd, _replace_terms),
-                   (TOr, _replace_terms), (TNot, _replace_operand), (TNarrow, _replace_operand),
-                   (TCase, _replace_case), (TField, _replace_target), (TLet, _replace_let))
-_REPLACERS: dict[type, object] = {}
-
-
-def _same(new: tuple, old: tuple) -> bool:
-    return all(a is b for a, b in zip(new, old))
-
-
-replace_children = _replace_children

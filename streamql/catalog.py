@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import ast as A
-from .library.registry import Library, Param
+from .registry import Library, Param
 from .types import Type, TypeLattice
 
 

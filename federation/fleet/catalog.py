@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from streamql import ast as A
 from streamql.bound import TAt, TExpr, TVar
 from streamql.errors import FleetError, QueryNameError, QueryTypeError
-from streamql.library.registry import SOURCE, Library, Overload, Param
+from streamql.registry import SOURCE, Library, Overload, Param
 from streamql.types import (BOOLEAN, CHARSTRING, EDGE, OBJECT, RECORD, TIME, Type, bag_of)
 from streamql.values import Bag, EdgeRef, Time
 

@@ -17,10 +17,10 @@ import numpy as np
 from streamql import ast as A
 from streamql.batch import IDLE
 from streamql.bound import Conjunct, TConst
-from streamql.compiler import physical_plan, plan_query, query_values
+from streamql.compiler import ExpressionCompiler, physical_plan, plan_query
 from streamql.errors import QueryError, QueryRuntimeError
 from streamql.physical.chunk import Chunk, column_values, make_column
-from streamql.physical.expressions import ExprCompiler, as_mask, full_column
+from streamql.physical.compiled import as_mask, full_column
 from streamql.physical.operators import _stable_order
 from streamql.types import EDGE, bag_of
 from streamql.values import Bag, EdgeRef, Time, hashable
@@ -87,13 +87,7 @@ class FleetRun:
         self.limits = dict(limits or {})
         self.status: dict[str, dict] = {}
         self.ctx = engine.new_context()
-        optimize = engine._optimizer() if engine.optimize_enabled else None
-
-        def compile_subquery(query):
-            sub = physical_plan(plan_query(query, None, optimize), self.ctx, optimize)
-            return lambda outer: query_values(sub.run(outer), len(query.items))
-
-        self.compiler = ExprCompiler(self.ctx, compile_subquery)
+        self.compiler = ExpressionCompiler(self.ctx, None, engine._optimizer() if engine.optimize_enabled else None)
         self._tasks: list[asyncio.Task] = []
         self._closed = False
 

@@ -97,8 +97,8 @@ class QueryService:
         else:
             ids = list(self.index.iter_ids())
         if plan.candidates_from is not None:
-            from streamql.physical.expressions import ExprCompiler
-            chosen = ExprCompiler(self.engine.new_context()).compile(plan.candidates_from).row({})
+            from streamql.compiler import compile_expression
+            chosen = compile_expression(plan.candidates_from, self.engine.new_context()).row({})
             allowed = {edge.id for edge in chosen}
             ids = [i for i in ids if i in allowed]
         return ids

@@ -6,14 +6,14 @@ for fleets: a partial aggregate computed on every edge and a merge on the federa
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import QueryRuntimeError
+from ..registry import AGGREGATE, AggregateSplit, Library
 from ..streams import to_column
 from ..types import INTEGER, REAL, Type, vector_of
-from .registry import AGGREGATE, AggregateSplit, Library
+from ..values import as_numeric_array
+from .vector import check_int_sums
 
 
 def values_of(bag):
@@ -25,7 +25,6 @@ def values_of(bag):
         else:
             return column
     kept = [v for v in column if v is not None]
-    from ..streams import as_numeric_array
     converted = as_numeric_array(kept)
     return converted if converted is not None else kept
 
@@ -52,7 +51,6 @@ def agg_sum(bag):
     values = _numeric(values_of(bag), "sum")
     if len(values) == 0:
         return 0
-    from .vector import check_int_sums
     check_int_sums(values, 0)
     return _py(values.sum(axis=0))
 

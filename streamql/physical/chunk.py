@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..values import as_numeric_array
+
 
 class Chunk(dict):
     __slots__ = ("n",)
@@ -62,7 +64,6 @@ def chunk_from_rows(rows: list[dict], names: list[str] | None = None) -> Chunk:
 
 def make_column(values: list):
     """A list of values as the best column: numeric → numpy array, else the list itself."""
-    from ..streams import as_numeric_array
     converted = as_numeric_array(values)
     return converted if converted is not None else values
 
