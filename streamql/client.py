@@ -29,9 +29,13 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgpack
+
 from . import codec
 from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError, QueryNameError,
                      QueryParseError, QueryRuntimeError, QueryTypeError, QueryValidationError, Span, StoreError)
+from .library import default_library
+from .syntax import parse
 
 __all__ = ["connect", "Federation", "FederationResult", "AsyncFederationResult", "FederationRequestError",
            "FederationUnavailable"]
@@ -193,7 +197,6 @@ class Federation:
     def execute(self, script: str) -> list["FederationResult"]:
         """Run every statement of a script in order; one result each (bag, vector, explain and
         statement results are read completely before the next statement runs, as on an Engine)."""
-        from .syntax import parse
 
         results = []
         for statement in parse(script):
@@ -234,7 +237,6 @@ class Federation:
     def functions(self) -> list[dict]:
         """The functions statements may call: the built-in library (the federation runs the same
         one), the fleet functions of LANGUAGE.md §8 and one function per metadata key."""
-        from .library import default_library
 
         out = default_library().describe()
         fleet = [(name, signature, doc) for name, signature, doc in FLEET_FUNCTIONS]
@@ -355,7 +357,6 @@ class _Decoder:
         self.buffer = bytearray()
         self.offset = 0
         if self.msgpack:
-            import msgpack
             self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=256 << 20)
             self._out_of_data = msgpack.OutOfData
 
@@ -504,7 +505,7 @@ class AsyncFederationResult(_ResultBase):
         """Send the statement (done by the first `__anext__` too); errors before any row raise here."""
         if self._response is not None:
             return self
-        import aiohttp
+        import aiohttp  # only the async client needs it: imported when one is used
 
         fed = self.federation
         self._session = aiohttp.ClientSession()

@@ -25,6 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .client import connect
+from .models import keygen, pack, sign
+from .shell import main as shell_main
+
 EXAMPLE_STATEMENTS = """\
 Try, in the shell (or \\read one of the files in {examples}):
 
@@ -59,7 +63,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .models import keygen, pack, sign
     temporary = args.data is None
     data = Path(args.data or tempfile.mkdtemp(prefix="streamql-demo-"))
     data.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,7 @@ def run(args) -> int:
                                 "--log-level", "warning"], log))
         online = _wait_for_edges(url, admin, args.edges, children[1])
         print(f"  {online} edges online")
-        import streamql
-        fleet = streamql.connect(url, admin)
+        fleet = connect(url, admin)
         for path in bundles:
             uploaded = fleet.upload_model(path.read_bytes())
             print(f"  bundle {uploaded['name']} {uploaded['version']} uploaded, signed by key "
@@ -103,7 +105,6 @@ def run(args) -> int:
                 while all(child.poll() is None for child in children):
                     time.sleep(0.5)
             return 0
-        from .shell import main as shell_main
         return shell_main(argparse.Namespace(federation=url, token=admin, store=None,
                                              history=str(data / "shell_history")))
     finally:
