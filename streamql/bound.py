@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from .errors import Span
-from .types import BOOLEAN, Type
+from .types import Type
 from .values import hashable
 
 _span = lambda: field(default=None, compare=False, repr=False, kw_only=True)  # noqa: E731
@@ -354,10 +354,6 @@ def _cache_hashes() -> None:
 
 
 _cache_hashes()
-
-
-def const_true(span=None) -> TConst:
-    return TConst(BOOLEAN, True, span=span)
 
 
 # ------------------------------------------------------------------------------- rewriting

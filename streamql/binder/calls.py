@@ -54,13 +54,9 @@ class CallBinding:
                 raise self.type_error(f"{node.name} takes {len(user[0].params)} arguments, got {len(args)}: "
                                       f"{user[0].signature}", node.span)
         if name not in self.library:
-            candidates = self.library.names() + [n for n in self._user_function_names()]
+            candidates = self.library.names() + self.catalog.user_function_names()
             raise self.name_error(f"unknown function {node.name}{self._suggest(name, candidates)}", node.span)
         return self._call_overloads(name, args, node.span, node)
-
-    def _user_function_names(self):
-        names = getattr(self.catalog, "user_function_names", None)
-        return names() if names else []
 
     def _bind_user_call(self, functions, args: list[TExpr], node: A.Call, scope: Scope) -> TExpr:
         function = functions[0]

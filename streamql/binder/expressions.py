@@ -35,8 +35,7 @@ class ExpressionBinding:
             hint = self._suggest(name, visible)
             if not hint and (name in self.library or self.catalog.user_functions(name)):
                 hint = f" ({node.name} is a function: call it as {node.name}(…))"
-            find_model = getattr(self.catalog, "model", None)
-            if not hint and find_model is not None and find_model(node.name) is not None:
+            if not hint and self.catalog.model(node.name) is not None:
                 hint = f" ({node.name} is a model: name it with a string, '{node.name}')"
             raise self.name_error(f"unknown variable {node.name}{hint}", node.span)
         if isinstance(found, TExpr):  # an inlined function parameter

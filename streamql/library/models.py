@@ -62,9 +62,8 @@ def predict_batch(ctx, n: int, name, x):
 
 def _predict_type(catalog, args):
     name = args[0]
-    find = getattr(catalog, "model", None)
-    if isinstance(name, TConst) and isinstance(name.value, str) and find is not None:
-        entry = find(name.value)
+    if isinstance(name, TConst) and isinstance(name.value, str):
+        entry = catalog.model(name.value)
         if entry is not None:
             outputs = getattr(entry.model, "output_names", None) or ()
             return RECORD if len(outputs) > 1 else vector_of(REAL)

@@ -17,6 +17,7 @@ import numpy as np
 from ..arithmetic import dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..errors import QueryRuntimeError
 from ..registry import Library
+from ..streams import LazyBag
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
 from ..values import Bag, Time, format_value, make_vector, values_equal
 
@@ -93,10 +94,6 @@ def _vector_result(types, args) -> Type:
     if all(e == INTEGER for e in elements):
         return vector_of(INTEGER)
     return vector_of(REAL)
-
-
-def _numeric_vector(t: Type) -> bool:
-    return t.is_vector and (t.element.is_numeric or t.element in (OBJECT, NULL))
 
 
 def _dynamic(op_name: str, python_op):
@@ -179,7 +176,7 @@ def _vector_equal_batch(a, b):
 def _in(x, collection) -> bool:
     if x is None:
         return False
-    if hasattr(collection, "column"):  # a LazyBag
+    if isinstance(collection, LazyBag):
         collection = collection.column()
     if isinstance(collection, Bag):
         collection = collection.items

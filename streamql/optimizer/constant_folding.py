@@ -16,6 +16,7 @@ from .. import logical as L
 from ..bound import TAnd, TCall, TCase, TConst, TExpr, TNarrow, TNot, TOr
 from ..errors import QueryError
 from ..registry import SCALAR
+from ..streams import LazyBag, StreamValue
 from ..types import BOOLEAN, value_fits
 from .tree import nodes_of, relink, rewrite, walk_all
 
@@ -55,7 +56,7 @@ def _fold_node(node: TExpr) -> TExpr | None:
             value = fn.scalar(*values, options=node.options) if node.options else fn.scalar(*values)
         except (QueryError, ArithmeticError, ValueError, TypeError, IndexError, KeyError):
             return None
-        if hasattr(value, "open"):  # streams and lazy bags are recipes, not values
+        if isinstance(value, (StreamValue, LazyBag)):  # recipes, not values
             return None
         return TConst(node.type, value, span=node.span)
     if isinstance(node, TAnd):

@@ -115,7 +115,7 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
     span = expr.span
     name = fn.name
     # constants may go to the batch form as plain scalars, unless all are: a column must come out
-    batch_scalars = getattr(fn, "batch_scalars", False) and not all(a.const for a in args)
+    batch_scalars = fn.batch_scalars and not all(a.const for a in args)
     needs_context = fn.needs_context
     convert = result_type.is_numeric or result_type == BOOLEAN or result_type == OBJECT or result_type.is_vector
 

@@ -81,7 +81,7 @@ class ExprCompiler:
         null_propagating = fn.null_propagating
         label = fn.name
         element_is_timeval = expr.args[position].type.element.name == "Timeval"
-        batch_scalars = getattr(fn, "batch_scalars", False)
+        batch_scalars = fn.batch_scalars
         ctx = self.ctx
 
         def make(values: list) -> StreamValue:

@@ -15,7 +15,7 @@ from ..arithmetic import np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..bound import TAnd, TCall, TConst, TExpr, TKernel, TNot, TOr, TVar
 from .compiled import Compiled
 
-_BINARY = {  # operator → (numpy template, Python template)
+BINARY_TEMPLATES = {  # operator → (numpy template, Python template)
     "+": ("({a} + {b})", "({a} + {b})"),
     "-": ("({a} - {b})", "({a} - {b})"),
     "*": ("({a} * {b})", "({a} * {b})"),
@@ -29,7 +29,7 @@ _BINARY = {  # operator → (numpy template, Python template)
     "=": ("({a} == {b})", "({a} == {b})"),
     "!=": ("({a} != {b})", "({a} != {b})"),
 }
-_UNARY = {
+UNARY_TEMPLATES = {
     "neg": ("(-{a})", "(-{a})"),
     "sqrt": ("_np.sqrt({a})", "_sqrt({a})"),
     "exp": ("_np.exp({a})", "_exp({a})"),
@@ -115,10 +115,10 @@ def _source(expr: TExpr, inputs: list[str], numpy: bool) -> str:
             "_math.inf" if expr.value > 0 else "-_math.inf" if expr.value < 0 else "_math.nan")
     if isinstance(expr, TCall):
         parts = [_source(a, inputs, numpy) for a in expr.args]
-        if expr.fn.name in _BINARY:
-            template = _BINARY[expr.fn.name][0 if numpy else 1]
+        if expr.fn.name in BINARY_TEMPLATES:
+            template = BINARY_TEMPLATES[expr.fn.name][0 if numpy else 1]
             return template.format(a=parts[0], b=parts[1])
-        template = _UNARY[expr.fn.name][0 if numpy else 1]
+        template = UNARY_TEMPLATES[expr.fn.name][0 if numpy else 1]
         return template.format(a=parts[0])
     if isinstance(expr, (TAnd, TOr)):
         parts = [_source(t, inputs, numpy) for t in expr.terms]

@@ -62,17 +62,8 @@ class _Star:
     """Marks `select *`."""
 
 
-def _kept(children):
-    """Children that are nodes or values: no tokens (keywords, brackets) and no empty placeholders."""
-    return [c for c in children if c is not None and (not isinstance(c, Token) or c.type == "NAME_VALUE")]
-
-
 def _names(children):
     return [str(c) for c in children if isinstance(c, Token) and c.type == "NAME_VALUE"]
-
-
-def _has(children, token_type: str) -> bool:
-    return any(isinstance(c, Token) and c.type == token_type for c in children)
 
 
 class _Signed:
