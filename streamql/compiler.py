@@ -12,7 +12,7 @@ from typing import Callable
 from . import ast as A
 from .binder import Binder
 from .bound import BoundQuery, TExpr
-from .logical import LogicalPlan, Planner, plan_subqueries, with_subplans
+from .logical import LogicalPlan, Planner, plan_subqueries, planned_once, with_subplans
 from .physical.compiled import Compiled
 from .physical.operators import PhysicalPlan, expression_compiler, query_values
 
@@ -51,7 +51,7 @@ class ExpressionCompiler:
 
     def __init__(self, ctx, source: str | None = None, optimize: Optimize | None = None):
         self._compiler = expression_compiler(ctx)
-        self._plan = lambda query: plan_query(query, source, optimize)
+        self._plan = planned_once(lambda query: plan_query(query, source, optimize))
 
     def compile(self, expr: TExpr) -> Compiled:
         return self._compiler.compile(with_subplans(expr, self._plan))

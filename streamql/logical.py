@@ -372,12 +372,24 @@ def _count_window(source: TExpr) -> tuple[TExpr, int, int] | None:
 
 
 def plan_subqueries(plan: LogicalPlan, plan_query: Callable[[BoundQuery], LogicalPlan]) -> LogicalPlan:
-    """Give every nested query in the plan's expressions its own plan, made by `plan_query`."""
-    def give_plan(expr: TExpr) -> TExpr:
-        return with_subplans(expr, plan_query)
+    """Give every nested query in the plan's expressions its own plan, made by `plan_query`
+    (once per query, wherever it occurs: `order by 1` repeats a select item)."""
+    plan_once = planned_once(plan_query)
     for node in plan.root.chain():
-        node.map_expressions(give_plan)
+        node.map_expressions(lambda expr: with_subplans(expr, plan_once))
     return plan
+
+
+def planned_once(plan_query: Callable[[BoundQuery], LogicalPlan]) -> Callable[[BoundQuery], LogicalPlan]:
+    """`plan_query`, remembering each query's plan."""
+    plans: dict[int, tuple[BoundQuery, LogicalPlan]] = {}
+
+    def plan_once(query: BoundQuery) -> LogicalPlan:
+        known = plans.get(id(query))
+        if known is None:
+            known = plans[id(query)] = (query, plan_query(query))   # the query kept: its id stays its own
+        return known[1]
+    return plan_once
 
 
 def with_subplans(expr: TExpr, plan_query: Callable[[BoundQuery], LogicalPlan]) -> TExpr:

@@ -48,15 +48,14 @@ def count_windows(items, size: int, stride: int, shape, ctx=None):
                 if skip:
                     skip -= 1
                     continue
-                if pending is None:
-                    pending = []
-                elif isinstance(pending, np.ndarray):
-                    pending = list(pending)
+                if type(pending) is not list:   # None, or an array left by a batch
+                    pending = [] if pending is None else list(pending)
                 pending.append(item)
-                if hold is not None and not len(pending) & 1023:   # every 1024 readings: cheap
-                    previous, held = held, len(pending) * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
+                waiting = len(pending)
+                if hold is not None and not waiting & 1023:   # every 1024 readings: cheap
+                    previous, held = held, waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
                     hold(held - previous)
-                if len(pending) >= size:
+                if waiting >= size:
                     yield shape.one(pending[:size])
                     if stride < size:
                         del pending[:stride]
