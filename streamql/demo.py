@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 from .client import connect
@@ -121,7 +122,6 @@ def run(args) -> int:
 def _examples_dir() -> Path:
     """The examples: in the wheel (streamql.examples) or, from a checkout, the repository's."""
     try:
-        from importlib import resources
         root = resources.files("streamql.examples")
         path = Path(str(root))
         if (path / "bundles").is_dir():
