@@ -60,7 +60,7 @@ def use_bytecode_cache(directory: Path) -> None:
     subprocess.run([sys.executable, "-c", "import streamql.cli, edge_engine.daemon, edge_engine.simulate, "
                     "streamql.engine, streamql.models, streamql.models.tflite, edge_engine.cli, zipfile; "
                     "import ai_edge_litert.interpreter, ai_edge_litert.schema_py_generated; "
-                    "from streamql.models import signing; signing._crypto(); "
+                    "from streamql.models import signing; "
                     "from cryptography.hazmat.primitives import serialization"],
                    cwd=ROOT, env=CHILD_ENV, check=True)
 

@@ -5,24 +5,16 @@
     for row in engine.query("select x * 2 from Integer x where x in iota(1, 3);"):
         print(row)
 """
-from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError, QueryNameError,
-                     QueryParseError, QueryRuntimeError, QueryTypeError, QueryValidationError, StoreError)
-from .syntax import parse, parse_one
-from .values import Bag, EdgeRef, FunctionRef, Obj, Time, Timeval
-
 __version__ = "0.1.0"
 
-
-def __getattr__(name):
-    # The engine pulls in numpy and the whole library: import it only when asked for.
-    if name in ("Engine", "Result", "QueryHandle"):
-        from . import engine, result
-        return {"Engine": engine.Engine, "Result": result.Result, "QueryHandle": result.QueryHandle}[name]
-    if name == "connect":
-        from .client import connect
-        return connect
-    raise AttributeError(f"module 'streamql' has no attribute {name!r}")
-
+from .client import connect  # noqa: E402  (the version is set first: the shell prints it)
+from .engine import Engine  # noqa: E402
+from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError,  # noqa: E402
+                     QueryNameError, QueryParseError, QueryRuntimeError, QueryTypeError,
+                     QueryValidationError, StoreError)
+from .result import QueryHandle, Result  # noqa: E402
+from .syntax import parse, parse_one  # noqa: E402
+from .values import Bag, EdgeRef, FunctionRef, Obj, Time, Timeval  # noqa: E402
 
 __all__ = ["Engine", "Result", "QueryHandle", "connect", "parse", "parse_one", "QueryError", "QueryParseError",
            "QueryTypeError", "QueryNameError", "QueryRuntimeError", "QueryLimitError", "QueryCancelled",

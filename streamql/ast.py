@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Union
 
 from .errors import Span
+from .printer import to_source
 
 _span = lambda: field(default=None, compare=False, repr=False, kw_only=True)  # noqa: E731
 
@@ -489,5 +490,3 @@ def conjoin(terms: list[Expr]) -> Expr | None:
         result = term if result is None else And(result, term, span=(result.span.merge(term.span) if result.span else term.span))
     return result
 
-
-from .printer import to_source  # noqa: E402  (the printer needs the node classes above)

@@ -55,15 +55,3 @@ class _Idle:
 
 IDLE = _Idle()
 """Yielded by live sources when nothing arrived for a while; operators pass it along."""
-
-
-def concat_values(parts: list) -> Any:
-    """Join the values of several batches into one column."""
-    if not parts:
-        return np.empty(0)
-    if all(isinstance(p, np.ndarray) for p in parts):
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-    out: list = []
-    for p in parts:
-        out.extend(p.tolist() if isinstance(p, np.ndarray) and p.ndim == 1 else list(p))
-    return out

@@ -1,13 +1,18 @@
 """The typed tree the binder produces: expressions with their types, resolved functions and
 variables, and queries with typed conjuncts. Structural equality (spans excluded) lets the
-optimizer find common subexpressions."""
+optimizer find common subexpressions.
+
+A few nodes exist only in optimized plans (`TKernel`, `TSourceFilter`, `TTake`): optimizer rules
+make them, and the physical layer chooses how to run them. `replace_children` rebuilds any node
+with new children, for the binder's and the rules' rewrites.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from .errors import Span
-from .types import BOOLEAN, Type
+from .types import Type
 from .values import hashable
 
 _span = lambda: field(default=None, compare=False, repr=False, kw_only=True)  # noqa: E731
@@ -108,7 +113,7 @@ class TCall(TExpr):
     """A call of a library overload. `lift` is 'stream' when a scalar function maps over a
     stream argument (`sqrt(siota(1, 10))`), else None."""
 
-    fn: Any  # library.registry.Overload (compared by identity)
+    fn: Any  # registry.Overload (compared by identity)
     args: tuple[TExpr, ...] = ()
     lift: str | None = None
     options: tuple = ()  # static extras some functions need (e.g. a cast's target type)
@@ -211,9 +216,11 @@ class TLet(TExpr):
 
 @dataclass(frozen=True)
 class TQuery(TExpr):
-    """A nested query used as a value: a Bag, Vector or Stream."""
+    """A nested query used as a value: a Bag, Vector or Stream. `plan` is its logical plan, given
+    before the physical plan is built (compiler.plan_query plans every nested query)."""
 
     query: Any = None  # BoundQuery
+    plan: Any = field(default=None, compare=False, repr=False)  # logical.LogicalPlan
 
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -263,6 +270,54 @@ class TAggregate(TExpr):
         return () if self.arg is None else (self.arg,)
 
 
+# ------------------------------------------------------------------------- plan expressions
+@dataclass(frozen=True)
+class TKernel(TExpr):
+    """A tree of elementwise arithmetic, comparisons and math on numbers, run as one kernel
+    (made by elementwise_fusion; physical/kernels.py generates the code). `expr` is what it
+    computes, also what runs when an input is not a plain numeric column."""
+
+    expr: TExpr = None
+
+    def children(self):
+        return (self.expr,)
+
+
+# What a kernel may hold: elementwise_fusion picks only these, physical/kernels.py runs each.
+KERNEL_BINARY = frozenset({"+", "-", "*", "/", "%", "^", "<", "<=", ">", ">=", "=", "!="})
+KERNEL_UNARY = frozenset({"neg", "sqrt", "exp", "log", "sin", "cos", "tan", "abs"})
+
+
+@dataclass(frozen=True)
+class TSourceFilter(TExpr):
+    """A stream or bag whose elements are filtered as they are produced (predicate_pushdown):
+    each element, named `variable`, is kept when `predicate` holds, after a check against the
+    declared type `narrow` when there is one."""
+
+    source: TExpr = None
+    variable: str = ""
+    predicate: TExpr = None
+    narrow: Any = None  # types.Type | None
+
+    def children(self):
+        return (self.source, self.predicate)
+
+    def _compute_free(self) -> frozenset[str]:
+        # the predicate reads only the element it tests, which the filter itself binds
+        return self.source.free_variables() | (self.predicate.free_variables() - {self.variable})
+
+
+@dataclass(frozen=True)
+class TTake(TExpr):
+    """The first `count` elements of a stream or bag (limit_pushdown): the source stops after them."""
+
+    source: TExpr = None
+    count: int = 0
+
+    def children(self):
+        return (self.source,)
+
+
 def _exact(value):
     """A key equal only for the very same constant: 0.0 and -0.0 differ (atan2 and 1/x tell them
     apart), and nan equals nan; everything else as values compare."""
@@ -275,7 +330,7 @@ def _cache_hashes() -> None:
     """Frozen dataclasses hash their whole tree on every call; typed trees are immutable, so each
     node keeps its hash after the first time (the optimizer hashes subtrees a lot)."""
     for cls in (TExpr, TConst, TVar, TCall, TStored, TField, TAnd, TOr, TNot, TCase, TNarrow, TLet, TAt,
-                TAggregate):
+                TAggregate, TKernel, TSourceFilter, TTake):
         original = cls.__dict__.get("__hash__")
         if original is None:
             continue
@@ -302,8 +357,82 @@ def _cache_hashes() -> None:
 _cache_hashes()
 
 
-def const_true(span=None) -> TConst:
-    return TConst(BOOLEAN, True, span=span)
+# ------------------------------------------------------------------------------- rewriting
+def replace_children(node: TExpr, fn) -> TExpr:
+    """node with fn applied to each child expression; the same node when nothing changed
+    (queries and aggregates are left alone: they are rewritten where they are planned)."""
+    kind = type(node)
+    replacer = _REPLACERS.get(kind)
+    if replacer is None:
+        replacer = next((r for base, r in _REPLACER_BASES if issubclass(kind, base)), _leaf)
+        _REPLACERS[kind] = replacer
+    return replacer(node, fn)
+
+
+def _leaf(node, fn):
+    return node
+
+
+def _replace_args(node, fn):
+    args = tuple(fn(a) for a in node.args)
+    return node if _same(args, node.args) else replace(node, args=args)
+
+
+def _replace_terms(node, fn):
+    terms = tuple(fn(t) for t in node.terms)
+    return node if _same(terms, node.terms) else replace(node, terms=terms)
+
+
+def _replace_operand(node, fn):
+    operand = fn(node.operand)
+    return node if operand is node.operand else replace(node, operand=operand)
+
+
+def _replace_case(node, fn):
+    whens = tuple((fn(c), fn(v)) for c, v in node.whens)
+    otherwise = None if node.otherwise is None else fn(node.otherwise)
+    if otherwise is node.otherwise and all(a is c and b is v for (a, b), (c, v) in zip(whens, node.whens)):
+        return node
+    return replace(node, whens=whens, otherwise=otherwise)
+
+
+def _replace_target(node, fn):
+    target = fn(node.target)
+    return node if target is node.target else replace(node, target=target)
+
+
+def _replace_let(node, fn):
+    value, body = fn(node.value), fn(node.body)
+    return node if value is node.value and body is node.body else replace(node, value=value, body=body)
+
+
+def _replace_kernel(node, fn):
+    expr = fn(node.expr)
+    return node if expr is node.expr else replace(node, expr=expr)
+
+
+def _replace_source_filter(node, fn):
+    source, predicate = fn(node.source), fn(node.predicate)
+    if source is node.source and predicate is node.predicate:
+        return node
+    return replace(node, source=source, predicate=predicate)
+
+
+def _replace_source(node, fn):
+    source = fn(node.source)
+    return node if source is node.source else replace(node, source=source)
+
+
+# a lookup by the node's class: the rewrites of the binder and optimizer call this for every node
+_REPLACER_BASES = ((TCall, _replace_args), (TStored, _replace_args), (TAnd, _replace_terms),
+                   (TOr, _replace_terms), (TNot, _replace_operand), (TNarrow, _replace_operand),
+                   (TCase, _replace_case), (TField, _replace_target), (TLet, _replace_let),
+                   (TKernel, _replace_kernel), (TSourceFilter, _replace_source_filter), (TTake, _replace_source))
+_REPLACERS: dict[type, object] = {}
+
+
+def _same(new: tuple, old: tuple) -> bool:
+    return all(a is b for a, b in zip(new, old))
 
 
 # -------------------------------------------------------------------------------------- queries

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import ast as A
-from .library.registry import Library, Param
+from .registry import Library, Param
 from .types import Type, TypeLattice
 
 
@@ -85,6 +85,9 @@ class Table:
 
 
 class Catalog(Protocol):
+    """What the binder asks. A federation's catalog may also have `bind_at_edge(binder, node,
+    scope)`, which binds `expr @ e`; without it, `@` is an error that asks for a federation."""
+
     library: Library
     lattice: TypeLattice
 
@@ -97,6 +100,9 @@ class Catalog(Protocol):
     def user_functions(self, name: str) -> list[StoredFunction | DerivedFunction]:
         """Stored and derived functions by case-insensitive name."""
 
+    def user_function_names(self) -> list[str]:
+        """Every stored and derived function's name (for suggestions)."""
+
     def session_variable(self, name: str) -> Any:
         """The value of `:name`; KeyError when unset."""
 
@@ -106,6 +112,9 @@ class Catalog(Protocol):
     def signal_names(self) -> list[str] | None:
         """The signals there are now (optional: None, or no such method, when the catalog cannot
         tell — a federation's edges check their own)."""
+
+    def model(self, name: str):
+        """A model by name (its registry entry), or None."""
 
     def has_extent(self, type_: Type) -> bool:
         """Whether the objects of a type can be enumerated (user types, tables, Edge on a federation)."""

@@ -1,5 +1,5 @@
-"""The `streamql` command. Subcommands import their packages only when used, so a device that
-only runs `streamql edge` never loads the shell, and `edge_engine`/`federation` stay optional.
+"""The `streamql` command. `edge` and `federation` dispatch to their packages, imported only when
+the parser is built and skipped when they are not installed, so both stay optional.
 
     streamql                       the interactive shell on a local engine
     streamql shell [--federation URL [--token-file PATH]]   (or $STREAMQL_TOKEN; --token T shows in ps)
@@ -17,11 +17,20 @@ import argparse
 import sys
 from typing import Callable
 
+from . import __version__
+from .client_cli import add_token_arguments, token_from
+from .client_cli import register as register_query
+from .demo import register as register_demo
+from .library import default_library
+from .library.docs import markdown_reference
+from .model_cli import register as register_model
+from .shell import main as shell_main
+from .shell.script import run_files
+
 
 def _add_shell(subparsers) -> None:
     parser = subparsers.add_parser("shell", help="the interactive shell")
     parser.add_argument("--federation", help="URL of a federation to connect to")
-    from .client_cli import add_token_arguments
     add_token_arguments(parser)
     parser.add_argument("--store", help="a store directory for the local engine")
     parser.add_argument("--history", help="history file (default ~/.streamql_history)")
@@ -29,8 +38,6 @@ def _add_shell(subparsers) -> None:
 
 
 def _shell(args) -> int:
-    from .client_cli import token_from
-    from .shell import main as shell_main
     try:
         args.token = token_from(args)
     except ValueError as exc:
@@ -48,41 +55,7 @@ def _add_run(subparsers) -> None:
 
 
 def _run(args) -> int:
-    try:
-        from .shell.script import run_files
-    except ImportError:
-        run_files = _run_files_plain
     return run_files(args.files, store=args.store, output=args.output)
-
-
-def _run_files_plain(files, store=None, output=None) -> int:
-    """Run scripts with the plain printer (used until the shell package provides its own)."""
-    from pathlib import Path
-
-    from .engine import Engine
-    from .errors import QueryError
-    from .syntax import parse
-    engine = Engine(store_dir=store)
-    for name in files:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-        try:
-            statements = parse(text)
-        except QueryError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            return 1
-        for statement in statements:
-            try:
-                result = engine._execute_statement(statement, text)
-                if result.message:
-                    print(result.message)
-                for row in result:
-                    print(row if not isinstance(row, tuple) else "\t".join(map(str, row)), flush=True)
-            except QueryError as exc:
-                print(f"{name}: {exc}", file=sys.stderr)
-                return 1
-    if store:
-        engine.save()
-    return 0
 
 
 def _add_functions(subparsers) -> None:
@@ -93,8 +66,6 @@ def _add_functions(subparsers) -> None:
 
 
 def _functions(args) -> int:
-    from .library import default_library
-    from .library.docs import markdown_reference
     if args.markdown:
         print(markdown_reference(default_library()))
         return 0
@@ -114,16 +85,12 @@ def _optional(register: Callable[[], Callable], subparsers) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamql", description="StreamQL: query fleets of edge devices")
-    from . import __version__
     parser.add_argument("--version", action="version", version=f"streamql {__version__}")
     subparsers = parser.add_subparsers(dest="command")
     _add_shell(subparsers)
     _add_run(subparsers)
     _add_functions(subparsers)
-
-    def models():
-        from .models.cli import register
-        return register
+    register_model(subparsers)
 
     def federation():
         from federation.cli import register
@@ -133,16 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         from edge_engine.cli import register
         return register
 
-    def query():
-        from .client_cli import register
-        return register
-
-    def demo():
-        from .demo import register
-        return register
-
-    for register in (models, federation, edge, query, demo):
+    for register in (federation, edge):
         _optional(register, subparsers)
+    register_query(subparsers)
+    register_demo(subparsers)
     return parser
 
 

@@ -32,6 +32,8 @@ from typing import Any
 from .client_results import (MSGPACK, NDJSON, AsyncFederationResult, FederationRequestError, FederationResult,
                              FederationUnavailable, _span, error_from)
 from .errors import QueryError, Span
+from .library import default_library
+from .syntax import parse
 
 __all__ = ["connect", "Federation", "FederationResult", "AsyncFederationResult", "FederationRequestError",
            "FederationUnavailable"]
@@ -139,7 +141,6 @@ class Federation:
     def execute(self, script: str) -> list["FederationResult"]:
         """Run every statement of a script in order; one result each (bag, vector, explain and
         statement results are read completely before the next statement runs, as on an Engine)."""
-        from .syntax import parse
 
         results = []
         for statement in parse(script):
@@ -180,7 +181,6 @@ class Federation:
     def functions(self) -> list[dict]:
         """The functions statements may call: the built-in library (the federation runs the same
         one), the fleet functions of LANGUAGE.md §8 and one function per metadata key."""
-        from .library import default_library
 
         out = default_library().describe()
         fleet = [(name, signature, doc) for name, signature, doc in FLEET_FUNCTIONS]

@@ -21,7 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+from . import codec
+from .client import FederationRequestError, FederationUnavailable, connect
+from .errors import QueryError
+from .syntax import parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,14 +77,12 @@ def token_from(args: argparse.Namespace) -> str | None:
 
 
 def _text(value: Any) -> str:
-    from streamql import codec
 
     plain = codec.to_plain(value)
     return plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False)
 
 
 def _print_row(row: Any, width: int, fmt: str) -> None:
-    from streamql import codec
 
     values = list(row) if width > 1 and isinstance(row, tuple) else [row]
     if fmt == "json":
@@ -127,8 +131,6 @@ def _wait(fleet, deployment_id: str, timeout: float, quiet: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamql.client import FederationRequestError, FederationUnavailable, connect
-    from streamql.errors import QueryError
 
     if bool(args.statement) == bool(args.file):
         print("streamql query: give one statement, or --file FILE", file=sys.stderr)
@@ -139,9 +141,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamql query: {exc}", file=sys.stderr)
         return 2
     if args.file:
-        from pathlib import Path
-
-        from streamql.syntax import parse
         script = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
         try:
             statements = [script[s.span.start:s.span.end] + ";" for s in parse(script)]

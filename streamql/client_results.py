@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from . import codec
 from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError, QueryNameError,
                      QueryParseError, QueryRuntimeError, QueryTypeError, QueryValidationError, Span, StoreError)
@@ -91,7 +93,6 @@ class _Decoder:
         self.buffer = bytearray()
         self.offset = 0
         if self.msgpack:
-            import msgpack
             self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=256 << 20)
             self._out_of_data = msgpack.OutOfData
 

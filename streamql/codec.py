@@ -382,10 +382,6 @@ def _floats_from(data: list, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def _float_jsonable(x: float) -> Any:
-    return x if math.isfinite(x) else _nonfinite_name(x)
-
-
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 

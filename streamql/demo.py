@@ -23,7 +23,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
+
+from .client import connect
+from .models import keygen, pack, sign
+from .shell import main as shell_main
 
 EXAMPLE_STATEMENTS = """\
 Try, in the shell (or \\read one of the files in {examples}):
@@ -59,7 +64,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .models import keygen, pack, sign
     temporary = args.data is None
     data = Path(args.data or tempfile.mkdtemp(prefix="streamql-demo-"))
     data.mkdir(parents=True, exist_ok=True)
@@ -90,8 +94,7 @@ def run(args) -> int:
                                 "--log-level", "warning"], log))
         online = _wait_for_edges(url, admin, args.edges, children[1])
         print(f"  {online} edges online")
-        import streamql
-        fleet = streamql.connect(url, admin)
+        fleet = connect(url, admin)
         for path in bundles:
             uploaded = fleet.upload_model(path.read_bytes())
             print(f"  bundle {uploaded['name']} {uploaded['version']} uploaded, signed by key "
@@ -106,7 +109,6 @@ def run(args) -> int:
                 while all(child.poll() is None for child in children):
                     time.sleep(0.5)
             return 0
-        from .shell import main as shell_main
         return shell_main(argparse.Namespace(federation=url, token=admin, store=None,
                                              history=str(data / "shell_history")))
     finally:
@@ -123,7 +125,6 @@ def run(args) -> int:
 def _examples_dir() -> Path:
     """The examples: in the wheel (streamql.examples) or, from a checkout, the repository's."""
     try:
-        from importlib import resources
         root = resources.files("streamql.examples")
         path = Path(str(root))
         if (path / "bundles").is_dir():

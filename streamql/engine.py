@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
 import threading
 import time
 import traceback
@@ -19,22 +18,22 @@ from typing import Any, AsyncIterator, Callable, Iterable
 import numpy as np
 
 from . import ast as A
-from .batch import IDLE
-from .binder import Binder
 from .bound import TExpr
 from .catalog import Table, UserType
 from .clock import SYSTEM_CLOCK, Clock
-from .compiler import compile_statement, physical_plan
+from .compiler import compile_expression, compile_statement, physical_plan
 from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
 from .fleet import FleetAccess, FleetCatalog
 from .fleet_session import DEFAULT_DEVICE_TIMEOUT, FleetSession
 from .library import Library, default_library
+from .models import ModelRegistry
+from .optimizer import optimize as optimize_plan
 from .result import QueryHandle, Result
 from .signals import LiveSignal, Signal, SignalRegistry, make_signal
 from .statements import StatementRunner
 from .store import Store, read_snapshot, write_snapshot
-from .streams import ExecContext, LazyBag, Limits, StreamValue
+from .streams import ExecContext, LazyBag, Limits
 from .syntax import parse, parse_one
 from .types import CHARSTRING, Type, parse_type
 
@@ -106,7 +105,6 @@ class Engine:
     def __init__(self, store_dir: str | os.PathLike | None = None, *, clock: Clock | None = None,
                  seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
                  optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None):
-        from .models import ModelRegistry
         self.name = name or "local"
         self.clock = clock or SYSTEM_CLOCK
         self.seed = seed
@@ -311,18 +309,14 @@ class Engine:
             raise error from exc
 
     def _compile(self, statement: A.Statement, source: str, catalog=None):
-        optimize = self._optimizer() if self.optimize_enabled else None
-        plan = compile_statement(catalog or self.catalog, statement, source, optimize)
+        plan = compile_statement(catalog or self.catalog, statement, source, self._optimizer())
         if isinstance(catalog, FleetCatalog):
             catalog.check(plan.query, source)
         return plan
 
     def _optimizer(self):
-        try:
-            from .optimizer import optimize
-        except ImportError:
-            return None
-        return optimize
+        """The optimizer pipeline, or None when this engine runs plans as planned."""
+        return optimize_plan if self.optimize_enabled else None
 
     def new_context(self, limits: Limits | None = None) -> ExecContext:
         return ExecContext(self, clock=self.clock, rng=self._rng, limits=limits)
@@ -336,8 +330,7 @@ class Engine:
             ctx.fleet = FleetSession(self, fleet["access"], catalog, statement, source,
                                      principal=fleet.get("principal"), device_timeout=fleet.get("device_timeout"),
                                      fragment_limits={"seconds": limits.seconds, "memory_mb": limits.memory_mb})
-        physical = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
-        items = physical.run({})
+        items = physical_plan(plan, ctx).run({})
         result = Result(plan.columns, plan.types, plan.kind, items=items, ctx=ctx,
                         statement=_statement_text(statement, source), span=statement.span, source=source)
         if catalog is not None:
@@ -351,17 +344,7 @@ class Engine:
 
     def evaluate(self, expr: TExpr, source: str, span: Span | None = None) -> Any:
         """The value of a closed typed expression."""
-        from .physical.expressions import ExprCompiler
-        from .compiler import plan_query
-        ctx = self.new_context()
-
-        def compile_subquery(query):
-            from .compiler import query_values
-            plan = plan_query(query, source, self._optimizer() if self.optimize_enabled else None)
-            sub = physical_plan(plan, ctx, self._optimizer() if self.optimize_enabled else None)
-            return lambda outer: query_values(sub.run(outer), len(query.items), ctx)
-
-        compiled = ExprCompiler(ctx, compile_subquery).compile(expr)
+        compiled = compile_expression(expr, self.new_context(), source, self._optimizer())
         try:
             value = compiled.row({})
         except QueryError as exc:

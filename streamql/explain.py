@@ -1,9 +1,9 @@
 """EXPLAIN: a plan as readable text, first step at the top, with the rules that shaped it."""
 from __future__ import annotations
 
-from .bound import (TAggregate, TAnd, TAt, TCall, TCase, TConst, TExpr, TField, TLet, TNarrow, TNot, TOr,
-                    TQuery, TStored, TVar)
 from . import logical as L
+from .bound import (TAggregate, TAnd, TAt, TCall, TCase, TConst, TExpr, TField, TKernel, TLet, TNarrow, TNot,
+                    TOr, TQuery, TSourceFilter, TStored, TTake, TVar)
 from .selection import All
 from .values import format_value
 
@@ -61,6 +61,13 @@ def expr_text(expr: TExpr) -> str:
         return f"{expr.fn.name}({distinct}{'*' if expr.arg is None else expr_text(expr.arg)})"
     if isinstance(expr, TAt):
         return f"({expr_text(expr.expr)})@{expr_text(expr.edge)}"
+    if isinstance(expr, TKernel):
+        return f"kernel[{expr_text(expr.expr)}]"
+    if isinstance(expr, TSourceFilter):
+        return f"{expr_text(expr.source)} where {expr_text(expr.predicate)}"
+    if isinstance(expr, TTake):
+        return f"first_n({expr_text(expr.source)}, {expr.count})"
+    # nodes a catalog adds (a federation's edge-only expressions) describe themselves
     describe = getattr(expr, "describe", None)
     if describe is not None:
         return describe()
@@ -78,15 +85,16 @@ def _selected_now(node: L.Remote, fleet) -> str:
 
 
 def describe_node(node: L.PlanNode, columns: list[str] | None = None) -> str:
-    describe = getattr(node, "describe", None)
-    if describe is not None:
-        return describe()
     if isinstance(node, L.Unit):
         return "Unit"
     if isinstance(node, L.Generate):
         targets = ", ".join(node.targets)
-        how = {"each": "in", "whole": "=", "destructure": "= […] of", "columns": "in"}[node.mode]
+        how = {"each": "in", "whole": "=", "destructure": "= […] of"}[node.mode]
         return f"Generate {targets} {how} {expr_text(node.source)}"
+    if isinstance(node, L.Window):
+        variable = node.target.split("~")[0]
+        bound = ", ".join(f"{a.output} = {a.function}({variable})" for a in node.aggregates) or node.target
+        return f"Window {bound} over {expr_text(node.source)} size {node.size} stride {node.stride}"
     if isinstance(node, L.Scan):
         return f"Scan {node.variable} over {node.type}"
     if isinstance(node, L.Let):

@@ -23,7 +23,7 @@ from . import ast as A
 from .bound import BoundQuery, TAt, TCall, TConst, TExpr, TQuery, TVar
 from .errors import QueryNameError, QueryTypeError
 from .fragments import MODEL_FUNCTIONS, SIGNAL_FUNCTIONS
-from .library.registry import SOURCE, Library, Overload, parse_signature
+from .registry import SOURCE, Library, Overload, parse_signature
 from .selection import All, Predicate
 from .types import EDGE, Type, parse_type
 from .values import Bag, EdgeRef, Time

@@ -27,9 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ast as A
-from .binder import replace_children
 from .bound import (BoundQuery, TAggregate, TAnd, TAt, TCall, TCase, TConst, TExpr, TField, TLet, TNarrow,
-                    TNot, TOr, TQuery, TStored, TVar)
+                    TNot, TOr, TQuery, TStored, TVar, replace_children)
 from .errors import QueryTypeError, Span
 from .printer import literal_source, to_source
 from .types import Type

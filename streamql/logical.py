@@ -3,8 +3,12 @@
 The plan is a chain of small nodes, each holding configuration only (the physical layer builds
 the running operators from it):
 
-    Unit → Generate / Scan (bind variables) → Let (computed columns) → Filter → …
+    Unit → Generate / Scan / Window (bind variables) → Let (computed columns) → Filter → …
          → Aggregate → Filter (having) → Project → Distinct → Sort → Limit
+
+A generator `w in winagg(s, size, stride)` with constant size and stride is planned as a `Window`
+over `s`; window_fusion may then have it compute aggregates per window instead of making windows.
+Nested queries are planned by the caller (compiler.plan_query) through `plan_subqueries`.
 
 Conjuncts are ordered so that every variable is bound before it is tested: a test runs as soon as
 everything it mentions is bound (a volatile one only after every generator, so it is checked per
@@ -15,13 +19,12 @@ the objects of a type are scanned. A variable nothing can bind is an error, befo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Callable
 
 from .bound import (BoundQuery, Conjunct, TAggregate, TCall, TCase, TConst, TExpr, TNot, TOr, TQuery,
-                    TStored, TVar)
-from .binder import replace_children
-from .errors import QueryNameError, QueryTypeError
-from .types import BOOLEAN, Type
+                    TStored, TVar, replace_children)
+from .errors import QueryNameError
+from .types import Type
 
 
 @dataclass(eq=False)
@@ -39,6 +42,9 @@ class PlanNode:
     def expressions(self) -> list[TExpr]:
         return []
 
+    def map_expressions(self, fn: Callable[[TExpr], TExpr]) -> None:
+        """Apply fn to every expression the node holds, in place."""
+
 
 @dataclass(eq=False)
 class Unit(PlanNode):
@@ -47,9 +53,8 @@ class Unit(PlanNode):
 
 @dataclass(eq=False)
 class Generate(PlanNode):
-    """Bind `targets` from `source`: each element ('each'), the whole value ('whole'), the
-    elements of a vector one per target ('destructure'), or each row of several values one per
-    target ('columns', made by window–aggregate fusion)."""
+    """Bind `targets` from `source`: each element ('each'), the whole value ('whole'), or the
+    elements of a vector one per target ('destructure')."""
 
     targets: tuple[str, ...] = ()
     source: TExpr = None
@@ -59,6 +64,49 @@ class Generate(PlanNode):
 
     def expressions(self):
         return [self.source]
+
+    def map_expressions(self, fn):
+        self.source = fn(self.source)
+
+
+@dataclass(frozen=True)
+class WindowAggregate:
+    """One value computed per window: `function` (mean, sum, min, max or rms) of the window,
+    bound to `output`."""
+
+    output: str
+    function: str
+    type: Type
+
+
+@dataclass(eq=False)
+class Window(PlanNode):
+    """Count windows over the stream `source` (evaluated per input row): the first after `size`
+    elements, then one every `stride` elements; a trailing partial window is dropped and
+    stride > size samples. Each window is bound to `target`, checked against `narrow` when its
+    declared type needs a run-time check; with `aggregates` (window_fusion) each window instead
+    gives one row of their values, and no window is made."""
+
+    source: TExpr = None
+    size: int = 0
+    stride: int = 0
+    target: str = ""
+    type: Type | None = None           # the window variable's declared type
+    narrow: Type | None = None
+    aggregates: tuple[WindowAggregate, ...] = ()
+
+    def expressions(self):
+        return [self.source]
+
+    def map_expressions(self, fn):
+        self.source = fn(self.source)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The variables the node binds in each row."""
+        if self.aggregates:
+            return tuple(a.output for a in self.aggregates)
+        return (self.target,)
 
 
 @dataclass(eq=False)
@@ -81,6 +129,9 @@ class Let(PlanNode):
     def expressions(self):
         return [self.value]
 
+    def map_expressions(self, fn):
+        self.value = fn(self.value)
+
 
 @dataclass(eq=False)
 class Keep(PlanNode):
@@ -96,6 +147,9 @@ class Filter(PlanNode):
     def expressions(self):
         return [self.predicate]
 
+    def map_expressions(self, fn):
+        self.predicate = fn(self.predicate)
+
 
 @dataclass(eq=False)
 class Aggregate(PlanNode):
@@ -106,6 +160,10 @@ class Aggregate(PlanNode):
 
     def expressions(self):
         return list(self.keys) + [a.arg for a in self.aggregates if a.arg is not None]
+
+    def map_expressions(self, fn):
+        self.keys = [fn(k) for k in self.keys]
+        self.aggregates = [a if a.arg is None else replace(a, arg=fn(a.arg)) for a in self.aggregates]
 
 
 @dataclass(eq=False)
@@ -141,8 +199,14 @@ class Remote(PlanNode):
         # the selection is evaluated inside, on the edges the node binds: no rule may hoist it
         return [self.candidates] if self.candidates is not None else []
 
-    def produced_variables(self) -> list[str]:
-        return [self.edge] + (list(self.fragment.columns) if self.fragment is not None else [])
+    def map_expressions(self, fn):
+        if self.candidates is not None:
+            self.candidates = fn(self.candidates)
+
+    @property
+    def outputs_bound(self) -> set[str]:
+        """The variables each row it makes binds: the edge and the fragment's columns."""
+        return {self.edge} | (set(self.fragment.columns) if self.fragment is not None else set())
 
     @property
     def kind(self) -> str:
@@ -163,7 +227,11 @@ class MergeAggregate(PlanNode):
     def expressions(self):
         return list(self.keys)
 
-    def used_variables(self) -> set[str]:
+    def map_expressions(self, fn):
+        self.keys = [fn(k) for k in self.keys]
+
+    @property
+    def part_columns(self) -> set[str]:
         return {c for columns in self.parts for c in columns}
 
 
@@ -176,6 +244,10 @@ class Project(PlanNode):
 
     def expressions(self):
         return [e for _, e in self.items] + [e for _, e in self.extra]
+
+    def map_expressions(self, fn):
+        self.items = [(n, fn(e)) for n, e in self.items]
+        self.extra = [(n, fn(e)) for n, e in self.extra]
 
 
 @dataclass(eq=False)
@@ -194,6 +266,9 @@ class Limit(PlanNode):
 
     def expressions(self):
         return [self.count]
+
+    def map_expressions(self, fn):
+        self.count = fn(self.count)
 
 
 @dataclass
@@ -300,8 +375,13 @@ class Planner:
     def _generate(self, node: PlanNode, conjunct: Conjunct, query: BoundQuery, bound: set[str]) -> PlanNode:
         node = self._hoist_stored(node, [conjunct.source], bound)
         types = tuple(query.variables[t].type for t in conjunct.targets)
-        return Generate(node, conjunct.targets, self._replace_hoisted(conjunct.source), conjunct.mode,
-                        conjunct.narrow, types)
+        source = self._replace_hoisted(conjunct.source)
+        shape = _count_window(source) if conjunct.mode == "each" and len(conjunct.targets) == 1 else None
+        if shape is not None:
+            stream, size, stride = shape
+            narrow = conjunct.narrow[0] if conjunct.narrow else None
+            return Window(node, stream, size, stride, conjunct.targets[0], types[0], narrow)
+        return Generate(node, conjunct.targets, source, conjunct.mode, conjunct.narrow, types)
 
     # Stored-function calls in strict positions become Let(required) steps, so that a missing
     # value drops the row; under or/not/case/is null they read as null instead.
@@ -348,6 +428,51 @@ class Planner:
             variable.span, self.source)
 
 
+def _count_window(source: TExpr) -> tuple[TExpr, int, int] | None:
+    """(stream, size, stride) of `winagg(stream, size, stride)` with constant size and stride."""
+    if not (isinstance(source, TCall) and source.fn.name == "winagg" and len(source.args) == 3
+            and source.lift is None):
+        return None
+    stream, size, stride = source.args
+    for bound in (size, stride):
+        if not (isinstance(bound, TConst) and type(bound.value) is int and bound.value >= 1):
+            return None
+    return stream, size.value, stride.value
+
+
+def plan_subqueries(plan: LogicalPlan, plan_query: Callable[[BoundQuery], LogicalPlan]) -> LogicalPlan:
+    """Give every nested query in the plan's expressions its own plan, made by `plan_query`
+    (once per query, wherever it occurs: `order by 1` repeats a select item)."""
+    plan_once = planned_once(plan_query)
+    for node in plan.root.chain():
+        node.map_expressions(lambda expr: with_subplans(expr, plan_once))
+    return plan
+
+
+def planned_once(plan_query: Callable[[BoundQuery], LogicalPlan]) -> Callable[[BoundQuery], LogicalPlan]:
+    """`plan_query`, remembering each query's plan."""
+    plans: dict[int, tuple[BoundQuery, LogicalPlan]] = {}
+
+    def plan_once(query: BoundQuery) -> LogicalPlan:
+        known = plans.get(id(query))
+        if known is None:
+            known = plans[id(query)] = (query, plan_query(query))   # the query kept: its id stays its own
+        return known[1]
+    return plan_once
+
+
+def with_subplans(expr: TExpr, plan_query: Callable[[BoundQuery], LogicalPlan]) -> TExpr:
+    """The expression with each nested query (TQuery) holding its plan."""
+    if not expr.facts[2]:   # no subquery or aggregate anywhere below: the usual case
+        return expr
+
+    def visit(node: TExpr) -> TExpr:
+        if isinstance(node, TQuery):
+            return node if node.plan is not None else replace(node, plan=plan_query(node.query))
+        return replace_children(node, visit)
+    return visit(expr)
+
+
 def _strict_stored_calls(expr: TExpr):
     """Stored-function calls outside or/not/case/is null/subqueries, innermost first."""
     if isinstance(expr, (TOr, TNot, TCase, TQuery)):
@@ -358,9 +483,3 @@ def _strict_stored_calls(expr: TExpr):
         yield from _strict_stored_calls(child)
     if isinstance(expr, TStored):
         yield expr
-
-
-def explain_plan(plan: LogicalPlan) -> str:
-    """The plan as indented text, first step at the top."""
-    from .explain import describe_plan
-    return describe_plan(plan)

@@ -2,13 +2,15 @@
 
 The output parses to an equal tree, and every literal is rendered exactly (floats by their
 shortest round-trip form), which is how fleet fragments travel to edges.
+
+The printer knows the nodes by their class names rather than importing them: the nodes print
+themselves through it (`node.sql()`), so the AST module imports the printer, never the reverse.
 """
 from __future__ import annotations
 
 import math
-from functools import singledispatch
+from typing import Any, Callable
 
-from . import ast as A
 from .values import FunctionRef, Time
 
 # Binding strength, loosest first, as in the grammar.
@@ -18,30 +20,23 @@ _BINARY_LEVEL = {"+": SUM, "-": SUM, "*": PRODUCT, "/": PRODUCT, "%": PRODUCT, "
                  "./": PRODUCT, "^": POWER, ".^": POWER}
 
 
-def to_source(node: A.Node) -> str:
-    if isinstance(node, A.Expr):
-        return _expr(node, 0)
+_LEVELS = {"Or": OR, "And": AND, "Not": NOT, "Compare": COMPARISON, "In": COMPARISON, "InList": COMPARISON,
+           "Between": COMPARISON, "Like": COMPARISON, "IsNull": COMPARISON, "Negate": UNARY,
+           "Index": POSTFIX, "Slice": POSTFIX, "Field": POSTFIX, "AtEdge": POSTFIX}
+
+
+def to_source(node) -> str:
+    """Any node (an ast.Node) as source."""
     return _print(node)
 
 
-def level_of(expr: A.Expr) -> int:
-    if isinstance(expr, A.Or):
-        return OR
-    if isinstance(expr, A.And):
-        return AND
-    if isinstance(expr, A.Not):
-        return NOT
-    if isinstance(expr, (A.Compare, A.In, A.InList, A.Between, A.Like, A.IsNull)):
-        return COMPARISON
-    if isinstance(expr, A.BinaryOp):
+def level_of(expr) -> int:
+    name = type(expr).__name__
+    if name == "BinaryOp":
         return _BINARY_LEVEL[expr.op]
-    if isinstance(expr, A.Negate):
+    if name == "Literal" and _is_negative_number(expr.value):
         return UNARY
-    if isinstance(expr, A.Literal) and _is_negative_number(expr.value):
-        return UNARY
-    if isinstance(expr, (A.Index, A.Slice, A.Field, A.AtEdge)):
-        return POSTFIX
-    return PRIMARY
+    return _LEVELS.get(name, PRIMARY)
 
 
 def _is_negative_number(value) -> bool:
@@ -49,7 +44,7 @@ def _is_negative_number(value) -> bool:
             and (value < 0 or (isinstance(value, float) and math.copysign(1.0, value) < 0)))
 
 
-def _expr(expr: A.Expr, minimum: int) -> str:
+def _expr(expr, minimum: int) -> str:
     """Print expr, parenthesised when it binds more loosely than `minimum` requires."""
     text = _print(expr)
     return f"({text})" if level_of(expr) < minimum else text
@@ -81,33 +76,46 @@ def literal_source(value) -> str:
     raise TypeError(f"no literal syntax for {type(value).__name__}")
 
 
-@singledispatch
+_PRINTERS: dict[str, Callable[[Any], str]] = {}   # node class name → how it prints
+
+
+def _prints(name: str):
+    def register(fn: Callable[[Any], str]) -> Callable[[Any], str]:
+        _PRINTERS[name] = fn
+        return fn
+    return register
+
+
 def _print(node) -> str:
+    for cls in type(node).__mro__:   # a subclass of a node prints as the node
+        printer = _PRINTERS.get(cls.__name__)
+        if printer is not None:
+            return printer(node)
     raise TypeError(f"cannot print {type(node).__name__}")
 
 
 def _list(items, sep: str = ", ") -> str:
-    return sep.join(_expr(item, 0) if isinstance(item, A.Expr) else _print(item) for item in items)
+    return sep.join(_print(item) for item in items)
 
 
 # ------------------------------------------------------------------------------- expressions
-@_print.register
-def _(node: A.Literal) -> str:
+@_prints("Literal")
+def _(node) -> str:
     return literal_source(node.value)
 
 
-@_print.register
-def _(node: A.Variable) -> str:
+@_prints("Variable")
+def _(node) -> str:
     return node.name
 
 
-@_print.register
-def _(node: A.SessionVariable) -> str:
+@_prints("SessionVariable")
+def _(node) -> str:
     return ":" + node.name
 
 
-@_print.register
-def _(node: A.Call) -> str:
+@_prints("Call")
+def _(node) -> str:
     if node.star:
         return f"{node.name}(*)"
     if node.distinct:
@@ -115,38 +123,38 @@ def _(node: A.Call) -> str:
     return f"{node.name}({_list(node.args)})"
 
 
-@_print.register
-def _(node: A.BinaryOp) -> str:
+@_prints("BinaryOp")
+def _(node) -> str:
     level = _BINARY_LEVEL[node.op]
     if level == POWER:  # right-associative: postfix ^ unary
         return f"{_expr(node.left, POSTFIX)} {node.op} {_expr(node.right, UNARY)}"
     return f"{_expr(node.left, level)} {node.op} {_expr(node.right, level + 1)}"
 
 
-@_print.register
-def _(node: A.Negate) -> str:
+@_prints("Negate")
+def _(node) -> str:
     operand = _expr(node.operand, UNARY)
     # `- -x` would read back as x (signs cancel): keep the inner negation in parentheses
     return f"-({operand})" if operand.startswith("-") else "-" + operand
 
 
-@_print.register
-def _(node: A.Compare) -> str:
+@_prints("Compare")
+def _(node) -> str:
     return f"{_expr(node.left, SUM)} {node.op} {_expr(node.right, SUM)}"
 
 
-@_print.register
-def _(node: A.And) -> str:
+@_prints("And")
+def _(node) -> str:
     return f"{_expr(node.left, AND)} and {_expr(node.right, NOT)}"
 
 
-@_print.register
-def _(node: A.Or) -> str:
+@_prints("Or")
+def _(node) -> str:
     return f"{_expr(node.left, OR)} or {_expr(node.right, AND)}"
 
 
-@_print.register
-def _(node: A.Not) -> str:
+@_prints("Not")
+def _(node) -> str:
     return f"not {_expr(node.operand, NOT)}"
 
 
@@ -154,70 +162,70 @@ def _not(negated: bool) -> str:
     return "not " if negated else ""
 
 
-@_print.register
-def _(node: A.In) -> str:
+@_prints("In")
+def _(node) -> str:
     return f"{_expr(node.element, SUM)} {_not(node.negated)}in {_expr(node.collection, SUM)}"
 
 
-@_print.register
-def _(node: A.InList) -> str:
+@_prints("InList")
+def _(node) -> str:
     return f"{_expr(node.element, SUM)} {_not(node.negated)}in ({_list(node.items)})"
 
 
-@_print.register
-def _(node: A.Between) -> str:
+@_prints("Between")
+def _(node) -> str:
     return (f"{_expr(node.operand, SUM)} {_not(node.negated)}between "
             f"{_expr(node.low, SUM)} and {_expr(node.high, SUM)}")
 
 
-@_print.register
-def _(node: A.Like) -> str:
+@_prints("Like")
+def _(node) -> str:
     return f"{_expr(node.operand, SUM)} {_not(node.negated)}like {_expr(node.pattern, SUM)}"
 
 
-@_print.register
-def _(node: A.IsNull) -> str:
+@_prints("IsNull")
+def _(node) -> str:
     return f"{_expr(node.operand, SUM)} is {_not(node.negated)}null"
 
 
-@_print.register
-def _(node: A.Index) -> str:
+@_prints("Index")
+def _(node) -> str:
     return f"{_expr(node.target, POSTFIX)}[{_expr(node.index, 0)}]"
 
 
-@_print.register
-def _(node: A.Slice) -> str:
+@_prints("Slice")
+def _(node) -> str:
     return f"{_expr(node.target, POSTFIX)}[{_expr(node.start, 0)}:{_expr(node.stop, 0)}]"
 
 
-@_print.register
-def _(node: A.Field) -> str:
+@_prints("Field")
+def _(node) -> str:
     return f"{_expr(node.target, POSTFIX)}.{node.name}"
 
 
-@_print.register
-def _(node: A.AtEdge) -> str:
+@_prints("AtEdge")
+def _(node) -> str:
     return f"{_expr(node.expr, POSTFIX)}@{_expr(node.edge, PRIMARY)}"
 
 
-@_print.register
-def _(node: A.Cast) -> str:
+@_prints("Cast")
+def _(node) -> str:
     return f"cast({_expr(node.operand, 0)} as {_print(node.type)})"
 
 
-@_print.register
-def _(node: A.VectorLiteral) -> str:
+@_prints("VectorLiteral")
+def _(node) -> str:
     return f"[{_list(node.items)}]"
 
 
-@_print.register
-def _(node: A.RecordLiteral) -> str:
+@_prints("RecordLiteral")
+def _(node) -> str:
     inner = ", ".join(f'"{key.replace(chr(34), chr(34) * 2)}": {_expr(value, 0)}' for key, value in node.fields)
     return "{" + inner + "}"
 
 
-@_print.register
-def _(node: A.Case) -> str:
+@_prints("Case")
+def _(node) -> str:
     parts = ["case"] + [f"when {_expr(c, 0)} then {_expr(v, 0)}" for c, v in node.whens]
     if node.otherwise is not None:
         parts.append(f"else {_expr(node.otherwise, 0)}")
@@ -225,35 +233,35 @@ def _(node: A.Case) -> str:
     return " ".join(parts)
 
 
-@_print.register
-def _(node: A.Subquery) -> str:
+@_prints("Subquery")
+def _(node) -> str:
     return f"({_print(node.query)})"
 
 
-@_print.register
-def _(node: A.TypeExpr) -> str:
+@_prints("TypeExpr")
+def _(node) -> str:
     return node.name if node.of is None else f"{node.name} of {_print(node.of)}"
 
 
 # -------------------------------------------------------------------------------- statements
-@_print.register
-def _(node: A.Declaration) -> str:
+@_prints("Declaration")
+def _(node) -> str:
     return f"{_print(node.type)} {node.name}"
 
 
-@_print.register
-def _(node: A.SelectItem) -> str:
+@_prints("SelectItem")
+def _(node) -> str:
     text = _expr(node.expr, 0)
     return f"{text} as {node.alias}" if node.alias else text
 
 
-@_print.register
-def _(node: A.OrderItem) -> str:
+@_prints("OrderItem")
+def _(node) -> str:
     return _expr(node.expr, 0) + (" desc" if node.descending else "")
 
 
-@_print.register
-def _(node: A.Select) -> str:
+@_prints("Select")
+def _(node) -> str:
     parts = ["select"]
     if node.distinct:
         parts.append("distinct")
@@ -275,18 +283,18 @@ def _(node: A.Select) -> str:
     return " ".join(parts)
 
 
-@_print.register
-def _(node: A.ExprStatement) -> str:
+@_prints("ExprStatement")
+def _(node) -> str:
     return _expr(node.expr, 0)
 
 
-@_print.register
-def _(node: A.Property) -> str:
+@_prints("Property")
+def _(node) -> str:
     return f"{node.name} {_print(node.type)}" + (" key" if node.key else "")
 
 
-@_print.register
-def _(node: A.CreateType) -> str:
+@_prints("CreateType")
+def _(node) -> str:
     text = f"create type {node.name}"
     if node.supertypes:
         text += " under " + ", ".join(node.supertypes)
@@ -299,25 +307,25 @@ def _rows(rows) -> str:
     return ", ".join("(" + _list(row) + ")" for row in rows)
 
 
-@_print.register
-def _(node: A.CreateInstances) -> str:
+@_prints("CreateInstances")
+def _(node) -> str:
     functions = f" ({', '.join(node.functions)})" if node.functions else ""
     return f"create {node.type_name}{functions} instances {_rows(node.rows)}"
 
 
-@_print.register
-def _(node: A.Parameter) -> str:
+@_prints("Parameter")
+def _(node) -> str:
     return f"{_print(node.type)} {node.name}"
 
 
-@_print.register
-def _(node: A.StoredBody) -> str:
+@_prints("StoredBody")
+def _(node) -> str:
     return "stored"
 
 
-@_print.register
-def _(node: A.CreateFunction) -> str:
-    body = _print(node.body) if not isinstance(node.body, A.Expr) else _expr(node.body, 0)
+@_prints("CreateFunction")
+def _(node) -> str:
+    body = _print(node.body)
     return (f"create function {node.name}({_list(node.parameters)}) -> {_print(node.result)} "
             f"as {body}")
 
@@ -326,20 +334,20 @@ def _model_name(name: str) -> str:
     return name if name.isidentifier() else literal_source(name)
 
 
-@_print.register
-def _(node: A.CreateModel) -> str:
+@_prints("CreateModel")
+def _(node) -> str:
     source = f"from {literal_source(node.path)}" if node.path is not None else f"as {_expr(node.expr, 0)}"
     version = f" version {literal_source(node.version)}" if node.version is not None else ""
     return f"create model {_model_name(node.name)} {source}{version}"
 
 
-@_print.register
-def _(node: A.ColumnDef) -> str:
+@_prints("ColumnDef")
+def _(node) -> str:
     return f"{node.name} {_print(node.type)}" + (" not null" if node.not_null else "")
 
 
-@_print.register
-def _(node: A.CreateTable) -> str:
+@_prints("CreateTable")
+def _(node) -> str:
     elements = [_print(c) for c in node.columns]
     elements += [f"unique({', '.join(u)})" for u in node.unique]
     if node.primary_key:
@@ -347,14 +355,14 @@ def _(node: A.CreateTable) -> str:
     return f"create table {node.name}({', '.join(elements)})"
 
 
-@_print.register
-def _(node: A.Insert) -> str:
+@_prints("Insert")
+def _(node) -> str:
     columns = f" ({', '.join(node.columns)})" if node.columns else ""
     return f"insert into {node.table}{columns} values {_rows(node.rows)}"
 
 
-@_print.register
-def _(node: A.SetFunction) -> str:
+@_prints("SetFunction")
+def _(node) -> str:
     text = f"set {node.function}({_list(node.args)}) = {_expr(node.value, 0)}"
     if node.declarations:
         text += " from " + _list(node.declarations)
@@ -363,46 +371,46 @@ def _(node: A.SetFunction) -> str:
     return text
 
 
-@_print.register
-def _(node: A.SetVariable) -> str:
+@_prints("SetVariable")
+def _(node) -> str:
     return f"set :{node.name} = {_expr(node.value, 0)}"
 
 
-@_print.register
-def _(node: A.Delete) -> str:
+@_prints("Delete")
+def _(node) -> str:
     text = f"delete {_print(node.declaration)}"
     return text + (" where " + _expr(node.where, 0) if node.where is not None else "")
 
 
-@_print.register
-def _(node: A.Drop) -> str:
+@_prints("Drop")
+def _(node) -> str:
     name = node.name if node.name.isidentifier() else literal_source(node.name)
     return f"drop {node.kind} {name}"
 
 
-@_print.register
-def _(node: A.Explain) -> str:
+@_prints("Explain")
+def _(node) -> str:
     return "explain " + _print(node.statement)
 
 
-@_print.register
-def _(node: A.Check) -> str:
+@_prints("Check")
+def _(node) -> str:
     return f"check {_expr(node.expr, 0)} => {_expr(node.expected, 0)}"
 
 
-@_print.register
-def _(node: A.Validate) -> str:
+@_prints("Validate")
+def _(node) -> str:
     return f"validate {literal_source(node.name)} " + " ".join(_print(c) for c in node.checks)
 
 
-@_print.register
-def _(node: A.EdgeSelection) -> str:
+@_prints("EdgeSelection")
+def _(node) -> str:
     text = _print(node.declaration)
     return text + (" where " + _expr(node.where, 0) if node.where is not None else "")
 
 
-@_print.register
-def _(node: A.Rollout) -> str:
+@_prints("Rollout")
+def _(node) -> str:
     parts = []
     if node.waves is not None:
         parts.append(f"over {node.waves} waves")
@@ -418,29 +426,29 @@ def _(node: A.Rollout) -> str:
     return " ".join(parts)
 
 
-def _rollout(node: A.Rollout | None) -> str:
+def _rollout(node) -> str:
     text = _print(node) if node is not None else ""
     return " " + text if text else ""
 
 
-@_print.register
-def _(node: A.Deploy) -> str:
+@_prints("Deploy")
+def _(node) -> str:
     version = f" version {literal_source(node.version)}" if node.version else ""
     return f"deploy model {literal_source(node.model)}{version} to {_print(node.selection)}{_rollout(node.rollout)}"
 
 
-@_print.register
-def _(node: A.Rollback) -> str:
+@_prints("Rollback")
+def _(node) -> str:
     version = f" to version {literal_source(node.version)}" if node.version else ""
     return (f"rollback model {literal_source(node.model)}{version} on {_print(node.selection)}"
             f"{_rollout(node.rollout)}")
 
 
-@_print.register
-def _(node: A.Undeploy) -> str:
+@_prints("Undeploy")
+def _(node) -> str:
     return f"undeploy model {literal_source(node.model)} from {_print(node.selection)}{_rollout(node.rollout)}"
 
 
-@_print.register
-def _(node: A.Script) -> str:
+@_prints("Script")
+def _(node) -> str:
     return "\n".join(_print(s) + ";" for s in node.statements)

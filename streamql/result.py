@@ -12,6 +12,7 @@ import numpy as np
 from .batch import IDLE
 from .errors import QueryCancelled, QueryError, QueryLimitError, QueryRuntimeError
 from .physical.chunk import column_values
+from .streams import join_columns
 
 log = logging.getLogger("streamql.engine")
 
@@ -125,7 +126,6 @@ class Result:
             self._finish()
 
     def _collect_vector(self, items, names):
-        from .streams import join_columns
         parts = []
         for item in items:
             if item is IDLE:

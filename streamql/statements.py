@@ -3,22 +3,21 @@ validate, explain. Queries go through the compiler; each statement here runs in 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import ast as A
-from .binder import Binder
-from .bound import TConst
+from .binder import Binder, Scope
+from .bound import TVar, Variable
 from .catalog import DerivedFunction, StoredFunction, Table, TableColumn
-from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryRuntimeError, QueryTypeError,
-                     QueryValidationError, StoreError)
-from .library.registry import Param
-from .physical.chunk import column_values
+from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTypeError, QueryValidationError,
+                     StoreError)
+from .registry import Param
+from .models import Model, load_model_file
 from .result import Result
 from .streams import LazyBag, StreamValue, collect_column, held
-from .types import OBJECT, Type, type_of_value
+from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
 from .values import Bag, Obj, format_value, values_equal
 
 
@@ -83,8 +82,6 @@ class StatementRunner:
 
     def _check_body(self, function: DerivedFunction, stmt: A.CreateFunction, source: str) -> None:
         """Type-check a derived function's body against its parameters and declared result now."""
-        from .binder import Scope
-        from .bound import TVar
         binder = self._binder(source)
         binder.check_signals = False   # its signals are checked when a query calls it
         scope = Scope(params={p.name.lower(): TVar(p.type, f"${p.name.lower()}") for p in function.params})
@@ -103,7 +100,6 @@ class StatementRunner:
     def _CreateInstances(self, stmt: A.CreateInstances, source: str) -> Result:
         user = self.store.user_type(stmt.type_name)
         if user is None:
-            from .types import canonical_builtin
             if canonical_builtin(stmt.type_name) is not None:
                 raise StoreError(f"{stmt.type_name} is a built-in type: create makes objects of user types only",
                                  stmt.span, source)
@@ -192,8 +188,6 @@ class StatementRunner:
 
     def _CreateModel(self, stmt: A.CreateModel, source: str) -> Result:
         models = self.engine.models
-        from .models import load_model_file
-        from .models.base import Model
         if stmt.path is not None:
             path = self.engine.resolve_path(stmt.path)
             try:
@@ -365,8 +359,6 @@ def _undo_install(models, name: str, previous) -> None:
 
 
 def _scope_for(binder: Binder, declarations) -> Any:
-    from .binder import Scope
-    from .bound import Variable
     scope = Scope()
     for d in declarations:
         t = binder.resolve_type(d.type)
@@ -375,7 +367,6 @@ def _scope_for(binder: Binder, declarations) -> Any:
 
 
 def _check_value(value, expected: Type, node: A.Node, source: str, what: str) -> None:
-    from .physical.expressions import value_fits
     if value is None or expected is None:
         return
     if expected.name == "Real" and isinstance(value, int) and not isinstance(value, bool):

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec
-from .catalog import DerivedFunction, StoredFunction, Table, TableColumn, UserType
-from .errors import QueryError, StoreError
+from . import ast as A, codec
+from .catalog import DerivedFunction, StoredFunction, Table, UserType
+from .errors import StoreError
 from .types import BUILTIN_NAMES, SHORT_FORMS, Type, TypeLattice
 from .values import Obj, hashable
 
@@ -389,7 +389,6 @@ def _type_source(t: Type) -> str:
 def _derived_in_call_order(functions: list) -> list:
     """Derived functions, each after the derived functions its body calls (a function may call
     one that was dropped and created again after it)."""
-    from . import ast as A
     names = {f.name.lower() for f in functions}
     calls = {}
     for function in functions:

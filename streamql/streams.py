@@ -4,6 +4,9 @@ A `StreamValue` is a recipe: `open()` starts a fresh pass and returns an iterato
 (`Batch`, single value, or `IDLE`). Stream functions take stream values and return new ones, so
 `winagg(signal_stream('s'), 256, 128)` is a value built before any reading flows. A `LazyBag`
 is the same for bags that are better not materialised (`iota(1, 10000000)`, a subquery).
+
+`transformed` is the loop every item-by-item stream transform shares: open the source, pass
+`IDLE` ticks on, turn each batch or single value into output items, close the source at the end.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 from .batch import IDLE, Batch
 from .clock import SYSTEM_CLOCK, CancellableClock, Clock
 from .errors import QueryCancelled, QueryLimitError
-from .values import Bag, Time, Timeval
+from .values import Bag, Time, Timeval, as_numeric_array
 
 
 class StreamValue:
@@ -99,6 +102,33 @@ class LazyBag:
         return repr(self.materialize())
 
 
+def close_items(items) -> None:
+    """Close an iterator of stream items when it can be closed (releasing its source)."""
+    close = getattr(items, "close", None)
+    if close:
+        close()
+
+
+def transformed(stream: StreamValue, label: str,
+                start: Callable[[], tuple[Callable[[Batch], Iterable], Callable[[Any], Iterable]]]) -> StreamValue:
+    """A stream made from `stream` item by item. Each pass calls `start()` for its own state: a
+    pair (on_batch, on_value) giving the output items of one input batch or single value."""
+    def open_():
+        on_batch, on_value = start()
+        items = stream.open()
+        try:
+            for item in items:
+                if item is IDLE:
+                    yield item
+                elif type(item) is Batch:
+                    yield from on_batch(item)
+                else:
+                    yield from on_value(item)
+        finally:
+            close_items(items)
+    return StreamValue(open_, label)
+
+
 def iter_elements(items: Iterable[Any]) -> Iterator[Any]:
     """Single values from stream items: batches unpacked, idle ticks skipped."""
     for item in items:
@@ -171,33 +201,6 @@ def _join_as_list(parts: list) -> list:
         else:
             out.extend(part)
     return out
-
-
-def as_numeric_array(values: list) -> np.ndarray | None:
-    """A list of numbers (or of equal-length numeric arrays) as an array; None when not numeric."""
-    if not values:
-        return np.empty(0)
-    first = values[0]
-    if isinstance(first, bool) or first is None:
-        if all(isinstance(v, bool) for v in values):
-            return np.array(values, dtype=bool)
-        return None
-    if isinstance(first, (int, float, np.integer, np.floating)):
-        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
-            if all(isinstance(v, (int, np.integer)) for v in values):
-                try:
-                    return np.array(values, dtype=np.int64)
-                except OverflowError:
-                    return None
-            return np.array(values, dtype=np.float64)
-        return None
-    if isinstance(first, np.ndarray) and first.dtype != object:
-        shape = first.shape
-        if all(isinstance(v, np.ndarray) and v.shape == shape and v.dtype != object for v in values):
-            if len(shape) >= 31:  # numpy holds at most 64 dimensions; deep nests stay lists
-                return None
-            return np.stack(values)
-    return None
 
 
 def to_column(values) -> Any:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from .streams import LazyBag, StreamValue
 from .values import Bag, EdgeRef, FunctionRef, Obj, Time, Timeval
 
 # Type constructors with one element type.
@@ -349,6 +350,57 @@ def type_of_value(value) -> Type:
     return OBJECT
 
 
+def value_fits(value, target: Type) -> bool:
+    """Whether a run-time value is of `target` (a value of a type known only at run time is
+    checked with this where it is narrowed)."""
+    name = target.name
+    if name == "Object":
+        return True
+    if name in ("Number", "Real"):
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if name == "Integer":
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if name == "Boolean":
+        return isinstance(value, (bool, np.bool_))
+    if name == "Charstring":
+        return isinstance(value, str)
+    if name == "Vector":
+        if isinstance(value, np.ndarray):
+            return value.dtype == object or column_fits(value, target.element)
+        return isinstance(value, list) and all(v is None or value_fits(v, target.element) for v in value)
+    if name == "Record":
+        return isinstance(value, dict)
+    if name == "Time":
+        return isinstance(value, Time)
+    if name == "Timeval":
+        return isinstance(value, Timeval)
+    if name == "Stream":
+        return isinstance(value, StreamValue)
+    if name == "Bag":
+        return isinstance(value, (Bag, LazyBag))
+    return True
+
+
+def column_fits(column: np.ndarray, target: Type) -> bool:
+    """Whether a plain numpy column (1-D of scalars, 2-D of vectors, …) holds values of target."""
+    depth, scalar = 0, target
+    while scalar.name == "Vector":
+        depth += 1
+        scalar = scalar.element
+    if scalar.name == "Object":
+        return column.ndim >= depth + 1
+    if column.ndim != depth + 1:
+        return False
+    kind = column.dtype.kind
+    if scalar.name in ("Number", "Real"):
+        return kind in "iuf"
+    if scalar.name == "Integer":
+        return kind in "iu"
+    if scalar.name == "Boolean":
+        return kind == "b"
+    return False
+
+
 def _join_all(types: list[Type]) -> Type:
     lattice = TypeLattice()
     result = NULL
@@ -356,13 +408,3 @@ def _join_all(types: list[Type]) -> Type:
         result = lattice.join(result, t)
     return OBJECT if result == NULL else result
 
-
-def numpy_dtype(t: Type):
-    """The numpy dtype holding values of a scalar type in a batch, or None for object columns."""
-    if t == REAL:
-        return np.float64
-    if t == INTEGER:
-        return np.int64
-    if t == BOOLEAN:
-        return np.bool_
-    return None

@@ -3,7 +3,8 @@
 Integer → int, Real → float, Charstring → str, Boolean → bool, null → None, Record → dict,
 numeric Vector → numpy.ndarray (1-D, or 2-D for a vector of equal-length numeric vectors),
 other Vector → list. The classes here cover what Python lacks: points in time, timestamped
-values, bags, store objects and function references.
+values, bags, store objects and function references; `make_vector` decides how a list of values
+is held (an array when numeric).
 """
 from __future__ import annotations
 
@@ -220,3 +221,41 @@ def format_real(x: float) -> str:
         return "inf" if x > 0 else "-inf"
     text = repr(x)
     return text
+
+
+def as_numeric_array(values: list) -> np.ndarray | None:
+    """A list of numbers (or of equal-length numeric arrays) as an array; None when not numeric."""
+    if not values:
+        return np.empty(0)
+    first = values[0]
+    if isinstance(first, bool) or first is None:
+        if all(isinstance(v, bool) for v in values):
+            return np.array(values, dtype=bool)
+        return None
+    if isinstance(first, (int, float, np.integer, np.floating)):
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
+            if all(isinstance(v, (int, np.integer)) for v in values):
+                try:
+                    return np.array(values, dtype=np.int64)
+                except OverflowError:
+                    return None
+            return np.array(values, dtype=np.float64)
+        return None
+    if isinstance(first, np.ndarray) and first.dtype != object:
+        shape = first.shape
+        if all(isinstance(v, np.ndarray) and v.shape == shape and v.dtype != object for v in values):
+            if len(shape) >= 31:  # numpy holds at most 64 dimensions; deep nests stay lists
+                return None
+            return np.stack(values)
+    return None
+
+
+def make_vector(items: list):
+    """A vector value: a numpy array when all elements are numbers (or equal-length numeric
+    vectors), else a list."""
+    if not items:
+        return np.empty(0)
+    converted = as_numeric_array(items)
+    if converted is not None and converted.dtype != bool:
+        return converted
+    return list(items)

@@ -6,14 +6,14 @@ for fleets: a partial aggregate computed on every edge and a merge on the federa
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import QueryRuntimeError
+from ..registry import AGGREGATE, AggregateSplit, Library
 from ..streams import to_column
 from ..types import INTEGER, REAL, Type, vector_of
-from .registry import AGGREGATE, AggregateSplit, Library
+from ..values import as_numeric_array
+from .vector import check_int_sums
 
 
 def values_of(bag):
@@ -25,7 +25,6 @@ def values_of(bag):
         else:
             return column
     kept = [v for v in column if v is not None]
-    from ..streams import as_numeric_array
     converted = as_numeric_array(kept)
     return converted if converted is not None else kept
 
@@ -52,7 +51,6 @@ def agg_sum(bag):
     values = _numeric(values_of(bag), "sum")
     if len(values) == 0:
         return 0
-    from .vector import check_int_sums
     check_int_sums(values, 0)
     return _py(values.sum(axis=0))
 
@@ -171,27 +169,6 @@ SPLITS = {
     "var": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_var, ("count", "avg", "m2")),
 }
 SPLITS["mean"] = SPLITS["avg"]
-
-
-def merge_partials(split: AggregateSplit, partials) -> object:
-    """The final value of an aggregate from the partial tuples of its parts (one per edge, or per
-    group on an edge). Partials of no rows (a count or n of 0) add nothing: their means are null."""
-    merged = None
-    for parts in partials:
-        parts = tuple(_py(p) for p in parts)
-        if _no_rows(split, parts):
-            continue
-        merged = parts if merged is None else split.merge(merged, parts)
-    if merged is None:
-        merged = tuple(0 if p in ("count", "n", "sum") else (0.0 if p == "M2" else None) for p in split.parts)
-    return split.final(merged)
-
-
-def _no_rows(split: AggregateSplit, parts: tuple) -> bool:
-    for name in ("n", "count"):
-        if name in split.parts and (len(split.parts) > 1 or name == "n"):
-            return not parts[split.parts.index(name)]
-    return False
 
 
 def _element_result(default: Type):

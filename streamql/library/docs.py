@@ -1,7 +1,7 @@
 """The function reference, generated from the registry so the docs cannot drift from the code."""
 from __future__ import annotations
 
-from .registry import Library
+from ..registry import Library
 
 TOPICS = {"operator": "Operators", "math": "Numbers", "vector": "Vectors", "aggregate": "Aggregates",
           "time": "Time", "stream": "Streams and windows", "io": "Files", "model": "Models",

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..batch import Batch
 from ..errors import QueryRuntimeError
+from ..registry import SOURCE, Library
 from ..streams import StreamValue
-from .registry import SOURCE, Library
-from .vector import make_vector
+from ..values import make_vector
 
 CHUNK_ROWS = 4096
 

@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 
+from ..arithmetic import np_real_pow, real_pow
 from ..errors import QueryRuntimeError
+from ..registry import Library
 from ..types import INTEGER, REAL, Type, vector_of
-from .registry import Library
 
 
 def _same_type(types, args) -> Type:
@@ -146,10 +147,9 @@ def register(lib: Library) -> None:
         lib.define(f"atan2({params}) -> {result}", scalar=_safe(math.atan2) if result == "Real" else _np(np.arctan2),
                    batch=_np(np.arctan2), doc="Angle of the point (x, y) in radians", topic="math",
                    elementwise=True, batch_scalars=True)
-    from .operators import _pow, _np_pow
-    lib.define("power(Number x, Number y) -> Real", scalar=_pow, batch=_np_pow, doc="x to the power y",
+    lib.define("power(Number x, Number y) -> Real", scalar=real_pow, batch=np_real_pow, doc="x to the power y",
                topic="math", elementwise=True, batch_scalars=True)
-    lib.define("power(Vector of Number x, Number y) -> Vector of Real", scalar=_np_pow, batch=_np(
+    lib.define("power(Vector of Number x, Number y) -> Vector of Real", scalar=np_real_pow, batch=_np(
         lambda v, y: np.power(np.asarray(v, dtype=np.float64), y[:, None] if isinstance(y, np.ndarray) and np.ndim(v) == 2 else y)),
         doc="Each element to the power y", topic="math", elementwise=True, batch_scalars=True)
     lib.define("mod(Integer a, Integer b) -> Integer", scalar=_mod, doc="Remainder with the sign of the dividend",

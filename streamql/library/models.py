@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bound import TConst
 from ..errors import ModelError, QueryError, QueryRuntimeError
 from ..models import (dense_network, kmeans, linear_regression, logistic_regression, model_info,
                       zscore_detector)
 from ..models.base import Model
-from ..types import MODEL, OBJECT, RECORD, REAL, Type, vector_of
+from ..registry import Library
+from ..types import RECORD, REAL, vector_of
 from ..values import Bag
-from .registry import Library
 
 
 def _entry(ctx, name: str):
@@ -60,11 +61,9 @@ def predict_batch(ctx, n: int, name, x):
 
 
 def _predict_type(catalog, args):
-    from ..bound import TConst
     name = args[0]
-    find = getattr(catalog, "model", None)
-    if isinstance(name, TConst) and isinstance(name.value, str) and find is not None:
-        entry = find(name.value)
+    if isinstance(name, TConst) and isinstance(name.value, str):
+        entry = catalog.model(name.value)
         if entry is not None:
             outputs = getattr(entry.model, "output_names", None) or ()
             return RECORD if len(outputs) > 1 else vector_of(REAL)

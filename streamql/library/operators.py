@@ -14,10 +14,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..arithmetic import dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..errors import QueryRuntimeError
-from ..types import BOOLEAN, CHARSTRING, INTEGER, NULL, NUMBER, OBJECT, REAL, TIME, Type, vector_of
-from ..values import Bag, Time, format_value, values_equal
-from .registry import Library
+from ..registry import Library
+from ..streams import LazyBag
+from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
+from ..values import Bag, Time, format_value, make_vector, values_equal
 
 INT64_MAX = 2 ** 63 - 1
 INT64_MIN = -2 ** 63
@@ -58,47 +60,6 @@ def _int_mod_batch(a, b):
     return np.fmod(a, b)
 
 
-def _real_div(a, b):
-    try:
-        return a / b
-    except ZeroDivisionError:
-        if a == 0 or a != a:
-            return math.nan
-        return math.copysign(math.inf, a) * (math.copysign(1.0, b) if isinstance(b, float) else 1.0)
-
-
-def _real_mod(a, b):
-    try:
-        return math.fmod(a, b)
-    except ValueError:
-        return math.nan
-
-
-def _pow(a, b):
-    try:
-        result = math.pow(a, b)
-    except OverflowError:
-        return math.inf
-    except ValueError:
-        return math.nan
-    return result
-
-
-def _np_fmod(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.fmod(a, b)
-
-
-def _np_div(a, b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.true_divide(a, b)
-
-
-def _np_pow(a, b):
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.power(np.asarray(a, dtype=np.float64), b)
-
-
 def _vector_scalar(op):
     """v op x where v is a vector column (n, k) and x a number column (n,) or a constant."""
     def run(v, x):
@@ -128,24 +89,11 @@ def _elementwise(op):
     return run
 
 
-def _dot(a, b):
-    a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a_arr.shape[-1] != b_arr.shape[-1]:
-        raise QueryRuntimeError(f"vectors of different lengths ({a_arr.shape[-1]} and {b_arr.shape[-1]})")
-    if a_arr.ndim == 1 and b_arr.ndim == 1:
-        return float(a_arr @ b_arr)
-    return np.einsum("...i,...i->...", a_arr, b_arr)
-
-
 def _vector_result(types, args) -> Type:
     elements = [t.element if t.is_vector else t for t in types]
     if all(e == INTEGER for e in elements):
         return vector_of(INTEGER)
     return vector_of(REAL)
-
-
-def _numeric_vector(t: Type) -> bool:
-    return t.is_vector and (t.element.is_numeric or t.element in (OBJECT, NULL))
 
 
 def _dynamic(op_name: str, python_op):
@@ -154,7 +102,7 @@ def _dynamic(op_name: str, python_op):
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 return python_op(np.asarray(a), np.asarray(b)) if op_name != "*" or not (
-                    isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else _dot(a, b)
+                    isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else dot(a, b)
         if isinstance(a, str) and isinstance(b, str) and op_name == "+":
             return a + b
         if isinstance(a, Time) or isinstance(b, Time):
@@ -165,11 +113,11 @@ def _dynamic(op_name: str, python_op):
         if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
         if op_name == "/":
-            return _real_div(float(a), b)
+            return real_div(float(a), b)
         if op_name == "^":
-            return _pow(a, b)
+            return real_pow(a, b)
         if op_name == "%":
-            return _fmod_int(a, b) if isinstance(a, int) and isinstance(b, int) else _real_mod(a, b)
+            return _fmod_int(a, b) if isinstance(a, int) and isinstance(b, int) else real_mod(a, b)
         result = python_op(a, b)
         return _checked_int(result) if isinstance(result, int) else result
     return run
@@ -228,7 +176,7 @@ def _vector_equal_batch(a, b):
 def _in(x, collection) -> bool:
     if x is None:
         return False
-    if hasattr(collection, "column"):  # a LazyBag
+    if isinstance(collection, LazyBag):
         collection = collection.column()
     if isinstance(collection, Bag):
         collection = collection.items
@@ -312,7 +260,6 @@ def _slice(target, start, stop):
 
 
 def _vector(*items):
-    from .vector import make_vector
     return make_vector(list(items))
 
 
@@ -371,7 +318,6 @@ def cast_value(value, options=()):
                 return Time.parse(value)
             return Time(float(value))
         if name == "Vector":
-            from .vector import make_vector
             element = target.arg.name if target.arg is not None else None
             if element in ("Real", "Number"):
                 return np.asarray(value, dtype=np.float64)
@@ -380,7 +326,6 @@ def cast_value(value, options=()):
             return make_vector(list(value))
     except (ValueError, OverflowError):
         raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}") from None
-    from ..physical.expressions import value_fits
     if not value_fits(value, target):
         raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}")
     return value
@@ -409,13 +354,13 @@ def register(lib: Library) -> None:
     d("+(Number seconds, Time t) -> Time", scalar=lambda s, t: t + s, doc="A time moved by some seconds", **op)
     d("-(Time a, Time b) -> Real", scalar=sub, doc="Seconds between two times", **op)
     d("-(Time t, Number seconds) -> Time", scalar=sub, doc="A time moved back by some seconds", **op)
-    d("/(Number a, Number b) -> Real", scalar=lambda a, b: _real_div(float(a), b), batch=_np_div,
+    d("/(Number a, Number b) -> Real", scalar=lambda a, b: real_div(float(a), b), batch=np_real_div,
       doc="Division, always Real (IEEE: 1.0 / 0 is inf)", **op)
     d("%(Integer a, Integer b) -> Integer", scalar=_fmod_int, batch=_int_mod_batch,
       doc="Remainder with the sign of the dividend", **op)
-    d("%(Number a, Number b) -> Real", scalar=_real_mod, batch=_np_fmod,
+    d("%(Number a, Number b) -> Real", scalar=real_mod, batch=np_fmod,
       doc="Remainder with the sign of the dividend", **op)
-    d("^(Number a, Number b) -> Real", scalar=_pow, batch=_np_pow, doc="Power, always Real", **op)
+    d("^(Number a, Number b) -> Real", scalar=real_pow, batch=np_real_pow, doc="Power, always Real", **op)
     vector_ops = {"+": np.add, "-": np.subtract, ".*": np.multiply, "./": np.true_divide, ".^": np.power}
     for symbol, npf in vector_ops.items():
         fn = _elementwise(npf)
@@ -433,7 +378,7 @@ def register(lib: Library) -> None:
     sv = _scalar_vector(np.multiply)
     d("*(Number x, Vector of Number v) -> Vector of Real", scalar=sv, batch=sv, result_type=_vector_result,
       doc="A vector scaled by a number", **op)
-    d("*(Vector of Number a, Vector of Number b) -> Real", scalar=_dot, batch=_dot,
+    d("*(Vector of Number a, Vector of Number b) -> Real", scalar=dot, batch=dot,
       doc="The dot product of two vectors", **op)
     for symbol, f in (("+", add), ("-", sub), ("*", mul), ("/", operator.truediv), ("%", operator.mod),
                       ("^", operator.pow)):

@@ -1,9 +1,8 @@
 """Points in time and timestamped values."""
 from __future__ import annotations
 
-from ..types import TIME, Type, timeval_of
+from ..registry import Library
 from ..values import Time, Timeval
-from .registry import Library
 
 
 def register(lib: Library) -> None:

@@ -6,25 +6,15 @@ import math
 
 import numpy as np
 
+from ..arithmetic import dot
+from ..bound import TConst
 from ..errors import QueryRuntimeError
-from ..types import INTEGER, REAL, Type, vector_of
-from ..values import Bag, FunctionRef
-from .registry import Library
+from ..registry import Library
+from ..types import INTEGER, REAL, Type, TypeLattice, type_of_value, vector_of
+from ..values import Bag, FunctionRef, make_vector
 
 DTYPES = {"f32": np.float32, "f64": np.float64, "i8": np.int8, "i16": np.int16, "i32": np.int32,
           "i64": np.int64, "u8": np.uint8}
-
-
-def make_vector(items: list):
-    """A vector value: a numpy array when all elements are numbers (or equal-length numeric
-    vectors), else a list."""
-    from ..streams import as_numeric_array
-    if not items:
-        return np.empty(0)
-    converted = as_numeric_array(items)
-    if converted is not None and converted.dtype != bool:
-        return converted
-    return list(items)
 
 
 def _array(v) -> np.ndarray:
@@ -186,7 +176,6 @@ def _apply(ctx, fn, args):
 
 def call_by_name(ctx, name: str, values: list):
     """Call a library function on run-time values, choosing the overload by their types."""
-    from ..types import TypeLattice, type_of_value
     lattice = TypeLattice()
     library = ctx.engine.library
     candidates = [o for o in library.overloads(name) if o.accepts_arity(len(values)) and o.kind == "scalar"]
@@ -244,8 +233,8 @@ def register(lib: Library) -> None:
       batch=lambda v: np.argmax(v, axis=-1) + 1, doc="The position (from 1) of the largest element")
     d("rms(Vector of Number v) -> Real", scalar=_nonempty("rms", _rms), batch=_rms,
       doc="The root mean square of the elements")
-    d("dot(Vector of Number a, Vector of Number b) -> Real", scalar=lambda a, b: _dot(a, b),
-      batch=lambda a, b: _dot(a, b), doc="The dot product of two vectors")
+    d("dot(Vector of Number a, Vector of Number b) -> Real", scalar=dot,
+      batch=dot, doc="The dot product of two vectors")
     d("norm(Vector of Number v) -> Real", scalar=lambda v: float(np.linalg.norm(_array(v))),
       batch=lambda v: np.linalg.norm(v, axis=-1), doc="The Euclidean length of a vector")
     d("normalize(Vector of Number v) -> Vector of Real", scalar=_normalize, batch=_normalize,
@@ -283,11 +272,6 @@ def register(lib: Library) -> None:
 
 
 def _constant_kind(args) -> str | None:
-    from ..bound import TConst
     first = args[0]
     return first.value if isinstance(first, TConst) else None
 
-
-def _dot(a, b):
-    from .operators import _dot as dot
-    return dot(a, b)

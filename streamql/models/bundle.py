@@ -24,6 +24,8 @@ from streamql.errors import ModelError
 
 from . import signing
 from .base import Model
+from .deploy import bundle_fit, choose_variant, variant_id
+from .loader import describe_artifact, load_variant, variant_kind
 
 __all__ = [
     "BUNDLE_SUFFIX", "Bundle", "FORMAT_VERSION", "INDEX_NAME", "SIGNATURE_NAME", "inspect",
@@ -199,14 +201,10 @@ class Bundle:
 
     def variants(self, model_name: str) -> list[dict]:
         """The variants of one model, each with an `id`, as the manifest lists them."""
-        from .deploy import variant_id
-
         return [dict(v, id=variant_id(v, i)) for i, v in enumerate(_variant_list(self.model_spec(model_name)))]
 
     def load_model(self, model_name: str, variant: dict | str | None = None) -> Model:
         """The runnable model of a variant (by id or dict; the first listed when None)."""
-        from .loader import load_variant
-
         variants = self.variants(model_name)
         if variant is None:
             chosen = variants[0]
@@ -542,9 +540,6 @@ def inspect(source: Any, capabilities: dict | None = None, trusted_keys: Any = N
 
     With `capabilities`, also which variant of each model a device like that would get.
     """
-    from .deploy import bundle_fit, choose_variant
-    from .loader import describe_artifact, variant_kind
-
     bundle = source if isinstance(source, Bundle) else read_bundle(source, trusted_keys)
     models = {}
     for spec in bundle.models:

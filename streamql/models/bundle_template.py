@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from streamql.errors import ModelError
+from streamql.testing.tflite import fully_connected
 
 __all__ = ["TEMPLATE_BIAS", "TEMPLATE_WEIGHTS", "init_bundle"]
 
@@ -31,8 +32,6 @@ def _names(directory: str, name: str | None) -> tuple[str, str]:
 
 def init_bundle(directory: str | os.PathLike, name: str | None = None) -> list[str]:
     """Create a working bundle template in `directory` (new or empty); returns the files written."""
-    from streamql.testing.tflite import fully_connected
-
     directory = os.fspath(directory)
     root = Path(directory)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):

@@ -22,8 +22,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
+
 from streamql.errors import ModelError
 
+from . import runtime
 from .loader import describe_artifact, variant_kind
 
 __all__ = [
@@ -128,10 +131,6 @@ def deployable(requirements: Mapping | None, capabilities: Mapping | None) -> Ve
 
 def local_capabilities(signals=None) -> dict:
     """What this machine offers: its runtimes (and signals when given); RAM and flash unchecked."""
-    import numpy as np
-
-    from . import runtime
-
     runtimes: dict[str, Any] = {"numpy": np.__version__}
     try:
         runtime.interpreter_class()

@@ -8,7 +8,8 @@ from streamql.errors import ModelError
 
 from .base import Model
 from .native import from_payload, from_spec
-from .tflite import load_tflite
+from .tflite import describe_tflite, load_tflite
+from .tflite_format import read_tflite
 
 __all__ = ["describe_artifact", "load_model", "load_model_file", "load_variant", "restore", "variant_kind"]
 
@@ -63,10 +64,6 @@ def variant_kind(variant: dict) -> str:
 
 def describe_artifact(variant: dict, data: bytes | None, name: str = "model") -> dict:
     """model info of a bundle variant without preparing an interpreter (for inspect and deploy)."""
-    from .native import from_spec as _from_spec
-    from .tflite import describe_tflite
-    from .tflite_format import read_tflite
-
     if variant_kind(variant) == "tflite":
         if data is None:
             raise ModelError(f"model '{name}': the variant has no artifact")
@@ -76,7 +73,7 @@ def describe_artifact(variant: dict, data: bytes | None, name: str = "model") ->
         if data is None:
             raise ModelError(f"model '{name}': a native variant needs a \"spec\" or a JSON artifact")
         return load_model(data, name).info()
-    return _from_spec(spec, name).info()
+    return from_spec(spec, name).info()
 
 
 def load_variant(variant: dict, data: bytes | None, name: str = "model") -> Model:

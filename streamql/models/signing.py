@@ -13,31 +13,23 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from streamql.errors import ModelError
 
 __all__ = ["key_id", "keygen", "load_private_key", "load_public_key", "load_public_keys",
            "sign_bytes", "verify_bytes"]
 
 
-def _crypto():
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError as exc:  # pragma: no cover - cryptography is a dependency
-        raise ModelError("signing bundles needs the 'cryptography' package (pip install cryptography)") from exc
-    return serialization, ed25519, InvalidSignature
-
-
 def key_id(public_key) -> str:
-    serialization, _, _ = _crypto()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def keygen(prefix: str | os.PathLike, overwrite: bool = False) -> tuple[str, str]:
     """Write a new Ed25519 pair to PREFIX.key (0600) and PREFIX.pub; returns both paths."""
-    serialization, ed25519, _ = _crypto()
     prefix = os.fspath(prefix)
     priv_path, pub_path = prefix + ".key", prefix + ".pub"
     if not overwrite:
@@ -76,7 +68,6 @@ def _read(source: Any, what: str) -> bytes:
 
 
 def load_private_key(source: Any):
-    serialization, ed25519, _ = _crypto()
     if isinstance(source, ed25519.Ed25519PrivateKey):
         return source
     data = _read(source, "private key")
@@ -91,7 +82,6 @@ def load_private_key(source: Any):
 
 def load_public_key(source: Any):
     """An Ed25519 public key from a key object, a PEM file path, PEM text or 32 raw bytes."""
-    serialization, ed25519, _ = _crypto()
     if isinstance(source, ed25519.Ed25519PublicKey):
         return source
     if isinstance(source, ed25519.Ed25519PrivateKey):
@@ -128,7 +118,6 @@ def sign_bytes(data: bytes, private_key) -> dict:
 
 def verify_bytes(data: bytes, record: dict, public_key) -> bool:
     """Whether `record` is a valid Ed25519 signature of `data` by `public_key`."""
-    _, _, InvalidSignature = _crypto()
     if not isinstance(record, dict) or record.get("algorithm") != "ed25519":
         return False
     try:

@@ -1,8 +1,10 @@
 """The optimizer: named rewrite rules, one per file, applied in order by one pipeline.
 
 Each rule takes the logical plan and a context and returns the plan; when it changes something
-it says so through `ctx.fire(rule, what)`, which EXPLAIN shows. Rules never fold, hoist or share
-volatile expressions (`now`, `frand`, `signal_value`, sources).
+it says so through `ctx.fire(rule, what)`, which EXPLAIN shows. Rules only rewrite plan nodes and
+typed expressions: how a rewritten node runs is the physical layer's choice (this package
+imports neither numpy nor `physical`, a contract the tests check). Rules never fold, hoist or
+share volatile expressions (`now`, `frand`, `signal_value`, sources).
 
     remote_fragments        on a federation: what depends on one edge's values runs on that edge
                             (a Remote node: the registry's selection, the fragment each edge runs)
@@ -10,10 +12,10 @@ volatile expressions (`now`, `frand`, `signal_value`, sources).
     constant_folding        1 + 2 → 3; `and true` dropped; a filter that is always false empties the plan
     predicate_pushdown      filters into subqueries and into the streams their variable comes from
     limit_pushdown          `limit n` on a plain scan becomes first_n at the source, which then stops
-    window_fusion           mean/sum/min/max/rms over winagg windows computed per window on the
-                            batch (a reshape for tumbling windows, running sums for sliding ones)
+    window_fusion           mean/sum/min/max/rms of a Window's windows computed per window, without
+                            making the windows
     common_subexpressions   an expression used twice (mean(w) in select and where) computed once
-    elementwise_fusion      chains of arithmetic and math on numbers compiled into one kernel
+    elementwise_fusion      chains of arithmetic and math on numbers marked to run as one kernel
     projection_pruning      columns dropped from batches after their last use
 """
 from __future__ import annotations

@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import logical as L
-from ..binder import replace_children
-from ..bound import TExpr, TVar
+from ..bound import TExpr, TVar, replace_children
 from ..fleet import is_per_edge_call
 from ..types import INTEGER, OBJECT
 from .remote_fragments import build_fragment

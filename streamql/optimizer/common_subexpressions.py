@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections import Counter
 
 from .. import logical as L
-from ..bound import TAggregate, TCall, TConst, TExpr, TField, TNarrow, TQuery, TStored, TVar
-from .tree import expressions, map_expressions, nodes_of, relink, size, substitute, walk_all
+from ..bound import TAggregate, TConst, TExpr, TField, TNarrow, TQuery, TStored, TVar
+from ..explain import expr_text
+from .tree import expressions, nodes_of, relink, substitute, walk_all
 
 NAME = "common_subexpressions"
 
@@ -38,7 +39,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
     first_use: dict[TExpr, int] = {}
     holders: dict[TExpr, set] = {}      # candidate → the plan nodes it occurs in
     for index, node in enumerate(nodes):
-        if isinstance(node, L.Generate) and node.mode == "each":
+        if isinstance(node, L.Window) or isinstance(node, L.Generate) and node.mode == "each":
             continue  # a generator's source is evaluated once per input row already
         for expr in expressions(node):
             for sub in walk_all(expr):
@@ -60,10 +61,9 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
     names = {expr: ctx.name("x") for expr in chosen}
     mapping = {expr: TVar(expr.type, names[expr], span=expr.span) for expr in chosen}
     for index in sorted(set().union(*(holders[expr] for expr in chosen))):
-        map_expressions(nodes[index], lambda e: substitute(e, mapping))
+        nodes[index].map_expressions(lambda e: substitute(e, mapping))
     # each Let just before its first use; an inner expression's Let before the one using it
     order = sorted(chosen, key=lambda e: (first_use[e], e.facts[0]))
-    from ..explain import expr_text
     for expr in reversed(order):
         inner = {k: v for k, v in mapping.items() if k is not expr}
         nodes.insert(first_use[expr], L.Let(None, names[expr], substitute(expr, inner), required=False))

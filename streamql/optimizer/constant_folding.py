@@ -15,10 +15,10 @@ from dataclasses import replace
 from .. import logical as L
 from ..bound import TAnd, TCall, TCase, TConst, TExpr, TNarrow, TNot, TOr
 from ..errors import QueryError
-from ..library.registry import SCALAR
-from ..physical.expressions import value_fits
-from ..types import BOOLEAN
-from .tree import map_expressions, nodes_of, relink, rewrite, walk_all
+from ..registry import SCALAR
+from ..streams import LazyBag, StreamValue
+from ..types import BOOLEAN, value_fits
+from .tree import nodes_of, relink, rewrite, walk_all
 
 NAME = "constant_folding"
 
@@ -56,7 +56,7 @@ def _fold_node(node: TExpr) -> TExpr | None:
             value = fn.scalar(*values, options=node.options) if node.options else fn.scalar(*values)
         except (QueryError, ArithmeticError, ValueError, TypeError, IndexError, KeyError):
             return None
-        if hasattr(value, "open"):  # streams and lazy bags are recipes, not values
+        if isinstance(value, (StreamValue, LazyBag)):  # recipes, not values
             return None
         return TConst(node.type, value, span=node.span)
     if isinstance(node, TAnd):
@@ -116,7 +116,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
         return folded
 
     for node in nodes:
-        map_expressions(node, fold_counting)
+        node.map_expressions(fold_counting)
     if changed:
         ctx.fire(NAME, f"folded {len(changed)} expression{'s' if len(changed) > 1 else ''}")
     kept = []

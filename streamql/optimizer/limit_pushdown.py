@@ -9,46 +9,11 @@ filters, other generators, distinct, order by or aggregation).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .. import logical as L
-from ..bound import TConst, TExpr
-from ..library.streams import first_n
-from ..physical.expressions import Compiled
-from ..streams import LazyBag, StreamValue
+from ..bound import TConst, TTake
 from .tree import nodes_of
 
 NAME = "limit_pushdown"
-
-
-@dataclass(frozen=True, eq=False)
-class TTake(TExpr):
-    """The first n elements of a stream or bag."""
-
-    source: TExpr = None
-    count: int = 0
-
-    def children(self):
-        return (self.source,)
-
-    def describe(self) -> str:
-        from ..explain import expr_text
-        return f"first_n({expr_text(self.source)}, {self.count})"
-
-    def compile(self, compiler) -> Compiled:
-        source = compiler.compile(self.source)
-        n = self.count
-
-        def take(value):
-            if isinstance(value, StreamValue):
-                return first_n(value, n)
-            if isinstance(value, LazyBag):
-                limited = first_n(StreamValue(value.open, value.label), n)
-                return LazyBag(limited.open, value.label)
-            return value
-
-        return Compiled(lambda chunk: [take(v) for v in source.batch(chunk)],
-                        lambda env: take(source.row(env)), self.type)
 
 
 def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
@@ -59,7 +24,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
     if not isinstance(count, int) or count < 0:
         return plan
     middle = nodes[1:-1]
-    generators = [n for n in middle if isinstance(n, (L.Generate, L.Scan))]
+    generators = [n for n in middle if isinstance(n, (L.Generate, L.Scan, L.Window))]
     if len(generators) != 1 or not isinstance(generators[0], L.Generate):
         return plan
     generate = generators[0]

@@ -13,90 +13,14 @@ Volatile filters stay where they are.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import numpy as np
+from dataclasses import replace
 
 from .. import logical as L
-from ..batch import IDLE, Batch
-from ..bound import Conjunct, TAnd, TExpr, TQuery, TVar
-from ..physical.chunk import Chunk
-from ..physical.expressions import Compiled, as_mask
-from ..streams import LazyBag, StreamValue
+from ..bound import Conjunct, TAnd, TCall, TExpr, TQuery, TSourceFilter, TVar
 from ..types import BOOLEAN
-from .tree import is_barrier, nodes_of, produces, relink, substitute
+from .tree import expressions, is_barrier, nodes_of, produces, relink, substitute, walk_all
 
 NAME = "predicate_pushdown"
-
-
-@dataclass(frozen=True, eq=False)
-class TSourceFilter(TExpr):
-    """A stream or bag whose elements are filtered as they are produced."""
-
-    source: TExpr = None
-    variable: str = ""
-    predicate: TExpr = None
-    narrow: object = None  # the declared type elements are checked against before the condition
-
-    def children(self):
-        return (self.source,)
-
-    def describe(self) -> str:
-        from ..explain import expr_text
-        return f"{expr_text(self.source)} where {expr_text(self.predicate)}"
-
-    def compile(self, compiler) -> Compiled:
-        from ..physical.expressions import narrowing_checks
-        source = compiler.compile(self.source)
-        predicate = compiler.compile(self.predicate)
-        name = self.variable
-        checks = narrowing_checks(self.narrow, f"variable {name.split('~')[0]}") if self.narrow is not None else None
-
-        def filtered(value):
-            stop = compiler.ctx.check
-            if isinstance(value, StreamValue):
-                return StreamValue(lambda: _filter_items(value.open(), name, predicate, checks, stop), value.label)
-            if isinstance(value, LazyBag):
-                return LazyBag(lambda: _filter_items(value.open(), name, predicate, checks, stop), value.label)
-            items = value.items if hasattr(value, "items") and not isinstance(value, (dict, list, np.ndarray)) else value
-            return LazyBag(lambda: _filter_items(iter([Batch(items)]), name, predicate, checks, stop), "filtered")
-
-        def row(env):
-            return filtered(source.row(env))
-
-        def batch(chunk):
-            return [filtered(v) for v in source.batch(chunk)]
-
-        return Compiled(batch, row, self.type)
-
-
-def _filter_items(items, name: str, predicate: Compiled, checks=None, stop=None):
-    test_row, test_batch = predicate.row, predicate.batch
-    check_value, check_column = checks if checks is not None else (None, None)
-    try:
-        for item in items:
-            if stop is not None:
-                stop()  # a condition that drops everything must not hide cancellation or limits
-            if item is IDLE:
-                yield item
-            elif type(item) is Batch:
-                if check_column is not None:
-                    check_column(item.values)
-                chunk = Chunk({name: item.values}, len(item.values))
-                mask = as_mask(test_batch(chunk), chunk.n)
-                if mask.all():
-                    yield item
-                elif mask.any():
-                    yield item.take(mask)
-            else:
-                if check_value is not None:
-                    check_value(item)
-                if test_row({name: item}):
-                    yield item
-    finally:
-        close = getattr(items, "close", None)
-        if close:
-            close()
 
 
 def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
@@ -160,8 +84,6 @@ def _required_let(node) -> bool:
 def _shares_work(filters: list, later: list) -> bool:
     """Whether a condition computes something later steps need too (mean(w) in where and select):
     then it stays a filter, so that common_subexpressions computes it once."""
-    from .tree import expressions, walk_all
-    from ..bound import TCall
     costly = {sub for f in filters for sub in walk_all(f.predicate)
               if isinstance(sub, TCall) and sub.fn.topic != "operator"}
     if not costly:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from .. import logical as L
 from .. import selection as S
-from ..binder import replace_children
-from ..bound import TAnd, TAt, TCall, TConst, TExpr, TNot, TOr, TQuery, TVar
+from ..bound import TAnd, TAt, TCall, TConst, TExpr, TNot, TOr, TQuery, TVar, replace_children
 from ..errors import QueryTypeError
 from ..fleet import is_per_edge_call
 from ..fragments import FragmentBuilder, NotShippable
-from ..library.registry import SOURCE
+from ..registry import SOURCE
 from ..types import EDGE
-from .tree import map_expressions, nodes_of, relink
+from .tree import nodes_of, relink
 
 NAME = "remote_fragments"
 
@@ -117,7 +116,7 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
         return visit(expr)
 
     for node in central + tail:
-        map_expressions(node, extract)
+        node.map_expressions(extract)
     _limit_into_fragment(remote, central, tail)
 
     index_terms, residual = [], []

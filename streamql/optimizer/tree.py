@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import logical as L
-from ..binder import replace_children
-from ..bound import TAggregate, TExpr, TVar
+from ..bound import TAggregate, TExpr, replace_children
 
 
 def nodes_of(plan: L.LogicalPlan) -> list[L.PlanNode]:
@@ -45,28 +44,6 @@ def substitute(expr: TExpr, mapping: dict[TExpr, TExpr]) -> TExpr:
     return visit(expr)
 
 
-def map_expressions(node: L.PlanNode, fn: Callable[[TExpr], TExpr]) -> None:
-    """Apply fn to every expression a node holds, in place."""
-    if isinstance(node, L.Generate):
-        node.source = fn(node.source)
-    elif isinstance(node, L.Let):
-        node.value = fn(node.value)
-    elif isinstance(node, L.Filter):
-        node.predicate = fn(node.predicate)
-    elif isinstance(node, L.Aggregate):
-        node.keys = [fn(k) for k in node.keys]
-        node.aggregates = [a if a.arg is None else replace(a, arg=fn(a.arg)) for a in node.aggregates]
-    elif isinstance(node, L.Project):
-        node.items = [(n, fn(e)) for n, e in node.items]
-        node.extra = [(n, fn(e)) for n, e in node.extra]
-    elif isinstance(node, L.Limit):
-        node.count = fn(node.count)
-    else:
-        exprs = getattr(node, "map_expressions", None)
-        if exprs is not None:
-            exprs(fn)
-
-
 def expressions(node: L.PlanNode) -> list[TExpr]:
     return [e for e in node.expressions() if e is not None]
 
@@ -89,10 +66,6 @@ def walk_all(expr: TExpr) -> tuple[TExpr, ...]:
     return cached
 
 
-def size(expr: TExpr) -> int:
-    return len(walk_all(expr))
-
-
 def uses(node: L.PlanNode) -> set[str]:
     """Variables a node reads."""
     out: set[str] = set()
@@ -104,9 +77,8 @@ def uses(node: L.PlanNode) -> set[str]:
         out |= {name for name, _ in node.keys}
     if isinstance(node, L.Keep):
         out |= set(node.columns)
-    extra = getattr(node, "used_variables", None)
-    if extra is not None:
-        out |= extra()
+    if isinstance(node, L.MergeAggregate):
+        out |= node.part_columns
     return out
 
 
@@ -118,16 +90,13 @@ def produces(node: L.PlanNode) -> set[str]:
         return {node.variable}
     if isinstance(node, L.Let):
         return {node.name}
-    extra = getattr(node, "produced_variables", None)
-    return set(extra()) if extra is not None else set()
+    if isinstance(node, L.Window):
+        return set(node.outputs)
+    if isinstance(node, L.Remote):
+        return node.outputs_bound
+    return set()
 
 
 def is_barrier(node: L.PlanNode) -> bool:
     """Nodes that end the row-binding part of a plan (rows change meaning past them)."""
     return isinstance(node, (L.Aggregate, L.MergeAggregate, L.Project, L.Distinct, L.Sort, L.Limit))
-
-
-def var(name: str, type_, span=None) -> TVar:
-    return TVar(type_, name, span=span)
-
-

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..values import as_numeric_array
+
 
 class Chunk(dict):
     __slots__ = ("n",)
@@ -53,16 +55,8 @@ def column_values(column) -> list:
     return column
 
 
-def chunk_from_rows(rows: list[dict], names: list[str] | None = None) -> Chunk:
-    if not rows:
-        return Chunk({name: [] for name in (names or [])}, 0)
-    names = names if names is not None else list(rows[0].keys())
-    return Chunk({name: make_column([row[name] for row in rows]) for name in names}, len(rows))
-
-
 def make_column(values: list):
     """A list of values as the best column: numeric → numpy array, else the list itself."""
-    from ..streams import as_numeric_array
     converted = as_numeric_array(values)
     return converted if converted is not None else values
 

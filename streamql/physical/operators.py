@@ -1,9 +1,11 @@
-"""The running operators: each plan node becomes a generator stage over items.
+"""The running operators: the physical planner turns each plan node into a generator stage
+over items, choosing the kernels that run it.
 
 Items are `Chunk`s (many rows, columnar), plain dicts (one row, the scalar fast path) or `IDLE`
 ticks from live sources, which every stage passes on so that cancellation and time limits are
 noticed while waiting. Stateless stages are vectorized over chunks; blocking stages (aggregate,
-sort) collect first.
+sort) collect first. The stages that bind variables (Generate, Window, Scan) are in
+generators.py. Nested queries come planned; `expression_compiler` runs each once built.
 """
 from __future__ import annotations
 
@@ -13,24 +15,26 @@ import numpy as np
 
 from .. import logical as L
 from ..batch import IDLE, Batch
-from ..bound import BoundQuery
 from ..errors import QueryRuntimeError
-from ..streams import LazyBag, StreamValue, approximate_bytes, as_numeric_array
-from ..values import Bag, Time, Timeval, hashable
-from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column, repeat_column
-from .expressions import Compiled, ExprCompiler, as_mask, full_column, narrowing_checks
+from ..streams import approximate_bytes
+from ..values import Time, hashable, make_vector
+from .chunk import Chunk, column_values, concat_chunks, make_column
+from .compiled import as_mask, full_column
+from .expressions import ExprCompiler
+from .generators import build_generate, build_scan, build_window, chunk_with
 from .remote import build_merge_aggregate, build_remote
 
 Runner = Callable[[dict], Iterator[Any]]
 
 
 class PhysicalPlan:
-    """A logical plan made runnable for one execution context."""
+    """A logical plan made runnable for one execution context. Nested plans share `compiler`
+    (and so each is built once)."""
 
-    def __init__(self, plan: L.LogicalPlan, ctx, compile_subplan: Callable[[BoundQuery], Runner]):
+    def __init__(self, plan: L.LogicalPlan, ctx, compiler: ExprCompiler | None = None):
         self.plan = plan
         self.ctx = ctx
-        self.compiler = ExprCompiler(ctx, compile_subplan)
+        self.compiler = compiler if compiler is not None else expression_compiler(ctx)
         self.stages = [self._build(node) for node in plan.root.chain()]
 
     def run(self, outer: dict | None = None) -> Iterator[Any]:
@@ -41,10 +45,7 @@ class PhysicalPlan:
 
     # ------------------------------------------------------------------------------ build
     def _build(self, node: L.PlanNode):
-        method = getattr(self, "_build_" + type(node).__name__, None)
-        if method is None:  # nodes made by optimizer rules build themselves
-            return node.build(self)
-        return method(node)
+        return getattr(self, "_build_" + type(node).__name__)(node)
 
     def _build_Keep(self, node: L.Keep):
         names = list(node.columns)
@@ -65,171 +66,13 @@ class PhysicalPlan:
         return unit
 
     def _build_Generate(self, node: L.Generate):
-        source = self.compiler.compile(node.source)
-        targets, mode = node.targets, node.mode
-        target = targets[0]
-        checks = [narrowing_checks(t, f"variable {name.split('~')[0]}") if t is not None else None
-                  for t, name in zip(node.narrow or (None,) * len(targets), targets)]
-        check_value, check_column = checks[0] if checks[0] else (None, None)
-        wants_timeval = bool(node.types) and node.types[0].name == "Timeval"
-        ctx = self.ctx
+        return build_generate(node, self.compiler, self.ctx)
 
-        def bind_whole(env: dict, value) -> dict | None:
-            if mode in ("destructure", "columns"):
-                items = column_values(value) if isinstance(value, np.ndarray) else list(value)
-                if len(items) != len(targets):
-                    return None
-                row = dict(env)
-                for name, item, check in zip(targets, items, checks):
-                    if check:
-                        check[0](item)
-                    row[name] = item
-                return row
-            if check_value is not None:
-                check_value(value)
-            row = dict(env)
-            row[target] = value
-            return row
-
-        def expand(env: dict, value) -> Iterator[Any]:
-            if value is None:
-                return
-            if mode == "columns":
-                yield from expand_columns(env, value)
-                return
-            if mode != "each":
-                row = bind_whole(env, value)
-                if row is not None:
-                    yield row
-                return
-            if isinstance(value, StreamValue):
-                items = value.open()
-                check = ctx.check
-                try:
-                    for item in items:
-                        check()  # cancellation and time limits, even when later filters drop every row
-                        if item is IDLE:
-                            yield IDLE
-                        elif type(item) is Batch:
-                            column = item.values
-                            if len(column) <= 1:  # a batch of one takes the scalar path
-                                if len(column) == 1:
-                                    single = _single(item, wants_timeval)
-                                    if check_value is not None:
-                                        check_value(single)
-                                    row = dict(env)
-                                    row[target] = single
-                                    yield row
-                                continue
-                            if wants_timeval and item.times is not None:
-                                column = [Timeval(Time(float(t)), _py(v)) for t, v in zip(item.times, column_values(column))]
-                            if check_column is not None:
-                                column = check_column(column)
-                            yield _chunk_with(env, target, column)
-                        else:
-                            if check_value is not None:
-                                check_value(item)
-                            row = dict(env)
-                            row[target] = item
-                            yield row
-                finally:
-                    close = getattr(items, "close", None)
-                    if close:
-                        close()
-                return
-            if isinstance(value, LazyBag):
-                for item in value.open():
-                    ctx.check()
-                    if item is IDLE:
-                        continue
-                    column = item.values if type(item) is Batch else [item]
-                    if len(column):
-                        if check_column is not None:
-                            column = check_column(column)
-                        yield _chunk_with(env, target, column)
-                return
-            if isinstance(value, Bag):
-                column = make_column(value.items)
-            elif isinstance(value, (np.ndarray, list, tuple)):
-                column = value if isinstance(value, np.ndarray) else make_column(list(value))
-            else:  # a single value where a collection was expected: bind it whole
-                if check_value is not None:
-                    check_value(value)
-                row = dict(env)
-                row[target] = value
-                yield row
-                return
-            if len(column):
-                if check_column is not None:
-                    column = check_column(column)
-                yield _chunk_with(env, target, column)
-
-        def expand_columns(env: dict, value) -> Iterator[Any]:
-            """Rows of several values each (a window's fused aggregates), one per target."""
-            items = value.open() if isinstance(value, StreamValue) else iter([Batch(value)])
-            try:
-                for item in items:
-                    if item is IDLE:
-                        yield IDLE
-                    elif type(item) is Batch:
-                        block = item.values
-                        if len(block) == 0:
-                            continue
-                        n = len(block)
-                        columns = {name: broadcast(v, n) for name, v in env.items()}
-                        for i, name in enumerate(targets):
-                            columns[name] = block[:, i] if isinstance(block, np.ndarray) else [r[i] for r in block]
-                        yield Chunk(columns, n)
-                    else:
-                        row = dict(env)
-                        for name, v in zip(targets, item):
-                            row[name] = _py(v)
-                        yield row
-            finally:
-                close = getattr(items, "close", None)
-                if close:
-                    close()
-
-        source_row = source.row
-        vectorized_whole = mode == "whole"
-
-        def generate(upstream, outer):
-            for item in upstream:
-                if item is IDLE:
-                    yield item
-                elif type(item) is dict:
-                    yield from expand(item, source_row(item))
-                elif vectorized_whole and not node.source.type.is_collection:
-                    column = full_column(source, item)
-                    if check_column is not None:
-                        column = check_column(column)
-                    yield item.with_column(target, column)
-                else:
-                    for env in item.rows():
-                        yield from expand(env, source_row(env))
-        return generate
+    def _build_Window(self, node: L.Window):
+        return build_window(node, self.compiler, self.ctx)
 
     def _build_Scan(self, node: L.Scan):
-        ctx, variable, type_ = self.ctx, node.variable, node.type
-
-        def scan(upstream, outer):
-            for item in upstream:
-                if item is IDLE:
-                    yield item
-                    continue
-                objects = ctx.store.extent(type_)
-                if not objects:
-                    continue
-                column = make_column(list(objects))
-                if type(item) is dict:
-                    yield _chunk_with(item, variable, column)
-                else:
-                    k = len(column)
-                    counts = np.full(item.n, k)
-                    out = {name: repeat_column(col, counts) for name, col in item.items()}
-                    out[variable] = _tile(column, item.n)
-                    yield Chunk(out, item.n * k)
-        return scan
+        return build_scan(node, self.ctx)
 
     def _build_Let(self, node: L.Let):
         value = self.compiler.compile(node.value)
@@ -453,6 +296,44 @@ class PhysicalPlan:
         return limit
 
 
+# ------------------------------------------------------------------------------ subqueries
+def expression_compiler(ctx) -> ExprCompiler:
+    """An expression compiler for ctx whose nested queries (planned already) run as physical
+    plans, each built once and shared by every use."""
+    built: dict[int, PhysicalPlan] = {}
+
+    def run_subquery(plan: L.LogicalPlan) -> Runner:
+        physical = built.get(id(plan))
+        if physical is None:
+            physical = built[id(plan)] = PhysicalPlan(plan, ctx, compiler)
+        width = len(plan.columns)
+        return lambda outer: query_values(physical.run(outer), width, ctx)
+
+    compiler = ExprCompiler(ctx, run_subquery)
+    return compiler
+
+
+def query_values(items, width: int, ctx=None):
+    """A query's output items as stream items of its values (several columns → vectors).
+
+    With a context, cancellation and limits are checked per item: a subquery may be collected
+    whole (`x in (select …)`, `count(select …)`) far from any other check."""
+    names = [f"$c{i}" for i in range(width)]
+    check = ctx.check if ctx is not None else None
+    for item in items:
+        if check is not None:
+            check()
+        if item is IDLE:
+            yield item
+        elif type(item) is dict:
+            yield item[names[0]] if width == 1 else make_vector([item[n] for n in names])
+        elif width == 1:
+            yield Batch(item[names[0]])
+        else:
+            columns = [column_values(item[n]) for n in names]
+            yield Batch([make_vector(list(row)) for row in zip(*columns)])
+
+
 # ------------------------------------------------------------------------------- helpers
 _SEEN_KEY_BYTES = 120    # a set entry and its key tuple, about (the values themselves are counted per column)
 
@@ -467,7 +348,7 @@ def _collect(upstream, ctx) -> tuple[list, int]:
             ctx.check()  # blocking: notice cancellation and limits while collecting
             if item is IDLE:
                 continue
-            chunk = item if type(item) is not dict else _chunk_with(item, None, None)
+            chunk = item if type(item) is not dict else chunk_with(item, None, None)
             size = approximate_bytes(chunk)
             held += size
             ctx.hold(size)
@@ -476,10 +357,6 @@ def _collect(upstream, ctx) -> tuple[list, int]:
         ctx.hold(-held)
         raise
     return chunks, held
-
-
-def _py(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _distinct_values(part):
@@ -491,34 +368,6 @@ def _distinct_values(part):
             seen.add(key)
             kept.append(value)
     return make_column(kept)
-
-
-def _single(item: Batch, timeval: bool):
-    value = item.values[0]
-    value = value.item() if isinstance(value, np.generic) else value
-    if timeval and item.times is not None:
-        return Timeval(Time(float(item.times[0])), value)
-    return value
-
-
-def _chunk_with(env: dict, name: str | None, column) -> Chunk:
-    """A chunk of the rows of `column` (or one row), each also holding env's values."""
-    n = len(column) if name is not None else 1
-    columns = {key: broadcast(value, n) if name is not None else _one(value) for key, value in env.items()}
-    if name is not None:
-        columns[name] = column
-    return Chunk(columns, n)
-
-
-def _one(value):
-    converted = as_numeric_array([value])
-    return converted if converted is not None else [value]
-
-
-def _tile(column, times: int):
-    if isinstance(column, np.ndarray):
-        return np.tile(column, (times,) + (1,) * (column.ndim - 1))
-    return list(column) * times
 
 
 def _take(column, order):

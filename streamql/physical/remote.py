@@ -22,7 +22,6 @@ import numpy as np
 from .. import logical as L
 from ..batch import IDLE
 from ..errors import QueryRuntimeError
-from ..library.aggregates import merge_partials
 from ..values import EdgeRef, hashable
 from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column
 from .expressions import as_mask, full_column
@@ -223,7 +222,7 @@ def build_merge_aggregate(plan, node: L.MergeAggregate, collect):
                 groups[()] = [[], [[] for _ in splits]]
             out: dict[str, Any] = {f"$g{i}": make_column([g[0][i] for g in groups.values()]) for i in range(len(keys))}
             for i, split in enumerate(splits):
-                out[f"$a{i}"] = make_column([merge_partials(split, g[1][i]) for g in groups.values()])
+                out[f"$a{i}"] = make_column([split.merged(g[1][i]) for g in groups.values()])
         finally:
             ctx.hold(-held)
         if groups:

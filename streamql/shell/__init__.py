@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import QueryError
+from . import federation
+from .script import run_script
 from .session import LocalSession, Section, Session
 
 __all__ = ["main", "open_session", "LocalSession", "Session", "Section"]
@@ -23,15 +26,13 @@ def open_session(args) -> Session:
     """A local session, or one on the federation named by `args.federation`."""
     url = getattr(args, "federation", None)
     if url:
-        from .federation import connect
-        return connect(url, getattr(args, "token", None))
+        return federation.connect(url, getattr(args, "token", None))
     return LocalSession(store_dir=getattr(args, "store", None))
 
 
 def main(args) -> int:
     """`streamql shell`: the REPL on a terminal; a script piped on standard input runs as with
     `streamql run -`."""
-    from ..errors import QueryError
     try:
         session = open_session(args)
     except ImportError:
@@ -42,10 +43,9 @@ def main(args) -> int:
         return 2
     try:
         if not sys.stdin.isatty():
-            from .script import run_script
             status = run_script(session, [("<stdin>", sys.stdin.read())])
         else:
-            from .repl import Shell
+            from .repl import Shell  # prompt_toolkit, only for a terminal
             status = Shell(session, history=getattr(args, "history", None)).run()
         save = getattr(getattr(session, "engine", None), "save", None)
         if save is not None and getattr(args, "store", None) and status == 0:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from .formatting import FORMATS
+from .formatting import FORMATS, make_printer
 from .session import match_name
-
-if TYPE_CHECKING:
-    from .runner import Runner, Status
+from .status import Status
 
 HELP = """\
 Statements end with ';' and may span lines; Enter runs them once the ';' is typed.
@@ -26,9 +25,9 @@ Meta-commands:"""
 class Commands:
     """The backslash commands of one runner (and so of one session)."""
 
-    def __init__(self, runner: "Runner"):
+    def __init__(self, runner):  # the Runner whose session and output the commands use
         self.runner = runner
-        self.table: dict[str, tuple[Callable[[list[str]], "Status | None"], str, str]] = {
+        self.table: dict[str, tuple[Callable[[list[str]], Status | None], str, str]] = {
             "help": (self.help, "", "this help"),
             "functions": (self.functions, "[pattern]", "functions whose name contains pattern (or matches a glob)"),
             "describe": (self.describe, "NAME", "a function's overloads, a type, a table, a model or a signal"),
@@ -47,8 +46,7 @@ class Commands:
     def names(self) -> list[str]:
         return sorted(self.table) + ["quit"]
 
-    def run(self, line: str) -> "Status":
-        from .runner import Status
+    def run(self, line: str) -> Status:
         try:
             words = shlex.split(line[1:].strip())
         except ValueError:
@@ -76,8 +74,7 @@ class Commands:
         self.runner.out.write(text + "\n")
         self.runner.out.flush()
 
-    def _fail(self, message: str) -> "Status":
-        from .runner import Status
+    def _fail(self, message: str) -> Status:
         self.runner.err.write(message + "\n")
         self.runner.err.flush()
         return Status.ERROR
@@ -93,7 +90,7 @@ class Commands:
         for name, (_, usage, text) in self.table.items():
             self._print(f"  \\{(name + ' ' + usage).strip():26} {text}")
 
-    def functions(self, args: list[str]) -> "Status | None":
+    def functions(self, args: list[str]) -> Status | None:
         pattern = args[0] if args else None
         rows = [f for f in self.session.functions() if f["name"][:1].isalpha() and match_name(pattern, f["name"])]
         if not rows:
@@ -104,7 +101,7 @@ class Commands:
             self._print(f"{f['signature']:{width}}  {doc}".rstrip())
         return None
 
-    def describe(self, args: list[str]) -> "Status | None":
+    def describe(self, args: list[str]) -> Status | None:
         if not args:
             return self._fail("\\describe takes a name: \\describe winagg")
         name = args[0]
@@ -134,7 +131,7 @@ class Commands:
     def flows(self, args: list[str]) -> None:
         self._names(self.session.flows(), "(no flows: publish(stream, 'name') makes one)")
 
-    def edges(self, args: list[str]) -> "Status | None":
+    def edges(self, args: list[str]) -> Status | None:
         if not self.session.federated:
             return self._fail("\\edges needs a federation: streamql shell --federation URL --token TOKEN")
         pattern = args[0] if args else None
@@ -152,7 +149,6 @@ class Commands:
             for key in metadata:
                 if key not in keys:
                     keys.append(key)
-        from .formatting import make_printer
         printer = make_printer(self.runner.output, self.runner.out)
         printer.begin(["id", *keys], [], "bag")
         readable = self.runner.output == "table"
@@ -165,14 +161,14 @@ class Commands:
         printer.end()
         return None
 
-    def timing(self, args: list[str]) -> "Status | None":
+    def timing(self, args: list[str]) -> Status | None:
         if args and args[0].lower() not in ("on", "off"):
             return self._fail("\\timing takes on or off")
         self.runner.timing = (args[0].lower() == "on") if args else not self.runner.timing
         self.runner.info(f"Timing is {'on' if self.runner.timing else 'off'}.")
         return None
 
-    def output(self, args: list[str]) -> "Status | None":
+    def output(self, args: list[str]) -> Status | None:
         if not args:
             self._print(f"Output is {self.runner.output} (choose from {', '.join(FORMATS)}).")
             return None
@@ -183,15 +179,14 @@ class Commands:
         self.runner.info(f"Output is {kind}.")
         return None
 
-    def read(self, args: list[str]) -> "Status":
+    def read(self, args: list[str]) -> Status:
         if not args:
             return self._fail("\\read takes a file name")
         path = Path(args[0]).expanduser()
         text = path.read_text(encoding="utf-8")
         return self.runner.run_text(text, origin=str(path))
 
-    def quit(self, args: list[str]) -> "Status":
-        from .runner import Status
+    def quit(self, args: list[str]) -> Status:
         return Status.QUIT
 
 
@@ -201,6 +196,5 @@ _TIMES = {"created", "last_seen", "connected_at", "disconnected_at"}
 def _clock(value):
     """Epoch seconds as `YYYY-MM-DD HH:MM:SS` local time; anything else unchanged."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        import time
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
     return value

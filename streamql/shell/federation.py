@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from .. import ast as A
+from ..client import connect as client_connect
 from ..syntax import parse_one
 from ..types import BUILTIN_NAMES
 from .session import QUERY_NODES, Section
@@ -144,6 +145,5 @@ class FederationSession:
 
 
 def connect(url: str, token: str | None) -> FederationSession:
-    """A session on the federation at `url` (raises ImportError while no client exists)."""
-    from .. import connect as client_connect  # streamql.connect, provided by streamql.client
+    """A session on the federation at `url`."""
     return FederationSession(client_connect(url, token), url)

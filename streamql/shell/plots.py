@@ -21,6 +21,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from ..values import Time, Timeval
+from .formatting import cell_text
 
 KINDS = ("line", "bar", "scatter", "text")
 _DIRECTIVE = re.compile(r"^plot\s*:\s*(\w+)", re.IGNORECASE)
@@ -377,7 +378,6 @@ class TextChart(Chart):
         self.latest = values
 
     def render(self, color: bool = False) -> list[str]:
-        from .formatting import cell_text
         gutter = max((len(c) for c in self.columns), default=0)
         out = []
         for name, value in zip(self.columns, self.latest):

@@ -9,10 +9,12 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
+from .. import __version__
 from .completion import StreamQLCompleter
 from .highlight import STYLE, StreamQLLexer
 from .lexer import is_complete
-from .runner import Runner, Status
+from .runner import Runner
+from .status import Status
 
 DEFAULT_HISTORY = "~/.streamql_history"
 
@@ -80,7 +82,6 @@ class Shell:
         return [("class:continuation", "...> ".rjust(width))]
 
     def banner(self) -> str:
-        from .. import __version__
         where = f"federation {self.session.label}" if self.session.federated else "a local engine"
         return (f"StreamQL {__version__} on {where}. End statements with ';'. "
                 "\\help for help, Ctrl-C stops a query, Ctrl-D leaves.")

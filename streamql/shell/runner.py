@@ -7,7 +7,7 @@ result (the engine cancels the query at its next check) and returns to the calle
 """
 from __future__ import annotations
 
-import enum
+import shutil
 import sys
 import threading
 import time
@@ -17,20 +17,15 @@ from typing import Any, Callable, TextIO
 
 from ..errors import QueryCancelled, QueryError, Span
 from ..syntax import parse
+from .commands import Commands
 from .formatting import FORMATS, as_tuple, make_printer
 from .lexer import Piece, scan, split
 from .plots import LiveArea, LivePlot, make_chart, plot_kind
 from .progress import is_complete, render_progress
+from .status import Status
 
 TICK = 0.05           # how often the main thread wakes while waiting for rows
 CANCEL_GRACE = 2.0    # how long a cancelled query may take to stop before it is left behind
-
-
-class Status(enum.Enum):
-    OK = "ok"
-    ERROR = "error"
-    INTERRUPTED = "interrupted"
-    QUIT = "quit"
 
 
 class Runner:
@@ -57,7 +52,6 @@ class Runner:
         self.plot_size = plot_size
         self.redraw_interval = redraw_interval
         self.on_change: Callable[[], None] | None = None   # the completer refreshes its catalog
-        from .commands import Commands
         self.commands = Commands(self)
 
     # --------------------------------------------------------------------------- input
@@ -431,7 +425,6 @@ class ProgressSink(Sink):
         self._dirty = False
 
     def _lines(self) -> list[str]:
-        import shutil
         width = shutil.get_terminal_size((80, 24)).columns - 1
         return render_progress(self.record or {}, width=width, color=self.runner.color)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from .. import ast as A
+from ..engine import Engine
+from ..models import model_info
 from ..syntax import parse_one
 from ..types import BUILTIN_NAMES, BUILTIN_PARENTS, SHORT_FORMS
 
@@ -100,7 +102,6 @@ class LocalSession:
 
     def __init__(self, engine=None, *, store_dir: str | None = None):
         if engine is None:
-            from ..engine import Engine
             engine = Engine(store_dir=store_dir)
         self.engine = engine
 
@@ -223,7 +224,6 @@ class LocalSession:
         entry = self.engine.models.find(name)
         if entry is None:
             return []
-        from ..models.registry import model_info
         info = model_info(entry)
         return [Section("model", _record_lines(info))]
 

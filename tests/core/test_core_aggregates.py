@@ -78,13 +78,12 @@ def test_split_final_of_merged_partials_is_the_full_aggregate(name, a, b, c):
 def test_the_parts_the_edges_compute_merge_into_the_full_aggregate(name, parts):
     """What a fleet does: each edge runs the split's edge aggregates over its rows (empty ones
     too), the federation merges those partials (merge_partials)."""
-    from streamql.library.aggregates import merge_partials
     overloads = aggregate_overloads()
     split = overloads[name].split
     partials = [tuple(overloads[agg].scalar(Bag(part)) for agg in split.edge_aggregates) for part in parts]
     assert len(split.edge_aggregates) == len(split.parts)
     expected = NUMPY[name](np.asarray([x for part in parts for x in part]))
-    assert close(merge_partials(split, partials), expected if expected is not None or name not in ("count", "sum")
+    assert close(split.merged(partials), expected if expected is not None or name not in ("count", "sum")
                  else 0)
 
 

@@ -1,4 +1,4 @@
-"""The parser's own LALR loop and contextual lexer (`syntax._FastParse`, `syntax._StateLexer`)
+"""The parser's own LALR loop and contextual lexer (`syntax.grammar._FastParse`, `syntax.grammar._StateLexer`)
 against lark's: for every statement of the fixtures, and for thousands of mutated and random
 ones, both give the same tree with the same spans, or fail with the same error at the same
 place (the fast loop hands text it cannot parse to lark, whose error is the one raised)."""
@@ -12,7 +12,8 @@ from lark import Lark
 from lark.exceptions import UnexpectedInput
 
 from streamql import ast as A
-from streamql.syntax import ToAst, _fast_parse, _WholeWords, grammar_text, parser
+from streamql.syntax import ToAst, grammar_text, parser
+from streamql.syntax.grammar import _fast_parse, _WholeWords
 
 from test_core_bad_input import KINDS, _corpus, make_statement
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import streamql
-from streamql.testing.fleet import LocalFleet
+from streamql.local_fleet import LocalFleet
 
 from fleet_support import FLEET, vibration
 

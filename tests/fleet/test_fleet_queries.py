@@ -110,7 +110,7 @@ def test_a_variable_bound_on_the_edge_and_aggregated_here(federation, fleet):
 
 
 def test_limit_over_a_large_fleet_with_offline_devices_cancels_the_rest(federation):
-    from streamql.testing.fleet import LocalFleet
+    from streamql.local_fleet import LocalFleet
     fleet = LocalFleet()
     for i in range(400):
         engine = streamql.Engine()

@@ -8,7 +8,7 @@ import pytest
 
 import streamql
 from streamql.optimizer import RULES, rule_names
-from streamql.testing.fleet import LocalFleet
+from streamql.local_fleet import LocalFleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -66,3 +66,27 @@ def test_every_rule_has_fixtures():
     files = {path.stem for path in FIXTURES.glob("*.txt")}
     assert set(rule_names()) <= files, f"rules without fixtures: {set(rule_names()) - files}"
     assert len(RULES) == 9
+
+
+def test_every_operation_the_rule_may_fuse_has_a_kernel():
+    """elementwise_fusion picks from KERNEL_BINARY/KERNEL_UNARY; physical/kernels.py must run each."""
+    from streamql.bound import KERNEL_BINARY, KERNEL_UNARY
+    from streamql.physical.kernels import BINARY_TEMPLATES, UNARY_TEMPLATES
+    assert set(BINARY_TEMPLATES) == KERNEL_BINARY
+    assert set(UNARY_TEMPLATES) == KERNEL_UNARY
+
+
+def test_optimized_plans_hold_only_plan_nodes(engine):
+    """Rules rewrite, operators run: after every rule, the plan is made of logical nodes and
+    typed expressions alone, with nothing compiled or running in it."""
+    from streamql import logical as L
+    from streamql.bound import TExpr
+    plan = engine._compile(streamql.parse_one(
+        "select stream of mean(w), sqrt(abs(mean(w) * 2 + 1)) from Vector of Real w "
+        "where w in winagg(signal_stream('s'), 10, 5) and mean(w) > 0;"), None)
+    assert {"window_fusion", "elementwise_fusion"} <= set(plan.rules)
+    for node in plan.root.chain():
+        assert type(node).__module__ == L.__name__
+        for expr in node.expressions():
+            for sub in expr.walk():
+                assert isinstance(sub, TExpr) and not hasattr(sub, "compile"), type(sub)

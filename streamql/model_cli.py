@@ -2,7 +2,7 @@
 
 `register(subparsers)` adds the `model` subcommand to the main `streamql` parser; the parsed
 arguments carry `func`, which runs the command and returns the exit status. `main(argv)` runs it
-standalone: `python -m streamql.models.cli pack DIR`. Errors print one plain line to stderr and
+standalone: `python -m streamql.model_cli pack DIR`. Errors print one plain line to stderr and
 exit with status 1 (2 for usage errors, from argparse).
 """
 from __future__ import annotations
@@ -13,20 +13,16 @@ import os
 import sys
 from typing import Any, Callable
 
-from streamql.errors import QueryError
+from .engine import Engine
+from .errors import QueryError
+from .models.bundle import inspect, pack, read_bundle, sign, verify
+from .models.bundle_template import init_bundle
+from .models.install import install_bundle, run_bundle_tests
+from .models.signing import key_id, keygen, load_public_key
 
 __all__ = ["build_parser", "main", "register"]
 
 EngineFactory = Callable[[], Any]
-
-
-def _default_engine_factory() -> Any:
-    import streamql
-
-    engine_cls = getattr(streamql, "Engine", None)
-    if engine_cls is None:
-        raise QueryError("this build of streamql has no Engine to run bundle tests in")
-    return engine_cls()
 
 
 def _capabilities(text: str | None) -> dict | None:
@@ -51,8 +47,6 @@ def _capabilities(text: str | None) -> dict | None:
 # --- commands -------------------------------------------------------------------------------------
 
 def _cmd_init(args, out) -> int:
-    from .bundle_template import init_bundle
-
     written = init_bundle(args.dir, name=args.name)
     print(f"created bundle template in {args.dir} ({len(written)} files)", file=out)
     for path in written:
@@ -61,8 +55,6 @@ def _cmd_init(args, out) -> int:
 
 
 def _cmd_pack(args, out) -> int:
-    from .bundle import pack, read_bundle
-
     path = pack(args.dir, args.output)
     bundle = read_bundle(path)
     print(f"packed {bundle.name} {bundle.version} into {path} (sha256 {bundle.sha256})", file=out)
@@ -70,8 +62,6 @@ def _cmd_pack(args, out) -> int:
 
 
 def _cmd_keygen(args, out) -> int:
-    from .signing import key_id, keygen, load_public_key
-
     priv, pub = keygen(args.prefix, overwrite=args.force)
     print(f"private key: {priv} (keep it secret; mode 0600)", file=out)
     print(f"public key:  {pub} (key id {key_id(load_public_key(pub))})", file=out)
@@ -79,8 +69,6 @@ def _cmd_keygen(args, out) -> int:
 
 
 def _cmd_sign(args, out) -> int:
-    from .bundle import read_bundle, sign
-
     path = sign(args.bundle, args.key, args.output)
     bundle = read_bundle(path)
     print(f"signed {bundle.name} {bundle.version}: {path} (key id {bundle.signatures[-1]['key_id']})", file=out)
@@ -88,8 +76,6 @@ def _cmd_sign(args, out) -> int:
 
 
 def _cmd_verify(args, out) -> int:
-    from .bundle import verify
-
     bundle = verify(args.bundle, args.pubkey)
     print(f"OK: {bundle.name} {bundle.version} is signed by key {bundle.verified_by}"
           f" and every file matches its hash", file=out)
@@ -97,8 +83,6 @@ def _cmd_verify(args, out) -> int:
 
 
 def _cmd_inspect(args, out) -> int:
-    from .bundle import inspect
-
     report = inspect(args.bundle, capabilities=_capabilities(args.capabilities),
                      trusted_keys=[args.pubkey] if args.pubkey else None)
     if args.json:
@@ -110,9 +94,6 @@ def _cmd_inspect(args, out) -> int:
 
 
 def _cmd_test(args, out) -> int:
-    from .bundle import read_bundle
-    from .install import install_bundle, run_bundle_tests
-
     bundle = read_bundle(args.bundle, trusted_keys=[args.pubkey] if args.pubkey else None)
     engine = args.engine_factory()
     installed = install_bundle(engine, bundle, _capabilities(args.capabilities), autostart=args.autostart)
@@ -255,7 +236,7 @@ def register(subparsers: Any, engine_factory: EngineFactory | None = None) -> ar
     parser = subparsers.add_parser("model", help="build, sign, inspect and test model bundles",
                                    description="Build, sign, inspect and test model bundles.")
     _add_commands(parser)
-    parser.set_defaults(func=_run, engine_factory=engine_factory or _default_engine_factory)
+    parser.set_defaults(func=_run, engine_factory=engine_factory or Engine)
     return parser
 
 
@@ -263,7 +244,7 @@ def build_parser(engine_factory: EngineFactory | None = None) -> argparse.Argume
     parser = argparse.ArgumentParser(prog="streamql model",
                                      description="Build, sign, inspect and test model bundles.")
     _add_commands(parser)
-    parser.set_defaults(func=_run, engine_factory=engine_factory or _default_engine_factory)
+    parser.set_defaults(func=_run, engine_factory=engine_factory or Engine)
     return parser
 
 

@@ -16,10 +16,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..batch import IDLE
-from ..errors import QueryCancelled, QueryError
-from ..fleet import DeviceInfo, EdgeProfile, FragmentEvent, FragmentRequest
-from ..selection import Predicate, device_lookup
+from .batch import IDLE
+from .errors import QueryCancelled, QueryError
+from .fleet import DeviceInfo, EdgeProfile, FragmentEvent, FragmentRequest
+from .selection import Predicate, device_lookup
 
 
 @dataclass

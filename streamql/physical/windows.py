@@ -1,0 +1,376 @@
+"""Windows over streams: the one implementation of count windows and of time windows.
+
+`count_windows` is the state machine behind `winagg(s, size, stride)` everywhere: the library's
+winagg stream and the plan's `Window` node (with or without fused aggregates) both run it. The
+first window comes after `size` elements, then one every `stride` elements; a trailing partial
+window is dropped; stride > size samples (the elements between windows are skipped). The
+elements waiting for their window are accounted with `ctx.hold` as the query's state; `IDLE`
+ticks pass through; a reading arriving alone takes the scalar path (no numpy per reading).
+
+What a complete window gives is its *shape*: `WindowValues` makes the windows (a batch of them is
+a reshaped or strided view of the batch, not a copy); `WindowAggregates` computes mean, sum, min,
+max or rms per window straight from the batch (a reshape for tumbling windows, running sums for
+sliding ones), so no window is made.
+
+`time_windows` is `twinagg`: windows of a duration over timestamped values, aligned to multiples
+of the stride and stamped with their end.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..batch import IDLE, Batch
+from ..errors import QueryRuntimeError
+from ..streams import approximate_bytes, iter_elements, to_column
+from ..values import Timeval, make_vector
+
+FUSABLE = ("mean", "sum", "min", "max", "rms")   # what WindowAggregates computes
+
+
+# ------------------------------------------------------------------------------ count windows
+def count_windows(items, size: int, stride: int, shape, ctx=None):
+    """Stream items of windows of `items`, as `shape` makes them. `ctx` (None inside stream
+    functions that have none) accounts the waiting elements."""
+    pending = None        # elements not yet windowed: an ndarray, or a list after single readings
+    skip = 0              # elements to drop before the next window starts (stride > size)
+    held = 0              # bytes of pending accounted in ctx
+    hold = ctx.hold if ctx is not None else None
+    try:
+        for item in items:
+            if item is IDLE:
+                yield item
+                continue
+            if type(item) is not Batch:   # one reading: the scalar path
+                if skip:
+                    skip -= 1
+                    continue
+                if type(pending) is not list:   # None, or an array left by a batch
+                    pending = [] if pending is None else list(pending)
+                pending.append(item)
+                waiting = len(pending)
+                if hold is not None and not waiting & 1023:   # every 1024 readings: cheap
+                    previous, held = held, waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
+                    hold(held - previous)
+                if waiting >= size:
+                    yield shape.one(pending[:size])
+                    if stride < size:
+                        del pending[:stride]
+                    else:
+                        skip = stride - size
+                        pending = []
+                continue
+            data = shape.join(pending, shape.values(item))
+            if skip:
+                if skip >= len(data):
+                    skip -= len(data)
+                    pending = None
+                    continue
+                data = data[skip:]
+                skip = 0
+            n = len(data)
+            windows = None
+            if n < size:
+                pending = data
+            else:
+                count = (n - size) // stride + 1
+                windows = shape.many(data, size, stride, count)
+                pending, skip = window_rest(data, count, stride)
+            if hold is not None:
+                previous, held = held, approximate_bytes(pending) if pending is not None else 0
+                hold(held - previous)
+            if windows is not None:
+                yield windows
+    finally:
+        if hold is not None:
+            hold(-held)
+        close = getattr(items, "close", None)
+        if close:
+            close()
+
+
+def window_rest(data, count: int, stride: int) -> tuple:
+    """After `count` windows every `stride` elements of `data`: (the elements the next window
+    starts with, or None; how many coming elements to drop first, when stride > size)."""
+    next_start = count * stride
+    if next_start <= len(data):
+        return data[next_start:], 0
+    return None, next_start - len(data)
+
+
+class WindowValues:
+    """Windows as vectors: a batch of windows is one 2-D array (a view when it can be)."""
+
+    @staticmethod
+    def values(item: Batch):
+        if item.times is not None:   # timestamped readings: windows of Timevals
+            return list(iter_elements([item]))
+        return item.values
+
+    @staticmethod
+    def join(pending, values):
+        if pending is None or len(pending) == 0:
+            return values
+        if isinstance(values, np.ndarray) and values.dtype != object:
+            head = pending if isinstance(pending, np.ndarray) else _as_array(pending, values)
+            if head is not None and head.shape[1:] == values.shape[1:]:
+                return np.concatenate([head, values])
+        merged = list(pending.tolist() if isinstance(pending, np.ndarray) and pending.ndim == 1 else pending)
+        merged.extend(values.tolist() if isinstance(values, np.ndarray) and values.ndim == 1 else list(values))
+        return merged
+
+    @staticmethod
+    def many(data, size: int, stride: int, count: int) -> Batch:
+        """`count` windows of `size` elements every `stride` elements, without copying when possible."""
+        if isinstance(data, np.ndarray) and data.dtype != object:
+            if data.ndim == 1:
+                if stride == size:
+                    return Batch(data[:count * size].reshape(count, size))
+                return Batch(sliding_window_view(data, size)[::stride][:count])
+            return Batch(np.stack([data[i * stride:i * stride + size] for i in range(count)]))
+        return Batch([list(data[i * stride:i * stride + size]) for i in range(count)])
+
+    @staticmethod
+    def one(window: list):
+        return make_vector(window)
+
+
+WINDOW_VALUES = WindowValues()
+
+
+def _as_array(items: list, like: np.ndarray):
+    try:
+        array = np.asarray(items, dtype=like.dtype if like.dtype.kind == "f" else None)
+    except (TypeError, ValueError):
+        return None
+    return array if array.dtype != object else None
+
+
+class WindowAggregates:
+    """Per window, the values of several aggregates (FUSABLE): a batch gives a (windows ×
+    aggregates) array, a single window a list. `variable` is named when a window holds
+    something other than numbers."""
+
+    def __init__(self, names: tuple[str, ...], variable: str | None = None):
+        self.names = names
+        self.variable = variable
+
+    def values(self, item: Batch) -> np.ndarray:
+        return self._numeric(item.values)
+
+    def join(self, pending, values: np.ndarray) -> np.ndarray:
+        if pending is None or not len(pending):
+            return values
+        return np.concatenate([self._numeric(pending), values])
+
+    def many(self, data: np.ndarray, size: int, stride: int, count: int) -> Batch:
+        if stride == size:
+            view = data[:count * size].reshape(count, size)
+            block = np.empty((count, len(self.names)))
+            for j, name in enumerate(self.names):
+                block[:, j] = _reduce_tumbling(view, name)
+            return Batch(block)
+        return Batch(_reduce_sliding(data, size, stride, count, self.names))
+
+    def one(self, window: list) -> list:
+        return _reduce_one(self._numeric(window), self.names)
+
+    def _numeric(self, values) -> np.ndarray:
+        if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == 1:
+            return values
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.ndim != 1:
+            raise QueryRuntimeError(f"variable {self.variable or 'w'} must be a vector of numbers, but its window "
+                                    f"holds {values[0]!r}" if len(values) else "a window of no numbers")
+        return array
+
+
+def _reduce_tumbling(view: np.ndarray, name: str) -> np.ndarray:
+    if name == "mean":
+        return view.mean(axis=1)
+    if name == "sum":
+        return view.sum(axis=1)
+    if name == "min":
+        return view.min(axis=1)
+    if name == "max":
+        return view.max(axis=1)
+    # rms: a row-wise dot product squares and sums without a temporary the size of the data
+    return np.sqrt(np.einsum("ij,ij->i", view, view, dtype=np.float64) / view.shape[1])
+
+
+def _reduce_sliding(data: np.ndarray, size: int, stride: int, count: int, names) -> np.ndarray:
+    starts = np.arange(count) * stride
+    out = np.empty((count, len(names)))
+    sums = squares = view = None
+    for j, name in enumerate(names):
+        if name in ("mean", "sum"):
+            if sums is None:
+                running = np.concatenate(([0.0], np.cumsum(data, dtype=np.float64)))
+                sums = running[starts + size] - running[starts]
+            out[:, j] = sums / size if name != "sum" else sums
+        elif name == "rms":
+            if squares is None:
+                running = np.concatenate(([0.0], np.cumsum(np.square(data, dtype=np.float64))))
+                squares = running[starts + size] - running[starts]
+            out[:, j] = np.sqrt(np.maximum(squares, 0.0) / size)
+        else:
+            if view is None:
+                view = sliding_window_view(data, size)[::stride][:count]
+            out[:, j] = view.min(axis=1) if name == "min" else view.max(axis=1)
+    return out
+
+
+def _reduce_one(window: np.ndarray, names) -> list:
+    out = []
+    for name in names:
+        if name == "mean":
+            out.append(float(window.mean()))
+        elif name == "sum":
+            out.append(window.sum().item())
+        elif name == "min":
+            out.append(window.min().item())
+        elif name == "max":
+            out.append(window.max().item())
+        else:
+            out.append(math.sqrt(float(np.dot(window, window)) / len(window)))
+    return out
+
+
+# ------------------------------------------------------------------------------- time windows
+def time_windows(items, size: float, stride: float, ctx):
+    """Time windows over timestamped items: windows [end - size, end) with ends at multiples of
+    `stride`, each emitted (stamped with its end) once an event at or after its end arrives; empty
+    windows are skipped; events for windows already closed are dropped and counted; what is left
+    is flushed at the end of the stream."""
+    times = np.empty(0)
+    values: Any = np.empty(0)
+    watermark = -math.inf
+    emitted_end = -math.inf
+    held = 0              # bytes of events waiting for their windows, accounted in ctx
+    try:
+        for item in items:
+            if item is IDLE:
+                yield item
+                continue
+            new_times, new_values = _stamped(item, ctx)
+            last_end = np.floor((new_times + size) / stride) * stride
+            in_some_window = last_end > new_times
+            # late: every window holding the event closed before it came (the watermark, the
+            # largest time seen before it, had reached their ends), even windows left empty
+            seen_before = np.maximum.accumulate(np.concatenate([[watermark], new_times[:-1]]))
+            late = in_some_window & (last_end <= np.maximum(seen_before, emitted_end))
+            if late.any():
+                ctx.count("late_events", int(late.sum()))
+            keep = in_some_window & ~late
+            if not keep.all():
+                new_times, new_values = new_times[keep], _take(new_values, keep)
+            if len(new_times) == 0:
+                continue
+            times, values = _merge_sorted(times, values, new_times, new_values)
+            watermark = max(watermark, float(new_times.max()))
+            times, values, emitted_end, ends, windows = _windows_up_to(times, values, emitted_end, watermark,
+                                                                       size, stride, flush=False)
+            # every window ending at or before the watermark is closed now, emitted or empty
+            emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
+            previous, held = held, times.nbytes + approximate_bytes(values)
+            ctx.hold(held - previous)
+            if ends:
+                yield _timeval_batch(ends, windows)
+        if len(times):
+            times, values, emitted_end, ends, windows = _windows_up_to(times, values, emitted_end, math.inf,
+                                                                       size, stride, flush=True)
+            if ends:
+                yield _timeval_batch(ends, windows)
+    finally:
+        ctx.hold(-held)
+        close = getattr(items, "close", None)
+        if close:
+            close()
+
+
+def _stamped(item, ctx) -> tuple[np.ndarray, Any]:
+    """An item's event times and values."""
+    if type(item) is Batch and item.times is None and _all_timevals(item.values):
+        # a batch of ts(t, v) values (vstream of a vector of them): their own times
+        return (np.array([tv.time.seconds for tv in item.values], dtype=np.float64),
+                to_column([tv.value for tv in item.values]))
+    if type(item) is Batch:
+        times = item.times if item.times is not None else np.full(len(item.values), ctx.clock.now())
+        return np.asarray(times, dtype=np.float64), item.values
+    if isinstance(item, Timeval):
+        return np.array([item.time.seconds]), _one(item.value)
+    raise QueryRuntimeError("twinagg needs timestamped values: use ts_signal_stream or ts(t, v)")
+
+
+def _windows_up_to(times, values, emitted_end, limit, size, stride, flush):
+    """Emit windows with end <= limit (or, flushing, every window holding a pending event)."""
+    out_ends, out_values = [], []
+    end = _next_end(times[0], stride, emitted_end)
+    while len(times) and (end <= limit if not flush else end - size <= times[-1]):
+        lo = np.searchsorted(times, end - size, "left")
+        hi = np.searchsorted(times, end, "left")
+        if hi > lo:
+            out_ends.append(end)
+            out_values.append(values[lo:hi])
+        emitted_end = end
+        # events before the next window's start can never be used again
+        start = np.searchsorted(times, end + stride - size, "left")
+        if start:
+            times, values = times[start:], values[start:]
+        if not len(times):
+            break
+        end = max(end + stride, _next_end(times[0], stride, emitted_end))
+    return times, values, emitted_end, out_ends, out_values
+
+
+def _all_timevals(values) -> bool:
+    return isinstance(values, list) and len(values) > 0 and all(isinstance(v, Timeval) for v in values)
+
+
+def _next_end(t: float, stride: float, emitted_end: float) -> float:
+    """The first window end after both t and the last emitted end: the smallest multiple of stride
+    above t (a window [end - size, end) holds t only if end > t)."""
+    end = math.floor(t / stride) * stride + stride
+    if end <= t:
+        end += stride
+    if emitted_end > -math.inf and end <= emitted_end:
+        end = emitted_end + stride
+    return end
+
+
+def _one(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.array([value], dtype=np.float64 if isinstance(value, float) else np.int64)
+    return [value]
+
+
+def _take(values, mask):
+    if isinstance(values, np.ndarray):
+        return values[mask]
+    return [v for v, k in zip(values, mask) if k]
+
+
+def _merge_sorted(times, values, new_times, new_values):
+    all_times = np.concatenate([times, new_times])
+    if isinstance(values, np.ndarray) and isinstance(new_values, np.ndarray) and \
+            values.shape[1:] == new_values.shape[1:] or (isinstance(values, np.ndarray) and len(values) == 0
+                                                         and isinstance(new_values, np.ndarray)):
+        all_values = np.concatenate([values, new_values]) if len(values) else new_values
+    else:
+        all_values = list(values) + list(new_values)
+    if len(new_times) and len(times) and new_times.min() < times[-1] or not np.all(np.diff(new_times) >= 0):
+        order = np.argsort(all_times, kind="stable")
+        all_times = all_times[order]
+        all_values = all_values[order] if isinstance(all_values, np.ndarray) else [all_values[i] for i in order]
+    return all_times, all_values
+
+
+def _timeval_batch(ends: list, windows: list) -> Batch:
+    vectors = [w if isinstance(w, np.ndarray) else make_vector(list(w)) for w in windows]
+    return Batch(vectors, np.asarray(ends, dtype=np.float64))
