@@ -45,7 +45,7 @@ BATCH_ROWS = 512
 CHANNEL_BATCHES = 16
 STATUS_POLL_S = 0.25
 QUICK_WORKERS = 4           # threads for parsing and planning, apart from the statements that run
-FIRST_ROW_WAIT_S = 2.0      # how long a stream's response waits for its first row before it starts
+FIRST_ROW_WAIT_S = 1.0      # how long a stream's response waits for its first row before it starts
 _END = object()
 
 

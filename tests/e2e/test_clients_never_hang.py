@@ -49,7 +49,7 @@ def test_ctrl_c_on_a_fleet_stream_without_rows_gives_the_prompt_back(fleet, tmp_
         child.expect(prompt)
         for _ in range(2):                        # and again: the session is still sound
             child.send(NO_ROWS + "\r")
-            time.sleep(2.0)                       # the fragment runs on the edge; no row comes
+            time.sleep(3.0)                       # the stream has started (its response waits up to 1 s for a row)
             _drain(child)
             interrupted = time.monotonic()
             child.sendintr()
