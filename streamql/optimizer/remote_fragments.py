@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .. import logical as L
 from .. import selection as S
-from ..bound import TAnd, TAt, TCall, TConst, TExpr, TNot, TOr, TQuery, TVar, replace_children
+from ..bound import TAggregate, TAnd, TAt, TCall, TConst, TExpr, TNot, TOr, TQuery, TVar, replace_children
 from ..errors import QueryTypeError
 from ..fleet import is_per_edge_call
 from ..fragments import FragmentBuilder, NotShippable
@@ -103,12 +103,23 @@ def rule(plan: L.LogicalPlan, ctx) -> L.LogicalPlan:
                     raise QueryTypeError(f"the expression before @ runs on the edge: {exc.message}", exc.span,
                                          source) from None
                 return output(node)
+            if isinstance(node, (TCall, TAggregate)) and any(
+                    isinstance(child, TQuery) and _mentions_at(child) for child in node.children()):
+                try:   # count(select … @e …): the whole call on the edge, one value back
+                    probe.check(node)
+                    return output(node)
+                except NotShippable:
+                    pass
             if isinstance(node, TQuery) and _mentions_at(node):
                 try:
                     probe.check(node)
                 except NotShippable as exc:
                     raise QueryTypeError(f"this subquery reads values of the edges and of the federation: "
                                          f"{exc.message}", exc.span or node.span, source) from None
+                if node.type.is_collection:
+                    raise QueryTypeError("a bag or stream computed on each edge cannot come back whole: aggregate "
+                                         "it there (count(select … @e …)) or bind its elements (x in (select …)@e)",
+                                         node.span, source)
                 return output(node)
             if isinstance(node, TVar) and node.name in local:
                 return output(node, node.name)

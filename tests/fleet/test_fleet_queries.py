@@ -238,3 +238,29 @@ def test_an_edge_function_announced_by_the_edges_is_typed_and_called_there(feder
     assert sorted(rows) == sorted((d, t * 2) for d, _, _, t, _ in online())
     with pytest.raises(streamql.QueryTypeError):
         federation.query("select doubled('text')@e from Edge e;", fleet=fleet)
+
+
+def test_an_aggregate_of_a_subquery_on_each_edge_comes_back_as_one_value(federation, fleet):
+    rows, status = run(federation, fleet, "select id(e), count(select x from Real x where x in "
+                                          "vectorof(first_n(signal_stream('vibration'), 5))@e and x >= 0) from Edge e;")
+    assert sorted(rows) == sorted((d, 5) for d, *_ in online())
+    assert all(status[d]["rows"] == 1 for d in status if status[d]["outcome"] == "answered")
+    # a bag as a select item is flattened (as in any query): its elements come back as rows
+    rows, _ = run(federation, fleet, "select id(e), (select x from Real x where x in "
+                                     "vectorof(first_n(signal_stream('vibration'), 3)))@e from Edge e;")
+    assert sorted(rows) == sorted((d, float(v)) for d, *_, offset in online() for v in vibration(offset)[:3])
+
+
+def test_candidates_from_a_bag_of_edges_and_distinct_over_live_values(federation, fleet):
+    rows, status = run(federation, fleet, "select id(e) from Edge e where e in edges_with_signal('mode');")
+    assert sorted(rows) == sorted(d for d, meta, *_ in FLEET if meta["kind"] == "dumper") and status.registry_only
+    rows, _ = run(federation, fleet, f"select distinct region(e) from Edge e where {TEMPERATURE} < 0;")
+    assert sorted(rows) == sorted({meta["region"] for _, meta, _, t, _ in online() if t < 0})
+
+
+def test_a_stream_with_a_limit_ends_and_is_complete(federation, fleet):
+    result = federation.query("select stream of id(e), w from Edge e, Vector of Real w "
+                              "where w in winagg(signal_stream('vibration'), 4, 4)@e limit 3;", fleet=fleet)
+    rows = list(result)                      # a standing stream, ended by its limit
+    assert len(rows) == 3 and all(len(w) == 4 for _, w in rows)
+    assert result.status.incomplete() == ["d-3"]    # the offline one; the others were cancelled by the limit
