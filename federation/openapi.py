@@ -215,6 +215,17 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 **_errors(400, *AUTH_ERRORS)},
         },
     },
+    "/v1/functions": {
+        "get": {
+            "summary": "Every function a statement may call: the library, the fleet functions, the functions "
+                       "defined at the federation and those the edges announced",
+            "tags": ["query"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {"functions": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "signature": {"type": "string"}, "kind": {"type": "string"},
+                    "topic": {"type": "string"}, "doc": {"type": "string"}}}}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
     "/v1/openapi.json": {
         "get": {"summary": "This document", "tags": ["service"], "x-streamql-role": "read",
                 "responses": {"200": _json({"type": "object"}), **_errors(*AUTH_ERRORS)}},

@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator
 
 import streamql
 from streamql import ast as A
+from streamql.fleet import FleetCatalog
 from streamql.errors import FleetError, QueryCancelled, QueryError, Span
 from streamql.syntax import parse_one
 
@@ -349,6 +350,17 @@ class QueryService:
         else:
             plan = await self.pool.quick(lambda: self.engine.explain_text(statement, text, fleet=self.access))
         return StatementResult(["plan"], ["Charstring"], "explain", rows=[[line] for line in plan.splitlines()])
+
+    def functions(self) -> list[dict]:
+        """Every function a statement may call here (in a worker: the edges' are read off the loop)."""
+        catalog = FleetCatalog(self.engine.catalog, self.engine.library, self.access)
+        out = self.engine.functions()
+        names = {(d["name"], d["signature"]) for d in out}
+        for overload in list(catalog.library.fleet.all()) + list(catalog.edge_functions().all()):
+            described = overload.describe()
+            if (described["name"], described["signature"]) not in names:
+                out.append(described)
+        return out
 
     def stop_all(self) -> None:
         """The federation is shutting down: every running statement stops (its client is told)."""

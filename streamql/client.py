@@ -179,9 +179,15 @@ class Federation:
         return sorted({name for edge in self.edges() for name in edge.get("signals") or []})
 
     def functions(self) -> list[dict]:
-        """The functions statements may call: the built-in library (the federation runs the same
-        one), the fleet functions of LANGUAGE.md §8 and one function per metadata key."""
-
+        """The functions statements may call: the built-in library, the fleet functions of
+        LANGUAGE.md §8 (one per metadata key among them), the functions defined at the federation
+        and those the edges announced — as the federation lists them (GET /v1/functions); from an
+        older federation without that route, the library and fleet functions known here."""
+        try:
+            return self._json("GET", "/v1/functions")["functions"]
+        except FederationRequestError as exc:
+            if exc.status != 404:
+                raise
         out = default_library().describe()
         fleet = [(name, signature, doc) for name, signature, doc in FLEET_FUNCTIONS]
         fleet += [(key, f"{key}(Edge e) -> Object", f"the metadata value '{key}' of the edge")

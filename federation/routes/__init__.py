@@ -28,6 +28,7 @@ from federation.routes import (
     edges,
     edges_connect,
     flows,
+    functions,
     models,
     query,
     query_ws,
@@ -38,6 +39,7 @@ from federation.routes import (
 ROUTE_MODULES = (
     system,         # /healthz, /metrics, /v1/openapi.json
     query,          # POST /v1/query
+    functions,      # GET /v1/functions
     query_ws,       # GET /v1/query/ws
     edges_connect,  # GET /v1/edges/connect (the edge hub)
     edges,          # /v1/edges, /v1/edges/{id}

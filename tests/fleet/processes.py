@@ -92,11 +92,9 @@ class ConstantFleet:
     def start(self) -> "ConstantFleet":
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.dir / "fed"
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        fed = self.spawn("federation", "federation", "--data", str(data), "--port", str(port), "--heartbeat", "2",
-                         "--log-level", "warning", *self.federation_args)
-        self.wait(self.healthy, 30, "the federation to listen", fed, "federation")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_federation()
         self.admin = (data / "admin.token").read_text().strip()
         self.read = self.api("POST", "/v1/tokens", {"role": "read", "label": "fleet tests"})["token"]
         for device in self.devices:
@@ -107,6 +105,20 @@ class ConstantFleet:
                 self.start_edge(device)
         self.wait(lambda: self.online() >= {d.id for d in self.devices if d.online}, 60, "the edges to connect")
         return self
+
+    def start_federation(self) -> None:
+        fed = self.spawn("federation", "federation", "--data", str(self.dir / "fed"), "--port", str(self.port),
+                         "--heartbeat", "2", "--log-level", "warning", *self.federation_args)
+        self.wait(self.healthy, 30, "the federation to listen", fed, "federation")
+
+    def restart_federation(self) -> None:
+        """Stop the federation (SIGTERM) and start it again on the same data and port; the edges
+        reconnect by themselves."""
+        federation = self.procs.pop("federation")
+        federation.terminate()
+        federation.wait(15)
+        self.start_federation()
+        self.wait(lambda: self.online() >= {d.id for d in self.devices if d.online}, 60, "the edges to reconnect")
 
     def start_edge(self, device: Device) -> subprocess.Popen:
         self._env[device.id] = {"STREAMQL_EDGE_TOKEN": self.tokens[device.id]}

@@ -174,3 +174,25 @@ def test_the_cli_says_when_an_answer_is_incomplete(fleet):
                         text=True, env=env, timeout=120)
     assert us.returncode == 0, us.stderr
     assert sorted(us.stdout.split()) == sorted(x for d in ONLINE if d.region == "US" for x in (d.id, str(d.temperature)))
+
+
+def test_functions_defined_at_the_federation_survive_a_restart_and_run_on_the_edges(tmp_path):
+    fleet = ConstantFleet(tmp_path, DEVICES[:2]).start()
+    try:
+        headers = {"Authorization": f"Bearer {fleet.admin}", "Content-Type": "application/json"}
+
+        def admin(statement: str):
+            request = urllib.request.Request(fleet.url + "/v1/query", method="POST", headers=headers,
+                                             data=json.dumps({"query": statement}).encode())
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return [json.loads(line) for line in response.read().decode().splitlines()]
+
+        admin("create function fahrenheit(Number c) -> Real as c * 9 / 5 + 32;")
+        fleet.restart_federation()
+        listed = {f["name"]: f for f in fleet.api("GET", "/v1/functions", token=fleet.read)["functions"]}
+        assert listed["fahrenheit"]["signature"] == "fahrenheit(Number c) -> Real"
+        assert "region" in listed and "signal_value" in listed          # fleet and library functions too
+        rows, _ = answer(fleet, "select id(e), fahrenheit(signal_value('outside_temperature'))@e from Edge e;")
+        assert sorted(rows) == sorted([d.id, d.temperature * 9 / 5 + 32] for d in DEVICES[:2])
+    finally:
+        fleet.stop()
