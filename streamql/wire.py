@@ -13,13 +13,14 @@ True
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import codec
+from .wire_checks import (ANY, BOOL, BYTES, COLUMNS, COUNT, ID, INT, LIST, MAP, NUM, POSITIVE, POSNUM, SHA256, STR,
+                          Check, ProtocolError, check_fields, is_int, short, list_of, map_of, one_of, opt, struct)
 
 __all__ = [
     "VERSION", "SUPPORTED_VERSIONS", "MAX_FRAME_BYTES", "FRAME_TYPES", "FROM_EDGE",
@@ -48,171 +49,6 @@ CLOSE_CODES = {
     "unauthorized": 4003,
     "replaced": 4009,       # the same edge id connected again; the older connection is closed
 }
-
-
-class ProtocolError(Exception):
-    """A frame that cannot be accepted: `code` says which rule it broke, `ref` what it was about.
-
-    Codes: malformed, too_large, unsupported_version, unknown_type, unexpected_type, bad_field.
-    """
-
-    def __init__(self, code: str, reason: str, ref: Any = None, version: int | None = None):
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
-        self.ref = ref
-        self.version = version  # the unsupported version a peer spoke, for negotiation
-
-
-# == field specifications ======================================================================
-Check = Callable[[Any, str], None]
-
-
-def _fail(path: str, wanted: str, value: Any) -> None:
-    got = type(value).__name__ if not isinstance(value, (str, int, float)) or isinstance(value, bool) \
-        else f"{type(value).__name__} {_short(value)}"
-    raise ProtocolError("bad_field", f"{path} must be {wanted}, got {got}", ref=path)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def STR(value, path):
-    if not isinstance(value, str):
-        _fail(path, "a string", value)
-
-
-def ID(value, path):
-    if not isinstance(value, str) or not 0 < len(value) <= 256:
-        _fail(path, "a non-empty string of at most 256 characters", value)
-
-
-def INT(value, path):
-    if not _is_int(value):
-        _fail(path, "an integer", value)
-
-
-def COUNT(value, path):
-    if not _is_int(value) or value < 0:
-        _fail(path, "a non-negative integer", value)
-
-
-def POSITIVE(value, path):
-    if not _is_int(value) or value < 1:
-        _fail(path, "a positive integer", value)
-
-
-def NUM(value, path):
-    if not _is_num(value) or (isinstance(value, float) and not math.isfinite(value)):
-        _fail(path, "a finite number", value)
-
-
-def POSNUM(value, path):
-    if not _is_num(value) or not math.isfinite(value) or value <= 0:
-        _fail(path, "a positive number", value)
-
-
-def BOOL(value, path):
-    if not isinstance(value, bool):
-        _fail(path, "true or false", value)
-
-
-def BYTES(value, path):
-    if not isinstance(value, bytes):
-        _fail(path, "bytes", value)
-
-
-def MAP(value, path):
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        _fail(path, "a map with string keys", value)
-
-
-def LIST(value, path):
-    if not isinstance(value, list):
-        _fail(path, "a list", value)
-
-
-def ANY(value, path):
-    return None
-
-
-def SHA256(value, path):
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
-        _fail(path, "a lowercase hex SHA-256 digest", value)
-
-
-def opt(check: Check) -> Check:
-    """`check`, or null."""
-    def nullable(value, path):
-        if value is not None:
-            check(value, path)
-    return nullable
-
-
-def one_of(*choices: str) -> Check:
-    def check(value, path):
-        if value not in choices or not isinstance(value, str):
-            _fail(path, "one of " + ", ".join(choices), value)
-    return check
-
-
-def list_of(item: Check, max_len: int | None = None) -> Check:
-    def check(value, path):
-        LIST(value, path)
-        if max_len is not None and len(value) > max_len:
-            _fail(path, f"a list of at most {max_len} items", value)
-        for i, v in enumerate(value):
-            item(v, f"{path}[{i}]")
-    return check
-
-
-def map_of(item: Check) -> Check:
-    def check(value, path):
-        MAP(value, path)
-        for k, v in value.items():
-            item(v, f"{path}.{k}")
-    return check
-
-
-def struct(required: Mapping[str, Check] = (), optional: Mapping[str, Check] = ()) -> Check:
-    """A map with these fields (unknown extra keys are allowed and ignored)."""
-    required, optional = dict(required), dict(optional)
-
-    def check(value, path):
-        MAP(value, path)
-        _check_fields(value, required, optional, path + ".")
-    return check
-
-
-def _check_fields(value: dict, required: dict, optional: dict, prefix: str) -> None:
-    for name, spec in required.items():
-        if name not in value:
-            raise ProtocolError("bad_field", f"missing field {prefix}{name}", ref=prefix + name)
-        spec(value[name], prefix + name)
-    for name, spec in optional.items():
-        if name in value:
-            spec(value[name], prefix + name)
-
-
-def COLUMNS(value, path):
-    """Columns of a row batch: each a numpy array (first axis = rows) or a list."""
-    LIST(value, path)
-    for i, col in enumerate(value):
-        if isinstance(col, np.ndarray):
-            if col.ndim < 1:
-                _fail(f"{path}[{i}]", "an array of at least one dimension", col)
-        elif not isinstance(col, list):
-            _fail(f"{path}[{i}]", "an array or a list", col)
 
 
 ERROR_INFO = struct({"kind": STR, "message": STR}, {"line": opt(INT), "column": opt(INT)})
@@ -387,9 +223,9 @@ def validate(frame: Frame) -> Frame:
                             f"(supported: {list(SUPPORTED_VERSIONS)})", version=frame.v)
     schema = SCHEMAS.get(frame.t)
     if schema is None:
-        raise ProtocolError("unknown_type", f"unknown frame type {_short(frame.t)}", ref=frame.t)
+        raise ProtocolError("unknown_type", f"unknown frame type {short(frame.t)}", ref=frame.t)
     required, optional = schema
-    _check_fields(frame.fields, required, optional, "")
+    check_fields(frame.fields, required, optional, "")
     _check_semantics(frame.t, frame.fields)
     return frame
 
@@ -429,7 +265,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME_BY
     if not isinstance(document, dict):
         raise ProtocolError("malformed", f"a frame must be a map, got {type(document).__name__}")
     version, t = document.get("v"), document.get("t")
-    if not _is_int(version):
+    if not is_int(version):
         raise ProtocolError("malformed", "the frame has no integer protocol version 'v'")
     if not isinstance(t, str):
         raise ProtocolError("malformed", "the frame has no string type 't'", version=version)
@@ -446,7 +282,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_FRAME_BY
 # == negotiation and errors ====================================================================
 def negotiate(offered: Iterable[int]) -> int | None:
     """The highest version both sides speak, or None (then: error frame naming ours, and close)."""
-    common = set(SUPPORTED_VERSIONS) & {v for v in offered if _is_int(v)}
+    common = set(SUPPORTED_VERSIONS) & {v for v in offered if is_int(v)}
     return max(common) if common else None
 
 
@@ -472,7 +308,7 @@ def error_frame(error: ProtocolError | str, message: str | None = None, ref: Any
 def version_error(version: Any) -> bytes:
     """The bytes to send a peer that spoke `version`: a v1 error frame naming what we support."""
     return encode(make("error", code="unsupported_version", fatal=True,
-                       message=f"protocol version {_short(version)} is not supported; "
+                       message=f"protocol version {short(version)} is not supported; "
                                f"this side speaks {list(SUPPORTED_VERSIONS)}",
                        supported=list(SUPPORTED_VERSIONS)))
 
