@@ -129,6 +129,7 @@ async def test_buffered_results_survive_a_crash_while_offline(fed, tmp_path, key
     while len(fed.values("wl-1")) < 100:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
+    received = len(fed.values("wl-1"))
     await fed.stop()
     await asyncio.sleep(0.8)                  # results pile up in the buffer …
     edge.kill()                               # … and the device dies
@@ -147,7 +148,7 @@ async def test_buffered_results_survive_a_crash_while_offline(fed, tmp_path, key
     values = fed.values("wl-1")
     restart = values.index(1, 1)               # the restarted query counts from 1 again
     assert values[:restart] == list(range(1, restart + 1))          # the first life: complete, in order
-    assert restart >= 300                      # including what was buffered offline and across the crash
+    assert restart > received                  # including what was buffered offline and across the crash
     assert values[restart:] == list(range(1, len(values) - restart + 1))
 
 
