@@ -351,6 +351,9 @@ class QueryService:
             plan = await self.pool.quick(lambda: self.engine.explain_text(statement, text, fleet=self.access))
         return StatementResult(["plan"], ["Charstring"], "explain", rows=[[line] for line in plan.splitlines()])
 
+    async def list_functions(self) -> list[dict]:
+        return await self.pool.quick(self.functions)
+
     def functions(self) -> list[dict]:
         """Every function a statement may call here (in a worker: the edges' are read off the loop)."""
         catalog = FleetCatalog(self.engine.catalog, self.engine.library, self.access)

@@ -41,7 +41,7 @@ Try, in the shell (or \\read one of the files in {examples}):
 
   -- fleet-wide aggregates by region, split into partial aggregates on the edges
   select region(e), count(x), avg(x), stdev(x) from Edge e, Real x
-   where x in vectorof(first_n(signal_stream('engine_speed'), 100))@e
+   where x in vectorof(first_n(signal_stream('engine_speed'), 20))@e
    group by region(e) order by region(e);
 
   -- the anomaly model to the US, then rolled back

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OUTCOMES = ("running", "answered", "offline", "timed out", "failed", "skipped", "cancelled")
+LIMIT_MET = "the limit was met"
+STOPPED_AT_LIMIT = "stopped at the limit"   # how a summary names devices cancelled by a met limit
 FULL_DETAIL_UP_TO = 100      # devices listed one by one when no more are selected (else: the ones not answered)
 _MAX_CHANGES = 10_000
 
@@ -50,7 +52,7 @@ class FleetStatus:
 
     # ------------------------------------------------------------------------------ writing
     def set(self, device: str, outcome: str, reason: str | None = None, error: dict | None = None,
-            by_limit: bool = False) -> None:
+            by_limit: bool = False, news: bool = True) -> None:
         with self._lock:
             current = self.devices.get(device)
             first = current is None
@@ -59,7 +61,7 @@ class FleetStatus:
             elif current.outcome == outcome and current.reason == reason:
                 return
             current.outcome, current.reason, current.error, current.by_limit = outcome, reason, error, by_limit
-            if not (first and outcome == "running"):   # a start is no news; a device joining is
+            if news and not (first and outcome == "running"):   # a start is no news; a device joining is
                 self._note(device, current)
 
     def add_rows(self, device: str, n: int) -> None:
@@ -72,10 +74,10 @@ class FleetStatus:
 
     def stop_running(self, by_limit: bool) -> None:
         """The statement stopped: devices still running were cancelled."""
-        reason = "the limit was met" if by_limit else "the statement was stopped"
+        reason = LIMIT_MET if by_limit else "the statement was stopped"
         for device, outcome in list(self.devices.items()):
-            if outcome.outcome == "running":
-                self.set(device, "cancelled", reason, by_limit=by_limit)
+            if outcome.outcome == "running":   # the end of the statement, not news about a device
+                self.set(device, "cancelled", reason, by_limit=by_limit, news=False)
 
     def _note(self, device: str, outcome: DeviceOutcome) -> None:
         self._version += 1
@@ -135,8 +137,8 @@ class FleetStatus:
     def summary(self) -> str:
         """`58 answered · 2 offline (wl-0031, dt-0005) · 0 failed`"""
         with self._lock:
-            outcomes = {d: o.outcome for d, o in self.devices.items()}
-        return summarize(self.counts(), outcomes, self.registry_only, len(outcomes))
+            outcomes = {d: (STOPPED_AT_LIMIT if o.by_limit else o.outcome) for d, o in self.devices.items()}
+        return summarize(_count_names(outcomes), outcomes, self.registry_only, len(outcomes))
 
     def to_dict(self, detail: bool | None = None) -> dict:
         """The status as it travels: counts, completeness, and the devices — every one when asked
@@ -161,13 +163,14 @@ def summarize(counts: dict[str, int], outcomes: dict[str, str], registry_only: b
     if registry_only:
         return f"{selected if selected is not None else len(outcomes)} selected · answered from the registry"
     parts = []
-    for outcome in ("answered", "running", "offline", "timed out", "failed", "skipped", "cancelled"):
+    for outcome in ("answered", "running", STOPPED_AT_LIMIT, "offline", "timed out", "failed", "skipped",
+                    "cancelled"):
         n = counts.get(outcome, 0)
-        if not n and outcome not in ("answered", "failed"):
+        if not n and (outcome not in ("answered", "failed") or (outcome == "answered" and counts.get(STOPPED_AT_LIMIT))):
             continue
         text = f"{n} {outcome}"
         names = sorted(d for d, o in outcomes.items() if o == outcome)
-        if names and outcome not in ("answered", "running"):
+        if names and outcome not in ("answered", "running", STOPPED_AT_LIMIT):
             text += " (" + ", ".join(names[:5]) + (", …" if len(names) > 5 or n > len(names) else "") + ")"
         parts.append(text)
     return " · ".join(parts)
@@ -189,8 +192,14 @@ class StatusReport(dict):
         self.registry_only = bool(data.get("registry_only", False))
 
     def summary(self) -> str:
-        outcomes = {d: (o or {}).get("outcome") for d, o in self.items()}
-        return summarize(self.counts, outcomes, self.registry_only, self.selected)
+        outcomes = {d: (STOPPED_AT_LIMIT if (o or {}).get("outcome") == "cancelled" and (o or {}).get("reason") == LIMIT_MET
+                        else (o or {}).get("outcome")) for d, o in self.items()}
+        counts = dict(self.counts)
+        stopped = sum(1 for o in outcomes.values() if o == STOPPED_AT_LIMIT)
+        if stopped and len(self) == self.selected:     # every device listed: the limit's share is known
+            counts["cancelled"] = counts.get("cancelled", 0) - stopped
+            counts[STOPPED_AT_LIMIT] = stopped
+        return summarize(counts, outcomes, self.registry_only, self.selected)
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "selected": self.selected, "counts": dict(self.counts),
@@ -203,4 +212,11 @@ def _count(devices: dict) -> dict:
         name = (outcome or {}).get("outcome")
         if name:
             out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _count_names(outcomes: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in outcomes.values():
+        out[name] = out.get(name, 0) + 1
     return out

@@ -13,7 +13,7 @@ from federation.routes.query import query_service
 @requires(Role.READ)
 async def list_functions(request: web.Request) -> web.Response:
     service = query_service(request.app)
-    return web.json_response({"functions": await service.pool.quick(service.functions)})
+    return web.json_response({"functions": await service.list_functions()})
 
 
 def setup(app: web.Application) -> None:

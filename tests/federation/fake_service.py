@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from streamql.engine import Engine
 from streamql.errors import QueryNameError, QueryRuntimeError, Span
 from streamql.fleet_status import FleetStatus
 from streamql.values import Time
@@ -65,6 +66,9 @@ class FakeService:
         self.gate = asyncio.Event()
         self.planned = asyncio.Event()
         self.calls: list[tuple] = []
+
+    async def list_functions(self) -> list[dict]:
+        return Engine().functions()
 
     async def run(self, text: str, principal, *, limits: dict | None = None):
         self.calls.append((text, principal, limits))

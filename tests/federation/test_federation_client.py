@@ -329,8 +329,8 @@ def test_what_the_shell_asks_of_the_client(served):
     admin = streamql.connect(served.url, served.tokens["admin"])
     admin.provision("wl-1", {"region": "EU", "kind": "dumper"}, {"signals": ["vibration"]})
     assert admin.metadata_keys() == ["kind", "region"] and admin.signals() == ["vibration"]
-    names = {f["name"]: f for f in admin.functions()}
-    assert "winagg" in names and names["region"]["kind"] == "fleet" and "health" in names
+    names = {f["name"]: f for f in admin.functions()}      # the real list: tests/fleet/test_fleet_processes.py
+    assert "winagg" in names and names["winagg"]["signature"]
     registry = served.app[REGISTRY]
     from federation.registry import NewTarget
     deployment = registry.create_deployment("deploy", "vib", "1.0.0", "true", [NewTarget("wl-1", "skipped", "no")])
