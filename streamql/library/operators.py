@@ -4,20 +4,24 @@ Integer op Integer stays Integer (except `/`), with overflow an error; mixed num
 `%` takes the sign of the dividend; `^` gives Real; `+` joins strings; `+ - .* ./ .^` act
 elementwise on vectors, `*` of two vectors is their dot product. Real arithmetic follows IEEE as
 numpy does (1.0 / 0 is inf, sqrt(-1) is nan). A comparison with null is false.
+
+What a statement's text cannot bound is checked against its memory budget before it is built
+(`sized`): joined strings, vector literals (`[v, v, v, …]` of a large `v`), and arithmetic on
+values known only at run time, which numpy may broadcast to a far larger array.
 """
 from __future__ import annotations
 
 import math
 import operator
 import re
-from functools import lru_cache
 
 import numpy as np
 
 from ..arithmetic import dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..errors import QueryRuntimeError
 from ..registry import Library
-from ..streams import LazyBag
+from ..selection import like_match
+from ..streams import LazyBag, approximate_bytes, reserve
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
 from ..values import Bag, Time, format_value, make_vector, values_equal
 
@@ -98,13 +102,14 @@ def _vector_result(types, args) -> Type:
 
 def _dynamic(op_name: str, python_op):
     """Arithmetic on values whose types are known only at run time."""
-    def run(a, b):
+    def run(ctx, a, b):
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            _room_for_broadcast(ctx, op_name, a, b)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 return python_op(np.asarray(a), np.asarray(b)) if op_name != "*" or not (
                     isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else dot(a, b)
         if isinstance(a, str) and isinstance(b, str) and op_name == "+":
-            return a + b
+            return _join_strings(ctx, a, b)
         if isinstance(a, Time) or isinstance(b, Time):
             result = python_op(a, b)
             if result is NotImplemented:
@@ -121,6 +126,20 @@ def _dynamic(op_name: str, python_op):
         result = python_op(a, b)
         return _checked_int(result) if isinstance(result, int) else result
     return run
+
+
+def _room_for_broadcast(ctx, op_name: str, a, b) -> None:
+    """numpy broadcasts a column against a row into a matrix: ask for its room first."""
+    try:
+        shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        return   # shapes that do not broadcast: numpy's own error follows, nothing is built
+    reserve(ctx, 8 * math.prod(shape), f"{op_name} giving {' × '.join(map(str, shape))} elements")
+
+
+def _join_strings(ctx, a: str, b: str) -> str:
+    reserve(ctx, len(a) + len(b), f"a string of {len(a) + len(b)} characters")
+    return a + b
 
 
 def _only_when_unknown(binder, args) -> bool:
@@ -203,21 +222,14 @@ def _between(x, low, high) -> bool:
     return less_equal(low, x) and less_equal(x, high)
 
 
-@lru_cache(maxsize=256)
-def like_regex(pattern: str) -> re.Pattern:
-    """SQL LIKE: `%` any run of characters, `_` exactly one; everything else literal."""
-    parts = []
-    for ch in pattern:
-        parts.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-    return re.compile("".join(parts), re.DOTALL)
-
-
 def _like(text, pattern) -> bool:
+    """SQL LIKE: `%` any run of characters, `_` exactly one; everything else literal (matched in
+    linear time: a backtracking regular expression could run for hours on one row)."""
     if text is None or pattern is None:
         return False
     if not isinstance(text, str):
         text = format_value(text)
-    return like_regex(pattern).fullmatch(text) is not None
+    return like_match(text, pattern, escapes=False)
 
 
 # --------------------------------------------------------------------------------- indexing
@@ -259,11 +271,14 @@ def _slice(target, start, stop):
     return target[first - 1:last]
 
 
-def _vector(*items):
-    return make_vector(list(items))
+def _vector(ctx, *items):
+    if items and isinstance(items[0], (np.ndarray, list, str)):   # numbers need no check: the text bounds them
+        reserve(ctx, sum(approximate_bytes(v) for v in items), f"a vector of {len(items)} elements")
+    return ctx.keep(make_vector(list(items)))
 
 
-def _vector_batch(*columns):
+def _vector_batch(ctx, n, *columns):
+    reserve(ctx, sum(approximate_bytes(c) for c in columns), f"a column of {n} vectors")
     return np.stack(columns, axis=-1)
 
 
@@ -349,7 +364,7 @@ def register(lib: Library) -> None:
         d(f"{symbol}(Integer a, Integer b) -> Integer", scalar=int_op(f), batch=_int_batch(npf, f),
           doc=f"Integer {symbol}: stays Integer; overflow is an error", **op)
         d(f"{symbol}(Number a, Number b) -> Real", scalar=f, batch=f, doc=f"Number {symbol}", **op)
-    d("+(Charstring a, Charstring b) -> Charstring", scalar=add, doc="Joins two strings", **op)
+    d("+(Charstring a, Charstring b) -> Charstring", scalar=_join_strings, sized=True, doc="Joins two strings", **op)
     d("+(Time t, Number seconds) -> Time", scalar=add, doc="A time moved by some seconds", **op)
     d("+(Number seconds, Time t) -> Time", scalar=lambda s, t: t + s, doc="A time moved by some seconds", **op)
     d("-(Time a, Time b) -> Real", scalar=sub, doc="Seconds between two times", **op)
@@ -383,6 +398,7 @@ def register(lib: Library) -> None:
     for symbol, f in (("+", add), ("-", sub), ("*", mul), ("/", operator.truediv), ("%", operator.mod),
                       ("^", operator.pow)):
         d(f"{symbol}(Object a, Object b) -> Object", scalar=_dynamic(symbol, f), check_args=_only_when_unknown,
+          sized=True,
           doc=f"{symbol} of values known only at run time", **op)
     d("neg(Integer x) -> Integer", scalar=lambda x: _checked_int(-x), batch=np.negative, doc="Negation", **op)
     d("neg(Number x) -> Real", scalar=operator.neg, batch=np.negative, doc="Negation", **op)
@@ -442,7 +458,7 @@ def register(lib: Library) -> None:
       doc="An element by position (vectors, from 1) or key (records)")
     d("slice(Vector of T v, Integer first, Integer last) -> Vector of T", scalar=_slice, topic="vector",
       doc="Elements first..last, both included, counting from 1")
-    d("vector(T items...) -> Vector of T", scalar=_vector, batch=_vector_batch, topic="vector",
+    d("vector(T items...) -> Vector of T", scalar=_vector, batch=_vector_batch, topic="vector", sized=True,
       doc="A vector of the given elements")
     d("record(Object values...) -> Record", scalar=_record, null_propagating=False, topic="general",
       doc="A record of the given fields")

@@ -134,6 +134,9 @@ def build_window(node: L.Window, compiler, ctx):
     return window
 
 
+CROSS_ROWS = 1 << 16   # rows of one chunk of a cross product of scans, at most (beyond: row by row)
+
+
 def build_scan(node: L.Scan, ctx):
     variable, type_ = node.variable, node.type
 
@@ -148,6 +151,10 @@ def build_scan(node: L.Scan, ctx):
             column = make_column(list(objects))
             if type(item) is dict:
                 yield chunk_with(item, variable, column)
+            elif item.n * len(column) > CROSS_ROWS:   # a cross product: an outer row at a time
+                for env in item.rows():
+                    ctx.check()
+                    yield chunk_with(env, variable, column)
             else:
                 k = len(column)
                 counts = np.full(item.n, k)
