@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from ..arithmetic import dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
+from ..arithmetic import by_row, dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..errors import QueryRuntimeError
 from ..registry import Library
 from ..selection import like_match
@@ -65,10 +65,10 @@ def _int_mod_batch(a, b):
 
 
 def _vector_scalar(op):
-    """v op x where v is a vector column (n, k) and x a number column (n,) or a constant."""
+    """v op x where v is a vector column (n, k) or a constant vector, and x a number column (n,)
+    or a constant."""
     def run(v, x):
-        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
-            x = x[:, None]
+        v, x = by_row(v, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return op(v, x)
     return run
@@ -76,8 +76,7 @@ def _vector_scalar(op):
 
 def _scalar_vector(op):
     def run(x, v):
-        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
-            x = x[:, None]
+        v, x = by_row(v, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return op(x, v)
     return run

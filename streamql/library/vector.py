@@ -74,14 +74,24 @@ def _var(v, axis=-1):
 
 def check_int_sums(a: np.ndarray, axis: int, running: bool = False) -> None:
     """numpy's integer sums wrap around past 64 bits: raise the contract's overflow error instead.
-    The float sum of magnitudes bounds every partial sum; only near the limit are sums redone
-    exactly (the total, or with `running` every partial sum as cumsum gives them)."""
+    The largest magnitude times the count bounds every partial sum (min and max copy nothing, so a
+    constant vector repeated over a batch stays a view); only near the limit are sums redone
+    exactly: totals from their 32-bit halves, or with `running` every partial sum as cumsum
+    gives them."""
     if a.dtype.kind not in "iu" or a.size == 0:
         return
-    if np.abs(a.astype(np.float64)).sum(axis=axis).max() <= 9.2e18:
+    count = a.shape[axis]
+    largest = np.maximum(np.abs(a.max(axis=axis).astype(np.float64)), np.abs(a.min(axis=axis).astype(np.float64)))
+    if largest.max() * count <= 9.2e18:
         return
-    exact = np.cumsum(a.astype(object), axis=axis) if running else a.astype(object).sum(axis=axis)
-    if any(not -2 ** 63 <= int(x) < 2 ** 63 for x in np.ravel(exact)):
+    if not running and a.dtype.kind == "i" and count < 2 ** 31:
+        # a = high · 2**32 + low with 0 <= low < 2**32: both halves sum without overflow
+        high = (a >> 32).sum(axis=axis)
+        low = (a & 0xFFFFFFFF).sum(axis=axis)
+        exact = [int(h) * 2 ** 32 + int(lo) for h, lo in zip(np.ravel(high), np.ravel(low))]
+    else:
+        exact = np.ravel(np.cumsum(a.astype(object), axis=axis) if running else a.astype(object).sum(axis=axis))
+    if any(not -2 ** 63 <= int(x) < 2 ** 63 for x in exact):
         raise QueryRuntimeError("integer overflow: a sum does not fit in 64 bits")
 
 
