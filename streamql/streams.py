@@ -48,6 +48,7 @@ class StreamValue:
 MAX_VALUE_BYTES = 1 << 30   # one value of a statement without a memory limit: a typo must not freeze a laptop
 TRACKED_BYTES = 4096        # built values this large count against the statement's budget until freed
 KEEP_BYTES = 4 << 20        # a lazy bag streamed through is kept when it turns out this small
+FOLD_BYTES = 1 << 20        # the largest value built while compiling (folded constants, vector literals)
 
 
 def gather(items: Iterable[Any], ctx: "ExecContext | None", what: str, size: int | None = None):

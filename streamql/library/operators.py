@@ -271,13 +271,18 @@ def _slice(target, start, stop):
 
 
 def _vector(ctx, *items):
-    if items and isinstance(items[0], (np.ndarray, list, str)):   # numbers need no check: the text bounds them
-        reserve(ctx, sum(approximate_bytes(v) for v in items), f"a vector of {len(items)} elements")
+    first = items[0] if items else None
+    if isinstance(first, np.ndarray) and all(isinstance(v, np.ndarray) and v.shape == first.shape for v in items):
+        # equal vectors are stacked into one array: a copy of them all (anything else is a list of them)
+        reserve(ctx, first.nbytes * len(items), f"a vector of {len(items)} vectors")
     return ctx.keep(make_vector(list(items)))
 
 
 def _vector_batch(ctx, n, *columns):
-    reserve(ctx, sum(approximate_bytes(c) for c in columns), f"a column of {n} vectors")
+    if len({c.shape for c in columns}) != 1:   # vectors and numbers mixed: each row's vector is a list
+        rows = zip(*(c.tolist() if c.ndim == 1 else list(c) for c in columns))
+        return [make_vector(list(row)) for row in rows]
+    reserve(ctx, sum(c.nbytes for c in columns), f"a column of {n} vectors")
     return np.stack(columns, axis=-1)
 
 

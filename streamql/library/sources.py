@@ -41,6 +41,7 @@ def iota(ctx, lo: int, hi: int) -> LazyBag:
 
     def open_():
         for start in range(lo, hi + 1, BATCH):
+            ctx.check()   # a consumer dropping every element (skip, a filter) still stops in time
             yield Batch(np.arange(start, min(start + BATCH, hi + 1), dtype=np.int64))
     return LazyBag(open_, f"iota({lo}, {hi})", size=max(0, hi - lo + 1), ctx=ctx)
 
@@ -60,6 +61,7 @@ def heartbeat(ctx, period: float) -> StreamValue:
         ticks = 0
         while True:
             ticks += 1
+            ctx.check()   # a period shorter than a tick's work never pauses
             yield from pause_until(clock, start + ticks * period)
             yield round(clock.monotonic() - start, 9)
     return StreamValue(open_, f"heartbeat({period})")
@@ -101,6 +103,8 @@ def diota(ctx, pace: float, lo: int, hi: int) -> StreamValue:
 
     def open_():
         for value in range(lo, hi + 1):
+            if not value & 1023:
+                ctx.check()   # a pace of 0 never pauses
             yield from pause_until(clock, clock.monotonic() + pace)
             yield value
     return StreamValue(open_, f"diota({pace}, {lo}, {hi})")

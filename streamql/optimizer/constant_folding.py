@@ -18,12 +18,12 @@ from .. import logical as L
 from ..bound import TAnd, TCall, TCase, TConst, TExpr, TNarrow, TNot, TOr
 from ..errors import QueryError
 from ..registry import SCALAR
-from ..streams import ExecContext, LazyBag, Limits, StreamValue
+from ..streams import FOLD_BYTES, ExecContext, LazyBag, Limits, StreamValue
 from ..types import BOOLEAN, value_fits
 from .tree import nodes_of, relink, rewrite, walk_all
 
 NAME = "constant_folding"
-FOLD_MEMORY_MB = 1.0   # the largest value folding builds; larger ones are built when the statement runs
+FOLD_MEMORY_MB = FOLD_BYTES / 1e6   # the largest value folding builds; larger ones are built when the statement runs
 
 
 def fold(expr: TExpr) -> TExpr:

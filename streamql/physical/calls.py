@@ -123,7 +123,7 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
     convert = result_type.is_numeric or result_type == BOOLEAN or result_type == OBJECT or result_type.is_vector
     # the widest constant vector: a vector result may repeat it in every row of a batch
     constant_bytes = max((a.value.nbytes for a in args if a.const and isinstance(a.value, np.ndarray)), default=0)
-    widens = result_type.is_vector and constant_bytes > 0
+    widens = result_type.is_vector and constant_bytes > 0 and not fn.sized   # sized ones ask for themselves
 
     def per_row(chunk, columns):
         n = chunk.n
