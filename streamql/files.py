@@ -47,7 +47,7 @@ class FileAccess:
         if self.root is None:
             raise QueryRuntimeError(f"{what} cannot read files here: this engine has no files directory "
                                     "(its operator can configure one)")
-        if not isinstance(path, str) or not path:
+        if not isinstance(path, str) or not path or "\x00" in path:
             raise QueryRuntimeError(f"{what} needs a file path, not {path!r}")
         candidate = Path(path)
         if not candidate.is_absolute():

@@ -40,8 +40,8 @@ def _open(file: Path, path: str):
         return file.open("r", encoding="utf-8", newline="")
     except FileNotFoundError:
         raise QueryRuntimeError(f"no such file: {path}") from None
-    except OSError as exc:
-        raise QueryRuntimeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise QueryRuntimeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def csv_file_stream(ctx, path: str) -> StreamValue:

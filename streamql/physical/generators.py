@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import logical as L
 from ..batch import IDLE, Batch
+from ..errors import QueryLimitError
 from ..streams import LazyBag, StreamValue
 from ..values import Bag, Time, Timeval, as_numeric_array
 from .chunk import Chunk, broadcast, column_values, make_column, repeat_column
@@ -130,6 +131,10 @@ def build_window(node: L.Window, compiler, ctx):
             for env in ([item] if type(item) is dict else item.rows()):
                 stream = source_row(env)
                 if stream is not None:
+                    try:   # a window too large to hold is refused at the winagg call, before any reading
+                        ctx.allocate(8 * size, f"a window of {size} elements")
+                    except QueryLimitError as exc:
+                        raise exc.located(node.span)
                     yield from expand(env, stream)
     return window
 
