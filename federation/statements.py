@@ -430,7 +430,9 @@ def create_query_service(app) -> QueryService:
     """The query service of a federation app (made at start-up, once the registry, index, hub and
     deployment manager exist)."""
     config = app[CONFIG]
-    engine = streamql.Engine(name="federation", files=config.files_dir)   # no files unless the operator says
+    # no files unless the operator says; nothing runs without limits (a deployment's selection included)
+    engine = streamql.Engine(name="federation", files=config.files_dir,
+                             limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds})
     return QueryService(engine, app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
                         workers=config.statement_workers, device_timeout=config.device_timeout_s,
                         default_limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds},

@@ -18,7 +18,7 @@ from .models import Model, load_model_file
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
-from .values import Bag, Obj, format_value, values_equal
+from .values import Bag, Obj, brief_value, values_equal
 
 
 class StatementRunner:
@@ -313,8 +313,8 @@ class StatementRunner:
                                            what="the expected value"), ctx)
             if not close_enough(got, expected):
                 raise QueryValidationError(
-                    f"validate {stmt.name!r}, check {number}: {check.expr.sql()} gave {format_value(got)}, "
-                    f"expected {format_value(expected)}", check.span, source)
+                    f"validate {stmt.name!r}, check {number}: {check.expr.sql()} gave {brief_value(got)}, "
+                    f"expected {brief_value(expected)}", check.span, source)
         return self._done(f"validate {stmt.name!r}: {len(stmt.checks)} checks passed", stmt, source)
 
     def _Explain(self, stmt: A.Explain, source: str, ctx: ExecContext) -> Result:
@@ -379,7 +379,7 @@ def _check_value(value, expected: Type, node: A.Node, source: str, what: str) ->
     if expected.name == "Real" and isinstance(value, int) and not isinstance(value, bool):
         return
     if not value_fits(value, expected):
-        raise QueryTypeError(f"{what} is {expected}, not {format_value(value)}", node.span, source)
+        raise QueryTypeError(f"{what} is {expected}, not {brief_value(value)}", node.span, source)
 
 
 def _settle(value, ctx: ExecContext):

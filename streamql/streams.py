@@ -7,6 +7,14 @@ is the same for bags that are better not materialised (`iota(1, 10000000)`, a su
 
 `transformed` is the loop every item-by-item stream transform shares: open the source, pass
 `IDLE` ticks on, turn each batch or single value into output items, close the source at the end.
+
+`ExecContext` is what a statement runs in: its cancellation, its `Limits` and its memory account.
+`memory_mb` is a budget of bytes the statement accounts for: operator state (`hold`), the large
+values it built that are still alive (`keep`), and the value about to be built, which the library
+asks for first (`allocate`, `reserve`) so that numpy never allocates what the budget refuses.
+Without a memory limit one value may still take at most MAX_VALUE_BYTES. `gather` holds a stream
+or bag whole within that budget; a `LazyBag` knows its statement, so counting it streams through
+it with checks between parts.
 """
 from __future__ import annotations
 

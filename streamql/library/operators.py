@@ -23,7 +23,7 @@ from ..registry import Library
 from ..selection import like_match
 from ..streams import LazyBag, approximate_bytes, reserve
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
-from ..values import Bag, Time, format_value, make_vector, values_equal
+from ..values import Bag, Time, brief_value, format_value, make_vector, values_equal
 
 INT64_MAX = 2 ** 63 - 1
 INT64_MIN = -2 ** 63
@@ -112,10 +112,10 @@ def _dynamic(op_name: str, python_op):
         if isinstance(a, Time) or isinstance(b, Time):
             result = python_op(a, b)
             if result is NotImplemented:
-                raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+                raise QueryRuntimeError(f"cannot apply {op_name} to {brief_value(a)} and {brief_value(b)}")
             return result
         if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-            raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+            raise QueryRuntimeError(f"cannot apply {op_name} to {brief_value(a)} and {brief_value(b)}")
         if op_name == "/":
             return real_div(float(a), b)
         if op_name == "^":
@@ -172,7 +172,7 @@ def _order(op):
         try:
             return bool(op(a, b))
         except TypeError:
-            raise QueryRuntimeError(f"cannot compare {format_value(a)} with {format_value(b)}") from None
+            raise QueryRuntimeError(f"cannot compare {brief_value(a)} with {brief_value(b)}") from None
     return run
 
 
@@ -239,7 +239,7 @@ def _index(target, index):
         if isinstance(index, float) and index.is_integer():
             index = int(index)
         else:
-            raise QueryRuntimeError(f"a vector index must be an integer, not {format_value(index)}")
+            raise QueryRuntimeError(f"a vector index must be an integer, not {brief_value(index)}")
     length = len(target)
     if not 1 <= index <= length:
         raise QueryRuntimeError(f"index {index} is out of range 1..{length}")
@@ -261,7 +261,7 @@ def _index_batch(target, index):
 def _slice(target, start, stop):
     for bound in (start, stop):
         if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)):
-            raise QueryRuntimeError(f"slice bounds must be integers, not {format_value(bound)}")
+            raise QueryRuntimeError(f"slice bounds must be integers, not {brief_value(bound)}")
     length = len(target)
     first = max(int(start), 1)
     last = min(int(stop), length)
@@ -314,7 +314,7 @@ def cast_value(value, options=()):
                 return int(value)
             if isinstance(value, (float, np.floating)):
                 if not math.isfinite(value):
-                    raise QueryRuntimeError(f"cannot cast {format_value(value)} to Integer")
+                    raise QueryRuntimeError(f"cannot cast {brief_value(value)} to Integer")
                 return _checked_int(_round_half_away(float(value)))
             return _checked_int(int(value))
         if name in ("Real", "Number"):
@@ -328,7 +328,7 @@ def cast_value(value, options=()):
                 lowered = value.strip().lower()
                 if lowered in ("true", "false"):
                     return lowered == "true"
-                raise QueryRuntimeError(f"cannot cast {format_value(value)} to Boolean")
+                raise QueryRuntimeError(f"cannot cast {brief_value(value)} to Boolean")
             return bool(value)
         if name == "Time":
             if isinstance(value, Time):
@@ -344,9 +344,9 @@ def cast_value(value, options=()):
                 return make_vector([cast_value(v, (target.arg,)) for v in list(value)])
             return make_vector(list(value))
     except (ValueError, OverflowError):
-        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}") from None
+        raise QueryRuntimeError(f"cannot cast {brief_value(value)} to {target}") from None
     if not value_fits(value, target):
-        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}")
+        raise QueryRuntimeError(f"cannot cast {brief_value(value)} to {target}")
     return value
 
 

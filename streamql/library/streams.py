@@ -22,7 +22,7 @@ from ..physical.sources import take_items
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
 from ..streams import StreamValue, close_items, iter_elements, transformed
-from ..values import Timeval, format_value, make_vector, values_equal
+from ..values import Timeval, brief_value, make_vector, values_equal
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:
@@ -43,7 +43,7 @@ def _floats(values, name: str, depth: int = 1) -> np.ndarray:
             for v in (value.tolist() if isinstance(value, np.ndarray) else value):
                 check(v, level - 1)
         elif level or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise QueryRuntimeError(f"{name} needs numbers, not {format_value(value)}")
+            raise QueryRuntimeError(f"{name} needs numbers, not {brief_value(value)}")
 
     check(values, depth)
     try:
