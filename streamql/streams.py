@@ -186,6 +186,8 @@ class LazyBag:
 
     def materialize(self) -> Bag:
         column = self.column()
+        if self.ctx is not None:   # Python values: a pointer and an object each, about 40 bytes
+            reserve(self.ctx, 40 * len(column), f"{self.label} as a bag of {len(column)} values")
         return Bag(column.tolist() if isinstance(column, np.ndarray) and column.ndim == 1 else list(column))
 
     def __iter__(self):
