@@ -21,7 +21,7 @@ from ..arithmetic import by_row, dot, np_fmod, np_real_div, np_real_pow, real_di
 from ..errors import QueryRuntimeError
 from ..registry import Library
 from ..selection import like_match
-from ..streams import LazyBag, approximate_bytes, reserve
+from ..streams import TRACKED_BYTES, LazyBag, approximate_bytes, reserve
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
 from ..values import Bag, Time, brief_value, format_value, make_vector, values_equal
 
@@ -137,7 +137,9 @@ def _room_for_broadcast(ctx, op_name: str, a, b) -> None:
 
 
 def _join_strings(ctx, a: str, b: str) -> str:
-    reserve(ctx, len(a) + len(b), f"a string of {len(a) + len(b)} characters")
+    size = len(a) + len(b)
+    if size >= TRACKED_BYTES:   # (inline: joining short strings in every row stays cheap)
+        ctx.allocate(size, f"a string of {size} characters")
     return a + b
 
 
