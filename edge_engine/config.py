@@ -32,6 +32,7 @@ TOKEN_ENV = "STREAMQL_EDGE_TOKEN"
 SECRET_ON_COMMAND_LINE = ("a token given on the command line is visible to every user of this machine (ps); "
                           "give it in a file ({file_flag} PATH) or the environment ({env})")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+STORE_FILES = "files"   # the default files directory, inside the store
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -65,7 +66,8 @@ class BufferSettings:
 
 @dataclass
 class Limits:
-    """Defaults for query fragments that arrive without their own limits, and the query slots."""
+    """The limits of query fragments — defaults and ceilings at once: a query frame may ask for
+    less, never more (edge_engine/fragments.py) — and the query slots."""
 
     rows: int | None = None
     seconds: float | None = None
@@ -121,6 +123,16 @@ class EdgeConfig:
     guard: Guard = field(default_factory=Guard)
     log_level: str = "info"
     source: Path | None = None          # the file it was loaded from, if any
+    # the only directory statements may read files from (csv:file_stream, create model … from); a
+    # relative path is inside the store; None: no files at all
+    files: Path | None = Path(STORE_FILES)
+
+    @property
+    def files_dir(self) -> Path | None:
+        """The files directory as a path (the default: files/ in the store directory)."""
+        if self.files is None:
+            return None
+        return self.files if self.files.is_absolute() else self.store / self.files
 
     def capabilities_dict(self, signals: list[dict] | None = None) -> dict:
         """`hello.capabilities`: the configured ones, runtimes detected, signals (from the drivers)."""
@@ -135,6 +147,7 @@ class EdgeConfig:
         data["store"] = str(self.store)
         data["tls"] = {k: str(v) if v is not None else None for k, v in asdict(self.tls).items()}
         data["source"] = str(self.source) if self.source else None
+        data["files"] = str(self.files_dir) if self.files_dir is not None else None
         data["token"] = "***" if self.token else None
         return data
 
@@ -169,6 +182,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--token-file", metavar="PATH", help=f"a file holding the device token (or ${TOKEN_ENV})")
     add("--federation", metavar="URL", help="federation URL, e.g. ws://host:8080/v1/edges/connect")
     add("--store", metavar="DIR", help="store directory (bundles, buffer, state)")
+    add("--files", metavar="DIR",
+        help="the only directory statements may read files from (default: files/ in the store)")
+    add("--no-files", dest="files", action="store_const", const=False, help="statements may read no files at all")
     add("--heartbeat", dest="heartbeat_s", type=float, metavar="SECONDS", help="health interval")
     add("--log-level", choices=LOG_LEVELS)
     add("--meta", action="append", metavar="KEY=VALUE", help="a metadata entry (repeatable)")
@@ -235,7 +251,7 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     doc: dict[str, Any] = {}
     for key, name in (("id", "id"), ("token", "token"), ("federation", "federation"), ("store", "store"),
-                      ("heartbeat_s", "heartbeat_s"), ("log_level", "log_level")):
+                      ("heartbeat_s", "heartbeat_s"), ("log_level", "log_level"), ("files", "files")):
         if get(name) is not None:
             doc[key] = get(name)
     if get("token_file") is not None:
@@ -301,7 +317,7 @@ def _signal_flag(text: str) -> dict:
 
 # == loading ===================================================================================
 _TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
-        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard"}
+        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
              "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal"},
@@ -401,6 +417,15 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     store = Path(store_text).expanduser()
     if not store.is_absolute():
         store = base / store
+    files_text = doc.get("files", STORE_FILES)
+    if files_text is False:
+        files = None
+    elif isinstance(files_text, str) and files_text:
+        files = Path(files_text).expanduser()
+        if not files.is_absolute() and "files" in doc:   # given: relative to the file (the default: the store)
+            files = base / files
+    else:
+        fail("files", f"must be a directory path, or false for none, got {files_text!r}")
 
     metadata = doc.get("metadata", {})
     if not isinstance(metadata, dict):
@@ -494,7 +519,7 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
                       limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
-                      log_level=log_level.lower(), source=path)
+                      log_level=log_level.lower(), source=path, files=files)
 
 
 def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:

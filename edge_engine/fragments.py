@@ -9,9 +9,11 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   backpressure reaches the sources) and waits, paused, not dropped, until credit arrives.
 - **Limits**: `rows` — exactly that many rows are sent, then `end limit` (a finite query that
   ends right there ends `ok`); `seconds` — counted from the query frame's arrival, enforced by
-  the loop even when the worker is busy inside an operator; `memory_mb` — a result batch larger
-  than the limit stops the query (the core counts operator state in `ExecContext.state_bytes`,
-  which `ctx.check()` also enforces). Missing limits take the edge's configured defaults.
+  the loop even when the worker is busy inside an operator (the loop cancels the query's context,
+  which the library checks between batches, even inside one function counting a huge bag);
+  `memory_mb` — the statement's memory budget (operator state, and every large value checked
+  before it is built) and the largest result batch. The edge's configured limits are defaults and
+  ceilings at once: a frame may ask for less, never more.
 - **Exactly one `end`** per query, sent after its last `rows` frame: `ok`, `limit`, `error` (with
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
@@ -58,10 +60,9 @@ class Fragment:
         self.owner = owner
         self.qid: str = fields["qid"]
         self.source: str = fields["source"]
-        limits = fields.get("limits") or {}
-        defaults = owner.default_limits
-        given = lambda key: limits.get(key) if limits.get(key) is not None else getattr(defaults, key)  # noqa: E731
-        self.limits = Limits(rows=given("rows"), seconds=given("seconds"), memory_mb=given("memory_mb"))
+        # the operator's limits are the ceiling: a client may lower them, never raise them
+        ceiling = owner.default_limits
+        self.limits = ceiling.given(fields.get("limits") or {}).at_most(ceiling)
         self.params = fields.get("params") or {}
         self.names = fields.get("columns")
         self.batch_rows = fields.get("batch_rows") or DEFAULT_BATCH_ROWS

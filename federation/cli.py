@@ -69,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="a statement's memory limit when its request gives none (default 256)")
     parser.add_argument("--query-seconds", type=float, default=None, metavar="SECONDS",
                         help="a statement's time limit when its request gives none (default: none)")
+    parser.add_argument("--query-limits", action="append", metavar="ROLE:KEY=VALUE,…",
+                        help="a role's statement limits, its defaults and ceilings: read:memory_mb=64,seconds=30 "
+                             "(keys rows, seconds, memory_mb; repeatable)")
+    parser.add_argument("--files", metavar="DIR",
+                        help="the only directory statements may read files from (csv:file_stream, create model "
+                             "… from 'file'); default: none")
     limits = parser.add_argument_group("limits (docs/operations.md, Limits; defaults there)")
     limits.add_argument("--rate-limit", action="append", metavar="ROLE=RATE,BURST,CONCURRENT",
                         help="requests per second, burst and requests in flight of each token of a role "

@@ -86,6 +86,10 @@ class FederationConfig:
     device_timeout_s: float = 10.0  # a connected device has this long to answer a bag query
     query_memory_mb: float = 256.0  # a statement's memory when its request does not say (here and on edges)
     query_seconds: float | None = None  # a statement's time limit when its request does not say
+    # role → {"memory_mb", "seconds", "rows"}: that role's statement limits, defaults and ceilings at
+    # once (a request asks for less, never more); roles not named get query_memory_mb and query_seconds
+    query_role_limits: dict = field(default_factory=dict)
+    files_dir: Path | None = None  # the only directory statements may read files from; None: no files
     max_statement_bytes: int = 64 << 10  # statement text (UTF-8) of POST /v1/query and /v1/query/ws
     # --- HTTP hygiene
     max_json_depth: int = 64  # JSON bodies and WebSocket messages nested deeper are a 400
@@ -130,6 +134,9 @@ class FederationConfig:
         if self.statement_workers < 1 or self.device_timeout_s <= 0 or self.query_memory_mb <= 0 \
                 or (self.query_seconds is not None and self.query_seconds <= 0):
             raise ValueError("statement workers, the device timeout and query limits must be positive")
+        _check_role_limits(self.query_role_limits)
+        if self.files_dir is not None:
+            object.__setattr__(self, "files_dir", Path(self.files_dir))
         limits = {**DEFAULT_ROLE_LIMITS, **(self.rate_limits or {})}
         unknown = set(limits) - set(DEFAULT_ROLE_LIMITS)
         if unknown:
@@ -147,6 +154,11 @@ class FederationConfig:
         if self.publish_bytes_burst < MAX_FRAME_BYTES:
             raise ValueError(f"publish_bytes_burst must hold one frame ({MAX_FRAME_BYTES} bytes): a smaller "
                              "burst could never let a large record through")
+
+    def query_limits(self, role: str | None) -> dict:
+        """The statement limits of a role (its defaults and its ceiling): {"rows", "seconds", "memory_mb"}."""
+        limits = {"rows": None, "seconds": self.query_seconds, "memory_mb": self.query_memory_mb}
+        return {**limits, **self.query_role_limits.get(role or "", {})}
 
     @property
     def registry_path(self) -> Path:
@@ -179,6 +191,8 @@ class FederationConfig:
                    device_timeout_s=getattr(args, "device_timeout", 10.0),
                    query_memory_mb=getattr(args, "query_memory_mb", 256.0),
                    query_seconds=getattr(args, "query_seconds", None),
+                   query_role_limits=dict(map(parse_query_limits, getattr(args, "query_limits", None) or ())),
+                   files_dir=getattr(args, "files", None),
                    **_limit_flags(args))
 
 
@@ -194,3 +208,38 @@ def _limit_flags(args: argparse.Namespace) -> dict:
     if given:
         out["rate_limits"] = dict(RoleLimits.parse(text) for text in given)
     return out
+
+
+QUERY_LIMIT_KEYS = ("rows", "seconds", "memory_mb")
+QUERY_ROLES = ("read", "deploy", "admin")
+
+
+def parse_query_limits(text: str) -> tuple[str, dict]:
+    """`read:memory_mb=64,seconds=30` → ("read", {"memory_mb": 64.0, "seconds": 30.0})."""
+    role, sep, pairs = text.partition(":")
+    limits = {}
+    for pair in filter(None, pairs.split(",")):
+        key, eq, value = pair.partition("=")
+        try:
+            limits[key.strip()] = float(value) if key.strip() != "rows" else int(value)
+        except ValueError:
+            eq = ""
+        if not eq:
+            break
+    else:
+        if sep and limits:
+            _check_role_limits({role: limits})
+            return role, limits
+    raise ValueError(f"query limits are ROLE:KEY=VALUE,… with ROLE one of {', '.join(QUERY_ROLES)} and KEY one of "
+                     f"{', '.join(QUERY_LIMIT_KEYS)}, not {text!r}")
+
+
+def _check_role_limits(role_limits: dict) -> None:
+    for role, limits in role_limits.items():
+        if role not in QUERY_ROLES:
+            raise ValueError(f"query limits name an unknown role {role!r} (use {', '.join(QUERY_ROLES)})")
+        for key, value in limits.items():
+            if key not in QUERY_LIMIT_KEYS:
+                raise ValueError(f"query limits of {role}: unknown limit {key!r} (use {', '.join(QUERY_LIMIT_KEYS)})")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"query limits of {role}: {key} must be a positive number, not {value!r}")

@@ -24,12 +24,13 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import streamql
 from streamql import ast as A
 from streamql.fleet import FleetCatalog
 from streamql.errors import FleetError, QueryCancelled, QueryError, Span
+from streamql.streams import Limits
 from streamql.syntax import parse_one
 
 from federation.auth import Role
@@ -248,7 +249,8 @@ class StatementPool:
 
 class QueryService:
     def __init__(self, engine, registry, index, hub, deployments=None, *, workers: int = 32,
-                 device_timeout: float = 10.0, credit: int = 10_000, default_limits: dict | None = None):
+                 device_timeout: float = 10.0, credit: int = 10_000, default_limits: dict | None = None,
+                 role_limits: Callable[[str | None], dict] | None = None):
         self.engine = engine          # the federation's own Engine: its functions and session variables
         self.registry = registry
         self.index = index
@@ -256,6 +258,7 @@ class QueryService:
         self.deployments = deployments
         self.device_timeout = device_timeout
         self.default_limits = {k: v for k, v in (default_limits or {}).items() if v is not None}
+        self.role_limits = role_limits    # role → its limits, defaults and ceilings (FederationConfig.query_limits)
         self.pool = StatementPool(workers)
         self.access = HubFleetAccess(_loop(), registry, index, hub, credit=credit)
         self._restored = False
@@ -283,7 +286,7 @@ class QueryService:
         if isinstance(statement, QUERY_STATEMENTS):
             timeout = self.device_timeout if device_timeout is None else device_timeout
             name = principal_name(principal)
-            limits = {**self.default_limits, **{k: v for k, v in (limits or {}).items() if v is not None}}
+            limits = self.limits_for(principal, limits)
             await self.pool.acquire()
             try:
                 result = await self.pool.submit(lambda: self.engine.query(
@@ -293,10 +296,19 @@ class QueryService:
                 raise
             return StatementResult.streaming(result, self.pool)   # it releases the slot when it ends
         _require(principal, "deploy")
-        return await self.pool.call(self._statement, statement, text)
+        return await self.pool.call(self._statement, statement, text, self.limits_for(principal, limits))
 
-    def _statement(self, statement: A.Statement, text: str) -> StatementResult:
-        result = self.engine.run(text)
+    def limits_for(self, principal: Any, requested: dict | None) -> dict:
+        """A statement's limits: what the request asks for, where it asks for less than its role's
+        limits (the defaults and ceilings the operator configured); the rest the role's."""
+        role = getattr(getattr(principal, "role", None), "name", None)
+        ceiling = Limits.of(self.role_limits(role.lower() if role else None) if self.role_limits is not None
+                            else self.default_limits)
+        effective = ceiling.given(requested).at_most(ceiling).to_dict()
+        return {k: v for k, v in effective.items() if v is not None}
+
+    def _statement(self, statement: A.Statement, text: str, limits: dict | None = None) -> StatementResult:
+        result = self.engine.run(text, limits=limits)
         rows = [list(r) if isinstance(r, tuple) else [r] for r in result] if result.kind != "statement" else []
         if isinstance(statement, DEFINITIONS):
             span = statement.span
@@ -433,7 +445,11 @@ def create_query_service(app) -> QueryService:
     """The query service of a federation app (made at start-up, once the registry, index, hub and
     deployment manager exist)."""
     config = app[CONFIG]
-    return QueryService(streamql.Engine(name="federation"), app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
+    # no files unless the operator says; nothing runs without limits (a deployment's selection included)
+    engine = streamql.Engine(name="federation", files=config.files_dir,
+                             limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds})
+    return QueryService(engine, app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
                         workers=config.statement_workers, device_timeout=config.device_timeout_s,
-                        default_limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds})
+                        default_limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds},
+                        role_limits=config.query_limits)
 

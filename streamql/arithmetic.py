@@ -60,3 +60,13 @@ def dot(a, b):
     if a_arr.ndim == 1 and b_arr.ndim == 1:
         return float(a_arr @ b_arr)
     return np.einsum("...i,...i->...", a_arr, b_arr)
+
+
+def by_row(v, x):
+    """A vector per row and a number per row, shaped to combine row by row: `v` a column of
+    vectors (n, k) or one constant vector (k,) for every row, `x` a column (n,) or one number.
+    (A constant vector against a column of numbers gives n vectors, not one elementwise vector.)"""
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        v = np.asarray(v)
+        return (v[None, :] if v.ndim == 1 else v), x[:, None]
+    return v, x

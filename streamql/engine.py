@@ -24,6 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_expression, compile_statement, physical_plan
 from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
+from .files import ANYWHERE, FileAccess
 from .fleet import FleetAccess, FleetCatalog
 from .fleet_session import DEFAULT_DEVICE_TIMEOUT, FleetSession
 from .library import Library, default_library
@@ -100,11 +101,20 @@ class LocalCatalog:
 
 
 class Engine:
-    """An in-memory StreamQL engine: a store, signals, models and a query executor."""
+    """An in-memory StreamQL engine: a store, signals, models and a query executor.
+
+    `files` is the directory statements may read files from (`csv:file_stream`, `create model …
+    from 'file'`; streamql/files.py): by default any file this process can read, as befits a
+    program's own engine; `None` for none. An engine that runs other people's statements (the
+    federation's, an edge's) sets it. Relative paths resolve against `base_dir`, else the files
+    directory, else the working directory. `limits` ({"rows", "seconds", "memory_mb"}) are the
+    defaults of every statement it runs that gives none of its own (by default none: a statement
+    may still build no single value over streams.MAX_VALUE_BYTES)."""
 
     def __init__(self, store_dir: str | os.PathLike | None = None, *, clock: Clock | None = None,
                  seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
-                 optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None):
+                 optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None,
+                 files: str | os.PathLike | None = ANYWHERE, limits: dict | Limits | None = None):
         self.name = name or "local"
         self.clock = clock or SYSTEM_CLOCK
         self.seed = seed
@@ -119,6 +129,8 @@ class Engine:
         self.catalog = LocalCatalog(self)
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.files = FileAccess(files, base=self.base_dir)
+        self.default_limits = Limits.of(limits)
         self.optimize_enabled = optimize
         self._statements = StatementRunner(self)
         self._signal_types: dict[str, Type] = {}
@@ -131,14 +143,15 @@ class Engine:
             self._restore()
 
     # ------------------------------------------------------------------------- the API
-    def execute(self, script: str) -> list[Result]:
-        """Run every statement of a script, in order; one Result each.
+    def execute(self, script: str, limits: dict | Limits | None = None) -> list[Result]:
+        """Run every statement of a script, in order; one Result each, each under `limits`
+        (over the engine's defaults).
 
         Bag and vector query results are computed before the next statement runs; a continuous
         query's Result is returned unstarted (iterate it to run it)."""
         results = []
         for statement in parse(script):
-            result = self._execute_statement(statement, script)
+            result = self._execute_statement(statement, script, self.default_limits.given(limits))
             if result.kind in ("bag", "vector", "explain"):
                 rows = list(result)
                 materialized = Result(result.columns, result.types, result.kind, items=None,
@@ -166,11 +179,12 @@ class Engine:
                                  "statements", statement.span, text)
         fleet_options = None if fleet is None else {"access": fleet, "principal": principal,
                                                     "device_timeout": device_timeout}
-        return self._execute_statement(statement, text, Limits.of(limits), fleet_options)
+        return self._execute_statement(statement, text, self.default_limits.given(limits), fleet_options)
 
-    def run(self, text: str) -> Result:
-        """Run one statement of any kind; a query's rows are computed lazily as they are read."""
-        return self._execute_statement(parse_one(text), text)
+    def run(self, text: str, limits: dict | Limits | None = None) -> Result:
+        """Run one statement of any kind under `limits` (over the engine's defaults); a query's
+        rows are computed lazily as they are read."""
+        return self._execute_statement(parse_one(text), text, self.default_limits.given(limits))
 
     def aquery(self, text: str, limits: dict | Limits | None = None) -> AsyncIterator:
         """`async for row in engine.aquery(…)`: the query runs in a worker thread."""
@@ -188,7 +202,8 @@ class Engine:
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS):
             raise QueryTypeError("start() runs a query", statement.span, text)
-        result = self._guarded(statement, text, lambda: self._query_result(statement, text, Limits.of(limits)))
+        limits = self.default_limits.given(limits)
+        result = self._guarded(statement, text, lambda: self._query_result(statement, text, limits))
         query_id = next(self._handle_ids)
         handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name, on_error=on_error)
         with self._handles_lock:
@@ -260,10 +275,8 @@ class Engine:
             handle.cancel(wait=1.0)
 
     def resolve_path(self, path: str) -> Path:
-        candidate = Path(path)
-        if not candidate.is_absolute() and self.base_dir is not None:
-            return self.base_dir / candidate
-        return candidate
+        """The real path of a file a statement names, when this engine's files directory allows it."""
+        return self.files.resolve(path, "reading a file")
 
     def explain(self, text: str, *, fleet: FleetAccess | None = None) -> str:
         statement = parse_one(text)
@@ -286,7 +299,7 @@ class Engine:
                 text = self.explain_text(statement.statement, source, fleet=fleet["access"])
                 lines = text.splitlines()
                 return Result(["plan"], [CHARSTRING], "explain", items=iter([{"$c0": line} for line in lines]))
-            return self._statements.run(statement, source)
+            return self._statements.run(statement, source, limits)
         return self._guarded(statement, source, run)
 
     def _guarded(self, statement: A.Statement, source: str, work: Callable[[], Any]):
@@ -321,11 +334,12 @@ class Engine:
     def new_context(self, limits: Limits | None = None) -> ExecContext:
         return ExecContext(self, clock=self.clock, rng=self._rng, limits=limits)
 
-    def _query_result(self, statement: A.Statement, source: str, limits: Limits, fleet: dict | None = None) -> Result:
+    def _query_result(self, statement: A.Statement, source: str, limits: Limits, fleet: dict | None = None,
+                      ctx: ExecContext | None = None) -> Result:
         catalog = FleetCatalog(self.catalog, self.library, fleet["access"]) if fleet is not None else None
         started = time.perf_counter()
         plan = self._compile(statement, source, catalog)
-        ctx = self.new_context(limits)
+        ctx = ctx if ctx is not None else self.new_context(limits)
         if catalog is not None:
             ctx.fleet = FleetSession(self, fleet["access"], catalog, statement, source,
                                      principal=fleet.get("principal"), device_timeout=fleet.get("device_timeout"),
@@ -338,13 +352,16 @@ class Engine:
             result.status.timings["plan"] = time.perf_counter() - started   # parse excluded: done before
         return result
 
-    def _run_select(self, select: A.Select, source: str) -> list:
-        result = self._query_result(select, source, Limits())
+    def _run_select(self, select: A.Select, source: str, ctx: ExecContext | None = None) -> list:
+        """The rows of a statement's select (`set f(x) = … where …`, `delete`), in its context."""
+        result = self._query_result(select, source, ctx.limits if ctx is not None else self.default_limits, ctx=ctx)
         return list(result)
 
-    def evaluate(self, expr: TExpr, source: str, span: Span | None = None) -> Any:
-        """The value of a closed typed expression."""
-        compiled = compile_expression(expr, self.new_context(), source, self._optimizer())
+    def evaluate(self, expr: TExpr, source: str, span: Span | None = None, ctx: ExecContext | None = None) -> Any:
+        """The value of a closed typed expression, in `ctx` (a statement's context; by default a
+        new one under the engine's default limits)."""
+        ctx = ctx if ctx is not None else self.new_context(self.default_limits)
+        compiled = compile_expression(expr, ctx, source, self._optimizer())
         try:
             value = compiled.row({})
         except QueryError as exc:

@@ -23,7 +23,7 @@ from typing import Callable
 
 from .bound import (BoundQuery, Conjunct, TAggregate, TCall, TCase, TConst, TExpr, TNot, TOr, TQuery,
                     TStored, TVar, replace_children)
-from .errors import QueryNameError
+from .errors import QueryNameError, Span
 from .types import Type
 
 
@@ -94,6 +94,7 @@ class Window(PlanNode):
     type: Type | None = None           # the window variable's declared type
     narrow: Type | None = None
     aggregates: tuple[WindowAggregate, ...] = ()
+    span: Span | None = None           # the winagg call's, for errors (a window too large to hold)
 
     def expressions(self):
         return [self.source]
@@ -380,7 +381,7 @@ class Planner:
         if shape is not None:
             stream, size, stride = shape
             narrow = conjunct.narrow[0] if conjunct.narrow else None
-            return Window(node, stream, size, stride, conjunct.targets[0], types[0], narrow)
+            return Window(node, stream, size, stride, conjunct.targets[0], types[0], narrow, span=source.span)
         return Generate(node, conjunct.targets, source, conjunct.mode, conjunct.narrow, types)
 
     # Stored-function calls in strict positions become Let(required) steps, so that a missing

@@ -77,6 +77,10 @@ class Overload:
     lifts: bool = True             # maps over a stream argument when no overload takes the stream
     null_propagating: bool = True  # a null argument gives null without calling the implementation
     needs_context: bool = False    # the implementations take the execution context first
+    # builds a value whose size its arguments choose (zeros(n), concat, a vector literal): takes the
+    # context first, like needs_context, to check the size against the statement's memory budget
+    # before allocating; constant folding runs it under a small budget of its own
+    sized: bool = False
     batch_scalars: bool = False    # the batch implementation accepts constants as plain scalars
     scalar: Callable | None = None
     batch: Callable | None = None  # (*columns, n=...) -> column; constants may arrive as scalars
@@ -148,6 +152,8 @@ class Library:
 
     def define(self, signature: str, *, scalar: Callable | None = None, **options) -> Overload:
         name, params, result = parse_signature(signature)
+        if options.get("sized"):
+            options["needs_context"] = True
         return self.add(Overload(name, params, result, scalar=scalar, **options))
 
     def function(self, signature: str, **options):

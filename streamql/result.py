@@ -9,10 +9,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .batch import IDLE
+from .batch import IDLE, Batch
 from .errors import QueryCancelled, QueryError, QueryLimitError, QueryRuntimeError
 from .physical.chunk import column_values
-from .streams import join_columns
+from .streams import gather
 
 log = logging.getLogger("streamql.engine")
 
@@ -126,20 +126,18 @@ class Result:
             self._finish()
 
     def _collect_vector(self, items, names):
-        parts = []
-        for item in items:
-            if item is IDLE:
-                if self.ctx is not None:
-                    self.ctx.check()
-                continue
-            if type(item) is dict:
-                parts.append([item[names[0]]] if len(names) == 1 else [list(item[c] for c in names)])
-            else:
-                if len(names) == 1:
-                    parts.append(item[names[0]])
+        """`select vector of …`: every row in one vector, held within the statement's budget."""
+        def parts():
+            for item in items:
+                if item is IDLE:
+                    yield item
+                elif type(item) is dict:
+                    yield item[names[0]] if len(names) == 1 else [item[c] for c in names]
+                elif len(names) == 1:
+                    yield Batch(item[names[0]])
                 else:
-                    parts.append([list(r) for r in zip(*[column_values(item[c]) for c in names])])
-        column = join_columns(parts)
+                    yield Batch([list(r) for r in zip(*[column_values(item[c]) for c in names])])
+        column = gather(parts(), self.ctx, "the query's vector")
         if isinstance(column, np.ndarray) and column.dtype != object:
             return column
         return list(column.tolist() if isinstance(column, np.ndarray) else column)

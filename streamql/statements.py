@@ -16,9 +16,9 @@ from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTy
 from .registry import Param
 from .models import Model, load_model_file
 from .result import Result
-from .streams import LazyBag, StreamValue, collect_column, held
+from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
-from .values import Bag, Obj, format_value, values_equal
+from .values import Bag, Obj, brief_value, values_equal
 
 
 class StatementRunner:
@@ -26,11 +26,13 @@ class StatementRunner:
         self.engine = engine
         self.store = engine.store
 
-    def run(self, statement: A.Statement, source: str) -> Result:
+    def run(self, statement: A.Statement, source: str, limits: Limits | None = None) -> Result:
+        """Run one statement; what it evaluates (values, the rows it changes, checks) runs in one
+        context under `limits`: its memory budget and its time from the start of the statement."""
         method = getattr(self, "_" + type(statement).__name__, None)
         if method is None:
             raise QueryTypeError(f"cannot run a {type(statement).__name__} statement here", statement.span, source)
-        return method(statement, source)
+        return method(statement, source, self.engine.new_context(limits))
 
     def _done(self, message: str, statement: A.Statement, source: str) -> Result:
         return Result([], [], "statement", message=message, statement=_text(statement, source))
@@ -39,7 +41,7 @@ class StatementRunner:
         return Binder(self.engine.catalog, source)
 
     # ----------------------------------------------------------------------------- schema
-    def _CreateType(self, stmt: A.CreateType, source: str) -> Result:
+    def _CreateType(self, stmt: A.CreateType, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         with self.store.transaction():
             try:
@@ -56,7 +58,7 @@ class StatementRunner:
                 self.store.add_property(user, prop.name)
         return self._done(f"type {stmt.name} created", stmt, source)
 
-    def _CreateFunction(self, stmt: A.CreateFunction, source: str) -> Result:
+    def _CreateFunction(self, stmt: A.CreateFunction, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         params = []
         seen = set()
@@ -97,7 +99,7 @@ class StatementRunner:
                 raise QueryTypeError(f"{function.name} is declared to return {function.result}, but its body "
                                      f"gives {body_type}", stmt.body.span, source)
 
-    def _CreateInstances(self, stmt: A.CreateInstances, source: str) -> Result:
+    def _CreateInstances(self, stmt: A.CreateInstances, source: str, ctx: ExecContext) -> Result:
         user = self.store.user_type(stmt.type_name)
         if user is None:
             if canonical_builtin(stmt.type_name) is not None:
@@ -120,7 +122,7 @@ class StatementRunner:
                                          row[0].span if row else stmt.span, source)
                 obj = self.store.create_object(user.name)
                 for function, expr in zip(functions, row):
-                    value = self._value(binder, expr, source, expected=function.result, what=function.name)
+                    value = self._value(binder, expr, source, ctx, expected=function.result, what=function.name)
                     self._set(function, (obj,), value, expr, source)
                 created.append(obj)
         self.engine.last_created = created
@@ -132,7 +134,7 @@ class StatementRunner:
         except StoreError as exc:
             raise StoreError(exc.message, node.span, source) from None
 
-    def _CreateTable(self, stmt: A.CreateTable, source: str) -> Result:
+    def _CreateTable(self, stmt: A.CreateTable, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         columns = []
         names = set()
@@ -153,7 +155,7 @@ class StatementRunner:
                 raise exc.located(stmt.span).with_source(source)
         return self._done(f"table {stmt.name} created", stmt, source)
 
-    def _Insert(self, stmt: A.Insert, source: str) -> Result:
+    def _Insert(self, stmt: A.Insert, source: str, ctx: ExecContext) -> Result:
         table = self.store.table(stmt.table)
         if table is None:
             raise QueryNameError(f"no table named {stmt.table}", stmt.span, source)
@@ -175,7 +177,7 @@ class StatementRunner:
                 values = [None] * len(table.columns)
                 for position, expr in zip(positions, row):
                     column = table.columns[position]
-                    values[position] = self._value(binder, expr, source, expected=column.type,
+                    values[position] = self._value(binder, expr, source, ctx, expected=column.type,
                                                    what=f"column {column.name}")
                 for column, value in zip(table.columns, values):
                     if value is None and column.not_null:
@@ -186,17 +188,20 @@ class StatementRunner:
                     raise StoreError(exc.message, row[0].span if row else stmt.span, source) from None
         return self._done(f"{len(stmt.rows)} rows inserted into {table.name}", stmt, source)
 
-    def _CreateModel(self, stmt: A.CreateModel, source: str) -> Result:
+    def _CreateModel(self, stmt: A.CreateModel, source: str, ctx: ExecContext) -> Result:
         models = self.engine.models
         if stmt.path is not None:
-            path = self.engine.resolve_path(stmt.path)
+            path = self.engine.files.resolve(stmt.path, "create model … from")   # the operator's files only
+            if path.exists() and not path.is_file():
+                raise ModelError(f"model '{stmt.name}': '{stmt.path}' is not a regular file", stmt.span, source)
+            ctx.allocate(path.stat().st_size if path.exists() else 0, f"the model file '{stmt.path}'")
             try:
                 model = load_model_file(path, name=stmt.name)
             except QueryError as exc:
                 raise ModelError(exc.message, stmt.span, source) from None
             origin = str(path)
         else:
-            model = self._value(self._binder(source), stmt.expr, source, expected=None, what="the model")
+            model = self._value(self._binder(source), stmt.expr, source, ctx, expected=None, what="the model")
             if not isinstance(model, Model):
                 raise QueryTypeError(f"create model … as needs a model (such as kmeans([[…]])), not "
                                      f"{type_of_value(model)}", stmt.expr.span, source)
@@ -212,8 +217,8 @@ class StatementRunner:
         return self._done(f"model {entry.name} version {entry.version} installed", stmt, source)
 
     # ------------------------------------------------------------------------------ data
-    def _SetVariable(self, stmt: A.SetVariable, source: str) -> Result:
-        value = self._value(self._binder(source), stmt.value, source, expected=None, what=f":{stmt.name}")
+    def _SetVariable(self, stmt: A.SetVariable, source: str, ctx: ExecContext) -> Result:
+        value = self._value(self._binder(source), stmt.value, source, ctx, expected=None, what=f":{stmt.name}")
         if isinstance(value, StreamValue):
             raise QueryTypeError("a session variable cannot hold a stream: keep the query instead",
                                  stmt.value.span, source)
@@ -221,7 +226,7 @@ class StatementRunner:
             self.store.set_session(stmt.name, value)
         return self._done(f":{stmt.name} set", stmt, source)
 
-    def _SetFunction(self, stmt: A.SetFunction, source: str) -> Result:
+    def _SetFunction(self, stmt: A.SetFunction, source: str, ctx: ExecContext) -> Result:
         functions = [f for f in self.store.user_functions(stmt.function) if len(f.params) == len(stmt.args)]
         if not functions:
             raise QueryNameError(f"no stored function {stmt.function} with {len(stmt.args)} arguments",
@@ -232,7 +237,7 @@ class StatementRunner:
                                  "functions can be set", stmt.span, source)
         items = tuple(A.SelectItem(a) for a in stmt.args) + (A.SelectItem(stmt.value),)
         select = A.Select(items, stmt.declarations, stmt.where, span=stmt.span)
-        rows = self._rows_of(select, source)
+        rows = self._rows_of(select, source, ctx)
         binder = self._binder(source)
         for param, arg in zip(function.params, stmt.args):
             t = binder.bind_expr(arg, _scope_for(binder, stmt.declarations)).type
@@ -251,7 +256,7 @@ class StatementRunner:
                 count += 1
         return self._done(f"{count} values of {function.name} set", stmt, source)
 
-    def _Delete(self, stmt: A.Delete, source: str) -> Result:
+    def _Delete(self, stmt: A.Delete, source: str, ctx: ExecContext) -> Result:
         declaration = stmt.declaration
         select = A.Select((A.SelectItem(A.Variable(declaration.name, span=declaration.span)),),
                           (declaration,), stmt.where, span=stmt.span)
@@ -261,7 +266,7 @@ class StatementRunner:
         if table is None and self.store.user_type(var_type.name) is None:
             raise QueryTypeError(f"delete removes objects of user types or rows of tables, not {var_type}",
                                  declaration.span, source)
-        doomed = self._rows_of(select, source)
+        doomed = self._rows_of(select, source, ctx)
         with self.store.transaction():
             if table is not None:
                 count = self.store.delete_rows(table, doomed)
@@ -271,7 +276,7 @@ class StatementRunner:
                 count = len(doomed)
         return self._done(f"{count} deleted", stmt, source)
 
-    def _Drop(self, stmt: A.Drop, source: str) -> Result:
+    def _Drop(self, stmt: A.Drop, source: str, ctx: ExecContext) -> Result:
         with self.store.transaction():
             try:
                 if stmt.kind == "function":
@@ -300,18 +305,19 @@ class StatementRunner:
         return self._done(f"{stmt.kind} {stmt.name} dropped", stmt, source)
 
     # ---------------------------------------------------------------------------- checks
-    def _Validate(self, stmt: A.Validate, source: str) -> Result:
+    def _Validate(self, stmt: A.Validate, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         for number, check in enumerate(stmt.checks, 1):
-            got = _settle(self._value(binder, check.expr, source, expected=None, what="the check"))
-            expected = _settle(self._value(binder, check.expected, source, expected=None, what="the expected value"))
+            got = _settle(self._value(binder, check.expr, source, ctx, expected=None, what="the check"), ctx)
+            expected = _settle(self._value(binder, check.expected, source, ctx, expected=None,
+                                           what="the expected value"), ctx)
             if not close_enough(got, expected):
                 raise QueryValidationError(
-                    f"validate {stmt.name!r}, check {number}: {check.expr.sql()} gave {format_value(got)}, "
-                    f"expected {format_value(expected)}", check.span, source)
+                    f"validate {stmt.name!r}, check {number}: {check.expr.sql()} gave {brief_value(got)}, "
+                    f"expected {brief_value(expected)}", check.span, source)
         return self._done(f"validate {stmt.name!r}: {len(stmt.checks)} checks passed", stmt, source)
 
-    def _Explain(self, stmt: A.Explain, source: str) -> Result:
+    def _Explain(self, stmt: A.Explain, source: str, ctx: ExecContext) -> Result:
         inner = stmt.statement
         if isinstance(inner, (A.Deploy, A.Rollback, A.Undeploy)):
             raise FleetError("deploy, rollback and undeploy run on a federation", inner.span, source)
@@ -320,25 +326,26 @@ class StatementRunner:
         return Result(["plan"], [Type("Charstring")], "explain", items=iter([{"$c0": line} for line in lines]),
                       statement=_text(stmt, source))
 
-    def _Deploy(self, stmt, source: str) -> Result:
+    def _Deploy(self, stmt, source: str, ctx: ExecContext) -> Result:
         raise FleetError("deploy sends a model to edges: it runs on a federation (streamql shell --federation URL)",
                          stmt.span, source)
 
     _Rollback = _Undeploy = _Deploy
 
     # --------------------------------------------------------------------------- helpers
-    def _value(self, binder: Binder, expr: A.Expr, source: str, expected: Type | None, what: str) -> Any:
+    def _value(self, binder: Binder, expr: A.Expr, source: str, ctx: ExecContext, expected: Type | None,
+               what: str) -> Any:
         """Evaluate a closed expression (no variables) to one value, type-checked."""
         bound = binder.bind_expr(expr, None)
         if expected is not None and binder.lattice.fit(bound.type, expected) is None:
             raise QueryTypeError(f"{what} is {expected}, not {bound.type}", expr.span, source)
-        value = self.engine.evaluate(bound, source, expr.span)
+        value = self.engine.evaluate(bound, source, expr.span, ctx)
         if expected is not None:
             _check_value(value, expected, expr, source, what)
         return value
 
-    def _rows_of(self, select: A.Select, source: str) -> list:
-        return list(self.engine._run_select(select, source))
+    def _rows_of(self, select: A.Select, source: str, ctx: ExecContext) -> list:
+        return list(self.engine._run_select(select, source, ctx))
 
 
 _OPERATOR_NAMES = {"+", "-", "*", "/", "%", "^", ".*", "./", ".^", "=", "!=", "<", "<=", ">", ">=", "neg",
@@ -372,15 +379,15 @@ def _check_value(value, expected: Type, node: A.Node, source: str, what: str) ->
     if expected.name == "Real" and isinstance(value, int) and not isinstance(value, bool):
         return
     if not value_fits(value, expected):
-        raise QueryTypeError(f"{what} is {expected}, not {format_value(value)}", node.span, source)
+        raise QueryTypeError(f"{what} is {expected}, not {brief_value(value)}", node.span, source)
 
 
-def _settle(value):
-    """A value to compare: bags and finite streams collected (as much as memory may hold)."""
+def _settle(value, ctx: ExecContext):
+    """A value to compare: bags and finite streams collected (within the statement's budget)."""
     if isinstance(value, LazyBag):
         return value.materialize()
     if isinstance(value, StreamValue):
-        column = collect_column(held(value.open(), what="a stream"))
+        column = gather(value.open(), ctx, "a stream")
         return column if isinstance(column, np.ndarray) else list(column)
     return value
 

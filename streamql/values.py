@@ -213,6 +213,23 @@ def format_value(value: Any) -> str:
     return repr(value)
 
 
+def brief_value(value: Any, items: int = 8, chars: int = 80) -> str:
+    """A value as format_value writes it, cut short for an error message: at most `items` elements
+    of a collection and `chars` characters of a string (a message naming a vector of millions must
+    not take longer, or more memory, than the statement that failed)."""
+    if isinstance(value, str) and len(value) > chars:
+        return format_value(value[:chars]) + f"… ({len(value)} characters)"
+    if isinstance(value, (np.ndarray, list, tuple)) and len(value) > items:
+        shown = ", ".join(brief_value(v, items, chars) for v in value[:items])
+        return f"[{shown}, … ({len(value)} elements)]"
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return "[" + ", ".join(brief_value(v, items, chars) for v in value) + "]"
+    if isinstance(value, dict) and len(value) > items:
+        shown = ", ".join(f'"{k}": {brief_value(v, items, chars)}' for k, v in list(value.items())[:items])
+        return "{" + shown + f", … ({len(value)} fields)}}"
+    return format_value(value)
+
+
 def format_real(x: float) -> str:
     """A float printed so that it reads back exactly (repr), with `nan`/`inf` spelled out."""
     if math.isnan(x):

@@ -7,6 +7,7 @@ from ..errors import FleetError
 from ..printer import to_source
 from ..types import (BOOLEAN, CHARSTRING, NULL, OBJECT, RECORD, Type, bag_of, stream_of, type_of_value,
                      vector_of)
+from ..streams import FOLD_BYTES, approximate_bytes
 from ..values import make_vector
 from .queries import Scope
 
@@ -184,7 +185,9 @@ class ExpressionBinding:
         for item in items:
             element = self.lattice.join(element, item.type)
         element = OBJECT if element == NULL else element
-        if all(isinstance(i, TConst) for i in items):
+        # constants make a constant, when small: `[:v, :v, :v]` of a large :v is built as the
+        # statement runs, within its memory limit
+        if all(isinstance(i, TConst) for i in items) and sum(approximate_bytes(i.value) for i in items) <= FOLD_BYTES:
             return TConst(Type("Vector", element), make_vector([i.value for i in items]), span=node.span)
         fn = self.library.overloads("vector")[0]
         return TCall(Type("Vector", element), fn, tuple(items), span=node.span)

@@ -3,14 +3,21 @@
 Each skips nulls; over vector rows each works elementwise. Each but median also has its split
 for fleets: a partial aggregate computed on every edge and a merge on the federation
 (avg → sum, count; stdev → n, mean, M2 by Chan's parallel formula).
+
+The same split streams an aggregate through a lazy bag (`count(iota(1, 1000000000000))`, a
+subquery's bag): a partial per part, merged as they come, so the bag is never held and the
+statement's cancellation and time limit are noticed between parts. Median needs every value: it
+holds the bag, within the statement's memory budget.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from ..errors import QueryRuntimeError
 from ..registry import AGGREGATE, AggregateSplit, Library
-from ..streams import to_column
+from ..streams import LazyBag, to_column
 from ..types import INTEGER, REAL, Type, vector_of
 from ..values import as_numeric_array
 from .vector import check_int_sums
@@ -169,6 +176,20 @@ SPLITS = {
     "var": AggregateSplit(("n", "mean", "M2"), _moments, _merge_moments, _final_var, ("count", "avg", "m2")),
 }
 SPLITS["mean"] = SPLITS["avg"]
+_M2 = replace(SPLITS["stdev"], final=lambda parts: parts[2] if parts[0] else None)
+
+
+def _streaming(split: AggregateSplit, held, check_total=False):
+    """The aggregate over a lazy bag a part at a time (its split's partial per part, merged); over
+    anything else `held`, as before."""
+    def run(bag):
+        if not isinstance(bag, LazyBag) or bag.held:
+            return held(bag)
+        result = split.merged(split.partial(part) for part in bag.parts())
+        if check_total and isinstance(result, int) and not -2 ** 63 <= result < 2 ** 63:
+            raise QueryRuntimeError("integer overflow: a sum does not fit in 64 bits")
+        return result
+    return run
 
 
 def _element_result(default: Type):
@@ -189,23 +210,26 @@ def _minmax_result(types, args) -> Type:
 
 def register(lib: Library) -> None:
     common = dict(kind=AGGREGATE, topic="aggregate", null_propagating=False)
-    lib.define("count(Bag of Object b) -> Integer", scalar=agg_count, split=SPLITS["count"],
+    lib.define("count(Bag of Object b) -> Integer", scalar=_streaming(SPLITS["count"], agg_count),
+               split=SPLITS["count"],
                doc="The number of (non-null) elements", **common)
-    lib.define("sum(Bag of Object b) -> Number", scalar=agg_sum, split=SPLITS["sum"],
+    lib.define("sum(Bag of Object b) -> Number", scalar=_streaming(SPLITS["sum"], agg_sum, True), split=SPLITS["sum"],
                result_type=_element_result(INTEGER), doc="The sum of the elements (0 for none)", **common)
     for name in ("avg", "mean"):
-        lib.define(f"{name}(Bag of Object b) -> Real", scalar=agg_mean, split=SPLITS[name],
+        lib.define(f"{name}(Bag of Object b) -> Real", scalar=_streaming(SPLITS[name], agg_mean), split=SPLITS[name],
                    result_type=_element_result(REAL), doc="The mean of the elements", **common)
-    lib.define("min(Bag of Object b) -> Object", scalar=_minmax(np.min, "min"), split=SPLITS["min"],
+    lib.define("min(Bag of Object b) -> Object", scalar=_streaming(SPLITS["min"], _minmax(np.min, "min")),
+               split=SPLITS["min"],
                result_type=_minmax_result, doc="The smallest element", **common)
-    lib.define("max(Bag of Object b) -> Object", scalar=_minmax(np.max, "max"), split=SPLITS["max"],
+    lib.define("max(Bag of Object b) -> Object", scalar=_streaming(SPLITS["max"], _minmax(np.max, "max")),
+               split=SPLITS["max"],
                result_type=_minmax_result, doc="The largest element", **common)
-    lib.define("stdev(Bag of Object b) -> Real", scalar=agg_stdev, split=SPLITS["stdev"],
+    lib.define("stdev(Bag of Object b) -> Real", scalar=_streaming(SPLITS["stdev"], agg_stdev), split=SPLITS["stdev"],
                result_type=_element_result(REAL), doc="The sample standard deviation (n - 1)", **common)
-    lib.define("var(Bag of Object b) -> Real", scalar=agg_var, split=SPLITS["var"],
+    lib.define("var(Bag of Object b) -> Real", scalar=_streaming(SPLITS["var"], agg_var), split=SPLITS["var"],
                result_type=_element_result(REAL), doc="The sample variance (n - 1)", **common)
     lib.define("median(Bag of Object b) -> Real", scalar=agg_median, result_type=_element_result(REAL),
                doc="The median (no partial form: computed where all the data is)", **common)
-    lib.define("m2(Bag of Object b) -> Real", scalar=agg_m2, result_type=_element_result(REAL),
+    lib.define("m2(Bag of Object b) -> Real", scalar=_streaming(_M2, agg_m2), result_type=_element_result(REAL),
                doc="The sum of squared deviations from the mean (the partial of stdev and var across edges)",
                **common)

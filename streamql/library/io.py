@@ -1,4 +1,9 @@
-"""Files as streams: `csv:file_stream` and `json:file_stream`."""
+"""Files as streams: `csv:file_stream` and `json:file_stream`.
+
+Both read only what the engine's files directory allows (streamql/files.py): the path is checked
+when the function is called, before anything is opened, and a path outside is refused with the
+same message whether or not it exists. A file is read in chunks of rows, the statement checked
+between them; a JSON line longer than MAX_LINE_CHARS is an error rather than one huge value."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +19,7 @@ from ..streams import StreamValue
 from ..values import make_vector
 
 CHUNK_ROWS = 4096
+MAX_LINE_CHARS = 16 << 20
 
 
 def _number(text: str):
@@ -28,26 +34,34 @@ def _number(text: str):
         return stripped
 
 
-def _open(path: str):
-    file = Path(path)
-    if not file.exists():
-        raise QueryRuntimeError(f"no such file: {path}")
-    return file.open("r", encoding="utf-8", newline="")
+def _open(file: Path, path: str):
+    """The checked file, opened (errors name the path as the statement gave it)."""
+    try:
+        return file.open("r", encoding="utf-8", newline="")
+    except FileNotFoundError:
+        raise QueryRuntimeError(f"no such file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise QueryRuntimeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def csv_file_stream(ctx, path: str) -> StreamValue:
     """Each row of a CSV file as a vector (numbers parsed); rows arrive in batches."""
+    file = ctx.files.resolve(path, "csv:file_stream")
+
     def open_():
-        with _open(path) as handle:
+        with _open(file, path) as handle:
             rows = []
-            for row in csv.reader(handle):
-                if not row:
-                    continue
-                rows.append(make_vector([_number(cell) for cell in row]))
-                if len(rows) >= CHUNK_ROWS:
-                    yield _rows_batch(rows)
-                    rows = []
-                    ctx.check()
+            try:
+                for row in csv.reader(handle):
+                    if not row:
+                        continue
+                    rows.append(make_vector([_number(cell) for cell in row]))
+                    if len(rows) >= CHUNK_ROWS:
+                        yield _rows_batch(rows)
+                        rows = []
+                        ctx.check()
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise QueryRuntimeError(f"{path}: not CSV text ({exc})") from None
             if rows:
                 yield _rows_batch(rows)
     return StreamValue(open_, f"csv:file_stream('{path}')")
@@ -67,12 +81,30 @@ def _json_value(value):
     return value
 
 
+def _lines(handle, path: str):
+    """The file's lines, refusing one longer than MAX_LINE_CHARS before it is read whole."""
+    number = 0
+    while True:
+        try:
+            line = handle.readline(MAX_LINE_CHARS + 1)
+        except UnicodeDecodeError as exc:
+            raise QueryRuntimeError(f"{path}, line {number + 1}: not UTF-8 text ({exc.reason})") from None
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise QueryRuntimeError(f"{path}, line {number}: longer than {MAX_LINE_CHARS} characters")
+        yield number, line
+
+
 def json_file_stream(ctx, path: str) -> StreamValue:
     """Each line of a JSON-lines file as a value (objects become records, arrays vectors)."""
+    file = ctx.files.resolve(path, "json:file_stream")
+
     def open_():
-        with _open(path) as handle:
+        with _open(file, path) as handle:
             values = []
-            for number, line in enumerate(handle, 1):
+            for number, line in _lines(handle, path):
                 if not line.strip():
                     continue
                 try:

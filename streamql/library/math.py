@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..arithmetic import np_real_pow, real_pow
+from ..arithmetic import by_row, np_real_pow, real_pow
 from ..errors import QueryRuntimeError
 from ..registry import Library
 from ..types import INTEGER, REAL, Type, vector_of
@@ -150,7 +150,7 @@ def register(lib: Library) -> None:
     lib.define("power(Number x, Number y) -> Real", scalar=real_pow, batch=np_real_pow, doc="x to the power y",
                topic="math", elementwise=True, batch_scalars=True)
     lib.define("power(Vector of Number x, Number y) -> Vector of Real", scalar=np_real_pow, batch=_np(
-        lambda v, y: np.power(np.asarray(v, dtype=np.float64), y[:, None] if isinstance(y, np.ndarray) and np.ndim(v) == 2 else y)),
+        lambda v, y: np.power(*by_row(np.asarray(v, dtype=np.float64), y))),
         doc="Each element to the power y", topic="math", elementwise=True, batch_scalars=True)
     lib.define("mod(Integer a, Integer b) -> Integer", scalar=_mod, doc="Remainder with the sign of the dividend",
                topic="math", batch_scalars=True)
@@ -158,7 +158,8 @@ def register(lib: Library) -> None:
                doc="Remainder with the sign of the dividend", topic="math", batch_scalars=True)
     lib.define("roundto(Number x, Integer digits) -> Real", scalar=roundto, batch=roundto,
                doc="Round to a number of decimals, half away from zero", topic="math", batch_scalars=True)
-    lib.define("roundto(Vector of Number x, Integer digits) -> Vector of Real", scalar=roundto, batch=roundto,
+    lib.define("roundto(Vector of Number x, Integer digits) -> Vector of Real", scalar=roundto,
+               batch=lambda x, digits: roundto(*by_row(x, digits)),
                doc="Round each element to a number of decimals", topic="math", batch_scalars=True)
     lib.define("max_of(Number a, Number b) -> Real", scalar=lambda a, b: a if a >= b else b,
                batch=np.maximum, result_type=lambda t, a: INTEGER if t == [INTEGER, INTEGER] else REAL,

@@ -4,22 +4,26 @@ Integer op Integer stays Integer (except `/`), with overflow an error; mixed num
 `%` takes the sign of the dividend; `^` gives Real; `+` joins strings; `+ - .* ./ .^` act
 elementwise on vectors, `*` of two vectors is their dot product. Real arithmetic follows IEEE as
 numpy does (1.0 / 0 is inf, sqrt(-1) is nan). A comparison with null is false.
+
+What a statement's text cannot bound is checked against its memory budget before it is built
+(`sized`): joined strings, vector literals (`[v, v, v, …]` of a large `v`), and arithmetic on
+values known only at run time, which numpy may broadcast to a far larger array.
 """
 from __future__ import annotations
 
 import math
 import operator
 import re
-from functools import lru_cache
 
 import numpy as np
 
-from ..arithmetic import dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
+from ..arithmetic import by_row, dot, np_fmod, np_real_div, np_real_pow, real_div, real_mod, real_pow
 from ..errors import QueryRuntimeError
 from ..registry import Library
-from ..streams import LazyBag
+from ..selection import like_match
+from ..streams import TRACKED_BYTES, LazyBag, approximate_bytes, reserve
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
-from ..values import Bag, Time, format_value, make_vector, values_equal
+from ..values import Bag, Time, brief_value, format_value, make_vector, values_equal
 
 INT64_MAX = 2 ** 63 - 1
 INT64_MIN = -2 ** 63
@@ -61,10 +65,10 @@ def _int_mod_batch(a, b):
 
 
 def _vector_scalar(op):
-    """v op x where v is a vector column (n, k) and x a number column (n,) or a constant."""
+    """v op x where v is a vector column (n, k) or a constant vector, and x a number column (n,)
+    or a constant."""
     def run(v, x):
-        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
-            x = x[:, None]
+        v, x = by_row(v, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return op(v, x)
     return run
@@ -72,8 +76,7 @@ def _vector_scalar(op):
 
 def _scalar_vector(op):
     def run(x, v):
-        if isinstance(x, np.ndarray) and x.ndim == 1 and np.ndim(v) == 2:
-            x = x[:, None]
+        v, x = by_row(v, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return op(x, v)
     return run
@@ -98,20 +101,21 @@ def _vector_result(types, args) -> Type:
 
 def _dynamic(op_name: str, python_op):
     """Arithmetic on values whose types are known only at run time."""
-    def run(a, b):
+    def run(ctx, a, b):
         if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            _room_for_broadcast(ctx, op_name, a, b)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 return python_op(np.asarray(a), np.asarray(b)) if op_name != "*" or not (
                     isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) else dot(a, b)
         if isinstance(a, str) and isinstance(b, str) and op_name == "+":
-            return a + b
+            return _join_strings(ctx, a, b)
         if isinstance(a, Time) or isinstance(b, Time):
             result = python_op(a, b)
             if result is NotImplemented:
-                raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+                raise QueryRuntimeError(f"cannot apply {op_name} to {brief_value(a)} and {brief_value(b)}")
             return result
         if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-            raise QueryRuntimeError(f"cannot apply {op_name} to {format_value(a)} and {format_value(b)}")
+            raise QueryRuntimeError(f"cannot apply {op_name} to {brief_value(a)} and {brief_value(b)}")
         if op_name == "/":
             return real_div(float(a), b)
         if op_name == "^":
@@ -121,6 +125,22 @@ def _dynamic(op_name: str, python_op):
         result = python_op(a, b)
         return _checked_int(result) if isinstance(result, int) else result
     return run
+
+
+def _room_for_broadcast(ctx, op_name: str, a, b) -> None:
+    """numpy broadcasts a column against a row into a matrix: ask for its room first."""
+    try:
+        shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        return   # shapes that do not broadcast: numpy's own error follows, nothing is built
+    reserve(ctx, 8 * math.prod(shape), f"{op_name} giving {' × '.join(map(str, shape))} elements")
+
+
+def _join_strings(ctx, a: str, b: str) -> str:
+    size = len(a) + len(b)
+    if size >= TRACKED_BYTES:   # (inline: joining short strings in every row stays cheap)
+        ctx.allocate(size, f"a string of {size} characters")
+    return a + b
 
 
 def _only_when_unknown(binder, args) -> bool:
@@ -154,7 +174,7 @@ def _order(op):
         try:
             return bool(op(a, b))
         except TypeError:
-            raise QueryRuntimeError(f"cannot compare {format_value(a)} with {format_value(b)}") from None
+            raise QueryRuntimeError(f"cannot compare {brief_value(a)} with {brief_value(b)}") from None
     return run
 
 
@@ -203,21 +223,14 @@ def _between(x, low, high) -> bool:
     return less_equal(low, x) and less_equal(x, high)
 
 
-@lru_cache(maxsize=256)
-def like_regex(pattern: str) -> re.Pattern:
-    """SQL LIKE: `%` any run of characters, `_` exactly one; everything else literal."""
-    parts = []
-    for ch in pattern:
-        parts.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-    return re.compile("".join(parts), re.DOTALL)
-
-
 def _like(text, pattern) -> bool:
+    """SQL LIKE: `%` any run of characters, `_` exactly one; everything else literal (matched in
+    linear time: a backtracking regular expression could run for hours on one row)."""
     if text is None or pattern is None:
         return False
     if not isinstance(text, str):
         text = format_value(text)
-    return like_regex(pattern).fullmatch(text) is not None
+    return like_match(text, pattern, escapes=False)
 
 
 # --------------------------------------------------------------------------------- indexing
@@ -228,7 +241,7 @@ def _index(target, index):
         if isinstance(index, float) and index.is_integer():
             index = int(index)
         else:
-            raise QueryRuntimeError(f"a vector index must be an integer, not {format_value(index)}")
+            raise QueryRuntimeError(f"a vector index must be an integer, not {brief_value(index)}")
     length = len(target)
     if not 1 <= index <= length:
         raise QueryRuntimeError(f"index {index} is out of range 1..{length}")
@@ -250,7 +263,7 @@ def _index_batch(target, index):
 def _slice(target, start, stop):
     for bound in (start, stop):
         if isinstance(bound, bool) or not isinstance(bound, (int, np.integer)):
-            raise QueryRuntimeError(f"slice bounds must be integers, not {format_value(bound)}")
+            raise QueryRuntimeError(f"slice bounds must be integers, not {brief_value(bound)}")
     length = len(target)
     first = max(int(start), 1)
     last = min(int(stop), length)
@@ -259,11 +272,19 @@ def _slice(target, start, stop):
     return target[first - 1:last]
 
 
-def _vector(*items):
-    return make_vector(list(items))
+def _vector(ctx, *items):
+    first = items[0] if items else None
+    if isinstance(first, np.ndarray) and all(isinstance(v, np.ndarray) and v.shape == first.shape for v in items):
+        # equal vectors are stacked into one array: a copy of them all (anything else is a list of them)
+        reserve(ctx, first.nbytes * len(items), f"a vector of {len(items)} vectors")
+    return ctx.keep(make_vector(list(items)))
 
 
-def _vector_batch(*columns):
+def _vector_batch(ctx, n, *columns):
+    if len({c.shape for c in columns}) != 1:   # vectors and numbers mixed: each row's vector is a list
+        rows = zip(*(c.tolist() if c.ndim == 1 else list(c) for c in columns))
+        return [make_vector(list(row)) for row in rows]
+    reserve(ctx, sum(c.nbytes for c in columns), f"a column of {n} vectors")
     return np.stack(columns, axis=-1)
 
 
@@ -295,7 +316,7 @@ def cast_value(value, options=()):
                 return int(value)
             if isinstance(value, (float, np.floating)):
                 if not math.isfinite(value):
-                    raise QueryRuntimeError(f"cannot cast {format_value(value)} to Integer")
+                    raise QueryRuntimeError(f"cannot cast {brief_value(value)} to Integer")
                 return _checked_int(_round_half_away(float(value)))
             return _checked_int(int(value))
         if name in ("Real", "Number"):
@@ -309,7 +330,7 @@ def cast_value(value, options=()):
                 lowered = value.strip().lower()
                 if lowered in ("true", "false"):
                     return lowered == "true"
-                raise QueryRuntimeError(f"cannot cast {format_value(value)} to Boolean")
+                raise QueryRuntimeError(f"cannot cast {brief_value(value)} to Boolean")
             return bool(value)
         if name == "Time":
             if isinstance(value, Time):
@@ -325,9 +346,9 @@ def cast_value(value, options=()):
                 return make_vector([cast_value(v, (target.arg,)) for v in list(value)])
             return make_vector(list(value))
     except (ValueError, OverflowError):
-        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}") from None
+        raise QueryRuntimeError(f"cannot cast {brief_value(value)} to {target}") from None
     if not value_fits(value, target):
-        raise QueryRuntimeError(f"cannot cast {format_value(value)} to {target}")
+        raise QueryRuntimeError(f"cannot cast {brief_value(value)} to {target}")
     return value
 
 
@@ -349,7 +370,7 @@ def register(lib: Library) -> None:
         d(f"{symbol}(Integer a, Integer b) -> Integer", scalar=int_op(f), batch=_int_batch(npf, f),
           doc=f"Integer {symbol}: stays Integer; overflow is an error", **op)
         d(f"{symbol}(Number a, Number b) -> Real", scalar=f, batch=f, doc=f"Number {symbol}", **op)
-    d("+(Charstring a, Charstring b) -> Charstring", scalar=add, doc="Joins two strings", **op)
+    d("+(Charstring a, Charstring b) -> Charstring", scalar=_join_strings, sized=True, doc="Joins two strings", **op)
     d("+(Time t, Number seconds) -> Time", scalar=add, doc="A time moved by some seconds", **op)
     d("+(Number seconds, Time t) -> Time", scalar=lambda s, t: t + s, doc="A time moved by some seconds", **op)
     d("-(Time a, Time b) -> Real", scalar=sub, doc="Seconds between two times", **op)
@@ -383,6 +404,7 @@ def register(lib: Library) -> None:
     for symbol, f in (("+", add), ("-", sub), ("*", mul), ("/", operator.truediv), ("%", operator.mod),
                       ("^", operator.pow)):
         d(f"{symbol}(Object a, Object b) -> Object", scalar=_dynamic(symbol, f), check_args=_only_when_unknown,
+          sized=True,
           doc=f"{symbol} of values known only at run time", **op)
     d("neg(Integer x) -> Integer", scalar=lambda x: _checked_int(-x), batch=np.negative, doc="Negation", **op)
     d("neg(Number x) -> Real", scalar=operator.neg, batch=np.negative, doc="Negation", **op)
@@ -442,7 +464,7 @@ def register(lib: Library) -> None:
       doc="An element by position (vectors, from 1) or key (records)")
     d("slice(Vector of T v, Integer first, Integer last) -> Vector of T", scalar=_slice, topic="vector",
       doc="Elements first..last, both included, counting from 1")
-    d("vector(T items...) -> Vector of T", scalar=_vector, batch=_vector_batch, topic="vector",
+    d("vector(T items...) -> Vector of T", scalar=_vector, batch=_vector_batch, topic="vector", sized=True,
       doc="A vector of the given elements")
     d("record(Object values...) -> Record", scalar=_record, null_propagating=False, topic="general",
       doc="A record of the given fields")

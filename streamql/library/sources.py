@@ -4,6 +4,11 @@ Sources make a stream or bag value without reading anything: counting (`iota`, `
 `diota`), clock ticks (`heartbeat`, `simstream`), this engine's signals (`signal_stream`,
 `ts_signal_stream`, `signal_value`) and flows (`subscribe`), a vector (`stream`). `vectorof`,
 `extract` and `bag` turn one kind of collection into another.
+
+A bag from `iota` is lazy and belongs to its statement: counting or summing it streams through it
+a batch at a time (cancellation and the time limit noticed between batches), and holding it whole
+(`vectorof`, `x in iota(…)` as a value) is refused before it is built when it cannot fit the
+statement's memory budget.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from ..bound import TConst
 from ..errors import QueryRuntimeError
 from ..registry import SOURCE, STREAM, Library
 from ..signals import Stamped
-from ..streams import LazyBag, StreamValue, close_items, collect_column, to_column
+from ..streams import LazyBag, StreamValue, close_items, gather, to_column
 from ..types import stream_of, timeval_of
 from ..values import Bag, Time, Timeval
 
@@ -27,7 +32,7 @@ BATCH = 65536
 INT64 = (-2 ** 63, 2 ** 63 - 1)
 
 
-def iota(lo: int, hi: int) -> LazyBag:
+def iota(ctx, lo: int, hi: int) -> LazyBag:
     for bound in (lo, hi):
         if not INT64[0] <= bound <= INT64[1]:
             raise QueryRuntimeError(f"iota's bounds must fit in 64 bits, not {bound}")
@@ -36,12 +41,13 @@ def iota(lo: int, hi: int) -> LazyBag:
 
     def open_():
         for start in range(lo, hi + 1, BATCH):
+            ctx.check()   # a consumer dropping every element (skip, a filter) still stops in time
             yield Batch(np.arange(start, min(start + BATCH, hi + 1), dtype=np.int64))
-    return LazyBag(open_, f"iota({lo}, {hi})", size=max(0, hi - lo + 1))
+    return LazyBag(open_, f"iota({lo}, {hi})", size=max(0, hi - lo + 1), ctx=ctx)
 
 
-def siota(lo: int, hi: int) -> StreamValue:
-    return StreamValue(iota(lo, hi).open, f"siota({lo}, {hi})")
+def siota(ctx, lo: int, hi: int) -> StreamValue:
+    return StreamValue(iota(ctx, lo, hi).open, f"siota({lo}, {hi})")
 
 
 def heartbeat(ctx, period: float) -> StreamValue:
@@ -55,6 +61,7 @@ def heartbeat(ctx, period: float) -> StreamValue:
         ticks = 0
         while True:
             ticks += 1
+            ctx.check()   # a period shorter than a tick's work never pauses
             yield from pause_until(clock, start + ticks * period)
             yield round(clock.monotonic() - start, 9)
     return StreamValue(open_, f"heartbeat({period})")
@@ -96,6 +103,8 @@ def diota(ctx, pace: float, lo: int, hi: int) -> StreamValue:
 
     def open_():
         for value in range(lo, hi + 1):
+            if not value & 1023:
+                ctx.check()   # a pace of 0 never pauses
             yield from pause_until(clock, clock.monotonic() + pace)
             yield value
     return StreamValue(open_, f"diota({pace}, {lo}, {hi})")
@@ -200,25 +209,20 @@ def make_bag(*items) -> Bag:
 
 
 def vectorof(ctx, collection):
-    """A finite stream or a bag as a vector (a stream must end: limit it with first_n or timeout)."""
+    """A finite stream or a bag as a vector (a stream must end: limit it with first_n or timeout).
+    What it collects counts against the statement's memory limit as it arrives, and an endless
+    stream stops at the limit, or when the statement is cancelled or out of time."""
     if isinstance(collection, StreamValue):
-        column = collect_column(_checking(ctx, collection.open()))
+        column = gather(collection.open(), ctx, f"vectorof({collection.label})")
+    elif isinstance(collection, LazyBag):
+        if collection.ctx is None:
+            collection.ctx = ctx
+        column = collection.column()
     else:
         column = to_column(collection)
     if isinstance(column, np.ndarray) and column.dtype != object:
         return column
     return list(column.tolist() if isinstance(column, np.ndarray) else column)
-
-
-def _checking(ctx, items):
-    """The items, checking the query's cancellation and limits between them (an endless stream
-    collected into a vector would otherwise never stop)."""
-    try:
-        for item in items:
-            ctx.check()
-            yield item
-    finally:
-        close_items(items)
 
 
 def extract(collection):
@@ -237,8 +241,9 @@ def _signal_element(catalog, args):
 
 def register(lib: Library) -> None:
     src = dict(kind=SOURCE, volatile=True, topic="stream", null_propagating=True)
-    lib.define("iota(Integer lo, Integer hi) -> Bag of Integer", scalar=iota, doc="The integers lo..hi (a bag)", **src)
-    lib.define("siota(Integer lo, Integer hi) -> Stream of Integer", scalar=siota,
+    lib.define("iota(Integer lo, Integer hi) -> Bag of Integer", scalar=iota, needs_context=True,
+               doc="The integers lo..hi (a bag)", **src)
+    lib.define("siota(Integer lo, Integer hi) -> Stream of Integer", scalar=siota, needs_context=True,
                doc="The integers lo..hi as a stream", **src)
     lib.define("heartbeat(Number period) -> Stream of Real", scalar=heartbeat, needs_context=True,
                doc="Seconds since the start, every period seconds", **src)

@@ -22,7 +22,7 @@ from ..physical.sources import take_items
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
 from ..streams import StreamValue, close_items, iter_elements, transformed
-from ..values import Timeval, format_value, make_vector, values_equal
+from ..values import Timeval, brief_value, make_vector, values_equal
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:
@@ -43,7 +43,7 @@ def _floats(values, name: str, depth: int = 1) -> np.ndarray:
             for v in (value.tolist() if isinstance(value, np.ndarray) else value):
                 check(v, level - 1)
         elif level or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise QueryRuntimeError(f"{name} needs numbers, not {format_value(value)}")
+            raise QueryRuntimeError(f"{name} needs numbers, not {brief_value(value)}")
 
     check(values, depth)
     try:
@@ -59,6 +59,8 @@ def winagg(ctx, stream: StreamValue, size: int, stride: int) -> StreamValue:
     accounted as the query's state (`ctx` may be None inside other stream functions)."""
     size = _require_int("the window size", size)
     stride = _require_int("the window stride", stride)
+    if ctx is not None:   # refused when the statement starts, not when the first reading arrives
+        ctx.allocate(8 * size, f"a window of {size} elements")
     return StreamValue(lambda: count_windows(stream.open(), size, stride, WINDOW_VALUES, ctx),
                        f"winagg({stream.label}, {size}, {stride})")
 
@@ -296,14 +298,6 @@ def merge(*streams: StreamValue) -> StreamValue:
     return StreamValue(open_, "merge(" + ", ".join(s.label for s in streams) + ")")
 
 
-def merge(*streams: StreamValue) -> StreamValue:
-    """Elements of several streams, in order of arrival."""
-    def open_():
-        for _, item in _Feeder(list(streams)):
-            yield item
-    return StreamValue(open_, "merge(" + ", ".join(s.label for s in streams) + ")")
-
-
 def pivot(streams) -> StreamValue:
     """A vector of the latest element of each stream, on every arrival once each has produced one."""
     streams = list(streams)
@@ -328,10 +322,16 @@ def pivot(streams) -> StreamValue:
 
 
 # ------------------------------------------------------------------------- monitoring
-def zscore(stream: StreamValue, n: int) -> StreamValue:
+ZSCORE_WORK = 1 << 22   # elements of windows reduced between two checks of the statement
+
+
+def zscore(ctx, stream: StreamValue, n: int) -> StreamValue:
     """The z-score of each element against the mean and sample standard deviation of the n
-    elements before it (the first n elements give none)."""
+    elements before it (the first n elements give none). The n elements it keeps are checked
+    against the statement's memory budget first; a batch's windows are reduced a slice at a time
+    (ZSCORE_WORK elements), so a window of millions still notices cancellation and time limits."""
     n = _require_int("zscore's window", n, 2)
+    ctx.allocate(8 * n, f"zscore's window of {n} elements")
 
     def start():
         history = np.empty(0)
@@ -343,8 +343,14 @@ def zscore(stream: StreamValue, n: int) -> StreamValue:
             if len(data) <= n:
                 return None
             windows = sliding_window_view(data, n)[:-1]
-            mean = windows.mean(axis=1)
-            std = windows.std(axis=1, ddof=1)
+            step = max(1, ZSCORE_WORK // n)
+            mean = np.empty(len(windows))
+            std = np.empty(len(windows))
+            for first in range(0, len(windows), step):
+                ctx.check()
+                part = windows[first:first + step]
+                mean[first:first + step] = part.mean(axis=1)
+                std[first:first + step] = part.std(axis=1, ddof=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 z = (data[n:] - mean) / std
             return z[-len(values):] if len(z) > len(values) else z
@@ -360,7 +366,7 @@ def zscore(stream: StreamValue, n: int) -> StreamValue:
     return transformed(stream, f"zscore({stream.label}, {n})", start)
 
 
-def drift(stream: StreamValue, reference_mean: float, reference_std: float, n: int) -> StreamValue:
+def drift(ctx, stream: StreamValue, reference_mean: float, reference_std: float, n: int) -> StreamValue:
     """Data drift: for every n elements (tumbling), how many standard errors their mean lies from
     the reference mean: (mean - reference_mean) / (reference_std / sqrt(n))."""
     n = _require_int("drift's window", n)
@@ -373,7 +379,7 @@ def drift(stream: StreamValue, reference_mean: float, reference_std: float, n: i
 
     def on_value(item):
         return ((float(np.mean(_floats(item, "drift"))) - reference_mean) / scale,)
-    return transformed(winagg(None, stream, n, n), f"drift({stream.label}, {reference_mean}, {reference_std}, {n})",
+    return transformed(winagg(ctx, stream, n, n), f"drift({stream.label}, {reference_mean}, {reference_std}, {n})",
                        lambda: (on_batch, on_value))
 
 
@@ -402,7 +408,8 @@ def register(lib: Library) -> None:
                **tr)
     lib.define("pivot(Vector of Stream of T streams) -> Stream of Vector of T", scalar=pivot,
                doc="The latest element of each stream, on every arrival", **tr)
-    lib.define("zscore(Stream of Number s, Integer n) -> Stream of Real", scalar=zscore,
+    lib.define("zscore(Stream of Number s, Integer n) -> Stream of Real", scalar=zscore, needs_context=True,
                doc="Each element's z-score against the n elements before it", **tr)
     lib.define("drift(Stream of Number s, Number reference_mean, Number reference_std, Integer n) -> Stream of Real",
-               scalar=drift, doc="Standard errors between each n-element mean and a reference mean", **tr)
+               scalar=drift, needs_context=True,
+               doc="Standard errors between each n-element mean and a reference mean", **tr)

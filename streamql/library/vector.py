@@ -1,5 +1,10 @@
 """Vector functions. A numeric vector is a numpy array; batch implementations receive a column of
-vectors as a 2-D array and reduce along its last axis, so a batch of windows is one numpy call."""
+vectors as a 2-D array and reduce along its last axis, so a batch of windows is one numpy call.
+
+The functions whose arguments choose the size of what they build (`zeros(n)`, `ones(n)`,
+`range(a, b)`, `concat`, `flatten`) are `sized`: they ask the statement's context for the room
+(`ctx.allocate`) before numpy allocates anything, and a value past the memory budget is a
+LimitError, not a frozen machine."""
 from __future__ import annotations
 
 import math
@@ -10,6 +15,7 @@ from ..arithmetic import dot
 from ..bound import TConst
 from ..errors import QueryRuntimeError
 from ..registry import Library
+from ..streams import approximate_bytes, reserve
 from ..types import INTEGER, REAL, Type, TypeLattice, type_of_value, vector_of
 from ..values import Bag, FunctionRef, make_vector
 
@@ -68,14 +74,24 @@ def _var(v, axis=-1):
 
 def check_int_sums(a: np.ndarray, axis: int, running: bool = False) -> None:
     """numpy's integer sums wrap around past 64 bits: raise the contract's overflow error instead.
-    The float sum of magnitudes bounds every partial sum; only near the limit are sums redone
-    exactly (the total, or with `running` every partial sum as cumsum gives them)."""
+    The largest magnitude times the count bounds every partial sum (min and max copy nothing, so a
+    constant vector repeated over a batch stays a view); only near the limit are sums redone
+    exactly: totals from their 32-bit halves, or with `running` every partial sum as cumsum
+    gives them."""
     if a.dtype.kind not in "iu" or a.size == 0:
         return
-    if np.abs(a.astype(np.float64)).sum(axis=axis).max() <= 9.2e18:
+    count = a.shape[axis]
+    largest = np.maximum(np.abs(a.max(axis=axis).astype(np.float64)), np.abs(a.min(axis=axis).astype(np.float64)))
+    if largest.max() * count <= 9.2e18:
         return
-    exact = np.cumsum(a.astype(object), axis=axis) if running else a.astype(object).sum(axis=axis)
-    if any(not -2 ** 63 <= int(x) < 2 ** 63 for x in np.ravel(exact)):
+    if not running and a.dtype.kind == "i" and count < 2 ** 31:
+        # a = high · 2**32 + low with 0 <= low < 2**32: both halves sum without overflow
+        high = (a >> 32).sum(axis=axis)
+        low = (a & 0xFFFFFFFF).sum(axis=axis)
+        exact = [int(h) * 2 ** 32 + int(lo) for h, lo in zip(np.ravel(high), np.ravel(low))]
+    else:
+        exact = np.ravel(np.cumsum(a.astype(object), axis=axis) if running else a.astype(object).sum(axis=axis))
+    if any(not -2 ** 63 <= int(x) < 2 ** 63 for x in exact):
         raise QueryRuntimeError("integer overflow: a sum does not fit in 64 bits")
 
 
@@ -120,20 +136,38 @@ def _normalize(v):
         return a / norm
 
 
-def _range(a, b):
+def _filled(name: str, make):
+    """zeros(n) / ones(n): the count checked, the room asked for, then built."""
+    def build(ctx, n):
+        if n < 0:
+            raise QueryRuntimeError(f"{name} needs a count of 0 or more, not {n}")
+        reserve(ctx, 8 * n, f"{name}({n})")
+        return ctx.keep(make(n))
+    return build
+
+
+def _range(ctx, a, b):
     if isinstance(a, int) and isinstance(b, int):
-        return np.arange(a, b + 1, dtype=np.int64)
-    count = int(math.floor(b - a)) + 1
-    return a + np.arange(max(count, 0), dtype=np.float64)
+        count = max(b - a + 1, 0)
+    else:
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise QueryRuntimeError(f"range needs finite bounds, not {a} and {b}")
+        count = max(int(math.floor(b - a)) + 1, 0)
+    reserve(ctx, 8 * count, f"range({a}, {b}) of {count} elements")
+    if isinstance(a, int) and isinstance(b, int):
+        return ctx.keep(np.arange(a, b + 1, dtype=np.int64))
+    return ctx.keep(a + np.arange(count, dtype=np.float64))
 
 
-def _concat(*vectors):
+def _concat(ctx, *vectors):
+    reserve(ctx, sum(approximate_bytes(v) if isinstance(v, (np.ndarray, list)) else 16 for v in vectors),
+            f"concat of {len(vectors)} vectors")
     if all(isinstance(v, np.ndarray) for v in vectors):
-        return np.concatenate(vectors)
+        return ctx.keep(np.concatenate(vectors))
     out = []
     for v in vectors:
         out.extend(v.tolist() if isinstance(v, np.ndarray) else list(v))
-    return make_vector(out)
+    return ctx.keep(make_vector(out))
 
 
 def _transpose(m):
@@ -143,9 +177,11 @@ def _transpose(m):
     return a.T.copy()
 
 
-def _flatten(m):
+def _flatten(ctx, m):
     if isinstance(m, np.ndarray):
         return m.reshape(-1)
+    count = sum(len(item) if isinstance(item, (np.ndarray, list)) else 1 for item in m)
+    reserve(ctx, 8 * count, f"flatten of {count} elements")
     out = []
     for item in m:
         out.extend(item.tolist() if isinstance(item, np.ndarray) else list(item) if isinstance(item, list) else [item])
@@ -197,7 +233,9 @@ def _reduce(ctx, fn, vector, init):
     function = fn.name if isinstance(fn, FunctionRef) else str(fn)
     acc = init
     items = vector.tolist() if isinstance(vector, np.ndarray) and vector.ndim == 1 else list(vector)
-    for item in items:
+    for i, item in enumerate(items):
+        if not i & 1023:   # a long fold still notices cancellation and the time limit
+            ctx.check()
         acc = call_by_name(ctx, function, [acc, item])
     return acc
 
@@ -246,20 +284,21 @@ def register(lib: Library) -> None:
       doc="Running sums of the elements")
     d("percentile(Vector of Number v, Number p) -> Real", scalar=_percentile,
       doc="The p-th percentile (0–100) with linear interpolation")
-    d("concat(Vector a, Vector b...) -> Vector", scalar=_concat,
+    d("concat(Vector a, Vector b...) -> Vector", scalar=_concat, sized=True,
       result_type=lambda t, a: t[0] if all(x == t[0] for x in t) else vector_of(REAL) if all(
           x.is_vector and x.element.is_numeric for x in t) else t[0],
       doc="The elements of several vectors, one after the other")
-    d("zeros(Integer n) -> Vector of Real", scalar=lambda n: np.zeros(n), doc="A vector of n zeros")
-    d("ones(Integer n) -> Vector of Real", scalar=lambda n: np.ones(n), doc="A vector of n ones")
-    d("range(Number a, Number b) -> Vector of Number", scalar=_range,
+    d("zeros(Integer n) -> Vector of Real", scalar=_filled("zeros", np.zeros), sized=True,
+      doc="A vector of n zeros")
+    d("ones(Integer n) -> Vector of Real", scalar=_filled("ones", np.ones), sized=True, doc="A vector of n ones")
+    d("range(Number a, Number b) -> Vector of Number", scalar=_range, sized=True,
       result_type=lambda t, a: vector_of(INTEGER) if t == [INTEGER, INTEGER] else vector_of(REAL),
       doc="The numbers a, a + 1, …, up to b (inclusive)")
     d("rfft(Vector of Number v) -> Vector of Real", scalar=lambda v: np.abs(np.fft.rfft(_array(v))),
       batch=lambda v: np.abs(np.fft.rfft(v, axis=-1)), doc="Magnitudes of the real FFT of a vector")
     d("transpose(Vector of Vector of Number m) -> Vector of Vector of Real", scalar=_transpose,
       doc="A matrix with rows and columns swapped")
-    d("flatten(Vector v) -> Vector", scalar=_flatten,
+    d("flatten(Vector v) -> Vector", scalar=_flatten, sized=True,
       result_type=lambda t, a: t[0].element if t[0].element.is_vector else t[0],
       doc="The elements of a vector of vectors, in one vector")
     d("array(Charstring kind, Vector of Number values) -> Vector of Number", scalar=_typed_array,

@@ -6,7 +6,9 @@
 Deterministic calls whose arguments are all constants become constants; `and`/`or`/`not`/`case`
 over constants simplify; a filter that is always true goes away; one that is always false leaves a
 plan that yields nothing at once (even over an endless stream). Volatile calls and sources are
-never folded, and a call that fails (1 % 0) is left to fail when it runs.
+never folded, and a call that fails (1 % 0) is left to fail when it runs. A call that builds a
+value of a size its arguments choose (`zeros(3)`, `[1, 2]`) is folded only when the value is
+small (FOLD_MEMORY_MB): `zeros(50000000)` is left to run under the statement's own memory limit.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from .. import logical as L
 from ..bound import TAnd, TCall, TCase, TConst, TExpr, TNarrow, TNot, TOr
 from ..errors import QueryError
 from ..registry import SCALAR
-from ..streams import LazyBag, StreamValue
+from ..streams import FOLD_BYTES, ExecContext, LazyBag, Limits, StreamValue
 from ..types import BOOLEAN, value_fits
 from .tree import nodes_of, relink, rewrite, walk_all
 
 NAME = "constant_folding"
+FOLD_MEMORY_MB = FOLD_BYTES / 1e6   # the largest value folding builds; larger ones are built when the statement runs
 
 
 def fold(expr: TExpr) -> TExpr:
@@ -46,12 +49,14 @@ def _may_fold(node: TExpr) -> bool:
 def _fold_node(node: TExpr) -> TExpr | None:
     if isinstance(node, TCall):
         fn = node.fn
-        if (fn.volatile or fn.kind != SCALAR or node.lift is not None or fn.needs_context
+        if (fn.volatile or fn.kind != SCALAR or node.lift is not None or (fn.needs_context and not fn.sized)
                 or fn.scalar is None or not all(isinstance(a, TConst) for a in node.args)):
             return None
         values = [a.value for a in node.args]
         if fn.null_propagating and any(v is None for v in values):
             return TConst(node.type, None, span=node.span)
+        if fn.sized:   # a budget of its own: refused here means built later, under the statement's limits
+            values.insert(0, ExecContext(None, limits=Limits(memory_mb=FOLD_MEMORY_MB)))
         try:
             value = fn.scalar(*values, options=node.options) if node.options else fn.scalar(*values)
         except (QueryError, ArithmeticError, ValueError, TypeError, IndexError, KeyError):

@@ -2,16 +2,20 @@
 form the batch implementation where the arguments are plain arrays (else element by element), and
 a function lifted over a stream maps over each batch of it. Failures become QueryRuntimeErrors
 located at the call.
+
+A constant vector in every row of a batch (`range(1, 100000) + i`) makes a vector per row: its
+room (rows × the vector) is asked of the statement's budget before numpy builds it.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from ..batch import Batch
 from ..errors import QueryRuntimeError
-from ..streams import iter_elements
+from ..streams import iter_elements, reserve
 from ..types import BOOLEAN, OBJECT, Type
 from .chunk import broadcast, column_values, make_column
 from .compiled import Compiled
@@ -20,7 +24,7 @@ from .compiled import Compiled
 def with_context(fn, ctx):
     if fn is None:
         return None
-    return lambda *args: fn(ctx, *args)
+    return partial(fn, ctx)   # (a C-level binding: a call per row costs no extra Python frame)
 
 
 def with_options(fn, options):
@@ -118,6 +122,9 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
     batch_scalars = fn.batch_scalars and not all(a.const for a in args)
     needs_context = fn.needs_context
     convert = result_type.is_numeric or result_type == BOOLEAN or result_type == OBJECT or result_type.is_vector
+    # the widest constant vector: a vector result may repeat it in every row of a batch
+    constant_bytes = max((a.value.nbytes for a in args if a.const and isinstance(a.value, np.ndarray)), default=0)
+    widens = result_type.is_vector and constant_bytes > 0 and not fn.sized   # sized ones ask for themselves
 
     def per_row(chunk, columns):
         n = chunk.n
@@ -157,6 +164,8 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
                 else:
                     values.append(c)
             try:
+                if widens:
+                    _room_for_rows(ctx, chunk.n, constant_bytes, columns, name)
                 if needs_context:
                     return batch(ctx, chunk.n, *values)
                 return batch(*values)
@@ -167,6 +176,13 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
         return per_row(chunk, columns)
 
     return run
+
+
+def _room_for_rows(ctx, n: int, constant_bytes: int, columns, name: str) -> None:
+    """Ask for n copies of a constant vector when they would outgrow every column at hand."""
+    existing = max((c.nbytes for c in columns if isinstance(c, np.ndarray)), default=0)
+    if n * constant_bytes > existing:
+        reserve(ctx, n * constant_bytes, f"{name} of a constant vector in each of {n} rows")
 
 
 def map_batch(item: Batch, others: list, position: int, scalar, batch_impl, null_propagating,
@@ -180,6 +196,10 @@ def map_batch(item: Batch, others: list, position: int, scalar, batch_impl, null
     if batch_impl is not None and _is_plain_array(values) and all(
             i == position or not isinstance(o, (list, dict)) for i, o in enumerate(others)):
         n = len(values)
+        constant_bytes = max((o.nbytes for i, o in enumerate(others) if i != position and isinstance(o, np.ndarray)),
+                             default=0)
+        if constant_bytes and fn.result.is_vector:
+            _room_for_rows(ctx, n, constant_bytes, [values], fn.name)
         call_args = []
         for i, other in enumerate(others):
             if i == position:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import QueryRuntimeError
 from ..types import Type, column_fits, value_fits
-from ..values import format_value
+from ..values import brief_value
 from .chunk import Chunk, broadcast, column_values
 
 
@@ -57,7 +57,7 @@ def narrowing_checks(target: Type, label: str):
 
     def check_value(value):
         if value is not None and not value_fits(value, target):
-            raise QueryRuntimeError(f"{label} must be {target}, but got {format_value(value)}")
+            raise QueryRuntimeError(f"{label} must be {target}, but got {brief_value(value)}")
 
     def check_column(column):
         if isinstance(column, np.ndarray) and column.dtype != object:

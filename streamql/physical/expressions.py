@@ -16,7 +16,7 @@ from ..batch import IDLE, Batch
 from ..bound import (TAggregate, TAnd, TAt, TCall, TCase, TConst, TExpr, TField, TKernel, TLet, TNarrow, TNot,
                      TOr, TQuery, TSourceFilter, TStored, TTake, TVar)
 from ..errors import QueryRuntimeError
-from ..streams import LazyBag, StreamValue, collect_column
+from ..streams import LazyBag, StreamValue, gather
 from ..types import BOOLEAN
 from ..values import hashable
 from .calls import batch_caller, call_scalar, map_batch, row_caller, with_context, with_options
@@ -275,10 +275,10 @@ class ExprCompiler:
             if kind == "stream":
                 value = StreamValue(lambda: runner(env), "subquery")
             elif kind == "vector":
-                column = collect_column(runner(env))
+                column = gather(runner(env), self.ctx, "a subquery's vector")
                 value = column if isinstance(column, np.ndarray) and column.dtype != object else list(column_values(column))
             else:
-                value = LazyBag(lambda: runner(env), "subquery")
+                value = LazyBag(lambda: runner(env), "a subquery's bag", ctx=self.ctx)
             if cacheable:
                 cache.append(value)
             return value
@@ -294,7 +294,7 @@ class ExprCompiler:
 
     def _TSourceFilter(self, expr: TSourceFilter) -> Compiled:
         return filtered_source(self.compile(expr.source), self.compile(expr.predicate), expr.variable,
-                               expr.narrow, self.ctx.check)
+                               expr.narrow, self.ctx)
 
     def _TTake(self, expr: TTake) -> Compiled:
         return taken_source(self.compile(expr.source), expr.count)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import logical as L
 from ..batch import IDLE, Batch
+from ..errors import QueryLimitError
 from ..streams import LazyBag, StreamValue
 from ..values import Bag, Time, Timeval, as_numeric_array
 from .chunk import Chunk, broadcast, column_values, make_column, repeat_column
@@ -130,8 +131,15 @@ def build_window(node: L.Window, compiler, ctx):
             for env in ([item] if type(item) is dict else item.rows()):
                 stream = source_row(env)
                 if stream is not None:
+                    try:   # a window too large to hold is refused at the winagg call, before any reading
+                        ctx.allocate(8 * size, f"a window of {size} elements")
+                    except QueryLimitError as exc:
+                        raise exc.located(node.span)
                     yield from expand(env, stream)
     return window
+
+
+CROSS_ROWS = 1 << 16   # rows of one chunk of a cross product of scans, at most (beyond: row by row)
 
 
 def build_scan(node: L.Scan, ctx):
@@ -148,6 +156,10 @@ def build_scan(node: L.Scan, ctx):
             column = make_column(list(objects))
             if type(item) is dict:
                 yield chunk_with(item, variable, column)
+            elif item.n * len(column) > CROSS_ROWS:   # a cross product: an outer row at a time
+                for env in item.rows():
+                    ctx.check()
+                    yield chunk_with(env, variable, column)
             else:
                 k = len(column)
                 counts = np.full(item.n, k)

@@ -14,19 +14,22 @@ from .chunk import Chunk
 from .compiled import Compiled, as_mask, narrowing_checks
 
 
-def filtered_source(source: Compiled, predicate: Compiled, variable: str, narrow, check) -> Compiled:
+def filtered_source(source: Compiled, predicate: Compiled, variable: str, narrow, ctx) -> Compiled:
     """The values of `source` with only the elements (named `variable`) for which `predicate`
-    holds; each checked against the declared type `narrow` first. `check` notices cancellation
-    and limits while a condition drops everything."""
+    holds; each checked against the declared type `narrow` first. `ctx.check` notices
+    cancellation and limits while a condition drops everything."""
+    check = ctx.check
     checks = narrowing_checks(narrow, f"variable {variable.split('~')[0]}") if narrow is not None else None
 
     def filtered(value):
         if isinstance(value, StreamValue):
             return StreamValue(lambda: filter_items(value.open(), variable, predicate, checks, check), value.label)
         if isinstance(value, LazyBag):
-            return LazyBag(lambda: filter_items(value.open(), variable, predicate, checks, check), value.label)
+            return LazyBag(lambda: filter_items(value.open(), variable, predicate, checks, check), value.label,
+                           ctx=value.ctx)
         items = value.items if hasattr(value, "items") and not isinstance(value, (dict, list, np.ndarray)) else value
-        return LazyBag(lambda: filter_items(iter([Batch(items)]), variable, predicate, checks, check), "filtered")
+        return LazyBag(lambda: filter_items(iter([Batch(items)]), variable, predicate, checks, check), "filtered",
+                       ctx=ctx)
 
     source_row, source_batch = source.row, source.batch
     return Compiled(lambda chunk: [filtered(v) for v in source_batch(chunk)],
@@ -68,7 +71,8 @@ def taken_source(source: Compiled, count: int) -> Compiled:
         if isinstance(value, StreamValue):
             return StreamValue(lambda: take_items(value.open, count), f"first_n({value.label}, {count})")
         if isinstance(value, LazyBag):
-            return LazyBag(lambda: take_items(value.open, count), value.label)
+            size = None if value.size is None else min(value.size, count)
+            return LazyBag(lambda: take_items(value.open, count), value.label, size=size, ctx=value.ctx)
         return value
 
     source_row, source_batch = source.row, source.batch

@@ -34,7 +34,10 @@ FUSABLE = ("mean", "sum", "min", "max", "rms")   # what WindowAggregates compute
 # ------------------------------------------------------------------------------ count windows
 def count_windows(items, size: int, stride: int, shape, ctx=None):
     """Stream items of windows of `items`, as `shape` makes them. `ctx` (None inside stream
-    functions that have none) accounts the waiting elements."""
+    functions that have none) accounts the waiting elements; a window that could not fit the
+    statement's memory budget (8 bytes an element at least) is refused before anything waits."""
+    if ctx is not None:
+        ctx.allocate(8 * size, f"a window of {size} elements")
     pending = None        # elements not yet windowed: an ndarray, or a list after single readings
     skip = 0              # elements to drop before the next window starts (stride > size)
     held = 0              # bytes of pending accounted in ctx

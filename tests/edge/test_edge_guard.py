@@ -96,7 +96,9 @@ async def test_the_guard_restarts_a_daemon_past_its_memory_cap_and_quarantines_t
          "--store", str(tmp_path / "store"), "--token-file", str(token_file), "--signal", HOG_SIGNAL,
          "--signal", "name=vibration,shape=sine,rate_hz=200,seed=3", "--trusted-key", str(public),
          "--watchdog", "--max-rss-mb", str(CAP_MB), "--guard-check-interval", "0.1", "--quarantine-s", "600",
-         "--heartbeat", "0.5", "--reconnect-initial", "0.05", "--reconnect-max", "0.3", "--log-level", "warning"],
+         "--heartbeat", "0.5", "--reconnect-initial", "0.05", "--reconnect-max", "0.3", "--log-level", "warning",
+         # the operator allows statements more memory than the process has: only the guard stops the hog
+         "--limit-memory-mb", "100000"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_memory)
     try:
         await until(lambda: hub.is_online("wl-1"), 30, "the guarded edge connecting")
