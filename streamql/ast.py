@@ -59,7 +59,14 @@ class TypeExpr(Node):
     """A type as written: `Real`, `Vector of Real`, `Stream of Vector of Number`, `function`."""
 
     name: str
-    of: "TypeExpr | None" = None
+    of: "TypeExpr | TupleType | None" = None
+
+
+@dataclass(frozen=True)
+class TupleType(Node):
+    """AmosQL's tuple result, `Bag of (Person spouse, Integer year)`: named parts."""
+
+    parts: tuple["Parameter", ...]
 
 
 # ------------------------------------------------------------------------------- expressions
@@ -285,6 +292,7 @@ class Select(Statement):
     limit: Expr | None = None
     distinct: bool = False
     kind: str | None = None  # 'stream' | 'vector' | 'bag' | None
+    into: tuple[str, ...] = ()   # `select … into :a, :b`: the first row's values, set
 
 
 @dataclass(frozen=True)
@@ -313,12 +321,13 @@ class CreateInstances(Statement):
     type_name: str
     functions: tuple[str, ...]
     rows: tuple[tuple[Expr, ...], ...]
+    variables: tuple[str | None, ...] = ()   # AmosQL `instances :p (…)`: session variables bound
 
 
 @dataclass(frozen=True)
 class Parameter(Node):
     type: TypeExpr
-    name: str
+    name: str          # "" when left out (AmosQL `born(Person) -> Integer`)
 
 
 @dataclass(frozen=True)
@@ -332,6 +341,8 @@ class CreateFunction(Statement):
     parameters: tuple[Parameter, ...]
     result: TypeExpr
     body: Union[StoredBody, Expr, Select]
+    result_name: str | None = None   # AmosQL `-> Bag of Person c`
+    key: bool = False                # `-> Charstring key`: values unique
 
 
 @dataclass(frozen=True)
@@ -368,13 +379,14 @@ class Insert(Statement):
 
 @dataclass(frozen=True)
 class SetFunction(Statement):
-    """`set f(args) = value [from … where …]`."""
+    """`set f(args) = value [from … where …]`; `add …` / `remove …` (mode) for bag-valued ones."""
 
     function: str
     args: tuple[Expr, ...]
     value: Expr
     declarations: tuple[Declaration, ...] = ()
     where: Expr | None = None
+    mode: str = "set"   # 'set' | 'add' | 'remove'
 
 
 @dataclass(frozen=True)
@@ -490,3 +502,24 @@ def conjoin(terms: list[Expr]) -> Expr | None:
         result = term if result is None else And(result, term, span=(result.span.merge(term.span) if result.span else term.span))
     return result
 
+
+
+@dataclass(frozen=True)
+class DeleteObject(Statement):
+    """`delete :p`: the object a session variable holds, and every value that mentions it."""
+
+    variable: str
+
+
+@dataclass(frozen=True)
+class DeclareVariables(Statement):
+    """`declare Integer :i, Real :x`: session variables of a type, unset until set."""
+
+    items: tuple[tuple[TypeExpr, str], ...]
+
+
+@dataclass(frozen=True)
+class Toploop(Statement):
+    """`quit`, `commit` (save the store) or `rollback` (return to the last saved store)."""
+
+    command: str

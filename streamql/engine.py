@@ -138,6 +138,7 @@ class Engine:
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
         self.last_created: list = []
+        self.quit_requested = False   # set by the toploop statement `quit` (the shell and scripts stop)
         self.bundles: dict[str, Any] = {}
         if self.store_dir is not None:
             self._restore()
@@ -293,6 +294,8 @@ class Engine:
     def _execute_statement(self, statement: A.Statement, source: str, limits: Limits | None = None,
                            fleet: dict | None = None) -> Result:
         def run() -> Result:
+            if isinstance(statement, A.Select) and statement.into:
+                return self._statements.select_into(statement, source, self.new_context(limits))
             if isinstance(statement, QUERY_STATEMENTS):
                 return self._query_result(statement, source, limits or Limits(), fleet)
             if isinstance(statement, A.Explain) and fleet is not None:
@@ -367,6 +370,14 @@ class Engine:
         except QueryError as exc:
             raise exc.located(span).with_source(source)
         return _materialized(value)
+
+    def return_to_saved(self) -> None:
+        """OSQL's `rollback`: the store as last saved (committed) in the store directory."""
+        with self.store.lock:
+            self.store = Store()
+            self.catalog = LocalCatalog(self)
+            self._statements = StatementRunner(self)
+            self._restore()
 
     def _restore(self) -> None:
         snapshot = read_snapshot(self.store_dir)

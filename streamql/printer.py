@@ -243,6 +243,11 @@ def _(node) -> str:
     return node.name if node.of is None else f"{node.name} of {_print(node.of)}"
 
 
+@_prints("TupleType")
+def _(node) -> str:
+    return "(" + _list(node.parts) + ")"
+
+
 # -------------------------------------------------------------------------------- statements
 @_prints("Declaration")
 def _(node) -> str:
@@ -268,6 +273,8 @@ def _(node) -> str:
     if node.kind:
         parts.append(f"{node.kind} of")
     parts.append("*" if node.items is None else _list(node.items))
+    if node.into:
+        parts.append("into " + ", ".join(":" + name for name in node.into))
     if node.declarations:
         parts.append("from " + _list(node.declarations))
     if node.where is not None:
@@ -310,12 +317,16 @@ def _rows(rows) -> str:
 @_prints("CreateInstances")
 def _(node) -> str:
     functions = f" ({', '.join(node.functions)})" if node.functions else ""
+    if node.variables:
+        items = [(f":{var}" if var else "") + (f" ({_list(row)})" if row else "")
+                 for var, row in zip(node.variables, node.rows)]
+        return f"create {node.type_name}{functions} instances {', '.join(i.strip() for i in items)}"
     return f"create {node.type_name}{functions} instances {_rows(node.rows)}"
 
 
 @_prints("Parameter")
 def _(node) -> str:
-    return f"{_print(node.type)} {node.name}"
+    return f"{_print(node.type)} {node.name}" if node.name else _print(node.type)
 
 
 @_prints("StoredBody")
@@ -326,8 +337,9 @@ def _(node) -> str:
 @_prints("CreateFunction")
 def _(node) -> str:
     body = _print(node.body)
-    return (f"create function {node.name}({_list(node.parameters)}) -> {_print(node.result)} "
-            f"as {body}")
+    result = _print(node.result) + (f" {node.result_name}" if node.result_name else "") \
+        + (" key" if node.key else "")
+    return f"create function {node.name}({_list(node.parameters)}) -> {result} as {body}"
 
 
 def _model_name(name: str) -> str:
@@ -363,7 +375,7 @@ def _(node) -> str:
 
 @_prints("SetFunction")
 def _(node) -> str:
-    text = f"set {node.function}({_list(node.args)}) = {_expr(node.value, 0)}"
+    text = f"{node.mode} {node.function}({_list(node.args)}) = {_expr(node.value, 0)}"
     if node.declarations:
         text += " from " + _list(node.declarations)
     if node.where is not None:
@@ -452,3 +464,18 @@ def _(node) -> str:
 @_prints("Script")
 def _(node) -> str:
     return "\n".join(_print(s) + ";" for s in node.statements)
+
+
+@_prints("DeleteObject")
+def _(node) -> str:
+    return f"delete :{node.variable}"
+
+
+@_prints("DeclareVariables")
+def _(node) -> str:
+    return "declare " + ", ".join(f"{_print(t)} :{name}" for t, name in node.items)
+
+
+@_prints("Toploop")
+def _(node) -> str:
+    return node.command

@@ -186,10 +186,10 @@ class Store:
     def add_function(self, function: StoredFunction | DerivedFunction) -> None:
         lower = function.name.lower()
         existing = self.functions.get(lower, [])
-        for other in existing:
-            if len(other.params) == len(function.params):
-                raise StoreError(f"function {function.name} with {len(function.params)} arguments already "
-                                 f"exists: drop function {function.name} first")
+        for other in existing:   # overloads differ in arity or in argument types (a resolvent each)
+            if [p.type for p in other.params] == [p.type for p in function.params]:
+                raise StoreError(f"function {function.name}({', '.join(str(p.type) for p in function.params)}) "
+                                 f"already exists: drop function {function.name} first")
         self.functions[lower] = existing + [function]
         self._record(lambda: self._restore_functions(lower, existing))
 

@@ -55,6 +55,8 @@ class Binder(QueryBinding, ExpressionBinding, CallBinding):
 
     # ------------------------------------------------------------------------------- types
     def resolve_type(self, node: A.TypeExpr) -> Type:
+        if isinstance(node.of, A.TupleType):
+            raise self.type_error("a tuple type (…) is only a function's result: -> Bag of (T a, U b)", node.of.span)
         if node.of is not None:
             base = canonical_builtin(node.name)
             if base is None or base.name not in CONSTRUCTORS:

@@ -10,7 +10,8 @@ from ..bound import TCall, TConst, TExpr, TLet, TNarrow, TQuery, TStored, TVar
 from ..catalog import DerivedFunction, StoredFunction
 from ..errors import QueryNameError, QueryTypeError, Span
 from ..registry import AGGREGATE, SCALAR, Overload
-from ..types import OBJECT, Type, stream_of, substitute
+from ..types import CHARSTRING, OBJECT, Type, stream_of, substitute
+from .osql_calls import OsqlCallBinding
 from .queries import AGGREGATE_NAMES, Scope
 
 # Overload fits by (function, argument types): resolution is pure for built-in types, and a query
@@ -30,7 +31,7 @@ def _has_user_types(types) -> bool:
     return False
 
 
-class CallBinding:
+class CallBinding(OsqlCallBinding):
     """The call part of the Binder."""
 
     # ------------------------------------------------------------------------------- calls
@@ -62,7 +63,23 @@ class CallBinding:
         return self._call_overloads(name, args, node.span, node)
 
     def _bind_user_call(self, functions, args: list[TExpr], node: A.Call, scope: Scope) -> TExpr:
-        function = functions[0]
+        chosen, late = self.choose_user_function(functions, args, node.span)
+        if chosen is None:
+            position = self.daplex_position(args, [p.type for p in functions[0].params])
+            if position is not None and not functions[0].params[position].type.is_bag:
+                return self.daplex(node.name, args, position, node.span)
+            chosen = functions[0]   # its mismatch is the error
+        call = self._bind_one_user_call(chosen, args, node)
+        if late:
+            def bind_one(function):   # chosen at run time for values of the narrower types
+                narrowed = [a if self.lattice.fit(a.type, p.type) is not None else
+                            TNarrow(p.type, a, f"argument {p.name} of {function.name}", span=a.span)
+                            for p, a in zip(function.params, args)]
+                return self._bind_one_user_call(function, narrowed, node)
+            return self.late_bound(call, late, args, bind_one, node.span)
+        return call
+
+    def _bind_one_user_call(self, function, args: list[TExpr], node: A.Call) -> TExpr:
         narrowed = []
         for param, arg, arg_node in zip(function.params, args, node.args):
             cost = self.lattice.fit(arg.type, param.type)
@@ -117,6 +134,12 @@ class CallBinding:
         finally:
             self._inlining.pop()
         declared = function.result
+        if isinstance(body, A.Select) and result.type.is_bag and not declared.is_collection \
+                and declared != OBJECT:
+            # OSQL: `-> Integer as select …` gives the value (none: no row), not a bag of it
+            single = self.library.overloads("single_value")[0]
+            result = TCall(result.type.element, single, (result, TConst(CHARSTRING, function.name)),
+                           span=node.span)
         cost = self.lattice.fit(result.type, declared)
         if cost == 2:
             result = TNarrow(declared, result, f"the result of {function.name}", span=node.span)
@@ -159,6 +182,9 @@ class CallBinding:
                 call = self._make_call(overload, result, narrows, lifted_args, span, lift="stream",
                                        real_args=args)
                 return call
+        position = self.daplex_position(args)
+        if position is not None and name not in AGGREGATE_NAMES and not any(o.kind == AGGREGATE for o in overloads):
+            return self.daplex(name, args, position, span)
         if name in ("=", "!=", "<", "<=", ">", ">=") and len(args) == 2:
             raise self.type_error(f"cannot compare {arg_types[0]} with {arg_types[1]}", span)
         if name in ("+", "-", "*", "/", "%", "^", ".*", "./", ".^") and len(args) == 2:

@@ -355,7 +355,7 @@ class QueryBinding:
                     variable = own[target.name.lower()]
                     value = self.bind_expr(other, scope)
                     ref = TVar(variable.type, variable.name, span=target.span)
-                    if value.type.is_bag:
+                    if value.type.is_bag and not variable.type.is_bag:   # a Bag variable binds it whole
                         narrow = self._binding_fit(variable, value.type.element, term)
                         test = self._membership(ref, value, term)
                         return Conjunct(test, term.span, (variable.name,), value, "each", (narrow,))

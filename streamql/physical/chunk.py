@@ -75,7 +75,9 @@ def broadcast(value, n: int):
     if isinstance(value, (bool, np.bool_)):
         return np.full(n, bool(value))
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return np.full(n, value, dtype=np.int64)
+        if -2 ** 63 <= value < 2 ** 63:
+            return np.full(n, value, dtype=np.int64)
+        return np.full(n, float(value))   # past 64 bits only as a Real (compared with a Real column)
     if isinstance(value, (float, np.floating)):
         return np.full(n, value, dtype=np.float64)
     if isinstance(value, np.ndarray) and value.dtype != object:

@@ -15,6 +15,8 @@ def _edges(item, last: bool):
         return None
     if isinstance(item, Token):
         return item
+    if isinstance(item, _Instance):
+        return _edges(item.children, last)
     if isinstance(item, A.Node):
         return item.span
     if isinstance(item, (tuple, list)):
@@ -56,6 +58,15 @@ def token_span(token: Token) -> Span:
 def _unquote(token: str) -> str:
     quote = token[0]
     return token[1:-1].replace(quote * 2, quote)
+
+
+class _Instance:
+    """One `instances` item: an optional session variable and the property values."""
+
+    __slots__ = ("variable", "values", "children")
+
+    def __init__(self, variable, values, children):
+        self.variable, self.values, self.children = variable, values, children
 
 
 class _Star:
@@ -139,10 +150,15 @@ class ToAst(Transformer):
         return A.ExprStatement(children[0], span=children[0].span)
 
     def select(self, children):
-        _, distinct, kind, items, from_, where, group, having, order, limit = children
+        keyword, distinct, kind, items, into, from_, where, group, having, order, limit = children
+        if keyword.type == "VSELECT":   # AmosQL: vselect … is select vector of …
+            kind = "vector"
         return A.Select(None if isinstance(items, _Star) else items, from_ or (), where,
                         group or (), having, order or (), limit, distinct is not None, kind,
-                        span=_span(children))
+                        into=into or (), span=_span(children))
+
+    def into_clause(self, children):
+        return tuple(c.value[1:] for c in children if c.type == "SESSION_VARIABLE")
 
     def stream_kind(self, children):
         return "stream"
@@ -167,7 +183,13 @@ class ToAst(Transformer):
         return tuple(c for c in children if isinstance(c, A.Declaration))
 
     def declaration(self, children):
-        return A.Declaration(children[0], str(children[1]), span=_span(children))
+        type_, name = children
+        if name is None:   # `from T`: the variable is named after its type
+            if type_.of is not None:
+                raise QueryParseError(f"a variable of type {type_.name} of … needs a name: from {type_.name} "
+                                      f"of … x", type_.span)
+            return A.Declaration(type_, type_.name.split(":")[-1].lower(), span=_span(children))
+        return A.Declaration(type_, str(name), span=_span(children))
 
     def where_clause(self, children):
         return children[1]
@@ -202,20 +224,54 @@ class ToAst(Transformer):
 
     def create_instances(self, children):
         names = _names(children)
-        rows = tuple(c for c in children if isinstance(c, tuple))
-        return A.CreateInstances(names[0], tuple(names[1:]), rows, span=_span(children))
+        instances = [c for c in children if isinstance(c, _Instance)]
+        rows = tuple(i.values for i in instances)
+        variables = tuple(i.variable for i in instances)
+        return A.CreateInstances(names[0], tuple(names[1:]), rows,
+                                 variables if any(v is not None for v in variables) else (),
+                                 span=_span(children))
 
     def instance(self, children):
+        variable = children[0].value[1:] if isinstance(children[0], Token) and \
+            children[0].type == "SESSION_VARIABLE" else None
+        return _Instance(variable, tuple(c for c in children if isinstance(c, A.Expr)), children)
+
+    def value_row(self, children):
         return tuple(c for c in children if isinstance(c, A.Expr))
 
+    def bare_instance(self, children):
+        return _Instance(children[0].value[1:], (), children)
+
     def create_function(self, children):
-        name = _names(children)[0]
+        name = children[2]
         parameters = tuple(p for p in children if isinstance(p, A.Parameter))
-        result, body = children[-3], children[-1]
-        return A.CreateFunction(name, parameters, result, body, span=_span(children))
+        (result, result_name, key), body = children[-3], children[-1]
+        if isinstance(result.of, A.TupleType):
+            parts = result.of.parts
+            if len(parts) > 1:
+                raise QueryParseError("a function returns one value per row here: return the parts as a "
+                                      "vector, -> Bag of Vector, and bind them with [a, b] = f(x)", result.of.span)
+            result = A.TypeExpr(result.name, parts[0].type, span=result.span)
+            result_name = parts[0].name or None
+        return A.CreateFunction(str(name), parameters, result, body, result_name, key,
+                                span=_span(children))
+
+    def function_name(self, children):
+        token = children[0]
+        return token if token.type == "NAME_VALUE" else Token(
+            "NAME_VALUE", token.value, token.start_pos, token.line, token.column, token.end_line,
+            token.end_column, token.end_pos)
+
+    def result(self, children):
+        type_, name, key = children
+        return type_, None if name is None else str(name), key is not None
 
     def parameter(self, children):
-        return A.Parameter(children[0], str(children[1]), span=_span(children))
+        type_, name = children
+        return A.Parameter(type_, "" if name is None else str(name), span=_span(children))
+
+    def tuple_type(self, children):
+        return A.TupleType(tuple(c for c in children if isinstance(c, A.Parameter)), span=_span(children))
 
     def stored_body(self, children):
         return A.StoredBody(span=_span(children))
@@ -269,6 +325,25 @@ class ToAst(Transformer):
     def set_function(self, children):
         _, name, _, args, _, value, from_, where = children
         return A.SetFunction(str(name), args or (), value, from_ or (), where, span=_span(children))
+
+    def add_function(self, children):
+        _, name, _, args, _, value, from_, where = children
+        return A.SetFunction(str(name), args or (), value, from_ or (), where, "add", span=_span(children))
+
+    def remove_function(self, children):
+        _, name, _, args, _, value, from_, where = children
+        return A.SetFunction(str(name), args or (), value, from_ or (), where, "remove", span=_span(children))
+
+    def delete_object(self, children):
+        return A.DeleteObject(children[1].value[1:], span=_span(children))
+
+    def declare_variables(self, children):
+        types = [c for c in children if isinstance(c, A.TypeExpr)]
+        names = [c.value[1:] for c in children if isinstance(c, Token) and c.type == "SESSION_VARIABLE"]
+        return A.DeclareVariables(tuple(zip(types, names)), span=_span(children))
+
+    def toploop(self, children):
+        return A.Toploop(children[0].value.lower(), span=_span(children))
 
     def set_variable(self, children):
         return A.SetVariable(children[1].value[1:], children[2], span=_span(children))

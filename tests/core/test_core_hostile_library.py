@@ -43,6 +43,8 @@ CASES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "iota in a check": (("iota",), f"validate 'v' check iota(-{INT64_MAX}, 3) => bag(1);", (LIMIT,)),
     "iota to the top": (("iota",), f"select count(iota(1, {INT64_MAX}));", (RUNTIME,)),
     "iota member": (("iota",), f"select 5 in iota(1, {TRILLION});", (LIMIT,)),
+    "range(n) counted": (("range",), f"select count(range({TRILLION}));", (LIMIT,)),   # OSQL's bag 1..n
+    "substring past the end": (("substring",), f"select substring('abc', 0, {INT64_MAX});", (RUNTIME,)),
     "siota collected": (("siota",), f"select vectorof(siota(1, {TRILLION}));", (LIMIT,)),
     "siota dropped": (("siota",), f"select stream of x from Integer x where x in siota(-1, {TRILLION}) and x < 0;",
                       (LIMIT,)),

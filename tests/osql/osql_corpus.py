@@ -135,7 +135,7 @@ class _SkippingClock:
         condition.wait(min(seconds, 0.01))
 
 
-def new_engine(workdir: Path):
+def new_engine(workdir: Path, name: str = "store"):
     """An engine as an SA Engine board presents itself: its signals, a models folder, the
     corpus' Python modules on the foreign-function allow-list."""
     import streamql
@@ -147,7 +147,7 @@ def new_engine(workdir: Path):
     py = CORPUS / "py"
     if str(py) not in sys.path:
         sys.path.insert(0, str(py))
-    options = dict(clock=Skipping(), seed=1, base_dir=workdir, files=workdir)
+    options = dict(clock=Skipping(), seed=1, base_dir=workdir, files=workdir, store_dir=workdir / name)
     try:
         engine = streamql.Engine(models_dir=CORPUS / "models", foreign=["fuel_efficiency.*"], **options)
     except TypeError:
@@ -244,7 +244,7 @@ def _same(a, b) -> bool:
 def run_corpus(workdir: Path) -> list[Outcome]:
     outcomes = []
     for path in sorted(CORPUS.glob("*.osql")):
-        engine = new_engine(workdir)
+        engine = new_engine(workdir, path.stem)
         try:
             for statement in split_statements(path.read_text()):
                 outcome = run_statement(engine, statement)
