@@ -165,7 +165,8 @@ class CallBinding(OsqlCallBinding):
         # Lifting: a scalar function over a stream maps over its elements.
         stream_positions = [i for i, t in enumerate(arg_types) if t.is_stream]
         if stream_positions:
-            if any(o.kind == AGGREGATE for o in overloads) and name in AGGREGATE_NAMES:
+            if any(o.kind == AGGREGATE for o in overloads) and name in AGGREGATE_NAMES \
+                    and not any(arg_types[i].element.is_vector for i in stream_positions):
                 raise self.type_error(
                     f"{display} aggregates a bag and never runs over a stream, which does not end: aggregate "
                     f"windows with winagg(s, size, stride), or collect a finite stream with vectorof(s)", span)

@@ -158,6 +158,28 @@ def _text(x) -> str:
     return x if isinstance(x, str) else format_value(x)
 
 
+def _roundto_any(value, digits):
+    """roundto over a vector of anything: numbers rounded, other elements kept (as SA Engine)."""
+    if isinstance(value, (list, tuple)):
+        return [_roundto_any(v, digits) for v in value]
+    if isinstance(value, np.ndarray):
+        return np.round(value.astype(np.float64), digits) if value.dtype != object else \
+            [_roundto_any(v, digits) for v in value.tolist()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(float(value), digits)
+    return value
+
+
+def _matrix(op):
+    def run(a, b):
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if x.shape != y.shape:
+            raise QueryRuntimeError(f"elementwise {op.__name__} of matrices of shapes {x.shape} and {y.shape}")
+        with np.errstate(all="ignore"):
+            return op(x, y)
+    return run
+
+
 def _pair_result(types, args):
     return INTEGER if all(t == INTEGER for t in types) else REAL
 
@@ -207,7 +229,19 @@ def register(lib: Library) -> None:
     d("single_value(Bag of T b, Charstring function) -> T", scalar=_single_value, null_propagating=False,
       volatile=True,
       doc="The one value of a bag (none: null); what a function declared with one result returns")
+    d("roundto(Vector v, Integer digits) -> Vector", scalar=_roundto_any, result_type=lambda t, a: t[0],
+      doc="Each number in a vector (nested vectors too) rounded to digits; other elements kept")
+    d("streamof(T x) -> T", scalar=lambda x: x,
+      doc="One value as itself: SA Engine's select streamof(x) … of a continuous query is its stream of x")
+    d("rnow() -> Real", scalar=lambda ctx: ctx.clock.now(), needs_context=True, volatile=True,
+      doc="The time now in epoch seconds (a Real)")
+    d("this_peerid() -> Charstring", scalar=lambda ctx: ctx.engine.name, needs_context=True,
+      doc="The name of the engine the statement runs on")
     op = dict(topic="operator", batch_scalars=True)
+    for symbol, npf in (("+", np.add), ("-", np.subtract), (".*", np.multiply), ("./", np.true_divide),
+                        (".^", np.power)):
+        lib.define(f"{symbol}(Vector of Vector of Number a, Vector of Vector of Number b) -> Vector of Vector of Real",
+                   scalar=_matrix(npf), doc=f"Elementwise {symbol} of two matrices of one shape", **op)
     lib.define("+(Charstring a, Number b) -> Charstring", scalar=lambda a, b: a + _text(b),
                doc="Joins a string and a number's printed form (as OSQL)", **op)
     lib.define("+(Number a, Charstring b) -> Charstring", scalar=lambda a, b: _text(a) + b,

@@ -404,6 +404,8 @@ def register(lib: Library) -> None:
                doc="The 1st, n+1st, 2n+1st, … elements", **tr)
     lib.define("timeout(Stream of T s, Number seconds) -> Stream of T", scalar=timeout, needs_context=True,
                doc="The stream until that many seconds have passed", **tr)
+    lib.define("merge(Vector of Stream of T streams) -> Stream of T", scalar=lambda streams: merge(*streams),
+               doc="Elements of a vector of streams as they arrive (SA Engine's merge([s1, s2]))", **tr)
     lib.define("merge(Stream of T s...) -> Stream of T", scalar=merge, doc="Elements of several streams as they arrive",
                **tr)
     lib.define("pivot(Vector of Stream of T streams) -> Stream of Vector of T", scalar=pivot,
