@@ -9,14 +9,14 @@ from dataclasses import replace
 
 from . import ast as A
 from .catalog import StoredFunction
-from .errors import QueryNameError, QueryRuntimeError, QueryTypeError
+from .errors import QueryError, QueryNameError, QueryRuntimeError, QueryTypeError
 from .result import Result
 from .streams import ExecContext
 from .values import Bag, Obj, values_equal
 
 
 class OsqlStatements:
-    """`_AddRemove`, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, `_SelectInto`."""
+    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into."""
 
     def _add_or_remove(self, function: StoredFunction, stmt: A.SetFunction, rows: list, source: str) -> int:
         """`add f(x) = v` puts v into f(x)'s bag (a value of a single-valued f is replaced);
@@ -93,3 +93,74 @@ class OsqlStatements:
                 for name, value in zip(stmt.into, values):
                     self.store.set_session(name, value)
         return self._done(f"{min(len(rows), 1)} row into " + ", ".join(":" + n for n in stmt.into), stmt, source)
+
+
+# ------------------------------------------------------------------------------ loading code
+CODE_LOADERS = frozenset({"load_osql", "models:load", "system_models:load"})
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+MAX_LOAD_DEPTH = 16
+
+
+def loads_code(statement: A.Statement) -> bool:
+    """`load_osql(path);` or `models:load(name);`: a statement that runs the statements of files."""
+    return isinstance(statement, A.ExprStatement) and isinstance(statement.expr, A.Call) \
+        and statement.expr.name.lower() in CODE_LOADERS
+
+
+class CodeLoading:
+    """`load_osql(path)` runs a file's statements; `models:load(name)` a model directory's master.osql
+    (the models folder: `models:folder(name)`). Paths go through the engine's files rule, and only
+    a script's own statements load code: `Engine.query` — what edges run for fragments and
+    federations for queries — refuses to."""
+
+    def load_code(self, stmt: A.ExprStatement, source: str, ctx: ExecContext) -> Result:
+        from .types import CHARSTRING
+        call = stmt.expr
+        name = call.name.lower()
+        if len(call.args) != 1:
+            raise QueryTypeError(f"{call.name} takes one argument, a {'path' if name == 'load_osql' else 'name'}",
+                                 call.span, source)
+        value = self._value(self._binder(source), call.args[0], source, ctx, expected=CHARSTRING,
+                            what=f"the argument of {call.name}")
+        try:
+            if name == "system_models:load":
+                raise QueryRuntimeError(f"SA Engine's system model {value!r} is not part of StreamQL: its native "
+                                        f"models (kmeans, dense_network, …) are built in, see docs/models.md")
+            if name == "models:load":
+                path = self.engine.model_folder(value) / "master.osql"
+            else:
+                path = value
+            count = self.run_file(path, call.name)
+        except QueryError as exc:
+            if exc.span is None:
+                raise exc.located(call.span).with_source(source)
+            raise
+        return self._done(f"{call.name}({value!r}): {count} statements", stmt, source)
+
+    def run_file(self, path, what: str) -> int:
+        """Run every statement of a file (each in its own transaction, as a script); how many."""
+        engine = self.engine
+        real = engine.resolve_path(str(path))
+        loading = engine.loading_files
+        if real in loading:
+            raise QueryRuntimeError(f"{what}: {path} is already being loaded (a file that loads itself)")
+        if len(loading) >= MAX_LOAD_DEPTH:
+            raise QueryRuntimeError(f"{what}: files load each other more than {MAX_LOAD_DEPTH} deep")
+        try:
+            size = real.stat().st_size
+            if size > MAX_SCRIPT_BYTES:
+                raise QueryRuntimeError(f"{what}: {path} is {size} bytes, over the {MAX_SCRIPT_BYTES} a script may be")
+            text = real.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise QueryRuntimeError(f"{what} cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        loading.append(real)
+        try:
+            results = engine.execute(text)
+        except QueryError as exc:
+            raise type(exc)(f"in {path}: {exc.message}", exc.span, text) from None
+        finally:
+            loading.pop()
+        for result in results:   # a loaded file's continuous queries are not left unread
+            if result.kind == "stream":
+                result.close()
+        return len(results)

@@ -16,14 +16,14 @@ from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTy
                      StoreError)
 from .registry import Param
 from .models import Model, load_model_file
-from .osql_statements import OsqlStatements
+from .osql_statements import CodeLoading, OsqlStatements
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
 from .values import Bag, Obj, brief_value, values_equal
 
 
-class StatementRunner(OsqlStatements):
+class StatementRunner(OsqlStatements, CodeLoading):
     def __init__(self, engine):
         self.engine = engine
         self.store = engine.store
@@ -91,7 +91,7 @@ class StatementRunner(OsqlStatements):
         binder = self._binder(source)
         binder.check_signals = False   # its signals are checked when a query calls it
         scope = Scope(params={p.name.lower(): TVar(p.type, f"${p.name.lower()}") for p in function.params})
-        binder._inlining.append(function.name.lower())
+        binder._inlining.append(function)
         if isinstance(function.body, A.Select):
             query = binder.bind_query(function.body, scope, nested=True)
             body_type = binder.query_value_type(query)

@@ -32,7 +32,7 @@ class Binder(QueryBinding, ExpressionBinding, CallBinding):
         self.library = catalog.library
         self.source = source
         self._counter = itertools.count(1)
-        self._inlining: list[str] = []
+        self._inlining: list = []   # the derived functions being inlined (a call of one of them recurses)
         self._depth = 0
         # a signal named by a literal must exist when the query compiles; a function body is
         # checked when a query calls it (its signal may be added after the function is created)

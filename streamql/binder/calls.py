@@ -96,7 +96,7 @@ class CallBinding(OsqlCallBinding):
         return self._inline(function, narrowed, node)
 
     def _inline(self, function: DerivedFunction, args: list[TExpr], node: A.Call) -> TExpr:
-        if function.name.lower() in self._inlining:
+        if any(function is f for f in self._inlining):
             raise self.type_error(f"{function.name} calls itself: recursive functions are not supported",
                                   node.span)
         body = function.body
@@ -115,7 +115,7 @@ class CallBinding(OsqlCallBinding):
             else:
                 params[key] = arg
         scope = Scope(params=params)
-        self._inlining.append(function.name.lower())
+        self._inlining.append(function)
         try:
             if isinstance(body, A.Select):
                 query = self.bind_query(body, scope, nested=True)

@@ -70,6 +70,7 @@ class OsqlCallBinding:
                 cost = self.lattice.fit(arg.type, param.type)
                 if cost is None and arg.type.is_stream and isinstance(function, DerivedFunction):
                     cost = self.lattice.fit(arg.type.element, param.type)
+                    cost = None if cost is None else cost + 3   # lifting over a stream: after exact fits
                 if cost is None:
                     break
                 total += cost
@@ -91,7 +92,7 @@ class OsqlCallBinding:
         # late binding: resolvents for subtypes of the argument types may apply to some values
         late = [f for f in functions if f is not chosen and len(f.params) == len(args)
                 and self._specific(f, chosen)
-                and not (isinstance(f, DerivedFunction) and f.name.lower() in self._inlining)
+                and not any(f is g for g in self._inlining)
                 and all(self.lattice.is_subtype(p.type, a.type) or self.lattice.is_subtype(a.type, p.type)
                         for p, a in zip(f.params, args))]
         if any(isinstance(arg, TCall) and arg.fn.name == "cast" for arg in args):

@@ -180,6 +180,17 @@ def _matrix(op):
     return run
 
 
+def _loads_code_alone(name):
+    def refuse(*_):
+        raise QueryRuntimeError(f"{name} runs files as a statement of its own ({name}(…);) in a script or "
+                                "the shell: not inside a query, and never on an edge or for a remote client")
+    return refuse
+
+
+def _models_folder(ctx, name):
+    return str(ctx.engine.model_folder(name)) + "/"
+
+
 def _pair_result(types, args):
     return INTEGER if all(t == INTEGER for t in types) else REAL
 
@@ -237,6 +248,15 @@ def register(lib: Library) -> None:
       doc="The time now in epoch seconds (a Real)")
     d("this_peerid() -> Charstring", scalar=lambda ctx: ctx.engine.name, needs_context=True,
       doc="The name of the engine the statement runs on")
+    code = dict(topic="models", volatile=True, null_propagating=False)
+    lib.define("load_osql(Charstring path) -> Charstring", scalar=_loads_code_alone("load_osql"), **code,
+               doc="Run the statements of an OSQL file (a statement of its own; the path follows the files rule)")
+    lib.define("models:load(Charstring name) -> Charstring", scalar=_loads_code_alone("models:load"), **code,
+               doc="Run the master.osql of a model in the models folder (a statement of its own)")
+    lib.define("system_models:load(Charstring name) -> Charstring", scalar=_loads_code_alone("system_models:load"),
+               **code, doc="SA Engine's system models: not part of StreamQL (an error that says so)")
+    lib.define("models:folder(Charstring name) -> Charstring", scalar=_models_folder, needs_context=True,
+               topic="models", doc="The directory of a model in the models folder, ending with /")
     op = dict(topic="operator", batch_scalars=True)
     for symbol, npf in (("+", np.add), ("-", np.subtract), (".*", np.multiply), ("./", np.true_divide),
                         (".^", np.power)):

@@ -121,6 +121,10 @@ CASES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
                            ("symlink", "link-out.csv"), ("empty", ""), ("dir-escape", "sub/../../outside.csv"))},
     "create model absolute": (("create model",), "create model m from '/etc/passwd';", (RUNTIME,)),
     "create model symlink": (("create model",), "create model m from 'link-out.csv';", (RUNTIME,)),
+    **{f"load_osql {label}": (("load_osql",), f"load_osql('{path}');", (RUNTIME,))
+       for label, path in (("absolute", "/etc/passwd"), ("dot-dot", "../outside.csv"), ("symlink", "link-out.csv"),
+                           ("dir-escape", "sub/../../outside.csv"), ("a directory", "sub"))},
+    "models:load outside": (("models:load",), "models:load('..');", (RUNTIME,)),
 }
 
 
