@@ -322,6 +322,7 @@ class CreateInstances(Statement):
     functions: tuple[str, ...]
     rows: tuple[tuple[Expr, ...], ...]
     variables: tuple[str | None, ...] = ()   # AmosQL `instances :p (…)`: session variables bound
+    local: bool = False                      # … or, in a procedure, `instances p`: local variables
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,7 @@ class CreateFunction(Statement):
     name: str
     parameters: tuple[Parameter, ...]
     result: TypeExpr
-    body: Union[StoredBody, Expr, Select]
+    body: Union[StoredBody, Expr, Select, "Block", "ForEach"]
     result_name: str | None = None   # AmosQL `-> Bag of Person c`
     key: bool = False                # `-> Charstring key`: values unique
 
@@ -523,3 +524,52 @@ class Toploop(Statement):
     """`quit`, `commit` (save the store) or `rollback` (return to the last saved store)."""
 
     command: str
+
+
+# ------------------------------------------------------------------- procedural OSQL (bodies)
+@dataclass(frozen=True)
+class Block(Node):
+    """A procedural body `{ s1; s2; … }` or `begin … end`."""
+
+    statements: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class ForEach(Node):
+    """`for each T x, … where … <statement>`: the statement once per row of the query."""
+
+    declarations: tuple[Declaration, ...]
+    where: Expr | None
+    body: Node
+
+
+@dataclass(frozen=True)
+class If(Node):
+    condition: Expr
+    then: Node
+    otherwise: Node | None = None
+
+
+@dataclass(frozen=True)
+class Return(Node):
+    """`return v`: v is one of the procedure's results (it goes on, as in a `for each`)."""
+
+    value: Expr | None = None
+
+
+@dataclass(frozen=True)
+class SetLocal(Node):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class DeclareLocal(Node):
+    items: tuple[tuple[TypeExpr, str], ...]
+
+
+@dataclass(frozen=True)
+class ProcCall(Node):
+    """A call for its effect (a procedure's result is dropped)."""
+
+    call: Call

@@ -394,7 +394,7 @@ class Planner:
                     continue
                 name = self._name("s")
                 self._hoisted[call] = TVar(call.type, name, span=call.span)
-                if isinstance(call, TCall):   # a derived function's values (OSQL): a row for each
+                if isinstance(call, TCall) and call.fn.name == "single_value":   # OSQL: a row per value
                     bag = self._replace_hoisted(call.args[0], inner=True)
                     node = Generate(node, (name,), bag, "each", (None,), (call.type,))
                     continue
@@ -407,7 +407,7 @@ class Planner:
         if not any(isinstance(call, TCall) for call in hoisted):
             return expr
 
-        def rewrite(node: TExpr) -> TExpr:
+        def rewrite(node: TExpr) -> TExpr:   # (a procedure's call, hoisted, runs once per row)
             if isinstance(node, TCall) and node in hoisted:
                 return hoisted[node]
             return replace_children(node, rewrite)
@@ -498,5 +498,6 @@ def _strict_stored_calls(expr: TExpr):
         return
     for child in expr.children():
         yield from _strict_stored_calls(child)
-    if isinstance(expr, TStored) or (isinstance(expr, TCall) and expr.fn.name == "single_value"):
-        yield expr   # a single-valued derived function without a value yields no row too (OSQL)
+    if isinstance(expr, TStored) or (isinstance(expr, TCall) and (
+            expr.fn.name == "single_value" or (expr.fn.name == "run_procedure" and not expr.type.is_bag))):
+        yield expr   # a single-valued derived or procedural function without a value yields no row too (OSQL)

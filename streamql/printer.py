@@ -318,7 +318,8 @@ def _rows(rows) -> str:
 def _(node) -> str:
     functions = f" ({', '.join(node.functions)})" if node.functions else ""
     if node.variables:
-        items = [(f":{var}" if var else "") + (f" ({_list(row)})" if row else "")
+        mark = "" if node.local else ":"
+        items = [(f"{mark}{var}" if var else "") + (f" ({_list(row)})" if row else "")
                  for var, row in zip(node.variables, node.rows)]
         return f"create {node.type_name}{functions} instances {', '.join(i.strip() for i in items)}"
     return f"create {node.type_name}{functions} instances {_rows(node.rows)}"
@@ -479,3 +480,40 @@ def _(node) -> str:
 @_prints("Toploop")
 def _(node) -> str:
     return node.command
+
+
+@_prints("Block")
+def _(node) -> str:
+    return "{ " + " ".join(_print(s) + ";" for s in node.statements) + " }"
+
+
+@_prints("ForEach")
+def _(node) -> str:
+    where = f" where {_expr(node.where, 0)}" if node.where is not None else ""
+    return f"for each {_list(node.declarations)}{where} {_print(node.body)}"
+
+
+@_prints("If")
+def _(node) -> str:
+    otherwise = f" else {_print(node.otherwise)}" if node.otherwise is not None else ""
+    return f"if {_expr(node.condition, 0)} then {_print(node.then)}{otherwise}"
+
+
+@_prints("Return")
+def _(node) -> str:
+    return "return" + (f" {_expr(node.value, 0)}" if node.value is not None else "")
+
+
+@_prints("SetLocal")
+def _(node) -> str:
+    return f"set {node.name} = {_expr(node.value, 0)}"
+
+
+@_prints("DeclareLocal")
+def _(node) -> str:
+    return "declare " + ", ".join(f"{_print(t)} {name}" for t, name in node.items)
+
+
+@_prints("ProcCall")
+def _(node) -> str:
+    return _expr(node.call, 0)

@@ -11,7 +11,7 @@ import numpy as np
 from . import ast as A
 from .binder import Binder, Scope
 from .bound import TVar, Variable
-from .catalog import DerivedFunction, StoredFunction, Table, TableColumn
+from .catalog import DerivedFunction, ProceduralFunction, StoredFunction, Table, TableColumn
 from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTypeError, QueryValidationError,
                      StoreError)
 from .registry import Param
@@ -76,6 +76,8 @@ class StatementRunner(OsqlStatements, CodeLoading):
             raise QueryNameError(f"{stmt.name} is an operator and cannot be redefined", stmt.span, source)
         if isinstance(stmt.body, A.StoredBody):
             function = StoredFunction(stmt.name, tuple(params), result, key=stmt.key)
+        elif isinstance(stmt.body, (A.Block, A.ForEach)):
+            function = ProceduralFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
         else:
             function = DerivedFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
             self._check_body(function, stmt, source)

@@ -63,10 +63,10 @@ def _unquote(token: str) -> str:
 class _Instance:
     """One `instances` item: an optional session variable and the property values."""
 
-    __slots__ = ("variable", "values", "children")
+    __slots__ = ("variable", "values", "children", "local")
 
-    def __init__(self, variable, values, children):
-        self.variable, self.values, self.children = variable, values, children
+    def __init__(self, variable, values, children, local=False):
+        self.variable, self.values, self.children, self.local = variable, values, children, local
 
 
 class _Star:
@@ -227,8 +227,12 @@ class ToAst(Transformer):
         instances = [c for c in children if isinstance(c, _Instance)]
         rows = tuple(i.values for i in instances)
         variables = tuple(i.variable for i in instances)
+        local = any(i.local for i in instances)
+        if local and not all(i.local for i in instances):
+            raise QueryParseError("instances are bound either to session variables (:p) or, in a procedure, "
+                                  "to local ones (p), not both", _span(children))
         return A.CreateInstances(names[0], tuple(names[1:]), rows,
-                                 variables if any(v is not None for v in variables) else (),
+                                 variables if any(v is not None for v in variables) else (), local,
                                  span=_span(children))
 
     def instance(self, children):
@@ -238,6 +242,40 @@ class ToAst(Transformer):
 
     def value_row(self, children):
         return tuple(c for c in children if isinstance(c, A.Expr))
+
+    def local_instance(self, children):
+        return _Instance(str(children[0]), (), children, local=True)
+
+    def procedure_body(self, children):
+        return children[0]
+
+    def block(self, children):
+        return A.Block(tuple(c for c in children if isinstance(c, A.Node)), span=_span(children))
+
+    def set_local(self, children):
+        return A.SetLocal(str(children[1]), children[2], span=_span(children))
+
+    def declare_local(self, children):
+        types = [c for c in children if isinstance(c, A.TypeExpr)]
+        names = [str(c) for c in children if isinstance(c, Token) and c.type == "NAME_VALUE"]
+        return A.DeclareLocal(tuple(zip(types, names)), span=_span(children))
+
+    def return_stmt(self, children):
+        return A.Return(children[1], span=_span(children))
+
+    def for_each(self, children):
+        declarations = tuple(c for c in children if isinstance(c, A.Declaration))
+        where = next((c for c in children[2:-1] if isinstance(c, A.Expr)), None)
+        return A.ForEach(declarations, where, children[-1], span=_span(children))
+
+    def if_stmt(self, children):
+        _, condition, _, then, _, otherwise = children
+        return A.If(condition, then, otherwise, span=_span(children))
+
+    def proc_call(self, children):
+        name = children[0]
+        args = tuple(c for c in children[1:] if isinstance(c, A.Expr))
+        return A.ProcCall(A.Call(str(name), args, span=_span(children)), span=_span(children))
 
     def bare_instance(self, children):
         return _Instance(children[0].value[1:], (), children)

@@ -67,3 +67,11 @@ def test_count_of_a_large_session_bag_is_fast_and_holds_the_time_limit():
     except streamql.QueryError as error:
         assert error.kind == "LimitError"
     assert time.monotonic() - started < 3.0
+
+
+def test_commit_keeps_the_values_of_each_resolvent(tmp_path):
+    engine = streamql.Engine(store_dir=tmp_path)
+    engine.execute("create type Dog properties (name Charstring); create type Car properties (name Charstring);"
+                   "create Dog (name) instances ('Rex'); create Car (name) instances ('Volvo'); commit;")
+    again = streamql.Engine(store_dir=tmp_path)
+    assert list(again.query("select name(d), name(c) from Dog d, Car c;")) == [("Rex", "Volvo")]
