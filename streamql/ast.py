@@ -337,11 +337,18 @@ class StoredBody(Node):
 
 
 @dataclass(frozen=True)
+class ForeignBody(Node):
+    """The body `as foreign 'py:package.module.function'`: a Python callable the operator allows."""
+
+    target: str
+
+
+@dataclass(frozen=True)
 class CreateFunction(Statement):
     name: str
     parameters: tuple[Parameter, ...]
     result: TypeExpr
-    body: Union[StoredBody, Expr, Select, "Block", "ForEach"]
+    body: Union[StoredBody, ForeignBody, Expr, Select, "Block", "ForEach"]
     result_name: str | None = None   # AmosQL `-> Bag of Person c`
     key: bool = False                # `-> Charstring key`: values unique
 

@@ -71,6 +71,24 @@ class ProceduralFunction:
         return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} (procedural)"
 
 
+@dataclass(eq=False)
+class ForeignFunction:
+    """`create function f(T x) -> R as foreign 'py:pkg.mod.fn'`: a Python callable, resolved only
+    against the operator's allow-list (Engine(foreign=[…])) or registered by the embedding program."""
+
+    name: str
+    params: tuple[Param, ...]
+    result: Type
+    target: str
+    callable: Any = field(repr=False, default=None)
+    source: str = ""
+
+    @property
+    def signature(self) -> str:
+        return (f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} "
+                f"as foreign {self.target!r}")
+
+
 @dataclass
 class TableColumn:
     name: str

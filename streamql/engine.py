@@ -116,7 +116,7 @@ class Engine:
                  seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
                  optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None,
                  files: str | os.PathLike | None = ANYWHERE, limits: dict | Limits | None = None,
-                 models_dir: str | os.PathLike | None = None):
+                 models_dir: str | os.PathLike | None = None, foreign: Iterable[str] = ()):
         self.name = name or "local"
         self.clock = clock or SYSTEM_CLOCK
         self.seed = seed
@@ -143,6 +143,9 @@ class Engine:
         # SA Engine's models folder (`models:folder('m')`, `models:load('m')`): by default models/
         # beside the engine's files; reading it still goes through the files rule
         self.models_dir = Path(models_dir) if models_dir is not None else None
+        # the Python functions `as foreign 'py:…'` may name (fnmatch patterns): the operator's, never a client's
+        self.foreign_allowed: list[str] = list(foreign)
+        self.foreign_registered: dict[str, Callable] = {}
         self.loading_files: list[Path] = []   # files being loaded now (load_osql inside load_osql)
         self.quit_requested = False   # set by the toploop statement `quit` (the shell and scripts stop)
         self.bundles: dict[str, Any] = {}
@@ -283,6 +286,12 @@ class Engine:
         """Cancel background queries."""
         for handle in self.queries():
             handle.cancel(wait=1.0)
+
+    def register_foreign(self, name: str, function: Callable) -> None:
+        """Let `create function … as foreign 'py:<name>'` call `function` (the embedding program's own)."""
+        if not callable(function):
+            raise TypeError(f"register_foreign needs a callable, not {function!r}")
+        self.foreign_registered[name] = function
 
     def model_folder(self, name: str) -> Path:
         """The directory of the model `name` in the models folder (SA Engine's models:folder)."""

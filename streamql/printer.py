@@ -330,6 +330,11 @@ def _(node) -> str:
     return f"{_print(node.type)} {node.name}" if node.name else _print(node.type)
 
 
+@_prints("ForeignBody")
+def _(node) -> str:
+    return "foreign " + literal_source(node.target)
+
+
 @_prints("StoredBody")
 def _(node) -> str:
     return "stored"

@@ -11,10 +11,11 @@ import numpy as np
 from . import ast as A
 from .binder import Binder, Scope
 from .bound import TVar, Variable
-from .catalog import DerivedFunction, ProceduralFunction, StoredFunction, Table, TableColumn
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, TableColumn
 from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTypeError, QueryValidationError,
                      StoreError)
 from .registry import Param
+from .library.foreign import resolve_foreign
 from .models import Model, load_model_file
 from .osql_statements import CodeLoading, OsqlStatements
 from .result import Result
@@ -76,6 +77,14 @@ class StatementRunner(OsqlStatements, CodeLoading):
             raise QueryNameError(f"{stmt.name} is an operator and cannot be redefined", stmt.span, source)
         if isinstance(stmt.body, A.StoredBody):
             function = StoredFunction(stmt.name, tuple(params), result, key=stmt.key)
+        elif isinstance(stmt.body, A.ForeignBody):
+            try:
+                target = resolve_foreign(stmt.body.target, self.engine.foreign_allowed,
+                                         self.engine.foreign_registered)
+            except QueryError as exc:
+                raise exc.located(stmt.body.span).with_source(source)
+            function = ForeignFunction(stmt.name, tuple(params), result, stmt.body.target, target,
+                                       _text(stmt, source))
         elif isinstance(stmt.body, (A.Block, A.ForEach)):
             function = ProceduralFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
         else:

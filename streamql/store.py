@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ast as A, codec
-from .catalog import DerivedFunction, ProceduralFunction, StoredFunction, Table, UserType
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType
 from .errors import StoreError
 from .types import BUILTIN_NAMES, SHORT_FORMS, Type, TypeLattice
 from .values import Obj, hashable
@@ -321,7 +321,7 @@ class Store:
                     statements.append(f"create function {function.name}({params}) -> "
                                       f"{_type_source(function.result)} as stored")
         derived = [f for functions in self.functions.values() for f in functions
-                   if isinstance(f, (DerivedFunction, ProceduralFunction))]
+                   if isinstance(f, (DerivedFunction, ProceduralFunction, ForeignFunction))]
         for function in _derived_in_call_order(derived):
             statements.append(function.source.strip().rstrip(";"))
         return statements

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from .. import ast as A
 from ..bound import TCall, TConst, TExpr, TLet, TNarrow, TQuery, TStored, TVar
-from ..catalog import DerivedFunction, ProceduralFunction, StoredFunction
+from ..catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction
 from ..errors import QueryNameError, QueryTypeError, Span
 from ..registry import AGGREGATE, SCALAR, Overload
 from ..types import CHARSTRING, OBJECT, Type, stream_of, substitute
@@ -93,6 +93,9 @@ class CallBinding(OsqlCallBinding):
                                     span=arg.span) if cost == 2 else arg)
         if isinstance(function, StoredFunction):
             return TStored(function.result, function, tuple(narrowed), span=node.span)
+        if isinstance(function, ForeignFunction):      # a Python callable (library/foreign.py)
+            call = self.library.overloads("call_foreign")[0]
+            return TCall(function.result, call, (TConst(OBJECT, function),) + tuple(narrowed), span=node.span)
         if isinstance(function, ProceduralFunction):   # run when called, for its effects (library/procedures.py)
             run = self.library.overloads("run_procedure")[0]
             return TCall(function.result, run, (TConst(OBJECT, function),) + tuple(narrowed), span=node.span)

@@ -69,8 +69,8 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
     """Time windows over timestamped values: windows [end - size, end) with ends at multiples of
     `stride`, stamped with their end; empty windows are skipped; late events are dropped and
     counted; what is left is flushed at the end of the stream."""
-    if not (size > 0 and stride > 0):
-        raise QueryRuntimeError("twinagg needs a positive size and stride")
+    if not (size > 0 and stride > 0 and math.isfinite(size) and math.isfinite(stride)):
+        raise QueryRuntimeError(f"twinagg needs a positive, finite size and stride (seconds), not {size} and {stride}")
     return StreamValue(lambda: time_windows(stream.open(), size, stride, ctx),
                        f"twinagg({stream.label}, {size}, {stride})")
 

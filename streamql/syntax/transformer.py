@@ -246,6 +246,9 @@ class ToAst(Transformer):
     def local_instance(self, children):
         return _Instance(str(children[0]), (), children, local=True)
 
+    def foreign_body(self, children):
+        return A.ForeignBody(_unquote(children[1]), span=_span(children))
+
     def procedure_body(self, children):
         return children[0]
 

@@ -166,12 +166,13 @@ def new_engine(workdir: Path, name: str = "store"):
 def run_statement(engine, statement: Statement) -> Outcome:
     import streamql
     from streamql import ast as A
+    from streamql.osql_statements import loads_code
     outcome = Outcome(statement, ran=False)
     try:
         parsed = streamql.parse(statement.text)
         rows: list = []
         for item in parsed:
-            if isinstance(item, (A.Select, A.ExprStatement)):
+            if isinstance(item, (A.Select, A.ExprStatement)) and not loads_code(item):
                 result = engine.query(statement.text, limits={"seconds": SECONDS})
                 try:
                     rows = list(itertools.islice(result, ROWS if result.kind == "stream" else 10_000))
