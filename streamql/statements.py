@@ -434,6 +434,9 @@ def close_enough(got, expected, rel: float = 1e-9) -> bool:
     """`validate`'s comparison: numbers within a relative tolerance, elementwise for vectors."""
     if got is None or expected is None:
         return got is None and expected is None
+    if isinstance(got, Bag) != isinstance(expected, Bag) and isinstance(got, (Bag, list, np.ndarray)) \
+            and isinstance(expected, (Bag, list, np.ndarray)):   # a collected stream against bag(…)
+        got, expected = (Bag(list(x)) if not isinstance(x, Bag) else x for x in (got, expected))
     if isinstance(got, Bag) and isinstance(expected, Bag):
         if len(got) != len(expected):
             return False

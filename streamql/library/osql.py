@@ -16,7 +16,7 @@ from ..streams import LazyBag
 from ..types import INTEGER, REAL, type_of_value
 from ..values import Bag, FunctionRef, Obj, Time, Timeval, format_value
 from .sources import iota, vector_stream
-from .vector import _array, call_by_name
+from .vector import _array, _typed_array as _typed, call_by_name
 
 _COMMENT = re.compile(r"/\*(.*?)\*/", re.S)
 
@@ -191,6 +191,21 @@ def _models_folder(ctx, name):
     return str(ctx.engine.model_folder(name)) + "/"
 
 
+def _matrix_row(m, i):
+    rows = m if isinstance(m, np.ndarray) else list(m)
+    if not 1 <= i <= len(rows):
+        raise QueryRuntimeError(f"row {i} is out of range 1..{len(rows)}")
+    return rows[i - 1]
+
+
+def _matrix_column(m, j):
+    a = np.asarray(m) if not isinstance(m, np.ndarray) else m
+    if a.ndim != 2 or not 1 <= j <= a.shape[1]:
+        raise QueryRuntimeError(f"column {j} is out of range of a matrix of shape {a.shape}")
+    column = a[:, j - 1]
+    return column if column.dtype != object else column.tolist()
+
+
 def _pair_result(types, args):
     return INTEGER if all(t == INTEGER for t in types) else REAL
 
@@ -242,6 +257,14 @@ def register(lib: Library) -> None:
       doc="The one value of a bag (none: null); what a function declared with one result returns")
     d("roundto(Vector v, Integer digits) -> Vector", scalar=_roundto_any, result_type=lambda t, a: t[0],
       doc="Each number in a vector (nested vectors too) rounded to digits; other elements kept")
+    d("ts(Timeval tv, T v) -> Timeval of T", scalar=lambda tv, v: Timeval(tv.time, v),
+      doc="v stamped with the time of tv (re-stamping, as SA Engine's ts(tv, v))")
+    d("matrix_row(Vector of Vector of T m, Integer i) -> Vector of T", scalar=_matrix_row,
+      doc="Row i (from 1) of a matrix: what m[i, *] means")
+    d("matrix_column(Vector of Vector of T m, Integer j) -> Vector of T", scalar=_matrix_column,
+      doc="Column j (from 1) of a matrix: what m[*, j] means")
+    d("array(Charstring kind, Vector of Vector of Number m) -> Vector of Vector of Real",
+      scalar=lambda kind, m: _typed(kind, m), doc="A typed numeric matrix: array('f32', [[1, 2], [3, 4]])")
     d("streamof(T x) -> T", scalar=lambda x: x,
       doc="One value as itself: SA Engine's select streamof(x) … of a continuous query is its stream of x")
     d("rnow() -> Real", scalar=lambda ctx: ctx.clock.now(), needs_context=True, volatile=True,

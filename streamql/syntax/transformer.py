@@ -280,6 +280,13 @@ class ToAst(Transformer):
         args = tuple(c for c in children[1:] if isinstance(c, A.Expr))
         return A.ProcCall(A.Call(str(name), args, span=_span(children)), span=_span(children))
 
+    def index_row(self, children):   # SA Engine's a[i, *]: row i of a matrix
+        target, _, index = children[0], children[1], children[2]
+        return A.Call("matrix_row", (target, index), span=_span(children))
+
+    def index_column(self, children):   # a[*, j]: column j
+        return A.Call("matrix_column", (children[0], children[3]), span=_span(children))
+
     def bare_instance(self, children):
         return _Instance(children[0].value[1:], (), children)
 
