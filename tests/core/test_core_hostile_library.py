@@ -30,7 +30,8 @@ V8MB = "set :v = zeros(1000000);"      # 8 MB: within the 16 MB budget, three of
 # arithmetic on one value: an Integer operand is a number, not a size (the Object overloads of these
 # operators, which numpy may broadcast, have cases below)
 NOT_SIZES = {"neg": "negation of one number", "index": "picks one element (out of range: an error)",
-             "mod": "a remainder of two numbers"}
+             "mod": "a remainder of two numbers", "matrix_row": "picks one row (out of range: an error)",
+             "matrix_column": "picks one column (out of range: an error)"}
 
 LIMIT, RUNTIME, OK = "LimitError", "RuntimeError", "ok"
 
