@@ -35,6 +35,23 @@ def _errors(*statuses: int) -> dict:
 
 AUTH_ERRORS = (401, 403, 429)  # every route with a token may also be over its limits
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+VIEW_PARAMS = [   # the fleet views' filters (federation/fleet_views.py)
+    {"name": "where", "in": "query", "schema": {"type": "string"},
+     "description": "a StreamQL predicate on `Edge e` answered by the registry (no `@`), e.g. "
+                    "region(e) in ('US', 'EU') and online(e); errors point into this text"},
+    {"name": "q", "in": "query", "schema": {"type": "string"},
+     "description": "words, each found in the id, metadata, models or signals"},
+    {"name": "status", "in": "query", "schema": {"enum": ["online", "offline", "missing"]}},
+    {"name": "missing_after", "in": "query", "schema": {"type": "number"},
+     "description": "minutes offline after which a device counts as missing (60)"},
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {"name": "version", "in": "query", "schema": {"type": "string"}},
+    {"name": "battery_below", "in": "query", "schema": {"type": "number"}},
+    {"name": "cpu_above", "in": "query", "schema": {"type": "number"}},
+    {"name": "memory_above", "in": "query", "schema": {"type": "number"}, "description": "KiB"},
+    {"name": "attention", "in": "query", "schema": {"type": "string"},
+     "description": "any, low battery, errors, restarts, buffer drops or dropped link"},
+]
 
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/query": {
@@ -91,6 +108,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                  "description": "metadata key equals the value (repeat the parameter for `in`)"},
                 {"name": "capability.{key}", "in": "query", "schema": {"type": "string"},
                  "description": "capability equals the value (repeatable)"},
+                *VIEW_PARAMS,
+                {"name": "sort", "in": "query", "schema": {"type": "string"},
+                 "description": "id, status, last_seen, battery, cpu, memory, uptime, restarts, attention or "
+                                "meta.<key>; `-` first for descending; devices without a value last"},
+                {"name": "fields", "in": "query", "schema": {"enum": ["full", "compact"]},
+                 "description": "compact: what a row of the dashboard shows"},
+                {"name": "since", "in": "query", "schema": {"type": "integer"},
+                 "description": "a `cursor` from an earlier answer: only the page's devices changed after it, "
+                                "and `ids`, the page in order"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
             ],
@@ -102,6 +128,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProvisionRequest")}}},
             "responses": {"201": _json(_ref("Provisioned"), "Provisioned"),
                           **_errors(400, *AUTH_ERRORS, 408, 409, 413)},
+        },
+    },
+    "/v1/edges/summary": {
+        "get": {
+            "summary": "Counts of the devices the filters select: by status, metadata key and value, model "
+                       "version, attention reason",
+            "tags": ["edges"], "x-streamql-role": "read",
+            "parameters": [{"name": "online", "in": "query", "schema": {"type": "boolean"}}, *VIEW_PARAMS],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "total": {"type": "integer"}, "status": {"type": "object"}, "metadata": {"type": "object"},
+                "metadata_keys": {"type": "object"}, "models": {"type": "object"}, "attention": {"type": "object"},
+                "needing_attention": {"type": "integer"}, "cursor": {"type": "integer"}}}),
+                **_errors(400, *AUTH_ERRORS)},
         },
     },
     "/v1/edges/connect": {
