@@ -211,7 +211,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/deployments": {
         "get": {
             "summary": "Deployments, newest first", "tags": ["deployments"], "x-streamql-role": "read",
-            "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
+            "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"},
+                            "description": "one state or several, comma-separated: running,failed"},
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _json({"type": "object", "properties": {
@@ -226,8 +227,62 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
                            {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 60},
                             "description": "seconds to wait for the deployment to settle (finished, or only "
-                                           "offline devices pending) before answering"}],
+                                           "offline devices pending) before answering"},
+                           {"name": "device_state", "in": "query", "schema": {"type": "string"},
+                            "description": "list only devices in these states (comma-separated)"},
+                           {"name": "device_limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "device_offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
+    "/v1/deployments/preflight": {
+        "post": {
+            "summary": "What a deploy, rollback or undeploy statement would do now: install, wait (offline), skip "
+                       "with reasons, already there, likely to fail (refused this change before)",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["statement"], "properties": {"statement": {"type": "string"}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "selected": {"type": "integer"}, "counts": {"type": "object"}, "skip_reasons": {"type": "object"},
+                "devices": {"type": "object"}}}), **_errors(400, *AUTH_ERRORS, 404, 408, 413)},
+        },
+    },
+    "/v1/deployments/{id}/cancel": {
+        "post": {
+            "summary": "Cancel a running deployment: nothing more is sent; pending devices are skipped",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404, 409)},
+        },
+    },
+    "/v1/deployments/{id}/abort": {
+        "post": {
+            "summary": "Abort a running deployment, optionally rolling back the devices that switched",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"rollback": {"type": "boolean"}}}}}},
+            "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404, 408, 409, 413)},
+        },
+    },
+    "/v1/deployments/{id}/retry": {
+        "post": {
+            "summary": "A new deployment of the same change to the devices that failed in this one",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"201": _json({"type": "object", "properties": {"deployment_id": {"type": "string"},
+                                                                         "deployment": _ref("DeploymentProgress")}}),
+                          **_errors(400, *AUTH_ERRORS, 404, 409)},
+        },
+    },
+    "/v1/deployments/{id}/rollback": {
+        "post": {
+            "summary": "A new rollback of the model on the devices this deployment brought its version to",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"201": _json({"type": "object", "properties": {"deployment_id": {"type": "string"},
+                                                                         "deployment": _ref("DeploymentProgress")}}),
+                          **_errors(400, *AUTH_ERRORS, 404, 409)},
         },
     },
     "/v1/flows": {

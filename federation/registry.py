@@ -377,6 +377,32 @@ class Registry(DeploymentStore, ModelVersionStore):
     # --- bundles -------------------------------------------------------------------------------
     _BUNDLE_COLUMNS = "name, version, sha256, manifest, size, path, uploaded, uploader"
 
+    # --- saved queries ----------------------------------------------------------------------------
+    _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_by")
+
+    def save_query(self, name: str, text: str, *, description: str = "", created_by: str = "") -> dict:
+        """Keep a named statement (replacing one of the same name); returns it."""
+        now = self.clock()
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO saved_queries (name, text, description, created, updated, created_by) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET text = excluded.text, "
+                         "description = excluded.description, updated = excluded.updated",
+                         (name, text, description, now, now, created_by))
+        return self.saved_query(name)  # type: ignore[return-value]
+
+    def saved_query(self, name: str) -> dict | None:
+        row = self._conn.execute(f"SELECT {', '.join(self._SAVED_COLUMNS)} FROM saved_queries WHERE name = ?",
+                                 (name,)).fetchone()
+        return dict(zip(self._SAVED_COLUMNS, row)) if row else None
+
+    def saved_queries(self) -> list[dict]:
+        return [dict(zip(self._SAVED_COLUMNS, row)) for row in self._conn.execute(
+            f"SELECT {', '.join(self._SAVED_COLUMNS)} FROM saved_queries ORDER BY name")]
+
+    def delete_saved_query(self, name: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM saved_queries WHERE name = ?", (name,)).rowcount > 0
+
     # --- definitions made at the federation ------------------------------------------------------
     def add_definition(self, text: str) -> None:
         """Keep a statement that defined something (create function, create type, drop …)."""

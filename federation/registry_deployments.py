@@ -48,11 +48,13 @@ class DeploymentStore:
                                  (deployment_id,)).fetchone()
         return self._deployment(row) if row else None
 
-    def list_deployments(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[Deployment]:
+    def list_deployments(self, *, state: str | Sequence[str] | None = None, limit: int = 100,
+                         offset: int = 0) -> list[Deployment]:
         sql, args = f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments", []
         if state is not None:
-            sql += " WHERE state = ?"
-            args.append(state)
+            states = [state] if isinstance(state, str) else list(state)
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args.extend(states)
         sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
         return [self._deployment(row) for row in self._conn.execute(sql, [*args, limit, offset])]
 
@@ -131,3 +133,11 @@ class DeploymentStore:
             "ORDER BY d.id", (device_id,))
         return [(self._deployment(row[:11]), DeploymentTarget(*row[11:])) for row in rows]
 
+
+    def refused_before(self, action: str, model: str, version: str | None) -> dict[str, str]:
+        """device id → its reason, for devices that failed this same change in an earlier deployment."""
+        rows = self._conn.execute(
+            "SELECT t.device_id, t.reason FROM deployment_targets t JOIN deployments d ON d.id = t.deployment_id "
+            "WHERE d.action = ? AND d.bundle = ? AND d.version IS ? AND t.state = 'failed' ORDER BY d.id",
+            (action, model, version))
+        return {device_id: reason or "failed" for device_id, reason in rows}
