@@ -35,6 +35,7 @@ def _errors(*statuses: int) -> dict:
 
 AUTH_ERRORS = (401, 403, 429)  # every route with a token may also be over its limits
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 VIEW_PARAMS = [   # the fleet views' filters (federation/fleet_views.py)
     {"name": "where", "in": "query", "schema": {"type": "string"},
      "description": "a StreamQL predicate on `Edge e` answered by the registry (no `@`), e.g. "
@@ -166,10 +167,50 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                           **_errors(*AUTH_ERRORS, 404)},
         },
     },
+    "/v1/me": {
+        "get": {
+            "summary": "The caller's token: its role, id, label and what it may do",
+            "tags": ["tokens"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "role": {"type": "string"}, "token_id": {"type": ["integer", "null"]},
+                "label": {"type": ["string", "null"]}, "may": {"type": "object"}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/saved-queries": {
+        "get": {
+            "summary": "Saved queries, by name", "tags": ["queries"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "queries": {"type": "array", "items": _ref("SavedQuery")}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/saved-queries/{name}": {
+        "get": {
+            "summary": "One saved query", "tags": ["queries"], "x-streamql-role": "read",
+            "parameters": [NAME_PARAM],
+            "responses": {"200": _json(_ref("SavedQuery")), **_errors(400, *AUTH_ERRORS, 404)},
+        },
+        "put": {
+            "summary": "Save a query under a name (replacing one of that name)", "tags": ["queries"],
+            "x-streamql-role": "read", "parameters": [NAME_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["text"], "properties": {
+                    "text": {"type": "string"}, "description": {"type": "string"}}}}}},
+            "responses": {"200": _json(_ref("SavedQuery")), "201": _json(_ref("SavedQuery"), "Saved"),
+                          **_errors(400, *AUTH_ERRORS, 408, 413)},
+        },
+        "delete": {
+            "summary": "Forget a saved query", "tags": ["queries"], "x-streamql-role": "read",
+            "parameters": [NAME_PARAM],
+            "responses": {"200": _json({"type": "object", "properties": {"deleted": {"type": "string"}}}),
+                          **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
     "/v1/tokens": {
         "get": {
             "summary": "Tokens (never their secrets)", "tags": ["tokens"], "x-streamql-role": "admin",
-            "parameters": [{"name": "revoked", "in": "query", "schema": {"type": "boolean"}}],
+            "parameters": [{"name": "revoked", "in": "query", "schema": {"type": "boolean"}},
+                           {"name": "devices", "in": "query", "schema": {"type": "boolean"},
+                            "description": "false: leave out the devices' tokens"}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "tokens": {"type": "array", "items": _ref("Token")}}}), **_errors(*AUTH_ERRORS)},
         },
@@ -303,7 +344,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                        "maximum": 10000}},
-                           {"name": "edge", "in": "query", "schema": {"type": "string"}}],
+                           {"name": "edge", "in": "query", "schema": {"type": "string"}},
+                           {"name": "newest", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                        "maximum": 10000},
+                            "description": "the newest N records (oldest first)"}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "records": {"type": "array", "items": _ref("PublishedRecord")}, "next": {"type": "integer"}}}),
                 **_errors(400, *AUTH_ERRORS)},
@@ -374,7 +418,11 @@ SCHEMAS: dict[str, dict] = {
         "metadata": _ATTRIBUTES, "capabilities": _ATTRIBUTES}},
     "Provisioned": {"type": "object", "properties": {
         "id": {"type": "string"}, "token": {"type": "string", "description": "shown only this once"},
-        "edge": _ref("Edge")}},
+        "edge": _ref("Edge"), "config": {"type": "string", "description": "an edge.toml for the device, with "
+                                                                       "its token"}}},
+    "SavedQuery": {"type": "object", "properties": {
+        "name": {"type": "string"}, "text": {"type": "string"}, "description": {"type": "string"},
+        "created": {"type": "number"}, "updated": {"type": "number"}, "created_by": {"type": "string"}}},
     "Token": {"type": "object", "properties": {
         "id": {"type": "integer"}, "role": {"enum": ["read", "deploy", "admin", "device"]},
         "device_id": {"type": ["string", "null"]}, "label": {"type": "string"}, "created": {"type": "number"},

@@ -2,6 +2,9 @@
 provision, show, forget."""
 from __future__ import annotations
 
+import json
+import re
+
 from aiohttp import web
 
 from federation.auth import Role, provision
@@ -13,6 +16,7 @@ from federation.keys import FLEET, REGISTRY
 from federation.registry import Device, Registry
 
 MAX_PAGE = 10_000
+EDGE_CAPABILITIES = ("ram_kb", "flash_kb", "cpu")   # what an edge's config may declare of itself
 
 
 def edge_view(device: Device, models: dict | None) -> dict:
@@ -70,8 +74,36 @@ async def provision_edge(request: web.Request) -> web.Response:
     if "id" not in body:
         raise BadRequest("a device needs an id")
     done = provision(request.app[REGISTRY], body["id"], body.get("metadata"), body.get("capabilities"))
-    return web.json_response({"id": done.device.id, "token": done.token, "edge": edge_view(done.device, {})},
+    config = edge_config(done.device, done.token, str(request.url.origin()))
+    return web.json_response({"id": done.device.id, "token": done.token, "edge": edge_view(done.device, {}),
+                              "config": config},
                              status=201, headers={"Location": f"/v1/edges/{done.device.id}"})
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) or isinstance(value, str):
+        return json.dumps(value)   # a JSON string or number is a TOML one
+    return None   # tables and lists are not provisioned metadata an edge can repeat
+
+
+def edge_config(device: Device, token: str, federation: str) -> str:
+    """An `edge.toml` for a newly provisioned device (edge_engine/config.py reads it)."""
+    lines = ["# streamql edge --config edge.toml   (keep this file private: it holds the device's token)",
+             f"id = {json.dumps(device.id)}", f"federation = {json.dumps(federation)}", f"token = {json.dumps(token)}",
+             f"store = {json.dumps('state-' + device.id)}"]
+    meta = [(k, _toml_value(v)) for k, v in sorted(device.metadata.items())]
+    if any(v is not None for _, v in meta):
+        lines += ["", "[metadata]"] + [f"{_toml_key(k)} = {v}" for k, v in meta if v is not None]
+    caps = [(k, _toml_value(device.capabilities.get(k))) for k in EDGE_CAPABILITIES]
+    if any(v is not None for _, v in caps):
+        lines += ["", "[capabilities]"] + [f"{k} = {v}" for k, v in caps if v is not None]
+    return "\n".join(lines) + "\n"
 
 
 @requires(Role.READ)
