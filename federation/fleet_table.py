@@ -289,6 +289,14 @@ class FleetTable:
         valued.sort(key=lambda pair: pair[0], reverse=descending)   # stable: ties stay in id order
         return [r for _, r in valued] + missing
 
+    def status_counts(self, missing_after_s: float = MISSING_AFTER_MIN * 60) -> dict[str, int]:
+        """The whole fleet by status, and its total (for a page's header, whatever it filters)."""
+        now = self.clock()
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self.rows.values():
+            counts[row.status(now, missing_after_s)] += 1
+        return {"total": len(self.rows), **counts}
+
     def summary(self, rows: Iterable[FleetRow], *, missing_after_s: float = MISSING_AFTER_MIN * 60) -> dict:
         """Counts by status, metadata key and value, model and version, attention reason."""
         now = self.clock()

@@ -346,7 +346,9 @@ class QueryService:
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         message = (f"{action} of {statement.model}{' ' + version if version else ''} started for "
-                   f"{len(devices)} device{'s' if len(devices) != 1 else ''}")
+                   f"{len(devices)} device{'s' if len(devices) != 1 else ''}") if devices else (
+            f"{action} of {statement.model}{' ' + version if version else ''}: the selection matched no device; "
+            "nothing selected, nothing sent")
         return StatementResult(["deployment"], ["Charstring"], "deployment", rows=[[deployment_id]],
                                message=message, deployment_id=deployment_id, status=status)
 

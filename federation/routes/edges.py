@@ -50,7 +50,7 @@ async def list_edges(request: web.Request) -> web.Response:
     shown = page if since is None else [r for r in page if r.changed > since]
     view = (lambda r: r.compact(now, missing_after_s)) if fields == "compact" else (lambda r: r.full(now, missing_after_s))
     out = {"edges": [view(r) for r in shown], "total": len(rows), "limit": limit, "offset": offset,
-           "sort": key, "cursor": table.cursor}
+           "sort": key, "cursor": table.cursor, "fleet": table.status_counts(missing_after_s)}
     if since is not None:
         out["since"] = since
         out["ids"] = [r.device.id for r in page]

@@ -141,6 +141,10 @@ async def test_each_filter_selects_what_the_database_says(fleet_app):
         assert expected, f"the fixture must have devices with {reason}"
         assert await ids_of(client, headers, attention=reason) == expected, reason
     assert await ids_of(client, headers, attention="any") == ids(lambda r: bool(o_attention(r)))
+    # whatever the filter, the answer carries the whole fleet's counts by status
+    body = await listed(client, headers, status="online", limit="1")
+    assert body["fleet"] == {"total": len(rows), **{s: sum(o_status(r) == s for r in rows)
+                                                    for s in ("online", "offline", "missing")}}
     # the index's own parameters still work, and combine with the rest
     assert await ids_of(client, headers, **{"meta.region": "AU", "status": "offline"}) == \
         ids(lambda r: r["metadata"]["region"] == "AU" and o_status(r) == "offline")
