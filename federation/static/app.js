@@ -169,6 +169,10 @@ async function refreshAll() {
     // (on the devices view a refresh is one `since=` request, nothing more)
     if (state.view !== "deployments" && state.view !== "devices") work.push(deployments.refreshSummary());
     await Promise.all(work);
+    if (state.view === "deployments" && !deployments.selected) {   // it opens on a running one, else the newest
+      const id = deployments.list.find((d) => d.state === "running")?.id ?? deployments.list[0]?.id;
+      if (id) deployments.select(String(id));
+    }
     if (token === api.token) {
       state.error = null;
       state.lastOk = Date.now();

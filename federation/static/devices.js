@@ -216,7 +216,7 @@ export class DevicesPanel {
       const options = [...values];
       if (current && !options.includes(current)) options.push(current);
       return h("label", { class: ["quick", current && "active"] }, h("span", {}, label),
-        h("select", { id: "quick-" + key.replace(/\W/g, "-"), "data-key": key, "aria-label": "filter by " + label,
+        h("select", { id: "quick-" + key.replace(/^meta\./, ""), "data-key": key, "aria-label": "filter by " + label,
                       onchange: (e) => this.set({ [key]: e.target.value }) },
           h("option", { value: "" }, "all"), options.map((v) => h("option", { value: v, selected: v === current }, v))));
     };
