@@ -88,7 +88,7 @@ export class AdminPanel {
         h("td", {}, h("button", { type: "button", class: "small danger", "data-revoke": String(t.id),
                                   onclick: () => { if (confirm(`Revoke token #${t.id} (${t.label || t.role})? Its connections close at once.`)) this.revoke(t.id); } }, "revoke"))))));
     const provisionForm = h("form", { class: "stack-form", id: "provision", onsubmit: (e) => { e.preventDefault(); this.provision(e.target); } },
-      h("label", {}, "device id ", h("input", { name: "id", type: "text", required: true, placeholder: "wl-0042", pattern: "[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}" })),
+      h("label", {}, "device id ", h("input", { name: "id", type: "text", required: true, placeholder: "wl-0042", pattern: "[A-Za-z0-9][A-Za-z0-9._:@\\-]{0,127}" })),
       h("label", {}, "metadata ", h("textarea", { name: "metadata", rows: "3", placeholder: "region=EU\nkind=wheel loader\nsite=kiruna" })),
       h("label", {}, "RAM (MB) ", h("input", { name: "ram", type: "number", min: "1", placeholder: "512" })),
       h("button", { type: "submit", class: "primary" }, "Provision"));

@@ -284,7 +284,9 @@ export class QueryPanel {
 
   planView(run) {
     run.plan = planChart(run.columns, run.types, run.rows.slice(0, 20));
-    const style = run.directive && run.directive !== "text" ? run.directive : "line";
+    // a bag of one row per key (a grouped result) is a category bar chart
+    const grouped = run.kind === "bag" && run.plan.key >= 0 && !run.plan.vector && run.plan.time < 0;
+    const style = run.directive && run.directive !== "text" ? run.directive : grouped ? "bar" : "line";
     this.chart.reset(run.plan, style);
     if (run.rows.length) this.chart.add(run.rows.slice(-MAX_KEPT_ROWS));
     if (!run.userView) {
