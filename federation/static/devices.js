@@ -8,7 +8,7 @@
 import { $, ago, clear, dateTime, duration, h, isNumber, kb, keepFocus, num, plural, quote, whenIdle } from "./util.js";
 
 export const PAGE_SIZE = 50;
-const DEBOUNCE_MS = 120;
+const DEBOUNCE_MS = 40;
 const FILTER_KEYS = ["q", "status", "where", "meta.region", "meta.kind", "attention", "model", "version",
                      "battery_below", "cpu_above", "memory_above", "missing_after"];
 const ATTENTION = ["low battery", "errors", "restarts", "buffer drops", "dropped link"];
