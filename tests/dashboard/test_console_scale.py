@@ -100,6 +100,8 @@ def test_ten_thousand_devices_page_filter_and_refresh_quickly(page, fleet):
     # sorted by battery on the server: the lowest first
     page.locator("#device-filter").fill("")
     page.goto(f"{fleet.url}/#devices?sort=battery&status=offline")
+    offline = oracle(fleet)["status"]["offline"]
+    expect(page.locator("#device-total")).to_have_attribute("data-total", str(offline))   # the new page is drawn
     expect(page.locator("table#devices tbody tr")).to_have_count(50)
     shown = page.locator("table#devices td.col-battery").all_inner_texts()
     values = [float(t.split("%")[0]) for t in shown if "%" in t]
