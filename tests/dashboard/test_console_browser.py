@@ -254,6 +254,17 @@ def test_a_token_sees_only_what_it_may_use(page, fleet):
     expect(page.locator("#role")).to_have_text("admin")
     expect(page.locator("#tab-admin")).to_be_visible()
     expect(page.locator("#model-upload")).to_have_count(1)
+    # an upload from the page: the signed bundle is checked and lands in the catalogue
+    from federation.testing import make_bundle
+
+    path = fleet.dir / "uploaded.bundle"
+    path.write_bytes(make_bundle(fleet.dir / "bundles", "uploaded-model", "0.9.0", private_key=fleet.private))
+    page.locator("#model-upload").set_input_files(str(path))
+    expect(page.locator("#upload-result")).to_contain_text("uploaded-model 0.9.0 uploaded")
+    expect(page.locator('#model-catalogue tr[data-model="uploaded-model"][data-version="0.9.0"]')).to_be_visible()
+    path.write_bytes(b"PK not a bundle")
+    page.locator("#model-upload").set_input_files(str(path))
+    expect(page.locator("#upload-result")).to_contain_text("Error")
 
 
 def test_models_flows_and_alerts(page, fleet):
@@ -268,17 +279,22 @@ def test_models_flows_and_alerts(page, fleet):
         await edge.connect()
         for i in range(3):
             edge.publish("alerts", [float(i) + 0.5])
+        await edge.send_health(time=time.time(), uptime_s=5.0, cpu_percent=3.0, memory_kb=2048, restarts=0,
+                               link={"connected": True, "reconnects": 0, "rtt_ms": 4.0})
         for _ in range(100):
             if edge.acked == 3:
                 break
             await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)   # the heartbeat buffer is written once a second
         await edge.shutdown()
     worker = threading.Thread(target=lambda: asyncio.run(publish()))
     worker.start()
     worker.join(20)
     open_view(page, fleet, "models")
     rows = registry_rows(fleet)
-    for version in ("1.0.0", "2.0.0"):
+    uploaded = [b["version"] for b in fleet.api("GET", "/v1/models?name=console-model")["models"]]
+    assert "2.0.0" in uploaded
+    for version in uploaded:
         expect(page.locator(f'#model-catalogue tr[data-model="console-model"][data-version="{version}"]')).to_be_visible()
     running = {}
     for r in rows:
@@ -293,6 +309,11 @@ def test_models_flows_and_alerts(page, fleet):
     page.goto(f"{fleet.url}/#overview")
     expect(page.locator("#recent-alerts tr")).to_have_count(3)
     expect(page.locator("#recent-alerts")).to_contain_text("2.5")
+    # pub-1 reported its link connected, then went away: neither the API nor the page says connected
+    assert fleet.api("GET", "/v1/edges/pub-1")["health"]["link"]["connected"] is False
+    page.goto(f"{fleet.url}/#devices/pub-1")
+    link = page.locator("#device-health").locator("xpath=.//dt[text()='link']/following-sibling::dd[1]")
+    expect(link).to_have_text("disconnected, 0 reconnects")
 
 
 def test_tokens_and_provisioning(page, fleet):
