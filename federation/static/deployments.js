@@ -22,6 +22,7 @@ export function deployStatement({ model, version, where, waves, threshold, timeo
 
 const STATES = ["done", "installed", "sending", "pending", "skipped", "failed", "rolled_back"];
 const LIVE_MS = 1000;
+const DEVICE_PAGE = 200;   // devices listed at once; the counts are always whole
 
 function progressBar(counts, total) {
   const bar = h("div", { class: "progress", role: "img",
@@ -124,7 +125,11 @@ export class DeploymentsPanel {
     // while the rollout is unsettled, a long poll: the answer comes when it settles, or after 1 s
     const unsettled = this.detail && this.detail.id === id && !this.detail.settled;
     try {
-      const detail = await this.api.get("/v1/deployments/" + encodeURIComponent(id) + (unsettled ? "?wait=1" : ""));
+      // a page of the devices, in the state chosen (a deployment may address thousands)
+      const q = new URLSearchParams({ device_limit: String(DEVICE_PAGE) });
+      if (this.stateFilter) q.set("device_state", this.stateFilter);
+      if (unsettled) q.set("wait", "1");
+      const detail = await this.api.get("/v1/deployments/" + encodeURIComponent(id) + "?" + q.toString());
       if (generation !== this.generation) return;
       const wasLive = this.detail && this.detail.state === "running";
       const same = this.detail && JSON.stringify(this.detail) === JSON.stringify(detail);
@@ -163,7 +168,7 @@ export class DeploymentsPanel {
         type: "button", class: ["seg-button", this.stateFilter === s && "on", s && "st-" + s], "aria-pressed": String(this.stateFilter === s),
         "data-key": "state:" + s,
         disabled: s && !d.counts[s] && this.stateFilter !== s,
-        onclick: () => { this.stateFilter = s; this.renderDetail(); },
+        onclick: () => { this.stateFilter = s; this.renderDetail(); this.poll(); },
       }, s ? `${s} ${d.counts[s] || 0}` : `all ${total}`)));
     const devices = d.devices.filter((x) => !this.stateFilter || x.state === this.stateFilter);
     const order = { failed: 0, rolled_back: 1, installed: 2, sending: 3, pending: 4, skipped: 5, done: 6 };
@@ -201,7 +206,9 @@ export class DeploymentsPanel {
           h("td", {}, x.variant || ""),
           h("td", { class: "num" }, x.wave ?? ""),
           h("td", { class: "muted" }, ago(x.updated)))))),
-      !devices.length ? h("p", { class: "muted empty" }, "no device in this state") : null));
+      !devices.length ? h("p", { class: "muted empty" }, "no device in this state") : null,
+      d.devices_total > d.devices.length ? h("p", { class: "muted small", id: "devices-more" },
+        `the first ${d.devices.length} of ${d.devices_total} devices${this.stateFilter ? " " + this.stateFilter : ""}`) : null));
   }
 }
 
