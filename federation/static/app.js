@@ -112,6 +112,9 @@ function applyRole() {
   for (const el of document.querySelectorAll("[data-needs]")) el.hidden = !may(el.dataset.needs);
   if (state.view === "admin" && state.me && !may("admin")) go("#overview");
   if (state.view === "deployments") deployments.loadForm().catch(() => {});
+  // what was drawn before the role was known is drawn again with (or without) its buttons
+  if (deployments.selected) deployments.renderDetail();
+  models.render();
 }
 
 function showAuthProblem(err) {

@@ -453,3 +453,26 @@ def test_stale_data_is_greyed_when_requests_hang_and_when_the_federation_stops(p
     finally:
         os.kill(federation.pid, signal.SIGCONT)
     expect(page.locator("#stale-banner")).to_be_hidden(timeout=20000)
+
+
+def test_retry_the_failed_devices_from_the_deployment_page(page, fleet):
+    upload_bundle(fleet, "3.0.0")
+    lines = fleet.api("POST", "/v1/query", {"query": f"deploy model 'console-model' version '3.0.0' to Edge e "
+                                                      f"where id(e) in ('{UNTRUSTING}', '{EDGES[0]}') over 1 waves;"})
+    first = str(lines[-1]["deployment_id"])
+    progress = fleet.api("GET", f"/v1/deployments/{first}?wait=30")
+    assert progress["counts"]["failed"] == 1 and progress["counts"]["done"] == 1, progress
+    page.on("dialog", lambda dialog: dialog.accept())
+    open_view(page, fleet, f"deployments/{first}", token=fleet.admin)
+    expect(page.locator("#deployment-retry")).to_have_text("Retry 1 failed")
+    expect(page.locator("#deployment-rollback")).to_be_visible()      # a device runs what it brought
+    expect(page.locator("#deployment-cancel")).to_have_count(0)       # it is not running
+    page.locator("#deployment-retry").click()
+    newest = lambda: page.evaluate("location.hash").rsplit("/", 1)[1]  # noqa: E731  (page.url lags behind)
+    retry = wait_for(lambda: (n := newest()) != first and n, what="the new deployment")
+    expect(page.locator(f'#deployment-devices tr[data-device="{UNTRUSTING}"]')).to_be_visible()
+    expect(page.locator("#deployment-devices tbody tr")).to_have_count(1)   # only the device that failed
+    conn = sqlite3.connect(fleet.dir / "fed" / "registry.sqlite3")
+    targets = [d for (d,) in conn.execute("SELECT device_id FROM deployment_targets WHERE deployment_id = ?", (int(retry),))]
+    conn.close()
+    assert targets == [UNTRUSTING]
