@@ -8,6 +8,12 @@ import pytest
 
 _WATCHED = (signal.SIGINT, signal.SIGTERM)
 
+# Started in the background by a shell without job control, the suite inherits SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler: the shell's Ctrl-C tests (which simulate the key
+# with `_thread.interrupt_main`) would wait forever for an interrupt that never comes.
+if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True)
 def signal_handlers_restored(request):
