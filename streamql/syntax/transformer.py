@@ -5,68 +5,10 @@ from __future__ import annotations
 from lark import Token, Transformer
 
 from .. import ast as A
-from ..errors import QueryParseError, Span
+from ..errors import QueryParseError
 from ..values import FunctionRef, Time
-
-
-def _edges(item, last: bool):
-    """The first (or last) positioned piece of a child: a token, a node's span, or inside a tuple."""
-    if item is None:
-        return None
-    if isinstance(item, Token):
-        return item
-    if isinstance(item, _Instance):
-        return _edges(item.children, last)
-    if isinstance(item, A.Node):
-        return item.span
-    if isinstance(item, (tuple, list)):
-        for sub in (reversed(item) if last else item):
-            found = _edges(sub, last)
-            if found is not None:
-                return found
-    return None
-
-
-def _span(children) -> Span | None:
-    """The span from the first to the last positioned child."""
-    first = last = None
-    for child in children:
-        first = _edges(child, False)
-        if first is not None:
-            break
-    for child in reversed(children):
-        last = _edges(child, True)
-        if last is not None:
-            break
-    if first is None or last is None:
-        return None
-    if isinstance(first, Token):
-        start, line, column = first.start_pos, first.line, first.column
-    else:
-        start, line, column = first.start, first.line, first.column
-    if isinstance(last, Token):
-        end, end_line, end_column = last.end_pos, last.end_line, last.end_column
-    else:
-        end, end_line, end_column = last.end, last.end_line, last.end_column
-    return Span(start, end, line, column, end_line, end_column)
-
-
-def token_span(token: Token) -> Span:
-    return Span(token.start_pos, token.end_pos, token.line, token.column, token.end_line, token.end_column)
-
-
-def _unquote(token: str) -> str:
-    quote = token[0]
-    return token[1:-1].replace(quote * 2, quote)
-
-
-class _Instance:
-    """One `instances` item: an optional session variable and the property values."""
-
-    __slots__ = ("variable", "values", "children", "local")
-
-    def __init__(self, variable, values, children, local=False):
-        self.variable, self.values, self.children, self.local = variable, values, children, local
+from .osql_forms import OsqlForms
+from .spans import _Instance, _span, _unquote, token_span
 
 
 class _Star:
@@ -136,7 +78,7 @@ class _Precedence:
         return _apply_signs(item.signs, operand)
 
 
-class ToAst(Transformer):
+class ToAst(OsqlForms, Transformer):
     """Lark rules → AST nodes, applied while parsing. Every grammar rule and alias has a method.
 
     Names come back from `name` as tokens of type NAME_VALUE so that they keep their position.
@@ -243,53 +185,6 @@ class ToAst(Transformer):
     def value_row(self, children):
         return tuple(c for c in children if isinstance(c, A.Expr))
 
-    def local_instance(self, children):
-        return _Instance(str(children[0]), (), children, local=True)
-
-    def foreign_body(self, children):
-        return A.ForeignBody(_unquote(children[1]), span=_span(children))
-
-    def procedure_body(self, children):
-        return children[0]
-
-    def block(self, children):
-        return A.Block(tuple(c for c in children if isinstance(c, A.Node)), span=_span(children))
-
-    def set_local(self, children):
-        return A.SetLocal(str(children[1]), children[2], span=_span(children))
-
-    def declare_local(self, children):
-        types = [c for c in children if isinstance(c, A.TypeExpr)]
-        names = [str(c) for c in children if isinstance(c, Token) and c.type == "NAME_VALUE"]
-        return A.DeclareLocal(tuple(zip(types, names)), span=_span(children))
-
-    def return_stmt(self, children):
-        return A.Return(children[1], span=_span(children))
-
-    def for_each(self, children):
-        declarations = tuple(c for c in children if isinstance(c, A.Declaration))
-        where = next((c for c in children[2:-1] if isinstance(c, A.Expr)), None)
-        return A.ForEach(declarations, where, children[-1], span=_span(children))
-
-    def if_stmt(self, children):
-        _, condition, _, then, _, otherwise = children
-        return A.If(condition, then, otherwise, span=_span(children))
-
-    def proc_call(self, children):
-        name = children[0]
-        args = tuple(c for c in children[1:] if isinstance(c, A.Expr))
-        return A.ProcCall(A.Call(str(name), args, span=_span(children)), span=_span(children))
-
-    def index_row(self, children):   # SA Engine's a[i, *]: row i of a matrix
-        target, _, index = children[0], children[1], children[2]
-        return A.Call("matrix_row", (target, index), span=_span(children))
-
-    def index_column(self, children):   # a[*, j]: column j
-        return A.Call("matrix_column", (children[0], children[3]), span=_span(children))
-
-    def bare_instance(self, children):
-        return _Instance(children[0].value[1:], (), children)
-
     def create_function(self, children):
         name = children[2]
         parameters = tuple(p for p in children if isinstance(p, A.Parameter))
@@ -373,25 +268,6 @@ class ToAst(Transformer):
     def set_function(self, children):
         _, name, _, args, _, value, from_, where = children
         return A.SetFunction(str(name), args or (), value, from_ or (), where, span=_span(children))
-
-    def add_function(self, children):
-        _, name, _, args, _, value, from_, where = children
-        return A.SetFunction(str(name), args or (), value, from_ or (), where, "add", span=_span(children))
-
-    def remove_function(self, children):
-        _, name, _, args, _, value, from_, where = children
-        return A.SetFunction(str(name), args or (), value, from_ or (), where, "remove", span=_span(children))
-
-    def delete_object(self, children):
-        return A.DeleteObject(children[1].value[1:], span=_span(children))
-
-    def declare_variables(self, children):
-        types = [c for c in children if isinstance(c, A.TypeExpr)]
-        names = [c.value[1:] for c in children if isinstance(c, Token) and c.type == "SESSION_VARIABLE"]
-        return A.DeclareVariables(tuple(zip(types, names)), span=_span(children))
-
-    def toploop(self, children):
-        return A.Toploop(children[0].value.lower(), span=_span(children))
 
     def set_variable(self, children):
         return A.SetVariable(children[1].value[1:], children[2], span=_span(children))
