@@ -11,10 +11,10 @@ import sys
 import numpy as np
 
 from ..errors import QueryRuntimeError
-from ..registry import SOURCE, Library
-from ..streams import LazyBag
+from ..registry import SOURCE, STREAM, Library
+from ..streams import LazyBag, StreamValue, iter_elements, transformed
 from ..types import INTEGER, REAL, type_of_value
-from ..values import Bag, FunctionRef, Obj, Time, Timeval, format_value
+from ..values import Bag, FunctionRef, Obj, Time, Timeval, brief_value, format_value
 from .sources import iota, vector_stream
 from .vector import _array, _typed_array as _typed, call_by_name
 
@@ -46,20 +46,26 @@ def _isa(ctx, value, type_name: str) -> bool:
 
 
 def call_any(ctx, function, values: list):
-    """Call a function named at run time (a string or #'name'): a user function (overloads chosen
-    by the values' types) or a library function."""
-    name = function.name if isinstance(function, FunctionRef) else str(function)
-    users = [f for f in ctx.engine.store.user_functions(name) if len(f.params) == len(values)]
-    if users:
-        from .. import ast as A
-        from ..binder import Binder, Scope
-        from ..bound import TConst
-        binder = Binder(ctx.engine.catalog, name)
-        args = [TConst(type_of_value(v), v) for v in values]
-        node = A.Call(name, tuple(A.Variable("_") for _ in values))
-        bound = binder._bind_user_call(users, args, node, Scope())
-        return ctx.engine.evaluate(bound, name, None, ctx)
-    return call_by_name(ctx, name, values)
+    """Call a function named at run time (a string or #'name'), user or library."""
+    return call_by_name(ctx, function.name if isinstance(function, FunctionRef) else str(function), values)
+
+
+def _rmax(stream: StreamValue) -> StreamValue:
+    """The running maximum of a stream of numbers: each element, the largest so far."""
+    def start():
+        best = None
+
+        def on_value(item):
+            nonlocal best
+            out = []
+            for element in iter_elements([item]):
+                if not isinstance(element, (int, float, np.number)) or isinstance(element, bool):
+                    raise QueryRuntimeError(f"rmax needs numbers, not {brief_value(element)}")
+                best = element if best is None or element > best else best
+                out.append(best)
+            return out
+        return on_value, on_value
+    return transformed(stream, f"rmax({stream.label})", start)
 
 
 def _reduce(ctx, vector, function):
@@ -265,6 +271,10 @@ def register(lib: Library) -> None:
       doc="Column j (from 1) of a matrix: what m[*, j] means")
     d("array(Charstring kind, Vector of Vector of Number m) -> Vector of Vector of Real",
       scalar=lambda kind, m: _typed(kind, m), doc="A typed numeric matrix: array('f32', [[1, 2], [3, 4]])")
+    d("rmax(Stream of Number s) -> Stream of Number", scalar=_rmax, kind=STREAM, lifts=False,
+      result_type=lambda t, a: t[0], doc="The running maximum of a stream: each element, the largest so far")
+    d("call(Object f, Vector args) -> Object", scalar=lambda ctx, f, args: call_any(ctx, f, list(args)),
+      needs_context=True, doc="Call a function (a name or #'name', user or library) on a vector of arguments")
     d("streamof(T x) -> T", scalar=lambda x: x,
       doc="One value as itself: SA Engine's select streamof(x) … of a continuous query is its stream of x")
     d("rnow() -> Real", scalar=lambda ctx: ctx.clock.now(), needs_context=True, volatile=True,

@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
+from .. import ast as A
 from ..arithmetic import dot
+from ..binder import Binder, Scope
 from ..bound import TConst
 from ..errors import QueryRuntimeError
 from ..registry import Library
@@ -211,7 +213,11 @@ def _apply(ctx, fn, args):
 
 
 def call_by_name(ctx, name: str, values: list):
-    """Call a library function on run-time values, choosing the overload by their types."""
+    """Call a function on run-time values: a user function (its resolvent chosen by the values'
+    types), else the library overload their types choose."""
+    users = [f for f in ctx.engine.store.user_functions(name) if len(f.params) == len(values)]
+    if users:
+        return _call_user(ctx, name, users, values)
     lattice = TypeLattice()
     library = ctx.engine.library
     candidates = [o for o in library.overloads(name) if o.accepts_arity(len(values)) and o.kind == "scalar"]
@@ -227,6 +233,13 @@ def call_by_name(ctx, name: str, values: list):
                 return overload.scalar(ctx, *values)
             return overload.scalar(*values)
     raise QueryRuntimeError(f"apply: {name} cannot take ({', '.join(map(str, types))})")
+
+
+def _call_user(ctx, name: str, functions: list, values: list):
+    binder = Binder(ctx.engine.catalog, name)
+    args = [TConst(type_of_value(v), v) for v in values]
+    bound = binder._bind_user_call(functions, args, A.Call(name, tuple(A.Variable("_") for _ in values)), Scope())
+    return ctx.engine.evaluate(bound, name, None, ctx)
 
 
 def _reduce(ctx, fn, vector, init):
