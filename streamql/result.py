@@ -185,6 +185,9 @@ def _py(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+GRACEFUL_STOP_S = 2.0   # how long a checkpointed query may take to reach its next cut when stopped
+
+
 class QueryHandle:
     """A query running in the background: watch it, wait for it, cancel it.
 
@@ -257,6 +260,13 @@ class QueryHandle:
             log.exception("the on_error callback of background query %s failed (on: %s)", self.name, error)
 
     def cancel(self, wait: float | None = 5.0) -> None:
+        """Stop the query. One that keeps checkpoints stops at its next cut (between two inputs),
+        after saving one, when that comes within a couple of seconds."""
+        states = getattr(self.result.ctx, "states", None)
+        if states is not None and states.on_cut is not None and self.running:
+            states.stop()
+            if self._done.wait(min(wait or GRACEFUL_STOP_S, GRACEFUL_STOP_S)):
+                return
         if self.result.ctx is not None:
             self.result.ctx.cancel.set()
         if wait:

@@ -25,6 +25,7 @@ class Signal:
     """A named sensor. Subclasses implement `open` and `latest`."""
 
     timestamped = False
+    replayable = False   # whether every open() replays the same readings from the start
 
     def __init__(self, name: str, type_name: str | None = None):
         self.name = name
@@ -44,6 +45,8 @@ class Signal:
 
 class ArraySignal(Signal):
     """A recorded series replayed for every reader in large batches (views, no copies)."""
+
+    replayable = True   # a reader restored from a checkpoint skips what it had read
 
     def __init__(self, name: str, values: np.ndarray | list, times: np.ndarray | None = None,
                  type_name: str | None = None, batch_size: int = REPLAY_BATCH):

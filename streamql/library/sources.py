@@ -19,6 +19,7 @@ import numpy as np
 from ..batch import IDLE, Batch
 from ..bound import TConst
 from ..errors import QueryRuntimeError
+from ..physical.stateful import positioned
 from ..registry import SOURCE, STREAM, Library
 from ..signals import Stamped
 from ..streams import LazyBag, StreamValue, close_items, gather, to_column
@@ -122,7 +123,7 @@ def signal_stream(ctx, name: str) -> StreamValue:
     signal = _signal(ctx, name)
 
     def open_():
-        items = signal.open(ctx.clock)
+        items = positioned(signal.open(ctx.clock), ctx, name, signal.replayable)
         try:
             for item in items:
                 if type(item) is Stamped:
@@ -143,7 +144,7 @@ def ts_signal_stream(ctx, name: str) -> StreamValue:
     clock = ctx.clock
 
     def open_():
-        items = signal.open(clock)
+        items = positioned(signal.open(clock), ctx, name, signal.replayable)
         try:
             for item in items:
                 if item is IDLE:
@@ -181,7 +182,7 @@ def subscribe(ctx, flow: str) -> StreamValue:
 
 def signal_stream_of(hub, ctx, label: str) -> StreamValue:
     def open_():
-        items = hub.open(ctx.clock)
+        items = positioned(hub.open(ctx.clock), ctx, label)
         try:
             for item in items:
                 if type(item) is Stamped:

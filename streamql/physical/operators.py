@@ -23,6 +23,7 @@ from .compiled import as_mask, full_column
 from .expressions import ExprCompiler
 from .generators import build_generate, build_scan, build_window, chunk_with
 from .remote import build_merge_aggregate, build_remote
+from .stateful import Collect, Limit, run_logic
 
 Runner = Callable[[dict], Iterator[Any]]
 
@@ -137,11 +138,8 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def aggregate(upstream, outer):
-            chunks, held = _collect(upstream, ctx)
-            try:
-                yield from grouped(chunks, outer)
-            finally:
-                ctx.hold(-held)
+            return run_logic(upstream, Collect(ctx, lambda chunks: grouped(chunks, outer), _as_chunk,
+                                               approximate_bytes), ctx)
 
         def grouped(chunks, outer):
             chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
@@ -264,35 +262,14 @@ class PhysicalPlan:
 
     def _build_Limit(self, node: L.Limit):
         count_expr = self.compiler.compile(node.count)
+        ctx = self.ctx
 
         def limit(upstream, outer):
             count = count_expr.row(outer)
             if count is None:
                 yield from upstream
-                return
-            remaining = int(count)
-            if remaining <= 0:
-                return
-            try:
-                for item in upstream:
-                    if item is IDLE:
-                        yield item
-                    elif type(item) is dict:
-                        remaining -= 1
-                        yield item
-                    else:
-                        if item.n >= remaining:
-                            yield item.take(np.arange(remaining)) if item.n > remaining else item
-                            remaining = 0
-                        else:
-                            remaining -= item.n
-                            yield item
-                    if remaining <= 0:
-                        return
-            finally:
-                close = getattr(upstream, "close", None)
-                if close:
-                    close()
+            else:
+                yield from run_logic(upstream, Limit(int(count)), ctx)
         return limit
 
 
@@ -357,6 +334,10 @@ def _collect(upstream, ctx) -> tuple[list, int]:
         ctx.hold(-held)
         raise
     return chunks, held
+
+
+def _as_chunk(row: dict) -> Chunk:
+    return chunk_with(row, None, None)
 
 
 def _distinct_values(part):
