@@ -79,6 +79,7 @@ class QueryState:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.consistent = True
+        self.opaque = 0          # > 0 while a loop that is no operator reads (a bag collected whole)
         self.cuts = 0            # cuts seen (sources about to read)
         self.snapshots = 0       # cuts at which on_cut ran
 
@@ -129,6 +130,8 @@ class QueryState:
         elif thread is not self._thread:
             self.consistent = False   # a source read in another thread: no consistent cut exists
             return
+        if self.opaque:
+            return   # a source read inside a loop whose state no operator keeps: not a cut
         self.cuts += 1
         if self.on_cut is not None and self.consistent and self.due():
             self._requested = False

@@ -71,6 +71,9 @@ def gather(items: Iterable[Any], ctx: "ExecContext | None", what: str, size: int
     scalars: list = []
     held = 0
     limited = ctx.memory_limit is not None
+    states = ctx.states   # what is gathered here is no operator's state: no checkpoint while it runs
+    if states is not None:
+        states.opaque += 1
     try:
         for item in items:
             ctx.check()
@@ -97,6 +100,8 @@ def gather(items: Iterable[Any], ctx: "ExecContext | None", what: str, size: int
     finally:
         ctx.hold(-held)
         close_items(items)
+        if states is not None:
+            states.opaque -= 1
     return ctx.keep(column)
 
 
@@ -148,6 +153,9 @@ class LazyBag:
             yield self._cache
             return
         check = self.ctx.check if self.ctx is not None else None
+        states = self.ctx.states if self.ctx is not None else None
+        if states is not None:   # what the reader folds is no operator's state: no checkpoint meanwhile
+            states.opaque += 1
         items = self.open()
         scalars: list = []
         kept: list | None = []
@@ -182,6 +190,8 @@ class LazyBag:
                 self._cache = join_columns(kept)
         finally:
             close_items(items)
+            if states is not None:
+                states.opaque -= 1
 
     def materialize(self) -> Bag:
         column = self.column()

@@ -27,11 +27,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..batch import IDLE, Batch
 from ..errors import QueryRuntimeError
 from ..streams import close_items, iter_elements
-from ..values import Timeval, brief_value, values_equal
-from .chunk import Chunk, concat_chunks
+from ..values import Timeval, brief_value, hashable, values_equal
+from .chunk import Chunk, column_values, concat_chunks
 
 __all__ = ["StatefulLogic", "run_logic", "positioned", "floats", "Map", "Skip", "FirstN", "Changed", "Deadband",
-           "SampleEvery", "ZScore", "Limit", "Collect", "SourcePosition"]
+           "SampleEvery", "ZScore", "Limit", "Collect", "Distinct", "SourcePosition"]
 
 
 class StatefulLogic:
@@ -451,6 +451,50 @@ class Collect(StatefulLogic):
     def close(self) -> None:
         self.ctx.hold(-self.held)
         self.held = 0
+
+
+class Distinct(StatefulLogic):
+    """`select distinct`: rows whose key (the selected columns) was not seen before."""
+
+    kind = "distinct"
+
+    def __init__(self, columns, key_bytes: int, ctx):
+        self.columns = columns
+        self.key_bytes = key_bytes
+        self.ctx = ctx
+        self.seen: set = set()
+
+    def on_value(self, item):
+        seen, columns = self.seen, self.columns
+        if type(item) is dict:
+            key = tuple(hashable(item[c]) for c in columns)
+            if key in seen:
+                return ()
+            seen.add(key)
+            self.ctx.hold(self.key_bytes)
+            return (item,)
+        values = [column_values(item[c]) for c in columns]
+        keep = []
+        for i, row in enumerate(zip(*values)):
+            key = tuple(hashable(v) for v in row)
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        if not keep:
+            return ()
+        self.ctx.hold(self.key_bytes * len(keep))
+        return (item.take(np.array(keep, dtype=np.intp)),)
+
+    def snapshot(self) -> dict:
+        return {"seen": list(self.seen)}
+
+    def restore(self, state: dict) -> None:
+        self.seen = {tuple(key) for key in state["seen"]}
+        self.ctx.hold(self.key_bytes * len(self.seen))
+
+    def close(self) -> None:
+        self.ctx.hold(-self.key_bytes * len(self.seen))
+        self.seen = set()
 
 
 # ------------------------------------------------------------------------------- helpers

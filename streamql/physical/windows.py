@@ -81,7 +81,15 @@ class CountWindow(StatefulLogic):
 
     def on_batch(self, item: Batch):
         shape, size, stride = self.shape, self.size, self.stride
-        data = shape.join(self.pending, shape.values(item))
+        values, pending, head = shape.values(item), self.pending, None
+        if (stride == size and type(pending) is np.ndarray and type(values) is np.ndarray and 0 < len(pending)
+                and len(values) >= size and pending.ndim == values.ndim == 1 and pending.dtype == values.dtype):
+            # tumbling: the window the waiting elements start is joined alone, so that the
+            # batch's own windows are views of it rather than of a copy of it
+            need = size - len(pending)
+            head = shape.many(np.concatenate([pending, values[:need]]), size, size, 1)
+            values, pending = values[need:], None
+        data = shape.join(pending, values)
         if self.skip:
             if self.skip >= len(data):
                 self.skip -= len(data)
@@ -90,12 +98,13 @@ class CountWindow(StatefulLogic):
             data = data[self.skip:]
             self.skip = 0
         n = len(data)
-        out = ()
+        out = () if head is None else (head,)
         if n < size:
             self.pending = data
         else:
             count = (n - size) // stride + 1
-            out = (shape.many(data, size, stride, count),)
+            windows = shape.many(data, size, stride, count)
+            out = (windows,) if head is None else shape.pair(head, windows)
             self.pending, self.skip = window_rest(data, count, stride)
         if self.hold is not None:
             previous, self.held = self.held, approximate_bytes(self.pending) if self.pending is not None else 0
@@ -164,6 +173,10 @@ class WindowValues:
     def one(window: list):
         return make_vector(window)
 
+    @staticmethod
+    def pair(first: Batch, second: Batch) -> tuple:
+        return first, second   # joining would copy every window
+
 
 WINDOW_VALUES = WindowValues()
 
@@ -204,6 +217,10 @@ class WindowAggregates:
 
     def one(self, window: list) -> list:
         return _reduce_one(self._numeric(window), self.names)
+
+    @staticmethod
+    def pair(first: Batch, second: Batch) -> tuple:
+        return (Batch(np.concatenate([first.values, second.values])),)
 
     def _numeric(self, values) -> np.ndarray:
         if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == 1:

@@ -176,6 +176,7 @@ CASES = {
     stateful.ZScore: (lambda ctx: stateful.ZScore(4, ctx), numbers, None),
     stateful.Limit: (lambda ctx: stateful.Limit(11), numbers, "rows"),
     stateful.Collect: (_collect, numbers, "rows"),
+    stateful.Distinct: (lambda ctx: stateful.Distinct(("$c0",), 100, ctx), repeats, "rows"),
     stateful.SourcePosition: None,   # a source's position: the query cases below restore it
     windows.CountWindow: (lambda ctx: windows.CountWindow(5, 3, windows.WINDOW_VALUES, ctx), numbers, None),
     windows.TimeWindow: (lambda ctx: windows.TimeWindow(2.0, 1.0, ctx), numbers, "timed"),
@@ -264,13 +265,14 @@ QUERIES = {   # name: (query, the operator kinds it restores)
                      {"sample_every"}),
     "zscore": ("select stream of z from Real z where z in zscore(signal_stream('s'), 4);", {"zscore"}),
     "drift": ("select stream of d from Real d where d in drift(signal_stream('s'), 0, 10, 4);", {"count_window"}),
+    "distinct": ("select distinct x from Real x where x in signal_stream('s');", {"distinct"}),
     "limit": ("select stream of x from Real x where x in signal_stream('s') limit 9;", {"limit"}),
     "composed": ("select stream of mean(w) from Vector of Real w "
                  "where w in winagg(deadband(skip(signal_stream('s'), 2), 5), 4, 2) limit 6;",
                  {"count_window", "deadband", "skip", "limit"}),
 }
 EXEMPT_FROM_QUERIES = {
-    "collect": "group by and order by run over bags, which a checkpointed stream query never holds",
+    "collect": "group by and order by run over bags, which a query over a signal never is",
 }
 
 
