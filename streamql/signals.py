@@ -25,7 +25,9 @@ class Signal:
     """A named sensor. Subclasses implement `open` and `latest`."""
 
     timestamped = False
-    replayable = False   # whether every open() replays the same readings from the start
+    # the position of the first reading open() gives, when a restarted query can resume from a
+    # position (it skips what it had read); None for a sensor that cannot go back
+    position_base: int | None = None
 
     def __init__(self, name: str, type_name: str | None = None):
         self.name = name
@@ -46,7 +48,7 @@ class Signal:
 class ArraySignal(Signal):
     """A recorded series replayed for every reader in large batches (views, no copies)."""
 
-    replayable = True   # a reader restored from a checkpoint skips what it had read
+    position_base = 0   # every open() replays from the start
 
     def __init__(self, name: str, values: np.ndarray | list, times: np.ndarray | None = None,
                  type_name: str | None = None, batch_size: int = REPLAY_BATCH):

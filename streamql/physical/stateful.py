@@ -90,16 +90,17 @@ def run_logic(items, logic: StatefulLogic, ctx=None):
 
 # ------------------------------------------------------------------------------- sources
 class SourcePosition(StatefulLogic):
-    """How many readings a query has read from a source. A replayable source (an array or list
-    signal) skips that many when restored; a live one cannot go back, but its position is kept
-    (an edge's CSV replay starts its file there: edge_engine.checkpoints)."""
+    """The position of a query in a source: how many readings it has read. A source whose
+    readings have positions (`base`: the position of the first reading it gives now, as an
+    array signal's 0, or an edge's CSV replay started where a checkpoint left off) is skipped
+    to it when restored; a live sensor (`base` None) cannot go back, and goes on from now."""
 
     kind = "source"
 
-    def __init__(self, name: str, replayable: bool):
+    def __init__(self, name: str, base: int | None):
         self.name = name
-        self.replayable = replayable
-        self.readings = 0
+        self.base = base
+        self.readings = 0 if base is None else base
         self.skip = 0
 
     def snapshot(self) -> dict:
@@ -107,16 +108,16 @@ class SourcePosition(StatefulLogic):
 
     def restore(self, state: dict) -> None:
         self.readings = int(state["readings"])
-        self.skip = self.readings if self.replayable else 0
+        self.skip = max(0, self.readings - self.base) if self.base is not None else 0
 
 
-def positioned(items, ctx, name: str, replayable: bool = False):
+def positioned(items, ctx, name: str, base: int | None = None):
     """`items`, a source's stream items, counted as a `SourcePosition`, with a cut (a point where
     a checkpoint may be taken) before each read; `items` itself when the query keeps no state."""
     states = getattr(ctx, "states", None)
     if states is None:
         return items
-    return _positioned(items, states, SourcePosition(name, replayable))
+    return _positioned(items, states, SourcePosition(name, base))
 
 
 def _positioned(items, states, position: SourcePosition):

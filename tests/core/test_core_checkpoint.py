@@ -222,7 +222,7 @@ def test_a_fused_window_stopped_and_restored_gives_the_uninterrupted_output(name
 class ReplaySignal(Signal):
     """A recorded signal replayed in uneven parts (a batch per size, a single reading for 1)."""
 
-    replayable = True
+    position_base = 0
 
     def __init__(self, name, values, size_list, times=None):
         super().__init__(name, "Real")
