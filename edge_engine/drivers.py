@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import inspect
+import itertools
 import logging
 import math
 import threading
@@ -174,6 +175,8 @@ class CsvReplayDriver(Driver):
         self.max_batch = max_batch
         self.bad_rows = 0
         self.rows_read = 0
+        self.start_row = 0     # readings (rows that parse) to pass over first: see resume_at
+        self.signal.position_base = 0   # its readings have positions: a restored query skips what it read
         self._rows: Iterator[tuple[float, Any]] | None = None
         self._pending: tuple[float, Any] | None = None
         self._replay_start: float | None = None
@@ -238,7 +241,7 @@ class CsvReplayDriver(Driver):
             return 0
         if self._rows is None:
             self._replay_start = now
-            self._rows = self._read_rows()
+            self._rows = itertools.islice(self._read_rows(), self.start_row, None)
         times, values = [], []
         while len(times) < self.max_batch:
             if self._pending is None:
@@ -260,6 +263,15 @@ class CsvReplayDriver(Driver):
         column = np.stack(values) if self.columns else np.array(values, dtype=np.float64)
         return self._push(np.array(times, dtype=np.float64), column)
 
+    def resume_at(self, position: int) -> None:
+        """Start the replay at reading `position` (0-based, counting rows that parse, passes of a
+        loop one after another): where a restarted edge's checkpointed queries left off. The
+        signal's readings then carry positions from there (`position_base`)."""
+        if self._rows is not None:
+            raise RuntimeError("the replay has started already")
+        self.start_row = max(0, int(position))
+        self.signal.position_base = self.start_row
+
     def _due(self, data_time: float) -> float:
         if math.isinf(self.speed):
             return self._replay_start
@@ -280,7 +292,10 @@ class CsvReplayDriver(Driver):
         return None
 
     def describe(self) -> dict:
-        return {**super().describe(), "path": str(self.path), "speed": self.speed}
+        out = {**super().describe(), "path": str(self.path), "speed": self.speed}
+        if self.start_row:
+            out["resumed_at"] = self.start_row
+        return out
 
 
 def _typical_step(first: float, last: float, rows: int) -> float:

@@ -38,6 +38,7 @@ class StatefulLogic:
     """One operator's runtime state for one pass of its input (module docstring)."""
 
     kind: str | None = None     # key prefix in a QueryState; None: holds no state
+    stops = False               # whether it may finish before its input ends (then it sets `finished`)
     finished = False            # set when no more output can come (the input is closed early)
 
     def on_batch(self, item: Batch) -> Iterable:
@@ -66,19 +67,23 @@ def run_logic(items, logic: StatefulLogic, ctx=None):
     """The output items of `logic` over the stream items `items` (module docstring)."""
     states = getattr(ctx, "states", None) if logic.kind is not None else None
     key = states.register(logic.kind, logic) if states is not None else None
-    on_batch, on_value, on_timer = logic.on_batch, logic.on_value, logic.on_timer
+    on_batch, on_value = logic.on_batch, logic.on_value
+    stops = logic.stops
     try:
         if logic.finished:   # first_n(s, 0), limit 0: nothing is read
             return
         for item in items:
-            if item is IDLE:
-                yield from on_timer()
+            if type(item) is Batch:
+                out = on_batch(item)
+            elif item is IDLE:
+                yield from logic.on_timer()
                 yield item
-            elif type(item) is Batch:
-                yield from on_batch(item)
+                continue
             else:
-                yield from on_value(item)
-            if logic.finished:
+                out = on_value(item)   # a single reading: the scalar path, most often nothing out
+            if out:
+                yield from out
+            if stops and logic.finished:
                 return
         yield from logic.on_end()
     finally:
@@ -189,6 +194,7 @@ class FirstN(StatefulLogic):
     """The first n elements; the input is closed once they are out."""
 
     kind = "first_n"
+    stops = True
 
     def __init__(self, n: int):
         self.remaining = n
@@ -374,6 +380,7 @@ class Limit(StatefulLogic):
     """A query's `limit n` over rows (chunks and single rows)."""
 
     kind = "limit"
+    stops = True
 
     def __init__(self, count: int):
         self.remaining = count

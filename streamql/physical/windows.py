@@ -65,7 +65,7 @@ class CountWindow(StatefulLogic):
             pending = self.pending = [] if pending is None else list(pending)
         pending.append(item)
         waiting = len(pending)
-        if self.hold is not None and not waiting & 1023:   # every 1024 readings: cheap
+        if not waiting & 1023 and self.hold is not None:   # every 1024 readings: cheap
             previous, self.held = self.held, waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
             self.hold(self.held - previous)
         size = self.size
