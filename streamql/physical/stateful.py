@@ -30,7 +30,7 @@ from ..streams import close_items, iter_elements
 from ..values import Timeval, brief_value, hashable, values_equal
 from .chunk import Chunk, column_values, concat_chunks
 
-__all__ = ["StatefulLogic", "run_logic", "positioned", "floats", "Map", "Skip", "FirstN", "Changed", "Deadband",
+__all__ = ["StatefulLogic", "run_logic", "opened", "closed", "positioned", "floats", "Map", "Skip", "FirstN", "Changed", "Deadband",
            "SampleEvery", "ZScore", "Limit", "Collect", "Distinct", "SourcePosition"]
 
 
@@ -65,8 +65,7 @@ class StatefulLogic:
 
 def run_logic(items, logic: StatefulLogic, ctx=None):
     """The output items of `logic` over the stream items `items` (module docstring)."""
-    states = getattr(ctx, "states", None) if logic.kind is not None else None
-    key = states.register(logic.kind, logic) if states is not None else None
+    key = opened(logic, ctx)
     on_batch, on_value = logic.on_batch, logic.on_value
     stops = logic.stops
     try:
@@ -87,10 +86,21 @@ def run_logic(items, logic: StatefulLogic, ctx=None):
                 return
         yield from logic.on_end()
     finally:
-        if key is not None:
-            states.unregister(key)
-        logic.close()
-        close_items(items)
+        closed(logic, ctx, key, items)
+
+
+def opened(logic: StatefulLogic, ctx) -> str | None:
+    """Register `logic` in the query's QueryState, when it keeps one (its key, or None)."""
+    states = getattr(ctx, "states", None) if logic.kind is not None else None
+    return states.register(logic.kind, logic) if states is not None else None
+
+
+def closed(logic: StatefulLogic, ctx, key: str | None, items) -> None:
+    """The end of a pass: the logic leaves the QueryState, releases its state, closes its input."""
+    if key is not None:
+        ctx.states.unregister(key)
+    logic.close()
+    close_items(items)
 
 
 # ------------------------------------------------------------------------------- sources

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..batch import Batch
+from ..batch import IDLE, Batch
 from ..errors import QueryRuntimeError
 from ..streams import approximate_bytes, iter_elements, to_column
 from ..values import Timeval, make_vector
-from .stateful import StatefulLogic, run_logic
+from .stateful import StatefulLogic, closed, opened, run_logic
 
 FUSABLE = ("mean", "sum", "min", "max", "rms")   # what WindowAggregates computes
 
@@ -39,7 +39,7 @@ def count_windows(items, size: int, stride: int, shape, ctx=None):
     statement's memory budget (8 bytes an element at least) is refused before anything waits."""
     if ctx is not None:
         ctx.allocate(8 * size, f"a window of {size} elements")
-    return run_logic(items, CountWindow(size, stride, shape, ctx), ctx)
+    return CountWindow(size, stride, shape, ctx).run(items, ctx)
 
 
 class CountWindow(StatefulLogic):
@@ -56,28 +56,46 @@ class CountWindow(StatefulLogic):
         self.held = 0              # bytes of pending accounted in ctx
         self.hold = ctx.hold if ctx is not None else None
 
-    def on_value(self, item):   # one reading: the scalar path
-        if self.skip:
-            self.skip -= 1
-            return ()
-        pending = self.pending
-        if type(pending) is not list:   # None, or an array left by a batch
-            pending = self.pending = [] if pending is None else list(pending)
-        pending.append(item)
-        waiting = len(pending)
-        if not waiting & 1023 and self.hold is not None:   # every 1024 readings: cheap
-            previous, self.held = self.held, waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
-            self.hold(self.held - previous)
-        size = self.size
-        if waiting < size:
-            return ()
-        window = self.shape.one(pending[:size])
-        if self.stride < size:
-            del pending[:self.stride]
-        else:
-            self.skip = self.stride - size
-            self.pending = []
-        return (window,)
+    def on_value(self, item):   # one reading: the scalar path (run() has it inline)
+        return tuple(self.run([item], None, own=False))
+
+    def run(self, items, ctx, own: bool = True):
+        """`run_logic` for count windows, the scalar path inline: a query fed one reading at a
+        time spends its time here (no call per reading, few lookups)."""
+        key = opened(self, ctx) if own else None
+        size, stride, shape, hold, on_batch = self.size, self.stride, self.shape, self.hold, self.on_batch
+        try:
+            for item in items:
+                if type(item) is Batch:
+                    yield from on_batch(item)
+                    continue
+                if item is IDLE:
+                    yield item
+                    continue
+                if self.skip:
+                    self.skip -= 1
+                    continue
+                pending = self.pending
+                if type(pending) is not list:   # None, or an array left by a batch
+                    pending = self.pending = [] if pending is None else list(pending)
+                pending.append(item)
+                waiting = len(pending)
+                if hold is not None and not waiting & 1023:   # every 1024 readings: cheap
+                    previous = self.held
+                    self.held = waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
+                    hold(self.held - previous)
+                if waiting < size:
+                    continue
+                window = shape.one(pending[:size])
+                if stride < size:
+                    del pending[:stride]
+                else:
+                    self.skip = stride - size
+                    self.pending = []
+                yield window
+        finally:
+            if own:
+                closed(self, ctx, key, items)
 
     def on_batch(self, item: Batch):
         shape, size, stride = self.shape, self.size, self.stride
