@@ -213,6 +213,7 @@ class AutostartQuery:
                     self.last_error = f"{exc.kind}: {exc.message}"
                 except Exception as exc:  # noqa: BLE001 - a broken query must not take the daemon down
                     self.last_error = f"{type(exc).__name__}: {exc}"
+                self.ready.set()   # it is not reading: nothing to wait for
                 if self._stop.is_set():
                     break
                 if time.monotonic() - started > 60:

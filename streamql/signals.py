@@ -209,7 +209,11 @@ class LiveSignal(Signal):
         queue = _LiveQueue()
         with self._cond:
             self._readers.append(queue)
-        return _LiveReader(self, queue)
+            # the position of its first reading, when readings have positions (position_base)
+            position = None if self.position_base is None else self.position_base + self.pushed
+        reader = _LiveReader(self, queue)
+        reader.position = position
+        return reader
 
     def _unregister(self, queue: "_LiveQueue") -> None:
         with self._cond:
@@ -234,7 +238,7 @@ class LiveSignal(Signal):
 class _LiveReader:
     """One reader of a LiveSignal; closing or dropping it stops its queue from filling."""
 
-    __slots__ = ("_hub", "_queue", "_items", "__weakref__")
+    __slots__ = ("_hub", "_queue", "_items", "position", "__weakref__")
 
     def __init__(self, hub: LiveSignal, queue: "_LiveQueue"):
         self._hub = hub

@@ -123,7 +123,8 @@ def signal_stream(ctx, name: str) -> StreamValue:
     signal = _signal(ctx, name)
 
     def open_():
-        items = positioned(signal.open(ctx.clock), ctx, name, signal.position_base)
+        items = signal.open(ctx.clock)
+        items = positioned(items, ctx, name, getattr(items, "position", signal.position_base))
         try:
             for item in items:
                 if type(item) is Stamped:
@@ -144,7 +145,8 @@ def ts_signal_stream(ctx, name: str) -> StreamValue:
     clock = ctx.clock
 
     def open_():
-        items = positioned(signal.open(clock), ctx, name, signal.position_base)
+        items = signal.open(clock)
+        items = positioned(items, ctx, name, getattr(items, "position", signal.position_base))
         try:
             for item in items:
                 if item is IDLE:

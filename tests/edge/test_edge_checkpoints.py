@@ -139,3 +139,4 @@ def test_a_csv_replay_resumes_at_the_checkpoints_position(tmp_path):
     driver.poll(0.0)
     batch = next(reader)
     assert batch.values.tolist() == [float(i) for i in range(7, 20)] and driver.signal.position_base == 7
+    assert reader.position == 7 and driver.signal.open().position == 20   # a late reader starts at 20
