@@ -64,18 +64,20 @@ class CountWindow(StatefulLogic):
         time spends its time here (no call per reading, few lookups)."""
         key = opened(self, ctx) if own else None
         size, stride, shape, hold, on_batch = self.size, self.stride, self.shape, self.hold, self.on_batch
+        skip, pending = self.skip, self.pending   # mirrors of the state, written back as they change
         try:
             for item in items:
                 if type(item) is Batch:
                     yield from on_batch(item)
+                    skip, pending = self.skip, self.pending
                     continue
                 if item is IDLE:
                     yield item
                     continue
-                if self.skip:
-                    self.skip -= 1
+                if skip:
+                    skip -= 1
+                    self.skip = skip
                     continue
-                pending = self.pending
                 if type(pending) is not list:   # None, or an array left by a batch
                     pending = self.pending = [] if pending is None else list(pending)
                 pending.append(item)
@@ -90,8 +92,8 @@ class CountWindow(StatefulLogic):
                 if stride < size:
                     del pending[:stride]
                 else:
-                    self.skip = stride - size
-                    self.pending = []
+                    skip = self.skip = stride - size
+                    pending = self.pending = []
                 yield window
         finally:
             if own:
