@@ -138,7 +138,8 @@ class FleetStatus:
         """`58 answered · 2 offline (wl-0031, dt-0005) · 0 failed`"""
         with self._lock:
             outcomes = {d: (STOPPED_AT_LIMIT if o.by_limit else o.outcome) for d, o in self.devices.items()}
-        return summarize(_count_names(outcomes), outcomes, self.registry_only, len(outcomes))
+            with_rows = sum(1 for o in self.devices.values() if o.by_limit and o.rows)
+        return summarize(_count_names(outcomes), outcomes, self.registry_only, len(outcomes), with_rows)
 
     def to_dict(self, detail: bool | None = None) -> dict:
         """The status as it travels: counts, completeness, and the devices — every one when asked
@@ -158,8 +159,9 @@ class FleetStatus:
 
 
 def summarize(counts: dict[str, int], outcomes: dict[str, str], registry_only: bool = False,
-              selected: int | None = None) -> str:
-    """One line for people: counts by outcome, naming the devices that did not answer."""
+              selected: int | None = None, stopped_with_rows: int = 0) -> str:
+    """One line for people: counts by outcome, naming the devices that did not answer (and, for a
+    met limit, how many of the stopped devices had sent rows)."""
     if registry_only:
         return f"{selected if selected is not None else len(outcomes)} selected · answered from the registry"
     parts = []
@@ -172,6 +174,8 @@ def summarize(counts: dict[str, int], outcomes: dict[str, str], registry_only: b
         names = sorted(d for d, o in outcomes.items() if o == outcome)
         if names and outcome not in ("answered", "running", STOPPED_AT_LIMIT):
             text += " (" + ", ".join(names[:5]) + (", …" if len(names) > 5 or n > len(names) else "") + ")"
+        if outcome == STOPPED_AT_LIMIT and stopped_with_rows:
+            text += f" ({stopped_with_rows} had sent rows)"
         parts.append(text)
     return " · ".join(parts)
 
@@ -196,10 +200,12 @@ class StatusReport(dict):
                         else (o or {}).get("outcome")) for d, o in self.items()}
         counts = dict(self.counts)
         stopped = sum(1 for o in outcomes.values() if o == STOPPED_AT_LIMIT)
+        with_rows = 0
         if stopped and len(self) == self.selected:     # every device listed: the limit's share is known
             counts["cancelled"] = counts.get("cancelled", 0) - stopped
             counts[STOPPED_AT_LIMIT] = stopped
-        return summarize(counts, outcomes, self.registry_only, self.selected)
+            with_rows = sum(1 for d, o in outcomes.items() if o == STOPPED_AT_LIMIT and (self[d] or {}).get("rows"))
+        return summarize(counts, outcomes, self.registry_only, self.selected, with_rows)
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "selected": self.selected, "counts": dict(self.counts),

@@ -352,6 +352,15 @@ def cast_value(value, options=()):
     return value
 
 
+def _cast(ctx, value, options=()):
+    """cast(x as T), asking the statement's budget first for what converting a large vector builds:
+    its text (about 24 characters an element) or its copy."""
+    if isinstance(value, (list, np.ndarray)) and len(value) >= 1024:
+        per_element = 24 if options[0].name == "Charstring" else 8
+        reserve(ctx, per_element * len(value), f"cast of a vector of {len(value)} elements to {options[0]}")
+    return cast_value(value, options)
+
+
 def _round_half_away(x: float) -> int:
     fraction, whole = math.modf(x)  # exact, unlike floor(|x| + 0.5)
     return int(whole) + (int(math.copysign(1, x)) if abs(fraction) >= 0.5 else 0)
@@ -468,4 +477,4 @@ def register(lib: Library) -> None:
       doc="A vector of the given elements")
     d("record(Object values...) -> Record", scalar=_record, null_propagating=False, topic="general",
       doc="A record of the given fields")
-    d("cast(Object x) -> Object", scalar=cast_value, topic="general", doc="cast(x as Type): convert a value")
+    d("cast(Object x) -> Object", scalar=_cast, sized=True, topic="general", doc="cast(x as Type): convert a value")

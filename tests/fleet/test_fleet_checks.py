@@ -197,3 +197,16 @@ class _Reader:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+def test_a_summary_of_a_met_limit_says_how_many_stopped_devices_had_sent_rows():
+    from streamql.fleet_status import FleetStatus, StatusReport
+    status = FleetStatus()
+    for n in range(6):
+        status.set(f"d{n}", "running")
+    status.add_rows("d0", 3)
+    status.add_rows("d1", 2)
+    status.set("d5", "failed", "boom")
+    status.stop_running(by_limit=True)
+    assert status.summary() == "5 stopped at the limit (2 had sent rows) · 1 failed (d5)"
+    assert StatusReport(status.to_dict()).summary() == status.summary()
