@@ -11,8 +11,8 @@ lives in plain attributes, with one hook per kind of input:
   numpy arrays; never pickle), and back.
 
 `run_logic` is the loop (count windows have their own, the same with the scalar path inline): it
-feeds items to the hooks, passes `IDLE` on, stops early when the
-logic is `finished` (first_n, limit) and closes the input. When the query runs with a
+feeds items to the hooks, passes `IDLE` on, stops early when the logic is `finished` (first_n,
+limit) and closes the input. When the query runs with a
 `QueryState` (streamql.checkpoint), each logic with a `kind` registers there as it opens, so the
 query's state can be checkpointed at a cut and restored; a logic with no `kind` holds no state.
 Every state-holding logic is a subclass here or in windows.py; tests/core/test_core_checkpoint.py
