@@ -70,11 +70,14 @@ def repeat_column(column, counts: np.ndarray):
     return out
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1   # an integer outside stays a Python int (a list column)
+
+
 def broadcast(value, n: int):
     """A constant as a column of n values."""
     if isinstance(value, (bool, np.bool_)):
         return np.full(n, bool(value))
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX:
         return np.full(n, value, dtype=np.int64)
     if isinstance(value, (float, np.floating)):
         return np.full(n, value, dtype=np.float64)
