@@ -2,9 +2,9 @@
 
 Every function here returns a new stream value without reading anything; reading starts when a
 query opens it. Transforms keep O(window) state and pass `IDLE` ticks along; batches flow through
-as batches. Each transform's state is an operator object run by one loop (physical/stateful.py).
-Windows run the one window implementation, physical/windows.py: `winagg` here is what a query
-runs where a window is an expression (`stdev(winagg(s, 50, 5))`); a generator `w in winagg(…)` is planned as a Window
+as batches. Each transform's state is an operator object (physical/stateful.py). Windows run the
+one window implementation, physical/windows.py: `winagg` here is what a query runs where a window
+is an expression (`stdev(winagg(s, 50, 5))`); a generator `w in winagg(…)` is planned as a Window
 node, which runs the same state machine.
 """
 from __future__ import annotations
