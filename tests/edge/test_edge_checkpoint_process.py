@@ -1,4 +1,4 @@
-"""A real `python -m edge_engine` process killed with SIGKILL during its autostart windowed
+"""A real `streamql edge` process killed with SIGKILL during its autostart windowed
 queries, and restarted: at the federation, the windows of a CSV replay are exactly those of a run
 that was never killed (exactly once, in order); the windows of a live signal before the kill and
 after the restart are each complete, and none is published twice."""
@@ -32,7 +32,7 @@ class Edge:
                 "--signal", replay, "--signal", "name=vibration,shape=sine,rate_hz=200,noise=0.1,seed=3",
                 "--heartbeat", "0.3", "--reconnect-initial", "0.05", "--reconnect-max", "0.3",
                 "--log-level", "warning", "--checkpoint-interval", "0.5"]
-        self.process = subprocess.Popen([sys.executable, "-m", "edge_engine", *args], cwd=REPO,
+        self.process = subprocess.Popen([sys.executable, "-m", "streamql.cli", "edge", *args], cwd=REPO,
                                         env={**os.environ, "PYTHONPATH": str(REPO)},
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
