@@ -45,7 +45,7 @@ from .config import ConfigError, EdgeConfig, detect_runtimes
 from .deployments import Deployments
 from .fragments import DuplicateQuery, FragmentSet
 from .guard import STOP_DEADLINE_S, Quarantine, RunningLog, guard_state, install_stop_handlers
-from .health import ErrorLogHandler, HealthMonitor, bump_restarts
+from .health import ErrorLogHandler, HealthMonitor, ProcessSampler, bump_restarts
 from .link import Connection, Link
 from .publish import Publisher
 from .checkpoints import CheckpointStore, checkpoint_key, source_positions
@@ -90,7 +90,8 @@ class EdgeDaemon:
                  session: aiohttp.ClientSession | None = None, drivers: DriverSet | None = None,
                  start_drivers: bool = True, seed: int | None = None, rng: random.Random | None = None,
                  log: logging.Logger | None = None, run_tests: bool = True,
-                 callables: dict[str, Callable] | None = None, max_fragments: int | None = None):
+                 callables: dict[str, Callable] | None = None, max_fragments: int | None = None,
+                 process: ProcessSampler | None = None):
         self.config = config
         self.clock = clock
         self.session = session
@@ -102,6 +103,7 @@ class EdgeDaemon:
         self.run_tests = run_tests
         self.callables = callables
         self.max_fragments = max_fragments or config.limits.max_queries
+        self.process = process  # what reports CPU and memory (a simulated edge's own load)
         self.engine = None
         self.autostarts = AutostartSet([])
         self.checkpoints: CheckpointStore | None = None
@@ -133,7 +135,7 @@ class EdgeDaemon:
             self.drivers = build_drivers(config.signals, clock=self.clock, base_dir=base, callables=self.callables)
         self.checkpoints = CheckpointStore(config.store, sync=config.buffer.fsync == "always", log=self.log)
         battery = self._battery_reader()
-        self.monitor = HealthMonitor(clock=self.clock, restarts=restarts, battery=battery)
+        self.monitor = HealthMonitor(clock=self.clock, restarts=restarts, battery=battery, process=self.process)
         self._error_handler = ErrorLogHandler(self.monitor.errors)
         self.log.addHandler(self._error_handler)
         self.publisher = Publisher(self.buffer, self.loop, log=self.log)

@@ -15,7 +15,10 @@ recompute every simulated value (`SimModel.values_at`):
   in batches every 0.25 s),
   `outside_temperature` (a slow mean-reverting walk around a regional level: about half the
   US, EU and CA machines are below −20 °C, AU ones never), `engine_speed` (rpm, 10 Hz) and `battery`
-  (percent, also reported in health);
+  (percent, also reported in health; about 1 edge in 16, chosen by its own hash, runs low, near 10 %);
+- CPU and memory in health: `simulated_load(seed, id, t)`, a pure function of the fleet seed, the
+  edge's id and the time (a level of its own, a slow cycle and a little noise per 5 s step), so an
+  oracle can check what the federation shows;
 - store directory `{store}/{id}`; the seed of edge i is derived from the fleet seed and i.
 
 **Tokens**: `--tokens FILE` (JSON `{id: token}` or `[{"id", "token"}]`, or lines `id token`), or
@@ -29,6 +32,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -43,7 +47,8 @@ from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
 from .signals import DriverSet, SimulatedDriver, build_drivers
 
-__all__ = ["SimIdentity", "fleet_identities", "SignalPump", "SimulatedFleet", "load_tokens", "provision_tokens"]
+__all__ = ["SimIdentity", "fleet_identities", "SignalPump", "SimulatedFleet", "load_tokens", "provision_tokens",
+           "simulated_load", "low_battery", "SimulatedProcess"]
 
 log = logging.getLogger("streamql.edge.simulate")
 
@@ -104,8 +109,47 @@ def _identity(i: int, seed: int, prefix: str, rate_scale: float) -> SimIdentity:
          "offset": round(rng.uniform(55.0, 90.0), 1), "amplitude": 8.0, "reversion_s": 7200.0,
          "min": 0.0, "max": 100.0},
     ]
+    if low_battery(seed, i):  # drawn apart from rng, so every other value stays what it was
+        low = random.Random(f"streamql-battery:{seed}:{i}")
+        signals[-1].update(offset=round(low.uniform(6.0, 12.0), 1), amplitude=2.0, max=19.0)
     return SimIdentity(f"{prefix}{code}-{i:04d}", metadata, Capabilities(ram_kb=ram, flash_kb=flash, cpu=CPUS[ram]),
                        signals, edge_seed)
+
+
+def low_battery(seed: int, i: int) -> bool:
+    """Whether edge i of the fleet of `seed` runs on a low battery (about 1 in 16)."""
+    return random.Random(f"streamql-battery:{seed}:{i}").random() < 1 / 16
+
+
+def simulated_load(seed: int, device_id: str, t: float) -> dict:
+    """The CPU (percent) and resident memory (KiB) edge `device_id` of fleet `seed` reports at time t.
+
+    A pure function: a level of its own (CPU 2–40 %, memory 24–200 MiB), a slow cycle (5–30 min)
+    and noise; it changes in steps of 5 s.
+    """
+    t = math.floor(t / 5.0) * 5.0
+    own = random.Random(f"streamql-load:{seed}:{device_id}")
+    cpu_level, cpu_swing = own.uniform(2.0, 40.0), own.uniform(1.0, 15.0)
+    memory_level, memory_swing = own.uniform(24_576, 204_800), own.uniform(1_024, 16_384)
+    period, phase = own.uniform(300.0, 1800.0), own.uniform(0.0, 2 * math.pi)
+    step = random.Random(f"streamql-load:{seed}:{device_id}:{int(t)}")
+    cycle = math.sin(2 * math.pi * t / period + phase)
+    cpu = cpu_level + cpu_swing * cycle + step.uniform(-2.0, 2.0)
+    memory = memory_level + memory_swing * cycle + step.uniform(-512.0, 512.0)
+    return {"cpu_percent": round(min(100.0, max(0.1, cpu)), 2), "memory_kb": int(max(4096.0, memory))}
+
+
+class SimulatedProcess:
+    """What an edge's health monitor asks of its process, answered by `simulated_load`."""
+
+    def __init__(self, seed: int, device_id: str, clock: Clock = SYSTEM_CLOCK):
+        self.seed, self.device_id, self.clock = seed, device_id, clock
+
+    def cpu_percent(self) -> float:
+        return simulated_load(self.seed, self.device_id, self.clock.now())["cpu_percent"]
+
+    def memory_kb(self) -> int:
+        return simulated_load(self.seed, self.device_id, self.clock.now())["memory_kb"]
 
 
 # == signals ===================================================================================
@@ -244,6 +288,7 @@ class SimulatedFleet:
                  tokens: dict[str, str] | None = None, admin_token: str | None = None, prefix: str = "",
                  rate_scale: float = 1.0, clock: Clock = SYSTEM_CLOCK, **daemon_options):
         self.identities = fleet_identities(n, seed, prefix=prefix, rate_scale=rate_scale)
+        self.seed = seed
         self.base = base
         self.store_root = Path(store_root)
         self.tokens = dict(tokens or {})
@@ -272,7 +317,8 @@ class SimulatedFleet:
             self.pump.add(drivers)
             self.pump.poll()
             daemon = EdgeDaemon(config, clock=self.clock, session=self.session, drivers=drivers,
-                                start_drivers=False, seed=identity.seed, **self.daemon_options)
+                                start_drivers=False, seed=identity.seed,
+                                process=SimulatedProcess(self.seed, identity.id, self.clock), **self.daemon_options)
             await daemon.start()
             self.daemons.append(daemon)
         return self

@@ -14,12 +14,14 @@ from aiohttp import WSCloseCode, web
 
 from federation.auth import bootstrap_admin
 from federation.config import FederationConfig
+from federation.fleet_table import FleetTable
 from federation.heartbeats import HeartbeatBuffer
 from federation.index import SelectionIndex
 from federation.keys import (
     BOOTSTRAP_TOKEN,
     CONFIG,
     DEPLOYMENTS,
+    FLEET,
     HEARTBEATS,
     HUB,
     INDEX,
@@ -47,6 +49,7 @@ def create_app(config: FederationConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = FederationMetrics()
     app[INDEX] = SelectionIndex()
+    app[FLEET] = FleetTable()
     app[WEBSOCKETS] = weakref.WeakSet()
     app[SESSIONS] = Sessions()
     setup_limits(app)
@@ -71,6 +74,9 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     index = app[INDEX]
     registry.mark_all_offline()  # no edge is connected before we accept connections
     registry.add_listener(index)
+    fleet = app[FLEET]
+    registry.add_listener(fleet)
+    fleet.load_models(registry.model_versions())
     index.before_select = registry.poll_external_changes  # devices provisioned by another process
     app[REGISTRY] = registry
     if config.bootstrap_admin:
@@ -88,6 +94,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         index.before_select = None
         registry.remove_listener(index)
+        registry.remove_listener(fleet)
         registry.close()
 
 

@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from federation.deployment_control import UNDO, DeploymentControl
 from federation.deploy_frames import OutgoingBundle, deployment_number, did_of, variant_label
 from federation.errors import BadRequest, NotFound
 from federation.hub import EdgeHub, EdgeOffline
@@ -52,14 +53,9 @@ from streamql.errors import ModelError
 
 log = logging.getLogger("streamql.federation.deployments")
 
-FINISHED = ("done", "aborted", "failed", "cancelled")
+FINISHED = ("done", "aborted", "failed", "cancelled", "nothing_selected")
 TARGET_COUNTS = TARGET_STATES
 IN_FLIGHT = ("sending", "installed")
-UNDO = "-undo"   # the did of the rollback an abort sends: the edge keeps the deploy's did apart
-
-
-def _note(reason: str | None, more: str) -> str:
-    return f"{reason}; {more}" if reason else more
 
 
 class _Run:
@@ -102,8 +98,9 @@ class _Run:
         self.undoing.clear()
 
 
-class DeploymentManager:
-    """Creates deployments and drives them; the hub's observer for connects, ack/nack and health."""
+class DeploymentManager(DeploymentControl):
+    """Creates deployments and drives them; the hub's observer for connects, ack/nack and health.
+    Operator actions (preflight, cancel, abort, retry, rollback) are in federation/deployment_control.py."""
 
     def __init__(self, registry: Registry, hub: EdgeHub, *, ack_timeout: float = 120.0,
                  defaults: RolloutDefaults | None = None, settle_s: float = 5.0, concurrency: int = 64,
@@ -171,6 +168,12 @@ class DeploymentManager:
         if bundle is not None:
             version = bundle.version
         targets = self._plan_targets(action, model, version, bundle, list(dict.fromkeys(device_ids)))
+        if not targets:   # neither done nor failed: there was nothing to do
+            deployment = self.registry.create_deployment(
+                action, model, version, selection, [], waves={"count": 0, "current": 0, "sizes": [],
+                                                              "policy": policy.to_dict(), "list": [], "abort": None},
+                failure_threshold=policy.threshold, created_by=requested_by or "", state="nothing_selected")
+            return str(deployment.id)
         sizes = policy.wave_sizes(sum(1 for t in targets if t.state == "pending"))
         numbers = iter(wave for wave, size in enumerate(sizes, 1) for _ in range(size))
         planned = [t._replace(wave=next(numbers)) if t.state == "pending" else t for t in targets]
@@ -182,7 +185,10 @@ class DeploymentManager:
         self._launch(deployment, bundle)
         return str(deployment.id)
 
-    def progress(self, deployment_id: str | int) -> dict:
+    def progress(self, deployment_id: str | int, *, device_state: tuple[str, ...] | None = None,
+                 device_limit: int | None = None, device_offset: int = 0) -> dict:
+        """Counts, waves and devices; `device_state`, `device_limit` and `device_offset` choose which
+        devices are listed (`devices_total` says how many match)."""
         deployment = self._require(deployment_id)
         targets = self.registry.deployment_targets(deployment.id)
         counts = dict.fromkeys(TARGET_COUNTS, 0)
@@ -209,8 +215,11 @@ class DeploymentManager:
             "settled": deployment.state in FINISHED or (
                 (run is None or run.rolled_out) and not any(counts[s] for s in IN_FLIGHT)
                 and waiting_offline == counts["pending"] and (record.get("abort") or {}).get("rollback") != "running"),
+            "cancel": record.get("cancel"),
+            "devices_total": len(listed := [t for t in targets if device_state is None or t.state in device_state]),
             "devices": [{"id": t.device_id, "state": t.state, "reason": t.reason, "variant": t.variant,
-                         "wave": t.wave, "updated": t.updated} for t in targets],
+                         "wave": t.wave, "updated": t.updated}
+                        for t in listed[device_offset:None if device_limit is None else device_offset + device_limit]],
         }
 
     async def wait(self, deployment_id: str | int, timeout: float | None = None) -> dict:
@@ -432,75 +441,9 @@ class DeploymentManager:
                     entry.update(fields)
         self.registry.update_deployment(run.deployment.id, waves=run.waves)
 
-    async def _abort(self, run: _Run, wave: int, failed: int, finished: int) -> None:
-        reason = (f"rollout aborted after wave {wave}: {failed} of {finished} devices failed, more than "
-                  f"{run.policy.threshold * 100:g} percent")
-        self.registry.move_targets(run.deployment.id, ("pending",), "skipped", reason)
-        for entry in run.waves.get("list") or ():
-            if entry["wave"] > wave:
-                entry["state"] = "skipped"
-        run.waves["abort"] = {"wave": wave, "reason": reason,
-                              "rollback": "running" if run.policy.rollback_on_abort else None}
-        self._wave_record(run)
-        log.warning("deployment %s: %s", run.deployment.id, reason)
-        await self._finish_abort(run)
-
-    async def _finish_abort(self, run: _Run) -> None:
-        run.rolled_out = True
-        abort = run.waves["abort"]
-        if abort.get("rollback") == "running":
-            while run.sending or run.watching:  # devices still answering (their timers bound this)
-                run.changed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(run.changed.wait(), run.policy.timeout_s)
-            rolled_back = await self._undo(run)
-            abort.update(rollback="done", rolled_back=rolled_back)
-            self._wave_record(run)
-        self._finish_with(run.deployment.id, "aborted", None)
-
-    async def _undo(self, run: _Run) -> int:
-        """Send every device that switched to the new version back to the one it ran before (or
-        undeploy the bundle where it ran none); the number rolled back."""
-        deployment, loop = run.deployment, asyncio.get_running_loop()
-        targets = [t for t in self.registry.deployment_targets(deployment.id) if t.state in ("done", "failed")]
-        versions = self.registry.model_versions([t.device_id for t in targets])
-        online = self.hub.online_ids()
-        asked: list[tuple[DeploymentTarget, str | None, asyncio.Future]] = []
-        for target in targets:
-            current = versions.get(target.device_id, {}).get(deployment.bundle)
-            if current is None or current.version != deployment.version:
-                continue   # it never switched (a nack leaves the old version active)
-            if target.device_id not in online:
-                self._set(deployment.id, target.device_id, target.state,
-                          _note(target.reason, f"not rolled back: offline, it runs {deployment.version}"))
-                continue
-            before = current.previous_version
-            fields = {"did": run.did + UNDO, "model": deployment.bundle}
-            frame = wire.make("rollback", **fields, version=before) if before else wire.make("undeploy", **fields)
-            future = run.undoing[target.device_id] = loop.create_future()
-            try:
-                await self.hub.send(target.device_id, frame)
-            except EdgeOffline:
-                run.undoing.pop(target.device_id, None)
-                future.set_result(None)
-            asked.append((target, before, future))
-        if asked:
-            await asyncio.wait([f for _, _, f in asked], timeout=self.ack_timeout)
-        rolled_back = 0
-        for target, before, future in asked:
-            answer = future.result() if future.done() else None
-            run.undoing.pop(target.device_id, None)
-            if answer is not None and answer.t == "ack":
-                done = f"rolled back to {before}" if before else "undeployed: it ran no earlier version"
-                self._set(deployment.id, target.device_id, "rolled_back", _note(target.reason, done))
-                rolled_back += 1
-            else:
-                why = f"{answer.get('code')}: {answer['reason']}" if answer is not None else "no answer"
-                self._set(deployment.id, target.device_id, target.state,
-                          _note(target.reason, f"the rollback after the abort failed ({why})"))
-        return rolled_back
-
     def _maybe_finish(self, run: _Run) -> None:
+        if run.waves.get("abort"):   # the abort finishes it, once its rollback has every answer
+            return
         counts = self.registry.target_counts(run.deployment.id)
         if counts.get("pending", 0) or any(counts.get(s, 0) for s in IN_FLIGHT):
             return

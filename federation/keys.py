@@ -11,6 +11,7 @@ from aiohttp import web
 
 from federation.auth import Principal
 from federation.config import FederationConfig
+from federation.fleet_table import FleetTable
 from federation.heartbeats import HeartbeatBuffer
 from federation.index import SelectionIndex
 from federation.metrics import FederationMetrics
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", FederationConfig)
 REGISTRY = web.AppKey("registry", Registry)  # set while the app runs (cleanup_ctx)
 INDEX = web.AppKey("index", SelectionIndex)  # in sync with REGISTRY
+FLEET = web.AppKey("fleet", FleetTable)  # every device's listing row, in sync with REGISTRY and heartbeats
 METRICS = web.AppKey("metrics", FederationMetrics)
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)  # every open WebSocketResponse, closed on shutdown
 HEARTBEATS = web.AppKey("heartbeats", HeartbeatBuffer)  # add(Heartbeat(…)); flushed every second

@@ -35,6 +35,24 @@ def _errors(*statuses: int) -> dict:
 
 AUTH_ERRORS = (401, 403, 429)  # every route with a token may also be over its limits
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+VIEW_PARAMS = [   # the fleet views' filters (federation/fleet_views.py)
+    {"name": "where", "in": "query", "schema": {"type": "string"},
+     "description": "a StreamQL predicate on `Edge e` answered by the registry (no `@`), e.g. "
+                    "region(e) in ('US', 'EU') and online(e); errors point into this text"},
+    {"name": "q", "in": "query", "schema": {"type": "string"},
+     "description": "words, each found in the id, metadata, models or signals"},
+    {"name": "status", "in": "query", "schema": {"enum": ["online", "offline", "missing"]}},
+    {"name": "missing_after", "in": "query", "schema": {"type": "number"},
+     "description": "minutes offline after which a device counts as missing (60)"},
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {"name": "version", "in": "query", "schema": {"type": "string"}},
+    {"name": "battery_below", "in": "query", "schema": {"type": "number"}},
+    {"name": "cpu_above", "in": "query", "schema": {"type": "number"}},
+    {"name": "memory_above", "in": "query", "schema": {"type": "number"}, "description": "KiB"},
+    {"name": "attention", "in": "query", "schema": {"type": "string"},
+     "description": "any, low battery, errors, restarts, buffer drops or dropped link"},
+]
 
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/query": {
@@ -91,6 +109,15 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                  "description": "metadata key equals the value (repeat the parameter for `in`)"},
                 {"name": "capability.{key}", "in": "query", "schema": {"type": "string"},
                  "description": "capability equals the value (repeatable)"},
+                *VIEW_PARAMS,
+                {"name": "sort", "in": "query", "schema": {"type": "string"},
+                 "description": "id, status, last_seen, battery, cpu, memory, uptime, restarts, attention or "
+                                "meta.<key>; `-` first for descending; devices without a value last"},
+                {"name": "fields", "in": "query", "schema": {"enum": ["full", "compact"]},
+                 "description": "compact: what a row of the dashboard shows"},
+                {"name": "since", "in": "query", "schema": {"type": "integer"},
+                 "description": "a `cursor` from an earlier answer: only the page's devices changed after it, "
+                                "and `ids`, the page in order"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
             ],
@@ -102,6 +129,19 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ProvisionRequest")}}},
             "responses": {"201": _json(_ref("Provisioned"), "Provisioned"),
                           **_errors(400, *AUTH_ERRORS, 408, 409, 413)},
+        },
+    },
+    "/v1/edges/summary": {
+        "get": {
+            "summary": "Counts of the devices the filters select: by status, metadata key and value, model "
+                       "version, attention reason",
+            "tags": ["edges"], "x-streamql-role": "read",
+            "parameters": [{"name": "online", "in": "query", "schema": {"type": "boolean"}}, *VIEW_PARAMS],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "total": {"type": "integer"}, "status": {"type": "object"}, "metadata": {"type": "object"},
+                "metadata_keys": {"type": "object"}, "models": {"type": "object"}, "attention": {"type": "object"},
+                "needing_attention": {"type": "integer"}, "cursor": {"type": "integer"}}}),
+                **_errors(400, *AUTH_ERRORS)},
         },
     },
     "/v1/edges/connect": {
@@ -127,10 +167,50 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                           **_errors(*AUTH_ERRORS, 404)},
         },
     },
+    "/v1/me": {
+        "get": {
+            "summary": "The caller's token: its role, id, label and what it may do",
+            "tags": ["tokens"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "role": {"type": "string"}, "token_id": {"type": ["integer", "null"]},
+                "label": {"type": ["string", "null"]}, "may": {"type": "object"}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/saved-queries": {
+        "get": {
+            "summary": "Saved queries, by name", "tags": ["queries"], "x-streamql-role": "read",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "queries": {"type": "array", "items": _ref("SavedQuery")}}}), **_errors(*AUTH_ERRORS)},
+        },
+    },
+    "/v1/saved-queries/{name}": {
+        "get": {
+            "summary": "One saved query", "tags": ["queries"], "x-streamql-role": "read",
+            "parameters": [NAME_PARAM],
+            "responses": {"200": _json(_ref("SavedQuery")), **_errors(400, *AUTH_ERRORS, 404)},
+        },
+        "put": {
+            "summary": "Save a query under a name (replacing one of that name)", "tags": ["queries"],
+            "x-streamql-role": "read", "parameters": [NAME_PARAM],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["text"], "properties": {
+                    "text": {"type": "string"}, "description": {"type": "string"}}}}}},
+            "responses": {"200": _json(_ref("SavedQuery")), "201": _json(_ref("SavedQuery"), "Saved"),
+                          **_errors(400, *AUTH_ERRORS, 408, 413)},
+        },
+        "delete": {
+            "summary": "Forget a saved query", "tags": ["queries"], "x-streamql-role": "read",
+            "parameters": [NAME_PARAM],
+            "responses": {"200": _json({"type": "object", "properties": {"deleted": {"type": "string"}}}),
+                          **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
     "/v1/tokens": {
         "get": {
             "summary": "Tokens (never their secrets)", "tags": ["tokens"], "x-streamql-role": "admin",
-            "parameters": [{"name": "revoked", "in": "query", "schema": {"type": "boolean"}}],
+            "parameters": [{"name": "revoked", "in": "query", "schema": {"type": "boolean"}},
+                           {"name": "devices", "in": "query", "schema": {"type": "boolean"},
+                            "description": "false: leave out the devices' tokens"}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "tokens": {"type": "array", "items": _ref("Token")}}}), **_errors(*AUTH_ERRORS)},
         },
@@ -172,7 +252,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "/v1/deployments": {
         "get": {
             "summary": "Deployments, newest first", "tags": ["deployments"], "x-streamql-role": "read",
-            "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"}},
+            "parameters": [{"name": "state", "in": "query", "schema": {"type": "string"},
+                            "description": "one state or several, comma-separated: running,failed"},
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _json({"type": "object", "properties": {
@@ -187,8 +268,62 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
                            {"name": "wait", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 60},
                             "description": "seconds to wait for the deployment to settle (finished, or only "
-                                           "offline devices pending) before answering"}],
+                                           "offline devices pending) before answering"},
+                           {"name": "device_state", "in": "query", "schema": {"type": "string"},
+                            "description": "list only devices in these states (comma-separated)"},
+                           {"name": "device_limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                           {"name": "device_offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
             "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404)},
+        },
+    },
+    "/v1/deployments/preflight": {
+        "post": {
+            "summary": "What a deploy, rollback or undeploy statement would do now: install, wait (offline), skip "
+                       "with reasons, already there, likely to fail (refused this change before)",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["statement"], "properties": {"statement": {"type": "string"}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "selected": {"type": "integer"}, "counts": {"type": "object"}, "skip_reasons": {"type": "object"},
+                "devices": {"type": "object"}}}), **_errors(400, *AUTH_ERRORS, 404, 408, 413)},
+        },
+    },
+    "/v1/deployments/{id}/cancel": {
+        "post": {
+            "summary": "Cancel a running deployment: nothing more is sent; pending devices are skipped",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404, 409)},
+        },
+    },
+    "/v1/deployments/{id}/abort": {
+        "post": {
+            "summary": "Abort a running deployment, optionally rolling back the devices that switched",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"rollback": {"type": "boolean"}}}}}},
+            "responses": {"200": _json(_ref("DeploymentProgress")), **_errors(400, *AUTH_ERRORS, 404, 408, 409, 413)},
+        },
+    },
+    "/v1/deployments/{id}/retry": {
+        "post": {
+            "summary": "A new deployment of the same change to the devices that failed in this one",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"201": _json({"type": "object", "properties": {"deployment_id": {"type": "string"},
+                                                                         "deployment": _ref("DeploymentProgress")}}),
+                          **_errors(400, *AUTH_ERRORS, 404, 409)},
+        },
+    },
+    "/v1/deployments/{id}/rollback": {
+        "post": {
+            "summary": "A new rollback of the model on the devices this deployment brought its version to",
+            "tags": ["deployments"], "x-streamql-role": "deploy",
+            "parameters": [{**ID_PARAM, "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
+            "responses": {"201": _json({"type": "object", "properties": {"deployment_id": {"type": "string"},
+                                                                         "deployment": _ref("DeploymentProgress")}}),
+                          **_errors(400, *AUTH_ERRORS, 404, 409)},
         },
     },
     "/v1/flows": {
@@ -209,7 +344,10 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                        "maximum": 10000}},
-                           {"name": "edge", "in": "query", "schema": {"type": "string"}}],
+                           {"name": "edge", "in": "query", "schema": {"type": "string"}},
+                           {"name": "newest", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                        "maximum": 10000},
+                            "description": "the newest N records (oldest first)"}],
             "responses": {"200": _json({"type": "object", "properties": {
                 "records": {"type": "array", "items": _ref("PublishedRecord")}, "next": {"type": "integer"}}}),
                 **_errors(400, *AUTH_ERRORS)},
@@ -280,7 +418,11 @@ SCHEMAS: dict[str, dict] = {
         "metadata": _ATTRIBUTES, "capabilities": _ATTRIBUTES}},
     "Provisioned": {"type": "object", "properties": {
         "id": {"type": "string"}, "token": {"type": "string", "description": "shown only this once"},
-        "edge": _ref("Edge")}},
+        "edge": _ref("Edge"), "config": {"type": "string", "description": "an edge.toml for the device, with "
+                                                                       "its token"}}},
+    "SavedQuery": {"type": "object", "properties": {
+        "name": {"type": "string"}, "text": {"type": "string"}, "description": {"type": "string"},
+        "created": {"type": "number"}, "updated": {"type": "number"}, "created_by": {"type": "string"}}},
     "Token": {"type": "object", "properties": {
         "id": {"type": "integer"}, "role": {"enum": ["read", "deploy", "admin", "device"]},
         "device_id": {"type": ["string", "null"]}, "label": {"type": "string"}, "created": {"type": "number"},

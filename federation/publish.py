@@ -199,6 +199,18 @@ class PublishLog:
                                        dropped))
         return out
 
+    def id_before_newest(self, *, flow: str | None = None, edge: str | None = None, n: int = 50) -> int:
+        """The id after which the newest `n` records (of a flow, of an edge) are (0 for all)."""
+        sql, args = "SELECT id FROM published WHERE 1", []
+        if flow is not None:
+            sql += " AND flow = ?"
+            args.append(flow)
+        if edge is not None:
+            sql += " AND edge = ?"
+            args.append(edge)
+        row = self._conn.execute(sql + " ORDER BY id DESC LIMIT 1 OFFSET ?", [*args, n]).fetchone()
+        return row[0] if row else 0
+
     def count(self, *, flow: str | None = None, edge: str | None = None) -> int:
         sql, args = "SELECT count(*) FROM published WHERE 1", []
         if flow is not None:

@@ -34,6 +34,8 @@ from federation.records import (
     TokenRecord,
     version_key,
 )
+from federation.registry_deployments import DeploymentStore
+from federation.registry_models import ModelVersionStore
 from federation.schema import (
     DEPLOYMENT_ACTIONS,
     DEPLOYMENT_STATES,
@@ -59,7 +61,7 @@ def _json(value: Any) -> str:
 
 
 # --- the registry -----------------------------------------------------------------------------
-class Registry:
+class Registry(DeploymentStore, ModelVersionStore):
     """The federation's persistent state; reopen the same file to get it back after a restart."""
 
     def __init__(self, path: str | os.PathLike, *, bundle_dir: str | os.PathLike | None = None,
@@ -158,6 +160,14 @@ class Registry:
                 f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE rowid > ?", (self._known[1],))])
         self._known = extent
         return True
+
+    def _models_changed(self, device_id: str) -> None:
+        """Tell listeners that care (the fleet table) which models now run on a device."""
+        hooks = [hook for listener in self._listeners if (hook := getattr(listener, "models_changed", None))]
+        if hooks:
+            models = self.model_versions([device_id]).get(device_id, {})
+            for hook in hooks:
+                hook(device_id, models)
 
     def _notify_changed(self, devices: Iterable[Device]) -> None:
         for device in devices:
@@ -295,13 +305,19 @@ class Registry:
 
     def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
         """Last seen, health and restarts of many devices in one transaction; returns rows updated."""
+        beats = list(beats)
         rows = [(b.at, None if b.health is None else _json(b.health), b.restarts, b.device_id) for b in beats]
         if not rows:
             return 0
         with self.transaction() as conn:
             cur = conn.executemany("UPDATE devices SET last_seen = ?, health = coalesce(?, health), "
                                    "restarts = coalesce(?, restarts) WHERE id = ?", rows)
-            return cur.rowcount
+            count = cur.rowcount
+        for listener in self._listeners:
+            hook = getattr(listener, "heartbeats_recorded", None)   # optional: the fleet table has it
+            if hook is not None:
+                hook(beats)
+        return count
 
     # --- tokens --------------------------------------------------------------------------------
     _TOKEN_COLUMNS = "id, role, device_id, label, created, revoked"
@@ -360,6 +376,32 @@ class Registry:
 
     # --- bundles -------------------------------------------------------------------------------
     _BUNDLE_COLUMNS = "name, version, sha256, manifest, size, path, uploaded, uploader"
+
+    # --- saved queries ----------------------------------------------------------------------------
+    _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_by")
+
+    def save_query(self, name: str, text: str, *, description: str = "", created_by: str = "") -> dict:
+        """Keep a named statement (replacing one of the same name); returns it."""
+        now = self.clock()
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO saved_queries (name, text, description, created, updated, created_by) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET text = excluded.text, "
+                         "description = excluded.description, updated = excluded.updated",
+                         (name, text, description, now, now, created_by))
+        return self.saved_query(name)  # type: ignore[return-value]
+
+    def saved_query(self, name: str) -> dict | None:
+        row = self._conn.execute(f"SELECT {', '.join(self._SAVED_COLUMNS)} FROM saved_queries WHERE name = ?",
+                                 (name,)).fetchone()
+        return dict(zip(self._SAVED_COLUMNS, row)) if row else None
+
+    def saved_queries(self) -> list[dict]:
+        return [dict(zip(self._SAVED_COLUMNS, row)) for row in self._conn.execute(
+            f"SELECT {', '.join(self._SAVED_COLUMNS)} FROM saved_queries ORDER BY name")]
+
+    def delete_saved_query(self, name: str) -> bool:
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM saved_queries WHERE name = ?", (name,)).rowcount > 0
 
     # --- definitions made at the federation ------------------------------------------------------
     def add_definition(self, text: str) -> None:
@@ -441,194 +483,6 @@ class Registry:
                 (self.bundle_dir / bundle.path).unlink()
         return True
 
-    # --- deployments ---------------------------------------------------------------------------
-    _DEPLOYMENT_COLUMNS = "id, action, bundle, version, selection, created, updated, state, waves, failure_threshold, created_by"
-    _TARGET_COLUMNS = "deployment_id, device_id, state, reason, variant, wave, updated"
-
-    @staticmethod
-    def _deployment(row: tuple) -> Deployment:
-        return Deployment(*row[:8], json.loads(row[8]), row[9], row[10])
-
-    def create_deployment(self, action: str, bundle: str, version: str | None, selection: str,
-                          targets: Iterable[NewTarget | tuple], *, waves: dict | None = None,
-                          failure_threshold: float = 1.0, created_by: str = "", state: str = "pending") -> Deployment:
-        """A deployment and its per-device targets, in one transaction."""
-        now = self.clock()
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO deployments (action, bundle, version, selection, created, updated, state, waves, "
-                "failure_threshold, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (action, bundle, version, selection, now, now, state, _json(waves), failure_threshold, created_by))
-            deployment_id = cur.lastrowid
-            rows = [(deployment_id, t.device_id, t.state, t.reason, t.variant, t.wave, now)
-                    for t in (NewTarget(*t) for t in targets)]
-            conn.executemany(f"INSERT INTO deployment_targets ({self._TARGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        return Deployment(deployment_id, action, bundle, version, selection, now, now, state, dict(waves or {}),
-                          failure_threshold, created_by)
-
-    def get_deployment(self, deployment_id: int) -> Deployment | None:
-        row = self._conn.execute(f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?",
-                                 (deployment_id,)).fetchone()
-        return self._deployment(row) if row else None
-
-    def list_deployments(self, *, state: str | None = None, limit: int = 100, offset: int = 0) -> list[Deployment]:
-        sql, args = f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments", []
-        if state is not None:
-            sql += " WHERE state = ?"
-            args.append(state)
-        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
-        return [self._deployment(row) for row in self._conn.execute(sql, [*args, limit, offset])]
-
-    def set_deployment_state(self, deployment_id: int, state: str) -> None:
-        with self.transaction() as conn:
-            if conn.execute("UPDATE deployments SET state = ?, updated = ? WHERE id = ?",
-                            (state, self.clock(), deployment_id)).rowcount == 0:
-                raise NotFound(f"no deployment {deployment_id}")
-
-    def update_deployment(self, deployment_id: int, *, state: str | None = None, waves: dict | None = None) -> None:
-        """Change a deployment's state and/or its wave record ({count, current}); NotFound when unknown."""
-        sets, args = ["updated = ?"], [self.clock()]
-        if state is not None:
-            sets.append("state = ?")
-            args.append(state)
-        if waves is not None:
-            sets.append("waves = ?")
-            args.append(_json(waves))
-        with self.transaction() as conn:
-            if conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", [*args, deployment_id]).rowcount == 0:
-                raise NotFound(f"no deployment {deployment_id}")
-
-    def move_targets(self, deployment_id: int, from_states: Sequence[str], to_state: str, reason: str | None,
-                     *, device_id: str | None = None) -> int:
-        """Move every target in one of `from_states` (of one device, or all) to `to_state` with `reason`."""
-        marks = ",".join("?" * len(from_states))
-        sql = (f"UPDATE deployment_targets SET state = ?, reason = ?, updated = ? "
-               f"WHERE deployment_id = ? AND state IN ({marks})")
-        args: list = [to_state, reason, self.clock(), deployment_id, *from_states]
-        if device_id is not None:
-            sql += " AND device_id = ?"
-            args.append(device_id)
-        with self.transaction() as conn:
-            return conn.execute(sql, args).rowcount
-
-    def deployment_targets(self, deployment_id: int, *, state: str | None = None) -> list[DeploymentTarget]:
-        sql, args = f"SELECT {self._TARGET_COLUMNS} FROM deployment_targets WHERE deployment_id = ?", [deployment_id]
-        if state is not None:
-            sql += " AND state = ?"
-            args.append(state)
-        return [DeploymentTarget(*row) for row in self._conn.execute(sql + " ORDER BY wave, device_id", args)]
-
-    def deployment_target(self, deployment_id: int, device_id: str) -> DeploymentTarget | None:
-        row = self._conn.execute(f"SELECT {self._TARGET_COLUMNS} FROM deployment_targets "
-                                 "WHERE deployment_id = ? AND device_id = ?", (deployment_id, device_id)).fetchone()
-        return DeploymentTarget(*row) if row else None
-
-    def update_targets(self, deployment_id: int, updates: Iterable[tuple[str, str, str | None]]) -> int:
-        """Set (device_id, state, reason) of many targets in one transaction."""
-        now = self.clock()
-        rows = [(state, reason, now, deployment_id, device_id) for device_id, state, reason in updates]
-        with self.transaction() as conn:
-            cur = conn.executemany("UPDATE deployment_targets SET state = ?, reason = ?, updated = ? "
-                                   "WHERE deployment_id = ? AND device_id = ?", rows)
-            conn.execute("UPDATE deployments SET updated = ? WHERE id = ?", (now, deployment_id))
-            return cur.rowcount
-
-    def target_counts(self, deployment_id: int | None = None) -> dict[str, int]:
-        """Targets per state, of one deployment or of all."""
-        sql, args = "SELECT state, count(*) FROM deployment_targets", ()
-        if deployment_id is not None:
-            sql, args = sql + " WHERE deployment_id = ?", (deployment_id,)
-        return dict(self._conn.execute(sql + " GROUP BY state", args).fetchall())
-
-    def deployment_counts(self) -> dict[str, int]:
-        return dict(self._conn.execute("SELECT state, count(*) FROM deployments GROUP BY state").fetchall())
-
-    def open_targets_for(self, device_id: str) -> list[tuple[Deployment, DeploymentTarget]]:
-        """Targets of a device still pending or sending in unfinished deployments (for reconnects)."""
-        cols = ", ".join(f"d.{c.strip()}" for c in self._DEPLOYMENT_COLUMNS.split(","))
-        tcols = ", ".join(f"t.{c.strip()}" for c in self._TARGET_COLUMNS.split(","))
-        rows = self._conn.execute(
-            f"SELECT {cols}, {tcols} FROM deployment_targets t JOIN deployments d ON d.id = t.deployment_id "
-            "WHERE t.device_id = ? AND t.state IN ('pending', 'sending', 'installed') "
-            "AND d.state IN ('pending', 'running') "
-            "ORDER BY d.id", (device_id,))
-        return [(self._deployment(row[:11]), DeploymentTarget(*row[11:])) for row in rows]
-
-    # --- which model version runs where --------------------------------------------------------
-    def set_model_version(self, device_id: str, model: str, version: str) -> ModelVersion:
-        """Record that `version` now runs; the version it replaces becomes the previous one."""
-        now = self.clock()
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO device_models (device_id, model, version, previous_version, updated) VALUES (?, ?, ?, NULL, ?) "
-                "ON CONFLICT (device_id, model) DO UPDATE SET "
-                "previous_version = CASE WHEN version = excluded.version THEN previous_version ELSE version END, "
-                "version = excluded.version, updated = excluded.updated",
-                (device_id, model, version, now))
-        return self.model_version(device_id, model)  # type: ignore[return-value]
-
-    def rollback_model_version(self, device_id: str, model: str) -> ModelVersion | None:
-        """Make the previous version current again; None (and nothing changed) when there is none."""
-        with self.transaction() as conn:
-            cur = conn.execute("UPDATE device_models SET version = previous_version, previous_version = NULL, "
-                               "updated = ? WHERE device_id = ? AND model = ? AND previous_version IS NOT NULL",
-                               (self.clock(), device_id, model))
-        return self.model_version(device_id, model) if cur.rowcount else None
-
-    def remove_model(self, device_id: str, model: str) -> bool:
-        with self.transaction() as conn:
-            return conn.execute("DELETE FROM device_models WHERE device_id = ? AND model = ?",
-                                (device_id, model)).rowcount > 0
-
-    def record_active_models(self, device_id: str, active: dict[str, str], *, only: str | None = None) -> bool:
-        """Make the registry agree with what a device says runs on it (`hello.models`, `ack.active`).
-
-        With `only`, just that model is reconciled (an ack speaks for its own model); otherwise
-        models the device no longer lists are removed. A version equal to the recorded previous
-        one is recorded as a rollback, so the version before it is not lost. True when it changed.
-        """
-        current = self.model_versions([device_id]).get(device_id, {})
-        names = [only] if only is not None else sorted(set(current) | set(active))
-        changed = False
-        with self.transaction():
-            for name in names:
-                now, wanted = current.get(name), active.get(name)
-                if wanted is None:
-                    if now is not None:
-                        changed |= self.remove_model(device_id, name)
-                elif now is None or now.version != wanted:
-                    if now is not None and now.previous_version == wanted:
-                        self.rollback_model_version(device_id, name)
-                    else:
-                        self.set_model_version(device_id, name, str(wanted))
-                    changed = True
-        return changed
-
-    def model_version(self, device_id: str, model: str) -> ModelVersion | None:
-        row = self._conn.execute("SELECT device_id, model, version, previous_version, updated FROM device_models "
-                                 "WHERE device_id = ? AND model = ?", (device_id, model)).fetchone()
-        return ModelVersion(*row) if row else None
-
-    def model_versions(self, device_ids: Sequence[str] | None = None) -> dict[str, dict[str, ModelVersion]]:
-        """device id → model name → what runs there (all devices when no ids are given)."""
-        out: dict[str, dict[str, ModelVersion]] = {}
-        sql = "SELECT device_id, model, version, previous_version, updated FROM device_models"
-        if device_ids is None:
-            batches: Iterable[tuple] = [self._conn.execute(sql)]
-        else:
-            batches = (self._conn.execute(f"{sql} WHERE device_id IN ({','.join('?' * len(chunk))})", chunk)
-                       for chunk in (device_ids[i:i + _CHUNK] for i in range(0, len(device_ids), _CHUNK)))
-        for rows in batches:
-            for row in rows:
-                out.setdefault(row[0], {})[row[1]] = ModelVersion(*row)
-        return out
-
-    def devices_running(self, model: str, version: str | None = None) -> list[str]:
-        sql, args = "SELECT device_id FROM device_models WHERE model = ?", [model]
-        if version is not None:
-            sql += " AND version = ?"
-            args.append(version)
-        return [row[0] for row in self._conn.execute(sql + " ORDER BY device_id", args)]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

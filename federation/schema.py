@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 TOKEN_ROLES = ("read", "deploy", "admin", "device")
 DEPLOYMENT_ACTIONS = ("deploy", "rollback", "undeploy")
-DEPLOYMENT_STATES = ("pending", "running", "done", "aborted", "failed", "cancelled")
+DEPLOYMENT_STATES = ("pending", "running", "done", "aborted", "failed", "cancelled", "nothing_selected")
 # installed: acked, waiting for its health report; rolled_back: undone after the rollout aborted
 TARGET_STATES = ("pending", "sending", "installed", "done", "skipped", "failed", "rolled_back")
 
@@ -37,9 +37,10 @@ def _in_list(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def _deployment_targets(states: Sequence[str], name: str = "deployment_targets") -> str:
+def _deployment_targets(states: Sequence[str], name: str = "deployment_targets",
+                        deployments: str = "deployments") -> str:
     return f"""CREATE TABLE {name} (
-            deployment_id INTEGER NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+            deployment_id INTEGER NOT NULL REFERENCES {deployments}(id) ON DELETE CASCADE,
             device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
             state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(states)})),
             reason TEXT,
@@ -47,6 +48,22 @@ def _deployment_targets(states: Sequence[str], name: str = "deployment_targets")
             wave INTEGER NOT NULL DEFAULT 0,
             updated REAL NOT NULL,
             PRIMARY KEY (deployment_id, device_id)
+        )"""
+
+
+def _deployments(states: Sequence[str], name: str = "deployments") -> str:
+    return f"""CREATE TABLE {name} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            action TEXT NOT NULL CHECK (action IN ({_in_list(DEPLOYMENT_ACTIONS)})),
+            bundle TEXT NOT NULL,
+            version TEXT,
+            selection TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(states)})),
+            waves TEXT NOT NULL DEFAULT '{{}}',
+            failure_threshold REAL NOT NULL DEFAULT 1.0,
+            created_by TEXT NOT NULL DEFAULT ''
         )"""
 
 
@@ -87,19 +104,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (name, version),
             CHECK ((data IS NULL) != (path IS NULL))
         )""",
-        f"""CREATE TABLE deployments (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            action TEXT NOT NULL CHECK (action IN ({_in_list(DEPLOYMENT_ACTIONS)})),
-            bundle TEXT NOT NULL,
-            version TEXT,
-            selection TEXT NOT NULL DEFAULT '',
-            created REAL NOT NULL,
-            updated REAL NOT NULL,
-            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ({_in_list(DEPLOYMENT_STATES)})),
-            waves TEXT NOT NULL DEFAULT '{{}}',
-            failure_threshold REAL NOT NULL DEFAULT 1.0,
-            created_by TEXT NOT NULL DEFAULT ''
-        )""",
+        _deployments(("pending", "running", "done", "aborted", "failed", "cancelled")),  # as release 2 knew them
         _deployment_targets(("pending", "sending", "done", "skipped", "failed")),
         """CREATE TABLE device_models (
             device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
@@ -138,6 +143,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             text TEXT NOT NULL,
             created REAL NOT NULL
+        )""",
+    )),
+    # A CHECK constraint again: both tables are rebuilt, the targets first into a table that
+    # references the new deployments, so no cascade deletes them; renaming rewrites the reference.
+    Migration(7, "a deployment that selects nobody ends as nothing_selected; saved queries", (
+        _deployments(DEPLOYMENT_STATES, "deployments_7"),
+        "INSERT INTO deployments_7 SELECT id, action, bundle, version, selection, created, updated, state, waves, "
+        "failure_threshold, created_by FROM deployments",
+        _deployment_targets(TARGET_STATES, "deployment_targets_7", "deployments_7"),
+        "INSERT INTO deployment_targets_7 SELECT deployment_id, device_id, state, reason, variant, wave, updated "
+        "FROM deployment_targets",
+        "DROP TABLE deployment_targets",
+        "DROP TABLE deployments",
+        "ALTER TABLE deployments_7 RENAME TO deployments",
+        "ALTER TABLE deployment_targets_7 RENAME TO deployment_targets",
+        "CREATE INDEX deployment_targets_by_device ON deployment_targets (device_id, state)",
+        "CREATE INDEX deployments_by_state ON deployments (state)",
+        """CREATE TABLE saved_queries (
+            name TEXT PRIMARY KEY,
+            text TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            created_by TEXT NOT NULL DEFAULT ''
         )""",
     )),
 )

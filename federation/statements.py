@@ -34,7 +34,8 @@ from streamql.streams import Limits
 from streamql.syntax import parse_one
 
 from federation.auth import Role
-from federation.errors import Busy, Forbidden
+from federation.deployment_control import preflight_lines
+from federation.errors import BadRequest, Busy, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
 
@@ -345,9 +346,31 @@ class QueryService:
         except QueryError as exc:
             raise exc.located(statement.span).with_source(text)
         message = (f"{action} of {statement.model}{' ' + version if version else ''} started for "
-                   f"{len(devices)} device{'s' if len(devices) != 1 else ''}")
+                   f"{len(devices)} device{'s' if len(devices) != 1 else ''}") if devices else (
+            f"{action} of {statement.model}{' ' + version if version else ''}: the selection matched no device; "
+            "nothing selected, nothing sent")
         return StatementResult(["deployment"], ["Charstring"], "deployment", rows=[[deployment_id]],
                                message=message, deployment_id=deployment_id, status=status)
+
+    async def preflight(self, text: str, principal: Any = None) -> dict:
+        """What a deploy, rollback or undeploy statement would do now, without starting it."""
+        statement = await self.pool.quick(parse_one, text)
+        if isinstance(statement, A.Explain):
+            statement = statement.statement
+        if not isinstance(statement, DEPLOYMENT_STATEMENTS):
+            raise BadRequest("a preflight is of a deploy, rollback or undeploy statement")
+        _require(principal, "deploy")
+        if self.deployments is None:
+            raise FleetError("this federation has no deployment manager", statement.span, text)
+        return await self._preflight(statement, text)
+
+    async def _preflight(self, statement, text: str) -> dict:
+        devices, _ = await self.select_devices(statement.selection, text)
+        action = {A.Deploy: "deploy", A.Rollback: "rollback", A.Undeploy: "undeploy"}[type(statement)]
+        try:
+            return self.deployments.preflight(action, statement.model, getattr(statement, "version", None), devices)
+        except QueryError as exc:
+            raise exc.located(statement.span).with_source(text)
 
     async def _explain(self, statement: A.Statement, text: str) -> StatementResult:
         if isinstance(statement, DEPLOYMENT_STATEMENTS):
@@ -359,6 +382,8 @@ class QueryService:
                 plan = await self.pool.quick(lambda: self.engine.explain(target_text, fleet=self.access))
             except QueryError as exc:
                 raise _relocated(exc, selection, text) from None
+            if self.deployments is not None:   # and what it would do now
+                plan += "\n" + "\n".join(preflight_lines(await self._preflight(statement, text)))
         else:
             plan = await self.pool.quick(lambda: self.engine.explain_text(statement, text, fleet=self.access))
         return StatementResult(["plan"], ["Charstring"], "explain", rows=[[line] for line in plan.splitlines()])

@@ -32,6 +32,7 @@ from federation.routes import (
     models,
     query,
     query_ws,
+    saved_queries,
     system,
     tokens,
 )
@@ -47,6 +48,7 @@ ROUTE_MODULES = (
     models,         # GET /v1/models; POST /v1/models
     deployments,    # GET /v1/deployments[/{id}]
     flows,          # GET /v1/flows[/{flow}]: published records
+    saved_queries,  # /v1/saved-queries[/{name}]
     dashboard,      # / and /static/*
 )
 

@@ -1,57 +1,27 @@
-"""Devices: list (filtered through the selection index), provision, show, forget."""
+"""Devices: fleet views (filtered, sorted, paged and projected from the fleet table; a summary),
+provision, show, forget."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
 
 from aiohttp import web
 
 from federation.auth import Role, provision
 from federation.errors import BadRequest, NotFound
+from federation.fleet_table import FleetTable, honest_health
+from federation.fleet_views import selected_rows, sort_key
 from federation.http import json_body, query_int, requires
-from federation.keys import INDEX, REGISTRY
+from federation.keys import FLEET, REGISTRY
 from federation.registry import Device, Registry
-from streamql.selection import ID, ONLINE, Eq, In, Predicate, capability, conjunction, meta
 
 MAX_PAGE = 10_000
-
-
-def _candidates(text: str) -> tuple[Any, ...]:
-    """A query-string value as the string itself and, when it parses so, a JSON number or boolean."""
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return (text,)
-    return (text, parsed) if isinstance(parsed, (int, float, bool)) and not isinstance(parsed, str) else (text,)
-
-
-def predicate_from_query(query) -> Predicate:
-    """`?online=true&meta.region=US&meta.region=EU&capability.ram_kb=512&id=a` → a conjunction."""
-    parts: list[Predicate] = []
-    keys: dict[tuple, list] = {}
-    for name, value in query.items():
-        if name in ("limit", "offset"):
-            continue
-        if name == "online":
-            flag = value.lower() in ("1", "true", "yes", "on")
-            if not flag and value.lower() not in ("0", "false", "no", "off"):
-                raise BadRequest(f"query parameter online must be true or false, not {value!r}")
-            parts.append(Eq(ONLINE, flag))
-        elif name == "id":
-            keys.setdefault(ID, []).append(value)
-        elif name.startswith("meta.") and len(name) > 5:
-            keys.setdefault(meta(name[5:]), []).extend(_candidates(value))
-        elif name.startswith("capability.") and len(name) > 11:
-            keys.setdefault(capability(name[11:]), []).extend(_candidates(value))
-        else:
-            raise BadRequest(f"unknown query parameter {name!r}: use online, id, meta.<key>, capability.<key>, "
-                             "limit or offset")
-    parts += [In(key, tuple(values)) for key, values in keys.items()]
-    return conjunction(parts)
+EDGE_CAPABILITIES = ("ram_kb", "flash_kb", "cpu")   # what an edge's config may declare of itself
 
 
 def edge_view(device: Device, models: dict | None) -> dict:
     out = device.to_dict()
+    out["health"] = honest_health(device)
     out["models"] = {name: mv.to_dict() for name, mv in (models or {}).items()}
     return out
 
@@ -64,13 +34,35 @@ def edge_views(registry: Registry, device_ids: list[str]) -> list[dict]:
 
 @requires(Role.READ)
 async def list_edges(request: web.Request) -> web.Response:
+    """A page of the fleet view (federation/fleet_views.py); with `since=<cursor>`, of the page's
+    devices only those that changed after it (`ids` keeps the page's order)."""
     limit = query_int(request, "limit", 1000, high=MAX_PAGE)
     offset = query_int(request, "offset", 0)
-    predicate = predicate_from_query(request.query)
-    ids = sorted(request.app[INDEX].select(predicate))
-    page = ids[offset:offset + limit]
-    return web.json_response({"edges": edge_views(request.app[REGISTRY], page), "total": len(ids),
-                              "limit": limit, "offset": offset})
+    fields = request.query.get("fields", "full")
+    if fields not in ("full", "compact"):
+        raise BadRequest(f"fields must be full or compact, not {fields!r}")
+    since = query_int(request, "since", -1, low=-1) if request.query.get("since") else None
+    key = sort_key(request.query)
+    table: FleetTable = request.app[FLEET]
+    rows, missing_after_s = await selected_rows(request)
+    page = table.sort(rows, key)[offset:offset + limit]
+    now = table.clock()
+    shown = page if since is None else [r for r in page if r.changed > since]
+    view = (lambda r: r.compact(now, missing_after_s)) if fields == "compact" else (lambda r: r.full(now, missing_after_s))
+    out = {"edges": [view(r) for r in shown], "total": len(rows), "limit": limit, "offset": offset,
+           "sort": key, "cursor": table.cursor, "fleet": table.status_counts(missing_after_s)}
+    if since is not None:
+        out["since"] = since
+        out["ids"] = [r.device.id for r in page]
+    return web.json_response(out)
+
+
+@requires(Role.READ)
+async def edges_summary(request: web.Request) -> web.Response:
+    """Counts of the devices the filters select: by status, metadata key and value, model version,
+    attention reason."""
+    rows, missing_after_s = await selected_rows(request)
+    return web.json_response(request.app[FLEET].summary(rows, missing_after_s=missing_after_s))
 
 
 @requires(Role.ADMIN)
@@ -82,8 +74,36 @@ async def provision_edge(request: web.Request) -> web.Response:
     if "id" not in body:
         raise BadRequest("a device needs an id")
     done = provision(request.app[REGISTRY], body["id"], body.get("metadata"), body.get("capabilities"))
-    return web.json_response({"id": done.device.id, "token": done.token, "edge": edge_view(done.device, {})},
+    config = edge_config(done.device, done.token, str(request.url.origin()))
+    return web.json_response({"id": done.device.id, "token": done.token, "edge": edge_view(done.device, {}),
+                              "config": config},
                              status=201, headers={"Location": f"/v1/edges/{done.device.id}"})
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) or isinstance(value, str):
+        return json.dumps(value)   # a JSON string or number is a TOML one
+    return None   # tables and lists are not provisioned metadata an edge can repeat
+
+
+def edge_config(device: Device, token: str, federation: str) -> str:
+    """An `edge.toml` for a newly provisioned device (edge_engine/config.py reads it)."""
+    lines = ["# streamql edge --config edge.toml   (keep this file private: it holds the device's token)",
+             f"id = {json.dumps(device.id)}", f"federation = {json.dumps(federation)}", f"token = {json.dumps(token)}",
+             f"store = {json.dumps('state-' + device.id)}"]
+    meta = [(k, _toml_value(v)) for k, v in sorted(device.metadata.items())]
+    if any(v is not None for _, v in meta):
+        lines += ["", "[metadata]"] + [f"{_toml_key(k)} = {v}" for k, v in meta if v is not None]
+    caps = [(k, _toml_value(device.capabilities.get(k))) for k in EDGE_CAPABILITIES]
+    if any(v is not None for _, v in caps):
+        lines += ["", "[capabilities]"] + [f"{k} = {v}" for k, v in caps if v is not None]
+    return "\n".join(lines) + "\n"
 
 
 @requires(Role.READ)
@@ -104,5 +124,6 @@ async def delete_edge(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/edges", list_edges, allow_head=False)
     app.router.add_post("/v1/edges", provision_edge)
+    app.router.add_get("/v1/edges/summary", edges_summary, allow_head=False)
     app.router.add_get("/v1/edges/{id}", get_edge, allow_head=False)
     app.router.add_delete("/v1/edges/{id}", delete_edge)

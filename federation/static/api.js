@@ -5,6 +5,7 @@
 
 const TOKEN_KEY = "streamql.token";
 const TRANSPORT_KEY = "streamql.transport";  // "http" to run statements with POST /v1/query only
+export const REQUEST_TIMEOUT_MS = 8000;
 
 export class ApiError extends Error {
   constructor(status, error) {
@@ -42,19 +43,51 @@ export class Api {
     return { Authorization: "Bearer " + this.token, ...extra };
   }
 
-  async get(path, { signal } = {}) {
+  /** A JSON request; a federation that does not answer within `timeout` ms is an error (a hung
+   * federation must be noticed, not waited for). */
+  async request(method, path, { body, signal, timeout = REQUEST_TIMEOUT_MS } = {}) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort("timeout"), timeout);
+    if (signal) signal.addEventListener("abort", () => controller.abort("cancelled"));
     let resp;
     try {
-      resp = await fetch(path, { headers: this.headers({ Accept: "application/json" }), signal, cache: "no-store" });
+      const headers = this.headers({ Accept: "application/json", ...(body !== undefined ? { "Content-Type": "application/json" } : {}) });
+      resp = await fetch(path, { method, headers, signal: controller.signal, cache: "no-store",
+                                 body: body !== undefined ? JSON.stringify(body) : undefined });
     } catch (err) {
-      if (err.name === "AbortError") throw err;
+      clearTimeout(timer);
+      if (signal && signal.aborted) throw err;
+      if (controller.signal.aborted) {
+        throw new ApiError(0, { kind: "Timeout", message: `the federation did not answer within ${timeout / 1000} s` });
+      }
       throw new ApiError(0, { kind: "ConnectionError", message: "the federation cannot be reached" });
     }
-    let body = null;
-    try { body = await resp.json(); } catch { /* not JSON */ }
-    if (!resp.ok) throw new ApiError(resp.status, body && body.error);
-    return body;
+    let data = null;
+    try { data = await resp.json(); } catch { /* not JSON */ } finally { clearTimeout(timer); }
+    if (!resp.ok) throw new ApiError(resp.status, data && data.error);
+    this.bytes = (this.bytes || 0) + Number(resp.headers.get("Content-Length") || 0);
+    return data;
   }
+
+  /** A file as the body (a model bundle). */
+  async upload(path, file) {
+    let resp;
+    try {
+      resp = await fetch(path, { method: "POST", body: file, cache: "no-store",
+                                 headers: this.headers({ "Content-Type": "application/octet-stream", Accept: "application/json" }) });
+    } catch {
+      throw new ApiError(0, { kind: "ConnectionError", message: "the federation cannot be reached" });
+    }
+    let data = null;
+    try { data = await resp.json(); } catch { /* not JSON */ }
+    if (!resp.ok) throw new ApiError(resp.status, data && data.error);
+    return data;
+  }
+
+  get(path, options) { return this.request("GET", path, options); }
+  post(path, body, options) { return this.request("POST", path, { ...options, body: body ?? {} }); }
+  put(path, body, options) { return this.request("PUT", path, { ...options, body }); }
+  delete(path, options) { return this.request("DELETE", path, options); }
 
   /** Runs one statement; `on` gets columns, rows, end, error, cancelled. Returns {stop()}. */
   query(text, on, { transport = localStorage.getItem(TRANSPORT_KEY) || "auto" } = {}) {

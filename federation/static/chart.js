@@ -70,7 +70,7 @@ export function planChart(columns, types, rows) {
   }
   const scalars = values.filter((v) => !v.vector);
   return { key, time, values: scalars.length ? scalars : values, vector: !scalars.length && values.length > 0,
-           plottable: values.length > 0 };
+           plottable: values.length > 0, columns };
 }
 
 function niceStep(span, count) {
@@ -80,9 +80,10 @@ function niceStep(span, count) {
   return (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
 }
 
-function ticks(lo, hi, count) {
+function ticks(lo, hi, count, whole = false) {
   if (!(hi > lo)) return [lo];
-  const step = niceStep(hi - lo, count);
+  let step = niceStep(hi - lo, count);
+  if (whole) step = Math.max(1, Math.round(step));   // counts: no fractional ticks
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   return out;
@@ -109,9 +110,48 @@ export class Chart {
     this.schedule = throttle(() => this.render(), 200);
     this.resizeObserver = new ResizeObserver(() => this.schedule());
     this.resizeObserver.observe(root);
-    this.figure.addEventListener("mousemove", (e) => this.hover(e));
+    this.resetButton = h("button", { type: "button", class: "small chart-reset", id: "chart-reset", hidden: true,
+                                     onclick: () => { this.zoom = null; this.resetButton.hidden = true; this.render(); } }, "reset zoom");
+    root.append(this.resetButton);
+    this.figure.addEventListener("mousemove", (e) => { this.drag(e); this.hover(e); });
     this.figure.addEventListener("mouseleave", () => { this.tooltip.hidden = true; this.cursor = null; this.render(); });
+    this.figure.addEventListener("mousedown", (e) => this.startDrag(e));
+    window.addEventListener("mouseup", (e) => this.endDrag(e));
     this.reset(null);
+  }
+
+  // --- drag to zoom (lines and dots): the x range chosen stays until "reset zoom" ------------------
+  pxOf(event) {
+    return event.clientX - this.figure.getBoundingClientRect().left;
+  }
+
+  startDrag(event) {
+    const g = this.geometry;
+    if (!g || this.style === "bar" || event.button !== 0) return;
+    const px = this.pxOf(event);
+    if (px < g.m.left || px > g.m.left + g.pw) return;
+    event.preventDefault();
+    this.dragging = { from: px, to: px };
+  }
+
+  drag(event) {
+    if (!this.dragging) return;
+    const g = this.geometry;
+    this.dragging.to = Math.max(g.m.left, Math.min(g.m.left + g.pw, this.pxOf(event)));
+    this.schedule();
+  }
+
+  endDrag() {
+    const d = this.dragging;
+    this.dragging = null;
+    if (!d || !this.geometry) return;
+    const g = this.geometry;
+    if (Math.abs(d.to - d.from) >= 6) {
+      const x = (px) => g.b.x0 + (px - g.m.left) / g.pw * (g.b.x1 - g.b.x0);
+      this.zoom = { x0: x(Math.min(d.from, d.to)), x1: x(Math.max(d.from, d.to)) };
+      this.resetButton.hidden = false;
+    }
+    this.render();
   }
 
   /** Start over for a new result: plan from planChart, style "line" | "scatter" | "bar". */
@@ -124,6 +164,9 @@ export class Chart {
     this.hiddenCount = 0;
     this.cursor = null;
     this.legendSignature = null;
+    this.zoom = null;
+    this.dragging = null;
+    if (this.resetButton) this.resetButton.hidden = true;
     this.render();
   }
 
@@ -188,11 +231,13 @@ export class Chart {
 
   bounds() {
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    const zoom = this.style === "bar" ? null : this.zoom;
     for (const series of this.series.values()) {
       if (series.hidden) continue;
       const { xs, ys } = series;
       for (let i = 0; i < xs.length; i++) {
         if (ys[i] === null) continue;
+        if (zoom && (xs[i] < zoom.x0 || xs[i] > zoom.x1)) continue;
         if (xs[i] < x0) x0 = xs[i]; if (xs[i] > x1) x1 = xs[i];
         if (ys[i] < y0) y0 = ys[i]; if (ys[i] > y1) y1 = ys[i];
       }
@@ -201,15 +246,32 @@ export class Chart {
     if (this.style === "bar") { y0 = Math.min(0, y0); y1 = Math.max(0, y1); }
     if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
     const pad = (y1 - y0) * 0.06;
+    if (zoom) { x0 = zoom.x0; x1 = zoom.x1; }
     if (x1 === x0) { x1 = x0 + 1; }
     return { x0, x1, y0: y0 - (this.style === "bar" && y0 === 0 ? 0 : pad), y1: y1 + pad };
   }
 
+  /** Whether every value drawn is a whole number (counts): then so are the ticks. */
+  wholeValues() {
+    for (const series of this.series.values()) {
+      if (series.hidden) continue;
+      for (const y of series.ys) if (y !== null && !Number.isInteger(y)) return false;
+    }
+    return true;
+  }
+
+  axisTitles() {
+    const plan = this.plan;
+    const names = plan.values.map((v) => v.name);
+    const y = names.length === 1 ? names[0] : names.length <= 3 ? names.join(", ") : "value";
+    const keyName = plan.key >= 0 && plan.columns ? plan.columns[plan.key] : null;
+    const x = this.style === "bar" ? (keyName || "") : plan.vector ? "index" : this.absoluteTime ? "time" : "seconds since the start";
+    return { x, y };
+  }
+
   render() {
-    const width = Math.max(320, Math.floor(this.root.clientWidth || 800));
-    const height = Math.max(200, Math.min(420, Math.round(width * 0.36)));
-    const m = { left: 62, right: 16, top: 12, bottom: 30 };
-    const pw = width - m.left - m.right, ph = height - m.top - m.bottom;
+    const width = Math.max(300, Math.floor(this.root.clientWidth || 800));
+    const height = Math.max(220, Math.min(420, Math.round(width * 0.36)));
     const svg = s("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
                            "aria-label": "live chart of the query's numeric columns" });
     svg.dataset.points = String(this.points);
@@ -223,31 +285,46 @@ export class Chart {
       this.renderLegend();
       return;
     }
+    const whole = this.wholeValues();
+    const top = 12, bottom = 46;
+    const yTicks = ticks(b.y0, b.y1, Math.max(2, Math.floor((height - top - bottom) / 45)), whole);
+    // the left margin fits the widest tick label and, apart from it, the axis title
+    const widest = Math.max(...yTicks.map((v) => num(v, 3).length)) * 6.6;
+    const m = { left: Math.ceil(widest + 30), right: 16, top, bottom };
+    const pw = width - m.left - m.right, ph = height - m.top - m.bottom;
     const sx = (x) => m.left + (x - b.x0) / (b.x1 - b.x0) * pw;
     const sy = (y) => m.top + (1 - (y - b.y0) / (b.y1 - b.y0)) * ph;
     this.geometry = { m, pw, ph, b, sx, sy };
-    const grid = s("g", { class: "grid" }), axes = s("g", { class: "axis" });
-    for (const v of ticks(b.y0, b.y1, Math.max(2, Math.floor(ph / 45)))) {
+    const grid = s("g", { class: "grid" }), yAxis = s("g", { class: "axis y-axis" }), xAxis = s("g", { class: "axis x-axis" });
+    for (const v of yTicks) {
+      if (v < b.y0 - 1e-9 || v > b.y1 + 1e-9) continue;
       grid.append(s("line", { x1: m.left, x2: m.left + pw, y1: sy(v), y2: sy(v) }));
-      axes.append(s("text", { x: m.left - 8, y: sy(v) + 4, "text-anchor": "end" }, num(v, 3)));
+      yAxis.append(s("text", { x: m.left - 8, y: sy(v) + 4, "text-anchor": "end" }, num(v, 3)));
     }
     if (this.style !== "bar") {
       const xFormat = this.plan.vector ? (v) => num(v) : this.absoluteTime ? clockLabel : elapsedLabel;
       for (const v of ticks(b.x0, b.x1, Math.max(2, Math.floor(pw / (this.absoluteTime ? 110 : 80))))) {
         grid.append(s("line", { x1: sx(v), x2: sx(v), y1: m.top, y2: m.top + ph }));
-        axes.append(s("text", { x: sx(v), y: height - 10, "text-anchor": "middle" }, xFormat(v)));
+        xAxis.append(s("text", { x: sx(v), y: m.top + ph + 16, "text-anchor": "middle" }, xFormat(v)));
       }
     }
-    svg.append(grid, s("rect", { class: "frame", x: m.left, y: m.top, width: pw, height: ph }), axes);
+    const titles = this.axisTitles();
+    const axisTitles = s("g", { class: "axis-titles" },
+      s("text", { class: "axis-title x", x: m.left + pw / 2, y: height - 6, "text-anchor": "middle" }, titles.x),
+      s("text", { class: "axis-title y", x: 0, y: 0, "text-anchor": "middle",
+                  transform: `translate(12 ${m.top + ph / 2}) rotate(-90)` }, titles.y));
+    svg.append(grid, s("rect", { class: "frame", x: m.left, y: m.top, width: pw, height: ph }), yAxis, xAxis, axisTitles);
     const plot = s("g", { class: "series" });
-    if (this.style === "bar") this.drawBars(plot, sy, b, m, pw);
+    if (this.style === "bar") this.drawBars(plot, xAxis, sy, b, m, pw, ph);
     else {
       for (const series of this.series.values()) {
         if (series.hidden) continue;
         if (this.style === "scatter") {
           const dots = s("g", { fill: series.color, "data-series": series.name });
           for (let i = 0; i < series.xs.length; i++) {
-            if (series.ys[i] !== null) dots.append(s("circle", { cx: sx(series.xs[i]).toFixed(1), cy: sy(series.ys[i]).toFixed(1), r: 2.2 }));
+            if (series.ys[i] !== null && (!this.zoom || (series.xs[i] >= b.x0 && series.xs[i] <= b.x1))) {
+              dots.append(s("circle", { cx: sx(series.xs[i]).toFixed(1), cy: sy(series.ys[i]).toFixed(1), r: 2.2 }));
+            }
           }
           plot.append(dots);
         } else {
@@ -256,7 +333,15 @@ export class Chart {
         }
       }
     }
+    // lines outside a zoomed range are cut at the frame
+    const clipId = "chart-clip";
+    svg.append(s("clipPath", { id: clipId }, s("rect", { x: m.left, y: m.top, width: pw, height: ph })));
+    plot.setAttribute("clip-path", `url(#${clipId})`);
     svg.append(plot);
+    if (this.dragging) {
+      const { from, to } = this.dragging;
+      svg.append(s("rect", { class: "zoom-box", x: Math.min(from, to), y: m.top, width: Math.abs(to - from), height: ph }));
+    }
     if (this.cursor !== null && this.style !== "bar") {
       const x = sx(this.cursor);
       svg.append(s("line", { class: "cursor", x1: x, x2: x, y1: m.top, y2: m.top + ph }));
@@ -297,17 +382,23 @@ export class Chart {
     return parts.join("");
   }
 
-  drawBars(plot, sy, b, m, pw) {
+  /** One bar per series (a category: the key column's value), labelled under it. */
+  drawBars(plot, xAxis, sy, b, m, pw, ph) {
     const shown = [...this.series.values()].filter((x) => !x.hidden && x.ys.length);
     const slot = pw / Math.max(1, shown.length);
     const zero = sy(Math.max(b.y0, Math.min(b.y1, 0)));
+    const fits = Math.max(3, Math.floor(slot / 6.6));
     shown.forEach((series, i) => {
       const y = series.ys[series.ys.length - 1];
       if (y === null) return;
       const top = Math.min(zero, sy(y)), barHeight = Math.abs(sy(y) - zero);
-      plot.append(s("rect", { x: m.left + i * slot + slot * 0.15, width: Math.max(1, slot * 0.7), y: top,
+      const center = m.left + i * slot + slot / 2;
+      plot.append(s("rect", { class: "bar", x: m.left + i * slot + slot * 0.15, width: Math.max(1, slot * 0.7), y: top,
                               height: Math.max(1, barHeight), fill: series.color, "data-series": series.name },
                     s("title", {}, `${series.name}: ${num(y, 6)}`)));
+      const text = series.name.length > fits ? series.name.slice(0, fits - 1) + "…" : series.name;
+      xAxis.append(s("text", { x: center, y: m.top + ph + 16, "text-anchor": "middle" }, text,
+                     text !== series.name ? s("title", {}, series.name) : null));
     });
   }
 

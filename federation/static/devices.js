@@ -1,13 +1,17 @@
-// Devices: GET /v1/edges, refreshed periodically; a text filter over id, metadata, models and
-// signals, quick filters by metadata keys (region, kind, …) and online only; a device's details
-// (GET /v1/edges/{id}) in a side panel.
+// Devices: a fleet view answered by the server (GET /v1/edges: filtered, sorted, 50 a page,
+// compact rows), refreshed with `since=<cursor>` so a refresh carries only the rows that changed.
+// The filters live in the address (#devices?status=online&where=…&sort=-battery&page=2) so a view
+// can be shared; a device's details (GET /v1/edges/{id}) open beside the table, or as a
+// full-screen sheet on a narrow screen.
 "use strict";
 
 import { $, ago, clear, dateTime, duration, h, isNumber, kb, keepFocus, num, plural, quote, whenIdle } from "./util.js";
 
-const PAGE = 10000;                 // the API's largest page
-const PINNED = ["region", "kind"];  // metadata keys shown as their own columns and quick filters first
-const MAX_QUICK = 4;
+export const PAGE_SIZE = 50;
+const DEBOUNCE_MS = 40;
+const FILTER_KEYS = ["q", "status", "where", "meta.region", "meta.kind", "attention", "model", "version",
+                     "battery_below", "cpu_above", "memory_above", "missing_after"];
+const ATTENTION = ["low battery", "errors", "restarts", "buffer drops", "dropped link"];
 
 export function batteryOf(health) {
   const b = health && health.battery;
@@ -19,15 +23,6 @@ function metaText(v) {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
-function haystack(edge) {
-  const parts = [edge.id];
-  for (const [k, v] of Object.entries(edge.metadata || {})) parts.push(`${k}=${metaText(v)}`, metaText(v));
-  for (const [m, v] of Object.entries(edge.models || {})) parts.push(m, `${m}@${v.version}`);
-  for (const sig of (edge.capabilities && edge.capabilities.signals) || []) parts.push(sig);
-  if (edge.capabilities && edge.capabilities.cpu) parts.push(String(edge.capabilities.cpu));
-  return parts.join("\n").toLowerCase();
-}
-
 function bar(value, { max = 100, cls = "" } = {}) {
   const fraction = isNumber(value) ? Math.max(0, Math.min(1, value / max)) : 0;
   const fill = h("span", { class: "bar-fill " + cls });
@@ -35,19 +30,26 @@ function bar(value, { max = 100, cls = "" } = {}) {
   return h("span", { class: "bar", "aria-hidden": "true" }, fill);
 }
 
+// the columns; `sort` is the server's sort key
 const COLUMNS = [
-  { key: "online", label: "", title: "online", sort: (e) => (e.online ? 0 : 1) },
-  { key: "id", label: "device", sort: (e) => e.id },
-  { key: "meta:region", label: "region", sort: (e) => metaText(e.metadata.region ?? "") },
-  { key: "meta:kind", label: "kind", sort: (e) => metaText(e.metadata.kind ?? "") },
-  { key: "meta", label: "metadata" },
-  { key: "cpu", label: "CPU", num: true, sort: (e) => e.health?.cpu_percent ?? -1 },
-  { key: "memory", label: "memory", num: true, sort: (e) => e.health?.memory_kb ?? -1 },
-  { key: "battery", label: "battery", num: true, sort: (e) => batteryOf(e.health) ?? -1 },
-  { key: "uptime", label: "uptime", num: true, sort: (e) => (e.online ? e.health?.uptime_s ?? -1 : -1) },
-  { key: "seen", label: "last seen", sort: (e) => -(e.last_seen ?? 0) },
-  { key: "models", label: "models", sort: (e) => Object.keys(e.models || {}).join(",") },
+  { key: "status", label: "", title: "status", sort: "status" },
+  { key: "id", label: "device", sort: "id" },
+  { key: "region", label: "region", sort: "meta.region" },
+  { key: "kind", label: "kind", sort: "meta.kind" },
+  { key: "cpu", label: "CPU", num: true, sort: "cpu" },
+  { key: "memory", label: "memory", num: true, sort: "memory" },
+  { key: "battery", label: "battery", num: true, sort: "battery" },
+  { key: "uptime", label: "uptime", num: true, sort: "uptime" },
+  { key: "seen", label: "last seen", sort: "last_seen" },
+  { key: "models", label: "models" },
+  { key: "attention", label: "attention", sort: "attention" },
 ];
+
+/** The devices view's state as the address holds it: `#devices?status=online&page=2`. */
+export function viewParams(hash) {
+  const at = hash.indexOf("?");
+  return new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+}
 
 export class DevicesPanel {
   constructor(root, api, { onSummary, onQuery } = {}) {
@@ -55,184 +57,277 @@ export class DevicesPanel {
     this.api = api;
     this.onSummary = onSummary || (() => {});
     this.onQuery = onQuery || (() => {});
-    this.edges = [];
+    this.params = new URLSearchParams();
+    this.rows = new Map();      // id → compact row of the current page
+    this.ids = [];              // the page, in order
+    this.cursor = null;
     this.total = 0;
     this.loaded = false;
-    this.quick = {};           // metadata key → selected value ("" for any)
-    this.sortKey = "id";
-    this.sortDir = 1;
+    this.seq = 0;               // only the newest answer is drawn
     this.detailId = null;
     this.filterInput = $("#device-filter", root);
-    this.onlineBox = $("#device-online", root);
+    this.whereInput = $("#device-where", root);
+    this.whereError = $("#device-where-error", root);
+    this.statusSelect = $("#device-status", root);
     this.quickBox = $("#device-quick", root);
     this.countBox = $("#device-count", root);
     this.tableBox = $("#devices-table", root);
+    this.pager = $("#device-pager", root);
     this.drawer = $("#device-details", root);
-    this.filterInput.addEventListener("input", () => this.render());
-    this.onlineBox.addEventListener("change", () => this.render());
+    this.filterInput.addEventListener("input", () => {
+      this.typedAt = performance.now();
+      clearTimeout(this.debounce);
+      this.debounce = setTimeout(() => this.set({ q: this.filterInput.value.trim() }), DEBOUNCE_MS);
+    });
+    this.whereInput.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); this.set({ where: this.whereInput.value.trim() }); }
+    });
+    this.statusSelect.addEventListener("change", () => this.set({ status: this.statusSelect.value }));
     $("#device-clear", root).addEventListener("click", () => {
-      this.filterInput.value = "";
-      this.onlineBox.checked = false;
-      this.quick = {};
-      this.render();
+      this.params = new URLSearchParams();
+      this.syncInputs();
+      this.set({});
       this.filterInput.focus();
     });
     this.drawer.addEventListener("keydown", (e) => { if (e.key === "Escape") { e.preventDefault(); this.close(); } });
   }
 
+  // --- the filters, in the address ------------------------------------------------------------------
+  /** The view's state from the address (on load, on a shared link, on back/forward). */
+  useParams(params) {
+    const next = new URLSearchParams();
+    for (const [k, v] of params) if (v !== "" && (FILTER_KEYS.includes(k) || k === "sort" || k === "page")) next.set(k, v);
+    if (next.toString() === this.params.toString() && this.loaded) return;
+    this.params = next;
+    this.syncInputs();
+    this.fetchPage();
+  }
+
+  /** Change some filters (an empty value removes one); back to page 1 unless the page is given. */
+  set(changes) {
+    const next = new URLSearchParams(this.params);
+    if (!("page" in changes)) next.delete("page");
+    for (const [k, v] of Object.entries(changes)) {
+      if (v === "" || v === null || v === undefined || (k === "page" && Number(v) <= 1)) next.delete(k); else next.set(k, String(v));
+    }
+    this.params = next;
+    const query = next.toString();
+    const hash = "#devices" + (query ? "?" + query : "");
+    if (location.hash !== hash && !location.hash.startsWith("#devices/")) history.replaceState(null, "", hash);
+    this.fetchPage();
+  }
+
+  syncInputs() {
+    this.filterInput.value = this.params.get("q") || "";
+    this.whereInput.value = this.params.get("where") || "";
+    this.statusSelect.value = this.params.get("status") || "";
+    this.drawQuick();
+  }
+
+  page() {
+    return Math.max(1, Number(this.params.get("page")) || 1);
+  }
+
+  query(extra = {}) {
+    const q = new URLSearchParams({ fields: "compact", limit: String(PAGE_SIZE),
+                                    offset: String((this.page() - 1) * PAGE_SIZE), sort: this.params.get("sort") || "id" });
+    for (const k of FILTER_KEYS) if (this.params.get(k)) q.set(k, this.params.get(k));
+    for (const [k, v] of Object.entries(extra)) q.set(k, v);
+    return "/v1/edges?" + q.toString();
+  }
+
+  // --- fetching -------------------------------------------------------------------------------------
+  /** A whole page (a filter, the sort or the page changed). */
+  async fetchPage() {
+    if (!this.api.token) return;
+    const seq = ++this.seq;
+    let data;
+    try {
+      data = await this.api.get(this.query());
+    } catch (err) {
+      if (seq !== this.seq) return;
+      if (err.kind && err.status === 400) { this.showWhereError(err); return; }
+      throw err;
+    }
+    if (seq !== this.seq) return;
+    this.showWhereError(null);
+    this.rows = new Map(data.edges.map((e) => [e.id, e]));
+    this.ids = data.edges.map((e) => e.id);
+    this.accept(data);
+    this.render();
+    if (this.typedAt) { this.lastFilterMs = performance.now() - this.typedAt; this.typedAt = null; }
+  }
+
+  /** The periodic refresh: only what changed on this page since the cursor. */
   async refresh() {
     if (!this.api.token) return;
-    const data = await this.api.get(`/v1/edges?limit=${PAGE}`);
-    this.edges = data.edges;
-    this.total = data.total;
-    this.loaded = true;
-    whenIdle(this.renderLater || (this.renderLater = () => this.render()));
+    if (!this.loaded || this.cursor === null) { await this.fetchPage(); return; }
+    const seq = this.seq;
+    const data = await this.api.get(this.query({ since: String(this.cursor) }));
+    if (seq !== this.seq) return;  // a filter changed meanwhile: its own fetch draws the page
+    const missing = data.ids.filter((id) => !this.rows.has(id) && !data.edges.some((e) => e.id === id));
+    if (missing.length) { await this.fetchPage(); return; }
+    for (const e of data.edges) this.rows.set(e.id, e);
+    const reordered = data.ids.join("\n") !== this.ids.join("\n");
+    this.ids = data.ids;
+    for (const id of [...this.rows.keys()]) if (!this.ids.includes(id)) this.rows.delete(id);
+    this.accept(data);
+    if (reordered) this.render();
+    else this.patch(data.edges.map((e) => e.id));
     if (this.detailId) await this.refreshDetails();
-    const online = this.edges.filter((e) => e.online).length;
-    this.onSummary({ total: data.total, online });
+  }
+
+  accept(data) {
+    this.cursor = data.cursor;
+    this.total = data.total;
+    this.fleet = data.fleet;
+    this.loaded = true;
+    this.fetchedAt = Date.now();
+    this.onSummary({ total: data.fleet.total, online: data.fleet.online, offline: data.fleet.offline,
+                     missing: data.fleet.missing });
   }
 
   forget() {
-    this.edges = [];
-    this.total = 0;
+    this.rows = new Map();
+    this.ids = [];
+    this.cursor = null;
     this.loaded = false;
+    this.seq++;
     if (this.detailId) this.close();
     clear(this.tableBox);
-    clear(this.quickBox);
     clear(this.countBox);
+    clear(this.pager);
   }
 
-  matches(edge) {
-    if (this.onlineBox.checked && !edge.online) return false;
-    for (const [key, value] of Object.entries(this.quick)) {
-      if (value !== "" && metaText((edge.metadata || {})[key] ?? "") !== value) return false;
+  /** The region and kind filters: their values from the summary, fetched when the view opens. */
+  async loadChoices() {
+    if (!this.api.token) return;
+    try {
+      const summary = await this.api.get("/v1/edges/summary");
+      this.choices = summary;
+      this.drawQuick();
+    } catch { /* the selects keep what they had */ }
+  }
+
+  drawQuick() {
+    const meta = (this.choices && this.choices.metadata) || {};
+    const models = (this.choices && this.choices.models) || {};
+    const select = (key, label, values, current) => {
+      const options = [...values];
+      if (current && !options.includes(current)) options.push(current);
+      return h("label", { class: ["quick", current && "active"] }, h("span", {}, label),
+        h("select", { id: "quick-" + key.replace(/^meta\./, ""), "data-key": key, "aria-label": "filter by " + label,
+                      onchange: (e) => this.set({ [key]: e.target.value }) },
+          h("option", { value: "" }, "all"), options.map((v) => h("option", { value: v, selected: v === current }, v))));
+    };
+    clear(this.quickBox,
+      select("meta.region", "region", Object.keys(meta.region || {}).sort(), this.params.get("meta.region") || ""),
+      select("meta.kind", "kind", Object.keys(meta.kind || {}).sort(), this.params.get("meta.kind") || ""),
+      select("attention", "attention", ["any", ...ATTENTION], this.params.get("attention") || ""),
+      Object.keys(models).length ? select("model", "model", Object.keys(models), this.params.get("model") || "") : null);
+  }
+
+  showWhereError(err) {
+    this.whereInput.classList.toggle("invalid", !!err);
+    if (!err) { this.whereError.hidden = true; clear(this.whereError); return; }
+    const text = this.params.get("where") || "";
+    const parts = [h("b", { class: "error-kind" }, err.kind), " ", err.message];
+    if (err.line) {
+      const line = text.split("\n")[err.line - 1] ?? "";
+      parts.push(h("pre", { class: "excerpt", id: "where-excerpt" }, line + "\n" + " ".repeat(Math.max(0, (err.column || 1) - 1)) + "^"));
     }
-    const words = this.filterInput.value.toLowerCase().split(/\s+/).filter(Boolean);
-    if (words.length) {
-      const text = haystack(edge);
-      return words.every((w) => text.includes(w));
-    }
-    return true;
+    clear(this.whereError, parts);
+    this.whereError.hidden = false;
+    clear(this.tableBox, h("p", { class: "muted empty" }, "The filter does not run: fix it above."));
   }
 
-  quickKeys() {
-    const values = new Map();
-    for (const edge of this.edges) {
-      for (const [k, v] of Object.entries(edge.metadata || {})) {
-        if (v !== null && typeof v === "object") continue;
-        if (!values.has(k)) values.set(k, new Set());
-        values.get(k).add(metaText(v));
-      }
-    }
-    const keys = [...values.keys()].filter((k) => values.get(k).size >= 1 && values.get(k).size <= 30 &&
-                                                  (PINNED.includes(k) || values.get(k).size >= 2));
-    keys.sort((a, b) => (PINNED.includes(a) ? PINNED.indexOf(a) : 99) - (PINNED.includes(b) ? PINNED.indexOf(b) : 99) ||
-                        values.get(a).size - values.get(b).size || a.localeCompare(b));
-    const shown = keys.slice(0, MAX_QUICK);
-    for (const k of Object.keys(this.quick)) if (!shown.includes(k) && values.has(k)) shown.push(k);
-    return shown.map((k) => [k, [...values.get(k) || []].sort()]);
-  }
-
-  setQuick(key, value) {
-    this.quick[key] = value;
-    this.render();
-  }
-
-  renderQuick() {
-    const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.key : null;
-    const selects = this.quickKeys().map(([key, values]) => {
-      const current = this.quick[key] ?? "";
-      if (current && !values.includes(current)) values.push(current);
-      const select = h("select", { "data-key": key, id: "quick-" + key, "aria-label": "filter by " + key,
-                                   onchange: (e) => this.setQuick(key, e.target.value) },
-                       h("option", { value: "" }, `all`),
-                       values.map((v) => h("option", { value: v, selected: v === current }, v)));
-      select.value = current;
-      return h("label", { class: ["quick", current && "active"] }, h("span", {}, key), select);
-    });
-    clear(this.quickBox, selects);
-    if (focused) { const again = this.quickBox.querySelector(`[data-key="${CSS.escape(focused)}"]`); if (again) again.focus(); }
-  }
-
+  // --- drawing --------------------------------------------------------------------------------------
   render() {
     if (!this.loaded) return;
-    const focusedQuick = this.quickBox.contains(document.activeElement);
-    if (!focusedQuick || !this.quickBox.childElementCount) this.renderQuick();
-    const pinned = PINNED.filter((k) => this.edges.some((e) => k in (e.metadata || {})));
-    const columns = COLUMNS.filter((c) => !c.key.startsWith("meta:") || pinned.includes(c.key.slice(5)));
-    const shown = this.edges.filter((e) => this.matches(e));
-    const column = COLUMNS.find((c) => c.key === this.sortKey) || COLUMNS[1];
-    shown.sort((a, b) => {
-      const x = column.sort(a), y = column.sort(b);
-      return (x < y ? -1 : x > y ? 1 : 0) * this.sortDir || a.id.localeCompare(b.id);
-    });
-    const online = shown.filter((e) => e.online).length;
-    clear(this.countBox, `${shown.length} of ${plural(this.total, "device")}`, h("span", { class: "muted" }, ` · ${online} online`),
-          this.edges.length < this.total ? h("span", { class: "warn" }, ` (only the first ${this.edges.length} are loaded)`) : null);
-    const head = h("tr", {}, columns.map((c) => {
-      const sorted = c.sort && this.sortKey === c.key;
-      const th = h("th", { class: [c.num && "num", c.sort && "sortable", c.key === "meta" && "col-meta"], scope: "col", title: c.title || null,
-                           "aria-sort": sorted ? (this.sortDir > 0 ? "ascending" : "descending") : null },
-                   c.sort ? h("button", { type: "button", class: "sort", "data-key": "sort:" + c.key, onclick: () => this.sortBy(c.key) },
-                              c.label || h("span", { class: "dot on" }), sorted ? (this.sortDir > 0 ? " ▲" : " ▼") : "")
-                          : c.label);
-      return th;
+    const sort = this.params.get("sort") || "id";
+    const head = h("tr", {}, COLUMNS.map((c) => {
+      const sorted = c.sort && sort.replace(/^-/, "") === c.sort;
+      const down = sort.startsWith("-");
+      return h("th", { class: [c.num && "num", "col-" + c.key], scope: "col", title: c.title || null,
+                       "aria-sort": sorted ? (down ? "descending" : "ascending") : null },
+        c.sort ? h("button", { type: "button", class: "sort", "data-key": "sort:" + c.key, onclick: () => this.sortBy(c.sort) },
+                   c.label || h("span", { class: "dot on" }), sorted ? (down ? " ▼" : " ▲") : "")
+               : c.label);
     }));
-    const rows = shown.map((e) => this.row(e, columns, pinned));
+    const rows = this.ids.map((id) => this.row(this.rows.get(id)));
     const table = h("table", { class: "devices", id: "devices" }, h("thead", {}, head), h("tbody", {}, rows));
-    const empty = !shown.length ? h("p", { class: "muted empty" },
-      this.edges.length ? "No device matches the filter." : "No device is registered yet: provision one (streamql federation provision) or start a simulated fleet (streamql edge --simulate 20 …).") : null;
-    const scroll = this.tableBox.scrollTop;
+    const filtered = FILTER_KEYS.some((k) => this.params.get(k));
+    const empty = !rows.length ? h("p", { class: "muted empty" },
+      filtered ? "No device matches the filter." : "No device is registered yet: provision one (Admin) or start a simulated fleet (streamql edge --simulate 20 …).") : null;
     keepFocus(this.tableBox, () => clear(this.tableBox, table, empty));
-    this.tableBox.scrollTop = scroll;
+    this.drawCount();
+    this.drawPager();
+  }
+
+  /** Replace only the rows that changed (a refresh that kept the page's order). */
+  patch(ids) {
+    const body = this.tableBox.querySelector("tbody");
+    if (!body) { this.render(); return; }
+    for (const id of ids) {
+      const old = body.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+      if (old) old.replaceWith(this.row(this.rows.get(id)));
+    }
+    this.drawCount();
+  }
+
+  drawCount() {
+    const f = this.fleet || {};
+    clear(this.countBox, h("span", { id: "device-total", "data-total": String(this.total) },
+                           `${this.total.toLocaleString("en")} of ${plural(f.total || 0, "device")}`),
+          h("span", { class: "muted" }, ` · ${(f.online || 0).toLocaleString("en")} online`));
+  }
+
+  drawPager() {
+    const pages = Math.max(1, Math.ceil(this.total / PAGE_SIZE));
+    const page = this.page();
+    const first = this.total ? (page - 1) * PAGE_SIZE + 1 : 0;
+    clear(this.pager,
+      h("button", { type: "button", class: "small", id: "page-prev", disabled: page <= 1, onclick: () => this.set({ page: page - 1 }) }, "‹ previous"),
+      h("span", { class: "muted", id: "page-info" }, `${first}–${Math.min(this.total, page * PAGE_SIZE)} · page ${page} of ${pages}`),
+      h("button", { type: "button", class: "small", id: "page-next", disabled: page >= pages, onclick: () => this.set({ page: page + 1 }) }, "next ›"));
   }
 
   sortBy(key) {
-    if (this.sortKey === key) this.sortDir = -this.sortDir;
-    else { this.sortKey = key; this.sortDir = 1; }
-    this.render();
-    const button = this.tableBox.querySelector(`th[aria-sort] button`);
-    if (button) button.focus();
+    const now = this.params.get("sort") || "id";
+    const next = now === key ? "-" + key : now === "-" + key ? key : (["battery", "cpu", "memory", "attention", "last_seen"].includes(key) ? "-" + key : key);
+    this.set({ sort: next === "id" ? "" : next });
   }
 
-  row(e, columns, pinned) {
-    const health = e.health || {};
+  row(e) {
     const cells = {
-      online: () => h("td", { title: e.online ? "online" : "offline" }, h("span", { class: ["dot", e.online ? "on" : "off"] })),
-      id: () => h("td", { class: "id" }, h("a", { href: "#devices/" + encodeURIComponent(e.id), class: "device-link", "data-key": "dev:" + e.id }, e.id)),
-      "meta:region": () => this.metaCell(e, "region"),
-      "meta:kind": () => this.metaCell(e, "kind"),
-      meta: () => h("td", { class: "chips col-meta" }, Object.entries(e.metadata || {}).filter(([k]) => !pinned.includes(k))
-        .map(([k, v]) => h("button", { type: "button", class: "chip", title: `filter by ${k} = ${metaText(v)}`,
-                                       onclick: (ev) => { ev.stopPropagation(); this.filterBy(k, metaText(v)); } },
-                           h("span", { class: "k" }, k), metaText(v)))),
-      cpu: () => h("td", { class: "num" }, isNumber(health.cpu_percent) && e.online ? [num(health.cpu_percent, 3) + " %", bar(health.cpu_percent)] : "—"),
-      memory: () => h("td", { class: "num" }, e.online ? kb(health.memory_kb) : "—"),
-      battery: () => {
-        const b = batteryOf(health);
-        return h("td", { class: "num" }, isNumber(b) ? [num(b, 3) + " %", bar(b, { cls: b < 20 ? "low" : "" })] : "—");
-      },
-      uptime: () => h("td", { class: "num" }, e.online ? duration(health.uptime_s) : "—"),
-      seen: () => h("td", { class: e.online ? null : "muted", title: dateTime(e.last_seen) }, e.online ? "online" : ago(e.last_seen)),
-      models: () => h("td", { class: "chips" }, Object.entries(e.models || {}).map(([m, v]) =>
-        h("span", { class: "chip model", title: v.previous_version ? `previously ${v.previous_version}` : null }, m, h("span", { class: "v" }, v.version)))),
+      status: () => h("td", { class: "col-status", title: e.status, "data-label": "status" },
+                      h("span", { class: ["dot", e.status === "online" ? "on" : e.status === "missing" ? "bad" : "off"] }),
+                      h("span", { class: "status-text" }, e.status)),
+      id: () => h("td", { class: "id col-id" }, h("a", { href: "#devices/" + encodeURIComponent(e.id), class: "device-link", "data-key": "dev:" + e.id }, e.id)),
+      region: () => this.metaCell(e, "region"),
+      kind: () => this.metaCell(e, "kind"),
+      cpu: () => h("td", { class: "num col-cpu", "data-label": "CPU" }, isNumber(e.cpu_percent) && e.online ? [num(e.cpu_percent, 3) + " %", bar(e.cpu_percent)] : "—"),
+      memory: () => h("td", { class: "num col-memory", "data-label": "memory" }, e.online ? kb(e.memory_kb) : "—"),
+      battery: () => h("td", { class: "num col-battery", "data-label": "battery" },
+                       isNumber(e.battery) ? [num(e.battery, 3) + " %", bar(e.battery, { cls: e.battery < 20 ? "low" : "" })] : "—"),
+      uptime: () => h("td", { class: "num col-uptime", "data-label": "uptime" }, e.online ? duration(e.uptime_s) : "—"),
+      seen: () => h("td", { class: ["col-seen", e.online ? null : "muted"], "data-label": "last seen" }, e.online ? "online" : ago(e.last_seen)),
+      models: () => h("td", { class: "chips col-models", "data-label": "models" }, Object.entries(e.models || {}).map(([m, v]) =>
+        h("span", { class: "chip model" }, m, h("span", { class: "v" }, v)))),
+      attention: () => h("td", { class: "chips col-attention", "data-label": "attention" },
+                          (e.attention || []).map((a) => h("span", { class: "chip attention" }, a))),
     };
     return h("tr", { "data-id": e.id, class: [e.online ? "online" : "offline", e.id === this.detailId && "selected"],
                      onclick: (ev) => { if (!ev.target.closest("a, button")) location.hash = "#devices/" + encodeURIComponent(e.id); } },
-             columns.map((c) => cells[c.key]()));
+             COLUMNS.map((c) => cells[c.key]()));
   }
 
   metaCell(e, key) {
     const v = (e.metadata || {})[key];
-    if (v === undefined) return h("td", {}, "");
-    return h("td", {}, h("button", { type: "button", class: "plain", title: `filter by ${key} = ${metaText(v)}`,
-                                     onclick: (ev) => { ev.stopPropagation(); this.filterBy(key, metaText(v)); } }, metaText(v)));
-  }
-
-  filterBy(key, value) {
-    if (this.quickKeys().some(([k]) => k === key)) this.quick[key] = value;
-    else this.filterInput.value = (this.filterInput.value + ` ${key}=${value}`).trim();
-    this.render();
+    if (v === undefined) return h("td", { class: "col-" + key, "data-label": key }, "");
+    return h("td", { class: "col-" + key, "data-label": key },
+      h("button", { type: "button", class: "plain", title: `filter by ${key} = ${metaText(v)}`,
+                    onclick: (ev) => { ev.stopPropagation(); this.set({ ["meta." + key]: metaText(v) }); } }, metaText(v)));
   }
 
   // --- details ------------------------------------------------------------------------------------
@@ -241,21 +336,24 @@ export class DevicesPanel {
     this.detailId = id;
     this.drawer.hidden = false;
     this.root.classList.add("with-details");
-    if (changed) clear(this.drawer, h("p", { class: "muted" }, "loading " + id + "…"));
+    document.body.classList.add("sheet-open");
+    if (changed) clear(this.drawer, this.drawerHead(id, null), h("p", { class: "muted" }, "loading " + id + "…"));
     for (const tr of this.tableBox.querySelectorAll("tr.selected")) tr.classList.remove("selected");
     const tr = this.tableBox.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
     if (tr) tr.classList.add("selected");
     await this.refreshDetails();
-    if (changed) { const close = $(".close", this.drawer); if (close) close.focus(); }
+    if (changed) { const close = $(".close", this.drawer); if (close) close.focus({ preventScroll: true }); }
   }
 
   close() {
     this.detailId = null;
     this.drawer.hidden = true;
     this.root.classList.remove("with-details");
+    document.body.classList.remove("sheet-open");
     if (location.hash.startsWith("#devices/")) {
       const id = decodeURIComponent(location.hash.slice(9));
-      history.replaceState(null, "", "#devices");
+      const query = this.params.toString();
+      history.replaceState(null, "", "#devices" + (query ? "?" + query : ""));
       const link = this.tableBox.querySelector(`tr[data-id="${CSS.escape(id)}"] a`);
       if (link) link.focus();
     }
@@ -289,8 +387,9 @@ export class DevicesPanel {
 
   drawerHead(id, edge) {
     return h("div", { class: "drawer-head" },
+      h("button", { type: "button", class: "back small ghost", "aria-label": "back to the devices", onclick: () => this.close() }, "‹ devices"),
       h("h2", { id: "device-title" }, edge ? h("span", { class: ["dot", edge.online ? "on" : "off"] }) : null, id),
-      edge ? h("span", { class: ["pill", edge.online ? "state-done" : "state-stopped"] }, edge.online ? "online" : "offline") : null,
+      edge ? h("span", { class: ["pill", edge.online ? "state-done" : "state-stopped"] }, edge.online ? "online" : edge.status || "offline") : null,
       h("button", { type: "button", class: "close", "data-key": "close", title: "close (Esc)", "aria-label": "close the details", onclick: () => this.close() }, "×"));
   }
 
@@ -300,13 +399,15 @@ export class DevicesPanel {
     const kv = (pairs) => h("dl", { class: "kv" }, pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     const battery = batteryOf(health);
     const link = health.link || {};
+    const connected = e.online && link.connected === true;   // an offline device's link is never connected
     const signals = caps.signals || [];
     const sections = [];
     sections.push(h("section", { class: "facts" }, kv([
-      ["status", e.online ? "online" : `offline, last seen ${ago(e.last_seen)}`],
+      ["status", e.online ? "online" : `${e.status || "offline"}, last seen ${ago(e.last_seen)}`],
       ["last seen", dateTime(e.last_seen)],
       ["registered", dateTime(e.created)],
       ["restarts", String(e.restarts ?? health.restarts ?? 0)],
+      ["attention", (e.attention || []).length ? e.attention.join(", ") : undefined],
     ])));
     sections.push(h("section", {}, h("h3", {}, "Metadata"),
       Object.keys(e.metadata || {}).length
@@ -317,14 +418,14 @@ export class DevicesPanel {
         ["CPU", isNumber(health.cpu_percent) ? num(health.cpu_percent, 3) + " %" : "—"],
         ["memory", kb(health.memory_kb)],
         ["battery", isNumber(battery) ? num(battery, 3) + " %" + (health.battery && health.battery.charging ? " (charging)" : "") : "—"],
-        ["uptime", duration(health.uptime_s)],
-        ["link", link.connected === undefined ? "—" : (link.connected ? "connected" : "disconnected") +
-                 (isNumber(link.rtt_ms) ? `, rtt ${num(link.rtt_ms, 3)} ms` : "") +
+        ["uptime", e.online ? duration(health.uptime_s) : "—"],
+        ["link", link.connected === undefined && e.online ? "—" : (connected ? "connected" : "disconnected") +
+                 (connected && isNumber(link.rtt_ms) ? `, rtt ${num(link.rtt_ms, 3)} ms` : "") +
                  (isNumber(link.reconnects) ? `, ${plural(link.reconnects, "reconnect")}` : "")],
         ["buffer", health.buffer ? `${plural(health.buffer.records ?? 0, "record")}, ${kb((health.buffer.bytes ?? 0) / 1024)}` +
                    (health.buffer.dropped ? `, ${health.buffer.dropped} dropped` : "") : undefined],
         ["queries", Array.isArray(health.queries) ? String(health.queries.length) : undefined],
-        ["errors", Array.isArray(health.errors) && health.errors.length ? health.errors.map((x) => typeof x === "string" ? x : JSON.stringify(x)).join("; ") : undefined],
+        ["errors", Array.isArray(health.errors) && health.errors.length ? health.errors.map((x) => typeof x === "string" ? x : x.message || JSON.stringify(x)).join("; ") : undefined],
       ]) : h("p", { class: "muted" }, "no health report yet"),
       Object.keys(health).length ? h("details", { "data-key": "health-json" }, h("summary", {}, "the whole health report"), h("pre", { class: "json" }, JSON.stringify(health, null, 2))) : null));
     sections.push(h("section", {}, h("h3", {}, "Models"),

@@ -78,6 +78,81 @@ export class QueryPanel {
     for (const button of this.viewButtons) button.addEventListener("click", () => this.setView(button.dataset.view, true));
     this.setView("table", false);
     this.drawInfo();
+    this.setupSaved();
+    $("#export-csv", root).addEventListener("click", () => this.export("csv"));
+    $("#export-json", root).addEventListener("click", () => this.export("json"));
+  }
+
+  // --- saved queries (GET/PUT /v1/saved-queries), shared as #query/saved/<name> -------------------
+  setupSaved() {
+    this.savedMenu = $("#saved", this.root);
+    this.savedMenu.addEventListener("change", () => {
+      if (this.savedMenu.value) location.hash = "#query/saved/" + encodeURIComponent(this.savedMenu.value);
+      this.savedMenu.value = "";
+    });
+    $("#save-query", this.root).addEventListener("click", () => this.save());
+    this.drawSaved([]);
+  }
+
+  drawSaved(list) {
+    this.saved = list;
+    clear(this.savedMenu, h("option", { value: "" }, list.length ? "Saved…" : "Saved (none)"),
+          list.map((q) => h("option", { value: q.name, title: q.text }, q.name)));
+  }
+
+  async loadSaved() {
+    if (!this.api.token) return;
+    try { this.drawSaved((await this.api.get("/v1/saved-queries")).queries); } catch { /* the menu keeps what it had */ }
+  }
+
+  async save() {
+    const name = prompt("Save this statement as (letters, digits, spaces, . _ : -):", this.savedName || "");
+    if (!name) return;
+    try {
+      await this.api.put("/v1/saved-queries/" + encodeURIComponent(name.trim()), { text: this.editor.value });
+      this.savedName = name.trim();
+      const link = location.origin + location.pathname + "#query/saved/" + encodeURIComponent(this.savedName);
+      clear(this.message, h("span", {}, `Saved as “${this.savedName}”. Link: `), h("a", { href: link, id: "saved-link" }, link));
+      await this.loadSaved();
+    } catch (err) {
+      clear(this.message, h("span", { class: "error" }, `Not saved: ${err.message}`));
+    }
+  }
+
+  async openSaved(name) {
+    try {
+      const found = await this.api.get("/v1/saved-queries/" + encodeURIComponent(name));
+      this.savedName = found.name;
+      this.setText(found.text);
+      clear(this.message, h("span", { id: "saved-open" }, `Saved query “${found.name}”`), found.description ? h("span", { class: "muted" }, found.description) : null);
+    } catch (err) {
+      clear(this.message, h("span", { class: "error" }, err.status === 404 ? `No saved query “${name}”.` : err.message));
+    }
+    this.loadSaved();
+  }
+
+  // --- exports --------------------------------------------------------------------------------------
+  exportText(format) {
+    const run = this.run;
+    const columns = run.columns || [];
+    if (format === "json") {
+      return JSON.stringify(run.rows.map((row) => Object.fromEntries(columns.map((c, i) => [c, row[i]]))), null, 1);
+    }
+    const cell = (v) => {
+      const t = v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v);
+      return /[",\n\r]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t;
+    };
+    return [columns.map(cell).join(","), ...run.rows.map((row) => row.map(cell).join(","))].join("\r\n") + "\r\n";
+  }
+
+  export(format) {
+    if (!this.run || !this.run.columns) return;
+    const blob = new Blob([this.exportText(format)], { type: format === "json" ? "application/json" : "text/csv" });
+    const a = h("a", { href: URL.createObjectURL(blob), download: `streamql-result.${format}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
   }
 
   setupEditor() {
@@ -209,7 +284,9 @@ export class QueryPanel {
 
   planView(run) {
     run.plan = planChart(run.columns, run.types, run.rows.slice(0, 20));
-    const style = run.directive && run.directive !== "text" ? run.directive : "line";
+    // a bag of one row per key (a grouped result) is a category bar chart
+    const grouped = run.kind === "bag" && run.plan.key >= 0 && !run.plan.vector && run.plan.time < 0;
+    const style = run.directive && run.directive !== "text" ? run.directive : grouped ? "bar" : "line";
     this.chart.reset(run.plan, style);
     if (run.rows.length) this.chart.add(run.rows.slice(-MAX_KEPT_ROWS));
     if (!run.userView) {
@@ -239,8 +316,16 @@ export class QueryPanel {
 
   finish(run, state, last) {
     if (["done", "partial", "error", "stopped"].includes(run.state)) return;
-    // an answer some selected devices did not give is partial, and says so
+    // an answer some selected devices did not give is partial, and says so; one no device gave
+    // because each failed is a failure, never "done · 0 rows"
+    const status = last && last.status;
+    if (state === "done" && status && status.counts) {
+      const failed = (status.counts.failed || 0) + (status.counts["timed out"] || 0);
+      const answered = (status.counts.answered || 0) + (status.counts.cancelled || 0) + (status.counts.limit || 0);
+      if (failed && !answered && !run.count) state = "error";
+    }
     if (state === "done" && last && last.complete === false) state = "partial";
+    if ((state === "error" || state === "partial") && status && !(last && last.error)) this.showDeviceError(run, status);
     run.state = state;
     run.ended = performance.now();
     clearInterval(this.ticker);
@@ -262,6 +347,7 @@ export class QueryPanel {
     }
     this.setView(this.view, false);
     this.drawInfo();
+    for (const id of ["#export-csv", "#export-json"]) $(id, this.root).disabled = !run.columns || !run.rows.length;
   }
 
   drawInfo() {
@@ -345,6 +431,16 @@ export class QueryPanel {
           h("td", { class: "num" }, s.rows ?? ""), h("td", { class: "reason" }, s.reason || ""))))));
   }
 
+  /** The first failed device's error, with its position in the statement (as the federation gives it). */
+  showDeviceError(run, status) {
+    const entry = Object.entries(status.devices || {}).sort(([a], [b]) => a.localeCompare(b))
+      .find(([, s]) => s.error || s.outcome === "failed");
+    if (!entry) return;
+    const [device, s] = entry;
+    const error = s.error || { kind: "Error", message: s.reason || "failed" };
+    this.showError(run, { ...error, message: error.message }, device);
+  }
+
   // --- errors -------------------------------------------------------------------------------------
   clearError() {
     this.errorLine = null;
@@ -353,7 +449,7 @@ export class QueryPanel {
     this.syncGutter();
   }
 
-  showError(run, error) {
+  showError(run, error, device = null) {
     error = error || { kind: "Error", message: "unknown error" };
     let line = error.line, column = error.column;
     if (line && run.offset) {
@@ -361,7 +457,9 @@ export class QueryPanel {
       column = line === 1 ? start.column + (column || 1) - 1 : column;
       line = start.line + line - 1;
     }
-    const parts = [h("div", { class: "error-head" }, h("b", { class: "error-kind" }, error.kind || "Error"),
+    const parts = [h("div", { class: "error-head" },
+                     device ? h("span", { class: "error-device" }, "first device error, ", h("a", { href: "#devices/" + encodeURIComponent(device) }, device), ": ") : null,
+                     h("b", { class: "error-kind" }, error.kind || "Error"),
                      line ? h("span", { class: "error-pos" }, ` at line ${line}, column ${column || 1}`) : null,
                      ": ", h("span", { class: "error-message" }, error.message || ""))];
     if (line && this.editor.value === run.full) {

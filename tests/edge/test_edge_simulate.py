@@ -2,13 +2,15 @@
 import ast
 import asyncio
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 
 from edge_engine.config import load_config
 from edge_engine.signals import SimModel
-from edge_engine.simulate import SimulatedFleet, fleet_identities, load_tokens
+from edge_engine.simulate import MEMORY_KB, REGION_WEIGHTS, REGIONS, SimulatedFleet, fleet_identities, load_tokens, \
+    low_battery, simulated_load
 from edge_engine.testing import FakeFederation
 
 
@@ -54,6 +56,10 @@ async def test_a_provisioned_fleet_on_one_loop(tmp_path):
         # each edge answers from its own signals, which the oracle can recompute
         edge = fleet.identities[3]
         conn = await fed.connection(edge.id)
+        # its health has its own CPU and memory: simulated_load of the fleet seed, its id and the time
+        beat = await conn.next("health", timeout=10)
+        assert {"cpu_percent": beat["cpu_percent"], "memory_kb": beat["memory_kb"]} == \
+            simulated_load(2, edge.id, beat["time"])
         assert conn.hello["capabilities"]["ram_kb"] == edge.capabilities.ram_kb
         await asyncio.sleep(0.3)
         rows, end = await conn.run_query("select stream of tv from Timeval tv "
@@ -86,3 +92,50 @@ def test_the_edge_engine_never_imports_the_federation():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "federation" or n.startswith("federation.") for n in names), path.name
+
+
+def _old_identity_draws(i: int, seed: int) -> tuple:
+    """The values the identity of edge i had before low batteries were simulated (the oracle)."""
+    rng = random.Random(f"streamql-fleet:{seed}:{i}")
+    region = rng.choices([r for r, _ in REGION_WEIGHTS], [w for _, w in REGION_WEIGHTS])[0]
+    base_temperature, sites = REGIONS[region]
+    ram = rng.choice(MEMORY_KB)
+    flash = rng.choice((524288, 1048576, 2097152, 4194304, 8388608))
+    edge_seed = rng.randrange(1 << 31)
+    site, year = rng.choice(sites), rng.randrange(2012, 2025)
+    frequency = round(rng.uniform(8.0, 16.0), 2)
+    temperature = round(base_temperature + rng.uniform(-6.0, 6.0), 1)
+    battery = round(rng.uniform(55.0, 90.0), 1)
+    return region, ram, flash, edge_seed, site, year, frequency, temperature, battery
+
+
+def test_about_one_edge_in_16_has_a_low_battery_and_nothing_else_changed():
+    fleet = fleet_identities(1600, seed=3)
+    low = [e for i, e in enumerate(fleet, 1) if low_battery(3, i)]
+    assert 60 <= len(low) <= 140            # 1 in 16 of 1600 is 100
+    for i, edge in enumerate(fleet, 1):
+        region, ram, flash, edge_seed, site, year, frequency, temperature, battery = _old_identity_draws(i, 3)
+        assert (edge.metadata["region"], edge.capabilities.ram_kb, edge.capabilities.flash_kb, edge.seed,
+                edge.metadata["site"], edge.metadata["model_year"]) == (region, ram, flash, edge_seed, site, year)
+        signals = {s["name"]: s for s in edge.signals}
+        assert signals["vibration"]["frequency_hz"] == frequency
+        assert signals["outside_temperature"]["offset"] == temperature
+        spec = signals["battery"]
+        values = SimModel.from_spec(spec).values_at(np.arange(0.0, 4 * 3600.0, 60.0))
+        if edge in low:
+            assert spec["offset"] < 20 and values.max() < 20, edge.id
+        else:
+            assert spec["offset"] == battery and values.min() > 20, edge.id
+
+
+def test_simulated_load_is_a_pure_plausible_function_of_seed_id_and_time():
+    ids = [e.id for e in fleet_identities(50, seed=1)]
+    t = 1_760_000_000.0
+    assert [simulated_load(1, i, t) for i in ids] == [simulated_load(1, i, t) for i in ids]
+    loads = [simulated_load(1, i, t) for i in ids]
+    assert len({x["cpu_percent"] for x in loads}) >= 45 and len({x["memory_kb"] for x in loads}) >= 45
+    assert all(0 < x["cpu_percent"] <= 100 and 4096 <= x["memory_kb"] <= 256 * 1024 for x in loads)
+    assert simulated_load(2, ids[0], t) != simulated_load(1, ids[0], t)
+    over_an_hour = [simulated_load(1, ids[0], t + s)["cpu_percent"] for s in range(0, 3600, 5)]
+    assert max(over_an_hour) - min(over_an_hour) > 2        # it moves, …
+    assert max(abs(a - b) for a, b in zip(over_an_hour, over_an_hour[1:])) < 15   # … smoothly

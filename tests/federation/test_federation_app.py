@@ -44,7 +44,8 @@ def app_routes(app: web.Application) -> dict[tuple[str, str], str]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{id}", "12345").replace("{path}", "index.html").replace("{flow}", "alerts")
+    return path.replace("{id}", "12345").replace("{path}", "index.html").replace("{flow}", "alerts") \
+        .replace("{name}", "cold")
 
 
 def error_of(body: dict) -> dict:

@@ -95,6 +95,30 @@ def test_targets_written_before_rollouts_survive_the_rebuild_that_adds_their_new
         assert "deployment_targets_by_device" in indexes
 
 
+def test_deployments_and_their_targets_survive_the_rebuild_that_adds_nothing_selected(tmp_path):
+    path = tmp_path / "v6.sqlite3"
+    conn = connect(path)
+    assert migrate(conn, target=6) == 6
+    conn.execute("INSERT INTO devices (id, created) VALUES ('e1', 1.0)")
+    conn.execute("INSERT INTO deployments (action, bundle, version, created, updated, state, waves) "
+                 "VALUES ('deploy', 'vib', '1.0', 1.0, 2.0, 'done', '{\"count\": 1}')")
+    conn.execute("INSERT INTO deployment_targets VALUES (1, 'e1', 'done', 'ok', 'numpy', 1, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):   # the old table knows no 'nothing_selected'
+        conn.execute("UPDATE deployments SET state = 'nothing_selected'")
+    conn.close()
+    with Registry(path) as reg:
+        (target,) = reg.deployment_targets(1)
+        assert (target.state, target.reason, target.variant, target.wave) == ("done", "ok", "numpy", 1)
+        deployment = reg.get_deployment(1)
+        assert (deployment.state, deployment.version, deployment.waves) == ("done", "1.0", {"count": 1})
+        reg.set_deployment_state(1, "nothing_selected")
+        assert reg.create_deployment("deploy", "vib", "2.0", "", [("e1",)]).id == 2   # ids go on
+        reg.delete_device("e1")   # the reference was rewritten to the new table: the cascade still works
+        assert reg.deployment_targets(1) == []
+        reg.save_query("cold", "select 1;", description="one", created_by="read#1")
+        assert reg.saved_query("cold")["text"] == "select 1;"
+
+
 def test_migrations_are_ordered_and_a_failing_step_rolls_back(tmp_path):
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     conn = connect(tmp_path / "x.sqlite3")
