@@ -115,7 +115,9 @@ class SimulatedDriver(Driver):
         self.rate_hz = model.rate_hz
         self.batch_interval_s = batch_interval_s
         start = clock.now() if start_time is None else start_time
-        self._next_k = math.ceil(start * self.rate_hz)  # the first grid point at or after start
+        # the grid point at or just before start: the first poll, as the driver starts (before the
+        # edge connects), gives the signal its current value, so no statement sees it empty
+        self._next_k = math.floor(start * self.rate_hz)
 
     def poll(self, now: float | None = None) -> int:
         now = self.clock.now() if now is None else now

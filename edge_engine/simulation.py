@@ -171,8 +171,9 @@ class SimModel:
         return values
 
     def grid(self, n: int, start_time: float) -> np.ndarray:
-        """The first `n` grid times `k / rate_hz` at or after `start_time`: what a driver samples."""
-        first = math.ceil(start_time * self.rate_hz)
+        """The first `n` grid times `k / rate_hz` from the one at or just before `start_time`: what
+        a driver started then samples."""
+        first = math.floor(start_time * self.rate_hz)
         return np.arange(first, first + n, dtype=np.float64) / self.rate_hz
 
     def generate(self, n: int, start_time: float, period: float | None = None) -> tuple[np.ndarray, np.ndarray]:
