@@ -135,6 +135,9 @@ class EdgeConfig:
     # the only directory statements may read files from (csv:file_stream, create model … from); a
     # relative path is inside the store; None: no files at all
     files: Path | None = Path(STORE_FILES)
+    # the Python functions `create function … as foreign 'py:…'` may name here (fnmatch patterns):
+    # none unless the operator lists them, so a deployed bundle's foreign functions run only if named
+    foreign: list[str] = field(default_factory=list)
 
     @property
     def files_dir(self) -> Path | None:
@@ -212,6 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--limit-seconds", type=float, metavar="S", help="default time limit of a query")
     add("--limit-memory-mb", type=float, metavar="MB", help="default memory limit of a query")
     add("--trusted-key", action="append", metavar="KEY", help="a public key trusted for bundles (repeatable)")
+    add("--foreign", action="append", metavar="PATTERN",
+        help="a Python function statements may call as foreign 'py:…' ('pkg.mod.fn' or 'pkg.*'; repeatable)")
     add("--ca-file", metavar="PEM", help="CA certificates to trust for a wss:// federation")
     add("--client-cert", metavar="PEM", help="client certificate, where the federation requires mutual TLS")
     add("--client-key", metavar="PEM", help="the client certificate's private key")
@@ -295,6 +300,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
         doc["signals"] = [_signal_flag(text) for text in get("signal")]
     if get("trusted_key"):
         doc["trusted_keys"] = list(get("trusted_key"))
+    if get("foreign"):
+        doc["foreign"] = list(get("foreign"))
     return doc
 
 
@@ -332,7 +339,8 @@ def _signal_flag(text: str) -> dict:
 
 # == loading ===================================================================================
 _TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
-        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files", "autostart"}
+        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files", "autostart",
+        "foreign"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
              "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal"},
@@ -540,10 +548,14 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
             spec = {**spec, "path": str(base / spec["path"])}
         checked.append(spec)
 
+    foreign = doc.get("foreign", [])
+    if not isinstance(foreign, list) or not all(isinstance(f, str) and f for f in foreign):
+        fail("foreign", "must be a list of Python function names or patterns ('package.module.*')")
     return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
                       limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
-                      autostart=autostart, log_level=log_level.lower(), source=path, files=files)
+                      autostart=autostart, log_level=log_level.lower(), source=path, files=files,
+                      foreign=list(foreign))
 
 
 def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:

@@ -229,7 +229,8 @@ class EdgeDaemon:
     # == the engine =============================================================================
     def _new_engine(self):
         engine = streamql.Engine(clock=self.clock, seed=self.seed, trusted_keys=self.trusted_keys, name=self.config.id,
-                                 files=self.config.files_dir)   # statements read the operator's files only
+                                 files=self.config.files_dir,   # statements read the operator's files only
+                                 foreign=self.config.foreign)   # … and call only the Python it names
         for name, live in self.drivers.signals.items():
             engine.add_signal(name, live, type=live.type_name or None)
         return engine

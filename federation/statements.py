@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Callable
 import streamql
 from streamql import ast as A
 from streamql.fleet import FleetCatalog
-from streamql.errors import FleetError, QueryCancelled, QueryError, Span
+from streamql.errors import FleetError, QueryCancelled, QueryError, QueryTypeError, Span
 from streamql.streams import Limits
 from streamql.syntax import parse_one
 
@@ -296,6 +296,9 @@ class QueryService:
                 self.pool.release()
                 raise
             return StatementResult.streaming(result, self.pool)   # it releases the slot when it ends
+        if isinstance(statement, A.Toploop):   # quit/commit/rollback belong to a shell's own engine
+            raise QueryTypeError(f"{statement.command} is a statement of a shell or script on its own engine, "
+                                 "not of a federation", statement.span, text)
         _require(principal, "deploy")
         return await self.pool.call(self._statement, statement, text, self.limits_for(principal, limits))
 

@@ -59,7 +59,14 @@ class TypeExpr(Node):
     """A type as written: `Real`, `Vector of Real`, `Stream of Vector of Number`, `function`."""
 
     name: str
-    of: "TypeExpr | None" = None
+    of: "TypeExpr | TupleType | None" = None
+
+
+@dataclass(frozen=True)
+class TupleType(Node):
+    """AmosQL's tuple result, `Bag of (Person spouse, Integer year)`: named parts."""
+
+    parts: tuple["Parameter", ...]
 
 
 # ------------------------------------------------------------------------------- expressions
@@ -285,6 +292,7 @@ class Select(Statement):
     limit: Expr | None = None
     distinct: bool = False
     kind: str | None = None  # 'stream' | 'vector' | 'bag' | None
+    into: tuple[str, ...] = ()   # `select … into :a, :b`: the first row's values, set
 
 
 @dataclass(frozen=True)
@@ -313,12 +321,14 @@ class CreateInstances(Statement):
     type_name: str
     functions: tuple[str, ...]
     rows: tuple[tuple[Expr, ...], ...]
+    variables: tuple[str | None, ...] = ()   # AmosQL `instances :p (…)`: session variables bound
+    local: bool = False                      # … or, in a procedure, `instances p`: local variables
 
 
 @dataclass(frozen=True)
 class Parameter(Node):
     type: TypeExpr
-    name: str
+    name: str          # "" when left out (AmosQL `born(Person) -> Integer`)
 
 
 @dataclass(frozen=True)
@@ -327,11 +337,20 @@ class StoredBody(Node):
 
 
 @dataclass(frozen=True)
+class ForeignBody(Node):
+    """The body `as foreign 'py:package.module.function'`: a Python callable the operator allows."""
+
+    target: str
+
+
+@dataclass(frozen=True)
 class CreateFunction(Statement):
     name: str
     parameters: tuple[Parameter, ...]
     result: TypeExpr
-    body: Union[StoredBody, Expr, Select]
+    body: Union[StoredBody, ForeignBody, Expr, Select, "Block", "ForEach"]
+    result_name: str | None = None   # AmosQL `-> Bag of Person c`
+    key: bool = False                # `-> Charstring key`: values unique
 
 
 @dataclass(frozen=True)
@@ -368,13 +387,14 @@ class Insert(Statement):
 
 @dataclass(frozen=True)
 class SetFunction(Statement):
-    """`set f(args) = value [from … where …]`."""
+    """`set f(args) = value [from … where …]`; `add …` / `remove …` (mode) for bag-valued ones."""
 
     function: str
     args: tuple[Expr, ...]
     value: Expr
     declarations: tuple[Declaration, ...] = ()
     where: Expr | None = None
+    mode: str = "set"   # 'set' | 'add' | 'remove'
 
 
 @dataclass(frozen=True)
@@ -490,3 +510,73 @@ def conjoin(terms: list[Expr]) -> Expr | None:
         result = term if result is None else And(result, term, span=(result.span.merge(term.span) if result.span else term.span))
     return result
 
+
+
+@dataclass(frozen=True)
+class DeleteObject(Statement):
+    """`delete :p`: the object a session variable holds, and every value that mentions it."""
+
+    variable: str
+
+
+@dataclass(frozen=True)
+class DeclareVariables(Statement):
+    """`declare Integer :i, Real :x`: session variables of a type, unset until set."""
+
+    items: tuple[tuple[TypeExpr, str], ...]
+
+
+@dataclass(frozen=True)
+class Toploop(Statement):
+    """`quit`, `commit` (save the store) or `rollback` (return to the last saved store)."""
+
+    command: str
+
+
+# ------------------------------------------------------------------- procedural OSQL (bodies)
+@dataclass(frozen=True)
+class Block(Node):
+    """A procedural body `{ s1; s2; … }` or `begin … end`."""
+
+    statements: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class ForEach(Node):
+    """`for each T x, … where … <statement>`: the statement once per row of the query."""
+
+    declarations: tuple[Declaration, ...]
+    where: Expr | None
+    body: Node
+
+
+@dataclass(frozen=True)
+class If(Node):
+    condition: Expr
+    then: Node
+    otherwise: Node | None = None
+
+
+@dataclass(frozen=True)
+class Return(Node):
+    """`return v`: v is one of the procedure's results (it goes on, as in a `for each`)."""
+
+    value: Expr | None = None
+
+
+@dataclass(frozen=True)
+class SetLocal(Node):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class DeclareLocal(Node):
+    items: tuple[tuple[TypeExpr, str], ...]
+
+
+@dataclass(frozen=True)
+class ProcCall(Node):
+    """A call for its effect (a procedure's result is dropped)."""
+
+    call: Call

@@ -55,6 +55,40 @@ class DerivedFunction:
         return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result}"
 
 
+@dataclass(eq=False)
+class ProceduralFunction:
+    """`create function f(T x) -> R as { … }` (or `for each …`): statements run when it is
+    called, for their effects on the store; its results are what `return` gives."""
+
+    name: str
+    params: tuple[Param, ...]
+    result: Type
+    body: A.Node                    # a Block or a ForEach
+    source: str                     # the whole `create function …` statement
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} (procedural)"
+
+
+@dataclass(eq=False)
+class ForeignFunction:
+    """`create function f(T x) -> R as foreign 'py:pkg.mod.fn'`: a Python callable, resolved only
+    against the operator's allow-list (Engine(foreign=[…])) or registered by the embedding program."""
+
+    name: str
+    params: tuple[Param, ...]
+    result: Type
+    target: str
+    callable: Any = field(repr=False, default=None)
+    source: str = ""
+
+    @property
+    def signature(self) -> str:
+        return (f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} "
+                f"as foreign {self.target!r}")
+
+
 @dataclass
 class TableColumn:
     name: str

@@ -33,6 +33,7 @@ from .models import ModelRegistry
 from .optimizer import optimize as optimize_plan
 from .result import QueryHandle, Result
 from .signals import LiveSignal, Signal, SignalRegistry, make_signal
+from .osql_statements import loads_code
 from .statements import StatementRunner
 from .store import Store, read_snapshot, write_snapshot
 from .streams import ExecContext, LazyBag, Limits
@@ -115,7 +116,8 @@ class Engine:
     def __init__(self, store_dir: str | os.PathLike | None = None, *, clock: Clock | None = None,
                  seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
                  optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None,
-                 files: str | os.PathLike | None = ANYWHERE, limits: dict | Limits | None = None):
+                 files: str | os.PathLike | None = ANYWHERE, limits: dict | Limits | None = None,
+                 models_dir: str | os.PathLike | None = None, foreign: Iterable[str] = ()):
         self.name = name or "local"
         self.clock = clock or SYSTEM_CLOCK
         self.seed = seed
@@ -139,6 +141,14 @@ class Engine:
         self._handle_ids = itertools.count(1)
         self._handles_lock = threading.Lock()
         self.last_created: list = []
+        # SA Engine's models folder (`models:folder('m')`, `models:load('m')`): by default models/
+        # beside the engine's files; reading it still goes through the files rule
+        self.models_dir = Path(models_dir) if models_dir is not None else None
+        # the Python functions `as foreign 'py:…'` may name (fnmatch patterns): the operator's, never a client's
+        self.foreign_allowed: list[str] = list(foreign)
+        self.foreign_registered: dict[str, Callable] = {}
+        self.loading_files: list[Path] = []   # files being loaded now (load_osql inside load_osql)
+        self.quit_requested = False   # set by the toploop statement `quit` (the shell and scripts stop)
         self.bundles: dict[str, Any] = {}
         if self.store_dir is not None:
             self._restore()
@@ -179,6 +189,9 @@ class Engine:
         With `checkpoint` (see `start`) the query's operators keep their state where it can be
         snapshotted, and resume from the checkpoint it holds."""
         statement = parse_one(text)
+        if loads_code(statement):
+            raise QueryTypeError(f"{statement.expr.name} runs files as a statement of a script (execute, the shell, "
+                                 "streamql run), not as a query", statement.span, text)
         if not isinstance(statement, QUERY_STATEMENTS + (A.Explain,)):
             raise QueryTypeError("query() takes a query (select … or an expression); use execute() for other "
                                  "statements", statement.span, text)
@@ -291,6 +304,22 @@ class Engine:
         for handle in self.queries():
             handle.cancel(wait=1.0)
 
+    def register_foreign(self, name: str, function: Callable) -> None:
+        """Let `create function … as foreign 'py:<name>'` call `function` (the embedding program's own)."""
+        if not callable(function):
+            raise TypeError(f"register_foreign needs a callable, not {function!r}")
+        self.foreign_registered[name] = function
+
+    def model_folder(self, name: str) -> Path:
+        """The directory of the model `name` in the models folder (SA Engine's models:folder)."""
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise QueryRuntimeError(f"a model's name is one folder name, not {name!r}")
+        base = self.models_dir
+        if base is None:
+            base = Path(self.base_dir or (self.files.root if self.files.root not in (None, ANYWHERE) else Path.cwd()))
+            base = base / "models"
+        return base / name
+
     def resolve_path(self, path: str) -> Path:
         """The real path of a file a statement names, when this engine's files directory allows it."""
         return self.files.resolve(path, "reading a file")
@@ -310,6 +339,10 @@ class Engine:
     def _execute_statement(self, statement: A.Statement, source: str, limits: Limits | None = None,
                            fleet: dict | None = None) -> Result:
         def run() -> Result:
+            if fleet is None and loads_code(statement):
+                return self._statements.load_code(statement, source, self.new_context(limits))
+            if isinstance(statement, A.Select) and statement.into:
+                return self._statements.select_into(statement, source, self.new_context(limits))
             if isinstance(statement, QUERY_STATEMENTS):
                 return self._query_result(statement, source, limits or Limits(), fleet)
             if isinstance(statement, A.Explain) and fleet is not None:
@@ -387,6 +420,14 @@ class Engine:
         except QueryError as exc:
             raise exc.located(span).with_source(source)
         return _materialized(value)
+
+    def return_to_saved(self) -> None:
+        """OSQL's `rollback`: the store as last saved (committed) in the store directory."""
+        with self.store.lock:
+            self.store = Store()
+            self.catalog = LocalCatalog(self)
+            self._statements = StatementRunner(self)
+            self._restore()
 
     def _restore(self) -> None:
         snapshot = read_snapshot(self.store_dir)

@@ -349,7 +349,7 @@ class Planner:
             node = self._hoist_stored(node, [e for _, e in items] + [e for e, _ in query.order_by], bound)
         extra = [(f"$o{i}", expr) for i, (expr, _) in enumerate(query.order_by)]
         columns = [f"$c{i}" for i in range(len(items))]
-        node = Project(node, [(c, e) for c, (_, e) in zip(columns, items)], extra)
+        node = Project(node, [(c, self._generated_values(e)) for c, (_, e) in zip(columns, items)], extra)
         if query.distinct:
             node = Distinct(node, columns)
         if query.order_by:
@@ -394,8 +394,24 @@ class Planner:
                     continue
                 name = self._name("s")
                 self._hoisted[call] = TVar(call.type, name, span=call.span)
+                if isinstance(call, TCall) and call.fn.name == "single_value":   # OSQL: a row per value
+                    bag = self._replace_hoisted(call.args[0], inner=True)
+                    node = Generate(node, (name,), bag, "each", (None,), (call.type,))
+                    continue
                 node = Let(node, name, self._replace_hoisted(call, inner=True), required=True)
         return node
+
+    def _generated_values(self, expr: TExpr) -> TExpr:
+        """A derived function's values generated above (OSQL: a row each) read from their column."""
+        hoisted = getattr(self, "_hoisted", {})
+        if not any(isinstance(call, TCall) for call in hoisted):
+            return expr
+
+        def rewrite(node: TExpr) -> TExpr:   # (a procedure's call, hoisted, runs once per row)
+            if isinstance(node, TCall) and node in hoisted:
+                return hoisted[node]
+            return replace_children(node, rewrite)
+        return rewrite(expr)
 
     def _replace_hoisted(self, expr: TExpr, inner: bool = False) -> TExpr:
         hoisted = getattr(self, "_hoisted", {})
@@ -482,5 +498,6 @@ def _strict_stored_calls(expr: TExpr):
         return
     for child in expr.children():
         yield from _strict_stored_calls(child)
-    if isinstance(expr, TStored):
-        yield expr
+    if isinstance(expr, TStored) or (isinstance(expr, TCall) and (
+            expr.fn.name == "single_value" or (expr.fn.name == "run_procedure" and not expr.type.is_bag))):
+        yield expr   # a single-valued derived or procedural function without a value yields no row too (OSQL)

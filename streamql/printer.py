@@ -243,6 +243,11 @@ def _(node) -> str:
     return node.name if node.of is None else f"{node.name} of {_print(node.of)}"
 
 
+@_prints("TupleType")
+def _(node) -> str:
+    return "(" + _list(node.parts) + ")"
+
+
 # -------------------------------------------------------------------------------- statements
 @_prints("Declaration")
 def _(node) -> str:
@@ -268,6 +273,8 @@ def _(node) -> str:
     if node.kind:
         parts.append(f"{node.kind} of")
     parts.append("*" if node.items is None else _list(node.items))
+    if node.into:
+        parts.append("into " + ", ".join(":" + name for name in node.into))
     if node.declarations:
         parts.append("from " + _list(node.declarations))
     if node.where is not None:
@@ -310,12 +317,22 @@ def _rows(rows) -> str:
 @_prints("CreateInstances")
 def _(node) -> str:
     functions = f" ({', '.join(node.functions)})" if node.functions else ""
+    if node.variables:
+        mark = "" if node.local else ":"
+        items = [(f"{mark}{var}" if var else "") + (f" ({_list(row)})" if row else "")
+                 for var, row in zip(node.variables, node.rows)]
+        return f"create {node.type_name}{functions} instances {', '.join(i.strip() for i in items)}"
     return f"create {node.type_name}{functions} instances {_rows(node.rows)}"
 
 
 @_prints("Parameter")
 def _(node) -> str:
-    return f"{_print(node.type)} {node.name}"
+    return f"{_print(node.type)} {node.name}" if node.name else _print(node.type)
+
+
+@_prints("ForeignBody")
+def _(node) -> str:
+    return "foreign " + literal_source(node.target)
 
 
 @_prints("StoredBody")
@@ -326,8 +343,9 @@ def _(node) -> str:
 @_prints("CreateFunction")
 def _(node) -> str:
     body = _print(node.body)
-    return (f"create function {node.name}({_list(node.parameters)}) -> {_print(node.result)} "
-            f"as {body}")
+    result = _print(node.result) + (f" {node.result_name}" if node.result_name else "") \
+        + (" key" if node.key else "")
+    return f"create function {node.name}({_list(node.parameters)}) -> {result} as {body}"
 
 
 def _model_name(name: str) -> str:
@@ -363,7 +381,7 @@ def _(node) -> str:
 
 @_prints("SetFunction")
 def _(node) -> str:
-    text = f"set {node.function}({_list(node.args)}) = {_expr(node.value, 0)}"
+    text = f"{node.mode} {node.function}({_list(node.args)}) = {_expr(node.value, 0)}"
     if node.declarations:
         text += " from " + _list(node.declarations)
     if node.where is not None:
@@ -452,3 +470,55 @@ def _(node) -> str:
 @_prints("Script")
 def _(node) -> str:
     return "\n".join(_print(s) + ";" for s in node.statements)
+
+
+@_prints("DeleteObject")
+def _(node) -> str:
+    return f"delete :{node.variable}"
+
+
+@_prints("DeclareVariables")
+def _(node) -> str:
+    return "declare " + ", ".join(f"{_print(t)} :{name}" for t, name in node.items)
+
+
+@_prints("Toploop")
+def _(node) -> str:
+    return node.command
+
+
+@_prints("Block")
+def _(node) -> str:
+    return "{ " + " ".join(_print(s) + ";" for s in node.statements) + " }"
+
+
+@_prints("ForEach")
+def _(node) -> str:
+    where = f" where {_expr(node.where, 0)}" if node.where is not None else ""
+    return f"for each {_list(node.declarations)}{where} {_print(node.body)}"
+
+
+@_prints("If")
+def _(node) -> str:
+    otherwise = f" else {_print(node.otherwise)}" if node.otherwise is not None else ""
+    return f"if {_expr(node.condition, 0)} then {_print(node.then)}{otherwise}"
+
+
+@_prints("Return")
+def _(node) -> str:
+    return "return" + (f" {_expr(node.value, 0)}" if node.value is not None else "")
+
+
+@_prints("SetLocal")
+def _(node) -> str:
+    return f"set {node.name} = {_expr(node.value, 0)}"
+
+
+@_prints("DeclareLocal")
+def _(node) -> str:
+    return "declare " + ", ".join(f"{_print(t)} {name}" for t, name in node.items)
+
+
+@_prints("ProcCall")
+def _(node) -> str:
+    return _expr(node.call, 0)

@@ -3,6 +3,7 @@ validate, explain. Queries go through the compiler; each statement here runs in 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,18 +11,20 @@ import numpy as np
 from . import ast as A
 from .binder import Binder, Scope
 from .bound import TVar, Variable
-from .catalog import DerivedFunction, StoredFunction, Table, TableColumn
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, TableColumn
 from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTypeError, QueryValidationError,
                      StoreError)
 from .registry import Param
+from .library.foreign import resolve_foreign
 from .models import Model, load_model_file
+from .osql_statements import CodeLoading, OsqlStatements
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
 from .values import Bag, Obj, brief_value, values_equal
 
 
-class StatementRunner:
+class StatementRunner(OsqlStatements, CodeLoading):
     def __init__(self, engine):
         self.engine = engine
         self.store = engine.store
@@ -62,16 +65,28 @@ class StatementRunner:
         binder = self._binder(source)
         params = []
         seen = set()
-        for p in stmt.parameters:
-            if p.name.lower() in seen:
+        for number, p in enumerate(stmt.parameters, 1):
+            name = p.name or f"_{number}"   # an unnamed parameter (AmosQL) cannot be referred to
+            if name.lower() in seen:
                 raise QueryNameError(f"parameter {p.name} appears twice", p.span, source)
-            seen.add(p.name.lower())
-            params.append(Param(p.name, binder.resolve_type(p.type)))
+            seen.add(name.lower())
+            params.append(Param(name, binder.resolve_type(p.type)))
         result = binder.resolve_type(stmt.result)
+        stmt = _with_result_variable(stmt, result)
         if stmt.name.lower() in self.engine.library and stmt.name.lower() in _OPERATOR_NAMES:
             raise QueryNameError(f"{stmt.name} is an operator and cannot be redefined", stmt.span, source)
         if isinstance(stmt.body, A.StoredBody):
-            function = StoredFunction(stmt.name, tuple(params), result)
+            function = StoredFunction(stmt.name, tuple(params), result, key=stmt.key)
+        elif isinstance(stmt.body, A.ForeignBody):
+            try:
+                target = resolve_foreign(stmt.body.target, self.engine.foreign_allowed,
+                                         self.engine.foreign_registered)
+            except QueryError as exc:
+                raise exc.located(stmt.body.span).with_source(source)
+            function = ForeignFunction(stmt.name, tuple(params), result, stmt.body.target, target,
+                                       _text(stmt, source))
+        elif isinstance(stmt.body, (A.Block, A.ForEach)):
+            function = ProceduralFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
         else:
             function = DerivedFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
             self._check_body(function, stmt, source)
@@ -87,7 +102,7 @@ class StatementRunner:
         binder = self._binder(source)
         binder.check_signals = False   # its signals are checked when a query calls it
         scope = Scope(params={p.name.lower(): TVar(p.type, f"${p.name.lower()}") for p in function.params})
-        binder._inlining.append(function.name.lower())
+        binder._inlining.append(function)
         if isinstance(function.body, A.Select):
             query = binder.bind_query(function.body, scope, nested=True)
             body_type = binder.query_value_type(query)
@@ -125,6 +140,9 @@ class StatementRunner:
                     value = self._value(binder, expr, source, ctx, expected=function.result, what=function.name)
                     self._set(function, (obj,), value, expr, source)
                 created.append(obj)
+            for variable, obj in zip(stmt.variables, created):
+                if variable is not None:
+                    self.store.set_session(variable, obj)
         self.engine.last_created = created
         return self._done(f"{len(created)} {user.name} created", stmt, source)
 
@@ -244,14 +262,20 @@ class StatementRunner:
             if binder.lattice.fit(t, param.type) is None:
                 raise QueryTypeError(f"{function.name} takes {param.type}, not {t}", arg.span, source)
         value_type = binder.bind_expr(stmt.value, _scope_for(binder, stmt.declarations)).type
-        if binder.lattice.fit(value_type, function.result) is None:
+        holds = function.result.element if stmt.mode != "set" and function.result.name == "Bag" else function.result
+        if binder.lattice.fit(value_type, holds) is None:
             raise QueryTypeError(f"{function.name} holds {function.result}, not {value_type}", stmt.value.span, source)
+        if stmt.mode != "set":
+            with self.store.transaction():
+                count = self._add_or_remove(function, stmt, rows, source)
+            done = {"add": "added", "remove": "removed"}[stmt.mode]
+            return self._done(f"{count} values of {function.name} {done}", stmt, source)
         count = 0
         with self.store.transaction():
             for row in rows:
                 values = row if isinstance(row, tuple) else (row,)
                 *args, value = values
-                _check_value(value, function.result, stmt.value, source, function.name)
+                _check_value(value, holds, stmt.value, source, function.name)
                 self._set(function, tuple(args), value, stmt, source)
                 count += 1
         return self._done(f"{count} values of {function.name} set", stmt, source)
@@ -352,6 +376,20 @@ _OPERATOR_NAMES = {"+", "-", "*", "/", "%", "^", ".*", "./", ".^", "=", "!=", "<
                    "in", "in_list", "between", "like", "is_null", "index", "slice", "vector", "record", "cast"}
 
 
+def _with_result_variable(stmt: A.CreateFunction, result: Type) -> A.CreateFunction:
+    """AmosQL: a named result (`-> Bag of (Person f) as select f where …`) is declared for the body."""
+    body = stmt.body
+    if not stmt.result_name or not isinstance(body, A.Select):
+        return stmt
+    name = stmt.result_name.lower()
+    if any(d.name.lower() == name for d in body.declarations) or not any(
+            isinstance(node, A.Variable) and node.name.lower() == name for node in body.walk()):
+        return stmt
+    type_expr = stmt.result.of if stmt.result.name.lower() == "bag" and stmt.result.of is not None else stmt.result
+    declaration = A.Declaration(type_expr, stmt.result_name, span=stmt.result.span)
+    return replace(stmt, body=replace(body, declarations=body.declarations + (declaration,)))
+
+
 def _undo_install(models, name: str, previous) -> None:
     if previous is None:
         try:
@@ -396,6 +434,9 @@ def close_enough(got, expected, rel: float = 1e-9) -> bool:
     """`validate`'s comparison: numbers within a relative tolerance, elementwise for vectors."""
     if got is None or expected is None:
         return got is None and expected is None
+    if isinstance(got, Bag) != isinstance(expected, Bag) and isinstance(got, (Bag, list, np.ndarray)) \
+            and isinstance(expected, (Bag, list, np.ndarray)):   # a collected stream against bag(…)
+        got, expected = (Bag(list(x)) if not isinstance(x, Bag) else x for x in (got, expected))
     if isinstance(got, Bag) and isinstance(expected, Bag):
         if len(got) != len(expected):
             return False

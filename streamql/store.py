@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ast as A, codec
-from .catalog import DerivedFunction, StoredFunction, Table, UserType
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType
 from .errors import StoreError
 from .types import BUILTIN_NAMES, SHORT_FORMS, Type, TypeLattice
 from .values import Obj, hashable
@@ -186,10 +186,10 @@ class Store:
     def add_function(self, function: StoredFunction | DerivedFunction) -> None:
         lower = function.name.lower()
         existing = self.functions.get(lower, [])
-        for other in existing:
-            if len(other.params) == len(function.params):
-                raise StoreError(f"function {function.name} with {len(function.params)} arguments already "
-                                 f"exists: drop function {function.name} first")
+        for other in existing:   # overloads differ in arity or in argument types (a resolvent each)
+            if [p.type for p in other.params] == [p.type for p in function.params]:
+                raise StoreError(f"function {function.name}({', '.join(str(p.type) for p in function.params)}) "
+                                 f"already exists: drop function {function.name} first")
         self.functions[lower] = existing + [function]
         self._record(lambda: self._restore_functions(lower, existing))
 
@@ -320,7 +320,8 @@ class Store:
                     params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
                     statements.append(f"create function {function.name}({params}) -> "
                                       f"{_type_source(function.result)} as stored")
-        derived = [f for functions in self.functions.values() for f in functions if isinstance(f, DerivedFunction)]
+        derived = [f for functions in self.functions.values() for f in functions
+                   if isinstance(f, (DerivedFunction, ProceduralFunction, ForeignFunction))]
         for function in _derived_in_call_order(derived):
             statements.append(function.source.strip().rstrip(";"))
         return statements
@@ -331,6 +332,7 @@ class Store:
             for function in functions:
                 if isinstance(function, StoredFunction):
                     stored.append({"name": function.name, "arity": len(function.params), "key": function.key,
+                                   "params": [_type_source(p.type) for p in function.params],
                                    "values": [[list(k), v] for k, v in function.values.items()]})
         return {
             "format": FORMAT_VERSION,
@@ -356,7 +358,9 @@ class Store:
                 user.properties = tuple(properties)
         for entry in data["stored"]:
             function = next((f for f in self.functions.get(entry["name"].lower(), [])
-                             if isinstance(f, StoredFunction) and len(f.params) == entry["arity"]), None)
+                             if isinstance(f, StoredFunction) and len(f.params) == entry["arity"]
+                             and ("params" not in entry    # an overload is told apart by its types
+                                  or [_type_source(p.type) for p in f.params] == entry["params"])), None)
             if function is None:
                 raise StoreError(f"snapshot holds values of an unknown function {entry['name']}")
             function.key = bool(entry.get("key"))

@@ -336,9 +336,9 @@ def type_of_value(value) -> Type:
             element = vector_of(element)
         return vector_of(element)
     if isinstance(value, list):
-        return vector_of(_join_all([type_of_value(v) for v in value]))
+        return vector_of(_element_type(value))
     if isinstance(value, Bag):
-        return bag_of(_join_all([type_of_value(v) for v in value]))
+        return bag_of(_element_type(value.items))
     if isinstance(value, dict):
         return RECORD
     if isinstance(value, Obj):
@@ -399,6 +399,22 @@ def column_fits(column: np.ndarray, target: Type) -> bool:
     if scalar.name == "Boolean":
         return kind == "b"
     return False
+
+
+_PLAIN = {int: "Integer", float: "Real", str: "Charstring", bool: "Boolean"}
+
+
+def _element_type(items: list) -> Type:
+    """The join of the elements' types; a collection of one plain Python type (millions of
+    numbers in a session variable) is typed without visiting every element twice."""
+    kinds = set(map(type, items))
+    if len(kinds) == 1 and next(iter(kinds)) in _PLAIN:
+        return Type(_PLAIN[next(iter(kinds))])
+    seen: dict = {}
+    for v in items:
+        t = type_of_value(v)
+        seen.setdefault(t, None)
+    return _join_all(list(seen))
 
 
 def _join_all(types: list[Type]) -> Type:

@@ -22,6 +22,9 @@ from .calls import CallBinding
 from .expressions import ExpressionBinding
 from .queries import AGGREGATE_NAMES, QueryBinding, Scope
 
+_ARRAY_ELEMENTS = {"f32": "Real", "f64": "Real", "i8": "Integer", "i16": "Integer", "i32": "Integer",
+                   "i64": "Integer", "u8": "Integer"}
+
 __all__ = ["Binder", "Scope", "AGGREGATE_NAMES", "replace_children"]
 
 
@@ -32,7 +35,7 @@ class Binder(QueryBinding, ExpressionBinding, CallBinding):
         self.library = catalog.library
         self.source = source
         self._counter = itertools.count(1)
-        self._inlining: list[str] = []
+        self._inlining: list = []   # the derived functions being inlined (a call of one of them recurses)
         self._depth = 0
         # a signal named by a literal must exist when the query compiles; a function body is
         # checked when a query calls it (its signal may be added after the function is created)
@@ -55,6 +58,16 @@ class Binder(QueryBinding, ExpressionBinding, CallBinding):
 
     # ------------------------------------------------------------------------------- types
     def resolve_type(self, node: A.TypeExpr) -> Type:
+        if isinstance(node.of, A.TupleType):
+            raise self.type_error("a tuple type (…) is only a function's result: -> Bag of (T a, U b)", node.of.span)
+        if node.name.lower() == "array":   # SA Engine's typed arrays: numeric vectors here (array('f32', v))
+            element = node.of.name.lower() if node.of is not None and node.of.of is None else "f64"
+            if element not in _ARRAY_ELEMENTS:
+                raise self.type_error(f"Array of {node.of.name if node.of else '?'}: the element types are "
+                                      + ", ".join(sorted(_ARRAY_ELEMENTS)), node.span)
+            return Type("Vector", canonical_builtin(_ARRAY_ELEMENTS[element]))
+        if node.name.lower() == "pythonproxy" and node.of is None:
+            return canonical_builtin("Object")   # a Python object a foreign function gave
         if node.of is not None:
             base = canonical_builtin(node.name)
             if base is None or base.name not in CONSTRUCTORS:

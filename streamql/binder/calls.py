@@ -7,10 +7,11 @@ from dataclasses import replace
 
 from .. import ast as A
 from ..bound import TCall, TConst, TExpr, TLet, TNarrow, TQuery, TStored, TVar
-from ..catalog import DerivedFunction, StoredFunction
+from ..catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction
 from ..errors import QueryNameError, QueryTypeError, Span
 from ..registry import AGGREGATE, SCALAR, Overload
-from ..types import OBJECT, Type, stream_of, substitute
+from ..types import CHARSTRING, OBJECT, Type, stream_of, substitute
+from .osql_calls import OsqlCallBinding
 from .queries import AGGREGATE_NAMES, Scope
 
 # Overload fits by (function, argument types): resolution is pure for built-in types, and a query
@@ -30,7 +31,7 @@ def _has_user_types(types) -> bool:
     return False
 
 
-class CallBinding:
+class CallBinding(OsqlCallBinding):
     """The call part of the Binder."""
 
     # ------------------------------------------------------------------------------- calls
@@ -62,7 +63,23 @@ class CallBinding:
         return self._call_overloads(name, args, node.span, node)
 
     def _bind_user_call(self, functions, args: list[TExpr], node: A.Call, scope: Scope) -> TExpr:
-        function = functions[0]
+        chosen, late = self.choose_user_function(functions, args, node.span)
+        if chosen is None:
+            position = self.daplex_position(args, [p.type for p in functions[0].params])
+            if position is not None and not functions[0].params[position].type.is_bag:
+                return self.daplex(node.name, args, position, node.span)
+            chosen = functions[0]   # its mismatch is the error
+        call = self._bind_one_user_call(chosen, args, node)
+        if late:
+            def bind_one(function):   # chosen at run time for values of the narrower types
+                narrowed = [a if self.lattice.fit(a.type, p.type) is not None else
+                            TNarrow(p.type, a, f"argument {p.name} of {function.name}", span=a.span)
+                            for p, a in zip(function.params, args)]
+                return self._bind_one_user_call(function, narrowed, node)
+            return self.late_bound(call, late, args, bind_one, node.span)
+        return call
+
+    def _bind_one_user_call(self, function, args: list[TExpr], node: A.Call) -> TExpr:
         narrowed = []
         for param, arg, arg_node in zip(function.params, args, node.args):
             cost = self.lattice.fit(arg.type, param.type)
@@ -76,10 +93,16 @@ class CallBinding:
                                     span=arg.span) if cost == 2 else arg)
         if isinstance(function, StoredFunction):
             return TStored(function.result, function, tuple(narrowed), span=node.span)
+        if isinstance(function, ForeignFunction):      # a Python callable (library/foreign.py)
+            call = self.library.overloads("call_foreign")[0]
+            return TCall(function.result, call, (TConst(OBJECT, function),) + tuple(narrowed), span=node.span)
+        if isinstance(function, ProceduralFunction):   # run when called, for its effects (library/procedures.py)
+            run = self.library.overloads("run_procedure")[0]
+            return TCall(function.result, run, (TConst(OBJECT, function),) + tuple(narrowed), span=node.span)
         return self._inline(function, narrowed, node)
 
     def _inline(self, function: DerivedFunction, args: list[TExpr], node: A.Call) -> TExpr:
-        if function.name.lower() in self._inlining:
+        if any(function is f for f in self._inlining):
             raise self.type_error(f"{function.name} calls itself: recursive functions are not supported",
                                   node.span)
         body = function.body
@@ -98,7 +121,7 @@ class CallBinding:
             else:
                 params[key] = arg
         scope = Scope(params=params)
-        self._inlining.append(function.name.lower())
+        self._inlining.append(function)
         try:
             if isinstance(body, A.Select):
                 query = self.bind_query(body, scope, nested=True)
@@ -117,6 +140,12 @@ class CallBinding:
         finally:
             self._inlining.pop()
         declared = function.result
+        if isinstance(body, A.Select) and result.type.is_bag and not declared.is_collection \
+                and declared != OBJECT:
+            # OSQL: `-> Integer as select …` gives the value (none: no row), not a bag of it
+            single = self.library.overloads("single_value")[0]
+            result = TCall(result.type.element, single, (result, TConst(CHARSTRING, function.name)),
+                           span=node.span)
         cost = self.lattice.fit(result.type, declared)
         if cost == 2:
             result = TNarrow(declared, result, f"the result of {function.name}", span=node.span)
@@ -142,7 +171,8 @@ class CallBinding:
         # Lifting: a scalar function over a stream maps over its elements.
         stream_positions = [i for i, t in enumerate(arg_types) if t.is_stream]
         if stream_positions:
-            if any(o.kind == AGGREGATE for o in overloads) and name in AGGREGATE_NAMES:
+            if any(o.kind == AGGREGATE for o in overloads) and name in AGGREGATE_NAMES \
+                    and not any(arg_types[i].element.is_vector for i in stream_positions):
                 raise self.type_error(
                     f"{display} aggregates a bag and never runs over a stream, which does not end: aggregate "
                     f"windows with winagg(s, size, stride), or collect a finite stream with vectorof(s)", span)
@@ -159,6 +189,9 @@ class CallBinding:
                 call = self._make_call(overload, result, narrows, lifted_args, span, lift="stream",
                                        real_args=args)
                 return call
+        position = self.daplex_position(args)
+        if position is not None and name not in AGGREGATE_NAMES and not any(o.kind == AGGREGATE for o in overloads):
+            return self.daplex(name, args, position, span)
         if name in ("=", "!=", "<", "<=", ">", ">=") and len(args) == 2:
             raise self.type_error(f"cannot compare {arg_types[0]} with {arg_types[1]}", span)
         if name in ("+", "-", "*", "/", "%", "^", ".*", "./", ".^") and len(args) == 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import ast as A
-from ..bound import (BoundQuery, Conjunct, TAggregate, TConst, TExpr, TField, TLet, TQuery, TVar, Variable,
+from ..bound import (BoundQuery, Conjunct, TAggregate, TConst, TExpr, TField, TLet, TNarrow, TQuery, TVar, Variable,
                      replace_children)
 from ..errors import QueryTypeError
 from ..printer import to_source
@@ -301,6 +301,8 @@ class QueryBinding:
         if probe.type.is_bag:
             return None
         if probe.type.is_stream:
+            if probe.type.element.is_vector:
+                return None   # a stream of windows: the vector function per window (as OSQL)
             raise self._aggregate_over_stream(node)
         if node.distinct:
             state.became_aggregate = True
@@ -355,7 +357,7 @@ class QueryBinding:
                     variable = own[target.name.lower()]
                     value = self.bind_expr(other, scope)
                     ref = TVar(variable.type, variable.name, span=target.span)
-                    if value.type.is_bag:
+                    if value.type.is_bag and not variable.type.is_bag:   # a Bag variable binds it whole
                         narrow = self._binding_fit(variable, value.type.element, term)
                         test = self._membership(ref, value, term)
                         return Conjunct(test, term.span, (variable.name,), value, "each", (narrow,))
@@ -368,6 +370,8 @@ class QueryBinding:
 
     def _binding_fit(self, variable: Variable, value_type: Type, term: A.Expr) -> Type | None:
         cost = self.lattice.fit(value_type, variable.type)
+        if cost is None and value_type.name == "Time" and variable.type.name in ("Real", "Number"):
+            return variable.type   # OSQL: a Time bound to a Real gives its epoch seconds (converted on binding)
         if cost is None:
             raise self.type_error(f"{variable.written} is declared {variable.type} but is bound to "
                                   f"values of type {value_type}", term.span)
@@ -379,6 +383,8 @@ class QueryBinding:
         return self._call_overloads("in", [element, collection], node.span)
 
     def _equality(self, left: TExpr, right: TExpr, node: A.Node) -> TExpr:
+        if right.type.name == "Time" and left.type.name in ("Real", "Number"):
+            right = TNarrow(left.type, right, "a time bound to a Real", span=right.span)   # its epoch seconds
         return self._call_overloads("=", [left, right], node.span)
 
     def _expect_boolean(self, expr: TExpr, span, clause: str) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..registry import AGGREGATE, SCALAR, SOURCE, STREAM, Library, Overload, Param
-from . import aggregates, io, math, models, operators, sources, streams, time, vector
+from . import aggregates, foreign, io, math, models, operators, osql, procedures, sources, streams, time, vector
 
 
 @lru_cache(maxsize=1)
 def default_library() -> Library:
     """The built-in functions (shared; engines extend copies of it)."""
     lib = Library()
-    for module in (operators, math, vector, aggregates, time, sources, streams, io, models):
+    for module in (operators, math, vector, aggregates, time, sources, streams, io, models, osql, procedures,
+                   foreign):
         module.register(lib)
     return lib
 

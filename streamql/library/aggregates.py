@@ -19,7 +19,7 @@ from ..errors import QueryRuntimeError
 from ..registry import AGGREGATE, AggregateSplit, Library
 from ..streams import LazyBag, to_column
 from ..types import INTEGER, REAL, Type, vector_of
-from ..values import as_numeric_array
+from ..values import Bag, as_numeric_array
 from .vector import check_int_sums
 
 
@@ -51,6 +51,8 @@ def _py(value):
 
 
 def agg_count(bag):
+    if isinstance(bag, Bag):   # a held bag (a session variable): counted without converting it
+        return len(bag.items) - sum(v is None for v in bag.items)
     return len(values_of(bag))
 
 

@@ -49,8 +49,8 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
     """Time windows over timestamped values: windows [end - size, end) with ends at multiples of
     `stride`, stamped with their end; empty windows are skipped; late events are dropped and
     counted; what is left is flushed at the end of the stream."""
-    if not (size > 0 and stride > 0):
-        raise QueryRuntimeError("twinagg needs a positive size and stride")
+    if not (size > 0 and stride > 0 and math.isfinite(size) and math.isfinite(stride)):
+        raise QueryRuntimeError(f"twinagg needs a positive, finite size and stride (seconds), not {size} and {stride}")
     return StreamValue(lambda: time_windows(stream.open(), size, stride, ctx),
                        f"twinagg({stream.label}, {size}, {stride})")
 
@@ -262,6 +262,8 @@ def register(lib: Library) -> None:
                doc="The 1st, n+1st, 2n+1st, … elements", **tr)
     lib.define("timeout(Stream of T s, Number seconds) -> Stream of T", scalar=timeout, needs_context=True,
                doc="The stream until that many seconds have passed", **tr)
+    lib.define("merge(Vector of Stream of T streams) -> Stream of T", scalar=lambda streams: merge(*streams),
+               doc="Elements of a vector of streams as they arrive (SA Engine's merge([s1, s2]))", **tr)
     lib.define("merge(Stream of T s...) -> Stream of T", scalar=merge, doc="Elements of several streams as they arrive",
                **tr)
     lib.define("pivot(Vector of Stream of T streams) -> Stream of Vector of T", scalar=pivot,

@@ -189,7 +189,7 @@ def _flatten(ctx, m):
 
 
 def _typed_array(kind, values):
-    dtype = DTYPES.get(kind)
+    dtype = DTYPES.get(kind.lower()) if isinstance(kind, str) else None   # 'F32' as SA Engine writes it
     if dtype is None:
         raise QueryRuntimeError(f"unknown array type {kind!r}: use one of {', '.join(DTYPES)}")
     a = np.asarray(values, dtype=np.float64)
@@ -302,7 +302,7 @@ def register(lib: Library) -> None:
       result_type=lambda t, a: t[0].element if t[0].element.is_vector else t[0],
       doc="The elements of a vector of vectors, in one vector")
     d("array(Charstring kind, Vector of Number values) -> Vector of Number", scalar=_typed_array,
-      result_type=lambda t, a: vector_of(INTEGER) if _constant_kind(a) in ("i8", "i16", "i32", "i64", "u8") else vector_of(REAL),
+      result_type=lambda t, a: vector_of(INTEGER) if (_constant_kind(a) or "").lower() in ("i8", "i16", "i32", "i64", "u8") else vector_of(REAL),
       doc="A typed numeric array for model tensors: kind is f32, f64, i8, i16, i32, i64 or u8")
     lib.define("apply(Function f, Vector args) -> Object", scalar=_apply, needs_context=True, topic="function",
                doc="Call the function f on the arguments in a vector: apply(#'max_of', [1, 2])")

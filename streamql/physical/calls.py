@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..batch import Batch
-from ..errors import QueryRuntimeError
+from ..errors import QueryError, QueryRuntimeError
 from ..streams import iter_elements, reserve
 from ..types import BOOLEAN, OBJECT, Type
 from .chunk import broadcast, column_values, make_column
@@ -40,7 +40,7 @@ def call_scalar(scalar, values, null_propagating, expr):
                 return None
     try:
         return scalar(*values)
-    except QueryRuntimeError as exc:
+    except QueryError as exc:   # a procedure's TypeError stays one
         raise exc.located(expr.span)
     except (ArithmeticError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise QueryRuntimeError(f"{_name(expr)}: {exc}", expr.span) from None
@@ -56,7 +56,7 @@ def row_caller(scalar, args: list[Compiled], null_propagating: bool, expr) -> Ca
     name = _name(expr)
 
     def fail(exc):
-        if isinstance(exc, QueryRuntimeError):
+        if isinstance(exc, QueryError):
             raise exc.located(span)
         raise QueryRuntimeError(f"{name}: {exc}", span) from None
 
@@ -146,7 +146,7 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
             else:
                 for values in zip(*lists) if lists else ([()] * n):
                     append(scalar(*values))
-        except QueryRuntimeError as exc:
+        except QueryError as exc:
             raise exc.located(span)
         except (ArithmeticError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise QueryRuntimeError(f"{name}: {exc}", span) from None
@@ -169,7 +169,7 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
                 if needs_context:
                     return batch(ctx, chunk.n, *values)
                 return batch(*values)
-            except QueryRuntimeError as exc:
+            except QueryError as exc:
                 raise exc.located(span)
             except (ArithmeticError, ValueError, TypeError, IndexError) as exc:
                 raise QueryRuntimeError(f"{name}: {exc}", span) from None

@@ -70,15 +70,16 @@ def repeat_column(column, counts: np.ndarray):
     return out
 
 
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1   # an integer outside stays a Python int (a list column)
 
 
 def broadcast(value, n: int):
     """A constant as a column of n values."""
     if isinstance(value, (bool, np.bool_)):
         return np.full(n, bool(value))
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX:
-        return np.full(n, value, dtype=np.int64)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if -2 ** 63 <= value < 2 ** 63:
+            return np.full(n, value, dtype=np.int64)
+        return np.full(n, float(value))   # past 64 bits only as a Real (compared with a Real column)
     if isinstance(value, (float, np.floating)):
         return np.full(n, value, dtype=np.float64)
     if isinstance(value, np.ndarray) and value.dtype != object:

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import QueryRuntimeError
 from ..types import Type, column_fits, value_fits
-from ..values import brief_value
-from .chunk import Chunk, broadcast, column_values
+from ..values import Time, brief_value
+from .chunk import Chunk, broadcast, column_values, make_column
 
 
 class Compiled:
@@ -55,17 +55,25 @@ def as_mask(column, n: int) -> np.ndarray:
 def narrowing_checks(target: Type, label: str):
     """Run-time checks that values fit `target`: one for a value, one for a column."""
 
+    seconds = target.name in ("Real", "Number")   # OSQL: a Time bound to a Real gives its epoch seconds
+
     def check_value(value):
+        """The value, checked (a Time where a Real is wanted: its epoch seconds)."""
         if value is not None and not value_fits(value, target):
+            if seconds and isinstance(value, Time):
+                return value.seconds
             raise QueryRuntimeError(f"{label} must be {target}, but got {brief_value(value)}")
+        return value
 
     def check_column(column):
         if isinstance(column, np.ndarray) and column.dtype != object:
             if column_fits(column, target):
                 return column
             raise QueryRuntimeError(f"{label} must be {target}, but got values of type {column.dtype}")
-        for value in column_values(column):
-            check_value(value)
+        values = column_values(column)
+        checked = [check_value(value) for value in values]
+        if seconds and any(a is not b for a, b in zip(checked, values)):
+            return make_column(checked)
         return column
 
     return check_value, check_column

@@ -203,9 +203,7 @@ class ExprCompiler:
         inner_row, inner_batch = operand.row, operand.batch
 
         def row(env):
-            value = inner_row(env)
-            check_value(value)
-            return value
+            return check_value(inner_row(env))
 
         def batch(chunk):
             column = inner_batch(chunk)

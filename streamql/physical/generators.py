@@ -38,11 +38,11 @@ def build_generate(node: L.Generate, compiler, ctx):
             row = dict(env)
             for name, item, check in zip(targets, items, checks):
                 if check:
-                    check[0](item)
+                    item = check[0](item)
                 row[name] = item
             return row
         if check_value is not None:
-            check_value(value)
+            value = check_value(value)
         row = dict(env)
         row[target] = value
         return row
@@ -75,7 +75,7 @@ def build_generate(node: L.Generate, compiler, ctx):
             column = value if isinstance(value, np.ndarray) else make_column(list(value))
         else:  # a single value where a collection was expected: bind it whole
             if check_value is not None:
-                check_value(value)
+                value = check_value(value)
             row = dict(env)
             row[target] = value
             yield row
@@ -184,7 +184,7 @@ def bind_stream(env: dict, items, target: str, check_value, check_column, wants_
                     if len(column) == 1:
                         single = _single(item, wants_timeval)
                         if check_value is not None:
-                            check_value(single)
+                            single = check_value(single)
                         row = dict(env)
                         row[target] = single
                         yield row
@@ -196,7 +196,7 @@ def bind_stream(env: dict, items, target: str, check_value, check_column, wants_
                 yield chunk_with(env, target, column)
             else:
                 if check_value is not None:
-                    check_value(item)
+                    item = check_value(item)
                 row = dict(env)
                 row[target] = item
                 yield row

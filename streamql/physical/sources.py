@@ -23,6 +23,8 @@ def filtered_source(source: Compiled, predicate: Compiled, variable: str, narrow
     checks = narrowing_checks(narrow, f"variable {variable.split('~')[0]}") if narrow is not None else None
 
     def filtered(value):
+        if value is None:   # a source given null (iota(null, 5)) has no elements to filter
+            return None
         if isinstance(value, StreamValue):
             return StreamValue(lambda: filter_items(value.open(), variable, predicate, checks, check), value.label)
         if isinstance(value, LazyBag):

@@ -131,7 +131,7 @@ def split(text: str) -> list[Piece]:
     lines that start with a backslash where a statement would start. Trailing trivia (spaces,
     comments) after the last piece is dropped; an unfinished statement comes last, incomplete."""
     pieces: list[Piece] = []
-    start = pos = 0
+    start = pos = depth = 0
     significant = False
     while pos < len(text):
         if not significant:
@@ -147,7 +147,12 @@ def split(text: str) -> list[Piece]:
         if token.trivia:
             continue
         significant = True
-        if token.type == "SEMICOLON":
+        word = token.text.lower()
+        if token.type == "LBRACE" or word in ("begin", "case"):
+            depth += 1   # a procedure's body { s1; s2; } or begin … end is one statement
+        elif (token.type == "RBRACE" or word == "end") and depth > 0:
+            depth -= 1
+        elif token.type == "SEMICOLON" and depth == 0:
             pieces.append(Piece("statement", text[start:pos], start, True))
             start, significant = pos, False
     if significant:

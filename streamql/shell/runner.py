@@ -86,6 +86,10 @@ class Runner:
                 self.on_change()
         if self.timing and status is not Status.ERROR:
             self.info(f"Time: {(self.clock() - started) * 1000:.1f} ms")
+        engine = getattr(self.session, "engine", None)
+        if status is Status.OK and getattr(engine, "quit_requested", False):   # OSQL's `quit;`
+            engine.quit_requested = False
+            return Status.QUIT
         return status
 
     # ------------------------------------------------------------------------ execution

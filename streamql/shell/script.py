@@ -40,9 +40,22 @@ def read_sources(files: list[str], stdin: TextIO | None = None) -> list[tuple[st
     for name in files:
         if name == "-":
             sources.append(("<stdin>", (stdin or sys.stdin).read()))
+        elif Path(name).is_dir():
+            sources.extend(model_sources(Path(name)))
         else:
             sources.append((name, Path(name).read_text(encoding="utf-8")))
     return sources
+
+
+def model_sources(directory: Path) -> list[tuple[str, str]]:
+    """An OSQL model directory (SA Engine's convention): its master.osql, then its tests
+    (*.test.osql and test.osql), in name order."""
+    master = directory / "master.osql"
+    if not master.is_file():
+        raise FileNotFoundError(2, "no master.osql in the model directory", str(master))
+    tests = sorted(p for p in directory.iterdir() if p.is_file() and (p.name.endswith(".test.osql")
+                                                                     or p.name == "test.osql"))
+    return [(str(p), p.read_text(encoding="utf-8")) for p in [master] + tests]
 
 
 def run_files(files: list[str], store: str | None = None, output: str | None = None, *,
@@ -60,6 +73,9 @@ def run_files(files: list[str], store: str | None = None, output: str | None = N
     except QueryError as exc:
         err.write(f"streamql: the store in {store} cannot be opened: {exc}\n")
         return EXIT_ERROR
+    folders = [Path(name) for name in files if name != "-" and Path(name).is_dir()]
+    if folders and session.engine.models_dir is None:   # models:folder('m') finds the model run
+        session.engine.models_dir = folders[0].resolve().parent
     try:
         status = run_script(session, sources, output=output, out=out, err=err)
         if status == 0 and store:

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 from .. import ast as A
 from ..engine import Engine
 from ..models import model_info
+from ..osql_statements import loads_code
 from ..syntax import parse_one
 from ..types import BUILTIN_NAMES, BUILTIN_PARENTS, SHORT_FORMS
 
@@ -108,7 +109,7 @@ class LocalSession:
     # ------------------------------------------------------------------------ statements
     def run(self, text: str):
         statement = parse_one(text)
-        if isinstance(statement, QUERY_NODES):
+        if isinstance(statement, QUERY_NODES) and not loads_code(statement):
             return self.engine.query(text)
         return self.engine.execute(text)[0]
 

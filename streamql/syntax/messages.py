@@ -7,7 +7,7 @@ from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from ..errors import QueryParseError, Span
-from .transformer import token_span
+from .spans import token_span
 
 
 _FRIENDLY = {

@@ -5,57 +5,10 @@ from __future__ import annotations
 from lark import Token, Transformer
 
 from .. import ast as A
-from ..errors import QueryParseError, Span
+from ..errors import QueryParseError
 from ..values import FunctionRef, Time
-
-
-def _edges(item, last: bool):
-    """The first (or last) positioned piece of a child: a token, a node's span, or inside a tuple."""
-    if item is None:
-        return None
-    if isinstance(item, Token):
-        return item
-    if isinstance(item, A.Node):
-        return item.span
-    if isinstance(item, (tuple, list)):
-        for sub in (reversed(item) if last else item):
-            found = _edges(sub, last)
-            if found is not None:
-                return found
-    return None
-
-
-def _span(children) -> Span | None:
-    """The span from the first to the last positioned child."""
-    first = last = None
-    for child in children:
-        first = _edges(child, False)
-        if first is not None:
-            break
-    for child in reversed(children):
-        last = _edges(child, True)
-        if last is not None:
-            break
-    if first is None or last is None:
-        return None
-    if isinstance(first, Token):
-        start, line, column = first.start_pos, first.line, first.column
-    else:
-        start, line, column = first.start, first.line, first.column
-    if isinstance(last, Token):
-        end, end_line, end_column = last.end_pos, last.end_line, last.end_column
-    else:
-        end, end_line, end_column = last.end, last.end_line, last.end_column
-    return Span(start, end, line, column, end_line, end_column)
-
-
-def token_span(token: Token) -> Span:
-    return Span(token.start_pos, token.end_pos, token.line, token.column, token.end_line, token.end_column)
-
-
-def _unquote(token: str) -> str:
-    quote = token[0]
-    return token[1:-1].replace(quote * 2, quote)
+from .osql_forms import OsqlForms
+from .spans import _Instance, _span, _unquote, token_span
 
 
 class _Star:
@@ -125,7 +78,7 @@ class _Precedence:
         return _apply_signs(item.signs, operand)
 
 
-class ToAst(Transformer):
+class ToAst(OsqlForms, Transformer):
     """Lark rules → AST nodes, applied while parsing. Every grammar rule and alias has a method.
 
     Names come back from `name` as tokens of type NAME_VALUE so that they keep their position.
@@ -139,10 +92,15 @@ class ToAst(Transformer):
         return A.ExprStatement(children[0], span=children[0].span)
 
     def select(self, children):
-        _, distinct, kind, items, from_, where, group, having, order, limit = children
+        keyword, distinct, kind, items, into, from_, where, group, having, order, limit = children
+        if keyword.type == "VSELECT":   # AmosQL: vselect … is select vector of …
+            kind = "vector"
         return A.Select(None if isinstance(items, _Star) else items, from_ or (), where,
                         group or (), having, order or (), limit, distinct is not None, kind,
-                        span=_span(children))
+                        into=into or (), span=_span(children))
+
+    def into_clause(self, children):
+        return tuple(c.value[1:] for c in children if c.type == "SESSION_VARIABLE")
 
     def stream_kind(self, children):
         return "stream"
@@ -167,7 +125,13 @@ class ToAst(Transformer):
         return tuple(c for c in children if isinstance(c, A.Declaration))
 
     def declaration(self, children):
-        return A.Declaration(children[0], str(children[1]), span=_span(children))
+        type_, name = children
+        if name is None:   # `from T`: the variable is named after its type
+            if type_.of is not None:
+                raise QueryParseError(f"a variable of type {type_.name} of … needs a name: from {type_.name} "
+                                      f"of … x", type_.span)
+            return A.Declaration(type_, type_.name.split(":")[-1].lower(), span=_span(children))
+        return A.Declaration(type_, str(name), span=_span(children))
 
     def where_clause(self, children):
         return children[1]
@@ -202,20 +166,55 @@ class ToAst(Transformer):
 
     def create_instances(self, children):
         names = _names(children)
-        rows = tuple(c for c in children if isinstance(c, tuple))
-        return A.CreateInstances(names[0], tuple(names[1:]), rows, span=_span(children))
+        instances = [c for c in children if isinstance(c, _Instance)]
+        rows = tuple(i.values for i in instances)
+        variables = tuple(i.variable for i in instances)
+        local = any(i.local for i in instances)
+        if local and not all(i.local for i in instances):
+            raise QueryParseError("instances are bound either to session variables (:p) or, in a procedure, "
+                                  "to local ones (p), not both", _span(children))
+        return A.CreateInstances(names[0], tuple(names[1:]), rows,
+                                 variables if any(v is not None for v in variables) else (), local,
+                                 span=_span(children))
 
     def instance(self, children):
+        variable = children[0].value[1:] if isinstance(children[0], Token) and \
+            children[0].type == "SESSION_VARIABLE" else None
+        return _Instance(variable, tuple(c for c in children if isinstance(c, A.Expr)), children)
+
+    def value_row(self, children):
         return tuple(c for c in children if isinstance(c, A.Expr))
 
     def create_function(self, children):
-        name = _names(children)[0]
+        name = children[2]
         parameters = tuple(p for p in children if isinstance(p, A.Parameter))
-        result, body = children[-3], children[-1]
-        return A.CreateFunction(name, parameters, result, body, span=_span(children))
+        (result, result_name, key), body = children[-3], children[-1]
+        if isinstance(result.of, A.TupleType):
+            parts = result.of.parts
+            if len(parts) > 1:
+                raise QueryParseError("a function returns one value per row here: return the parts as a "
+                                      "vector, -> Bag of Vector, and bind them with [a, b] = f(x)", result.of.span)
+            result = A.TypeExpr(result.name, parts[0].type, span=result.span)
+            result_name = parts[0].name or None
+        return A.CreateFunction(str(name), parameters, result, body, result_name, key,
+                                span=_span(children))
+
+    def function_name(self, children):
+        token = children[0]
+        return token if token.type == "NAME_VALUE" else Token(
+            "NAME_VALUE", token.value, token.start_pos, token.line, token.column, token.end_line,
+            token.end_column, token.end_pos)
+
+    def result(self, children):
+        type_, name, key = children
+        return type_, None if name is None else str(name), key is not None
 
     def parameter(self, children):
-        return A.Parameter(children[0], str(children[1]), span=_span(children))
+        type_, name = children
+        return A.Parameter(type_, "" if name is None else str(name), span=_span(children))
+
+    def tuple_type(self, children):
+        return A.TupleType(tuple(c for c in children if isinstance(c, A.Parameter)), span=_span(children))
 
     def stored_body(self, children):
         return A.StoredBody(span=_span(children))

@@ -42,6 +42,12 @@ def _corpus() -> list[str]:
                     statements.append(text)
             except streamql.QueryError:
                 statements.append(case.text)
+    # real OSQL (tests/osql/corpus: SA Engine's labs, models and manual), statement by statement
+    for path in sorted((HERE.parent / "osql" / "corpus").glob("*.osql")):
+        for chunk in re.split(r";[ \t]*\n", path.read_text(encoding="utf-8")):
+            code = "\n".join(line for line in chunk.splitlines() if not line.lstrip().startswith(("//", "--")))
+            if code.strip() and not re.search(r"\d{7}", code):   # a 10-million bag kept in a session
+                statements.append(code.strip() + ";")                     # variable would slow every check
     return sorted(set(statements))
 
 
@@ -60,7 +66,11 @@ NAMES = ["x", "e", "t", "w", "r", "Equipment", "Truck", "Reading", "name", "kind
          "twinagg", "signal_stream", "ts_signal_stream", "sqrt", "count", "sum", "avg", "vectorof", "first_n",
          "merge", "pivot", "publish", "subscribe", "csv:file_stream", "json:file_stream", "apply", "reduce",
          "predict", "models", "frand", "now", "'s'", "'ints'", "'live'", "'words'", "'pairs'", "'poll'",
-         "'data.csv'", "'data.jsonl'"]
+         "'data.csv'", "'data.jsonl'",
+         # OSQL's names and forms (issue 13)
+         "load_osql", "models:load", "models:folder", "system_models:load", "in", "some", "notany", "print",
+         "sleep", "doc", "apropos", "substring", "streamof", "single_value", "isa", "euclid", "instances", ":p",
+         "vselect", "add", "remove", "declare", "quit", "commit", "rollback", "into", "key", "Person"]
 VOCABULARY = KEYWORDS + PUNCTUATION + LITERALS + HUGE + NAMES
 
 IDENTIFIER_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789"
@@ -68,7 +78,9 @@ ODD_CHARACTERS = list("()[]{},;:.'\"|#@*+-/%^=<>!$?\\`~&0123456789 \n\t") + ["é
 NESTINGS = ["paren", "call", "vector", "negate", "not", "subquery", "plus"]
 WRONG_TYPE_FUNCTIONS = ["sqrt", "iota", "winagg", "twinagg", "first_n", "range", "dim", "percentile", "like", "power",
                         "atan2", "max_of", "concat", "ts", "apply", "reduce", "deadband", "zscore", "array", "predict",
-                        "signal_stream", "csv:file_stream", "timeout", "merge", "pivot", "bag", "vector", "roundto"]
+                        "signal_stream", "csv:file_stream", "timeout", "merge", "pivot", "bag", "vector", "roundto",
+                        "load_osql", "models:folder", "in", "some", "notany", "sleep", "substring", "max", "min",
+                        "streamof", "single_value", "isa", "minkowski", "vavg", "doc"]
 WRONG_TYPE_ARGUMENTS = LITERALS + HUGE + ["siota(1, 3)", "iota(1, 3)", "heartbeat(0.1)", "e", "x"]
 
 

@@ -60,14 +60,14 @@ def test_a_user_function_lifts_over_a_stream():
 
 
 @pytest.mark.parametrize("text,fragment,kind", [
-    ("select 1 + 'a';", "1 + 'a'", "TypeError"),
-    ("select x from Integer x where x in iota(1, 3) and x + 'a' > 1;", "x + 'a'", "TypeError"),
+    ("select 1 * 'a';", "1 * 'a'", "TypeError"),
+    ("select x from Integer x where x in iota(1, 3) and x * 'a' > 1;", "x * 'a'", "TypeError"),
     ("select sqrt('a') from Integer x where x = 1;", "sqrt('a')", "TypeError"),
     ("select nothing_known(2);", "nothing_known(2)", "NameError"),
     ("select y + 1 from Integer x where x = 1;", "y", "NameError"),
     ("select x from Nothing x;", "Nothing", "NameError"),
     ("select x from Integer x where x in iota(1, 3) and (x = 1 or 'a');", "'a'", "TypeError"),
-    ("select [1, 2][1] + 'a';", "[1, 2][1] + 'a'", "TypeError"),
+    ("select [1, 2][1] - 'a';", "[1, 2][1] - 'a'", "TypeError"),
     ("select avg(siota(1, 3));", "avg(siota(1, 3))", "TypeError"),
     ("select case when 1 then 2 end;", "1", "TypeError"),
 ])
@@ -99,7 +99,7 @@ def test_type_errors_are_raised_before_anything_runs():
     engine = new_engine()
     calls = []
     engine.add_signal("s", lambda: calls.append(1) or 1.0)
-    error_of(engine, "select stream of x + 'a' from Real x where x in signal_stream('s');")
+    error_of(engine, "select stream of x - 'a' from Real x where x in signal_stream('s');")
     assert calls == []
 
 

@@ -30,7 +30,8 @@ V8MB = "set :v = zeros(1000000);"      # 8 MB: within the 16 MB budget, three of
 # arithmetic on one value: an Integer operand is a number, not a size (the Object overloads of these
 # operators, which numpy may broadcast, have cases below)
 NOT_SIZES = {"neg": "negation of one number", "index": "picks one element (out of range: an error)",
-             "mod": "a remainder of two numbers"}
+             "mod": "a remainder of two numbers", "matrix_row": "picks one row (out of range: an error)",
+             "matrix_column": "picks one column (out of range: an error)"}
 
 LIMIT, RUNTIME, OK = "LimitError", "RuntimeError", "ok"
 
@@ -43,6 +44,8 @@ CASES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "iota in a check": (("iota",), f"validate 'v' check iota(-{INT64_MAX}, 3) => bag(1);", (LIMIT,)),
     "iota to the top": (("iota",), f"select count(iota(1, {INT64_MAX}));", (RUNTIME,)),
     "iota member": (("iota",), f"select 5 in iota(1, {TRILLION});", (LIMIT,)),
+    "range(n) counted": (("range",), f"select count(range({TRILLION}));", (LIMIT,)),   # OSQL's bag 1..n
+    "substring past the end": (("substring",), f"select substring('abc', 0, {INT64_MAX});", (RUNTIME,)),
     "siota collected": (("siota",), f"select vectorof(siota(1, {TRILLION}));", (LIMIT,)),
     "siota dropped": (("siota",), f"select stream of x from Integer x where x in siota(-1, {TRILLION}) and x < 0;",
                       (LIMIT,)),
@@ -122,6 +125,10 @@ CASES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
                            ("symlink", "link-out.csv"), ("empty", ""), ("dir-escape", "sub/../../outside.csv"))},
     "create model absolute": (("create model",), "create model m from '/etc/passwd';", (RUNTIME,)),
     "create model symlink": (("create model",), "create model m from 'link-out.csv';", (RUNTIME,)),
+    **{f"load_osql {label}": (("load_osql",), f"load_osql('{path}');", (RUNTIME,))
+       for label, path in (("absolute", "/etc/passwd"), ("dot-dot", "../outside.csv"), ("symlink", "link-out.csv"),
+                           ("dir-escape", "sub/../../outside.csv"), ("a directory", "sub"))},
+    "models:load outside": (("models:load",), "models:load('..');", (RUNTIME,)),
 }
 
 

@@ -186,7 +186,7 @@ def test_a_declared_signal_type_narrows_at_compile_time():
     engine.add_signal("v", [1.0, 4.0], type="Real")
     assert list(engine.query("select sqrt(signal_stream('v'));")) == [1.0, 2.0]
     with pytest.raises(streamql.QueryError) as info:
-        engine.query("select signal_stream('v') + 'x';")
+        engine.query("select signal_stream('v') - 'x';")
     assert info.value.kind == "TypeError"
 
 

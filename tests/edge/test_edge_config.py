@@ -179,3 +179,23 @@ def test_every_setting_of_the_file_is_also_a_flag(tmp_path):
     assert _TOP <= set(doc), f"settings without a flag: {_TOP - set(doc)}"
     for section, keys in _SECTIONS.items():
         assert keys <= set(doc.get(section, {})), f"[{section}] settings without a flag: {keys - set(doc[section])}"
+
+
+def test_the_foreign_function_allow_list_is_the_operators_and_empty_by_default(tmp_path):
+    import pytest
+    import streamql
+    from edge_engine.daemon import EdgeDaemon
+    assert load_config(None, parse("--id", "b"), environ={}).foreign == []
+    path = write(tmp_path, 'id = "a"\nforeign = ["math.sqrt"]\n')
+    config = load_config(path, parse(), environ={})
+    assert config.foreign == ["math.sqrt"]
+    assert load_config(None, parse("--id", "b", "--foreign", "math.*"), environ={}).foreign == ["math.*"]
+    daemon = EdgeDaemon(config, drivers=build_drivers([]), start_drivers=False)
+    daemon.trusted_keys = None   # (set when the daemon starts; the engine it builds is what is tested)
+    engine = daemon._new_engine()
+    engine.execute("create function root(Real x) -> Real as foreign 'py:math.sqrt';")
+    assert list(engine.query("root(16.0);")) == [4.0]
+    with pytest.raises(streamql.QueryError, match="allow-list"):
+        engine.execute("create function cwd() -> Charstring as foreign 'py:os.getcwd';")
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, 'id = "a"\nforeign = "math.*"\n', "bad.toml"), parse(), environ={})

@@ -74,3 +74,18 @@ def test_the_command_line_gives_the_files_directory_and_role_limits(tmp_path):
     for bad in ("read", "reader:memory_mb=1", "read:memory=1", "read:memory_mb=0"):
         with pytest.raises(ValueError):
             parse_query_limits(bad)
+
+
+async def test_remote_clients_cannot_load_code_run_the_toploop_or_create_foreign_functions(client, tokens, config):
+    (config.files_dir / "defs.osql").write_text("set :x = 1;")
+    status, lines = await run(client, tokens, "admin", "load_osql('defs.osql');")
+    assert status == 400 and "not as a query" in lines[0]["error"]["message"]
+    status, lines = await run(client, tokens, "admin", "select load_osql('defs.osql');")
+    assert status == 400 and "statement of its own" in lines[0]["error"]["message"]
+    for statement in ("commit;", "rollback;", "quit;"):
+        status, lines = await run(client, tokens, "admin", statement)
+        assert status == 400 and "not of a federation" in lines[0]["error"]["message"], statement
+    status, lines = await run(client, tokens, "admin",
+                              "create function f(Real x) -> Real as foreign 'py:os.getcwd';")
+    assert status == 400 and "allow-list" in lines[0]["error"]["message"]
+    assert (lines[0]["error"]["line"], lines[0]["error"]["column"]) == (1, 38)   # at `foreign`

@@ -1,0 +1,166 @@
+"""The statements StreamQL takes from AmosQL / SA Engine's OSQL: `add` and `remove` on bag-valued
+stored functions, `delete :p`, `declare Integer :i`, `select … into :v`, and the toploop's
+`quit`, `commit` (save the store) and `rollback` (return to the last saved store).
+
+A mixin of the StatementRunner (statements.py), which calls `_<Statement class name>`."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import ast as A
+from .catalog import StoredFunction
+from .errors import QueryError, QueryNameError, QueryRuntimeError, QueryTypeError
+from .result import Result
+from .streams import ExecContext
+from .values import Bag, Obj, values_equal
+
+
+class OsqlStatements:
+    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into."""
+
+    def _add_or_remove(self, function: StoredFunction, stmt: A.SetFunction, rows: list, source: str) -> int:
+        """`add f(x) = v` puts v into f(x)'s bag (a value of a single-valued f is replaced);
+        `remove f(x) = v` takes one v out (removing the value itself when f is single-valued)."""
+        bag_valued = function.result.name == "Bag"
+        count = 0
+        for row in rows:
+            *args, value = row if isinstance(row, tuple) else (row,)
+            key = tuple(args)
+            old = self.store_value(function, key)
+            if stmt.mode == "add":
+                new = Bag(list(old or ()) + [value]) if bag_valued else value
+            elif bag_valued:
+                items = list(old) if old is not None else []
+                hit = next((i for i, item in enumerate(items) if values_equal(item, value)), None)
+                if hit is None:
+                    continue
+                items.pop(hit)
+                new = Bag(items) if items else None
+            else:
+                if old is None or not values_equal(old, value):
+                    continue
+                new = None
+            self._set(function, key, new, stmt, source)
+            count += 1
+        return count
+
+    def store_value(self, function: StoredFunction, key: tuple):
+        from .values import hashable
+        return function.values.get(tuple(hashable(a) for a in key))
+
+    def _DeleteObject(self, stmt: A.DeleteObject, source: str, ctx: ExecContext) -> Result:
+        value = self.store.session.get(stmt.variable.lower())
+        if not isinstance(value, Obj):
+            what = "is not set" if stmt.variable.lower() not in self.store.session else "holds no object"
+            raise QueryNameError(f"session variable :{stmt.variable} {what}: delete :v deletes the object "
+                                 f"a variable holds", stmt.span, source)
+        with self.store.transaction():
+            self.store.delete_object(value)
+        return self._done(f":{stmt.variable} deleted", stmt, source)
+
+    def _DeclareVariables(self, stmt: A.DeclareVariables, source: str, ctx: ExecContext) -> Result:
+        binder = self._binder(source)
+        for type_expr, _ in stmt.items:
+            binder.resolve_type(type_expr)   # an unknown type is an error here, as in OSQL
+        return self._done("declared " + ", ".join(f":{name}" for _, name in stmt.items), stmt, source)
+
+    def _Toploop(self, stmt: A.Toploop, source: str, ctx: ExecContext) -> Result:
+        engine = self.engine
+        if stmt.command == "quit":
+            engine.quit_requested = True
+            return self._done("quit", stmt, source)
+        if engine.store_dir is None:
+            raise QueryRuntimeError(f"{stmt.command} needs a store directory: start the engine with one "
+                                    f"(Engine(store_dir=…), streamql shell --store DIR)", stmt.span, source)
+        if stmt.command == "commit":
+            path = engine.save()
+            return self._done(f"committed to {path}", stmt, source)
+        engine.return_to_saved()
+        return self._done("rolled back to the last commit", stmt, source)
+
+    def select_into(self, stmt: A.Select, source: str, ctx: ExecContext) -> Result:
+        """`select … into :a, :b from …`: the first row's values go into the variables (as Amos II:
+        only the first row when there are several; none set when there is no row)."""
+        plain = replace(stmt, into=())
+        rows = self._rows_of(plain, source, ctx)
+        width = len(stmt.items) if stmt.items is not None else 1
+        if width != len(stmt.into):
+            raise QueryTypeError(f"select … into takes one variable per selected value: {width} values, "
+                                 f"{len(stmt.into)} variables", stmt.span, source)
+        if rows:
+            values = rows[0] if isinstance(rows[0], tuple) and width > 1 else (rows[0],)
+            with self.store.transaction():
+                for name, value in zip(stmt.into, values):
+                    self.store.set_session(name, value)
+        return self._done(f"{min(len(rows), 1)} row into " + ", ".join(":" + n for n in stmt.into), stmt, source)
+
+
+# ------------------------------------------------------------------------------ loading code
+CODE_LOADERS = frozenset({"load_osql", "models:load", "system_models:load"})
+MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+MAX_LOAD_DEPTH = 16
+
+
+def loads_code(statement: A.Statement) -> bool:
+    """`load_osql(path);` or `models:load(name);`: a statement that runs the statements of files."""
+    return isinstance(statement, A.ExprStatement) and isinstance(statement.expr, A.Call) \
+        and statement.expr.name.lower() in CODE_LOADERS
+
+
+class CodeLoading:
+    """`load_osql(path)` runs a file's statements; `models:load(name)` a model directory's master.osql
+    (the models folder: `models:folder(name)`). Paths go through the engine's files rule, and only
+    a script's own statements load code: `Engine.query` — what edges run for fragments and
+    federations for queries — refuses to."""
+
+    def load_code(self, stmt: A.ExprStatement, source: str, ctx: ExecContext) -> Result:
+        from .types import CHARSTRING
+        call = stmt.expr
+        name = call.name.lower()
+        if len(call.args) != 1:
+            raise QueryTypeError(f"{call.name} takes one argument, a {'path' if name == 'load_osql' else 'name'}",
+                                 call.span, source)
+        value = self._value(self._binder(source), call.args[0], source, ctx, expected=CHARSTRING,
+                            what=f"the argument of {call.name}")
+        try:
+            if name == "system_models:load":
+                raise QueryRuntimeError(f"SA Engine's system model {value!r} is not part of StreamQL: its native "
+                                        f"models (kmeans, dense_network, …) are built in, see docs/models.md")
+            if name == "models:load":
+                path = self.engine.model_folder(value) / "master.osql"
+            else:
+                path = value
+            count = self.run_file(path, call.name)
+        except QueryError as exc:
+            if exc.span is None:
+                raise exc.located(call.span).with_source(source)
+            raise
+        return self._done(f"{call.name}({value!r}): {count} statements", stmt, source)
+
+    def run_file(self, path, what: str) -> int:
+        """Run every statement of a file (each in its own transaction, as a script); how many."""
+        engine = self.engine
+        real = engine.resolve_path(str(path))
+        loading = engine.loading_files
+        if real in loading:
+            raise QueryRuntimeError(f"{what}: {path} is already being loaded (a file that loads itself)")
+        if len(loading) >= MAX_LOAD_DEPTH:
+            raise QueryRuntimeError(f"{what}: files load each other more than {MAX_LOAD_DEPTH} deep")
+        try:
+            size = real.stat().st_size
+            if size > MAX_SCRIPT_BYTES:
+                raise QueryRuntimeError(f"{what}: {path} is {size} bytes, over the {MAX_SCRIPT_BYTES} a script may be")
+            text = real.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise QueryRuntimeError(f"{what} cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        loading.append(real)
+        try:
+            results = engine.execute(text)
+        except QueryError as exc:
+            raise type(exc)(f"in {path}: {exc.message}", exc.span, text) from None
+        finally:
+            loading.pop()
+        for result in results:   # a loaded file's continuous queries are not left unread
+            if result.kind == "stream":
+                result.close()
+        return len(results)
