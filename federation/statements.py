@@ -49,6 +49,19 @@ STATUS_POLL_S = 0.25
 QUICK_WORKERS = 4           # threads for parsing and planning, apart from the statements that run
 FIRST_ROW_WAIT_S = 1.0      # how long a stream's response waits for its first row before it starts
 _END = object()
+_NOTHING = object()
+
+
+async def _get(channel: asyncio.Queue, timeout: float | None):
+    """The channel's next item, or _NOTHING after `timeout` seconds. Not asyncio.wait_for: on
+    Python 3.11 it returns the item instead of raising when the task is cancelled just as the item
+    arrives, and the cancel (a WebSocket's `cancel`, a client leaving) would be lost. A cancelled
+    get leaves the item in the queue."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await channel.get()
+    except TimeoutError:
+        return _NOTHING
 
 
 class StatementResult:
@@ -125,9 +138,8 @@ class StatementResult:
         after FIRST_ROW_WAIT_S, once its fragments have had the time to start or fail."""
         if self._finished or self._ready:
             return
-        try:
-            item = await asyncio.wait_for(self._channel.get(), FIRST_ROW_WAIT_S if self.kind == "stream" else None)
-        except asyncio.TimeoutError:
+        item = await _get(self._channel, FIRST_ROW_WAIT_S if self.kind == "stream" else None)
+        if item is _NOTHING:
             return
         if isinstance(item, BaseException):
             self._finished = True
@@ -144,10 +156,7 @@ class StatementResult:
         while self._ready:
             yield self._ready.pop(0)
         while not self._finished:
-            try:
-                item = await asyncio.wait_for(self._channel.get(), STATUS_POLL_S)
-            except asyncio.TimeoutError:
-                item = None
+            item = await _get(self._channel, STATUS_POLL_S)
             if self._stopped is not None:
                 self._finished = True
                 raise QueryCancelled(self._stopped)
@@ -155,7 +164,7 @@ class StatementResult:
                 changes, version = self.status.changes(version)
                 for change in changes:
                     yield {"status_change": change}
-            if item is None:
+            if item is _NOTHING:
                 continue
             if item is _END:
                 self._finished = True

@@ -131,7 +131,11 @@ async def run_query(request: web.Request) -> web.StreamResponse:
                     raise
             response = web.StreamResponse(headers=result_headers(result, fmt))
             response.enable_chunked_encoding()
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:   # the client left before the response head: nothing to tell
+                timer.outcome = "cancelled"
+                return response
             encode = encoder_for(fmt)
             async def emit(items: list) -> None:
                 await response.write(b"".join(items))

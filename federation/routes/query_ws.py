@@ -189,7 +189,10 @@ async def query_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=config.max_request_bytes, heartbeat=30.0, compress=False)
     if not ws.can_prepare(request).ok:
         raise BadRequest("GET /v1/query/ws needs an Upgrade: websocket request")
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:   # the client left before the handshake's answer: nothing to tell
+        return ws
     track_websocket(request, ws)
     socket = QuerySocket(ws, service, principal(request), request.app[METRICS], fmt == "msgpack",
                          config.max_socket_queries)
