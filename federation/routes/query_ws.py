@@ -40,6 +40,7 @@ from federation.results import (
     close_result,
     error_info,
     final_record,
+    is_heavy,
     pump_rows,
 )
 from federation.routes.query import parse_limits, parse_options, query_service, start_statement
@@ -65,11 +66,24 @@ class QuerySocket:
     async def send(self, message: dict) -> None:
         if self.ws.closed:
             return
+        # rows with large values are encoded in a worker thread, never on the event loop
+        heavy = message.get("type") == "rows" and is_heavy(message["rows"])
+        encode = self._pack if self.binary else self._json
+        data = await asyncio.to_thread(encode, message) if heavy else encode(message)
+        if self.ws.closed:
+            return
         if self.binary:
-            await self.ws.send_bytes(codec.pack(message))
+            await self.ws.send_bytes(data)
         else:
-            await self.ws.send_str(json.dumps(codec.to_plain(message), allow_nan=False, ensure_ascii=False,
-                                              separators=(",", ":")))
+            await self.ws.send_str(data)
+
+    @staticmethod
+    def _pack(message: dict) -> bytes:
+        return codec.pack(message)
+
+    @staticmethod
+    def _json(message: dict) -> str:
+        return json.dumps(codec.to_plain(message), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
     async def refuse(self, qid: Any, error: BaseException) -> None:
         await self.send({"type": "error", "id": qid if isinstance(qid, str) else None, "error": error_info(error)})
@@ -160,6 +174,8 @@ class QuerySocket:
                 await close_result(result)
                 with contextlib.suppress(Exception):
                     await self.send({"type": "cancelled", "id": qid, **final_record(result, sent, None, detail)})
+            except ConnectionError:   # the socket went away: nobody to tell
+                timer.outcome = "cancelled"
             except Exception as exc:
                 timer.outcome = "error"
                 self.metrics.errors.inc(kind=getattr(exc, "kind", None) or "InternalError")
