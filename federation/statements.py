@@ -157,9 +157,18 @@ class StatementResult:
         after FIRST_ROW_WAIT_S, once its fragments have had the time to start or fail."""
         if self._finished or self._ready:
             return
-        item = await _get(self._channel, FIRST_ROW_WAIT_S if self.kind == "stream" else None)
-        if item is _NOTHING:
-            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_ROW_WAIT_S if self.kind == "stream" else None
+        while True:
+            wait = STATUS_POLL_S if deadline is None else min(STATUS_POLL_S, deadline - loop.time())
+            if wait <= 0:
+                return
+            item = await _get(self._channel, wait)
+            if self._stopped is not None:    # the federation is stopping: no first row will come
+                self._finished = True
+                raise QueryCancelled(self._stopped)
+            if item is not _NOTHING:
+                break
         if isinstance(item, BaseException):
             self._finished = True
             raise item

@@ -66,3 +66,15 @@ async def test_every_websocket_cancel_is_answered_cancelled(client, tokens):
             if message["type"] == "cancelled":
                 break
     await ws.close()
+
+
+async def test_stopping_ends_a_wait_for_the_first_rows():
+    """SIGTERM stops every statement: one still waiting for its first rows ends at once."""
+    from streamql.errors import QueryCancelled
+    result = waiting_result()
+    result.kind = "bag"                   # a bag waits for its first rows as long as they take
+    task = asyncio.ensure_future(result.first())
+    await asyncio.sleep(0.05)
+    result.stop("the federation is shutting down")
+    with pytest.raises(QueryCancelled, match="shutting down"):
+        await asyncio.wait_for(task, 2)
