@@ -127,6 +127,9 @@ class SignalPump:
 
     def add(self, drivers: DriverSet) -> None:
         self.sets.append(drivers)
+        for driver in drivers.drivers:   # readings nobody reads are not generated (SimulatedDriver)
+            if isinstance(driver, SimulatedDriver):
+                driver.lazy_when_unread = True
 
     def remove(self, drivers: DriverSet) -> None:
         if drivers in self.sets:

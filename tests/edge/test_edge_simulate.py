@@ -86,3 +86,32 @@ def test_the_edge_engine_never_imports_the_federation():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "federation" or n.startswith("federation.") for n in names), path.name
+
+
+def test_a_simulated_fleet_skips_readings_nobody_reads():
+    """In a simulated fleet (SignalPump), a fast signal nobody reads is sampled once a second for its
+    latest reading only; once read, every reading is pushed again, exactly the pure form."""
+    from edge_engine.signals import SimulatedDriver
+    from edge_engine.simulation import SimModel
+    from edge_engine.simulate import SignalPump
+    from streamql.clock import FakeClock
+
+    clock = FakeClock(1000.0)
+    driver = SimulatedDriver("v", SimModel("sine", rate_hz=100.0), clock=clock, batch_interval_s=0.25)
+    pump = SignalPump(clock)
+
+    class One:
+        drivers = [driver]
+    pump.add(One)
+    assert driver.lazy_when_unread
+    driver.poll()
+    clock.advance(0.9)
+    assert driver.next_due() >= 1000.9 + 0.99 - 1e-9      # unread: once a second
+    driver.poll()
+    assert driver.pushed == 2 and driver.signal.latest_time() == 1000.9
+    reader = driver.signal.open()
+    clock.advance(0.5)
+    driver.poll()                                          # read: every reading again
+    assert driver.pushed == 2 + 50
+    assert driver.next_due() <= clock.now() + 0.25 + 1e-9
+    reader.close()
