@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -74,6 +75,10 @@ def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event)
         if not fired.is_set():
             fired.set()
             start_hard_exit_watchdog()
+            # and a backstop that needs no interpreter lock: should the watchdog thread not get
+            # it in time (threads busy inside long calls), faulthandler's own thread prints where
+            # every thread is and ends the process
+            faulthandler.dump_traceback_later(HARD_EXIT_S + 0.3, exit=True)
         try:
             loop.call_soon_threadsafe(stop.set)
         except RuntimeError:  # the loop is closed already
