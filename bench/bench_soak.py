@@ -47,6 +47,9 @@ def options(argv=None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=10.0, help="a well-behaved client's mean pause, s (10)")
     parser.add_argument("--heavy", type=int, default=2, help="`select zeros(50000000);` at once, at most (2)")
     parser.add_argument("--rss-cap-mb", type=float, default=3000.0, help="kill a process past this RSS (3000)")
+    parser.add_argument("--edges-nice", type=int, default=10,
+                        help="niceness of the simulated fleet's process (10): it stands in for devices with CPUs of "
+                             "their own, so its hundreds of fragment threads should not take the federation's")
     parser.add_argument("--isolate", action="store_true", help="each hostile act alone, with two probes")
     parser.add_argument("--skip", action="append", default=[], choices=ACTS, metavar="ACT",
                         help=f"leave out a hostile act ({', '.join(ACTS)})")
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
     n_well = max(1, round(args.clients * 0.7))
     n_abandon = max(1, round(args.clients * 0.2)) if args.clients >= 3 else 0
     n_hostile = max(1, args.clients - n_well - n_abandon) if args.clients >= 3 else 0
-    fleet = SoakFleet(work, args.edges, args.rss_cap_mb)
+    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice)
     procs: list[subprocess.Popen] = []
     report: dict = {"machine": machine(), "options": vars(args), "load_before": machine_load()}
     try:
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         report["load_during"] = machine_load()
         report["busy_others"] = busy_processes(exclude={p.pid for p in (*fleet.procs.values(), well, bad)})
         fleet.prober.stop.set()
-        time.sleep(0.5)
+        fleet.prober.join(10)    # no poll may see the federation stopping
         report["federation_before_sigterm"] = {
             "alive": fleet.procs["federation"].poll() is None, "online": fleet.online()}
         # SIGTERM while the abandoning and hostile clients are still connected
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         report["edges"] = {"reconnections": int(fleet.prober.delta("streamql_edge_connections_total").get(
             'streamql_edge_connections_total{result="accepted"}', 0)), "seen_offline": sorted(fleet.prober.dropped),
             "min_online": fleet.prober.min_online}
+        report["peaks"] = dict(fleet.prober.peaks)
         report["http"] = {k: v for k, v in fleet.prober.delta("streamql_http_limited_total").items()}
         report["warnings"] = fleet.warnings()
         report["load_after"] = machine_load()
@@ -217,7 +221,8 @@ def summary(report: dict) -> str:
     health = report.get("healthz") or {}
     out.append(f"/healthz: {health.get('answered')} answered (p99 {health.get('p99_ms')} ms, max "
                f"{health.get('max_ms')} ms), {health.get('unanswered')} unanswered")
-    out.append(f"limited (429): {report.get('http')}")
+    out.append(f"limited (429): {report.get('http')}; peaks: {report.get('peaks')}; threads: "
+               f"{ {n: p.get('threads_max') for n, p in procs.items()} }")
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

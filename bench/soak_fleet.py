@@ -88,8 +88,8 @@ def busy_processes(exclude: set[int], top: int = 4) -> list[str]:
 
 
 class SoakFleet:
-    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning"):
-        self.work, self.edges, self.rss_cap_mb = work, edges, rss_cap_mb
+    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0):
+        self.work, self.edges, self.rss_cap_mb, self.edges_nice = work, edges, rss_cap_mb, edges_nice
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = work / "fed"
@@ -102,12 +102,13 @@ class SoakFleet:
         self.prober: Prober | None = None
 
     # ------------------------------------------------------------------------------ processes
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, nice: int = 0) -> subprocess.Popen:
         path = self.work / f"{name}.log"
         self.logs[name] = path
         with open(path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=ROOT, env=self.env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=(lambda: os.nice(nice)) if nice else None)
         self.procs[name] = proc
         return proc
 
@@ -120,7 +121,7 @@ class SoakFleet:
         self.admin = (self.data / "admin.token").read_text().strip()
         self._spawn("edges", "edge", "--simulate", str(self.edges), "--federation", self.url,
                     "--provision-token-file", str(self.data / "admin.token"), "--store", str(self.work / "edges"),
-                    "--log-level", self.log_level)
+                    "--log-level", self.log_level, nice=self.edges_nice)
         self._wait(lambda: self.online() >= self.edges, startup_s, f"{self.edges} edges to connect")
         self.sampler = Sampler(self)
         self.prober = Prober(self)
@@ -244,6 +245,7 @@ class Sampler(threading.Thread):
         self.samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in fleet.procs}  # (t, MB, cpu %)
         self.killed: dict[str, float] = {}
         self.hwm_mb: dict[str, float] = {}
+        self.threads: dict[str, int] = {}      # the most threads seen
 
     def run(self) -> None:
         last = {n: (time.monotonic(), cpu_seconds(p.pid) or 0.0) for n, p in self.fleet.procs.items()}
@@ -251,6 +253,9 @@ class Sampler(threading.Thread):
             for name, proc in self.fleet.procs.items():
                 if proc.poll() is not None:
                     continue
+                threads = proc_status_kb(proc.pid, "Threads")
+                if threads is not None:
+                    self.threads[name] = max(self.threads.get(name, 0), threads)
                 rss = proc_status_kb(proc.pid, "VmRSS")
                 hwm = proc_status_kb(proc.pid, "VmHWM")
                 cpu = cpu_seconds(proc.pid)
@@ -278,7 +283,7 @@ class Sampler(threading.Thread):
                          "hwm_mb": round(self.hwm_mb.get(name, 0.0), 1),
                          "cpu_mean_pct": round(sum(cpus) / len(cpus), 1),
                          "cpu_p95_pct": round(cpus[int(0.95 * (len(cpus) - 1))], 1),
-                         "killed_at_mb": self.killed.get(name)}
+                         "threads_max": self.threads.get(name), "killed_at_mb": self.killed.get(name)}
         return out
 
 
@@ -293,6 +298,7 @@ class Prober(threading.Thread):
         self.unanswered = 0
         self.metrics: dict[str, float] = {}
         self.first_metrics: dict[str, float] | None = None
+        self.peaks: dict[str, float] = {}    # the highest value seen of a few gauges
         self.dropped: set[str] = set()       # edges seen offline at some poll
         self.min_online: int | None = None
 
@@ -326,6 +332,8 @@ class Prober(threading.Thread):
             try:
                 with urllib.request.urlopen(self.fleet.url + "/metrics", timeout=self.timeout) as resp:
                     self.metrics = parse_metrics(resp.read().decode())
+                    for gauge in ("streamql_fragments_running", "streamql_queries_running"):
+                        self.peaks[gauge] = max(self.peaks.get(gauge, 0.0), self.metrics.get(gauge, 0.0))
                     if self.first_metrics is None:
                         self.first_metrics = dict(self.metrics)
             except OSError:

@@ -136,6 +136,7 @@ class SimulatedDriver(Driver):
 
     kind = "simulated"
     lazy_when_unread = False
+    waiting_unread = False     # its next poll was put off because nobody read it
 
     def __init__(self, name: str, model: SimModel, *, clock: Clock = SYSTEM_CLOCK,
                  signal: LiveSignal | None = None, batch_interval_s: float = 0.05, start_time: float | None = None):
@@ -166,8 +167,10 @@ class SimulatedDriver(Driver):
 
     def next_due(self) -> float:
         due = self._next_k / self.rate_hz
+        self.waiting_unread = False
         if self.rate_hz * self.batch_interval_s >= 2:  # fast: wake once per batch interval …
-            interval = self.batch_interval_s if self._read() else max(self.batch_interval_s, UNREAD_INTERVAL_S)
+            self.waiting_unread = not self._read()
+            interval = max(self.batch_interval_s, UNREAD_INTERVAL_S) if self.waiting_unread else self.batch_interval_s
             due = max(due, self.clock.now() + interval)   # … or once a second while nobody reads it
         return due
 

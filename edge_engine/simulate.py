@@ -144,8 +144,8 @@ class SignalPump:
         for drivers in self.sets:
             for driver in drivers.drivers:
                 key = id(driver)
-                if due.get(key, now) > now:
-                    continue
+                if due.get(key, now) > now and not (getattr(driver, "waiting_unread", False) and driver._read()):
+                    continue      # not due (but a signal put off while unread is polled once read)
                 try:
                     pushed += driver.poll(now)
                     if driver.pushed == 0 and isinstance(driver, SimulatedDriver):

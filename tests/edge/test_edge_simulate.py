@@ -109,9 +109,10 @@ def test_a_simulated_fleet_skips_readings_nobody_reads():
     assert driver.next_due() >= 1000.9 + 0.99 - 1e-9      # unread: once a second
     driver.poll()
     assert driver.pushed == 2 and driver.signal.latest_time() == 1000.9
+    pump._due[id(driver)] = driver.next_due()
     reader = driver.signal.open()
     clock.advance(0.5)
-    driver.poll()                                          # read: every reading again
+    assert pump.poll() == 50                               # read: polled at once, every reading again
     assert driver.pushed == 2 + 50
     assert driver.next_due() <= clock.now() + 0.25 + 1e-9
     reader.close()
