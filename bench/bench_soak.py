@@ -112,6 +112,8 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
             "deploy_token": deploy, "heavy": args.heavy, "skip": args.skip, "isolate": args.isolate,
             "private_key": str(fleet.private_key)})
         procs = [well, bad]
+        fleet.sampler.watch("clients-well", well)
+        fleet.sampler.watch("clients-bad", bad)
         if args.isolate:   # the acts one after the other, then the process ends by itself
             try:
                 bad.wait(90 * len(ACTS))
@@ -178,8 +180,8 @@ def goal(report: dict, args: argparse.Namespace) -> list[str]:
             reasons.append(f"{name} killed past the RSS cap at {figures['killed_at_mb']:.0f} MB")
     if not (report.get("federation_before_sigterm") or {}).get("alive", False):
         reasons.append("the federation was not running at the end")
-    if report.get("edges", {}).get("seen_offline"):
-        reasons.append(f"{len(report['edges']['seen_offline'])} edges seen offline")
+    if report.get("edges", {}).get("reconnections"):
+        reasons.append(f"edges dropped their link {report['edges']['reconnections']} times")
     return reasons
 
 

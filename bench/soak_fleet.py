@@ -246,11 +246,20 @@ class Sampler(threading.Thread):
         self.killed: dict[str, float] = {}
         self.hwm_mb: dict[str, float] = {}
         self.threads: dict[str, int] = {}      # the most threads seen
+        self.others: dict[str, subprocess.Popen] = {}
+
+    def watch(self, name: str, proc: subprocess.Popen) -> None:
+        """Sample another process too (the client processes)."""
+        self.others[name] = proc
+        self.samples.setdefault(name, [])
 
     def run(self) -> None:
-        last = {n: (time.monotonic(), cpu_seconds(p.pid) or 0.0) for n, p in self.fleet.procs.items()}
+        last: dict = {}
         while not self.stop.wait(self.interval):
-            for name, proc in self.fleet.procs.items():
+            for name, proc in {**self.fleet.procs, **self.others}.items():
+                if name not in last:
+                    last[name] = (time.monotonic(), cpu_seconds(proc.pid) or 0.0)
+                    continue
                 if proc.poll() is not None:
                     continue
                 threads = proc_status_kb(proc.pid, "Threads")
@@ -267,7 +276,7 @@ class Sampler(threading.Thread):
                 self.samples[name].append((now, rss / 1024, 100 * (cpu - c0) / max(1e-6, now - t0)))
                 if hwm is not None:
                     self.hwm_mb[name] = hwm / 1024
-                if rss / 1024 > self.fleet.rss_cap_mb and name not in self.killed:
+                if name in self.fleet.procs and rss / 1024 > self.fleet.rss_cap_mb and name not in self.killed:
                     self.killed[name] = rss / 1024
                     proc.kill()
 
