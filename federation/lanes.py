@@ -15,7 +15,8 @@ many) does keeps `select 1;` waiting.
   does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
 
 A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
-Parsing and `explain` have `QUICK_WORKERS` threads of their own.
+Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
+`LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from streamql import ast as A
 from federation.errors import Busy
 
 QUICK_WORKERS = 4
+LONG_WORKERS = 2            # parsing statements longer than LONG_TEXT
+LONG_TEXT = 4096
 FAST_SLOTS = 4
 FAST_SECONDS = 5.0
 STREAM_SLOTS = 128
@@ -105,6 +108,7 @@ class StatementPool:
         self._executor = concurrent.futures.ThreadPoolExecutor(workers + fast_slots, thread_name_prefix="statement")
         self._stream_executor = concurrent.futures.ThreadPoolExecutor(stream_slots, thread_name_prefix="stream")
         self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
+        self._long = concurrent.futures.ThreadPoolExecutor(LONG_WORKERS, thread_name_prefix="statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
 
@@ -166,10 +170,17 @@ class StatementPool:
         """Short work (parsing, a plan) on the threads kept for it."""
         return await asyncio.get_running_loop().run_in_executor(self._quick, fn, *args)
 
+    async def parse(self, fn, text: str):
+        """fn(text) — parsing — on the quick threads, or for a long text (past LONG_TEXT bytes: a
+        60 KiB `in` list takes a second or more) on threads of its own, so long statements never
+        make `select 1;` wait for its parse."""
+        executor = self._long if len(text) > LONG_TEXT else self._quick
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, text)
+
     def stop_all(self, reason: str) -> None:
         for result in list(self.running):
             result.stop(reason)
 
     def shutdown(self) -> None:
-        for executor in (self._executor, self._stream_executor, self._quick):
+        for executor in (self._executor, self._stream_executor, self._quick, self._long):
             executor.shutdown(wait=False, cancel_futures=True)

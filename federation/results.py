@@ -125,6 +125,15 @@ def check_statement(text: str, principal: Principal) -> A.Statement:
     return statement
 
 
+async def check_statement_off_loop(service: Any, text: str, principal: Principal) -> A.Statement:
+    """check_statement in a worker thread, never on the event loop (a 64 KiB `in` list takes a
+    second or more to parse): on the service's parsing threads when it has them."""
+    pool = getattr(service, "pool", None)
+    if pool is not None and hasattr(pool, "parse"):
+        return await pool.parse(lambda t: check_statement(t, principal), text)
+    return await asyncio.to_thread(check_statement, text, principal)
+
+
 MAX_HEADER_BYTES = 4096  # clients refuse header lines past 8 KiB (aiohttp's default)
 
 

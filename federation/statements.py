@@ -266,7 +266,7 @@ class QueryService:
     # ------------------------------------------------------------------------------ entry
     async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
                   device_timeout: float | None = None) -> StatementResult:
-        statement = await self.pool.quick(parse_one, text)
+        statement = await self.pool.parse(parse_one, text)
         if isinstance(statement, A.Explain):
             return await self._explain(statement.statement, text)
         if isinstance(statement, DEPLOYMENT_STATEMENTS):

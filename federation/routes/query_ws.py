@@ -36,7 +36,7 @@ from federation.keys import CONFIG, METRICS, SESSIONS
 from federation.results import (
     QueryTimer,
     RowWriter,
-    check_statement,
+    check_statement_off_loop,
     close_result,
     error_info,
     final_record,
@@ -124,7 +124,7 @@ class QuerySocket:
         detail = options.get("detail")
         with QueryTimer(self.metrics) as timer:
             try:
-                check_statement(text, self.caller)
+                await check_statement_off_loop(self.service, text, self.caller)
                 result = await start_statement(self.service, text, self.caller, limits, options)
                 first = getattr(result, "first", None)
                 if first is not None:

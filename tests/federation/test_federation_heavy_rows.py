@@ -48,3 +48,29 @@ async def test_a_large_row_is_encoded_off_the_loop(client, tokens, monkeypatch, 
                 break
         await ws.close()
     assert threads, "the row was encoded on the event loop"
+
+
+@pytest.mark.parametrize("path", ["post", "ws"])
+async def test_statements_are_parsed_off_the_loop(client, tokens, monkeypatch, path):
+    """The routes check a statement (its syntax, the deploy role) in a worker thread: a 64 KiB `in`
+    list takes a second or more to parse, and would stall every client and edge link meanwhile."""
+    import threading
+    threads = []
+    parse_one = results.parse_one
+
+    def recording(text):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return parse_one(text)
+    monkeypatch.setattr(results, "parse_one", recording)
+    statement = "select count(x) from Integer x where x in (" + ",".join(map(str, range(2000))) + ");"
+    if path == "post":
+        resp = await client.post("/v1/query", json={"query": statement}, headers=tokens.header("read"))
+        assert resp.status == 200 and json.loads((await resp.text()).splitlines()[0]) == [2000]
+    else:
+        ws = await client.ws_connect("/v1/query/ws", headers=tokens.header("read"))
+        await ws.send_json({"type": "query", "id": "p", "query": statement})
+        while (message := await ws.receive_json(timeout=10))["type"] not in ("end", "error"):
+            pass
+        assert message["type"] == "end"
+        await ws.close()
+    assert threads and not any(threads), "a statement was parsed on the event loop"

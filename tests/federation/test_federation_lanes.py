@@ -82,3 +82,14 @@ async def test_select_1_is_answered_while_slow_statements_and_unread_streams_hol
     for resp in done:
         resp.close()
     assert 503 not in statuses[:4]   # four ran at once (one per token), their time limits ended them
+
+
+async def test_long_statements_are_parsed_apart_from_short_ones():
+    import threading
+    pool = StatementPool(workers=4)
+    try:
+        short = await pool.parse(lambda text: threading.current_thread().name, "select 1;")
+        long = await pool.parse(lambda text: threading.current_thread().name, "select '" + "x" * 10_000 + "';")
+        assert short.startswith("statement-quick") and long.startswith("statement-long")
+    finally:
+        pool.shutdown()
