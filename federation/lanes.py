@@ -5,10 +5,10 @@ many) does keeps `select 1;` waiting.
   a deployment's selection. One principal (a token) holds at most a quarter of them at once
   (`per_principal`); its further statements wait for one of its own to end, so a burst from one
   token never takes every worker.
-- **fast** (`FAST_SLOTS`, 4): kept for statements that touch no edge and are not streams (`select
+- **fast** (`FAST_SLOTS`, 8): kept for statements that touch no edge and are not streams (`select
   1;`, a definition, a local computation). Such a statement that finds no free worker among the
   statements' takes one of these — at most one per principal — and runs there under a time limit
-  of `FAST_SECONDS` (10 s): nothing can hold the fast lane for long, whoever sends it.
+  of `FAST_SECONDS` (3 s): nothing can hold the fast lane for long, whoever sends it.
 - **streams** (`stream_slots`, 128; 16 per principal, a read token's requests in flight): standing streams (`select stream of …`), on
   threads of their own. A stream holds its slot while it lasts, but a thread only while its next
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
@@ -33,8 +33,8 @@ from federation.errors import Busy
 QUICK_WORKERS = 4
 LONG_WORKERS = 2            # parsing statements longer than LONG_TEXT
 LONG_TEXT = 4096
-FAST_SLOTS = 4
-FAST_SECONDS = 10.0
+FAST_SLOTS = 8
+FAST_SECONDS = 3.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
 
