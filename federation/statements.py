@@ -230,7 +230,8 @@ class StatementResult:
     async def aclose(self) -> None:
         """Stop the statement (the client went away or was done)."""
         self._cancel_now()
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and self._stopped is None:
+            # (when the federation stops it, nothing waits: the process is ending)
             # the worker notices within a second; one stuck inside a long call is left to finish
             # (its slot is released when it does), so closing never holds up the caller for long
             await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
