@@ -103,10 +103,19 @@ class Driver:
         return n
 
 
+UNREAD_INTERVAL_S = 1.0
+
+
 class SimulatedDriver(Driver):
-    """Samples a `SimModel` on its grid `k / rate_hz` as time passes; batches when fast."""
+    """Samples a `SimModel` on its grid `k / rate_hz` as time passes; batches when fast. With
+    `lazy_when_unread` (set by a simulated fleet, `streamql edge --simulate N`), while no query
+    reads a fast signal it is sampled once every UNREAD_INTERVAL_S, for its latest reading only
+    (what `signal_value` reads): a hundred simulated edges in one process spend nothing on
+    readings nobody reads. A reader opening gets its first readings within that second."""
 
     kind = "simulated"
+    lazy_when_unread = False
+    waiting_unread = False     # its next poll was put off because nobody read it
 
     def __init__(self, name: str, model: SimModel, *, clock: Clock = SYSTEM_CLOCK,
                  signal: LiveSignal | None = None, batch_interval_s: float = 0.05, start_time: float | None = None):
@@ -127,15 +136,23 @@ class SimulatedDriver(Driver):
         if last_k - self._next_k + 1 > MAX_CATCH_UP:  # after a long stall: skip ahead, count it
             self.skipped += last_k - self._next_k + 1 - MAX_CATCH_UP
             self._next_k = last_k + 1 - MAX_CATCH_UP
+        if last_k > self._next_k and not self._read():
+            self._next_k = last_k          # nobody reads the stream: only the latest reading counts
         ks = np.arange(self._next_k, last_k + 1, dtype=np.float64)
         self._next_k = last_k + 1
         times = ks / self.rate_hz
         return self._push(times, self.model.values_at(times))
 
+    def _read(self) -> bool:
+        return not self.lazy_when_unread or getattr(self.signal, "reader_count", 1) > 0
+
     def next_due(self) -> float:
         due = self._next_k / self.rate_hz
-        if self.rate_hz * self.batch_interval_s >= 2:  # fast: wake once per batch interval
-            due = max(due, self.clock.now() + self.batch_interval_s)
+        self.waiting_unread = False
+        if self.rate_hz * self.batch_interval_s >= 2:  # fast: wake once per batch interval …
+            self.waiting_unread = not self._read()
+            interval = max(self.batch_interval_s, UNREAD_INTERVAL_S) if self.waiting_unread else self.batch_interval_s
+            due = max(due, self.clock.now() + interval)   # … or once a second while nobody reads it
         return due
 
     def describe(self) -> dict:
