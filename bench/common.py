@@ -46,7 +46,7 @@ def machine() -> str:
 
 
 def table(title: str, rows: list[tuple], headers: tuple) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(str(h))] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]  # rows may be empty
     lines = [title, "  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]

@@ -188,6 +188,27 @@ class StoreForwardBuffer:
                     break
         return out
 
+    def records_after(self, seq: int) -> list[tuple[int, Any]]:
+        """Every record with sequence > seq still on disk, acknowledged ones included (a segment
+        is deleted only once sealed and all gone): what a restarted autostart query looks for
+        to know what it had emitted after its checkpoint (edge_engine.checkpoints)."""
+        out: list[tuple[int, Any]] = []
+        with self._lock:
+            self._check_open()
+            for segment in self._segments:
+                if segment.last <= seq or not segment.count:
+                    continue
+                with open(segment.path, "rb") as handle:
+                    fd = handle.fileno()
+                    for index in range(max(0, seq + 1 - segment.first), segment.count):
+                        item = self._read_record(fd, segment, index)
+                        if item is not None:
+                            try:
+                                out.append((item[0], codec.unpack(item[1])))
+                            except codec.CodecError:
+                                continue
+        return out
+
     def ack(self, upto: int, sent: Iterable[int] = ()) -> int:
         """The federation has every record <= upto: forget them. Returns how many were removed.
 

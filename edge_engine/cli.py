@@ -69,7 +69,11 @@ def _logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+SWITCH_INTERVAL_S = 0.001   # fragments compute in threads: the link's event loop gets the lock back within 1 ms
+
+
 def run(args: argparse.Namespace) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if args.simulate is not None:
         return _simulate(args)
     try:

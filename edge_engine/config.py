@@ -106,6 +106,14 @@ class Tls:
 
 
 @dataclass
+class Autostart:
+    """Autostart queries: their checkpoints (edge_engine/checkpoints.py) and restart policy."""
+
+    checkpoint_interval_s: float = 5.0   # also after each record they publish, and on a graceful stop
+    max_failures: int = 5                # failures in a row before a query is given up (health says so)
+
+
+@dataclass
 class EdgeConfig:
     id: str
     federation: str | None = None
@@ -121,6 +129,7 @@ class EdgeConfig:
     trusted_keys: list[str] = field(default_factory=list)
     tls: Tls = field(default_factory=Tls)
     guard: Guard = field(default_factory=Guard)
+    autostart: Autostart = field(default_factory=Autostart)
     log_level: str = "info"
     source: Path | None = None          # the file it was loaded from, if any
     # the only directory statements may read files from (csv:file_stream, create model … from); a
@@ -223,6 +232,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="with --watchdog: how long statements running at a memory restart are refused (600)")
     add("--guard-check-interval", dest="guard_check_interval_s", type=float, metavar="S",
         help="with --watchdog: how often the daemon's memory is checked (0.5)")
+    add("--checkpoint-interval", dest="checkpoint_interval_s", type=float, metavar="S",
+        help="how often autostart queries checkpoint their state (5; also after each record they publish)")
+    add("--autostart-max-failures", dest="autostart_max_failures", type=int, metavar="N",
+        help="failures in a row before an autostart query is given up (5)")
     return parser
 
 
@@ -270,6 +283,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
             ("guard", (("enabled", "watchdog"), ("max_rss_mb", "max_rss_mb"), ("quarantine_s", "quarantine_s"),
                        ("check_interval_s", "guard_check_interval_s"))),
             ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s"))),
+            ("autostart", (("checkpoint_interval_s", "checkpoint_interval_s"),
+                           ("max_failures", "autostart_max_failures"))),
             ("tls", (("ca_file", "ca_file"), ("cert_file", "client_cert"), ("key_file", "client_key")))):
         for key, name in pairs:
             if get(name) is not None:
@@ -324,11 +339,13 @@ def _signal_flag(text: str) -> dict:
 
 # == loading ===================================================================================
 _TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
-        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files", "foreign"}
+        "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files", "autostart",
+        "foreign"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
              "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal"},
              "guard": {"enabled", "max_rss_mb", "check_interval_s", "quarantine_s"},
+             "autostart": {"checkpoint_interval_s", "max_failures"},
              "reconnect": {"initial_s", "max_s"},
              "tls": {"ca_file", "cert_file", "key_file"}}
 
@@ -477,6 +494,14 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
                                            "guard.check_interval_s", fail),
                   quarantine_s=_number(guard_doc, "quarantine_s", Guard().quarantine_s, "guard.quarantine_s", fail))
 
+    auto = section("autostart")
+    max_failures = _number(auto, "max_failures", Autostart().max_failures, "autostart.max_failures", fail)
+    if max_failures != int(max_failures):
+        fail("autostart.max_failures", f"must be a whole number, got {max_failures!r}")
+    autostart = Autostart(checkpoint_interval_s=_number(auto, "checkpoint_interval_s", Autostart().checkpoint_interval_s,
+                                                        "autostart.checkpoint_interval_s", fail),
+                          max_failures=int(max_failures))
+
     rec = section("reconnect")
     reconnect = Reconnect(initial_s=_number(rec, "initial_s", 0.5, "reconnect.initial_s", fail),
                           max_s=_number(rec, "max_s", 30.0, "reconnect.max_s", fail))
@@ -529,7 +554,8 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
                       limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
-                      log_level=log_level.lower(), source=path, files=files, foreign=list(foreign))
+                      autostart=autostart, log_level=log_level.lower(), source=path, files=files,
+                      foreign=list(foreign))
 
 
 def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:

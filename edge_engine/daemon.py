@@ -48,7 +48,8 @@ from .guard import STOP_DEADLINE_S, Quarantine, RunningLog, guard_state, install
 from .health import ErrorLogHandler, HealthMonitor, ProcessSampler, bump_restarts
 from .link import Connection, Link
 from .publish import Publisher
-from .signals import DriverSet, build_drivers
+from .checkpoints import CheckpointStore, checkpoint_key, source_positions
+from .signals import CsvReplayDriver, DriverSet, build_drivers
 from .store import EdgeStore
 
 __all__ = ["EdgeDaemon", "CRASH_ENV", "load_trusted_keys"]
@@ -105,6 +106,7 @@ class EdgeDaemon:
         self.process = process  # what reports CPU and memory (a simulated edge's own load)
         self.engine = None
         self.autostarts = AutostartSet([])
+        self.checkpoints: CheckpointStore | None = None
         self.fragments: FragmentSet | None = None
         self.link: Link | None = None
         self._link_task: asyncio.Task | None = None
@@ -131,8 +133,7 @@ class EdgeDaemon:
         if self.drivers is None:
             base = config.source.parent if config.source else None
             self.drivers = build_drivers(config.signals, clock=self.clock, base_dir=base, callables=self.callables)
-        if self._start_drivers:
-            await self.drivers.start()
+        self.checkpoints = CheckpointStore(config.store, sync=config.buffer.fsync == "always", log=self.log)
         battery = self._battery_reader()
         self.monitor = HealthMonitor(clock=self.clock, restarts=restarts, battery=battery, process=self.process)
         self._error_handler = ErrorLogHandler(self.monitor.errors)
@@ -153,7 +154,12 @@ class EdgeDaemon:
         engine = await asyncio.to_thread(self.deployments.restore)
         for message in self.deployments.restore_errors:
             self.monitor.errors.add(message, "RestoreError")
-        await self._swap(engine, self.deployments.autostart())
+        specs = self.deployments.autostart()
+        self._resume_replays(specs)
+        await self._swap(engine, specs)
+        if self._start_drivers:   # once the autostart queries read their signals: no reading is missed
+            await asyncio.to_thread(self.autostarts.wait_ready, 5.0)
+            await self.drivers.start()
         if self.deployments.bundles:
             self.log.info("restored %s", ", ".join(f"{n} {v}" for n, v in self.deployments.active().items()))
         if config.federation:
@@ -236,8 +242,25 @@ class EdgeDaemon:
         await asyncio.to_thread(old.stop)
         self.engine = engine
         # a failing query logs a warning, which the health frame's errors pick up
+        config = self.config
         self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log,
-                                             on_status=self._autostart_changed)
+                                             on_status=self._autostart_changed, checkpoints=self.checkpoints,
+                                             checkpoint_interval_s=config.autostart.checkpoint_interval_s,
+                                             max_failures=config.autostart.max_failures, buffer=self.buffer)
+
+    def _resume_replays(self, specs) -> None:
+        """Start each CSV replay where the autostart queries reading it had got to by their
+        checkpoints (the earliest of them), rather than at the top of the file."""
+        positions: dict[str, int] = {}
+        for spec in specs:
+            key = checkpoint_key(spec.bundle, spec.version, spec.path, spec.index, spec.text)
+            for name, readings in source_positions(self.checkpoints.snapshot(spec.name, key)).items():
+                positions[name] = min(positions.get(name, readings), readings)
+        for driver in self.drivers.drivers:
+            position = positions.get(driver.name)
+            if position and isinstance(driver, CsvReplayDriver):
+                driver.resume_at(position)
+                self.log.info("signal %s: replay resumes at reading %d (autostart checkpoints)", driver.name, position)
 
     def _autostart_changed(self, query) -> None:
         """From a query's thread: its status changed, so the federation hears it soon."""

@@ -57,11 +57,15 @@ class Publisher:
         self._resume: tuple[int, int, float] | None = None    # (resend from seq, hold, not before)
 
     # == producers (any thread) =================================================================
-    def emit(self, spec: AutostartSpec, n: int, cols: list, names: list) -> int | None:
-        """Store one batch of an autostart query's rows for its flow; the record's sequence."""
+    def emit(self, spec: AutostartSpec, n: int, cols: list, names: list, progress: dict | None = None) -> int | None:
+        """Store one batch of an autostart query's rows for its flow; the record's sequence.
+        `progress` (the query's row count with this record) stays in the buffer: a restarted
+        query finds there what it had published (edge_engine/checkpoints.py)."""
         if spec.flow is None:
             return None
         record = {"flow": spec.flow, "n": n, "cols": cols, "names": names, "time": time.time()}
+        if progress is not None:
+            record["progress"] = progress
         try:
             seq = self.buffer.append(record)
         except BufferError as exc:

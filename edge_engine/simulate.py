@@ -171,6 +171,9 @@ class SignalPump:
 
     def add(self, drivers: DriverSet) -> None:
         self.sets.append(drivers)
+        for driver in drivers.drivers:   # readings nobody reads are not generated (SimulatedDriver)
+            if isinstance(driver, SimulatedDriver):
+                driver.lazy_when_unread = True
 
     def remove(self, drivers: DriverSet) -> None:
         if drivers in self.sets:
@@ -185,8 +188,8 @@ class SignalPump:
         for drivers in self.sets:
             for driver in drivers.drivers:
                 key = id(driver)
-                if due.get(key, now) > now:
-                    continue
+                if due.get(key, now) > now and not (getattr(driver, "waiting_unread", False) and driver._read()):
+                    continue      # not due (but a signal put off while unread is polled once read)
                 try:
                     pushed += driver.poll(now)
                     if driver.pushed == 0 and isinstance(driver, SimulatedDriver):

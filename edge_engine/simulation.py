@@ -38,7 +38,6 @@ _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer, vectorized (uint64 arithmetic wraps; arrays never warn about it,
     so no errstate here: entering one costs more than the mixing of a few values)."""
-    x = np.atleast_1d(x)
     x = (x ^ (x >> _S30)) * _M1
     x = (x ^ (x >> _S27)) * _M2
     return x ^ (x >> _S31)
@@ -56,14 +55,21 @@ def _gauss(seed: int, salt: int, keys: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _gauss_rows(seed: int, salts: list[int], keys: np.ndarray) -> np.ndarray:
-    """`_gauss(seed, salts[i], keys[i])` for every row i, in one pass."""
+def _row_bases(seed: int, salts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-row bases `_gauss_rows` mixes with (constant for a model: computed once)."""
     def bases(offset: int) -> np.ndarray:
         return np.array([(seed * _GOLDEN + (salt + offset) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
                          for salt in salts], dtype=np.uint64)[:, None]
+    return bases(0), bases(7919)
+
+
+def _gauss_rows(seed: int, salts: list[int], keys: np.ndarray,
+                bases: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """`_gauss(seed, salts[i], keys[i])` for every row i, in one pass."""
+    first, second = bases if bases is not None else _row_bases(seed, salts)
     scale = 1.0 / (1 << 53)
-    u1 = (_mix(_mix(keys ^ bases(0))) >> _S11).astype(np.float64) * scale
-    u2 = (_mix(_mix(keys ^ bases(7919))) >> _S11).astype(np.float64) * scale
+    u1 = (_mix(_mix(keys ^ first)) >> _S11).astype(np.float64) * scale
+    u2 = (_mix(_mix(keys ^ second)) >> _S11).astype(np.float64) * scale
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
@@ -139,6 +145,13 @@ class SimModel:
                 raise SignalSpecError(f"{name}.probability", "must be between 0 and 1")
         # octaves of the walk: from reversion_s down to about one sample period
         self._octaves = int(np.clip(math.ceil(math.log2(builtins.max(2.0, self.reversion_s * self.rate_hz))), 1, 12))
+        # the walk's constants, computed once (a driver asks for a few readings many times a second)
+        octaves = range(self._octaves)
+        self._walk_scales = self.reversion_s / np.array([float(1 << o) for o in octaves])
+        self._walk_salts = [100 + o for o in octaves]
+        self._walk_bases = _row_bases(self.seed, self._walk_salts)
+        self._walk_weights = [math.sqrt((self.reversion_s / (1 << o)) / self.reversion_s) for o in octaves]
+        self._walk_norm = math.sqrt(sum_in_order(w * w for w in self._walk_weights))
 
     @classmethod
     def from_spec(cls, spec: dict) -> "SimModel":
@@ -171,8 +184,9 @@ class SimModel:
         return values
 
     def grid(self, n: int, start_time: float) -> np.ndarray:
-        """The first `n` grid times `k / rate_hz` at or after `start_time`: what a driver samples."""
-        first = math.ceil(start_time * self.rate_hz)
+        """The first `n` grid times `k / rate_hz` from the one at or just before `start_time`: what
+        a driver started then samples."""
+        first = math.floor(start_time * self.rate_hz)
         return np.arange(first, first + n, dtype=np.float64) / self.rate_hz
 
     def generate(self, n: int, start_time: float, period: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -191,24 +205,19 @@ class SimModel:
         # every octave's random levels in one pass over an (octaves, 2n) array: the same values
         # as octave by octave, at a fraction of the per-call overhead for the few readings a
         # driver asks for at a time
-        n = t.shape[0] if t.ndim else 1
         flat = t.reshape(-1)
-        octaves = np.arange(self._octaves)
-        scales = self.reversion_s / np.array([float(1 << o) for o in octaves])
-        position = flat[None, :] / scales[:, None]
+        n = flat.shape[0]
+        position = flat[None, :] / self._walk_scales[:, None]
         cell = np.floor(position)
         frac = position - cell
         smooth = frac * frac * (3.0 - 2.0 * frac)
-        levels = _gauss_rows(self.seed, [100 + int(o) for o in octaves], _cell_keys(np.concatenate([cell, cell + 1], 1)))
-        total = np.zeros(flat.shape)
-        norm = 0.0
-        for octave in range(self._octaves):
-            scale = self.reversion_s / (1 << octave)
-            weight = math.sqrt(scale / self.reversion_s)
+        levels = _gauss_rows(self.seed, self._walk_salts, _cell_keys(np.concatenate([cell, cell + 1], 1)),
+                             self._walk_bases)
+        total = np.zeros(n)
+        for octave, weight in enumerate(self._walk_weights):   # in order: the same bits for any n
             here, there = levels[octave, :n], levels[octave, n:]
             total += weight * (here + (there - here) * smooth[octave])
-            norm += weight * weight
-        return (total / math.sqrt(norm)).reshape(t.shape)
+        return (total / self._walk_norm).reshape(t.shape)
 
     def _window_events(self, t: np.ndarray, params: dict, salt: int):
         every, duration = params["every_s"], params["duration_s"]
@@ -241,6 +250,13 @@ class SimModel:
         size = params["magnitude"] * (0.5 + _uniform(self.seed, 402, keys))
         sign = np.where(_uniform(self.seed, 403, keys) < 0.5, -1.0, 1.0)
         return np.where(active, sign * size, 0.0)
+
+
+def sum_in_order(values) -> float:
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 def _sub_params(name: str, params: dict | None, known: set, defaults: dict) -> dict | None:

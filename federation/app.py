@@ -123,7 +123,7 @@ async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-CLOSE_ALL_TIMEOUT_S = 3.0
+CLOSE_ALL_TIMEOUT_S = 1.5
 
 
 async def close_websockets(app: web.Application) -> None:

@@ -69,6 +69,38 @@ def plain_line(value: Any) -> bytes:
     return _ENCODE(codec.to_plain(value)).encode() + b"\n"
 
 
+HEAVY_ITEMS = 4096          # a value with more elements (or bytes) than this is encoded off the loop
+
+
+def is_heavy(rows: list) -> bool:
+    """Whether encoding these rows could take the event loop more than a moment: a large array,
+    string or list among the values (checked by type and size only, never by converting)."""
+    for row in rows:
+        for value in (row if isinstance(row, (list, tuple)) else (row,)):
+            kind = type(value)
+            if kind in _PLAIN_SCALARS or kind is float:
+                if kind is str and len(value) > HEAVY_ITEMS * 16:
+                    return True
+                continue
+            size = getattr(value, "size", None)           # numpy arrays
+            if isinstance(size, int) and size > HEAVY_ITEMS:
+                return True
+            if isinstance(value, (list, tuple, dict, bytes, bytearray, str)) and len(value) > HEAVY_ITEMS:
+                return True
+            if isinstance(value, (list, tuple)) and any(not isinstance(v, (int, float, str, type(None)))
+                                                        for v in value[:16]):
+                return True    # nested values: their size is not known cheaply
+    return False
+
+
+async def encoded_rows(rows: list, encode: Callable[[Any], Any]) -> list:
+    """Every row encoded — in a worker thread when the rows are heavy (`select zeros(30000000);`
+    is one row of 240 MB: never JSON-encoded on the event loop)."""
+    if is_heavy(rows):
+        return await asyncio.to_thread(lambda: [encode(list(row)) for row in rows])
+    return [encode(list(row)) for row in rows]
+
+
 def encoder_for(fmt: str) -> Callable[[Any], bytes]:
     if fmt == MSGPACK:
         return codec.pack
@@ -91,6 +123,15 @@ def check_statement(text: str, principal: Principal) -> A.Statement:
         error.span = statement.span
         raise error
     return statement
+
+
+async def check_statement_off_loop(service: Any, text: str, principal: Principal) -> A.Statement:
+    """check_statement in a worker thread, never on the event loop (a 64 KiB `in` list takes a
+    second or more to parse): on the service's parsing threads when it has them."""
+    pool = getattr(service, "pool", None)
+    if pool is not None and hasattr(pool, "parse"):
+        return await pool.parse(lambda t: check_statement(t, principal), text)
+    return await asyncio.to_thread(check_statement, text, principal)
 
 
 MAX_HEADER_BYTES = 4096  # clients refuse header lines past 8 KiB (aiohttp's default)
@@ -262,8 +303,8 @@ async def pump_rows(result: Any, writer: RowWriter, encode: Callable[[Any], Any]
                     await writer.add(encode(item), row=False)
                     await writer.flush()
                 continue
-            for row in item:
-                await writer.add(encode(list(row)))
+            for encoded in await encoded_rows(item, encode):
+                await writer.add(encoded)
     except asyncio.CancelledError:
         raise
     except BaseException:

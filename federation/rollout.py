@@ -146,7 +146,7 @@ def health_verdict(expected: dict, health: dict[str, Any]) -> tuple[str, str]:
         query = queries.get(name)
         if query is None:
             waiting = waiting or f"autostart query {name} is not reported yet"
-        elif query.get("status") == "failed" or (query.get("restarts") or 0) > 0:
+        elif query.get("status") in ("failed", "gave up") or (query.get("restarts") or 0) > 0:
             return FAILED, f"autostart query {name} failed: {query.get('error') or 'it was restarted'}"
         elif query.get("status") not in ("running", "done"):
             waiting = waiting or f"autostart query {name} is {query.get('status')}"

@@ -19,7 +19,6 @@ when they define something, are kept in the registry, so they survive a restart.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -35,9 +34,10 @@ from streamql.syntax import parse_one
 
 from federation.auth import Role
 from federation.deployment_control import preflight_lines
-from federation.errors import BadRequest, Busy, Forbidden
+from federation.errors import BadRequest, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
+from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_local, is_stream
 
 log = logging.getLogger("streamql.federation.statements")
 
@@ -47,9 +47,22 @@ DEFINITIONS = (A.CreateType, A.CreateFunction, A.CreateTable, A.Drop)
 BATCH_ROWS = 512
 CHANNEL_BATCHES = 16
 STATUS_POLL_S = 0.25
-QUICK_WORKERS = 4           # threads for parsing and planning, apart from the statements that run
+CLOSE_WAIT_S = 2.0          # how long closing a result waits for its worker to notice
 FIRST_ROW_WAIT_S = 1.0      # how long a stream's response waits for its first row before it starts
 _END = object()
+_NOTHING = object()
+
+
+async def _get(channel: asyncio.Queue, timeout: float | None):
+    """The channel's next item, or _NOTHING after `timeout` seconds. Not asyncio.wait_for: on
+    Python 3.11 it returns the item instead of raising when the task is cancelled just as the item
+    arrives, and the cancel (a WebSocket's `cancel`, a client leaving) would be lost. A cancelled
+    get leaves the item in the queue."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await channel.get()
+    except TimeoutError:
+        return _NOTHING
 
 
 class StatementResult:
@@ -67,56 +80,75 @@ class StatementResult:
         self._channel: asyncio.Queue | None = None     # row batches from the worker (streaming)
         self._cancel: threading.Event | None = None
         self._task: asyncio.Future | None = None
+        self._wake: asyncio.Event | None = None         # set when the statement is stopped
         self._result = None
         self._finished = True                          # nothing more will come
         self._stopped: str | None = None               # why the federation stopped it (shutting down)
 
     @classmethod
-    def streaming(cls, result, pool: "StatementPool") -> "StatementResult":
-        """(The caller holds one of the pool's slots: the producer releases it when it ends.)"""
-        """Rows of an engine Result, produced in a worker thread."""
+    def streaming(cls, result, pool: StatementPool, slot: Slot | None = None) -> "StatementResult":
+        """Rows of an engine Result, a batch at a time in a worker thread; `slot` (the caller's, in
+        the pool) is released when the statement ends. Between batches no thread is held: a batch
+        waits in the bounded channel until the client takes it (federation/lanes.py)."""
         out = cls(result.columns, result.types, result.kind, status=result.status)
         out._finished = False
-        loop = asyncio.get_running_loop()
         channel: asyncio.Queue = asyncio.Queue(CHANNEL_BATCHES)
         cancel = threading.Event()
         out._channel, out._cancel = channel, cancel
+        out._wake = asyncio.Event()
+        stream = slot is not None and slot.lane is pool.streams
+        batches = result.batches(BATCH_ROWS)
 
-        def produce() -> None:
-            def put(item) -> None:
-                future = asyncio.run_coroutine_threadsafe(channel.put(item), loop)
-                while True:
-                    try:
-                        future.result(0.25)
-                        return
-                    except concurrent.futures.TimeoutError:
-                        if cancel.is_set():   # nobody reads any more
-                            future.cancel()
-                            raise QueryCancelled("the client went away") from None
-            try:
-                for batch in result.batches(BATCH_ROWS):
-                    if cancel.is_set():
-                        break
-                    put([list(row) if isinstance(row, tuple) else [row] for row in batch])
+        def step():
+            if cancel.is_set():
+                raise QueryCancelled("the client went away")
+            batch = next(batches, _END)
+            if batch is _END:
                 _merged(result.status)
-                put(_END)
+                return _END
+            return [list(row) if isinstance(row, tuple) else [row] for row in batch]
+
+        async def put(item) -> bool:
+            """Into the channel, unless the statement is stopped meanwhile (False)."""
+            if not channel.full():
+                channel.put_nowait(item)
+                return True
+            putting = asyncio.ensure_future(channel.put(item))
+            woken = asyncio.ensure_future(out._wake.wait())
+            try:
+                await asyncio.wait({putting, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                if not putting.done():
+                    putting.cancel()
+            return putting.done() and not putting.cancelled()
+
+        async def produce() -> None:
+            try:
+                while True:
+                    item = await pool.submit(step, stream=stream)
+                    if not await put(item) or item is _END:
+                        break
+            except asyncio.CancelledError:
+                raise
             except QueryCancelled:
                 if not cancel.is_set():
-                    with contextlib.suppress(Exception):
-                        put(QueryCancelled("the statement was cancelled"))
+                    await put(QueryCancelled("the statement was cancelled"))
             except BaseException as exc:  # noqa: BLE001 - handed to the reader
-                with contextlib.suppress(Exception):
-                    put(exc)
+                if not cancel.is_set():
+                    await put(exc)
             finally:
-                result.close()
+                with contextlib.suppress(Exception):
+                    await pool.submit(result.close, stream=stream)
 
         out._result = result
-        out._task = pool.submit(produce)
+        out._task = asyncio.ensure_future(produce())
         pool.running.add(out)
 
         def done(_task) -> None:
             pool.running.discard(out)
-            pool.release()
+            if slot is not None:
+                slot.release()
         out._task.add_done_callback(done)
         return out
 
@@ -126,10 +158,18 @@ class StatementResult:
         after FIRST_ROW_WAIT_S, once its fragments have had the time to start or fail."""
         if self._finished or self._ready:
             return
-        try:
-            item = await asyncio.wait_for(self._channel.get(), FIRST_ROW_WAIT_S if self.kind == "stream" else None)
-        except asyncio.TimeoutError:
-            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_ROW_WAIT_S if self.kind == "stream" else None
+        while True:
+            wait = STATUS_POLL_S if deadline is None else min(STATUS_POLL_S, deadline - loop.time())
+            if wait <= 0:
+                return
+            item = await _get(self._channel, wait)
+            if self._stopped is not None:    # the federation is stopping: no first row will come
+                self._finished = True
+                raise QueryCancelled(self._stopped)
+            if item is not _NOTHING:
+                break
         if isinstance(item, BaseException):
             self._finished = True
             raise item
@@ -145,10 +185,7 @@ class StatementResult:
         while self._ready:
             yield self._ready.pop(0)
         while not self._finished:
-            try:
-                item = await asyncio.wait_for(self._channel.get(), STATUS_POLL_S)
-            except asyncio.TimeoutError:
-                item = None
+            item = await _get(self._channel, STATUS_POLL_S)
             if self._stopped is not None:
                 self._finished = True
                 raise QueryCancelled(self._stopped)
@@ -156,7 +193,7 @@ class StatementResult:
                 changes, version = self.status.changes(version)
                 for change in changes:
                     yield {"status_change": change}
-            if item is None:
+            if item is _NOTHING:
                 continue
             if item is _END:
                 self._finished = True
@@ -181,71 +218,24 @@ class StatementResult:
         """Stop the statement now, from the event loop (the federation is shutting down): its
         reader ends with QueryCancelled(reason) within a moment."""
         self._stopped = reason
+        self._cancel_now()
+
+    def _cancel_now(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
+        if self._wake is not None:
+            self._wake.set()
         if self._result is not None and self._result.ctx is not None:
             self._result.ctx.cancel.set()
 
     async def aclose(self) -> None:
         """Stop the statement (the client went away or was done)."""
-        if self._cancel is not None:
-            self._cancel.set()
-            if self._result is not None and self._result.ctx is not None:
-                self._result.ctx.cancel.set()
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
-
-
-class StatementPool:
-    """The worker threads statements run in, never the event loop. A statement holds one of
-    `workers` slots while it compiles and runs (a stream, for as long as it streams); when none
-    frees within `wait_s` it is refused with 503 Busy and Retry-After, never queued for ever.
-    Parsing, explaining and definitions — short work — have a few threads of their own, so they
-    are answered however many streams run."""
-
-    def __init__(self, workers: int = 32, wait_s: float = 5.0):
-        self.workers = workers
-        self.wait_s = wait_s
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="statement")
-        self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
-        self._slots: asyncio.Semaphore | None = None
-        self.running: set[StatementResult] = set()     # statements whose rows are being produced
-
-    async def acquire(self) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.workers)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.wait_s)
-        except asyncio.TimeoutError:
-            raise Busy(f"all {self.workers} statement workers are busy; try again shortly") from None
-
-    def release(self) -> None:
-        self._slots.release()
-
-    def submit(self, fn, *args) -> asyncio.Future:
-        """fn(*args) in a worker; the caller holds a slot (acquire) and releases it when done."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def call(self, fn, *args):
-        """A statement's whole work in a worker, holding a slot for as long as it takes."""
-        await self.acquire()
-        try:
-            return await self.submit(fn, *args)
-        finally:
-            self.release()
-
-    async def quick(self, fn, *args):
-        """Short work (parsing, a plan) on the threads kept for it."""
-        return await asyncio.get_running_loop().run_in_executor(self._quick, fn, *args)
-
-    def stop_all(self, reason: str) -> None:
-        for result in list(self.running):
-            result.stop(reason)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._quick.shutdown(wait=False, cancel_futures=True)
+        self._cancel_now()
+        if self._task is not None and not self._task.done() and self._stopped is None:
+            # (when the federation stops it, nothing waits: the process is ending)
+            # the worker notices within a second; one stuck inside a long call is left to finish
+            # (its slot is released when it does), so closing never holds up the caller for long
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
 
 
 class QueryService:
@@ -278,7 +268,7 @@ class QueryService:
     # ------------------------------------------------------------------------------ entry
     async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
                   device_timeout: float | None = None) -> StatementResult:
-        statement = await self.pool.quick(parse_one, text)
+        statement = await self.pool.parse(parse_one, text)
         if isinstance(statement, A.Explain):
             return await self._explain(statement.statement, text)
         if isinstance(statement, DEPLOYMENT_STATEMENTS):
@@ -288,19 +278,29 @@ class QueryService:
             timeout = self.device_timeout if device_timeout is None else device_timeout
             name = principal_name(principal)
             limits = self.limits_for(principal, limits)
-            await self.pool.acquire()
+            stream = is_stream(statement)
+            slot = await self.pool.acquire(name, stream=stream, local=not stream and is_local(statement))
+            if slot.fast:
+                limits = fast_limits(limits)
             try:
                 result = await self.pool.submit(lambda: self.engine.query(
-                    text, limits, fleet=self.access, principal=name, device_timeout=timeout))
+                    text, limits, fleet=self.access, principal=name, device_timeout=timeout), stream=stream)
             except BaseException:
-                self.pool.release()
+                slot.release()
                 raise
-            return StatementResult.streaming(result, self.pool)   # it releases the slot when it ends
+            return StatementResult.streaming(result, self.pool, slot)   # it releases the slot when it ends
         if isinstance(statement, A.Toploop):   # quit/commit/rollback belong to a shell's own engine
             raise QueryTypeError(f"{statement.command} is a statement of a shell or script on its own engine, "
                                  "not of a federation", statement.span, text)
         _require(principal, "deploy")
-        return await self.pool.call(self._statement, statement, text, self.limits_for(principal, limits))
+        name = principal_name(principal)
+        limits = self.limits_for(principal, limits)
+        slot = await self.pool.acquire(name, local=is_local(statement))
+        try:
+            return await self.pool.submit(self._statement, statement, text,
+                                          fast_limits(limits) if slot.fast else limits)
+        finally:
+            slot.release()
 
     def limits_for(self, principal: Any, requested: dict | None) -> dict:
         """A statement's limits: what the request asks for, where it asks for less than its role's
@@ -332,7 +332,7 @@ class QueryService:
             # in id order, whatever order the devices answered in: the rollout's waves follow it
             return sorted(set(result)), result.status
         try:
-            return await self.pool.call(run)
+            return await self.pool.call(run, who="deployments")
         except QueryError as exc:
             raise _relocated(exc, selection, text) from None
 
@@ -412,6 +412,12 @@ class QueryService:
     async def aclose(self) -> None:
         self.pool.stop_all("the federation is shutting down")
         self.pool.shutdown()
+
+
+def fast_limits(limits: dict) -> dict:
+    """A statement in the fast lane runs at most FAST_SECONDS (federation/lanes.py)."""
+    seconds = limits.get("seconds")
+    return {**limits, "seconds": FAST_SECONDS if seconds is None else min(seconds, FAST_SECONDS)}
 
 
 def _merged(status) -> None:

@@ -64,8 +64,6 @@ def token_from(args: argparse.Namespace) -> str | None:
     """The token of --token-file, else --token, else None (the client then reads $STREAMQL_TOKEN)."""
     path = getattr(args, "token_file", None)
     if path:
-        from pathlib import Path
-
         try:
             lines = Path(path).expanduser().read_text().strip().splitlines()
         except OSError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 from . import ast as A
 from .bound import TExpr
 from .catalog import Table, UserType
+from .checkpoint import Checkpointing, QueryState
 from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_expression, compile_statement, physical_plan
 from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
@@ -173,7 +174,8 @@ class Engine:
         return results
 
     def query(self, text: str, limits: dict | Limits | None = None, *, fleet: FleetAccess | None = None,
-              principal: str | None = None, device_timeout: float | None = DEFAULT_DEVICE_TIMEOUT) -> Result:
+              principal: str | None = None, device_timeout: float | None = DEFAULT_DEVICE_TIMEOUT,
+              checkpoint: Checkpointing | QueryState | None = None) -> Result:
         """Compile one query now (a bad query raises here) and return its rows as an iterator.
         `limits` ({"rows", "seconds", "memory_mb"}) stop it with a QueryLimitError when exceeded
         (rows: more rows than that raise too).
@@ -182,7 +184,10 @@ class Engine:
         ranges over its devices, `… @ e` runs on them, and `result.status` has every selected
         device's outcome. Each device's fragment runs under the same memory and time limits, as
         `principal`, and a bag fragment not answered within `device_timeout` seconds is reported
-        timed out."""
+        timed out.
+
+        With `checkpoint` (see `start`) the query's operators keep their state where it can be
+        snapshotted, and resume from the checkpoint it holds."""
         statement = parse_one(text)
         if loads_code(statement):
             raise QueryTypeError(f"{statement.expr.name} runs files as a statement of a script (execute, the shell, "
@@ -192,6 +197,10 @@ class Engine:
                                  "statements", statement.span, text)
         fleet_options = None if fleet is None else {"access": fleet, "principal": principal,
                                                     "device_timeout": device_timeout}
+        if checkpoint is not None and isinstance(statement, QUERY_STATEMENTS):
+            limits = self.default_limits.given(limits)
+            return self._guarded(statement, text, lambda: self._query_result(
+                statement, text, limits, fleet_options, checkpoint=checkpoint))
         return self._execute_statement(statement, text, self.default_limits.given(limits), fleet_options)
 
     def run(self, text: str, limits: dict | Limits | None = None) -> Result:
@@ -204,19 +213,27 @@ class Engine:
         return _AsyncRows(self.query(text, limits))
 
     def start(self, text: str, sink: Callable[[Any], None] | None = None, limits: dict | Limits | None = None,
-              name: str | None = None, on_error: Callable[[QueryError], None] | None = None) -> QueryHandle:
+              name: str | None = None, on_error: Callable[[QueryError], None] | None = None,
+              checkpoint: Checkpointing | None = None) -> QueryHandle:
         """Run a query in the background; the handle watches and cancels it.
 
         A statement that does not compile raises its QueryError here, before anything runs — a
         signal this engine does not have (`signal_stream('nope')`) included. A failure while it
         runs (a run-time error, a limit, `sink` raising) ends it: the handle's `status` becomes
         failed (or limit), its `error` the QueryError, and `on_error(error)` is called from the
-        query's thread; without `on_error` the failure is logged (logger `streamql.engine`)."""
+        query's thread; without `on_error` the failure is logged (logger `streamql.engine`).
+
+        With `checkpoint` (a `streamql.checkpoint.Checkpointing`) the query's state — windows,
+        watermarks, aggregates, deadband and the like, and its sources' positions — is saved with
+        `checkpoint.save(bytes)` every `checkpoint.interval_s` seconds and when `handle.cancel()`
+        stops it, each time between two inputs; `checkpoint.restore`, bytes saved earlier for the
+        same text, resumes from there (docs/checkpoints.md)."""
         statement = parse_one(text)
         if not isinstance(statement, QUERY_STATEMENTS):
             raise QueryTypeError("start() runs a query", statement.span, text)
         limits = self.default_limits.given(limits)
-        result = self._guarded(statement, text, lambda: self._query_result(statement, text, limits))
+        result = self._guarded(statement, text,
+                               lambda: self._query_result(statement, text, limits, checkpoint=checkpoint))
         query_id = next(self._handle_ids)
         handle = QueryHandle(query_id, text, result, sink, on_exit=self._forget, name=name, on_error=on_error)
         with self._handles_lock:
@@ -368,11 +385,14 @@ class Engine:
         return ExecContext(self, clock=self.clock, rng=self._rng, limits=limits)
 
     def _query_result(self, statement: A.Statement, source: str, limits: Limits, fleet: dict | None = None,
-                      ctx: ExecContext | None = None) -> Result:
+                      ctx: ExecContext | None = None, checkpoint: Checkpointing | QueryState | None = None) -> Result:
         catalog = FleetCatalog(self.catalog, self.library, fleet["access"]) if fleet is not None else None
         started = time.perf_counter()
         plan = self._compile(statement, source, catalog)
         ctx = ctx if ctx is not None else self.new_context(limits)
+        if checkpoint is not None:
+            text = _statement_text(statement, source)
+            ctx.states = checkpoint if isinstance(checkpoint, QueryState) else checkpoint.state_for(text)
         if catalog is not None:
             ctx.fleet = FleetSession(self, fleet["access"], catalog, statement, source,
                                      principal=fleet.get("principal"), device_timeout=fleet.get("device_timeout"),

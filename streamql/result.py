@@ -1,6 +1,7 @@
 """Results: rows as they arrive, with column names and types; handles of background queries."""
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -36,7 +37,9 @@ class Result:
         self._span = span
         self._source = source
         self._items = items
-        self._rows = self._generate() if items is not None else iter(())
+        self._parts = self._row_lists() if items is not None else None
+        # iterating flattens the lists of rows in C: no Python frame per row
+        self._rows = itertools.chain.from_iterable(self._parts) if items is not None else iter(())
         self._closed = False
         self.rows_delivered = 0
 
@@ -45,7 +48,7 @@ class Result:
         return self.kind == "stream"
 
     def __iter__(self):
-        return self
+        return self._rows
 
     def __next__(self):
         return next(self._rows)
@@ -73,6 +76,15 @@ class Result:
             yield batch
 
     def _generate(self, with_idle: bool = False) -> Iterator[Any]:
+        """The rows one at a time (and IDLE where the query waits, `with_idle`)."""
+        for part in self._row_lists(with_idle):
+            if part is IDLE:
+                yield IDLE
+            else:
+                yield from part
+
+    def _row_lists(self, with_idle: bool = False) -> Iterator[Any]:
+        """The rows a list at a time, a list per item of the query (IDLE too, `with_idle`)."""
         n = len(self.columns)
         names = [f"$c{i}" for i in range(n)]
         ctx = self.ctx
@@ -82,7 +94,7 @@ class Result:
         items = self._items
         try:
             if self.kind == "vector":
-                yield self._collect_vector(items, names)
+                yield [self._collect_vector(items, names)]
                 return
             for item in items:
                 check()
@@ -96,16 +108,17 @@ class Result:
                     if max_rows is not None and delivered > max_rows:
                         raise QueryLimitError(f"the query produced more than its limit of {max_rows} rows")
                     self.rows_delivered = delivered
-                    yield _py(row) if n == 1 else tuple(_py(v) for v in row)
+                    yield [_py(row) if n == 1 else tuple(_py(v) for v in row)]
                 else:
                     columns = [column_values(item[c]) for c in names]
                     rows = columns[0] if n == 1 else list(zip(*columns))
-                    for row in rows:
-                        delivered += 1
-                        if max_rows is not None and delivered > max_rows:
-                            raise QueryLimitError(f"the query produced more than its limit of {max_rows} rows")
-                        self.rows_delivered = delivered
-                        yield row
+                    if max_rows is not None and delivered + len(rows) > max_rows:
+                        self.rows_delivered = max_rows
+                        yield rows[:max_rows - delivered]
+                        raise QueryLimitError(f"the query produced more than its limit of {max_rows} rows")
+                    delivered += len(rows)
+                    self.rows_delivered = delivered
+                    yield rows
         except QueryError as exc:
             if exc.span is None and self._span is not None and not isinstance(exc, (QueryCancelled, QueryLimitError)):
                 exc.span = self._span
@@ -157,6 +170,11 @@ class Result:
         """Stop the query and free its sources."""
         if self.ctx is not None:
             self.ctx.cancel.set()
+        if self._parts is not None:
+            try:
+                self._parts.close()
+            except ValueError:   # running in another thread: it stops at its next check
+                pass
         close = getattr(self._rows, "close", None)  # rows already computed are a plain iterator
         if close is not None:
             try:
@@ -183,6 +201,9 @@ class Result:
 
 def _py(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+GRACEFUL_STOP_S = 2.0   # how long a checkpointed query may take to reach its next cut when stopped
 
 
 class QueryHandle:
@@ -257,6 +278,13 @@ class QueryHandle:
             log.exception("the on_error callback of background query %s failed (on: %s)", self.name, error)
 
     def cancel(self, wait: float | None = 5.0) -> None:
+        """Stop the query. One that keeps checkpoints stops at its next cut (between two inputs),
+        after saving one, when that comes within a couple of seconds."""
+        states = getattr(self.result.ctx, "states", None)
+        if states is not None and states.on_cut is not None and self.running:
+            states.stop()
+            if self._done.wait(min(wait or GRACEFUL_STOP_S, GRACEFUL_STOP_S)):
+                return
         if self.result.ctx is not None:
             self.result.ctx.cancel.set()
         if wait:

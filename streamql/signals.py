@@ -25,6 +25,9 @@ class Signal:
     """A named sensor. Subclasses implement `open` and `latest`."""
 
     timestamped = False
+    # the position of the first reading open() gives, when a restarted query can resume from a
+    # position (it skips what it had read); None for a sensor that cannot go back
+    position_base: int | None = None
 
     def __init__(self, name: str, type_name: str | None = None):
         self.name = name
@@ -44,6 +47,8 @@ class Signal:
 
 class ArraySignal(Signal):
     """A recorded series replayed for every reader in large batches (views, no copies)."""
+
+    position_base = 0   # every open() replays from the start
 
     def __init__(self, name: str, values: np.ndarray | list, times: np.ndarray | None = None,
                  type_name: str | None = None, batch_size: int = REPLAY_BATCH):
@@ -204,7 +209,11 @@ class LiveSignal(Signal):
         queue = _LiveQueue()
         with self._cond:
             self._readers.append(queue)
-        return _LiveReader(self, queue)
+            # the position of its first reading, when readings have positions (position_base)
+            position = None if self.position_base is None else self.position_base + self.pushed
+        reader = _LiveReader(self, queue)
+        reader.position = position
+        return reader
 
     def _unregister(self, queue: "_LiveQueue") -> None:
         with self._cond:
@@ -229,7 +238,7 @@ class LiveSignal(Signal):
 class _LiveReader:
     """One reader of a LiveSignal; closing or dropping it stops its queue from filling."""
 
-    __slots__ = ("_hub", "_queue", "_items", "__weakref__")
+    __slots__ = ("_hub", "_queue", "_items", "position", "__weakref__")
 
     def __init__(self, hub: LiveSignal, queue: "_LiveQueue"):
         self._hub = hub

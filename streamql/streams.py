@@ -5,8 +5,7 @@ A `StreamValue` is a recipe: `open()` starts a fresh pass and returns an iterato
 `winagg(signal_stream('s'), 256, 128)` is a value built before any reading flows. A `LazyBag`
 is the same for bags that are better not materialised (`iota(1, 10000000)`, a subquery).
 
-`transformed` is the loop every item-by-item stream transform shares: open the source, pass
-`IDLE` ticks on, turn each batch or single value into output items, close the source at the end.
+The loop every stream transform shares, and the state it keeps, are physical/stateful.py's.
 
 `ExecContext` is what a statement runs in: its cancellation, its `Limits` and its memory account.
 `memory_mb` is a budget of bytes the statement accounts for: operator state (`hold`), the large
@@ -72,6 +71,9 @@ def gather(items: Iterable[Any], ctx: "ExecContext | None", what: str, size: int
     scalars: list = []
     held = 0
     limited = ctx.memory_limit is not None
+    states = ctx.states   # what is gathered here is no operator's state: no checkpoint while it runs
+    if states is not None:
+        states.opaque += 1
     try:
         for item in items:
             ctx.check()
@@ -98,6 +100,8 @@ def gather(items: Iterable[Any], ctx: "ExecContext | None", what: str, size: int
     finally:
         ctx.hold(-held)
         close_items(items)
+        if states is not None:
+            states.opaque -= 1
     return ctx.keep(column)
 
 
@@ -149,6 +153,9 @@ class LazyBag:
             yield self._cache
             return
         check = self.ctx.check if self.ctx is not None else None
+        states = self.ctx.states if self.ctx is not None else None
+        if states is not None:   # what the reader folds is no operator's state: no checkpoint meanwhile
+            states.opaque += 1
         items = self.open()
         scalars: list = []
         kept: list | None = []
@@ -183,6 +190,8 @@ class LazyBag:
                 self._cache = join_columns(kept)
         finally:
             close_items(items)
+            if states is not None:
+                states.opaque -= 1
 
     def materialize(self) -> Bag:
         column = self.column()
@@ -210,26 +219,6 @@ def close_items(items) -> None:
     close = getattr(items, "close", None)
     if close:
         close()
-
-
-def transformed(stream: StreamValue, label: str,
-                start: Callable[[], tuple[Callable[[Batch], Iterable], Callable[[Any], Iterable]]]) -> StreamValue:
-    """A stream made from `stream` item by item. Each pass calls `start()` for its own state: a
-    pair (on_batch, on_value) giving the output items of one input batch or single value."""
-    def open_():
-        on_batch, on_value = start()
-        items = stream.open()
-        try:
-            for item in items:
-                if item is IDLE:
-                    yield item
-                elif type(item) is Batch:
-                    yield from on_batch(item)
-                else:
-                    yield from on_value(item)
-        finally:
-            close_items(items)
-    return StreamValue(open_, label)
 
 
 def iter_elements(items: Iterable[Any]) -> Iterator[Any]:
@@ -408,6 +397,7 @@ class ExecContext:
         self.counters: dict[str, int] = {}
         self.limits = limits or Limits()
         self.fleet = None            # a FleetSession when the query runs on a federation
+        self.states = None           # a checkpoint.QueryState when the query's state is kept
 
     @property
     def rng(self) -> np.random.Generator:

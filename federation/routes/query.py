@@ -24,7 +24,7 @@ from federation.keys import CONFIG, METRICS, QUERY_SERVICE
 from federation.results import (
     QueryTimer,
     RowWriter,
-    check_statement,
+    check_statement_off_loop,
     choose_format,
     close_result,
     encoder_for,
@@ -112,7 +112,7 @@ async def run_query(request: web.Request) -> web.StreamResponse:
     fmt = choose_format(request.headers.get("Accept"))
     text, limits, options = await read_query(request)
     caller = principal(request)
-    check_statement(text, caller)
+    await check_statement_off_loop(service, text, caller)
     metrics = request.app[METRICS]
     detail = options.get("detail")
     with QueryTimer(metrics) as timer:
@@ -131,7 +131,11 @@ async def run_query(request: web.Request) -> web.StreamResponse:
                     raise
             response = web.StreamResponse(headers=result_headers(result, fmt))
             response.enable_chunked_encoding()
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:   # the client left before the response head: nothing to tell
+                timer.outcome = "cancelled"
+                return response
             encode = encoder_for(fmt)
             async def emit(items: list) -> None:
                 await response.write(b"".join(items))

@@ -36,10 +36,11 @@ from federation.keys import CONFIG, METRICS, SESSIONS
 from federation.results import (
     QueryTimer,
     RowWriter,
-    check_statement,
+    check_statement_off_loop,
     close_result,
     error_info,
     final_record,
+    is_heavy,
     pump_rows,
 )
 from federation.routes.query import parse_limits, parse_options, query_service, start_statement
@@ -65,11 +66,24 @@ class QuerySocket:
     async def send(self, message: dict) -> None:
         if self.ws.closed:
             return
+        # rows with large values are encoded in a worker thread, never on the event loop
+        heavy = message.get("type") == "rows" and is_heavy(message["rows"])
+        encode = self._pack if self.binary else self._json
+        data = await asyncio.to_thread(encode, message) if heavy else encode(message)
+        if self.ws.closed:
+            return
         if self.binary:
-            await self.ws.send_bytes(codec.pack(message))
+            await self.ws.send_bytes(data)
         else:
-            await self.ws.send_str(json.dumps(codec.to_plain(message), allow_nan=False, ensure_ascii=False,
-                                              separators=(",", ":")))
+            await self.ws.send_str(data)
+
+    @staticmethod
+    def _pack(message: dict) -> bytes:
+        return codec.pack(message)
+
+    @staticmethod
+    def _json(message: dict) -> str:
+        return json.dumps(codec.to_plain(message), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
     async def refuse(self, qid: Any, error: BaseException) -> None:
         await self.send({"type": "error", "id": qid if isinstance(qid, str) else None, "error": error_info(error)})
@@ -110,7 +124,7 @@ class QuerySocket:
         detail = options.get("detail")
         with QueryTimer(self.metrics) as timer:
             try:
-                check_statement(text, self.caller)
+                await check_statement_off_loop(self.service, text, self.caller)
                 result = await start_statement(self.service, text, self.caller, limits, options)
                 first = getattr(result, "first", None)
                 if first is not None:
@@ -160,6 +174,8 @@ class QuerySocket:
                 await close_result(result)
                 with contextlib.suppress(Exception):
                     await self.send({"type": "cancelled", "id": qid, **final_record(result, sent, None, detail)})
+            except ConnectionError:   # the socket went away: nobody to tell
+                timer.outcome = "cancelled"
             except Exception as exc:
                 timer.outcome = "error"
                 self.metrics.errors.inc(kind=getattr(exc, "kind", None) or "InternalError")
@@ -189,7 +205,10 @@ async def query_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=config.max_request_bytes, heartbeat=30.0, compress=False)
     if not ws.can_prepare(request).ok:
         raise BadRequest("GET /v1/query/ws needs an Upgrade: websocket request")
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:   # the client left before the handshake's answer: nothing to tell
+        return ws
     track_websocket(request, ws)
     socket = QuerySocket(ws, service, principal(request), request.app[METRICS], fmt == "msgpack",
                          config.max_socket_queries)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import QueryRuntimeError
 from ..registry import SOURCE, STREAM, Library
-from ..streams import LazyBag, StreamValue, iter_elements, transformed
+from ..streams import IDLE, LazyBag, StreamValue, close_items, iter_elements
 from ..types import INTEGER, REAL, type_of_value
 from ..values import Bag, FunctionRef, Obj, Time, Timeval, brief_value, format_value
 from .sources import iota, vector_stream
@@ -52,20 +52,22 @@ def call_any(ctx, function, values: list):
 
 def _rmax(stream: StreamValue) -> StreamValue:
     """The running maximum of a stream of numbers: each element, the largest so far."""
-    def start():
+    def open_():
+        items = stream.open()
         best = None
-
-        def on_value(item):
-            nonlocal best
-            out = []
-            for element in iter_elements([item]):
-                if not isinstance(element, (int, float, np.number)) or isinstance(element, bool):
-                    raise QueryRuntimeError(f"rmax needs numbers, not {brief_value(element)}")
-                best = element if best is None or element > best else best
-                out.append(best)
-            return out
-        return on_value, on_value
-    return transformed(stream, f"rmax({stream.label})", start)
+        try:
+            for item in items:
+                if item is IDLE:   # a slow source's tick: passed on, so limits are still noticed
+                    yield item
+                    continue
+                for element in iter_elements([item]):
+                    if not isinstance(element, (int, float, np.number)) or isinstance(element, bool):
+                        raise QueryRuntimeError(f"rmax needs numbers, not {brief_value(element)}")
+                    best = element if best is None or element > best else best
+                    yield best
+        finally:
+            close_items(items)
+    return StreamValue(open_, f"rmax({stream.label})")
 
 
 def _reduce(ctx, vector, function):

@@ -19,6 +19,7 @@ import numpy as np
 from ..batch import IDLE, Batch
 from ..bound import TConst
 from ..errors import QueryRuntimeError
+from ..physical.stateful import positioned
 from ..registry import SOURCE, STREAM, Library
 from ..signals import Stamped
 from ..streams import LazyBag, StreamValue, close_items, gather, to_column
@@ -123,6 +124,7 @@ def signal_stream(ctx, name: str) -> StreamValue:
 
     def open_():
         items = signal.open(ctx.clock)
+        items = positioned(items, ctx, name, getattr(items, "position", signal.position_base))
         try:
             for item in items:
                 if type(item) is Stamped:
@@ -144,6 +146,7 @@ def ts_signal_stream(ctx, name: str) -> StreamValue:
 
     def open_():
         items = signal.open(clock)
+        items = positioned(items, ctx, name, getattr(items, "position", signal.position_base))
         try:
             for item in items:
                 if item is IDLE:
@@ -181,7 +184,7 @@ def subscribe(ctx, flow: str) -> StreamValue:
 
 def signal_stream_of(hub, ctx, label: str) -> StreamValue:
     def open_():
-        items = hub.open(ctx.clock)
+        items = positioned(hub.open(ctx.clock), ctx, label)
         try:
             for item in items:
                 if type(item) is Stamped:

@@ -2,9 +2,9 @@
 
 Every function here returns a new stream value without reading anything; reading starts when a
 query opens it. Transforms keep O(window) state and pass `IDLE` ticks along; batches flow through
-as batches. The item-by-item ones share one loop (`streams.transformed`). Windows run the one
-window implementation, physical/windows.py: `winagg` here is what a query runs where a window is
-an expression (`stdev(winagg(s, 50, 5))`); a generator `w in winagg(…)` is planned as a Window
+as batches. Each transform's state is an operator object (physical/stateful.py). Windows run the
+one window implementation, physical/windows.py: `winagg` here is what a query runs where a window
+is an expression (`stdev(winagg(s, 50, 5))`); a generator `w in winagg(…)` is planned as a Window
 node, which runs the same state machine.
 """
 from __future__ import annotations
@@ -14,42 +14,22 @@ import queue
 import threading
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..batch import IDLE, Batch
 from ..errors import QueryRuntimeError
 from ..physical.sources import take_items
+from ..physical.stateful import Changed, Deadband, Map, SampleEvery, Skip, ZScore, run_logic
+from ..physical.stateful import floats as _floats
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
-from ..streams import StreamValue, close_items, iter_elements, transformed
-from ..values import Timeval, brief_value, make_vector, values_equal
+from ..streams import StreamValue, close_items, iter_elements
+from ..values import Timeval, make_vector
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise QueryRuntimeError(f"{name} must be an integer of at least {minimum}, not {value!r}")
     return int(value)
-
-
-def _floats(values, name: str, depth: int = 1) -> np.ndarray:
-    """Numbers (`depth` levels of lists of them) as float64, or the error that names the first
-    value that is not a number (a stream of Object can hold anything; numpy would parse '1' or
-    fail on a time)."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == depth:
-        return values.astype(np.float64, copy=False)
-
-    def check(value, level):
-        if level and isinstance(value, (list, np.ndarray)):
-            for v in (value.tolist() if isinstance(value, np.ndarray) else value):
-                check(v, level - 1)
-        elif level or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise QueryRuntimeError(f"{name} needs numbers, not {brief_value(value)}")
-
-    check(values, depth)
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except ValueError:  # windows of different lengths
-        raise QueryRuntimeError(f"{name} needs windows of numbers of one length") from None
 
 
 # ---------------------------------------------------------------------------------- windows
@@ -90,133 +70,40 @@ def publish(ctx, stream: StreamValue, flow: str) -> StreamValue:
         else:
             hub.push(item, None)
         return (item,)
-    return transformed(stream, f"publish(…, '{flow}')", lambda: (on_batch, on_value))
+    return _stream(stream, f"publish(…, '{flow}')", lambda: Map(on_batch, on_value))
 
 
-def first_n(stream: StreamValue, n: int) -> StreamValue:
+def _stream(stream: StreamValue, label: str, logic, ctx=None) -> StreamValue:
+    """A stream made from `stream` by a fresh `logic()` on each pass (physical/stateful.py)."""
+    return StreamValue(lambda: run_logic(stream.open(), logic(), ctx), label)
+
+
+def first_n(ctx, stream: StreamValue, n: int) -> StreamValue:
     n = _require_int("first_n's count", n, 0)
-    return StreamValue(lambda: take_items(stream.open, n), f"first_n({stream.label}, {n})")
+    return StreamValue(lambda: take_items(stream.open, n, ctx), f"first_n({stream.label}, {n})")
 
 
-def skip(stream: StreamValue, n: int) -> StreamValue:
+def skip(ctx, stream: StreamValue, n: int) -> StreamValue:
     n = _require_int("skip's count", n, 0)
-
-    def start():
-        remaining = n
-
-        def on_batch(item: Batch):
-            nonlocal remaining
-            if remaining == 0:
-                return (item,)
-            if len(item) > remaining:
-                rest, remaining = item.slice(remaining), 0
-                return (rest,)
-            remaining -= len(item)
-            return ()
-
-        def on_value(item):
-            nonlocal remaining
-            if remaining == 0:
-                return (item,)
-            remaining -= 1
-            return ()
-        return on_batch, on_value
-    return transformed(stream, f"skip({stream.label}, {n})", start)
+    return _stream(stream, f"skip({stream.label}, {n})", lambda: Skip(n), ctx)
 
 
-_NOTHING = object()
-
-
-def changed(stream: StreamValue) -> StreamValue:
+def changed(ctx, stream: StreamValue) -> StreamValue:
     """Drop elements equal to the one just before them."""
-    def start():
-        last = _NOTHING
-
-        def on_batch(item: Batch):
-            nonlocal last
-            values = item.values
-            if not (isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype != object
-                    and item.times is None):
-                return on_value(item)
-            if len(values) == 0:
-                return ()
-            keep = np.empty(len(values), dtype=bool)
-            keep[0] = last is _NOTHING or not values_equal(values[0].item(), last)
-            keep[1:] = values[1:] != values[:-1]
-            last = values[-1].item()
-            return (item.take(keep),) if keep.any() else ()
-
-        def on_value(item):
-            nonlocal last
-            out = []
-            for element in iter_elements([item]):
-                compared = element.value if isinstance(element, Timeval) else element
-                if last is _NOTHING or not values_equal(compared, last):
-                    out.append(element)
-                last = compared
-            return out
-        return on_batch, on_value
-    return transformed(stream, f"changed({stream.label})", start)
+    return _stream(stream, f"changed({stream.label})", Changed, ctx)
 
 
-def deadband(stream: StreamValue, eps: float) -> StreamValue:
+def deadband(ctx, stream: StreamValue, eps: float) -> StreamValue:
     """Emit an element when it differs from the last emitted one by more than eps (the first always)."""
     if eps is None or eps < 0:
         raise QueryRuntimeError(f"deadband needs eps >= 0, not {eps}")
-
-    def start():
-        last = None
-
-        def on_batch(item: Batch):
-            nonlocal last
-            values = item.values
-            if not (isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype != object):
-                return on_value(item)
-            keep = np.zeros(len(values), dtype=bool)
-            current = last
-            for i, v in enumerate(values.tolist()):
-                if current is None or abs(v - current) > eps:
-                    keep[i] = True
-                    current = v
-            last = current
-            return (item.take(keep),) if keep.any() else ()
-
-        def on_value(item):
-            nonlocal last
-            out = []
-            for element in iter_elements([item]):
-                v = element.value if isinstance(element, Timeval) else element
-                if v is None:
-                    continue
-                _floats(v, "deadband", 0)
-                if last is None or abs(v - last) > eps:
-                    last = v
-                    out.append(element)
-            return out
-        return on_batch, on_value
-    return transformed(stream, f"deadband({stream.label}, {eps})", start)
+    return _stream(stream, f"deadband({stream.label}, {eps})", lambda: Deadband(eps), ctx)
 
 
-def sample_every(stream: StreamValue, n: int) -> StreamValue:
+def sample_every(ctx, stream: StreamValue, n: int) -> StreamValue:
     """The 1st, n+1st, 2n+1st, … elements."""
     n = _require_int("sample_every's step", n)
-
-    def start():
-        position = 0  # index of the next element
-
-        def on_batch(item: Batch):
-            nonlocal position
-            count = len(item)
-            keep = np.arange(position, position + count) % n == 0
-            position += count
-            return (item.take(keep),) if keep.any() else ()
-
-        def on_value(item):
-            nonlocal position
-            position += 1
-            return (item,) if (position - 1) % n == 0 else ()
-        return on_batch, on_value
-    return transformed(stream, f"sample_every({stream.label}, {n})", start)
+    return _stream(stream, f"sample_every({stream.label}, {n})", lambda: SampleEvery(n), ctx)
 
 
 def timeout(ctx, stream: StreamValue, seconds: float) -> StreamValue:
@@ -234,6 +121,9 @@ def timeout(ctx, stream: StreamValue, seconds: float) -> StreamValue:
         finally:
             close_items(items)
     return StreamValue(open_, f"timeout({stream.label}, {seconds})")
+
+
+_NOTHING = object()
 
 
 class _Feeder:
@@ -322,9 +212,6 @@ def pivot(streams) -> StreamValue:
 
 
 # ------------------------------------------------------------------------- monitoring
-ZSCORE_WORK = 1 << 22   # elements of windows reduced between two checks of the statement
-
-
 def zscore(ctx, stream: StreamValue, n: int) -> StreamValue:
     """The z-score of each element against the mean and sample standard deviation of the n
     elements before it (the first n elements give none). The n elements it keeps are checked
@@ -332,38 +219,7 @@ def zscore(ctx, stream: StreamValue, n: int) -> StreamValue:
     (ZSCORE_WORK elements), so a window of millions still notices cancellation and time limits."""
     n = _require_int("zscore's window", n, 2)
     ctx.allocate(8 * n, f"zscore's window of {n} elements")
-
-    def start():
-        history = np.empty(0)
-
-        def scores(values: np.ndarray):
-            nonlocal history
-            data = np.concatenate([history, values])
-            history = data[-n:]
-            if len(data) <= n:
-                return None
-            windows = sliding_window_view(data, n)[:-1]
-            step = max(1, ZSCORE_WORK // n)
-            mean = np.empty(len(windows))
-            std = np.empty(len(windows))
-            for first in range(0, len(windows), step):
-                ctx.check()
-                part = windows[first:first + step]
-                mean[first:first + step] = part.mean(axis=1)
-                std[first:first + step] = part.std(axis=1, ddof=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = (data[n:] - mean) / std
-            return z[-len(values):] if len(z) > len(values) else z
-
-        def on_batch(item: Batch):
-            z = scores(_floats(item.values, "zscore"))
-            return () if z is None else (Batch(z),)
-
-        def on_value(item):
-            z = scores(_floats([item], "zscore"))
-            return () if z is None else (float(z[-1]),)
-        return on_batch, on_value
-    return transformed(stream, f"zscore({stream.label}, {n})", start)
+    return _stream(stream, f"zscore({stream.label}, {n})", lambda: ZScore(n, ctx), ctx)
 
 
 def drift(ctx, stream: StreamValue, reference_mean: float, reference_std: float, n: int) -> StreamValue:
@@ -379,8 +235,8 @@ def drift(ctx, stream: StreamValue, reference_mean: float, reference_std: float,
 
     def on_value(item):
         return ((float(np.mean(_floats(item, "drift"))) - reference_mean) / scale,)
-    return transformed(winagg(ctx, stream, n, n), f"drift({stream.label}, {reference_mean}, {reference_std}, {n})",
-                       lambda: (on_batch, on_value))
+    return _stream(winagg(ctx, stream, n, n), f"drift({stream.label}, {reference_mean}, {reference_std}, {n})",
+                   lambda: Map(on_batch, on_value))
 
 
 # ------------------------------------------------------------------------------- registration
@@ -393,14 +249,16 @@ def register(lib: Library) -> None:
     lib.define("twinagg(Stream of Timeval of T s, Number size, Number stride) -> Stream of Timeval of Vector of T",
                scalar=twinagg, needs_context=True,
                doc="Time windows of size seconds every stride seconds, stamped with their end", **tr)
-    lib.define("first_n(Stream of T s, Integer n) -> Stream of T", scalar=first_n, doc="The first n elements", **tr)
-    lib.define("skip(Stream of T s, Integer n) -> Stream of T", scalar=skip, doc="All but the first n elements", **tr)
-    lib.define("changed(Stream of T s) -> Stream of T", scalar=changed, doc="Drop repeats of the previous element",
-               **tr)
-    lib.define("deadband(Stream of Number s, Number eps) -> Stream of Number", scalar=deadband,
+    lib.define("first_n(Stream of T s, Integer n) -> Stream of T", scalar=first_n, needs_context=True,
+               doc="The first n elements", **tr)
+    lib.define("skip(Stream of T s, Integer n) -> Stream of T", scalar=skip, needs_context=True,
+               doc="All but the first n elements", **tr)
+    lib.define("changed(Stream of T s) -> Stream of T", scalar=changed, needs_context=True,
+               doc="Drop repeats of the previous element", **tr)
+    lib.define("deadband(Stream of Number s, Number eps) -> Stream of Number", scalar=deadband, needs_context=True,
                result_type=lambda t, a: t[0],
                doc="Elements differing from the last emitted one by more than eps (the first always)", **tr)
-    lib.define("sample_every(Stream of T s, Integer n) -> Stream of T", scalar=sample_every,
+    lib.define("sample_every(Stream of T s, Integer n) -> Stream of T", scalar=sample_every, needs_context=True,
                doc="The 1st, n+1st, 2n+1st, … elements", **tr)
     lib.define("timeout(Stream of T s, Number seconds) -> Stream of T", scalar=timeout, needs_context=True,
                doc="The stream until that many seconds have passed", **tr)

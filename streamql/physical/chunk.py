@@ -70,6 +70,8 @@ def repeat_column(column, counts: np.ndarray):
     return out
 
 
+
+
 def broadcast(value, n: int):
     """A constant as a column of n values."""
     if isinstance(value, (bool, np.bool_)):

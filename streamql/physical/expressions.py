@@ -295,7 +295,7 @@ class ExprCompiler:
                                expr.narrow, self.ctx)
 
     def _TTake(self, expr: TTake) -> Compiled:
-        return taken_source(self.compile(expr.source), expr.count)
+        return taken_source(self.compile(expr.source), expr.count, self.ctx)
 
     # --------------------------------------------------------------------- not here
     def _TAt(self, expr: TAt) -> Compiled:

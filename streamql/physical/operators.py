@@ -23,6 +23,7 @@ from .compiled import as_mask, full_column
 from .expressions import ExprCompiler
 from .generators import build_generate, build_scan, build_window, chunk_with
 from .remote import build_merge_aggregate, build_remote
+from .stateful import Collect, Distinct, Limit, run_logic
 
 Runner = Callable[[dict], Iterator[Any]]
 
@@ -137,11 +138,8 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def aggregate(upstream, outer):
-            chunks, held = _collect(upstream, ctx)
-            try:
-                yield from grouped(chunks, outer)
-            finally:
-                ctx.hold(-held)
+            return run_logic(upstream, Collect(ctx, lambda chunks: grouped(chunks, outer), _as_chunk,
+                                               approximate_bytes), ctx)
 
         def grouped(chunks, outer):
             chunk = concat_chunks(chunks) if chunks else Chunk({}, 0)
@@ -214,30 +212,7 @@ class PhysicalPlan:
         key_bytes = _SEEN_KEY_BYTES + 16 * len(columns)
 
         def distinct(upstream, outer):
-            seen = set()
-            try:
-                for item in upstream:
-                    if item is IDLE:
-                        yield item
-                    elif type(item) is dict:
-                        key = tuple(hashable(item[c]) for c in columns)
-                        if key not in seen:
-                            seen.add(key)
-                            ctx.hold(key_bytes)
-                            yield item
-                    else:
-                        values = [column_values(item[c]) for c in columns]
-                        keep = []
-                        for i, row in enumerate(zip(*values)):
-                            key = tuple(hashable(v) for v in row)
-                            if key not in seen:
-                                seen.add(key)
-                                keep.append(i)
-                        if keep:
-                            ctx.hold(key_bytes * len(keep))
-                            yield item.take(np.array(keep, dtype=np.intp))
-            finally:
-                ctx.hold(-key_bytes * len(seen))
+            return run_logic(upstream, Distinct(columns, key_bytes, ctx), ctx)
         return distinct
 
     def _build_Sort(self, node: L.Sort):
@@ -245,54 +220,31 @@ class PhysicalPlan:
         ctx = self.ctx
 
         def sort(upstream, outer):
-            chunks, held = _collect(upstream, ctx)
-            try:
-                if not chunks:
-                    return
-                chunk = concat_chunks(chunks)
-                if chunk.n == 0:
-                    return
-                order = np.arange(chunk.n)
-                for name, descending in reversed(keys):
-                    column = chunk[name]
-                    order = order[_stable_order(_take(column, order), descending)]
-                sorted_chunk = chunk.take(order)
-            finally:
-                ctx.hold(-held)
-            yield sorted_chunk
+            return run_logic(upstream, Collect(ctx, ordered, _as_chunk, approximate_bytes), ctx)
+
+        def ordered(chunks):
+            if not chunks:
+                return
+            chunk = concat_chunks(chunks)
+            if chunk.n == 0:
+                return
+            order = np.arange(chunk.n)
+            for name, descending in reversed(keys):
+                column = chunk[name]
+                order = order[_stable_order(_take(column, order), descending)]
+            yield chunk.take(order)
         return sort
 
     def _build_Limit(self, node: L.Limit):
         count_expr = self.compiler.compile(node.count)
+        ctx = self.ctx
 
         def limit(upstream, outer):
             count = count_expr.row(outer)
             if count is None:
                 yield from upstream
-                return
-            remaining = int(count)
-            if remaining <= 0:
-                return
-            try:
-                for item in upstream:
-                    if item is IDLE:
-                        yield item
-                    elif type(item) is dict:
-                        remaining -= 1
-                        yield item
-                    else:
-                        if item.n >= remaining:
-                            yield item.take(np.arange(remaining)) if item.n > remaining else item
-                            remaining = 0
-                        else:
-                            remaining -= item.n
-                            yield item
-                    if remaining <= 0:
-                        return
-            finally:
-                close = getattr(upstream, "close", None)
-                if close:
-                    close()
+            else:
+                yield from run_logic(upstream, Limit(int(count)), ctx)
         return limit
 
 
@@ -340,9 +292,13 @@ _SEEN_KEY_BYTES = 120    # a set entry and its key tuple, about (the values them
 
 def _collect(upstream, ctx) -> tuple[list, int]:
     """Every chunk of a blocking operator's input, with the bytes they hold accounted in `ctx`
-    (the caller releases them): a group by or order by over an endless stream meets its memory limit."""
+    (the caller releases them): a merge of fleet partials over an endless stream meets its memory
+    limit. What it holds is no operator's state: no checkpoint is taken while it collects."""
     chunks = []
     held = 0
+    states = ctx.states
+    if states is not None:
+        states.opaque += 1
     try:
         for item in upstream:
             ctx.check()  # blocking: notice cancellation and limits while collecting
@@ -356,7 +312,14 @@ def _collect(upstream, ctx) -> tuple[list, int]:
     except BaseException:
         ctx.hold(-held)
         raise
+    finally:
+        if states is not None:
+            states.opaque -= 1
     return chunks, held
+
+
+def _as_chunk(row: dict) -> Chunk:
+    return chunk_with(row, None, None)
 
 
 def _distinct_values(part):

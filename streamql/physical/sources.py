@@ -12,6 +12,7 @@ from ..batch import IDLE, Batch
 from ..streams import LazyBag, StreamValue
 from .chunk import Chunk
 from .compiled import Compiled, as_mask, narrowing_checks
+from .stateful import FirstN, run_logic
 
 
 def filtered_source(source: Compiled, predicate: Compiled, variable: str, narrow, ctx) -> Compiled:
@@ -67,14 +68,14 @@ def filter_items(items, name: str, predicate: Compiled, checks=None, stop=None):
             close()
 
 
-def taken_source(source: Compiled, count: int) -> Compiled:
+def taken_source(source: Compiled, count: int, ctx=None) -> Compiled:
     """The values of `source`, a stream or bag stopping after `count` elements."""
     def take(value):
         if isinstance(value, StreamValue):
-            return StreamValue(lambda: take_items(value.open, count), f"first_n({value.label}, {count})")
+            return StreamValue(lambda: take_items(value.open, count, ctx), f"first_n({value.label}, {count})")
         if isinstance(value, LazyBag):
             size = None if value.size is None else min(value.size, count)
-            return LazyBag(lambda: take_items(value.open, count), value.label, size=size, ctx=value.ctx)
+            return LazyBag(lambda: take_items(value.open, count, ctx), value.label, size=size, ctx=value.ctx)
         return value
 
     source_row, source_batch = source.row, source.batch
@@ -82,29 +83,9 @@ def taken_source(source: Compiled, count: int) -> Compiled:
                     lambda env: take(source_row(env)), source.type)
 
 
-def take_items(open_items, n: int):
-    """The first n elements of the stream items `open_items()` gives (not opened at all for
-    none); the source is closed once they are out."""
+def take_items(open_items, n: int, ctx=None):
+    """The first n elements of the stream items `open_items()` gives (`FirstN`; not opened at
+    all for none); the source is closed once they are out."""
     if n == 0:
         return
-    items = open_items()
-    remaining = n
-    try:
-        for item in items:
-            if item is IDLE:
-                yield item
-            elif type(item) is Batch:
-                if len(item) >= remaining:
-                    yield item.slice(0, remaining)
-                    return
-                remaining -= len(item)
-                yield item
-            else:
-                yield item
-                remaining -= 1
-                if remaining == 0:
-                    return
-    finally:
-        close = getattr(items, "close", None)
-        if close:
-            close()
+    yield from run_logic(open_items(), FirstN(n), ctx)

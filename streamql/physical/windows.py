@@ -27,6 +27,7 @@ from ..batch import IDLE, Batch
 from ..errors import QueryRuntimeError
 from ..streams import approximate_bytes, iter_elements, to_column
 from ..values import Timeval, make_vector
+from .stateful import StatefulLogic, closed, opened, run_logic
 
 FUSABLE = ("mean", "sum", "min", "max", "rms")   # what WindowAggregates computes
 
@@ -38,61 +39,113 @@ def count_windows(items, size: int, stride: int, shape, ctx=None):
     statement's memory budget (8 bytes an element at least) is refused before anything waits."""
     if ctx is not None:
         ctx.allocate(8 * size, f"a window of {size} elements")
-    pending = None        # elements not yet windowed: an ndarray, or a list after single readings
-    skip = 0              # elements to drop before the next window starts (stride > size)
-    held = 0              # bytes of pending accounted in ctx
-    hold = ctx.hold if ctx is not None else None
-    try:
-        for item in items:
-            if item is IDLE:
-                yield item
-                continue
-            if type(item) is not Batch:   # one reading: the scalar path
+    return CountWindow(size, stride, shape, ctx).run(items, ctx)
+
+
+class CountWindow(StatefulLogic):
+    """The count-window state machine: the elements waiting for their window (`pending`, an
+    ndarray, or a list after single readings) and how many coming elements to drop first
+    (`skip`, when stride > size)."""
+
+    kind = "count_window"
+
+    def __init__(self, size: int, stride: int, shape, ctx=None):
+        self.size, self.stride, self.shape = size, stride, shape
+        self.pending = None
+        self.skip = 0
+        self.held = 0              # bytes of pending accounted in ctx
+        self.hold = ctx.hold if ctx is not None else None
+
+    def on_value(self, item):   # one reading: the scalar path (run() has it inline)
+        return tuple(self.run([item], None, own=False))
+
+    def run(self, items, ctx, own: bool = True):
+        """`run_logic` for count windows, the scalar path inline: a query fed one reading at a
+        time spends its time here (no call per reading, few lookups)."""
+        key = opened(self, ctx) if own else None
+        size, stride, shape, hold, on_batch = self.size, self.stride, self.shape, self.hold, self.on_batch
+        skip, pending = self.skip, self.pending   # mirrors of the state, written back as they change
+        try:
+            for item in items:
+                if type(item) is Batch:
+                    yield from on_batch(item)
+                    skip, pending = self.skip, self.pending
+                    continue
+                if item is IDLE:
+                    yield item
+                    continue
                 if skip:
                     skip -= 1
+                    self.skip = skip
                     continue
                 if type(pending) is not list:   # None, or an array left by a batch
-                    pending = [] if pending is None else list(pending)
+                    pending = self.pending = [] if pending is None else list(pending)
                 pending.append(item)
                 waiting = len(pending)
                 if hold is not None and not waiting & 1023:   # every 1024 readings: cheap
-                    previous, held = held, waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
-                    hold(held - previous)
-                if waiting >= size:
-                    yield shape.one(pending[:size])
-                    if stride < size:
-                        del pending[:stride]
-                    else:
-                        skip = stride - size
-                        pending = []
-                continue
-            data = shape.join(pending, shape.values(item))
-            if skip:
-                if skip >= len(data):
-                    skip -= len(data)
-                    pending = None
+                    previous = self.held
+                    self.held = waiting * (16 + item.nbytes if isinstance(item, np.ndarray) else 16)
+                    hold(self.held - previous)
+                if waiting < size:
                     continue
-                data = data[skip:]
-                skip = 0
-            n = len(data)
-            windows = None
-            if n < size:
-                pending = data
-            else:
-                count = (n - size) // stride + 1
-                windows = shape.many(data, size, stride, count)
-                pending, skip = window_rest(data, count, stride)
-            if hold is not None:
-                previous, held = held, approximate_bytes(pending) if pending is not None else 0
-                hold(held - previous)
-            if windows is not None:
-                yield windows
-    finally:
-        if hold is not None:
-            hold(-held)
-        close = getattr(items, "close", None)
-        if close:
-            close()
+                window = shape.one(pending[:size])
+                if stride < size:
+                    del pending[:stride]
+                else:
+                    skip = self.skip = stride - size
+                    pending = self.pending = []
+                yield window
+        finally:
+            if own:
+                closed(self, ctx, key, items)
+
+    def on_batch(self, item: Batch):
+        shape, size, stride = self.shape, self.size, self.stride
+        values, pending, head = shape.values(item), self.pending, None
+        if (stride == size and type(pending) is np.ndarray and type(values) is np.ndarray and 0 < len(pending)
+                and len(values) >= size and pending.ndim == values.ndim == 1 and pending.dtype == values.dtype):
+            # tumbling: the window the waiting elements start is joined alone, so that the
+            # batch's own windows are views of it rather than of a copy of it
+            need = size - len(pending)
+            head = shape.many(np.concatenate([pending, values[:need]]), size, size, 1)
+            values, pending = values[need:], None
+        data = shape.join(pending, values)
+        if self.skip:
+            if self.skip >= len(data):
+                self.skip -= len(data)
+                self.pending = None
+                return ()
+            data = data[self.skip:]
+            self.skip = 0
+        n = len(data)
+        out = () if head is None else (head,)
+        if n < size:
+            self.pending = data
+        else:
+            count = (n - size) // stride + 1
+            windows = shape.many(data, size, stride, count)
+            out = (windows,) if head is None else shape.pair(head, windows)
+            self.pending, self.skip = window_rest(data, count, stride)
+        if self.hold is not None:
+            previous, self.held = self.held, approximate_bytes(self.pending) if self.pending is not None else 0
+            self.hold(self.held - previous)
+        return out
+
+    def snapshot(self) -> dict:
+        return {"pending": self.pending, "skip": self.skip}
+
+    def restore(self, state: dict) -> None:
+        pending = state["pending"]
+        self.pending = list(pending) if isinstance(pending, tuple) else pending
+        self.skip = int(state["skip"])
+        if self.hold is not None and self.pending is not None:
+            self.held = approximate_bytes(self.pending)
+            self.hold(self.held)
+
+    def close(self) -> None:
+        if self.hold is not None:
+            self.hold(-self.held)
+            self.held = 0
 
 
 def window_rest(data, count: int, stride: int) -> tuple:
@@ -140,6 +193,10 @@ class WindowValues:
     def one(window: list):
         return make_vector(window)
 
+    @staticmethod
+    def pair(first: Batch, second: Batch) -> tuple:
+        return first, second   # joining would copy every window
+
 
 WINDOW_VALUES = WindowValues()
 
@@ -180,6 +237,10 @@ class WindowAggregates:
 
     def one(self, window: list) -> list:
         return _reduce_one(self._numeric(window), self.names)
+
+    @staticmethod
+    def pair(first: Batch, second: Batch) -> tuple:
+        return (Batch(np.concatenate([first.values, second.values])),)
 
     def _numeric(self, values) -> np.ndarray:
         if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == 1:
@@ -247,54 +308,78 @@ def _reduce_one(window: np.ndarray, names) -> list:
 
 # ------------------------------------------------------------------------------- time windows
 def time_windows(items, size: float, stride: float, ctx):
-    """Time windows over timestamped items: windows [end - size, end) with ends at multiples of
-    `stride`, each emitted (stamped with its end) once an event at or after its end arrives; empty
-    windows are skipped; events for windows already closed are dropped and counted; what is left
-    is flushed at the end of the stream."""
-    times = np.empty(0)
-    values: Any = np.empty(0)
-    watermark = -math.inf
-    emitted_end = -math.inf
-    held = 0              # bytes of events waiting for their windows, accounted in ctx
-    try:
-        for item in items:
-            if item is IDLE:
-                yield item
-                continue
-            new_times, new_values = _stamped(item, ctx)
-            last_end = np.floor((new_times + size) / stride) * stride
-            in_some_window = last_end > new_times
-            # late: every window holding the event closed before it came (the watermark, the
-            # largest time seen before it, had reached their ends), even windows left empty
-            seen_before = np.maximum.accumulate(np.concatenate([[watermark], new_times[:-1]]))
-            late = in_some_window & (last_end <= np.maximum(seen_before, emitted_end))
-            if late.any():
-                ctx.count("late_events", int(late.sum()))
-            keep = in_some_window & ~late
-            if not keep.all():
-                new_times, new_values = new_times[keep], _take(new_values, keep)
-            if len(new_times) == 0:
-                continue
-            times, values = _merge_sorted(times, values, new_times, new_values)
-            watermark = max(watermark, float(new_times.max()))
-            times, values, emitted_end, ends, windows = _windows_up_to(times, values, emitted_end, watermark,
-                                                                       size, stride, flush=False)
-            # every window ending at or before the watermark is closed now, emitted or empty
-            emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
-            previous, held = held, times.nbytes + approximate_bytes(values)
-            ctx.hold(held - previous)
-            if ends:
-                yield _timeval_batch(ends, windows)
-        if len(times):
-            times, values, emitted_end, ends, windows = _windows_up_to(times, values, emitted_end, math.inf,
-                                                                       size, stride, flush=True)
-            if ends:
-                yield _timeval_batch(ends, windows)
-    finally:
-        ctx.hold(-held)
-        close = getattr(items, "close", None)
-        if close:
-            close()
+    """Time windows over timestamped items (`TimeWindow`), as stream items."""
+    return run_logic(items, TimeWindow(size, stride, ctx), ctx)
+
+
+class TimeWindow(StatefulLogic):
+    """Windows [end - size, end) with ends at multiples of `stride`, each emitted (stamped with
+    its end) once an event at or after its end arrives; empty windows are skipped; events for
+    windows already closed are dropped and counted; what is left is flushed at the end of the
+    stream. State: the events waiting for their windows (sorted by time), the watermark (the
+    largest event time seen) and the end of the last window closed."""
+
+    kind = "time_window"
+
+    def __init__(self, size: float, stride: float, ctx):
+        self.size, self.stride, self.ctx = size, stride, ctx
+        self.times = np.empty(0)
+        self.values: Any = np.empty(0)
+        self.watermark = -math.inf
+        self.emitted_end = -math.inf
+        self.held = 0              # bytes of events waiting for their windows, accounted in ctx
+
+    def on_value(self, item):
+        size, stride, ctx = self.size, self.stride, self.ctx
+        new_times, new_values = _stamped(item, ctx)
+        last_end = np.floor((new_times + size) / stride) * stride
+        in_some_window = last_end > new_times
+        # late: every window holding the event closed before it came (the watermark, the
+        # largest time seen before it, had reached their ends), even windows left empty
+        seen_before = np.maximum.accumulate(np.concatenate([[self.watermark], new_times[:-1]]))
+        late = in_some_window & (last_end <= np.maximum(seen_before, self.emitted_end))
+        if late.any():
+            ctx.count("late_events", int(late.sum()))
+        keep = in_some_window & ~late
+        if not keep.all():
+            new_times, new_values = new_times[keep], _take(new_values, keep)
+        if len(new_times) == 0:
+            return ()
+        times, values = _merge_sorted(self.times, self.values, new_times, new_values)
+        self.watermark = watermark = max(self.watermark, float(new_times.max()))
+        self.times, self.values, emitted_end, ends, windows = _windows_up_to(times, values, self.emitted_end,
+                                                                             watermark, size, stride, flush=False)
+        # every window ending at or before the watermark is closed now, emitted or empty
+        self.emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
+        self._account()
+        return (_timeval_batch(ends, windows),) if ends else ()
+
+    def on_end(self):
+        if not len(self.times):
+            return ()
+        self.times, self.values, self.emitted_end, ends, windows = _windows_up_to(
+            self.times, self.values, self.emitted_end, math.inf, self.size, self.stride, flush=True)
+        self._account()
+        return (_timeval_batch(ends, windows),) if ends else ()
+
+    def _account(self) -> None:
+        previous, self.held = self.held, self.times.nbytes + approximate_bytes(self.values)
+        self.ctx.hold(self.held - previous)
+
+    def snapshot(self) -> dict:
+        return {"times": self.times, "values": self.values, "watermark": self.watermark,
+                "emitted_end": self.emitted_end}
+
+    def restore(self, state: dict) -> None:
+        self.times = np.asarray(state["times"], dtype=np.float64)
+        values = state["values"]
+        self.values = list(values) if isinstance(values, tuple) else values
+        self.watermark, self.emitted_end = float(state["watermark"]), float(state["emitted_end"])
+        self._account()
+
+    def close(self) -> None:
+        self.ctx.hold(-self.held)
+        self.held = 0
 
 
 def _stamped(item, ctx) -> tuple[np.ndarray, Any]:

@@ -312,3 +312,11 @@ def _shared_engine():
         engine.execute(BASE_SCHEMA)
         _ENGINE.append(engine)
     return _ENGINE[0]
+
+
+def test_an_integer_past_64_bits_bound_in_a_group_is_a_value_not_an_internal_error():
+    """Found by the fuzzer: a constant of 2**63 broadcast over a batch overflowed numpy's int64."""
+    import streamql
+    rows = streamql.Engine().query("select x, z from Integer x, Real z where x in iota(1, 2) "
+                                   "and z = 9223372036854775808 group by x, z order by x;")
+    assert list(rows) == [(1, 9223372036854775808), (2, 9223372036854775808)]

@@ -93,3 +93,21 @@ def test_random_and_mutated_statements_lex_as_lark_does(kind):
     rnd = random.Random(kind)
     for _ in range(600):
         assert_same(make_statement(kind, rnd.randrange(2 ** 32)))
+
+
+def test_a_long_string_literal_is_lexed_in_little_memory():
+    """A 64 KiB string literal (the longest statement the federation takes) lexed with a regex that
+    repeats per escaped quote, not per character: no megabytes of regex backtracking state."""
+    import tracemalloc
+
+    from streamql.syntax import parse_one
+    parse_one("select 'warm';")
+    text = "select '" + "x" * 65_000 + "''" + "y" * 100 + "';"
+    tracemalloc.start()
+    try:
+        statement = parse_one(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert statement.items[0].expr.value == "x" * 65_000 + "'" + "y" * 100
+    assert peak < 4 << 20, peak

@@ -67,7 +67,7 @@ def test_driver_pushes_exactly_the_pure_form_whatever_the_polling(rate_hz):
     for step in steps:
         clock.advance(float(step))
         driver.poll()
-    n = math.floor(clock.now() * rate_hz) - math.ceil(start * rate_hz) + 1
+    n = math.floor(clock.now() * rate_hz) - math.floor(start * rate_hz) + 1
     times, values = model.generate(n, start)
     assert np.array_equal(signal.times(), times) and np.array_equal(signal.values(), values)
     assert driver.pushed == n

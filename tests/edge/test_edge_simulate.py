@@ -139,3 +139,33 @@ def test_simulated_load_is_a_pure_plausible_function_of_seed_id_and_time():
     over_an_hour = [simulated_load(1, ids[0], t + s)["cpu_percent"] for s in range(0, 3600, 5)]
     assert max(over_an_hour) - min(over_an_hour) > 2        # it moves, …
     assert max(abs(a - b) for a, b in zip(over_an_hour, over_an_hour[1:])) < 15   # … smoothly
+
+
+def test_a_simulated_fleet_skips_readings_nobody_reads():
+    """In a simulated fleet (SignalPump), a fast signal nobody reads is sampled once a second for its
+    latest reading only; once read, every reading is pushed again, exactly the pure form."""
+    from edge_engine.signals import SimulatedDriver
+    from edge_engine.simulation import SimModel
+    from edge_engine.simulate import SignalPump
+    from streamql.clock import FakeClock
+
+    clock = FakeClock(1000.0)
+    driver = SimulatedDriver("v", SimModel("sine", rate_hz=100.0), clock=clock, batch_interval_s=0.25)
+    pump = SignalPump(clock)
+
+    class One:
+        drivers = [driver]
+    pump.add(One)
+    assert driver.lazy_when_unread
+    driver.poll()
+    clock.advance(0.9)
+    assert driver.next_due() >= 1000.9 + 0.99 - 1e-9      # unread: once a second
+    driver.poll()
+    assert driver.pushed == 2 and driver.signal.latest_time() == 1000.9
+    pump._due[id(driver)] = driver.next_due()
+    reader = driver.signal.open()
+    clock.advance(0.5)
+    assert pump.poll() == 50                               # read: polled at once, every reading again
+    assert driver.pushed == 2 + 50
+    assert driver.next_due() <= clock.now() + 0.25 + 1e-9
+    reader.close()

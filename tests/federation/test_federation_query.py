@@ -257,3 +257,32 @@ async def test_rows_merged_are_counted_and_their_rate_is_in_the_metrics(client, 
     (_, rate), = samples["streamql_query_rows_per_second"]
     assert 100_000 / 10 <= rate <= 100_000                             # over the last 10 s
     assert ({"outcome": "ok"}, 1.0) in samples["streamql_queries_total"]
+
+
+
+async def test_a_client_leaving_before_the_response_head_is_not_an_error(client, tokens, service, caplog,
+                                                                        monkeypatch):
+    """Writing the head to a connection the client closed (aiohttp's ClientConnectionResetError) cancels
+    the statement, and the log says nothing above INFO: no traceback."""
+    import logging
+
+    from aiohttp import ClientConnectionResetError, web
+
+    prepare = web.StreamResponse.prepare
+    calls = []
+
+    async def closing(self, request):
+        calls.append(type(self).__name__)
+        if len(calls) == 1:
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        return await prepare(self, request)
+    monkeypatch.setattr(web.StreamResponse, "prepare", closing)
+    with caplog.at_level(logging.WARNING):
+        try:
+            resp = await client.post("/v1/query", json={"query": ROWS}, headers=tokens.header("read"))
+            await resp.read()
+        except Exception:  # noqa: BLE001 - the response may come or not: the client is "gone"
+            pass
+    metrics = client.app[METRICS]
+    assert metrics.queries.value(outcome="cancelled") == 1 and service.results[-1].closed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

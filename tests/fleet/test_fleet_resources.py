@@ -86,14 +86,22 @@ def test_a_statement_that_works_hard_does_not_stall_the_others(fleet):
 def test_statements_past_the_pool_are_refused_not_queued(tmp_path):
     fleet = ConstantFleet(tmp_path, DEVICES[:1], federation_args=["--statement-workers", "4"]).start()
     try:
-        streams = [open_stream(fleet, ENDLESS[0]) for _ in range(4)]        # every worker taken
-        status, _, error = fleet.post("select 1;")
+        streams = [open_stream(fleet, ENDLESS[0]) for _ in range(4)]        # streams have a lane of their own
+        assert timed(fleet, "select 1;")[1] == [[1]]
+        # one token holds at most a quarter of the workers: while its slow statement runs, its next
+        # one waits, and is refused after the short wait
+        slow = threading.Thread(target=fleet.post, args=("select count(iota(1, 1000000000000));",),
+                                kwargs={"limits": {"seconds": 12}})
+        slow.start()
+        time.sleep(1.0)
+        status, _, error = fleet.post("select id(e), signal_value('battery')@e from Edge e;")
         assert status == 503 and error["error"]["kind"] == "Busy"           # refused after the short wait
         status, rows, _ = fleet.post("explain select 1;")
         assert status == 200 and rows                                       # planning has threads of its own
-        streams[0].close()
-        fleet.wait(lambda: fleet.post("select 1;")[0] == 200, 30, "a worker to free when a client leaves")
-        for stream in streams[1:]:
+        assert timed(fleet, "select 1;")[1] == [[1]]                        # the fast lane
+        slow.join(30)
+        fleet.wait(lambda: fleet.post("select id(e) from Edge e;")[0] == 200, 30, "the token's worker to free")
+        for stream in streams:
             stream.close()
     finally:
         fleet.stop()

@@ -1,0 +1,186 @@
+"""Where statements run: worker threads in lanes, shared fairly, so that nothing one client (or
+many) does keeps `select 1;` waiting.
+
+- **statements** (`workers`, 32): statements that end — queries, definitions, `set`, `validate`,
+  a deployment's selection. One principal (a token) holds at most a quarter of them at once
+  (`per_principal`); its further statements wait for one of its own to end, so a burst from one
+  token never takes every worker.
+- **fast** (`FAST_SLOTS`, 8): kept for statements that touch no edge and are not streams (`select
+  1;`, a definition, a local computation). Such a statement that finds no free worker among the
+  statements' takes one of these — at most one per principal — and runs there under a time limit
+  of `FAST_SECONDS` (3 s): nothing can hold the fast lane for long, whoever sends it.
+- **streams** (`stream_slots`, 128; 16 per principal, a read token's requests in flight): standing streams (`select stream of …`), on
+  threads of their own. A stream holds its slot while it lasts, but a thread only while its next
+  batch of rows is computed: rows wait for the client in a bounded channel, and a client that
+  does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
+
+A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
+Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
+`LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from streamql import ast as A
+
+from federation.errors import Busy
+
+QUICK_WORKERS = 4
+LONG_WORKERS = 2            # parsing statements longer than LONG_TEXT
+LONG_TEXT = 4096
+FAST_SLOTS = 8
+FAST_SECONDS = 3.0
+STREAM_SLOTS = 128
+STREAMS_PER_PRINCIPAL = 16
+
+
+class Lane:
+    def __init__(self, name: str, slots: int, per_principal: int):
+        self.name, self.slots, self.per_principal = name, slots, per_principal
+        self.used = 0
+        self.held: Counter = Counter()
+
+    def free_for(self, who: Any) -> bool:
+        return self.used < self.slots and self.held[who] < self.per_principal
+
+    def take(self, who: Any) -> None:
+        self.used += 1
+        self.held[who] += 1
+
+    def give_back(self, who: Any) -> None:
+        self.used -= 1
+        self.held[who] -= 1
+        if self.held[who] <= 0:
+            del self.held[who]
+
+
+@dataclass
+class Slot:
+    """A lane's slot held by one statement; released once (by whoever ends the statement)."""
+    pool: "StatementPool"
+    lane: Lane
+    who: Any
+    released: bool = False
+
+    @property
+    def fast(self) -> bool:
+        return self.lane is self.pool.fast
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.pool._give_back(self)
+
+
+def is_stream(statement: A.Statement) -> bool:
+    return isinstance(statement, A.Select) and statement.kind == "stream"
+
+
+def is_local(statement: A.Statement) -> bool:
+    """No `@e` part and no Edge declaration: the statement runs here, without the fleet."""
+    try:
+        for node in statement.walk():
+            if isinstance(node, A.AtEdge):
+                return False
+            if isinstance(node, A.Declaration) and node.type.name.lower() == "edge":
+                return False
+    except RecursionError:
+        return False
+    return True
+
+
+class StatementPool:
+    """The lanes (module docstring) and their threads. `acquire` a slot, run work with `submit`
+    (or `stream_step` for a stream's batches), release the slot when the statement ends."""
+
+    def __init__(self, workers: int = 32, wait_s: float = 5.0, *, stream_slots: int = STREAM_SLOTS,
+                 fast_slots: int = FAST_SLOTS):
+        self.workers = workers
+        self.wait_s = wait_s
+        self.statements = Lane("statements", workers, max(1, workers // 4))
+        self.fast = Lane("fast", fast_slots, 1)
+        self.streams = Lane("streams", stream_slots, STREAMS_PER_PRINCIPAL)
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers + fast_slots, thread_name_prefix="statement")
+        self._stream_executor = concurrent.futures.ThreadPoolExecutor(stream_slots, thread_name_prefix="stream")
+        self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
+        self._long = concurrent.futures.ThreadPoolExecutor(LONG_WORKERS, thread_name_prefix="statement-long")
+        self._waiters: list[asyncio.Future] = []
+        self.running: set = set()     # statements whose rows are being produced
+
+    # ------------------------------------------------------------------------------ slots
+    def _try(self, who: Any, stream: bool, local: bool) -> Slot | None:
+        lanes = (self.streams,) if stream else (self.statements, self.fast) if local else (self.statements,)
+        for lane in lanes:
+            if lane.free_for(who):
+                lane.take(who)
+                return Slot(self, lane, who)
+        return None
+
+    async def acquire(self, who: Any = None, *, stream: bool = False, local: bool = False) -> Slot:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while True:
+            slot = self._try(who, stream, local)
+            if slot is not None:
+                return slot
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                lane = self.streams if stream else self.statements
+                mine = lane.held[who] >= lane.per_principal
+                raise Busy(f"this token already runs {lane.per_principal} {lane.name} at once; try again shortly"
+                           if mine else f"all {lane.slots} {lane.name} workers are busy; try again shortly")
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _give_back(self, slot: Slot) -> None:
+        slot.lane.give_back(slot.who)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:      # each checks again; who finds a slot takes it
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------------------ threads
+    def submit(self, fn, *args, stream: bool = False) -> asyncio.Future:
+        """fn(*args) in a worker thread (the caller holds a slot)."""
+        executor = self._stream_executor if stream else self._executor
+        return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def call(self, fn, *args, who: Any = None, local: bool = False):
+        """A statement's whole work in a worker, holding a slot for as long as it takes."""
+        slot = await self.acquire(who, local=local)
+        try:
+            return await self.submit(fn, *args)
+        finally:
+            slot.release()
+
+    async def quick(self, fn, *args):
+        """Short work (parsing, a plan) on the threads kept for it."""
+        return await asyncio.get_running_loop().run_in_executor(self._quick, fn, *args)
+
+    async def parse(self, fn, text: str):
+        """fn(text) — parsing — on the quick threads, or for a long text (past LONG_TEXT bytes: a
+        60 KiB `in` list takes a second or more) on threads of its own, so long statements never
+        make `select 1;` wait for its parse."""
+        executor = self._long if len(text) > LONG_TEXT else self._quick
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, text)
+
+    def stop_all(self, reason: str) -> None:
+        for result in list(self.running):
+            result.stop(reason)
+
+    def shutdown(self) -> None:
+        for executor in (self._executor, self._stream_executor, self._quick, self._long):
+            executor.shutdown(wait=False, cancel_futures=True)

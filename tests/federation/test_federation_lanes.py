@@ -1,0 +1,95 @@
+"""Statements share the worker threads fairly (federation/lanes.py): streams on a lane of their own,
+one token at most a quarter of the statement workers, and a fast lane that keeps `select 1;` (any
+statement that touches no edge) answered whatever holds the workers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from federation.auth import Role, create_token
+from federation.config import FederationConfig
+from federation.errors import Busy
+from federation.keys import REGISTRY
+from federation.lanes import StatementPool, is_local, is_stream
+from streamql.syntax import parse_one
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOW = "select count(iota(1, 1000000000000));"        # runs until its time limit
+UNREAD = "select stream of x from Real x where x in simstream(0.001);"
+
+
+@pytest.fixture
+def config(tmp_path) -> FederationConfig:
+    return FederationConfig(data_dir=tmp_path / "fed", announce=False, statement_workers=4)
+
+
+def test_statements_are_told_apart():
+    assert is_stream(parse_one(UNREAD)) and not is_stream(parse_one("select 1;"))
+    assert is_local(parse_one("select 1;")) and is_local(parse_one(SLOW))
+    assert not is_local(parse_one("select id(e) from Edge e;"))
+    assert not is_local(parse_one("select count(iota(1, 10))@e from Edge e;"))
+
+
+async def test_slots_per_principal_the_fast_lane_and_busy():
+    pool = StatementPool(workers=4, wait_s=0.2)
+    a = [await pool.acquire("a") for _ in range(1)]          # a quarter of 4: one
+    with pytest.raises(Busy, match="already runs 1"):
+        await pool.acquire("a")
+    fast = await pool.acquire("a", local=True)               # a local statement: the fast lane
+    assert fast.fast
+    others = [await pool.acquire(who) for who in ("b", "c", "d")]
+    with pytest.raises(Busy, match="all 4 statements workers are busy"):
+        await pool.acquire("e")                             # not local: no fast lane
+    assert (await pool.acquire("e", local=True)).fast
+    streams = [await pool.acquire(f"s{i}", stream=True) for i in range(20)]   # a lane of their own
+    assert all(s.lane is pool.streams for s in streams)
+    waiting = asyncio.ensure_future(pool.acquire("b"))     # b waits for its own to end …
+    await asyncio.sleep(0.05)
+    others[0].release()
+    assert (await waiting).lane is pool.statements          # … and gets it
+    for slot in a + [fast] + others + streams:
+        slot.release()
+    pool.shutdown()
+
+
+async def test_select_1_is_answered_while_slow_statements_and_unread_streams_hold_everything(client):
+    registry = client.app[REGISTRY]
+    tokens = [create_token(registry, Role.READ)[1] for _ in range(12)]
+
+    def header(i: int) -> dict:
+        return {"Authorization": f"Bearer {tokens[i]}"}
+
+    # four tokens fill the 4 statement workers and one of them tries for more; eight hold streams
+    slow = [asyncio.ensure_future(client.post("/v1/query", json={"query": SLOW, "limits": {"seconds": 8}},
+                                              headers=header(i % 4))) for i in range(8)]
+    streams = [await client.post("/v1/query", json={"query": UNREAD}, headers=header(4 + i)) for i in range(6)]
+    assert all(s.status == 200 for s in streams)
+    await asyncio.sleep(0.5)
+    for _ in range(5):
+        started = time.monotonic()
+        resp = await client.post("/v1/query", json={"query": "select 1;"}, headers=header(11))
+        lines = (await resp.text()).splitlines()
+        assert resp.status == 200 and json.loads(lines[0]) == [1]
+        assert time.monotonic() - started < 2.0
+    for stream in streams:
+        stream.close()
+    done = await asyncio.gather(*slow)
+    statuses = sorted(r.status for r in done)
+    for resp in done:
+        resp.close()
+    assert 503 not in statuses[:4]   # four ran at once (one per token), their time limits ended them
+
+
+async def test_long_statements_are_parsed_apart_from_short_ones():
+    import threading
+    pool = StatementPool(workers=4)
+    try:
+        short = await pool.parse(lambda text: threading.current_thread().name, "select 1;")
+        long = await pool.parse(lambda text: threading.current_thread().name, "select '" + "x" * 10_000 + "';")
+        assert short.startswith("statement-quick") and long.startswith("statement-long")
+    finally:
+        pool.shutdown()
