@@ -8,7 +8,7 @@ many) does keeps `select 1;` waiting.
 - **fast** (`FAST_SLOTS`, 8): kept for statements that touch no edge and are not streams (`select
   1;`, a definition, a local computation). Such a statement that finds no free worker among the
   statements' takes one of these — at most one per principal — and runs there under a time limit
-  of `FAST_SECONDS` (3 s): nothing can hold the fast lane for long, whoever sends it.
+  of `FAST_SECONDS` (10 s): nothing can hold the fast lane for long, whoever sends it.
 - **streams** (`stream_slots`, 128; 16 per principal, a read token's requests in flight): standing streams (`select stream of …`), on
   threads of their own. A stream holds its slot while it lasts, but a thread only while its next
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
@@ -34,7 +34,7 @@ QUICK_WORKERS = 4
 LONG_WORKERS = 2            # parsing statements longer than LONG_TEXT
 LONG_TEXT = 4096
 FAST_SLOTS = 8
-FAST_SECONDS = 3.0
+FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
 
