@@ -183,17 +183,11 @@ class PublishLog:
     def read(self, *, flow: str | None = None, edge: str | None = None, after: int = 0,
              limit: int = 1000) -> list[PublishedRecord]:
         """Committed records with an id above `after`, oldest first."""
-        sql, args = ("SELECT id, edge, flow, seq, n, time, received, dropped, body FROM published "
-                     "WHERE id > ?"), [after]
-        if flow is not None:
-            sql += " AND flow = ?"
-            args.append(flow)
-        if edge is not None:
-            sql += " AND edge = ?"
-            args.append(edge)
+        where, args = _flow_edge_filter(flow, edge)
+        sql = ("SELECT id, edge, flow, seq, n, time, received, dropped, body FROM published "
+               f"WHERE id > ? AND {where} ORDER BY id LIMIT ?")
         out = []
-        for rid, e, f, seq, n, t, received, dropped, body in self._conn.execute(sql + " ORDER BY id LIMIT ?",
-                                                                              [*args, limit]):
+        for rid, e, f, seq, n, t, received, dropped, body in self._conn.execute(sql, [after, *args, limit]):
             decoded = codec.unpack(body)
             out.append(PublishedRecord(rid, e, f, seq, n, decoded.get("names"), decoded["cols"], t, received,
                                        dropped))
@@ -201,25 +195,14 @@ class PublishLog:
 
     def id_before_newest(self, *, flow: str | None = None, edge: str | None = None, n: int = 50) -> int:
         """The id after which the newest `n` records (of a flow, of an edge) are (0 for all)."""
-        sql, args = "SELECT id FROM published WHERE 1", []
-        if flow is not None:
-            sql += " AND flow = ?"
-            args.append(flow)
-        if edge is not None:
-            sql += " AND edge = ?"
-            args.append(edge)
-        row = self._conn.execute(sql + " ORDER BY id DESC LIMIT 1 OFFSET ?", [*args, n]).fetchone()
+        where, args = _flow_edge_filter(flow, edge)
+        row = self._conn.execute(f"SELECT id FROM published WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                                 [*args, n]).fetchone()
         return row[0] if row else 0
 
     def count(self, *, flow: str | None = None, edge: str | None = None) -> int:
-        sql, args = "SELECT count(*) FROM published WHERE 1", []
-        if flow is not None:
-            sql += " AND flow = ?"
-            args.append(flow)
-        if edge is not None:
-            sql += " AND edge = ?"
-            args.append(edge)
-        return self._conn.execute(sql, args).fetchone()[0]
+        where, args = _flow_edge_filter(flow, edge)
+        return self._conn.execute(f"SELECT count(*) FROM published WHERE {where}", args).fetchone()[0]
 
     def flows(self) -> dict[str, dict[str, Any]]:
         """flow → {records, rows, last_id}."""
@@ -240,3 +223,13 @@ class PublishLog:
 
     def state(self) -> dict:
         return json.loads(json.dumps(self.receiver.state()))
+
+
+def _flow_edge_filter(flow: str | None, edge: str | None) -> tuple[str, list]:
+    """The WHERE condition (with its parameters) picking the records of a flow and/or an edge."""
+    where, args = ["1"], []
+    for column, value in (("flow", flow), ("edge", edge)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(where), args
