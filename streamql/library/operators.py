@@ -178,7 +178,27 @@ def _order(op):
     return run
 
 
+def _quiet_nan_comparisons() -> bool:
+    """Whether this numpy compares NaN without raising the invalid-operation flag (numpy 2 does
+    on x86-64): then a batch comparison needs no errstate (a few µs per batch)."""
+    probe = np.array([np.nan, 1.0] * 32)
+    try:
+        with np.errstate(invalid="raise"):
+            for op in (np.less, np.less_equal, np.greater, np.greater_equal, np.equal, np.not_equal):
+                op(probe, 0.0)
+                op(probe.astype(np.float32), np.float32(0.0))
+    except FloatingPointError:
+        return False
+    return True
+
+
+QUIET_NAN_COMPARISONS = _quiet_nan_comparisons()
+
+
 def _cmp_batch(op):
+    if QUIET_NAN_COMPARISONS:
+        return op
+
     def run(a, b):
         with np.errstate(invalid="ignore"):
             return op(a, b)

@@ -18,10 +18,11 @@ class Chunk(dict):
         super().__init__(columns)
         self.n = n
 
-    def take(self, selector) -> "Chunk":
-        """The rows picked by a boolean mask or an index array."""
+    def take(self, selector, kept: int | None = None) -> "Chunk":
+        """The rows picked by a boolean mask (of `kept` true values, when the caller counted
+        them) or an index array."""
         if isinstance(selector, np.ndarray) and selector.dtype == bool:
-            n = int(np.count_nonzero(selector))
+            n = int(np.count_nonzero(selector)) if kept is None else int(kept)
             index = None
         else:
             index = np.asarray(selector, dtype=np.intp)

@@ -124,10 +124,11 @@ class PhysicalPlan:
                     yield item
                 else:
                     mask = as_mask(test_batch(item), item.n)
-                    if mask.all():
+                    kept = np.count_nonzero(mask)
+                    if kept == item.n:
                         yield item
-                    elif mask.any():
-                        yield item.take(mask)
+                    elif kept:
+                        yield item.take(mask, kept)
         return filter_
 
     def _build_Aggregate(self, node: L.Aggregate):

@@ -107,7 +107,7 @@ class CountWindow(StatefulLogic):
             # tumbling: the window the waiting elements start is joined alone, so that the
             # batch's own windows are views of it rather than of a copy of it
             need = size - len(pending)
-            head = shape.many(np.concatenate([pending, values[:need]]), size, size, 1)
+            head = np.concatenate([pending, values[:need]])
             values, pending = values[need:], None
         data = shape.join(pending, values)
         if self.skip:
@@ -117,14 +117,12 @@ class CountWindow(StatefulLogic):
                 return ()
             data = data[self.skip:]
             self.skip = 0
-        n = len(data)
-        out = () if head is None else (head,)
-        if n < size:
+        if len(data) < size:
             self.pending = data
+            out = () if head is None else shape.many(head, size, size, 1)
         else:
-            count = (n - size) // stride + 1
-            windows = shape.many(data, size, stride, count)
-            out = (windows,) if head is None else shape.pair(head, windows)
+            count = (len(data) - size) // stride + 1
+            out = shape.many(data, size, stride, count, head)
             self.pending, self.skip = window_rest(data, count, stride)
         if self.hold is not None:
             previous, self.held = self.held, approximate_bytes(self.pending) if self.pending is not None else 0
@@ -179,23 +177,25 @@ class WindowValues:
         return merged
 
     @staticmethod
-    def many(data, size: int, stride: int, count: int) -> Batch:
-        """`count` windows of `size` elements every `stride` elements, without copying when possible."""
+    def many(data, size: int, stride: int, count: int, head=None) -> tuple:
+        """`count` windows of `size` elements every `stride` elements, without copying when
+        possible, after the window `head` (the one a batch completes) when there is one: as
+        batches, kept apart (joining them would copy every window)."""
         if isinstance(data, np.ndarray) and data.dtype != object:
             if data.ndim == 1:
                 if stride == size:
-                    return Batch(data[:count * size].reshape(count, size))
-                return Batch(sliding_window_view(data, size)[::stride][:count])
-            return Batch(np.stack([data[i * stride:i * stride + size] for i in range(count)]))
-        return Batch([list(data[i * stride:i * stride + size]) for i in range(count)])
+                    windows = Batch(data[:count * size].reshape(count, size))
+                else:
+                    windows = Batch(sliding_window_view(data, size)[::stride][:count])
+            else:
+                windows = Batch(np.stack([data[i * stride:i * stride + size] for i in range(count)]))
+        else:
+            windows = Batch([list(data[i * stride:i * stride + size]) for i in range(count)])
+        return (windows,) if head is None else (Batch(head.reshape(1, size)), windows)
 
     @staticmethod
     def one(window: list):
         return make_vector(window)
-
-    @staticmethod
-    def pair(first: Batch, second: Batch) -> tuple:
-        return first, second   # joining would copy every window
 
 
 WINDOW_VALUES = WindowValues()
@@ -226,21 +226,23 @@ class WindowAggregates:
             return values
         return np.concatenate([self._numeric(pending), values])
 
-    def many(self, data: np.ndarray, size: int, stride: int, count: int) -> Batch:
-        if stride == size:
-            view = data[:count * size].reshape(count, size)
-            block = np.empty((count, len(self.names)))
-            for j, name in enumerate(self.names):
-                block[:, j] = _reduce_tumbling(view, name)
-            return Batch(block)
-        return Batch(_reduce_sliding(data, size, stride, count, self.names))
+    def many(self, data: np.ndarray, size: int, stride: int, count: int, head=None) -> tuple:
+        """The aggregates of `count` windows (after those of the window `head` when there is
+        one) as one batch of rows."""
+        names = self.names
+        if stride != size:   # sliding (a head comes only with tumbling windows)
+            return (Batch(_reduce_sliding(data, size, stride, count, names)),)
+        first = 0 if head is None else 1
+        block = np.empty((first + count, len(names)))
+        view = data[:count * size].reshape(count, size)
+        for j, name in enumerate(names):
+            if head is not None:
+                _reduce_tumbling(head.reshape(1, size), name, block[:1, j])
+            _reduce_tumbling(view, name, block[first:, j])
+        return (Batch(block),)
 
     def one(self, window: list) -> list:
         return _reduce_one(self._numeric(window), self.names)
-
-    @staticmethod
-    def pair(first: Batch, second: Batch) -> tuple:
-        return (Batch(np.concatenate([first.values, second.values])),)
 
     def _numeric(self, values) -> np.ndarray:
         if isinstance(values, np.ndarray) and values.dtype.kind in "iuf" and values.ndim == 1:
@@ -255,17 +257,21 @@ class WindowAggregates:
         return array
 
 
-def _reduce_tumbling(view: np.ndarray, name: str) -> np.ndarray:
-    if name == "mean":
-        return view.mean(axis=1)
-    if name == "sum":
-        return view.sum(axis=1)
-    if name == "min":
-        return view.min(axis=1)
-    if name == "max":
-        return view.max(axis=1)
-    # rms: a row-wise dot product squares and sums without a temporary the size of the data
-    return np.sqrt(np.einsum("ij,ij->i", view, view, dtype=np.float64) / view.shape[1])
+def _reduce_tumbling(view: np.ndarray, name: str, out: np.ndarray) -> None:
+    """Each row's aggregate into `out`. The ufuncs' reduce directly, into `out`: ndarray.mean
+    and .sum are Python wrappers around the same reduction (mean divides the sum by the count,
+    as here) and cost a few µs and a temporary per call."""
+    if name in ("mean", "sum"):   # integers summed as floats, as ndarray.mean does
+        np.add.reduce(view, axis=1, dtype=None if view.dtype.kind == "f" else np.float64, out=out)
+        if name == "mean":
+            np.true_divide(out, view.shape[1], out=out)
+    elif name == "min":
+        np.minimum.reduce(view, axis=1, out=out)
+    elif name == "max":
+        np.maximum.reduce(view, axis=1, out=out)
+    else:   # rms: a row-wise dot product squares and sums without a temporary the size of the data
+        np.einsum("ij,ij->i", view, view, dtype=np.float64, out=out)
+        np.sqrt(np.true_divide(out, view.shape[1], out=out), out=out)
 
 
 def _reduce_sliding(data: np.ndarray, size: int, stride: int, count: int, names) -> np.ndarray:
