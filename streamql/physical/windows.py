@@ -320,10 +320,15 @@ def time_windows(items, size: float, stride: float, ctx):
 
 class TimeWindow(StatefulLogic):
     """Windows [end - size, end) with ends at multiples of `stride`, each emitted (stamped with
-    its end) once an event at or after its end arrives; empty windows are skipped; events for
-    windows already closed are dropped and counted; what is left is flushed at the end of the
-    stream. State: the events waiting for their windows (sorted by time), the watermark (the
-    largest event time seen) and the end of the last window closed."""
+    its end) once an event at or after its end arrives, or once the time passes: at an idle
+    tick of a live source (`on_timer`) every window ending before `now - lag` closes, `lag`
+    being the longest a reading has taken so far from its time stamp to its arrival here (a
+    frozen clock or a source stamped ahead of it closes nothing the watermark does not; a replay
+    at its recorded pace has a constant lag and closes windows as its recorded time passes).
+    Empty windows are skipped; events for windows already closed are dropped and counted; what
+    is left is flushed at the end of the stream. State: the events waiting for their windows
+    (sorted by time), the watermark (the largest event time seen), the end of the last window
+    closed and the lag."""
 
     kind = "time_window"
 
@@ -333,6 +338,7 @@ class TimeWindow(StatefulLogic):
         self.values: Any = np.empty(0)
         self.watermark = -math.inf
         self.emitted_end = -math.inf
+        self.lag: float | None = None   # the longest from an event's time stamp to its arrival
         self.held = 0              # bytes of events waiting for their windows, accounted in ctx
 
     def on_value(self, item):
@@ -351,12 +357,28 @@ class TimeWindow(StatefulLogic):
             new_times, new_values = new_times[keep], _take(new_values, keep)
         if len(new_times) == 0:
             return ()
+        lag = ctx.clock.now() - float(new_times.min())
+        if self.lag is None or lag > self.lag:
+            self.lag = lag
         times, values = _merge_sorted(self.times, self.values, new_times, new_values)
         self.watermark = watermark = max(self.watermark, float(new_times.max()))
         self.times, self.values, emitted_end, ends, windows = _windows_up_to(times, values, self.emitted_end,
                                                                              watermark, size, stride, flush=False)
         # every window ending at or before the watermark is closed now, emitted or empty
         self.emitted_end = max(emitted_end, math.floor(watermark / stride) * stride)
+        self._account()
+        return (_timeval_batch(ends, windows),) if ends else ()
+
+    def on_timer(self):
+        """Time passed without events: close the windows no event still to come can reach."""
+        if self.lag is None or not len(self.times):
+            return ()
+        limit = self.ctx.clock.now() - self.lag
+        if limit < _next_end(float(self.times[0]), self.stride, self.emitted_end):
+            return ()
+        self.times, self.values, emitted_end, ends, windows = _windows_up_to(
+            self.times, self.values, self.emitted_end, limit, self.size, self.stride, flush=False)
+        self.emitted_end = max(emitted_end, math.floor(limit / self.stride) * self.stride)
         self._account()
         return (_timeval_batch(ends, windows),) if ends else ()
 
@@ -374,13 +396,14 @@ class TimeWindow(StatefulLogic):
 
     def snapshot(self) -> dict:
         return {"times": self.times, "values": self.values, "watermark": self.watermark,
-                "emitted_end": self.emitted_end}
+                "emitted_end": self.emitted_end, "lag": self.lag}
 
     def restore(self, state: dict) -> None:
         self.times = np.asarray(state["times"], dtype=np.float64)
         values = state["values"]
         self.values = list(values) if isinstance(values, tuple) else values
         self.watermark, self.emitted_end = float(state["watermark"]), float(state["emitted_end"])
+        self.lag = None if state.get("lag") is None else float(state["lag"])
         self._account()
 
     def close(self) -> None:
