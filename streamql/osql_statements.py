@@ -12,7 +12,8 @@ from .catalog import StoredFunction
 from .errors import QueryError, QueryNameError, QueryRuntimeError, QueryTypeError
 from .result import Result
 from .streams import ExecContext
-from .values import Bag, Obj, values_equal
+from .types import CHARSTRING
+from .values import Bag, Obj, hashable, values_equal
 
 
 class OsqlStatements:
@@ -45,7 +46,6 @@ class OsqlStatements:
         return count
 
     def store_value(self, function: StoredFunction, key: tuple):
-        from .values import hashable
         return function.values.get(tuple(hashable(a) for a in key))
 
     def _DeleteObject(self, stmt: A.DeleteObject, source: str, ctx: ExecContext) -> Result:
@@ -114,7 +114,6 @@ class CodeLoading:
     federations for queries — refuses to."""
 
     def load_code(self, stmt: A.ExprStatement, source: str, ctx: ExecContext) -> Result:
-        from .types import CHARSTRING
         call = stmt.expr
         name = call.name.lower()
         if len(call.args) != 1:

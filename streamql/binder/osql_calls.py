@@ -9,6 +9,7 @@ from ..bound import TAnd, TCall, TCase, TConst, TExpr, TQuery
 from ..catalog import DerivedFunction
 from ..errors import Span
 from ..types import BOOLEAN, CHARSTRING, Type
+from .queries import Scope
 
 _BINARY = frozenset({"+", "-", "*", "/", "%", "^", ".*", "./", ".^"})
 
@@ -51,7 +52,6 @@ class OsqlCallBinding:
         select = A.Select((A.SelectItem(call, span=span),),
                           (A.Declaration(type_expr(args[position].type.element, span), element, span=span),),
                           A.In(A.Variable(element, span=span), bag, span=span), span=span)
-        from .queries import Scope
         query = self.bind_query(select, Scope(params=params), nested=True)
         outer = set()
         for arg in args:
