@@ -11,8 +11,10 @@ operator finds its state by key.
 is about to read its next item (`QueryState.cut`). A pull-based pipeline asks its source for
 more only after every stage has passed on all it made of the previous items, and the consumer
 has taken them; so the operators' states, the sources' positions and what the consumer has
-received agree. A source read from another thread (`merge`, `pivot`) has no such point: the
-query is then marked not checkpointable (`QueryState.consistent`), and no snapshot is offered.
+received agree. The inputs of `merge` and `pivot` are read in threads of their own
+(physical/merging.py): at a snapshot the query's thread pauses them at their own cuts first
+(`pause_inputs`). A source read from any other thread has no such point: the query is then
+marked not checkpointable (`QueryState.consistent`), and no snapshot is offered.
 
 A snapshot is a plain value (dicts, lists, numbers, numpy arrays) encoded with the codec, never
 pickle: `encode(snapshot)` / `decode(bytes)`; `FORMAT` numbers the layout, and a checkpoint of
@@ -82,31 +84,92 @@ class QueryState:
         self.opaque = 0          # > 0 while a loop that is no operator reads (a bag collected whole)
         self.cuts = 0            # cuts seen (sources about to read)
         self.snapshots = 0       # cuts at which on_cut ran
+        self._lock = threading.Lock()
+        self._local = threading.local()        # an input thread's key prefix (merge#0/1/)
+        self._inputs: set[threading.Thread] = set()   # threads reading merge/pivot inputs
+        self._paused: set[threading.Thread] = set()
+        self._pausing = False
+        self._pause = threading.Condition(self._lock)
 
     # -- operators ----------------------------------------------------------------------------
     def register(self, kind: str, logic) -> str:
         """Keep `logic` (which has snapshot/restore) under the next key of its kind; give it back
         its state when the snapshot being restored has one for that key."""
-        rank = self._ranks.get(kind, 0)
-        self._ranks[kind] = rank + 1
-        key = f"{kind}#{rank}"
-        self._operators[key] = logic
-        state = self._restore.pop(key, None)
+        prefix = getattr(self._local, "prefix", "")
+        with self._lock:
+            rank = self._ranks.get(prefix + kind, 0)
+            self._ranks[prefix + kind] = rank + 1
+            key = f"{prefix}{kind}#{rank}"
+            self._operators[key] = logic
+            state = self._restore.pop(key, None)
         if state is not None:
             logic.restore(state)
             self.restored_keys.append(key)
         return key
 
     def unregister(self, key: str) -> None:
-        self._operators.pop(key, None)
+        with self._lock:
+            self._operators.pop(key, None)
 
     @property
     def operators(self) -> dict[str, Any]:
-        return dict(self._operators)
+        with self._lock:
+            return dict(self._operators)
 
     def snapshot(self) -> dict:
         """Every registered operator's state (call only at a cut)."""
-        return {"format": FORMAT, "operators": {key: logic.snapshot() for key, logic in self._operators.items()}}
+        return {"format": FORMAT, "operators": {key: logic.snapshot() for key, logic in self.operators.items()}}
+
+    # -- input threads (merge, pivot) ---------------------------------------------------------
+    def add_input(self, thread: threading.Thread) -> None:
+        """`thread` will read an input of a merge: its cuts are pause points, not the query's."""
+        with self._lock:
+            self._inputs.add(thread)
+
+    def remove_input(self, thread: threading.Thread) -> None:
+        with self._pause:
+            self._inputs.discard(thread)
+            self._pause.notify_all()
+
+    def enter_input(self, prefix: str) -> None:
+        """In an input thread: the operators it opens are keyed under `prefix`."""
+        self._local.prefix = prefix
+
+    def leave_input(self) -> None:
+        """In an input thread that ends: no snapshot waits for it any longer."""
+        self.remove_input(threading.current_thread())
+
+    def _paused_at_cut(self) -> None:
+        """An input thread at a cut: wait here while the query's thread takes a snapshot."""
+        with self._pause:
+            if not self._pausing:
+                return
+            thread = threading.current_thread()
+            self._paused.add(thread)
+            self._pause.notify_all()
+            while self._pausing:
+                self._pause.wait()
+            self._paused.discard(thread)
+
+    def pause_inputs(self, timeout: float = 5.0) -> bool:
+        """Have every input thread stop at its next cut; False (and none stays paused) when one
+        does not get there in `timeout` seconds (a source with no cut: no snapshot this time)."""
+        deadline = time.monotonic() + timeout
+        with self._pause:
+            self._pausing = True
+            while not self._inputs <= self._paused:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._pausing = False
+                    self._pause.notify_all()
+                    return False
+                self._pause.wait(left)
+            return True
+
+    def resume_inputs(self) -> None:
+        with self._pause:
+            self._pausing = False
+            self._pause.notify_all()
 
     # -- cuts ---------------------------------------------------------------------------------
     def request(self) -> None:
@@ -125,6 +188,9 @@ class QueryState:
     def cut(self) -> None:
         """A source is about to read: every operator is between inputs (module docstring)."""
         thread = threading.current_thread()
+        if thread in self._inputs:
+            self._paused_at_cut()
+            return
         if self._thread is None:
             self._thread = thread
         elif thread is not self._thread:
@@ -134,10 +200,16 @@ class QueryState:
             return   # a source read inside a loop whose state no operator keeps: not a cut
         self.cuts += 1
         if self.on_cut is not None and self.consistent and self.due():
-            self._requested = False
-            self._last = self._clock()
-            self.snapshots += 1
-            self.on_cut(self)
+            if self._inputs and not self.pause_inputs():
+                return   # an input is busy between its cuts: at a later cut
+            try:
+                self._requested = False
+                self._last = self._clock()
+                self.snapshots += 1
+                self.on_cut(self)
+            finally:
+                if self._inputs:
+                    self.resume_inputs()
         if self._stopping:
             raise QueryCancelled("the query was stopped after its checkpoint")
 

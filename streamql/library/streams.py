@@ -10,20 +10,19 @@ node, which runs the same state machine.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 
 import numpy as np
 
-from ..batch import IDLE, Batch
+from ..batch import Batch
 from ..errors import QueryRuntimeError
 from ..physical.sources import take_items
 from ..physical.stateful import Changed, Deadband, Map, SampleEvery, Skip, ZScore, run_logic
 from ..physical.stateful import floats as _floats
+from ..physical.merging import Merge, Pivot
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
-from ..streams import StreamValue, close_items, iter_elements
-from ..values import Timeval, make_vector
+from ..streams import StreamValue, close_items
+from ..values import Timeval
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:
@@ -123,92 +122,18 @@ def timeout(ctx, stream: StreamValue, seconds: float) -> StreamValue:
     return StreamValue(open_, f"timeout({stream.label}, {seconds})")
 
 
-_NOTHING = object()
+def merge(ctx, *streams: StreamValue) -> StreamValue:
+    """Elements of several streams, in order of arrival (physical/merging.py)."""
+    return StreamValue(lambda: Merge(list(streams)).run(ctx), "merge(" + ", ".join(s.label for s in streams) + ")")
 
 
-class _Feeder:
-    """Reads several streams at once, each in its own thread, into one queue (arrival order)."""
-
-    def __init__(self, streams: list[StreamValue], capacity: int = 64):
-        self.streams = streams
-        self.queue: queue.Queue = queue.Queue(maxsize=capacity)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._pump, args=(i, s), daemon=True,
-                                         name=f"streamql-merge-{i}") for i, s in enumerate(streams)]
-
-    def _pump(self, index: int, stream: StreamValue) -> None:
-        items = stream.open()
-        try:
-            for item in items:
-                if self.stop.is_set():
-                    return
-                if item is IDLE:
-                    continue
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put((index, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # noqa: BLE001 - delivered to the reader
-            self.queue.put((index, exc))
-        finally:
-            close_items(items)
-            self.queue.put((index, _DONE))
-
-    def __iter__(self):
-        for thread in self.threads:
-            thread.start()
-        running = len(self.threads)
-        try:
-            while running:
-                try:
-                    index, item = self.queue.get(timeout=0.1)
-                except queue.Empty:
-                    yield None, IDLE
-                    continue
-                if item is _DONE:
-                    running -= 1
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield index, item
-        finally:
-            self.stop.set()
-
-
-_DONE = object()
-
-
-def merge(*streams: StreamValue) -> StreamValue:
-    """Elements of several streams, in order of arrival."""
-    def open_():
-        for _, item in _Feeder(list(streams)):
-            yield item
-    return StreamValue(open_, "merge(" + ", ".join(s.label for s in streams) + ")")
-
-
-def pivot(streams) -> StreamValue:
+def pivot(ctx, streams) -> StreamValue:
     """A vector of the latest element of each stream, on every arrival once each has produced one."""
     streams = list(streams)
     for s in streams:
         if not isinstance(s, StreamValue):
             raise QueryRuntimeError("pivot takes a vector of streams: pivot([s1, s2])")
-
-    def open_():
-        latest = [_NOTHING] * len(streams)
-        missing = len(streams)
-        for index, item in _Feeder(streams):
-            if item is IDLE:
-                yield item
-                continue
-            for element in iter_elements([item]):
-                if latest[index] is _NOTHING:
-                    missing -= 1
-                latest[index] = element
-                if missing == 0:
-                    yield make_vector(list(latest))
-    return StreamValue(open_, "pivot(…)")
+    return StreamValue(lambda: Pivot(streams).run(ctx), "pivot(…)")
 
 
 # ------------------------------------------------------------------------- monitoring
@@ -262,11 +187,12 @@ def register(lib: Library) -> None:
                doc="The 1st, n+1st, 2n+1st, … elements", **tr)
     lib.define("timeout(Stream of T s, Number seconds) -> Stream of T", scalar=timeout, needs_context=True,
                doc="The stream until that many seconds have passed", **tr)
-    lib.define("merge(Vector of Stream of T streams) -> Stream of T", scalar=lambda streams: merge(*streams),
-               doc="Elements of a vector of streams as they arrive (SA Engine's merge([s1, s2]))", **tr)
-    lib.define("merge(Stream of T s...) -> Stream of T", scalar=merge, doc="Elements of several streams as they arrive",
+    lib.define("merge(Vector of Stream of T streams) -> Stream of T", scalar=lambda ctx, streams: merge(ctx, *streams),
+               needs_context=True, doc="Elements of a vector of streams as they arrive (SA Engine's merge([s1, s2]))",
                **tr)
-    lib.define("pivot(Vector of Stream of T streams) -> Stream of Vector of T", scalar=pivot,
+    lib.define("merge(Stream of T s...) -> Stream of T", scalar=merge, needs_context=True,
+               doc="Elements of several streams as they arrive", **tr)
+    lib.define("pivot(Vector of Stream of T streams) -> Stream of Vector of T", scalar=pivot, needs_context=True,
                doc="The latest element of each stream, on every arrival", **tr)
     lib.define("zscore(Stream of Number s, Integer n) -> Stream of Real", scalar=zscore, needs_context=True,
                doc="Each element's z-score against the n elements before it", **tr)
