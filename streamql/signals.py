@@ -157,6 +157,7 @@ class LiveSignal(Signal):
         self._latest: Any = None
         self._latest_time: float | None = None
         self._ended = False
+        self.epoch: str | None = None   # the numbering of position_base (declare_sequence)
 
     # -- producers ---------------------------------------------------------------------------
     def push(self, value: Any, time: float | None = None) -> None:
@@ -211,9 +212,18 @@ class LiveSignal(Signal):
             self._readers.append(queue)
             # the position of its first reading, when readings have positions (position_base)
             position = None if self.position_base is None else self.position_base + self.pushed
+            pushed = self.pushed
         reader = _LiveReader(self, queue)
         reader.position = position
+        reader._pushed_at_open = pushed
         return reader
+
+    def declare_sequence(self, epoch: str, sequence: int) -> None:
+        """The next reading pushed is number `sequence` of the numbering `epoch` (a flow's
+        checkpointed publisher, resuming: its subscribers skip what they had read of it)."""
+        with self._cond:
+            self.position_base = sequence - self.pushed
+            self.epoch = epoch
 
     def _unregister(self, queue: "_LiveQueue") -> None:
         with self._cond:
@@ -238,7 +248,7 @@ class LiveSignal(Signal):
 class _LiveReader:
     """One reader of a LiveSignal; closing or dropping it stops its queue from filling."""
 
-    __slots__ = ("_hub", "_queue", "_items", "position", "__weakref__")
+    __slots__ = ("_hub", "_queue", "_items", "position", "_pushed_at_open", "__weakref__")
 
     def __init__(self, hub: LiveSignal, queue: "_LiveQueue"):
         self._hub = hub
@@ -250,6 +260,15 @@ class _LiveReader:
 
     def __next__(self):
         return next(self._items)
+
+    def sequence(self) -> tuple[int | None, str | None]:
+        """(the position of the first reading this reader got, the numbering it belongs to):
+        asked at its first reading, so a publisher that declared its numbering after the reader
+        opened (before pushing) counts."""
+        hub = self._hub
+        with hub._cond:
+            base = hub.position_base
+            return (None if base is None else base + self._pushed_at_open), hub.epoch
 
     def close(self) -> None:
         if self._queue is not None:

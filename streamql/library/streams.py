@@ -15,14 +15,14 @@ import numpy as np
 
 from ..batch import Batch
 from ..errors import QueryRuntimeError
+from ..physical.flows import Publish
+from ..physical.merging import Merge, Pivot
 from ..physical.sources import take_items
 from ..physical.stateful import Changed, Deadband, Map, SampleEvery, Skip, ZScore, run_logic
 from ..physical.stateful import floats as _floats
-from ..physical.merging import Merge, Pivot
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
 from ..streams import StreamValue, close_items
-from ..values import Timeval
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:
@@ -56,20 +56,10 @@ def twinagg(ctx, stream: StreamValue, size: float, stride: float) -> StreamValue
 
 # ------------------------------------------------------------------------------- transforms
 def publish(ctx, stream: StreamValue, flow: str) -> StreamValue:
-    """Pass a stream through while also delivering it to everyone subscribed to `flow`."""
+    """Pass a stream through while also delivering it to everyone subscribed to `flow`
+    (numbered, so that checkpointed subscribers resume after what they read: physical/flows.py)."""
     hub = ctx.flows.hub(flow)
-
-    def on_batch(item: Batch):
-        hub.push_batch(item.values, item.times)
-        return (item,)
-
-    def on_value(item):
-        if isinstance(item, Timeval):
-            hub.push(item.value, item.time.seconds)
-        else:
-            hub.push(item, None)
-        return (item,)
-    return _stream(stream, f"publish(…, '{flow}')", lambda: Map(on_batch, on_value))
+    return _stream(stream, f"publish(…, '{flow}')", lambda: Publish(hub), ctx)
 
 
 def _stream(stream: StreamValue, label: str, logic, ctx=None) -> StreamValue:

@@ -109,22 +109,48 @@ class SourcePosition(StatefulLogic):
     """The position of a query in a source: how many readings it has read. A source whose
     readings have positions (`base`: the position of the first reading it gives now, as an
     array signal's 0, or an edge's CSV replay started where a checkpoint left off) is skipped
-    to it when restored; a live sensor (`base` None) cannot go back, and goes on from now."""
+    to it when restored; a live sensor (`base` None) cannot go back, and goes on from now.
+
+    A flow's readings are numbered by its checkpointed publisher (`LiveSignal.declare_sequence`),
+    which may declare its numbering after the subscriber opened: such a source gives `sequence`,
+    asked at the first reading, and the numbering's `epoch`; a restored position of another epoch
+    (the publisher started afresh) skips nothing."""
 
     kind = "source"
 
-    def __init__(self, name: str, base: int | None):
+    def __init__(self, name: str, base: int | None, sequence: Callable[[], tuple] | None = None):
         self.name = name
         self.base = base
+        self.sequence = sequence
+        self.epoch: str | None = None
         self.readings = 0 if base is None else base
         self.skip = 0
+        self.restored: dict | None = None
 
     def snapshot(self) -> dict:
-        return {"signal": self.name, "readings": self.readings}
+        state = {"signal": self.name, "readings": self.readings}
+        if self.epoch is not None:
+            state["epoch"] = self.epoch
+        return state
 
     def restore(self, state: dict) -> None:
         self.readings = int(state["readings"])
-        self.skip = max(0, self.readings - self.base) if self.base is not None else 0
+        self.restored = state
+        if self.sequence is None:
+            self.skip = max(0, self.readings - self.base) if self.base is not None else 0
+
+    def first_reading(self) -> None:
+        """A source numbered by `sequence`: where its first reading is, now that one came."""
+        base, self.epoch = self.sequence()
+        self.sequence = None
+        if base is None:
+            return
+        self.base = base
+        if self.restored is not None and self.restored.get("epoch") == self.epoch:
+            self.skip = max(0, self.readings - base)
+            self.readings = max(self.readings, base)
+        else:
+            self.readings = base
 
 
 def positioned(items, ctx, name: str, base: int | None = None):
@@ -133,7 +159,7 @@ def positioned(items, ctx, name: str, base: int | None = None):
     states = getattr(ctx, "states", None)
     if states is None:
         return items
-    return _positioned(items, states, SourcePosition(name, base))
+    return _positioned(items, states, SourcePosition(name, base, getattr(items, "sequence", None)))
 
 
 def _positioned(items, states, position: SourcePosition):
@@ -148,6 +174,8 @@ def _positioned(items, states, position: SourcePosition):
             if item is IDLE:
                 yield item
                 continue
+            if position.sequence is not None:
+                position.first_reading()
             n = len(item) if type(item) is Batch else 1
             if position.skip:
                 if n <= position.skip:

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 import streamql
 from streamql.batch import Batch
 from streamql.checkpoint import Checkpointing, QueryState, decode, encode
-from streamql.physical import merging, stateful, windows
+from streamql.physical import flows, merging, stateful, windows
 from streamql.physical.chunk import Chunk, column_values
 from streamql.physical.stateful import StatefulLogic, run_logic
-from streamql.signals import Signal
+from streamql.signals import LiveSignal, Signal
 from streamql.streams import ExecContext, iter_elements
 from streamql.values import Time, Timeval
 
@@ -183,6 +183,7 @@ CASES = {
     # fed (input index, element) pairs as their Feeder gives them; the threads: QUERIES below
     merging.Merge: (lambda ctx: merging.Merge([None, None]), numbers, "indexed"),
     merging.Pivot: (lambda ctx: merging.Pivot([None, None, None]), numbers, "indexed"),
+    flows.Publish: (lambda ctx: flows.Publish(LiveSignal("f")), numbers, None),
 }
 FUSED_CASES = {   # the fused window (aggregates computed from the batch) beside the plain one
     "tumbling": lambda ctx: windows.CountWindow(4, 4, windows.WindowAggregates(("mean", "max", "rms")), ctx),
@@ -273,6 +274,8 @@ QUERIES = {   # name: (query, the operator kinds it restores)
     "drift": ("select stream of d from Real d where d in drift(signal_stream('s'), 0, 10, 4);", {"count_window"}),
     "distinct": ("select distinct x from Real x where x in signal_stream('s');", {"distinct"}),
     "limit": ("select stream of x from Real x where x in signal_stream('s') limit 9;", {"limit"}),
+    "publish": ("select stream of x from Real x where x in publish(signal_stream('s'), 'f');",
+                {"publish", "source"}),
     "merge": ("select stream of x from Real x where x in merge(skip(signal_stream('s'), 3), "
               "deadband(signal_stream('s'), 20));", {"merge", "skip", "deadband", "source"}),
     "composed": ("select stream of mean(w) from Vector of Real w "
