@@ -17,7 +17,10 @@ import numpy as np
 from .batch import IDLE, Batch
 from .clock import SYSTEM_CLOCK, Clock
 
-REPLAY_BATCH = 65536
+REPLAY_BATCH = 1 << 18
+"""Readings per batch of a recorded series (views of it, never copies: 2 MB of float64). Each
+batch costs a query a few tens of µs of Python whatever its size; at 65,536 that was a third of
+a tumbling mean's time (bench/bench_core.py B1), at this size a tenth."""
 IDLE_TICK = 0.1
 
 
