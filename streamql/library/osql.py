@@ -11,10 +11,12 @@ import sys
 import numpy as np
 
 from ..errors import QueryRuntimeError
+from ..physical.running import RunningMax
+from ..physical.stateful import run_logic
 from ..registry import SOURCE, STREAM, Library
-from ..streams import IDLE, LazyBag, StreamValue, close_items, iter_elements
+from ..streams import LazyBag, StreamValue
 from ..types import INTEGER, REAL, type_of_value
-from ..values import Bag, FunctionRef, Obj, Time, Timeval, brief_value, format_value
+from ..values import Bag, FunctionRef, Obj, Time, Timeval, format_value
 from .sources import iota, vector_stream
 from .vector import _array, _typed_array as _typed, call_by_name
 
@@ -50,24 +52,9 @@ def call_any(ctx, function, values: list):
     return call_by_name(ctx, function.name if isinstance(function, FunctionRef) else str(function), values)
 
 
-def _rmax(stream: StreamValue) -> StreamValue:
+def _rmax(ctx, stream: StreamValue) -> StreamValue:
     """The running maximum of a stream of numbers: each element, the largest so far."""
-    def open_():
-        items = stream.open()
-        best = None
-        try:
-            for item in items:
-                if item is IDLE:   # a slow source's tick: passed on, so limits are still noticed
-                    yield item
-                    continue
-                for element in iter_elements([item]):
-                    if not isinstance(element, (int, float, np.number)) or isinstance(element, bool):
-                        raise QueryRuntimeError(f"rmax needs numbers, not {brief_value(element)}")
-                    best = element if best is None or element > best else best
-                    yield best
-        finally:
-            close_items(items)
-    return StreamValue(open_, f"rmax({stream.label})")
+    return StreamValue(lambda: run_logic(stream.open(), RunningMax(), ctx), f"rmax({stream.label})")
 
 
 def _reduce(ctx, vector, function):
@@ -273,7 +260,7 @@ def register(lib: Library) -> None:
       doc="Column j (from 1) of a matrix: what m[*, j] means")
     d("array(Charstring kind, Vector of Vector of Number m) -> Vector of Vector of Real",
       scalar=lambda kind, m: _typed(kind, m), doc="A typed numeric matrix: array('f32', [[1, 2], [3, 4]])")
-    d("rmax(Stream of Number s) -> Stream of Number", scalar=_rmax, kind=STREAM, lifts=False,
+    d("rmax(Stream of Number s) -> Stream of Number", scalar=_rmax, needs_context=True, kind=STREAM, lifts=False,
       result_type=lambda t, a: t[0], doc="The running maximum of a stream: each element, the largest so far")
     d("call(Object f, Vector args) -> Object", scalar=lambda ctx, f, args: call_any(ctx, f, list(args)),
       needs_context=True, doc="Call a function (a name or #'name', user or library) on a vector of arguments")

@@ -17,6 +17,7 @@ from ..batch import Batch
 from ..errors import QueryRuntimeError
 from ..physical.flows import Publish
 from ..physical.merging import Merge, Pivot
+from ..physical.running import Timeout
 from ..physical.sources import take_items
 from ..physical.stateful import Changed, Deadband, Map, SampleEvery, Skip, ZScore, run_logic
 from ..physical.stateful import floats as _floats
@@ -97,19 +98,7 @@ def sample_every(ctx, stream: StreamValue, n: int) -> StreamValue:
 
 def timeout(ctx, stream: StreamValue, seconds: float) -> StreamValue:
     """The stream until `seconds` have passed since it started, then its end."""
-    clock = ctx.clock
-
-    def open_():
-        deadline = clock.monotonic() + seconds
-        items = stream.open()
-        try:
-            for item in items:
-                if clock.monotonic() >= deadline:
-                    return
-                yield item
-        finally:
-            close_items(items)
-    return StreamValue(open_, f"timeout({stream.label}, {seconds})")
+    return _stream(stream, f"timeout({stream.label}, {seconds})", lambda: Timeout(seconds, ctx.clock), ctx)
 
 
 def merge(ctx, *streams: StreamValue) -> StreamValue:

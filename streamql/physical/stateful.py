@@ -77,6 +77,8 @@ def run_logic(items, logic: StatefulLogic, ctx=None):
                 out = on_batch(item)
             elif item is IDLE:
                 yield from logic.on_timer()
+                if stops and logic.finished:   # timeout: its time passed while the source was quiet
+                    return
                 yield item
                 continue
             else:

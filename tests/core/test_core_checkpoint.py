@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import streamql
 from streamql.batch import Batch
 from streamql.checkpoint import Checkpointing, QueryState, decode, encode
-from streamql.physical import flows, merging, stateful, windows
+from streamql.physical import flows, merging, running, stateful, windows
 from streamql.physical.chunk import Chunk, column_values
 from streamql.physical.stateful import StatefulLogic, run_logic
 from streamql.signals import LiveSignal, Signal
@@ -184,6 +184,9 @@ CASES = {
     merging.Merge: (lambda ctx: merging.Merge([None, None]), numbers, "indexed"),
     merging.Pivot: (lambda ctx: merging.Pivot([None, None, None]), numbers, "indexed"),
     flows.Publish: (lambda ctx: flows.Publish(LiveSignal("f")), numbers, None),
+    running.RunningMax: (lambda ctx: running.RunningMax(), numbers, None),
+    # its time passing (a clock moved by the test): tests/core/test_core_timers.py
+    running.Timeout: (lambda ctx: running.Timeout(3600.0, ctx.clock), numbers, None),
 }
 FUSED_CASES = {   # the fused window (aggregates computed from the batch) beside the plain one
     "tumbling": lambda ctx: windows.CountWindow(4, 4, windows.WindowAggregates(("mean", "max", "rms")), ctx),
@@ -276,6 +279,9 @@ QUERIES = {   # name: (query, the operator kinds it restores)
     "limit": ("select stream of x from Real x where x in signal_stream('s') limit 9;", {"limit"}),
     "publish": ("select stream of x from Real x where x in publish(signal_stream('s'), 'f');",
                 {"publish", "source"}),
+    "rmax": ("select stream of x from Real x where x in rmax(signal_stream('s'));", {"rmax", "source"}),
+    "timeout": ("select stream of x from Real x where x in timeout(signal_stream('s'), 3600);",
+                {"timeout", "source"}),
     "merge": ("select stream of x from Real x where x in merge(skip(signal_stream('s'), 3), "
               "deadband(signal_stream('s'), 20));", {"merge", "skip", "deadband", "source"}),
     "composed": ("select stream of mean(w) from Vector of Real w "

@@ -18,7 +18,7 @@ import streamql
 from streamql.batch import IDLE, Batch
 from streamql.checkpoint import QueryState, decode, encode
 from streamql.clock import FakeClock
-from streamql.physical import windows
+from streamql.physical import running, windows
 from streamql.physical.stateful import run_logic
 from streamql.signals import LiveSignal
 from streamql.streams import ExecContext, iter_elements
@@ -170,3 +170,41 @@ def test_idle_ticks_close_windows_that_only_the_end_of_the_stream_closed_before(
         got.extend(_elements([item], clock))
     # emitted at the tick of 10.5 (the end 10.0 plus the lag, 10.0 - 9.5, had passed), not at the end
     assert got == [(10.5, 10.0, [1.0, 2.0])]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_timeout_restored_has_the_time_it_had_left(data):
+    """timeout(s, 3): elements until 3 s of the query's clock have passed (idle ticks end it too).
+    Stopped at any step and restored after a downtime of 100 s (the clock jumps), the rest gives
+    what the uninterrupted run gave: the downtime does not count."""
+    steps, now = [], 50.0
+    for _ in range(data.draw(st.integers(0, 25))):
+        now += data.draw(st.sampled_from([0.1, 0.4, 1.0]))
+        steps.append((now, IDLE if data.draw(st.booleans()) else float(data.draw(st.integers(0, 9)))))
+
+    def run(steps_, clock, ctx, **stop):
+        return run_logic(_ticked(clock, steps_, ctx=ctx, **stop), running.Timeout(3.0, ctx.clock), ctx)
+
+    clock = FakeClock(50.0)
+    whole = [x for x in run(steps, clock, ExecContext(None, clock=clock)) if x is not IDLE]
+    cut = data.draw(st.integers(0, len(steps)))
+    clock = FakeClock(50.0)
+    ctx = ExecContext(None, clock=clock)
+    ctx.states = QueryState()
+    saved: dict = {}
+    before = []
+    try:
+        for x in run(steps, clock, ctx, stop_at=cut, saved=saved):
+            if x is not IDLE:
+                before.append(x)
+    except _Crash:
+        pass
+    after = []
+    if "bytes" in saved:
+        later = FakeClock(clock.now() + 100.0)   # restarted after 100 s down
+        ctx2 = ExecContext(None, clock=later)
+        ctx2.states = QueryState(restore=decode(saved["bytes"]))
+        shifted = [(t + 100.0, item) for t, item in steps[cut:]]
+        after = [x for x in run(shifted, later, ctx2) if x is not IDLE]
+    assert before + after == whole
