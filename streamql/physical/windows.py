@@ -339,6 +339,7 @@ class TimeWindow(StatefulLogic):
         self.watermark = -math.inf
         self.emitted_end = -math.inf
         self.lag: float | None = None   # the longest from an event's time stamp to its arrival
+        self.slack = 0.0           # after a restore, until an event comes: the downtime (below)
         self.held = 0              # bytes of events waiting for their windows, accounted in ctx
 
     def on_value(self, item):
@@ -360,6 +361,7 @@ class TimeWindow(StatefulLogic):
         lag = ctx.clock.now() - float(new_times.min())
         if self.lag is None or lag > self.lag:
             self.lag = lag
+        self.slack = 0.0
         times, values = _merge_sorted(self.times, self.values, new_times, new_values)
         self.watermark = watermark = max(self.watermark, float(new_times.max()))
         self.times, self.values, emitted_end, ends, windows = _windows_up_to(times, values, self.emitted_end,
@@ -373,7 +375,7 @@ class TimeWindow(StatefulLogic):
         """Time passed without events: close the windows no event still to come can reach."""
         if self.lag is None or not len(self.times):
             return ()
-        limit = self.ctx.clock.now() - self.lag
+        limit = self.ctx.clock.now() - self.lag - self.slack
         if limit < _next_end(float(self.times[0]), self.stride, self.emitted_end):
             return ()
         self.times, self.values, emitted_end, ends, windows = _windows_up_to(
@@ -396,7 +398,7 @@ class TimeWindow(StatefulLogic):
 
     def snapshot(self) -> dict:
         return {"times": self.times, "values": self.values, "watermark": self.watermark,
-                "emitted_end": self.emitted_end, "lag": self.lag}
+                "emitted_end": self.emitted_end, "lag": self.lag, "at": self.ctx.clock.now()}
 
     def restore(self, state: dict) -> None:
         self.times = np.asarray(state["times"], dtype=np.float64)
@@ -404,6 +406,10 @@ class TimeWindow(StatefulLogic):
         self.values = list(values) if isinstance(values, tuple) else values
         self.watermark, self.emitted_end = float(state["watermark"]), float(state["emitted_end"])
         self.lag = None if state.get("lag") is None else float(state["lag"])
+        # a source may restart with its time stamps further behind the clock by the downtime (a
+        # replay of recorded times starts again where it was): until its first event shows the
+        # delay now, the timer allows for the downtime too
+        self.slack = max(0.0, self.ctx.clock.now() - float(state["at"])) if state.get("at") is not None else 0.0
         self._account()
 
     def close(self) -> None:

@@ -208,3 +208,40 @@ def test_a_timeout_restored_has_the_time_it_had_left(data):
         shifted = [(t + 100.0, item) for t, item in steps[cut:]]
         after = [x for x in run(shifted, later, ctx2) if x is not IDLE]
     assert before + after == whole
+
+
+def test_a_replay_of_recorded_times_restored_after_a_downtime_closes_no_window_ahead_of_it():
+    """Recorded times, replayed at their pace (arriving 1000 s after their stamps), stopped, and
+    restored 100 s later: the replay starts again where it was, now 1100 s behind the clock. The
+    timer must not close windows the replay has not reached (they would lose their events)."""
+    times = [0.2 * i for i in range(40)]   # 8 s of readings
+
+    def steps(start: float, first: int, lag: float):
+        out = []
+        for i in range(first, len(times)):
+            out.append((times[i] + lag, Batch(np.array([float(i)]), np.array([times[i]]))))
+            out.append((times[i] + lag + 0.1, IDLE))
+        return out
+
+    clock = FakeClock(1000.0)
+    ctx = ExecContext(None, clock=clock)
+    whole = [e[1:] for e in _elements(run_logic(_ticked(clock, steps(1000.0, 0, 1000.0)),
+                                                windows.TimeWindow(1.0, 1.0, ctx), ctx))]
+    clock = FakeClock(1000.0)
+    ctx = ExecContext(None, clock=clock)
+    ctx.states = QueryState()
+    saved: dict = {}
+    cut = 2 * 17   # at reading 17 (3.4 s)
+    before = []
+    try:
+        for item in run_logic(_ticked(clock, steps(1000.0, 0, 1000.0), stop_at=cut, saved=saved, ctx=ctx),
+                              windows.TimeWindow(1.0, 1.0, ctx), ctx):
+            before.extend(e[1:] for e in _elements([item]))
+    except _Crash:
+        pass
+    later = FakeClock(clock.now() + 100.0)
+    ctx2 = ExecContext(None, clock=later)
+    ctx2.states = QueryState(restore=decode(saved["bytes"]))
+    resumed = [(later.now() + 0.05, IDLE)] + steps(0, 17, later.now() + 0.1 - times[17])
+    after = [e[1:] for e in _elements(run_logic(_ticked(later, resumed), windows.TimeWindow(1.0, 1.0, ctx2), ctx2))]
+    assert before + after == whole
