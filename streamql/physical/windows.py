@@ -274,7 +274,25 @@ def _reduce_tumbling(view: np.ndarray, name: str, out: np.ndarray) -> None:
         np.sqrt(np.true_divide(out, view.shape[1], out=out), out=out)
 
 
+SLIDING_BLOCK = 65536   # elements of a batch reduced at once: the running sums stay in cache
+
+
 def _reduce_sliding(data: np.ndarray, size: int, stride: int, count: int, names) -> np.ndarray:
+    """Each window's aggregates, a block of windows at a time (a batch of 2 MB reduced whole
+    builds running sums that leave the cache, twice as slow)."""
+    per = max(1, (SLIDING_BLOCK - size) // stride + 1)
+    if count <= per:
+        return _reduce_sliding_block(data, size, stride, count, names)
+    out = np.empty((count, len(names)))
+    for first in range(0, count, per):
+        k = min(per, count - first)
+        start = first * stride
+        out[first:first + k] = _reduce_sliding_block(data[start:start + (k - 1) * stride + size], size, stride, k,
+                                                     names)
+    return out
+
+
+def _reduce_sliding_block(data: np.ndarray, size: int, stride: int, count: int, names) -> np.ndarray:
     starts = np.arange(count) * stride
     out = np.empty((count, len(names)))
     sums = squares = view = None
