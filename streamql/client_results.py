@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
@@ -23,9 +23,6 @@ from . import codec
 from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLimitError, QueryNameError,
                      QueryParseError, QueryRuntimeError, QueryTypeError, QueryValidationError, Span, StoreError)
 from .fleet_status import StatusReport
-
-if TYPE_CHECKING:
-    from .client import Federation
 
 __all__ = ["FederationResult", "AsyncFederationResult", "FederationRequestError", "FederationUnavailable",
            "error_from", "MSGPACK", "NDJSON"]
@@ -281,7 +278,7 @@ class AsyncFederationResult(_ResultBase):
     before the exception goes on, and a result dropped unfinished closes its connection and lets
     go of its session when it is collected (no "Unclosed client session", no traceback)."""
 
-    def __init__(self, federation: Federation, text: str, limits: dict | None):
+    def __init__(self, federation: Any, text: str, limits: dict | None):   # client.Federation (imports this module)
         self.federation, self.text, self.limits = federation, text, limits
         self.columns, self.types, self.kind = [], [], ""
         self.status = None

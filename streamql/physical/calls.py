@@ -176,9 +176,11 @@ def batch_caller(fn, scalar, batch, args: list[Compiled], null_propagating: bool
         return per_row(chunk, columns)
 
     constants = [a.const for a in args]
-    if (len(args) == 2 and constants.count(True) == 1 and batch is not None and batch_scalars
-            and not needs_context and not widens and not (null_propagating and args[constants.index(True)].value is None)):
-        return _with_one_constant(per_row, batch, args, constants.index(True), name, span)
+    if len(args) == 2 and constants.count(True) == 1:
+        at = constants.index(True)
+        if (batch is not None and batch_scalars and not needs_context and not widens
+                and not (null_propagating and args[at].value is None)):
+            return _with_one_constant(per_row, batch, args, at, name, span)
     return run
 
 

@@ -45,8 +45,8 @@ class Feeder:
         self.stop = threading.Event()
         self.replay: list = []
         self.handing: dict[int, Any] = {}   # index → the element its thread waits to put
-        self.threads = [threading.Thread(target=self._pump, args=(i, s), daemon=True,
-                                         name=f"streamql-merge-{i}") for i, s in enumerate(streams) if i not in self.done]
+        self.threads = [threading.Thread(target=self._pump, args=(i, s), daemon=True, name=f"streamql-merge-{i}")
+                        for i, s in enumerate(streams) if i not in self.done]
 
     def _pump(self, index: int, stream) -> None:
         states = self.states

@@ -31,8 +31,8 @@ from ..streams import close_items, iter_elements
 from ..values import Timeval, brief_value, hashable, values_equal
 from .chunk import Chunk, column_values, concat_chunks
 
-__all__ = ["StatefulLogic", "run_logic", "opened", "closed", "positioned", "floats", "Map", "Skip", "FirstN", "Changed", "Deadband",
-           "SampleEvery", "ZScore", "Limit", "Collect", "Distinct", "SourcePosition"]
+__all__ = ["StatefulLogic", "run_logic", "opened", "closed", "positioned", "floats", "Map", "Skip", "FirstN",
+           "Changed", "Deadband", "SampleEvery", "ZScore", "Limit", "Collect", "Distinct", "SourcePosition"]
 
 
 class StatefulLogic:
