@@ -140,3 +140,53 @@ def test_a_csv_replay_resumes_at_the_checkpoints_position(tmp_path):
     batch = next(reader)
     assert batch.values.tolist() == [float(i) for i in range(7, 20)] and driver.signal.position_base == 7
     assert reader.position == 7 and driver.signal.open().position == 20   # a late reader starts at 20
+
+
+def test_a_subscriber_of_a_local_flow_resumes_after_its_last_element(tmp_path):
+    """Two autostart queries: one publishes a replayed signal into a local flow, the other
+    subscribes to it. Killed, the publisher's last checkpoint on disk is its first one (4 elements)
+    while the subscriber had read all 40; restarted, the publisher publishes elements 5…40 again
+    and the subscriber, resumed by the flow's sequence numbers, publishes none of them again."""
+    data = [float(i) for i in range(40)]
+    publisher_text = "select stream of x from Real x where x in publish(signal_stream('s'), 'local');"
+    subscriber_text = "select stream of x from Real x where x in subscribe('local');"
+
+    class KilledAfterFirst(CheckpointStore):   # the publisher's later checkpoints never reach the disk
+        def save(self, name, data):
+            if not self.saved:
+                super().save(name, data)
+            self.saved += 1
+
+    buffer = StoreForwardBuffer(tmp_path / "buffer")
+
+    def emit(spec, n, cols, names, progress=None):
+        record = {"flow": spec.flow, "n": n, "cols": cols, "names": names}
+        if progress is not None:
+            record["progress"] = progress
+        return buffer.append(record)
+
+    def run(publisher_store, subscriber_store):
+        engine = streamql.Engine()
+        engine.add_signal("s", ArraySignal("s", np.array(data), batch_size=4))
+        subscriber = AutostartQuery(engine, AutostartSpec("b", "autostart/sub.sql", 1, subscriber_text, "b/sub", "1"),
+                                    emit, log=LOG, checkpoints=subscriber_store, checkpoint_interval_s=60,
+                                    buffer=buffer).start()
+        assert subscriber.ready.wait(5)            # open before anything is published
+        publisher = AutostartQuery(engine, AutostartSpec("b", "autostart/pub.sql", 1, publisher_text, "b/pub", "1"),
+                                   emit, log=LOG, checkpoints=publisher_store, checkpoint_interval_s=60,
+                                   buffer=buffer).start()
+        assert publisher.join(10)                  # the replay ends: the publisher is done
+        time.sleep(0.5)                            # the subscriber takes what was published
+        subscriber.stop()
+        assert subscriber.join(5)
+        return publisher, subscriber
+
+    def subscribed() -> list:
+        return [v for _, record in buffer.read_from(1, 10_000) if record["flow"] == "b/sub"
+                for v in record["cols"][0]]
+
+    run(KilledAfterFirst(tmp_path / "pub"), CheckpointStore(tmp_path / "sub"))
+    assert subscribed() == data
+    publisher, subscriber = run(CheckpointStore(tmp_path / "pub"), CheckpointStore(tmp_path / "sub"))
+    assert publisher.checkpoint.startswith("restored") and subscriber.checkpoint.startswith("restored")
+    assert subscribed() == data                    # nothing published twice
