@@ -358,6 +358,25 @@ def test_plans_differ_fused_and_unfused():
     assert fused.explain(text) != plain_engine.explain(text)
 
 
+STREAM_FUNCTIONS = {   # every library function from streams to a stream: the kind of operator it runs
+    "changed": "changed", "deadband": "deadband", "drift": "count_window", "first_n": "first_n",
+    "merge": "merge", "pivot": "pivot", "publish": "publish", "rmax": "rmax", "sample_every": "sample_every",
+    "skip": "skip", "timeout": "timeout", "twinagg": "time_window", "winagg": "count_window", "zscore": "zscore",
+    "extract": None,   # the stream itself: no state
+}
+
+
+def test_every_stream_function_runs_an_operator_with_a_property_test():
+    """A new function from streams to a stream (a closure keeping state would escape the class
+    search below) fails here until it says which operator holds its state, or that it holds none."""
+    library = streamql.Engine().library
+    found = {f.name for f in library.all()
+             if any("Stream" in str(p.type) for p in f.params) and "Stream" in str(f.result)}
+    assert found == set(STREAM_FUNCTIONS), f"stream functions with no entry here: {sorted(found ^ set(STREAM_FUNCTIONS))}"
+    tested = {cls.kind for cls, case in CASES.items() if case is not None}
+    assert {k for k in STREAM_FUNCTIONS.values() if k is not None} <= tested
+
+
 def test_every_stateful_operator_has_a_property_test():
     """An operator class holding state, found in the code, with no stop-and-restore case fails here."""
     found = stateful_classes()
