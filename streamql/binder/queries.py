@@ -2,6 +2,7 @@
 generator forms), select items, aggregates over rows and groups, and the query's kind."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .. import ast as A
@@ -57,7 +58,25 @@ class QueryBinding:
         if isinstance(statement, A.ExprStatement):
             statement = A.Select((A.SelectItem(statement.expr, span=statement.expr.span),),
                                  span=statement.span)
-        return self.bind_query(statement, None)
+        query = self.bind_query(statement, None)
+        if self._lone_truth_value(statement, query):
+            # OSQL's toploop: a predicate statement gives true or nothing (`1 < 2 and 3 < 2;` prints
+            # no row); the predicate becomes the filter, so a false one yields an empty bag.
+            item = statement.items[0]
+            name = item.alias or self._column_name(item.expr)
+            statement = dataclasses.replace(statement, where=item.expr, items=(
+                A.SelectItem(A.Literal(True, span=item.expr.span), alias=name, span=item.span),))
+            query = self.bind_query(statement, None)
+        return query
+
+    @staticmethod
+    def _lone_truth_value(statement: A.Select, query: BoundQuery) -> bool:
+        """A statement that computes one truth value and binds no variables (`less('b', 'a');`,
+        `select 1 < 2;`); a query over variables keeps false as a value (SQL's habit)."""
+        return (statement.items is not None and len(statement.items) == 1 and not statement.declarations
+                and statement.where is None and not statement.group_by and statement.having is None
+                and statement.kind is None and not statement.into and not query.aggregate_query
+                and len(query.items) == 1 and query.items[0][1].type == BOOLEAN)
 
     def bind_query(self, select: A.Select, outer: Scope | None, nested: bool = False) -> BoundQuery:
         state = QueryState()
