@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from . import ast as A
 from .catalog import StoredFunction
 from .errors import QueryError, QueryNameError, QueryRuntimeError, QueryTypeError
 from .result import Result
 from .streams import ExecContext
-from .values import Bag, Obj, values_equal
+from .types import value_fits
+from .values import Bag, Obj, brief_value, values_equal
 
 
 class OsqlStatements:
@@ -25,6 +28,7 @@ class OsqlStatements:
         count = 0
         for row in rows:
             *args, value = row if isinstance(row, tuple) else (row,)
+            check_parts(value, function, stmt.value, source)
             key = tuple(args)
             old = self.store_value(function, key)
             if stmt.mode == "add":
@@ -164,3 +168,19 @@ class CodeLoading:
             if result.kind == "stream":
                 result.close()
         return len(results)
+
+
+def check_parts(value, function, node: A.Node, source: str) -> None:
+    """A tuple result's value: one value per part, each of its part's type."""
+    if not function.parts or value is None:
+        return
+    if isinstance(value, Bag):
+        for item in value:
+            check_parts(item, function, node, source)
+        return
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != len(function.parts):
+        raise QueryTypeError(f"{function.name} holds tuples of {len(function.parts)} parts "
+                             f"({', '.join(n for n, _ in function.parts)}), not {brief_value(value)}", node.span, source)
+    for (name, part_type), part in zip(function.parts, value):
+        if part is not None and not value_fits(part, part_type) and not (part_type.name == "Real" and isinstance(part, int)):
+            raise QueryTypeError(f"{function.name}'s {name} is {part_type}, not {brief_value(part)}", node.span, source)

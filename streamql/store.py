@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ast as A, codec
-from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType, result_text
 from .errors import StoreError
 from .types import BUILTIN_NAMES, SHORT_FORMS, Type, TypeLattice
 from .values import Obj, hashable
@@ -319,7 +319,7 @@ class Store:
                 if isinstance(function, StoredFunction):
                     params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
                     statements.append(f"create function {function.name}({params}) -> "
-                                      f"{_type_source(function.result)} as stored")
+                                      f"{result_text(function.result, function.parts)} as stored")
         derived = [f for functions in self.functions.values() for f in functions
                    if isinstance(f, (DerivedFunction, ProceduralFunction, ForeignFunction))]
         for function in _derived_in_call_order(derived):
