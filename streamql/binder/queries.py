@@ -124,6 +124,7 @@ class QueryBinding:
             for term in A.conjuncts(select.where):
                 conjuncts.extend(self._bind_where_term(term, scope, variables))
 
+            conjuncts.extend(self._index_generators(select, scope, conjuncts))
             state.aggregate_context = bool(select.group_by) or select.having is not None
             state.group_keys = [self.bind_expr(e, scope) for e in select.group_by]
             items = self._bind_items(select, scope, variables)
@@ -379,6 +380,27 @@ class QueryBinding:
                 return [self.bind_conjunct(A.In(whole, term.collection, span=term.span), scope),
                         self.bind_conjunct(A.Compare("=", term.element, whole, span=term.span), scope)]
         return [self.bind_conjunct(term, scope)]
+
+    def _index_generators(self, select: A.Select, scope: Scope, conjuncts: list[Conjunct]) -> list[Conjunct]:
+        """OSQL: an Integer variable nothing else binds, used as an index (`v = w[i]`, `select i,
+        b[i] from Integer i`), ranges over the indexes of what it indexes: `i in iota(1, dim(w))`."""
+        targets = {t for c in conjuncts for t in c.targets}
+        nodes = [select.where] + [item.expr for item in select.items or ()]
+        found = []
+        for written, variable in scope.variables.items():
+            if variable.hidden or variable.name in targets or variable.type != INTEGER:
+                continue
+            for node in (n for root in nodes if root is not None for n in root.walk()):
+                if isinstance(node, A.Index) and isinstance(node.index, A.Variable) \
+                        and node.index.name.lower() == written and not any(
+                            isinstance(n, A.Variable) and n.name.lower() == written for n in node.target.walk()):
+                    span = node.span
+                    indexes = A.Call("iota", (A.Literal(1, span=span), A.Call("dim", (node.target,), span=span)),
+                                     span=span)
+                    found.append(self.bind_conjunct(A.In(A.Variable(written, span=node.index.span), indexes,
+                                                         span=span), scope))
+                    break
+        return found
 
     def bind_conjunct(self, term: A.Expr, scope: Scope) -> Conjunct:
         """A where-term, with its generator form when it has one."""
