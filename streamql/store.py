@@ -396,7 +396,7 @@ def _derived_in_call_order(functions: list) -> list:
     names = {f.name.lower() for f in functions}
     calls = {}
     for function in functions:
-        body = function.body
+        body = getattr(function, "body", None)   # a foreign function has none: it calls no other
         called = {n.name.lower() for n in body.walk() if isinstance(n, A.Call)} if isinstance(body, A.Node) else set()
         calls[id(function)] = (called & names) - {function.name.lower()}
     ordered, done, pending = [], set(), list(functions)
