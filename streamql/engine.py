@@ -90,7 +90,7 @@ class LocalCatalog:
         return self.engine._signal_types.get(name)
 
     def signal_names(self) -> list[str]:
-        return self.engine.signals.names()
+        return self.engine.signals.names() + self.engine._statements.script_signal_names()
 
     def model(self, name: str):
         return self.engine.models.find(name)

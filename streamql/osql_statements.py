@@ -18,8 +18,74 @@ from .types import value_fits
 from .values import Bag, Obj, brief_value, values_equal
 
 
+SIGNAL_ROOT = "Signal"
+SIGNAL_SETTERS = ("ts_signal_stream", "signal_stream")
+
+
 class OsqlStatements:
-    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into."""
+    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into, and signals a
+    script defines (`create type ns:signal under Signal`, `set ts_signal_stream(s) = …`)."""
+
+    # ------------------------------------------------------------------- signals of scripts
+    def ensure_signal_root(self) -> None:
+        """`under Signal` makes the root type on first use: objects with a `name` and the source
+        text of their stream (`signal_source`), stored, so they are saved and restored as data."""
+        from .registry import Param
+        from .types import CHARSTRING, Type
+        if self.store.user_type(SIGNAL_ROOT) is not None:
+            return
+        user = self.store.create_type(SIGNAL_ROOT)
+        for name in ("name", "signal_source"):
+            self.store.add_function(StoredFunction(name, (Param("s", Type(SIGNAL_ROOT)),), CHARSTRING))
+            self.store.add_property(user, name)
+
+    def signal_definition(self, stmt: A.SetFunction, source: str) -> A.SetFunction | None:
+        """`set ts_signal_stream(s) = <stream>` of a signal object keeps the stream's text in
+        signal_source(s); the stream is made anew from it each time the signal is read."""
+        if stmt.function.lower() not in SIGNAL_SETTERS or stmt.mode != "set" or len(stmt.args) != 1 \
+                or self.store.user_functions(stmt.function) or self.store.user_type(SIGNAL_ROOT) is None:
+            return None
+        own = {d.name.lower() for d in stmt.declarations}
+        if any(isinstance(n, A.Variable) and n.name.lower() in own for n in stmt.value.walk()):
+            raise QueryTypeError("a signal's stream is one expression of its own: it cannot use the variables of "
+                                 "the set statement", stmt.value.span, source)
+        bound = self._binder(source).bind_expr(stmt.value, None)
+        if not bound.type.is_stream:
+            raise QueryTypeError(f"a signal's stream is a Stream, not {bound.type}", stmt.value.span, source)
+        text = source[stmt.value.span.start:stmt.value.span.end] if stmt.value.span else None
+        return replace(stmt, function="signal_source", value=A.Literal(text, span=stmt.value.span))
+
+    def script_signal_stream(self, ctx: ExecContext, key, stamped: bool):
+        """The stream of a signal a script defined (an object, or its name), or None."""
+        from .binder import Binder
+        from .syntax import parse
+        signal = key if isinstance(key, Obj) else self.script_signal_named(key)
+        if signal is None:
+            return None
+        text = self.store_value(self._signal_function("signal_source"), (signal,))
+        if text is None:
+            raise QueryRuntimeError(f"signal {self._signal_name(signal)} has no stream: set ts_signal_stream(s) = …")
+        expr = parse(text + ";").statements[0].expr
+        stream = self.engine.evaluate(Binder(self.engine.catalog, text).bind_expr(expr, None), text, None, ctx)
+        return stamped_stream(stream, ctx, stamped, self._signal_name(signal))
+
+    def script_signal_named(self, name: str):
+        function = self._signal_function("name")
+        if function is None:
+            return None
+        return next((args[0] for args, value in function.values.items() if value == name), None)
+
+    def script_signal_names(self) -> list[str]:
+        function = self._signal_function("name")
+        return [v for v in function.values.values() if isinstance(v, str)] if function is not None else []
+
+    def _signal_function(self, name: str):
+        return next((f for f in self.store.user_functions(name) if isinstance(f, StoredFunction)
+                     and len(f.params) == 1 and f.params[0].type.name == SIGNAL_ROOT), None)
+
+    def _signal_name(self, signal) -> str:
+        name = self.store_value(self._signal_function("name"), (signal,))
+        return repr(name) if name is not None else str(signal)
 
     def _add_or_remove(self, function: StoredFunction, stmt: A.SetFunction, rows: list, source: str) -> int:
         """`add f(x) = v` puts v into f(x)'s bag (a value of a single-valued f is replaced);
@@ -184,3 +250,37 @@ def check_parts(value, function, node: A.Node, source: str) -> None:
     for (name, part_type), part in zip(function.parts, value):
         if part is not None and not value_fits(part, part_type) and not (part_type.name == "Real" and isinstance(part, int)):
             raise QueryTypeError(f"{function.name}'s {name} is {part_type}, not {brief_value(part)}", node.span, source)
+
+
+def stamped_stream(stream, ctx: ExecContext, stamped: bool, name: str):
+    """A script signal's stream as ts_signal_stream gives it (each value with its time: its own,
+    or now) or as signal_stream does (the values)."""
+    from .batch import IDLE, Batch
+    from .streams import StreamValue, close_items
+    from .values import Time, Timeval
+
+    def open_():
+        items = stream.open()
+        try:
+            for item in items:
+                if item is IDLE:
+                    yield item
+                elif type(item) is Batch and item.times is None and len(item) and isinstance(item.values[0], Timeval):
+                    values = list(item.values)   # a batch of Timevals: their own times
+                    if stamped:
+                        yield Batch([v.value for v in values], np.array([v.time.seconds for v in values]))
+                    else:
+                        yield Batch([v.value for v in values])
+                elif type(item) is Batch:
+                    if stamped:
+                        yield item if item.times is not None else Batch(item.values, np.full(len(item.values),
+                                                                                              ctx.clock.now()))
+                    else:
+                        yield Batch(item.values) if item.times is not None else item
+                elif isinstance(item, Timeval):
+                    yield item if stamped else item.value
+                else:
+                    yield Timeval(Time(ctx.clock.now()), item) if stamped else item
+        finally:
+            close_items(items)
+    return StreamValue(open_, f"{'ts_' if stamped else ''}signal_stream({name})")

@@ -18,7 +18,7 @@ from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTy
 from .registry import Param
 from .library.foreign import resolve_foreign
 from .models import Model, load_model_file
-from .osql_statements import CodeLoading, OsqlStatements, check_parts
+from .osql_statements import SIGNAL_ROOT, CodeLoading, OsqlStatements, check_parts
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, bag_of, canonical_builtin, type_of_value, value_fits, vector_of
@@ -48,6 +48,8 @@ class StatementRunner(OsqlStatements, CodeLoading):
     def _CreateType(self, stmt: A.CreateType, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         with self.store.transaction():
+            if any(t.lower() == SIGNAL_ROOT.lower() for t in stmt.supertypes):
+                self.ensure_signal_root()   # `under Signal`: a script defines signals
             try:
                 user = self.store.create_type(stmt.name, stmt.supertypes)
             except StoreError as exc:
@@ -256,6 +258,7 @@ class StatementRunner(OsqlStatements, CodeLoading):
         return self._done(f":{stmt.name} set", stmt, source)
 
     def _SetFunction(self, stmt: A.SetFunction, source: str, ctx: ExecContext) -> Result:
+        stmt = self.signal_definition(stmt, source) or stmt
         functions = [f for f in self.store.user_functions(stmt.function) if len(f.params) == len(stmt.args)]
         if not functions:
             raise QueryNameError(f"no stored function {stmt.function} with {len(stmt.args)} arguments",

@@ -356,6 +356,9 @@ class ToAst(OsqlForms, Transformer):
         name, _, of = children
         return A.TypeExpr(str(name), of, span=_span(children))
 
+    def type_ref(self, children):
+        return self.type_name(children)
+
     def type_name(self, children):
         child = children[0]
         return child if child.type == "NAME_VALUE" else Token("NAME_VALUE", child.value, child.start_pos,
