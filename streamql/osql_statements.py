@@ -18,6 +18,7 @@ from .types import value_fits
 from .values import Bag, Obj, brief_value, values_equal
 
 
+_MISSING = object()
 SIGNAL_ROOT = "Signal"
 SIGNAL_SETTERS = ("ts_signal_stream", "signal_stream")
 
@@ -147,6 +148,56 @@ class OsqlStatements:
             return self._done(f"committed to {path}", stmt, source)
         engine.return_to_saved()
         return self._done("rolled back to the last commit", stmt, source)
+
+    # ------------------------------------------------------------------------- scans
+    def _OpenCursor(self, stmt: A.OpenCursor, source: str, ctx: ExecContext) -> Result:
+        """OSQL's scan: the query's rows, fetched one at a time (a huge bag is never held)."""
+        cursors = self.__dict__.setdefault("cursors", {})
+        scanned = stmt.expr.query if isinstance(stmt.expr, A.Subquery) else stmt.expr   # its rows: tuples
+        if scanned.span is not None:
+            text = source[scanned.span.start:scanned.span.end]
+        else:
+            from .printer import to_source
+            text = to_source(scanned)
+        try:
+            rows = self.engine.query(text + ";")
+        except QueryError as exc:   # placed in the open statement, not in the expression alone
+            raise type(exc)(exc.message, stmt.expr.span, source) from None
+        old = cursors.pop(stmt.name.lower(), None)
+        if old is not None:
+            old.close()
+        cursors[stmt.name.lower()] = rows
+        return self._done(f"cursor :{stmt.name} opened", stmt, source)
+
+    def _FetchCursor(self, stmt: A.FetchCursor, source: str, ctx: ExecContext) -> Result:
+        rows = self._cursor(stmt.name, stmt, source)
+        row = next(rows, _MISSING)
+        if not stmt.into:
+            width = len(rows.columns)
+            values = () if row is _MISSING else (row,) if width == 1 else row
+            items = [] if row is _MISSING else [{f"$c{i}": v for i, v in enumerate(values)}]
+            return Result(list(rows.columns), list(rows.types), "bag", iter(items), statement=source)
+        if row is _MISSING:   # the end of the scan: the variables keep their values
+            return self._done(f"cursor :{stmt.name} has no more rows", stmt, source)
+        values = row if isinstance(row, tuple) else (row,)
+        if len(values) != len(stmt.into):
+            raise QueryTypeError(f"fetch … into takes one variable per value: {len(values)} values, "
+                                 f"{len(stmt.into)} variables", stmt.span, source)
+        with self.store.transaction():
+            for name, value in zip(stmt.into, values):
+                self.store.set_session(name, value)
+        return self._done("fetched into " + ", ".join(f":{n}" for n in stmt.into), stmt, source)
+
+    def _CloseCursor(self, stmt: A.CloseCursor, source: str, ctx: ExecContext) -> Result:
+        self._cursor(stmt.name, stmt, source).close()
+        del self.cursors[stmt.name.lower()]
+        return self._done(f"cursor :{stmt.name} closed", stmt, source)
+
+    def _cursor(self, name: str, stmt: A.Statement, source: str):
+        rows = self.__dict__.get("cursors", {}).get(name.lower())
+        if rows is None:
+            raise QueryNameError(f"no open cursor :{name}: open it with open :{name} for …", stmt.span, source)
+        return rows
 
     def select_into(self, stmt: A.Select, source: str, ctx: ExecContext) -> Result:
         """`select … into :a, :b from …`: the first row's values go into the variables (as Amos II:
