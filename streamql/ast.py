@@ -533,6 +533,29 @@ class Toploop(Statement):
     command: str
 
 
+@dataclass(frozen=True)
+class OpenCursor(Statement):
+    """`open :c for expr`: a scan over the rows of expr (OSQL's cursors)."""
+
+    name: str
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class FetchCursor(Statement):
+    """`fetch :c [into :a, :b]`: the scan's next row, shown or put into session variables."""
+
+    name: str
+    into: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CloseCursor(Statement):
+    """`close :c`: the scan ends and frees what it holds."""
+
+    name: str
+
+
 # ------------------------------------------------------------------- procedural OSQL (bodies)
 @dataclass(frozen=True)
 class Block(Node):

@@ -13,6 +13,13 @@ from .registry import Library, Param
 from .types import Type, TypeLattice
 
 
+def result_text(result: Type, parts: tuple) -> str:
+    """A declared result as written: `Bag of (Person spouse, Integer year)` for a tuple result."""
+    if not parts:
+        return str(result)
+    return "Bag of (" + ", ".join(f"{t} {n}" for n, t in parts) + ")"
+
+
 @dataclass
 class UserType:
     name: str                       # as created
@@ -34,10 +41,11 @@ class StoredFunction:
     key: bool = False               # values are unique (a `key` property): lookups by value are exact
     values: dict = field(default_factory=dict)  # args tuple → value (owned by the store)
     inverse: dict | None = None     # value → args tuple, for key functions
+    parts: tuple = ()               # a tuple result's (name, Type) parts; each value is a vector of them
 
     @property
     def signature(self) -> str:
-        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} as stored"
+        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {result_text(self.result, self.parts)} as stored"
 
 
 @dataclass(eq=False)
@@ -49,10 +57,11 @@ class DerivedFunction:
     result: Type
     body: A.Node                    # an Expr or a Select
     source: str                     # the whole `create function …` statement
+    parts: tuple = ()               # a tuple result's (name, Type) parts
 
     @property
     def signature(self) -> str:
-        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result}"
+        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {result_text(self.result, self.parts)}"
 
 
 @dataclass(eq=False)
@@ -65,10 +74,11 @@ class ProceduralFunction:
     result: Type
     body: A.Node                    # a Block or a ForEach
     source: str                     # the whole `create function …` statement
+    parts: tuple = ()               # a tuple result's (name, Type) parts
 
     @property
     def signature(self) -> str:
-        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} (procedural)"
+        return f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {result_text(self.result, self.parts)} (procedural)"
 
 
 @dataclass(eq=False)
@@ -82,10 +92,11 @@ class ForeignFunction:
     target: str
     callable: Any = field(repr=False, default=None)
     source: str = ""
+    parts: tuple = ()               # a tuple result's (name, Type) parts
 
     @property
     def signature(self) -> str:
-        return (f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {self.result} "
+        return (f"{self.name}({', '.join(f'{p.type} {p.name}' for p in self.params)}) -> {result_text(self.result, self.parts)} "
                 f"as foreign {self.target!r}")
 
 

@@ -90,7 +90,7 @@ class LocalCatalog:
         return self.engine._signal_types.get(name)
 
     def signal_names(self) -> list[str]:
-        return self.engine.signals.names()
+        return self.engine.signals.names() + self.engine._statements.script_signal_names()
 
     def model(self, name: str):
         return self.engine.models.find(name)
@@ -434,9 +434,13 @@ class Engine:
         if snapshot is None:
             return
         schema_texts, data, models = snapshot
-        for text in schema_texts:
-            for statement in parse(text):
-                self._statements.run(statement, text)
+        self._statements.restoring = True   # a foreign target no longer allowed must not stop the store opening
+        try:
+            for text in schema_texts:
+                for statement in parse(text):
+                    self._statements.run(statement, text)
+        finally:
+            self._statements.restoring = False
         self.store.load_data(data)
         if models is not None:
             meta, payloads = models

@@ -322,7 +322,11 @@ class Planner:
                 bound |= set(generator.targets)
                 unbound -= set(generator.targets)
                 continue
-            scanned = next((name for name in declared if name in unbound and name in query.extents), None)
+            # scan first what a pending generator needs, not what one would bind: `(s, y) in
+            # marriages(p)` scans p and takes s from the marriages, rather than scanning s too
+            targets = {t for c in pending for t in c.targets}
+            scannable = [name for name in declared if name in unbound and name in query.extents]
+            scanned = next((name for name in scannable if name not in targets), scannable[0] if scannable else None)
             if scanned is not None:
                 node = Scan(node, scanned, query.extents[scanned])
                 bound.add(scanned)

@@ -7,17 +7,85 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from . import ast as A
 from .catalog import StoredFunction
 from .errors import QueryError, QueryNameError, QueryRuntimeError, QueryTypeError
 from .result import Result
 from .streams import ExecContext
-from .types import CHARSTRING
-from .values import Bag, Obj, hashable, values_equal
+from .registry import Param
+from .types import CHARSTRING, Type, value_fits
+from .values import Bag, Obj, brief_value, hashable, values_equal
+
+
+_MISSING = object()
+SIGNAL_ROOT = "Signal"
+SIGNAL_SETTERS = ("ts_signal_stream", "signal_stream")
 
 
 class OsqlStatements:
-    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into."""
+    """add/remove, `_DeleteObject`, `_DeclareVariables`, `_Toploop`, select … into, and signals a
+    script defines (`create type ns:signal under Signal`, `set ts_signal_stream(s) = …`)."""
+
+    # ------------------------------------------------------------------- signals of scripts
+    def ensure_signal_root(self) -> None:
+        """`under Signal` makes the root type on first use: objects with a `name` and the source
+        text of their stream (`signal_source`), stored, so they are saved and restored as data."""
+        if self.store.user_type(SIGNAL_ROOT) is not None:
+            return
+        user = self.store.create_type(SIGNAL_ROOT)
+        for name in ("name", "signal_source"):
+            self.store.add_function(StoredFunction(name, (Param("s", Type(SIGNAL_ROOT)),), CHARSTRING))
+            self.store.add_property(user, name)
+
+    def signal_definition(self, stmt: A.SetFunction, source: str) -> A.SetFunction | None:
+        """`set ts_signal_stream(s) = <stream>` of a signal object keeps the stream's text in
+        signal_source(s); the stream is made anew from it each time the signal is read."""
+        if stmt.function.lower() not in SIGNAL_SETTERS or stmt.mode != "set" or len(stmt.args) != 1 \
+                or self.store.user_functions(stmt.function) or self.store.user_type(SIGNAL_ROOT) is None:
+            return None
+        own = {d.name.lower() for d in stmt.declarations}
+        if any(isinstance(n, A.Variable) and n.name.lower() in own for n in stmt.value.walk()):
+            raise QueryTypeError("a signal's stream is one expression of its own: it cannot use the variables of "
+                                 "the set statement", stmt.value.span, source)
+        bound = self._binder(source).bind_expr(stmt.value, None)
+        if not bound.type.is_stream:
+            raise QueryTypeError(f"a signal's stream is a Stream, not {bound.type}", stmt.value.span, source)
+        text = source[stmt.value.span.start:stmt.value.span.end] if stmt.value.span else None
+        return replace(stmt, function="signal_source", value=A.Literal(text, span=stmt.value.span))
+
+    def script_signal_stream(self, ctx: ExecContext, key, stamped: bool):
+        """The stream of a signal a script defined (an object, or its name), or None."""
+        from .binder import Binder
+        from .syntax import parse
+        signal = key if isinstance(key, Obj) else self.script_signal_named(key)
+        if signal is None:
+            return None
+        text = self.store_value(self._signal_function("signal_source"), (signal,))
+        if text is None:
+            raise QueryRuntimeError(f"signal {self._signal_name(signal)} has no stream: set ts_signal_stream(s) = …")
+        expr = parse(text + ";").statements[0].expr
+        stream = self.engine.evaluate(Binder(self.engine.catalog, text).bind_expr(expr, None), text, None, ctx)
+        return stamped_stream(stream, ctx, stamped, self._signal_name(signal))
+
+    def script_signal_named(self, name: str):
+        function = self._signal_function("name")
+        if function is None:
+            return None
+        return next((args[0] for args, value in function.values.items() if value == name), None)
+
+    def script_signal_names(self) -> list[str]:
+        function = self._signal_function("name")
+        return [v for v in function.values.values() if isinstance(v, str)] if function is not None else []
+
+    def _signal_function(self, name: str):
+        return next((f for f in self.store.user_functions(name) if isinstance(f, StoredFunction)
+                     and len(f.params) == 1 and f.params[0].type.name == SIGNAL_ROOT), None)
+
+    def _signal_name(self, signal) -> str:
+        name = self.store_value(self._signal_function("name"), (signal,))
+        return repr(name) if name is not None else str(signal)
 
     def _add_or_remove(self, function: StoredFunction, stmt: A.SetFunction, rows: list, source: str) -> int:
         """`add f(x) = v` puts v into f(x)'s bag (a value of a single-valued f is replaced);
@@ -26,6 +94,7 @@ class OsqlStatements:
         count = 0
         for row in rows:
             *args, value = row if isinstance(row, tuple) else (row,)
+            check_parts(value, function, stmt.value, source)
             key = tuple(args)
             old = self.store_value(function, key)
             if stmt.mode == "add":
@@ -77,6 +146,56 @@ class OsqlStatements:
             return self._done(f"committed to {path}", stmt, source)
         engine.return_to_saved()
         return self._done("rolled back to the last commit", stmt, source)
+
+    # ------------------------------------------------------------------------- scans
+    def _OpenCursor(self, stmt: A.OpenCursor, source: str, ctx: ExecContext) -> Result:
+        """OSQL's scan: the query's rows, fetched one at a time (a huge bag is never held)."""
+        cursors = self.__dict__.setdefault("cursors", {})
+        scanned = stmt.expr.query if isinstance(stmt.expr, A.Subquery) else stmt.expr   # its rows: tuples
+        if scanned.span is not None:
+            text = source[scanned.span.start:scanned.span.end]
+        else:
+            from .printer import to_source
+            text = to_source(scanned)
+        try:
+            rows = self.engine.query(text + ";")
+        except QueryError as exc:   # placed in the open statement, not in the expression alone
+            raise type(exc)(exc.message, stmt.expr.span, source) from None
+        old = cursors.pop(stmt.name.lower(), None)
+        if old is not None:
+            old.close()
+        cursors[stmt.name.lower()] = rows
+        return self._done(f"cursor :{stmt.name} opened", stmt, source)
+
+    def _FetchCursor(self, stmt: A.FetchCursor, source: str, ctx: ExecContext) -> Result:
+        rows = self._cursor(stmt.name, stmt, source)
+        row = next(rows, _MISSING)
+        if not stmt.into:
+            width = len(rows.columns)
+            values = () if row is _MISSING else (row,) if width == 1 else row
+            items = [] if row is _MISSING else [{f"$c{i}": v for i, v in enumerate(values)}]
+            return Result(list(rows.columns), list(rows.types), "bag", iter(items), statement=source)
+        if row is _MISSING:   # the end of the scan: the variables keep their values
+            return self._done(f"cursor :{stmt.name} has no more rows", stmt, source)
+        values = row if isinstance(row, tuple) else (row,)
+        if len(values) != len(stmt.into):
+            raise QueryTypeError(f"fetch … into takes one variable per value: {len(values)} values, "
+                                 f"{len(stmt.into)} variables", stmt.span, source)
+        with self.store.transaction():
+            for name, value in zip(stmt.into, values):
+                self.store.set_session(name, value)
+        return self._done("fetched into " + ", ".join(f":{n}" for n in stmt.into), stmt, source)
+
+    def _CloseCursor(self, stmt: A.CloseCursor, source: str, ctx: ExecContext) -> Result:
+        self._cursor(stmt.name, stmt, source).close()
+        del self.cursors[stmt.name.lower()]
+        return self._done(f"cursor :{stmt.name} closed", stmt, source)
+
+    def _cursor(self, name: str, stmt: A.Statement, source: str):
+        rows = self.__dict__.get("cursors", {}).get(name.lower())
+        if rows is None:
+            raise QueryNameError(f"no open cursor :{name}: open it with open :{name} for …", stmt.span, source)
+        return rows
 
     def select_into(self, stmt: A.Select, source: str, ctx: ExecContext) -> Result:
         """`select … into :a, :b from …`: the first row's values go into the variables (as Amos II:
@@ -163,3 +282,53 @@ class CodeLoading:
             if result.kind == "stream":
                 result.close()
         return len(results)
+
+
+def check_parts(value, function, node: A.Node, source: str) -> None:
+    """A tuple result's value: one value per part, each of its part's type."""
+    if not function.parts or value is None:
+        return
+    if isinstance(value, Bag):
+        for item in value:
+            check_parts(item, function, node, source)
+        return
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != len(function.parts):
+        raise QueryTypeError(f"{function.name} holds tuples of {len(function.parts)} parts "
+                             f"({', '.join(n for n, _ in function.parts)}), not {brief_value(value)}", node.span, source)
+    for (name, part_type), part in zip(function.parts, value):
+        if part is not None and not value_fits(part, part_type) and not (part_type.name == "Real" and isinstance(part, int)):
+            raise QueryTypeError(f"{function.name}'s {name} is {part_type}, not {brief_value(part)}", node.span, source)
+
+
+def stamped_stream(stream, ctx: ExecContext, stamped: bool, name: str):
+    """A script signal's stream as ts_signal_stream gives it (each value with its time: its own,
+    or now) or as signal_stream does (the values)."""
+    from .batch import IDLE, Batch
+    from .streams import StreamValue, close_items
+    from .values import Time, Timeval
+
+    def open_():
+        items = stream.open()
+        try:
+            for item in items:
+                if item is IDLE:
+                    yield item
+                elif type(item) is Batch and item.times is None and len(item) and isinstance(item.values[0], Timeval):
+                    values = list(item.values)   # a batch of Timevals: their own times
+                    if stamped:
+                        yield Batch([v.value for v in values], np.array([v.time.seconds for v in values]))
+                    else:
+                        yield Batch([v.value for v in values])
+                elif type(item) is Batch:
+                    if stamped:
+                        yield item if item.times is not None else Batch(item.values, np.full(len(item.values),
+                                                                                              ctx.clock.now()))
+                    else:
+                        yield Batch(item.values) if item.times is not None else item
+                elif isinstance(item, Timeval):
+                    yield item if stamped else item.value
+                else:
+                    yield Timeval(Time(ctx.clock.now()), item) if stamped else item
+        finally:
+            close_items(items)
+    return StreamValue(open_, f"{'ts_' if stamped else ''}signal_stream({name})")

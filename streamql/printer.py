@@ -487,6 +487,21 @@ def _(node) -> str:
     return node.command
 
 
+@_prints("OpenCursor")
+def _(node) -> str:
+    return f"open :{node.name} for {_expr(node.expr, 0)}"
+
+
+@_prints("FetchCursor")
+def _(node) -> str:
+    return f"fetch :{node.name}" + (" into " + ", ".join(f":{n}" for n in node.into) if node.into else "")
+
+
+@_prints("CloseCursor")
+def _(node) -> str:
+    return f"close :{node.name}"
+
+
 @_prints("Block")
 def _(node) -> str:
     return "{ " + " ".join(_print(s) + ";" for s in node.statements) + " }"

@@ -11,16 +11,17 @@ import numpy as np
 from . import ast as A
 from .binder import Binder, Scope
 from .bound import TVar, Variable
-from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, TableColumn
+from .catalog import (DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, TableColumn,
+                      result_text)
 from .errors import (FleetError, ModelError, QueryError, QueryNameError, QueryTypeError, QueryValidationError,
                      StoreError)
 from .registry import Param
 from .library.foreign import resolve_foreign
 from .models import Model, load_model_file
-from .osql_statements import CodeLoading, OsqlStatements
+from .osql_statements import SIGNAL_ROOT, CodeLoading, OsqlStatements, check_parts
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
-from .types import OBJECT, Type, canonical_builtin, type_of_value, value_fits
+from .types import OBJECT, Type, bag_of, canonical_builtin, type_of_value, value_fits, vector_of
 from .values import Bag, Obj, brief_value, values_equal
 
 
@@ -47,6 +48,8 @@ class StatementRunner(OsqlStatements, CodeLoading):
     def _CreateType(self, stmt: A.CreateType, source: str, ctx: ExecContext) -> Result:
         binder = self._binder(source)
         with self.store.transaction():
+            if any(t.lower() == SIGNAL_ROOT.lower() for t in stmt.supertypes):
+                self.ensure_signal_root()   # `under Signal`: a script defines signals
             try:
                 user = self.store.create_type(stmt.name, stmt.supertypes)
             except StoreError as exc:
@@ -71,24 +74,34 @@ class StatementRunner(OsqlStatements, CodeLoading):
                 raise QueryNameError(f"parameter {p.name} appears twice", p.span, source)
             seen.add(name.lower())
             params.append(Param(name, binder.resolve_type(p.type)))
-        result = binder.resolve_type(stmt.result)
+        parts = ()
+        if isinstance(stmt.result.of, A.TupleType):   # AmosQL: -> Bag of (Person spouse, Integer year)
+            parts = tuple((p.name or f"_{number}", binder.resolve_type(p.type))
+                          for number, p in enumerate(stmt.result.of.parts, 1))
+            result = bag_of(vector_of(OBJECT))
+        else:
+            result = binder.resolve_type(stmt.result)
         stmt = _with_result_variable(stmt, result)
         if stmt.name.lower() in self.engine.library and stmt.name.lower() in _OPERATOR_NAMES:
             raise QueryNameError(f"{stmt.name} is an operator and cannot be redefined", stmt.span, source)
         if isinstance(stmt.body, A.StoredBody):
-            function = StoredFunction(stmt.name, tuple(params), result, key=stmt.key)
+            function = StoredFunction(stmt.name, tuple(params), result, key=stmt.key, parts=parts)
         elif isinstance(stmt.body, A.ForeignBody):
             try:
                 target = resolve_foreign(stmt.body.target, self.engine.foreign_allowed,
                                          self.engine.foreign_registered)
             except QueryError as exc:
-                raise exc.located(stmt.body.span).with_source(source)
+                if not getattr(self, "restoring", False):
+                    raise exc.located(stmt.body.span).with_source(source)
+                # reopening a store whose target the operator no longer allows: the function is
+                # kept (so the store opens and what calls it is kept) and a call says why it cannot run
+                target = None
             function = ForeignFunction(stmt.name, tuple(params), result, stmt.body.target, target,
-                                       _text(stmt, source))
+                                       _text(stmt, source), parts)
         elif isinstance(stmt.body, (A.Block, A.ForEach)):
-            function = ProceduralFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
+            function = ProceduralFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source), parts)
         else:
-            function = DerivedFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source))
+            function = DerivedFunction(stmt.name, tuple(params), result, stmt.body, _text(stmt, source), parts)
             self._check_body(function, stmt, source)
         with self.store.transaction():
             try:
@@ -245,6 +258,7 @@ class StatementRunner(OsqlStatements, CodeLoading):
         return self._done(f":{stmt.name} set", stmt, source)
 
     def _SetFunction(self, stmt: A.SetFunction, source: str, ctx: ExecContext) -> Result:
+        stmt = self.signal_definition(stmt, source) or stmt
         functions = [f for f in self.store.user_functions(stmt.function) if len(f.params) == len(stmt.args)]
         if not functions:
             raise QueryNameError(f"no stored function {stmt.function} with {len(stmt.args)} arguments",
@@ -263,8 +277,13 @@ class StatementRunner(OsqlStatements, CodeLoading):
                 raise QueryTypeError(f"{function.name} takes {param.type}, not {t}", arg.span, source)
         value_type = binder.bind_expr(stmt.value, _scope_for(binder, stmt.declarations)).type
         holds = function.result.element if stmt.mode != "set" and function.result.name == "Bag" else function.result
+        one_of_bag = (stmt.mode == "set" and function.result.name == "Bag" and value_type.name != "Bag"
+                      and binder.lattice.fit(value_type, function.result.element) is not None)
+        if one_of_bag:   # OSQL: `set f(x) = v` of a bag-valued f makes v its only value
+            holds = function.result.element
         if binder.lattice.fit(value_type, holds) is None:
-            raise QueryTypeError(f"{function.name} holds {function.result}, not {value_type}", stmt.value.span, source)
+            raise QueryTypeError(f"{function.name} holds {result_text(function.result, function.parts)}, not {value_type}",
+                                 stmt.value.span, source)
         if stmt.mode != "set":
             with self.store.transaction():
                 count = self._add_or_remove(function, stmt, rows, source)
@@ -276,6 +295,9 @@ class StatementRunner(OsqlStatements, CodeLoading):
                 values = row if isinstance(row, tuple) else (row,)
                 *args, value = values
                 _check_value(value, holds, stmt.value, source, function.name)
+                check_parts(value, function, stmt.value, source)
+                if one_of_bag and value is not None:
+                    value = Bag([value])
                 self._set(function, tuple(args), value, stmt, source)
                 count += 1
         return self._done(f"{count} values of {function.name} set", stmt, source)

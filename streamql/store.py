@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ast as A, codec
-from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType
+from .catalog import DerivedFunction, ForeignFunction, ProceduralFunction, StoredFunction, Table, UserType, result_text
 from .errors import StoreError
 from .types import BUILTIN_NAMES, SHORT_FORMS, Type, TypeLattice
 from .values import Obj, hashable
@@ -319,7 +319,7 @@ class Store:
                 if isinstance(function, StoredFunction):
                     params = ", ".join(f"{_type_source(p.type)} {p.name}" for p in function.params)
                     statements.append(f"create function {function.name}({params}) -> "
-                                      f"{_type_source(function.result)} as stored")
+                                      f"{result_text(function.result, function.parts)} as stored")
         derived = [f for functions in self.functions.values() for f in functions
                    if isinstance(f, (DerivedFunction, ProceduralFunction, ForeignFunction))]
         for function in _derived_in_call_order(derived):
@@ -396,7 +396,7 @@ def _derived_in_call_order(functions: list) -> list:
     names = {f.name.lower() for f in functions}
     calls = {}
     for function in functions:
-        body = function.body
+        body = getattr(function, "body", None)   # a foreign function has none: it calls no other
         called = {n.name.lower() for n in body.walk() if isinstance(n, A.Call)} if isinstance(body, A.Node) else set()
         calls[id(function)] = (called & names) - {function.name.lower()}
     ordered, done, pending = [], set(), list(functions)

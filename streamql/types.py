@@ -82,6 +82,7 @@ TIME = Type("Time")
 MODEL = Type("Model")
 EDGE = Type("Edge")
 FUNCTION = Type("Function")
+BINARY = Type("Binary")     # raw bytes (SA Engine's Binary)
 NULL = Type("Null")  # the type of `null`: fits everywhere
 
 
@@ -109,7 +110,7 @@ BUILTIN_PARENTS: dict[str, tuple[str, ...]] = {
     "Object": (), "Number": ("Object",), "Integer": ("Number",), "Real": ("Number",),
     "Charstring": ("Object",), "Boolean": ("Object",), "Record": ("Object",), "Time": ("Object",),
     "Timeval": ("Object",), "Vector": ("Object",), "Bag": ("Object",), "Stream": ("Object",),
-    "Model": ("Object",), "Edge": ("Object",), "Function": ("Object",), "Null": (),
+    "Model": ("Object",), "Edge": ("Object",), "Function": ("Object",), "Binary": ("Object",), "Null": (),
 }
 BUILTIN_NAMES = {name.lower(): name for name in BUILTIN_PARENTS if name != "Null"}
 
@@ -319,6 +320,8 @@ def type_of_value(value) -> Type:
         return REAL
     if isinstance(value, str):
         return CHARSTRING
+    if isinstance(value, bytes):
+        return BINARY
     if isinstance(value, Time):
         return TIME
     if isinstance(value, Timeval):
@@ -370,6 +373,8 @@ def value_fits(value, target: Type) -> bool:
         return isinstance(value, list) and all(v is None or value_fits(v, target.element) for v in value)
     if name == "Record":
         return isinstance(value, dict)
+    if name == "Binary":
+        return isinstance(value, bytes)
     if name == "Time":
         return isinstance(value, Time)
     if name == "Timeval":

@@ -210,6 +210,8 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f'"{k}": {format_value(v)}' for k, v in value.items()) + "}"
+    if isinstance(value, bytes):
+        return f"binary('{value.hex().upper()}')"
     return repr(value)
 
 
@@ -219,6 +221,8 @@ def brief_value(value: Any, items: int = 8, chars: int = 80) -> str:
     not take longer, or more memory, than the statement that failed)."""
     if isinstance(value, str) and len(value) > chars:
         return format_value(value[:chars]) + f"… ({len(value)} characters)"
+    if isinstance(value, bytes) and len(value) > chars // 2:
+        return f"binary('{value[:chars // 2].hex().upper()}…') ({len(value)} bytes)"
     if isinstance(value, (np.ndarray, list, tuple)) and len(value) > items:
         shown = ", ".join(brief_value(v, items, chars) for v in value[:items])
         return f"[{shown}, … ({len(value)} elements)]"

@@ -2,6 +2,7 @@
 generator forms), select items, aggregates over rows and groups, and the query's kind."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .. import ast as A
@@ -11,6 +12,11 @@ from ..errors import QueryTypeError
 from ..printer import to_source
 from ..registry import AGGREGATE
 from ..types import BOOLEAN, INTEGER, NULL, OBJECT, RECORD, Type, bag_of, substitute
+
+def type_expression(t: Type) -> A.TypeExpr:
+    """A type as the parser would give it (to declare a variable of a known type)."""
+    return A.TypeExpr(t.name, None if t.arg is None else type_expression(t.arg))
+
 
 AGGREGATE_NAMES = {"count", "sum", "avg", "mean", "min", "max", "stdev", "median", "var", "m2"}
 
@@ -57,7 +63,46 @@ class QueryBinding:
         if isinstance(statement, A.ExprStatement):
             statement = A.Select((A.SelectItem(statement.expr, span=statement.expr.span),),
                                  span=statement.span)
-        return self.bind_query(statement, None)
+        statement = self._tuple_columns(statement)
+        query = self.bind_query(statement, None)
+        if self._lone_truth_value(statement, query):
+            # OSQL's toploop: a predicate statement gives true or nothing (`1 < 2 and 3 < 2;` prints
+            # no row); the predicate becomes the filter, so a false one yields an empty bag.
+            item = statement.items[0]
+            name = item.alias or self._column_name(item.expr)
+            statement = dataclasses.replace(statement, where=item.expr, items=(
+                A.SelectItem(A.Literal(True, span=item.expr.span), alias=name, span=item.span),))
+            query = self.bind_query(statement, None)
+        return query
+
+    def _tuple_columns(self, statement: A.Select) -> A.Select:
+        """`marriages(:tore);` of a function with a tuple result gives a column per part, named as
+        declared: `select spouse, year from Person spouse, Integer year where (spouse, year) in …`."""
+        if statement.items is None or len(statement.items) != 1 or statement.declarations or \
+                statement.where is not None or statement.group_by or statement.kind is not None:
+            return statement
+        call = statement.items[0].expr
+        if not isinstance(call, A.Call) or call.star or call.distinct:
+            return statement
+        functions = [f for f in self.catalog.user_functions(call.name)
+                     if len(f.params) == len(call.args)]
+        if not functions or not all(f.parts and f.parts == functions[0].parts for f in functions):
+            return statement
+        span = call.span
+        names = [A.Variable(name, span=span) for name, _ in functions[0].parts]
+        declarations = tuple(A.Declaration(type_expression(t), name, span=span) for name, t in functions[0].parts)
+        return dataclasses.replace(
+            statement, items=tuple(A.SelectItem(v, span=span) for v in names), declarations=declarations,
+            where=A.In(A.VectorLiteral(tuple(names), span=span), call, span=span))
+
+    @staticmethod
+    def _lone_truth_value(statement: A.Select, query: BoundQuery) -> bool:
+        """A statement that computes one truth value and binds no variables (`less('b', 'a');`,
+        `select 1 < 2;`); a query over variables keeps false as a value (SQL's habit)."""
+        return (statement.items is not None and len(statement.items) == 1 and not statement.declarations
+                and statement.where is None and not statement.group_by and statement.having is None
+                and statement.kind is None and not statement.into and not query.aggregate_query
+                and len(query.items) == 1 and query.items[0][1].type == BOOLEAN)
 
     def bind_query(self, select: A.Select, outer: Scope | None, nested: bool = False) -> BoundQuery:
         state = QueryState()
@@ -75,8 +120,11 @@ class QueryBinding:
                 scope.variables[written] = variable
                 variables[internal] = variable
 
-            conjuncts = [self.bind_conjunct(term, scope) for term in A.conjuncts(select.where)]
+            conjuncts = []
+            for term in A.conjuncts(select.where):
+                conjuncts.extend(self._bind_where_term(term, scope, variables))
 
+            conjuncts.extend(self._index_generators(select, scope, conjuncts))
             state.aggregate_context = bool(select.group_by) or select.having is not None
             state.group_keys = [self.bind_expr(e, scope) for e in select.group_by]
             items = self._bind_items(select, scope, variables)
@@ -315,6 +363,45 @@ class QueryBinding:
         return self._row_aggregate(node, scope)
 
     # --------------------------------------------------------------------------- conjuncts
+    def _bind_where_term(self, term: A.Expr, scope: Scope, variables: dict) -> list[Conjunct]:
+        """A where-term's conjuncts: `(s, y) in f(p)` (AmosQL's tuple of parts, written `[s, y]`
+        too) takes each element of f(p) and destructures it, so it is two."""
+        own = scope.variables
+        if isinstance(term, A.In) and not term.negated and isinstance(term.element, A.VectorLiteral) \
+                and term.element.items and all(isinstance(i, A.Variable) and i.name.lower() in own
+                                               for i in term.element.items):
+            collection = self.bind_expr(term.collection, scope)
+            if collection.type.is_collection or collection.type == OBJECT:
+                hidden = self.hidden("t")
+                variable = Variable(hidden, collection.type.element, to_source(term.element), term.element.span,
+                                    hidden=True)
+                own[hidden] = variables[hidden] = variable
+                whole = A.Variable(hidden, span=term.element.span)
+                return [self.bind_conjunct(A.In(whole, term.collection, span=term.span), scope),
+                        self.bind_conjunct(A.Compare("=", term.element, whole, span=term.span), scope)]
+        return [self.bind_conjunct(term, scope)]
+
+    def _index_generators(self, select: A.Select, scope: Scope, conjuncts: list[Conjunct]) -> list[Conjunct]:
+        """OSQL: an Integer variable nothing else binds, used as an index (`v = w[i]`, `select i,
+        b[i] from Integer i`), ranges over the indexes of what it indexes: `i in iota(1, dim(w))`."""
+        targets = {t for c in conjuncts for t in c.targets}
+        nodes = [select.where] + [item.expr for item in select.items or ()]
+        found = []
+        for written, variable in scope.variables.items():
+            if variable.hidden or variable.name in targets or variable.type != INTEGER:
+                continue
+            for node in (n for root in nodes if root is not None for n in root.walk()):
+                if isinstance(node, A.Index) and isinstance(node.index, A.Variable) \
+                        and node.index.name.lower() == written and not any(
+                            isinstance(n, A.Variable) and n.name.lower() == written for n in node.target.walk()):
+                    span = node.span
+                    indexes = A.Call("iota", (A.Literal(1, span=span), A.Call("dim", (node.target,), span=span)),
+                                     span=span)
+                    found.append(self.bind_conjunct(A.In(A.Variable(written, span=node.index.span), indexes,
+                                                         span=span), scope))
+                    break
+        return found
+
     def bind_conjunct(self, term: A.Expr, scope: Scope) -> Conjunct:
         """A where-term, with its generator form when it has one."""
         own = scope.variables

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..registry import AGGREGATE, SCALAR, SOURCE, STREAM, Library, Overload, Param
-from . import aggregates, foreign, io, math, models, operators, osql, procedures, sources, streams, time, vector
+from . import aggregates, binary, foreign, io, math, models, operators, osql, procedures, sources, streams, time, vector
 
 
 @lru_cache(maxsize=1)
@@ -13,7 +13,7 @@ def default_library() -> Library:
     """The built-in functions (shared; engines extend copies of it)."""
     lib = Library()
     for module in (operators, math, vector, aggregates, time, sources, streams, io, models, osql, procedures,
-                   foreign):
+                   foreign, binary):
         module.register(lib)
     return lib
 

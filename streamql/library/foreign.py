@@ -67,6 +67,14 @@ def _result(value):
 def call_foreign(ctx, function: ForeignFunction, *args):
     if not isinstance(function, ForeignFunction):
         raise QueryRuntimeError("call_foreign calls a foreign function: call it by its name")
+    if function.callable is None:
+        # defined in a store reopened under an allow-list that no longer names it: resolved now, so
+        # a target allowed (or registered) again works, and one still refused says why
+        try:
+            function.callable = resolve_foreign(function.target, ctx.engine.foreign_allowed,
+                                                ctx.engine.foreign_registered)
+        except QueryRuntimeError as exc:
+            raise QueryRuntimeError(f"{function.name} cannot be called: {exc.message}") from None
     try:
         value = function.callable(*[_argument(a) for a in args])
     except Exception as exc:   # noqa: BLE001 - the Python function's own failure, with its message

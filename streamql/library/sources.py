@@ -119,7 +119,27 @@ def _signal(ctx, name: str):
     return signal
 
 
+def _script_signal(ctx, key, stamped: bool):
+    """A signal a script defined (`create type ns:signal under Signal`), by object or name."""
+    runner = getattr(getattr(ctx, "engine", None), "_statements", None)
+    if runner is None or not hasattr(runner, "script_signal_stream"):
+        return None
+    return runner.script_signal_stream(ctx, key, stamped)
+
+
+def signal_object_stream(ctx, signal, stamped: bool = False) -> StreamValue:
+    if isinstance(signal, str):
+        return (ts_signal_stream if stamped else signal_stream)(ctx, signal)
+    stream = _script_signal(ctx, signal, stamped)
+    if stream is None:
+        raise QueryRuntimeError(f"{signal} is not a signal: signals are the engine's (by name) or objects of a "
+                                "type under Signal")
+    return stream
+
+
 def signal_stream(ctx, name: str) -> StreamValue:
+    if ctx.signals.get(name) is None and (script := _script_signal(ctx, name, False)) is not None:
+        return script
     signal = _signal(ctx, name)
 
     def open_():
@@ -141,6 +161,8 @@ def signal_stream(ctx, name: str) -> StreamValue:
 
 
 def ts_signal_stream(ctx, name: str) -> StreamValue:
+    if ctx.signals.get(name) is None and (script := _script_signal(ctx, name, True)) is not None:
+        return script
     signal = _signal(ctx, name)
     clock = ctx.clock
 
@@ -263,6 +285,11 @@ def register(lib: Library) -> None:
                needs_context=True,
                catalog_type=lambda c, a: stream_of(timeval_of(t)) if (t := _signal_element(c, a)) else None,
                doc="The readings of a signal with their times", **src)
+    lib.define("signal_stream(Object signal) -> Stream of Object", scalar=signal_object_stream, needs_context=True,
+               doc="The readings of a signal object a script defined (a type under Signal)", **src)
+    lib.define("ts_signal_stream(Object signal) -> Stream of Timeval of Object",
+               scalar=lambda ctx, s: signal_object_stream(ctx, s, True), needs_context=True,
+               doc="The readings of a signal object a script defined, with their times", **src)
     lib.define("signal_value(Charstring name) -> Object", scalar=signal_value, needs_context=True, volatile=True,
                catalog_type=_signal_element, topic="stream", doc="The latest reading of a signal")
     lib.define("signals() -> Bag of Charstring", scalar=signals, needs_context=True, volatile=True,

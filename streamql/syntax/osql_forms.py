@@ -75,5 +75,15 @@ class OsqlForms:
         names = [c.value[1:] for c in children if isinstance(c, Token) and c.type == "SESSION_VARIABLE"]
         return A.DeclareVariables(tuple(zip(types, names)), span=_span(children))
 
+    def open_cursor(self, children):
+        return A.OpenCursor(children[1].value[1:], children[3], span=_span(children))
+
+    def fetch_cursor(self, children):
+        names = [c.value[1:] for c in children if isinstance(c, Token) and c.type == "SESSION_VARIABLE"]
+        return A.FetchCursor(names[0], tuple(names[1:]), span=_span(children))
+
+    def close_cursor(self, children):
+        return A.CloseCursor(children[1].value[1:], span=_span(children))
+
     def toploop(self, children):
         return A.Toploop(children[0].value.lower(), span=_span(children))

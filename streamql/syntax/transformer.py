@@ -191,9 +191,11 @@ class ToAst(OsqlForms, Transformer):
         (result, result_name, key), body = children[-3], children[-1]
         if isinstance(result.of, A.TupleType):
             parts = result.of.parts
-            if len(parts) > 1:
-                raise QueryParseError("a function returns one value per row here: return the parts as a "
-                                      "vector, -> Bag of Vector, and bind them with [a, b] = f(x)", result.of.span)
+            if len(parts) > 1 and result.name.lower() != "bag":
+                raise QueryParseError("a result of several parts is a bag of tuples: -> Bag of (T a, U b)",
+                                      result.span)
+        if isinstance(result.of, A.TupleType) and len(result.of.parts) == 1:
+            parts = result.of.parts
             result = A.TypeExpr(result.name, parts[0].type, span=result.span)
             result_name = parts[0].name or None
         return A.CreateFunction(str(name), parameters, result, body, result_name, key,
@@ -354,6 +356,9 @@ class ToAst(OsqlForms, Transformer):
         name, _, of = children
         return A.TypeExpr(str(name), of, span=_span(children))
 
+    def type_ref(self, children):
+        return self.type_name(children)
+
     def type_name(self, children):
         child = children[0]
         return child if child.type == "NAME_VALUE" else Token("NAME_VALUE", child.value, child.start_pos,
@@ -383,6 +388,14 @@ class ToAst(OsqlForms, Transformer):
         if kind == "list":
             return A.InList(element, target, negated is not None, span=span)
         return A.In(element, target, negated is not None, span=span)
+
+    def tuple_in(self, children):
+        element, negated, _, collection = children
+        return A.In(element, collection, negated is not None, span=_span([element, collection]))
+
+    def tuple(self, children):
+        # AmosQL's tuple of parts is a vector here: the parts of a tuple-valued function's result
+        return A.VectorLiteral(tuple(c for c in children if isinstance(c, A.Expr)), span=_span(children))
 
     def in_list(self, children):
         return ("list", tuple(c for c in children if isinstance(c, A.Expr)), children[-1])

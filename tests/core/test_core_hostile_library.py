@@ -46,6 +46,10 @@ CASES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "iota member": (("iota",), f"select 5 in iota(1, {TRILLION});", (LIMIT,)),
     "range(n) counted": (("range",), f"select count(range({TRILLION}));", (LIMIT,)),   # OSQL's bag 1..n
     "substring past the end": (("substring",), f"select substring('abc', 0, {INT64_MAX});", (RUNTIME,)),
+    "binary of the largest integer": (("binary",), f"select hex(binary({INT64_MAX}));", (OK,)),   # 8 bytes
+    "binary of a huge vector": (("binary",), f"select dim(binary(vectorof(iota(1, {TRILLION}))));", (LIMIT,)),
+    "hex of the smallest integer": (("hex",), f"select hex(-{INT64_MAX} - 1);", (OK,)),
+    "set_byte past the end": (("set_byte",), f"select set_byte(binary('00'), {INT64_MAX}, 1);", (RUNTIME,)),
     "siota collected": (("siota",), f"select vectorof(siota(1, {TRILLION}));", (LIMIT,)),
     "siota dropped": (("siota",), f"select stream of x from Integer x where x in siota(-1, {TRILLION}) and x < 0;",
                       (LIMIT,)),

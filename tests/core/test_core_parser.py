@@ -52,7 +52,8 @@ def _language_md_snippets(text: str) -> list[str]:
                     block, re.I) and "[" + "distinct]" not in block:
             snippets.append(block.replace("explain select …;", "explain select 1;"))
     for inline in re.findall(r"`([^`\n]+;)`", text):
-        if "…" not in inline and "<" not in inline.split()[1]:
+        words = inline.split()
+        if "…" not in inline and (len(words) < 2 or "<" not in words[1]):   # `f(x);` is one word
             snippets.append(inline)
     return snippets
 

@@ -77,3 +77,29 @@ def test_an_engine_for_other_peoples_statements_resolves_none():
     engine = streamql.Engine(files=None)
     with pytest.raises(streamql.QueryError, match="allow-list"):
         engine.execute("create function f(Real x) -> Real as foreign 'py:osql_foreign_helpers.scale';")
+
+
+def test_a_store_reopens_when_its_foreign_target_left_the_allow_list(tmp_path):
+    store = tmp_path / "store"
+    engine = streamql.Engine(store_dir=store, foreign=ALLOWED)
+    engine.execute("create function norm(Vector of Real v) -> Real as foreign 'py:osql_foreign_helpers.norm';"
+                   "create function twice_norm(Vector of Real v) -> Real as 2 * norm(v);"
+                   "create type Probe; create function level(Probe p) -> Integer as stored;"
+                   "create Probe(level) instances :p (7);")
+    assert list(engine.query("twice_norm([3, 4]);")) == [10.0]
+    engine.save()
+    engine.close()
+
+    refused = streamql.Engine(store_dir=store)          # the operator took it off the allow-list
+    assert [f.name for f in refused.store.user_functions("norm")] == ["norm"]
+    assert list(refused.query("select level(p) from Probe p;")) == [7]   # the rest of the store is there
+    for text in ("norm([3, 4]);", "twice_norm([3, 4]);"):
+        with pytest.raises(streamql.QueryError) as info:
+            list(refused.query(text))
+        assert info.value.kind == "RuntimeError" and info.value.line is not None
+        assert "norm cannot be called" in info.value.message and "allow-list" in info.value.message
+    refused.save()                                       # saving keeps the definition for later
+    refused.close()
+
+    allowed_again = streamql.Engine(store_dir=store, foreign=ALLOWED)
+    assert list(allowed_again.query("twice_norm([3, 4]);")) == [10.0]

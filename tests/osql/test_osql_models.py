@@ -101,3 +101,15 @@ def test_quit_ends_a_script(tmp_path):
     script = tmp_path / "s.osql"
     script.write_text("set :a = 1;\nquit;\nselect 1 / 0 + 'never';\n")
     assert run_files([str(script)], out=io.StringIO(), err=io.StringIO()) == 0
+
+
+def test_a_model_of_script_signals_binary_payloads_and_tuple_results():
+    out, err = io.StringIO(), io.StringIO()
+    assert run_files([str(MODELS / "frames")], out=out, err=err) == 0, err.getvalue()
+    assert out.getvalue().count("checks passed") == 3
+    engine = streamql.Engine(models_dir=MODELS)
+    engine.execute("models:load('frames');")
+    peaks = engine.query("peaks(:f1);")
+    assert peaks.columns == ["position", "value"] and list(peaks) == [(6, 222)]
+    expected = bytes((i * 37) % 256 for i in range(1, 9))   # the oracle: the frame's bytes by hand
+    assert list(engine.query("payload(:f1);")) == [expected]
