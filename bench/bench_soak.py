@@ -50,6 +50,9 @@ def options(argv=None) -> argparse.Namespace:
     parser.add_argument("--edges-nice", type=int, default=10,
                         help="niceness of the simulated fleet's process (10): it stands in for devices with CPUs of "
                              "their own, so its hundreds of fragment threads should not take the federation's")
+    parser.add_argument("--edge-procs", type=int, default=4,
+                        help="processes the simulated fleet is split into (4): each runs edges/K edges with its "
+                             "own seed and id prefix, as devices compute in parallel")
     parser.add_argument("--isolate", action="store_true", help="each hostile act alone, with two probes")
     parser.add_argument("--skip", action="append", default=[], choices=ACTS, metavar="ACT",
                         help=f"leave out a hostile act ({', '.join(ACTS)})")
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
     n_well = max(1, round(args.clients * 0.7))
     n_abandon = max(1, round(args.clients * 0.2)) if args.clients >= 3 else 0
     n_hostile = max(1, args.clients - n_well - n_abandon) if args.clients >= 3 else 0
-    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice)
+    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice, edge_procs=args.edge_procs)
     procs: list[subprocess.Popen] = []
     report: dict = {"machine": machine(), "options": vars(args), "load_before": machine_load()}
     try:

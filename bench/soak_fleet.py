@@ -88,8 +88,10 @@ def busy_processes(exclude: set[int], top: int = 4) -> list[str]:
 
 
 class SoakFleet:
-    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0):
+    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0,
+                 edge_procs: int = 1):
         self.work, self.edges, self.rss_cap_mb, self.edges_nice = work, edges, rss_cap_mb, edges_nice
+        self.edge_procs = max(1, min(edge_procs, edges))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = work / "fed"
@@ -119,14 +121,28 @@ class SoakFleet:
                     "--trusted-key", str(self.public_key), "--log-level", self.log_level)
         self._wait(self.healthy, 30, "the federation to listen")
         self.admin = (self.data / "admin.token").read_text().strip()
-        self._spawn("edges", "edge", "--simulate", str(self.edges), "--federation", self.url,
-                    "--provision-token-file", str(self.data / "admin.token"), "--store", str(self.work / "edges"),
-                    "--log-level", self.log_level, nice=self.edges_nice)
+        # the fleet in several processes (`edges-1` … `edges-K`), each its own seed and id prefix: a
+        # real fleet's devices compute in parallel, and one interpreter holding every fragment of
+        # every edge as a thread of one GIL measures the simulation, not the federation
+        for k, n in enumerate(self.edge_split(), start=1):
+            name = "edges" if self.edge_procs == 1 else f"edges-{k}"
+            extra = () if self.edge_procs == 1 else ("--seed", str(k), "--id-prefix", f"p{k}-")
+            self._spawn(name, "edge", "--simulate", str(n), "--federation", self.url,
+                        "--provision-token-file", str(self.data / "admin.token"), "--store",
+                        str(self.work / name), "--log-level", self.log_level, *extra, nice=self.edges_nice)
         self._wait(lambda: self.online() >= self.edges, startup_s, f"{self.edges} edges to connect")
         self.sampler = Sampler(self)
         self.prober = Prober(self)
         self.sampler.start()
         self.prober.start()
+
+    def edge_split(self) -> list[int]:
+        """How many edges each fleet process runs (as even as can be)."""
+        base, extra = divmod(self.edges, self.edge_procs)
+        return [base + (1 if k < extra else 0) for k in range(self.edge_procs)]
+
+    def edge_names(self) -> list[str]:
+        return [name for name in self.procs if name.startswith("edges")]
 
     def _wait(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
