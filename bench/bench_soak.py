@@ -227,7 +227,12 @@ def summary(report: dict) -> str:
     out.append(f"/healthz: {health.get('answered')} answered (p99 {health.get('p99_ms')} ms, max "
                f"{health.get('max_ms')} ms), {health.get('unanswered')} unanswered")
     out.append(f"limited (429): {report.get('http')}; peaks: {report.get('peaks')}; threads: "
-               f"{ {n: p.get('threads_max') for n, p in procs.items()} }")
+               f"{ {n: p.get('threads_max') for n, p in procs.items()} }; runnable threads mean/max: "
+               f"{ {n: (p.get('runnable_mean'), p.get('runnable_max')) for n, p in procs.items()} }")
+    fleet_hwm = sum(p.get("hwm_mb", 0) for n, p in procs.items() if n.startswith("edges"))
+    fleet_n = sum(1 for n in procs if n.startswith("edges"))
+    out.append(f"edge processes: {fleet_n}, peak RSS (VmHWM) {fleet_hwm:.0f} MB in all, "
+               f"{fleet_hwm / max(1, (report.get('options') or {}).get('edges', 1)):.1f} MB per simulated edge")
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

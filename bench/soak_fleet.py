@@ -58,6 +58,35 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Lower the CPU weight of a process started in a session of its own. With the kernel's
+    autogroups (sched_autogroup_enabled) CPU is shared between sessions first, and a thread's
+    niceness only counts inside its session: four fleet processes at nice 10 would still take four
+    shares to the federation's one. The session's own nice is its weight (raising it needs no
+    privilege)."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return True
+    except OSError:
+        return False
+
+
+def runnable_threads(pid: int) -> int | None:
+    """Threads of a process that are running or waiting for a CPU now (state R)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    count = 0
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R":
+                count += 1
+        except (OSError, IndexError):
+            pass
+    return count
+
+
 def machine_load() -> str:
     """The load average and the busiest other processes (the machine is shared)."""
     one, five, fifteen = os.getloadavg()
@@ -111,6 +140,8 @@ class SoakFleet:
             proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if nice:
+            set_autogroup_nice(proc.pid, nice)
         self.procs[name] = proc
         return proc
 
@@ -262,6 +293,7 @@ class Sampler(threading.Thread):
         self.killed: dict[str, float] = {}
         self.hwm_mb: dict[str, float] = {}
         self.threads: dict[str, int] = {}      # the most threads seen
+        self.runnable: dict[str, list[int]] = {}   # threads in state R, every 2 s
         self.others: dict[str, subprocess.Popen] = {}
 
     def watch(self, name: str, proc: subprocess.Popen) -> None:
@@ -271,13 +303,19 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         last: dict = {}
+        ticks = 0
         while not self.stop.wait(self.interval):
+            ticks += 1
             for name, proc in {**self.fleet.procs, **self.others}.items():
                 if name not in last:
                     last[name] = (time.monotonic(), cpu_seconds(proc.pid) or 0.0)
                     continue
                 if proc.poll() is not None:
                     continue
+                if ticks % 4 == 0:
+                    runnable = runnable_threads(proc.pid)
+                    if runnable is not None:
+                        self.runnable.setdefault(name, []).append(runnable)
                 threads = proc_status_kb(proc.pid, "Threads")
                 if threads is not None:
                     self.threads[name] = max(self.threads.get(name, 0), threads)
@@ -308,7 +346,9 @@ class Sampler(threading.Thread):
                          "hwm_mb": round(self.hwm_mb.get(name, 0.0), 1),
                          "cpu_mean_pct": round(sum(cpus) / len(cpus), 1),
                          "cpu_p95_pct": round(cpus[int(0.95 * (len(cpus) - 1))], 1),
-                         "threads_max": self.threads.get(name), "killed_at_mb": self.killed.get(name)}
+                         "threads_max": self.threads.get(name), "killed_at_mb": self.killed.get(name),
+                         "runnable_mean": round(sum(r := self.runnable.get(name) or [0]) / len(r), 1),
+                         "runnable_max": max(self.runnable.get(name) or [0])}
         return out
 
 

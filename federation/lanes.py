@@ -5,10 +5,15 @@ many) does keeps `select 1;` waiting.
   a deployment's selection. One principal (a token) holds at most a quarter of them at once
   (`per_principal`); its further statements wait for one of its own to end, so a burst from one
   token never takes every worker.
-- **fast** (`FAST_SLOTS`, 8): kept for statements that touch no edge and are not streams (`select
-  1;`, a definition, a local computation). Such a statement that finds no free worker among the
-  statements' takes one of these — at most one per principal — and runs there under a time limit
-  of `FAST_SECONDS` (10 s): nothing can hold the fast lane for long, whoever sends it.
+- **fast** (`FAST_SLOTS`, 8): kept for statements that provably touch no edge and are cheap
+  (`is_fast`: `select 1;`, `select sqrt(2) * 3;`, a definition): short text, no `@`, no `Edge`,
+  no subquery, and every function called a built-in of the federation's library that neither
+  makes a bag or stream (iota, heartbeat, file_stream, subscribe…), nor builds a value of a size
+  it is given (zeros, repeat…), nor reaches past its arguments (call, apply, predict, sleep…) —
+  no fleet function, no user function (its body may query the fleet). Such a
+  statement that finds no free worker among the statements' takes one of these — at most one per
+  principal — and runs there under a time limit of `FAST_SECONDS` (10 s): nothing can hold the
+  fast lane for long, whoever sends it.
 - **streams** (`stream_slots`, 128; 16 per principal, a read token's requests in flight): standing streams (`select stream of …`), on
   threads of their own. A stream holds its slot while it lasts, but a thread only while its next
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
@@ -24,7 +29,7 @@ import asyncio
 import concurrent.futures
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from streamql import ast as A
 
@@ -79,6 +84,36 @@ class Slot:
 
 def is_stream(statement: A.Statement) -> bool:
     return isinstance(statement, A.Select) and statement.kind == "stream"
+
+
+FAST_TEXT = 1024            # a statement longer than this is not cheap enough for the fast lane
+CHEAP_KINDS = ("scalar", "aggregate")   # registry kinds: not sources (bags, streams) nor stream operators
+
+
+def is_fast(statement: A.Statement, text: str, builtins: Callable[[str], list]) -> bool:
+    """Whether the statement may take the fast lane: provably no edge touched, and cheap (module
+    docstring). `builtins(name)` is the federation library's overloads of a name (none for a
+    user's function or a fleet function, which the library does not hold)."""
+    if len(text) > FAST_TEXT or is_stream(statement):
+        return False
+    try:
+        for node in statement.walk():
+            if isinstance(node, (A.AtEdge, A.Subquery)):
+                return False
+            if isinstance(node, A.Declaration) and node.type.name.lower() == "edge":
+                return False
+            if isinstance(node, A.Call) and not _cheap_builtin(builtins(node.name.lower())):
+                return False
+    except RecursionError:
+        return False
+    return True
+
+
+def _cheap_builtin(overloads: list) -> bool:
+    # needs_context: the function reaches past its arguments (another function by name — call,
+    # apply, reduce —, a model, a signal, a procedure, sleep): nothing to prove it cheap
+    return bool(overloads) and all(o.kind in CHEAP_KINDS and not o.sized and not o.needs_context
+                                   and o.topic != "fleet" for o in overloads)
 
 
 def is_local(statement: A.Statement) -> bool:

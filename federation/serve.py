@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from aiohttp import web
@@ -91,7 +92,9 @@ def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event)
 async def _serve(config: FederationConfig, ssl_context, announce) -> int:
     stop = asyncio.Event()
     _install_stop_handlers(asyncio.get_running_loop(), stop)
-    runner = web.AppRunner(create_app(config), **runner_options(config))
+    app = create_app(config)
+    phases = ShutdownPhases(app)
+    runner = web.AppRunner(app, **runner_options(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
@@ -100,14 +103,47 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
         await stop.wait()
         log.info("stopping (at most %.0f s)", config.shutdown_timeout_s)
     finally:
-        try:
-            await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
-        except asyncio.TimeoutError:
+        phases.mark("signal")
+        # not asyncio.wait_for: on its timeout it cancels the cleanup and then *waits* for the
+        # cancellation to finish, which a handler that catches it (or a busy loop) stretches past
+        # the watchdog; here the rest is simply left behind and the process ends
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=config.shutdown_timeout_s)
+        phases.mark("end")
+        phases.report(config.shutdown_timeout_s / 4)
+        if cleanup not in done or cleanup.cancelled() or cleanup.exception() is not None:
             pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
-            log.warning("shutdown took longer than %.0f s; leaving the rest (%s)", config.shutdown_timeout_s,
-                        "; ".join(_where(t) for t in pending[:8]) or "nothing pending")
+            log.warning("shutdown took longer than %.0f s or failed; leaving the rest (%s)",
+                        config.shutdown_timeout_s, "; ".join(_where(t) for t in pending[:8]) or "nothing pending")
             return 1
     return 0
+
+
+class ShutdownPhases:
+    """When each step of a shutdown ended, logged when the whole took long: what waited."""
+
+    def __init__(self, app: web.Application):
+        self.times: list[tuple[str, float]] = []
+
+        def marker(name: str):
+            async def mark(_app) -> None:
+                self.mark(name)
+            return mark
+        app.on_shutdown.insert(0, marker("listening stopped"))
+        app.on_shutdown.append(marker("websockets closed and statements stopped"))
+        app.on_cleanup.insert(0, marker("requests in flight ended"))
+        app.on_cleanup.append(marker("resources closed"))
+
+    def mark(self, name: str) -> None:
+        self.times.append((name, time.monotonic()))
+
+    def report(self, slow_s: float) -> None:
+        if len(self.times) < 2:
+            return
+        total = self.times[-1][1] - self.times[0][1]
+        steps = ", ".join(f"{name} +{t - previous:.2f} s" for (name, t), (_, previous)
+                          in zip(self.times[1:], self.times))
+        (log.warning if total > slow_s else log.info)("shutdown in %.2f s: %s", total, steps)
 
 
 def _where(task: asyncio.Task) -> str:

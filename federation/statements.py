@@ -37,7 +37,7 @@ from federation.deployment_control import preflight_lines
 from federation.errors import BadRequest, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
-from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_local, is_stream
+from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_fast, is_stream
 
 log = logging.getLogger("streamql.federation.statements")
 
@@ -319,7 +319,7 @@ class QueryService:
             name = principal_name(principal)
             limits = self.limits_for(principal, limits)
             stream = is_stream(statement)
-            slot = await self.pool.acquire(name, stream=stream, local=not stream and is_local(statement))
+            slot = await self.pool.acquire(name, stream=stream, local=self.is_fast(statement, text))
             if slot.fast:
                 limits = fast_limits(limits)
             access = StatementAccess(self.access)
@@ -337,12 +337,21 @@ class QueryService:
         _require(principal, "deploy")
         name = principal_name(principal)
         limits = self.limits_for(principal, limits)
-        slot = await self.pool.acquire(name, local=is_local(statement))
+        slot = await self.pool.acquire(name, local=self.is_fast(statement, text))
         try:
             return await self.pool.submit(self._statement, statement, text,
                                           fast_limits(limits) if slot.fast else limits)
         finally:
             slot.release()
+
+    def is_fast(self, statement: A.Statement, text: str) -> bool:
+        """May take the fast lane (federation/lanes.py): calls only cheap built-ins, never a user's
+        function (the store's: its body may query the fleet) nor a fleet function."""
+        library, users = self.engine.library, self.engine.store.functions
+
+        def builtins(name: str) -> list:
+            return [] if name in users else library.overloads(name)
+        return is_fast(statement, text, builtins)
 
     def limits_for(self, principal: Any, requested: dict | None) -> dict:
         """A statement's limits: what the request asks for, where it asks for less than its role's
