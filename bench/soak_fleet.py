@@ -58,6 +58,19 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Lower the CPU weight of a process started in a session of its own. With the kernel's
+    autogroups (sched_autogroup_enabled) CPU is shared between sessions first, and a thread's
+    niceness only counts inside its session: four fleet processes at nice 10 would still take four
+    shares to the federation's one (at nice 10 each, 4 × 110 to its 1024). Raising a session's nice
+    needs no privilege."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return True
+    except OSError:
+        return False
+
+
 def runnable_threads(pid: int) -> int | None:
     """Threads of a process that are running or waiting for a CPU now (state R)."""
     try:
@@ -124,13 +137,11 @@ class SoakFleet:
         path = self.work / f"{name}.log"
         self.logs[name] = path
         with open(path, "w") as log:
-            # a niced process stays in this session: with the kernel's autogroups (sched_autogroup_
-            # enabled) CPU is shared between sessions first and niceness counts only inside one, so
-            # K fleet processes in sessions of their own would take K shares to the federation's
-            # one; here they share one session's (this one's), their threads niced inside it
             proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=ROOT, env=self.env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=not nice,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if nice:
+            set_autogroup_nice(proc.pid, nice)
         self.procs[name] = proc
         return proc
 
