@@ -124,23 +124,9 @@ class _FastParse:
         self.states = {state: {kind: (True, arg) if action.name == "Shift" else (False, rules[id(arg)])
                                for kind, (action, arg) in actions.items()}
                        for state, actions in table.states.items()}
-        self._chains: dict[tuple, int] = {}   # (below, top, kind) → the state after a chain of pass-throughs
-
-    def _chain(self, below: int, top: int, kind: str) -> int:
-        """The state after the pass-through reductions that follow one another from `top` (over
-        `below`) with `kind` ahead: each replaces the top state by `below`'s goto on its rule.
-        A 64 KiB `in` list of numbers made eight of them per element, a third of its parse."""
-        states, end_state = self.states, self.end_state
-        while True:
-            action = states[top].get(kind)
-            if action is None or action[0] or action[1][2] is not None:
-                return top
-            top = states[below][action[1][1]][1]
-            if kind == "$END" and top == end_state:
-                return top
 
     def parse(self, text: str):
-        states, lexer, chains = self.states, self.lexer, self._chains
+        states, lexer = self.states, self.lexer
         by_state, ignore, newlines = lexer._by_state, lexer._ignore, lexer._newlines
         end_state = self.end_state
         state_stack, value_stack = [self.start_state], []
@@ -184,15 +170,8 @@ class _FastParse:
                     value_stack.append(token)
                     break
                 size, origin, callback = arg
-                if callback is None:           # `?rule`s passing their one child up: a chain of them at once
-                    key = (state_stack[-2], state_stack[-1], kind)
-                    top = chains.get(key)
-                    if top is None:
-                        top = chains[key] = self._chain(*key)
-                    state_stack[-1] = top
-                    if kind == "$END" and top == end_state:
-                        return value_stack[-1]
-                    continue
+                if callback is None:           # a `?rule` passing its one child up
+                    del state_stack[-1]
                 elif size:
                     children = value_stack[-size:]
                     del state_stack[-size:]
