@@ -146,6 +146,7 @@ class StatementPool:
         self._long = concurrent.futures.ThreadPoolExecutor(LONG_WORKERS, thread_name_prefix="statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
+        self.closing = False          # shutting down: no slot for anyone, waiters told at once
 
     # ------------------------------------------------------------------------------ slots
     def _try(self, who: Any, stream: bool, local: bool) -> Slot | None:
@@ -160,6 +161,8 @@ class StatementPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while True:
+            if self.closing:
+                raise Busy("the federation is shutting down; try again shortly")
             slot = self._try(who, stream, local)
             if slot is not None:
                 return slot
@@ -213,8 +216,16 @@ class StatementPool:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, text)
 
     def stop_all(self, reason: str) -> None:
+        """Shutting down: every running statement stops, and statements waiting for a slot are
+        answered 503 now rather than when their wait ends (a request in flight holds up the
+        shutdown until it ends)."""
+        self.closing = True
         for result in list(self.running):
             result.stop(reason)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def shutdown(self) -> None:
         for executor in (self._executor, self._stream_executor, self._quick, self._long):

@@ -7,8 +7,10 @@
   slowloris headers alike (aiohttp's keep-alive timer runs from the connection's start); bodies
   are bounded by `body_timeout_s` where handlers read them (federation/http.py).
 - **Shutdown**: on SIGTERM or SIGINT the listening sockets close, every WebSocket is told
-  GOING_AWAY (at once, each close bounded), requests in flight get `shutdown_timeout_s / 2` to
-  finish and are then cancelled, and the resources are closed — all within `shutdown_timeout_s`.
+  GOING_AWAY (at once, each close bounded), running statements stop and those waiting for a
+  worker are answered 503, requests in flight get `shutdown_timeout_s / 4` to finish and are then
+  cancelled, and the resources are closed — all within `shutdown_timeout_s` (left behind past
+  it). A shutdown longer than a quarter of that logs how long each step took.
   A watchdog thread started with the signal ends the process `HARD_EXIT_S` after it whatever
   still runs (a worker thread inside a statement, a peer that never answers), so a supervisor's
   SIGTERM is always obeyed within 10 s.
@@ -45,7 +47,9 @@ def runner_options(config: FederationConfig) -> dict[str, Any]:
     """What web.AppRunner (and aiohttp's TestServer) take for the HTTP timeouts of `config`."""
     # lingering: after an answer that left a body unread (a 408, a 413), read and drop the rest
     # for at most LINGER_S before closing, so a slow body cannot keep the connection either
-    return {"keepalive_timeout": config.idle_timeout_s, "shutdown_timeout": config.shutdown_timeout_s / 2,
+    # requests in flight get a quarter of the shutdown (statements are stopped first, so they end
+    # at once; what is still waiting after that — an upload's body, a parse — is cancelled)
+    return {"keepalive_timeout": config.idle_timeout_s, "shutdown_timeout": config.shutdown_timeout_s / 4,
             "lingering_time": LINGER_S, "access_log_class": RedactingAccessLogger}
 
 
