@@ -5,10 +5,13 @@ its time limit) must not starve the short fragments of other users (a fleet aggr
 value) that need milliseconds. Every fragment's worker calls `pace()` at each of the query's check
 points (ExecContext.check: every batch, every chunk a source produces). A fragment is *short* until
 its thread has used `LONG_AFTER_S` of CPU; after that it computes only while it holds one of the
-process's `turns` (its CPU count), each turn for `SLICE_S`, then gives it to the next long
-fragment waiting — round robin among the long ones. A long fragment waiting for a turn sleeps
-(no CPU, no GIL); its time limit still runs, and a cancel ends the wait at once. So short
-fragments compete with at most `turns` computing long ones, however many are running.
+process's `turns` (its CPU count less one, at least one), each turn for `SLICE_S`, then gives it
+to the next long fragment waiting — round robin among the long ones. A long fragment waiting for
+a turn sleeps (no CPU, no GIL); its time limit still runs, and a cancel ends the wait at once. So
+short fragments compete with at most `turns` computing long ones, however many are running —
+and a long one's thread runs at the lowest CPU priority (nice 19, that thread only): the kernel
+gives the CPU to the short fragments, the link and the signals first, and to the long ones
+whatever they leave (all of it on an idle device).
 
 One `Pacer` per process (`PACER`): every edge of a simulated fleet in one process shares it, as
 they share the interpreter and the CPU.
@@ -29,7 +32,7 @@ WAIT_TICK_S = 0.1       # how often a waiting fragment looks at its cancel flag
 
 class Pacer:
     def __init__(self, turns: int | None = None, long_after_s: float = LONG_AFTER_S, slice_s: float = SLICE_S):
-        self.turns = max(1, turns or os.cpu_count() or 1)
+        self.turns = max(1, turns or (os.cpu_count() or 2) - 1)
         self.long_after_s, self.slice_s = long_after_s, slice_s
         self._turns = threading.Semaphore(self.turns)
         self._lock = threading.Lock()
@@ -50,6 +53,7 @@ class Pacer:
                 state["long"] = True
                 with self._lock:
                     self.long_total += 1
+                _lowest_priority()
             now = time.monotonic()
             if state["holding"]:
                 if now < state["until"]:
@@ -80,6 +84,15 @@ class Pacer:
         finally:
             with self._lock:
                 self.waiting -= 1
+
+
+def _lowest_priority() -> None:
+    """The calling thread (a long fragment's, which ends with it) at nice 19. Raising a thread's
+    nice needs no privilege; where it cannot be done the turns alone still hold."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 PACER = Pacer()

@@ -108,3 +108,24 @@ def test_a_cancel_ends_the_wait_for_a_turn():
     thread.join(5)
     holder.release()
     assert 0.2 < outcome["seconds"] < 1.5, outcome
+
+
+def test_a_long_fragments_thread_runs_at_the_lowest_priority_and_only_it():
+    import os
+    pacer = Pacer(turns=1, long_after_s=0.01, slice_s=0.01)
+    seen = {}
+
+    def work() -> None:
+        pace = pacer.pace_for(threading.Event())
+        pace()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        spin(0.02)
+        pace()
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        pace.release()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(5)
+    assert seen == {"before": os.getpriority(os.PRIO_PROCESS, 0), "after": 19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19   # this thread untouched
