@@ -89,7 +89,17 @@ def test_a_short_fragment_never_waits_for_the_long_ones():
 def test_a_cancel_ends_the_wait_for_a_turn():
     pacer = Pacer(turns=1, long_after_s=0.0, slice_s=10.0)
     holder = pacer.pace_for(threading.Event())
-    holder()                         # holds the only turn for 10 s
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:              # holds the only turn for 10 s (in a thread: it is niced)
+        holder()
+        holding.set()
+        done.wait(10)
+        holder.release()
+
+    holder_thread = threading.Thread(target=hold)
+    holder_thread.start()
+    assert holding.wait(5)
     cancelled = threading.Event()
     waiter = pacer.pace_for(cancelled)
     outcome = {}
@@ -106,7 +116,8 @@ def test_a_cancel_ends_the_wait_for_a_turn():
     time.sleep(0.3)
     cancelled.set()
     thread.join(5)
-    holder.release()
+    done.set()
+    holder_thread.join(5)
     assert 0.2 < outcome["seconds"] < 1.5, outcome
 
 
