@@ -20,6 +20,7 @@ many) does keeps `select 1;` waiting.
   does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
 
 A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
+Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
 """
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +45,19 @@ FAST_SLOTS = 8
 FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
+
+
+WORKER_NICE = 5      # statement threads' CPU priority below the event loop's (a thread's own nice)
+
+
+def below_the_loop() -> None:
+    """A worker thread's start: its CPU priority a step below the event loop's, so that however
+    many statements compute, the kernel runs the loop first when it has work — answering
+    /healthz, reading the edges' frames, stopping on SIGTERM (its own nice; no privilege needed)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 class Lane:
@@ -140,10 +156,12 @@ class StatementPool:
         self.statements = Lane("statements", workers, max(1, workers // 4))
         self.fast = Lane("fast", fast_slots, 1)
         self.streams = Lane("streams", stream_slots, STREAMS_PER_PRINCIPAL)
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers + fast_slots, thread_name_prefix="statement")
-        self._stream_executor = concurrent.futures.ThreadPoolExecutor(stream_slots, thread_name_prefix="stream")
-        self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
-        self._long = concurrent.futures.ThreadPoolExecutor(LONG_WORKERS, thread_name_prefix="statement-long")
+        def pool(n: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+            return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=name, initializer=below_the_loop)
+        self._executor = pool(workers + fast_slots, "statement")
+        self._stream_executor = pool(stream_slots, "stream")
+        self._quick = pool(QUICK_WORKERS, "statement-quick")
+        self._long = pool(LONG_WORKERS, "statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
         self.closing = False          # shutting down: no slot for anyone, waiters told at once

@@ -38,7 +38,7 @@ from federation.http import RedactingAccessLogger
 
 log = logging.getLogger("streamql.federation")
 
-HARD_EXIT_S = 9.5
+HARD_EXIT_S = 9.0      # past it the process ends with code 1; a second before a supervisor's 10 s
 SWITCH_INTERVAL_S = 0.001   # the interpreter's thread switch interval (CPython's default: 5 ms)
 LINGER_S = 2.0
 
@@ -56,7 +56,11 @@ def runner_options(config: FederationConfig) -> dict[str, Any]:
 def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> threading.Timer:
     """A daemon timer that ends the process after `seconds`, flushing what can be flushed first."""
     def hard_exit() -> None:
-        log.error("shutdown did not finish within %.1f s: exiting now", seconds)
+        log.error("shutdown did not finish within %.1f s: exiting now; where every thread was:", seconds)
+        try:   # what the shutdown waited for, for the log
+            faulthandler.dump_traceback(all_threads=True)
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
