@@ -47,9 +47,9 @@ def options(argv=None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=10.0, help="a well-behaved client's mean pause, s (10)")
     parser.add_argument("--heavy", type=int, default=2, help="`select zeros(50000000);` at once, at most (2)")
     parser.add_argument("--rss-cap-mb", type=float, default=3000.0, help="kill a process past this RSS (3000)")
-    parser.add_argument("--edges-nice", type=int, default=10,
-                        help="niceness of the simulated fleet's process (10): it stands in for devices with CPUs of "
-                             "their own, so its hundreds of fragment threads should not take the federation's")
+    parser.add_argument("--edges-nice", type=int, default=0,
+                        help="niceness of the simulated fleet's session (0): its processes run in one session of "
+                             "their own, which the kernel's autogroups weigh as much as the federation's")
     parser.add_argument("--edge-procs", type=int, default=4,
                         help="processes the simulated fleet is split into (4): each runs edges/K edges with its "
                              "own seed and id prefix, as devices compute in parallel")

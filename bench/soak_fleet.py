@@ -131,6 +131,7 @@ class SoakFleet:
         self.admin = ""
         self.sampler: Sampler | None = None
         self.prober: Prober | None = None
+        self.launcher: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------------------ processes
     def _spawn(self, name: str, *args: str, nice: int = 0) -> subprocess.Popen:
@@ -145,6 +146,26 @@ class SoakFleet:
         self.procs[name] = proc
         return proc
 
+    def _spawn_session(self, commands: dict[str, tuple], nice: int) -> None:
+        """The fleet's processes in one session of their own, started by a small launcher (a
+        session can only be joined by forking inside it). With the kernel's autogroups CPU is
+        shared between sessions first: the whole fleet then weighs what the federation weighs
+        (one session each), however many processes it has; `nice` is the session's own nice."""
+        specs = []
+        for name, args in commands.items():
+            self.logs[name] = self.work / f"{name}.log"
+            specs.append({"args": [sys.executable, "-m", "streamql.cli", *args], "log": str(self.logs[name])})
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(specs)], cwd=ROOT, env=self.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.launcher = launcher
+        if nice:
+            set_autogroup_nice(launcher.pid, nice)
+        pids = json.loads(launcher.stdout.readline() or "[]")
+        if len(pids) != len(commands):
+            raise FleetDidNotStart("the fleet's launcher did not start its processes")
+        for name, pid in zip(commands, pids):
+            self.procs[name] = Adopted(pid)
+
     def start(self, startup_s: float = 120.0) -> None:
         from streamql.models import keygen
         self.private_key, self.public_key = keygen(self.work / "keys" / "release")
@@ -155,12 +176,14 @@ class SoakFleet:
         # the fleet in several processes (`edges-1` … `edges-K`), each its own seed and id prefix: a
         # real fleet's devices compute in parallel, and one interpreter holding every fragment of
         # every edge as a thread of one GIL measures the simulation, not the federation
+        commands = {}
         for k, n in enumerate(self.edge_split(), start=1):
             name = "edges" if self.edge_procs == 1 else f"edges-{k}"
             extra = () if self.edge_procs == 1 else ("--seed", str(k), "--id-prefix", f"p{k}-")
-            self._spawn(name, "edge", "--simulate", str(n), "--federation", self.url,
-                        "--provision-token-file", str(self.data / "admin.token"), "--store",
-                        str(self.work / name), "--log-level", self.log_level, *extra, nice=self.edges_nice)
+            commands[name] = ("edge", "--simulate", str(n), "--federation", self.url, "--provision-token-file",
+                              str(self.data / "admin.token"), "--store", str(self.work / name),
+                              "--log-level", self.log_level, *extra)
+        self._spawn_session(commands, self.edges_nice)
         self._wait(lambda: self.online() >= self.edges, startup_s, f"{self.edges} edges to connect")
         self.sampler = Sampler(self)
         self.prober = Prober(self)
@@ -259,7 +282,13 @@ class SoakFleet:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                proc.wait(5)
+        if self.launcher is not None:
+            try:
+                self.launcher.wait(5)
+            except subprocess.TimeoutExpired:
+                self.launcher.kill()
+                self.launcher.wait()
 
     # ------------------------------------------------------------------------------ logs
     def warnings(self) -> dict[str, list[tuple[int, str]]]:
@@ -280,6 +309,58 @@ class SoakFleet:
                 groups[key] += 1
             out[name] = groups.most_common(12)
         return out
+
+
+# the fleet's launcher: its processes in its session, their pids on stdout, signals passed on, reaped
+LAUNCHER = r"""
+import json, signal, subprocess, sys
+specs = json.loads(sys.argv[1])
+procs = [subprocess.Popen(spec["args"], stdout=open(spec["log"], "w"), stderr=subprocess.STDOUT) for spec in specs]
+print(json.dumps([p.pid for p in procs]), flush=True)
+signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs])
+for p in procs:
+    p.wait()
+"""
+
+
+class Adopted:
+    """A process of the fleet's launcher, handled like a Popen from here (its exit code is the
+    launcher's to know: 0 once it is gone)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = "gone"
+            if state in ("gone", "Z", "X"):
+                self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except OSError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
 
 
 class Sampler(threading.Thread):
