@@ -18,8 +18,9 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
 - When the connection drops, its fragments are cancelled without an `end` (the socket is gone).
-- **CPU**: a fragment that has computed for more than half a second takes turns with the other
-  long ones (at most the CPU count compute at once); short fragments never wait (pacing.py).
+- **CPU**: a fragment's thread runs a step below the event loop (nice 5: the link, heartbeats and
+  credit first); one that has computed for more than half a second takes turns with the other
+  long ones (the CPU count less one at once) at nice 19; short fragments never wait (pacing.py).
 - **Slots**: at most `max_running` fragments at once, and at most `max_per_principal` of one
   principal (the `query` frame's `principal`: who asked), so one reader holding streams it never
   reads cannot take every slot; fragments over either are answered `end error` LimitError.
@@ -40,7 +41,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
-from .pacing import PACER, Pacer
+from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 
@@ -153,6 +154,7 @@ class Fragment:
         self.owner.loop.call_soon_threadsafe(self.finish, outcome, error)
 
     def _run(self) -> None:
+        below_the_loop()
         result = None
         try:
             result = self._compile()

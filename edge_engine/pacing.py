@@ -86,11 +86,26 @@ class Pacer:
                 self.waiting -= 1
 
 
+FRAGMENT_NICE = 5        # every fragment's thread: a step below the event loop (the link, heartbeats, credit)
+
+
+def below_the_loop() -> None:
+    """A fragment's thread FRAGMENT_NICE steps below the process (that thread only; it ends with
+    the fragment)."""
+    _nice(FRAGMENT_NICE)
+
+
 def _lowest_priority() -> None:
-    """The calling thread (a long fragment's, which ends with it) at nice 19. Raising a thread's
-    nice needs no privilege; where it cannot be done the turns alone still hold."""
+    _nice(19)
+
+
+def _nice(steps: int) -> None:
+    """The calling thread `steps` nice steps below where it is, at most 19 (a fragment's thread,
+    which ends with it). Lowering a thread's priority needs no privilege; where it cannot be done
+    the turns alone still hold."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
     except (AttributeError, OSError):
         pass
 

@@ -55,7 +55,8 @@ def below_the_loop() -> None:
     many statements compute, the kernel runs the loop first when it has work — answering
     /healthz, reading the edges' frames, stopping on SIGTERM (its own nice; no privilege needed)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
     except (AttributeError, OSError):
         pass
 
