@@ -95,7 +95,7 @@ class FederationConfig:
     max_json_depth: int = 64  # JSON bodies and WebSocket messages nested deeper are a 400
     idle_timeout_s: float = 15.0  # a connection without a complete request head this long is closed
     body_timeout_s: float = 30.0  # a request body must arrive within this (uploads: + 1 s per 256 KiB)
-    shutdown_timeout_s: float = 7.0  # SIGTERM: graceful for this long, then the process exits regardless
+    shutdown_timeout_s: float = 8.0  # SIGTERM: graceful for this long, then the process exits regardless
     rate_limits: dict = field(default_factory=lambda: dict(DEFAULT_ROLE_LIMITS))  # role → RoleLimits
     # --- bundle uploads (checked before anything is inflated: federation/bundle_check.py)
     max_uploads: int = 2  # uploads checked at once; more get 429 with Retry-After
