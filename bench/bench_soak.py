@@ -47,9 +47,12 @@ def options(argv=None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=10.0, help="a well-behaved client's mean pause, s (10)")
     parser.add_argument("--heavy", type=int, default=2, help="`select zeros(50000000);` at once, at most (2)")
     parser.add_argument("--rss-cap-mb", type=float, default=3000.0, help="kill a process past this RSS (3000)")
-    parser.add_argument("--edges-nice", type=int, default=10,
-                        help="niceness of the simulated fleet's process (10): it stands in for devices with CPUs of "
-                             "their own, so its hundreds of fragment threads should not take the federation's")
+    parser.add_argument("--edges-nice", type=int, default=0,
+                        help="niceness of the simulated fleet's session (0): its processes run in one session of "
+                             "their own, which the kernel's autogroups weigh as much as the federation's")
+    parser.add_argument("--edge-procs", type=int, default=4,
+                        help="processes the simulated fleet is split into (4): each runs edges/K edges with its "
+                             "own seed and id prefix, as devices compute in parallel")
     parser.add_argument("--isolate", action="store_true", help="each hostile act alone, with two probes")
     parser.add_argument("--skip", action="append", default=[], choices=ACTS, metavar="ACT",
                         help=f"leave out a hostile act ({', '.join(ACTS)})")
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
     n_well = max(1, round(args.clients * 0.7))
     n_abandon = max(1, round(args.clients * 0.2)) if args.clients >= 3 else 0
     n_hostile = max(1, args.clients - n_well - n_abandon) if args.clients >= 3 else 0
-    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice)
+    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice, edge_procs=args.edge_procs)
     procs: list[subprocess.Popen] = []
     report: dict = {"machine": machine(), "options": vars(args), "load_before": machine_load()}
     try:
@@ -224,7 +227,12 @@ def summary(report: dict) -> str:
     out.append(f"/healthz: {health.get('answered')} answered (p99 {health.get('p99_ms')} ms, max "
                f"{health.get('max_ms')} ms), {health.get('unanswered')} unanswered")
     out.append(f"limited (429): {report.get('http')}; peaks: {report.get('peaks')}; threads: "
-               f"{ {n: p.get('threads_max') for n, p in procs.items()} }")
+               f"{ {n: p.get('threads_max') for n, p in procs.items()} }; runnable threads mean/max: "
+               f"{ {n: (p.get('runnable_mean'), p.get('runnable_max')) for n, p in procs.items()} }")
+    fleet_hwm = sum(p.get("hwm_mb", 0) for n, p in procs.items() if n.startswith("edges"))
+    fleet_n = sum(1 for n in procs if n.startswith("edges"))
+    out.append(f"edge processes: {fleet_n}, peak RSS (VmHWM) {fleet_hwm:.0f} MB in all, "
+               f"{fleet_hwm / max(1, (report.get('options') or {}).get('edges', 1)):.1f} MB per simulated edge")
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

@@ -58,6 +58,35 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def set_autogroup_nice(pid: int, nice: int) -> bool:
+    """Lower the CPU weight of a process started in a session of its own. With the kernel's
+    autogroups (sched_autogroup_enabled) CPU is shared between sessions first, and a thread's
+    niceness only counts inside its session: four fleet processes at nice 10 would still take four
+    shares to the federation's one (at nice 10 each, 4 × 110 to its 1024). Raising a session's nice
+    needs no privilege."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        return True
+    except OSError:
+        return False
+
+
+def runnable_threads(pid: int) -> int | None:
+    """Threads of a process that are running or waiting for a CPU now (state R)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    count = 0
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R":
+                count += 1
+        except (OSError, IndexError):
+            pass
+    return count
+
+
 def machine_load() -> str:
     """The load average and the busiest other processes (the machine is shared)."""
     one, five, fifteen = os.getloadavg()
@@ -88,8 +117,10 @@ def busy_processes(exclude: set[int], top: int = 4) -> list[str]:
 
 
 class SoakFleet:
-    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0):
+    def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0,
+                 edge_procs: int = 1):
         self.work, self.edges, self.rss_cap_mb, self.edges_nice = work, edges, rss_cap_mb, edges_nice
+        self.edge_procs = max(1, min(edge_procs, edges))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = work / "fed"
@@ -100,6 +131,7 @@ class SoakFleet:
         self.admin = ""
         self.sampler: Sampler | None = None
         self.prober: Prober | None = None
+        self.launcher: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------------------ processes
     def _spawn(self, name: str, *args: str, nice: int = 0) -> subprocess.Popen:
@@ -109,8 +141,30 @@ class SoakFleet:
             proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if nice:
+            set_autogroup_nice(proc.pid, nice)
         self.procs[name] = proc
         return proc
+
+    def _spawn_session(self, commands: dict[str, tuple], nice: int) -> None:
+        """The fleet's processes in one session of their own, started by a small launcher (a
+        session can only be joined by forking inside it). With the kernel's autogroups CPU is
+        shared between sessions first: the whole fleet then weighs what the federation weighs
+        (one session each), however many processes it has; `nice` is the session's own nice."""
+        specs = []
+        for name, args in commands.items():
+            self.logs[name] = self.work / f"{name}.log"
+            specs.append({"args": [sys.executable, "-m", "streamql.cli", *args], "log": str(self.logs[name])})
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(specs)], cwd=ROOT, env=self.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.launcher = launcher
+        if nice:
+            set_autogroup_nice(launcher.pid, nice)
+        pids = json.loads(launcher.stdout.readline() or "[]")
+        if len(pids) != len(commands):
+            raise FleetDidNotStart("the fleet's launcher did not start its processes")
+        for name, pid in zip(commands, pids):
+            self.procs[name] = Adopted(pid)
 
     def start(self, startup_s: float = 120.0) -> None:
         from streamql.models import keygen
@@ -119,14 +173,30 @@ class SoakFleet:
                     "--trusted-key", str(self.public_key), "--log-level", self.log_level)
         self._wait(self.healthy, 30, "the federation to listen")
         self.admin = (self.data / "admin.token").read_text().strip()
-        self._spawn("edges", "edge", "--simulate", str(self.edges), "--federation", self.url,
-                    "--provision-token-file", str(self.data / "admin.token"), "--store", str(self.work / "edges"),
-                    "--log-level", self.log_level, nice=self.edges_nice)
+        # the fleet in several processes (`edges-1` … `edges-K`), each its own seed and id prefix: a
+        # real fleet's devices compute in parallel, and one interpreter holding every fragment of
+        # every edge as a thread of one GIL measures the simulation, not the federation
+        commands = {}
+        for k, n in enumerate(self.edge_split(), start=1):
+            name = "edges" if self.edge_procs == 1 else f"edges-{k}"
+            extra = () if self.edge_procs == 1 else ("--seed", str(k), "--id-prefix", f"p{k}-")
+            commands[name] = ("edge", "--simulate", str(n), "--federation", self.url, "--provision-token-file",
+                              str(self.data / "admin.token"), "--store", str(self.work / name),
+                              "--log-level", self.log_level, *extra)
+        self._spawn_session(commands, self.edges_nice)
         self._wait(lambda: self.online() >= self.edges, startup_s, f"{self.edges} edges to connect")
         self.sampler = Sampler(self)
         self.prober = Prober(self)
         self.sampler.start()
         self.prober.start()
+
+    def edge_split(self) -> list[int]:
+        """How many edges each fleet process runs (as even as can be)."""
+        base, extra = divmod(self.edges, self.edge_procs)
+        return [base + (1 if k < extra else 0) for k in range(self.edge_procs)]
+
+    def edge_names(self) -> list[str]:
+        return [name for name in self.procs if name.startswith("edges")]
 
     def _wait(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -212,7 +282,13 @@ class SoakFleet:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                proc.wait(5)
+        if self.launcher is not None:
+            try:
+                self.launcher.wait(5)
+            except subprocess.TimeoutExpired:
+                self.launcher.kill()
+                self.launcher.wait()
 
     # ------------------------------------------------------------------------------ logs
     def warnings(self) -> dict[str, list[tuple[int, str]]]:
@@ -235,6 +311,58 @@ class SoakFleet:
         return out
 
 
+# the fleet's launcher: its processes in its session, their pids on stdout, signals passed on, reaped
+LAUNCHER = r"""
+import json, signal, subprocess, sys
+specs = json.loads(sys.argv[1])
+procs = [subprocess.Popen(spec["args"], stdout=open(spec["log"], "w"), stderr=subprocess.STDOUT) for spec in specs]
+print(json.dumps([p.pid for p in procs]), flush=True)
+signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs])
+for p in procs:
+    p.wait()
+"""
+
+
+class Adopted:
+    """A process of the fleet's launcher, handled like a Popen from here (its exit code is the
+    launcher's to know: 0 once it is gone)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = "gone"
+            if state in ("gone", "Z", "X"):
+                self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signum)
+            except OSError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+
 class Sampler(threading.Thread):
     """VmRSS and CPU of every process each 0.5 s; a process past the RSS cap is killed (counted)."""
 
@@ -246,6 +374,7 @@ class Sampler(threading.Thread):
         self.killed: dict[str, float] = {}
         self.hwm_mb: dict[str, float] = {}
         self.threads: dict[str, int] = {}      # the most threads seen
+        self.runnable: dict[str, list[int]] = {}   # threads in state R, every 2 s
         self.others: dict[str, subprocess.Popen] = {}
 
     def watch(self, name: str, proc: subprocess.Popen) -> None:
@@ -255,13 +384,19 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         last: dict = {}
+        ticks = 0
         while not self.stop.wait(self.interval):
+            ticks += 1
             for name, proc in {**self.fleet.procs, **self.others}.items():
                 if name not in last:
                     last[name] = (time.monotonic(), cpu_seconds(proc.pid) or 0.0)
                     continue
                 if proc.poll() is not None:
                     continue
+                if ticks % 4 == 0:
+                    runnable = runnable_threads(proc.pid)
+                    if runnable is not None:
+                        self.runnable.setdefault(name, []).append(runnable)
                 threads = proc_status_kb(proc.pid, "Threads")
                 if threads is not None:
                     self.threads[name] = max(self.threads.get(name, 0), threads)
@@ -292,7 +427,9 @@ class Sampler(threading.Thread):
                          "hwm_mb": round(self.hwm_mb.get(name, 0.0), 1),
                          "cpu_mean_pct": round(sum(cpus) / len(cpus), 1),
                          "cpu_p95_pct": round(cpus[int(0.95 * (len(cpus) - 1))], 1),
-                         "threads_max": self.threads.get(name), "killed_at_mb": self.killed.get(name)}
+                         "threads_max": self.threads.get(name), "killed_at_mb": self.killed.get(name),
+                         "runnable_mean": round(sum(r := self.runnable.get(name) or [0]) / len(r), 1),
+                         "runnable_max": max(self.runnable.get(name) or [0])}
         return out
 
 

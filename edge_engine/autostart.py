@@ -139,8 +139,10 @@ class AutostartQuery:
                  log: logging.Logger, on_error: Callable[[str], None] | None = None,
                  on_status: Callable[["AutostartQuery"], None] | None = None,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, max_failures: int | None = None,
-                 checkpoints: CheckpointStore | None = None, checkpoint_interval_s: float = 5.0, buffer=None):
+                 checkpoints: CheckpointStore | None = None, checkpoint_interval_s: float = 5.0, buffer=None,
+                 limits: dict | None = None):
         self.engine = engine
+        self.limits = limits      # the edge's statement limits (memory_mb): AutostartSet.start
         self.spec = spec
         self.emit = emit
         self.log = log
@@ -273,7 +275,7 @@ class AutostartQuery:
 
     def _run_once(self) -> None:
         checkpointing = self._checkpointing()
-        result = self.engine.query(self.spec.text, checkpoint=checkpointing)
+        result = self.engine.query(self.spec.text, self.limits, checkpoint=checkpointing)
         self._result = result
         if self._stop.is_set():
             result.close()
@@ -335,6 +337,8 @@ class AutostartSet:
     def start(cls, engine, specs: list[AutostartSpec], emit, *, log: logging.Logger,
               on_error: Callable[[str], None] | None = None, on_status: Callable | None = None,
               **backoff: Any) -> "AutostartSet":
+        """`backoff` may hold `limits`: the edge's memory budget for each query (`{"memory_mb":
+        …}`; its `seconds` and `rows` are a fragment's, not a standing query's)."""
         return cls([AutostartQuery(engine, spec, emit, log=log, on_error=on_error, on_status=on_status,
                                    **backoff).start() for spec in specs])
 

@@ -246,7 +246,8 @@ class EdgeDaemon:
         self.autostarts = AutostartSet.start(engine, specs, self.publisher.emit, log=self.log,
                                              on_status=self._autostart_changed, checkpoints=self.checkpoints,
                                              checkpoint_interval_s=config.autostart.checkpoint_interval_s,
-                                             max_failures=config.autostart.max_failures, buffer=self.buffer)
+                                             max_failures=config.autostart.max_failures, buffer=self.buffer,
+                                             limits=autostart_limits(config.limits))
 
     def _resume_replays(self, specs) -> None:
         """Start each CSV replay where the autostart queries reading it had got to by their
@@ -458,3 +459,10 @@ async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, *
         except asyncio.TimeoutError:
             daemon.log.warning("the daemon did not stop within %.0f s; leaving the rest", STOP_DEADLINE_S)
     return 0
+
+
+def autostart_limits(limits) -> dict:
+    """An autostart query runs under the edge's statement memory budget (`limits.memory_mb`), like
+    every fragment; `limits.seconds` and `limits.rows` bound a fleet query's fragment, not a query
+    that runs for as long as the device does (its rows are bounded by the publish quota)."""
+    return {"memory_mb": limits.memory_mb} if limits.memory_mb is not None else {}

@@ -18,6 +18,9 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
 - When the connection drops, its fragments are cancelled without an `end` (the socket is gone).
+- **CPU**: a fragment's thread runs a step below the event loop (nice 5: the link, heartbeats and
+  credit first); one that has computed for more than half a second takes turns with the other
+  long ones (the CPU count less one at once) at nice 19; short fragments never wait (pacing.py).
 - **Slots**: at most `max_running` fragments at once, and at most `max_per_principal` of one
   principal (the `query` frame's `principal`: who asked), so one reader holding streams it never
   reads cannot take every slot; fragments over either are answered `end error` LimitError.
@@ -38,6 +41,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
+from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 
@@ -76,6 +80,7 @@ class Fragment:
         self.seq = 0
         self.outcome: str | None = None     # decided (loop); the end frame follows
         self.ctx = None
+        self._pace = None           # this worker's share of the CPU (edge_engine/pacing.py)
         self._cond = threading.Condition()
         self._send_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -149,6 +154,7 @@ class Fragment:
         self.owner.loop.call_soon_threadsafe(self.finish, outcome, error)
 
     def _run(self) -> None:
+        below_the_loop()
         result = None
         try:
             result = self._compile()
@@ -167,6 +173,8 @@ class Fragment:
                 self.owner.log.exception("fragment %s failed", self.qid)
                 self._post("error", {"kind": "RuntimeError", "message": f"internal error: {type(exc).__name__}: {exc}"})
         finally:
+            if self._pace is not None:
+                self._pace.release()
             if result is not None:
                 try:
                     result.close()
@@ -191,6 +199,8 @@ class Fragment:
                     else:
                         session[key] = value
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
+        # long computations take turns on the CPU, so they never starve the short fragments
+        self._pace = result.ctx.pace = self.owner.pacer.pace_for(result.ctx.cancel)
         self.ctx = result.ctx
         if self.outcome is not None:
             result.ctx.cancel.set()
@@ -245,8 +255,11 @@ class Fragment:
                 if granted:
                     self.taken_rows += granted
                     return granted
+                if self._pace is not None:    # paused: no CPU turn held while it waits
+                    self._pace.release()
                 self._cond.wait(CREDIT_WAIT_S)
-                ctx.check()
+                if ctx.cancel.is_set():       # (not ctx.check: that would wait for a turn, paused)
+                    raise QueryCancelled("the query was cancelled")
 
     def _send(self, cols: list, n: int, names: list) -> None:
         frame = wire.make("rows", qid=self.qid, seq=self.seq, n=n, cols=cols, names=names, time=time.time())
@@ -280,8 +293,9 @@ class FragmentSet:
                  default_limits: Limits | None = None, max_running: int = 32, max_per_principal: int = 8,
                  compile_lock: threading.Lock | None = None, log: logging.Logger | None = None,
                  max_frame: int | None = None, refuse: Callable[[str], str | None] | None = None,
-                 running_log: Any = None):
+                 running_log: Any = None, pacer: Pacer | None = None):
         self.loop = loop
+        self.pacer = pacer or PACER     # the process's CPU, shared by every edge in it
         self.max_frame = min(MAX_FRAME_PAYLOAD, max_frame or MAX_FRAME_PAYLOAD)   # welcome.max_frame
         self.send_frame = send_frame
         self.send_bytes = send_bytes

@@ -5,16 +5,22 @@ many) does keeps `select 1;` waiting.
   a deployment's selection. One principal (a token) holds at most a quarter of them at once
   (`per_principal`); its further statements wait for one of its own to end, so a burst from one
   token never takes every worker.
-- **fast** (`FAST_SLOTS`, 8): kept for statements that touch no edge and are not streams (`select
-  1;`, a definition, a local computation). Such a statement that finds no free worker among the
-  statements' takes one of these — at most one per principal — and runs there under a time limit
-  of `FAST_SECONDS` (10 s): nothing can hold the fast lane for long, whoever sends it.
+- **fast** (`FAST_SLOTS`, 8): kept for statements that provably touch no edge and are cheap
+  (`is_fast`: `select 1;`, `select sqrt(2) * 3;`, a definition): short text, no `@`, no `Edge`,
+  no subquery, and every function called a built-in of the federation's library that neither
+  makes a bag or stream (iota, heartbeat, file_stream, subscribe…), nor builds a value of a size
+  it is given (zeros, repeat…), nor reaches past its arguments (call, apply, predict, sleep…) —
+  no fleet function, no user function (its body may query the fleet). Such a
+  statement that finds no free worker among the statements' takes one of these — at most one per
+  principal — and runs there under a time limit of `FAST_SECONDS` (10 s): nothing can hold the
+  fast lane for long, whoever sends it.
 - **streams** (`stream_slots`, 128; 16 per principal, a read token's requests in flight): standing streams (`select stream of …`), on
   threads of their own. A stream holds its slot while it lasts, but a thread only while its next
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
   does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
 
 A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
+Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
 """
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from streamql import ast as A
 
@@ -37,6 +45,20 @@ FAST_SLOTS = 8
 FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
+
+
+WORKER_NICE = 5      # statement threads' CPU priority below the event loop's (a thread's own nice)
+
+
+def below_the_loop() -> None:
+    """A worker thread's start: its CPU priority a step below the event loop's, so that however
+    many statements compute, the kernel runs the loop first when it has work — answering
+    /healthz, reading the edges' frames, stopping on SIGTERM (its own nice; no privilege needed)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
+    except (AttributeError, OSError):
+        pass
 
 
 class Lane:
@@ -81,6 +103,36 @@ def is_stream(statement: A.Statement) -> bool:
     return isinstance(statement, A.Select) and statement.kind == "stream"
 
 
+FAST_TEXT = 1024            # a statement longer than this is not cheap enough for the fast lane
+CHEAP_KINDS = ("scalar", "aggregate")   # registry kinds: not sources (bags, streams) nor stream operators
+
+
+def is_fast(statement: A.Statement, text: str, builtins: Callable[[str], list]) -> bool:
+    """Whether the statement may take the fast lane: provably no edge touched, and cheap (module
+    docstring). `builtins(name)` is the federation library's overloads of a name (none for a
+    user's function or a fleet function, which the library does not hold)."""
+    if len(text) > FAST_TEXT or is_stream(statement):
+        return False
+    try:
+        for node in statement.walk():
+            if isinstance(node, (A.AtEdge, A.Subquery)):
+                return False
+            if isinstance(node, A.Declaration) and node.type.name.lower() == "edge":
+                return False
+            if isinstance(node, A.Call) and not _cheap_builtin(builtins(node.name.lower())):
+                return False
+    except RecursionError:
+        return False
+    return True
+
+
+def _cheap_builtin(overloads: list) -> bool:
+    # needs_context: the function reaches past its arguments (another function by name — call,
+    # apply, reduce —, a model, a signal, a procedure, sleep): nothing to prove it cheap
+    return bool(overloads) and all(o.kind in CHEAP_KINDS and not o.sized and not o.needs_context
+                                   and o.topic != "fleet" for o in overloads)
+
+
 def is_local(statement: A.Statement) -> bool:
     """No `@e` part and no Edge declaration: the statement runs here, without the fleet."""
     try:
@@ -105,12 +157,15 @@ class StatementPool:
         self.statements = Lane("statements", workers, max(1, workers // 4))
         self.fast = Lane("fast", fast_slots, 1)
         self.streams = Lane("streams", stream_slots, STREAMS_PER_PRINCIPAL)
-        self._executor = concurrent.futures.ThreadPoolExecutor(workers + fast_slots, thread_name_prefix="statement")
-        self._stream_executor = concurrent.futures.ThreadPoolExecutor(stream_slots, thread_name_prefix="stream")
-        self._quick = concurrent.futures.ThreadPoolExecutor(QUICK_WORKERS, thread_name_prefix="statement-quick")
-        self._long = concurrent.futures.ThreadPoolExecutor(LONG_WORKERS, thread_name_prefix="statement-long")
+        def pool(n: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+            return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=name, initializer=below_the_loop)
+        self._executor = pool(workers + fast_slots, "statement")
+        self._stream_executor = pool(stream_slots, "stream")
+        self._quick = pool(QUICK_WORKERS, "statement-quick")
+        self._long = pool(LONG_WORKERS, "statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
+        self.closing = False          # shutting down: no slot for anyone, waiters told at once
 
     # ------------------------------------------------------------------------------ slots
     def _try(self, who: Any, stream: bool, local: bool) -> Slot | None:
@@ -125,6 +180,8 @@ class StatementPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while True:
+            if self.closing:
+                raise Busy("the federation is shutting down; try again shortly")
             slot = self._try(who, stream, local)
             if slot is not None:
                 return slot
@@ -178,8 +235,16 @@ class StatementPool:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, text)
 
     def stop_all(self, reason: str) -> None:
+        """Shutting down: every running statement stops, and statements waiting for a slot are
+        answered 503 now rather than when their wait ends (a request in flight holds up the
+        shutdown until it ends)."""
+        self.closing = True
         for result in list(self.running):
             result.stop(reason)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def shutdown(self) -> None:
         for executor in (self._executor, self._stream_executor, self._quick, self._long):

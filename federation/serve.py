@@ -7,8 +7,10 @@
   slowloris headers alike (aiohttp's keep-alive timer runs from the connection's start); bodies
   are bounded by `body_timeout_s` where handlers read them (federation/http.py).
 - **Shutdown**: on SIGTERM or SIGINT the listening sockets close, every WebSocket is told
-  GOING_AWAY (at once, each close bounded), requests in flight get `shutdown_timeout_s / 2` to
-  finish and are then cancelled, and the resources are closed — all within `shutdown_timeout_s`.
+  GOING_AWAY (at once, each close bounded), running statements stop and those waiting for a
+  worker are answered 503, requests in flight get `shutdown_timeout_s / 4` to finish and are then
+  cancelled, and the resources are closed — all within `shutdown_timeout_s` (left behind past
+  it). A shutdown longer than a quarter of that logs how long each step took.
   A watchdog thread started with the signal ends the process `HARD_EXIT_S` after it whatever
   still runs (a worker thread inside a statement, a peer that never answers), so a supervisor's
   SIGTERM is always obeyed within 10 s.
@@ -25,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +38,7 @@ from federation.http import RedactingAccessLogger
 
 log = logging.getLogger("streamql.federation")
 
-HARD_EXIT_S = 9.5
+HARD_EXIT_S = 9.0      # past it the process ends with code 1; a second before a supervisor's 10 s
 SWITCH_INTERVAL_S = 0.001   # the interpreter's thread switch interval (CPython's default: 5 ms)
 LINGER_S = 2.0
 
@@ -44,14 +47,20 @@ def runner_options(config: FederationConfig) -> dict[str, Any]:
     """What web.AppRunner (and aiohttp's TestServer) take for the HTTP timeouts of `config`."""
     # lingering: after an answer that left a body unread (a 408, a 413), read and drop the rest
     # for at most LINGER_S before closing, so a slow body cannot keep the connection either
-    return {"keepalive_timeout": config.idle_timeout_s, "shutdown_timeout": config.shutdown_timeout_s / 2,
+    # requests in flight get a quarter of the shutdown (statements are stopped first, so they end
+    # at once; what is still waiting after that — an upload's body, a parse — is cancelled)
+    return {"keepalive_timeout": config.idle_timeout_s, "shutdown_timeout": config.shutdown_timeout_s / 4,
             "lingering_time": LINGER_S, "access_log_class": RedactingAccessLogger}
 
 
 def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> threading.Timer:
     """A daemon timer that ends the process after `seconds`, flushing what can be flushed first."""
     def hard_exit() -> None:
-        log.error("shutdown did not finish within %.1f s: exiting now", seconds)
+        log.error("shutdown did not finish within %.1f s: exiting now; where every thread was:", seconds)
+        try:   # what the shutdown waited for, for the log
+            faulthandler.dump_traceback(all_threads=True)
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -91,7 +100,9 @@ def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event)
 async def _serve(config: FederationConfig, ssl_context, announce) -> int:
     stop = asyncio.Event()
     _install_stop_handlers(asyncio.get_running_loop(), stop)
-    runner = web.AppRunner(create_app(config), **runner_options(config))
+    app = create_app(config)
+    phases = ShutdownPhases(app)
+    runner = web.AppRunner(app, **runner_options(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
@@ -100,14 +111,47 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
         await stop.wait()
         log.info("stopping (at most %.0f s)", config.shutdown_timeout_s)
     finally:
-        try:
-            await asyncio.wait_for(runner.cleanup(), config.shutdown_timeout_s)
-        except asyncio.TimeoutError:
+        phases.mark("signal")
+        # not asyncio.wait_for: on its timeout it cancels the cleanup and then *waits* for the
+        # cancellation to finish, which a handler that catches it (or a busy loop) stretches past
+        # the watchdog; here the rest is simply left behind and the process ends
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=config.shutdown_timeout_s)
+        phases.mark("end")
+        phases.report(config.shutdown_timeout_s / 4)
+        if cleanup not in done or cleanup.cancelled() or cleanup.exception() is not None:
             pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
-            log.warning("shutdown took longer than %.0f s; leaving the rest (%s)", config.shutdown_timeout_s,
-                        "; ".join(_where(t) for t in pending[:8]) or "nothing pending")
+            log.warning("shutdown took longer than %.0f s or failed; leaving the rest (%s)",
+                        config.shutdown_timeout_s, "; ".join(_where(t) for t in pending[:8]) or "nothing pending")
             return 1
     return 0
+
+
+class ShutdownPhases:
+    """When each step of a shutdown ended, logged when the whole took long: what waited."""
+
+    def __init__(self, app: web.Application):
+        self.times: list[tuple[str, float]] = []
+
+        def marker(name: str):
+            async def mark(_app) -> None:
+                self.mark(name)
+            return mark
+        app.on_shutdown.insert(0, marker("listening stopped"))
+        app.on_shutdown.append(marker("websockets closed and statements stopped"))
+        app.on_cleanup.insert(0, marker("requests in flight ended"))
+        app.on_cleanup.append(marker("resources closed"))
+
+    def mark(self, name: str) -> None:
+        self.times.append((name, time.monotonic()))
+
+    def report(self, slow_s: float) -> None:
+        if len(self.times) < 2:
+            return
+        total = self.times[-1][1] - self.times[0][1]
+        steps = ", ".join(f"{name} +{t - previous:.2f} s" for (name, t), (_, previous)
+                          in zip(self.times[1:], self.times))
+        (log.warning if total > slow_s else log.info)("shutdown in %.2f s: %s", total, steps)
 
 
 def _where(task: asyncio.Task) -> str:

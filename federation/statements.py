@@ -37,7 +37,7 @@ from federation.deployment_control import preflight_lines
 from federation.errors import BadRequest, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
-from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_local, is_stream
+from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_fast, is_stream
 
 log = logging.getLogger("streamql.federation.statements")
 
@@ -65,6 +65,41 @@ async def _get(channel: asyncio.Queue, timeout: float | None):
         return _NOTHING
 
 
+class StatementAccess:
+    """The fleet access of one statement: the federation's, remembering the feeds the statement
+    opens, so that cancelling it closes them from the event loop at once — the cancel frames go to
+    the edges within a moment of the client leaving, not when a worker thread gets round to
+    closing the statement's operators (busy workers, a stream nobody reads)."""
+
+    def __init__(self, access: HubFleetAccess):
+        self._access = access
+        self._feeds: list = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._access, name)
+
+    def open_feed(self, *, watch: bool = False):
+        feed = self._access.open_feed(watch=watch)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._feeds.append(feed)
+        if closed:
+            feed.close()
+        return feed
+
+    def close_feeds(self) -> None:
+        """Close every feed (thread-safe; each cancels its fragments on the loop)."""
+        with self._lock:
+            self._closed = True
+            feeds, self._feeds = self._feeds, []
+        for feed in feeds:
+            with contextlib.suppress(Exception):
+                feed.close()
+
+
 class StatementResult:
     """Columns, then rows as they come, then every device's outcome (see the module docstring)."""
 
@@ -84,13 +119,16 @@ class StatementResult:
         self._result = None
         self._finished = True                          # nothing more will come
         self._stopped: str | None = None               # why the federation stopped it (shutting down)
+        self.access: StatementAccess | None = None     # its feeds, closed at once when it is cancelled
 
     @classmethod
-    def streaming(cls, result, pool: StatementPool, slot: Slot | None = None) -> "StatementResult":
+    def streaming(cls, result, pool: StatementPool, slot: Slot | None = None,
+                  access: StatementAccess | None = None) -> "StatementResult":
         """Rows of an engine Result, a batch at a time in a worker thread; `slot` (the caller's, in
         the pool) is released when the statement ends. Between batches no thread is held: a batch
         waits in the bounded channel until the client takes it (federation/lanes.py)."""
         out = cls(result.columns, result.types, result.kind, status=result.status)
+        out.access = access
         out._finished = False
         channel: asyncio.Queue = asyncio.Queue(CHANNEL_BATCHES)
         cancel = threading.Event()
@@ -227,6 +265,8 @@ class StatementResult:
             self._wake.set()
         if self._result is not None and self._result.ctx is not None:
             self._result.ctx.cancel.set()
+        if self.access is not None:
+            self.access.close_feeds()
 
     async def aclose(self) -> None:
         """Stop the statement (the client went away or was done)."""
@@ -279,28 +319,39 @@ class QueryService:
             name = principal_name(principal)
             limits = self.limits_for(principal, limits)
             stream = is_stream(statement)
-            slot = await self.pool.acquire(name, stream=stream, local=not stream and is_local(statement))
+            slot = await self.pool.acquire(name, stream=stream, local=self.is_fast(statement, text))
             if slot.fast:
                 limits = fast_limits(limits)
+            access = StatementAccess(self.access)
             try:
                 result = await self.pool.submit(lambda: self.engine.query(
-                    text, limits, fleet=self.access, principal=name, device_timeout=timeout), stream=stream)
+                    text, limits, fleet=access, principal=name, device_timeout=timeout), stream=stream)
             except BaseException:
+                access.close_feeds()
                 slot.release()
                 raise
-            return StatementResult.streaming(result, self.pool, slot)   # it releases the slot when it ends
+            return StatementResult.streaming(result, self.pool, slot, access)   # it releases the slot when it ends
         if isinstance(statement, A.Toploop):   # quit/commit/rollback belong to a shell's own engine
             raise QueryTypeError(f"{statement.command} is a statement of a shell or script on its own engine, "
                                  "not of a federation", statement.span, text)
         _require(principal, "deploy")
         name = principal_name(principal)
         limits = self.limits_for(principal, limits)
-        slot = await self.pool.acquire(name, local=is_local(statement))
+        slot = await self.pool.acquire(name, local=self.is_fast(statement, text))
         try:
             return await self.pool.submit(self._statement, statement, text,
                                           fast_limits(limits) if slot.fast else limits)
         finally:
             slot.release()
+
+    def is_fast(self, statement: A.Statement, text: str) -> bool:
+        """May take the fast lane (federation/lanes.py): calls only cheap built-ins, never a user's
+        function (the store's: its body may query the fleet) nor a fleet function."""
+        library, users = self.engine.library, self.engine.store.functions
+
+        def builtins(name: str) -> list:
+            return [] if name in users else library.overloads(name)
+        return is_fast(statement, text, builtins)
 
     def limits_for(self, principal: Any, requested: dict | None) -> dict:
         """A statement's limits: what the request asks for, where it asks for less than its role's

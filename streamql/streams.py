@@ -397,6 +397,7 @@ class ExecContext:
         self.counters: dict[str, int] = {}
         self.limits = limits or Limits()
         self.fleet = None            # a FleetSession when the query runs on a federation
+        self.pace = None             # called at every check: where a host shares its CPU (edge fragments)
         self.states = None           # a checkpoint.QueryState when the query's state is kept
 
     @property
@@ -459,6 +460,8 @@ class ExecContext:
         called for every item a source produces)."""
         if self.cancel.is_set():
             raise QueryCancelled("the query was cancelled")
+        if self.pace is not None:
+            self.pace()
         if not self._watch:
             return
         if self._deadline is not None and self.clock.monotonic() > self._deadline:

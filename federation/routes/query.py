@@ -143,10 +143,19 @@ async def run_query(request: web.Request) -> web.StreamResponse:
             writer = RowWriter(emit, metrics)
             pump = asyncio.ensure_future(pump_rows(result, writer, encode))
             gone = asyncio.ensure_future(watch_disconnect(request))
+            stopped = asyncio.ensure_future(_stopped(result))
             try:
-                await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({pump, gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if stopped.done() and not pump.done():
+                    # the federation is stopping: the rows' writer may be blocked on a client that
+                    # does not read; it gets a moment to write the last line, then the connection
+                    # is dropped (or the shutdown would wait for that client)
+                    await asyncio.wait({pump}, timeout=STOP_GRACE_S)
+                    if not pump.done() and request.transport is not None:
+                        request.transport.abort()
             finally:
                 gone.cancel()
+                stopped.cancel()
                 if not pump.done():
                     pump.cancel()
                     with contextlib.suppress(BaseException):
@@ -174,6 +183,20 @@ async def run_query(request: web.Request) -> web.StreamResponse:
             raise
         finally:
             await close_result(result)
+
+
+STOP_GRACE_S = 0.5
+
+
+async def _stopped(result) -> None:
+    """Returns when the federation stops the statement (shutting down); never for other results."""
+    wake = getattr(result, "_wake", None)
+    if wake is None:
+        await asyncio.Event().wait()
+    while getattr(result, "_stopped", None) is None:
+        await wake.wait()
+        if getattr(result, "_stopped", None) is None:
+            await asyncio.sleep(0.25)   # woken by a cancel that is not a stop: the client's own
 
 
 async def _until_first(request: web.Request, waiting) -> None:

@@ -107,6 +107,7 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
     began = time.perf_counter()
     try:
         for device in online:
+            ctx.check()    # a statement cancelled (its client gone, the service stopping) starts no more
             start(device, values[device])
         while running or standing:
             if limit is not None and delivered >= limit:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -76,13 +75,22 @@ class _StateLexer(ContextualLexer):
         return found
 
 
-@lru_cache(maxsize=1)
 def parser() -> Lark:
-    """The LALR parser, built once per process and cached on disk between processes."""
-    with _lock:
-        return Lark(grammar_text(), parser="lalr", lexer="contextual", strict=True,
-                    maybe_placeholders=True, transformer=ToAst(), cache=True, postlex=_WholeWords(),
-                    _plugins={"ContextualLexer": _StateLexer})
+    """The LALR parser, built once per process and cached on disk between processes. Threads
+    asking at once wait for the one building it (an edge starting 25 fragments at once built it 25
+    times over, one after the other, before any of them ran)."""
+    built = _built.get("parser")
+    if built is None:
+        with _lock:
+            built = _built.get("parser")
+            if built is None:
+                built = _built["parser"] = Lark(
+                    grammar_text(), parser="lalr", lexer="contextual", strict=True, maybe_placeholders=True,
+                    transformer=ToAst(), cache=True, postlex=_WholeWords(), _plugins={"ContextualLexer": _StateLexer})
+    return built
+
+
+_built: dict = {}      # "parser", "fast": built once (parser(), _fast_parse())
 
 
 class _FastParse:
@@ -180,9 +188,13 @@ class _FastParse:
 _NEW_TOKEN = getattr(Token, "_future_new", Token)
 
 
-@lru_cache(maxsize=1)
 def _fast_parse() -> _FastParse:
-    return _FastParse(parser())
+    fast = _built.get("fast")
+    if fast is None:
+        made = _FastParse(parser())
+        with _lock:
+            fast = _built.setdefault("fast", made)
+    return fast
 
 
 def keywords() -> list[str]:

@@ -300,3 +300,22 @@ async def test_an_ack_names_what_to_watch_and_health_follows_each_status_change(
         assert len(pushed) >= 2         # right after the ack, and when the query failed
     finally:
         await quiet.stop()
+
+
+async def test_autostart_queries_run_under_the_edges_memory_limit(fed, edge_config, start_edge, tmp_path, keys):
+    """An autostart query gets the edge's statement memory budget (limits.memory_mb), like a
+    fragment: a value past it is refused before it is built, and the query is reported failed."""
+    from edge_engine.daemon import autostart_limits
+    config = edge_config()
+    config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, memory_mb=16))
+    assert autostart_limits(config.limits) == {"memory_mb": 16}
+    daemon = await start_edge(config)
+    conn = await fed.connection("wl-1")
+    data = make_bundle(tmp_path, name="big", key=keys[0], requirements={}, autostart={   # 32 MB a reading
+        "autostart/big.sql": "select stream of sum(zeros(4000000)) + x from Real x "
+                             "where x in signal_stream('vibration');\n"})
+    assert (await conn.deploy("d-1", data, "big", "1.0.0")).t == "ack"
+    health = await conn.wait_for(lambda f: f.t == "health" and f["autostart"]
+                                 and f["autostart"][0]["status"] == "failed", timeout=10)
+    assert "LimitError" in health["autostart"][0]["error"] and "16" in health["autostart"][0]["error"]
+    assert daemon.autostarts.queries[0].rows == 0

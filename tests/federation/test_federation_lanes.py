@@ -93,3 +93,50 @@ async def test_long_statements_are_parsed_apart_from_short_ones():
         assert short.startswith("statement-quick") and long.startswith("statement-long")
     finally:
         pool.shutdown()
+
+
+FAST = ["select 1;", "select sqrt(2) * 3;", "select abs(-1) + max(3, 4);", "select x from Integer x where x in (1, 2);"]
+NOT_FAST = [
+    SLOW,                                                   # a source: counts until its time limit
+    "select count(edges_with_signal('battery'));",          # a fleet function, no Edge written
+    "select twice(2);",                                     # a user's function: its body may query the fleet
+    "select call('twice', 2);",                             # reaches a function by name
+    "select zeros(1000);",                                  # builds a value of a size it is given
+    "select id(e) from Edge e;", "select count(iota(1, 10))@e from Edge e;",
+    "select x from Integer x where x in (select 1);",      # a subquery
+    "select [" + ", ".join(["1"] * 400) + "];",            # long: not cheap to plan
+    "select csv:file_stream('/etc/passwd');", UNREAD,
+]
+
+
+def test_only_statements_that_provably_touch_no_edge_and_are_cheap_are_fast(client):
+    from federation.keys import QUERY_SERVICE
+    service = client.app[QUERY_SERVICE]
+    service.engine.execute("create function twice(Integer x) -> Integer as select x * 2;")
+    for text in FAST:
+        assert service.is_fast(parse_one(text), text), text
+    for text in NOT_FAST:
+        assert not service.is_fast(parse_one(text), text), text
+
+
+async def test_a_local_statement_calling_a_fleet_function_waits_for_a_statement_worker(client):
+    """With every statement worker busy, `select 1;` takes the fast lane at once; a statement with
+    no Edge and no @ that calls a fleet function does not: it waits for a worker like the others."""
+    from federation.keys import QUERY_SERVICE
+    service = client.app[QUERY_SERVICE]
+    pool = service.pool
+    held = [await pool.acquire(f"holder-{i}") for i in range(pool.statements.slots)]
+    try:
+        started = time.monotonic()
+        result = await service.run("select 1;", None)
+        assert [row async for row in result.rows()] == [[1]] and time.monotonic() - started < 3
+        text = "select count(edges_with_signal('battery'));"
+        waiting = asyncio.ensure_future(service.run(text, None))
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and pool.fast.used == 0      # not in the fast lane: waiting
+        held.pop().release()
+        result = await asyncio.wait_for(waiting, 10)
+        assert [row async for row in result.rows()] == [[0]]   # no edge has announced that signal
+    finally:
+        for slot in held:
+            slot.release()

@@ -1,0 +1,142 @@
+"""Long fragments take turns on an edge's CPU; short ones never wait (edge_engine/pacing.py)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge_engine.pacing import Pacer
+from streamql.errors import QueryCancelled
+
+
+def spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_long_computations_take_turns_and_all_progress():
+    pacer = Pacer(turns=1, long_after_s=0.02, slice_s=0.01)
+    inside, most, lock = [0], [0], threading.Lock()
+    chunks = [0, 0, 0]
+    stop = threading.Event()
+
+    def long_work(i: int) -> None:
+        pace = pacer.pace_for(threading.Event())
+        try:
+            while not stop.is_set():
+                pace()
+                if pacer.long_total < 3:    # not yet all long: nothing to measure
+                    spin(0.002)
+                    continue
+                with lock:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                spin(0.002)
+                with lock:
+                    inside[0] -= 1
+                chunks[i] += 1
+        finally:
+            pace.release()
+
+    threads = [threading.Thread(target=long_work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    # a turn lasts a slice and is given up only at a check point: at most one inside at once
+    assert most[0] == 1, most
+    assert all(c > 0 for c in chunks), chunks    # round robin: none starves
+
+
+def test_a_short_fragment_never_waits_for_the_long_ones():
+    pacer = Pacer(turns=1, long_after_s=0.02, slice_s=0.2)
+    stop = threading.Event()
+
+    def long_work() -> None:
+        pace = pacer.pace_for(threading.Event())
+        try:
+            while not stop.is_set():
+                pace()
+                spin(0.001)
+        finally:
+            pace.release()
+
+    threads = [threading.Thread(target=long_work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while pacer.waiting < 2 and time.monotonic() < deadline:   # the long ones queue for the turn
+            time.sleep(0.01)
+        assert pacer.waiting >= 2
+        pace = pacer.pace_for(threading.Event())
+        worst = 0.0
+        for _ in range(20):       # a short fragment: well under long_after_s of CPU
+            started = time.monotonic()
+            pace()
+            worst = max(worst, time.monotonic() - started)
+        assert worst < 0.05, worst    # never queued behind a 0.2 s turn
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+def test_a_cancel_ends_the_wait_for_a_turn():
+    pacer = Pacer(turns=1, long_after_s=0.0, slice_s=10.0)
+    holder = pacer.pace_for(threading.Event())
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:              # holds the only turn for 10 s (in a thread: it is niced)
+        holder()
+        holding.set()
+        done.wait(10)
+        holder.release()
+
+    holder_thread = threading.Thread(target=hold)
+    holder_thread.start()
+    assert holding.wait(5)
+    cancelled = threading.Event()
+    waiter = pacer.pace_for(cancelled)
+    outcome = {}
+
+    def wait() -> None:
+        started = time.monotonic()
+        try:
+            waiter()
+        except QueryCancelled:
+            outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    cancelled.set()
+    thread.join(5)
+    done.set()
+    holder_thread.join(5)
+    assert 0.2 < outcome["seconds"] < 1.5, outcome
+
+
+def test_a_long_fragments_thread_runs_at_the_lowest_priority_and_only_it():
+    import os
+    pacer = Pacer(turns=1, long_after_s=0.01, slice_s=0.01)
+    seen = {}
+
+    def work() -> None:
+        pace = pacer.pace_for(threading.Event())
+        pace()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        spin(0.02)
+        pace()
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        pace.release()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(5)
+    assert seen == {"before": os.getpriority(os.PRIO_PROCESS, 0), "after": 19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19   # this thread untouched
