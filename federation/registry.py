@@ -64,6 +64,8 @@ def _json(value: Any) -> str:
 class Registry(DeploymentStore, ModelVersionStore):
     """The federation's persistent state; reopen the same file to get it back after a restart."""
 
+    shared = False   # one process serves it: nothing to follow, no other rollout controller
+
     def __init__(self, path: str | os.PathLike, *, bundle_dir: str | os.PathLike | None = None,
                  clock: Callable[[], float] = time.time):
         self.path = Path(path)
@@ -160,6 +162,19 @@ class Registry(DeploymentStore, ModelVersionStore):
                 f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE rowid > ?", (self._known[1],))])
         self._known = extent
         return True
+
+    def watch(self, wake: Callable[[str], None] | None) -> None:
+        """Nothing wakes us: other processes' commits are noticed by `poll_external_changes`."""
+
+    # one process drives every deployment: the claims of a shared registry always succeed here
+    def claim_deployment(self, deployment_id: int) -> bool:
+        return True
+
+    def holds_deployment(self, deployment_id: int) -> bool:
+        return True
+
+    def release_deployment(self, deployment_id: int) -> None:
+        pass
 
     def _models_changed(self, device_id: str) -> None:
         """Tell listeners that care (the fleet table) which models now run on a device."""
