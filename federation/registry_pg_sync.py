@@ -65,7 +65,7 @@ class Watcher(threading.Thread):
         self._changed("devices")   # whatever happened while we were away
         self._changed("tokens")
         self._changed("deployments")
-        next_sweep = next_prune = time.monotonic()
+        next_sweep = next_prune = time.monotonic() + SWEEP_EVERY_S   # mark_all_offline covers the start
         while not self._stopping.is_set():
             for note in conn.notifies(timeout=0.5):
                 self._changed(note.payload)
