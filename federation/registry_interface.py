@@ -117,14 +117,15 @@ def is_postgres_url(location: object) -> bool:
 
 
 def open_registry(location: str | os.PathLike, *, bundle_dir: str | os.PathLike | None = None,
-                  **options: Any) -> RegistryBackend:
-    """The registry at `location`: a postgresql:// URL, else the path of an SQLite file."""
+                  follow: bool = True, **options: Any) -> RegistryBackend:
+    """The registry at `location`: a postgresql:// URL, else the path of an SQLite file.
+    `follow=False` (one-shot commands): a shared registry starts no watcher of other nodes."""
     if is_postgres_url(location):
         try:
             from federation.registry_pg import PgRegistry
         except ImportError as exc:   # the optional extra is missing
             raise RuntimeError("a PostgreSQL registry needs the `postgres` extra "
                                "(psycopg[binary] and psycopg-pool)") from exc
-        return PgRegistry(str(location), **options)
+        return PgRegistry(str(location), watch=follow, **options)
     from federation.registry import Registry
     return Registry(location, bundle_dir=bundle_dir, **options)

@@ -36,6 +36,8 @@ class PgDeploymentStore:
                 "failure_threshold, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (action, bundle, version, selection, now, now, state, Jsonb(waves or {}), failure_threshold,
                  created_by)).fetchone()[0]
+            if state in ("pending", "running"):   # its creator drives it: claimed before others can see it
+                self.claim_deployment(deployment_id)
             rows = [(deployment_id, t.device_id, t.state, t.reason, t.variant, t.wave, now)
                     for t in (NewTarget(*t) for t in targets)]
             if rows:
