@@ -32,14 +32,14 @@ def signal_handlers_restored(request):
 def pg_server(tmp_path_factory):
     """A real PostgreSQL on loopback for the whole run (tests/pg_server.py); `pg_server.new_database()`
     gives each test its own database. Skips only where no server binaries exist at all; under CI
-    (`CI` set) that is a failure instead: scripts/test installs them."""
+    (`CI` or `STREAMQL_REQUIRE_PG` set) that is a failure instead: scripts/test installs them."""
     import os
 
     from tests.pg_server import PgServer, find_bin_dir
 
     if find_bin_dir() is None:
         reason = "no PostgreSQL server binaries (install Debian's postgresql package; scripts/test does)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("STREAMQL_REQUIRE_PG"):
             pytest.fail(reason)
         pytest.skip(reason)
     server = PgServer(tmp_path_factory.mktemp("pg"))
