@@ -118,14 +118,19 @@ class DeploymentManager(DeploymentControl):
                                              "Answers of devices to deployments, by kind.", ("reply",))
 
     # --- lifetime --------------------------------------------------------------------------------
-    async def resume(self) -> int:
+    async def resume(self, *, orphans_only: bool = False) -> int:
         """Pick up deployments a previous run of the federation left running. On a shared
         registry, only those no live node drives (`claim_deployment`): also what a node that
-        died was driving, which is how another node finishes its rollout."""
+        died was driving, which is how another node finishes its rollout. `orphans_only` leaves
+        alone what this node holds without driving (created here by someone else than us)."""
         resumed = 0
         for deployment in self.registry.list_deployments(state="running", limit=100_000) + \
                 self.registry.list_deployments(state="pending", limit=100_000):
-            if deployment.id in self._runs or self._closed or not self.registry.claim_deployment(deployment.id):
+            if deployment.id in self._runs or self._closed:
+                continue
+            if orphans_only and self.registry.holds_deployment(deployment.id):
+                continue
+            if not self.registry.claim_deployment(deployment.id):
                 continue
             self.registry.move_targets(deployment.id, IN_FLIGHT, "pending", "resent after a federation restart")
             try:
@@ -147,7 +152,7 @@ class DeploymentManager(DeploymentControl):
                 run.close()
                 if run.task is not None:
                     run.task.cancel()
-        return await self.resume()
+        return await self.resume(orphans_only=True)
 
     async def close(self) -> None:
         self._closed = True
