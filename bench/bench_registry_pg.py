@@ -48,7 +48,8 @@ def run(url: str, devices: int, repeat: int, seed: int) -> None:
     register_s = time.perf_counter() - start
     online = [device_id for device_id, _, _ in fleet if rng.random() < 0.7]
     with writer.transaction() as conn:
-        conn.execute("UPDATE devices SET online = true WHERE id = ANY(%s)", (online,))
+        # online through the writer node (alive: its edges stay online while it holds its node lock)
+        conn.execute("UPDATE devices SET online = true, online_node = %s WHERE id = ANY(%s)", (writer.node_key, online))
         conn.execute("ANALYZE devices")
 
     # a node starting: open (migrations checked), the index and the fleet table loaded, as registry_ctx does

@@ -101,6 +101,23 @@ def test_a_federation_on_postgresql_answers_like_the_oracle_and_a_second_node_se
         while "late-1" not in {e["id"] for e in other.edges()}:
             assert time.monotonic() < deadline, "the second node did not hear of the new device"
             time.sleep(0.1)
+
+        # PostgreSQL restarted under both nodes: they carry on without a restart of their own
+        pg_server.restart()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fleet.client.provision("late-2", {"region": "XX", "kind": "dumper"}, {"ram_kb": 1024})
+                break
+            except Exception:   # an error or two while the pool finds its connections dead
+                assert time.monotonic() < deadline, "the federation did not reconnect to PostgreSQL"
+                time.sleep(0.5)
+        rows = sorted(tuple(r) for r in fleet.client.query("select id(e), region(e) from Edge e where online(e);"))
+        assert rows == sorted((i, ident.metadata["region"]) for i, ident in identities.items())
+        deadline = time.monotonic() + 15
+        while "late-2" not in {e["id"] for e in other.edges()}:
+            assert time.monotonic() < deadline, "the second node's watcher did not reconnect"
+            time.sleep(0.2)
     finally:
         if node2 is not None and node2.poll() is None:
             node2.send_signal(signal.SIGTERM)
