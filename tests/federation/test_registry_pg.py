@@ -240,3 +240,25 @@ def test_a_restarted_server_costs_errors_while_down_and_nothing_after(pg_server,
     assert a.get_device("before") is not None
     # B's watcher reconnected too, and reads the feed from where it was
     _wait_until(lambda: "after" in index_b, b, timeout=15)
+
+
+def test_the_administration_commands_take_the_registry_url_or_a_config_file(database, tmp_path, capsys):
+    from federation.cli import main
+
+    assert main(["provision", "--registry", database, "--id", "wl-1", "--meta", "region=US"]) == 0
+    token = capsys.readouterr().out.strip()
+    config = tmp_path / "node.toml"
+    config.write_text(f'registry = "{database}"\n')
+    assert main(["token", "create", "--config", str(config), "--role", "read", "--label", "ci"]) == 0
+    read = capsys.readouterr().out.strip()
+    with PgRegistry(database, watch=False) as registry:
+        assert authenticate(registry, token).device_id == "wl-1"
+        assert authenticate(registry, read).role is Role.READ
+        assert registry.get_device("wl-1").metadata == {"region": "US"}
+    assert not (tmp_path / "registry.sqlite3").exists()
+    config.write_text('registry = "postgresql://nobody@127.0.0.1:1/none"\n')
+    with pytest.raises(SystemExit, match="cannot open the registry"):
+        main(["token", "list", "--config", str(config)])
+    config.write_text('registy = "typo"\n')
+    with pytest.raises(SystemExit, match="unknown setting 'registy'"):
+        main(["token", "list", "--config", str(config)])
