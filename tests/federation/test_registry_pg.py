@@ -180,6 +180,8 @@ def test_one_rollout_controller_and_a_takeover_when_it_dies(nodes, database):
 
 
 async def test_two_deployment_managers_only_one_drives_and_the_other_takes_over(nodes):
+    import asyncio
+
     from federation.deployments import DeploymentManager
 
     class NoEdges:   # the managers' hub: nobody is connected, so the rollout just waits
@@ -192,9 +194,11 @@ async def test_two_deployment_managers_only_one_drives_and_the_other_takes_over(
 
     a, b = nodes
     provision(a, "e1")
+    a.set_model_version("e1", "vib", "1.0.0")   # so the rollback has a target (offline: it waits)
     first, second = DeploymentManager(a, NoEdges()), DeploymentManager(b, NoEdges())
     did = int(await first.start("rollback", "vib", None, ["e1"], selection="", waves=1))  # needs no bundle
-    assert list(first.running()) == [did]
+    await asyncio.sleep(0.3)
+    assert list(first.running()) == [did] and a.get_deployment(did).state == "running"
     assert await second.take_over() == 0 and list(second.running()) == []
     a._locks._drop()                                   # first's database link dies
     assert await second.take_over() == 1 and list(second.running()) == [did]
