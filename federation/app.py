@@ -73,9 +73,11 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = open_registry(config.registry_location, bundle_dir=config.bundle_dir)
     index = app[INDEX]
     registry.mark_all_offline()  # no edge is connected before we accept connections
-    registry.add_listener(index)
+    devices = list(registry.iter_devices())   # read once for both (100,000 devices: seconds)
+    registry.add_listener(index, devices)
     fleet = app[FLEET]
-    registry.add_listener(fleet)
+    registry.add_listener(fleet, devices)
+    del devices
     fleet.load_models(registry.model_versions())
     index.before_select = registry.poll_external_changes  # devices provisioned by another process
     app[REGISTRY] = registry

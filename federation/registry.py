@@ -114,9 +114,10 @@ class Registry(DeploymentStore, ModelVersionStore):
         finally:
             self._depth = 0
 
-    def add_listener(self, listener: RegistryListener) -> None:
+    def add_listener(self, listener: RegistryListener, devices: Iterable[Device] | None = None) -> None:
+        """Follow device changes from now on, starting from `devices` (default: every device, read now)."""
         self._listeners.append(listener)
-        listener.reset(self.iter_devices())
+        listener.reset(self.iter_devices() if devices is None else devices)
 
     def remove_listener(self, listener: RegistryListener) -> None:
         self._listeners.remove(listener)

