@@ -75,7 +75,9 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="streamql-registry",
                                     kwargs={"autocommit": True, "connect_timeout": 5},
                                     configure=self._configure, check=ConnectionPool.check_connection,
-                                    reconnect_timeout=0)
+                                    # calls block the loop: with the server away, fail within seconds
+                                    # (and try connecting afresh at the next call) rather than wait
+                                    timeout=3.0, reconnect_timeout=0)
         self._pool.open(wait=True, timeout=30)
         self._seen = self._one("SELECT coalesce(max(seq), 0) FROM device_changes")[0]
         self._locks = LockHolder(conninfo)
