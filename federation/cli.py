@@ -188,6 +188,12 @@ def serve(args: argparse.Namespace) -> int:
         config = FederationConfig.from_args(args)
     except ValueError as exc:
         raise SystemExit(f"streamql federation: {exc}") from None
+    if config.registry:   # a clear error now, rather than a failed start with nothing said
+        from federation.registry_interface import open_registry
+        try:
+            open_registry(config.registry, follow=False).close()   # also migrates, under its lock
+        except Exception as exc:
+            raise SystemExit(f"streamql federation: cannot open the registry {config.registry}: {exc}") from None
     scheme = "https" if config.tls else "http"
     return serve_until_stopped(config, ssl_context_for(config), announce=lambda: print(
         f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))

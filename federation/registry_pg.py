@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from federation.errors import Conflict, NotFound
 from federation.records import Bundle, Device, Heartbeat, RegistryListener, TokenRecord, version_key
@@ -171,10 +171,12 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
             self._watcher.dirty.clear()
         try:
             return self._follow_feed()
-        except psycopg.Error:
+        except (psycopg.Error, PoolTimeout) as exc:
+            # the database is away: selections go on with what the index knows; caught up later
+            log.warning("cannot read other nodes' changes now: %s", exc)
             if self._watcher is not None:
-                self._watcher.dirty.set()   # try again at the next poll
-            raise
+                self._watcher.dirty.set()
+            return False
 
     def _follow_feed(self) -> bool:
         last, pruned = self._one("SELECT coalesce(max(seq), 0), (SELECT value FROM registry_counters "

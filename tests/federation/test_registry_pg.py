@@ -281,6 +281,8 @@ def test_the_administration_commands_take_the_registry_url_or_a_config_file(data
     config.write_text('registry = "postgresql://nobody@127.0.0.1:1/none"\n')
     with pytest.raises(SystemExit, match="cannot open the registry"):
         main(["token", "list", "--config", str(config)])
+    with pytest.raises(SystemExit, match="cannot open the registry"):   # serving: said at once, not a silent exit
+        main(["--data", str(tmp_path / "d"), "--config", str(config), "--port", "0"])
     config.write_text('registy = "typo"\n')
     with pytest.raises(SystemExit, match="unknown setting 'registy'"):
         main(["token", "list", "--config", str(config)])
