@@ -34,7 +34,7 @@ from federation.keys import (
 from federation.limits import limits_middleware, setup_limits
 from federation.metrics import FederationMetrics
 from federation.middlewares import auth_middleware, error_middleware
-from federation.registry import Registry
+from federation.registry_interface import open_registry
 from federation.statements import create_query_service
 from federation.routes import setup_routes
 from federation.sessions import Sessions
@@ -70,12 +70,14 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the registry, index every device, create the first admin token; close at the end."""
     config = app[CONFIG]
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    registry = Registry(config.registry_path, bundle_dir=config.bundle_dir)
+    registry = open_registry(config.registry_location, bundle_dir=config.bundle_dir)
     index = app[INDEX]
     registry.mark_all_offline()  # no edge is connected before we accept connections
-    registry.add_listener(index)
+    devices = list(registry.iter_devices())   # read once for both (100,000 devices: seconds)
+    registry.add_listener(index, devices)
     fleet = app[FLEET]
-    registry.add_listener(fleet)
+    registry.add_listener(fleet, devices)
+    del devices
     fleet.load_models(registry.model_versions())
     index.before_select = registry.poll_external_changes  # devices provisioned by another process
     app[REGISTRY] = registry
@@ -89,13 +91,42 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     metrics.watch_fleet(edges_registered=lambda: len(index), edges_online=index.online_count,
                         deployments=registry.deployment_counts, targets=registry.target_counts)
+    if registry.shared:   # other nodes change it: follow them as soon as the database says so
+        follow_other_nodes(app, registry)
     try:
         yield
     finally:
+        registry.watch(None)
         index.before_select = None
         registry.remove_listener(index)
         registry.remove_listener(fleet)
         registry.close()
+
+
+def follow_other_nodes(app: web.Application, registry) -> None:
+    """The shared registry's watcher thread wakes us: devices another node changed reach the index
+    and the fleet table, a token revoked elsewhere closes what it holds here, a deployment whose
+    node died is taken over."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def spawn(coro) -> None:
+        task = loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def changed(what: str) -> None:
+        try:
+            if what == "devices":
+                registry.poll_external_changes()
+            elif what == "tokens":
+                spawn(app[SESSIONS].sweep(registry.revoked_among))
+            elif what == "deployments" and DEPLOYMENTS in app:
+                spawn(app[DEPLOYMENTS].take_over())
+        except Exception:   # the database may be away; the next wake-up tries again
+            log.exception("following another node's change (%s) failed", what)
+
+    registry.watch(lambda what: loop.call_soon_threadsafe(changed, what))
 
 
 async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -166,11 +197,30 @@ async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
     resumed = await manager.resume()
     if resumed:
         log.info("resumed %d deployments", resumed)
+    takeover = None
+    if app[REGISTRY].shared:   # a node that drove a rollout died: one of the others takes it over
+        takeover = asyncio.create_task(_take_over_every(manager, TAKEOVER_EVERY_S), name="rollout-takeover")
     try:
         yield
     finally:
+        if takeover is not None:
+            takeover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await takeover
         app[HUB].remove_observer(manager)
         await manager.close()
+
+
+TAKEOVER_EVERY_S = 2.0
+
+
+async def _take_over_every(manager, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await manager.take_over()
+        except Exception:   # the database may be away for a moment
+            log.exception("rollout takeover check failed")
 
 
 async def stop_statements(app: web.Application) -> None:

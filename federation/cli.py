@@ -42,6 +42,12 @@ def _data_arg(parser: argparse.ArgumentParser, sub: bool) -> None:
     # on subcommands SUPPRESS keeps a --data given before the subcommand from being overwritten
     parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS if sub else None,
                         help="the federation's data directory (registry, bundles, admin.token)")
+    parser.add_argument("--registry", metavar="URL", default=argparse.SUPPRESS if sub else None,
+                        help="keep the registry in PostgreSQL (postgresql://user@host:port/db), shared by "
+                             "every federation node given the same URL; default: an SQLite file in --data")
+    parser.add_argument("--config", metavar="TOML", default=argparse.SUPPRESS if sub else None,
+                        help="settings from a TOML file, keys named as the long options "
+                             "(registry = \"postgresql://…\", port = 8080); flags given override it")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -97,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="how long a device must look healthy after a change to count as healthy")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
+    # the defaults, for --config to tell an unset flag from a given one
+    parser.set_defaults(_parser_defaults={a.dest: a.default for a in parser._actions if a.dest != "help"})
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")
 
     prov = commands.add_parser("provision", help="register a device and print its token")
@@ -135,23 +143,57 @@ def _require_data(args: argparse.Namespace) -> Path:
 
 def _open_registry(args: argparse.Namespace):
     from federation.config import REGISTRY_FILE
-    from federation.registry import Registry
+    from federation.registry_interface import open_registry
 
+    _apply_config_file(args)
+    if getattr(args, "registry", None):
+        try:
+            return open_registry(args.registry, follow=False)
+        except Exception as exc:   # unreachable server, bad URL, refused credentials
+            raise SystemExit(f"streamql federation: cannot open the registry {args.registry}: {exc}") from None
     data = _require_data(args)
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return Registry(data / REGISTRY_FILE)
+    return open_registry(data / REGISTRY_FILE)
+
+
+def _apply_config_file(args: argparse.Namespace) -> None:
+    """Fill what the command line left unset (None, or the parser's default) from --config."""
+    path = getattr(args, "config", None)
+    if not path or getattr(args, "_config_applied", False):
+        return
+    import tomllib
+
+    try:
+        settings = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"streamql federation: cannot read the config file {path}: {exc}") from None
+    defaults = getattr(args, "_parser_defaults", {})
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        if dest not in defaults and not hasattr(args, dest):
+            raise SystemExit(f"streamql federation: {path}: unknown setting {key!r}")
+        if getattr(args, dest, None) in (None, defaults.get(dest)):
+            setattr(args, dest, value)
+    args._config_applied = True
 
 
 def serve(args: argparse.Namespace) -> int:
     from federation.serve import serve as serve_until_stopped
     from federation.tls import ssl_context_for
 
+    _apply_config_file(args)
     _require_data(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = FederationConfig.from_args(args)
     except ValueError as exc:
         raise SystemExit(f"streamql federation: {exc}") from None
+    if config.registry:   # a clear error now, rather than a failed start with nothing said
+        from federation.registry_interface import open_registry
+        try:
+            open_registry(config.registry, follow=False).close()   # also migrates, under its lock
+        except Exception as exc:
+            raise SystemExit(f"streamql federation: cannot open the registry {config.registry}: {exc}") from None
     scheme = "https" if config.tls else "http"
     return serve_until_stopped(config, ssl_context_for(config), announce=lambda: print(
         f"StreamQL federation on {scheme}://{config.host}:{config.port}", flush=True))

@@ -90,6 +90,9 @@ class FederationConfig:
     # once (a request asks for less, never more); roles not named get query_memory_mb and query_seconds
     query_role_limits: dict = field(default_factory=dict)
     files_dir: Path | None = None  # the only directory statements may read files from; None: no files
+    # the registry: None is the SQLite file in data_dir; a postgresql:// URL is a database several
+    # federation nodes share (docs/operations.md, Registry on PostgreSQL)
+    registry: str | None = None
     max_statement_bytes: int = 64 << 10  # statement text (UTF-8) of POST /v1/query and /v1/query/ws
     # --- HTTP hygiene
     max_json_depth: int = 64  # JSON bodies and WebSocket messages nested deeper are a 400
@@ -165,6 +168,11 @@ class FederationConfig:
         return self.data_dir / REGISTRY_FILE
 
     @property
+    def registry_location(self) -> str:
+        """What `open_registry` opens: the PostgreSQL URL when one is configured, else the file."""
+        return self.registry or str(self.registry_path)
+
+    @property
     def publish_path(self) -> Path:
         return self.data_dir / PUBLISH_FILE
 
@@ -193,6 +201,7 @@ class FederationConfig:
                    query_seconds=getattr(args, "query_seconds", None),
                    query_role_limits=dict(map(parse_query_limits, getattr(args, "query_limits", None) or ())),
                    files_dir=getattr(args, "files", None),
+                   registry=getattr(args, "registry", None),
                    **_limit_flags(args))
 
 

@@ -118,11 +118,20 @@ class DeploymentManager(DeploymentControl):
                                              "Answers of devices to deployments, by kind.", ("reply",))
 
     # --- lifetime --------------------------------------------------------------------------------
-    async def resume(self) -> int:
-        """Pick up deployments a previous run of the federation left running."""
+    async def resume(self, *, orphans_only: bool = False) -> int:
+        """Pick up deployments a previous run of the federation left running. On a shared
+        registry, only those no live node drives (`claim_deployment`): also what a node that
+        died was driving, which is how another node finishes its rollout. `orphans_only` leaves
+        alone what this node holds without driving (created here by someone else than us)."""
         resumed = 0
         for deployment in self.registry.list_deployments(state="running", limit=100_000) + \
                 self.registry.list_deployments(state="pending", limit=100_000):
+            if deployment.id in self._runs or self._closed:
+                continue
+            if orphans_only and self.registry.holds_deployment(deployment.id):
+                continue
+            if not self.registry.claim_deployment(deployment.id):
+                continue
             self.registry.move_targets(deployment.id, IN_FLIGHT, "pending", "resent after a federation restart")
             try:
                 bundle = self._load_bundle(deployment.action, deployment.bundle, deployment.version)
@@ -132,6 +141,18 @@ class DeploymentManager(DeploymentControl):
             self._launch(deployment, bundle)
             resumed += 1
         return resumed
+
+    async def take_over(self) -> int:
+        """A shared registry's periodic check: stop driving what we no longer hold (our link to the
+        database was lost and another node may have it), then claim what nobody drives."""
+        for deployment_id, run in list(self._runs.items()):
+            if not self.registry.holds_deployment(deployment_id):
+                log.warning("deployment %s: this node no longer holds its rollout lock; stopping here", deployment_id)
+                self._runs.pop(deployment_id, None)
+                run.close()
+                if run.task is not None:
+                    run.task.cancel()
+        return await self.resume(orphans_only=True)
 
     async def close(self) -> None:
         self._closed = True
@@ -182,6 +203,7 @@ class DeploymentManager(DeploymentControl):
         deployment = self.registry.create_deployment(
             action, model, version, selection, planned, waves=record, failure_threshold=policy.threshold,
             created_by=requested_by or "", state="running")
+        self.registry.claim_deployment(deployment.id)   # new: nobody else can hold it yet
         self._launch(deployment, bundle)
         return str(deployment.id)
 
@@ -458,6 +480,7 @@ class DeploymentManager(DeploymentControl):
         if run is not None:
             run.close()
             run.poke()
+        self.registry.release_deployment(deployment_id)
 
     def _set(self, deployment_id: int, edge: str, state: str, reason: str | None) -> None:
         self.registry.update_targets(deployment_id, [(edge, state, reason)])

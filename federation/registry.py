@@ -64,6 +64,8 @@ def _json(value: Any) -> str:
 class Registry(DeploymentStore, ModelVersionStore):
     """The federation's persistent state; reopen the same file to get it back after a restart."""
 
+    shared = False   # one process serves it: nothing to follow, no other rollout controller
+
     def __init__(self, path: str | os.PathLike, *, bundle_dir: str | os.PathLike | None = None,
                  clock: Callable[[], float] = time.time):
         self.path = Path(path)
@@ -112,9 +114,10 @@ class Registry(DeploymentStore, ModelVersionStore):
         finally:
             self._depth = 0
 
-    def add_listener(self, listener: RegistryListener) -> None:
+    def add_listener(self, listener: RegistryListener, devices: Iterable[Device] | None = None) -> None:
+        """Follow device changes from now on, starting from `devices` (default: every device, read now)."""
         self._listeners.append(listener)
-        listener.reset(self.iter_devices())
+        listener.reset(self.iter_devices() if devices is None else devices)
 
     def remove_listener(self, listener: RegistryListener) -> None:
         self._listeners.remove(listener)
@@ -160,6 +163,19 @@ class Registry(DeploymentStore, ModelVersionStore):
                 f"SELECT {self._DEVICE_COLUMNS} FROM devices WHERE rowid > ?", (self._known[1],))])
         self._known = extent
         return True
+
+    def watch(self, wake: Callable[[str], None] | None) -> None:
+        """Nothing wakes us: other processes' commits are noticed by `poll_external_changes`."""
+
+    # one process drives every deployment: the claims of a shared registry always succeed here
+    def claim_deployment(self, deployment_id: int) -> bool:
+        return True
+
+    def holds_deployment(self, deployment_id: int) -> bool:
+        return True
+
+    def release_deployment(self, deployment_id: int) -> None:
+        pass
 
     def _models_changed(self, device_id: str) -> None:
         """Tell listeners that care (the fleet table) which models now run on a device."""

@@ -26,3 +26,32 @@ def signal_handlers_restored(request):
         if signal.getsignal(signum) is not handler:
             warnings.warn(f"{request.node.nodeid} left a handler for {signal.Signals(signum).name}")
             signal.signal(signum, handler)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL on loopback for the whole run (tests/pg_server.py); `pg_server.new_database()`
+    gives each test its own database. Skips only where no server binaries exist at all; under CI
+    (`CI` or `STREAMQL_REQUIRE_PG` set) that is a failure instead: scripts/test installs them."""
+    import os
+
+    from tests.pg_server import PgServer, find_bin_dir
+
+    required = os.environ.get("CI") or os.environ.get("STREAMQL_REQUIRE_PG")
+    if find_bin_dir() is None:
+        reason = "no PostgreSQL server binaries (install Debian's postgresql package; scripts/test does)"
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PgServer(tmp_path_factory.mktemp("pg"))
+    try:
+        server.init()
+        server.start()
+    except RuntimeError as exc:
+        if required:
+            raise
+        pytest.skip(f"no PostgreSQL server could be started here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -75,3 +75,27 @@ async def fleet(client):
     made = Fleet(client)
     yield made
     await made.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_at(request, tmp_path):
+    """Opens the registry of this test, on each backend in turn: call it again after closing to
+    reopen the same one (a restart). The PostgreSQL one is a fresh database of `pg_server`."""
+    from federation.registry_interface import open_registry
+
+    if request.param == "sqlite":
+        location = str(tmp_path / "registry.sqlite3")
+    else:
+        location = request.getfixturevalue("pg_server").new_database()
+    opened = []
+
+    def open_it(**options):
+        registry = open_registry(location, **options)
+        opened.append(registry)
+        return registry
+
+    open_it.backend = request.param
+    open_it.location = location
+    yield open_it
+    for registry in opened:
+        registry.close()

@@ -370,8 +370,8 @@ async def test_heartbeats_are_buffered_and_flushed_at_shutdown(config):
         assert len(buffer) == 1000 and registry.get_device("e5").last_seen is None
         assert buffer.flush() == 1000 and registry.get_device("e5").health == {"cpu": 2.0}
         buffer.add(Heartbeat("e5", 3.0))
-    from federation.registry import Registry
-    with Registry(config.registry_path) as registry:
+    from federation.registry_interface import open_registry
+    with open_registry(config.registry_location, follow=False) as registry:
         assert registry.get_device("e5").last_seen == 3.0
 
 

@@ -49,20 +49,31 @@ def upload(fleet, tmp_path, keys):
     return add
 
 
+def _database(fleet):
+    """A connection of its own to the registry's database (SQLite file or PostgreSQL), and its
+    parameter mark."""
+    registry = fleet.app[REGISTRY]
+    if registry.shared:
+        import psycopg
+        return psycopg.connect(registry.conninfo), "%s"
+    return sqlite3.connect(registry.path), "?"
+
+
 def db_targets(fleet, deployment_id) -> dict[str, tuple[str, str | None]]:
-    """The oracle: a deployment's targets straight from the database file."""
-    conn = sqlite3.connect(fleet.app[REGISTRY].path)
+    """The oracle: a deployment's targets straight from the database."""
+    conn, mark = _database(fleet)
     try:
         return {d: (s, r) for d, s, r in conn.execute(
-            "SELECT device_id, state, reason FROM deployment_targets WHERE deployment_id = ?", (int(deployment_id),))}
+            f"SELECT device_id, state, reason FROM deployment_targets WHERE deployment_id = {mark}",
+            (int(deployment_id),))}
     finally:
         conn.close()
 
 
 def db_state(fleet, deployment_id) -> str:
-    conn = sqlite3.connect(fleet.app[REGISTRY].path)
+    conn, mark = _database(fleet)
     try:
-        return conn.execute("SELECT state FROM deployments WHERE id = ?", (int(deployment_id),)).fetchone()[0]
+        return conn.execute(f"SELECT state FROM deployments WHERE id = {mark}", (int(deployment_id),)).fetchone()[0]
     finally:
         conn.close()
 
@@ -109,12 +120,12 @@ async def test_a_preflight_counts_what_the_registry_says(fleet, upload, tokens):
     assert resp.status == 200, await resp.text()
     found = await resp.json()
     # the oracle: who runs what, and who refused, from the database file
-    conn = sqlite3.connect(fleet.app[REGISTRY].path)
+    conn, _ = _database(fleet)
     running = {d for (d,) in conn.execute("SELECT device_id FROM device_models WHERE model = 'vib' AND version = '1.0.0'")}
     refused = {d for (d,) in conn.execute(
         "SELECT t.device_id FROM deployment_targets t JOIN deployments d ON d.id = t.deployment_id "
         "WHERE d.bundle = 'vib' AND d.version = '1.0.0' AND t.state = 'failed'")}
-    online = {d for (d,) in conn.execute("SELECT id FROM devices WHERE online = 1 AND id != 'dev-1'")}
+    online = {d for (d,) in conn.execute("SELECT id FROM devices WHERE online AND id != 'dev-1'")}
     conn.close()
     assert running == {"e1"} and refused == {"e3"} and online == {"e0", "e1", "e2", "e3"}
     ids = lambda name: sorted(d["id"] for d in found["devices"][name])  # noqa: E731
@@ -242,7 +253,7 @@ async def test_retry_the_failed_devices_then_roll_back(fleet, upload, tokens):
     assert resp.status == 201, await resp.text()
     back = (await resp.json())["deployment_id"]
     assert (await manager.wait(back, 10))["state"] == "done"
-    conn = sqlite3.connect(fleet.app[REGISTRY].path)
+    conn, _ = _database(fleet)
     versions = dict(conn.execute("SELECT device_id, version FROM device_models WHERE model = 'vib'"))
     conn.close()
     assert versions == {"e0": "1.0.0", "e1": "1.0.0"}

@@ -18,14 +18,20 @@ from streamql.selection import Eq, meta
 
 
 @pytest.fixture
-def registry(tmp_path):
-    with Registry(tmp_path / "registry.sqlite3") as reg:
-        yield reg
+def registry(registry_at):
+    """The registry on each backend (SQLite, PostgreSQL): tests/federation/conftest.py."""
+    return registry_at()
 
 
-def test_devices_crud_and_restart(tmp_path):
-    path = tmp_path / "registry.sqlite3"
-    reg = Registry(path)
+def _integrity_error(registry) -> type[Exception]:
+    if registry.shared:
+        import psycopg
+        return psycopg.IntegrityError
+    return sqlite3.IntegrityError
+
+
+def test_devices_crud_and_restart(registry_at):
+    reg = registry_at()
     provisioned = provision(reg, "wl-1", {"region": "US", "kind": "wheel loader"}, {"ram_kb": 1024})
     provision(reg, "d-7", {"region": "EU", "kind": "dumper"}, {"ram_kb": 256})
     with pytest.raises(Conflict):
@@ -35,7 +41,9 @@ def test_devices_crud_and_restart(tmp_path):
     reg.set_model_version("wl-1", "vib", "1.0.0")
     reg.close()
 
-    reg = Registry(path)  # a restart: everything is back
+    reg = registry_at()  # a restart: everything is back
+    if reg.shared:   # but the node that held wl-1's link is gone, and shared registries sweep such links
+        reg.set_online("wl-1", True, at=1000.0)
     assert [d.id for d in reg.list_devices()] == ["d-7", "wl-1"]
     d7 = reg.get_device("d-7")
     assert d7.metadata == {"region": "AU", "kind": "dumper"} and d7.health == {"cpu": 0.5} and d7.restarts == 2
@@ -194,7 +202,8 @@ def test_heartbeats_in_one_batch(registry):
     assert registry.get_device("e0999").health == {"cpu": 0.999}
 
 
-def test_bundles_inline_and_as_files(registry):
+def test_bundles_inline_and_as_files(tmp_path):
+    registry = Registry(tmp_path / "registry.sqlite3")
     small = registry.add_bundle("vib", "1.2.0", b"x" * 100, {"requirements": {"ram_kb": 256}}, uploader="admin#1")
     big_data = os.urandom(INLINE_BUNDLE_LIMIT + 10)
     big = registry.add_bundle("vib", "1.10.0", big_data, {})
@@ -209,6 +218,30 @@ def test_bundles_inline_and_as_files(registry):
     with pytest.raises(RuntimeError, match="sha256"):
         registry.bundle_data(big)
     assert registry.delete_bundle("vib", "1.10.0") and not (registry.bundle_dir / big.path).exists()
+    registry.close()
+
+
+def test_bundles_of_any_size_in_the_database(registry_at):
+    if registry_at.backend != "postgres":
+        pytest.skip("SQLite keeps large bundles as files (the test above)")
+    registry = registry_at()
+    small = registry.add_bundle("vib", "1.2.0", b"x" * 100, {"requirements": {"ram_kb": 256}}, uploader="admin#1")
+    big_data = os.urandom(INLINE_BUNDLE_LIMIT + 10)
+    big = registry.add_bundle("vib", "1.10.0", big_data, {})
+    assert small.path is None and big.path is None   # nodes share no file system: bytes in bytea
+    assert registry.bundle_data(small) == b"x" * 100 and registry.bundle_data(big) == big_data
+    assert registry.add_bundle("vib", "1.2.0", b"x" * 100) == small
+    with pytest.raises(Conflict):
+        registry.add_bundle("vib", "1.2.0", b"other")
+    assert registry.get_bundle("vib").version == "1.10.0" and small.manifest == registry.get_bundle("vib", "1.2.0").manifest
+    assert [b.version for b in registry.list_bundles()] == ["1.2.0", "1.10.0"]
+    with registry.transaction() as conn:
+        conn.execute("UPDATE bundles SET data = 'tampered'::bytea WHERE version = '1.10.0'")
+    with pytest.raises(RuntimeError, match="sha256"):
+        registry.bundle_data(big)
+    assert registry.delete_bundle("vib", "1.10.0") and registry.get_bundle("vib", "1.10.0") is None
+    with pytest.raises(NotFound):
+        registry.bundle_data(big)
 
 
 def test_deployments_targets_and_model_versions(registry):
@@ -227,7 +260,7 @@ def test_deployments_targets_and_model_versions(registry):
     assert registry.open_targets_for("a") == []
     assert registry.deployment_counts() == {"running": 1}
     assert [d.id for d in registry.list_deployments(state="running")] == [dep.id]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_integrity_error(registry)):
         registry.update_targets(dep.id, [("a", "bogus", None)])
 
     registry.set_model_version("a", "vib", "1.0.0")
