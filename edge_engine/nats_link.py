@@ -202,9 +202,10 @@ class NatsLink:
         finally:
             if self.nc is not None:
                 try:
-                    await asyncio.wait_for(self.nc.drain(), 2.0)
+                    await self.nc.flush(1.0)
                 except Exception:  # noqa: BLE001
-                    await self.nc.close()
+                    pass
+                await self.nc.close()
 
     async def _connect_nats(self) -> None:
         options: dict[str, Any] = {"token": self.token} if self.token else {}
@@ -232,7 +233,8 @@ class NatsLink:
     async def _disconnected(self) -> None:
         self._nats_up.clear()
         self._nats_down.set()
-        self.log.info("NATS connection lost; reconnecting")
+        if not self._stopping.is_set():
+            self.log.info("NATS connection lost; reconnecting")
 
     async def _reconnected(self) -> None:
         self._nats_down.clear()

@@ -185,9 +185,9 @@ class NatsHub(EdgeHub):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await super().close()
-        if self.nc is not None:
+        if self.nc is not None:   # the cancels above go out first; then leave at once
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 3.0)
+                await self.nc.flush(1.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
