@@ -1,0 +1,111 @@
+"""Two federation nodes on NATS sharing one fleet, as the user runs them: a nats-server, `streamql
+federation --nats` nodes A and B (one registry), and one `streamql edge --nats` process per device
+with constant signals (the oracle is DEVICES). The edges say hello while only B runs; A starts
+later and answers for them all the same. Then A is killed during a standing stream: the client's
+stream breaks, the fragments stop on the edges within the lease, and B answers at once."""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.request
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from nats_fleet import DEVICES, NatsFleet
+
+pytestmark = pytest.mark.timeout(300)
+
+ONLINE = [d for d in DEVICES if d.online]
+T = "signal_value('outside_temperature')@e"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    running = NatsFleet(tmp_path_factory.mktemp("nats-fleet"), nodes=("A", "B"), first="B", lease_s=3).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def answer(fleet, statement, node):
+    status, rows, last = fleet.post(statement, node=node)
+    assert status == 200, last
+    assert last["status"]["counts"].get("answered") == len(ONLINE), last   # the offline one is named
+    assert last["status"]["incomplete"] == [d.id for d in DEVICES if not d.online and "online(e)" not in statement]
+    return rows, last
+
+
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_every_node_reaches_every_edge(fleet, node):
+    """A never saw these edges' hellos (they came before it started): it knows them from presence."""
+    assert fleet.online(node) == {d.id for d in ONLINE}
+    rows, last = answer(fleet, f"select avg({T}), min({T}), max({T}), count(e) from Edge e where online(e);", node)
+    temps = [d.temperature for d in ONLINE]
+    assert rows == [[pytest.approx(np.mean(temps)), min(temps), max(temps), len(ONLINE)]]
+    assert last["status"]["counts"] == {"answered": len(ONLINE)}
+
+
+@pytest.mark.parametrize("node", ["A", "B"])
+def test_grouped_aggregate_over_rows_of_each_edge(fleet, node):
+    rows, _ = answer(fleet, "select region(e), count(x), avg(x) from Edge e, Real x "
+                            "where x in vectorof(first_n(signal_stream('load'), 50))@e group by region(e);", node)
+    groups = defaultdict(list)
+    for d in ONLINE:
+        groups[d.region] += [d.battery / 10] * 50
+    assert {r[0]: r[1:] for r in rows} == {k: [len(v), pytest.approx(np.mean(v))] for k, v in groups.items()}
+
+
+def test_a_fragment_with_many_rows_is_flow_controlled(fleet):
+    """More rows than one credit (10,000) from each edge: credit frames travel back over NATS."""
+    rows, _ = answer(fleet, "select id(e), x from Edge e, Integer x where x in iota(1, 15000)@e and online(e);", "A")
+    by_edge = defaultdict(list)
+    for edge, x in rows:
+        by_edge[edge].append(x)
+    assert {edge: sorted(xs) for edge, xs in by_edge.items()} == {d.id: list(range(1, 15001)) for d in ONLINE}
+
+
+def _fragments_on(fleet, device_id):
+    edge = fleet.on("B").api("GET", f"/v1/edges/{device_id}")
+    return ((edge.get("health") or {}).get("queues") or {}).get("fragments")
+
+
+def test_a_node_killed_during_a_stream_leaves_no_fragments_and_the_other_node_answers(fleet):
+    body = json.dumps({"query": "select stream of id(e), x from Edge e, Real x "
+                                "where x in signal_stream('battery')@e;"}).encode()
+    request = urllib.request.Request(fleet.node_url("A") + "/v1/query", data=body, method="POST", headers={
+        "Authorization": f"Bearer {fleet.read}", "Content-Type": "application/json"})
+    response = urllib.request.urlopen(request, timeout=60)
+    seen = set()
+    deadline = time.monotonic() + 60
+    while seen != {d.id for d in ONLINE} and time.monotonic() < deadline:
+        line = json.loads(response.readline())
+        if isinstance(line, list):
+            assert line[1] == next(d.battery for d in DEVICES if d.id == line[0])
+            seen.add(line[0])
+    assert seen == {d.id for d in ONLINE}
+    fleet.wait(lambda: all(_fragments_on(fleet, d.id) == 1 for d in ONLINE), 20, "B to see the fragments in health")
+
+    fleet.kill_node("A")
+    with pytest.raises((http.client.IncompleteRead, ConnectionError, OSError, ValueError)):
+        while True:   # what was buffered, then the broken stream
+            line = response.readline()
+            if not line:
+                raise ConnectionError("the stream ended without its final status line")
+            json.loads(line)
+    response.close()
+
+    started = time.monotonic()
+    rows, last = answer(fleet, "select id(e), battery(e) from Edge e where online(e);".replace(
+        "battery(e)", "signal_value('battery')@e"), "B")
+    assert dict(map(tuple, rows)) == {d.id: d.battery for d in ONLINE}
+    assert time.monotonic() - started < 10, "B answered at once"
+    # the lease is 3 s: the edges cancel A's fragments; their health (every 2 s) says so
+    fleet.wait(lambda: all(_fragments_on(fleet, d.id) == 0 for d in ONLINE), 20, "the orphaned fragments to stop")
+    assert "its federation node was silent" in fleet.log(ONLINE[0].id)
+
+    fleet.start_node("A")   # back for whatever runs after
+    fleet.wait(lambda: fleet.online("A") >= {d.id for d in ONLINE}, 30, "A to know the edges again")
