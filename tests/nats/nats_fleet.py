@@ -22,8 +22,10 @@ __all__ = ["NatsFleet", "DEVICES", "Device"]
 
 class NatsFleet(ConstantFleet):
     def __init__(self, directory: Path, devices: list[Device] = DEVICES, *, nodes=("A", "B"), first: str | None = None,
-                 lease_s: float = 3.0, federation_args: list[str] = (), server: NatsServer | None = None):
+                 lease_s: float = 3.0, federation_args: list[str] = (), edge_args: list[str] = (),
+                 server: NatsServer | None = None):
         super().__init__(directory, devices, federation_args)
+        self.edge_args = list(edge_args)
         self.node_names = list(nodes)
         self.first = first or self.node_names[0]
         self.lease_s = lease_s
@@ -85,7 +87,7 @@ class NatsFleet(ConstantFleet):
                           "--log-level", "warning", "--reconnect-initial", "0.2", "--reconnect-max", "1",
                           "--signal", f"name=outside_temperature,shape=constant,offset={device.temperature},rate_hz=5",
                           "--signal", f"name=battery,shape=constant,offset={device.battery},rate_hz=2",
-                          "--signal", f"name=load,shape=constant,offset={device.battery / 10},rate_hz=200")
+                          "--signal", f"name=load,shape=constant,offset={device.battery / 10},rate_hz=200", *self.edge_args)
 
     # --- the HTTP API of one node --------------------------------------------------------------------
     def on(self, name: str) -> "NatsFleet":
