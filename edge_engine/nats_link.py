@@ -170,6 +170,7 @@ class NatsLink:
         self._nats_down = asyncio.Event()
         self._heard: dict[str, float] = {}     # reply subject of a node → when it was last heard
         self._hello_bytes: bytes | None = None
+        self._early: list | None = None        # frames a node sent between our hello and the welcome
         self._nonce = 0
 
     # == the loop ===============================================================================
@@ -269,11 +270,15 @@ class NatsLink:
         self.log_id = (fields.get("resume") or {}).get("log")
         hello = wire.encode(wire.make("hello", **fields))
         self._hello_bytes = hello
+        # a node that heard the hello may send a query before the welcome of another node arrives
+        self._early = []
         try:
             reply = await self.nc.request(self.up_all, hello, timeout=self.handshake_timeout_s)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
             self._failed("no federation node answered the hello")
             return None
+        finally:
+            early, self._early = self._early, None
         welcome = wire.decode(reply.data, accept=wire.FROM_FEDERATION)
         if welcome.t != "welcome":
             self._failed(f"expected welcome, got {welcome.t}")
@@ -298,6 +303,8 @@ class NatsLink:
         tasks = []
         try:
             await self.handler.connected(conn, welcome)
+            for msg in early or ():
+                await self._on_down(msg)
             tasks = [asyncio.create_task(self._heartbeat(conn)), asyncio.create_task(conn.publish_loop()),
                      asyncio.create_task(self._leases(conn))]
             down = asyncio.create_task(self._nats_down.wait())
@@ -368,9 +375,17 @@ class NatsLink:
     # == receiving ==============================================================================
     async def _on_down(self, msg) -> None:
         reply = msg.reply
+        if not reply or not reply.startswith(self.up_prefix):
+            return          # no node to answer
         conn = self.connection
-        if conn is None or conn.closed or not reply or not reply.startswith(self.up_prefix):
-            return          # no session, or no node to answer: the node resends after the hello
+        if conn is None or conn.closed:
+            if self._early is not None and len(self._early) < 256:
+                self._early.append(msg)
+            elif peek(msg.data).get("t") == "query":   # the node must not wait for rows that never come
+                await self._send_quietly(reply, wire.error_frame(
+                    "not_connected", "this edge has no session with the federation now; retry after its hello",
+                    ref=peek(msg.data).get("qid")))
+            return
         self._heard[reply] = time.monotonic()
         self.stats.received(len(msg.data))
         try:
