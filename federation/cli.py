@@ -103,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     nats.add_argument("--nats-token-file", metavar="FILE", help="the node's NATS token (or $STREAMQL_NATS_TOKEN)")
     nats.add_argument("--nats-lease", type=float, metavar="SECONDS",
                       help="fragments on edges stop when this node is silent this long (10)")
+    nats.add_argument("--nats-replicas", type=int, metavar="N",
+                      help="JetStream replicas of published records and presence (1; 3 in a three-server cluster)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND")

@@ -118,6 +118,7 @@ class FederationConfig:
     nats_creds: Path | None = None  # a NATS credentials file of the node
     nats_token: str | None = field(default=None, repr=False)  # or a token (STREAMQL_NATS_TOKEN)
     nats_lease_s: float = 10.0  # fragments on edges stop when their node is silent this long
+    nats_replicas: int = 1  # JetStream replicas of the published records and presence (3 in a cluster)
     extra: dict = field(default_factory=dict)  # settings of parts written by others (the fleet planner)
 
     def __post_init__(self) -> None:
@@ -219,6 +220,8 @@ def _nats_flags(args: argparse.Namespace) -> dict:
            "nats_creds": getattr(args, "nats_creds", None), "nats_token": token}
     if getattr(args, "nats_lease", None) is not None:
         out["nats_lease_s"] = args.nats_lease
+    if getattr(args, "nats_replicas", None) is not None:
+        out["nats_replicas"] = args.nats_replicas
     return out
 
 
@@ -233,6 +236,8 @@ def _check_nats(config: "FederationConfig") -> None:
         raise ValueError("a NATS node id is 1-128 characters and not 'all'")
     if not config.nats_lease_s > 0:
         raise ValueError("nats_lease_s must be positive")
+    if config.nats_replicas not in (1, 2, 3, 4, 5):
+        raise ValueError("nats_replicas is 1 to 5 (JetStream's limit)")
 
 
 def _limit_flags(args: argparse.Namespace) -> dict:

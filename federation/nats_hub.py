@@ -150,7 +150,7 @@ class NatsHub(EdgeHub):
             error_cb=self._error, **options)
         self.max_frame = max_frame_for(self.nc.max_payload)
         self.js = self.nc.jetstream()
-        await self._ensure_storage()
+        await self._ensure_storage_soon()
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
@@ -191,23 +191,38 @@ class NatsHub(EdgeHub):
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
+    async def _ensure_storage_soon(self, timeout_s: float = 60.0) -> None:
+        """_ensure_storage, waiting for JetStream (a cluster elects its leader after starting)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self._ensure_storage()
+                return
+            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JetStream is not available on {list(self.config.nats)}: {exc}") from None
+                log.info("waiting for JetStream: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
     async def _ensure_storage(self) -> None:
         """The stream of published records and the presence bucket (made by the first node)."""
         js = self.js
         stream = StreamConfig(name=subjects.PUBLISH_STREAM, subjects=[subjects.publish_wildcard()],
-                              duplicate_window=DUPLICATE_WINDOW_S,
+                              duplicate_window=DUPLICATE_WINDOW_S, num_replicas=self.config.nats_replicas,
                               max_age=float(self.config.publish_retention_s))
         try:
             await js.stream_info(subjects.PUBLISH_STREAM)
         except NotFoundError:
-            with contextlib.suppress(Exception):   # another node made it meanwhile
+            try:
                 await js.add_stream(stream)
+            except Exception:  # noqa: BLE001 - another node made it meanwhile (else: raised again below)
+                await js.stream_info(subjects.PUBLISH_STREAM)
         presence_ttl = 3 * float(self.config.heartbeat_s)
         try:
             self.presence = await js.key_value(subjects.PRESENCE_BUCKET)
-        except (NotFoundError, Exception):
-            self.presence = await js.create_key_value(KeyValueConfig(bucket=subjects.PRESENCE_BUCKET,
-                                                                     ttl=presence_ttl, history=1))
+        except NotFoundError:
+            self.presence = await js.create_key_value(KeyValueConfig(
+                bucket=subjects.PRESENCE_BUCKET, ttl=presence_ttl, history=1, replicas=self.config.nats_replicas))
         with contextlib.suppress(Exception):
             await js.object_store(subjects.BUNDLE_BUCKET)
 

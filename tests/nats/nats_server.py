@@ -44,10 +44,13 @@ def _die_with_parent() -> None:
 
 
 class NatsServer:
-    def __init__(self, directory: Path, *, name: str = "nats", port: int | None = None):
+    def __init__(self, directory: Path, *, name: str = "nats", port: int | None = None,
+                 cluster_port: int | None = None, routes: list[int] = ()):
         self.dir = Path(directory) / name
         self.name = name
         self.port = port or free_port()
+        self.cluster_port = cluster_port
+        self.routes = list(routes)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -63,7 +66,7 @@ class NatsServer:
         config.write_text(f'listen: "127.0.0.1:{self.port}"\nmax_payload: {MAX_PAYLOAD}\n'
                           f'server_name: "{self.name}"\n'
                           f'jetstream {{ store_dir: "{self.dir / "js"}", max_memory_store: 64MB, '
-                          f'max_file_store: 1GB }}\n')
+                          f'max_file_store: 1GB }}\n' + self._cluster())
         log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
@@ -78,6 +81,12 @@ class NatsServer:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not listen within 15 s")
+
+    def _cluster(self) -> str:
+        if self.cluster_port is None:
+            return ""
+        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
+        return (f'cluster {{ name: "streamql", listen: "127.0.0.1:{self.cluster_port}", routes: [{routes}] }}\n')
 
     def log(self) -> str:
         path = self.dir / "server.log"
@@ -96,3 +105,29 @@ class NatsServer:
     def restart(self, kill: bool = True) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+class NatsCluster:
+    """Three (or n) nats-servers routed into one cluster, JetStream clustered (replicas up to n)."""
+
+    def __init__(self, directory: Path, n: int = 3):
+        cluster_ports = [free_port() for _ in range(n)]
+        self.servers = [NatsServer(directory, name=f"n{i + 1}", cluster_port=cluster_ports[i],
+                                   routes=[p for j, p in enumerate(cluster_ports) if j != i]) for i in range(n)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def start(self) -> "NatsCluster":
+        for server in self.servers:
+            server.start()
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
