@@ -455,7 +455,8 @@ async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, *
     daemon = EdgeDaemon(config, **options)
     await daemon.start()
     daemon.log.info("edge %s running (store %s, %d signals, federation %s)", config.id, config.store,
-                    len(daemon.drivers.signals), config.federation or "none")
+                    len(daemon.drivers.signals),
+                    f"over NATS {','.join(config.nats)}" if config.nats else config.federation or "none")
     try:
         await stop.wait()
     finally:

@@ -22,12 +22,12 @@ import random
 import time
 from typing import Any
 
-import msgpack
 import nats
 from nats.errors import Error as NatsError
 
 from streamql import nats_subjects as subjects
 from streamql import codec, wire
+from streamql.frame_keys import peek
 
 from .config import Reconnect
 from .health import LinkStats
@@ -39,25 +39,7 @@ DEFAULT_LEASE_S = 15.0
 LEASE_HEADER = "Sql-Lease"
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
-
-
-def peek(data: bytes) -> dict:
-    """`t` and the routing keys (qid, did, seq, ref) of an encoded frame, without decoding its columns."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data) + 16)
-    unpacker.feed(data)
-    out: dict[str, Any] = {}
-    try:
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key in ("v", "t", "qid", "did", "seq", "ref"):
-                out[key] = unpacker.unpack()
-                if "t" in out and len(out) >= 3:
-                    break
-            else:
-                unpacker.skip()
-    except Exception:  # noqa: BLE001 - our own frames; a failure only loses the routing hint
-        pass
-    return out
+BUNDLE_HEADER = "Sql-Bundle"
 
 
 class NatsConnection:
@@ -81,7 +63,7 @@ class NatsConnection:
     async def send_bytes(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionResetError("the NATS session is closed")
-        keys = peek(data)
+        keys = peek(data, stop_at="cols")
         t = keys.get("t")
         if t == "publish":
             self._publish.put_nowait((keys.get("seq"), data))
@@ -91,6 +73,11 @@ class NatsConnection:
             return          # the node that asked is gone (its lease ran out): nobody to tell
         try:
             await self.link.nc.publish(subject, data)
+            if t in ("ack", "nack"):
+                self.link.hello_stale = True    # presence carries a hello naming what runs now
+            if t in ("ack", "nack") and subject != self.link.up_all:
+                # every node learns what now runs here (models, functions); the deploying node decides
+                await self.link.nc.publish(self.link.up_all, data)
         except NatsError as exc:
             raise ConnectionResetError(f"NATS: {exc}") from None
         self.link.stats.sent(len(data))
@@ -170,6 +157,7 @@ class NatsLink:
         self._nats_down = asyncio.Event()
         self._heard: dict[str, float] = {}     # reply subject of a node → when it was last heard
         self._hello_bytes: bytes | None = None
+        self.hello_stale = False
         self._early: list | None = None        # frames a node sent between our hello and the welcome
         self._nonce = 0
 
@@ -347,6 +335,9 @@ class NatsLink:
         """Health to every node and into the presence bucket; a ping as before."""
         while not conn.closed:
             try:
+                if self.hello_stale:
+                    self.hello_stale = False
+                    self._hello_bytes = wire.encode(wire.make("hello", **self.handler.hello()))
                 health = wire.encode(wire.make("health", **self.handler.health()))
                 await self.nc.publish(self.up_all, health)
                 self.stats.sent(len(health))
@@ -404,6 +395,11 @@ class NatsLink:
                 conn.leases[frame["qid"]] = DEFAULT_LEASE_S
         elif t in ("deploy", "rollback", "undeploy"):
             conn.deploys[frame["did"]] = reply
+            bundle = (msg.headers or {}).get(BUNDLE_HEADER)
+            if t == "deploy" and bundle:
+                conn.current_reply = reply
+                asyncio.ensure_future(self._fetch_bundle(conn, frame, bundle))
+                return
         if t == "ping":
             pong = {"nonce": frame["nonce"]}
             if "time" in frame:
@@ -419,6 +415,29 @@ class NatsLink:
         elif t != "welcome":
             conn.current_reply = reply
             await self.deliver(conn, frame)
+
+    async def _fetch_bundle(self, conn: NatsConnection, frame: wire.Frame, name: str) -> None:
+        """A deploy whose bundle waits in the object store: fetch it, then hand the daemon its
+        chunks as if they had come one by one (its checks of size and sha256 apply as ever)."""
+        try:
+            store = await self.js.object_store(subjects.BUNDLE_BUCKET)
+            result = await asyncio.wait_for(store.get(name), 120.0)
+            data = result.data
+        except Exception as exc:  # noqa: BLE001 - not there, no permission, NATS away: the node hears why
+            self.log.warning("deployment %s: bundle %s not fetched: %s", frame["did"], name, exc)
+            try:
+                await conn.send(wire.make("nack", did=frame["did"], code="fetch", model=frame["model"],
+                                          active=self.handler.hello().get("models") or {},
+                                          reason=f"the bundle {name} could not be read from the object store: "
+                                                 f"{type(exc).__name__}: {exc}"[:2000]))
+            except Exception as send_exc:  # noqa: BLE001
+                self.log.debug("nack not sent: %s", send_exc)
+            return
+        step = wire.DEPLOY_CHUNK_BYTES
+        chunks = frame["chunks"]
+        for i in range(chunks):
+            await self.deliver(conn, wire.make("deploy", **{**frame.fields, "chunk": i,
+                                                            "data": data[i * step:(i + 1) * step]}))
 
     async def deliver(self, conn: NatsConnection, frame: wire.Frame) -> None:
         """A frame to the daemon (a handler bug answers `internal`, the link stays)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 
 import nats
 from nats.errors import Error as NatsError
-from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.api import ConsumerConfig, KeyValueConfig, ObjectMeta, ObjectStoreConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
@@ -43,9 +44,11 @@ from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
 from federation.publish import PublishLog
 from streamql import codec, wire
+from streamql.frame_keys import peek
 
 log = logging.getLogger("streamql.federation.nats")
 
+BUNDLE_HEADER = "Sql-Bundle"
 LEASE_HEADER = "Sql-Lease"
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
@@ -84,11 +87,10 @@ class NatsEdgeConnection:
     def __repr__(self) -> str:
         return f"<NatsEdgeConnection {self.edge_id} node={self.hub.node_id}>"
 
-    async def send(self, frame: wire.Frame | bytes) -> None:
+    async def send(self, frame: wire.Frame | bytes, headers: dict | None = None) -> None:
         data = frame if isinstance(frame, (bytes, bytearray)) else wire.encode(frame)
         if self.closing or self.hub.nc is None or not self.hub.nc.is_connected:
             raise EdgeOffline(self.edge_id, "dropped its link", dropped=True)
-        headers = None
         if isinstance(frame, wire.Frame) and frame.t == "query":
             headers = {LEASE_HEADER: f"{self.hub.config.nats_lease_s:g}"}
         try:
@@ -131,6 +133,9 @@ class NatsHub(EdgeHub):
         self._subs: list = []
         self._adopting: set[str] = set()
         self._consumer = f"node_{token}".replace("=", "_")[:200]
+        self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
+        self._storing = asyncio.Lock()
+        self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -223,8 +228,58 @@ class NatsHub(EdgeHub):
         except NotFoundError:
             self.presence = await js.create_key_value(KeyValueConfig(
                 bucket=subjects.PRESENCE_BUCKET, ttl=presence_ttl, history=1, replicas=self.config.nats_replicas))
-        with contextlib.suppress(Exception):
+        try:
             await js.object_store(subjects.BUNDLE_BUCKET)
+        except NotFoundError:
+            await js.create_object_store(subjects.BUNDLE_BUCKET, config=ObjectStoreConfig(
+                bucket=subjects.BUNDLE_BUCKET, replicas=self.config.nats_replicas))
+
+    # --- frames to edges -------------------------------------------------------------------------
+    async def send(self, edge_id: str, frame: wire.Frame | bytes) -> None:
+        """As EdgeHub.send; a bundle's deploy chunks become one frame naming it in the object store
+        (stored there once, fetched by each edge), instead of every chunk through this node."""
+        conn = self._connections.get(edge_id)
+        if isinstance(conn, NatsEdgeConnection) and isinstance(frame, (bytes, bytearray)):
+            keys = peek(frame, stop_at="data")
+            if keys.get("t") == "deploy":
+                did = keys.get("did")
+                if keys.get("chunk") != 0:
+                    if did in self._via_store:
+                        return      # the edge reads the whole bundle from the object store
+                    await conn.send(frame)
+                    return
+                name = await self._store_bundle(keys["model"], keys["version"], keys["sha256"])
+                if name is not None:
+                    self._via_store.add(did)
+                    fields = dict(wire.decode(frame).fields, data=b"")
+                    await conn.send(wire.make("deploy", **fields), headers={BUNDLE_HEADER: name})
+                    return
+        await super().send(edge_id, frame)
+
+    async def _store_bundle(self, model: str, version: str, sha256: str) -> str | None:
+        """The bundle in the object store `sql_bundles` as `<model>/<version>` (None: it cannot be)."""
+        name = subjects.bundle_object(model, version)
+        if self._stored.get((model, version)) == sha256:
+            return name
+        async with self._storing:
+            if self._stored.get((model, version)) == sha256:
+                return name
+            try:
+                store = await self.js.object_store(subjects.BUNDLE_BUCKET)
+                info = None
+                with contextlib.suppress(Exception):
+                    info = await store.get_info(name)
+                if info is None or (info.headers or {}).get("Sql-Sha256") != sha256:
+                    stored = self.registry.get_bundle(model, version)
+                    data = self.registry.bundle_data(stored) if stored is not None else None
+                    if data is None or hashlib.sha256(data).hexdigest() != sha256:
+                        return None
+                    await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
+                self._stored[(model, version)] = sha256
+                return name
+            except Exception as exc:  # noqa: BLE001 - the chunks go through this node instead
+                log.warning("bundle %s not stored in the object store (%s): sending its chunks", name, exc)
+                return None
 
     # --- frames from edges -----------------------------------------------------------------------
     async def _on_up(self, msg) -> None:
@@ -267,6 +322,8 @@ class NatsHub(EdgeHub):
                 sent = frame.get("time")
                 if isinstance(sent, (int, float)):
                     conn.rtt_ms = max(0.0, (time.time() - sent) * 1000.0)
+            elif t in ("ack", "nack") and msg.subject.endswith(f".{subjects.ALL_NODES}"):
+                self._learn_models(conn, frame)   # a copy for every node: the deployer got its own
             elif t in _DISPATCH:
                 getattr(self, _DISPATCH[t])(conn, frame)
         except Exception:  # noqa: BLE001 - one bad frame must not stop the subscription
@@ -316,6 +373,14 @@ class NatsHub(EdgeHub):
         return wire.make("welcome", accepted=True, server_time=time.time(),
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
                          edge=edge, session=conn.session)
+
+    def _learn_models(self, conn: NatsEdgeConnection, frame: wire.Frame) -> None:
+        """What on_reply keeps of an ack or nack, without telling the deployer (not ours)."""
+        announced = self._announced.get(conn.edge_id)
+        if announced is not None:
+            announced["models"] = dict(frame["active"])
+            if frame.get("functions") is not None:
+                announced["capabilities"]["functions"] = list(frame["functions"])
 
     def _adopt_later(self, edge: str) -> None:
         if edge not in self._adopting and len(self._adopting) < 1024:

@@ -35,6 +35,13 @@ class NatsFleet(ConstantFleet):
 
     # --- processes -------------------------------------------------------------------------------
     def start(self) -> "NatsFleet":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()      # nothing left running when the start fails
+            raise
+
+    def _start(self) -> "NatsFleet":
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.server is None:
             self.server = NatsServer(self.dir).start()
@@ -51,11 +58,11 @@ class NatsFleet(ConstantFleet):
             if device.online:
                 self.start_edge(device)
         want = {d.id for d in self.devices if d.online}
-        self.wait(lambda: self.online() >= want, 60, "the edges to connect")
+        self.wait(lambda: self.online() >= want, 180, "the edges to connect")
         for name in self.node_names:
             if name != self.first:
                 self.start_node(name)
-                self.wait(lambda: self.online(name) >= want, 30, f"node {name} to know the edges")
+                self.wait(lambda: self.online(name) >= want, 90, f"node {name} to know the edges")
         return self
 
     def node_url(self, name: str) -> str:
@@ -70,7 +77,7 @@ class NatsFleet(ConstantFleet):
                           "--nats", self.server.url, "--nats-node", name, "--nats-lease", f"{self.lease_s:g}",
                           *self.federation_args)
         self.procs["federation" if name == self.first else f"node-{name}"] = self.procs.pop(f"node-{name}")
-        self.wait(lambda: self.healthy(name), 30, f"node {name} to listen", proc, f"node-{name}")
+        self.wait(lambda: self.healthy(name), 90, f"node {name} to listen", proc, f"node-{name}")
 
     def node_proc(self, name: str):
         return self.procs["federation" if name == self.first else f"node-{name}"]
