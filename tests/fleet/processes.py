@@ -179,3 +179,22 @@ class ConstantFleet:
                 proc.kill()
                 proc.wait(5)
         self.procs.clear()
+
+
+TRANSPORTS = ["websocket", "nats"]
+
+
+def start_fleet(directory, transport: str = "websocket", devices=DEVICES, *, federation_args=(),
+                two_nodes: bool = False) -> ConstantFleet:
+    """The constant fleet on the embedded WebSocket hub, or on NATS (tests/nats/nats_fleet.py): one
+    federation node, or with `two_nodes` nodes A and B where the edges say hello to B before A is up
+    and every request goes to A."""
+    if transport == "websocket":
+        return ConstantFleet(directory, devices, list(federation_args)).start()
+    sys.path.insert(0, str(ROOT / "tests" / "nats"))
+    from nats_fleet import NatsFleet
+
+    if two_nodes:
+        return NatsFleet(directory, devices, nodes=("A", "B"), first="B",
+                         federation_args=list(federation_args)).start().on("A")
+    return NatsFleet(directory, devices, nodes=("A",), federation_args=list(federation_args)).start()
