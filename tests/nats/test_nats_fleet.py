@@ -109,3 +109,35 @@ def test_a_node_killed_during_a_stream_leaves_no_fragments_and_the_other_node_an
 
     fleet.start_node("A")   # back for whatever runs after
     fleet.wait(lambda: fleet.online("A") >= {d.id for d in ONLINE}, 30, "A to know the edges again")
+
+
+def test_simulated_edges_connected_through_b_answer_on_a_by_the_oracle(fleet):
+    """`streamql edge --simulate 12 --nats` (provisioned through B's HTTP API): node A answers for
+    them with exactly the values the simulation, a pure function of seed and time, says."""
+    from edge_engine.simulate import fleet_identities
+    from edge_engine.simulation import SimModel
+
+    identities = {i.id: i for i in fleet_identities(12, 3, prefix="sim-")}
+    fleet.spawn("simulated", "edge", "--simulate", "12", "--seed", "3", "--id-prefix", "sim-",
+                "--federation", fleet.node_url("B"), "--provision-token-file", str(fleet.dir / "fed" / "admin.token"),
+                "--nats", fleet.server.url, "--store", str(fleet.dir / "sim"), "--heartbeat", "2",
+                "--log-level", "warning")
+    try:
+        fleet.wait(lambda: fleet.online("A") >= set(identities), 180, "the simulated edges on A")
+
+        def battery(identity, at: float) -> float:
+            spec = next(s for s in identity.signals if s["name"] == "battery")
+            return SimModel.from_spec({k: v for k, v in spec.items() if k not in ("name", "kind")}).latest_at(at)[1]
+
+        before = time.time()
+        status, rows, last = fleet.post("select id(e), region(e), kind(e), signal_value('battery')@e from Edge e "
+                                        "where fleet(e) = 'fleet-3';", node="A")
+        after = time.time()
+        assert status == 200 and last["status"]["counts"] == {"answered": 12}, last
+        assert {r[0]: (r[1], r[2]) for r in rows} == {
+            i.id: (i.metadata["region"], i.metadata["kind"]) for i in identities.values()}
+        for edge, _, _, value in rows:   # a reading of the last seconds (the walk moves < 0.5 in them)
+            candidates = [battery(identities[edge], t) for t in (before - 5.0, before, after)]
+            assert min(candidates) - 0.5 <= value <= max(candidates) + 0.5, (edge, value, candidates)
+    finally:
+        fleet.procs.pop("simulated").terminate()
