@@ -40,6 +40,7 @@ LEASE_HEADER = "Sql-Lease"
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 BUNDLE_HEADER = "Sql-Bundle"
+RUN_HEADER = "Sql-Run"
 
 
 class NatsConnection:
@@ -52,6 +53,7 @@ class NatsConnection:
         self.close_reason: str | None = None
         self.routes: dict[str, str] = {}       # qid → reply subject of the node that asked
         self.leases: dict[str, float] = {}     # qid → lease seconds
+        self.owners: dict[str, str] = {}       # qid → the node process that renews it (reply and run)
         self.deploys: dict[str, str] = {}      # did → reply subject
         self.current_reply: str | None = None  # of the frame being handled
         self._publish: asyncio.Queue = asyncio.Queue()
@@ -86,7 +88,11 @@ class NatsConnection:
         everyone = self.link.up_all
         if t in ("rows", "end"):
             qid = keys.get("qid")
-            return self.routes.pop(qid, None) if t == "end" else self.routes.get(qid)
+            if t == "end":
+                self.leases.pop(qid, None)
+                self.owners.pop(qid, None)
+                return self.routes.pop(qid, None)
+            return self.routes.get(qid)
         if t in ("ack", "nack"):
             return self.deploys.get(keys.get("did")) or everyone
         if t in ("health", "hello"):
@@ -354,11 +360,12 @@ class NatsLink:
         while not conn.closed:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            for qid, reply in list(conn.routes.items()):
+            for qid in list(conn.routes):
                 lease = conn.leases.get(qid, DEFAULT_LEASE_S)
-                if now - self._heard.get(reply, now) > lease:
+                if now - self._heard.get(conn.owners.get(qid, ""), now) > lease:
                     conn.routes.pop(qid, None)
                     conn.leases.pop(qid, None)
+                    conn.owners.pop(qid, None)
                     self.log.warning("fragment %s: its federation node was silent for %g s; cancelling", qid, lease)
                     await self.deliver(conn, wire.make("cancel", qid=qid,
                                                        reason=f"its federation node was silent for {lease:g} s"))
@@ -377,7 +384,8 @@ class NatsLink:
                     "not_connected", "this edge has no session with the federation now; retry after its hello",
                     ref=peek(msg.data).get("qid")))
             return
-        self._heard[reply] = time.monotonic()
+        owner = f"{reply} {(msg.headers or {}).get(RUN_HEADER, '')}"
+        self._heard[owner] = time.monotonic()
         self.stats.received(len(msg.data))
         try:
             frame = wire.decode(msg.data, accept=wire.FROM_FEDERATION)
@@ -389,6 +397,7 @@ class NatsLink:
         t = frame.t
         if t == "query":
             conn.routes[frame["qid"]] = reply
+            conn.owners[frame["qid"]] = owner
             try:
                 conn.leases[frame["qid"]] = float((msg.headers or {}).get(LEASE_HEADER, DEFAULT_LEASE_S))
             except ValueError:

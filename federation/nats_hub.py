@@ -50,6 +50,7 @@ log = logging.getLogger("streamql.federation.nats")
 
 BUNDLE_HEADER = "Sql-Bundle"
 LEASE_HEADER = "Sql-Lease"
+RUN_HEADER = "Sql-Run"   # this node process: a node restarted under the same id renews none of its old leases
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
@@ -91,8 +92,9 @@ class NatsEdgeConnection:
         data = frame if isinstance(frame, (bytes, bytearray)) else wire.encode(frame)
         if self.closing or self.hub.nc is None or not self.hub.nc.is_connected:
             raise EdgeOffline(self.edge_id, "dropped its link", dropped=True)
+        headers = {**(headers or {}), RUN_HEADER: self.hub.run_id}
         if isinstance(frame, wire.Frame) and frame.t == "query":
-            headers = {LEASE_HEADER: f"{self.hub.config.nats_lease_s:g}"}
+            headers[LEASE_HEADER] = f"{self.hub.config.nats_lease_s:g}"
         try:
             await self.hub.nc.publish(self.down, bytes(data), reply=self.reply, headers=headers)
         except NatsError as exc:
@@ -123,6 +125,7 @@ class NatsHub(EdgeHub):
     def __init__(self, registry, config: FederationConfig, *, heartbeats=None, metrics=None,
                  node_id: str | None = None):
         self.node_id = node_id or default_node_id(config)
+        self.run_id = secrets.token_hex(6)
         token = subjects.encode_token(self.node_id)
         # one publish log per node: each node keeps every record (its own consumer reads them all)
         super().__init__(registry, config, heartbeats=heartbeats, metrics=metrics,
@@ -373,6 +376,14 @@ class NatsHub(EdgeHub):
         return wire.make("welcome", accepted=True, server_time=time.time(),
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
                          edge=edge, session=conn.session)
+
+    def on_rows(self, conn, frame: wire.Frame) -> None:
+        """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under
+        this node id ran it) are answered with a cancel at once instead of waiting for its lease."""
+        if isinstance(conn, NatsEdgeConnection) and frame["qid"] not in conn.fragments \
+                and not frame["qid"].startswith(f"q{self._prefix}-") and frame["seq"] % 64 == 0:
+            conn.post(wire.make("cancel", qid=frame["qid"], reason="no federation node runs this fragment"))
+        super().on_rows(conn, frame)
 
     def _learn_models(self, conn: NatsEdgeConnection, frame: wire.Frame) -> None:
         """What on_reply keeps of an ack or nack, without telling the deployer (not ours)."""
