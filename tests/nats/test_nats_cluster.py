@@ -56,12 +56,14 @@ def test_a_killed_server_of_three_loses_nothing_and_duplicates_nothing(tmp_path)
 
         for server in cluster.servers:
             server.stop(kill=True)
+            print(f"{time.strftime('%X')} killed {server.name}", flush=True)
             before = {edge: len(v) for edge, v in _numbers(fleet, "B").items()}
             for node in ("A", "B"):
-                fleet.wait(lambda: _everyone_answers(fleet, node), 60, f"node {node} to reach every edge "
+                fleet.wait(lambda: _everyone_answers(fleet, node), 120, f"node {node} to reach every edge "
                            f"without {server.name}")
-            fleet.wait(lambda: all(len(v) > before[e] + 20 for e, v in _numbers(fleet, "B").items()), 60,
+            fleet.wait(lambda: all(len(v) > before[e] + 20 for e, v in _numbers(fleet, "B").items()), 120,
                        f"records to flow without {server.name}")
+            print(f"{time.strftime('%X')} answers and records without {server.name}", flush=True)
             server.start()
             time.sleep(2.0)    # it catches up with the cluster before the next one goes
 
