@@ -109,7 +109,7 @@ class ConstantFleet:
     def start_federation(self) -> None:
         fed = self.spawn("federation", "federation", "--data", str(self.dir / "fed"), "--port", str(self.port),
                          "--heartbeat", "2", "--log-level", "warning", *self.federation_args)
-        self.wait(self.healthy, 30, "the federation to listen", fed, "federation")
+        self.wait(self.healthy, 90, "the federation to listen", fed, "federation")
 
     def restart_federation(self) -> None:
         """Stop the federation (SIGTERM) and start it again on the same data and port; the edges
