@@ -128,8 +128,8 @@ def _simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"streamql edge: {exc}", file=sys.stderr)
         return 2
-    if not base.federation:
-        print("streamql edge: --simulate needs --federation URL", file=sys.stderr)
+    if not base.federation and not base.nats:
+        print("streamql edge: --simulate needs --federation URL (or --nats URL)", file=sys.stderr)
         return 2
     store_root = Path(args.store) if args.store else Path("edge-sim")
     tokens = {}

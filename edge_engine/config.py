@@ -117,6 +117,7 @@ class Autostart:
 class EdgeConfig:
     id: str
     federation: str | None = None
+    nats: list[str] = field(default_factory=list)   # NATS servers: the link goes over NATS (nats_link.py)
     token: str | None = field(default=None, repr=False)
     store: Path = Path("edge-state")
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -193,6 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=argparse.SUPPRESS)
     add("--token-file", metavar="PATH", help=f"a file holding the device token (or ${TOKEN_ENV})")
     add("--federation", metavar="URL", help="federation URL, e.g. ws://host:8080/v1/edges/connect")
+    add("--nats", action="append", metavar="URL[,URL…]",
+        help="link to the federation over NATS: nats://host:port of every server of the cluster")
     add("--store", metavar="DIR", help="store directory (bundles, buffer, state)")
     add("--files", metavar="DIR",
         help="the only directory statements may read files from (default: files/ in the store)")
@@ -272,6 +275,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
                       ("heartbeat_s", "heartbeat_s"), ("log_level", "log_level"), ("files", "files")):
         if get(name) is not None:
             doc[key] = get(name)
+    if get("nats"):
+        doc["nats"] = [u.strip() for text in get("nats") for u in text.split(",") if u.strip()]
     if get("token_file") is not None:
         doc["token"] = read_secret_file(get("token_file"), "device token")
     for section, pairs in (
@@ -338,7 +343,7 @@ def _signal_flag(text: str) -> dict:
 
 
 # == loading ===================================================================================
-_TOP = {"id", "token", "federation", "store", "metadata", "capabilities", "signals", "heartbeat_s",
+_TOP = {"id", "token", "federation", "nats", "store", "metadata", "capabilities", "signals", "heartbeat_s",
         "buffer", "limits", "reconnect", "trusted_keys", "tls", "log_level", "guard", "files", "autostart",
         "foreign"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
@@ -435,6 +440,12 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     federation = _opt_str(doc, "federation", fail)
     if federation is not None and not re.match(r"(wss?|https?)://[^/\s]+", federation):
         fail("federation", f"must be a ws://, wss://, http:// or https:// URL, got {federation!r}")
+    nats_servers = doc.get("nats", [])
+    if isinstance(nats_servers, str):
+        nats_servers = [nats_servers]
+    if not isinstance(nats_servers, list) or not all(
+            isinstance(u, str) and re.match(r"(nats|tls|ws|wss)://[^/\s]+$", u) for u in nats_servers):
+        fail("nats", f"must be nats://host:port URLs (a list, or one string), got {nats_servers!r}")
     store_text = doc.get("store", f"edge-state/{edge_id}")
     if not isinstance(store_text, str) or not store_text:
         fail("store", "must be a directory path")
@@ -551,7 +562,7 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     foreign = doc.get("foreign", [])
     if not isinstance(foreign, list) or not all(isinstance(f, str) and f for f in foreign):
         fail("foreign", "must be a list of Python function names or patterns ('package.module.*')")
-    return EdgeConfig(id=edge_id, federation=federation, token=token, store=store, metadata=dict(metadata),
+    return EdgeConfig(id=edge_id, federation=federation, nats=list(nats_servers), token=token, store=store, metadata=dict(metadata),
                       capabilities=capabilities, signals=checked, heartbeat_s=heartbeat, buffer=buffer,
                       limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
                       autostart=autostart, log_level=log_level.lower(), source=path, files=files,

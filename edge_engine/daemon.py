@@ -162,7 +162,13 @@ class EdgeDaemon:
             await self.drivers.start()
         if self.deployments.bundles:
             self.log.info("restored %s", ", ".join(f"{n} {v}" for n, v in self.deployments.active().items()))
-        if config.federation:
+        if config.nats:   # the link over NATS (edge_engine/nats_link.py): same frames, same handler
+            from .nats_link import NatsLink
+
+            self.link = NatsLink(self, config.nats, config.id, config.token, reconnect=config.reconnect,
+                                 heartbeat_s=config.heartbeat_s, stats=self.monitor.link, rng=self.rng, log=self.log)
+            self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
+        elif config.federation:
             self.link = Link(self, config.federation, config.token, reconnect=config.reconnect,
                              heartbeat_s=config.heartbeat_s, session=self.session, clock=self.clock,
                              stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls)
@@ -450,7 +456,8 @@ async def run_daemon(config: EdgeConfig, *, stop: asyncio.Event | None = None, *
     daemon = EdgeDaemon(config, **options)
     await daemon.start()
     daemon.log.info("edge %s running (store %s, %d signals, federation %s)", config.id, config.store,
-                    len(daemon.drivers.signals), config.federation or "none")
+                    len(daemon.drivers.signals),
+                    f"over NATS {','.join(config.nats)}" if config.nats else config.federation or "none")
     try:
         await stop.wait()
     finally:

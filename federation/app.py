@@ -172,7 +172,13 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """The edge hub and its published-records log; closed (edges told we go away) at the end."""
     from federation.hub import EdgeHub
 
-    hub = EdgeHub(app[REGISTRY], app[CONFIG], heartbeats=app[HEARTBEATS], metrics=app[METRICS])
+    config = app[CONFIG]
+    if config.nats:   # edges on NATS (federation/nats_hub.py); WebSocket edges still welcome
+        from federation.nats_hub import NatsHub
+
+        hub = NatsHub(app[REGISTRY], config, heartbeats=app[HEARTBEATS], metrics=app[METRICS])
+    else:
+        hub = EdgeHub(app[REGISTRY], config, heartbeats=app[HEARTBEATS], metrics=app[METRICS])
     app[HUB] = hub
     await hub.start()
     try:

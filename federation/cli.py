@@ -101,6 +101,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "(a statement's `wave timeout` overrides it)")
     parser.add_argument("--deploy-settle", type=float, default=5.0, metavar="SECONDS",
                         help="how long a device must look healthy after a change to count as healthy")
+    nats = parser.add_argument_group("NATS transport (docs/operations.md, Transport on NATS)")
+    nats.add_argument("--nats", action="append", metavar="URL[,URL…]",
+                      help="reach edges through NATS (nats://host:port of every server of the cluster)")
+    nats.add_argument("--nats-node", metavar="ID", help="this node's id on NATS (default: host and data dir)")
+    nats.add_argument("--nats-creds", metavar="FILE", help="the node's NATS credentials file")
+    nats.add_argument("--nats-token-file", metavar="FILE", help="the node's NATS token (or $STREAMQL_NATS_TOKEN)")
+    nats.add_argument("--nats-lease", type=float, metavar="SECONDS",
+                      help="fragments on edges stop when this node is silent this long (10)")
+    nats.add_argument("--nats-replicas", type=int, metavar="N",
+                      help="JetStream replicas of published records and presence (1; 3 in a three-server cluster)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=serve)
     # the defaults, for --config to tell an unset flag from a given one

@@ -6,6 +6,7 @@ holds the per-role request limits of the HTTP API.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,13 @@ class FederationConfig:
     max_hello_keys: int = 64  # metadata and capabilities keys each
     max_hello_value_bytes: int = 1024  # one metadata or capability value, as JSON
     max_hello_signals: int = 256
+    # --- the NATS transport (federation/nats_hub.py); empty `nats`: the embedded WebSocket hub only
+    nats: tuple[str, ...] = ()  # nats://host:port of the cluster's servers (all of them: failover)
+    nats_node: str | None = None  # this node's id on NATS (default: host name and data directory)
+    nats_creds: Path | None = None  # a NATS credentials file of the node
+    nats_token: str | None = field(default=None, repr=False)  # or a token (STREAMQL_NATS_TOKEN)
+    nats_lease_s: float = 10.0  # fragments on edges stop when their node is silent this long
+    nats_replicas: int = 1  # JetStream replicas of the published records and presence (3 in a cluster)
     extra: dict = field(default_factory=dict)  # settings of parts written by others (the fleet planner)
 
     def __post_init__(self) -> None:
@@ -140,6 +148,7 @@ class FederationConfig:
         _check_role_limits(self.query_role_limits)
         if self.files_dir is not None:
             object.__setattr__(self, "files_dir", Path(self.files_dir))
+        _check_nats(self)
         limits = {**DEFAULT_ROLE_LIMITS, **(self.rate_limits or {})}
         unknown = set(limits) - set(DEFAULT_ROLE_LIMITS)
         if unknown:
@@ -202,7 +211,42 @@ class FederationConfig:
                    query_role_limits=dict(map(parse_query_limits, getattr(args, "query_limits", None) or ())),
                    files_dir=getattr(args, "files", None),
                    registry=getattr(args, "registry", None),
-                   **_limit_flags(args))
+                   **_nats_flags(args), **_limit_flags(args))
+
+
+def _nats_flags(args: argparse.Namespace) -> dict:
+    """--nats URL[,URL…], --nats-node, --nats-creds, --nats-token-file (or $STREAMQL_NATS_TOKEN), --nats-lease."""
+    import os
+
+    servers = [u.strip() for text in (getattr(args, "nats", None) or []) for u in text.split(",") if u.strip()]
+    if not servers:
+        return {}
+    token = os.environ.get("STREAMQL_NATS_TOKEN") or None
+    token_file = getattr(args, "nats_token_file", None)
+    if token_file:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    out = {"nats": tuple(servers), "nats_node": getattr(args, "nats_node", None),
+           "nats_creds": getattr(args, "nats_creds", None), "nats_token": token}
+    if getattr(args, "nats_lease", None) is not None:
+        out["nats_lease_s"] = args.nats_lease
+    if getattr(args, "nats_replicas", None) is not None:
+        out["nats_replicas"] = args.nats_replicas
+    return out
+
+
+def _check_nats(config: "FederationConfig") -> None:
+    object.__setattr__(config, "nats", tuple(config.nats or ()))
+    for url in config.nats:
+        if not re.match(r"(nats|tls|ws|wss)://[^/\s]+$", url):
+            raise ValueError(f"a NATS server is nats://host:port (or tls://), not {url!r}")
+    if config.nats_creds is not None:
+        object.__setattr__(config, "nats_creds", Path(config.nats_creds))
+    if config.nats_node is not None and (config.nats_node == "all" or not 0 < len(config.nats_node) <= 128):
+        raise ValueError("a NATS node id is 1-128 characters and not 'all'")
+    if not config.nats_lease_s > 0:
+        raise ValueError("nats_lease_s must be positive")
+    if config.nats_replicas not in (1, 2, 3, 4, 5):
+        raise ValueError("nats_replicas is 1 to 5 (JetStream's limit)")
 
 
 def _limit_flags(args: argparse.Namespace) -> dict:

@@ -1,5 +1,5 @@
 """The federation as the engine sees it: `streamql.fleet.FleetAccess` over the registry, the
-selection index and the edge hub.
+selection index and the edge hub (either carrier: federation/transport.py).
 
 Fleet statements run in worker threads; the registry, the index and the hub belong to the event
 loop. Every call here hops to the loop (and waits for it), so the engine never touches SQLite or
@@ -19,7 +19,8 @@ from typing import Any, Callable
 from streamql.fleet import DeviceInfo, EdgeProfile, FragmentEvent, FragmentRequest
 from streamql.selection import Predicate
 
-from federation.hub import EdgeHub, EdgeOffline, FragmentError
+from federation.hub import EdgeOffline, FragmentError
+from federation.transport import EdgeTransport
 
 CALL_TIMEOUT_S = 30.0
 BUFFERED_BATCHES = 64       # row batches waiting for the worker, across all of a statement's edges
@@ -32,7 +33,7 @@ STREAM_CREDIT_ROWS = 512
 
 
 class HubFleetAccess:
-    def __init__(self, loop: asyncio.AbstractEventLoop, registry, index, hub: EdgeHub, *,
+    def __init__(self, loop: asyncio.AbstractEventLoop, registry, index, hub: EdgeTransport, *,
                  credit: int = CREDIT_ROWS, stream_credit: int = STREAM_CREDIT_ROWS):
         self.loop = loop
         self.registry, self.index, self.hub = registry, index, hub

@@ -27,8 +27,19 @@ def _free_port() -> int:
 class Fleet:
     """A federation process and a process of simulated edges, on loopback."""
 
-    def __init__(self, data: Path, edges: int, *, offline: list[str] = (), federation_args: list[str] = ()):
+    def __init__(self, data: Path, edges: int, *, offline: list[str] = (), federation_args: list[str] = (),
+                 transport: str = "websocket"):
+        """transport "nats": a nats-server of its own, the federation and the edges linked through it."""
         self.data = data
+        self.nats = None
+        edge_args: list[str] = []
+        if transport == "nats":
+            sys.path.insert(0, str(ROOT / "tests" / "nats"))
+            from nats_server import NatsServer
+
+            self.nats = NatsServer(data).start()
+            federation_args = [*federation_args, "--nats", self.nats.url, "--nats-lease", "3"]
+            edge_args = ["--nats", self.nats.url]
         self.log = open(data / "processes.log", "w")
         self.children: list[subprocess.Popen] = []
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -45,7 +56,7 @@ class Fleet:
             self.client.provision(device, {"kind": "dumper", "region": "US"}, {"ram_kb": 1 << 20})
         self._spawn(env, "edge", "--simulate", str(edges), "--federation", self.url, "--provision-token-file",
                     str(token_file), "--store", str(data / "edges"), "--seed", "5", "--trusted-key", str(self.pub),
-                    "--log-level", "warning")
+                    "--log-level", "warning", *edge_args)
         self._until(lambda: sum(1 for e in self.client.edges() if e.get("online")) >= edges, 120,
                     "the simulated edges did not come online")
         self.online = sorted(e["id"] for e in self.client.edges() if e.get("online"))
@@ -96,4 +107,6 @@ class Fleet:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
+        if self.nats is not None:
+            self.nats.stop()
         self.log.close()

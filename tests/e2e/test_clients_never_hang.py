@@ -20,9 +20,9 @@ pytestmark = pytest.mark.timeout(300)
 NO_ROWS = "select stream of x from Edge e, Real x where x in signal_stream('vibration')@e and x > 1e9;"
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    running = Fleet(tmp_path_factory.mktemp("never-hang"), 1)
+@pytest.fixture(scope="module", params=["websocket", "nats"])
+def fleet(request, tmp_path_factory):
+    running = Fleet(tmp_path_factory.mktemp(f"never-hang-{request.param}"), 1, transport=request.param)
     try:
         yield running
     finally:

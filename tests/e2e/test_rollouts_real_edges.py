@@ -20,10 +20,10 @@ GOOD = "select stream of x from Real x where x in signal_stream('vibration') and
 BAD = "select stream of w[3] from Vector of Real w where w in winagg(signal_stream('vibration'), 2, 2);\n"
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    running = Fleet(tmp_path_factory.mktemp("rollouts"), EDGES, offline=[OFFLINE],
-                    federation_args=["--deploy-settle", "1"])
+@pytest.fixture(scope="module", params=["websocket", "nats"])
+def fleet(request, tmp_path_factory):
+    running = Fleet(tmp_path_factory.mktemp(f"rollouts-{request.param}"), EDGES, offline=[OFFLINE],
+                    federation_args=["--deploy-settle", "1"], transport=request.param)
     try:
         yield running
     finally:

@@ -109,7 +109,7 @@ class ConstantFleet:
     def start_federation(self) -> None:
         fed = self.spawn("federation", "federation", "--data", str(self.dir / "fed"), "--port", str(self.port),
                          "--heartbeat", "2", "--log-level", "warning", *self.federation_args)
-        self.wait(self.healthy, 30, "the federation to listen", fed, "federation")
+        self.wait(self.healthy, 90, "the federation to listen", fed, "federation")
 
     def restart_federation(self) -> None:
         """Stop the federation (SIGTERM) and start it again on the same data and port; the edges
@@ -179,3 +179,22 @@ class ConstantFleet:
                 proc.kill()
                 proc.wait(5)
         self.procs.clear()
+
+
+TRANSPORTS = ["websocket", "nats"]
+
+
+def start_fleet(directory, transport: str = "websocket", devices=DEVICES, *, federation_args=(),
+                two_nodes: bool = False) -> ConstantFleet:
+    """The constant fleet on the embedded WebSocket hub, or on NATS (tests/nats/nats_fleet.py): one
+    federation node, or with `two_nodes` nodes A and B where the edges say hello to B before A is up
+    and every request goes to A."""
+    if transport == "websocket":
+        return ConstantFleet(directory, devices, list(federation_args)).start()
+    sys.path.insert(0, str(ROOT / "tests" / "nats"))
+    from nats_fleet import NatsFleet
+
+    if two_nodes:
+        return NatsFleet(directory, devices, nodes=("A", "B"), first="B",
+                         federation_args=list(federation_args)).start().on("A")
+    return NatsFleet(directory, devices, nodes=("A",), federation_args=list(federation_args)).start()

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from processes import DEVICES, ROOT, ConstantFleet
+from processes import DEVICES, ROOT, TRANSPORTS, start_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ONLINE = [d for d in DEVICES if d.online]
@@ -22,9 +22,9 @@ OFFLINE = [d.id for d in DEVICES if not d.online]
 T = "signal_value('outside_temperature')@e"
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    fleet = ConstantFleet(tmp_path_factory.mktemp("constant-fleet")).start()
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def fleet(request, tmp_path_factory):
+    fleet = start_fleet(tmp_path_factory.mktemp(f"constant-fleet-{request.param}"), request.param, two_nodes=True)
     try:
         yield fleet
     finally:
@@ -176,8 +176,9 @@ def test_the_cli_says_when_an_answer_is_incomplete(fleet):
     assert sorted(us.stdout.split()) == sorted(x for d in ONLINE if d.region == "US" for x in (d.id, str(d.temperature)))
 
 
-def test_functions_defined_at_the_federation_survive_a_restart_and_run_on_the_edges(tmp_path):
-    fleet = ConstantFleet(tmp_path, DEVICES[:2]).start()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_functions_defined_at_the_federation_survive_a_restart_and_run_on_the_edges(tmp_path, transport):
+    fleet = start_fleet(tmp_path, transport, DEVICES[:2], two_nodes=True)
     try:
         headers = {"Authorization": f"Bearer {fleet.admin}", "Content-Type": "application/json"}
 

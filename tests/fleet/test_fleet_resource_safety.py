@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import ConstantFleet, Device
+from processes import TRANSPORTS, Device, start_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 DEVICE = Device("wl-1", "US", "wheel loader", -25.0, 80.0)
@@ -24,10 +24,10 @@ READ_MEMORY_MB = 64     # the read role's limits (defaults and ceiling) at this 
 PEAK_MB = 600           # neither process may ever hold more than this
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    fleet = ConstantFleet(tmp_path_factory.mktemp("safety"), [DEVICE],
-                          federation_args=["--query-limits", f"read:memory_mb={READ_MEMORY_MB}"]).start()
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def fleet(request, tmp_path_factory):
+    fleet = start_fleet(tmp_path_factory.mktemp(f"safety-{request.param}"), request.param, [DEVICE],
+                        federation_args=["--query-limits", f"read:memory_mb={READ_MEMORY_MB}"])
     files = fleet.dir / "edges" / DEVICE.id / "files"
     files.mkdir(parents=True, exist_ok=True)
     (files / "readings.csv").write_text("1,2\n3,4\n")

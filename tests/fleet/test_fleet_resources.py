@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from processes import ConstantFleet, Device
+from processes import TRANSPORTS, Device, start_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 DEVICES = [Device("wl-1", "US", "wheel loader", -25.0, 80.0), Device("dt-1", "EU", "dumper", -30.0, 40.0),
@@ -22,9 +22,9 @@ ENDLESS = ["select stream of x from Real x where x in heartbeat(60);",
            "select stream of id(e), x from Edge e, Real x where x in signal_stream('battery')@e;"]
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    fleet = ConstantFleet(tmp_path_factory.mktemp("resources"), DEVICES).start()
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def fleet(request, tmp_path_factory):
+    fleet = start_fleet(tmp_path_factory.mktemp(f"resources-{request.param}"), request.param, DEVICES)
     try:
         yield fleet
     finally:
@@ -83,8 +83,9 @@ def test_a_statement_that_works_hard_does_not_stall_the_others(fleet):
     assert fleet.online() == {d.id for d in DEVICES}
 
 
-def test_statements_past_the_pool_are_refused_not_queued(tmp_path):
-    fleet = ConstantFleet(tmp_path, DEVICES[:1], federation_args=["--statement-workers", "4"]).start()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_statements_past_the_pool_are_refused_not_queued(tmp_path, transport):
+    fleet = start_fleet(tmp_path, transport, DEVICES[:1], federation_args=["--statement-workers", "4"])
     try:
         streams = [open_stream(fleet, ENDLESS[0]) for _ in range(4)]        # streams have a lane of their own
         assert timed(fleet, "select 1;")[1] == [[1]]
@@ -107,8 +108,9 @@ def test_statements_past_the_pool_are_refused_not_queued(tmp_path):
         fleet.stop()
 
 
-def test_sigterm_stops_the_federation_within_ten_seconds_whatever_runs(tmp_path):
-    fleet = ConstantFleet(tmp_path, DEVICES[:1]).start()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sigterm_stops_the_federation_within_ten_seconds_whatever_runs(tmp_path, transport):
+    fleet = start_fleet(tmp_path, transport, DEVICES[:1])
     try:
         streams = [open_stream(fleet, statement) for statement in ENDLESS]
         federation = fleet.procs["federation"]

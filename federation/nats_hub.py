@@ -1,0 +1,513 @@
+"""The edge hub over NATS: the same API as the WebSocket hub (federation/transport.py,
+`EdgeTransport`), with NATS as the carrier between edges and any number of federation nodes.
+
+Frames are unchanged (docs/protocol.md); only where they travel changes (federation/nats_subjects.py):
+
+- every node subscribes `sql.up.*.all` (hello, health, bye of every edge) and `sql.up.*.<node>`
+  (rows, end, acks and errors answering this node's own requests); so every node knows every edge
+  and any node can run a fragment on any edge;
+- a hello arrives as a NATS request: each node checks it against the registry and answers
+  `welcome` (the edge takes the first); a node that starts later learns the edges already up
+  from the presence bucket `sql_presence` (the edge's hello and latest health, expiring after
+  three heartbeats), and any edge it hears health from but does not know the same way;
+- frames to an edge go to `sql.down.<edge>` with the NATS reply subject `sql.up.<edge>.<node>`:
+  the edge answers there. A `query` carries the header `Sql-Lease`: the node pings each edge
+  running one of its fragments every lease/3, and an edge cancels the fragments of a node it has
+  not heard from for a lease (a node that died leaves no orphans);
+- published records go from the edges into the JetStream stream `SQL_PUB` (deduplicated by
+  `Nats-Msg-Id` = edge:log:seq); each node reads it through its own durable consumer into its own
+  publish log (same deduplication by sequence as over WebSockets) and acknowledges a message only
+  once its record is committed: exactly once across restarts of NATS and of the node.
+
+WebSocket edges may still connect to a node running on NATS (the route stays): they live in the
+same table, so a node serves both kinds at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import socket
+import time
+from typing import Any
+
+import nats
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, KeyValueConfig, ObjectMeta, ObjectStoreConfig, StreamConfig
+from nats.js.errors import NotFoundError
+
+from federation import nats_subjects as subjects
+from federation.config import FederationConfig
+from federation.edge_link import EdgeConnection, hello_too_large
+from federation.hub import EdgeHub, EdgeOffline
+from federation.publish import PublishLog
+from streamql import codec, wire
+from streamql.frame_keys import peek
+
+log = logging.getLogger("streamql.federation.nats")
+
+BUNDLE_HEADER = "Sql-Bundle"
+LEASE_HEADER = "Sql-Lease"
+RUN_HEADER = "Sql-Run"   # this node process: a node restarted under the same id renews none of its old leases
+LOG_HEADER = "Sql-Log"
+KIND_HEADER = "Sql-Kind"
+DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
+FETCH_BATCH = 256
+_DISPATCH = {"rows": "on_rows", "end": "on_end", "health": "on_health", "ack": "on_reply", "nack": "on_reply",
+             "error": "on_error"}
+
+
+def default_node_id(config: FederationConfig) -> str:
+    return config.nats_node or f"{socket.gethostname()}-{config.port}"
+
+
+def max_frame_for(max_payload: int) -> int:
+    """The largest frame a NATS message carries (headers take a little room)."""
+    return max(64 << 10, min(wire.MAX_FRAME_BYTES, max_payload - 4096))
+
+
+class NatsEdgeConnection:
+    """An edge as one node sees it on NATS: the same surface as federation.edge_link.EdgeConnection."""
+
+    def __init__(self, hub: "NatsHub", edge_id: str, version: int):
+        self.hub, self.edge_id, self.version = hub, edge_id, version
+        self.session = secrets.token_hex(8)
+        self.fragments: dict[str, Any] = {}
+        self.last_frame = time.monotonic()
+        self.last_seen = time.time()
+        self.closing = False
+        self.close_reason = "closed"
+        self.rtt_ms: float | None = None
+        self.frame_bytes = 0
+        self.publish_hold: int | None = None
+        self.down = subjects.down(edge_id)
+        self.reply = subjects.up(edge_id, hub.node_id)
+
+    def __repr__(self) -> str:
+        return f"<NatsEdgeConnection {self.edge_id} node={self.hub.node_id}>"
+
+    async def send(self, frame: wire.Frame | bytes, headers: dict | None = None) -> None:
+        data = frame if isinstance(frame, (bytes, bytearray)) else wire.encode(frame)
+        if self.closing or self.hub.nc is None or not self.hub.nc.is_connected:
+            raise EdgeOffline(self.edge_id, "dropped its link", dropped=True)
+        headers = {**(headers or {}), RUN_HEADER: self.hub.run_id}
+        if isinstance(frame, wire.Frame) and frame.t == "query":
+            headers[LEASE_HEADER] = f"{self.hub.config.nats_lease_s:g}"
+        try:
+            await self.hub.nc.publish(self.down, bytes(data), reply=self.reply, headers=headers)
+        except NatsError as exc:
+            raise EdgeOffline(self.edge_id, f"could not be reached over NATS ({exc})", dropped=True) from None
+
+    def post(self, frame: wire.Frame | bytes) -> None:
+        self.hub.spawn(self._send_quietly(frame), name=f"send-{self.edge_id}")
+
+    async def _send_quietly(self, frame: wire.Frame | bytes) -> None:
+        with contextlib.suppress(Exception):
+            await self.send(frame)
+
+    async def close(self, code: int = 1000, reason: str = "closed") -> None:
+        """Forget the edge on this node (its NATS connection is NATS's to close: revocation)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        self.hub.detach(self, reason)
+
+    def malformed(self) -> bool:
+        return False
+
+
+class NatsHub(EdgeHub):
+    """EdgeHub whose edges are reached over NATS (see the module docstring)."""
+
+    def __init__(self, registry, config: FederationConfig, *, heartbeats=None, metrics=None,
+                 node_id: str | None = None):
+        self.node_id = node_id or default_node_id(config)
+        self.run_id = secrets.token_hex(6)
+        token = subjects.encode_token(self.node_id)
+        # one publish log per node: each node keeps every record (its own consumer reads them all)
+        super().__init__(registry, config, heartbeats=heartbeats, metrics=metrics,
+                         publish_log=PublishLog(config.data_dir / f"published-{token}.sqlite3"))
+        self.nc: Any = None
+        self.js: Any = None
+        self.max_frame = wire.MAX_FRAME_BYTES
+        self._subs: list = []
+        self._adopting: set[str] = set()
+        self._consumer = f"node_{token}".replace("=", "_")[:200]
+        self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
+        self._storing = asyncio.Lock()
+        self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
+        self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
+                                           ("event",))
+
+    # --- lifetime --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await super().start()
+        config = self.config
+        options: dict[str, Any] = {}
+        if config.nats_creds is not None:
+            options["user_credentials"] = str(config.nats_creds)
+        if config.nats_token:
+            options["token"] = config.nats_token
+        self.nc = await nats.connect(
+            list(config.nats), name=f"streamql-federation {self.node_id}", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
+            disconnected_cb=self._event("disconnected"), reconnected_cb=self._event("reconnected"),
+            error_cb=self._error, **options)
+        self.max_frame = max_frame_for(self.nc.max_payload)
+        self.js = self.nc.jetstream()
+        await self._ensure_storage_soon()
+        self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
+                      await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
+        await self._load_presence()
+        self._background += [asyncio.create_task(self._consume_published(), name="nats-published"),
+                             asyncio.create_task(self._renew_leases(), name="nats-leases")]
+        log.info("federation node %s on NATS %s", self.node_id, self.nc.connected_url.netloc
+                 if self.nc.connected_url else config.nats)
+
+    def _event(self, name: str):
+        async def callback() -> None:
+            self.m_nats.inc(event=name)
+            log.info("NATS %s (node %s)", name, self.node_id)
+        return callback
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS: %s", exc)
+
+    async def close(self) -> None:
+        """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
+        nats_edges = [c for c in self._connections.values() if isinstance(c, NatsEdgeConnection)]
+        for conn in nats_edges:
+            for qid in list(conn.fragments):
+                with contextlib.suppress(Exception):
+                    await conn.send(wire.make("cancel", qid=qid, reason="the federation node is stopping"))
+        for conn in nats_edges:
+            conn.closing = True
+            for state in list(conn.fragments.values()):
+                state.finish(EdgeOffline(conn.edge_id, "is out of reach: the federation node is stopping",
+                                         dropped=True))
+            self._connections.pop(conn.edge_id, None)   # online for the other nodes: the registry keeps it
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await super().close()
+        if self.nc is not None:   # the cancels above go out first; then leave at once
+            with contextlib.suppress(Exception):
+                await self.nc.flush(1.0)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    async def _ensure_storage_soon(self, timeout_s: float = 60.0) -> None:
+        """_ensure_storage, waiting for JetStream (a cluster elects its leader after starting)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self._ensure_storage()
+                return
+            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JetStream is not available on {list(self.config.nats)}: {exc}") from None
+                log.info("waiting for JetStream: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def _ensure_storage(self) -> None:
+        """The stream of published records and the presence bucket (made by the first node)."""
+        js = self.js
+        stream = StreamConfig(name=subjects.PUBLISH_STREAM, subjects=[subjects.publish_wildcard()],
+                              duplicate_window=DUPLICATE_WINDOW_S, num_replicas=self.config.nats_replicas,
+                              max_age=float(self.config.publish_retention_s))
+        try:
+            await js.stream_info(subjects.PUBLISH_STREAM)
+        except NotFoundError:
+            try:
+                await js.add_stream(stream)
+            except Exception:  # noqa: BLE001 - another node made it meanwhile (else: raised again below)
+                await js.stream_info(subjects.PUBLISH_STREAM)
+        presence_ttl = 3 * float(self.config.heartbeat_s)
+        try:
+            self.presence = await js.key_value(subjects.PRESENCE_BUCKET)
+        except NotFoundError:
+            self.presence = await js.create_key_value(KeyValueConfig(
+                bucket=subjects.PRESENCE_BUCKET, ttl=presence_ttl, history=1, replicas=self.config.nats_replicas))
+        try:
+            await js.object_store(subjects.BUNDLE_BUCKET)
+        except NotFoundError:
+            await js.create_object_store(subjects.BUNDLE_BUCKET, config=ObjectStoreConfig(
+                bucket=subjects.BUNDLE_BUCKET, replicas=self.config.nats_replicas))
+
+    # --- frames to edges -------------------------------------------------------------------------
+    async def send(self, edge_id: str, frame: wire.Frame | bytes) -> None:
+        """As EdgeHub.send; a bundle's deploy chunks become one frame naming it in the object store
+        (stored there once, fetched by each edge), instead of every chunk through this node."""
+        conn = self._connections.get(edge_id)
+        if isinstance(conn, NatsEdgeConnection) and isinstance(frame, (bytes, bytearray)):
+            keys = peek(frame, stop_at="data")
+            if keys.get("t") == "deploy":
+                did = keys.get("did")
+                if keys.get("chunk") != 0:
+                    if did in self._via_store:
+                        return      # the edge reads the whole bundle from the object store
+                    await conn.send(frame)
+                    return
+                name = await self._store_bundle(keys["model"], keys["version"], keys["sha256"])
+                if name is not None:
+                    self._via_store.add(did)
+                    fields = dict(wire.decode(frame).fields, data=b"")
+                    await conn.send(wire.make("deploy", **fields), headers={BUNDLE_HEADER: name})
+                    return
+        await super().send(edge_id, frame)
+
+    async def _store_bundle(self, model: str, version: str, sha256: str) -> str | None:
+        """The bundle in the object store `sql_bundles` as `<model>/<version>` (None: it cannot be)."""
+        name = subjects.bundle_object(model, version)
+        if self._stored.get((model, version)) == sha256:
+            return name
+        async with self._storing:
+            if self._stored.get((model, version)) == sha256:
+                return name
+            try:
+                store = await self.js.object_store(subjects.BUNDLE_BUCKET)
+                info = None
+                with contextlib.suppress(Exception):
+                    info = await store.get_info(name)
+                if info is None or (info.headers or {}).get("Sql-Sha256") != sha256:
+                    stored = self.registry.get_bundle(model, version)
+                    data = self.registry.bundle_data(stored) if stored is not None else None
+                    if data is None or hashlib.sha256(data).hexdigest() != sha256:
+                        return None
+                    await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
+                self._stored[(model, version)] = sha256
+                return name
+            except Exception as exc:  # noqa: BLE001 - the chunks go through this node instead
+                log.warning("bundle %s not stored in the object store (%s): sending its chunks", name, exc)
+                return None
+
+    # --- frames from edges -----------------------------------------------------------------------
+    async def _on_up(self, msg) -> None:
+        try:
+            edge = subjects.edge_of(msg.subject)
+        except ValueError:
+            return
+        headers = msg.headers or {}
+        conn = self._connections.get(edge)
+        if headers.get(KIND_HEADER) == "bye":
+            if isinstance(conn, NatsEdgeConnection):
+                await conn.close(1000, "the edge said bye")
+            return
+        data = msg.data
+        try:
+            frame = wire.decode(data, accept=wire.FROM_EDGE)
+        except wire.ProtocolError as exc:
+            self.m_protocol.inc(code=exc.code)
+            log.debug("bad frame from %s over NATS: %s", edge, exc)
+            return
+        self.m_frames.inc(type=frame.t)
+        if frame.t == "hello":
+            await self._hello(edge, frame, len(data), msg)
+            return
+        if not isinstance(conn, NatsEdgeConnection) or conn.closing:
+            if frame.t == "health" and conn is None:
+                self._adopt_later(edge)
+            return
+        conn.last_frame = time.monotonic()
+        conn.last_seen = time.time()
+        conn.frame_bytes = len(data)
+        t = frame.t
+        try:
+            if t == "ping":
+                pong = {"nonce": frame["nonce"]}
+                if "time" in frame:
+                    pong["time"] = frame["time"]
+                conn.post(wire.make("pong", **pong))
+            elif t == "pong":
+                sent = frame.get("time")
+                if isinstance(sent, (int, float)):
+                    conn.rtt_ms = max(0.0, (time.time() - sent) * 1000.0)
+            elif t in ("ack", "nack") and msg.subject.endswith(f".{subjects.ALL_NODES}"):
+                self._learn_models(conn, frame)   # a copy for every node: the deployer got its own
+            elif t in _DISPATCH:
+                getattr(self, _DISPATCH[t])(conn, frame)
+        except Exception:  # noqa: BLE001 - one bad frame must not stop the subscription
+            log.exception("handling a %s frame from %s failed", t, edge)
+
+    async def _hello(self, edge: str, hello: wire.Frame, size: int, msg) -> None:
+        welcome = self._accept_hello(edge, hello, size)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(msg.reply, wire.encode(welcome))
+
+    def _accept_hello(self, edge: str, hello: wire.Frame, size: int, *, heard: float | None = None) -> wire.Frame:
+        """Check a hello (the subject names the edge: NATS permissions vouch for it); the welcome."""
+        if hello["edge"] != edge:
+            self.m_connects.inc(result="impersonation")
+            return _refused(f"this edge speaks as {edge!r}, not {hello['edge']!r}")
+        version = wire.negotiate(hello.get("versions") or [hello.v])
+        if version is None:
+            self.m_connects.inc(result="unsupported_version")
+            return _refused(f"no common protocol version (this federation speaks {list(wire.SUPPORTED_VERSIONS)})")
+        oversized = hello_too_large(hello, size, self.config)
+        if oversized is not None:
+            self.m_connects.inc(result="hello_too_large")
+            return _refused(oversized)
+        device = self.registry.get_device(edge)
+        if device is None and self.registry.poll_external_changes():
+            device = self.registry.get_device(edge)   # provisioned through another node
+        if device is None:
+            self.m_connects.inc(result="unknown")
+            return _refused(f"no device {edge!r} is registered")
+        conn = NatsEdgeConnection(self, edge, version)
+        if heard is not None:
+            conn.last_frame = heard
+        try:
+            _acked, replaced = self.attach(conn, device, hello)
+        except Exception as exc:  # noqa: BLE001 - the registry failed us
+            log.exception("accepting the hello of %s failed", edge)
+            self.m_connects.inc(result="internal")
+            return _refused(f"the federation could not accept the connection: {type(exc).__name__}")
+        if replaced is not None:    # the edge reconnected: what ran over its old session is gone
+            replaced.close_reason = "replaced by a newer connection"
+            if isinstance(replaced, EdgeConnection):
+                self.spawn(replaced.close(wire.CLOSE_CODES["replaced"], "replaced by a newer connection"))
+            replaced.closing = True
+            self.detach(replaced, "replaced by a newer connection")
+        self.connected(conn)
+        return wire.make("welcome", accepted=True, server_time=time.time(),
+                         heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
+                         edge=edge, session=conn.session)
+
+    def on_rows(self, conn, frame: wire.Frame) -> None:
+        """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under
+        this node id ran it) are answered with a cancel at once instead of waiting for its lease."""
+        if isinstance(conn, NatsEdgeConnection) and frame["qid"] not in conn.fragments \
+                and not frame["qid"].startswith(f"q{self._prefix}-") and frame["seq"] % 64 == 0:
+            conn.post(wire.make("cancel", qid=frame["qid"], reason="no federation node runs this fragment"))
+        super().on_rows(conn, frame)
+
+    def _learn_models(self, conn: NatsEdgeConnection, frame: wire.Frame) -> None:
+        """What on_reply keeps of an ack or nack, without telling the deployer (not ours)."""
+        announced = self._announced.get(conn.edge_id)
+        if announced is not None:
+            announced["models"] = dict(frame["active"])
+            if frame.get("functions") is not None:
+                announced["capabilities"]["functions"] = list(frame["functions"])
+
+    def _adopt_later(self, edge: str) -> None:
+        if edge not in self._adopting and len(self._adopting) < 1024:
+            self._adopting.add(edge)
+            self.spawn(self._adopt(edge), name=f"adopt-{edge}")
+
+    async def _adopt(self, edge: str) -> None:
+        """An edge this node has not heard say hello (it connected before the node started)."""
+        try:
+            entry = await self.presence.get(subjects.presence_key(edge))
+            self._adopt_entry(edge, entry.value)
+        except Exception as exc:  # noqa: BLE001 - gone meanwhile, or a bad entry
+            log.debug("no presence for %s: %s", edge, exc)
+        finally:
+            self._adopting.discard(edge)
+
+    def _adopt_entry(self, edge: str, value: bytes | None) -> None:
+        if not value or edge in self._connections:
+            return
+        document = codec.unpack(value)
+        hello = wire.decode(document["hello"], accept=wire.FROM_EDGE)
+        if hello.t != "hello":
+            return
+        welcome = self._accept_hello(edge, hello, len(document["hello"]))
+        if welcome["accepted"] and document.get("health"):
+            health = wire.decode(document["health"], accept=wire.FROM_EDGE)
+            conn = self._connections.get(edge)
+            if health.t == "health" and conn is not None:
+                self.on_health(conn, health)
+
+    async def _load_presence(self) -> None:
+        """The edges up before this node started (their presence entries)."""
+        try:
+            keys = await self.presence.keys()
+        except Exception:  # noqa: BLE001 - nats raises NoKeysError for an empty bucket
+            return
+        for key in keys:
+            try:
+                edge = subjects.decode_token(key)
+                entry = await self.presence.get(key)
+                self._adopt_entry(edge, entry.value)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("presence entry %s skipped: %s", key, exc)
+        if keys:
+            log.info("%d edges already present on NATS", len(self._connections))
+
+    # --- leases ----------------------------------------------------------------------------------
+    async def _renew_leases(self) -> None:
+        """A ping to every edge running one of this node's fragments, three times a lease."""
+        nonce = 0
+        while True:
+            await asyncio.sleep(self.config.nats_lease_s / 3)
+            for conn in list(self._connections.values()):
+                if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing:
+                    nonce += 1
+                    conn.post(wire.make("ping", nonce=nonce, time=time.time()))
+
+    # --- published records -----------------------------------------------------------------------
+    async def _consume_published(self) -> None:
+        """SQL_PUB → this node's publish log; a message is acknowledged once its record is committed."""
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self.js.pull_subscribe(
+                        subjects.publish_wildcard(), durable=self._consumer, stream=subjects.PUBLISH_STREAM,
+                        config=ConsumerConfig(max_ack_pending=4 * FETCH_BATCH, ack_wait=30.0))
+                try:
+                    messages = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for msg in messages:
+                    self._take_published(msg)
+                self._flush_publish()
+                for msg in messages:
+                    await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away or restarting: unacked ones come again
+                log.info("reading published records: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                sub = None
+
+    def _take_published(self, msg) -> None:
+        try:
+            edge = subjects.edge_of(msg.subject)
+            frame = wire.decode(msg.data, accept=wire.FROM_EDGE)
+        except (ValueError, wire.ProtocolError) as exc:
+            self.m_protocol.inc(code="publish")
+            log.warning("a published record on %s was dropped: %s", msg.subject, exc)
+            return
+        if frame.t != "publish":
+            return
+        log_id = (msg.headers or {}).get(LOG_HEADER)
+        if log_id and self.publish_log.receiver.log(edge) != log_id:
+            self.publish_log.hello(edge, log_id)
+        if self.publish_log.accept(edge, frame.fields):
+            self.m_published.inc()
+        else:
+            self.m_duplicates.inc()
+
+    def _flush_publish(self) -> None:
+        """Commit; live subscribers get the new records. NATS edges were acknowledged by JetStream
+        already; WebSocket edges connected here get their publish_ack as before."""
+        records, acks = self.publish_log.flush()
+        for record in records:
+            for sub in list(self._subscriptions):
+                if sub.wants(record):
+                    sub.offer(record)
+        for edge, (upto, log_id) in acks.items():
+            conn = self._connections.get(edge)
+            if isinstance(conn, EdgeConnection) and not conn.closing:
+                fields = {"upto": upto} if log_id is None else {"upto": upto, "log": log_id}
+                conn.post(wire.make("publish_ack", **fields))
+
+
+def _refused(reason: str) -> wire.Frame:
+    return wire.make("welcome", accepted=False, server_time=time.time(), heartbeat_s=5.0, publish_acked=0,
+                     reason=reason)

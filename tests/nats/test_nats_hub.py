@@ -1,0 +1,157 @@
+"""The NATS hub in-process against a real nats-server: what a hostile or confused publisher on the
+edge subjects gets (NATS permissions keep a device to its own subjects; the hub checks the rest),
+and the configuration of the transport."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import nats
+import pytest
+
+from edge_engine.config import ConfigError, load_config
+from federation import nats_subjects as subjects
+from federation.app import create_app
+from federation.auth import provision
+from federation.cli import register
+from federation.config import FederationConfig
+from federation.keys import HUB, REGISTRY
+from federation.nats_hub import NatsHub
+from nats_server import NatsServer
+from streamql import wire
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = NatsServer(tmp_path_factory.mktemp("nats-hub")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def node(aiohttp_client, tmp_path, server):
+    config = FederationConfig(data_dir=tmp_path / "fed", announce=False, nats=(server.url,), nats_node="T",
+                              heartbeat_s=1.0)
+    client = await aiohttp_client(create_app(config))
+    nc = await nats.connect(server.url)
+    try:
+        yield client.app, nc
+    finally:
+        await nc.close()
+
+
+def hello(edge: str, **extra) -> bytes:
+    fields = {"edge": edge, "software": "test", "metadata": {}, "capabilities": {"signals": ["x"]}, "models": {},
+              "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS), **extra}
+    return wire.encode(wire.make("hello", **fields))
+
+
+async def welcome_for(nc, subject: str, data: bytes) -> wire.Frame:
+    reply = await nc.request(subject, data, timeout=5)
+    return wire.decode(reply.data, accept=wire.FROM_FEDERATION)
+
+
+async def test_a_registered_edge_is_welcomed_and_online(node):
+    app, nc = node
+    provision(app[REGISTRY], "dev.1", {"region": "US"}, {})
+    assert isinstance(app[HUB], NatsHub)
+    welcome = await welcome_for(nc, subjects.up_all("dev.1"), hello("dev.1"))
+    assert welcome["accepted"] and welcome["edge"] == "dev.1" and welcome["max_frame"] <= 8 << 20
+    assert app[HUB].is_online("dev.1") and app[HUB].announced("dev.1")["signals"] == [{"name": "x"}]
+
+
+async def test_a_hello_speaking_for_another_edge_is_refused(node):
+    app, nc = node
+    provision(app[REGISTRY], "victim", {}, {})
+    provision(app[REGISTRY], "intruder", {}, {})
+    welcome = await welcome_for(nc, subjects.up_all("intruder"), hello("victim"))
+    assert not welcome["accepted"] and "speaks as 'intruder'" in welcome["reason"]
+    assert not app[HUB].is_online("victim")
+
+
+async def test_an_unknown_device_is_refused(node):
+    app, nc = node
+    welcome = await welcome_for(nc, subjects.up_all("ghost"), hello("ghost"))
+    assert not welcome["accepted"] and "no device 'ghost'" in welcome["reason"]
+
+
+async def test_garbage_and_frames_out_of_place_leave_the_node_serving(node):
+    app, nc = node
+    provision(app[REGISTRY], "ok", {}, {})
+    for subject in (subjects.up_all("ok"), subjects.up("ok", "T"), "sql.up.bad=zz.T", "sql.up.ok", "sql.up.ok.T.x"):
+        for data in (b"", b"\xff\x00garbage", wire.encode(wire.make("end", qid="nope", outcome="ok", rows=0,
+                                                                         seconds=0.0))):
+            await nc.publish(subject, data)
+    await nc.publish(subjects.up_all("ok"), wire.encode(wire.make("health", restarts=0, time=time.time(), uptime_s=1.0)))
+    await nc.flush()
+    welcome = await welcome_for(nc, subjects.up_all("ok"), hello("ok"))
+    assert welcome["accepted"]
+
+
+async def test_an_edge_silent_for_three_heartbeats_goes_offline(node):
+    app, nc = node
+    provision(app[REGISTRY], "quiet", {}, {})
+    assert (await welcome_for(nc, subjects.up_all("quiet"), hello("quiet")))["accepted"]
+    deadline = time.monotonic() + 15
+    while app[HUB].is_online("quiet") and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert not app[HUB].is_online("quiet")
+
+
+async def test_bye_takes_an_edge_offline_at_once(node):
+    app, nc = node
+    provision(app[REGISTRY], "leaving", {}, {})
+    assert (await welcome_for(nc, subjects.up_all("leaving"), hello("leaving")))["accepted"]
+    await nc.publish(subjects.up_all("leaving"), b"", headers={"Sql-Kind": "bye"})
+    await nc.flush()
+    for _ in range(50):
+        if not app[HUB].is_online("leaving"):
+            break
+        await asyncio.sleep(0.05)
+    assert not app[HUB].is_online("leaving")
+
+
+def test_federation_flags_and_their_mistakes(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["federation", "--data", str(tmp_path), "--nats", "nats://a:4222,nats://b:4222",
+                              "--nats", "nats://c:4222", "--nats-node", "fed-a", "--nats-lease", "4"])
+    config = FederationConfig.from_args(args)
+    assert config.nats == ("nats://a:4222", "nats://b:4222", "nats://c:4222")
+    assert config.nats_node == "fed-a" and config.nats_lease_s == 4
+    assert FederationConfig.from_args(parser.parse_args(["federation", "--data", str(tmp_path)])).nats == ()
+    with pytest.raises(ValueError, match="nats://host:port"):
+        FederationConfig(data_dir=tmp_path, nats=("http://a:4222",))
+    with pytest.raises(ValueError, match="not 'all'"):
+        FederationConfig(data_dir=tmp_path, nats=("nats://a:4222",), nats_node="all")
+
+
+def test_edge_config_takes_nats_servers_from_the_file_and_the_flag(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text('id = "wl-1"\nnats = ["nats://a:4222", "nats://b:4222"]\n')
+    assert load_config(path).nats == ["nats://a:4222", "nats://b:4222"]
+    path.write_text('id = "wl-1"\nnats = "ws:/nowhere"\n')
+    with pytest.raises(ConfigError, match="nats"):
+        load_config(path)
+
+
+def test_both_carriers_satisfy_the_transport_interfaces():
+    from edge_engine.link import Link
+    from edge_engine.nats_link import NatsConnection, NatsLink
+    from edge_engine.transport import EdgeLink, LinkConnection
+    from federation.hub import EdgeHub
+    from federation.transport import EdgeTransport
+
+    for hub in (EdgeHub, NatsHub):
+        missing = [name for name in vars(EdgeTransport) if not name.startswith("_")
+                   and not callable(getattr(hub, name, None))]
+        assert not missing, (hub, missing)
+    for link in (Link, NatsLink):
+        assert all(callable(getattr(link, name, None)) for name in ("run", "stop")), link
+    assert all(callable(getattr(NatsConnection, name, None)) for name in ("send", "send_bytes", "close"))
+    assert EdgeLink and LinkConnection
