@@ -1,0 +1,269 @@
+"""The federation's security on NATS, against a real nats-server configured by federation.nats_config:
+per-edge credentials from the registry through the auth callout, subject permissions, refusal of
+unknown and revoked tokens, revocation that disconnects at once, and the quotas."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from federation import nats_jwt, nats_subjects
+from federation.auth import Role, create_token, provision
+from federation.keys import REGISTRY, SESSIONS
+from federation.nats_auth import NatsAuthService, edge_permissions, user_name
+from federation.nats_config import AccountLimits, EdgeQuotas, NatsSecurity, publish_stream_config, security_block
+from federation.registry import Registry
+from federation.sessions import Sessions
+from tests.nats_servers import NatsServer, nats_server_binary
+
+
+class Secured:
+    """A nats-server with the generated security block and a federation node's auth service."""
+
+    def __init__(self, workdir, registry, sessions, security):
+        self.registry, self.sessions, self.security = registry, sessions, security
+        self.server = NatsServer(workdir, config=security_block(security))
+        self.service = NatsAuthService(registry, security, sessions=sessions)
+        self.node = self.sys = None
+        self.clients: list = []
+
+    async def start(self):
+        self.server.start()
+        self.node = await nats.connect(self.server.url, user=self.security.node_user,
+                                       password=self.security.node_password)
+        self.sys = await nats.connect(self.server.url, user=self.security.sys_user,
+                                      password=self.security.sys_password)
+        await self.service.start(self.node, self.sys)
+        return self
+
+    async def edge(self, token, device_id, **options):
+        """A NATS connection as an edge does it (its token, its inbox prefix), errors collected."""
+        errors: list[Exception] = []
+
+        async def on_error(error):
+            errors.append(error)
+
+        options.setdefault("allow_reconnect", False)
+        nc = await nats.connect(self.server.url, token=token, error_cb=on_error, connect_timeout=3,
+                                inbox_prefix=nats_subjects.inbox_prefix(device_id).encode(), **options)
+        nc.errors = errors
+        self.clients.append(nc)
+        return nc
+
+    async def close(self):
+        for nc in [*self.clients, self.node, self.sys]:
+            if nc is not None and not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+        await self.service.stop()
+        self.server.stop()
+
+
+@pytest.fixture
+async def secured(tmp_path):
+    nats_server_binary()
+    registry = Registry(tmp_path / "registry.sqlite3")
+    security = NatsSecurity.generate(quotas=EdgeQuotas(max_payload=64 * 1024, publish_backlog=5, publish_record_bytes=1024),
+                                     limits=AccountLimits(max_file="128M", max_mem="32M"))
+    setup = Secured(tmp_path / "nats", registry, Sessions(), security)
+    await setup.start()
+    try:
+        yield setup
+    finally:
+        await setup.close()
+        registry.close()
+
+
+async def _refused(secured, token, device_id="e1"):
+    with pytest.raises(Exception) as failure:
+        await secured.edge(token, device_id)
+    assert "authorization violation" in str(failure.value).lower()
+
+
+async def _violations(nc, count=1, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while len(nc.errors) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return [str(e) for e in nc.errors]
+
+
+async def test_an_edge_speaks_only_as_itself_and_reads_only_its_own_subjects(secured):
+    e1 = provision(secured.registry, "e1")
+    provision(secured.registry, "e.2")          # an id that needs escaping in a subject token
+    edge = await secured.edge(e1.token, "e1")
+    got = []
+
+    async def collect(msg):
+        got.append(msg.subject)
+
+    await secured.node.subscribe("sql.up.>", cb=collect)
+    await secured.node.subscribe("sql.pub.>", cb=collect)
+    await secured.node.flush()
+    # allowed: its own up subjects (to one node and to all), its own published records
+    await edge.publish(nats_subjects.up("e1", "node-a"), b"rows")
+    await edge.publish(nats_subjects.up_all("e1"), b"hello")
+    # refused: speaking as e.2, to the down subject of anyone, into another's publish subject
+    await edge.publish(nats_subjects.up_all("e.2"), b"forged")
+    await edge.publish(nats_subjects.publish("e.2"), b"forged")
+    await edge.publish(nats_subjects.down("e.2"), b"forged")
+    await edge.flush()
+    violations = await _violations(edge, 3)
+    assert len(violations) == 3 and all("permissions violation for publish" in v for v in violations)
+    await asyncio.sleep(0.2)
+    assert sorted(got) == ["sql.up.e1.all", "sql.up.e1.node-a"]
+    # subscriptions: its own down subject and inbox yes; another edge's, every node's, all of up: no
+    await edge.subscribe(nats_subjects.down("e1"))
+    await edge.subscribe(nats_subjects.inbox_prefix("e1") + ".x")
+    for subject in (nats_subjects.down("e.2"), "sql.up.>", "sql.up.*.all", nats_subjects.inbox_prefix("e.2") + ".>",
+                    "sql.down.>", "$SYS.REQ.USER.AUTH", ">"):
+        await edge.subscribe(subject)
+    await edge.flush()
+    violations = await _violations(edge, 3 + 7)
+    subscriptions_refused = [v for v in violations if "subscription" in v]
+    assert len(subscriptions_refused) == 7, violations
+    assert edge.is_connected     # a violation is refused, not a reason to drop the edge
+    # the node (its own credentials) may do everything
+    assert "sql.down.e=2E2" == nats_subjects.down("e.2")
+
+
+async def test_the_node_reaches_the_edge_and_the_edge_answers_on_its_inbox(secured):
+    e1 = provision(secured.registry, "e1")
+    edge = await secured.edge(e1.token, "e1")
+
+    async def answer(msg):
+        await edge.publish(msg.reply, b"pong:" + msg.data)     # the reply subject is sql.up.e1.<node>
+
+    await edge.subscribe(nats_subjects.down("e1"), cb=answer)
+    await edge.flush()
+    replies = await secured.node.subscribe(nats_subjects.up_for_node("node-a"))
+    await secured.node.publish(nats_subjects.down("e1"), b"ping", reply=nats_subjects.up("e1", "node-a"))
+    msg = await replies.next_msg(timeout=3)
+    assert msg.data == b"pong:ping" and msg.subject == "sql.up.e1.node-a"
+    # the hello: a request from the edge, answered by a node on the edge's own inbox
+    async def welcome(msg):
+        await msg.respond(b"welcome")
+
+    await secured.node.subscribe(nats_subjects.up_broadcast(), cb=welcome)
+    reply = await edge.request(nats_subjects.up_all("e1"), b"hello", timeout=3)
+    assert reply.data == b"welcome" and reply.subject.startswith("_INBOX_e1.")
+    assert edge.errors == []
+
+
+@pytest.mark.parametrize("case", ["unknown", "malformed", "revoked", "client token", "no token", "device deleted"])
+async def test_tokens_that_are_not_a_live_device_token_are_refused(secured, case):
+    device = provision(secured.registry, "e1")
+    token = {"unknown": "sqf_" + "A" * 43, "malformed": "hello", "client token": create_token(
+        secured.registry, Role.ADMIN)[1], "no token": None}.get(case, device.token)
+    if case == "revoked":
+        secured.registry.revoke_device_tokens("e1")
+    if case == "device deleted":
+        secured.registry.delete_device("e1")
+    if token is None:
+        with pytest.raises(Exception) as failure:
+            await nats.connect(secured.server.url, allow_reconnect=False, connect_timeout=3)
+        assert "authorization violation" in str(failure.value).lower()
+    else:
+        await _refused(secured, token)
+    assert secured.service.refused == 1 and secured.service.granted == 0
+
+
+async def test_revoking_a_connected_edge_disconnects_it_within_a_second(secured):
+    device = provision(secured.registry, "e1")
+    other = provision(secured.registry, "e2")
+    disconnected = asyncio.Event()
+
+    async def on_disconnect():
+        disconnected.set()
+
+    edge = await secured.edge(device.token, "e1", disconnected_cb=on_disconnect)
+    bystander = await secured.edge(other.token, "e2")
+    await edge.flush()
+    token_id = secured.registry.token_by_hash(nats_jwt.hashlib.sha256(device.token.encode()).hexdigest())[0].id
+    assert secured.sessions.count(token_id)["sockets"] == 1
+    started = time.monotonic()
+    assert secured.registry.revoke_token(token_id)
+    assert await secured.sessions.revoke(token_id) == 1      # what DELETE /v1/tokens/{id} does
+    await asyncio.wait_for(disconnected.wait(), 1.0)
+    elapsed = time.monotonic() - started
+    print(f"revocation to disconnection: {elapsed * 1000:.1f} ms")
+    assert not edge.is_connected and bystander.is_connected
+    # reconnecting with the revoked token is refused
+    await _refused(secured, device.token)
+    # the disconnect event released the session
+    for _ in range(50):
+        if secured.sessions.count(token_id)["sockets"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert secured.sessions.count(token_id)["sockets"] == 0
+
+
+async def test_kick_token_finds_a_connection_another_node_authorized(secured):
+    """A node that did not authorize the connection (no session of it) still disconnects it."""
+    device = provision(secured.registry, "e1")
+    edge = await secured.edge(device.token, "e1")
+    other_node = NatsAuthService(secured.registry, secured.security)
+    other_node._sys = secured.sys
+    token_id = secured.registry.list_tokens(device_id="e1")[0].id
+    assert await other_node.kick_token(token_id) == 1
+    for _ in range(50):
+        if not edge.is_connected:
+            break
+        await asyncio.sleep(0.02)
+    assert not edge.is_connected
+    assert user_name(token_id, "e1") == f"t{token_id}:e1"
+
+
+async def test_quotas_payload_per_connection_and_backlog_per_edge(secured):
+    """max_payload in the edge's JWT; records per edge in SQL_PUB (discard new per subject)."""
+    device = provision(secured.registry, "e1")
+    js = secured.node.jetstream()
+    await js.add_stream(StreamConfig(**publish_stream_config(secured.security.quotas)))
+    edge = await secured.edge(device.token, "e1")
+    edge_js = edge.jetstream()
+    subject = nats_subjects.publish("e1")
+    with pytest.raises(nats.js.errors.APIError) as too_big:          # publish_record_bytes
+        await edge_js.publish(subject, b"x" * 2048)
+    assert "message size exceeds maximum" in str(too_big.value).lower(), too_big.value
+    for index in range(5):
+        ack = await edge_js.publish(subject, b"record %d" % index)
+        assert ack.seq == index + 1
+    with pytest.raises(nats.js.errors.APIError) as refused:
+        await edge_js.publish(subject, b"one too many")
+    assert "maximum messages per subject exceeded" in str(refused.value).lower()
+    info = await js.stream_info(nats_subjects.PUBLISH_STREAM)
+    assert info.state.messages == 5           # the earlier records were kept, not evicted
+    # another edge still has its own backlog
+    e2 = provision(secured.registry, "e2")
+    other = await secured.edge(e2.token, "e2")
+    assert (await other.jetstream().publish(nats_subjects.publish("e2"), b"x")).seq == 6
+    # a message over max_payload ends its connection (the server's guard, not the client's)
+    closed = asyncio.Event()
+
+    async def on_closed():
+        closed.set()
+
+    big = await secured.edge(device.token, "e1", closed_cb=on_closed)
+    big._max_payload = 10 << 20               # get past the client's own check: the server must refuse
+    await big.publish(nats_subjects.up_all("e1"), b"x" * (128 * 1024))
+    with contextlib.suppress(Exception):
+        await big.flush(timeout=2)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(closed.wait(), 3)
+    assert big.is_closed
+    assert "STREAMQL/user:t1:e1\" - maximum payload exceeded" in secured.server.log_path.read_text()
+
+
+def test_generated_config_and_permissions_are_consistent(tmp_path):
+    security = NatsSecurity.load_or_create(tmp_path)
+    assert (tmp_path / "nats-security.json").stat().st_mode & 0o777 == 0o600
+    again = NatsSecurity.load_or_create(tmp_path)
+    assert again == security and again.issuer_public.startswith("A")
+    block = security_block(security)
+    assert security.issuer_public in block and "auth_callout" in block and security.issuer_seed not in block
+    perms = edge_permissions("a.b c")
+    assert "sql.up.a=2Eb=20c.>" in perms["pub"]["allow"]
+    assert all(("*" not in s.split(".")[2] if s.startswith("sql.") else True) for s in perms["pub"]["allow"])
