@@ -13,69 +13,9 @@ from nats.js.api import StreamConfig
 
 from federation import nats_jwt, nats_subjects
 from federation.auth import Role, create_token, provision
-from federation.keys import REGISTRY, SESSIONS
 from federation.nats_auth import NatsAuthService, edge_permissions, user_name
-from federation.nats_config import AccountLimits, EdgeQuotas, NatsSecurity, publish_stream_config, security_block
-from federation.registry import Registry
-from federation.sessions import Sessions
-from tests.nats_servers import NatsServer, nats_server_binary
-
-
-class Secured:
-    """A nats-server with the generated security block and a federation node's auth service."""
-
-    def __init__(self, workdir, registry, sessions, security):
-        self.registry, self.sessions, self.security = registry, sessions, security
-        self.server = NatsServer(workdir, config=security_block(security))
-        self.service = NatsAuthService(registry, security, sessions=sessions)
-        self.node = self.sys = None
-        self.clients: list = []
-
-    async def start(self):
-        self.server.start()
-        self.node = await nats.connect(self.server.url, user=self.security.node_user,
-                                       password=self.security.node_password)
-        self.sys = await nats.connect(self.server.url, user=self.security.sys_user,
-                                      password=self.security.sys_password)
-        await self.service.start(self.node, self.sys)
-        return self
-
-    async def edge(self, token, device_id, **options):
-        """A NATS connection as an edge does it (its token, its inbox prefix), errors collected."""
-        errors: list[Exception] = []
-
-        async def on_error(error):
-            errors.append(error)
-
-        options.setdefault("allow_reconnect", False)
-        nc = await nats.connect(self.server.url, token=token, error_cb=on_error, connect_timeout=3,
-                                inbox_prefix=nats_subjects.inbox_prefix(device_id).encode(), **options)
-        nc.errors = errors
-        self.clients.append(nc)
-        return nc
-
-    async def close(self):
-        for nc in [*self.clients, self.node, self.sys]:
-            if nc is not None and not nc.is_closed:
-                with contextlib.suppress(Exception):
-                    await nc.close()
-        await self.service.stop()
-        self.server.stop()
-
-
-@pytest.fixture
-async def secured(tmp_path):
-    nats_server_binary()
-    registry = Registry(tmp_path / "registry.sqlite3")
-    security = NatsSecurity.generate(quotas=EdgeQuotas(max_payload=64 * 1024, publish_backlog=5, publish_record_bytes=1024),
-                                     limits=AccountLimits(max_file="128M", max_mem="32M"))
-    setup = Secured(tmp_path / "nats", registry, Sessions(), security)
-    await setup.start()
-    try:
-        yield setup
-    finally:
-        await setup.close()
-        registry.close()
+from federation.nats_config import NatsSecurity, publish_stream_config, security_block
+from tests.federation.nats_secured import secured  # noqa: F401  (fixture)
 
 
 async def _refused(secured, token, device_id="e1"):
