@@ -27,12 +27,15 @@ tokens connect: a client's token (read/deploy/admin) is for the HTTP API.
 Revocation: each authorized connection is registered in the federation's Sessions under its token
 id with a closer that kicks it (`$SYS.REQ.SERVER.<server>.KICK`, system account), so the revoke
 route's `sessions.revoke` disconnects it at once and the revocation sweep catches tokens revoked by
-another process. `kick_token` finds a token's connections on every server of the cluster (connz
-by user name) for the connections another node authorized.
+another process. Every revocation a node announces goes to the other nodes on `sql.ctl.revoked`
+(they revoke the token's sessions they hold: NATS connections they authorized, and clients'
+WebSockets and requests), so a token revoked on any node is cut off everywhere within a round trip.
+`kick_token` finds a token's connections on every server of the cluster (connz by user name).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ log = logging.getLogger("streamql.federation.nats_auth")
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_QUEUE = "streamql-auth"
 MQTT_PREFIX = "streamql"
+REVOKED_SUBJECT = "sql.ctl.revoked"   # {"token_id", "reason", "node"}: one node tells the others
 CONNZ_WINDOW_S = 0.3   # how long kick_token listens for the servers' connz answers
 
 
@@ -112,6 +116,8 @@ class NatsAuthService:
         self._sys = None
         self._subs: list = []
         self._handles: dict[tuple[str, int], int | None] = {}   # (server id, cid) → Sessions handle
+        self._node_tag = nats_jwt.new_seed("user")[-12:]         # tells this node's own broadcasts apart
+        self._jobs: set[asyncio.Task] = set()
         self.granted = 0
         self.refused = 0
 
@@ -167,6 +173,9 @@ class NatsAuthService:
         account connection) also track disconnections and kick revoked connections."""
         self._nc, self._sys = nc, sys_nc
         self._subs.append(await nc.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE, cb=self._on_request))
+        if self.sessions is not None:
+            self._subs.append(await nc.subscribe(REVOKED_SUBJECT, cb=self._on_revoked))
+            self.sessions.revocation_listeners.append(self._announce)
         if sys_nc is not None:
             self._subs.append(await sys_nc.subscribe(f"$SYS.ACCOUNT.{ACCOUNT}.DISCONNECT", cb=self._on_disconnect))
             await sys_nc.flush()
@@ -180,6 +189,8 @@ class NatsAuthService:
                 pass
         self._subs.clear()
         if self.sessions is not None:
+            with contextlib.suppress(ValueError):
+                self.sessions.revocation_listeners.remove(self._announce)
             for handle in self._handles.values():
                 self.sessions.close(handle)
         self._handles.clear()
@@ -224,6 +235,24 @@ class NatsAuthService:
             self.sessions.close(handle)
 
     # --- revoking ------------------------------------------------------------------------------
+    def _announce(self, token_id: int, reason: str) -> None:
+        """A revocation on this node: tell the others (Sessions calls this, so it cannot wait)."""
+        if self._nc is None or self._nc.is_closed:
+            return
+        payload = json.dumps({"token_id": token_id, "reason": reason, "node": self._node_tag}).encode()
+        job = asyncio.ensure_future(self._nc.publish(REVOKED_SUBJECT, payload))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _on_revoked(self, msg) -> None:
+        try:
+            notice = json.loads(msg.data)
+            token_id, reason, node = int(notice["token_id"]), str(notice["reason"]), notice.get("node")
+        except (ValueError, KeyError, TypeError):
+            return
+        if node != self._node_tag and self.sessions is not None:
+            await self.sessions.revoke(token_id, reason, announce=False)
+
     async def kick(self, server_id: str, cid: int) -> bool:
         """Disconnect one client connection of one server (system account)."""
         if self._sys is None:

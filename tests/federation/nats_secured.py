@@ -58,20 +58,23 @@ class Secured:
 
 
 @contextlib.asynccontextmanager
-async def secured_nats(tmp_path, *, mqtt=False, **security_options):
-    """A started Secured (small quotas, so that tests reach them), closed at the end."""
+async def secured_nats(tmp_path, *, mqtt=False, registry=None, sessions=None, **security_options):
+    """A started Secured (small quotas, so that tests reach them), closed at the end; on its own
+    registry unless given one (a federation app's, with its Sessions)."""
     nats_server_binary()
-    registry = Registry(tmp_path / "registry.sqlite3")
+    own_registry = registry is None
+    registry = Registry(tmp_path / "registry.sqlite3") if own_registry else registry
     security_options.setdefault("quotas", EdgeQuotas(max_payload=64 * 1024, publish_backlog=5,
                                                       publish_record_bytes=1024))
     security = NatsSecurity.generate(limits=AccountLimits(max_file="128M", max_mem="32M"), **security_options)
-    setup = Secured(tmp_path / "nats", registry, Sessions(), security, mqtt=mqtt)
+    setup = Secured(tmp_path / "nats", registry, sessions if sessions is not None else Sessions(), security, mqtt=mqtt)
     await setup.start()
     try:
         yield setup
     finally:
         await setup.close()
-        registry.close()
+        if own_registry:
+            registry.close()
 
 
 @pytest.fixture

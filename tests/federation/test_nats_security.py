@@ -15,7 +15,9 @@ from federation import nats_jwt, nats_subjects
 from federation.auth import Role, create_token, provision
 from federation.nats_auth import NatsAuthService, edge_permissions, user_name
 from federation.nats_config import NatsSecurity, publish_stream_config, security_block
-from tests.federation.nats_secured import secured  # noqa: F401  (fixture)
+from federation.keys import REGISTRY, SESSIONS
+from federation.sessions import Sessions
+from tests.federation.nats_secured import secured, secured_nats  # noqa: F401  (fixture)
 
 
 async def _refused(secured, token, device_id="e1"):
@@ -207,3 +209,52 @@ def test_generated_config_and_permissions_are_consistent(tmp_path):
     perms = edge_permissions("a.b c")
     assert "sql.up.a=2Eb=20c.>" in perms["pub"]["allow"]
     assert all(("*" not in s.split(".")[2] if s.startswith("sql.") else True) for s in perms["pub"]["allow"])
+
+
+async def test_a_token_revoked_on_another_node_is_cut_off_everywhere_within_a_second(secured):
+    """Node A authorized the edge; the token is revoked through node B (its own Sessions, as its
+    DELETE /v1/tokens/{id} route does): B tells A on sql.ctl.revoked and A kicks the connection."""
+    device = provision(secured.registry, "e1")
+    disconnected = asyncio.Event()
+
+    async def on_disconnect():
+        disconnected.set()
+
+    edge = await secured.edge(device.token, "e1", disconnected_cb=on_disconnect)
+    token_id = secured.registry.list_tokens(device_id="e1")[0].id
+    node_b_sessions = Sessions()
+    node_b = NatsAuthService(secured.registry, secured.security, sessions=node_b_sessions)
+    node_b_nc = await nats.connect(secured.server.url, user=secured.security.node_user,
+                                   password=secured.security.node_password)
+    secured.clients.append(node_b_nc)
+    await node_b.start(node_b_nc)
+    try:
+        assert node_b_sessions.count(token_id)["sockets"] == 0      # B knows nothing of the edge
+        started = time.monotonic()
+        assert secured.registry.revoke_token(token_id)
+        await node_b_sessions.revoke(token_id)
+        await asyncio.wait_for(disconnected.wait(), 1.0)
+        print(f"revocation on another node to disconnection: {(time.monotonic() - started) * 1000:.1f} ms")
+        assert not edge.is_connected
+    finally:
+        await node_b.stop()
+
+
+async def test_the_revoke_route_disconnects_the_edge_from_nats(client, tokens, tmp_path):
+    """As an operator does it: DELETE /v1/tokens/{id} on the federation's HTTP API."""
+    registry, sessions = client.app[REGISTRY], client.app[SESSIONS]
+    async with secured_nats(tmp_path, registry=registry, sessions=sessions) as secured:
+        disconnected = asyncio.Event()
+
+        async def on_disconnect():
+            disconnected.set()
+
+        edge = await secured.edge(tokens.device, "dev-1", disconnected_cb=on_disconnect)
+        token_id = registry.list_tokens(device_id="dev-1")[0].id
+        started = time.monotonic()
+        answer = await client.delete(f"/v1/tokens/{token_id}", headers=tokens.header("admin"))
+        assert answer.status == 200 and (await answer.json())["closed"] == 1
+        await asyncio.wait_for(disconnected.wait(), 1.0)
+        print(f"DELETE /v1/tokens to NATS disconnection: {(time.monotonic() - started) * 1000:.1f} ms")
+        assert not edge.is_connected
+        await _refused(secured, tokens.device, "dev-1")
