@@ -14,6 +14,7 @@ server's configuration: `streamql federation nats-config` prints one server's fi
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -181,3 +182,50 @@ def publish_stream_config(quotas: EdgeQuotas, *, replicas: int = 1) -> dict:
     return {"name": nats_subjects.PUBLISH_STREAM, "subjects": [f"{nats_subjects.PREFIX}.pub.*"],
             "max_msgs_per_subject": quotas.publish_backlog, "discard": "new", "discard_new_per_subject": True,
             "max_msg_size": quotas.publish_record_bytes, "num_replicas": replicas}
+
+
+def register_command(commands) -> None:
+    """`streamql federation nats-config`: print one nats-server's configuration (creating the
+    federation's nats-security.json in --data on first use)."""
+    parser = commands.add_parser(
+        "nats-config", help="print a nats-server configuration for the scale-out federation",
+        description="Print the configuration of one nats-server of the cluster: accounts, JetStream limits, the "
+                    "auth callout answered by federation nodes, cluster routes, the MQTT listener. The secrets "
+                    f"come from DIR/{SECURITY_FILE} (created on first use, mode 0600; copy it to every node).")
+    parser.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
+                        help="the federation's data directory (holds nats-security.json)")
+    parser.add_argument("--name", default="streamql-nats-1", help="this server's name (unique in the cluster)")
+    parser.add_argument("--listen", default="0.0.0.0:4222", metavar="HOST:PORT", help="client port")
+    parser.add_argument("--store-dir", default="/var/lib/nats/jetstream", metavar="DIR", help="JetStream storage")
+    parser.add_argument("--cluster-name", default="streamql")
+    parser.add_argument("--cluster-listen", metavar="HOST:PORT", help="route port (a cluster needs it)")
+    parser.add_argument("--route", action="append", default=[], metavar="HOST:PORT",
+                        help="another server's route address (repeatable; its own is ignored by the server)")
+    parser.add_argument("--mqtt-listen", metavar="HOST:PORT", help="accept MQTT-only devices on this port")
+    parser.add_argument("--monitor-listen", metavar="HOST:PORT", help="the HTTP monitoring port")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the configuration here (mode 0600)")
+    parser.set_defaults(func=nats_config_command)
+
+
+def nats_config_command(args) -> int:
+    import sys
+    data = getattr(args, "data", None)
+    if not data:
+        print("streamql federation nats-config: --data DIR is required", file=sys.stderr)
+        return 2
+    try:
+        security = NatsSecurity.load_or_create(data)
+        text = server_config(security, ServerSettings(
+            name=args.name, listen=args.listen, store_dir=args.store_dir, cluster_name=args.cluster_name,
+            cluster_listen=args.cluster_listen, routes=tuple(args.route), mqtt_listen=args.mqtt_listen,
+            monitor_listen=args.monitor_listen))
+    except (ValueError, TypeError, OSError) as error:
+        print(f"streamql federation nats-config: {error}", file=sys.stderr)
+        return 2
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds passwords
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -14,7 +14,8 @@ the interpreter) or the first `nats-server` on PATH.
     server.start(); ...; server.stop()
 
 `config` is appended to the generated base (listen, server_name, jetstream, cluster, mqtt, http),
-so a test can add accounts, authorization and auth callout blocks (federation.nats_config).
+so a test can add accounts, authorization and auth callout blocks (federation.nats_config);
+`full_config` replaces the whole file (give `port` and `http_port`, the ones written in it).
 Test modules use the fixtures by importing them: `from tests.nats_servers import nats_server`.
 """
 from __future__ import annotations
@@ -61,17 +62,19 @@ class NatsServer:
     def __init__(self, workdir: Path, *, name: str = "n0", port: int | None = None,
                  cluster_port: int | None = None, routes: tuple[int, ...] = (), cluster_name: str = "sqltest",
                  mqtt: bool = False, mqtt_port: int | None = None, jetstream: bool = True,
-                 config: str = "") -> None:
+                 config: str = "", http_port: int | None = None, full_config: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.name = name
         self.port = port or free_port()
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.cluster_port = cluster_port
         self.routes = tuple(routes)
         self.cluster_name = cluster_name
         self.mqtt_port = (mqtt_port or free_port()) if mqtt or mqtt_port else None
         self.jetstream = jetstream
         self.extra_config = config
+        self.full_config = full_config   # a whole file (e.g. `streamql federation nats-config`'s): ports
+                                         # then come from the caller, who wrote them into it
         self.process: subprocess.Popen | None = None
         self.config_path = self.workdir / f"{name}.conf"
         self.log_path = self.workdir / f"{name}.log"
@@ -91,6 +94,8 @@ class NatsServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     def config_text(self) -> str:
+        if self.full_config is not None:
+            return self.full_config
         store = self.workdir / f"{self.name}-js"
         lines = [f'server_name: "{self.name}"', f"listen: 127.0.0.1:{self.port}",
                  f"http: 127.0.0.1:{self.http_port}", f'pid_file: "{self.workdir / (self.name + ".pid")}"']
