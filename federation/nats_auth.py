@@ -1,9 +1,12 @@
 """Per-edge NATS credentials backed by the registry: the auth callout service of a federation node.
 
     service = NatsAuthService(registry, security, sessions=app[SESSIONS])
-    await service.start(node_nc, sys_nc)     # node_nc: user security.node_user (STREAMQL account)
-    ...                                      # sys_nc: user security.sys_user (system account)
-    await service.stop()
+    await service.connect(["nats://nats-1:4222", ...])   # its own node and system connections
+    ...
+    await service.close()
+
+(or `start(node_nc, sys_nc)` / `stop()` on connections of the caller's). A node's other NATS
+connections (the hub's) use `node_connect_options(security)`.
 
 nats-server sends every connection that is not a node's own to `$SYS.REQ.USER.AUTH` as a JWT
 signed by the server (federation/nats_config.py configures it). The service (a queue group: one
@@ -104,6 +107,15 @@ def mqtt_topic(device_id: str, signal: str) -> str:
     return f"{MQTT_PREFIX}/{nats_subjects.encode_token(device_id)}/{signal}"
 
 
+def node_connect_options(security: NatsSecurity) -> dict[str, Any]:
+    """nats.connect keywords of a federation node (bypasses the callout; may do everything)."""
+    return {"user": security.node_user, "password": security.node_password}
+
+
+def system_connect_options(security: NatsSecurity) -> dict[str, Any]:
+    return {"user": security.sys_user, "password": security.sys_password}
+
+
 class NatsAuthService:
     """Answers nats-server's authorization requests from the registry (module docstring)."""
 
@@ -168,6 +180,30 @@ class NatsAuthService:
         return nats_jwt.encode(response, self._issuer), grant, request
 
     # --- serving -------------------------------------------------------------------------------
+    async def connect(self, servers: list[str], **options: Any) -> None:
+        """Open this service's own node and system connections (failing over between `servers`
+        for as long as the service runs) and start answering."""
+        import nats
+
+        common = {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, **options}
+        nc = await nats.connect(servers, name="streamql-federation auth", **node_connect_options(self.security),
+                                **common)
+        try:
+            sys_nc = await nats.connect(servers, name="streamql-federation revocations",
+                                        **system_connect_options(self.security), **common)
+        except Exception:
+            await nc.close()
+            raise
+        self._owned = (nc, sys_nc)
+        await self.start(nc, sys_nc)
+
+    async def close(self) -> None:
+        await self.stop()
+        for nc in getattr(self, "_owned", ()):
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._owned = ()
+
     async def start(self, nc, sys_nc=None) -> None:
         """Answer authorization requests on `nc` (a node connection); with `sys_nc` (a system
         account connection) also track disconnections and kick revoked connections."""

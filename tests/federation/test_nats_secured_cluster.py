@@ -12,7 +12,7 @@ import pytest
 
 from federation import nats_subjects
 from federation.auth import provision
-from federation.nats_auth import NatsAuthService
+from federation.nats_auth import NatsAuthService, node_connect_options
 from federation.nats_config import NatsSecurity
 from federation.registry import Registry
 from federation.sessions import Sessions
@@ -47,19 +47,17 @@ async def test_an_edge_reconnects_through_another_server_and_is_authorized_again
         server.start(wait=False)
     registry = Registry(tmp_path / "registry.sqlite3")
     clients = []
+    service = None
     try:
         for server in servers:
             server.wait_ready()
         security = NatsSecurity.load_or_create(data)
         urls = [server.url for server in servers]
         # the node is connected to server 2 (it fails over too, but must not have to here)
-        node = await nats.connect([urls[2], urls[1]], user=security.node_user, password=security.node_password,
-                                  dont_randomize=True)
-        sys_nc = await nats.connect([urls[2], urls[1]], user=security.sys_user, password=security.sys_password,
-                                    dont_randomize=True)
-        clients += [node, sys_nc]
+        node = await nats.connect([urls[2], urls[1]], dont_randomize=True, **node_connect_options(security))
+        clients.append(node)
         service = NatsAuthService(registry, security, sessions=Sessions())
-        await service.start(node, sys_nc)
+        await service.connect([urls[2], urls[1]], dont_randomize=True)
         device = provision(registry, "e1")
         reconnected = asyncio.Event()
         errors = []
@@ -99,6 +97,8 @@ async def test_an_edge_reconnects_through_another_server_and_is_authorized_again
         assert got == [b"before", b"after"]
         assert any("permissions violation" in e for e in errors), errors
     finally:
+        if service is not None:
+            await service.close()
         for nc in clients:
             if not nc.is_closed:
                 await nc.close()
