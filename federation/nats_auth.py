@@ -128,6 +128,9 @@ class NatsAuthService:
         self._sys = None
         self._subs: list = []
         self._handles: dict[tuple[str, int], int | None] = {}   # (server id, cid) → Sessions handle
+        self._devices: dict[tuple[str, int], str] = {}          # (server id, cid) → device id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener = _DeviceRemovals(self)
         self._node_tag = nats_jwt.new_seed("user")[-12:]         # tells this node's own broadcasts apart
         self._jobs: set[asyncio.Task] = set()
         self.granted = 0
@@ -208,6 +211,9 @@ class NatsAuthService:
         """Answer authorization requests on `nc` (a node connection); with `sys_nc` (a system
         account connection) also track disconnections and kick revoked connections."""
         self._nc, self._sys = nc, sys_nc
+        self._loop = asyncio.get_running_loop()
+        if sys_nc is not None and hasattr(self.registry, "add_listener"):
+            self.registry.add_listener(self._listener)   # a deleted device's connections go too
         self._subs.append(await nc.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE, cb=self._on_request))
         if self.sessions is not None:
             self._subs.append(await nc.subscribe(REVOKED_SUBJECT, cb=self._on_revoked))
@@ -224,12 +230,15 @@ class NatsAuthService:
             except Exception:  # the connection may be gone already
                 pass
         self._subs.clear()
+        with contextlib.suppress(ValueError, AttributeError):
+            self.registry.remove_listener(self._listener)
         if self.sessions is not None:
             with contextlib.suppress(ValueError):
                 self.sessions.revocation_listeners.remove(self._announce)
             for handle in self._handles.values():
                 self.sessions.close(handle)
         self._handles.clear()
+        self._devices.clear()
 
     async def _on_request(self, msg) -> None:
         try:
@@ -250,7 +259,10 @@ class NatsAuthService:
         claims = request["nats"]
         server_id = claims["server_id"]["id"]
         cid = (claims.get("client_info") or {}).get("id")
-        if self.sessions is None or self._sys is None or not isinstance(cid, int):
+        if self._sys is None or not isinstance(cid, int):
+            return
+        self._devices[(server_id, cid)] = grant.device_id
+        if self.sessions is None:
             return
 
         async def close(reason: str) -> None:
@@ -267,6 +279,7 @@ class NatsAuthService:
         except (ValueError, KeyError, TypeError):
             return
         handle = self._handles.pop(key, None)
+        self._devices.pop(key, None)
         if self.sessions is not None:
             self.sessions.close(handle)
 
@@ -302,6 +315,20 @@ class NatsAuthService:
         answer = json.loads(reply.data or b"{}")
         return "error" not in answer
 
+    def device_removed(self, device_id: str) -> None:
+        """The registry forgot a device (its tokens with it): kick what this node authorized."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        keys = [key for key, device in list(self._devices.items()) if device == device_id]
+
+        def schedule() -> None:
+            for server_id, cid in keys:
+                job = asyncio.ensure_future(self.kick(server_id, cid))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+
+        self._loop.call_soon_threadsafe(schedule)
+
     async def kick_token(self, token_id: int) -> int:
         """Disconnect a token's connections on every server of the cluster; how many."""
         record = self.registry.get_token(token_id)
@@ -326,3 +353,22 @@ class NatsAuthService:
         finally:
             await sub.unsubscribe()
         return kicked
+
+
+class _DeviceRemovals:
+    """The registry listener of a NatsAuthService: only removals matter to it."""
+
+    def __init__(self, service: NatsAuthService) -> None:
+        self.service = service
+
+    def reset(self, devices) -> None:
+        pass
+
+    def device_changed(self, device) -> None:
+        pass
+
+    def online_changed(self, device_ids, online) -> None:
+        pass
+
+    def device_removed(self, device_id: str) -> None:
+        self.service.device_removed(device_id)

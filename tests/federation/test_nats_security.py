@@ -258,3 +258,23 @@ async def test_the_revoke_route_disconnects_the_edge_from_nats(client, tokens, t
         print(f"DELETE /v1/tokens to NATS disconnection: {(time.monotonic() - started) * 1000:.1f} ms")
         assert not edge.is_connected
         await _refused(secured, tokens.device, "dev-1")
+
+
+async def test_deleting_a_connected_device_disconnects_it(client, tokens, tmp_path):
+    """DELETE /v1/edges/{id} forgets the device and its tokens: its NATS connection goes (the
+    service listens to the registry), and it cannot come back."""
+    registry, sessions = client.app[REGISTRY], client.app[SESSIONS]
+    async with secured_nats(tmp_path, registry=registry, sessions=sessions) as secured:
+        disconnected = asyncio.Event()
+
+        async def on_disconnect():
+            disconnected.set()
+
+        edge = await secured.edge(tokens.device, "dev-1", disconnected_cb=on_disconnect)
+        started = time.monotonic()
+        answer = await client.delete("/v1/edges/dev-1", headers=tokens.header("admin"))
+        assert answer.status == 200
+        await asyncio.wait_for(disconnected.wait(), 1.0)
+        print(f"DELETE /v1/edges to NATS disconnection: {(time.monotonic() - started) * 1000:.1f} ms")
+        assert not edge.is_connected
+        await _refused(secured, tokens.device, "dev-1")
