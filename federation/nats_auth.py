@@ -56,7 +56,7 @@ log = logging.getLogger("streamql.federation.nats_auth")
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_QUEUE = "streamql-auth"
 MQTT_PREFIX = "streamql"
-REVOKED_SUBJECT = "sql.ctl.revoked"   # {"token_id", "reason", "node"}: one node tells the others
+REVOKED_SUBJECT = "sql.ctl.revoked"   # {"token_id", "reason", "node"} or {"device_id", "node"}
 CONNZ_WINDOW_S = 0.3   # how long kick_token listens for the servers' connz answers
 
 
@@ -215,8 +215,8 @@ class NatsAuthService:
         if sys_nc is not None and hasattr(self.registry, "add_listener"):
             self.registry.add_listener(self._listener)   # a deleted device's connections go too
         self._subs.append(await nc.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE, cb=self._on_request))
+        self._subs.append(await nc.subscribe(REVOKED_SUBJECT, cb=self._on_revoked))
         if self.sessions is not None:
-            self._subs.append(await nc.subscribe(REVOKED_SUBJECT, cb=self._on_revoked))
             self.sessions.revocation_listeners.append(self._announce)
         if sys_nc is not None:
             self._subs.append(await sys_nc.subscribe(f"$SYS.ACCOUNT.{ACCOUNT}.DISCONNECT", cb=self._on_disconnect))
@@ -296,6 +296,10 @@ class NatsAuthService:
     async def _on_revoked(self, msg) -> None:
         try:
             notice = json.loads(msg.data)
+            if isinstance(notice.get("device_id"), str):
+                if notice.get("node") != self._node_tag:
+                    self.device_removed(notice["device_id"], announce=False)
+                return
             token_id, reason, node = int(notice["token_id"]), str(notice["reason"]), notice.get("node")
         except (ValueError, KeyError, TypeError):
             return
@@ -315,13 +319,19 @@ class NatsAuthService:
         answer = json.loads(reply.data or b"{}")
         return "error" not in answer
 
-    def device_removed(self, device_id: str) -> None:
-        """The registry forgot a device (its tokens with it): kick what this node authorized."""
+    def device_removed(self, device_id: str, *, announce: bool = True) -> None:
+        """The registry forgot a device (its tokens with it): kick what this node authorized, and
+        tell the other nodes to kick theirs."""
         if self._loop is None or self._loop.is_closed():
             return
         keys = [key for key, device in list(self._devices.items()) if device == device_id]
 
         def schedule() -> None:
+            if announce and self._nc is not None and not self._nc.is_closed:
+                payload = json.dumps({"device_id": device_id, "node": self._node_tag}).encode()
+                job = asyncio.ensure_future(self._nc.publish(REVOKED_SUBJECT, payload))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
             for server_id, cid in keys:
                 job = asyncio.ensure_future(self.kick(server_id, cid))
                 self._jobs.add(job)

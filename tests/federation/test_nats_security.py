@@ -16,6 +16,7 @@ from federation.auth import Role, create_token, provision
 from federation.nats_auth import NatsAuthService, edge_permissions, user_name
 from federation.nats_config import NatsSecurity, publish_stream_config, security_block
 from federation.keys import REGISTRY, SESSIONS
+from federation.registry import Registry
 from federation.sessions import Sessions
 from tests.federation.nats_secured import secured, secured_nats  # noqa: F401  (fixture)
 
@@ -278,3 +279,26 @@ async def test_deleting_a_connected_device_disconnects_it(client, tokens, tmp_pa
         print(f"DELETE /v1/edges to NATS disconnection: {(time.monotonic() - started) * 1000:.1f} ms")
         assert not edge.is_connected
         await _refused(secured, tokens.device, "dev-1")
+
+
+async def test_a_device_deleted_through_another_node_is_disconnected(secured):
+    device = provision(secured.registry, "e1")
+    disconnected = asyncio.Event()
+
+    async def on_disconnect():
+        disconnected.set()
+
+    edge = await secured.edge(device.token, "e1", disconnected_cb=on_disconnect)
+    node_b = NatsAuthService(Registry(secured.registry.path), secured.security)   # its own registry handle
+    node_b_nc = await nats.connect(secured.server.url, user=secured.security.node_user,
+                                   password=secured.security.node_password)
+    secured.clients.append(node_b_nc)
+    await node_b.start(node_b_nc, secured.sys)
+    try:
+        # the removal is seen by node B's registry only (secured.registry's listeners never hear it)
+        assert node_b.registry.delete_device("e1")
+        await asyncio.wait_for(disconnected.wait(), 1.0)
+        assert not edge.is_connected
+    finally:
+        await node_b.stop()
+        node_b.registry.close()
