@@ -41,8 +41,11 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from federation import nats_jwt, nats_subjects
 from federation.auth import Principal, Role, authenticate
@@ -56,6 +59,7 @@ log = logging.getLogger("streamql.federation.nats_auth")
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_QUEUE = "streamql-auth"
 MQTT_PREFIX = "streamql"
+AUTH_SERVICE: web.AppKey["NatsAuthService"] = web.AppKey("nats_auth_service")
 REVOKED_SUBJECT = "sql.ctl.revoked"   # {"token_id", "reason", "node"} or {"device_id", "node"}
 CONNZ_WINDOW_S = 0.3   # how long kick_token listens for the servers' connz answers
 
@@ -382,3 +386,24 @@ class _DeviceRemovals:
 
     def device_removed(self, device_id: str) -> None:
         self.service.device_removed(device_id)
+
+
+async def auth_service_ctx(app) -> AsyncIterator[None]:
+    """An aiohttp cleanup context: with edges on NATS (`--nats`) and DIR/nats-security.json present,
+    this node answers the auth callout and kicks revoked connections while it runs. Register it
+    before the hub's (edges cannot connect while no node answers)."""
+    from federation.keys import CONFIG, REGISTRY, SESSIONS
+    from federation.nats_config import SECURITY_FILE
+
+    config = app[CONFIG]
+    servers = list(getattr(config, "nats", None) or [])
+    if not servers or not (config.data_dir / SECURITY_FILE).exists():
+        yield
+        return
+    service = NatsAuthService(app[REGISTRY], NatsSecurity.load_or_create(config.data_dir), sessions=app[SESSIONS])
+    await service.connect(servers)
+    app[AUTH_SERVICE] = service
+    try:
+        yield
+    finally:
+        await service.close()

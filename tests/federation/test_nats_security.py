@@ -302,3 +302,39 @@ async def test_a_device_deleted_through_another_node_is_disconnected(secured):
     finally:
         await node_b.stop()
         node_b.registry.close()
+
+
+async def test_the_federation_node_context_serves_the_callout_from_its_data_directory(tmp_path):
+    """auth_service_ctx: what a node started with --nats runs (DIR/nats-security.json present)."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+
+    from federation.keys import CONFIG
+    from federation.nats_auth import AUTH_SERVICE, auth_service_ctx
+    from federation.nats_config import AccountLimits
+    from tests.nats_servers import NatsServer
+
+    data = tmp_path / "fed"
+    data.mkdir()
+    security = NatsSecurity.generate(limits=AccountLimits(max_file="64M", max_mem="16M"))
+    (data / "nats-security.json").write_text(security.to_json())
+    server = NatsServer(tmp_path / "nats", config=security_block(security)).start()
+    registry = Registry(data / "registry.sqlite3")
+    try:
+        device = provision(registry, "e1")
+        app = web.Application()
+        app[CONFIG] = SimpleNamespace(nats=[server.url], data_dir=data)
+        app[REGISTRY], app[SESSIONS] = registry, Sessions()
+        context = auth_service_ctx(app)
+        await context.__anext__()
+        edge = await nats.connect(server.url, token=device.token, allow_reconnect=False)
+        assert app[AUTH_SERVICE].granted == 1
+        await edge.close()
+        with pytest.raises(StopAsyncIteration):
+            await context.__anext__()
+        with pytest.raises(Exception, match="(?i)authorization"):    # no node answers any more
+            await nats.connect(server.url, token=device.token, allow_reconnect=False, connect_timeout=3)
+    finally:
+        server.stop()
+        registry.close()
