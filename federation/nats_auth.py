@@ -91,6 +91,7 @@ def edge_permissions(device_id: str, *, gateway: bool = False) -> dict[str, Any]
                f"$JS.API.STREAM.INFO.{presence}",
                # reading a bundle: object info, then its chunks through an ordered consumer
                f"$JS.API.STREAM.INFO.{bundles}", *_js_api("STREAM.MSG.GET", bundles),
+               "$JS.API.STREAM.NAMES",       # nats-py finds the chunks' stream by subject (names only)
                *_js_api("DIRECT.GET", bundles), *_js_api("CONSUMER.CREATE", bundles),
                *_js_api("CONSUMER.DELETE", bundles), *_js_api("CONSUMER.INFO", bundles),
                f"$JS.FC.{bundles}.>", f"$JS.ACK.{bundles}.>"]

@@ -9,7 +9,7 @@ import time
 
 import nats
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import ObjectMeta, ObjectMetaOptions, StreamConfig
 
 from federation import nats_jwt, nats_subjects
 from federation.auth import Role, create_token, provision
@@ -338,3 +338,35 @@ async def test_the_federation_node_context_serves_the_callout_from_its_data_dire
     finally:
         server.stop()
         registry.close()
+
+
+async def test_an_edge_reads_bundles_and_writes_its_presence_but_not_others(secured):
+    """The JetStream API calls an edge needs pass its permissions: reading the sql_bundles object
+    store, putting its own presence key; another edge's key is refused."""
+    device = provision(secured.registry, "e1")
+    js = secured.node.jetstream()
+    store = await js.create_object_store(nats_subjects.BUNDLE_BUCKET)
+    bundle = bytes(range(256)) * 200                  # 50 KiB in 16 KiB chunks (under max_payload)
+    name = nats_subjects.bundle_object("vib", 3)
+    await store.put(name, bundle, meta=ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=16 * 1024)))
+    kv = await js.create_key_value(bucket=nats_subjects.PRESENCE_BUCKET)
+    edge = await secured.edge(device.token, "e1")
+    edge_js = edge.jetstream()
+    got = await (await edge_js.object_store(nats_subjects.BUNDLE_BUCKET)).get(nats_subjects.bundle_object("vib", 3))
+    assert got.data == bundle
+    await edge.publish(nats_subjects.presence_subject("e1"), b"here")
+    await edge.publish(nats_subjects.presence_subject("e2"), b"forged")
+    await edge.flush()
+    for _ in range(50):
+        try:
+            if (await kv.get(nats_subjects.presence_key("e1"))).value == b"here":
+                break
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        await asyncio.sleep(0.05)
+    assert (await kv.get(nats_subjects.presence_key("e1"))).value == b"here"
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get(nats_subjects.presence_key("e2"))
+    with pytest.raises(Exception):                    # no writing bundles
+        await (await edge_js.object_store(nats_subjects.BUNDLE_BUCKET)).put("vib/4", b"evil")
+    assert any("$O.sql_bundles" in str(e) or "permissions violation" in str(e) for e in edge.errors)
