@@ -41,7 +41,7 @@ class EdgeQuotas:
     publish_record_bytes: the largest published record the stream accepts (`max_msg_size`).
     """
 
-    max_payload: int = 1 << 20
+    max_payload: int = 8 << 20     # the NATS transport's deploy frames carry 1 MiB of bundle each
     publish_backlog: int = 100_000
     publish_record_bytes: int = 256 * 1024
 
