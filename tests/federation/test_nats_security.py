@@ -370,3 +370,54 @@ async def test_an_edge_reads_bundles_and_writes_its_presence_but_not_others(secu
     with pytest.raises(Exception):                    # no writing bundles
         await (await edge_js.object_store(nats_subjects.BUNDLE_BUCKET)).put("vib/4", b"evil")
     assert any("$O.sql_bundles" in str(e) or "permissions violation" in str(e) for e in edge.errors)
+
+
+def _request(security, server_seed, token, *, kind="nats", user_nkey=None):
+    """An authorization request as nats-server signs it (its own server nkey)."""
+    import nkeys
+    server = nkeys.from_seed(server_seed.encode())
+    user_nkey = user_nkey or nats_jwt.public_key(nats_jwt.new_seed("user"))
+    options = {"pass": token, "user": "x"} if kind == "mqtt" else {"auth_token": token}
+    claims = {"aud": "nats-authorization-request", "sub": security.issuer_public,
+              "nats": {"server_id": {"id": server.public_key.decode(), "name": "n0"}, "user_nkey": user_nkey,
+                       "client_info": {"id": 7, "type": kind, "kind": "Client"}, "connect_opts": options,
+                       "type": "authorization_request", "version": 2}}
+    return nats_jwt.encode(claims, server), user_nkey
+
+
+def test_callout_answers_without_a_server(tmp_path):
+    """The decisions themselves: user JWT claims, MQTT and gateway permissions, refusals, signatures."""
+    import nkeys
+    registry = Registry(tmp_path / "registry.sqlite3")
+    try:
+        security = NatsSecurity.generate(mqtt_gateways=("gw",))
+        service = NatsAuthService(registry, security)
+        server_seed = nkeys.encode_seed(bytes(range(32)), nkeys.PREFIX_BYTE_SERVER).decode()
+        edge, gateway = provision(registry, "e1"), provision(registry, "gw")
+        request, user_nkey = _request(security, server_seed, edge.token)
+        response, grant, _ = service.answer(request)
+        claims = nats_jwt.decode(response, issuer_prefix="A")
+        assert claims["iss"] == security.issuer_public and claims["sub"] == user_nkey
+        assert claims["aud"] == nats_jwt.public_key(server_seed)
+        user = nats_jwt.decode(claims["nats"]["jwt"], issuer_prefix="A")
+        assert user["sub"] == user_nkey and user["aud"] == "STREAMQL" and user["name"] == f"t{grant.token_id}:e1"
+        assert user["nats"]["sub"]["allow"] == ["sql.down.e1", "_INBOX_e1.>"]
+        assert "streamql.>" not in user["nats"]["sub"]["allow"]
+        _, grant, _ = service.answer(_request(security, server_seed, gateway.token)[0])
+        assert "streamql.>" in grant.permissions["sub"]["allow"]
+        _, grant, _ = service.answer(_request(security, server_seed, edge.token, kind="mqtt")[0])
+        assert grant.permissions == {"pub": {"allow": ["streamql.e1.>"]}, "sub": {"allow": ["streamql.e1.>"]}}
+        refused, grant, _ = service.answer(_request(security, server_seed, create_token(registry, Role.READ)[1])[0])
+        assert grant is None and "only device tokens" in nats_jwt.decode(refused)["nats"]["error"]
+        # a request whose claims were altered after signing, or signed by an account key, is not answered
+        header, body, signature = request.split(".")
+        forged = nats_jwt._b64(nats_jwt._unb64(body).replace(b'"n0"', b'"n9"'))
+        with pytest.raises(nats_jwt.JwtError, match="signature"):
+            service.answer(f"{header}.{forged}.{signature}")
+        with pytest.raises(nats_jwt.JwtError, match="issuer"):
+            service.answer(nats_jwt.encode({"nats": {}}, nats_jwt.keypair(security.issuer_seed)))
+        expired = nats_jwt.encode({"exp": 1, "nats": {}}, nkeys.from_seed(server_seed.encode()))
+        with pytest.raises(nats_jwt.JwtError, match="expired"):
+            service.answer(expired)
+    finally:
+        registry.close()
