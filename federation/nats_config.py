@@ -35,9 +35,10 @@ class EdgeQuotas:
     max_payload: the largest message any connection may send (server-wide `max_payload`: nats-server
     applies no per-user payload or subscription limits to callout users outside operator mode, so
     the bound is the server's, and a larger message ends the sender's connection).
-    publish_backlog: records per edge kept in SQL_PUB (`max_msgs_per_subject` with
-    `discard_new_per_subject`): an edge that runs further ahead of the federation gets an error ack
-    and keeps its records (the edge's store-and-forward resends them later).
+    publish_backlog: records of one edge SQL_PUB holds at once (`max_msgs_per_subject` with
+    `discard_new_per_subject`; records leave the stream at its max_age, so this is also a rate:
+    backlog per retention period): beyond it the edge gets an error ack and keeps its records
+    (its store-and-forward resends them later); no edge can fill the stream for the others.
     publish_record_bytes: the largest published record the stream accepts (`max_msg_size`).
     """
 
@@ -175,13 +176,18 @@ def server_config(security: NatsSecurity, settings: ServerSettings) -> str:
     return "\n".join(lines) + "\n" + security_block(security)
 
 
+def publish_quota_settings(quotas: EdgeQuotas) -> dict:
+    """The SQL_PUB settings (nats-py StreamConfig keyword arguments) that make the quotas per edge:
+    records of one edge beyond the backlog are refused, not evicting older ones, so nothing
+    published is silently lost. The hub adds them to its stream's own settings."""
+    return {"max_msgs_per_subject": quotas.publish_backlog, "discard": "new", "discard_new_per_subject": True,
+            "max_msg_size": quotas.publish_record_bytes}
+
+
 def publish_stream_config(quotas: EdgeQuotas, *, replicas: int = 1) -> dict:
-    """The SQL_PUB stream's settings that make `publish_backlog` a per-edge quota (nats-py
-    StreamConfig keyword arguments): records of one edge beyond the backlog are refused, not
-    evicting older ones, so nothing published is silently lost."""
+    """A whole SQL_PUB stream with the quotas (for tests and tools; the hub makes its own)."""
     return {"name": nats_subjects.PUBLISH_STREAM, "subjects": [f"{nats_subjects.PREFIX}.pub.*"],
-            "max_msgs_per_subject": quotas.publish_backlog, "discard": "new", "discard_new_per_subject": True,
-            "max_msg_size": quotas.publish_record_bytes, "num_replicas": replicas}
+            "num_replicas": replicas, **publish_quota_settings(quotas)}
 
 
 def register_command(commands) -> None:
