@@ -138,3 +138,51 @@ def test_mqtt_payloads():
     for bad in (b"abc", b'{"v": 1}', b"[]", b'"text"', b"NaN", b'{"value": 1, "time": "soon"}'):
         with pytest.raises(ValueError):
             parse_payload(bad, 0.0)
+
+
+async def test_a_gateway_edge_process_answers_queries_over_mqtt_readings(tmp_path):
+    """As it runs: `python -m edge_engine` with an mqtt signal on the command line, connected to a
+    (fake) federation; an MQTT device publishes; the federation's query reads the reading."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from edge_engine.testing import FakeFederation
+
+    repo = Path(__file__).resolve().parents[2]
+    async with secured_nats(tmp_path, mqtt=True, mqtt_gateways=("gw-1",)) as secured:
+        boiler = provision(secured.registry, "boiler.1")
+        gateway = provision(secured.registry, "gw-1")
+        (tmp_path / "gw.token").write_text(gateway.token)
+        fed = FakeFederation(heartbeat_s=0.5)
+        await fed.start()
+        signal_spec = {"name": "boiler_temp", "kind": "mqtt", "device": "boiler.1", "topic": "temp",
+                       "servers": [secured.server.url], "token_file": str(tmp_path / "gw.token")}
+        log = open(tmp_path / "edge.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_engine", "--id", "gw-1", "--federation", fed.url, "--store",
+             str(tmp_path / "store"), "--signal", json.dumps(signal_spec), "--heartbeat", "0.5",
+             "--log-level", "warning"], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+            stdout=log, stderr=subprocess.STDOUT)
+        device = MqttDevice(secured.server.mqtt_address, "boiler.1", boiler.token)
+        try:
+            conn = await fed.connection("gw-1", timeout=60)
+            announced = {s["name"]: s for s in conn.hello["capabilities"]["signals"]}
+            assert announced["boiler_temp"]["kind"] == "mqtt" and announced["boiler_temp"]["device"] == "boiler.1"
+            assert not (await asyncio.to_thread(device.connect)).is_failure
+            for _ in range(100):         # the gateway subscribes after its hello: publish until it hears
+                device.client.publish(mqtt_topic("boiler.1", "temp"), '{"value": 63.5}', qos=1).wait_for_publish(5)
+                rows, end = await conn.run_query("signal_value('boiler_temp');")
+                if end["outcome"] == "ok" and rows:
+                    break
+                await asyncio.sleep(0.2)
+            assert end["outcome"] == "ok", end
+            assert rows == [63.5], rows
+        finally:
+            await asyncio.to_thread(device.close)
+            process.terminate()
+            await asyncio.to_thread(process.wait, 20)
+            log.close()
+            await fed.stop()
