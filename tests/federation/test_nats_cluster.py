@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 import nats
-import pytest
 
 from tests.nats_servers import nats_cluster, nats_server  # noqa: F401  (fixtures)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import nats
-import pytest
 
 from federation import nats_subjects
 from federation.auth import provision
