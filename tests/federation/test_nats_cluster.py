@@ -5,7 +5,7 @@ import asyncio
 
 import nats
 
-from tests.nats_servers import nats_cluster, nats_server  # noqa: F401  (fixtures)
+from tests.nats_servers import nats_cluster, nats_mqtt_server, nats_server  # noqa: F401  (fixtures)
 
 
 async def test_one_server_with_jetstream(nats_server):
@@ -76,3 +76,24 @@ async def test_a_client_reconnects_to_another_server_when_its_server_is_killed(n
     finally:
         await publisher.close()
         await subscriber.close()
+
+
+async def test_the_mqtt_listener_fixture_carries_mqtt_to_nats(nats_mqtt_server):
+    import paho.mqtt.client as mqtt
+
+    nc = await nats.connect(nats_mqtt_server.url)
+    try:
+        sub = await nc.subscribe("plain.topic")
+        await nc.flush()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fixture-check")
+        client.connect(*nats_mqtt_server.mqtt_address)
+        client.loop_start()
+        try:
+            await asyncio.to_thread(client.publish("plain/topic", b"21.5", qos=1).wait_for_publish, 10)
+            msg = await sub.next_msg(timeout=5)
+            assert msg.data == b"21.5"
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    finally:
+        await nc.close()
