@@ -12,6 +12,8 @@ A driver pushes readings into a `streamql.signals.LiveSignal` (the hub the engin
   from a column or from the row rate.
 - `udp`: JSON lines over UDP, `{"signal": name, "value": v, "time": t?}`, one or more per datagram.
 - `callable`: a Python function polled at a rate, for embedding.
+- `mqtt`: readings of MQTT-only devices through nats-server's MQTT listener (a gateway engine;
+  edge_engine.mqtt_signals).
 
 Drivers run as asyncio tasks on the daemon's event loop (`await driver.start()` … `await
 driver.stop()`); `poll(now)` does one step synchronously, so tests drive them with a `FakeClock`
@@ -38,6 +40,7 @@ from streamql.signals import LiveSignal
 from streamql.values import Time
 
 from .drivers import MAX_CATCH_UP, MAX_TICK, CallableDriver, CsvReplayDriver, Driver, SimulatedDriver  # noqa: F401
+from .mqtt_signals import MqttReadings
 from .simulation import SHAPES, SignalSpecError, SimModel, _check_number  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -47,7 +50,7 @@ __all__ = [
 
 log = logging.getLogger("streamql.edge.signals")
 
-SIGNAL_KINDS = ("simulated", "csv", "udp", "callable")
+SIGNAL_KINDS = ("simulated", "csv", "udp", "callable", "mqtt")
 
 
 class UdpJsonInput:
@@ -159,6 +162,7 @@ _CSV_PARAMS = {"path", "column", "columns", "time_column", "rate_hz", "speed", "
                "start_time", "end_at_eof"}
 _UDP_PARAMS = {"port", "host"}
 _CALLABLE_PARAMS = {"function", "rate_hz"}
+_MQTT_PARAMS = {"device", "topic", "servers", "token_file"}
 
 
 def check_spec(spec: dict) -> dict:
@@ -177,7 +181,7 @@ def check_spec(spec: dict) -> dict:
         if "batch_interval_s" in spec:
             _check_number("batch_interval_s", spec["batch_interval_s"], positive=True)
     else:
-        known = {"csv": _CSV_PARAMS, "udp": _UDP_PARAMS, "callable": _CALLABLE_PARAMS}[kind]
+        known = {"csv": _CSV_PARAMS, "udp": _UDP_PARAMS, "callable": _CALLABLE_PARAMS, "mqtt": _MQTT_PARAMS}[kind]
         unknown = params - known
         if unknown:
             raise SignalSpecError(sorted(unknown)[0], f"unknown parameter of a {kind} signal "
@@ -195,26 +199,46 @@ def check_spec(spec: dict) -> dict:
         port = spec.get("port")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise SignalSpecError("port", f"must be a port number, got {port!r}")
+    if kind == "mqtt":
+        _check_mqtt(spec)
     if kind == "callable" and not isinstance(spec.get("function"), (str,)) and not callable(spec.get("function")):
         raise SignalSpecError("function", "must be 'module:attribute' or a callable")
     return spec
 
 
+def _check_mqtt(spec: dict) -> None:
+    if not isinstance(spec.get("device"), str) or not spec["device"]:
+        raise SignalSpecError("device", "an mqtt signal needs the registry id of its device")
+    topic = spec.get("topic", spec["name"])
+    if not isinstance(topic, str) or not topic or not topic.replace("_", "a").replace("-", "a").isalnum():
+        raise SignalSpecError("topic", f"must be one topic level of letters, digits, '_' or '-', got {topic!r}")
+    servers = spec.get("servers")
+    if isinstance(servers, str):
+        servers = [servers]
+    if not isinstance(servers, list) or not servers or not all(isinstance(x, str) and x for x in servers):
+        raise SignalSpecError("servers", "an mqtt signal needs the NATS servers it reads from (a list of URLs)")
+    if not isinstance(spec.get("token_file"), str):
+        raise SignalSpecError("token_file", "an mqtt signal needs the file of this edge's device token")
+
+
 class DriverSet:
     """The drivers of one edge and their signals, started and stopped together."""
 
-    def __init__(self, drivers: list[Driver], udp_inputs: list[UdpJsonInput], signals: dict[str, LiveSignal]):
+    def __init__(self, drivers: list[Driver], udp_inputs: list[UdpJsonInput | MqttReadings], signals: dict[str, LiveSignal]):
         self.drivers, self.udp_inputs, self.signals = drivers, udp_inputs, signals
         self._descriptions = {d.name: d.describe() for d in drivers}
         for udp in udp_inputs:
             for name in udp.signals:
-                self._descriptions[name] = {"name": name, "type": None, "kind": "udp", "port": udp.port}
+                describe = getattr(udp, "describe_signal", None)   # mqtt inputs describe themselves
+                self._descriptions[name] = describe(name) if describe else {
+                    "name": name, "type": None, "kind": "udp", "port": udp.port}
 
     async def start(self) -> None:
         for udp in self.udp_inputs:
             await udp.start()
-            for name in udp.signals:
-                self._descriptions[name]["port"] = udp.port
+            if isinstance(udp, UdpJsonInput):
+                for name in udp.signals:
+                    self._descriptions[name]["port"] = udp.port
         for driver in self.drivers:
             await driver.start()
 
@@ -273,6 +297,7 @@ def build_drivers(specs: list[dict], *, clock: Clock = SYSTEM_CLOCK, base_dir: s
     drivers: list[Driver] = []
     signals: dict[str, LiveSignal] = {}
     udp_by_port: dict[tuple[str, int], dict[str, LiveSignal]] = {}
+    mqtt_by_connection: dict[tuple, tuple[dict, dict]] = {}
     for spec in specs:
         spec = check_spec(spec)
         name, kind = spec["name"], spec.get("kind", "simulated")
@@ -294,6 +319,16 @@ def build_drivers(specs: list[dict], *, clock: Clock = SYSTEM_CLOCK, base_dir: s
                 function = (callables or {}).get(function) or _import_callable(function)
             driver = CallableDriver(name, function, rate_hz=spec.get("rate_hz", 1.0), clock=clock,
                                     type_name=type_name)
+        elif kind == "mqtt":
+            signal = signals[name] = LiveSignal(name, type_name=type_name, clock=clock)
+            servers = spec["servers"] if isinstance(spec["servers"], list) else [spec["servers"]]
+            token_file = Path(spec["token_file"])
+            if base_dir is not None and not token_file.is_absolute():
+                token_file = Path(base_dir) / token_file
+            routes, named = mqtt_by_connection.setdefault((tuple(servers), str(token_file)), ({}, {}))
+            routes[name] = (spec["device"], spec.get("topic", name))
+            named[name] = signal
+            continue
         else:
             signal = LiveSignal(name, type_name=type_name, clock=clock)
             signals[name] = signal
@@ -305,6 +340,8 @@ def build_drivers(specs: list[dict], *, clock: Clock = SYSTEM_CLOCK, base_dir: s
         signals[name] = driver.signal
     udp_inputs = [UdpJsonInput(named, port=port, host=host, clock=clock)
                   for (host, port), named in udp_by_port.items()]
+    udp_inputs += [MqttReadings(routes, named, servers=list(servers), token_file=token_file, clock=clock)
+                   for (servers, token_file), (routes, named) in mqtt_by_connection.items()]
     return DriverSet(drivers, udp_inputs, signals)
 
 

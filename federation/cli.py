@@ -6,6 +6,8 @@
     streamql federation token create --data DIR --role read|deploy|admin [--label L]
     streamql federation token list --data DIR
     streamql federation token revoke --data DIR --token-id N
+    streamql federation nats-config --data DIR [--name N --listen H:P --cluster-listen H:P --route H:P …
+                                    --mqtt-listen H:P --store-dir DIR -o FILE]
 
 SIGTERM or SIGINT stops it within 10 s (federation/serve.py). The limits and their defaults are
 in docs/operations.md ("Limits").
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from federation import nats_config
 from federation.config import FederationConfig
 
 
@@ -141,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _data_arg(revoke, sub=True)
     revoke.add_argument("--token-id", type=int, required=True)
     revoke.set_defaults(func=token_revoke_command)
+    nats_config.register_command(commands)   # streamql federation nats-config (federation/nats_config.py)
     return parser
 
 

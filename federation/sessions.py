@@ -48,6 +48,9 @@ class Sessions:
         self._handles = itertools.count(1)
         self._jobs: set[asyncio.Task] = set()
         self.revocations = 0
+        # called with (token id, reason) on every announced revocation: the NATS auth service
+        # tells the other federation nodes (federation/nats_auth.py), which revoke unannounced
+        self.revocation_listeners: list[Callable[[int, str], None]] = []
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def open(self, token_id: int | None, closer: Closer, *, label: str = "websocket") -> int | None:
@@ -88,13 +91,17 @@ class Sessions:
         return {"sockets": len(entry.sockets) if entry else 0, "requests": len(entry.tasks) if entry else 0}
 
     # --- revoking ------------------------------------------------------------------------------
-    async def revoke(self, token_id: int, reason: str = "the token was revoked") -> int:
+    async def revoke(self, token_id: int, reason: str = "the token was revoked", *, announce: bool = True) -> int:
         """Close every socket of the token (4003 and `reason`) and cancel its requests in flight,
         except the one calling (a token revoking itself still gets its answer); how many there were.
+        `announce` tells the revocation listeners (other nodes); what they relay is not announced.
 
         The close frames go out now; waiting for peers to answer them (a peer that never reads
         would make the revoking request wait) and cancelling what remains happen in the background.
         """
+        if announce:
+            for listener in self.revocation_listeners:
+                listener(token_id, reason)
         entry = self._by_token.get(token_id)
         if entry is None:
             return 0
