@@ -57,6 +57,7 @@ def create_app(config: FederationConfig) -> web.Application:
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(sessions_ctx)  # revocations by other processes: needs the registry
     app.cleanup_ctx.append(heartbeat_ctx)  # after the registry: flushed before it closes
+    app.cleanup_ctx.append(nats_auth_ctx)  # a secured NATS: before the hub, which edges reach through it
     app.cleanup_ctx.append(hub_ctx)  # edges: needs the registry and the heartbeats
     app.cleanup_ctx.append(deployments_ctx)  # rollouts: need the hub
     app.cleanup_ctx.append(query_service_ctx)  # fleet queries: need all of the above
@@ -166,6 +167,16 @@ async def close_websockets(app: web.Application) -> None:
                                    CLOSE_ALL_TIMEOUT_S)
 
     await asyncio.gather(*(close(ws) for ws in list(app[WEBSOCKETS])))
+
+
+async def nats_auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On a secured NATS, this node answers the auth callout (federation/nats_auth.py)."""
+    if not app[CONFIG].nats:
+        yield
+        return
+    from federation.nats_auth import auth_service_ctx   # the `nats` extra: imported only with --nats
+    async for _ in auth_service_ctx(app):
+        yield
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from federation import nats_jwt, nats_subjects
+from federation import nats_subjects
 
 SECURITY_FILE = "nats-security.json"
 ACCOUNT = "STREAMQL"
@@ -70,10 +70,12 @@ class NatsSecurity:
 
     @property
     def issuer_public(self) -> str:
+        from federation import nats_jwt   # nkeys: the `nats` extra, not needed to register the command
         return nats_jwt.public_key(self.issuer_seed)
 
     @classmethod
     def generate(cls, **overrides) -> "NatsSecurity":
+        from federation import nats_jwt   # nkeys: the `nats` extra
         return cls(issuer_seed=nats_jwt.new_seed("account"), node_password=secrets.token_urlsafe(24),
                    sys_password=secrets.token_urlsafe(24), **overrides)
 

@@ -39,6 +39,8 @@ from nats.js.api import ConsumerConfig, KeyValueConfig, ObjectMeta, ObjectStoreC
 from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
+from federation.nats_auth import node_connect_options
+from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
@@ -139,6 +141,7 @@ class NatsHub(EdgeHub):
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
         self._storing = asyncio.Lock()
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
+        self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -151,6 +154,10 @@ class NatsHub(EdgeHub):
             options["user_credentials"] = str(config.nats_creds)
         if config.nats_token:
             options["token"] = config.nats_token
+        if not options and (config.data_dir / SECURITY_FILE).exists():
+            # a secured NATS (`streamql federation nats-config`): the node's own user, past the callout
+            self.security = NatsSecurity.load_or_create(config.data_dir)
+            options.update(node_connect_options(self.security))
         self.nc = await nats.connect(
             list(config.nats), name=f"streamql-federation {self.node_id}", max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
@@ -217,7 +224,8 @@ class NatsHub(EdgeHub):
         js = self.js
         stream = StreamConfig(name=subjects.PUBLISH_STREAM, subjects=[subjects.publish_wildcard()],
                               duplicate_window=DUPLICATE_WINDOW_S, num_replicas=self.config.nats_replicas,
-                              max_age=float(self.config.publish_retention_s))
+                              max_age=float(self.config.publish_retention_s),
+                              **(publish_quota_settings(self.security.quotas) if self.security else {}))
         try:
             await js.stream_info(subjects.PUBLISH_STREAM)
         except NotFoundError:
