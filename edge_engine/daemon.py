@@ -91,8 +91,9 @@ class EdgeDaemon:
                  start_drivers: bool = True, seed: int | None = None, rng: random.Random | None = None,
                  log: logging.Logger | None = None, run_tests: bool = True,
                  callables: dict[str, Callable] | None = None, max_fragments: int | None = None,
-                 process: ProcessSampler | None = None):
+                 process: ProcessSampler | None = None, link_options: dict | None = None):
         self.config = config
+        self.link_options = link_options or {}   # a simulated fleet's ramp, handshake gate, jitter
         self.clock = clock
         self.session = session
         self.drivers = drivers
@@ -165,7 +166,8 @@ class EdgeDaemon:
         if config.federation:
             self.link = Link(self, config.federation, config.token, reconnect=config.reconnect,
                              heartbeat_s=config.heartbeat_s, session=self.session, clock=self.clock,
-                             stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls)
+                             stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls,
+                             **self.link_options)
             self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
         self.started = True
         return self
