@@ -133,6 +133,7 @@ class EdgeHub:
         self._tasks: set[asyncio.Task] = set()
         self._flush_now = asyncio.Event()
         self._background: list[asyncio.Task] = []
+        self.stopping = False   # shutting down: hellos are refused
         self._offline = OfflineWrites(registry, lambda edge: edge in self._connections)
         self._recorded_seen: dict[str, float] = {}   # edge → last-seen time last given to the heartbeats
         m = self.metrics
@@ -159,6 +160,31 @@ class EdgeHub:
         self._background = [asyncio.create_task(self._flush_loop(), name="publish-flush"),
                             asyncio.create_task(self._sweep_loop(), name="edge-liveness")]
         self.registry.add_listener(self)
+
+    async def shutdown(self, grace_s: float = 1.5) -> int:
+        """The federation stops (its first shutdown step): hellos are refused from now on, every
+        edge is told GOING_AWAY at once, and the connections of edges that have not answered the
+        close within `grace_s` are aborted, so that no edge's handler holds up the stop; then all
+        of them are written offline in one transaction. Returns how many edges were connected."""
+        self.stopping = True
+        conns = list(self._connections.values())
+        if conns:
+            closing = asyncio.gather(*(conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
+                                       for conn in conns), return_exceptions=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closing, grace_s)
+            aborted = sum(conn.abort() for conn in conns)
+            if aborted:
+                log.info("%d of %d edges did not answer the close within %.1f s: connections aborted", aborted,
+                         len(conns), grace_s)
+            for _ in range(20):   # their handlers end (and detach) within a few loop turns
+                if not self._connections:
+                    break
+                await asyncio.sleep(0.01)
+        self._offline.clear()
+        with contextlib.suppress(Exception):   # one statement for all, not a write per edge
+            self.registry.mark_all_offline()
+        return len(conns)
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Every edge told GOING_AWAY at once (bounded: 10,000 closes are not awaited one by one),

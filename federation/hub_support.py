@@ -128,6 +128,10 @@ class OfflineWrites:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def clear(self) -> None:
+        """Forget what waits (the caller writes every edge offline itself)."""
+        self._pending = {}
+
     def flush(self) -> int:
         self._scheduled = False
         edges = [edge for edge in self._pending if not self.is_connected(edge)]
