@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import SECRET_ON_COMMAND_LINE, ConfigError, add_arguments, load_config, read_secret_file
@@ -199,8 +200,10 @@ async def _run_fleet(args, base, store_root: Path, tokens: dict, admin_token: st
     finally:
         starting.cancel()
         stopping.cancel()
+        began = time.monotonic()
         try:
             await asyncio.wait_for(fleet.stop(), STOP_DEADLINE_S)
+            log.info("%d simulated edges stopped in %.1f s", len(fleet.daemons), time.monotonic() - began)
         except asyncio.TimeoutError:
             log.warning("the simulated fleet did not stop within %.0f s; leaving the rest", STOP_DEADLINE_S)
 

@@ -278,8 +278,11 @@ class SimulatedFleet:
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}
+        # the buffer of a simulated edge is not fsynced: thousands of fsyncs when the simulator
+        # stops (each edge saves its buffer state) took longer than the stop may
+        buffer = dataclasses.replace(self.base.buffer, fsync="never")
         return dataclasses.replace(self.base, id=identity.id, token=self.tokens.get(identity.id, self.base.token),
-                                   store=self.store_root / identity.id, metadata=metadata,
+                                   store=self.store_root / identity.id, metadata=metadata, buffer=buffer,
                                    capabilities=identity.capabilities, signals=list(identity.signals), source=None)
 
     async def start(self) -> "SimulatedFleet":
