@@ -239,6 +239,12 @@ def save_tokens(path: Path, tokens: dict[str, str]) -> None:
 
 
 # == the fleet =================================================================================
+def _warm_parser() -> None:
+    from streamql.syntax import parse
+
+    parse("select 1;")
+
+
 HANDSHAKES_AT_ONCE = 32     # per simulator process: hellos beyond this wait their turn
 CONNECTS_PER_S = 500.0       # the connect ramp: edges' first attempts spread over n / this seconds
 
@@ -292,6 +298,9 @@ class SimulatedFleet:
             self.tokens.update(await provision_tokens(self.identities, self.base.federation, self.admin_token,
                                                       self.store_root, self.session))
         self.pump.start()
+        # the statement parser is built once per process (a quarter of a second, seconds on a busy
+        # machine): now, before any edge connects, not inside the first fragment of every edge
+        await asyncio.to_thread(_warm_parser)
         gate = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
         for identity in self.identities:
             config = self.config_for(identity)

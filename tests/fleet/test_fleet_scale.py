@@ -26,7 +26,9 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_hundreds_of_simulated_edges_in_two_processes(tmp_path):
-    fleet = ScaleFleet(tmp_path, edges=EDGES, processes=2, seed=SEED, heartbeat_s=5.0)
+    # generous for a busy CI machine: every device has a minute to answer
+    fleet = ScaleFleet(tmp_path, edges=EDGES, processes=2, seed=SEED, heartbeat_s=5.0,
+                       federation_args=["--device-timeout", "60"])
     identities = fleet_identities(EDGES, SEED)
     try:
         fleet.start()
