@@ -212,7 +212,8 @@ class EdgeDaemon:
             self.fragments.drop_all()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.to_thread(self.autostarts.stop)
+        if self.autostarts.queries:   # a thread hop only when there is something to stop (10,000 edges stop at once)
+            await asyncio.to_thread(self.autostarts.stop)
         if self._start_drivers and self.drivers is not None:
             await self.drivers.stop()
         self.buffer.close()

@@ -143,7 +143,9 @@ async def serve_edge(hub: "EdgeHub", request: web.Request, principal: Principal)
         sessions.close(session)
         conn.closing = True
         hub.detach(conn, conn.close_reason)
-        if not ws.closed:
+        if getattr(hub, "stopping", False):
+            conn.abort()    # the close had its chance (EdgeHub.shutdown): waiting for it would hold up the stop
+        elif not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close()
     return ws

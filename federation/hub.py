@@ -199,7 +199,11 @@ class EdgeHub:
                 await asyncio.wait_for(closing, timeout_s)
             except asyncio.TimeoutError:
                 log.warning("%d edge connections did not close within %.1f s", len(conns), timeout_s)
-        self._offline.flush()
+        if self.stopping:
+            with contextlib.suppress(Exception):
+                self.registry.mark_all_offline()
+        else:
+            self._offline.flush()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -390,7 +394,8 @@ class EdgeHub:
             return
         del self._connections[conn.edge_id]
         self._recorded_seen.pop(conn.edge_id, None)
-        self._offline.add(conn.edge_id)   # with every other disconnect of this turn, in one transaction
+        if not self.stopping:   # stopping: all are written offline at once (shutdown)
+            self._offline.add(conn.edge_id)   # with every other disconnect of this turn, in one transaction
         if self.heartbeats is not None:
             self.heartbeats.touch(conn.edge_id, conn.last_seen)
         for observer in self._observers:
