@@ -2,8 +2,9 @@
 
 Each simulated edge is a full `EdgeDaemon` — its own engine, store directory, buffer, metadata,
 capabilities, signals and WebSocket — but they share what can be shared: the process (the
-library, the grammar, numpy), one event loop, one aiohttp session, and one `SignalPump` task that
-polls every edge's simulated drivers (no thread or task per signal).
+library, the grammar, numpy), one event loop, one aiohttp session, and one `SignalPump`
+(edge_engine/sim_signals.py): readings are computed when read, and only streamed signals are
+polled. `--processes K` splits a fleet over K processes (edge_engine/sim_processes.py).
 
 **Identities** are a pure function of (seed, index), so a fleet can be recreated and an oracle can
 recompute every simulated value (`SimModel.values_at`):
