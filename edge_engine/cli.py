@@ -6,6 +6,7 @@
     streamql edge --simulate 100 --federation URL --provision-token-file admin.token [--seed 7] [--store DIR]
     STREAMQL_ADMIN_TOKEN=… streamql edge --simulate 100 --federation URL --provision
     streamql edge --simulate 100 --federation URL --tokens tokens.json
+    streamql edge --simulate 10000 --processes 4 --federation URL --provision-token-file admin.token
     streamql edge --config edge.toml --print-config   the effective settings, as JSON
 
 Secrets never travel as flag values (`ps` shows them to everyone): the device token comes from
@@ -25,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .config import SECRET_ON_COMMAND_LINE, ConfigError, add_arguments, load_config, read_secret_file
@@ -48,9 +50,25 @@ def _add(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="the fleet's seed: ids, metadata, signals (default 0)")
     sim.add_argument("--id-prefix", default="", help="prefix of the simulated edges' ids")
     sim.add_argument("--rate-scale", type=float, default=1.0, help="multiply the simulated signal rates")
+    sim.add_argument("--processes", type=int, default=1, metavar="K",
+                     help="split the simulated fleet over K processes (edge i in process (i-1) mod K; default 1)")
+    sim.add_argument("--ramp", type=float, default=None, metavar="SECONDS", dest="ramp_s",
+                     help="spread the edges' first connects over this long (default N/500 s)")
+    sim.add_argument("--shard", type=_shard, default=(0, 1), help=argparse.SUPPRESS)   # k/K: set by --processes
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
     parser.set_defaults(func=run)
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, count = text.partition("/")
+    try:
+        shard = int(k), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected k/K, got {text!r}") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"shard {text} does not exist")
+    return shard
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -113,6 +131,9 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.simulate < 1:
         print("streamql edge: --simulate needs at least 1 edge", file=sys.stderr)
         return 2
+    if args.processes < 1 or args.processes > args.simulate:
+        print("streamql edge: --processes must be between 1 and the number of simulated edges", file=sys.stderr)
+        return 2
     if getattr(args, "watchdog", None):
         print("streamql edge: --watchdog guards one daemon; it does not apply to --simulate", file=sys.stderr)
         return 2
@@ -141,6 +162,11 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"streamql edge: --tokens: {exc}", file=sys.stderr)
             return 2
     _logging(base.log_level)
+    from .sim_processes import raise_open_file_limit, run_processes
+
+    raise_open_file_limit()   # every simulated edge holds a socket
+    if args.processes > 1:
+        return run_processes(args, store_root, admin_token, base.federation, STOP_DEADLINE_S)
     return asyncio.run(_run_fleet(args, base, store_root, tokens, admin_token))
 
 
@@ -167,24 +193,29 @@ async def _run_fleet(args, base, store_root: Path, tokens: dict, admin_token: st
     stop = asyncio.Event()
     install_stop_handlers(asyncio.get_running_loop(), stop)
     fleet = SimulatedFleet(args.simulate, base, store_root=store_root, seed=args.seed, tokens=tokens,
-                           admin_token=admin_token, prefix=args.id_prefix, rate_scale=args.rate_scale)
+                           admin_token=admin_token, prefix=args.id_prefix, rate_scale=args.rate_scale,
+                           shard=args.shard, ramp_s=args.ramp_s)
     log = logging.getLogger("streamql.edge.simulate")
-    try:
-        await fleet.start()
-    except Exception as exc:  # noqa: BLE001
-        log.error("the simulated fleet did not start: %s", exc)
-        await fleet.stop()
-        return 1
-    log.info("%d simulated edges running (store %s); connected: %d", len(fleet.daemons), store_root,
-             await fleet.wait_connected(10.0))
-    try:
-        await stop.wait()
+    starting = asyncio.ensure_future(fleet.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:    # a SIGTERM while thousands of edges start stops at once, not after the last one started
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            log.error("the simulated fleet did not start: %s", starting.exception())
+            return 1
+        if starting.done():
+            log.info("%d simulated edges started (store %s)", len(fleet.daemons), store_root)
+            await stopping
+        return 0
     finally:
+        starting.cancel()
+        stopping.cancel()
+        began = time.monotonic()
         try:
             await asyncio.wait_for(fleet.stop(), STOP_DEADLINE_S)
+            log.info("%d simulated edges stopped in %.1f s", len(fleet.daemons), time.monotonic() - began)
         except asyncio.TimeoutError:
             log.warning("the simulated fleet did not stop within %.0f s; leaving the rest", STOP_DEADLINE_S)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import math
 import os
@@ -166,7 +167,13 @@ class EdgeConfig:
 
 
 def detect_runtimes() -> dict[str, str]:
-    """Versions of what this engine can run: Python, numpy, StreamQL, a TFLite runtime if present."""
+    """Versions of what this engine can run: Python, numpy, StreamQL, a TFLite runtime if present
+    (read once per process: each hello names them, and a simulated fleet says thousands of hellos)."""
+    return dict(_detected_runtimes())
+
+
+@functools.lru_cache(maxsize=1)
+def _detected_runtimes() -> dict[str, str]:
     runtimes = {"python": platform.python_version(), "machine": platform.machine() or "unknown"}
     for label, distribution in (("streamql", "streamql"), ("numpy", "numpy"), ("msgpack", "msgpack"),
                                 ("litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):

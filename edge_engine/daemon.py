@@ -91,8 +91,9 @@ class EdgeDaemon:
                  start_drivers: bool = True, seed: int | None = None, rng: random.Random | None = None,
                  log: logging.Logger | None = None, run_tests: bool = True,
                  callables: dict[str, Callable] | None = None, max_fragments: int | None = None,
-                 process: ProcessSampler | None = None):
+                 process: ProcessSampler | None = None, link_options: dict | None = None):
         self.config = config
+        self.link_options = link_options or {}   # a simulated fleet's ramp, handshake gate, jitter
         self.clock = clock
         self.session = session
         self.drivers = drivers
@@ -171,7 +172,8 @@ class EdgeDaemon:
         elif config.federation:
             self.link = Link(self, config.federation, config.token, reconnect=config.reconnect,
                              heartbeat_s=config.heartbeat_s, session=self.session, clock=self.clock,
-                             stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls)
+                             stats=self.monitor.link, rng=self.rng, log=self.log, tls=config.tls,
+                             **self.link_options)
             self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
         self.started = True
         return self
@@ -216,7 +218,8 @@ class EdgeDaemon:
             self.fragments.drop_all()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.to_thread(self.autostarts.stop)
+        if self.autostarts.queries:   # a thread hop only when there is something to stop (10,000 edges stop at once)
+            await asyncio.to_thread(self.autostarts.stop)
         if self._start_drivers and self.drivers is not None:
             await self.drivers.stop()
         self.buffer.close()

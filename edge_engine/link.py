@@ -122,7 +122,8 @@ class Link:
                  reconnect: Reconnect | None = None, heartbeat_s: float = 5.0,
                  session: aiohttp.ClientSession | None = None, clock: Clock = SYSTEM_CLOCK,
                  stats: LinkStats | None = None, rng: random.Random | None = None,
-                 log: logging.Logger | None = None, handshake_timeout_s: float = 10.0, tls=None):
+                 log: logging.Logger | None = None, handshake_timeout_s: float = 10.0, tls=None,
+                 start_delay_s: float = 0.0, gate: asyncio.Semaphore | None = None, heartbeat_jitter: float = 0.0):
         self.handler = handler
         self.url = connect_url(federation)
         self.token = token
@@ -145,12 +146,23 @@ class Link:
         self._nonce = 0
         self._pings: dict[int, float] = {}
         self._bad: collections.deque[float] = collections.deque()
+        # many edges in one process (a simulated fleet): the first attempt waits `start_delay_s`
+        # and at most `gate`'s value of handshakes run at once, so thousands of hellos arrive as
+        # a ramp the federation keeps up with instead of a stampede
+        self.start_delay_s = start_delay_s
+        self.gate = gate
+        self.heartbeat_jitter = heartbeat_jitter   # each beat up to this fraction early: phases spread
 
     # == the loop ===============================================================================
     async def run(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
+            if self.start_delay_s > 0:
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.start_delay_s)
+                except asyncio.TimeoutError:
+                    pass
             while not self._stopping.is_set():
                 up_since = None
                 try:
@@ -192,6 +204,22 @@ class Link:
             await conn.close(wire.CLOSE_CODES["going_away"], "shutting down")
 
     async def _connect_once(self) -> float | None:
+        if self.gate is None:
+            return await self._connect_and_run(None)
+        await self.gate.acquire()
+        try:
+            if self._stopping.is_set():    # stopped while waiting for its turn
+                return None
+            return await self._connect_and_run(self.gate)
+        finally:   # released at the welcome already, or here when the handshake failed
+            if self._holding_gate:
+                self._holding_gate = False
+                self.gate.release()
+
+    _holding_gate = False
+
+    async def _connect_and_run(self, gate: asyncio.Semaphore | None) -> float | None:
+        self._holding_gate = gate is not None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         options = {"ssl": self.ssl} if self.ssl is not None else {}
         ws = await self._session.ws_connect(
@@ -205,7 +233,13 @@ class Link:
         try:
             await conn.send(wire.make("hello", **self.handler.hello()))
             welcome = await self._welcome(conn)
+            if self._holding_gate:
+                self._holding_gate = False
+                gate.release()
             conn.welcome = welcome
+            if self._stopping.is_set():    # stopped during the handshake: leave at once
+                await conn.close(wire.CLOSE_CODES["going_away"], "shutting down")
+                return None
             self.heartbeat_s = min(3600.0, max(0.1, float(welcome["heartbeat_s"])))   # whatever it says
             up_since = self.clock.monotonic()
             self.stats.connected()
@@ -374,7 +408,8 @@ class Link:
             except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
                 self.log.debug("heartbeat not sent: %s", exc)
                 return
-            await asyncio.sleep(self.heartbeat_s)
+            jitter = self.rng.uniform(0.0, self.heartbeat_jitter) if self.heartbeat_jitter else 0.0
+            await asyncio.sleep(self.heartbeat_s * (1.0 - jitter))
 
 
 def _peek_type(data: bytes | None) -> Any:

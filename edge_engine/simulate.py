@@ -2,8 +2,9 @@
 
 Each simulated edge is a full `EdgeDaemon` — its own engine, store directory, buffer, metadata,
 capabilities, signals and WebSocket — but they share what can be shared: the process (the
-library, the grammar, numpy), one event loop, one aiohttp session, and one `SignalPump` task that
-polls every edge's simulated drivers (no thread or task per signal).
+library, the grammar, numpy), one event loop, one aiohttp session, and one `SignalPump`
+(edge_engine/sim_signals.py): readings are computed when read, and only streamed signals are
+polled. `--processes K` splits a fleet over K processes (edge_engine/sim_processes.py).
 
 **Identities** are a pure function of (seed, index), so a fleet can be recreated and an oracle can
 recompute every simulated value (`SimModel.values_at`):
@@ -45,7 +46,8 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 
 from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
-from .signals import DriverSet, SimulatedDriver, build_drivers
+from .sim_signals import SignalPump, on_demand
+from .signals import build_drivers
 
 __all__ = ["SimIdentity", "fleet_identities", "SignalPump", "SimulatedFleet", "load_tokens", "provision_tokens",
            "simulated_load", "low_battery", "SimulatedProcess"]
@@ -140,85 +142,25 @@ def simulated_load(seed: int, device_id: str, t: float) -> dict:
 
 
 class SimulatedProcess:
-    """What an edge's health monitor asks of its process, answered by `simulated_load`."""
+    """What an edge's health monitor asks of its process, answered by `simulated_load` (computed
+    once per 5 s step: a heartbeat asks for CPU and memory together)."""
 
     def __init__(self, seed: int, device_id: str, clock: Clock = SYSTEM_CLOCK):
         self.seed, self.device_id, self.clock = seed, device_id, clock
+        self._step: float | None = None
+        self._load: dict = {}
+
+    def _now(self) -> dict:
+        step = math.floor(self.clock.now() / 5.0)
+        if step != self._step:
+            self._load, self._step = simulated_load(self.seed, self.device_id, step * 5.0), step
+        return self._load
 
     def cpu_percent(self) -> float:
-        return simulated_load(self.seed, self.device_id, self.clock.now())["cpu_percent"]
+        return self._now()["cpu_percent"]
 
     def memory_kb(self) -> int:
-        return simulated_load(self.seed, self.device_id, self.clock.now())["memory_kb"]
-
-
-# == signals ===================================================================================
-class SignalPump:
-    """One task polling the simulated drivers of every edge (instead of a task per signal).
-
-    Each driver is polled when it is due (`next_due()` after its last poll: the next reading of a
-    slow signal, one batch interval later for a fast one), so a 1 Hz signal costs one call a
-    second and a 100 Hz one with `batch_interval_s = 0.25` four calls of 25 readings.
-    """
-
-    def __init__(self, clock: Clock = SYSTEM_CLOCK, interval_s: float = 0.05):
-        self.clock = clock
-        self.interval_s = interval_s
-        self.sets: list[DriverSet] = []
-        self._due: dict[int, float] = {}       # id(driver) → clock time of its next poll
-        self._task: asyncio.Task | None = None
-        self.failures = 0
-
-    def add(self, drivers: DriverSet) -> None:
-        self.sets.append(drivers)
-        for driver in drivers.drivers:   # readings nobody reads are not generated (SimulatedDriver)
-            if isinstance(driver, SimulatedDriver):
-                driver.lazy_when_unread = True
-
-    def remove(self, drivers: DriverSet) -> None:
-        if drivers in self.sets:
-            self.sets.remove(drivers)
-            for driver in drivers.drivers:
-                self._due.pop(id(driver), None)
-
-    def poll(self) -> int:
-        now = self.clock.now()
-        pushed = 0
-        due = self._due
-        for drivers in self.sets:
-            for driver in drivers.drivers:
-                key = id(driver)
-                if due.get(key, now) > now and not (getattr(driver, "waiting_unread", False) and driver._read()):
-                    continue      # not due (but a signal put off while unread is polled once read)
-                try:
-                    pushed += driver.poll(now)
-                    if driver.pushed == 0 and isinstance(driver, SimulatedDriver):
-                        due[key] = driver._next_k / driver.rate_hz      # its very first reading: on time
-                    else:
-                        due[key] = driver.next_due() or now + self.interval_s
-                except Exception:  # noqa: BLE001 - one broken driver must not stop the others
-                    due[key] = now + 1.0
-                    self.failures += 1
-                    if self.failures <= 10:
-                        log.exception("signal %s failed", driver.name)
-        return pushed
-
-    async def run(self) -> None:
-        while True:
-            self.poll()
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="signal pump")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        return self._now()["memory_kb"]
 
 
 # == tokens ====================================================================================
@@ -251,17 +193,23 @@ def _http_base(federation: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
+PROVISION_BATCH = 1000     # devices per POST /v1/edges (the federation's MAX_PROVISION_BATCH)
+
+
 async def provision_tokens(identities: list[SimIdentity], federation: str, admin_token: str,
                            store_root: Path, session: aiohttp.ClientSession) -> dict[str, str]:
-    """Tokens for every identity: kept ones from `{store_root}/tokens.json`, the others provisioned."""
+    """Tokens for every identity: kept ones from `{store_root}/tokens.json`, the others provisioned
+    a thousand per request (10,000 edges: ten requests), the file rewritten after each batch."""
     path = store_root / "tokens.json"
     tokens = load_tokens(path) if path.exists() else {}
     missing = [identity for identity in identities if identity.id not in tokens]
     url = _http_base(federation) + "/v1/edges"
     headers = {"Authorization": f"Bearer {admin_token}"}
-    for identity in missing:
-        body = {"id": identity.id, "metadata": identity.metadata,
-                "capabilities": {k: v for k, v in dataclasses.asdict(identity.capabilities).items() if v is not None}}
+    for start in range(0, len(missing), PROVISION_BATCH):
+        batch = missing[start:start + PROVISION_BATCH]
+        body = {"devices": [{"id": identity.id, "metadata": identity.metadata,
+                             "capabilities": {k: v for k, v in dataclasses.asdict(identity.capabilities).items()
+                                              if v is not None}} for identity in batch]}
         for _ in range(30):  # the federation limits an admin token's requests: wait as it says
             async with session.post(url, json=body, headers=headers) as response:
                 status, text = response.status, await response.text()
@@ -270,64 +218,115 @@ async def provision_tokens(identities: list[SimIdentity], federation: str, admin
                 break
             await asyncio.sleep(min(10.0, float(retry_after)))
         if status == 409:
-            raise RuntimeError(f"{identity.id} is already provisioned, but its token is not in {path}; "
-                               "give --tokens FILE or remove the device from the federation")
+            raise RuntimeError(f"some of {batch[0].id} … {batch[-1].id} are already provisioned, but their tokens "
+                               f"are not in {path}; give --tokens FILE or remove the devices from the federation "
+                               f"({text.strip()[:300]})")
         if status >= 400:
-            raise RuntimeError(f"provisioning {identity.id} failed: HTTP {status} {text}")
-        tokens[identity.id] = json.loads(text)["token"]
-        store_root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(tokens, handle, indent=1)
-        os.replace(path.with_suffix(".tmp"), path)
+            raise RuntimeError(f"provisioning {batch[0].id} … {batch[-1].id} failed: HTTP {status} {text[:500]}")
+        for made in json.loads(text)["edges"]:
+            tokens[made["id"]] = made["token"]
+        save_tokens(path, tokens)
     return tokens
 
 
+def save_tokens(path: Path, tokens: dict[str, str]) -> None:
+    """Write `{id: token}` atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(tokens, handle, indent=0)
+    os.replace(tmp, path)
+
+
 # == the fleet =================================================================================
+def _warm_parser() -> None:
+    from streamql.syntax import parse
+
+    parse("select 1;")
+
+
+HANDSHAKES_AT_ONCE = 32     # per simulator process: hellos beyond this wait their turn
+CONNECTS_PER_S = 500.0       # the connect ramp: edges' first attempts spread over n / this seconds
+
+
 class SimulatedFleet:
-    """N simulated edges on this event loop (see the module docstring)."""
+    """N simulated edges on this event loop (see the module docstring).
+
+    `shard=(k, K)` keeps the edges i with (i − 1) mod K = k: K processes, each with its own shard,
+    simulate the fleet of N together (`streamql edge --simulate N --processes K`). Readings are
+    computed when read (edge_engine/sim_signals.py); first connects are spread over a ramp of
+    `ramp_s` (default N / CONNECTS_PER_S) with at most HANDSHAKES_AT_ONCE handshakes at once, and
+    heartbeats are jittered so that they do not beat in step.
+    """
 
     def __init__(self, n: int, base: EdgeConfig, *, store_root: str | os.PathLike, seed: int = 0,
                  tokens: dict[str, str] | None = None, admin_token: str | None = None, prefix: str = "",
-                 rate_scale: float = 1.0, clock: Clock = SYSTEM_CLOCK, **daemon_options):
-        self.identities = fleet_identities(n, seed, prefix=prefix, rate_scale=rate_scale)
+                 rate_scale: float = 1.0, clock: Clock = SYSTEM_CLOCK, shard: tuple[int, int] = (0, 1),
+                 ramp_s: float | None = None, **daemon_options):
+        k, count = shard
+        if not 0 <= k < count:
+            raise ValueError(f"shard {k} of {count} does not exist")
+        self.identities = [identity for i, identity in enumerate(fleet_identities(n, seed, prefix=prefix,
+                                                                                 rate_scale=rate_scale))
+                           if i % count == k]
         self.seed = seed
         self.base = base
         self.store_root = Path(store_root)
         self.tokens = dict(tokens or {})
         self.admin_token = admin_token
         self.clock = clock
+        self.ramp_s = n / CONNECTS_PER_S if ramp_s is None else ramp_s
         self.daemon_options = daemon_options
         self.daemons: list[EdgeDaemon] = []
         self.pump = SignalPump(clock)
         self.session: aiohttp.ClientSession | None = None
+        self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}
+        # the buffer of a simulated edge is not fsynced: thousands of fsyncs when the simulator
+        # stops (each edge saves its buffer state) took longer than the stop may
+        buffer = dataclasses.replace(self.base.buffer, fsync="never")
         return dataclasses.replace(self.base, id=identity.id, token=self.tokens.get(identity.id, self.base.token),
-                                   store=self.store_root / identity.id, metadata=metadata,
+                                   store=self.store_root / identity.id, metadata=metadata, buffer=buffer,
                                    capabilities=identity.capabilities, signals=list(identity.signals), source=None)
 
     async def start(self) -> "SimulatedFleet":
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # no pool limit (every edge holds its socket), DNS cached, no per-host cap
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
         if self.admin_token and self.base.federation:
             self.tokens.update(await provision_tokens(self.identities, self.base.federation, self.admin_token,
                                                       self.store_root, self.session))
-        self.pump.start()       # first: an edge that connects early already has readings
+        self.pump.start()
+        # the statement parser is built once per process (a quarter of a second, seconds on a busy
+        # machine): now, before any edge connects, not inside the first fragment of every edge
+        await asyncio.to_thread(_warm_parser)
+        gate = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
         for identity in self.identities:
             config = self.config_for(identity)
-            drivers = build_drivers(config.signals, clock=self.clock)
-            self.pump.add(drivers)
-            self.pump.poll()
+            drivers = on_demand(build_drivers(config.signals, clock=self.clock), self.pump, self.clock)
+            link_options = {"start_delay_s": self._rng.uniform(0.0, self.ramp_s), "gate": gate,
+                            "heartbeat_jitter": 0.2}
             daemon = EdgeDaemon(config, clock=self.clock, session=self.session, drivers=drivers,
-                                start_drivers=False, seed=identity.seed,
+                                start_drivers=False, seed=identity.seed, link_options=link_options,
                                 process=SimulatedProcess(self.seed, identity.id, self.clock), **self.daemon_options)
             await daemon.start()
             self.daemons.append(daemon)
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, close_timeout_s: float = 3.0) -> None:
+        """Every edge stops at once: all links told to stop and closed with 1001 together (bounded:
+        a federation that does not answer the close costs `close_timeout_s`, not that per edge),
+        then the daemons stop, also together."""
         await self.pump.stop()
+        links = [daemon.link for daemon in self.daemons if daemon.link is not None]
+        closing = asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
+        try:
+            await asyncio.wait_for(closing, close_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%d edges' links did not close within %.0f s", sum(1 for link in links if link.connection),
+                        close_timeout_s)
         await asyncio.gather(*(daemon.stop() for daemon in self.daemons), return_exceptions=True)
         if self.session is not None:
             await self.session.close()

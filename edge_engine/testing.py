@@ -289,14 +289,20 @@ class FakeFederation:
         if self.admin_token is None or request.headers.get("Authorization") != f"Bearer {self.admin_token}":
             raise web.HTTPUnauthorized(text="an admin token is needed")
         body = await request.json()
-        edge = body["id"]
-        if edge in self.provisioned:
-            raise web.HTTPConflict(text=f"{edge} exists")
-        token = f"token-{edge}-{len(self.provisioned)}"
-        self.provisioned[edge] = body
-        if self.tokens is not None:
-            self.tokens[token] = edge
-        return web.json_response({"id": edge, "token": token}, status=201)
+        batch = "devices" in body      # {"devices": [...]}: many in one request, all or none
+        devices = body["devices"] if batch else [body]
+        for device in devices:
+            if device["id"] in self.provisioned:
+                raise web.HTTPConflict(text=f"{device['id']} exists")
+        made = []
+        for device in devices:
+            edge = device["id"]
+            token = f"token-{edge}-{len(self.provisioned)}"
+            self.provisioned[edge] = device
+            if self.tokens is not None:
+                self.tokens[token] = edge
+            made.append({"id": edge, "token": token})
+        return web.json_response({"edges": made} if batch else made[0], status=201)
 
     def _publish(self, edge: str, frame: wire.Frame) -> None:
         self.publish_frames[edge] = self.publish_frames.get(edge, 0) + 1

@@ -61,6 +61,7 @@ def create_app(config: FederationConfig) -> web.Application:
     app.cleanup_ctx.append(hub_ctx)  # edges: needs the registry and the heartbeats
     app.cleanup_ctx.append(deployments_ctx)  # rollouts: need the hub
     app.cleanup_ctx.append(query_service_ctx)  # fleet queries: need all of the above
+    app.on_shutdown.append(close_edges)
     app.on_shutdown.append(close_websockets)
     app.on_shutdown.append(stop_statements)
     setup_routes(app)
@@ -156,6 +157,13 @@ async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 CLOSE_ALL_TIMEOUT_S = 1.5
+
+
+async def close_edges(app: web.Application) -> None:
+    """First: the edges (10,000 of them at once, bounded; federation/hub.py `shutdown`)."""
+    hub = app.get(HUB)
+    if hub is not None:
+        await hub.shutdown(CLOSE_ALL_TIMEOUT_S)
 
 
 async def close_websockets(app: web.Application) -> None:

@@ -50,6 +50,7 @@ class EdgeConnection:
         self.frame_bytes = 0  # size of the frame being handled (the publish quota charges it)
         self.publish_hold: int | None = None  # a refused publish: frames are refused until one carries it
         self._bad: collections.deque[float] = collections.deque()
+        self.transport = None   # the request's transport (set by serve_edge): abort() drops it
 
     def __repr__(self) -> str:
         return f"<EdgeConnection {self.edge_id} session={self.session}>"
@@ -73,6 +74,16 @@ class EdgeConnection:
     async def _send_quietly(self, frame: wire.Frame | bytes) -> None:
         with contextlib.suppress(Exception):
             await self.send(frame)
+
+    def abort(self) -> bool:
+        """Drop the connection without waiting for the edge (shutdown, after the close frame had
+        its chance); True when there was one to drop."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        self.closing = True
+        transport.abort()
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         if self.closing:
@@ -117,6 +128,7 @@ async def serve_edge(hub: "EdgeHub", request: web.Request, principal: Principal)
     conn = await _handshake(hub, ws, principal)
     if conn is None:
         return ws
+    conn.transport = request.transport
     sessions = request.app[SESSIONS]
 
     async def revoked(reason: str) -> None:
@@ -131,7 +143,9 @@ async def serve_edge(hub: "EdgeHub", request: web.Request, principal: Principal)
         sessions.close(session)
         conn.closing = True
         hub.detach(conn, conn.close_reason)
-        if not ws.closed:
+        if getattr(hub, "stopping", False):
+            conn.abort()    # the close had its chance (EdgeHub.shutdown): waiting for it would hold up the stop
+        elif not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close()
     return ws
@@ -187,6 +201,11 @@ async def _handshake(hub: "EdgeHub", ws: web.WebSocketResponse, principal: Princ
         log.warning("a token of device %s said hello as %s: refused", principal.device_id, edge_id)
         await _refuse(ws, _welcome_refused(f"this token belongs to another device than {edge_id!r}"),
                       unauthorized, "token of another device")
+        return None
+    if getattr(hub, "stopping", False):
+        hub.m_connects.inc(result="shutting_down")
+        await _refuse(ws, _welcome_refused("the federation is shutting down"), wire.CLOSE_CODES["going_away"],
+                      "shutting down")
         return None
     device = hub.registry.get_device(edge_id)
     if device is None:

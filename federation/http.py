@@ -215,12 +215,20 @@ def track_websocket(request: web.Request, ws: web.WebSocketResponse) -> web.WebS
 
 
 # ---------------------------------------------------------------------------- access log
+EDGE_CONNECT_PATH = "/v1/edges/connect"
 _TOKEN_IN_URL = re.compile(r"((?:access_)?token=)[^&\s\"#]+")
 
 
 class RedactingAccessLogger(AccessLogger):
     """aiohttp's access log with tokens in URLs blanked: a WebSocket's `?access_token=` and the
-    dashboard's `?token=` (which also travels in Referer headers) never reach a log file."""
+    dashboard's `?token=` (which also travels in Referer headers) never reach a log file. An
+    edge's WebSocket is not logged when it ends (the hub logs each edge's connect and disconnect;
+    10,000 edges leaving at a shutdown would otherwise write 10,000 lines while it waits)."""
+
+    def log(self, request, response, time):
+        if response.status == 101 and request.path == EDGE_CONNECT_PATH:
+            return
+        super().log(request, response, time)
 
     def _format_line(self, request, response, time):
         return [(key, _TOKEN_IN_URL.sub(r"\1…", value) if isinstance(value, str) else value)

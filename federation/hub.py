@@ -31,13 +31,17 @@ from federation.auth import Principal
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, serve_edge
 from federation.heartbeats import HeartbeatBuffer
+from federation.hub_support import OfflineWrites, Subscription, signal_descriptions
+from federation.hub_support import plain as _plain
 from federation.metrics import FederationMetrics
 from federation.publish import PublishedRecord, PublishLog
 from federation.publish_quota import PublishQuotas
 from federation.registry import Device, Heartbeat, Registry
-from streamql import codec, wire
+from streamql import wire
 
 log = logging.getLogger("streamql.federation.hub")
+
+TOUCH_GRANULARITY_S = 1.0   # a last-seen time that moved less than this is not written again
 
 __all__ = ["EdgeHub", "EdgeOffline", "FragmentError", "RowBatch", "HubObserver", "Subscription",
            "PublishedRecord"]
@@ -110,72 +114,6 @@ class FragmentState:
             self.queue.put_nowait(item)
 
 
-class Subscription:
-    """Published records as they become durable: `async for record in subscription`.
-
-    A subscriber slower than the edges loses the newest records once `maxsize` wait (counted in
-    `dropped`; they are still in the log: `hub.publish_log.read(after=…)`).
-    """
-
-    def __init__(self, hub: "EdgeHub", flow: str | None, edges: Iterable[str] | None, maxsize: int):
-        self.hub, self.flow = hub, flow
-        self.edges = frozenset(edges) if edges is not None else None
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
-        self.dropped = 0
-        self.closed = False
-
-    def wants(self, record: PublishedRecord) -> bool:
-        return (self.flow is None or record.flow == self.flow) and (self.edges is None or record.edge in self.edges)
-
-    def offer(self, record: PublishedRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except asyncio.QueueFull:
-            self.dropped += 1
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.hub._subscriptions.discard(self)
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(None)
-
-    def __aiter__(self) -> "Subscription":
-        return self
-
-    async def __anext__(self) -> PublishedRecord:
-        if self.closed and self.queue.empty():
-            raise StopAsyncIteration
-        record = await self.queue.get()
-        if record is None:
-            raise StopAsyncIteration
-        return record
-
-    async def __aenter__(self) -> "Subscription":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _plain(value: Any) -> Any:
-    try:
-        return codec.to_plain(value)
-    except codec.CodecError:
-        return repr(value)
-
-
-def signal_descriptions(capabilities: dict) -> list[dict]:
-    """The announced signals as [{name, type, kind, rate_hz, …}] (a bare name becomes {name})."""
-    out = []
-    for item in capabilities.get("signals") or []:
-        if isinstance(item, str):
-            out.append({"name": item})
-        elif isinstance(item, dict) and isinstance(item.get("name"), str):
-            out.append({str(k): _plain(v) for k, v in item.items()})
-    return out
-
-
 class EdgeHub:
     """Connected edges, fragments running on them, published records, and their observers."""
 
@@ -195,6 +133,9 @@ class EdgeHub:
         self._tasks: set[asyncio.Task] = set()
         self._flush_now = asyncio.Event()
         self._background: list[asyncio.Task] = []
+        self.stopping = False   # shutting down: hellos are refused
+        self._offline = OfflineWrites(registry, lambda edge: edge in self._connections)
+        self._recorded_seen: dict[str, float] = {}   # edge → last-seen time last given to the heartbeats
         m = self.metrics
         self.m_frames = m.counter("streamql_edge_frames_total", "Frames received from edges, by type.", ("type",))
         self.m_connects = m.counter("streamql_edge_connections_total", "Edge connections, by how they ended the "
@@ -220,11 +161,49 @@ class EdgeHub:
                             asyncio.create_task(self._sweep_loop(), name="edge-liveness")]
         self.registry.add_listener(self)
 
-    async def close(self) -> None:
+    async def shutdown(self, grace_s: float = 1.5) -> int:
+        """The federation stops (its first shutdown step): hellos are refused from now on, every
+        edge is told GOING_AWAY at once, and the connections of edges that have not answered the
+        close within `grace_s` are aborted, so that no edge's handler holds up the stop; then all
+        of them are written offline in one transaction. Returns how many edges were connected."""
+        self.stopping = True
+        conns = list(self._connections.values())
+        if conns:
+            closing = asyncio.gather(*(conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
+                                       for conn in conns), return_exceptions=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closing, grace_s)
+            aborted = sum(conn.abort() for conn in conns)
+            if aborted:
+                log.info("%d of %d edges did not answer the close within %.1f s: connections aborted", aborted,
+                         len(conns), grace_s)
+            for _ in range(20):   # their handlers end (and detach) within a few loop turns
+                if not self._connections:
+                    break
+                await asyncio.sleep(0.01)
+        self._offline.clear()
+        with contextlib.suppress(Exception):   # one statement for all, not a write per edge
+            self.registry.mark_all_offline()
+        return len(conns)
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Every edge told GOING_AWAY at once (bounded: 10,000 closes are not awaited one by one),
+        then the registry written once: all of them offline."""
         with contextlib.suppress(ValueError):
             self.registry.remove_listener(self)
-        for conn in list(self._connections.values()):
-            await conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
+        conns = list(self._connections.values())
+        if conns:
+            closing = asyncio.gather(*(conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
+                                       for conn in conns), return_exceptions=True)
+            try:
+                await asyncio.wait_for(closing, timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("%d edge connections did not close within %.1f s", len(conns), timeout_s)
+        if self.stopping:
+            with contextlib.suppress(Exception):
+                self.registry.mark_all_offline()
+        else:
+            self._offline.flush()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -414,8 +393,9 @@ class EdgeHub:
         if self._connections.get(conn.edge_id) is not conn:
             return
         del self._connections[conn.edge_id]
-        with contextlib.suppress(Exception):  # the device may have been deleted meanwhile
-            self.registry.set_online(conn.edge_id, False)
+        self._recorded_seen.pop(conn.edge_id, None)
+        if not self.stopping:   # stopping: all are written offline at once (shutdown)
+            self._offline.add(conn.edge_id)   # with every other disconnect of this turn, in one transaction
         if self.heartbeats is not None:
             self.heartbeats.touch(conn.edge_id, conn.last_seen)
         for observer in self._observers:
@@ -436,6 +416,7 @@ class EdgeHub:
             announced["health"] = health
         if self.heartbeats is not None:
             self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]))
+            self._recorded_seen[conn.edge_id] = conn.last_seen
         for observer in self._observers:   # a rollout waits for its devices to report healthy
             hook = getattr(observer, "edge_health", None)
             if hook is not None:
@@ -586,9 +567,12 @@ class EdgeHub:
                 if not conn.closing and now - conn.last_frame > limit:
                     log.info("edge %s silent for %.0f s: closing", conn.edge_id, now - conn.last_frame)
                     self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))
-            if self.heartbeats is not None:
-                for conn in self._connections.values():
-                    self.heartbeats.touch(conn.edge_id, conn.last_seen)
+            if self.heartbeats is not None:   # last seen moved by other frames than health (rows, publish)
+                recorded = self._recorded_seen
+                for edge, conn in self._connections.items():
+                    if conn.last_seen - recorded.get(edge, 0.0) >= TOUCH_GRANULARITY_S:
+                        self.heartbeats.touch(edge, conn.last_seen)
+                        recorded[edge] = conn.last_seen
 
     # --- the route -------------------------------------------------------------------------------
     async def serve(self, request: web.Request, principal: Principal) -> web.StreamResponse:

@@ -53,6 +53,24 @@ def runner_options(config: FederationConfig) -> dict[str, Any]:
             "lingering_time": LINGER_S, "access_log_class": RedactingAccessLogger}
 
 
+def raise_open_file_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: every connected edge holds a socket (10,000 edges
+    need more than the usual soft 1,024). Returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft < 4096:
+        log.warning("the open-file limit is %d: at most about that many edges can connect", soft)
+    return soft
+
+
 def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> threading.Timer:
     """A daemon timer that ends the process after `seconds`, flushing what can be flushed first."""
     def hard_exit() -> None:
@@ -166,6 +184,7 @@ def serve(config: FederationConfig, ssl_context=None, announce=lambda: None) -> 
     # statements compute in worker threads: hand the interpreter lock back to the event loop
     # within 1 ms, not 5, or every read and write of the loop may wait for a busy worker
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    raise_open_file_limit()
     loop = asyncio.new_event_loop()
     code = 1
     try:

@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from federation.auth import Role, provision
+from federation.auth import Role, provision, provision_many
 from federation.errors import BadRequest, NotFound
 from federation.fleet_table import FleetTable, honest_health
 from federation.fleet_views import selected_rows, sort_key
@@ -16,6 +16,7 @@ from federation.keys import FLEET, REGISTRY
 from federation.registry import Device, Registry
 
 MAX_PAGE = 10_000
+MAX_PROVISION_BATCH = 1000   # devices one POST /v1/edges {"devices": [...]} may register
 EDGE_CAPABILITIES = ("ram_kb", "flash_kb", "cpu")   # what an edge's config may declare of itself
 
 
@@ -67,7 +68,11 @@ async def edges_summary(request: web.Request) -> web.Response:
 
 @requires(Role.ADMIN)
 async def provision_edge(request: web.Request) -> web.Response:
+    """One device ({id, metadata, capabilities}), or many in one transaction ({"devices": [...]}:
+    all registered or none; the answer lists each id with its token, in order)."""
     body = await json_body(request)
+    if "devices" in body:
+        return _provision_batch(request, body)
     unknown = set(body) - {"id", "metadata", "capabilities"}
     if unknown:
         raise BadRequest(f"unknown fields {sorted(unknown)}: a device has id, metadata and capabilities")
@@ -78,6 +83,27 @@ async def provision_edge(request: web.Request) -> web.Response:
     return web.json_response({"id": done.device.id, "token": done.token, "edge": edge_view(done.device, {}),
                               "config": config},
                              status=201, headers={"Location": f"/v1/edges/{done.device.id}"})
+
+
+def _provision_batch(request: web.Request, body: dict) -> web.Response:
+    if set(body) != {"devices"}:
+        raise BadRequest(f"unknown fields {sorted(set(body) - {'devices'})}: a batch has only devices")
+    devices = body["devices"]
+    if not isinstance(devices, list) or not 1 <= len(devices) <= MAX_PROVISION_BATCH:
+        raise BadRequest(f"devices must be a list of 1 to {MAX_PROVISION_BATCH} devices")
+    rows = []
+    for i, item in enumerate(devices):
+        if not isinstance(item, dict) or "id" not in item:
+            raise BadRequest(f"devices[{i}] needs an id")
+        unknown = set(item) - {"id", "metadata", "capabilities"}
+        if unknown:
+            raise BadRequest(f"devices[{i}]: unknown fields {sorted(unknown)}")
+        rows.append((item["id"], item.get("metadata"), item.get("capabilities")))
+    ids = [row[0] for row in rows]
+    if len(set(map(str, ids))) != len(ids):
+        raise BadRequest("devices: an id appears twice")
+    made = provision_many(request.app[REGISTRY], rows)
+    return web.json_response({"edges": [{"id": device_id, "token": token} for device_id, token in made]}, status=201)
 
 
 def _toml_key(key: str) -> str:

@@ -141,31 +141,33 @@ def test_simulated_load_is_a_pure_plausible_function_of_seed_id_and_time():
     assert max(abs(a - b) for a, b in zip(over_an_hour, over_an_hour[1:])) < 15   # … smoothly
 
 
-def test_a_simulated_fleet_skips_readings_nobody_reads():
-    """In a simulated fleet (SignalPump), a fast signal nobody reads is sampled once a second for its
-    latest reading only; once read, every reading is pushed again, exactly the pure form."""
-    from edge_engine.signals import SimulatedDriver
+def test_a_simulated_fleet_computes_readings_when_read():
+    """In a simulated fleet a signal nobody reads costs nothing: `signal_value` (latest) computes
+    the grid reading at or before now from the model, and only an open reader makes the pump push
+    readings — from the one at or before it opened, exactly the pure form — until it closes."""
+    from edge_engine.signals import SimulatedDriver, build_drivers
+    from edge_engine.sim_signals import OnDemandSignal, SignalPump, on_demand
     from edge_engine.simulation import SimModel
-    from edge_engine.simulate import SignalPump
     from streamql.clock import FakeClock
 
     clock = FakeClock(1000.0)
-    driver = SimulatedDriver("v", SimModel("sine", rate_hz=100.0), clock=clock, batch_interval_s=0.25)
     pump = SignalPump(clock)
-
-    class One:
-        drivers = [driver]
-    pump.add(One)
-    assert driver.lazy_when_unread
-    driver.poll()
-    clock.advance(0.9)
-    assert driver.next_due() >= 1000.9 + 0.99 - 1e-9      # unread: once a second
-    driver.poll()
-    assert driver.pushed == 2 and driver.signal.latest_time() == 1000.9
-    pump._due[id(driver)] = driver.next_due()
-    reader = driver.signal.open()
+    drivers = on_demand(build_drivers([{"name": "v", "kind": "simulated", "shape": "walk", "seed": 5,
+                                        "rate_hz": 100.0, "batch_interval_s": 0.25}], clock=clock), pump, clock)
+    driver = drivers.drivers[0]
+    signal = drivers.signals["v"]
+    assert isinstance(driver, SimulatedDriver) and isinstance(signal, OnDemandSignal) and driver.signal is signal
+    model = SimModel.from_spec({"shape": "walk", "seed": 5, "rate_hz": 100.0})
+    clock.advance(12.345)
+    assert pump.poll() == 0 and driver.pushed == 0            # unread: nothing computed, nothing pushed
+    assert signal.latest() == model.latest_at(clock.now())[1] and signal.latest_time() == 1012.34
+    reader = signal.open()
     clock.advance(0.5)
-    assert pump.poll() == 50                               # read: polled at once, every reading again
-    assert driver.pushed == 2 + 50
-    assert driver.next_due() <= clock.now() + 0.25 + 1e-9
+    assert pump.poll() == 51 and pump.active == 1              # 1012.34 … 1012.84, every reading
+    assert driver.pushed == 51
+    times = np.arange(101234, 101285) / 100.0
+    got = next(iter(reader))
+    assert np.array_equal(got.times, times) and np.array_equal(got.values, model.values_at(times))
     reader.close()
+    clock.advance(1.0)
+    assert pump.poll() == 0 and pump.active == 0               # closed: the driver leaves the pump
