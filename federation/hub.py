@@ -183,8 +183,12 @@ class EdgeHub:
                 await asyncio.sleep(0.01)
         self._offline.clear()
         with contextlib.suppress(Exception):   # one statement for all, not a write per edge
-            self.registry.mark_all_offline()
+            self._write_stopped_offline()
         return len(conns)
+
+    def _write_stopped_offline(self) -> None:
+        """The node stops: what it held is offline (NatsHub: only its WebSocket edges)."""
+        self.registry.mark_all_offline()
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """Every edge told GOING_AWAY at once (bounded: 10,000 closes are not awaited one by one),
@@ -201,7 +205,7 @@ class EdgeHub:
                 log.warning("%d edge connections did not close within %.1f s", len(conns), timeout_s)
         if self.stopping:
             with contextlib.suppress(Exception):
-                self.registry.mark_all_offline()
+                self._write_stopped_offline()
         else:
             self._offline.flush()
         for task in self._background:

@@ -141,6 +141,7 @@ class NatsHub(EdgeHub):
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
         self._storing = asyncio.Lock()
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
+        self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
@@ -183,8 +184,20 @@ class NatsHub(EdgeHub):
     async def _error(self, exc: Exception) -> None:
         log.debug("NATS: %s", exc)
 
-    async def close(self) -> None:
-        """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
+    async def shutdown(self, grace_s: float = 1.5) -> int:
+        """The node stops: its fragments are cancelled on its NATS edges, which it forgets (they stay
+        online for the other nodes); its WebSocket edges are closed as on the embedded hub."""
+        nats_edges = await self._leave_nats_edges()
+        return len(nats_edges) + await super().shutdown(grace_s)
+
+    def _write_stopped_offline(self) -> None:
+        # not mark_all_offline: on a shared registry that would take every node's edges offline
+        for edge_id in list(self._stopped_websocket_edges):
+            with contextlib.suppress(Exception):
+                self.registry.set_online(edge_id, False)
+
+    async def _leave_nats_edges(self) -> list:
+        self._stopped_websocket_edges = [e for e, c in self._connections.items() if not isinstance(c, NatsEdgeConnection)]
         nats_edges = [c for c in self._connections.values() if isinstance(c, NatsEdgeConnection)]
         for conn in nats_edges:
             for qid in list(conn.fragments):
@@ -196,6 +209,11 @@ class NatsHub(EdgeHub):
                 state.finish(EdgeOffline(conn.edge_id, "is out of reach: the federation node is stopping",
                                          dropped=True))
             self._connections.pop(conn.edge_id, None)   # online for the other nodes: the registry keeps it
+        return nats_edges
+
+    async def close(self) -> None:
+        """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
+        await self._leave_nats_edges()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -91,6 +91,7 @@ async def test_the_node_reaches_the_edge_and_the_edge_answers_on_its_inbox(secur
         await msg.respond(b"welcome")
 
     await secured.node.subscribe(nats_subjects.up_broadcast(), cb=welcome)
+    await secured.node.flush()     # the subscription is at the server before the edge asks
     reply = await edge.request(nats_subjects.up_all("e1"), b"hello", timeout=3)
     assert reply.data == b"welcome" and reply.subject.startswith("_INBOX_e1.")
     assert edge.errors == []
