@@ -20,7 +20,7 @@ GOOD = "select stream of x from Real x where x in signal_stream('vibration') and
 BAD = "select stream of w[3] from Vector of Real w where w in winagg(signal_stream('vibration'), 2, 2);\n"
 
 
-@pytest.fixture(scope="module", params=["websocket", "nats"])
+@pytest.fixture(scope="module", params=["websocket", "nats", "scale-out"])
 def fleet(request, tmp_path_factory):
     running = Fleet(tmp_path_factory.mktemp(f"rollouts-{request.param}"), EDGES, offline=[OFFLINE],
                     federation_args=["--deploy-settle", "1"], transport=request.param)
