@@ -29,17 +29,31 @@ class Fleet:
 
     def __init__(self, data: Path, edges: int, *, offline: list[str] = (), federation_args: list[str] = (),
                  transport: str = "websocket"):
-        """transport "nats": a nats-server of its own, the federation and the edges linked through it."""
+        """transport "nats": a nats-server of its own, the federation and the edges linked through it.
+        "scale-out": PostgreSQL, a nats-server secured by `streamql federation nats-config` and two
+        federation nodes with data directories of their own (tests/nats/scaleout_fleet.py); the
+        edges authenticate through the nodes' auth callout, every HTTP request goes to node A."""
         self.data = data
         self.nats = None
+        self.infra = None
         edge_args: list[str] = []
-        if transport == "nats":
+        node_b_args: list[str] = []
+        if transport in ("nats", "scale-out"):
             sys.path.insert(0, str(ROOT / "tests" / "nats"))
+        if transport == "nats":
             from nats_server import NatsServer
 
             self.nats = NatsServer(data).start()
             federation_args = [*federation_args, "--nats", self.nats.url, "--nats-lease", "3"]
             edge_args = ["--nats", self.nats.url]
+        elif transport == "scale-out":
+            from scaleout_fleet import ScaleOutInfra
+
+            self.infra = ScaleOutInfra(data, first_data=data / "fed").start()
+            shared = ["--registry", self.infra.registry_url, "--nats", self.infra.nats_url, "--nats-lease", "3"]
+            node_b_args = [*federation_args, *shared, "--nats-node", "B"]
+            federation_args = [*federation_args, *shared, "--nats-node", "A"]
+            edge_args = ["--nats", self.infra.nats_url]
         self.log = open(data / "processes.log", "w")
         self.children: list[subprocess.Popen] = []
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -51,6 +65,12 @@ class Fleet:
         token_file = data / "fed" / "admin.token"
         self._until(lambda: token_file.exists() and self._healthy(), 60, "the federation did not start")
         self.admin = token_file.read_text().strip()
+        if node_b_args:       # the second node: its own data dir and port, the same fleet
+            port_b = _free_port()
+            self._spawn(env, "federation", "--data", str(self.infra.node_data("B")), "--port", str(port_b),
+                        "--trusted-key", str(self.pub), *node_b_args, "--log-level", "warning")
+            self.url_b = f"http://127.0.0.1:{port_b}"
+            self._until(lambda: self._healthy(self.url_b), 60, "node B did not start")
         self.client = streamql.connect(self.url, self.admin)
         for device in offline:    # registered, never connected
             self.client.provision(device, {"kind": "dumper", "region": "US"}, {"ram_kb": 1 << 20})
@@ -65,9 +85,9 @@ class Fleet:
         self.children.append(subprocess.Popen([sys.executable, "-m", "streamql.cli", *arguments], stdout=self.log,
                                               stderr=self.log, stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT)))
 
-    def _healthy(self) -> bool:
+    def _healthy(self, url: str | None = None) -> bool:
         try:
-            urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
+            urllib.request.urlopen(f"{url or self.url}/healthz", timeout=1).read()
             return True
         except OSError:
             return False
@@ -109,4 +129,6 @@ class Fleet:
                     child.wait()
         if self.nats is not None:
             self.nats.stop()
+        if self.infra is not None:
+            self.infra.stop()
         self.log.close()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(300)
 NO_ROWS = "select stream of x from Edge e, Real x where x in signal_stream('vibration')@e and x > 1e9;"
 
 
-@pytest.fixture(scope="module", params=["websocket", "nats"])
+@pytest.fixture(scope="module", params=["websocket", "nats", "scale-out"])
 def fleet(request, tmp_path_factory):
     running = Fleet(tmp_path_factory.mktemp(f"never-hang-{request.param}"), 1, transport=request.param)
     try:

@@ -20,7 +20,7 @@ GOOD = "select stream of x from Real x where x in signal_stream('vibration') and
 BAD = "select stream of w[3] from Vector of Real w where w in winagg(signal_stream('vibration'), 2, 2);\n"
 
 
-@pytest.fixture(scope="module", params=["websocket", "nats"])
+@pytest.fixture(scope="module", params=["websocket", "nats", "scale-out"])
 def fleet(request, tmp_path_factory):
     running = Fleet(tmp_path_factory.mktemp(f"rollouts-{request.param}"), EDGES, offline=[OFFLINE],
                     federation_args=["--deploy-settle", "1"], transport=request.param)
@@ -90,3 +90,21 @@ def test_an_offline_device_does_not_hold_its_wave_past_the_timeout(fleet):
     assert 4 <= elapsed < 20, elapsed
     assert first["state"] == "done" and progress["waves"]["list"][1]["state"] == "done"
     assert fleet.running("late")[fleet.online[0]] == "1.0.0"
+
+
+def test_a_bundle_uploaded_on_one_node_is_deployed_by_the_other(fleet):
+    """Scale-out: nodes share no file system; the bundle's bytes live in PostgreSQL, so node B deploys
+    what node A was given, and node A sees the deployment B made."""
+    if getattr(fleet, "infra", None) is None:
+        pytest.skip("the scale-out configuration only (two nodes)")
+    import streamql
+
+    fleet.upload("crossnode", "1.0.0", GOOD)
+    on_b = streamql.connect(fleet.url_b, fleet.admin)
+    result = on_b.query(f"deploy model 'crossnode' to Edge e where id(e) != '{OFFLINE}' over 1 waves;")
+    list(result)
+    assert result.deployment_id
+    progress = on_b.wait_deployment(result.deployment_id, 120)
+    assert progress["state"] == "done" and progress["counts"]["done"] == EDGES, progress
+    assert fleet.client.wait_deployment(result.deployment_id, 30)["state"] == "done"
+    assert set(fleet.running("crossnode").values()) == {"1.0.0"}

@@ -181,17 +181,24 @@ class ConstantFleet:
         self.procs.clear()
 
 
-TRANSPORTS = ["websocket", "nats"]
+# the embedded default; NATS with nodes sharing one SQLite file; the real scale-out configuration
+# (two nodes with their own data dirs, PostgreSQL, a secured nats-server: tests/nats/scaleout_fleet.py)
+TRANSPORTS = ["websocket", "nats", "scale-out"]
 
 
 def start_fleet(directory, transport: str = "websocket", devices=DEVICES, *, federation_args=(),
                 two_nodes: bool = False) -> ConstantFleet:
     """The constant fleet on the embedded WebSocket hub, or on NATS (tests/nats/nats_fleet.py): one
     federation node, or with `two_nodes` nodes A and B where the edges say hello to B before A is up
-    and every request goes to A."""
+    and every request goes to A. "scale-out" always runs nodes A and B (requests to A)."""
     if transport == "websocket":
         return ConstantFleet(directory, devices, list(federation_args)).start()
     sys.path.insert(0, str(ROOT / "tests" / "nats"))
+    if transport == "scale-out":
+        from scaleout_fleet import ScaleOutFleet
+
+        return ScaleOutFleet(directory, devices, nodes=("A", "B"), first="B" if two_nodes else "A",
+                             federation_args=list(federation_args)).start().on("A")
     from nats_fleet import NatsFleet
 
     if two_nodes:

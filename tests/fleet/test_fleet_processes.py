@@ -197,3 +197,40 @@ def test_functions_defined_at_the_federation_survive_a_restart_and_run_on_the_ed
         assert sorted(rows) == sorted([d.id, d.temperature * 9 / 5 + 32] for d in DEVICES[:2])
     finally:
         fleet.stop()
+
+
+def test_the_scale_out_fleet_is_the_real_configuration(fleet):
+    """On "scale-out" the fleet must really be two nodes with their own data directories, the registry
+    in PostgreSQL and a nats-server that lets in only what the callout authorizes: a fixture that fell
+    back to SQLite or an open server would pass every other test here."""
+    if not hasattr(fleet, "infra"):
+        pytest.skip("the scale-out configuration only")
+    import asyncio
+
+    import nats
+    import psycopg
+
+    data = {name: fleet.node_data(name) for name in fleet.node_names}
+    assert len(set(data.values())) == 2
+    for directory in data.values():
+        assert (directory / "nats-security.json").exists()
+        assert not list(directory.glob("registry*.sqlite3")), sorted(p.name for p in directory.iterdir())
+    with psycopg.connect(fleet.infra.registry_url) as conn:
+        ids = {row[0] for row in conn.execute("select id from devices")}
+    assert ids >= {d.id for d in DEVICES}
+
+    async def refused(**credentials) -> str:
+        try:
+            nc = await nats.connect(fleet.server.url, allow_reconnect=False, connect_timeout=3,
+                                    max_reconnect_attempts=0, **credentials)
+        except Exception as error:   # noqa: BLE001 - the refusal is what we want to see
+            return str(error) or type(error).__name__
+        await nc.close()
+        return ""
+
+    assert asyncio.run(refused()), "the nats-server let in a connection without credentials"
+    assert asyncio.run(refused(token="not-a-device-token")), "the nats-server let in a made-up token"
+    for node in fleet.node_names:      # either node answers for every edge
+        rows, _ = answer(fleet.on(node), f"select id(e), {T} from Edge e;")
+        assert sorted(rows) == sorted([d.id, d.temperature] for d in ONLINE)
+    fleet.on("A")
