@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .buffer import FSYNC_POLICIES, OVERFLOW_POLICIES
+from .config_values import capacity, choice, number, opt_int, opt_number, opt_str
 from .signals import SignalSpecError, check_spec
 
 __all__ = ["ConfigError", "EdgeConfig", "Capabilities", "BufferSettings", "Limits", "Guard", "Reconnect", "Tls",
@@ -443,8 +444,8 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
         fail("id", "is required (set id in the file or give --id)")
     if not isinstance(edge_id, str) or not _ID.fullmatch(edge_id):
         fail("id", f"must be 1–128 letters, digits, '.', '_', ':' or '-' starting with a letter or digit, got {edge_id!r}")
-    token = _opt_str(doc, "token", fail)
-    federation = _opt_str(doc, "federation", fail)
+    token = opt_str(doc, "token", fail)
+    federation = opt_str(doc, "federation", fail)
     if federation is not None and not re.match(r"(wss?|https?)://[^/\s]+", federation):
         fail("federation", f"must be a ws://, wss://, http:// or https:// URL, got {federation!r}")
     nats_servers = doc.get("nats", [])
@@ -481,55 +482,55 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
     section = lambda name: doc.get(name, {})  # noqa: E731
     caps = section("capabilities")
     capabilities = Capabilities(
-        ram_kb=_opt_int(caps, "ram_kb", "capabilities.ram_kb", fail, minimum=0),
-        flash_kb=_opt_int(caps, "flash_kb", "capabilities.flash_kb", fail, minimum=0),
-        cpu=_opt_str(caps, "cpu", fail, "capabilities.cpu"))
+        ram_kb=opt_int(caps, "ram_kb", "capabilities.ram_kb", fail, minimum=0),
+        flash_kb=opt_int(caps, "flash_kb", "capabilities.flash_kb", fail, minimum=0),
+        cpu=opt_str(caps, "cpu", fail, "capabilities.cpu"))
 
     buf = section("buffer")
     defaults = BufferSettings()
     buffer = BufferSettings(
-        max_records=_capacity(buf, "max_records", defaults.max_records, fail),
-        max_bytes=_capacity(buf, "max_bytes", defaults.max_bytes, fail),
-        fsync=_choice(buf, "fsync", FSYNC_POLICIES, defaults.fsync, fail),
-        fsync_interval_s=_number(buf, "fsync_interval_s", defaults.fsync_interval_s, "buffer.fsync_interval_s", fail),
-        overflow=_choice(buf, "overflow", OVERFLOW_POLICIES, defaults.overflow, fail))
+        max_records=capacity(buf, "max_records", defaults.max_records, fail),
+        max_bytes=capacity(buf, "max_bytes", defaults.max_bytes, fail),
+        fsync=choice(buf, "fsync", FSYNC_POLICIES, defaults.fsync, fail),
+        fsync_interval_s=number(buf, "fsync_interval_s", defaults.fsync_interval_s, "buffer.fsync_interval_s", fail),
+        overflow=choice(buf, "overflow", OVERFLOW_POLICIES, defaults.overflow, fail))
 
     lim = section("limits")
     limits = Limits(
-        rows=_opt_int(lim, "rows", "limits.rows", fail, minimum=1),
-        seconds=_opt_number(lim, "seconds", "limits.seconds", fail),
-        memory_mb=_opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb,
-        max_queries=_opt_int(lim, "max_queries", "limits.max_queries", fail, minimum=1) or Limits().max_queries,
-        max_queries_per_principal=_opt_int(lim, "max_queries_per_principal", "limits.max_queries_per_principal",
+        rows=opt_int(lim, "rows", "limits.rows", fail, minimum=1),
+        seconds=opt_number(lim, "seconds", "limits.seconds", fail),
+        memory_mb=opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb,
+        max_queries=opt_int(lim, "max_queries", "limits.max_queries", fail, minimum=1) or Limits().max_queries,
+        max_queries_per_principal=opt_int(lim, "max_queries_per_principal", "limits.max_queries_per_principal",
                                            fail, minimum=1) or Limits().max_queries_per_principal)
 
     guard_doc = section("guard")
     enabled = guard_doc.get("enabled", False)
     if not isinstance(enabled, bool):
         fail("guard.enabled", f"must be true or false, got {enabled!r}")
-    guard = Guard(enabled=enabled, max_rss_mb=_number(guard_doc, "max_rss_mb", Guard().max_rss_mb, "guard.max_rss_mb", fail),
-                  check_interval_s=_number(guard_doc, "check_interval_s", Guard().check_interval_s,
+    guard = Guard(enabled=enabled, max_rss_mb=number(guard_doc, "max_rss_mb", Guard().max_rss_mb, "guard.max_rss_mb", fail),
+                  check_interval_s=number(guard_doc, "check_interval_s", Guard().check_interval_s,
                                            "guard.check_interval_s", fail),
-                  quarantine_s=_number(guard_doc, "quarantine_s", Guard().quarantine_s, "guard.quarantine_s", fail))
+                  quarantine_s=number(guard_doc, "quarantine_s", Guard().quarantine_s, "guard.quarantine_s", fail))
 
     auto = section("autostart")
-    max_failures = _number(auto, "max_failures", Autostart().max_failures, "autostart.max_failures", fail)
+    max_failures = number(auto, "max_failures", Autostart().max_failures, "autostart.max_failures", fail)
     if max_failures != int(max_failures):
         fail("autostart.max_failures", f"must be a whole number, got {max_failures!r}")
-    autostart = Autostart(checkpoint_interval_s=_number(auto, "checkpoint_interval_s", Autostart().checkpoint_interval_s,
+    autostart = Autostart(checkpoint_interval_s=number(auto, "checkpoint_interval_s", Autostart().checkpoint_interval_s,
                                                         "autostart.checkpoint_interval_s", fail),
                           max_failures=int(max_failures))
 
     rec = section("reconnect")
-    reconnect = Reconnect(initial_s=_number(rec, "initial_s", 0.5, "reconnect.initial_s", fail),
-                          max_s=_number(rec, "max_s", 30.0, "reconnect.max_s", fail))
+    reconnect = Reconnect(initial_s=number(rec, "initial_s", 0.5, "reconnect.initial_s", fail),
+                          max_s=number(rec, "max_s", 30.0, "reconnect.max_s", fail))
     if reconnect.max_s < reconnect.initial_s:
         fail("reconnect.max_s", "must not be below reconnect.initial_s")
 
     tls_doc = section("tls")
     tls_paths = {}
     for key in ("ca_file", "cert_file", "key_file"):
-        text = _opt_str(tls_doc, key, fail, f"tls.{key}")
+        text = opt_str(tls_doc, key, fail, f"tls.{key}")
         if text is not None:
             path = Path(text).expanduser()
             tls_paths[key] = path if path.is_absolute() else base / path
@@ -537,7 +538,7 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
         fail("tls.cert_file", "a client certificate needs its key (tls.key_file), and a key its certificate")
     tls = Tls(**tls_paths)
 
-    heartbeat = _number(doc, "heartbeat_s", 5.0, "heartbeat_s", fail)
+    heartbeat = number(doc, "heartbeat_s", 5.0, "heartbeat_s", fail)
     if heartbeat > 3600:
         fail("heartbeat_s", "must be at most 3600 seconds")
     log_level = doc.get("log_level", "info")
@@ -574,49 +575,3 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
                       limits=limits, reconnect=reconnect, trusted_keys=list(keys), tls=tls, guard=guard,
                       autostart=autostart, log_level=log_level.lower(), source=path, files=files,
                       foreign=list(foreign))
-
-
-def _opt_str(doc: dict, key: str, fail, label: str | None = None) -> str | None:
-    value = doc.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        fail(label or key, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _opt_int(doc: dict, key: str, label: str, fail, minimum: int = 0) -> int | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        fail(label, f"must be an integer of at least {minimum}, got {value!r}")
-    return value
-
-
-def _number(doc: dict, key: str, default: float, label: str, fail) -> float:
-    value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        fail(label, f"must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _opt_number(doc: dict, key: str, label: str, fail) -> float | None:
-    if doc.get(key) is None:
-        return None
-    return _number(doc, key, 0.0, label, fail)
-
-
-def _capacity(doc: dict, key: str, default: int | None, fail) -> int | None:
-    """A buffer capacity: a positive integer, or 0 for unbounded."""
-    value = doc.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        fail(f"buffer.{key}", f"must be a non-negative integer (0: unbounded), got {value!r}")
-    return value or None
-
-
-def _choice(doc: dict, key: str, choices, default: str, fail) -> str:
-    value = doc.get(key, default)
-    if value not in choices:
-        fail(f"buffer.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-    return value

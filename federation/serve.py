@@ -189,6 +189,12 @@ def serve(config: FederationConfig, ssl_context=None, announce=lambda: None) -> 
     code = 1
     try:
         code = loop.run_until_complete(_serve(config, ssl_context, announce))
+    except BaseException as exc:   # noqa: BLE001 - said before the hard exit below, which would hide it
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            log.critical("the federation failed: %s", exc, exc_info=None if isinstance(exc, OSError) else exc)
+            print(f"streamql federation: {type(exc).__name__}: {exc}", file=sys.stderr)
+        elif isinstance(exc, SystemExit) and isinstance(exc.code, int):
+            code = exc.code
     finally:
         # not asyncio.run: it would wait for executor threads (a statement still inside a worker)
         logging.shutdown()

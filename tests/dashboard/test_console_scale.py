@@ -7,6 +7,7 @@ only what changed). Timings are asserted loosely here (the machine is shared); t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -46,17 +47,22 @@ def oracle(fleet) -> dict:
         rows = conn.execute("SELECT id, metadata, online, last_seen, health FROM devices").fetchall()
         status = {"online": 0, "offline": 0, "missing": 0}
         region: dict[str, int] = {}
-        low = 0
+        low = live_low = 0
         for _, metadata, online, last_seen, health in rows:
             key = "online" if online else "missing" if last_seen is None or now - last_seen > 3600 else "offline"
             status[key] += 1
             r = json.loads(metadata)["region"]
             region[r] = region.get(r, 0) + 1
             battery = (json.loads(health).get("battery") or {}).get("percent")
-            low += battery is not None and battery < 20
+            is_low = battery is not None and battery < 20
+            low += is_low
+            live_low += bool(online and is_low)
         versions = dict(conn.execute("SELECT version, count(*) FROM device_models WHERE model = 'vib-anomaly' "
                                      "GROUP BY version").fetchall())
-        return {"total": len(rows), "status": status, "region": region, "low battery": low, "versions": versions}
+        # the live edges' batteries drain as they run, so their part of "low battery" may change
+        # between this read and the page's next refresh; the registered rows' part may not
+        return {"total": len(rows), "status": status, "region": region, "low battery": low,
+                "settled low battery": low - live_low, "versions": versions}
     finally:
         conn.close()
 
@@ -69,14 +75,17 @@ def test_the_overview_of_ten_thousand_devices_counts_what_the_registry_holds(pag
     assert summary["total"] == want["total"] == N + 3
     assert summary["status"] == want["status"] and want["status"]["online"] == 3
     assert summary["metadata"]["region"] == want["region"]
-    assert summary["attention"]["low battery"] == want["low battery"]
+    assert abs(summary["attention"]["low battery"] - want["low battery"]) <= want["status"]["online"]
     assert summary["models"]["vib-anomaly"] == want["versions"]
     page.reload()
     for status, n in want["status"].items():
         expect(page.locator(f"#tile-{status}")).to_have_attribute("data-count", str(n))
     for region, n in want["region"].items():
         expect(page.locator(f'#by-region tr[data-value="{region}"] a')).to_have_attribute("data-count", str(n))
-    expect(page.locator('#attention li[data-reason="low battery"] a')).to_have_attribute("data-count", str(want["low battery"]))
+    shown = page.locator('#attention li[data-reason="low battery"] a')
+    expect(shown).to_have_attribute("data-count", re.compile(r"\d+"))
+    settled, live = want["settled low battery"], want["status"]["online"]
+    assert settled <= int(shown.get_attribute("data-count")) <= settled + live
 
 
 def test_ten_thousand_devices_page_filter_and_refresh_quickly(page, fleet):

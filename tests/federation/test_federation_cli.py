@@ -86,3 +86,18 @@ def test_serve_as_a_process_and_provision_while_it_runs(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
     assert admin in out and f"http://127.0.0.1:{port}" in out
+
+
+def test_a_federation_that_cannot_start_says_why_and_exits_1(tmp_path):
+    # the serve loop ends the process with os._exit; the start-up error must be said before it
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        done = subprocess.run([sys.executable, "-m", "federation.cli", "--host", "127.0.0.1", "--port", str(port),
+                               "--data", str(tmp_path / "fed"), "--log-level", "warning"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "address already in use" in done.stderr and str(port) in done.stderr
+    assert "Traceback" not in done.stderr     # an OSError is the operator's to fix: one line, no stack
