@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamql import process_limits
+
 from .store import atomic_write
 
 __all__ = ["GUARD_ENV", "RunningLog", "Quarantine", "guard_state", "supervise", "rss_mb", "hard_exit_after",
@@ -157,20 +159,7 @@ def guard_state() -> dict | None:
 def hard_exit_after(seconds: float = HARD_STOP_S, code: int = 1) -> threading.Timer:
     """End this process `seconds` from now whatever still runs (a query thread stuck in numpy, a
     federation that never answers the close): SIGTERM is obeyed within 10 s."""
-    def hard_exit() -> None:
-        log.error("did not stop within %.1f s: exiting now", seconds)
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001 - exiting regardless
-                pass
-        os._exit(code)
-
-    timer = threading.Timer(seconds, hard_exit)
-    timer.daemon = True
-    timer.start()
-    return timer
+    return process_limits.hard_exit_after(seconds, code, log)
 
 
 def install_stop_handlers(loop, stop) -> None:

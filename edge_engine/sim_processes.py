@@ -13,10 +13,11 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
-import resource
 import signal
 import time
 from pathlib import Path
+
+from streamql import process_limits
 
 __all__ = ["raise_open_file_limit", "run_processes"]
 
@@ -25,15 +26,7 @@ log = logging.getLogger("streamql.edge.simulate")
 
 def raise_open_file_limit() -> tuple[int, int]:
     """Soft RLIMIT_NOFILE up to the hard limit (every simulated edge holds a socket); (soft, hard)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-    return soft, hard
+    return process_limits.raise_open_file_limit(log)
 
 
 def _die_with_parent() -> None:

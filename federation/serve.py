@@ -35,6 +35,7 @@ from aiohttp import web
 from federation.app import create_app
 from federation.config import FederationConfig
 from federation.http import RedactingAccessLogger
+from streamql import process_limits
 
 log = logging.getLogger("streamql.federation")
 
@@ -54,43 +55,16 @@ def runner_options(config: FederationConfig) -> dict[str, Any]:
 
 
 def raise_open_file_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit: every connected edge holds a socket (10,000 edges
-    need more than the usual soft 1,024). Returns the soft limit in force."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    """The open-file limit raised for the edges' sockets; a warning when it stays low. The soft limit."""
+    soft, _ = process_limits.raise_open_file_limit(log)
     if soft < 4096:
         log.warning("the open-file limit is %d: at most about that many edges can connect", soft)
     return soft
 
 
 def start_hard_exit_watchdog(seconds: float = HARD_EXIT_S, code: int = 1) -> threading.Timer:
-    """A daemon timer that ends the process after `seconds`, flushing what can be flushed first."""
-    def hard_exit() -> None:
-        log.error("shutdown did not finish within %.1f s: exiting now; where every thread was:", seconds)
-        try:   # what the shutdown waited for, for the log
-            faulthandler.dump_traceback(all_threads=True)
-        except Exception:  # noqa: BLE001 - exiting regardless
-            pass
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001 - exiting regardless
-                pass
-        os._exit(code)
-
-    timer = threading.Timer(seconds, hard_exit)
-    timer.daemon = True
-    timer.start()
-    return timer
+    """A daemon timer that ends the process after `seconds`, with every thread's stack in the log."""
+    return process_limits.hard_exit_after(seconds, code, log, dump_threads=True)
 
 
 def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
