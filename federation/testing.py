@@ -18,6 +18,7 @@ them, [{query, status, restarts?, error?}] — an ack names those queries and th
 loaded, and a health frame showing them follows (as a real edge does); without it, acks name
 nothing to watch (as older edges).
 Every frame it receives is kept in `received` and queued in `inbox` for tests to inspect.
+`await until(lambda: …)` waits for a condition of the event loop's world, generously.
 """
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ import aiohttp
 
 from streamql import wire
 from streamql.errors import QueryError
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+                step: float = 0.01) -> None:
+    """Poll `predicate` on the event loop until it is true; an AssertionError after `timeout` s
+    (generous: the box running the tests may be busy)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        await asyncio.sleep(step)
 
 
 class Nack(Exception):

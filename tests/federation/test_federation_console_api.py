@@ -4,18 +4,10 @@ a provisioned device's edge config that the edge's own `load_config` reads, and 
 records."""
 from __future__ import annotations
 
-import asyncio
 
 from edge_engine.config import load_config
 from federation.keys import REGISTRY
-
-
-async def until(predicate, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+from federation.testing import until
 
 
 async def test_saved_queries_are_kept_by_name(client, tokens):

@@ -13,21 +13,13 @@ import pytest
 
 from federation.config import FederationConfig
 from federation.keys import DEPLOYMENTS, REGISTRY
-from federation.testing import Nack, make_bundle
+from federation.testing import Nack, make_bundle, until
 from streamql.models import keygen, read_bundle
 from streamql.syntax import parse_one
 
 pytestmark = pytest.mark.timeout(60)
 
 NUMPY = {"runtimes": {"numpy": "2.1"}, "ram_kb": 1024}
-
-
-async def until(predicate, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 threshold, offline devices on reconnect, timeouts, rollback and undeploy records, restarts."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -11,21 +10,13 @@ from federation.app import create_app
 from federation.auth import Role, create_token, provision
 from federation.config import FederationConfig
 from federation.keys import DEPLOYMENTS, HUB, REGISTRY
-from federation.testing import FakeEdge, Nack, make_bundle
+from federation.testing import FakeEdge, Nack, make_bundle, until
 from streamql import wire
 from streamql.models import keygen
 
 pytestmark = pytest.mark.timeout(60)
 
 NUMPY = {"runtimes": {"numpy": "2.1"}, "ram_kb": 1024}
-
-
-async def until(predicate, timeout: float = 5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

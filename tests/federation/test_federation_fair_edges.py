@@ -21,19 +21,12 @@ from federation.auth import provision
 from federation.config import FederationConfig
 from federation.hub import FragmentError
 from federation.keys import HEARTBEATS, HUB, REGISTRY
-from federation.testing import FakeEdge
+from federation.testing import FakeEdge, until
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(90)
 
 STREAM = "select stream of x from Real x where x in signal_stream('vibration');"
-
-
-async def until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

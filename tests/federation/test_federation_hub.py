@@ -14,19 +14,11 @@ from federation.auth import Role, create_token, provision
 from federation.hub import EdgeOffline, FragmentError, RowBatch
 from federation.keys import HEARTBEATS, HUB, INDEX, METRICS, REGISTRY
 from streamql.selection import Eq, capability, meta
-from federation.testing import FakeEdge
+from federation.testing import FakeEdge, until
 from streamql import codec, wire
 from streamql.errors import QueryParseError, Span
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(predicate, timeout: float = 5.0, step: float = 0.01):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 HELLO_CAPS = {"ram_kb": 524288, "cpu": "cortex-a53", "runtimes": {"numpy": "2.1"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,20 +12,13 @@ from federation.auth import provision
 from federation.config import FederationConfig
 from federation.hub import FragmentError
 from federation.keys import DEPLOYMENTS, HEARTBEATS, HUB, REGISTRY
-from federation.testing import make_bundle
+from federation.testing import make_bundle, until
 from streamql.models import keygen, read_bundle
 
 edge_config = pytest.importorskip("edge_engine.config")
 edge_daemon = pytest.importorskip("edge_engine.daemon")
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(predicate, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_the_real_edge_daemon_through_the_hub(tmp_path):
