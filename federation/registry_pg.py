@@ -13,6 +13,8 @@ service does not care which it has. The differences:
   up; federation/registry_pg_sync.py): `poll_external_changes` costs nothing when nothing changed;
 - a device's `online` flag says which node holds its link (`online_node`); at start a node marks
   offline only what it held or what dead nodes held, not the edges of the nodes still running;
+  an edge on NATS is served by every node: when the one named dies, a node serving it takes the
+  name over (`mark_dead_nodes_offline`) and the edge stays online;
 - bundle bytes are stored in the database (bytea), never as files: nodes share no file system;
 - one node drives a deployment at a time (`claim_deployment`, a session advisory lock).
 """
@@ -70,6 +72,8 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         self._listeners: list[RegistryListener] = []
         self._local = threading.local()
         self._wake: Callable[[str], None] | None = None
+        self._serving: set[str] = set()   # edges this node's hub set online (the sweep reads it from its thread)
+        self._serving_lock = threading.Lock()
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             pg_migrate(conn)
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="streamql-registry",
@@ -349,12 +353,16 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
     def set_online(self, device_id: str, online: bool, *, at: float | None = None) -> None:
         """An edge connected to this node (online, last seen now) or went away (offline)."""
         at = self.clock() if at is None else at
+        with self._serving_lock:   # before the write: a sweep in between re-points nothing wrongly
+            (self._serving.add if online else self._serving.discard)(device_id)
         if online:
             count = self._run("UPDATE devices SET online = true, online_node = %s, last_seen = %s WHERE id = %s",
                               (self.node_key, at, device_id))
         else:
             count = self._run("UPDATE devices SET online = false, online_node = NULL WHERE id = %s", (device_id,))
         if count == 0:
+            with self._serving_lock:
+                self._serving.discard(device_id)
             raise NotFound(f"no device {device_id!r} is registered")
         for listener in self._listeners:
             listener.online_changed([device_id], online)
@@ -364,6 +372,8 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
 
     def mark_all_offline(self) -> int:
         """At start: what this node or a dead node held is offline; live nodes' edges stay online."""
+        with self._serving_lock:
+            self._serving.clear()
         ids = [row[0] for row in self._rows(
             f"UPDATE devices SET online = false, online_node = NULL WHERE online_node = %s OR ({self._DEAD_NODE}) "
             "RETURNING id", (self.node_key,))]
@@ -373,9 +383,20 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         return len(ids)
 
     def mark_dead_nodes_offline(self) -> int:
-        """The watcher's sweep: edges of a node that died are offline (every node hears it)."""
-        return len(self._rows(f"UPDATE devices SET online = false, online_node = NULL WHERE {self._DEAD_NODE} "
-                              "RETURNING id"))
+        """The watcher's sweep (from its thread): what dead nodes held goes offline, except the edges
+        this node serves too — an edge on NATS is served by every node, whichever one the registry
+        names — which stay online under this node's name. Written as nobody's change, so this node's
+        listeners hear it through the feed as the other nodes' do. Never sets an edge online: a
+        disconnect written meanwhile wins either way."""
+        with self._serving_lock:
+            serving = list(self._serving)
+        with self.transaction() as conn:
+            conn.execute("SELECT set_config('streamql.node', '', true)")
+            if serving:
+                conn.execute(f"UPDATE devices SET online_node = %s WHERE id = ANY(%s) AND {self._DEAD_NODE}",
+                             (self.node_key, serving))
+            return len(conn.execute(f"UPDATE devices SET online = false, online_node = NULL WHERE {self._DEAD_NODE} "
+                                    "RETURNING id").fetchall())
 
     def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
         """Last seen, health and restarts of many devices in one statement; returns rows updated."""

@@ -244,6 +244,52 @@ def test_offline_at_start_keeps_live_nodes_edges_and_sweeps_dead_ones(nodes, dat
     assert {d.id for d in b.list_devices(online=True)} == {"e2"}
 
 
+class _OnlineHeard:
+    """A registry listener that keeps what it was told about online states."""
+
+    def __init__(self):
+        self.online: dict[str, bool] = {}
+
+    def reset(self, devices):
+        self.online = {d.id: d.online for d in devices}
+
+    def device_changed(self, device):
+        self.online[device.id] = device.online
+
+    def device_removed(self, device_id):
+        self.online.pop(device_id, None)
+
+    def online_changed(self, ids, online):
+        self.online.update(dict.fromkeys(ids, online))
+
+
+def test_an_edge_the_survivor_serves_too_stays_online_when_the_named_node_dies(nodes):
+    """On NATS every node serves the edge: the dead node's name is replaced, the edge stays online;
+    what only the dead node served goes offline, and the sweeping node's own listeners hear it."""
+    a, b = nodes
+    for name in ("shared", "only-a", "gone"):
+        provision(a, name)
+    heard = _OnlineHeard()
+    b.add_listener(heard)
+    b.set_online("shared", True)
+    b.set_online("gone", True)
+    b.set_online("gone", False)     # left B: the sweep must not bring it back under B's name
+    a.set_online("shared", True)    # the registry names A, the last to say welcome
+    a.set_online("only-a", True)
+    a.set_online("gone", True)
+    b.poll_external_changes()
+    assert heard.online == {"shared": True, "only-a": True, "gone": True}
+    a._watcher.stop()               # A dies
+    time.sleep(0.2)
+    assert b.mark_dead_nodes_offline() == 2
+    assert {d.id for d in b.list_devices(online=True)} == {"shared"}
+    with psycopg.connect(b.conninfo, autocommit=True) as conn:
+        assert conn.execute("SELECT online_node FROM devices WHERE id = 'shared'").fetchone()[0] == b.node_key
+    b._watcher.dirty.set()          # the watcher's NOTIFY would do it; no waiting on its thread here
+    b.poll_external_changes()
+    assert heard.online == {"shared": True, "only-a": False, "gone": False}
+
+
 def test_a_restarted_server_costs_errors_while_down_and_nothing_after(pg_server, nodes):
     a, b = nodes
     index_b = SelectionIndex()
