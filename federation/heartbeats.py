@@ -2,7 +2,8 @@
 
 The edge hub calls `app[HEARTBEATS].add(Heartbeat(device_id, at, health, restarts))` for each
 health frame and `touch(device_id, at)` for other traffic (last seen only); per device the latest
-is kept until the next flush (1,000 edges ≈ 5 ms).
+is kept until the next flush (1,000 edges ≈ 5 ms). On a registry shared by several nodes, each
+flush is followed by reading the heartbeats the other nodes wrote (`poll_heartbeats`).
 """
 from __future__ import annotations
 
@@ -52,3 +53,9 @@ class HeartbeatBuffer:
                 self.flush()
             except Exception:  # a locked database must not end the flushing for good
                 log.exception("writing heartbeats failed")
+            follow = getattr(self.registry, "poll_heartbeats", None)
+            if follow is not None:   # a shared registry: what the other nodes heard of their edges
+                try:
+                    follow()
+                except Exception:
+                    log.exception("reading other nodes' heartbeats failed")

@@ -51,6 +51,7 @@ _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_
 _loads = json.loads
 _BULK = 5000             # devices per INSERT in add_devices
 _FEED_BATCH = 20_000     # more changes than this at once: reload every device instead
+HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
 
 
 def _device(row: Sequence) -> Device:
@@ -74,6 +75,8 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         self._wake: Callable[[str], None] | None = None
         self._serving: set[str] = set()   # edges this node's hub set online (the sweep reads it from its thread)
         self._serving_lock = threading.Lock()
+        self._heard: dict[str, float] = {}   # poll_heartbeats: the last beat passed on, per device
+        self._heard_through = self.clock()
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             pg_migrate(conn)
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="streamql-registry",
@@ -417,6 +420,28 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
             if hook is not None:
                 hook(beats)
         return count
+
+    def poll_heartbeats(self) -> int:
+        """Heartbeats other nodes wrote of edges this node does not serve (a WebSocket edge of
+        another node), to the listeners' `heartbeats_recorded`; returns how many. Health is not in
+        the change feed (every beat of every edge would flood it): it is read by last-seen time,
+        HEARD_MARGIN_S back from the latest seen, so a beat written late is not missed."""
+        hooks = [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
+        if not hooks:
+            return 0
+        with self._serving_lock:
+            serving = list(self._serving)
+        rows = self._rows("SELECT id, last_seen, health::text, restarts FROM devices WHERE last_seen > %s "
+                          "AND id NOT IN (SELECT unnest(%s::text[]))", (self._heard_through - HEARD_MARGIN_S, serving))
+        beats = [Heartbeat(i, at, _loads(health), restarts) for i, at, health, restarts in rows
+                 if at > self._heard.get(i, 0.0)]
+        for beat in beats:
+            self._heard[beat.device_id] = beat.at
+            self._heard_through = max(self._heard_through, beat.at)
+        if beats:
+            for hook in hooks:
+                hook(beats)
+        return len(beats)
 
     # --- tokens --------------------------------------------------------------------------------
     def add_token(self, token_hash: str, role: str, *, label: str = "", device_id: str | None = None) -> TokenRecord:

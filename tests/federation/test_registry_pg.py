@@ -14,6 +14,7 @@ from federation.errors import Unauthorized
 from federation.index import SelectionIndex
 from federation.registry import Registry
 from federation.registry_interface import RegistryBackend, open_registry
+from federation.records import Heartbeat
 from federation.registry_pg import PgRegistry
 from federation.registry_pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, pg_migrate
 from streamql.selection import Eq, meta
@@ -288,6 +289,24 @@ def test_an_edge_the_survivor_serves_too_stays_online_when_the_named_node_dies(n
     b._watcher.dirty.set()          # the watcher's NOTIFY would do it; no waiting on its thread here
     b.poll_external_changes()
     assert heard.online == {"shared": True, "only-a": False, "gone": False}
+
+
+def test_heartbeats_another_node_wrote_reach_this_nodes_listeners_once(nodes):
+    a, b = nodes
+    for name in ("on-a", "on-b"):
+        provision(a, name)
+    heard: list[Heartbeat] = []
+    b.add_listener(type("Beats", (_OnlineHeard,), {"heartbeats_recorded": lambda self, beats: heard.extend(beats)})())
+    a.set_online("on-a", True)
+    b.set_online("on-b", True)      # B hears this one itself: nothing to read back
+    now = time.time()
+    a.record_heartbeats([Heartbeat("on-a", now, {"battery": 15.0}, 2), Heartbeat("on-b", now, {"battery": 1.0}, 0)])
+    assert b.poll_heartbeats() == 1
+    assert heard == [Heartbeat("on-a", now, {"battery": 15.0}, 2)]
+    assert b.poll_heartbeats() == 0       # nothing new
+    a.record_heartbeats([Heartbeat("on-a", now - 1.0, {"battery": 14.0}, 2)])   # older than the one passed on
+    a.record_heartbeats([Heartbeat("on-a", now + 2.0, {"battery": 14.5}, 3)])
+    assert b.poll_heartbeats() == 1 and heard[-1] == Heartbeat("on-a", now + 2.0, {"battery": 14.5}, 3)
 
 
 def test_a_restarted_server_costs_errors_while_down_and_nothing_after(pg_server, nodes):

@@ -15,7 +15,7 @@ import pytest
 
 import streamql
 from federation.testing import make_bundle
-from scaleout_fleet import DEVICES, ScaleOutFleet
+from scaleout_fleet import DEVICES, Device, ScaleOutFleet
 from streamql.models import keygen
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -154,3 +154,42 @@ def test_nats_edges_stay_online_on_the_other_node_when_one_is_killed(fleet):
     assert summary["status"]["online"] == len(EDGES), summary
     answered, got = _everyone_answers(fleet, "B")
     assert answered, got
+
+
+def _compact(fleet, node: str) -> dict[str, dict]:
+    fleet.on(node)
+    return {e["id"]: e for e in fleet.api("GET", "/v1/edges?fields=compact")["edges"]}
+
+
+def test_health_seen_on_the_other_node_follows_the_heartbeats(fleet):
+    """An edge on WebSockets to node A (the route stays on a NATS node): only A hears its health
+    frames and writes its heartbeats; node B's fleet views follow them all the same."""
+    _node_running(fleet, "A")
+    _node_running(fleet, "B")
+    low = Device("ws-0009", "EU", "dumper", -12.0, 15.0)    # battery under 20: "low battery" attention
+    fleet.on("A")
+    fleet.tokens[low.id] = fleet.api("POST", "/v1/edges", {"id": low.id, "metadata": low.metadata,
+                                                           "capabilities": {"ram_kb": 65536}})["token"]
+    fleet._env[low.id] = {"STREAMQL_EDGE_TOKEN": fleet.tokens[low.id]}
+    fleet.spawn(low.id, "edge", "--id", low.id, "--federation", fleet.node_url("A"),
+                "--store", str(fleet.dir / "edges" / low.id), "--heartbeat", "2", "--log-level", "warning",
+                "--reconnect-initial", "0.2", "--reconnect-max", "1",
+                "--signal", f"name=battery,shape=constant,offset={low.battery},rate_hz=2")
+    try:
+        fleet.wait(lambda: low.id in fleet.online("B"), 90, "B to see the WebSocket edge online")
+        batteries = {d.id: d.battery for d in [*EDGES, low]}
+        fleet.wait(lambda: {i: e["battery"] for i, e in _compact(fleet, "B").items()} == batteries, 60,
+                   "B to show every edge's battery")
+        first = _compact(fleet, "B")[low.id]
+        fleet.wait(lambda: _compact(fleet, "B")[low.id]["uptime_s"] >= first["uptime_s"] + 4, 60,
+                   "B to show later heartbeats of the WebSocket edge")
+        later = _compact(fleet, "B")[low.id]
+        assert later["last_seen"] > first["last_seen"] and later["online"], (first, later)
+        assert _compact(fleet, "A")[low.id]["battery"] == low.battery
+        summary = fleet.api("GET", "/v1/edges/summary")     # on B
+        assert summary["status"]["online"] == len(EDGES) + 1, summary
+        assert summary["attention"]["low battery"] == 1, summary
+    finally:
+        edge = fleet.procs.pop(low.id)
+        edge.terminate()
+        edge.wait(10)
