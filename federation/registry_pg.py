@@ -7,7 +7,8 @@ service does not care which it has. The differences:
 - connections come from a pool that checks each before handing it out: a restarted PostgreSQL
   costs the calls made while it is down an error, and the next ones reconnect by themselves;
 - calls block the event loop for a round trip (a fraction of a millisecond on a LAN), as SQLite's
-  did for a page read; the selection index stays in memory and answers selections itself;
+  did for a page read; the selection index stays in memory and answers selections itself; the
+  hot ones, the heartbeat flush and the heartbeat poll, have `…_off_loop` forms run in a thread;
 - devices changed by another node reach this node's listeners (the selection index, the fleet
   table) through the change feed (`device_changes`, written by triggers, LISTEN/NOTIFY to wake
   up; federation/registry_pg_sync.py): `poll_external_changes` costs nothing when nothing changed;
@@ -20,6 +21,7 @@ service does not care which it has. The differences:
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -404,31 +406,55 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
     def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
         """Last seen, health and restarts of many devices in one statement; returns rows updated."""
         beats = list(beats)
+        count = self._write_heartbeats(beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    async def record_heartbeats_off_loop(self, beats: Iterable[Heartbeat]) -> int:
+        """record_heartbeats with the round trip in a worker thread (10,000 edges' beats are most of
+        a second of PostgreSQL's time the event loop need not wait for); listeners hear on the loop."""
+        beats = list(beats)
+        count = await asyncio.to_thread(self._write_heartbeats, beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    def _write_heartbeats(self, beats: list[Heartbeat]) -> int:
         if not beats:
             return 0
         latest = {b.device_id: b for b in beats}   # one row per device in a single UPDATE … FROM
         rows = list(latest.values())
-        count = self._run(
+        return self._run(
             "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
             "restarts = coalesce(u.restarts, d.restarts) "
             "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
             "WHERE d.id = u.id",
             ([b.device_id for b in rows], [b.at for b in rows],
              [None if b.health is None else Jsonb(b.health) for b in rows], [b.restarts for b in rows]))
-        for listener in self._listeners:
-            hook = getattr(listener, "heartbeats_recorded", None)
-            if hook is not None:
+
+    def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
+        return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
+
+    def _heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        if beats:
+            for hook in self._heartbeats_hooks():
                 hook(beats)
-        return count
 
     def poll_heartbeats(self) -> int:
         """Heartbeats other nodes wrote of edges this node does not serve (a WebSocket edge of
         another node), to the listeners' `heartbeats_recorded`; returns how many. Health is not in
         the change feed (every beat of every edge would flood it): it is read by last-seen time,
         HEARD_MARGIN_S back from the latest seen, so a beat written late is not missed."""
-        hooks = [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
-        if not hooks:
-            return 0
+        beats = self._read_heartbeats() if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    async def poll_heartbeats_off_loop(self) -> int:
+        """poll_heartbeats with the round trip in a worker thread; listeners hear on the loop."""
+        beats = await asyncio.to_thread(self._read_heartbeats) if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    def _read_heartbeats(self) -> list[Heartbeat]:
         with self._serving_lock:
             serving = list(self._serving)
         rows = self._rows("SELECT id, last_seen, health::text, restarts FROM devices WHERE last_seen > %s "
@@ -438,10 +464,7 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         for beat in beats:
             self._heard[beat.device_id] = beat.at
             self._heard_through = max(self._heard_through, beat.at)
-        if beats:
-            for hook in hooks:
-                hook(beats)
-        return len(beats)
+        return beats
 
     # --- tokens --------------------------------------------------------------------------------
     def add_token(self, token_hash: str, role: str, *, label: str = "", device_id: str | None = None) -> TokenRecord:
