@@ -7,17 +7,21 @@ service does not care which it has. The differences:
 - connections come from a pool that checks each before handing it out: a restarted PostgreSQL
   costs the calls made while it is down an error, and the next ones reconnect by themselves;
 - calls block the event loop for a round trip (a fraction of a millisecond on a LAN), as SQLite's
-  did for a page read; the selection index stays in memory and answers selections itself;
+  did for a page read; the selection index stays in memory and answers selections itself; the
+  hot ones, the heartbeat flush and the heartbeat poll, have `…_off_loop` forms run in a thread;
 - devices changed by another node reach this node's listeners (the selection index, the fleet
   table) through the change feed (`device_changes`, written by triggers, LISTEN/NOTIFY to wake
   up; federation/registry_pg_sync.py): `poll_external_changes` costs nothing when nothing changed;
 - a device's `online` flag says which node holds its link (`online_node`); at start a node marks
   offline only what it held or what dead nodes held, not the edges of the nodes still running;
+  an edge on NATS is served by every node: when the one named dies, a node serving it takes the
+  name over (`mark_dead_nodes_offline`) and the edge stays online;
 - bundle bytes are stored in the database (bytea), never as files: nodes share no file system;
 - one node drives a deployment at a time (`claim_deployment`, a session advisory lock).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -49,6 +53,7 @@ _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_
 _loads = json.loads
 _BULK = 5000             # devices per INSERT in add_devices
 _FEED_BATCH = 20_000     # more changes than this at once: reload every device instead
+HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
 
 
 def _device(row: Sequence) -> Device:
@@ -70,6 +75,10 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         self._listeners: list[RegistryListener] = []
         self._local = threading.local()
         self._wake: Callable[[str], None] | None = None
+        self._serving: set[str] = set()   # edges this node's hub set online (the sweep reads it from its thread)
+        self._serving_lock = threading.Lock()
+        self._heard: dict[str, float] = {}   # poll_heartbeats: the last beat passed on, per device
+        self._heard_through = self.clock()
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             pg_migrate(conn)
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="streamql-registry",
@@ -349,12 +358,16 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
     def set_online(self, device_id: str, online: bool, *, at: float | None = None) -> None:
         """An edge connected to this node (online, last seen now) or went away (offline)."""
         at = self.clock() if at is None else at
+        with self._serving_lock:   # before the write: a sweep in between re-points nothing wrongly
+            (self._serving.add if online else self._serving.discard)(device_id)
         if online:
             count = self._run("UPDATE devices SET online = true, online_node = %s, last_seen = %s WHERE id = %s",
                               (self.node_key, at, device_id))
         else:
             count = self._run("UPDATE devices SET online = false, online_node = NULL WHERE id = %s", (device_id,))
         if count == 0:
+            with self._serving_lock:
+                self._serving.discard(device_id)
             raise NotFound(f"no device {device_id!r} is registered")
         for listener in self._listeners:
             listener.online_changed([device_id], online)
@@ -364,6 +377,8 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
 
     def mark_all_offline(self) -> int:
         """At start: what this node or a dead node held is offline; live nodes' edges stay online."""
+        with self._serving_lock:
+            self._serving.clear()
         ids = [row[0] for row in self._rows(
             f"UPDATE devices SET online = false, online_node = NULL WHERE online_node = %s OR ({self._DEAD_NODE}) "
             "RETURNING id", (self.node_key,))]
@@ -373,29 +388,83 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         return len(ids)
 
     def mark_dead_nodes_offline(self) -> int:
-        """The watcher's sweep: edges of a node that died are offline (every node hears it)."""
-        return len(self._rows(f"UPDATE devices SET online = false, online_node = NULL WHERE {self._DEAD_NODE} "
-                              "RETURNING id"))
+        """The watcher's sweep (from its thread): what dead nodes held goes offline, except the edges
+        this node serves too — an edge on NATS is served by every node, whichever one the registry
+        names — which stay online under this node's name. Written as nobody's change, so this node's
+        listeners hear it through the feed as the other nodes' do. Never sets an edge online: a
+        disconnect written meanwhile wins either way."""
+        with self._serving_lock:
+            serving = list(self._serving)
+        with self.transaction() as conn:
+            conn.execute("SELECT set_config('streamql.node', '', true)")
+            if serving:
+                conn.execute(f"UPDATE devices SET online_node = %s WHERE id = ANY(%s) AND {self._DEAD_NODE}",
+                             (self.node_key, serving))
+            return len(conn.execute(f"UPDATE devices SET online = false, online_node = NULL WHERE {self._DEAD_NODE} "
+                                    "RETURNING id").fetchall())
 
     def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
         """Last seen, health and restarts of many devices in one statement; returns rows updated."""
         beats = list(beats)
+        count = self._write_heartbeats(beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    async def record_heartbeats_off_loop(self, beats: Iterable[Heartbeat]) -> int:
+        """record_heartbeats with the round trip in a worker thread (10,000 edges' beats are most of
+        a second of PostgreSQL's time the event loop need not wait for); listeners hear on the loop."""
+        beats = list(beats)
+        count = await asyncio.to_thread(self._write_heartbeats, beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    def _write_heartbeats(self, beats: list[Heartbeat]) -> int:
         if not beats:
             return 0
         latest = {b.device_id: b for b in beats}   # one row per device in a single UPDATE … FROM
         rows = list(latest.values())
-        count = self._run(
+        return self._run(
             "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
             "restarts = coalesce(u.restarts, d.restarts) "
             "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
             "WHERE d.id = u.id",
             ([b.device_id for b in rows], [b.at for b in rows],
              [None if b.health is None else Jsonb(b.health) for b in rows], [b.restarts for b in rows]))
-        for listener in self._listeners:
-            hook = getattr(listener, "heartbeats_recorded", None)
-            if hook is not None:
+
+    def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
+        return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
+
+    def _heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        if beats:
+            for hook in self._heartbeats_hooks():
                 hook(beats)
-        return count
+
+    def poll_heartbeats(self) -> int:
+        """Heartbeats other nodes wrote of edges this node does not serve (a WebSocket edge of
+        another node), to the listeners' `heartbeats_recorded`; returns how many. Health is not in
+        the change feed (every beat of every edge would flood it): it is read by last-seen time,
+        HEARD_MARGIN_S back from the latest seen, so a beat written late is not missed."""
+        beats = self._read_heartbeats() if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    async def poll_heartbeats_off_loop(self) -> int:
+        """poll_heartbeats with the round trip in a worker thread; listeners hear on the loop."""
+        beats = await asyncio.to_thread(self._read_heartbeats) if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    def _read_heartbeats(self) -> list[Heartbeat]:
+        with self._serving_lock:
+            serving = list(self._serving)
+        rows = self._rows("SELECT id, last_seen, health::text, restarts FROM devices WHERE last_seen > %s "
+                          "AND id NOT IN (SELECT unnest(%s::text[]))", (self._heard_through - HEARD_MARGIN_S, serving))
+        beats = [Heartbeat(i, at, _loads(health), restarts) for i, at, health, restarts in rows
+                 if at > self._heard.get(i, 0.0)]
+        for beat in beats:
+            self._heard[beat.device_id] = beat.at
+            self._heard_through = max(self._heard_through, beat.at)
+        return beats
 
     # --- tokens --------------------------------------------------------------------------------
     def add_token(self, token_hash: str, role: str, *, label: str = "", device_id: str | None = None) -> TokenRecord:

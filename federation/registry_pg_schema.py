@@ -188,6 +188,12 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
         """CREATE TRIGGER deployments_changed AFTER INSERT OR UPDATE OF state ON deployments
             FOR EACH STATEMENT EXECUTE FUNCTION streamql_notify('deployments')""",
     )),
+    PgMigration(3, "the device-update trigger joins its transition tables by hash, not in a nested loop", (
+        # transition tables have no statistics: the planner joined old and new rows in a nested
+        # loop, quadratic in the rows of one UPDATE — a heartbeat flush of 10,000 edges took 14 s
+        # (2,000: 0.7 s; with a hash join 0.06 s, about what it costs without the trigger)
+        "ALTER FUNCTION streamql_devices_updated() SET enable_nestloop = off",
+    )),
 )
 PG_SCHEMA_VERSION = PG_MIGRATIONS[-1].version
 
