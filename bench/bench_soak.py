@@ -183,6 +183,10 @@ def goal(report: dict, args: argparse.Namespace) -> list[str]:
             reasons.append(f"{name} killed past the RSS cap at {figures['killed_at_mb']:.0f} MB")
     if not (report.get("federation_before_sigterm") or {}).get("alive", False):
         reasons.append("the federation was not running at the end")
+    leaks = sum(n for key, n in ((report.get("bad") or {}).get("statuses") or {}).items()
+                if key.startswith("passwd: ") and "LEAKED" in key)
+    if leaks:   # a hard failure: a read token must never get the host's files
+        reasons.append(f"/etc/passwd lines returned to a read token {leaks} times")
     if report.get("edges", {}).get("reconnections"):
         reasons.append(f"edges dropped their link {report['edges']['reconnections']} times")
     return reasons

@@ -46,7 +46,7 @@ from .pacing import PACER, Pacer, below_the_loop
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 
 DEFAULT_BATCH_ROWS = 1024
-CREDIT_WAIT_S = 0.1
+CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
 
 
@@ -257,9 +257,12 @@ class Fragment:
                     return granted
                 if self._pace is not None:    # paused: no CPU turn held while it waits
                     self._pace.release()
-                self._cond.wait(CREDIT_WAIT_S)
                 if ctx.cancel.is_set():       # (not ctx.check: that would wait for a turn, paused)
                     raise QueryCancelled("the query was cancelled")
+                # no polling: credit (add_credit) and the fragment's end (_decide) notify, so a
+                # stream nobody reads costs no CPU while it waits (thousands of them on a
+                # simulated fleet's process woke ten times a second each)
+                self._cond.wait(CREDIT_WAIT_S)
 
     def _send(self, cols: list, n: int, names: list) -> None:
         frame = wire.make("rows", qid=self.qid, seq=self.seq, n=n, cols=cols, names=names, time=time.time())

@@ -14,7 +14,12 @@ gives the CPU to the short fragments, the link and the signals first, and to the
 whatever they leave (all of it on an idle device).
 
 One `Pacer` per process (`PACER`): every edge of a simulated fleet in one process shares it, as
-they share the interpreter and the CPU.
+they share the interpreter and the CPU. `share` (1 on a device) is the part of the wall time the
+long fragments compute at all: a turn's holder rests `slice_s · (1/share − 1)` after each slice,
+still holding it. A simulated fleet sets it low (edge_engine/simulate.py): its process stands for
+dozens of devices that each have a CPU of their own, and a long computation on every one of them
+at once must not take the process's whole share of the machine from their short fragments and
+links (a thread at nice 19 that holds the interpreter's lock also holds up every other thread).
 """
 from __future__ import annotations
 
@@ -31,9 +36,11 @@ WAIT_TICK_S = 0.1       # how often a waiting fragment looks at its cancel flag
 
 
 class Pacer:
-    def __init__(self, turns: int | None = None, long_after_s: float = LONG_AFTER_S, slice_s: float = SLICE_S):
+    def __init__(self, turns: int | None = None, long_after_s: float = LONG_AFTER_S, slice_s: float = SLICE_S,
+                 share: float = 1.0):
         self.turns = max(1, turns or (os.cpu_count() or 2) - 1)
         self.long_after_s, self.slice_s = long_after_s, slice_s
+        self.share = share
         self._turns = threading.Semaphore(self.turns)
         self._lock = threading.Lock()
         self.waiting = 0          # long fragments waiting for a turn now
@@ -58,6 +65,7 @@ class Pacer:
             if state["holding"]:
                 if now < state["until"]:
                     return
+                self._rest(cancelled)
                 state["holding"] = False
                 self._turns.release()      # the next long fragment's turn
                 time.sleep(0)              # let a waiter take it
@@ -71,6 +79,13 @@ class Pacer:
                 self._turns.release()
         pace.release = release             # the worker gives its turn back when the fragment ends
         return pace
+
+    def _rest(self, cancelled: threading.Event) -> None:
+        """After a slice, with the turn held: the rest that keeps long fragments to `share`."""
+        if self.share >= 1.0:
+            return
+        if cancelled.wait(self.slice_s * (1.0 / max(self.share, 0.01) - 1.0)):
+            raise QueryCancelled("the query was cancelled")
 
     def _wait(self, cancelled: threading.Event) -> None:
         if self._turns.acquire(blocking=False):

@@ -46,6 +46,7 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 
 from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
+from .pacing import PACER
 from .sim_signals import SignalPump, on_demand
 from .signals import build_drivers
 
@@ -246,6 +247,11 @@ def _warm_parser() -> None:
     parse("select 1;")
 
 
+LONG_SHARE = 0.1
+"""The part of the time a simulator process's long fragments compute (edge_engine/pacing.py): the
+process stands for many devices, each with a CPU of its own; `count(iota(1, 10^12))@e` on all of
+them at once must leave the machine to their short fragments and links."""
+
 HANDSHAKES_AT_ONCE = 32     # per simulator process: hellos beyond this wait their turn
 CONNECTS_PER_S = 500.0       # the connect ramp: edges' first attempts spread over n / this seconds
 
@@ -282,6 +288,7 @@ class SimulatedFleet:
         self.pump = SignalPump(clock)
         self.session: aiohttp.ClientSession | None = None
         self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
+        PACER.share = min(PACER.share, LONG_SHARE)
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}

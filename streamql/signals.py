@@ -148,11 +148,15 @@ class LiveSignal(Signal):
     timestamped = True
 
     def __init__(self, name: str, type_name: str | None = None, capacity: int = 1 << 20,
-                 clock: Clock = SYSTEM_CLOCK, idle_tick: float = IDLE_TICK):
+                 clock: Clock = SYSTEM_CLOCK, idle_tick: float = IDLE_TICK, linger: float = 0.0):
         super().__init__(name, type_name)
         self.capacity = capacity
         self.clock = clock
         self.idle_tick = idle_tick
+        # after handing readings over, a reader sleeps this long before it takes the next ones
+        # (on its query's clock: a cancel wakes it at once), so it wakes and its query passes
+        # rows on once per `linger` at most, however often readings arrive (0: at each push)
+        self.linger = linger
         self.dropped = 0
         self.pushed = 0
         self._cond = threading.Condition()
@@ -216,7 +220,7 @@ class LiveSignal(Signal):
             # the position of its first reading, when readings have positions (position_base)
             position = None if self.position_base is None else self.position_base + self.pushed
             pushed = self.pushed
-        reader = _LiveReader(self, queue)
+        reader = _LiveReader(self, queue, clock)
         reader.position = position
         reader._pushed_at_open = pushed
         return reader
@@ -233,8 +237,9 @@ class LiveSignal(Signal):
             if queue in self._readers:
                 self._readers.remove(queue)
 
-    def _drain(self, queue: "_LiveQueue") -> Iterator[Any]:
+    def _drain(self, queue: "_LiveQueue", clock: Clock | None = None) -> Iterator[Any]:
         cond = self._cond
+        linger = self.linger if clock is not None else 0.0
         while True:
             with cond:
                 if not queue.size and not self._ended:
@@ -246,6 +251,8 @@ class LiveSignal(Signal):
                 else:
                     item = queue.pop_all()
             yield item
+            if linger and item is not IDLE:
+                clock.sleep(linger)
 
 
 class _LiveReader:
@@ -253,10 +260,10 @@ class _LiveReader:
 
     __slots__ = ("_hub", "_queue", "_items", "position", "_pushed_at_open", "__weakref__")
 
-    def __init__(self, hub: LiveSignal, queue: "_LiveQueue"):
+    def __init__(self, hub: LiveSignal, queue: "_LiveQueue", clock: Clock | None = None):
         self._hub = hub
         self._queue = queue
-        self._items = hub._drain(queue)
+        self._items = hub._drain(queue, clock)
 
     def __iter__(self):
         return self

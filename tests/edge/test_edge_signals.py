@@ -10,7 +10,7 @@ import pytest
 from edge_engine.signals import (CallableDriver, CsvReplayDriver, SignalSpecError, SimModel, SimulatedDriver,
                                  UdpJsonInput, build_drivers, check_spec)
 from streamql.batch import Batch
-from streamql.clock import FakeClock
+from streamql.clock import SYSTEM_CLOCK, FakeClock
 from streamql.signals import LiveSignal
 
 
@@ -284,3 +284,48 @@ def test_driver_set_in_a_thread_and_latest_at():
     model = SimModel("walk", rate_hz=100, seed=4, offset=-25)
     stamp, value = model.latest_at(signal.latest_time() + 0.001)
     assert stamp == signal.latest_time() and value == signal.latest()
+
+
+def test_a_lingering_reader_takes_readings_at_most_once_per_linger_and_loses_none():
+    import threading
+    import time
+
+    from streamql.batch import IDLE
+    from streamql.clock import CancellableClock
+    from streamql.errors import QueryCancelled
+    from streamql.signals import LiveSignal
+
+    hub = LiveSignal("s", linger=0.3, idle_tick=0.05)
+    cancel = threading.Event()
+    reader = hub.open(CancellableClock(SYSTEM_CLOCK, cancel))
+    stop = threading.Event()
+
+    def produce() -> None:
+        for i in range(60):        # 50 readings a second for 1.2 s
+            if stop.is_set():
+                return
+            hub.push(float(i))
+            time.sleep(0.02)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    taken, values = [], []
+    started = time.monotonic()
+    while len(values) < 60 and time.monotonic() - started < 10:
+        item = next(reader)
+        if item is IDLE:
+            continue
+        taken.append(time.monotonic())
+        values.extend(list(item.values) if hasattr(item, "values") else [item.value])
+    producer.join(5)
+    assert values == [float(i) for i in range(60)]                  # every reading, in order
+    assert len(taken) <= 8, len(taken)                              # not one wake per reading
+    assert all(b - a >= 0.25 for a, b in zip(taken, taken[1:])), taken
+    hub.push(99.0)
+    next(reader)                                                    # the linger starts after this one
+    cancel.set()
+    began = time.monotonic()
+    with pytest.raises(QueryCancelled):
+        next(reader)
+    assert time.monotonic() - began < 0.25                          # a cancel ends the linger at once
+    stop.set()

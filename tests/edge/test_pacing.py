@@ -140,3 +140,55 @@ def test_a_long_fragments_thread_runs_at_the_lowest_priority_and_only_it():
     thread.join(5)
     assert seen == {"before": os.getpriority(os.PRIO_PROCESS, 0), "after": 19}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19   # this thread untouched
+
+
+def test_a_share_keeps_the_long_fragments_to_that_part_of_the_time():
+    pacer = Pacer(turns=1, long_after_s=0.0, slice_s=0.02, share=0.25)
+    stop = threading.Event()
+    used = {}
+
+    def long_work() -> None:
+        pace = pacer.pace_for(threading.Event())
+        started_cpu, started = time.thread_time(), time.monotonic()
+        try:
+            while not stop.is_set():
+                pace()
+                spin(0.002)
+        finally:
+            pace.release()
+            used["cpu"], used["wall"] = time.thread_time() - started_cpu, time.monotonic() - started
+
+    thread = threading.Thread(target=long_work)
+    thread.start()
+    time.sleep(1.5)
+    stop.set()
+    thread.join(5)
+    # a quarter of the time computing (rests of 3 slices after each); generous bounds on a busy box
+    assert used["cpu"] < 0.5 * used["wall"], used
+    assert used["cpu"] > 0.02, used
+
+
+def test_a_cancel_ends_a_rest_at_once():
+    pacer = Pacer(turns=1, long_after_s=0.0, slice_s=0.01, share=0.001)   # rests of about a second
+    cancelled = threading.Event()
+    pace = pacer.pace_for(cancelled)
+    outcome = {}
+
+    def work() -> None:
+        started = time.monotonic()
+        try:
+            for _ in range(100):
+                pace()
+                spin(0.02)
+        except QueryCancelled:
+            outcome["seconds"] = time.monotonic() - started
+        finally:
+            pace.release()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    time.sleep(0.2)
+    cancelled.set()
+    thread.join(5)
+    assert outcome and outcome["seconds"] < 1.0, outcome
+    assert pacer._turns.acquire(timeout=1)     # the turn was given back
