@@ -36,7 +36,10 @@ import shutil
 import sys
 import tempfile
 import time
+import threading
 import traceback
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,18 +96,60 @@ def federation_pids(fleet: ScaleFleet) -> dict[str, int]:
     return {"": fleet.federation.pid}
 
 
-def run_column(transport: str, edges: int, args, work: Path) -> dict[str, tuple[str, str]]:
-    """figure → (value, notes) for one transport and fleet size."""
+class LagProbe:
+    """`GET /healthz` on node A every half second from a thread: the worst answer time of a phase
+    is how long the federation's event loop kept everything waiting (a pong to an edge included)."""
+
+    def __init__(self, url: str):
+        self.url, self.samples = url, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=60) as response:
+                    response.read()
+            except (urllib.error.URLError, OSError):
+                pass
+            self.samples.append((began, time.monotonic() - began))
+            self._stop.wait(0.5)
+
+    def mark(self) -> float:
+        return time.monotonic()
+
+    def worst(self, since: float) -> str:
+        seen = [lag for at, lag in self.samples if at >= since]
+        return f"loop lag max {max(seen):.1f} s" if seen else "loop lag: no sample"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def link_drops(fleet: ScaleFleet) -> int:
+    """Simulated edges that gave up on a silent federation (3 heartbeats without a frame)."""
+    log = fleet.dir / "simulator.log"
+    try:
+        return log.read_text(errors="replace").count("no frame from the federation")
+    except OSError:
+        return 0
+
+
+def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tuple[str, str]]) -> None:
+    """Fills `out`, figure → (value, notes), for one transport and fleet size (what it got before a failure too)."""
     from edge_engine.simulate import fleet_identities
     from scale_fleet import rss_kb
     from streamql.models import keygen
 
-    out: dict[str, tuple[str, str]] = {}
     private, public = keygen(work / "release")
     fleet = make_fleet(transport, edges, args, work, public)
     identities = fleet_identities(edges, args.seed)
+    probe = None
     try:
         fleet.start_federation()
+        probe = LagProbe(fleet.url)
         out["setup"] = (getattr(fleet, "description", "one node, embedded hub, SQLite registry"), "")
         time.sleep(1.0)
         pids = federation_pids(fleet)
@@ -114,10 +159,10 @@ def run_column(transport: str, edges: int, args, work: Path) -> dict[str, tuple[
         seconds = fleet.wait_connected(args.connect_timeout, since=began)
         if seconds is None:
             out["connect"] = (f"NOT in {args.connect_timeout:.0f} s", f"{fleet.connected():,} online; "
-                              f"{fleet.processes} simulator processes; load {load()}")
-            return out
+                              f"{fleet.processes} simulator processes; {probe.worst(began)}; load {load()}")
+            return
         out["connect"] = (f"{seconds:.1f} s", f"{edges / seconds:,.0f} edges/s; {fleet.processes} simulator "
-                          f"processes; load {load()}")
+                          f"processes; {probe.worst(began)}; {link_drops(fleet)} links dropped; load {load()}")
         before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         idle_began = time.monotonic()
         time.sleep(args.settle)
@@ -130,10 +175,12 @@ def run_column(transport: str, edges: int, args, work: Path) -> dict[str, tuple[
                       "; ".join(f"{(name + ': ') if name else ''}{connected[name] / 1024:.0f} MiB connected, "
                                 f"{empty[name] / 1024:.0f} MiB empty" for name in pids) + f"; heartbeat {args.heartbeat:g} s")
         out["idle cpu"] = (" / ".join(f"{(name + ' ') if name else ''}{value:.0f} %" for name, value in cpu.items()),
-                           f"over {idle:.0f} s idle; {still:,} still online after it; load {load()}")
+                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}; "
+                           f"{link_drops(fleet)} links dropped so far; load {load()}")
         if still < edges:
             out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
 
+        phase = probe.mark()
         t0 = time.time()
         first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
         t1 = time.time()
@@ -143,9 +190,10 @@ def run_column(transport: str, edges: int, args, work: Path) -> dict[str, tuple[
         counts = status.get("status", {}).get("counts")
         out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
                           f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                          f"load {load()}")
+                          f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+        problems = []   # measured on: the figures after a failed check still say what the fleet does
         if wrong or missing:
-            raise SystemExit(f"{transport} {edges}: {wrong} fan-out values differ from the oracle, {missing} missing")
+            problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
         t0 = time.time()
         _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
@@ -159,19 +207,23 @@ def run_column(transport: str, edges: int, args, work: Path) -> dict[str, tuple[
                             f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
                             f"{status.get('status', {}).get('counts')}; load {load()}")
         if outside:
-            raise SystemExit(f"{transport} {edges}: the grouped aggregate differs from the oracle in {outside}")
+            problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
         if not args.no_deploy:
             out["deploy"] = deploy(fleet, work, private, args)
 
+        at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
         state = fleet.registry_state()
         out["stop"] = ("killed after 60 s" if seconds is None else f"{seconds:.2f} s",
-                       f"exit {code}; registry {state}; load {load()}")
+                       f"{at_stop:,} connected at SIGTERM; exit {code}; registry {state}; load {load()}")
         seconds, code = fleet.stop_simulator(timeout=60)
         out["simulator stop"] = ("killed" if seconds is None else f"{seconds:.2f} s", f"exit {code}")
-        return out
+        if problems:
+            raise SystemExit(f"{transport} {edges}: " + "; ".join(problems))
     finally:
+        if probe is not None:
+            probe.stop()
         fleet.close()
 
 
@@ -246,12 +298,13 @@ def main() -> None:
             column = f"{'embedded' if transport == 'embedded' else 'NATS, 2 nodes'} {edges:,}"
             work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{transport}-{edges}-"))
             started = time.strftime("%H:%M:%S", time.gmtime())
+            results[column] = {}
             try:
-                results[column] = run_column(transport, edges, args, work)
+                run_column(transport, edges, args, work, results[column])
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - the other columns still run
                 failed.append(f"{column}: {exc}")
                 traceback.print_exc()
-                results.setdefault(column, {})["error"] = (str(exc)[:300], "")
+                results[column]["error"] = (str(exc)[:300], "")
             finally:
                 if not args.keep:
                     shutil.rmtree(work, ignore_errors=True)
