@@ -210,7 +210,9 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
             problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
         if not args.no_deploy:
-            out["deploy"] = deploy(fleet, work, private, args)
+            phase = probe.mark()
+            value, notes = deploy(fleet, work, private, args)
+            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
 
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
