@@ -1,33 +1,45 @@
-"""Scale benchmark: thousands of simulated edges on one federation node, as the user runs them.
+"""Scale benchmark: thousands of simulated edges, on the embedded hub and on NATS with two nodes.
 
-    PYTHONPATH=. python bench/bench_scale.py --edges 1000,10000 [--transport embedded|nats]
+    PYTHONPATH=. python bench/bench_scale.py --edges 1000,10000 [--transport embedded,nats]
+                                             [--nats-registry postgresql|sqlite] [--json FILE]
 
-For each fleet size: `streamql federation` and `streamql edge --simulate N --processes K` (real
-processes on loopback; the simulator provisions its tokens in batches), then
-1. connect time: from the simulator's start (provisioning included) until every edge is online;
-2. fan-out: `select id(e), signal_value('battery')@e from Edge e;` — first row and all rows, every
-   value checked against the simulation function (an oracle; a wrong value fails the run);
-3. a grouped cross-edge aggregate (`… where signal_value('battery')@e < 20 group by region(e)`),
+For each fleet size and transport (side by side in one run): the federation — `streamql
+federation` (embedded), or two `streamql federation --nats … --nats-node A|B` nodes on one
+nats-server sharing a registry (bench/scale_nats.py: PostgreSQL and a secured nats-server by
+default, the scale-out configuration; `--nats-registry sqlite`: one SQLite file) — and `streamql
+edge --simulate N --processes K` (real processes on loopback; the simulator provisions its tokens
+in batches through node A's HTTP API; with NATS its edges link over NATS only), then
+1. connect time: from the simulator's start (provisioning included) until every edge is online
+   (on NATS: on both nodes);
+2. the federation's resident memory per connected edge (RSS with the fleet connected minus RSS
+   before the simulator started, over N; on NATS both nodes', each) and its CPU while the fleet
+   idles (heartbeats only), in percent of one core per node;
+3. fan-out: `select id(e), signal_value('battery')@e from Edge e;` sent to node A — first row and
+   all rows, every value checked against the simulation function (an oracle; a wrong value or a
+   missing edge fails the run);
+4. a grouped cross-edge aggregate (`… where signal_value('battery')@e < 20 group by region(e)`),
    its counts checked against the oracle's bounds per region;
-4. deployment of a signed 100 KB bundle to every edge (`deploy model … over waves of 100 percent`);
-5. the federation's resident memory per connected edge (RSS with the fleet connected minus RSS
-   before the simulator started, over N);
-6. graceful stop: SIGTERM with every edge connected, seconds until the federation exited, and
-   the registry after it (devices, online, integrity); then the simulator's stop.
+5. deployment of a signed 100 KB bundle to every edge (`deploy model … over waves of 100 percent`);
+6. graceful stop: SIGTERM with every edge connected (on NATS: both nodes at once), seconds until
+   the federation exited, and the registry after it; then the simulator's stop.
 
-`--transport nats` is the second column ("NATS, two nodes"): it runs once the NATS transport
-(federation/nats_*.py) is there, and says it is skipped until then. Report the load average with
-the figures: the box is shared.
+The heartbeat is the federation's default (5 s) unless `--heartbeat` says otherwise. Every figure
+carries the load average when it was taken: the box is shared.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import threading
+import traceback
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,52 +48,152 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import machine, table  # noqa: E402
 from scale_fleet import ScaleFleet, low_battery_bounds, oracle_battery  # noqa: E402
 
+TRANSPORTS = ("embedded", "nats")
+FIGURES = ("connect", "rss", "idle cpu", "fan-out", "aggregate", "deploy", "stop", "simulator stop")
+FIGURE_NAMES = {
+    "setup": "federation",
+    "error": "FAILED",
+    "run": "run (UTC)",
+    "connect": "connect, all online (provisioning included)",
+    "rss": "federation RSS per connected edge",
+    "idle cpu": "federation CPU, fleet idle (heartbeats)",
+    "fan-out": "fan-out signal_value@e of every edge",
+    "aggregate": "grouped aggregate across the fleet",
+    "deploy": "deploy a 100 KB bundle to every edge",
+    "stop": "graceful stop (SIGTERM, all connected)",
+    "simulator stop": "simulator stop (SIGTERM)",
+}
+
 
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run_size(edges: int, args, work: Path) -> list[tuple]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def make_fleet(transport: str, edges: int, args, work: Path, public) -> ScaleFleet:
+    processes = args.processes or max(1, min(4, edges // 2500 + 1))
+    options = dict(edges=edges, processes=processes, heartbeat_s=args.heartbeat, seed=args.seed, trusted_key=public,
+                   federation_args=["--device-timeout", str(args.device_timeout), "--log-level", "warning"])
+    if transport == "nats":
+        from scale_nats import NatsScaleFleet
+
+        return NatsScaleFleet(work / "fleet", registry=args.nats_registry, **options)
+    return ScaleFleet(work / "fleet", **options)
+
+
+def federation_pids(fleet: ScaleFleet) -> dict[str, int]:
+    nodes = getattr(fleet, "nodes", None)
+    if nodes:
+        return {name: process.pid for name, process in nodes.items()}
+    return {"": fleet.federation.pid}
+
+
+class LagProbe:
+    """`GET /healthz` on node A every half second from a thread: the worst answer time of a phase
+    is how long the federation's event loop kept everything waiting (a pong to an edge included)."""
+
+    def __init__(self, url: str):
+        self.url, self.samples = url, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=60) as response:
+                    response.read()
+            except (urllib.error.URLError, OSError):
+                pass
+            self.samples.append((began, time.monotonic() - began))
+            self._stop.wait(0.5)
+
+    def mark(self) -> float:
+        return time.monotonic()
+
+    def worst(self, since: float) -> str:
+        seen = [lag for at, lag in self.samples if at >= since]
+        return f"loop lag max {max(seen):.1f} s" if seen else "loop lag: no sample"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def link_drops(fleet: ScaleFleet) -> int:
+    """Simulated edges that gave up on a silent federation (3 heartbeats without a frame)."""
+    log = fleet.dir / "simulator.log"
+    try:
+        return log.read_text(errors="replace").count("no frame from the federation")
+    except OSError:
+        return 0
+
+
+def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tuple[str, str]]) -> None:
+    """Fills `out`, figure → (value, notes), for one transport and fleet size (what it got before a failure too)."""
     from edge_engine.simulate import fleet_identities
+    from scale_fleet import rss_kb
     from streamql.models import keygen
 
-    rows: list[tuple] = []
     private, public = keygen(work / "release")
-    processes = args.processes or max(1, min(4, edges // 2500 + 1))
-    fleet = ScaleFleet(work / "fleet", edges=edges, processes=processes, heartbeat_s=args.heartbeat, seed=args.seed,
-                       trusted_key=public, federation_args=["--device-timeout", str(args.device_timeout)])
+    fleet = make_fleet(transport, edges, args, work, public)
     identities = fleet_identities(edges, args.seed)
-    label = f"{edges:,} edges"
+    probe = None
     try:
         fleet.start_federation()
+        probe = LagProbe(fleet.url)
+        out["setup"] = (getattr(fleet, "description", "one node, embedded hub, SQLite registry"), "")
         time.sleep(1.0)
-        rss_empty = fleet.federation_rss_kb() or 0
+        pids = federation_pids(fleet)
+        empty = {name: rss_kb(pid) or 0 for name, pid in pids.items()}
         began = time.monotonic()
         fleet.start_simulator()
         seconds = fleet.wait_connected(args.connect_timeout, since=began)
         if seconds is None:
-            rows.append((label, "connect: all online", f"NOT in {args.connect_timeout:.0f} s "
-                         f"({fleet.connected():,} online)", f"{processes} simulator processes; load {load()}"))
-            return rows
-        rows.append((label, "connect: all online (provisioning included)", f"{seconds:.1f} s",
-                     f"{edges / seconds:,.0f} edges/s; {processes} simulator processes; load {load()}"))
+            out["connect"] = (f"NOT in {args.connect_timeout:.0f} s", f"{fleet.connected():,} online; "
+                              f"{fleet.processes} simulator processes; {probe.worst(began)}; load {load()}")
+            return
+        out["connect"] = (f"{seconds:.1f} s", f"{edges / seconds:,.0f} edges/s; {fleet.processes} simulator "
+                          f"processes; {probe.worst(began)}; {link_drops(fleet)} links dropped; load {load()}")
+        before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        idle_began = time.monotonic()
         time.sleep(args.settle)
-        rss = fleet.federation_rss_kb() or 0
-        rows.append((label, "federation RSS per connected edge", f"{(rss - rss_empty) / edges:.1f} KiB",
-                     f"RSS {rss / 1024:.0f} MiB connected, {rss_empty / 1024:.0f} MiB empty; heartbeat "
-                     f"{args.heartbeat:g} s"))
+        idle = time.monotonic() - idle_began
+        cpu = {name: 100.0 * (cpu_seconds(pid) - before_cpu[name]) / idle for name, pid in pids.items()}
+        still = fleet.connected()
+        connected = {name: rss_kb(pid) or 0 for name, pid in pids.items()}
+        per_edge = {name: (connected[name] - empty[name]) / edges for name in pids}
+        out["rss"] = (" / ".join(f"{(name + ' ') if name else ''}{value:.1f} KiB" for name, value in per_edge.items()),
+                      "; ".join(f"{(name + ': ') if name else ''}{connected[name] / 1024:.0f} MiB connected, "
+                                f"{empty[name] / 1024:.0f} MiB empty" for name in pids) + f"; heartbeat {args.heartbeat:g} s")
+        out["idle cpu"] = (" / ".join(f"{(name + ' ') if name else ''}{value:.0f} %" for name, value in cpu.items()),
+                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}; "
+                           f"{link_drops(fleet)} links dropped so far; load {load()}")
+        if still < edges:
+            out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
 
+        phase = probe.mark()
         t0 = time.time()
         first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
         t1 = time.time()
         possible = oracle_battery(identities, t0, t1)
         wrong = sum(1 for edge, value in answer if value not in possible.get(edge, ()))
+        missing = len(possible.keys() - {edge for edge, _ in answer})
         counts = status.get("status", {}).get("counts")
-        rows.append((label, "fan-out: signal_value@e of every edge", f"first row {first * 1000:.0f} ms",
-                     f"all rows {total * 1000:.0f} ms; {len(answer):,} rows, {wrong} differ from the oracle; "
-                     f"{counts}; load {load()}"))
-        if wrong:
-            raise SystemExit(f"{wrong} fan-out values differ from the oracle")
+        out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
+                          f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
+                          f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+        problems = []   # measured on: the figures after a failed check still say what the fleet does
+        if wrong or missing:
+            problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
         t0 = time.time()
         _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
@@ -90,36 +202,40 @@ def run_size(edges: int, args, work: Path) -> list[tuple]:
         bounds = low_battery_bounds(identities, oracle_battery(identities, t0, t1))
         counted = dict((region, count) for region, count in groups)
         outside = [r for r, (low, high) in bounds.items() if not low <= counted.get(r, 0) <= high]
-        rows.append((label, "grouped aggregate across the fleet", f"{total * 1000:.0f} ms",
-                     f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
-                     f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                     f"{status.get('status', {}).get('counts')}; load {load()}"))
+        out["aggregate"] = (f"{total * 1000:,.0f} ms",
+                            f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
+                            f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
+                            f"{status.get('status', {}).get('counts')}; load {load()}")
         if outside:
-            raise SystemExit(f"the grouped aggregate differs from the oracle in {outside}")
+            problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
         if not args.no_deploy:
-            rows.append(deploy(fleet, work, private, edges, label, args))
+            phase = probe.mark()
+            value, notes = deploy(fleet, work, private, args)
+            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
 
+        at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
         state = fleet.registry_state()
-        rows.append((label, "graceful stop (SIGTERM, all connected)",
-                     "killed after 60 s" if seconds is None else f"{seconds:.2f} s",
-                     f"exit {code}; registry {state}; load {load()}"))
+        out["stop"] = ("killed after 60 s" if seconds is None else f"{seconds:.2f} s",
+                       f"{at_stop:,} connected at SIGTERM; exit {code}; registry {state}; load {load()}")
         seconds, code = fleet.stop_simulator(timeout=60)
-        rows.append((label, "simulator stop (SIGTERM)", "killed" if seconds is None else f"{seconds:.2f} s",
-                     f"exit {code}"))
-        return rows
+        out["simulator stop"] = ("killed" if seconds is None else f"{seconds:.2f} s", f"exit {code}")
+        if problems:
+            raise SystemExit(f"{transport} {edges}: " + "; ".join(problems))
     finally:
+        if probe is not None:
+            probe.stop()
         fleet.close()
 
 
-def deploy(fleet: ScaleFleet, work: Path, private, edges: int, label: str, args) -> tuple:
+def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
     from federation.testing import make_bundle
 
     data = make_bundle(work / "bundles", "scalebench", "1.0.0", private_key=private, padding=100_000)
     status, answer = fleet.request("POST", "/v1/models", data, content_type="application/octet-stream")
     if status >= 300:
-        return (label, f"deploy a {len(data) / 1024:.0f} KB bundle", f"upload failed: HTTP {status}", str(answer)[:200])
+        return f"upload failed: HTTP {status}", str(answer)[:200]
     began = time.monotonic()
     _, _, _, result = fleet.query("deploy model 'scalebench' version '1.0.0' to Edge e over waves of 100 percent;")
     deployment = result.get("deployment_id")
@@ -129,42 +245,79 @@ def deploy(fleet: ScaleFleet, work: Path, private, edges: int, label: str, args)
         if progress.get("state") in ("done", "failed", "aborted", "cancelled", "rolled_back"):
             break
     seconds = time.monotonic() - began
-    return (label, f"deploy a {len(data) / 1024:.0f} KB bundle to every edge", f"{seconds:.1f} s",
-            f"state {progress.get('state')}; {progress.get('counts')}; load {load()}")
+    return (f"{seconds:.1f} s, {progress.get('state')}",
+            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}")
+
+
+def cell(entry: tuple[str, str] | None) -> str:
+    """A figure with the 1-minute load average its notes give."""
+    if entry is None:
+        return "-"
+    value, notes = entry
+    found = re.search(r"load (\d+\.\d)", notes)
+    return f"{value} (load {found.group(1)})" if found else value
+
+
+def side_by_side(results: dict[str, dict[str, tuple[str, str]]]) -> str:
+    columns = list(results)
+    rows = [(FIGURE_NAMES[f], *(cell(results[c].get(f)) for c in columns)) for f in ("setup", "error", *FIGURES, "run")
+            if any(f in results[c] for c in columns)]
+    return table("Side by side (load: 1-minute average when the figure was taken)", rows, ("figure", *columns))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", default="1000,10000", help="fleet sizes, comma-separated")
-    parser.add_argument("--transport", choices=("embedded", "nats"), default="embedded")
+    parser.add_argument("--transport", default="embedded,nats", help="embedded, nats or both (comma-separated)")
+    parser.add_argument("--nats-registry", choices=("postgresql", "sqlite"), default=None,
+                        help="the NATS column's shared registry (default: postgresql when its binaries are here)")
     parser.add_argument("--processes", type=int, default=0, help="simulator processes (default: by size)")
-    parser.add_argument("--heartbeat", type=float, default=30.0, help="the federation's heartbeat (s)")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="the federation's heartbeat (s; default 5)")
     parser.add_argument("--device-timeout", type=float, default=60.0)
     parser.add_argument("--connect-timeout", type=float, default=600.0)
     parser.add_argument("--deploy-timeout", type=float, default=600.0)
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds between all online and measuring")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-deploy", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
-    if args.transport == "nats" and importlib.util.find_spec("federation.nats_hub") is None:
-        print("bench_scale: --transport nats skipped: the NATS transport (federation/nats_*.py) is not there yet")
-        return
-    if args.transport == "nats":
-        print("bench_scale: --transport nats: two federation nodes on a NATS cluster are not wired into this "
-              "benchmark yet (ScaleFleet starts the embedded hub); skipped")
-        return
-    print(f"StreamQL scale benchmark — {machine()}; transport {args.transport}; load {load()}")
-    results = []
+    transports = [t.strip() for t in args.transport.split(",") if t.strip()]
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports:
+        parser.error(f"--transport: embedded and/or nats, not {unknown}")
+    if "nats" in transports and args.nats_registry is None:
+        from scale_nats import postgresql_available
+
+        args.nats_registry = "postgresql" if postgresql_available() else "sqlite"
+    print(f"StreamQL scale benchmark — {machine()}; transports {', '.join(transports)}"
+          f"{f' (NATS registry: {args.nats_registry})' if 'nats' in transports else ''}; heartbeat "
+          f"{args.heartbeat:g} s; load {load()}", flush=True)
+    results: dict[str, dict[str, tuple[str, str]]] = {}
+    failed = []
     for edges in [int(n) for n in args.edges.split(",") if n.strip()]:
-        work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{edges}-"))
-        try:
-            results += run_size(edges, args, work)
-        finally:
-            if not args.keep:
-                shutil.rmtree(work, ignore_errors=True)
-        print(table("Results so far", results, ("fleet", "what", "figure", "notes")), flush=True)
-    print(table(f"Results ({args.transport} hub)", results, ("fleet", "what", "figure", "notes")))
+        for transport in transports:
+            column = f"{'embedded' if transport == 'embedded' else 'NATS, 2 nodes'} {edges:,}"
+            work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{transport}-{edges}-"))
+            started = time.strftime("%H:%M:%S", time.gmtime())
+            results[column] = {}
+            try:
+                run_column(transport, edges, args, work, results[column])
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the other columns still run
+                failed.append(f"{column}: {exc}")
+                traceback.print_exc()
+                results[column]["error"] = (str(exc)[:300], "")
+            finally:
+                if not args.keep:
+                    shutil.rmtree(work, ignore_errors=True)
+            results[column]["run"] = (f"{started}–{time.strftime('%H:%M:%S', time.gmtime())} UTC", "")
+            rows = [(column, FIGURE_NAMES.get(f, f), value, notes) for f, (value, notes) in results[column].items()]
+            print(table(f"{column} (load now {load()})", rows, ("column", "what", "figure", "notes")), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    print(side_by_side(results))
+    if failed:
+        raise SystemExit("failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ class EdgeDaemon:
             from .nats_link import NatsLink
 
             self.link = NatsLink(self, config.nats, config.id, config.token, reconnect=config.reconnect,
-                                 heartbeat_s=config.heartbeat_s, stats=self.monitor.link, rng=self.rng, log=self.log)
+                                 heartbeat_s=config.heartbeat_s, stats=self.monitor.link, rng=self.rng, log=self.log,
+                                 **self.link_options)
             self._link_task = self.loop.create_task(self.link.run(), name=f"link {config.id}")
         elif config.federation:
             self.link = Link(self, config.federation, config.token, reconnect=config.reconnect,

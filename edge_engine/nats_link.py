@@ -136,7 +136,8 @@ class NatsLink:
     def __init__(self, handler: LinkHandler, servers: list[str], edge_id: str, token: str | None, *,
                  reconnect: Reconnect | None = None, heartbeat_s: float = 5.0, stats: LinkStats | None = None,
                  rng: random.Random | None = None, log: logging.Logger | None = None,
-                 handshake_timeout_s: float = 5.0, clock=None):
+                 handshake_timeout_s: float = 5.0, clock=None, start_delay_s: float = 0.0,
+                 gate: asyncio.Semaphore | None = None, heartbeat_jitter: float = 0.0):
         self.handler = handler
         self.servers = list(servers)
         self.edge_id = edge_id
@@ -166,10 +167,23 @@ class NatsLink:
         self.hello_stale = False
         self._early: list | None = None        # frames a node sent between our hello and the welcome
         self._nonce = 0
+        # many edges in one process (a simulated fleet), as on the WebSocket link: the first connect
+        # waits `start_delay_s`, and at most `gate`'s value of first connects (the auth callout, the
+        # hello) run at once; 10,000 at once make the callout's requests expire before the nodes
+        # reach them, and every retry adds more
+        self.start_delay_s = start_delay_s
+        self.gate = gate
+        self._holding_gate = False
+        self.heartbeat_jitter = heartbeat_jitter   # each beat up to this fraction early: phases spread
 
     # == the loop ===============================================================================
     async def run(self) -> None:
         try:
+            if self.start_delay_s > 0:
+                await self._wait(self._stopping, self.start_delay_s)
+            if self.gate is not None and not self._stopping.is_set():
+                await self.gate.acquire()
+                self._holding_gate = True
             await self._connect_nats()
             if self.nc is None:
                 return
@@ -195,6 +209,7 @@ class NatsLink:
             await self._bye()
             await sub.unsubscribe()
         finally:
+            self._release_gate()
             if self.nc is not None:
                 try:
                     await self.nc.flush(1.0)
@@ -218,12 +233,19 @@ class NatsLink:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - no server reachable (yet)
+            except Exception as exc:  # noqa: BLE001 - no server reachable (yet), or refused
                 self.nc = None
+                self._release_gate()    # its retries must not keep the others waiting
                 self._failed(f"NATS {self.url}: {type(exc).__name__}: {exc}")
                 delay = backoff_delay(self.attempts, self.reconnect, self.rng)
                 self.attempts += 1
                 await self._wait(self._stopping, delay)
+
+    def _release_gate(self) -> None:
+        """The first connect is done (welcomed, or it failed): the next edge's turn."""
+        if self._holding_gate:
+            self._holding_gate = False
+            self.gate.release()
 
     async def _disconnected(self) -> None:
         self._nats_up.clear()
@@ -273,6 +295,7 @@ class NatsLink:
             return None
         finally:
             early, self._early = self._early, None
+            self._release_gate()
         welcome = wire.decode(reply.data, accept=wire.FROM_FEDERATION)
         if welcome.t != "welcome":
             self._failed(f"expected welcome, got {welcome.t}")
@@ -353,7 +376,8 @@ class NatsLink:
                 self.log.exception("a health frame failed validation")
             except NatsError as exc:
                 self.log.debug("heartbeat not sent: %s", exc)
-            await asyncio.sleep(self.heartbeat_s)
+            jitter = self.rng.uniform(0.0, self.heartbeat_jitter) if self.heartbeat_jitter else 0.0
+            await asyncio.sleep(self.heartbeat_s * (1.0 - jitter))
 
     async def _leases(self, conn: NatsConnection) -> None:
         """Fragments of a node not heard from for their lease are cancelled (no orphans)."""

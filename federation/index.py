@@ -41,6 +41,7 @@ from streamql.selection import (
 )
 
 _INITIAL_CAPACITY = 1024
+MAX_CACHED_TABLES = 64   # per column: truth tables of recent `like` and string comparisons
 
 
 class IndexedDevice(Protocol):
@@ -53,13 +54,14 @@ class IndexedDevice(Protocol):
 class _Column:
     """One key: value codes per row, the dictionary of distinct values, numbers per row."""
 
-    __slots__ = ("codes", "values", "lookup", "numbers")
+    __slots__ = ("codes", "values", "lookup", "numbers", "luts")
 
     def __init__(self, capacity: int):
         self.codes = np.zeros(capacity, dtype=np.int32)
         self.values: list[tuple[str, Any] | None] = [None]  # code → normalized value
         self.lookup: dict[tuple[str, Any], int] = {}
         self.numbers: np.ndarray | None = None
+        self.luts: dict[Any, np.ndarray] = {}   # truth tables by the test they answer (values only grow)
 
     def code_of(self, normalized: tuple[str, Any]) -> int:
         code = self.lookup.get(normalized)
@@ -95,11 +97,26 @@ class _Column:
             numbers[: len(self.numbers)] = self.numbers
             self.numbers = numbers
 
-    def truth_table(self, test: Callable[[tuple[str, Any]], bool]) -> np.ndarray:
-        """lut[code] = test(value of code); lut[0] (missing) is always False."""
+    def truth_table(self, test: Callable[[tuple[str, Any]], bool], key: Any = None) -> np.ndarray:
+        """lut[code] = test(value of code); lut[0] (missing) is always False. With a `key` naming
+        the test, the table is kept and only extended over values added since (codes never change
+        meaning): a `like` over a thousand sites costs its thousand matches once, not per selection."""
+        try:
+            cached = self.luts.get(key) if key is not None else None
+        except TypeError:   # an unhashable value (a list compared): computed each time
+            key = cached = None
+        done = 1 if cached is None else len(cached)
+        if done == len(self.values):
+            return cached
         lut = np.zeros(len(self.values), dtype=bool)
-        for code in range(1, len(self.values)):
+        if cached is not None:
+            lut[:done] = cached
+        for code in range(done, len(self.values)):
             lut[code] = test(self.values[code])
+        if key is not None:
+            if len(self.luts) >= MAX_CACHED_TABLES:
+                self.luts.clear()
+            self.luts[key] = lut
         return lut
 
 
@@ -275,7 +292,7 @@ class SelectionIndex:
                 column = self._columns.get(key)
                 if column is None:
                     return np.zeros(n, dtype=bool)
-                lut = column.truth_table(lambda v: v[0] == STRING and like(v[1], pattern))
+                lut = column.truth_table(lambda v: v[0] == STRING and like(v[1], pattern), key=("like", pattern))
                 return np.take(lut, column.codes[:n])
             case IsNull(key=key):
                 if key in (ID, ONLINE):
@@ -338,7 +355,7 @@ class SelectionIndex:
             if op == ">":
                 return numbers > bound
             return numbers >= bound
-        lut = column.truth_table(lambda v: compare_normalized(v, op, right))
+        lut = column.truth_table(lambda v: compare_normalized(v, op, right), key=(op, right))
         return np.take(lut, column.codes[:n])
 
     def _by_id(self, test: Callable[[str], bool]) -> np.ndarray:

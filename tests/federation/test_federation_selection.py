@@ -130,6 +130,8 @@ def test_index_agrees_with_the_oracle(initial, operations, predicates):
     index = SelectionIndex()
     fleet = {i: device(i, *attrs) for i, attrs in initial.items()}
     index.reset(fleet.values())
+    for predicate in predicates:   # first on the initial fleet: kept truth tables must follow what changes
+        assert sorted(index.select(predicate)) == sorted(i for i, d in fleet.items() if oracle(predicate, d))
     for device_id, change in operations:
         if change is None:
             fleet.pop(device_id, None)
@@ -167,6 +169,20 @@ def test_online_changes_and_row_reuse_past_capacity():
     assert index.select(Eq(ID, "e1")) == ["e1"] and index.select(Eq(ID, "e0")) == []
     assert set(index.distinct_values(meta("region"))) == {"US", "EU", "AU"}
     assert "e1" in index and "e0" not in index
+
+
+def test_kept_truth_tables_follow_values_added_after_them():
+    index = SelectionIndex()
+    index.reset(device(f"e{i}", {"site": f"site-{i}"}, {}, False) for i in range(30))
+    site_1 = Like(meta("site"), "site-1%")
+    after = Compare(meta("site"), ">", "site-7")
+    assert index.count(site_1) == 11 and index.count(after) == 2          # site-1, site-10…19; site-8, site-9
+    index.device_changed(device("new", {"site": "site-1000"}, {}, False))
+    index.device_changed(device("e1", {"site": "elsewhere"}, {}, False))  # its old value stays in the dictionary
+    index.device_changed(device("e9", {"site": "site-99"}, {}, False))
+    assert sorted(index.select(site_1)) == sorted(["new"] + [f"e{i}" for i in range(10, 20)])
+    assert sorted(index.select(after)) == ["e8", "e9"]
+    assert index.count(Like(meta("site"), "else%")) == 1
 
 
 def test_a_device_update_forgets_keys_it_no_longer_has():
