@@ -58,6 +58,8 @@ TARGET_COUNTS = TARGET_STATES
 IN_FLIGHT = ("sending", "installed")
 
 
+WAVE_RECOUNT_S = 0.25   # how often a running wave looks at its targets while answers arrive
+
 class _Run:
     """What the manager keeps in memory about a running deployment."""
 
@@ -449,6 +451,9 @@ class DeploymentManager(DeploymentControl):
                 return waiting
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), left)
+            # one recount for the acks that arrive together, not one per ack: a wave of 10,000
+            # devices recounted after each answer costs the loop the square of the fleet
+            await asyncio.sleep(min(WAVE_RECOUNT_S, max(0.0, deadline - loop.time())))
 
     def _wave_counts(self, run: _Run, wave: int) -> tuple[int, int]:
         states = Counter(t.state for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave)
