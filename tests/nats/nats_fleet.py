@@ -33,6 +33,19 @@ class NatsFleet(ConstantFleet):
         self.own_server = server is None
         self.ports: dict[str, int] = {}
 
+    def flow_numbers(self, node: str, flow: str, edges) -> dict[str, list[int]]:
+        """edge → every number node `node` keeps in the flow, in the order of its log (all pages)."""
+        self.on(node)
+        out: dict[str, list[int]] = {d.id: [] for d in edges}
+        after = 0
+        while True:
+            page = self.api("GET", f"/v1/flows/{flow}?after={after}&limit=10000")
+            for record in page["records"]:
+                out[record["edge"]] += [int(r) for r in record["rows"]]
+            if not page["records"]:
+                return out
+            after = page["next"]
+
     # --- processes -------------------------------------------------------------------------------
     def start(self) -> "NatsFleet":
         try:

@@ -20,17 +20,8 @@ pytestmark = pytest.mark.timeout(420)
 EDGES = DEVICES[:3]
 
 
-def _numbers(fleet, node):
-    fleet.on(node)
-    out = {d.id: [] for d in EDGES}
-    after = 0
-    while True:
-        page = fleet.api("GET", f"/v1/flows/{FLOW}?after={after}&limit=10000")
-        for record in page["records"]:
-            out[record["edge"]] += [int(r) for r in record["rows"]]
-        if not page["records"]:
-            return out
-        after = page["next"]
+def _numbers(fleet, node: str) -> dict[str, list[int]]:
+    return fleet.flow_numbers(node, FLOW, EDGES)
 
 
 def _everyone_answers(fleet, node) -> bool:

@@ -23,17 +23,7 @@ COUNTER = f"//publish: {FLOW}\nselect stream of x from Integer x where x in diot
 
 
 def _numbers(fleet, node: str) -> dict[str, list[int]]:
-    """edge → every number the node keeps in the flow, in the order of the log."""
-    fleet.on(node)
-    out: dict[str, list[int]] = {d.id: [] for d in EDGES}
-    after = 0
-    while True:
-        page = fleet.api("GET", f"/v1/flows/{FLOW}?after={after}&limit=10000")
-        for record in page["records"]:
-            out[record["edge"]] += [int(r) for r in record["rows"]]
-        if not page["records"]:
-            return out
-        after = page["next"]
+    return fleet.flow_numbers(node, FLOW, EDGES)
 
 
 async def _object(url: str, bucket: str, name: str) -> bytes:

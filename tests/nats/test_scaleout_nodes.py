@@ -51,16 +51,7 @@ def _node_running(fleet, name: str) -> None:
 
 
 def _numbers(fleet, node: str) -> dict[str, list[int]]:
-    fleet.on(node)
-    out: dict[str, list[int]] = {d.id: [] for d in EDGES}
-    after = 0
-    while True:
-        page = fleet.api("GET", f"/v1/flows/{FLOW}?after={after}&limit=10000")
-        for record in page["records"]:
-            out[record["edge"]] += [int(r) for r in record["rows"]]
-        if not page["records"]:
-            return out
-        after = page["next"]
+    return fleet.flow_numbers(node, FLOW, EDGES)
 
 
 def _node_keys(fleet) -> set[int]:
