@@ -17,6 +17,10 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
 - **Exactly one `end`** per query, sent after its last `rows` frame: `ok`, `limit`, `error` (with
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
+- **One frame in flight**: the worker computes the next batch while the loop writes the last
+  one, and its own end (ok, a limit it reached, an error) follows its rows without waiting for
+  them to be written: a one-shot query's end goes with its row, not after the worker's thread
+  is scheduled again (on a busy device, seconds behind a thousand other threads).
 - When the connection drops, its fragments are cancelled without an `end` (the socket is gone).
 - **CPU**: a fragment's thread runs a step below the event loop (nice 5: the link, heartbeats and
   credit first); one that has computed for more than half a second takes turns with the other
@@ -83,6 +87,8 @@ class Fragment:
         self._pace = None           # this worker's share of the CPU (edge_engine/pacing.py)
         self._cond = threading.Condition()
         self._send_lock = asyncio.Lock()
+        self._in_flight = None      # the worker's last rows frame handed to the loop (a concurrent future)
+        self._rows_go = False       # the worker decided the end itself: the rows it handed over still go
         self._timer: asyncio.TimerHandle | None = None
 
     # == the loop's side ========================================================================
@@ -124,14 +130,17 @@ class Fragment:
         self.owner.forget(self)
         return True
 
-    def finish(self, outcome: str, error: dict | None) -> None:
-        """Decide the outcome (once) and send the end frame after the rows already on their way."""
+    def finish(self, outcome: str, error: dict | None, *, from_worker: bool = False) -> None:
+        """Decide the outcome (once) and send the end frame after the rows already on their way
+        (those the worker handed over go first when the worker itself decided the end; after a
+        cancel, a time limit or a lost connection they are dropped)."""
         if self._decide(outcome):
+            self._rows_go = from_worker
             self.owner.spawn(self._send_end(outcome, error))
 
     async def _send_rows(self, data: bytes, n: int) -> None:
-        async with self._send_lock:
-            if self.outcome is not None:
+        async with self._send_lock:   # FIFO: rows in their order, the end after them
+            if self.outcome is not None and not self._rows_go:
                 raise _Stopped()
             await self.owner.send_bytes(data)
             self.sent_rows += n
@@ -151,7 +160,7 @@ class Fragment:
 
     # == the worker's side ======================================================================
     def _post(self, outcome: str, error: dict | None) -> None:
-        self.owner.loop.call_soon_threadsafe(self.finish, outcome, error)
+        self.owner.loop.call_soon_threadsafe(lambda: self.finish(outcome, error, from_worker=True))
 
     def _run(self) -> None:
         below_the_loop()
@@ -276,7 +285,13 @@ class Fragment:
             self._send([c[half:] for c in cols], n - half, names)
             return
         self.seq += 1
-        future = asyncio.run_coroutine_threadsafe(self._send_rows(data, n), self.owner.loop)
+        self._wait_in_flight()   # one frame in flight: back-pressure from the socket, memory bounded
+        self._in_flight = asyncio.run_coroutine_threadsafe(self._send_rows(data, n), self.owner.loop)
+
+    def _wait_in_flight(self) -> None:
+        future, self._in_flight = self._in_flight, None
+        if future is None:
+            return
         try:
             future.result()
         except _Stopped:
