@@ -3,7 +3,6 @@ encoded once per variant choice (federation/deployments.py drives the rollout)."
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
@@ -48,10 +47,8 @@ class OutgoingBundle:
         """How the bundle fits these capabilities; remembered per distinct capabilities (a fleet
         has a few kinds of devices: 10,000 of them are not planned one by one)."""
         wanted = capabilities_for_fit(capabilities)
-        try:
-            key = json.dumps(wanted, sort_keys=True, default=repr)
-        except (TypeError, ValueError):
-            return models.bundle_fit(self.parsed, wanted)
+        # only what the fit reads (a device's list of functions, say, is long and irrelevant)
+        key = repr([(k, wanted[k]) for k in models.FIT_CAPABILITIES if k in wanted])
         found = self._fits.get(key)
         if found is None:
             found = models.bundle_fit(self.parsed, wanted)

@@ -97,7 +97,7 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
     phases = ShutdownPhases(app)
     runner = web.AppRunner(app, **runner_options(config))
     await runner.setup()
-    pauses = GcPauses().install()
+    pauses = GcPauses(asyncio.get_running_loop(), freeze=True).install()
     stalls = asyncio.ensure_future(watch_stalls())
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)

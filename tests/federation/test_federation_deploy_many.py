@@ -161,3 +161,26 @@ async def test_a_restart_in_the_middle_keeps_each_devices_outcome(config, data):
         for edge in edges.values():
             await edge.shutdown()
         await client.close()
+
+
+def test_fits_are_remembered_per_capabilities_the_fit_reads(tmp_path, keys):
+    """OutgoingBundle.fit answers from what it remembers for devices alike in what a fit reads:
+    the same as computing it for each device (the oracle: streamql.models.bundle_fit)."""
+    from federation.deploy_frames import OutgoingBundle, capabilities_for_fit
+    from streamql.models import bundle_fit
+
+    data = make_bundle(tmp_path / "b", "req", "1.0.0", private_key=keys[0],
+                       requirements={"signals": ["vibration"], "cpu": ["x86_64"], "ram_kb": 256})
+    bundle = OutgoingBundle("req", "1.0.0", data)
+    vibration = [{"name": "vibration", "type": "Real"}]
+    cases = [{**NUMPY, "signals": vibration, "cpu": "x86_64"}, {**NUMPY, "signals": vibration, "cpu": "arm"},
+             {**NUMPY, "signals": [], "cpu": "x86_64"}, {**NUMPY, "signals": vibration, "cpu": "x86_64", "ram_kb": 128},
+             {"runtimes": {}, "ram_kb": 1024, "signals": vibration}, {**NUMPY, "cpu": "x86_64"},
+             {**NUMPY, "signals": vibration, "cpu": "x86_64", "functions": [f"f{i}" for i in range(500)]},
+             {**NUMPY, "signals": vibration, "cpu": "x86_64"}, {**NUMPY, "signals": [], "cpu": "x86_64"}]
+    seen = set()
+    for capabilities in cases:
+        got, want = bundle.fit(capabilities), bundle_fit(bundle.parsed, capabilities_for_fit(capabilities))
+        assert (got.ok, got.reason, got.variants()) == (want.ok, want.reason, want.variants()), capabilities
+        seen.add((got.ok, got.reason))
+    assert len(seen) >= 4   # the cases do fit differently
