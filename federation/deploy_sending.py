@@ -48,6 +48,9 @@ class DeploymentSending:
         async def worker() -> None:
             while queue:
                 await self._deliver(run, queue.popleft())
+                # a send the socket takes at once does not suspend: without this, one worker
+                # would send every bundle of the wave in a single turn of the event loop
+                await asyncio.sleep(0)
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(queue)))))
 

@@ -256,19 +256,20 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
         return [{"id": t.device_id, "state": t.state, "reason": t.reason, "variant": t.variant, "wave": t.wave,
                  "updated": t.updated} for t in listed[offset:None if limit is None else offset + limit]]
 
-    async def wait(self, deployment_id: str | int, timeout: float | None = None) -> dict:
+    async def wait(self, deployment_id: str | int, timeout: float | None = None, **listing: Any) -> dict:
         """The progress once the deployment is finished, or is only waiting for offline devices
-        (`settled`); after `timeout` seconds, the progress as it is."""
+        (`settled`); after `timeout` seconds, the progress as it is. `listing`: which devices it
+        lists (progress's `device_state`, `device_limit`, `device_offset`)."""
         deployment = self._require(deployment_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             progress = self.progress(deployment.id, device_limit=0)
             if progress["settled"]:
-                return self.progress(deployment.id)
+                return self.progress(deployment.id, **listing)
             run = self._runs.get(deployment.id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return self.progress(deployment.id)
+                return self.progress(deployment.id, **listing)
             if run is None:  # not ours to drive (another process): poll
                 await asyncio.sleep(min(0.5, remaining) if remaining is not None else 0.5)
                 continue
@@ -312,6 +313,14 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
         if deployment is None or did_of(deployment) != (did[:-len(UNDO)] if undo else did):
             log.info("%s answered %s for an unknown deployment %s", edge_id, frame.t, did)
             return
+        with self.registry.transaction():   # what runs there and the target's state: one commit
+            self._replied(edge_id, frame, deployment, run, undo)
+        if run is not None and not undo:    # committed: a deployment it finishes is seen finished
+            run.poke()
+            if run.rolled_out:
+                self._maybe_finish(run)
+
+    def _replied(self, edge_id: str, frame: wire.Frame, deployment: Deployment, run: _Run | None, undo: bool) -> None:
         model = frame.get("model") or deployment.bundle
         with contextlib.suppress(NotFound):
             self.registry.record_active_models(edge_id, {k: str(v) for k, v in frame["active"].items()}, only=model)
@@ -342,10 +351,6 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
             loop = asyncio.get_running_loop()
             left = run.sent_at.get(edge_id, time.monotonic()) + run.policy.timeout_s - time.monotonic()
             run.timers[edge_id] = loop.call_later(max(0.0, left), self._give_up, run, edge_id)
-        if run is not None:
-            run.poke()
-            if run.rolled_out:
-                self._maybe_finish(run)
 
     def edge_health(self, edge_id: str, health: dict) -> None:
         """A health frame: devices that acked are healthy, failed, or not there yet."""
