@@ -24,7 +24,7 @@ import time
 log = logging.getLogger("streamql.federation")
 
 SLOW_GC_S = 0.25   # a collection at least this long is logged
-THAW_EVERY_S = 1800.0   # frozen objects are looked at again (cycles among them collected) this often
+THAW_EVERY_S = 600.0   # everything is looked at again (cycles among dropped frozen objects collected) this often
 STALL_S = 2.0      # a loop that wakes at least this late is logged
 TICK_S = 0.5
 
