@@ -180,42 +180,18 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
         if still < edges:
             out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
 
-        phase = probe.mark()
-        t0 = time.time()
-        first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
-        t1 = time.time()
-        possible = oracle_battery(identities, t0, t1)
-        wrong = sum(1 for edge, value in answer if value not in possible.get(edge, ()))
-        missing = len(possible.keys() - {edge for edge, _ in answer})
-        counts = status.get("status", {}).get("counts")
-        out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
-                          f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                          f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
         problems = []   # measured on: the figures after a failed check still say what the fleet does
-        if wrong or missing:
-            problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
-
-        t0 = time.time()
-        _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
-                                               "where signal_value('battery')@e < 20 group by region(e);")
-        t1 = time.time()
-        # a device that did not answer (offline, timed out: its outcome is in the status) is counted
-        # by nobody; the oracle counts over the devices that answered
-        unanswered = {d for d, o in (status.get("status", {}).get("devices") or {}).items() if o.get("outcome") != "answered"}
-        answered = [identity for identity in identities if identity.id not in unanswered]
-        bounds = low_battery_bounds(answered, oracle_battery(answered, t0, t1))
-        counted = dict((region, count) for region, count in groups)
-        outside = [r for r, (low, high) in bounds.items() if not low <= counted.get(r, 0) <= high]
-        out["aggregate"] = (f"{total * 1000:,.0f} ms",
-                            f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
-                            f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                            f"{status.get('status', {}).get('counts')}; load {load()}")
-        if outside:
-            problems.append(f"the grouped aggregate differs from the oracle in {outside}")
-
-        if not args.no_deploy:
+        if "fan-out" not in args.skip:
+            fan_out(fleet, identities, probe, out, problems)
+        if "aggregate" not in args.skip:
+            aggregate(fleet, identities, out, problems)
+        if "deploy" not in args.skip:
             phase = probe.mark()
-            value, notes = deploy(fleet, work, private, args)
+            profiler = start_profiler(args.profile_deploy, pids)
+            try:
+                value, notes = deploy(fleet, work, private, args)
+            finally:
+                stop_profiler(profiler)
             out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
 
         at_stop = fleet.connected()
@@ -231,6 +207,68 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
         if probe is not None:
             probe.stop()
         fleet.close()
+
+
+def start_profiler(path: str | None, pids: dict[str, int]):
+    """`py-spy record` of node A for the deployment (--profile-deploy FILE: a speedscope file)."""
+    if not path:
+        return None
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    pid = next(iter(pids.values()))
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--idle", "--threads", "--rate", "50",
+                             "--format", "speedscope", "--output", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(profiler) -> None:
+    import signal
+    import subprocess
+
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
+def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems: list) -> None:
+    phase = probe.mark()
+    t0 = time.time()
+    first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
+    t1 = time.time()
+    possible = oracle_battery(identities, t0, t1)
+    wrong = sum(1 for edge, value in answer if value not in possible.get(edge, ()))
+    missing = len(possible.keys() - {edge for edge, _ in answer})
+    counts = status.get("status", {}).get("counts")
+    out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
+                      f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
+                      f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+    if wrong or missing:
+        problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
+
+
+def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
+    t0 = time.time()
+    _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
+                                           "where signal_value('battery')@e < 20 group by region(e);")
+    t1 = time.time()
+    # a device that did not answer (offline, timed out: its outcome is in the status) is counted
+    # by nobody; the oracle counts over the devices that answered
+    unanswered = {d for d, o in (status.get("status", {}).get("devices") or {}).items() if o.get("outcome") != "answered"}
+    answered = [identity for identity in identities if identity.id not in unanswered]
+    bounds = low_battery_bounds(answered, oracle_battery(answered, t0, t1))
+    counted = dict((region, count) for region, count in groups)
+    outside = [r for r, (low, high) in bounds.items() if not low <= counted.get(r, 0) <= high]
+    out["aggregate"] = (f"{total * 1000:,.0f} ms",
+                        f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
+                        f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
+                        f"{status.get('status', {}).get('counts')}; load {load()}")
+    if outside:
+        problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
 
 def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
@@ -282,10 +320,16 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=600.0)
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-deploy", action="store_true")
+    parser.add_argument("--no-deploy", action="store_true", help="same as --skip deploy")
+    parser.add_argument("--skip", default="", help="phases to leave out: fan-out, aggregate, deploy (comma-separated)")
+    parser.add_argument("--profile-deploy", metavar="FILE",
+                        help="py-spy record node A during the deployment into FILE (speedscope)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
+    args.skip = {p.strip() for p in args.skip.split(",") if p.strip()} | ({"deploy"} if args.no_deploy else set())
+    if args.skip - {"fan-out", "aggregate", "deploy"}:
+        parser.error(f"--skip: fan-out, aggregate and/or deploy, not {sorted(args.skip)}")
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
     unknown = [t for t in transports if t not in TRANSPORTS]
     if unknown or not transports:

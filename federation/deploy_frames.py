@@ -9,6 +9,8 @@ from typing import Any
 from federation.registry import Deployment
 from streamql import models, wire
 
+FIT_CACHE = 4096   # distinct capabilities remembered per bundle
+
 __all__ = ["did_of", "deployment_number", "capabilities_for_fit", "OutgoingBundle", "variant_label"]
 
 
@@ -39,9 +41,20 @@ class OutgoingBundle:
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.parsed = models.read_bundle(data)
         self._frames: dict[tuple[str, ...], list[bytes]] = {}
+        self._fits: dict[str, models.BundleFit] = {}
 
     def fit(self, capabilities: dict) -> models.BundleFit:
-        return models.bundle_fit(self.parsed, capabilities_for_fit(capabilities))
+        """How the bundle fits these capabilities; remembered per distinct capabilities (a fleet
+        has a few kinds of devices: 10,000 of them are not planned one by one)."""
+        wanted = capabilities_for_fit(capabilities)
+        # only what the fit reads (a device's list of functions, say, is long and irrelevant)
+        key = repr([(k, wanted[k]) for k in models.FIT_CAPABILITIES if k in wanted])
+        found = self._fits.get(key)
+        if found is None:
+            found = models.bundle_fit(self.parsed, wanted)
+            if len(self._fits) < FIT_CACHE:
+                self._fits[key] = found
+        return found
 
     def frames(self, did: str, variants: tuple[str, ...]) -> list[bytes]:
         found = self._frames.get(variants)

@@ -40,12 +40,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from federation.deployment_control import UNDO, DeploymentControl
 from federation.deploy_frames import OutgoingBundle, deployment_number, did_of, variant_label
+from federation.deploy_sending import DeploymentSending
+from federation.deployment_control import UNDO, DeploymentControl
 from federation.errors import BadRequest, NotFound
-from federation.hub import EdgeHub, EdgeOffline
-from federation.registry import (DEPLOYMENT_ACTIONS, TARGET_STATES, Deployment, DeploymentTarget, NewTarget,
-                                 Registry)
+from federation.hub import EdgeHub
+from federation.registry import DEPLOYMENT_ACTIONS, TARGET_STATES, Deployment, NewTarget, Registry
 from federation.rollout import FAILED, HEALTHY, RolloutDefaults, RolloutPolicy, exceeds, health_verdict, policy_for
 from streamql import ast as A
 from streamql import wire
@@ -100,7 +100,7 @@ class _Run:
         self.undoing.clear()
 
 
-class DeploymentManager(DeploymentControl):
+class DeploymentManager(DeploymentControl, DeploymentSending):
     """Creates deployments and drives them; the hub's observer for connects, ack/nack and health.
     Operator actions (preflight, cancel, abort, retry, rollback) are in federation/deployment_control.py."""
 
@@ -111,7 +111,8 @@ class DeploymentManager(DeploymentControl):
         self.ack_timeout = ack_timeout
         self.defaults = defaults or RolloutDefaults()
         self.settle_s = settle_s    # how long a device must look healthy before it counts as healthy
-        self._send_slots = asyncio.Semaphore(max(1, concurrency))
+        self.concurrency = max(1, concurrency)   # devices sent to at once, all deployments together
+        self._send_slots = asyncio.Semaphore(self.concurrency)
         self._runs: dict[int, _Run] = {}
         self._closed = False
         self.m_replies = None
@@ -214,15 +215,19 @@ class DeploymentManager(DeploymentControl):
         """Counts, waves and devices; `device_state`, `device_limit` and `device_offset` choose which
         devices are listed (`devices_total` says how many match)."""
         deployment = self._require(deployment_id)
-        targets = self.registry.deployment_targets(deployment.id)
+        # counted by the registry; devices listed only when asked for (a progress request, or a
+        # waiter's look, must not list 10,000 targets while their answers arrive)
+        by_wave = {wave: Counter(states) for wave, states in self.registry.wave_counts(deployment.id).items()}
         counts = dict.fromkeys(TARGET_COUNTS, 0)
-        by_wave: dict[int, Counter] = {}
-        for target in targets:
-            counts[target.state] = counts.get(target.state, 0) + 1
-            by_wave.setdefault(target.wave, Counter())[target.state] += 1
+        for states in by_wave.values():
+            for state, count in states.items():
+                counts[state] = counts.get(state, 0) + count
         run = self._runs.get(deployment.id)
-        online = self.hub.online_ids()
-        waiting_offline = sum(1 for t in targets if t.state == "pending" and t.device_id not in online)
+        waiting_offline = 0
+        if counts["pending"]:
+            online = self.hub.online_ids()
+            waiting_offline = sum(1 for t in self.registry.deployment_targets(deployment.id, state="pending")
+                                  if t.device_id not in online)
         record = run.waves if run is not None else deployment.waves
         policy = RolloutPolicy.from_dict(record.get("policy"), RolloutPolicy(threshold=deployment.failure_threshold))
         waves = {"count": record.get("count", 1), "current": record.get("current", 0), "sizes": record.get("sizes"),
@@ -240,31 +245,40 @@ class DeploymentManager(DeploymentControl):
                 (run is None or run.rolled_out) and not any(counts[s] for s in IN_FLIGHT)
                 and waiting_offline == counts["pending"] and (record.get("abort") or {}).get("rollback") != "running"),
             "cancel": record.get("cancel"),
-            "devices_total": len(listed := [t for t in targets if device_state is None or t.state in device_state]),
-            "devices": [{"id": t.device_id, "state": t.state, "reason": t.reason, "variant": t.variant,
-                         "wave": t.wave, "updated": t.updated}
-                        for t in listed[device_offset:None if device_limit is None else device_offset + device_limit]],
+            "devices_total": sum(n for state, n in counts.items() if device_state is None or state in device_state),
+            "devices": [] if device_limit == 0 else self._listed(deployment.id, device_state, device_limit, device_offset),
         }
 
-    async def wait(self, deployment_id: str | int, timeout: float | None = None) -> dict:
+    def _listed(self, deployment_id: int, device_state: tuple[str, ...] | None, limit: int | None,
+                offset: int) -> list[dict]:
+        listed = [t for t in self.registry.deployment_targets(deployment_id)
+                  if device_state is None or t.state in device_state]
+        return [{"id": t.device_id, "state": t.state, "reason": t.reason, "variant": t.variant, "wave": t.wave,
+                 "updated": t.updated} for t in listed[offset:None if limit is None else offset + limit]]
+
+    async def wait(self, deployment_id: str | int, timeout: float | None = None, **listing: Any) -> dict:
         """The progress once the deployment is finished, or is only waiting for offline devices
-        (`settled`); after `timeout` seconds, the progress as it is."""
+        (`settled`); after `timeout` seconds, the progress as it is. `listing`: which devices it
+        lists (progress's `device_state`, `device_limit`, `device_offset`)."""
         deployment = self._require(deployment_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            progress = self.progress(deployment.id)
+            progress = self.progress(deployment.id, device_limit=0)
             if progress["settled"]:
-                return progress
+                return self.progress(deployment.id, **listing)
             run = self._runs.get(deployment.id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return progress
+                return self.progress(deployment.id, **listing)
             if run is None:  # not ours to drive (another process): poll
                 await asyncio.sleep(min(0.5, remaining) if remaining is not None else 0.5)
                 continue
             run.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), None if remaining is None else max(remaining, 0.001))
+            if run.task is not None and not run.task.done():   # answers arrive together: one look for them
+                await asyncio.sleep(WAVE_RECOUNT_S if deadline is None
+                                    else min(WAVE_RECOUNT_S, max(0.0, deadline - time.monotonic())))
 
     # --- hub observer ----------------------------------------------------------------------------
     async def edge_connected(self, edge_id: str) -> None:
@@ -292,16 +306,26 @@ class DeploymentManager(DeploymentControl):
         did = frame["did"]
         undo = did.endswith(UNDO)
         number = deployment_number(did)
-        deployment = self.registry.get_deployment(number) if number is not None else None
+        run = self._runs.get(number) if number is not None else None
+        # the deployment we drive is in memory (its record, waves included, is not read per answer)
+        deployment = run.deployment if run is not None else \
+            self.registry.get_deployment(number) if number is not None else None
         if deployment is None or did_of(deployment) != (did[:-len(UNDO)] if undo else did):
             log.info("%s answered %s for an unknown deployment %s", edge_id, frame.t, did)
             return
+        with self.registry.transaction():   # what runs there and the target's state: one commit
+            self._replied(edge_id, frame, deployment, run, undo)
+        if run is not None and not undo:    # committed: a deployment it finishes is seen finished
+            run.poke()
+            if run.rolled_out:
+                self._maybe_finish(run)
+
+    def _replied(self, edge_id: str, frame: wire.Frame, deployment: Deployment, run: _Run | None, undo: bool) -> None:
         model = frame.get("model") or deployment.bundle
         with contextlib.suppress(NotFound):
             self.registry.record_active_models(edge_id, {k: str(v) for k, v in frame["active"].items()}, only=model)
         if self.m_replies is not None:
             self.m_replies.inc(reply=frame.t)
-        run = self._runs.get(deployment.id)
         if undo:
             future = run.undoing.pop(edge_id, None) if run is not None else None
             if future is not None and not future.done():
@@ -327,10 +351,6 @@ class DeploymentManager(DeploymentControl):
             loop = asyncio.get_running_loop()
             left = run.sent_at.get(edge_id, time.monotonic()) + run.policy.timeout_s - time.monotonic()
             run.timers[edge_id] = loop.call_later(max(0.0, left), self._give_up, run, edge_id)
-        if run is not None:
-            run.poke()
-            if run.rolled_out:
-                self._maybe_finish(run)
 
     def edge_health(self, edge_id: str, health: dict) -> None:
         """A health frame: devices that acked are healthy, failed, or not there yet."""
@@ -361,18 +381,20 @@ class DeploymentManager(DeploymentControl):
 
     def _plan_targets(self, action: str, model: str, version: str | None, bundle: OutgoingBundle | None,
                       device_ids: list[str]) -> list[NewTarget]:
-        devices = {d.id: d for d in self.registry.get_devices(device_ids)}
-        running = self.registry.model_versions(list(devices))
+        known = self.registry.known_device_ids(device_ids)
+        # what a device announced is what it fits; the registry's record (decoded) only for the others
+        announced = {d: a for d in known if (a := self.hub.announced(d)) is not None} if action == "deploy" else {}
+        devices = {d.id: d for d in self.registry.get_devices([d for d in device_ids if d in known and d not in announced])}
+        running = self.registry.model_versions([d for d in device_ids if d in known])
         out = []
         for device_id in device_ids:
-            device = devices.get(device_id)
-            if device is None:  # deleted since it was selected: nothing to record it against
+            if device_id not in known:  # deleted since it was selected: nothing to record it against
                 log.warning("device %s is not registered: left out of the deployment", device_id)
                 continue
             current = running.get(device_id, {}).get(model)
             if action == "deploy":
-                announced = self.hub.announced(device_id)
-                capabilities = announced["capabilities"] if announced else device.capabilities
+                seen = announced.get(device_id)
+                capabilities = seen["capabilities"] if seen else devices[device_id].capabilities
                 fit = bundle.fit(capabilities)
                 if not fit.ok:
                     out.append(NewTarget(device_id, "skipped", fit.reason or "the bundle does not fit the device"))
@@ -411,7 +433,7 @@ class DeploymentManager(DeploymentControl):
                 pending = [t for t in self.registry.deployment_targets(deployment.id, state="pending")
                            if t.wave <= wave]
                 online = self.hub.online_ids()
-                await asyncio.gather(*(self._send(run, t) for t in pending if t.device_id in online))
+                await self._send_many(run, [t for t in pending if t.device_id in online])
                 last = wave == count
                 offline = await self._wave_finished(run, wave, last)
                 done, failed = self._wave_counts(run, wave)
@@ -439,16 +461,14 @@ class DeploymentManager(DeploymentControl):
         deadline = loop.time() + run.policy.timeout_s
         while True:
             run.changed.clear()
-            targets = [t for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave]
-            busy = [t.device_id for t in targets if t.state in IN_FLIGHT]
-            waiting = [t.device_id for t in targets if t.state == "pending"]
-            if not busy and (last or not waiting):
-                return waiting
+            states = self.registry.wave_counts(run.deployment.id).get(wave, {})   # counted, not listed
+            busy = sum(states.get(s, 0) for s in IN_FLIGHT)
+            if not busy and (last or not states.get("pending")) or deadline - loop.time() <= 0:
+                targets = [t for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave]
+                for edge in [t.device_id for t in targets if t.state in IN_FLIGHT]:
+                    self._give_up(run, edge)   # the timeout came first
+                return [t.device_id for t in targets if t.state == "pending"]
             left = deadline - loop.time()
-            if left <= 0:
-                for edge in busy:
-                    self._give_up(run, edge)
-                return waiting
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), left)
             # one recount for the acks that arrive together, not one per ack: a wave of 10,000
@@ -456,8 +476,8 @@ class DeploymentManager(DeploymentControl):
             await asyncio.sleep(min(WAVE_RECOUNT_S, max(0.0, deadline - loop.time())))
 
     def _wave_counts(self, run: _Run, wave: int) -> tuple[int, int]:
-        states = Counter(t.state for t in self.registry.deployment_targets(run.deployment.id) if t.wave == wave)
-        return states["done"], states["failed"]
+        states = self.registry.wave_counts(run.deployment.id).get(wave, {})
+        return states.get("done", 0), states.get("failed", 0)
 
     def _wave_record(self, run: _Run, wave: int | None = None, **fields: Any) -> None:
         """Update what progress shows of the waves (and of an abort), and save it."""
@@ -471,9 +491,9 @@ class DeploymentManager(DeploymentControl):
     def _maybe_finish(self, run: _Run) -> None:
         if run.waves.get("abort"):   # the abort finishes it, once its rollback has every answer
             return
-        counts = self.registry.target_counts(run.deployment.id)
-        if counts.get("pending", 0) or any(counts.get(s, 0) for s in IN_FLIGHT):
+        if self.registry.targets_open(run.deployment.id):   # stops at the first open one: no count per answer
             return
+        counts = self.registry.target_counts(run.deployment.id)
         done, failed = counts.get("done", 0), counts.get("failed", 0)
         self._finish_with(run.deployment.id, "failed" if failed and not done else "done", None)
 
@@ -490,52 +510,7 @@ class DeploymentManager(DeploymentControl):
     def _set(self, deployment_id: int, edge: str, state: str, reason: str | None) -> None:
         self.registry.update_targets(deployment_id, [(edge, state, reason)])
 
-    # --- one device ------------------------------------------------------------------------------
-    async def _send(self, run: _Run, target: DeploymentTarget) -> None:
-        """Send one device its deploy chunks, rollback or undeploy; its answer comes to edge_replied."""
-        edge = target.device_id
-        deployment = run.deployment
-        if edge in run.sending or edge in run.watching:
-            return
-        run.sending.add(edge)
-        run.sent_at[edge] = time.monotonic()
-        self._set(deployment.id, edge, "sending", None)
-        try:
-            async with self._send_slots:
-                if deployment.action == "deploy":
-                    fit_variants = self._variants_for(run, target)
-                    for data in run.bundle.frames(run.did, fit_variants):
-                        await self.hub.send(edge, data)
-                elif deployment.action == "rollback":
-                    fields = {"did": run.did, "model": deployment.bundle}
-                    if deployment.version is not None:
-                        fields["version"] = deployment.version
-                    await self.hub.send(edge, wire.make("rollback", **fields))
-                else:
-                    await self.hub.send(edge, wire.make("undeploy", did=run.did, model=deployment.bundle))
-        except EdgeOffline:
-            run.sending.discard(edge)
-            self._set(deployment.id, edge, "pending", "the device went offline; resent when it is back")
-            run.poke()
-            return
-        if deployment.id not in self._runs or edge not in run.sending:
-            return  # finished, or answered already
-        previous = run.timers.pop(edge, None)
-        if previous is not None:
-            previous.cancel()
-        wait = min(self.ack_timeout, run.policy.timeout_s)
-        run.timers[edge] = asyncio.get_running_loop().call_later(wait, self._give_up, run, edge)
-
-    def _variants_for(self, run: _Run, target: DeploymentTarget) -> tuple[str, ...]:
-        announced = self.hub.announced(target.device_id)
-        if announced is None:
-            device = self.registry.get_device(target.device_id)
-            capabilities = device.capabilities if device else {}
-        else:
-            capabilities = announced["capabilities"]
-        fit = run.bundle.fit(capabilities)
-        return variant_label(fit)[1] if fit.ok else ()
-
+    # --- one device (sending it: federation/deploy_sending.py) -----------------------------------
     def _give_up(self, run: _Run, edge: str) -> None:
         """Time is up for a device: unanswered, or not (yet) healthy — unless it looked healthy."""
         watch = run.watching.get(edge)

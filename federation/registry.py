@@ -249,6 +249,15 @@ class Registry(DeploymentStore, ModelVersionStore):
                 found[row[0]] = self._device(row)
         return [found[i] for i in device_ids if i in found]
 
+    def known_device_ids(self, device_ids: Sequence[str]) -> set[str]:
+        """Which of these ids are registered (ids only: nothing decoded)."""
+        found: set[str] = set()
+        for start in range(0, len(device_ids), _CHUNK):
+            chunk = device_ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._conn.execute(f"SELECT id FROM devices WHERE id IN ({marks})", chunk))
+        return found
+
     def iter_devices(self) -> Iterator[Device]:
         for row in self._conn.execute(f"SELECT {self._DEVICE_COLUMNS} FROM devices ORDER BY id"):
             yield self._device(row)

@@ -119,6 +119,21 @@ class DeploymentStore:
             sql, args = sql + " WHERE deployment_id = ?", (deployment_id,)
         return dict(self._conn.execute(sql + " GROUP BY state", args).fetchall())
 
+    def wave_counts(self, deployment_id: int) -> dict[int, dict[str, int]]:
+        """wave → state → targets of one deployment: counted by the database, not listed (a
+        deployment to 10,000 devices is looked at several times a second while it runs)."""
+        out: dict[int, dict[str, int]] = {}
+        for wave, state, count in self._conn.execute(
+                "SELECT wave, state, count(*) FROM deployment_targets WHERE deployment_id = ? GROUP BY wave, state",
+                (deployment_id,)):
+            out.setdefault(wave, {})[state] = count
+        return out
+
+    def targets_open(self, deployment_id: int) -> bool:
+        """Whether a target of the deployment is still pending, sending or installed (stops at the first)."""
+        return self._conn.execute("SELECT 1 FROM deployment_targets WHERE deployment_id = ? AND state IN "
+                                  "('pending', 'sending', 'installed') LIMIT 1", (deployment_id,)).fetchone() is not None
+
     def deployment_counts(self) -> dict[str, int]:
         return dict(self._conn.execute("SELECT state, count(*) FROM deployments GROUP BY state").fetchall())
 

@@ -310,6 +310,9 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
                  self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ANY(%s)", (list(device_ids),))}
         return [found[i] for i in device_ids if i in found]
 
+    def known_device_ids(self, device_ids: Sequence[str]) -> set[str]:
+        return {row[0] for row in self._rows("SELECT id FROM devices WHERE id = ANY(%s)", (list(device_ids),))}
+
     def iter_devices(self) -> Iterator[Device]:
         return iter([_device(row) for row in self._rows(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY id")])
 

@@ -117,6 +117,17 @@ class PgDeploymentStore:
             sql, args = sql + " WHERE deployment_id = %s", (deployment_id,)
         return dict(self._rows(sql + " GROUP BY state", args))
 
+    def wave_counts(self, deployment_id: int) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        for wave, state, count in self._rows("SELECT wave, state, count(*) FROM deployment_targets "
+                                             "WHERE deployment_id = %s GROUP BY wave, state", (deployment_id,)):
+            out.setdefault(wave, {})[state] = count
+        return out
+
+    def targets_open(self, deployment_id: int) -> bool:
+        return self._one("SELECT 1 FROM deployment_targets WHERE deployment_id = %s AND state IN "
+                         "('pending', 'sending', 'installed') LIMIT 1", (deployment_id,)) is not None
+
     def deployment_counts(self) -> dict[str, int]:
         return dict(self._rows("SELECT state, count(*) FROM deployments GROUP BY state"))
 

@@ -35,6 +35,7 @@ from aiohttp import web
 from federation.app import create_app
 from federation.config import FederationConfig
 from federation.http import RedactingAccessLogger
+from federation.loop_watch import GcPauses, watch_stalls
 from streamql import process_limits
 
 log = logging.getLogger("streamql.federation")
@@ -96,6 +97,8 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
     phases = ShutdownPhases(app)
     runner = web.AppRunner(app, **runner_options(config))
     await runner.setup()
+    pauses = GcPauses(asyncio.get_running_loop(), freeze=True).install()
+    stalls = asyncio.ensure_future(watch_stalls())
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
         await site.start()
@@ -103,6 +106,8 @@ async def _serve(config: FederationConfig, ssl_context, announce) -> int:
         await stop.wait()
         log.info("stopping (at most %.0f s)", config.shutdown_timeout_s)
     finally:
+        stalls.cancel()
+        pauses.remove()
         phases.mark("signal")
         # not asyncio.wait_for: on its timeout it cancels the cleanup and then *waits* for the
         # cancellation to finish, which a handler that catches it (or a busy loop) stretches past

@@ -50,8 +50,8 @@ async def get_deployment(request: web.Request) -> web.Response:
     limit = query_int(request, "device_limit", -1, low=-1)
     listing = {"device_state": device_state, "device_limit": None if limit < 0 else limit,
                "device_offset": query_int(request, "device_offset", 0)}
-    if wait:
-        await manager.wait(deployment_id, timeout=wait)
+    if wait:   # the progress it returns lists what was asked (not every device, then again)
+        return web.json_response(await manager.wait(deployment_id, timeout=wait, **listing))
     return web.json_response(manager.progress(deployment_id, **listing))
 
 

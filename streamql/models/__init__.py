@@ -14,7 +14,7 @@ The engine's narrow interface:
 from .base import Model
 from .bundle import Bundle, inspect, pack, pack_bytes, read_bundle, sign, split_statements, verify
 from .bundle_template import init_bundle
-from .deploy import (BundleFit, Choice, Verdict, bundle_fit, choose_variant, deployable,
+from .deploy import (FIT_CAPABILITIES, BundleFit, Choice, Verdict, bundle_fit, choose_variant, deployable,
                      local_capabilities, requirements_from_info)
 from .install import InstallReport, TestReport, TestResult, install_bundle, run_bundle_tests
 from .loader import load_model, load_model_file, restore
@@ -25,7 +25,7 @@ from .signing import keygen
 from .tflite import TFLiteModel, load_tflite
 
 __all__ = [
-    "Bundle", "BundleFit", "Choice", "InstallReport", "Model", "ModelEntry", "ModelRegistry",
+    "FIT_CAPABILITIES", "Bundle", "BundleFit", "Choice", "InstallReport", "Model", "ModelEntry", "ModelRegistry",
     "TFLiteModel", "TestReport", "TestResult", "Verdict", "bundle_fit", "choose_variant",
     "dense_network", "deployable", "from_spec", "init_bundle", "inspect", "install_bundle",
     "keygen", "kmeans", "linear_regression", "load_model", "load_model_file", "load_tflite",

@@ -30,7 +30,7 @@ from . import runtime
 from .loader import describe_artifact, variant_kind
 
 __all__ = [
-    "BundleFit", "Choice", "Verdict", "bundle_fit", "choose_variant", "deployable",
+    "FIT_CAPABILITIES", "BundleFit", "Choice", "Verdict", "bundle_fit", "choose_variant", "deployable",
     "local_capabilities", "requirements_from_info", "variant_id",
 ]
 
@@ -84,6 +84,10 @@ def version_satisfies(version: str, constraint: str | None) -> bool:
         if not ok:
             return False
     return True
+
+
+# the capabilities `deployable` (and so `bundle_fit`) reads: devices alike in these fit alike
+FIT_CAPABILITIES = ("ram_kb", "flash_kb", "signals", "ops", "runtimes", "cpu")
 
 
 def deployable(requirements: Mapping | None, capabilities: Mapping | None) -> Verdict:
