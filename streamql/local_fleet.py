@@ -32,6 +32,7 @@ class LocalDevice:
     models: dict = field(default_factory=dict)
     failing: str | None = None     # every fragment fails with this message
     slow: bool = False             # fragments never answer
+    after_rows: str | None = None  # "drop": its link drops after it sent its rows; "stall": it never ends
 
 
 class LocalFleet:
@@ -149,6 +150,12 @@ class LocalFeed:
                     put(FragmentEvent(device.id, "rows", 1, [[item[f"$c{i}"]] for i in range(width)]), stop)
                 elif item.n:
                     put(FragmentEvent(device.id, "rows", item.n, [item[f"$c{i}"] for i in range(width)]), stop)
+            if device.after_rows == "stall":
+                stop.wait()
+                return
+            if device.after_rows == "drop":
+                put(FragmentEvent(device.id, "end", outcome="dropped", error={"message": "its link dropped"}), stop)
+                return
             put(FragmentEvent(device.id, "end", outcome="ok"), stop)
         except QueryCancelled:
             put(FragmentEvent(device.id, "end", outcome="cancelled"), stop)

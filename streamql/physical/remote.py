@@ -5,7 +5,9 @@ statement on a federation) which edges its selection picks, checks on which of t
 can run, starts it on the connected ones and turns every `rows` event into a chunk binding the
 edge variable and the fragment's columns. Offline devices are reported at once, never waited for;
 a bag fragment that does not end within the device timeout is cancelled and reported as timed out.
-While it waits it yields IDLE, so cancellation and time limits are noticed. Closing it (a `limit`
+A bag fragment's rows are held until its device's `end ok` (`HeldRows`): as the status says, a row
+exists only for a device that answered, so a device whose link drops or that times out after
+sending its partial aggregate is in neither the answer nor the `answered` count. While it waits it yields IDLE, so cancellation and time limits are noticed. Closing it (a `limit`
 met, the consumer gone) cancels whatever still runs on the edges.
 
 A stream fragment is standing: a device that connects later and matches the selection joins; one
@@ -27,6 +29,43 @@ from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column
 from .expressions import as_mask, full_column
 
 WAIT_S = 0.1
+HOLD_DEVICE_ROWS = 4096        # a device's rows held until its end; past this they flow as they come
+HOLD_TOTAL_ROWS = 262_144      # all devices' held rows together (the statement's memory stays small)
+
+
+class HeldRows:
+    """A bag fragment's rows per device until the device ends. A device that sends more than
+    HOLD_DEVICE_ROWS (or when all together pass HOLD_TOTAL_ROWS) has its rows released as they
+    come: a long answer is not kept whole in memory (if such a device then fails, the status says
+    it failed after sending rows)."""
+
+    def __init__(self):
+        self.held: dict[str, list[Chunk]] = {}
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self.flowing: set[str] = set()
+
+    def add(self, device: str, chunk: Chunk) -> list[Chunk]:
+        """The chunks to deliver now (none while the device's rows are held)."""
+        if device in self.flowing:
+            return [chunk]
+        count = self.counts.get(device, 0) + chunk.n
+        if count > HOLD_DEVICE_ROWS or self.total + chunk.n > HOLD_TOTAL_ROWS:
+            self.flowing.add(device)
+            return self.release(device) + [chunk]
+        self.held.setdefault(device, []).append(chunk)
+        self.counts[device] = count
+        self.total += chunk.n
+        return []
+
+    def release(self, device: str) -> list[Chunk]:
+        """The device answered: its rows count."""
+        self.total -= self.counts.pop(device, 0)
+        return self.held.pop(device, [])
+
+    def discard(self, device: str) -> None:
+        """The device did not answer (dropped, timed out, failed, cancelled): its rows do not count."""
+        self.release(device)
 
 
 def build_remote(plan, node: L.Remote):
@@ -98,6 +137,20 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
     delivered = 0
     timeout = session.device_timeout
     finished = False
+    held = None if standing else HeldRows()
+
+    def deliver(chunks: list[Chunk]) -> list[Chunk]:
+        nonlocal delivered
+        out = []
+        for chunk in chunks:
+            if limit is not None:
+                if delivered >= limit:
+                    break
+                if delivered + chunk.n > limit:
+                    chunk = chunk.take(np.arange(limit - delivered))
+            delivered += chunk.n
+            out.append(chunk)
+        return out
 
     def start(device: str, device_params: dict) -> None:
         feed.start(session.request(device, fragment, device_params))
@@ -121,6 +174,7 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
                         if now - began > timeout:
                             feed.cancel(device)
                             del running[device]
+                            held.discard(device)
                             status.set(device, "timed out", f"no complete answer within {timeout:g} s")
                 yield IDLE
                 continue
@@ -130,14 +184,16 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
                     continue
                 status.add_rows(device, event.n)
                 chunk = _rows_chunk(env, node, device, event)
-                if limit is not None and delivered + chunk.n > limit:
-                    chunk = chunk.take(np.arange(limit - delivered))
-                delivered += chunk.n
-                yield chunk
+                yield from deliver([chunk] if held is None else held.add(device, chunk))
             elif event.kind == "end":
                 if running.pop(device, None) is None:
                     continue
                 _ended(session, fragment, device, event)
+                if held is not None:
+                    if event.outcome == "ok":
+                        yield from deliver(held.release(device))
+                    else:
+                        held.discard(device)
             elif event.kind == "connected" and standing and device not in running:
                 if device in selected(env, session):
                     joined = session.check(fragment, session.devices([device], fresh=True))

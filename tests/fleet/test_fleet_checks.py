@@ -8,7 +8,7 @@ import pytest
 
 import streamql
 from streamql.signals import LiveSignal
-from fleet_support import online, take, wait_until
+from fleet_support import FLEET, online, take, wait_until
 
 TEMPERATURE = "signal_value('outside_temperature')@e"
 
@@ -103,6 +103,43 @@ def test_failed_and_timed_out_devices_are_reported_and_the_others_answer(federat
     assert status.incomplete() == ["d-3", "wl-1", "x-1"]
     wire = status.to_dict()
     assert wire["complete"] is False and wire["counts"] == {"answered": 3, "failed": 1, "timed out": 1, "offline": 1}
+
+
+def _oracle_cold_by_region(answered: set[str]) -> dict[str, int]:
+    """Devices below -20 °C per region, from the fleet's own constants, over those that answered."""
+    counts: dict[str, int] = {}
+    for device, meta, _caps, temperature, _offset in FLEET:
+        if device in answered and temperature < -20:
+            counts[meta["region"]] = counts.get(meta["region"], 0) + 1
+    return counts
+
+
+def test_a_device_that_sent_its_rows_but_did_not_answer_is_in_neither_the_answer_nor_the_count(federation, fleet):
+    # x-1's link drops after its partial went, wl-1 never ends after its row: the answer counts
+    # only devices that answered, as the status says (before, both were counted and reported not answered)
+    fleet.members["x-1"].after_rows = "drop"
+    fleet.members["wl-1"].after_rows = "stall"
+    result = federation.query(f"select region(e), count(e) from Edge e where {TEMPERATURE} < -20 group by region(e);",
+                              fleet=fleet, device_timeout=1.0)
+    counted = dict(result)
+    status = result.status
+    assert status["x-1"]["outcome"] == "offline" and status["wl-1"]["outcome"] == "timed out"
+    answered = {d for d in status if status[d]["outcome"] == "answered"}
+    assert answered == {"wl-2", "d-1", "d-2"}
+    assert counted == _oracle_cold_by_region(answered) == {"AU": 1, "SE": 1}
+    rows = sorted(federation.query(f"select id(e), {TEMPERATURE} from Edge e;", fleet=fleet, device_timeout=1.0))
+    assert [d for d, _ in rows] == ["d-1", "d-2", "wl-2"]
+
+
+def test_past_the_held_rows_a_devices_rows_flow_as_they_come(federation, fleet, monkeypatch):
+    from streamql.physical import remote
+
+    monkeypatch.setattr(remote, "HOLD_DEVICE_ROWS", 0)   # every row past the bound: nothing held
+    fleet.members["wl-1"].after_rows = "stall"
+    result = federation.query(f"select id(e), {TEMPERATURE} from Edge e;", fleet=fleet, device_timeout=1.0)
+    rows = sorted(result)
+    assert "wl-1" in [d for d, _ in rows]                 # its row went before it stalled
+    assert result.status["wl-1"]["outcome"] == "timed out" and result.status["wl-1"]["rows"] == 1
 
 
 def test_a_statement_every_selected_device_failed_is_an_error(federation, fleet):
