@@ -146,10 +146,13 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
     private, public = keygen(work / "release")
     fleet = make_fleet(transport, edges, args, work, public)
     identities = fleet_identities(edges, args.seed)
-    probe = None
+    probe, others = None, {}
     try:
         fleet.start_federation()
         probe = LagProbe(fleet.url)
+        ports = getattr(fleet, "ports", {})
+        others = {name: LagProbe(f"http://127.0.0.1:{port}") for name, port in ports.items()
+                  if f"http://127.0.0.1:{port}" != fleet.url}   # node B's loop (probe: node A's)
         out["setup"] = (getattr(fleet, "description", "one node, embedded hub, SQLite registry"), "")
         time.sleep(1.0)
         pids = federation_pids(fleet)
@@ -159,10 +162,12 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
         seconds = fleet.wait_connected(args.connect_timeout, since=began)
         if seconds is None:
             out["connect"] = (f"NOT in {args.connect_timeout:.0f} s", f"{fleet.connected():,} online; "
-                              f"{fleet.processes} simulator processes; {probe.worst(began)}; load {load()}")
+                              f"{fleet.processes} simulator processes; {probe.worst(began)}{lag_of(others, began)}; "
+                              f"{callout_refusals(fleet)}load {load()}")
             return
         out["connect"] = (f"{seconds:.1f} s", f"{edges / seconds:,.0f} edges/s; {fleet.processes} simulator "
-                          f"processes; {probe.worst(began)}; {link_drops(fleet)} links dropped; load {load()}")
+                          f"processes; {probe.worst(began)}{lag_of(others, began)}; {link_drops(fleet)} links "
+                          f"dropped; {callout_refusals(fleet)}load {load()}")
         before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         idle_began = time.monotonic()
         time.sleep(args.settle)
@@ -175,49 +180,15 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
                       "; ".join(f"{(name + ': ') if name else ''}{connected[name] / 1024:.0f} MiB connected, "
                                 f"{empty[name] / 1024:.0f} MiB empty" for name in pids) + f"; heartbeat {args.heartbeat:g} s")
         out["idle cpu"] = (" / ".join(f"{(name + ' ') if name else ''}{value:.0f} %" for name, value in cpu.items()),
-                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}; "
+                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}"
+                           f"{lag_of(others, idle_began)}; "
                            f"{link_drops(fleet)} links dropped so far; load {load()}")
         if still < edges:
             out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
 
-        phase = probe.mark()
-        t0 = time.time()
-        first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
-        t1 = time.time()
-        possible = oracle_battery(identities, t0, t1)
-        wrong = sum(1 for edge, value in answer if value not in possible.get(edge, ()))
-        missing = len(possible.keys() - {edge for edge, _ in answer})
-        counts = status.get("status", {}).get("counts")
-        out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
-                          f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                          f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
         problems = []   # measured on: the figures after a failed check still say what the fleet does
-        if wrong or missing:
-            problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
-
-        t0 = time.time()
-        _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
-                                               "where signal_value('battery')@e < 20 group by region(e);")
-        t1 = time.time()
-        # a device that did not answer (offline, timed out: its outcome is in the status) is counted
-        # by nobody; the oracle counts over the devices that answered
-        unanswered = {d for d, o in (status.get("status", {}).get("devices") or {}).items() if o.get("outcome") != "answered"}
-        answered = [identity for identity in identities if identity.id not in unanswered]
-        bounds = low_battery_bounds(answered, oracle_battery(answered, t0, t1))
-        counted = dict((region, count) for region, count in groups)
-        outside = [r for r, (low, high) in bounds.items() if not low <= counted.get(r, 0) <= high]
-        out["aggregate"] = (f"{total * 1000:,.0f} ms",
-                            f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
-                            f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                            f"{status.get('status', {}).get('counts')}; load {load()}")
-        if outside:
-            problems.append(f"the grouped aggregate differs from the oracle in {outside}")
-
-        if not args.no_deploy:
-            phase = probe.mark()
-            value, notes = deploy(fleet, work, private, args)
-            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
-
+        if args.phases != "connect":
+            run_queries(fleet, identities, probe, private, work, args, out, problems)
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
         state = fleet.registry_state()
@@ -230,7 +201,68 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
     finally:
         if probe is not None:
             probe.stop()
+        for other in others.values():
+            other.stop()
         fleet.close()
+
+
+def run_queries(fleet, identities, probe, private, work: Path, args, out: dict, problems: list) -> None:
+    """The fan-out, the grouped aggregate and the deployment (`--phases all`)."""
+    phase = probe.mark()
+    t0 = time.time()
+    first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
+    t1 = time.time()
+    possible = oracle_battery(identities, t0, t1)
+    wrong = sum(1 for edge, value in answer if value not in possible.get(edge, ()))
+    missing = len(possible.keys() - {edge for edge, _ in answer})
+    counts = status.get("status", {}).get("counts")
+    out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
+                      f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
+                      f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+    if wrong or missing:
+        problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
+
+    t0 = time.time()
+    _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
+                                           "where signal_value('battery')@e < 20 group by region(e);")
+    t1 = time.time()
+    # a device that did not answer (offline, timed out: its outcome is in the status) is counted
+    # by nobody; the oracle counts over the devices that answered
+    unanswered = {d for d, o in (status.get("status", {}).get("devices") or {}).items() if o.get("outcome") != "answered"}
+    answered = [identity for identity in identities if identity.id not in unanswered]
+    bounds = low_battery_bounds(answered, oracle_battery(answered, t0, t1))
+    counted = dict((region, count) for region, count in groups)
+    outside = [r for r, (low, high) in bounds.items() if not low <= counted.get(r, 0) <= high]
+    out["aggregate"] = (f"{total * 1000:,.0f} ms",
+                        f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
+                        f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
+                        f"{status.get('status', {}).get('counts')}; load {load()}")
+    if outside:
+        problems.append(f"the grouped aggregate differs from the oracle in {outside}")
+
+    if not args.no_deploy:
+        phase = probe.mark()
+        value, notes = deploy(fleet, work, private, args)
+        out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
+
+
+def lag_of(probes: dict, since: float) -> str:
+    return "".join(f"; node {name}: {probe.worst(since)}" for name, probe in probes.items())
+
+
+def callout_refusals(fleet: ScaleFleet) -> str:
+    """Connections refused for want of a timely callout answer (nats-server's authentication errors)
+    and the requests the nodes dropped past their expiry (their logs), where there are such logs."""
+    servers = list(fleet.dir.glob("infra/**/*.log"))
+    if not servers:
+        return ""
+    refused = sum(1 for path in servers for line in path.read_text(errors="replace").splitlines()
+                  if "[ERR]" in line and "uthentication" in line)
+    dropped = 0
+    for path in fleet.dir.glob("federation-*.log"):
+        found = re.findall(r"dropped (\d+) expired authorization requests", path.read_text(errors="replace"))
+        dropped += int(found[-1]) if found else 0
+    return f"{refused:,} connects refused by nats-server (authentication), {dropped:,} expired requests dropped; "
 
 
 def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
@@ -283,6 +315,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-deploy", action="store_true")
+    parser.add_argument("--phases", choices=("all", "connect"), default="all",
+                        help="connect: only connect, memory and idle CPU (then the graceful stop)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()

@@ -235,11 +235,16 @@ class NatsLink:
                 raise
             except Exception as exc:  # noqa: BLE001 - no server reachable (yet), or refused
                 self.nc = None
-                self._release_gate()    # its retries must not keep the others waiting
+                self._release_gate()    # its backoff must not keep the others waiting
                 self._failed(f"NATS {self.url}: {type(exc).__name__}: {exc}")
                 delay = backoff_delay(self.attempts, self.reconnect, self.rng)
                 self.attempts += 1
                 await self._wait(self._stopping, delay)
+                # the retry queues at the gate like a first connect: a refusal under a connect storm
+                # (the callout's request expired) must not come back ungated and feed the storm
+                if self.gate is not None and not self._stopping.is_set():
+                    await self.gate.acquire()
+                    self._holding_gate = True
 
     def _release_gate(self) -> None:
         """The first connect is done (welcomed, or it failed): the next edge's turn."""

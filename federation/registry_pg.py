@@ -484,6 +484,18 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         row = self._one(f"SELECT {_TOKEN_COLUMNS}, hash FROM tokens WHERE hash = %s", (token_hash,))
         return (TokenRecord(*row[:6]), row[6]) if row else None
 
+    def tokens_by_hashes(self, token_hashes: Sequence[str]) -> dict[str, tuple[TokenRecord, str, bool]]:
+        """Many tokens in one round trip (the NATS auth callout's batches; safe from any thread):
+        hash → (record, stored hash, whether its device is still registered)."""
+        if not token_hashes:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}, t.hash, "
+                "d.id IS NOT NULL FROM tokens t LEFT JOIN devices d ON d.id = t.device_id "
+                "WHERE t.hash = ANY(%s)", (list(token_hashes),)).fetchall()
+        return {row[6]: (TokenRecord(*row[:6]), row[6], bool(row[7])) for row in rows}
+
     def get_token(self, token_id: int) -> TokenRecord | None:
         row = self._one(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = %s", (int(token_id),))
         return TokenRecord(*row) if row else None
