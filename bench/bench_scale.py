@@ -150,8 +150,7 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
     try:
         fleet.start_federation()
         probe = LagProbe(fleet.url)
-        ports = getattr(fleet, "ports", {})
-        others = {name: LagProbe(f"http://127.0.0.1:{port}") for name, port in ports.items()
+        others = {name: LagProbe(f"http://127.0.0.1:{port}") for name, port in getattr(fleet, "ports", {}).items()
                   if f"http://127.0.0.1:{port}" != fleet.url}   # node B's loop (probe: node A's)
         out["setup"] = (getattr(fleet, "description", "one node, embedded hub, SQLite registry"), "")
         time.sleep(1.0)
@@ -187,8 +186,19 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
             out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
 
         problems = []   # measured on: the figures after a failed check still say what the fleet does
-        if args.phases != "connect":
-            run_queries(fleet, identities, probe, private, work, args, out, problems)
+        if "fan-out" not in args.skip:
+            fan_out(fleet, identities, probe, out, problems)
+        if "aggregate" not in args.skip:
+            aggregate(fleet, identities, out, problems)
+        if "deploy" not in args.skip:
+            phase = probe.mark()
+            profiler = start_profiler(args.profile_deploy, pids)
+            try:
+                value, notes = deploy(fleet, work, private, args)
+            finally:
+                stop_profiler(profiler)
+            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
+
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
         state = fleet.registry_state()
@@ -206,8 +216,33 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
         fleet.close()
 
 
-def run_queries(fleet, identities, probe, private, work: Path, args, out: dict, problems: list) -> None:
-    """The fan-out, the grouped aggregate and the deployment (`--phases all`)."""
+def start_profiler(path: str | None, pids: dict[str, int]):
+    """`py-spy record` of node A for the deployment (--profile-deploy FILE: a speedscope file)."""
+    if not path:
+        return None
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    pid = next(iter(pids.values()))
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--idle", "--threads", "--rate", "50",
+                             "--format", "speedscope", "--output", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(profiler) -> None:
+    import signal
+    import subprocess
+
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+
+
+def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems: list) -> None:
     phase = probe.mark()
     t0 = time.time()
     first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
@@ -222,6 +257,8 @@ def run_queries(fleet, identities, probe, private, work: Path, args, out: dict, 
     if wrong or missing:
         problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
+
+def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
     t0 = time.time()
     _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
                                            "where signal_value('battery')@e < 20 group by region(e);")
@@ -239,11 +276,6 @@ def run_queries(fleet, identities, probe, private, work: Path, args, out: dict, 
                         f"{status.get('status', {}).get('counts')}; load {load()}")
     if outside:
         problems.append(f"the grouped aggregate differs from the oracle in {outside}")
-
-    if not args.no_deploy:
-        phase = probe.mark()
-        value, notes = deploy(fleet, work, private, args)
-        out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
 
 
 def lag_of(probes: dict, since: float) -> str:
@@ -314,12 +346,16 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=600.0)
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-deploy", action="store_true")
-    parser.add_argument("--phases", choices=("all", "connect"), default="all",
-                        help="connect: only connect, memory and idle CPU (then the graceful stop)")
+    parser.add_argument("--no-deploy", action="store_true", help="same as --skip deploy")
+    parser.add_argument("--skip", default="", help="phases to leave out: fan-out, aggregate, deploy (comma-separated)")
+    parser.add_argument("--profile-deploy", metavar="FILE",
+                        help="py-spy record node A during the deployment into FILE (speedscope)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
+    args.skip = {p.strip() for p in args.skip.split(",") if p.strip()} | ({"deploy"} if args.no_deploy else set())
+    if args.skip - {"fan-out", "aggregate", "deploy"}:
+        parser.error(f"--skip: fan-out, aggregate and/or deploy, not {sorted(args.skip)}")
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
     unknown = [t for t in transports if t not in TRANSPORTS]
     if unknown or not transports:

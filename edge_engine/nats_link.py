@@ -167,6 +167,7 @@ class NatsLink:
         self.hello_stale = False
         self._early: list | None = None        # frames a node sent between our hello and the welcome
         self._nonce = 0
+        self._down_sub: Any = None
         # many edges in one process (a simulated fleet), as on the WebSocket link: the first connect
         # waits `start_delay_s`, and at most `gate`'s value of first connects (the auth callout, the
         # hello) run at once; 10,000 at once make the callout's requests expire before the nodes
@@ -187,7 +188,7 @@ class NatsLink:
             await self._connect_nats()
             if self.nc is None:
                 return
-            sub = await self.nc.subscribe(subjects.down(self.edge_id), cb=self._on_down)
+            sub = self._down_sub = await self.nc.subscribe(subjects.down(self.edge_id), cb=self._on_down)
             while not self._stopping.is_set():
                 await self._wait(self._nats_up)
                 if self._stopping.is_set():
@@ -388,6 +389,9 @@ class NatsLink:
         """Fragments of a node not heard from for their lease are cancelled (no orphans)."""
         while not conn.closed:
             await asyncio.sleep(1.0)
+            sub = self._down_sub
+            if sub is not None and sub.pending_msgs:
+                continue        # frames from the nodes wait to be read here: one may be the renewal
             now = time.monotonic()
             for qid in list(conn.routes):
                 lease = conn.leases.get(qid, DEFAULT_LEASE_S)

@@ -12,7 +12,8 @@ Frames are unchanged (docs/protocol.md); only where they travel changes (federat
   three heartbeats), and any edge it hears health from but does not know the same way;
 - frames to an edge go to `sql.down.<edge>` with the NATS reply subject `sql.up.<edge>.<node>`:
   the edge answers there. A `query` carries the header `Sql-Lease`: the node pings each edge
-  running one of its fragments every lease/3, and an edge cancels the fragments of a node it has
+  running one of its fragments every lease/3 (from a thread of its own: a busy loop does not
+  silence it, federation/nats_leases.py), and an edge cancels the fragments of a node it has
   not heard from for a lease (a node that died leaves no orphans);
 - published records go from the edges into the JetStream stream `SQL_PUB` (deduplicated by
   `Nats-Msg-Id` = edge:log:seq); each node reads it through its own durable consumer into its own
@@ -40,6 +41,7 @@ from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
 from federation.nats_auth import node_connect_options
+from federation.nats_leases import LeaseRenewer
 from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
@@ -144,6 +146,7 @@ class NatsHub(EdgeHub):
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
+        self._renewer: LeaseRenewer | None = None
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -167,6 +170,10 @@ class NatsHub(EdgeHub):
             error_cb=self._error, **options)
         self.max_frame = max_frame_for(self.nc.max_payload)
         self.js = self.nc.jetstream()
+        self._renewer = LeaseRenewer(list(config.nats), options, node_id=self.node_id, run_id=self.run_id,
+                                     lease_s=config.nats_lease_s)
+        if not await asyncio.to_thread(self._renewer.start):
+            log.warning("lease renewal thread did not connect: renewing from the event loop")
         await self._ensure_storage_soon()
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
@@ -215,6 +222,8 @@ class NatsHub(EdgeHub):
     async def close(self) -> None:
         """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
         await self._leave_nats_edges()
+        if self._renewer is not None:
+            await asyncio.to_thread(self._renewer.stop)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -467,9 +476,17 @@ class NatsHub(EdgeHub):
 
     # --- leases ----------------------------------------------------------------------------------
     async def _renew_leases(self) -> None:
-        """A ping to every edge running one of this node's fragments, three times a lease."""
+        """A ping to every edge running one of this node's fragments, three times a lease: from the
+        renewal thread (federation/nats_leases.py), which this feeds every second; from here only
+        when that thread is not running."""
         nonce = 0
         while True:
+            renewer = self._renewer
+            if renewer is not None and renewer.alive:
+                await asyncio.sleep(min(1.0, self.config.nats_lease_s / 3))
+                renewer.feed(tuple(conn.edge_id for conn in list(self._connections.values())
+                                   if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing))
+                continue
             await asyncio.sleep(self.config.nats_lease_s / 3)
             for conn in list(self._connections.values()):
                 if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing:
