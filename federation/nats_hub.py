@@ -35,17 +35,18 @@ import time
 from typing import Any
 
 import nats
-from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, ObjectMeta, ObjectStoreConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
 from federation.nats_auth import node_connect_options
-from federation.nats_leases import LeaseRenewer
+from federation.nats_edge_conn import LEASE_HEADER, NatsEdgeConnection  # noqa: F401 (LEASE_HEADER: the contract)
+from federation.nats_leases import RUN_HEADER, LeaseRenewer  # noqa: F401
 from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
+from federation.hub_support import OnlineAgain
 from federation.publish import PublishLog
 from streamql import codec, wire
 from streamql.frame_keys import peek
@@ -53,8 +54,6 @@ from streamql.frame_keys import peek
 log = logging.getLogger("streamql.federation.nats")
 
 BUNDLE_HEADER = "Sql-Bundle"
-LEASE_HEADER = "Sql-Lease"
-RUN_HEADER = "Sql-Run"   # this node process: a node restarted under the same id renews none of its old leases
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
@@ -70,57 +69,6 @@ def default_node_id(config: FederationConfig) -> str:
 def max_frame_for(max_payload: int) -> int:
     """The largest frame a NATS message carries (headers take a little room)."""
     return max(64 << 10, min(wire.MAX_FRAME_BYTES, max_payload - 4096))
-
-
-class NatsEdgeConnection:
-    """An edge as one node sees it on NATS: the same surface as federation.edge_link.EdgeConnection."""
-
-    def __init__(self, hub: "NatsHub", edge_id: str, version: int):
-        self.hub, self.edge_id, self.version = hub, edge_id, version
-        self.session = secrets.token_hex(8)
-        self.fragments: dict[str, Any] = {}
-        self.last_frame = time.monotonic()
-        self.last_seen = time.time()
-        self.closing = False
-        self.close_reason = "closed"
-        self.rtt_ms: float | None = None
-        self.frame_bytes = 0
-        self.publish_hold: int | None = None
-        self.down = subjects.down(edge_id)
-        self.reply = subjects.up(edge_id, hub.node_id)
-
-    def __repr__(self) -> str:
-        return f"<NatsEdgeConnection {self.edge_id} node={self.hub.node_id}>"
-
-    async def send(self, frame: wire.Frame | bytes, headers: dict | None = None) -> None:
-        data = frame if isinstance(frame, (bytes, bytearray)) else wire.encode(frame)
-        if self.closing or self.hub.nc is None or not self.hub.nc.is_connected:
-            raise EdgeOffline(self.edge_id, "dropped its link", dropped=True)
-        headers = {**(headers or {}), RUN_HEADER: self.hub.run_id}
-        if isinstance(frame, wire.Frame) and frame.t == "query":
-            headers[LEASE_HEADER] = f"{self.hub.config.nats_lease_s:g}"
-        try:
-            await self.hub.nc.publish(self.down, bytes(data), reply=self.reply, headers=headers)
-        except NatsError as exc:
-            raise EdgeOffline(self.edge_id, f"could not be reached over NATS ({exc})", dropped=True) from None
-
-    def post(self, frame: wire.Frame | bytes) -> None:
-        self.hub.spawn(self._send_quietly(frame), name=f"send-{self.edge_id}")
-
-    async def _send_quietly(self, frame: wire.Frame | bytes) -> None:
-        with contextlib.suppress(Exception):
-            await self.send(frame)
-
-    async def close(self, code: int = 1000, reason: str = "closed") -> None:
-        """Forget the edge on this node (its NATS connection is NATS's to close: revocation)."""
-        if self.closing:
-            return
-        self.closing = True
-        self.close_reason = reason
-        self.hub.detach(self, reason)
-
-    def malformed(self) -> bool:
-        return False
 
 
 class NatsHub(EdgeHub):
@@ -147,6 +95,7 @@ class NatsHub(EdgeHub):
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
+        self._online_again = OnlineAgain(registry, self._hears)
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -412,6 +361,16 @@ class NatsHub(EdgeHub):
         return wire.make("welcome", accepted=True, server_time=time.time(),
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
                          edge=edge, session=conn.session)
+
+    def online_changed(self, device_ids, online: bool) -> None:
+        """Another node wrote offline an edge this node still hears: online again (hub_support.OnlineAgain)."""
+        if not online and not self.stopping:
+            self._online_again.offline_written(device_ids)
+
+    def _hears(self, edge: str) -> bool:
+        conn = self._connections.get(edge)
+        return (isinstance(conn, NatsEdgeConnection) and not conn.closing
+                and time.monotonic() - conn.last_frame < 3 * self.config.heartbeat_s)
 
     def on_rows(self, conn, frame: wire.Frame) -> None:
         """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under

@@ -24,7 +24,7 @@ from streamql import wire
 
 log = logging.getLogger("streamql.federation.nats")
 
-RUN_HEADER = "Sql-Run"
+RUN_HEADER = "Sql-Run"   # the node process: a node restarted under the same id renews none of its old leases
 
 
 def max_stall_for(lease_s: float) -> float:

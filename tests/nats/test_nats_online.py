@@ -1,0 +1,74 @@
+"""Two federation nodes in-process on one PostgreSQL registry and a real nats-server, an edge played by
+a NATS client: a node that wrongly writes a NATS edge offline (its loop lagged past three heartbeats,
+say) while the other node still hears the edge must not leave it offline everywhere until the edge
+reconnects."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+
+from federation import nats_subjects as subjects
+from federation.app import create_app
+from federation.auth import provision
+from federation.config import FederationConfig
+from federation.keys import FLEET, HUB, REGISTRY
+from nats_server import NatsServer
+from streamql import wire
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = NatsServer(tmp_path_factory.mktemp("nats-online")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def _fleet_online(app, edge: str) -> bool:
+    row = app[FLEET].rows.get(edge)
+    return row is not None and row.device.online
+
+
+async def test_an_edge_written_offline_by_one_node_is_online_again_through_the_other(
+        aiohttp_client, tmp_path, server, pg_server):
+    url = pg_server.new_database()
+    apps = {}
+    for name in ("A", "B"):
+        config = FederationConfig(data_dir=tmp_path / name, announce=False, nats=(server.url,), nats_node=name,
+                                  heartbeat_s=10.0, registry=url)
+        apps[name] = (await aiohttp_client(create_app(config))).app
+    a, b = apps["A"], apps["B"]
+    provision(a[REGISTRY], "w1", {"region": "EU"}, {})
+    nc = await nats.connect(server.url)
+    try:
+        fields = {"edge": "w1", "software": "test", "metadata": {}, "capabilities": {"signals": ["x"]},
+                  "models": {}, "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS)}
+        reply = await nc.request(subjects.up_all("w1"), wire.encode(wire.make("hello", **fields)), timeout=5)
+        assert wire.decode(reply.data, accept=wire.FROM_FEDERATION)["accepted"]
+        await _until(lambda: a[HUB].is_online("w1") and b[HUB].is_online("w1"), 10, "both nodes to hold the edge")
+        await _until(lambda: _fleet_online(a, "w1") and _fleet_online(b, "w1"), 10, "both fleet tables online")
+
+        # node A gives the edge up wrongly (as its sweep does after a long lag): offline in the registry
+        await a[HUB]._connections["w1"].close(1000, "no frame for 30 s")
+        # B still hears the edge (its last frame is recent): everyone sees it online again
+        await asyncio.sleep(1.0)
+        await _until(lambda: b[REGISTRY].get_device("w1").online, 5, "the registry to say online again")
+        await _until(lambda: _fleet_online(b, "w1") and _fleet_online(a, "w1"), 5,
+                     "both fleet tables to say online again")
+        assert b[HUB].is_online("w1")
+    finally:
+        await nc.close()
