@@ -55,11 +55,13 @@ class HeartbeatBuffer:
             except Exception:  # a locked database must not end the flushing for good
                 log.exception("writing heartbeats failed")
             follow = getattr(self.registry, "poll_heartbeats_off_loop", None)
-            if follow is not None:   # a shared registry: what the other nodes heard of their edges
-                try:
+            try:
+                if follow is not None:   # a shared registry: what the other nodes heard of their edges
                     await follow()
-                except Exception:
-                    log.exception("reading other nodes' heartbeats failed")
+                elif hasattr(self.registry, "poll_heartbeats"):   # SQLite: one pragma unless another node wrote
+                    self.registry.poll_heartbeats()
+            except Exception:
+                log.exception("reading other nodes' heartbeats failed")
 
     async def flush_off_loop(self) -> int:
         """flush, with the round trip in a thread when the registry can (PostgreSQL: 10,000 edges'

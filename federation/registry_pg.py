@@ -434,6 +434,10 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
     def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
         return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
 
+    def heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        """Beats to the listeners without writing them (another node writes them: nats_hub)."""
+        self._heartbeats_heard(list(beats))
+
     def _heartbeats_heard(self, beats: list[Heartbeat]) -> None:
         if beats:
             for hook in self._heartbeats_hooks():

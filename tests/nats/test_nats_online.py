@@ -72,3 +72,26 @@ async def test_an_edge_written_offline_by_one_node_is_online_again_through_the_o
         assert b[HUB].is_online("w1")
     finally:
         await nc.close()
+
+
+async def test_health_heard_by_one_node_reaches_the_other_on_one_sqlite_file(aiohttp_client, tmp_path, server):
+    """Two nodes on one data directory (SQLite) and NATS: an edge only node A hears (a WebSocket edge:
+    the route stays on a NATS node) has its heartbeats in node B's fleet views too, as on PostgreSQL."""
+    from federation.keys import HEARTBEATS
+    from federation.registry import Heartbeat
+
+    apps = {}
+    for name in ("A", "B"):
+        config = FederationConfig(data_dir=tmp_path / "shared", announce=False, nats=(server.url,), nats_node=name,
+                                  heartbeat_s=10.0)
+        apps[name] = (await aiohttp_client(create_app(config))).app
+    a, b = apps["A"], apps["B"]
+    provision(a[REGISTRY], "ws-1", {"region": "EU"}, {})
+    b[REGISTRY].poll_external_changes()               # B learns of the device (as a hello there would)
+    await _until(lambda: "ws-1" in b[FLEET].rows, 5, "B to know the device")
+    a[REGISTRY].set_online("ws-1", True)              # A holds its WebSocket
+    for beat in range(3):
+        a[HEARTBEATS].add(Heartbeat("ws-1", time.time(), {"battery": 11.0 + beat, "time": time.time()}, 2))
+        await _until(lambda: (b[FLEET].rows["ws-1"].device.health or {}).get("battery") == 11.0 + beat, 5,
+                     f"B's fleet table to show beat {beat}")
+    assert b[FLEET].rows["ws-1"].device.restarts == 2
