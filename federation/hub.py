@@ -419,7 +419,8 @@ class EdgeHub:
         if announced is not None:
             announced["health"] = health
         if self.heartbeats is not None:
-            self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]))
+            self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]),
+                                write=self.writes_beats_of(conn))
             self._recorded_seen[conn.edge_id] = conn.last_seen
         for observer in self._observers:   # a rollout waits for its devices to report healthy
             hook = getattr(observer, "edge_health", None)
@@ -428,6 +429,10 @@ class EdgeHub:
                     hook(conn.edge_id, health)
                 except Exception:
                     log.exception("an observer failed on the health of %s", conn.edge_id)
+
+    def writes_beats_of(self, conn: EdgeConnection) -> bool:
+        """Whether this node writes the edge's heartbeats to the registry (nats_hub: one node each)."""
+        return True
 
     def on_reply(self, conn: EdgeConnection, frame: wire.Frame) -> None:
         """ack / nack of a deployment: the announced models follow `active`; observers decide the rest."""

@@ -42,6 +42,7 @@ from federation import nats_subjects as subjects
 from federation.nats_auth import node_connect_options
 from federation.nats_edge_conn import LEASE_HEADER, NatsEdgeConnection  # noqa: F401 (LEASE_HEADER: the contract)
 from federation.nats_leases import RUN_HEADER, LeaseRenewer  # noqa: F401
+from federation.nats_peers import Peers
 from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
@@ -96,6 +97,7 @@ class NatsHub(EdgeHub):
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
         self._online_again = OnlineAgain(registry, self._hears)
+        self.peers = Peers(self.node_id)   # the other nodes: who writes which NATS edge's heartbeats
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -127,7 +129,8 @@ class NatsHub(EdgeHub):
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
-        self._background += [asyncio.create_task(self._consume_published(), name="nats-published"),
+        self._background += [asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
+                             asyncio.create_task(self._consume_published(), name="nats-published"),
                              asyncio.create_task(self._renew_leases(), name="nats-leases")]
         log.info("federation node %s on NATS %s", self.node_id, self.nc.connected_url.netloc
                  if self.nc.connected_url else config.nats)
@@ -366,6 +369,10 @@ class NatsHub(EdgeHub):
         """Another node wrote offline an edge this node still hears: online again (hub_support.OnlineAgain)."""
         if not online and not self.stopping:
             self._online_again.offline_written(device_ids)
+
+    def writes_beats_of(self, conn) -> bool:
+        """One node writes each NATS edge's heartbeats (nats_peers); WebSocket edges' their own node."""
+        return not isinstance(conn, NatsEdgeConnection) or self.peers.writes(conn.edge_id)
 
     def _hears(self, edge: str) -> bool:
         conn = self._connections.get(edge)

@@ -95,3 +95,50 @@ async def test_health_heard_by_one_node_reaches_the_other_on_one_sqlite_file(aio
         await _until(lambda: (b[FLEET].rows["ws-1"].device.health or {}).get("battery") == 11.0 + beat, 5,
                      f"B's fleet table to show beat {beat}")
     assert b[FLEET].rows["ws-1"].device.restarts == 2
+
+
+async def test_one_node_writes_each_nats_edges_heartbeats_and_both_show_them(
+        aiohttp_client, tmp_path, server, pg_server):
+    """Every node hears every NATS edge's health; the registry gets each beat from one node only (two
+    nodes writing the same rows doubled the work and deadlocked), and both fleet tables follow."""
+    from federation.nats_peers import PEER_TTL_S
+
+    url = pg_server.new_database()
+    apps, written = {}, {}
+    for name in ("A", "B"):
+        config = FederationConfig(data_dir=tmp_path / name, announce=False, nats=(server.url,), nats_node=name,
+                                  heartbeat_s=10.0, registry=url)
+        apps[name] = app = (await aiohttp_client(create_app(config))).app
+        registry, written[name] = app[REGISTRY], []
+        write = registry._write_heartbeats
+        registry._write_heartbeats = (lambda beats, write=write, out=written[name]:
+                                      out.extend(b.device_id for b in beats if b.health) or write(beats))
+    edges = [f"hb-{i}" for i in range(24)]
+    for edge in edges:
+        provision(apps["A"][REGISTRY], edge, {}, {})
+    await _until(lambda: all(len(app[HUB].peers.live()) == 2 for app in apps.values()), PEER_TTL_S + 5,
+                 "each node to hear the other")
+    nc = await nats.connect(server.url)
+    try:
+        for edge in edges:
+            fields = {"edge": edge, "software": "test", "metadata": {}, "capabilities": {"signals": ["x"]},
+                      "models": {}, "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS)}
+            await nc.request(subjects.up_all(edge), wire.encode(wire.make("hello", **fields)), timeout=5)
+        await _until(lambda: all(app[HUB].is_online(e) for app in apps.values() for e in edges), 10, "both to hold all")
+        for n, edge in enumerate(edges):
+            await nc.publish(subjects.up_all(edge), wire.encode(wire.make(
+                "health", time=time.time(), uptime_s=5.0, restarts=0, cpu_percent=float(n))))
+        await nc.flush()
+
+        def shown(app):
+            return {e: (app[FLEET].rows[e].device.health or {}).get("cpu_percent") for e in edges}
+        await _until(lambda: all(shown(app) == {e: float(n) for n, e in enumerate(edges)} for app in apps.values()),
+                     10, "both fleet tables to show every edge's CPU")
+        await asyncio.sleep(1.5)    # a flush more
+        by_a, by_b = set(written["A"]), set(written["B"])
+        assert by_a | by_b == set(edges) and not by_a & by_b, (sorted(by_a), sorted(by_b))
+        assert by_a and by_b        # the work is shared (24 edges: both get some)
+        for n, edge in enumerate(edges):
+            assert apps["B"][REGISTRY].get_device(edge).health["cpu_percent"] == float(n)
+    finally:
+        await nc.close()
