@@ -118,3 +118,34 @@ async def _pinged_again(edge: EdgeThread, since: float) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def test_the_edge_reads_waiting_frames_before_it_gives_a_lease_up():
+    """An edge whose own loop is behind (frames from the nodes wait unread in its subscription) does
+    not cancel a fragment for silence: one of those frames may be the renewal."""
+    from edge_engine.nats_link import NatsConnection, NatsLink
+
+    cancelled = []
+
+    class Handler:
+        async def handle(self, conn, frame):
+            cancelled.append(frame["qid"])
+
+    class Sub:
+        pending_msgs = 3
+
+    link = NatsLink(Handler(), ["nats://127.0.0.1:1"], "e", None)
+    conn = NatsConnection(link, wire.make("welcome", accepted=True, server_time=0.0, heartbeat_s=1.0, publish_acked=0))
+    conn.routes["q1"], conn.leases["q1"], conn.owners["q1"] = "sql.up.e.n", 0.5, "sql.up.e.n r"
+    link._heard["sql.up.e.n r"] = time.monotonic() - 10
+    link._down_sub = Sub()
+    task = asyncio.create_task(link._leases(conn))
+    try:
+        await asyncio.sleep(2.3)
+        assert not cancelled and "q1" in conn.routes     # frames wait: not yet
+        Sub.pending_msgs = 0
+        await asyncio.sleep(1.2)
+        assert cancelled == ["q1"]                       # read them all, still silent: cancelled
+    finally:
+        conn.closed = True
+        task.cancel()
