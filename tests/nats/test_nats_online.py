@@ -142,3 +142,47 @@ async def test_one_node_writes_each_nats_edges_heartbeats_and_both_show_them(
             assert apps["B"][REGISTRY].get_device(edge).health["cpu_percent"] == float(n)
     finally:
         await nc.close()
+
+
+def test_two_nodes_writing_the_same_devices_do_not_deadlock(pg_server):
+    """Node 1 writes several edges offline in one transaction (OfflineWrites) while node 2 writes one
+    of them too: the change feed's trigger took its lock after the row locks, so node 2 held a row
+    and waited for the lock node 1 held while node 1 waited for that row (PostgreSQL aborted one)."""
+    import threading
+
+    from federation.registry_pg import PgRegistry
+
+    url = pg_server.new_database()
+    one, two = PgRegistry(url, watch=False), PgRegistry(url, watch=False)
+    errors, first_written = [], threading.Event()
+    try:
+        for edge in ("x", "y"):
+            provision(one, edge, {}, {})
+            one.set_online(edge, True)
+
+        def node_one():
+            try:
+                with one.transaction():
+                    one.set_online("x", False)
+                    first_written.set()
+                    time.sleep(0.5)                 # node 2 takes y meanwhile
+                    one.set_online("y", False)
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+
+        def node_two():
+            first_written.wait(5)
+            try:
+                two.set_online("y", False)     # a flip: its trigger wants the change lock
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+
+        threads = [threading.Thread(target=node_one), threading.Thread(target=node_two)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors, errors
+    finally:
+        one.close()
+        two.close()
