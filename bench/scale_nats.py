@@ -65,7 +65,7 @@ class NatsScaleFleet(ScaleFleet):
             self.nats_url = self.infra.nats_url
             extra = ["--registry", self.infra.registry_url]
         else:
-            from nats_server import NatsServer
+            from tests.nats_servers import NatsServer
 
             self.infra = NatsServer(self.dir / "infra").start()
             self.nats_url = self.infra.url

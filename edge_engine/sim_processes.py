@@ -29,17 +29,8 @@ def raise_open_file_limit() -> tuple[int, int]:
     return process_limits.raise_open_file_limit(log)
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _child(args: argparse.Namespace) -> None:
-    _die_with_parent()
+    process_limits.die_with_parent()
     from .cli import run
 
     raise SystemExit(run(args))

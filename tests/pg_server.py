@@ -15,10 +15,11 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.loopback import free_port
 
 SUPERUSER = "streamql"
 RUN_AS = "nobody"  # when we are root
@@ -34,12 +35,6 @@ def find_bin_dir() -> Path | None:
         if (Path(directory) / "initdb").exists() and (Path(directory) / "postgres").exists():
             return Path(directory)
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,28 +27,14 @@ import urllib.request
 from pathlib import Path
 
 from edge_engine.simulate import fleet_identities
+from streamql.process_limits import die_with_parent
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 2
 EDGES = [identity.id for identity in fleet_identities(4, SEED)]
 UNTRUSTING = fleet_identities(1, SEED, prefix="x-")[0].id
 OFFLINE = "spare-0099"
-
-
-def _die_with_parent() -> None:
-    """In the child: be sent SIGTERM when the test process goes away, however it ends (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DashboardFleet:
@@ -64,7 +49,7 @@ class DashboardFleet:
         log = open(self.dir / f"{name}.log", "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=self.dir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         self.procs.append(proc)
         return proc

@@ -41,7 +41,7 @@ class Fleet:
         if transport in ("nats", "scale-out"):
             sys.path.insert(0, str(ROOT / "tests" / "nats"))
         if transport == "nats":
-            from nats_server import NatsServer
+            from tests.nats_servers import NatsServer
 
             self.nats = NatsServer(data).start()
             federation_args = [*federation_args, "--nats", self.nats.url, "--nats-lease", "3"]

@@ -15,6 +15,7 @@ import pytest
 from federation.auth import authenticate
 from federation.cli import main
 from federation.registry import Registry
+from tests.loopback import free_port
 
 
 def registry_at(data) -> Registry:
@@ -49,12 +50,6 @@ def test_tokens_create_list_revoke(tmp_path, capsys):
     assert main(["token", "revoke", "--data", str(tmp_path), "--token-id", str(token_id)]) == 1
     with pytest.raises(SystemExit):
         main(["token", "create", "--data", str(tmp_path), "--role", "root"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_as_a_process_and_provision_while_it_runs(tmp_path):

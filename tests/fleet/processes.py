@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from streamql.process_limits import die_with_parent
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,21 +51,6 @@ DEVICES = [
 ]
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ConstantFleet:
     def __init__(self, directory: Path, devices: list[Device] = DEVICES, federation_args: list[str] = ()):
         self.dir = Path(directory)
@@ -80,7 +66,7 @@ class ConstantFleet:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         env.update(self._env.pop(name, {}))
         proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=self.dir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         log.close()
         self.procs[name] = proc
         return proc

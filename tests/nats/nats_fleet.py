@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "fleet"))
 
-from nats_server import NatsServer  # noqa: E402
+from tests.nats_servers import NatsServer  # noqa: E402
 from processes import DEVICES, ConstantFleet, Device, free_port  # noqa: E402
 
 __all__ = ["NatsFleet", "DEVICES", "Device"]

@@ -11,7 +11,7 @@ import pytest
 import streamql
 from federation.testing import make_bundle
 from nats_fleet import DEVICES, NatsFleet
-from nats_server import NatsCluster
+from tests.nats_servers import NatsCluster
 from streamql.models import keygen
 from test_nats_publish import COUNTER, FLOW
 

@@ -18,7 +18,7 @@ from federation.cli import register
 from federation.config import FederationConfig
 from federation.keys import HUB, REGISTRY
 from federation.nats_hub import NatsHub
-from nats_server import NatsServer
+from tests.nats_servers import NatsServer
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(120)
