@@ -16,7 +16,7 @@ from federation.app import create_app
 from federation.auth import provision
 from federation.config import FederationConfig
 from federation.keys import HUB, REGISTRY
-from nats_server import NatsServer
+from tests.nats_servers import NatsServer
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(120)
