@@ -186,3 +186,29 @@ def test_two_nodes_writing_the_same_devices_do_not_deadlock(pg_server):
     finally:
         one.close()
         two.close()
+
+
+def test_heartbeat_writers_split_the_edges_and_take_over_from_a_silent_node():
+    """Rendezvous over the nodes heard: each edge has one writer, the same on every node; the edges
+    of a node silent past PEER_TTL_S go to the others."""
+    from federation.nats_peers import PEER_TTL_S, Peers
+
+    now = [0.0]
+    nodes = {name: Peers(name, clock=lambda: now[0]) for name in ("A", "B", "C")}
+    for peers in nodes.values():
+        for other in nodes:
+            peers.heard(other)
+    edges = [f"e{i}" for i in range(300)]
+    owners = {edge: {peers.writer_of(edge) for peers in nodes.values()} for edge in edges}
+    assert all(len(found) == 1 for found in owners.values())          # every node agrees
+    share = {name: sum(1 for found in owners.values() if found == {name}) for name in nodes}
+    assert all(60 < count < 140 for count in share.values()), share   # about a third each
+    now[0] += PEER_TTL_S + 1                                           # C falls silent; A and B go on
+    for peers in (nodes["A"], nodes["B"]):
+        peers.heard("A")
+        peers.heard("B")
+    for edge in edges:
+        writer = nodes["A"].writer_of(edge)
+        assert writer == nodes["B"].writer_of(edge) and writer in ("A", "B")
+        if owners[edge] != {"C"}:
+            assert {writer} == owners[edge]                            # only C's edges moved
