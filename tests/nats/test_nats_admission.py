@@ -15,8 +15,8 @@ from federation.auth import provision
 from federation.registry_pg import PgRegistry
 from tests.federation.nats_secured import secured_nats
 
-LATENCY_S = 0.02      # per registry round trip (a PostgreSQL busy with 10,000 edges' heartbeats)
-EDGES = 300           # one at a time, 300 × 2 round trips = 12 s, past the server's 2 s auth timeout
+LATENCY_S = 0.03      # per registry round trip (a PostgreSQL busy with 10,000 edges' heartbeats)
+EDGES = 150           # one at a time, 150 × 2 round trips = 9 s, past the server's 2 s auth timeout
 
 
 class SlowPg(PgRegistry):
