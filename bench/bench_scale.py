@@ -146,10 +146,12 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
     private, public = keygen(work / "release")
     fleet = make_fleet(transport, edges, args, work, public)
     identities = fleet_identities(edges, args.seed)
-    probe = None
+    probe, others = None, {}
     try:
         fleet.start_federation()
         probe = LagProbe(fleet.url)
+        others = {name: LagProbe(f"http://127.0.0.1:{port}") for name, port in getattr(fleet, "ports", {}).items()
+                  if f"http://127.0.0.1:{port}" != fleet.url}   # node B's loop (probe: node A's)
         out["setup"] = (getattr(fleet, "description", "one node, embedded hub, SQLite registry"), "")
         time.sleep(1.0)
         pids = federation_pids(fleet)
@@ -159,10 +161,12 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
         seconds = fleet.wait_connected(args.connect_timeout, since=began)
         if seconds is None:
             out["connect"] = (f"NOT in {args.connect_timeout:.0f} s", f"{fleet.connected():,} online; "
-                              f"{fleet.processes} simulator processes; {probe.worst(began)}; load {load()}")
+                              f"{fleet.processes} simulator processes; {probe.worst(began)}{lag_of(others, began)}; "
+                              f"{callout_refusals(fleet)}load {load()}")
             return
         out["connect"] = (f"{seconds:.1f} s", f"{edges / seconds:,.0f} edges/s; {fleet.processes} simulator "
-                          f"processes; {probe.worst(began)}; {link_drops(fleet)} links dropped; load {load()}")
+                          f"processes; {probe.worst(began)}{lag_of(others, began)}; {link_drops(fleet)} links "
+                          f"dropped; {callout_refusals(fleet)}load {load()}")
         before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         idle_began = time.monotonic()
         time.sleep(args.settle)
@@ -175,7 +179,8 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
                       "; ".join(f"{(name + ': ') if name else ''}{connected[name] / 1024:.0f} MiB connected, "
                                 f"{empty[name] / 1024:.0f} MiB empty" for name in pids) + f"; heartbeat {args.heartbeat:g} s")
         out["idle cpu"] = (" / ".join(f"{(name + ' ') if name else ''}{value:.0f} %" for name, value in cpu.items()),
-                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}; "
+                           f"over {idle:.0f} s idle; {still:,} still online after it; {probe.worst(idle_began)}"
+                           f"{lag_of(others, idle_began)}; "
                            f"{link_drops(fleet)} links dropped so far; load {load()}")
         if still < edges:
             out["idle cpu"] = (out["idle cpu"][0], out["idle cpu"][1] + f"; {edges - still:,} edges DROPPED")
@@ -206,6 +211,8 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
     finally:
         if probe is not None:
             probe.stop()
+        for other in others.values():
+            other.stop()
         fleet.close()
 
 
@@ -269,6 +276,25 @@ def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
                         f"{status.get('status', {}).get('counts')}; load {load()}")
     if outside:
         problems.append(f"the grouped aggregate differs from the oracle in {outside}")
+
+
+def lag_of(probes: dict, since: float) -> str:
+    return "".join(f"; node {name}: {probe.worst(since)}" for name, probe in probes.items())
+
+
+def callout_refusals(fleet: ScaleFleet) -> str:
+    """Connections refused for want of a timely callout answer (nats-server's authentication errors)
+    and the requests the nodes dropped past their expiry (their logs), where there are such logs."""
+    servers = list(fleet.dir.glob("infra/**/*.log"))
+    if not servers:
+        return ""
+    refused = sum(1 for path in servers for line in path.read_text(errors="replace").splitlines()
+                  if "[ERR]" in line and "uthentication" in line)
+    dropped = 0
+    for path in fleet.dir.glob("federation-*.log"):
+        found = re.findall(r"dropped (\d+) expired authorization requests", path.read_text(errors="replace"))
+        dropped += int(found[-1]) if found else 0
+    return f"{refused:,} connects refused by nats-server (authentication), {dropped:,} expired requests dropped; "
 
 
 def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:

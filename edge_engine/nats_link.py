@@ -167,6 +167,8 @@ class NatsLink:
         self.hello_stale = False
         self._early: list | None = None        # frames a node sent between our hello and the welcome
         self._nonce = 0
+        self._down_sub: Any = None
+        self._client: object | None = None
         # many edges in one process (a simulated fleet), as on the WebSocket link: the first connect
         # waits `start_delay_s`, and at most `gate`'s value of first connects (the auth callout, the
         # hello) run at once; 10,000 at once make the callout's requests expire before the nodes
@@ -187,11 +189,19 @@ class NatsLink:
             await self._connect_nats()
             if self.nc is None:
                 return
-            sub = await self.nc.subscribe(subjects.down(self.edge_id), cb=self._on_down)
+            sub = self._down_sub = await self.nc.subscribe(subjects.down(self.edge_id), cb=self._on_down)
             while not self._stopping.is_set():
                 await self._wait(self._nats_up)
                 if self._stopping.is_set():
                     break
+                if self.nc.is_closed:
+                    # nats-py gave up for good (a reconnect refused twice: the callout's answer came
+                    # too late under a connect storm): a new client, through the gate again
+                    await self._connect_nats(gated=True)
+                    if self.nc is None:
+                        break
+                    sub = self._down_sub = await self.nc.subscribe(subjects.down(self.edge_id), cb=self._on_down)
+                    continue
                 up_since = None
                 try:
                     up_since = await self._session()
@@ -217,29 +227,46 @@ class NatsLink:
                     pass
                 await self.nc.close()
 
-    async def _connect_nats(self) -> None:
+    async def _connect_nats(self, *, gated: bool = False) -> None:
         options: dict[str, Any] = {"token": self.token} if self.token else {}
+        self._nats_up.clear()
+        if gated and self.gate is not None and not self._stopping.is_set():
+            await self.gate.acquire()
+            self._holding_gate = True
         while not self._stopping.is_set():
+            client = object()       # the closed callback of a client given up on must not end the next one's
+            self._client = client
+
+            async def closed() -> None:
+                if self._client is client:
+                    await self._closed()
+
             try:
                 self.nc = await nats.connect(
                     self.servers, name=f"streamql-edge {self.edge_id}", inbox_prefix=subjects.inbox_prefix(
                         self.edge_id).encode(), allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=max(0.2, self.reconnect.initial_s), connect_timeout=5,
                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
-                    error_cb=self._error, **options)
+                    closed_cb=closed, error_cb=self._error, **options)
                 self.js = self.nc.jetstream()
                 self.max_frame = min(wire.MAX_FRAME_BYTES, self.nc.max_payload - 4096)
+                self._nats_down.clear()
                 self._nats_up.set()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - no server reachable (yet), or refused
                 self.nc = None
-                self._release_gate()    # its retries must not keep the others waiting
+                self._release_gate()    # its backoff must not keep the others waiting
                 self._failed(f"NATS {self.url}: {type(exc).__name__}: {exc}")
                 delay = backoff_delay(self.attempts, self.reconnect, self.rng)
                 self.attempts += 1
                 await self._wait(self._stopping, delay)
+                # the retry queues at the gate like a first connect: a refusal under a connect storm
+                # (the callout's request expired) must not come back ungated and feed the storm
+                if self.gate is not None and not self._stopping.is_set():
+                    await self.gate.acquire()
+                    self._holding_gate = True
 
     def _release_gate(self) -> None:
         """The first connect is done (welcomed, or it failed): the next edge's turn."""
@@ -252,6 +279,12 @@ class NatsLink:
         self._nats_down.set()
         if not self._stopping.is_set():
             self.log.info("NATS connection lost; reconnecting")
+
+    async def _closed(self) -> None:
+        """The client is closed for good (ours at the end, or nats-py giving up): the session ends and
+        run() connects afresh."""
+        self._nats_down.set()
+        self._nats_up.set()
 
     async def _reconnected(self) -> None:
         self._nats_down.clear()
@@ -383,6 +416,9 @@ class NatsLink:
         """Fragments of a node not heard from for their lease are cancelled (no orphans)."""
         while not conn.closed:
             await asyncio.sleep(1.0)
+            sub = self._down_sub
+            if sub is not None and sub.pending_msgs:
+                continue        # frames from the nodes wait to be read here: one may be the renewal
             now = time.monotonic()
             for qid in list(conn.routes):
                 lease = conn.leases.get(qid, DEFAULT_LEASE_S)

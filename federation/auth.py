@@ -96,12 +96,22 @@ def parse_bearer(header: str | None) -> str | None:
 
 def authenticate(registry: Registry, token: str | None) -> Principal:
     """The principal of a token; Unauthorized when it is missing, malformed, unknown or revoked."""
+    digest = token_digest(token)
+    return principal_of(registry.token_by_hash(digest), digest)
+
+
+def token_digest(token: str | None) -> str:
+    """The stored hash of a well-formed token; Unauthorized for a missing or malformed one."""
     if not token:
         raise Unauthorized("this request needs an Authorization: Bearer <token> header")
     if not _TOKEN_SHAPE.fullmatch(token):
         raise Unauthorized("the token is not a StreamQL federation token")
-    digest = hash_token(token)
-    found = registry.token_by_hash(digest)
+    return hash_token(token)
+
+
+def principal_of(found: tuple[TokenRecord, str] | None, digest: str) -> Principal:
+    """The principal of a token looked up by its hash (`registry.token_by_hash(digest)`, or one row
+    of a batch lookup); Unauthorized when unknown or revoked."""
     # the lookup is by hash, so timing reveals nothing of the token; compare anyway before trusting
     if found is None or not hmac.compare_digest(found[1], digest):
         raise Unauthorized("unknown token")

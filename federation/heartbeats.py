@@ -20,8 +20,14 @@ class HeartbeatBuffer:
     def __init__(self, registry: Registry, interval: float = 1.0):
         self.registry, self.interval = registry, interval
         self._pending: dict[str, Heartbeat] = {}
+        self._heard_only: dict[str, Heartbeat] = {}   # another node writes these: the listeners hear them
 
-    def add(self, beat: Heartbeat) -> None:
+    def add(self, beat: Heartbeat, *, write: bool = True) -> None:
+        """A beat to write at the next flush; `write=False`: only to the registry's listeners (this
+        node's fleet table), as another node writes it (an edge on NATS every node hears)."""
+        if not write:
+            self._heard_only[beat.device_id] = beat
+            return
         before = self._pending.get(beat.device_id)
         if before is not None and (beat.health is None or beat.restarts is None):
             # a beat without health or restarts keeps what the pending one carried
@@ -40,8 +46,14 @@ class HeartbeatBuffer:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def _pass_heard(self) -> None:
+        if self._heard_only:
+            beats, self._heard_only = list(self._heard_only.values()), {}
+            self.registry.heartbeats_heard(beats)
+
     def flush(self) -> int:
         """Write what is pending; returns the number of devices updated."""
+        self._pass_heard()
         if not self._pending:
             return 0
         beats, self._pending = list(self._pending.values()), {}
@@ -55,16 +67,19 @@ class HeartbeatBuffer:
             except Exception:  # a locked database must not end the flushing for good
                 log.exception("writing heartbeats failed")
             follow = getattr(self.registry, "poll_heartbeats_off_loop", None)
-            if follow is not None:   # a shared registry: what the other nodes heard of their edges
-                try:
+            try:
+                if follow is not None:   # a shared registry: what the other nodes heard of their edges
                     await follow()
-                except Exception:
-                    log.exception("reading other nodes' heartbeats failed")
+                elif hasattr(self.registry, "poll_heartbeats"):   # SQLite: one pragma unless another node wrote
+                    self.registry.poll_heartbeats()
+            except Exception:
+                log.exception("reading other nodes' heartbeats failed")
 
     async def flush_off_loop(self) -> int:
         """flush, with the round trip in a thread when the registry can (PostgreSQL: 10,000 edges'
         beats take about a second; SQLite's connection belongs to the loop's thread)."""
         off_loop = getattr(self.registry, "record_heartbeats_off_loop", None)
+        self._pass_heard()
         if off_loop is None or not self._pending:
             return self.flush()
         beats, self._pending = list(self._pending.values()), {}

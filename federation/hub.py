@@ -356,7 +356,7 @@ class EdgeHub:
             "signals": signal_descriptions(capabilities), "models": dict(hello["models"]),
             "restarts": hello["restarts"], "version": conn.version, "connected_at": time.time(),
         }
-        self._record_hello(device, hello)  # may raise (the device deleted meanwhile): nothing registered yet
+        self._record_hello(device, hello, write=self.writes_beats_of(conn))  # may raise (device deleted meanwhile)
         resume = hello.get("resume") or {}
         acked = self.publish_log.hello(edge, resume.get("log"))
         replaced = self._connections.get(edge)
@@ -365,7 +365,7 @@ class EdgeHub:
         self.m_connects.inc(result="accepted")
         return acked, replaced
 
-    def _record_hello(self, device: Device, hello: wire.Frame) -> None:
+    def _record_hello(self, device: Device, hello: wire.Frame, *, write: bool = True) -> None:
         """What the device announced goes into the registry (and so into the selection index)."""
         announced = self._announced[device.id]
         metadata = {**device.metadata, **{k: v for k, v in announced["metadata"].items() if _good_key(k)}}
@@ -380,7 +380,7 @@ class EdgeHub:
                                         capabilities=capabilities if capabilities != device.capabilities else None)
         self.registry.record_active_models(device.id, {k: str(v) for k, v in hello["models"].items()})
         if self.heartbeats is not None:
-            self.heartbeats.add(Heartbeat(device.id, time.time(), None, hello["restarts"]))
+            self.heartbeats.add(Heartbeat(device.id, time.time(), None, hello["restarts"]), write=write)
 
     def connected(self, conn: EdgeConnection) -> None:
         """The welcome went out: observers may now send what waits for the edge."""
@@ -400,7 +400,7 @@ class EdgeHub:
         self._recorded_seen.pop(conn.edge_id, None)
         if not self.stopping:   # stopping: all are written offline at once (shutdown)
             self._offline.add(conn.edge_id)   # with every other disconnect of this turn, in one transaction
-        if self.heartbeats is not None:
+        if self.heartbeats is not None and self.writes_beats_of(conn):
             self.heartbeats.touch(conn.edge_id, conn.last_seen)
         for observer in self._observers:
             hook = getattr(observer, "edge_disconnected", None)
@@ -419,7 +419,8 @@ class EdgeHub:
         if announced is not None:
             announced["health"] = health
         if self.heartbeats is not None:
-            self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]))
+            self.heartbeats.add(Heartbeat(conn.edge_id, conn.last_seen, health, frame["restarts"]),
+                                write=self.writes_beats_of(conn))
             self._recorded_seen[conn.edge_id] = conn.last_seen
         for observer in self._observers:   # a rollout waits for its devices to report healthy
             hook = getattr(observer, "edge_health", None)
@@ -428,6 +429,10 @@ class EdgeHub:
                     hook(conn.edge_id, health)
                 except Exception:
                     log.exception("an observer failed on the health of %s", conn.edge_id)
+
+    def writes_beats_of(self, conn: EdgeConnection) -> bool:
+        """Whether this node writes the edge's heartbeats to the registry (nats_hub: one node each)."""
+        return True
 
     def on_reply(self, conn: EdgeConnection, frame: wire.Frame) -> None:
         """ack / nack of a deployment: the announced models follow `active`; observers decide the rest."""
@@ -574,7 +579,7 @@ class EdgeHub:
             if self.heartbeats is not None:   # last seen moved by other frames than health (rows, publish)
                 recorded = self._recorded_seen
                 for edge, conn in self._connections.items():
-                    if conn.last_seen - recorded.get(edge, 0.0) >= TOUCH_GRANULARITY_S:
+                    if conn.last_seen - recorded.get(edge, 0.0) >= TOUCH_GRANULARITY_S and self.writes_beats_of(conn):
                         self.heartbeats.touch(edge, conn.last_seen)
                         recorded[edge] = conn.last_seen
 

@@ -145,3 +145,36 @@ class OfflineWrites:
                     self.registry.set_online(edge, False)
         return len(edges)
 
+
+
+class OnlineAgain:
+    """Edges another node wrote offline while this node still hears them (a NATS edge is served by
+    every node: one whose loop lagged past three heartbeats closes it and writes it offline, and the
+    registry's change feed takes it offline on the others too): written online again, together at
+    the end of the event-loop turn, after every listener heard the offline write. `hears(edge)`
+    says whether this node holds a live connection of it."""
+
+    def __init__(self, registry: Any, hears: Callable[[str], bool]):
+        self.registry, self.hears = registry, hears
+        self._pending: set[str] = set()
+        self.rewritten = 0
+
+    def offline_written(self, device_ids) -> None:
+        found = [edge for edge in device_ids if self.hears(edge)]
+        if not found:
+            return
+        if not self._pending:
+            with contextlib.suppress(RuntimeError):   # no loop: nothing runs here to correct
+                asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.update(found)
+
+    def flush(self) -> int:
+        edges = [edge for edge in self._pending if self.hears(edge)]
+        self._pending = set()
+        transaction = getattr(self.registry, "transaction", None)
+        with transaction() if transaction is not None else contextlib.nullcontext():
+            for edge in edges:
+                with contextlib.suppress(Exception):  # deleted meanwhile
+                    self.registry.set_online(edge, True)
+        self.rewritten += len(edges)
+        return len(edges)

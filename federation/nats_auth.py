@@ -38,9 +38,11 @@ WebSockets and requests), so a token revoked on any node is cut off everywhere w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +50,7 @@ from typing import Any
 from aiohttp import web
 
 from federation import nats_jwt, nats_subjects
-from federation.auth import Principal, Role, authenticate
+from federation.auth import Principal, Role, authenticate, principal_of, token_digest
 from federation.errors import Unauthorized
 from federation.nats_config import ACCOUNT, NatsSecurity
 from federation.registry import Registry
@@ -62,6 +64,8 @@ MQTT_PREFIX = "streamql"
 AUTH_SERVICE: web.AppKey["NatsAuthService"] = web.AppKey("nats_auth_service")
 REVOKED_SUBJECT = "sql.ctl.revoked"   # {"token_id", "reason", "node"} or {"device_id", "node"}
 CONNZ_WINDOW_S = 0.3   # how long kick_token listens for the servers' connz answers
+BATCH = 64             # authorization requests answered together (one registry query)
+WORKERS = 2            # batches in flight at once (PostgreSQL: each in a worker thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,20 +144,40 @@ class NatsAuthService:
         self._jobs: set[asyncio.Task] = set()
         self.granted = 0
         self.refused = 0
+        self.expired = 0     # requests dropped past their expiry (the server had refused them already)
+        self._pending: collections.deque = collections.deque()
+        self._ready = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
 
     # --- deciding ------------------------------------------------------------------------------
-    def decide(self, request: dict[str, Any]) -> Grant:
-        """The grant for one authorization request's claims; Unauthorized when refused."""
+    @staticmethod
+    def _token(request: dict[str, Any]) -> str | None:
         claims = request.get("nats") or {}
         options = claims.get("connect_opts") or {}
-        client = claims.get("client_info") or {}
-        mqtt = client.get("type") == "mqtt"
+        mqtt = (claims.get("client_info") or {}).get("type") == "mqtt"
         token = options.get("pass") if mqtt else (options.get("auth_token") or options.get("pass"))
-        principal: Principal = authenticate(self.registry, token if isinstance(token, str) else None)
+        return token if isinstance(token, str) else None
+
+    def decide(self, request: dict[str, Any], found: dict | None = None) -> Grant:
+        """The grant for one authorization request's claims; Unauthorized when refused. `found`:
+        a batch lookup (hash → (token record, stored hash, device registered)) to use instead of
+        asking the registry for this one token."""
+        claims = request.get("nats") or {}
+        mqtt = (claims.get("client_info") or {}).get("type") == "mqtt"
+        token = self._token(request)
+        if found is None:
+            principal: Principal = authenticate(self.registry, token)
+            registered = None
+        else:
+            digest = token_digest(token)
+            row = found.get(digest)
+            principal = principal_of(row[:2] if row else None, digest)
+            registered = row[2]
         if principal.role is not Role.DEVICE or principal.device_id is None:
             raise Unauthorized("only device tokens connect to NATS (client tokens are for the HTTP API)")
-        device = self.registry.get_device(principal.device_id)
-        if device is None:
+        if registered is None:
+            registered = self.registry.get_device(principal.device_id) is not None
+        if not registered:
             raise Unauthorized(f"device {principal.device_id!r} is no longer registered")
         if mqtt:
             permissions = mqtt_permissions(principal.device_id)
@@ -166,7 +190,37 @@ class NatsAuthService:
     def answer(self, request_jwt: str) -> tuple[str, Grant | None, dict]:
         """The signed authorization response for a request JWT, the grant (None when refused) and
         the request's claims. A request not signed by a server gets no answer (JwtError)."""
-        request = nats_jwt.decode(request_jwt, issuer_prefix="N")
+        return self._respond(nats_jwt.decode(request_jwt, issuer_prefix="N"))
+
+    def answer_many(self, request_jwts: list[str]) -> list:
+        """`answer` for a batch, its tokens looked up in one registry round trip where the registry
+        can (`tokens_by_hashes`); each item is answer's tuple or the JwtError of that request."""
+        requests: list = []
+        for text in request_jwts:
+            try:
+                requests.append(nats_jwt.decode(text, issuer_prefix="N"))
+            except nats_jwt.JwtError as error:
+                requests.append(error)
+        found = None
+        if hasattr(self.registry, "tokens_by_hashes"):
+            digests = set()
+            for request in requests:
+                with contextlib.suppress(Unauthorized):
+                    if isinstance(request, dict):
+                        digests.add(token_digest(self._token(request)))
+            found = self.registry.tokens_by_hashes(sorted(digests))
+        results = []
+        for request in requests:
+            if isinstance(request, nats_jwt.JwtError):
+                results.append(request)
+                continue
+            try:
+                results.append(self._respond(request, found))
+            except nats_jwt.JwtError as error:
+                results.append(error)
+        return results
+
+    def _respond(self, request: dict, found: dict | None = None) -> tuple[str, Grant | None, dict]:
         claims = request.get("nats") or {}
         user_nkey = claims.get("user_nkey")
         server_id = (claims.get("server_id") or {}).get("id")
@@ -176,7 +230,7 @@ class NatsAuthService:
                                     "nats": {"type": "authorization_response", "version": 2}}
         grant = None
         try:
-            grant = self.decide(request)
+            grant = self.decide(request, found)
         except Unauthorized as refusal:
             response["nats"]["error"] = str(refusal)
         else:
@@ -219,7 +273,10 @@ class NatsAuthService:
         self._loop = asyncio.get_running_loop()
         if sys_nc is not None and hasattr(self.registry, "add_listener"):
             self.registry.add_listener(self._listener)   # a deleted device's connections go too
-        self._subs.append(await nc.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE, cb=self._on_request))
+        self._workers = [asyncio.create_task(self._serve(), name=f"nats-auth-{i}") for i in range(WORKERS)]
+        # a deep pending limit: a connect storm queues here (the workers drop what expires)
+        self._subs.append(await nc.subscribe(AUTH_SUBJECT, queue=AUTH_QUEUE, cb=self._on_request,
+                                             pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30))
         self._subs.append(await nc.subscribe(REVOKED_SUBJECT, cb=self._on_revoked))
         if self.sessions is not None:
             self.sessions.revocation_listeners.append(self._announce)
@@ -229,6 +286,13 @@ class NatsAuthService:
         await nc.flush()
 
     async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker
+        self._workers.clear()
+        self._pending.clear()
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -246,11 +310,58 @@ class NatsAuthService:
         self._devices.clear()
 
     async def _on_request(self, msg) -> None:
-        try:
-            response, grant, request = self.answer(msg.data.decode("utf-8", "replace"))
-        except nats_jwt.JwtError as error:
-            log.warning("ignoring an authorization request that is not a server's: %s", error)
+        """The subscription's callback only queues (the workers answer in batches): a connect storm
+        must not wait behind one request at a time. A request past its expiry is dropped unread —
+        the server has refused that connection already, answering it only delays the live ones."""
+        if self._expired(msg):
             return
+        self._pending.append(msg)
+        self._ready.set()
+
+    def _expired(self, msg) -> bool:
+        expires = nats_jwt.expires_at(msg.data.decode("utf-8", "replace"))
+        if expires is not None and expires <= time.time():
+            self.expired += 1
+            if self.expired in (1, 10, 100) or self.expired % 1000 == 0:
+                log.warning("dropped %d expired authorization requests so far (the callout falls behind "
+                            "a connect storm)", self.expired)
+            return True
+        return False
+
+    async def _serve(self) -> None:
+        """One worker: takes up to BATCH queued requests (the newest first under a backlog: the
+        oldest are the likeliest to expire before their answer arrives), answers them off the event
+        loop where the registry allows (PostgreSQL: one query per batch from a worker thread)."""
+        threaded = hasattr(self.registry, "tokens_by_hashes")
+        while True:
+            while not self._pending:
+                self._ready.clear()
+                await self._ready.wait()
+            batch = []
+            while self._pending and len(batch) < BATCH:
+                msg = self._pending.pop() if len(self._pending) > BATCH else self._pending.popleft()
+                if not self._expired(msg):
+                    batch.append(msg)
+            if not batch:
+                continue
+            texts = [msg.data.decode("utf-8", "replace") for msg in batch]
+            try:
+                results = await (asyncio.to_thread(self.answer_many, texts) if threaded
+                                 else asyncio.sleep(0, self.answer_many(texts)))
+            except Exception:  # noqa: BLE001 - the registry failed: these connections are refused by timeout
+                log.exception("answering %d authorization requests failed", len(batch))
+                continue
+            for msg, result in zip(batch, results):
+                await self._send(msg, result)
+
+    async def _send(self, msg, result) -> None:
+        if isinstance(result, nats_jwt.JwtError):
+            if "expired" in str(result):
+                self.expired += 1
+            else:
+                log.warning("ignoring an authorization request that is not a server's: %s", result)
+            return
+        response, grant, request = result
         if grant is None:
             self.refused += 1
             log.info("NATS connection refused: %s", json.loads(nats_jwt._unb64(response.split(".")[1]))
@@ -258,7 +369,8 @@ class NatsAuthService:
         else:
             self.granted += 1
             self._remember(grant, request)
-        await msg.respond(response.encode())
+        with contextlib.suppress(Exception):   # our connection dropped: the server times the client out
+            await msg.respond(response.encode())
 
     def _remember(self, grant: Grant, request: dict) -> None:
         claims = request["nats"]

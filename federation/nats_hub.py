@@ -12,7 +12,8 @@ Frames are unchanged (docs/protocol.md); only where they travel changes (federat
   three heartbeats), and any edge it hears health from but does not know the same way;
 - frames to an edge go to `sql.down.<edge>` with the NATS reply subject `sql.up.<edge>.<node>`:
   the edge answers there. A `query` carries the header `Sql-Lease`: the node pings each edge
-  running one of its fragments every lease/3, and an edge cancels the fragments of a node it has
+  running one of its fragments every lease/3 (from a thread of its own: a busy loop does not
+  silence it, federation/nats_leases.py), and an edge cancels the fragments of a node it has
   not heard from for a lease (a node that died leaves no orphans);
 - published records go from the edges into the JetStream stream `SQL_PUB` (deduplicated by
   `Nats-Msg-Id` = edge:log:seq); each node reads it through its own durable consumer into its own
@@ -34,16 +35,19 @@ import time
 from typing import Any
 
 import nats
-from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, ObjectMeta, ObjectStoreConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
 from federation.nats_auth import node_connect_options
+from federation.nats_edge_conn import LEASE_HEADER, NatsEdgeConnection  # noqa: F401 (LEASE_HEADER: the contract)
+from federation.nats_leases import RUN_HEADER, LeaseRenewer  # noqa: F401
+from federation.nats_peers import Peers
 from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
+from federation.hub_support import OnlineAgain
 from federation.publish import PublishLog
 from streamql import codec, wire
 from streamql.frame_keys import peek
@@ -51,8 +55,6 @@ from streamql.frame_keys import peek
 log = logging.getLogger("streamql.federation.nats")
 
 BUNDLE_HEADER = "Sql-Bundle"
-LEASE_HEADER = "Sql-Lease"
-RUN_HEADER = "Sql-Run"   # this node process: a node restarted under the same id renews none of its old leases
 LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
@@ -68,57 +70,6 @@ def default_node_id(config: FederationConfig) -> str:
 def max_frame_for(max_payload: int) -> int:
     """The largest frame a NATS message carries (headers take a little room)."""
     return max(64 << 10, min(wire.MAX_FRAME_BYTES, max_payload - 4096))
-
-
-class NatsEdgeConnection:
-    """An edge as one node sees it on NATS: the same surface as federation.edge_link.EdgeConnection."""
-
-    def __init__(self, hub: "NatsHub", edge_id: str, version: int):
-        self.hub, self.edge_id, self.version = hub, edge_id, version
-        self.session = secrets.token_hex(8)
-        self.fragments: dict[str, Any] = {}
-        self.last_frame = time.monotonic()
-        self.last_seen = time.time()
-        self.closing = False
-        self.close_reason = "closed"
-        self.rtt_ms: float | None = None
-        self.frame_bytes = 0
-        self.publish_hold: int | None = None
-        self.down = subjects.down(edge_id)
-        self.reply = subjects.up(edge_id, hub.node_id)
-
-    def __repr__(self) -> str:
-        return f"<NatsEdgeConnection {self.edge_id} node={self.hub.node_id}>"
-
-    async def send(self, frame: wire.Frame | bytes, headers: dict | None = None) -> None:
-        data = frame if isinstance(frame, (bytes, bytearray)) else wire.encode(frame)
-        if self.closing or self.hub.nc is None or not self.hub.nc.is_connected:
-            raise EdgeOffline(self.edge_id, "dropped its link", dropped=True)
-        headers = {**(headers or {}), RUN_HEADER: self.hub.run_id}
-        if isinstance(frame, wire.Frame) and frame.t == "query":
-            headers[LEASE_HEADER] = f"{self.hub.config.nats_lease_s:g}"
-        try:
-            await self.hub.nc.publish(self.down, bytes(data), reply=self.reply, headers=headers)
-        except NatsError as exc:
-            raise EdgeOffline(self.edge_id, f"could not be reached over NATS ({exc})", dropped=True) from None
-
-    def post(self, frame: wire.Frame | bytes) -> None:
-        self.hub.spawn(self._send_quietly(frame), name=f"send-{self.edge_id}")
-
-    async def _send_quietly(self, frame: wire.Frame | bytes) -> None:
-        with contextlib.suppress(Exception):
-            await self.send(frame)
-
-    async def close(self, code: int = 1000, reason: str = "closed") -> None:
-        """Forget the edge on this node (its NATS connection is NATS's to close: revocation)."""
-        if self.closing:
-            return
-        self.closing = True
-        self.close_reason = reason
-        self.hub.detach(self, reason)
-
-    def malformed(self) -> bool:
-        return False
 
 
 class NatsHub(EdgeHub):
@@ -144,6 +95,9 @@ class NatsHub(EdgeHub):
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
+        self._renewer: LeaseRenewer | None = None
+        self._online_again = OnlineAgain(registry, self._hears)
+        self.peers = Peers(self.node_id)   # the other nodes: who writes which NATS edge's heartbeats
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
 
@@ -167,11 +121,16 @@ class NatsHub(EdgeHub):
             error_cb=self._error, **options)
         self.max_frame = max_frame_for(self.nc.max_payload)
         self.js = self.nc.jetstream()
+        self._renewer = LeaseRenewer(list(config.nats), options, node_id=self.node_id, run_id=self.run_id,
+                                     lease_s=config.nats_lease_s)
+        if not await asyncio.to_thread(self._renewer.start):
+            log.warning("lease renewal thread did not connect: renewing from the event loop")
         await self._ensure_storage_soon()
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
-        self._background += [asyncio.create_task(self._consume_published(), name="nats-published"),
+        self._background += [asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
+                             asyncio.create_task(self._consume_published(), name="nats-published"),
                              asyncio.create_task(self._renew_leases(), name="nats-leases")]
         log.info("federation node %s on NATS %s", self.node_id, self.nc.connected_url.netloc
                  if self.nc.connected_url else config.nats)
@@ -215,6 +174,8 @@ class NatsHub(EdgeHub):
     async def close(self) -> None:
         """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
         await self._leave_nats_edges()
+        if self._renewer is not None:
+            await asyncio.to_thread(self._renewer.stop)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -404,6 +365,20 @@ class NatsHub(EdgeHub):
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
                          edge=edge, session=conn.session)
 
+    def online_changed(self, device_ids, online: bool) -> None:
+        """Another node wrote offline an edge this node still hears: online again (hub_support.OnlineAgain)."""
+        if not online and not self.stopping:
+            self._online_again.offline_written(device_ids)
+
+    def writes_beats_of(self, conn) -> bool:
+        """One node writes each NATS edge's heartbeats (nats_peers); WebSocket edges' their own node."""
+        return not isinstance(conn, NatsEdgeConnection) or self.peers.writes(conn.edge_id)
+
+    def _hears(self, edge: str) -> bool:
+        conn = self._connections.get(edge)
+        return (isinstance(conn, NatsEdgeConnection) and not conn.closing
+                and time.monotonic() - conn.last_frame < 3 * self.config.heartbeat_s)
+
     def on_rows(self, conn, frame: wire.Frame) -> None:
         """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under
         this node id ran it) are answered with a cancel at once instead of waiting for its lease."""
@@ -467,9 +442,17 @@ class NatsHub(EdgeHub):
 
     # --- leases ----------------------------------------------------------------------------------
     async def _renew_leases(self) -> None:
-        """A ping to every edge running one of this node's fragments, three times a lease."""
+        """A ping to every edge running one of this node's fragments, three times a lease: from the
+        renewal thread (federation/nats_leases.py), which this feeds every second; from here only
+        when that thread is not running."""
         nonce = 0
         while True:
+            renewer = self._renewer
+            if renewer is not None and renewer.alive:
+                await asyncio.sleep(min(1.0, self.config.nats_lease_s / 3))
+                renewer.feed(tuple(conn.edge_id for conn in list(self._connections.values())
+                                   if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing))
+                continue
             await asyncio.sleep(self.config.nats_lease_s / 3)
             for conn in list(self._connections.values()):
                 if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing:

@@ -60,6 +60,9 @@ def _json(value: Any) -> str:
     return json.dumps(value if value is not None else {}, sort_keys=True, separators=(",", ":"))
 
 
+HEARD_MARGIN_S = 10.0   # poll_heartbeats looks this far behind the latest beat it saw (another node's clock, its flush)
+
+
 # --- the registry -----------------------------------------------------------------------------
 class Registry(DeploymentStore, ModelVersionStore):
     """The federation's persistent state; reopen the same file to get it back after a restart."""
@@ -76,6 +79,10 @@ class Registry(DeploymentStore, ModelVersionStore):
         self._listeners: list[RegistryListener] = []
         migrate(self._conn)
         self._data_version = self._pragma_data_version()
+        self._beats_version = self._data_version   # poll_heartbeats' own mark (not poll_external_changes')
+        self._serving: set[str] = set()             # edges this process set online (poll_heartbeats skips them)
+        self._heard: dict[str, float] = {}          # the latest beat passed on or written, per device
+        self._heard_through = self.clock()
         self._known = self._device_extent()  # (deletions/rewrites counter, max rowid) we are in sync with
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -308,6 +315,7 @@ class Registry(DeploymentStore, ModelVersionStore):
     def set_online(self, device_id: str, online: bool, *, at: float | None = None) -> None:
         """An edge connected (online, last seen now) or went away (offline, last seen kept)."""
         at = self.clock() if at is None else at
+        (self._serving.add if online else self._serving.discard)(device_id)
         with self.transaction() as conn:
             if online:
                 cur = conn.execute("UPDATE devices SET online = 1, last_seen = ? WHERE id = ?", (at, device_id))
@@ -321,6 +329,7 @@ class Registry(DeploymentStore, ModelVersionStore):
     def mark_all_offline(self) -> int:
         """At start no edge is connected yet, whatever the last run left behind."""
         with self.transaction() as conn:
+            self._serving.clear()
             ids = [row[0] for row in conn.execute("SELECT id FROM devices WHERE online = 1")]
             conn.execute("UPDATE devices SET online = 0 WHERE online = 1")
         if ids:
@@ -338,11 +347,42 @@ class Registry(DeploymentStore, ModelVersionStore):
             cur = conn.executemany("UPDATE devices SET last_seen = ?, health = coalesce(?, health), "
                                    "restarts = coalesce(?, restarts) WHERE id = ?", rows)
             count = cur.rowcount
+        for beat in beats:
+            if beat.at > self._heard.get(beat.device_id, 0.0):
+                self._heard[beat.device_id] = beat.at
+        self.heartbeats_heard(beats)
+        return count
+
+    def heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        """Beats to the listeners without writing them (another node writes them: nats_hub)."""
         for listener in self._listeners:
             hook = getattr(listener, "heartbeats_recorded", None)   # optional: the fleet table has it
             if hook is not None:
                 hook(beats)
-        return count
+
+    def poll_heartbeats(self) -> int:
+        """Heartbeats another process sharing this file wrote (federation nodes on one data directory,
+        edges on NATS) of edges this one did not set online (a WebSocket edge of the other node), to
+        the listeners; returns how many. One pragma while no other process wrote."""
+        version = self._pragma_data_version()
+        if version == self._beats_version:
+            return 0
+        self._beats_version = version
+        since = self._heard_through - HEARD_MARGIN_S
+        wanted = [i for i, at in self._conn.execute("SELECT id, last_seen FROM devices WHERE last_seen > ?", (since,))
+                  if i not in self._serving and at > self._heard.get(i, 0.0)]
+        beats = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            beats += [Heartbeat(i, at, json.loads(health) if health else None, restarts) for i, at, health, restarts
+                      in self._conn.execute("SELECT id, last_seen, health, restarts FROM devices WHERE id IN "
+                                            f"({','.join('?' * len(chunk))})", chunk)]
+        for beat in beats:
+            self._heard[beat.device_id] = beat.at
+            self._heard_through = max(self._heard_through, beat.at)
+        if beats:
+            self.heartbeats_heard(beats)
+        return len(beats)
 
     # --- tokens --------------------------------------------------------------------------------
     _TOKEN_COLUMNS = "id, role, device_id, label, created, revoked"

@@ -21,7 +21,6 @@ service does not care which it has. The differences:
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -38,8 +37,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from federation.errors import Conflict, NotFound
-from federation.records import Bundle, Device, Heartbeat, RegistryListener, TokenRecord, version_key
-from federation.registry_pg_schema import NODE_LOCK_CLASS, pg_migrate, pg_schema_version
+from federation.records import Bundle, Device, RegistryListener, TokenRecord, version_key
+from federation.registry_pg_beats import PgHeartbeats
+from federation.registry_pg_schema import CHANGE_LOCK, LOCK_CLASS, NODE_LOCK_CLASS, pg_migrate, pg_schema_version
 from federation.registry_pg_stores import PgDeploymentStore, PgModelVersionStore
 from federation.registry_pg_sync import KEEP_CHANGES, LockHolder, Watcher
 
@@ -53,14 +53,14 @@ _SAVED_COLUMNS = ("name", "text", "description", "created", "updated", "created_
 _loads = json.loads
 _BULK = 5000             # devices per INSERT in add_devices
 _FEED_BATCH = 20_000     # more changes than this at once: reload every device instead
-HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
+_CHANGE_LOCK_SQL = f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CHANGE_LOCK})"
 
 
 def _device(row: Sequence) -> Device:
     return Device(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], bool(row[5]), _loads(row[6]), row[7])
 
 
-class PgRegistry(PgDeploymentStore, PgModelVersionStore):
+class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
     """The federation's persistent state in a PostgreSQL database several nodes may share."""
 
     shared = True   # other processes write here while we run: follow them, take turns driving rollouts
@@ -152,6 +152,12 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
 
     def _run(self, sql: str, args: Sequence = ()) -> int:
         with self.transaction() as conn:
+            if sql.startswith(("UPDATE devices SET online", "UPDATE devices SET metadata",
+                                   "UPDATE devices SET capabilities", "DELETE FROM devices")):
+                # a change the feed records: its lock before the rows' (the trigger takes it after
+                # them): two nodes' writes deadlocked, a flip holding its row and waiting for the lock
+                # against a transaction holding the lock and waiting for that row (OfflineWrites)
+                conn.execute(_CHANGE_LOCK_SQL)
             return conn.execute(sql, args).rowcount
 
     # --- listeners and the change feed -----------------------------------------------------------
@@ -399,75 +405,13 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
         with self._serving_lock:
             serving = list(self._serving)
         with self.transaction() as conn:
+            conn.execute(_CHANGE_LOCK_SQL)   # before any row (see _run)
             conn.execute("SELECT set_config('streamql.node', '', true)")
             if serving:
                 conn.execute(f"UPDATE devices SET online_node = %s WHERE id = ANY(%s) AND {self._DEAD_NODE}",
                              (self.node_key, serving))
             return len(conn.execute(f"UPDATE devices SET online = false, online_node = NULL WHERE {self._DEAD_NODE} "
                                     "RETURNING id").fetchall())
-
-    def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
-        """Last seen, health and restarts of many devices in one statement; returns rows updated."""
-        beats = list(beats)
-        count = self._write_heartbeats(beats)
-        self._heartbeats_heard(beats)
-        return count
-
-    async def record_heartbeats_off_loop(self, beats: Iterable[Heartbeat]) -> int:
-        """record_heartbeats with the round trip in a worker thread (10,000 edges' beats are most of
-        a second of PostgreSQL's time the event loop need not wait for); listeners hear on the loop."""
-        beats = list(beats)
-        count = await asyncio.to_thread(self._write_heartbeats, beats)
-        self._heartbeats_heard(beats)
-        return count
-
-    def _write_heartbeats(self, beats: list[Heartbeat]) -> int:
-        if not beats:
-            return 0
-        latest = {b.device_id: b for b in beats}   # one row per device in a single UPDATE … FROM
-        rows = list(latest.values())
-        return self._run(
-            "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
-            "restarts = coalesce(u.restarts, d.restarts) "
-            "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
-            "WHERE d.id = u.id",
-            ([b.device_id for b in rows], [b.at for b in rows],
-             [None if b.health is None else Jsonb(b.health) for b in rows], [b.restarts for b in rows]))
-
-    def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
-        return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
-
-    def _heartbeats_heard(self, beats: list[Heartbeat]) -> None:
-        if beats:
-            for hook in self._heartbeats_hooks():
-                hook(beats)
-
-    def poll_heartbeats(self) -> int:
-        """Heartbeats other nodes wrote of edges this node does not serve (a WebSocket edge of
-        another node), to the listeners' `heartbeats_recorded`; returns how many. Health is not in
-        the change feed (every beat of every edge would flood it): it is read by last-seen time,
-        HEARD_MARGIN_S back from the latest seen, so a beat written late is not missed."""
-        beats = self._read_heartbeats() if self._heartbeats_hooks() else []
-        self._heartbeats_heard(beats)
-        return len(beats)
-
-    async def poll_heartbeats_off_loop(self) -> int:
-        """poll_heartbeats with the round trip in a worker thread; listeners hear on the loop."""
-        beats = await asyncio.to_thread(self._read_heartbeats) if self._heartbeats_hooks() else []
-        self._heartbeats_heard(beats)
-        return len(beats)
-
-    def _read_heartbeats(self) -> list[Heartbeat]:
-        with self._serving_lock:
-            serving = list(self._serving)
-        rows = self._rows("SELECT id, last_seen, health::text, restarts FROM devices WHERE last_seen > %s "
-                          "AND id NOT IN (SELECT unnest(%s::text[]))", (self._heard_through - HEARD_MARGIN_S, serving))
-        beats = [Heartbeat(i, at, _loads(health), restarts) for i, at, health, restarts in rows
-                 if at > self._heard.get(i, 0.0)]
-        for beat in beats:
-            self._heard[beat.device_id] = beat.at
-            self._heard_through = max(self._heard_through, beat.at)
-        return beats
 
     # --- tokens --------------------------------------------------------------------------------
     def add_token(self, token_hash: str, role: str, *, label: str = "", device_id: str | None = None) -> TokenRecord:
@@ -486,6 +430,18 @@ class PgRegistry(PgDeploymentStore, PgModelVersionStore):
     def token_by_hash(self, token_hash: str) -> tuple[TokenRecord, str] | None:
         row = self._one(f"SELECT {_TOKEN_COLUMNS}, hash FROM tokens WHERE hash = %s", (token_hash,))
         return (TokenRecord(*row[:6]), row[6]) if row else None
+
+    def tokens_by_hashes(self, token_hashes: Sequence[str]) -> dict[str, tuple[TokenRecord, str, bool]]:
+        """Many tokens in one round trip (the NATS auth callout's batches; safe from any thread):
+        hash → (record, stored hash, whether its device is still registered)."""
+        if not token_hashes:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}, t.hash, "
+                "d.id IS NOT NULL FROM tokens t LEFT JOIN devices d ON d.id = t.device_id "
+                "WHERE t.hash = ANY(%s)", (list(token_hashes),)).fetchall()
+        return {row[6]: (TokenRecord(*row[:6]), row[6], bool(row[7])) for row in rows}
 
     def get_token(self, token_id: int) -> TokenRecord | None:
         row = self._one(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = %s", (int(token_id),))

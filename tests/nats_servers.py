@@ -169,9 +169,9 @@ class NatsServer:
             process.kill()
             process.wait(timeout=5)
 
-    def restart(self) -> "NatsServer":
-        """Same ports, same JetStream directory."""
-        self.stop()
+    def restart(self, kill: bool = False) -> "NatsServer":
+        """Same ports, same JetStream directory; `kill`: SIGKILL (what was in flight is in doubt)."""
+        self.stop(kill=kill)
         return self.start()
 
     def log_tail(self, lines: int = 30) -> str:

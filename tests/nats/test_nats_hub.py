@@ -184,3 +184,52 @@ async def test_records_lost_on_their_way_to_a_node_come_again_in_order(node):
     await asyncio.sleep(0.5)
     assert [r.seq for r in hub.publish_log.read(flow="lost")] == [1, 2, 3, 4, 5, 6]
     assert hub.publish_log.missing("e1") == 0
+
+
+class _Handler:
+    """The least an edge daemon does for its link (edge_engine.link.LinkHandler)."""
+
+    def __init__(self, edge: str):
+        self.edge, self.sessions = edge, 0
+
+    def hello(self) -> dict:
+        return {"edge": self.edge, "software": "test", "metadata": {}, "capabilities": {"signals": ["x"]},
+                "models": {}, "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS)}
+
+    async def connected(self, conn, welcome) -> None:
+        self.sessions += 1
+
+    async def handle(self, conn, frame) -> None:
+        pass
+
+    def health(self) -> dict:
+        return {"time": time.time(), "uptime_s": 1.0, "restarts": 0}
+
+    async def disconnected(self, conn) -> None:
+        pass
+
+
+async def test_an_edge_whose_nats_client_gave_up_connects_afresh(node, server):
+    """nats-py closes a client for good after a reconnect refused twice (an auth callout answering too
+    late under a connect storm): the edge's link makes a new one instead of failing on the closed one."""
+    from edge_engine.config import Reconnect
+    from edge_engine.nats_link import NatsLink
+
+    app, _ = node
+    provision(app[REGISTRY], "phoenix", {}, {})
+    handler = _Handler("phoenix")
+    link = NatsLink(handler, [server.url], "phoenix", None, reconnect=Reconnect(initial_s=0.05, max_s=0.2),
+                    heartbeat_s=1.0, gate=asyncio.Semaphore(1))
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        first = link.nc
+        await first.close()          # as nats-py does when it gives up
+        deadline = time.monotonic() + 10
+        while not (handler.sessions >= 2 and link.connected.is_set()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert handler.sessions >= 2 and link.nc is not first and link.nc.is_connected, link.last_error
+        assert app[HUB].is_online("phoenix")
+    finally:
+        await link.stop()
+        await asyncio.wait_for(task, 10)

@@ -1,0 +1,95 @@
+"""Heartbeats in the PostgreSQL registry (a mixin of PgRegistry): written in one statement per
+flush, from a worker thread, and read back of the edges other nodes serve (`poll_heartbeats`)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable
+
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from federation.records import Heartbeat
+
+HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
+
+
+def _loads(text):
+    return json.loads(text) if isinstance(text, str) else text
+
+
+class PgHeartbeats:
+    """Needs of its host: _run, _rows, _listeners, _serving(_lock), _heard, _heard_through."""
+
+    def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
+        """Last seen, health and restarts of many devices in one statement; returns rows updated."""
+        beats = list(beats)
+        count = self._write_heartbeats(beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    async def record_heartbeats_off_loop(self, beats: Iterable[Heartbeat]) -> int:
+        """record_heartbeats with the round trip in a worker thread (10,000 edges' beats are most of
+        a second of PostgreSQL's time the event loop need not wait for); listeners hear on the loop."""
+        beats = list(beats)
+        count = await asyncio.to_thread(self._write_heartbeats, beats)
+        self._heartbeats_heard(beats)
+        return count
+
+    def _write_heartbeats(self, beats: list[Heartbeat]) -> int:
+        if not beats:
+            return 0
+        latest = {b.device_id: b for b in beats}   # one row per device in a single UPDATE … FROM
+        rows = sorted(latest.values())
+        try:
+            return self._update_beats(rows)
+        except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
+            return self._update_beats(rows)
+
+    def _update_beats(self, rows: list[Heartbeat]) -> int:
+        return self._run(
+            "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
+            "restarts = coalesce(u.restarts, d.restarts) "
+            "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
+            "WHERE d.id = u.id",
+            ([b.device_id for b in rows], [b.at for b in rows],
+             [None if b.health is None else Jsonb(b.health) for b in rows], [b.restarts for b in rows]))
+
+    def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
+        return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]
+
+    def heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        """Beats to the listeners without writing them (another node writes them: nats_hub)."""
+        self._heartbeats_heard(list(beats))
+
+    def _heartbeats_heard(self, beats: list[Heartbeat]) -> None:
+        if beats:
+            for hook in self._heartbeats_hooks():
+                hook(beats)
+
+    def poll_heartbeats(self) -> int:
+        """Heartbeats other nodes wrote of edges this node does not serve (a WebSocket edge of
+        another node), to the listeners' `heartbeats_recorded`; returns how many. Health is not in
+        the change feed (every beat of every edge would flood it): it is read by last-seen time,
+        HEARD_MARGIN_S back from the latest seen, so a beat written late is not missed."""
+        beats = self._read_heartbeats() if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    async def poll_heartbeats_off_loop(self) -> int:
+        """poll_heartbeats with the round trip in a worker thread; listeners hear on the loop."""
+        beats = await asyncio.to_thread(self._read_heartbeats) if self._heartbeats_hooks() else []
+        self._heartbeats_heard(beats)
+        return len(beats)
+
+    def _read_heartbeats(self) -> list[Heartbeat]:
+        with self._serving_lock:
+            serving = list(self._serving)
+        rows = self._rows("SELECT id, last_seen, health::text, restarts FROM devices WHERE last_seen > %s "
+                          "AND id NOT IN (SELECT unnest(%s::text[]))", (self._heard_through - HEARD_MARGIN_S, serving))
+        beats = [Heartbeat(i, at, _loads(health), restarts) for i, at, health, restarts in rows
+                 if at > self._heard.get(i, 0.0)]
+        for beat in beats:
+            self._heard[beat.device_id] = beat.at
+            self._heard_through = max(self._heard_through, beat.at)
+        return beats
