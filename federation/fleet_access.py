@@ -61,20 +61,21 @@ class HubFleetAccess:
 
     def profiles(self) -> list[EdgeProfile]:
         def read():
-            profiles = set()
-            for device in self.hub.announced_ids():
-                announced = self.hub.announced(device)
-                made_of = _profile_parts(announced)
-                kept = self._profiles.get(device)
-                if kept is None or len(kept[0]) != len(made_of) or any(a is not b for a, b in zip(kept[0], made_of)):
-                    kept = self._profiles[device] = (made_of, profile_of(announced))
-                profiles.add(kept[1])
-            if len(self._profiles) > 2 * len(profiles) + 64:   # forgotten devices
+            profiles = {self._profile(device, self.hub.announced(device)) for device in self.hub.announced_ids()}
+            if len(self._profiles) > 2 * len(self.hub.announced_ids()) + 64:   # forgotten devices
                 known = set(self.hub.announced_ids())
                 for device in [d for d in self._profiles if d not in known]:
                     del self._profiles[device]
             return profiles
         return sorted((p for p in self._on_loop(read) if p is not None), key=repr)
+
+    def _profile(self, device: str, announced: dict | None) -> EdgeProfile | None:
+        """profile_of(announced), made again only when what it is made of changed (on the loop)."""
+        made_of = _profile_parts(announced)
+        kept = self._profiles.get(device)
+        if kept is None or len(kept[0]) != len(made_of) or any(a is not b for a, b in zip(kept[0], made_of)):
+            kept = self._profiles[device] = (made_of, profile_of(announced))
+        return kept[1]
 
     def select(self, predicate: Predicate) -> list[str]:
         return self._on_loop(lambda: list(self.index.select(predicate)))
@@ -92,7 +93,7 @@ class HubFleetAccess:
                 out[device_id] = DeviceInfo(
                     device_id, dict(record.metadata), dict(record.capabilities), self.hub.is_online(device_id),
                     record.last_seen, dict(record.health or {}) or None,
-                    {name: m.version for name, m in models.get(device_id, {}).items()}, profile_of(announced))
+                    {name: m.version for name, m in models.get(device_id, {}).items()}, self._profile(device_id, announced))
             return out
         return self._on_loop(read)
 
