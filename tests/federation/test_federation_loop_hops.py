@@ -130,3 +130,26 @@ async def test_profiles_are_made_again_only_when_an_edge_announces_something_new
     access.hub._announced["p3"]["models"] = {"m": "1", "n": "2"}
     again = await asyncio.to_thread(access.profiles)
     assert len(made) == 6 and sorted(p.models for p in again) == [("m",), ("m", "n")]
+
+
+async def test_statement_threads_run_well_below_the_event_loop():
+    """Every thread a statement runs on (its work, its parse, a stream's batches) is at least ten
+    nice steps below the loop's thread (capped at 19): under the soak the loop waited for a CPU
+    behind runnable statement threads at +5."""
+    import os
+
+    from federation.lanes import StatementPool
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pool = StatementPool(workers=2)
+    try:
+        loop_nice = nice()
+        slot = await pool.acquire("a")
+        seen = [await pool.submit(nice), await pool.submit(nice, stream=True), await pool.parse(lambda _t: nice(), "x"),
+                await pool.parse(lambda _t: nice(), "x" * 10_000), await pool.quick(nice)]
+        slot.release()
+    finally:
+        pool.shutdown()
+    assert nice() == loop_nice                      # the loop's own thread untouched
+    assert all(n >= min(19, loop_nice + 10) for n in seen), (loop_nice, seen)
