@@ -153,3 +153,37 @@ async def test_statement_threads_run_well_below_the_event_loop():
         pool.shutdown()
     assert nice() == loop_nice                      # the loop's own thread untouched
     assert all(n >= min(19, loop_nice + 10) for n in seen), (loop_nice, seen)
+
+
+def test_device_facts_are_decoded_once_and_stay_the_registrys(tmp_path, monkeypatch):
+    """The registry decodes a device's JSON columns once per text (every fleet statement reads every
+    selected device): what a reader changes at the top of a device's dicts is not seen by the next
+    reader, and a change written to the registry is."""
+    from federation.auth import provision
+    from federation.registry import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    try:
+        provision(registry, "d1", {"region": "EU"}, {"signals": ["battery"]})
+        registry.update_device("d1", health={"cpu_percent": 3.0})
+        registry.close()
+        registry = Registry(tmp_path / "registry.db")             # reopened: nothing decoded yet
+        import types
+
+        from federation import registry as registry_module
+        loads: list = []
+        real = registry_module.json
+        monkeypatch.setattr(registry_module, "json", types.SimpleNamespace(
+            loads=lambda text: loads.append(text) or real.loads(text), dumps=real.dumps))
+        first = registry.get_devices(["d1"])[0]
+        assert len(loads) == 3                                      # metadata, capabilities, health
+        first.metadata["region"] = "changed by a reader"
+        first.health.clear()
+        again = registry.get_devices(["d1"])[0]
+        assert again.metadata == {"region": "EU"} and again.health == {"cpu_percent": 3.0}
+        assert again.capabilities == {"signals": ["battery"]} and len(loads) == 3   # none decoded again
+        registry.update_device("d1", metadata={"region": "US"}, health={"cpu_percent": 5.0})
+        third = registry.get_devices(["d1"])[0]
+        assert third.metadata == {"region": "US"} and third.health == {"cpu_percent": 5.0}
+    finally:
+        registry.close()
