@@ -47,11 +47,10 @@ STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
 
 
-# statement threads' CPU priority below the event loop's (a thread's own nice). Under the soak (100
-# edges simulated on the same two cores) the loop had work 65 % of the time and waited for a CPU
-# most of it, behind 4-6 runnable statement threads; at +5 they still weighed a third of the loop
-# each, at +15 a thirtieth (`select 1;` p99 16.3 s → 4.8 s, bench/README.md "Fourth session")
-WORKER_NICE = 15
+# statement threads' CPU priority below the event loop's (a thread's own nice). Not lower: at +15,
+# under the soak, a statement thread holding the interpreter's lock was preempted and the loop
+# waited for the lock (30 % of its time, against 4 % at +5; bench/README.md "Fourth session")
+WORKER_NICE = 5
 
 
 def below_the_loop() -> None:
