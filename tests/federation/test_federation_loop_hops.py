@@ -134,7 +134,7 @@ async def test_profiles_are_made_again_only_when_an_edge_announces_something_new
 
 async def test_statement_threads_run_below_the_event_loop():
     """Every thread a statement runs on (its work, its parse, a stream's batches) is WORKER_NICE
-    steps below the loop's thread (capped at 19), the loop's own untouched."""
+    (at least ten) steps below the loop's thread (capped at 19), the loop's own untouched."""
     import os
 
     from federation.lanes import WORKER_NICE, StatementPool
@@ -151,4 +151,39 @@ async def test_statement_threads_run_below_the_event_loop():
     finally:
         pool.shutdown()
     assert nice() == loop_nice                      # the loop's own thread untouched
-    assert WORKER_NICE >= 5 and all(n == min(19, loop_nice + WORKER_NICE) for n in seen), (loop_nice, seen)
+    # ten steps at least: at +5 a runnable statement thread still weighed a third of the loop's
+    assert WORKER_NICE >= 10 and all(n == min(19, loop_nice + WORKER_NICE) for n in seen), (loop_nice, seen)
+
+
+def test_device_facts_are_decoded_once_and_stay_the_registrys(tmp_path, monkeypatch):
+    """The registry decodes a device's JSON columns once per text (every fleet statement reads every
+    selected device): what a reader changes at the top of a device's dicts is not seen by the next
+    reader, and a change written to the registry is."""
+    from federation.auth import provision
+    from federation.registry import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    try:
+        provision(registry, "d1", {"region": "EU"}, {"signals": ["battery"]})
+        registry.update_device("d1", health={"cpu_percent": 3.0})
+        registry.close()
+        registry = Registry(tmp_path / "registry.db")             # reopened: nothing decoded yet
+        import types
+
+        from federation import registry as registry_module
+        loads: list = []
+        real = registry_module.json
+        monkeypatch.setattr(registry_module, "json", types.SimpleNamespace(
+            loads=lambda text: loads.append(text) or real.loads(text), dumps=real.dumps))
+        first = registry.get_devices(["d1"])[0]
+        assert len(loads) == 3                                      # metadata, capabilities, health
+        first.metadata["region"] = "changed by a reader"
+        first.health.clear()
+        again = registry.get_devices(["d1"])[0]
+        assert again.metadata == {"region": "EU"} and again.health == {"cpu_percent": 3.0}
+        assert again.capabilities == {"signals": ["battery"]} and len(loads) == 3   # none decoded again
+        registry.update_device("d1", metadata={"region": "US"}, health={"cpu_percent": 5.0})
+        third = registry.get_devices(["d1"])[0]
+        assert third.metadata == {"region": "US"} and third.health == {"cpu_percent": 5.0}
+    finally:
+        registry.close()
