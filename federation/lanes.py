@@ -47,7 +47,11 @@ STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
 
 
-WORKER_NICE = 5      # statement threads' CPU priority below the event loop's (a thread's own nice)
+# statement threads' CPU priority below the event loop's (a thread's own nice). +15, not +5: in the
+# full soak (200 clients, 100 edges on the same two cores) `select 1;` hung 0 times at +15, 71 at +5,
+# fleet queries 41 vs 173 times; the cost, seen at 100 clients: a statement thread preempted while
+# it holds the interpreter's lock keeps the loop waiting longer (bench/README.md "Fourth session")
+WORKER_NICE = 15
 
 
 def below_the_loop() -> None:

@@ -116,7 +116,12 @@ def error_info(exc: BaseException) -> dict:
 
 def check_statement(text: str, principal: Principal) -> A.Statement:
     """One statement, parsed (a bad one → 400 with its position); deployments need the deploy role."""
-    statement = parse_one(text)  # several statements: a ParseError at the second (execute() splits scripts)
+    # several statements: a ParseError at the second (execute() splits scripts)
+    return check_role(parse_one(text), principal)
+
+
+def check_role(statement: A.Statement, principal: Principal) -> A.Statement:
+    """Deployments need the deploy role (403 otherwise)."""
     if isinstance(statement, DEPLOYMENT_STATEMENTS) and not principal.allows(Role.DEPLOY):
         error = Forbidden(f"{type(statement).__name__.lower()} needs a token with the deploy role; this one is "
                           f"{principal.role.label}")
@@ -127,7 +132,11 @@ def check_statement(text: str, principal: Principal) -> A.Statement:
 
 async def check_statement_off_loop(service: Any, text: str, principal: Principal) -> A.Statement:
     """check_statement in a worker thread, never on the event loop (a 64 KiB `in` list takes a
-    second or more to parse): on the service's parsing threads when it has them."""
+    second or more to parse): on the service's parsing threads when it has them, through its
+    parse cache when it has one (the service parses the same text again to run it)."""
+    parsed = getattr(service, "parsed", None)
+    if parsed is not None:
+        return check_role(await parsed(text), principal)
     pool = getattr(service, "pool", None)
     if pool is not None and hasattr(pool, "parse"):
         return await pool.parse(lambda t: check_statement(t, principal), text)

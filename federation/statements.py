@@ -49,6 +49,8 @@ CHANNEL_BATCHES = 16
 STATUS_POLL_S = 0.25
 CLOSE_WAIT_S = 2.0          # how long closing a result waits for its worker to notice
 FIRST_ROW_WAIT_S = 1.0      # how long a stream's response waits for its first row before it starts
+PARSED_KEPT = 256           # parsed statements kept by their text …
+PARSED_TEXT = 1024          # … when the text is at most this long
 _END = object()
 _NOTHING = object()
 
@@ -123,19 +125,22 @@ class StatementResult:
 
     @classmethod
     def streaming(cls, result, pool: StatementPool, slot: Slot | None = None,
-                  access: StatementAccess | None = None) -> "StatementResult":
+                  access: StatementAccess | None = None, *, batches=None,
+                  ready: list | None = None) -> "StatementResult":
         """Rows of an engine Result, a batch at a time in a worker thread; `slot` (the caller's, in
         the pool) is released when the statement ends. Between batches no thread is held: a batch
-        waits in the bounded channel until the client takes it (federation/lanes.py)."""
+        waits in the bounded channel until the client takes it (federation/lanes.py). `batches`
+        and `ready`: the result's batch iterator already started, and the batches taken from it."""
         out = cls(result.columns, result.types, result.kind, status=result.status)
         out.access = access
         out._finished = False
+        out._ready = [_row_lists(batch) for batch in ready or ()]
         channel: asyncio.Queue = asyncio.Queue(CHANNEL_BATCHES)
         cancel = threading.Event()
         out._channel, out._cancel = channel, cancel
         out._wake = asyncio.Event()
         stream = slot is not None and slot.lane is pool.streams
-        batches = result.batches(BATCH_ROWS)
+        batches = result.batches(BATCH_ROWS) if batches is None else batches
 
         def step():
             if cancel.is_set():
@@ -144,7 +149,7 @@ class StatementResult:
             if batch is _END:
                 _merged(result.status)
                 return _END
-            return [list(row) if isinstance(row, tuple) else [row] for row in batch]
+            return _row_lists(batch)
 
         async def put(item) -> bool:
             """Into the channel, unless the statement is stopped meanwhile (False)."""
@@ -293,6 +298,7 @@ class QueryService:
         self.pool = StatementPool(workers)
         self.access = HubFleetAccess(_loop(), registry, index, hub, credit=credit)
         self._restored = False
+        self._parsed: dict[str, A.Statement] = {}     # short texts parsed lately (PARSED_KEPT)
 
     async def restore(self) -> None:
         """Replay the definitions kept in the registry (once, at start)."""
@@ -306,9 +312,23 @@ class QueryService:
                 log.warning("a kept definition no longer runs (%s): %s", exc.message, text[:200])
 
     # ------------------------------------------------------------------------------ entry
+    async def parsed(self, text: str) -> A.Statement:
+        """The statement of a text, parsed in a worker — or kept from a moment ago: an HTTP request
+        has its text parsed to check it, then again to run it, and many clients send the same
+        short statements; each parse is a hop to a worker and back through the event loop, which
+        on a busy loop waits its turn. (Trees are immutable; errors are not kept.)"""
+        statement = self._parsed.get(text)
+        if statement is None:
+            statement = await self.pool.parse(parse_one, text)
+            if len(text) <= PARSED_TEXT:
+                self._parsed[text] = statement
+                if len(self._parsed) > PARSED_KEPT:
+                    del self._parsed[next(iter(self._parsed))]    # the oldest
+        return statement
+
     async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
                   device_timeout: float | None = None) -> StatementResult:
-        statement = await self.pool.parse(parse_one, text)
+        statement = await self.parsed(text)
         if isinstance(statement, A.Explain):
             return await self._explain(statement.statement, text)
         if isinstance(statement, DEPLOYMENT_STATEMENTS):
@@ -319,18 +339,32 @@ class QueryService:
             name = principal_name(principal)
             limits = self.limits_for(principal, limits)
             stream = is_stream(statement)
-            slot = await self.pool.acquire(name, stream=stream, local=self.is_fast(statement, text))
+            fast = self.is_fast(statement, text)
+            slot = await self.pool.acquire(name, stream=stream, local=fast)
             if slot.fast:
                 limits = fast_limits(limits)
             access = StatementAccess(self.access)
+
+            def query():
+                return self.engine.query(text, limits, fleet=access, principal=name, device_timeout=timeout)
+            batches = ready = None
             try:
-                result = await self.pool.submit(lambda: self.engine.query(
-                    text, limits, fleet=access, principal=name, device_timeout=timeout), stream=stream)
+                if fast:
+                    # cheap, no fleet, no stream: planned, run and closed in one worker hop, not one
+                    # hop per batch and one to close — on a busy loop every hop waits its turn
+                    done = await self.pool.submit(_at_once, query)
+                    if isinstance(done, StatementResult):
+                        slot.release()
+                        return done
+                    result, batches, ready = done
+                else:
+                    result = await self.pool.submit(query, stream=stream)
             except BaseException:
                 access.close_feeds()
                 slot.release()
                 raise
-            return StatementResult.streaming(result, self.pool, slot, access)   # it releases the slot when it ends
+            # it releases the slot when it ends
+            return StatementResult.streaming(result, self.pool, slot, access, batches=batches, ready=ready)
         if isinstance(statement, A.Toploop):   # quit/commit/rollback belong to a shell's own engine
             raise QueryTypeError(f"{statement.command} is a statement of a shell or script on its own engine, "
                                  "not of a federation", statement.span, text)
@@ -463,6 +497,42 @@ class QueryService:
     async def aclose(self) -> None:
         self.pool.stop_all("the federation is shutting down")
         self.pool.shutdown()
+
+
+AT_ONCE_BATCHES = 2          # a cheap statement with more rows than this streams as any other
+
+
+def _at_once(query: Callable[[], Any]) -> "StatementResult | tuple":
+    """A cheap statement run to its end in this worker: a complete StatementResult; or, when it has
+    more than AT_ONCE_BATCHES batches (or fails after its first), (result, its batches, the ones
+    already taken) for StatementResult.streaming to go on with."""
+    result = query()
+    batches = result.batches(BATCH_ROWS)
+    ready: list = []
+    try:
+        for _ in range(AT_ONCE_BATCHES):
+            batch = next(batches, _END)
+            if batch is _END:
+                _merged(result.status)
+                result.close()
+                return StatementResult(result.columns, result.types, result.kind, status=result.status,
+                                       rows=[row for taken in ready for row in _row_lists(taken)])
+            ready.append(batch)
+    except Exception as exc:
+        if not ready:
+            result.close()
+            raise
+        batches = _raising(exc)     # the rows before the error go out first, then the error
+    return result, batches, ready
+
+
+def _raising(exc: BaseException):
+    raise exc
+    yield  # noqa: unreachable - makes this a generator
+
+
+def _row_lists(batch: list) -> list:
+    return [list(row) if isinstance(row, tuple) else [row] for row in batch]
 
 
 def fast_limits(limits: dict) -> dict:

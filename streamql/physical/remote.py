@@ -170,8 +170,8 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
             if event is None:
                 if not standing and timeout is not None:
                     now = time.monotonic()
-                    for device, began in list(running.items()):
-                        if now - began > timeout:
+                    for device, since in list(running.items()):
+                        if now - since > timeout:
                             feed.cancel(device)
                             del running[device]
                             held.discard(device)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from federation import results
+from federation import results, statements
 from federation.results import is_heavy
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,6 +62,7 @@ async def test_statements_are_parsed_off_the_loop(client, tokens, monkeypatch, p
         threads.append(threading.current_thread() is threading.main_thread())
         return parse_one(text)
     monkeypatch.setattr(results, "parse_one", recording)
+    monkeypatch.setattr(statements, "parse_one", recording)    # the service's parse (it checks through it)
     statement = "select count(x) from Integer x where x in (" + ",".join(map(str, range(2000))) + ");"
     if path == "post":
         resp = await client.post("/v1/query", json={"query": statement}, headers=tokens.header("read"))
