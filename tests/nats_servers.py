@@ -238,6 +238,18 @@ def nats_server(tmp_path):
         server.stop()
 
 
+@pytest.fixture(scope="module", name="server")
+def module_nats_server(tmp_path_factory):
+    """One nats-server with JetStream for all the tests of a module, as the fixture `server`
+    (`from tests.nats_servers import module_nats_server`)."""
+    _binary_or_fail()
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def nats_mqtt_server(tmp_path):
     """One nats-server with JetStream and an MQTT listener (server.mqtt_address)."""

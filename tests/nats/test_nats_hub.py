@@ -18,19 +18,10 @@ from federation.cli import register
 from federation.config import FederationConfig
 from federation.keys import HUB, REGISTRY
 from federation.nats_hub import NatsHub
-from tests.nats_servers import NatsServer
+from tests.nats_servers import module_nats_server  # noqa: F401  (the fixture `server`)
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = NatsServer(tmp_path_factory.mktemp("nats-hub")).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

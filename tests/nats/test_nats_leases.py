@@ -16,20 +16,11 @@ from federation.app import create_app
 from federation.auth import provision
 from federation.config import FederationConfig
 from federation.keys import HUB, REGISTRY
-from tests.nats_servers import NatsServer
+from tests.nats_servers import module_nats_server  # noqa: F401  (the fixture `server`)
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(120)
 LEASE_S = 1.5
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = NatsServer(tmp_path_factory.mktemp("nats-leases")).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 class EdgeThread:

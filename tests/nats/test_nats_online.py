@@ -15,27 +15,11 @@ from federation.app import create_app
 from federation.auth import provision
 from federation.config import FederationConfig
 from federation.keys import FLEET, HUB, REGISTRY
-from tests.nats_servers import NatsServer
+from federation.testing import until
+from tests.nats_servers import module_nats_server  # noqa: F401  (the fixture `server`)
 from streamql import wire
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = NatsServer(tmp_path_factory.mktemp("nats-online")).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def _fleet_online(app, edge: str) -> bool:
@@ -59,15 +43,15 @@ async def test_an_edge_written_offline_by_one_node_is_online_again_through_the_o
                   "models": {}, "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS)}
         reply = await nc.request(subjects.up_all("w1"), wire.encode(wire.make("hello", **fields)), timeout=5)
         assert wire.decode(reply.data, accept=wire.FROM_FEDERATION)["accepted"]
-        await _until(lambda: a[HUB].is_online("w1") and b[HUB].is_online("w1"), 10, "both nodes to hold the edge")
-        await _until(lambda: _fleet_online(a, "w1") and _fleet_online(b, "w1"), 10, "both fleet tables online")
+        await until(lambda: a[HUB].is_online("w1") and b[HUB].is_online("w1"), 10, "both nodes to hold the edge")
+        await until(lambda: _fleet_online(a, "w1") and _fleet_online(b, "w1"), 10, "both fleet tables online")
 
         # node A gives the edge up wrongly (as its sweep does after a long lag): offline in the registry
         await a[HUB]._connections["w1"].close(1000, "no frame for 30 s")
         # B still hears the edge (its last frame is recent): everyone sees it online again
         await asyncio.sleep(1.0)
-        await _until(lambda: b[REGISTRY].get_device("w1").online, 5, "the registry to say online again")
-        await _until(lambda: _fleet_online(b, "w1") and _fleet_online(a, "w1"), 5,
+        await until(lambda: b[REGISTRY].get_device("w1").online, 5, "the registry to say online again")
+        await until(lambda: _fleet_online(b, "w1") and _fleet_online(a, "w1"), 5,
                      "both fleet tables to say online again")
         assert b[HUB].is_online("w1")
     finally:
@@ -88,11 +72,11 @@ async def test_health_heard_by_one_node_reaches_the_other_on_one_sqlite_file(aio
     a, b = apps["A"], apps["B"]
     provision(a[REGISTRY], "ws-1", {"region": "EU"}, {})
     b[REGISTRY].poll_external_changes()               # B learns of the device (as a hello there would)
-    await _until(lambda: "ws-1" in b[FLEET].rows, 5, "B to know the device")
+    await until(lambda: "ws-1" in b[FLEET].rows, 5, "B to know the device")
     a[REGISTRY].set_online("ws-1", True)              # A holds its WebSocket
     for beat in range(3):
         a[HEARTBEATS].add(Heartbeat("ws-1", time.time(), {"battery": 11.0 + beat, "time": time.time()}, 2))
-        await _until(lambda: (b[FLEET].rows["ws-1"].device.health or {}).get("battery") == 11.0 + beat, 5,
+        await until(lambda: (b[FLEET].rows["ws-1"].device.health or {}).get("battery") == 11.0 + beat, 5,
                      f"B's fleet table to show beat {beat}")
     assert b[FLEET].rows["ws-1"].device.restarts == 2
 
@@ -116,7 +100,7 @@ async def test_one_node_writes_each_nats_edges_heartbeats_and_both_show_them(
     edges = [f"hb-{i}" for i in range(24)]
     for edge in edges:
         provision(apps["A"][REGISTRY], edge, {}, {})
-    await _until(lambda: all(len(app[HUB].peers.live()) == 2 for app in apps.values()), PEER_TTL_S + 5,
+    await until(lambda: all(len(app[HUB].peers.live()) == 2 for app in apps.values()), PEER_TTL_S + 5,
                  "each node to hear the other")
     nc = await nats.connect(server.url)
     try:
@@ -124,7 +108,7 @@ async def test_one_node_writes_each_nats_edges_heartbeats_and_both_show_them(
             fields = {"edge": edge, "software": "test", "metadata": {}, "capabilities": {"signals": ["x"]},
                       "models": {}, "restarts": 0, "versions": list(wire.SUPPORTED_VERSIONS)}
             await nc.request(subjects.up_all(edge), wire.encode(wire.make("hello", **fields)), timeout=5)
-        await _until(lambda: all(app[HUB].is_online(e) for app in apps.values() for e in edges), 10, "both to hold all")
+        await until(lambda: all(app[HUB].is_online(e) for app in apps.values() for e in edges), 10, "both to hold all")
         for n, edge in enumerate(edges):
             await nc.publish(subjects.up_all(edge), wire.encode(wire.make(
                 "health", time=time.time(), uptime_s=5.0, restarts=0, cpu_percent=float(n))))
@@ -132,7 +116,7 @@ async def test_one_node_writes_each_nats_edges_heartbeats_and_both_show_them(
 
         def shown(app):
             return {e: (app[FLEET].rows[e].device.health or {}).get("cpu_percent") for e in edges}
-        await _until(lambda: all(shown(app) == {e: float(n) for n, e in enumerate(edges)} for app in apps.values()),
+        await until(lambda: all(shown(app) == {e: float(n) for n, e in enumerate(edges)} for app in apps.values()),
                      10, "both fleet tables to show every edge's CPU")
         await asyncio.sleep(1.5)    # a flush more
         by_a, by_b = set(written["A"]), set(written["B"])
