@@ -5,6 +5,7 @@ previous version everywhere; wrong or missing tokens are refused."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -37,18 +38,23 @@ def model(identity, signal: str) -> SimModel:
     return SimModel.from_spec({k: v for k, v in spec.items() if k not in ("name", "kind")})
 
 
-def oracle_devices(now: float, margin: float = 0.5, motivating: bool = True) -> tuple[set, set]:
+def oracle_devices(now: float, margin: float = 0.5, motivating: bool = True,
+                   within: tuple[float, float] = (-5.0, 30.0)) -> tuple[set, set]:
     """(devices that must answer, devices too close to -20 °C to be sure either way); only wheel
-    loaders and dumpers in the US, EU and AU unless not `motivating`."""
+    loaders and dumpers in the US, EU and AU unless not `motivating`. A device reads its
+    temperature when its fragment starts, some seconds after `now`, and a regional level shift can
+    move it 3 °C at once: it is sure only if cold at every reading in `now + within`."""
     sure, unsure = set(), set()
     for edge_id, identity in identities().items():
         meta = identity.metadata
         if motivating and (meta["region"] not in ("US", "EU", "AU") or meta["kind"] not in ("wheel loader", "dumper")):
             continue
-        _, temperature = model(identity, "outside_temperature").latest_at(now)
-        if temperature < -20 - margin:
+        temperature = model(identity, "outside_temperature")
+        times = np.arange(math.floor(now + within[0]), math.ceil(now + within[1]) + 1, dtype=np.float64)
+        readings = temperature.values_at(times)
+        if readings.max() < -20 - margin:
             sure.add(edge_id)
-        elif temperature < -20 + margin:
+        elif readings.min() < -20 + margin:
             unsure.add(edge_id)
     return sure, unsure
 
