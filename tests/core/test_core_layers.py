@@ -41,12 +41,7 @@ def _copy(tmp_path: Path, edits: dict[str, str]) -> None:
 def test_an_import_pointing_up_breaks_the_layers(tmp_path):
     """The contract is not vacuous: the same check fails on a copy where types imports the engine."""
     _copy(tmp_path, {"streamql/types.py": "from . import engine"})
-    config = tmp_path / "pyproject.toml"
-    config.write_text((ROOT / "pyproject.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    code = ("import sys; from importlinter.cli import lint_imports; "
-            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    run = _lint_copy(tmp_path)
     assert run.returncode != 0
     assert "streamql.types is not allowed to import streamql.engine" in run.stdout
 
@@ -54,12 +49,7 @@ def test_an_import_pointing_up_breaks_the_layers(tmp_path):
 def test_the_services_reaching_into_the_engine_break_the_public_api_contract(tmp_path):
     _copy(tmp_path, {"federation/hub.py": "from streamql import binder",
                      "edge_engine/link.py": "import federation.hub"})
-    config = tmp_path / "pyproject.toml"
-    config.write_text((ROOT / "pyproject.toml").read_text(encoding="utf-8"), encoding="utf-8")
-    code = ("import sys; from importlinter.cli import lint_imports; "
-            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
+    run = _lint_copy(tmp_path)
     assert run.returncode != 0
     assert "federation is not allowed to import streamql.binder" in run.stdout
     assert "edge_engine is not allowed to import federation" in run.stdout
@@ -77,3 +67,13 @@ def test_the_services_import_no_private_name_of_the_engine():
                     offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
                                   if a.name.startswith("_")]
     assert offenders == []
+
+
+def _lint_copy(tmp_path) -> subprocess.CompletedProcess:
+    """import-linter run on the copy in `tmp_path`, with the project's contracts."""
+    config = tmp_path / "pyproject.toml"
+    config.write_text((ROOT / "pyproject.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=120)
