@@ -196,8 +196,10 @@ class Fragment:
 
     def _compile(self):
         engine = self.engine
+        # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
+        # lock is the edge's, and its holder waiting in the process's line while every other fragment
+        # of that edge waited for the lock piled up a thousand threads (measured in the soak)
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
-            self._pace()                # compiling is computing: it waits its turn at the gate too
             session = engine.store.session
             saved = {}
             try:

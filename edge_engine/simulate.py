@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import random
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -242,6 +241,14 @@ def save_tokens(path: Path, tokens: dict[str, str]) -> None:
 
 
 # == the fleet =================================================================================
+def _threads() -> int:
+    """Threads of this process (fragments' workers are bare threads `threading` does not list)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
 def _warm_parser() -> None:
     from streamql.syntax import parse
 
@@ -341,14 +348,13 @@ class SimulatedFleet:
             lags.append(late)
             if late >= LAG_STALL_S:
                 log.warning("the simulator's event loop was %.1f s late (%d fragments running, %d threads)",
-                            late, self.fragments_running(), threading.active_count())
+                            late, self.fragments_running(), _threads())
             if loop.time() - reported >= LAG_REPORT_S:
                 lags.sort()
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
                             "running, %d threads, %d computing, %d waiting to compute",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
-                            self.fragments_running(), threading.active_count(), getattr(PACER, "computing", -1),
-                            getattr(PACER, "queued", PACER.waiting))
+                            self.fragments_running(), _threads(), PACER.computing, PACER.queued)
                 lags, reported = [], loop.time()
 
     def fragments_running(self) -> int:
