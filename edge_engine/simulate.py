@@ -260,6 +260,10 @@ LONG_SHARE = 0.1
 process stands for many devices, each with a CPU of its own; `count(iota(1, 10^12))@e` on all of
 them at once must leave the machine to their short fragments and links."""
 
+# long after a tenth of a device's half second, as they compute a tenth of the time (LONG_SHARE):
+# `count(iota(1, 10^12))@e` on 25 devices of one process otherwise took 12.5 CPU-seconds of it
+# before taking turns, holding the compute gate's places all along
+SIM_LONG_AFTER_S = 0.05
 HANDSHAKES_AT_ONCE = 32     # per simulator process: hellos beyond this wait their turn
 LAG_TICK_S = 0.1            # the loop-lag probe: a task that sleeps this long and records how late it wakes
 LAG_STALL_S = 1.0           # a wake this late is logged
@@ -301,6 +305,7 @@ class SimulatedFleet:
         self._watch: asyncio.Future | None = None
         self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
         PACER.share = min(PACER.share, LONG_SHARE)
+        PACER.long_after_s = min(PACER.long_after_s, SIM_LONG_AFTER_S)
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}

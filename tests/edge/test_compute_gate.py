@@ -152,6 +152,37 @@ def test_a_holder_blocked_without_check_points_cannot_close_the_gate():
     blocked.leave()
 
 
+def test_a_long_fragment_takes_turns_and_holds_no_place_at_the_gate():
+    gate = ComputeGate(1, lease_s=60)
+    pacer = Pacer(turns=1, long_after_s=0.01, slice_s=10.0, gate=gate)
+    became_long, stop = threading.Event(), threading.Event()
+
+    def long_work() -> None:
+        pace = pacer.pace_for(threading.Event())
+        try:
+            while not stop.is_set():
+                pace()
+                if pacer.long_total:
+                    became_long.set()
+                spin(0.001)
+        finally:
+            pace.release()
+
+    t = threading.Thread(target=long_work)
+    t.start()
+    try:
+        assert became_long.wait(10)
+        # long now (at nice 19, with its turn): its place went back, so a short one goes in at once
+        assert gate.computing == 0
+        short = pacer.pace_for(threading.Event())
+        short()
+        assert gate.computing == 1 and gate.queued == 0
+        short.release()
+    finally:
+        stop.set()
+        t.join(5)
+
+
 COUNT = "select count(x) from Integer x where x in iota(1, {n}) and x % 7 = 3;"
 
 
