@@ -292,8 +292,6 @@ class Fragment:
             self._send([c[:half] for c in cols], half, names)
             self._send([c[half:] for c in cols], n - half, names)
             return
-        if self.seq == 0:
-            self._pace.sent()    # its first row is on its way: no longer ahead in the gate's line
         self.seq += 1
         self._wait_in_flight()   # one frame in flight: back-pressure from the socket, memory bounded
         self._in_flight = asyncio.run_coroutine_threadsafe(self._send_rows(data, n), self.owner.loop)

@@ -31,9 +31,6 @@ point. Without it, a simulated process with a thousand runnable fragment threads
 interpreter's lock to its event loop once per hundreds of 5 ms switch intervals: the loop (the
 links' pongs, credit, the rows frames) waited seconds. A place held `GATE_LEASE_S` without a check
 point (a thread blocked inside a source, say) lapses, so a sleeping holder cannot close the gate.
-A fragment that has handed over no row yet waits in a line of its own that goes first (`sent()`
-moves it to the other): a one-shot answer and a stream's first row are what a client waits for,
-while a standing stream's next batch is due a second later anyway.
 """
 from __future__ import annotations
 
@@ -64,7 +61,6 @@ class ComputeGate:
         self.slice_s, self.lease_s = slice_s, lease_s
         self._lock = threading.Lock()
         self._holders: dict[Place, float] = {}      # place → when it last entered or checked in
-        self._first: collections.deque[Place] = collections.deque()   # places whose fragment sent no row yet
         self._queue: collections.deque[Place] = collections.deque()
         self.entered = 0          # admissions since the start
         self.waited = 0           # of them, those that had to wait
@@ -76,10 +72,7 @@ class ComputeGate:
 
     @property
     def queued(self) -> int:
-        return len(self._first) + len(self._queue)
-
-    def _waiting(self) -> bool:
-        return bool(self._first or self._queue)
+        return len(self._queue)
 
     def place(self) -> "Place":
         return Place(self)
@@ -87,14 +80,14 @@ class ComputeGate:
     def _grant(self, now: float) -> None:
         """(lock held) Lapse stale places, then admit the head of the line while there is room."""
         holders = self._holders
-        if len(holders) >= self.slots and self._waiting():
+        if len(holders) >= self.slots and self._queue:
             for place, since in list(holders.items()):
                 if now - since > self.lease_s:
                     del holders[place]
                     place.held = False
                     self.lapsed += 1
-        while len(holders) < self.slots and self._waiting():
-            place = self._first.popleft() if self._first else self._queue.popleft()
+        while self._queue and len(holders) < self.slots:
+            place = self._queue.popleft()
             holders[place] = now
             place.held = True
             place.since = now
@@ -104,7 +97,7 @@ class ComputeGate:
 class Place:
     """One thread's place at a `ComputeGate`."""
 
-    __slots__ = ("gate", "held", "since", "ready", "waiting", "first")
+    __slots__ = ("gate", "held", "since", "ready", "waiting")
 
     def __init__(self, gate: ComputeGate):
         self.gate = gate
@@ -112,7 +105,6 @@ class Place:
         self.since = 0.0
         self.ready = threading.Event()
         self.waiting = False
-        self.first = True       # its fragment has handed over no row yet: it goes ahead in line
 
     def check_in(self, cancelled: threading.Event) -> None:
         """At a check point: enter (waiting in line) unless already in; past a slice with others
@@ -121,19 +113,19 @@ class Place:
         now = time.monotonic()
         with gate._lock:
             if self.held:
-                if now - self.since < gate.slice_s or not gate._waiting():
+                if now - self.since < gate.slice_s or not gate._queue:
                     gate._holders[self] = now       # still computing: its place does not lapse
                     return
                 del gate._holders[self]             # a slice done and others waiting: their turn
                 self.held = False
             self.ready.clear()
             gate.entered += 1
-            if not gate._waiting() and len(gate._holders) < gate.slots:
+            if not gate._queue and len(gate._holders) < gate.slots:
                 gate._holders[self] = now
                 self.held, self.since = True, now
                 return
             gate.waited += 1
-            (gate._first if self.first else gate._queue).append(self)
+            gate._queue.append(self)
             self.waiting = True
             gate._grant(now)
         try:
@@ -160,11 +152,10 @@ class Place:
                 self.held = False
                 gate._holders.pop(self, None)
             elif self.waiting:
-                for line in (gate._first, gate._queue):
-                    try:
-                        line.remove(self)
-                    except ValueError:
-                        pass
+                try:
+                    gate._queue.remove(self)
+                except ValueError:
+                    pass
             gate._grant(time.monotonic())
 
     def interrupt(self) -> None:
@@ -248,12 +239,7 @@ class Pacer:
         def interrupt() -> None:
             if place is not None:
                 place.interrupt()
-
-        def sent() -> None:
-            if place is not None:
-                place.first = False
         pace.idle = idle
-        pace.sent = sent
         pace.release = release             # the worker gives its turn back when the fragment ends
         pace.interrupt = interrupt
         return pace

@@ -101,33 +101,6 @@ def test_the_line_is_first_in_first_out():
     assert order == [0, 1, 2, 3]
 
 
-def test_a_fragment_with_no_row_yet_goes_ahead_of_the_standing_ones():
-    gate = ComputeGate(1, lease_s=60)
-    holder = gate.place()
-    holder.check_in(threading.Event())
-    order: list[str] = []
-    places = {name: gate.place() for name in ("stream-1", "stream-2", "new")}
-    places["stream-1"].first = places["stream-2"].first = False     # they sent rows already
-
-    def wait(name: str) -> None:
-        places[name].check_in(threading.Event())
-        order.append(name)
-        places[name].leave()
-
-    threads = []
-    for i, name in enumerate(("stream-1", "stream-2", "new")):
-        t = threading.Thread(target=wait, args=(name,))
-        t.start()
-        threads.append(t)
-        deadline = time.monotonic() + 5
-        while gate.queued < i + 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
-    holder.leave()
-    for t in threads:
-        t.join(5)
-    assert order == ["new", "stream-1", "stream-2"]     # the newcomer first, then first come first served
-
-
 def test_a_cancel_wakes_a_waiter_at_once_and_it_leaves_the_line():
     gate = ComputeGate(1, lease_s=60)
     holder = gate.place()
