@@ -84,12 +84,14 @@ class Fragment:
         self.seq = 0
         self.outcome: str | None = None     # decided (loop); the end frame follows
         self.ctx = None
-        self._pace = None           # this worker's share of the CPU (edge_engine/pacing.py)
+        self._stop = threading.Event()   # set when the outcome is decided: wakes the worker wherever it waits
+        self._pace = owner.pacer.pace_for(self._stop)   # this worker's share of the CPU (edge_engine/pacing.py)
         self._cond = threading.Condition()
         self._send_lock = asyncio.Lock()
         self._in_flight = None      # the worker's last rows frame handed to the loop (a concurrent future)
         self._rows_go = False       # the worker decided the end itself: the rows it handed over still go
         self._timer: asyncio.TimerHandle | None = None
+        self.thread_id: int | None = None
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -125,6 +127,8 @@ class Fragment:
         ctx = self.ctx
         if ctx is not None:
             ctx.cancel.set()
+        self._stop.set()
+        self._pace.interrupt()      # a worker waiting at the process's compute gate sees it at once
         with self._cond:
             self._cond.notify_all()
         self.owner.forget(self)
@@ -163,6 +167,7 @@ class Fragment:
         self.owner.loop.call_soon_threadsafe(lambda: self.finish(outcome, error, from_worker=True))
 
     def _run(self) -> None:
+        self.thread_id = threading.get_native_id()   # for /proc (what a fragment's thread costs)
         below_the_loop()
         result = None
         try:
@@ -182,8 +187,7 @@ class Fragment:
                 self.owner.log.exception("fragment %s failed", self.qid)
                 self._post("error", {"kind": "RuntimeError", "message": f"internal error: {type(exc).__name__}: {exc}"})
         finally:
-            if self._pace is not None:
-                self._pace.release()
+            self._pace.release()
             if result is not None:
                 try:
                     result.close()
@@ -192,6 +196,9 @@ class Fragment:
 
     def _compile(self):
         engine = self.engine
+        # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
+        # lock is the edge's, and its holder waiting in the process's line while every other fragment
+        # of that edge waited for the lock piled up a thousand threads (measured in the soak)
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
             session = engine.store.session
             saved = {}
@@ -209,7 +216,7 @@ class Fragment:
                         session[key] = value
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
         # long computations take turns on the CPU, so they never starve the short fragments
-        self._pace = result.ctx.pace = self.owner.pacer.pace_for(result.ctx.cancel)
+        result.ctx.pace = self._pace
         self.ctx = result.ctx
         if self.outcome is not None:
             result.ctx.cancel.set()
@@ -226,10 +233,12 @@ class Fragment:
         if items is None or result.kind == "vector":
             items = ({"$c0": row} if width == 1 else dict(zip([f"$c{i}" for i in range(width)], row))
                      for row in result)
+        pace = self._pace
         for item in items:
             if self.outcome is not None:
                 raise _Stopped()
             ctx.check()
+            pace.idle()     # an item in hand: cutting, encoding and sending it waits for no turn
             if item is IDLE:
                 continue
             n, cols = item_columns(item, width)
@@ -264,8 +273,7 @@ class Fragment:
                 if granted:
                     self.taken_rows += granted
                     return granted
-                if self._pace is not None:    # paused: no CPU turn held while it waits
-                    self._pace.release()
+                self._pace.release()          # paused: no CPU turn nor place at the gate held while it waits
                 if ctx.cancel.is_set():       # (not ctx.check: that would wait for a turn, paused)
                     raise QueryCancelled("the query was cancelled")
                 # no polling: credit (add_credit) and the fragment's end (_decide) notify, so a

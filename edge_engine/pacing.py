@@ -20,9 +20,21 @@ still holding it. A simulated fleet sets it low (edge_engine/simulate.py): its p
 dozens of devices that each have a CPU of their own, and a long computation on every one of them
 at once must not take the process's whole share of the machine from their short fragments and
 links (a thread at nice 19 that holds the interpreter's lock also holds up every other thread).
+
+**Admission** (`ComputeGate`, every short fragment; the long ones are bounded by their turns and
+hold no place, see `pace`): at most `slots` fragment threads
+of the process compute at once; the others sleep in FIFO order on an event of their own (no CPU,
+no interpreter lock) until one leaves. A fragment enters at a check point and leaves when it stops
+computing — at each row batch it hands over, while it waits for credit or for the loop to send,
+when it ends — and a holder gives its place to the next in line after `GATE_SLICE_S` at a check
+point. Without it, a simulated process with a thousand runnable fragment threads handed the
+interpreter's lock to its event loop once per hundreds of 5 ms switch intervals: the loop (the
+links' pongs, credit, the rows frames) waited seconds. A place held `GATE_LEASE_S` without a check
+point (a thread blocked inside a source, say) lapses, so a sleeping holder cannot close the gate.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -33,24 +45,153 @@ from streamql.errors import QueryCancelled
 LONG_AFTER_S = 0.5      # CPU seconds of one fragment before it takes turns
 SLICE_S = 0.05          # a long fragment's turn
 WAIT_TICK_S = 0.1       # how often a waiting fragment looks at its cancel flag
+GATE_SLICE_S = 0.02     # a fragment computing this long gives its place to the next in line
+GATE_LEASE_S = 0.25     # a place held this long without a check point lapses (its holder is not computing)
+GATE_WAIT_TICK_S = 0.5  # a fragment waiting at the gate looks at its cancel flag (a cancel also wakes it)
+
+
+class ComputeGate:
+    """At most `slots` threads compute at once; the others wait in FIFO order (see the module doc).
+
+    A thread is identified by its own `Place` (from `place()`); all methods but `place` are called
+    from that thread, except `interrupt` (any thread: wakes it to look at its cancel flag)."""
+
+    def __init__(self, slots: int, slice_s: float = GATE_SLICE_S, lease_s: float = GATE_LEASE_S):
+        self.slots = max(1, slots)
+        self.slice_s, self.lease_s = slice_s, lease_s
+        self._lock = threading.Lock()
+        self._holders: dict[Place, float] = {}      # place → when it last entered or checked in
+        self._queue: collections.deque[Place] = collections.deque()
+        self.entered = 0          # admissions since the start
+        self.waited = 0           # of them, those that had to wait
+        self.lapsed = 0           # places that lapsed (held past lease_s without a check point)
+
+    @property
+    def computing(self) -> int:
+        return len(self._holders)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def place(self) -> "Place":
+        return Place(self)
+
+    def _grant(self, now: float) -> None:
+        """(lock held) Lapse stale places, then admit the head of the line while there is room."""
+        holders = self._holders
+        if len(holders) >= self.slots and self._queue:
+            for place, since in list(holders.items()):
+                if now - since > self.lease_s:
+                    del holders[place]
+                    place.held = False
+                    self.lapsed += 1
+        while self._queue and len(holders) < self.slots:
+            place = self._queue.popleft()
+            holders[place] = now
+            place.held = True
+            place.since = now
+            place.ready.set()
+
+
+class Place:
+    """One thread's place at a `ComputeGate`."""
+
+    __slots__ = ("gate", "held", "since", "ready", "waiting")
+
+    def __init__(self, gate: ComputeGate):
+        self.gate = gate
+        self.held = False
+        self.since = 0.0
+        self.ready = threading.Event()
+        self.waiting = False
+
+    def check_in(self, cancelled: threading.Event) -> None:
+        """At a check point: enter (waiting in line) unless already in; past a slice with others
+        in line, go to the back of it."""
+        gate = self.gate
+        now = time.monotonic()
+        with gate._lock:
+            if self.held:
+                if now - self.since < gate.slice_s or not gate._queue:
+                    gate._holders[self] = now       # still computing: its place does not lapse
+                    return
+                del gate._holders[self]             # a slice done and others waiting: their turn
+                self.held = False
+            self.ready.clear()
+            gate.entered += 1
+            if not gate._queue and len(gate._holders) < gate.slots:
+                gate._holders[self] = now
+                self.held, self.since = True, now
+                return
+            gate.waited += 1
+            gate._queue.append(self)
+            self.waiting = True
+            gate._grant(now)
+        try:
+            while True:
+                self.ready.wait(GATE_WAIT_TICK_S)
+                if cancelled.is_set():
+                    raise QueryCancelled("the query was cancelled")
+                with gate._lock:
+                    if self.held:
+                        return
+                    self.ready.clear()
+                    gate._grant(time.monotonic())   # a holder that blocked without leaving lapses
+        except BaseException:
+            self.leave()
+            raise
+        finally:
+            self.waiting = False
+
+    def leave(self) -> None:
+        """Not computing any more (waiting for credit, for the loop, or ended): the next one's turn."""
+        gate = self.gate
+        with gate._lock:
+            if self.held:
+                self.held = False
+                gate._holders.pop(self, None)
+            elif self.waiting:
+                try:
+                    gate._queue.remove(self)
+                except ValueError:
+                    pass
+            gate._grant(time.monotonic())
+
+    def interrupt(self) -> None:
+        """(any thread) Wake a waiting thread so it sees its cancel flag at once."""
+        if self.waiting:
+            self.ready.set()
 
 
 class Pacer:
     def __init__(self, turns: int | None = None, long_after_s: float = LONG_AFTER_S, slice_s: float = SLICE_S,
-                 share: float = 1.0):
+                 share: float = 1.0, gate: ComputeGate | None = None):
         self.turns = max(1, turns or (os.cpu_count() or 2) - 1)
         self.long_after_s, self.slice_s = long_after_s, slice_s
         self.share = share
+        self.gate = gate          # admission of every fragment's computing (None: no bound)
         self._turns = threading.Semaphore(self.turns)
         self._lock = threading.Lock()
         self.waiting = 0          # long fragments waiting for a turn now
         self.long_total = 0       # fragments that became long, since the start
 
-    def pace_for(self, cancelled: threading.Event) -> Callable[[], None]:
-        """The `pace` of one fragment's worker thread (call it from that thread only)."""
-        state = {"long": False, "holding": False, "until": 0.0, "started": None}
+    @property
+    def computing(self) -> int:
+        return self.gate.computing if self.gate is not None else -1
 
-        def pace() -> None:
+    @property
+    def queued(self) -> int:
+        return self.gate.queued if self.gate is not None else 0
+
+    def pace_for(self, cancelled: threading.Event) -> Callable[[], None]:
+        """The `pace` of one fragment's worker thread (call it from that thread only). `pace.idle()`
+        says the thread stops computing for a while (gives its place at the gate back);
+        `pace.release()` that it ended; `pace.interrupt()` (any thread) wakes it at the gate."""
+        state = {"long": False, "holding": False, "until": 0.0, "started": None}
+        place = self.gate.place() if self.gate is not None else None
+
+        def long_turn() -> None:
             if not state["long"]:
                 now_cpu = time.thread_time()     # the calling thread's CPU: counted from its first call
                 if state["started"] is None:
@@ -61,6 +202,8 @@ class Pacer:
                 with self._lock:
                     self.long_total += 1
                 _lowest_priority()
+                if place is not None:
+                    place.leave()          # long: its turns bound it, not the gate (see pace)
             now = time.monotonic()
             if state["holding"]:
                 if now < state["until"]:
@@ -73,11 +216,32 @@ class Pacer:
             state["holding"] = True
             state["until"] = time.monotonic() + self.slice_s
 
+        def pace() -> None:
+            long_turn()
+            # a long fragment computes only with one of the `turns` (so they are bounded already)
+            # and at nice 19: holding a place at the gate too, it kept it while the kernel ran
+            # everyone else first, and the short fragments in line waited for a thread that did
+            # not run (measured in the soak: the gate's places held by hostile counts)
+            if place is not None and not state["long"]:
+                place.check_in(cancelled)
+
+        def idle() -> None:
+            if place is not None:
+                place.leave()
+
         def release() -> None:
             if state["holding"]:
                 state["holding"] = False
                 self._turns.release()
+            if place is not None:
+                place.leave()
+
+        def interrupt() -> None:
+            if place is not None:
+                place.interrupt()
+        pace.idle = idle
         pace.release = release             # the worker gives its turn back when the fragment ends
+        pace.interrupt = interrupt
         return pace
 
     def _rest(self, cancelled: threading.Event) -> None:
@@ -125,4 +289,6 @@ def _nice(steps: int) -> None:
         pass
 
 
-PACER = Pacer()
+GATE_SLOTS = max(2, os.cpu_count() or 2)   # a device's fragments computing at once: its CPUs
+
+PACER = Pacer(gate=ComputeGate(GATE_SLOTS))

@@ -241,6 +241,14 @@ def save_tokens(path: Path, tokens: dict[str, str]) -> None:
 
 
 # == the fleet =================================================================================
+def _threads() -> int:
+    """Threads of this process (fragments' workers are bare threads `threading` does not list)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
 def _warm_parser() -> None:
     from streamql.syntax import parse
 
@@ -252,7 +260,14 @@ LONG_SHARE = 0.1
 process stands for many devices, each with a CPU of its own; `count(iota(1, 10^12))@e` on all of
 them at once must leave the machine to their short fragments and links."""
 
+# long after a tenth of a device's half second, as they compute a tenth of the time (LONG_SHARE):
+# `count(iota(1, 10^12))@e` on 25 devices of one process otherwise took 12.5 CPU-seconds of it
+# before taking turns, holding the compute gate's places all along
+SIM_LONG_AFTER_S = 0.05
 HANDSHAKES_AT_ONCE = 32     # per simulator process: hellos beyond this wait their turn
+LAG_TICK_S = 0.1            # the loop-lag probe: a task that sleeps this long and records how late it wakes
+LAG_STALL_S = 1.0           # a wake this late is logged
+LAG_REPORT_S = 30.0         # a summary of the lags this often
 CONNECTS_PER_S = 500.0       # the connect ramp: edges' first attempts spread over n / this seconds
 
 
@@ -287,8 +302,10 @@ class SimulatedFleet:
         self.daemons: list[EdgeDaemon] = []
         self.pump = SignalPump(clock)
         self.session: aiohttp.ClientSession | None = None
+        self._watch: asyncio.Future | None = None
         self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
         PACER.share = min(PACER.share, LONG_SHARE)
+        PACER.long_after_s = min(PACER.long_after_s, SIM_LONG_AFTER_S)
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}
@@ -306,6 +323,7 @@ class SimulatedFleet:
             self.tokens.update(await provision_tokens(self.identities, self.base.federation, self.admin_token,
                                                       self.store_root, self.session))
         self.pump.start()
+        self._watch = asyncio.ensure_future(self._watch_loop())
         # the statement parser is built once per process (a quarter of a second, seconds on a busy
         # machine): now, before any edge connects, not inside the first fragment of every edge
         await asyncio.to_thread(_warm_parser)
@@ -322,10 +340,37 @@ class SimulatedFleet:
             self.daemons.append(daemon)
         return self
 
+    async def _watch_loop(self, tick_s: float = LAG_TICK_S) -> None:
+        """The process's event loop lag (a tick that wakes late: every edge's frames waited that
+        long), logged when a wake is LAG_STALL_S late and summed up every LAG_REPORT_S."""
+        loop = asyncio.get_running_loop()
+        lags: list[float] = []
+        reported = loop.time()
+        while True:
+            due = loop.time() + tick_s
+            await asyncio.sleep(tick_s)
+            late = max(0.0, loop.time() - due)
+            lags.append(late)
+            if late >= LAG_STALL_S:
+                log.warning("the simulator's event loop was %.1f s late (%d fragments running, %d threads)",
+                            late, self.fragments_running(), _threads())
+            if loop.time() - reported >= LAG_REPORT_S:
+                lags.sort()
+                log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
+                            "running, %d threads, %d computing, %d waiting to compute",
+                            loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
+                            self.fragments_running(), _threads(), PACER.computing, PACER.queued)
+                lags, reported = [], loop.time()
+
+    def fragments_running(self) -> int:
+        return sum(len(d.fragments.running) for d in self.daemons if d.fragments is not None)
+
     async def stop(self, close_timeout_s: float = 3.0) -> None:
         """Every edge stops at once: all links told to stop and closed with 1001 together (bounded:
         a federation that does not answer the close costs `close_timeout_s`, not that per edge),
         then the daemons stop, also together."""
+        if self._watch is not None:
+            self._watch.cancel()
         await self.pump.stop()
         links = [daemon.link for daemon in self.daemons if daemon.link is not None]
         closing = asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
