@@ -89,6 +89,29 @@ def make_fleet(transport: str, edges: int, args, work: Path, public) -> ScaleFle
     return ScaleFleet(work / "fleet", **options)
 
 
+class CpuShare:
+    """CPU of the federation's and the simulator's processes over a phase, in % of one core: a
+    loop that lags while its process got little CPU was starved (the box is shared with the
+    simulated fleet), one that lags at a full core was busy."""
+
+    def __init__(self, fleet: ScaleFleet):
+        self.fleet = fleet
+        self.began = time.monotonic()
+        self.federation = self._federation()
+        self.simulator = self._simulator()
+
+    def _federation(self) -> float:
+        return sum(cpu_seconds(pid) for pid in federation_pids(self.fleet).values())
+
+    def _simulator(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.fleet.simulator_pids())
+
+    def __str__(self) -> str:
+        took = max(1e-6, time.monotonic() - self.began)
+        return (f"CPU federation {100 * (self._federation() - self.federation) / took:.0f} % / simulator "
+                f"{100 * (self._simulator() - self.simulator) / took:.0f} %")
+
+
 def federation_pids(fleet: ScaleFleet) -> dict[str, int]:
     nodes = getattr(fleet, "nodes", None)
     if nodes:
@@ -194,10 +217,10 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
             phase = probe.mark()
             profiler = start_profiler(args.profile_deploy, pids)
             try:
-                value, notes = deploy(fleet, work, private, args)
+                value, notes, cpu = deploy(fleet, work, private, args)
             finally:
                 stop_profiler(profiler)
-            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
+            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far")
 
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
@@ -243,7 +266,7 @@ def stop_profiler(profiler) -> None:
 
 
 def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems: list) -> None:
-    phase = probe.mark()
+    phase, cpu = probe.mark(), CpuShare(fleet)
     t0 = time.time()
     first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
     t1 = time.time()
@@ -253,13 +276,13 @@ def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems:
     counts = status.get("status", {}).get("counts")
     out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
                       f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                      f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+                      f"{probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far; load {load()}")
     if wrong or missing:
         problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
 
 def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
-    t0 = time.time()
+    t0, cpu = time.time(), CpuShare(fleet)
     _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
                                            "where signal_value('battery')@e < 20 group by region(e);")
     t1 = time.time()
@@ -273,7 +296,7 @@ def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
     out["aggregate"] = (f"{total * 1000:,.0f} ms",
                         f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
                         f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                        f"{status.get('status', {}).get('counts')}; load {load()}")
+                        f"{status.get('status', {}).get('counts')}; {cpu}; load {load()}")
     if outside:
         problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
@@ -297,14 +320,14 @@ def callout_refusals(fleet: ScaleFleet) -> str:
     return f"{refused:,} connects refused by nats-server (authentication), {dropped:,} expired requests dropped; "
 
 
-def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
+def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str, str]:
     from federation.testing import make_bundle
 
     data = make_bundle(work / "bundles", "scalebench", "1.0.0", private_key=private, padding=100_000)
     status, answer = fleet.request("POST", "/v1/models", data, content_type="application/octet-stream")
     if status >= 300:
-        return f"upload failed: HTTP {status}", str(answer)[:200]
-    began = time.monotonic()
+        return f"upload failed: HTTP {status}", str(answer)[:200], ""
+    began, cpu = time.monotonic(), CpuShare(fleet)
     _, _, _, result = fleet.query("deploy model 'scalebench' version '1.0.0' to Edge e over waves of 100 percent;")
     deployment = result.get("deployment_id")
     progress = {}
@@ -314,7 +337,7 @@ def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
             break
     seconds = time.monotonic() - began
     return (f"{seconds:.1f} s, {progress.get('state')}",
-            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}")
+            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}", str(cpu))
 
 
 def cell(entry: tuple[str, str] | None) -> str:
