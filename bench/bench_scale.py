@@ -81,6 +81,7 @@ def cpu_seconds(pid: int) -> float:
 def make_fleet(transport: str, edges: int, args, work: Path, public) -> ScaleFleet:
     processes = args.processes or max(1, min(4, edges // 2500 + 1))
     options = dict(edges=edges, processes=processes, heartbeat_s=args.heartbeat, seed=args.seed, trusted_key=public,
+                   simulator_nice=args.simulator_nice,
                    federation_args=["--device-timeout", str(args.device_timeout), "--log-level", "warning"])
     if transport == "nats":
         from scale_nats import NatsScaleFleet
@@ -369,6 +370,9 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=600.0)
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--simulator-nice", type=int, default=0,
+                        help="nice of the simulated fleet's processes (the federation's stays 0): the fleet stands "
+                             "for devices with CPUs of their own")
     parser.add_argument("--no-deploy", action="store_true", help="same as --skip deploy")
     parser.add_argument("--skip", default="", help="phases to leave out: fan-out, aggregate, deploy (comma-separated)")
     parser.add_argument("--profile-deploy", metavar="FILE",
@@ -389,7 +393,7 @@ def main() -> None:
         args.nats_registry = "postgresql" if postgresql_available() else "sqlite"
     print(f"StreamQL scale benchmark — {machine()}; transports {', '.join(transports)}"
           f"{f' (NATS registry: {args.nats_registry})' if 'nats' in transports else ''}; heartbeat "
-          f"{args.heartbeat:g} s; load {load()}", flush=True)
+          f"{args.heartbeat:g} s; simulator nice {args.simulator_nice}; load {load()}", flush=True)
     results: dict[str, dict[str, tuple[str, str]]] = {}
     failed = []
     for edges in [int(n) for n in args.edges.split(",") if n.strip()]:
