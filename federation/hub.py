@@ -578,10 +578,16 @@ class EdgeHub:
     async def _sweep_loop(self) -> None:
         """Edges silent for 3 × heartbeat_s are closed (and so marked offline)."""
         limit = 3 * self.config.heartbeat_s
+        every = min(self.config.heartbeat_s, 5.0)
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(self.config.heartbeat_s, 5.0))
+            due = loop.time() + every
+            await asyncio.sleep(every)
             now = time.monotonic()
-            for conn in list(self._connections.values()):
+            # woken a heartbeat or more late, this loop was held: the edges' frames may wait
+            # unread in their sockets, so silence is judged at the next sweep, after the reads
+            held = loop.time() - due >= self.config.heartbeat_s
+            for conn in [] if held else list(self._connections.values()):
                 if not conn.closing and now - conn.last_frame > limit:
                     log.info("edge %s silent for %.0f s: closing", conn.edge_id, now - conn.last_frame)
                     self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))
