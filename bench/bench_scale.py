@@ -81,12 +81,36 @@ def cpu_seconds(pid: int) -> float:
 def make_fleet(transport: str, edges: int, args, work: Path, public) -> ScaleFleet:
     processes = args.processes or max(1, min(4, edges // 2500 + 1))
     options = dict(edges=edges, processes=processes, heartbeat_s=args.heartbeat, seed=args.seed, trusted_key=public,
+                   simulator_nice=args.simulator_nice,
                    federation_args=["--device-timeout", str(args.device_timeout), "--log-level", "warning"])
     if transport == "nats":
         from scale_nats import NatsScaleFleet
 
         return NatsScaleFleet(work / "fleet", registry=args.nats_registry, **options)
     return ScaleFleet(work / "fleet", **options)
+
+
+class CpuShare:
+    """CPU of the federation's and the simulator's processes over a phase, in % of one core: a
+    loop that lags while its process got little CPU was starved (the box is shared with the
+    simulated fleet), one that lags at a full core was busy."""
+
+    def __init__(self, fleet: ScaleFleet):
+        self.fleet = fleet
+        self.began = time.monotonic()
+        self.federation = self._federation()
+        self.simulator = self._simulator()
+
+    def _federation(self) -> float:
+        return sum(cpu_seconds(pid) for pid in federation_pids(self.fleet).values())
+
+    def _simulator(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.fleet.simulator_pids())
+
+    def __str__(self) -> str:
+        took = max(1e-6, time.monotonic() - self.began)
+        return (f"CPU federation {100 * (self._federation() - self.federation) / took:.0f} % / simulator "
+                f"{100 * (self._simulator() - self.simulator) / took:.0f} %")
 
 
 def federation_pids(fleet: ScaleFleet) -> dict[str, int]:
@@ -194,10 +218,10 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
             phase = probe.mark()
             profiler = start_profiler(args.profile_deploy, pids)
             try:
-                value, notes = deploy(fleet, work, private, args)
+                value, notes, cpu = deploy(fleet, work, private, args)
             finally:
                 stop_profiler(profiler)
-            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {link_drops(fleet)} links dropped so far")
+            out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far")
 
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)
@@ -243,7 +267,7 @@ def stop_profiler(profiler) -> None:
 
 
 def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems: list) -> None:
-    phase = probe.mark()
+    phase, cpu = probe.mark(), CpuShare(fleet)
     t0 = time.time()
     first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
     t1 = time.time()
@@ -253,13 +277,13 @@ def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems:
     counts = status.get("status", {}).get("counts")
     out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
                       f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                      f"{probe.worst(phase)}; {link_drops(fleet)} links dropped so far; load {load()}")
+                      f"{probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far; load {load()}")
     if wrong or missing:
         problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
 
 def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
-    t0 = time.time()
+    t0, cpu = time.time(), CpuShare(fleet)
     _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
                                            "where signal_value('battery')@e < 20 group by region(e);")
     t1 = time.time()
@@ -273,7 +297,7 @@ def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
     out["aggregate"] = (f"{total * 1000:,.0f} ms",
                         f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
                         f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                        f"{status.get('status', {}).get('counts')}; load {load()}")
+                        f"{status.get('status', {}).get('counts')}; {cpu}; load {load()}")
     if outside:
         problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
@@ -297,14 +321,14 @@ def callout_refusals(fleet: ScaleFleet) -> str:
     return f"{refused:,} connects refused by nats-server (authentication), {dropped:,} expired requests dropped; "
 
 
-def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
+def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str, str]:
     from federation.testing import make_bundle
 
     data = make_bundle(work / "bundles", "scalebench", "1.0.0", private_key=private, padding=100_000)
     status, answer = fleet.request("POST", "/v1/models", data, content_type="application/octet-stream")
     if status >= 300:
-        return f"upload failed: HTTP {status}", str(answer)[:200]
-    began = time.monotonic()
+        return f"upload failed: HTTP {status}", str(answer)[:200], ""
+    began, cpu = time.monotonic(), CpuShare(fleet)
     _, _, _, result = fleet.query("deploy model 'scalebench' version '1.0.0' to Edge e over waves of 100 percent;")
     deployment = result.get("deployment_id")
     progress = {}
@@ -314,7 +338,7 @@ def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str]:
             break
     seconds = time.monotonic() - began
     return (f"{seconds:.1f} s, {progress.get('state')}",
-            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}")
+            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}", str(cpu))
 
 
 def cell(entry: tuple[str, str] | None) -> str:
@@ -346,6 +370,9 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=600.0)
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of idle fleet (memory, heartbeat CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--simulator-nice", type=int, default=0,
+                        help="nice of the simulated fleet's processes (the federation's stays 0): the fleet stands "
+                             "for devices with CPUs of their own")
     parser.add_argument("--no-deploy", action="store_true", help="same as --skip deploy")
     parser.add_argument("--skip", default="", help="phases to leave out: fan-out, aggregate, deploy (comma-separated)")
     parser.add_argument("--profile-deploy", metavar="FILE",
@@ -366,7 +393,7 @@ def main() -> None:
         args.nats_registry = "postgresql" if postgresql_available() else "sqlite"
     print(f"StreamQL scale benchmark — {machine()}; transports {', '.join(transports)}"
           f"{f' (NATS registry: {args.nats_registry})' if 'nats' in transports else ''}; heartbeat "
-          f"{args.heartbeat:g} s; load {load()}", flush=True)
+          f"{args.heartbeat:g} s; simulator nice {args.simulator_nice}; load {load()}", flush=True)
     results: dict[str, dict[str, tuple[str, str]]] = {}
     failed = []
     for edges in [int(n) for n in args.edges.split(",") if n.strip()]:

@@ -57,13 +57,18 @@ def _die_with_parent() -> None:
 
 class ScaleFleet:
     def __init__(self, work_dir: Path, *, edges: int, processes: int = 1, heartbeat_s: float = 5.0, seed: int = 0,
-                 trusted_key: Path | None = None, federation_args: list[str] = (), ramp_s: float | None = None):
+                 trusted_key: Path | None = None, federation_args: list[str] = (), ramp_s: float | None = None,
+                 simulator_nice: int = 0):
         self.dir = Path(work_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.edges, self.processes, self.heartbeat_s, self.seed = edges, processes, heartbeat_s, seed
         self.trusted_key = trusted_key
         self.federation_args = list(federation_args)
         self.ramp_s = ramp_s
+        # the simulated fleet stands for devices with CPUs of their own: niced, it takes what the
+        # federation leaves of this box's cores instead of an equal share (its processes are in
+        # the federation's session, where a process's nice counts)
+        self.simulator_nice = simulator_nice
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = self.dir / "federation"
@@ -72,11 +77,17 @@ class ScaleFleet:
         self.simulator: subprocess.Popen | None = None
         self.admin = ""
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, nice: int = 0) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+
+        def prepare() -> None:
+            _die_with_parent()
+            if nice:
+                os.nice(nice)
+
         return subprocess.Popen([PYTHON, "-m", "streamql.cli", *args], cwd=str(ROOT), env=env, stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT, preexec_fn=prepare)
 
     # --- starting ------------------------------------------------------------------------------
     def start(self) -> "ScaleFleet":
@@ -116,7 +127,7 @@ class ScaleFleet:
             args += ["--ramp", str(self.ramp_s)]
         if self.trusted_key is not None:
             args += ["--trusted-key", str(self.trusted_key)]
-        self.simulator = self._spawn("simulator", *args)
+        self.simulator = self._spawn("simulator", *args, nice=self.simulator_nice)
 
     def simulator_pids(self) -> list[int]:
         """The simulator's processes: the parent and, with --processes K > 1, its K children."""

@@ -167,23 +167,32 @@ class EdgeHub:
         close within `grace_s` are aborted, so that no edge's handler holds up the stop; then all
         of them are written offline in one transaction. Returns how many edges were connected."""
         self.stopping = True
+        began = time.monotonic()
         conns = list(self._connections.values())
+        aborted = 0
+        marks = []
         if conns:
             closing = asyncio.gather(*(conn.close(wire.CLOSE_CODES["going_away"], "federation shutting down")
                                        for conn in conns), return_exceptions=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(closing, grace_s)
+            marks.append(("closes", time.monotonic()))
             aborted = sum(conn.abort() for conn in conns)
-            if aborted:
-                log.info("%d of %d edges did not answer the close within %.1f s: connections aborted", aborted,
-                         len(conns), grace_s)
             for _ in range(20):   # their handlers end (and detach) within a few loop turns
                 if not self._connections:
                     break
                 await asyncio.sleep(0.01)
+            marks.append(("handlers", time.monotonic()))
         self._offline.clear()
         with contextlib.suppress(Exception):   # one statement for all, not a write per edge
             self._write_stopped_offline()
+        marks.append(("offline written", time.monotonic()))
+        took = marks[-1][1] - began
+        steps = ", ".join(f"{name} +{at - before:.2f} s" for (name, at), before
+                          in zip(marks, [began] + [at for _, at in marks]))
+        (log.warning if took > 2 * grace_s else log.info)(
+            "%d edges closed in %.2f s (%d aborted after %.1f s without their answer): %s",
+            len(conns), took, aborted, grace_s, steps)
         return len(conns)
 
     def _write_stopped_offline(self) -> None:
@@ -569,10 +578,16 @@ class EdgeHub:
     async def _sweep_loop(self) -> None:
         """Edges silent for 3 × heartbeat_s are closed (and so marked offline)."""
         limit = 3 * self.config.heartbeat_s
+        every = min(self.config.heartbeat_s, 5.0)
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(self.config.heartbeat_s, 5.0))
+            due = loop.time() + every
+            await asyncio.sleep(every)
             now = time.monotonic()
-            for conn in list(self._connections.values()):
+            # woken a heartbeat or more late, this loop was held: the edges' frames may wait
+            # unread in their sockets, so silence is judged at the next sweep, after the reads
+            held = loop.time() - due >= self.config.heartbeat_s
+            for conn in [] if held else list(self._connections.values()):
                 if not conn.closing and now - conn.last_frame > limit:
                     log.info("edge %s silent for %.0f s: closing", conn.edge_id, now - conn.last_frame)
                     self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))

@@ -1,6 +1,7 @@
 """The link: handshake, heartbeat and health, ping/pong, hostile frames, reconnecting with backoff."""
 import asyncio
 import random
+import time
 
 import msgpack
 import pytest
@@ -240,5 +241,21 @@ async def test_wss_with_a_ca_file_and_a_client_certificate(tmp_path, edge_config
         conn = await fed.connection("wl-1")
         rows, _ = await conn.run_query("select 6 * 7;")
         assert rows == [42]
+    finally:
+        await fed.stop()
+
+
+async def test_an_edge_whose_own_loop_was_held_does_not_take_it_for_a_silent_federation(edge_config, start_edge):
+    """A simulator process with thousands of edges can hold its loop past three heartbeats: the
+    federation's frames then wait unread in the socket, and the edge must not leave it for that."""
+    fed = FakeFederation(heartbeat_s=0.3)
+    await fed.start()
+    try:
+        daemon = await start_edge(edge_config(federation=fed.url))
+        conn = await fed.connection("wl-1")
+        await asyncio.sleep(0.7)        # a pong or two came back: the link is alive
+        time.sleep(1.5)                  # this process's loop held for five heartbeats
+        await asyncio.sleep(1.5)        # the next beats: pings answered again
+        assert not conn.closed.is_set(), daemon.link.last_error
     finally:
         await fed.stop()

@@ -375,3 +375,34 @@ async def test_published_records_are_kept_once_across_a_federation_restart(confi
     finally:
         await edge.shutdown()
         await client.close()
+
+
+async def test_a_federation_whose_own_loop_was_held_does_not_take_its_edges_for_silent(aiohttp_client, tmp_path):
+    """A starved node's loop can be held past three heartbeats: the edges' frames then wait unread
+    in their sockets, and the sweep must not close the edges for that."""
+    import time
+
+    from federation.config import FederationConfig
+
+    config = FederationConfig(data_dir=tmp_path / "fed", announce=False, heartbeat_s=0.2)
+    client = await aiohttp_client(create_app(config))
+    token = provision(client.app[REGISTRY], "e1").token
+    edge = FakeEdge(str(client.make_url("/")), token, "e1")
+
+    async def beat() -> None:
+        while True:
+            await edge.send_health()
+            await asyncio.sleep(0.05)
+
+    beating = None
+    try:
+        await edge.connect()
+        beating = asyncio.ensure_future(beat())
+        await asyncio.sleep(0.5)
+        time.sleep(1.0)                  # the loop held for five heartbeats
+        await asyncio.sleep(0.6)        # the sweeps after it, the edge's beats read again
+        assert not edge.closed.is_set() and client.app[HUB].is_online("e1")
+    finally:
+        if beating is not None:
+            beating.cancel()
+        await edge.shutdown()

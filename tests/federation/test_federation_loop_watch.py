@@ -58,3 +58,23 @@ async def test_long_collections_and_stalls_are_logged(caplog):
     finally:
         watcher.cancel()
         pauses.remove()
+
+
+def _spin_in_a_callback(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(1000))
+
+
+async def test_a_stall_is_logged_with_where_the_loop_was_held_and_its_cpu(caplog):
+    watcher = asyncio.ensure_future(watch_stalls(stall_s=0.2, tick_s=0.05))
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamql.federation"):
+            await asyncio.sleep(0.1)
+            _spin_in_a_callback(0.6)   # the loop held by one long call
+            await asyncio.sleep(0.2)
+        held = [r.getMessage() for r in caplog.records if "event loop was held" in r.getMessage()]
+        assert held, [r.getMessage() for r in caplog.records]
+        assert "its thread ran" in held[0] and "_spin_in_a_callback" in held[0], held
+    finally:
+        watcher.cancel()
