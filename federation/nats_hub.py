@@ -59,6 +59,9 @@ LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
 FETCH_BATCH = 256
+STORE_TIMEOUT_S = 30.0   # a bundle put's acknowledgements (the default 5 s timed out under load)
+STORE_ATTEMPTS = 3
+STORE_RETRY_S = 30.0     # after all attempts failed, the next edge's send tries again this much later
 _DISPATCH = {"rows": "on_rows", "end": "on_end", "health": "on_health", "ack": "on_reply", "nack": "on_reply",
              "error": "on_error"}
 
@@ -93,6 +96,8 @@ class NatsHub(EdgeHub):
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
         self._storing = asyncio.Lock()
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
+        self._store_failed: dict[tuple[str, str, str], float] = {}   # (name, version, sha256) → when
+        self._light_deploys: dict[bytes, bytes] = {}   # a deploy frame → it without its data
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
@@ -242,8 +247,14 @@ class NatsHub(EdgeHub):
                 name = await self._store_bundle(keys["model"], keys["version"], keys["sha256"])
                 if name is not None:
                     self._via_store.add(did)
-                    fields = dict(wire.decode(frame).fields, data=b"")
-                    await conn.send(wire.make("deploy", **fields), headers={BUNDLE_HEADER: name})
+                    key = bytes(frame)
+                    light = self._light_deploys.get(key)   # the same frame for every edge of a variant
+                    if light is None:
+                        light = wire.encode(wire.make("deploy", **dict(wire.decode(frame).fields, data=b"")))
+                        if len(self._light_deploys) > 64:
+                            self._light_deploys.clear()
+                        self._light_deploys[key] = light
+                    await conn.send(light, headers={BUNDLE_HEADER: name})
                     return
         await super().send(edge_id, frame)
 
@@ -255,22 +266,41 @@ class NatsHub(EdgeHub):
         async with self._storing:
             if self._stored.get((model, version)) == sha256:
                 return name
-            try:
-                store = await self.js.object_store(subjects.BUNDLE_BUCKET)
-                info = None
-                with contextlib.suppress(Exception):
-                    info = await store.get_info(name)
-                if info is None or (info.headers or {}).get("Sql-Sha256") != sha256:
-                    stored = self.registry.get_bundle(model, version)
-                    data = self.registry.bundle_data(stored) if stored is not None else None
-                    if data is None or hashlib.sha256(data).hexdigest() != sha256:
-                        return None
-                    await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
-                self._stored[(model, version)] = sha256
-                return name
-            except Exception as exc:  # noqa: BLE001 - the chunks go through this node instead
-                log.warning("bundle %s not stored in the object store (%s): sending its chunks", name, exc)
-                return None
+            failed = self._store_failed.get((model, version, sha256))
+            if failed is not None and time.monotonic() - failed < STORE_RETRY_S:
+                return None   # failed just now: the edges waiting behind it do not each wait again
+            for attempt in range(1, STORE_ATTEMPTS + 1):
+                try:
+                    if await self._put_bundle(name, model, version, sha256):
+                        self._stored[(model, version)] = sha256
+                        self._store_failed.pop((model, version, sha256), None)
+                        return name
+                    return None
+                except Exception as exc:  # noqa: BLE001 - NATS busy: again, then the chunks through this node
+                    log.warning("bundle %s not stored in the object store (attempt %d of %d: %s: %s)",
+                                name, attempt, STORE_ATTEMPTS, type(exc).__name__, exc)
+            self._store_failed[(model, version, sha256)] = time.monotonic()
+            log.warning("bundle %s: sending its chunks through this node for %g s", name, STORE_RETRY_S)
+            return None
+
+    async def _put_bundle(self, name: str, model: str, version: str, sha256: str) -> bool:
+        """Put the bundle once (unless it is there already); False when the registry has no such bytes.
+        Its own JetStream context waits longer than the default 5 s: under 10,000 edges' heartbeats
+        and presence writes a chunk's acknowledgement took longer, and every edge then got the
+        bundle through this node instead."""
+        js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
+        store = await js.object_store(subjects.BUNDLE_BUCKET)
+        info = None
+        with contextlib.suppress(Exception):
+            info = await store.get_info(name)
+        if info is not None and not info.deleted and (info.headers or {}).get("Sql-Sha256") == sha256:
+            return True
+        stored = self.registry.get_bundle(model, version)
+        data = self.registry.bundle_data(stored) if stored is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
+        return True
 
     # --- frames from edges -----------------------------------------------------------------------
     async def _on_up(self, msg) -> None:
