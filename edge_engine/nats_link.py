@@ -44,6 +44,10 @@ LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 BUNDLE_HEADER = "Sql-Bundle"
 RUN_HEADER = "Sql-Run"
+# how long a hello waits for its welcome: a busy node answers late (10,000 edges' health before it
+# on its subscription), and a hello sent again is one more for every node to check and write
+# (a fleet connecting at 5 s re-sent 6,000 of 10,000 hellos, each node answering all of them)
+HELLO_TIMEOUT_S = 20.0
 
 
 async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
@@ -169,7 +173,7 @@ class NatsLink:
     def __init__(self, handler: LinkHandler, servers: list[str], edge_id: str, token: str | None, *,
                  reconnect: Reconnect | None = None, heartbeat_s: float = 5.0, stats: LinkStats | None = None,
                  rng: random.Random | None = None, log: logging.Logger | None = None,
-                 handshake_timeout_s: float = 5.0, clock=None, start_delay_s: float = 0.0,
+                 handshake_timeout_s: float = HELLO_TIMEOUT_S, clock=None, start_delay_s: float = 0.0,
                  gate: asyncio.Semaphore | None = None, heartbeat_jitter: float = 0.0):
         self.handler = handler
         self.servers = list(servers)

@@ -59,6 +59,7 @@ LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
 FETCH_BATCH = 256
+PROBE_S = 1.0
 STORE_TIMEOUT_S = 30.0   # a bundle put's acknowledgements (the default 5 s timed out under load)
 STORE_ATTEMPTS = 3
 STORE_RETRY_S = 30.0     # after all attempts failed, the next edge's send tries again this much later
@@ -98,6 +99,9 @@ class NatsHub(EdgeHub):
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
         self._store_failed: dict[tuple[str, str, str], float] = {}   # (name, version, sha256) → when
         self._light_deploys: dict[bytes, bytes] = {}   # a deploy frame → it without its data
+        # no device id encodes to a token with '~' (nats_subjects), and only nodes may publish here
+        self._probe_subject = f"{subjects.PREFIX}.up.~{token}.{subjects.ALL_NODES}"
+        self._caught_up_to = time.monotonic()   # the send time of the latest own probe read back
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
@@ -134,7 +138,8 @@ class NatsHub(EdgeHub):
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
-        self._background += [asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
+        self._background += [asyncio.create_task(self._probe(), name="nats-probe"),
+                             asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
                              asyncio.create_task(self._consume_published(), name="nats-published"),
                              asyncio.create_task(self._renew_leases(), name="nats-leases")]
         log.info("federation node %s on NATS %s", self.node_id, self.nc.connected_url.netloc
@@ -304,6 +309,10 @@ class NatsHub(EdgeHub):
 
     # --- frames from edges -----------------------------------------------------------------------
     async def _on_up(self, msg) -> None:
+        if msg.subject == self._probe_subject:
+            with contextlib.suppress(ValueError):
+                self._caught_up_to = max(self._caught_up_to, float(msg.data))
+            return
         try:
             edge = subjects.edge_of(msg.subject)
         except ValueError:
@@ -407,7 +416,24 @@ class NatsHub(EdgeHub):
     def _hears(self, edge: str) -> bool:
         conn = self._connections.get(edge)
         return (isinstance(conn, NatsEdgeConnection) and not conn.closing
-                and time.monotonic() - conn.last_frame < 3 * self.config.heartbeat_s)
+                and self.silent_for(conn, time.monotonic()) < 3 * self.config.heartbeat_s)
+
+    def silent_for(self, conn, now: float) -> float:
+        """A NATS edge's silence counts up to what this node has read, not to now: its frames may
+        wait unread in the subscription (a backlog of 10,000 edges' health behind slow hellos, or
+        a held loop), and an edge whose health waits there is not silent. The node's own probe
+        (sent every PROBE_S on the same subscription, stamped with its send time) tells how far
+        the reading has come: every frame the server had before the probe was read before it."""
+        if not isinstance(conn, NatsEdgeConnection):
+            return now - conn.last_frame
+        return self._caught_up_to - conn.last_frame
+
+    async def _probe(self) -> None:
+        """This node's probe on its up subscription, every PROBE_S (see silent_for)."""
+        while True:
+            with contextlib.suppress(Exception):   # NATS away: nothing is read meanwhile either
+                await self.nc.publish(self._probe_subject, repr(time.monotonic()).encode())
+            await asyncio.sleep(PROBE_S)
 
     def on_rows(self, conn, frame: wire.Frame) -> None:
         """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under
