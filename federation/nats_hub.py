@@ -337,6 +337,8 @@ class NatsHub(EdgeHub):
         if not isinstance(conn, NatsEdgeConnection) or conn.closing:
             if frame.t == "health" and conn is None:
                 self._adopt_later(edge)
+            elif frame.t in ("ack", "nack") and conn is None and not msg.subject.endswith(f".{subjects.ALL_NODES}"):
+                self._answer_of_unheld(edge, frame)
             return
         conn.last_frame = time.monotonic()
         conn.last_seen = time.time()
@@ -442,6 +444,20 @@ class NatsHub(EdgeHub):
                 and not frame["qid"].startswith(f"q{self._prefix}-") and frame["seq"] % 64 == 0:
             conn.post(wire.make("cancel", qid=frame["qid"], reason="no federation node runs this fragment"))
         super().on_rows(conn, frame)
+
+    def _answer_of_unheld(self, edge: str, frame: wire.Frame) -> None:
+        """An ack or nack for this node from an edge it no longer holds (it closed the edge after
+        losing its frames: a slow-consumer cut, say): the deployer still hears it, and the node
+        adopts the edge again. Dropped, the answer left its target to time out as failed (run b
+        of the 10,000-edge deployment: 6,567 failed)."""
+        for observer in self._observers:
+            hook = getattr(observer, "edge_replied", None)
+            if hook is not None:
+                try:
+                    hook(edge, frame)
+                except Exception:
+                    log.exception("an observer failed on the %s of %s", frame.t, edge)
+        self._adopt_later(edge)
 
     def _learn_models(self, conn: NatsEdgeConnection, frame: wire.Frame) -> None:
         """What on_reply keeps of an ack or nack, without telling the deployer (not ours)."""

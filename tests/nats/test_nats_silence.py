@@ -88,3 +88,30 @@ async def test_edges_whose_health_waits_unread_are_not_closed_and_a_quiet_one_is
     finally:
         fleet.done.set()
         fleet.thread.join(10)
+
+
+async def test_an_answer_from_an_edge_the_node_closed_still_reaches_the_deployer(aiohttp_client, tmp_path, server):
+    config = FederationConfig(data_dir=tmp_path / "fed", announce=False, nats=(server.url,), nats_node="S",
+                              heartbeat_s=30.0)
+    app = (await aiohttp_client(create_app(config))).app
+    hub = app[HUB]
+    provision(app[REGISTRY], "u1", {}, {})
+    heard = []
+
+    class Deployer:
+        def edge_replied(self, edge, frame):
+            heard.append((edge, frame.t, frame["did"]))
+
+    hub.add_observer(Deployer())
+    nc = await nats.connect(server.url)
+    try:
+        reply = await nc.request(subjects.up_all("u1"), _hello("u1"), timeout=10)
+        assert wire.decode(reply.data, accept=wire.FROM_FEDERATION)["accepted"]
+        await hub._connections["u1"].close(1000, "no frame for 90 s")   # as the sweep does after a cut
+        assert not hub.is_online("u1")
+        ack = wire.make("ack", did="d7-abc", model="m", active={"m": "1.0.0"})
+        await nc.publish(subjects.up("u1", "S"), wire.encode(ack))
+        await until(lambda: heard, 10, "the deployer to hear the ack")
+        assert heard == [("u1", "ack", "d7-abc")]
+    finally:
+        await nc.close()
