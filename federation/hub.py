@@ -439,6 +439,10 @@ class EdgeHub:
                 except Exception:
                     log.exception("an observer failed on the health of %s", conn.edge_id)
 
+    def silent_for(self, conn: EdgeConnection, now: float) -> float:
+        """How long the edge has certainly sent nothing (nats_hub: frames waiting unread do not count)."""
+        return now - conn.last_frame
+
     def writes_beats_of(self, conn: EdgeConnection) -> bool:
         """Whether this node writes the edge's heartbeats to the registry (nats_hub: one node each)."""
         return True
@@ -588,8 +592,8 @@ class EdgeHub:
             # unread in their sockets, so silence is judged at the next sweep, after the reads
             held = loop.time() - due >= self.config.heartbeat_s
             for conn in [] if held else list(self._connections.values()):
-                if not conn.closing and now - conn.last_frame > limit:
-                    log.info("edge %s silent for %.0f s: closing", conn.edge_id, now - conn.last_frame)
+                if not conn.closing and self.silent_for(conn, now) > limit:
+                    log.info("edge %s silent for %.0f s: closing", conn.edge_id, self.silent_for(conn, now))
                     self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))
             if self.heartbeats is not None:   # last seen moved by other frames than health (rows, publish)
                 recorded = self._recorded_seen

@@ -140,7 +140,7 @@ class OfflineWrites:
             return 0
         transaction = getattr(self.registry, "transaction", None)
         with transaction() if transaction is not None else contextlib.nullcontext():
-            for edge in edges:
+            for edge in sorted(edges):   # rows in id order, as every multi-row write (no deadlock)
                 with contextlib.suppress(Exception):  # the device may have been deleted meanwhile
                     self.registry.set_online(edge, False)
         return len(edges)
@@ -173,7 +173,7 @@ class OnlineAgain:
         self._pending = set()
         transaction = getattr(self.registry, "transaction", None)
         with transaction() if transaction is not None else contextlib.nullcontext():
-            for edge in edges:
+            for edge in sorted(edges):   # rows in id order, as every multi-row write (no deadlock)
                 with contextlib.suppress(Exception):  # deleted meanwhile
                     self.registry.set_online(edge, True)
         self.rewritten += len(edges)

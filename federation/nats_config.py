@@ -129,6 +129,9 @@ def _quoted(text: str) -> str:
     return json.dumps(text)   # a JSON string is a valid nats-server config string
 
 
+WRITE_DEADLINE = "60s"
+
+
 def security_block(security: NatsSecurity) -> str:
     """Accounts, system account and auth callout: the part every server of the cluster shares."""
     limits = security.limits
@@ -145,6 +148,9 @@ def security_block(security: NatsSecurity) -> str:
         "}",
         f"system_account: {SYSTEM_ACCOUNT}",
         f"max_payload: {security.quotas.max_payload}",
+        # a federation node whose loop is held a few seconds under 10,000 edges must not be cut as a
+        # slow consumer at the default 10 s (its frames of the gap lost, its edges closed)
+        f"write_deadline: {_quoted(WRITE_DEADLINE)}",
         "authorization {",
         "  # every other connection is decided by the federation nodes (federation/nats_auth.py)",
         "  auth_callout {",

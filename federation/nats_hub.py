@@ -59,6 +59,10 @@ LOG_HEADER = "Sql-Log"
 KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
 FETCH_BATCH = 256
+PROBE_S = 1.0
+STORE_TIMEOUT_S = 30.0   # a bundle put's acknowledgements (the default 5 s timed out under load)
+STORE_ATTEMPTS = 3
+STORE_RETRY_S = 30.0     # after all attempts failed, the next edge's send tries again this much later
 _DISPATCH = {"rows": "on_rows", "end": "on_end", "health": "on_health", "ack": "on_reply", "nack": "on_reply",
              "error": "on_error"}
 
@@ -93,6 +97,11 @@ class NatsHub(EdgeHub):
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
         self._storing = asyncio.Lock()
         self._via_store: set[str] = set()   # deployments (did) whose bundle the edges fetch
+        self._store_failed: dict[tuple[str, str, str], float] = {}   # (name, version, sha256) → when
+        self._light_deploys: dict[bytes, bytes] = {}   # a deploy frame → it without its data
+        # no device id encodes to a token with '~' (nats_subjects), and only nodes may publish here
+        self._probe_subject = f"{subjects.PREFIX}.up.~{token}.{subjects.ALL_NODES}"
+        self._caught_up_to = time.monotonic()   # the send time of the latest own probe read back
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
@@ -129,7 +138,8 @@ class NatsHub(EdgeHub):
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
-        self._background += [asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
+        self._background += [asyncio.create_task(self._probe(), name="nats-probe"),
+                             asyncio.create_task(self.peers.run(self.nc), name="nats-peers"),
                              asyncio.create_task(self._consume_published(), name="nats-published"),
                              asyncio.create_task(self._renew_leases(), name="nats-leases")]
         log.info("federation node %s on NATS %s", self.node_id, self.nc.connected_url.netloc
@@ -242,8 +252,14 @@ class NatsHub(EdgeHub):
                 name = await self._store_bundle(keys["model"], keys["version"], keys["sha256"])
                 if name is not None:
                     self._via_store.add(did)
-                    fields = dict(wire.decode(frame).fields, data=b"")
-                    await conn.send(wire.make("deploy", **fields), headers={BUNDLE_HEADER: name})
+                    key = bytes(frame)
+                    light = self._light_deploys.get(key)   # the same frame for every edge of a variant
+                    if light is None:
+                        light = wire.encode(wire.make("deploy", **dict(wire.decode(frame).fields, data=b"")))
+                        if len(self._light_deploys) > 64:
+                            self._light_deploys.clear()
+                        self._light_deploys[key] = light
+                    await conn.send(light, headers={BUNDLE_HEADER: name})
                     return
         await super().send(edge_id, frame)
 
@@ -255,25 +271,48 @@ class NatsHub(EdgeHub):
         async with self._storing:
             if self._stored.get((model, version)) == sha256:
                 return name
-            try:
-                store = await self.js.object_store(subjects.BUNDLE_BUCKET)
-                info = None
-                with contextlib.suppress(Exception):
-                    info = await store.get_info(name)
-                if info is None or (info.headers or {}).get("Sql-Sha256") != sha256:
-                    stored = self.registry.get_bundle(model, version)
-                    data = self.registry.bundle_data(stored) if stored is not None else None
-                    if data is None or hashlib.sha256(data).hexdigest() != sha256:
-                        return None
-                    await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
-                self._stored[(model, version)] = sha256
-                return name
-            except Exception as exc:  # noqa: BLE001 - the chunks go through this node instead
-                log.warning("bundle %s not stored in the object store (%s): sending its chunks", name, exc)
-                return None
+            failed = self._store_failed.get((model, version, sha256))
+            if failed is not None and time.monotonic() - failed < STORE_RETRY_S:
+                return None   # failed just now: the edges waiting behind it do not each wait again
+            for attempt in range(1, STORE_ATTEMPTS + 1):
+                try:
+                    if await self._put_bundle(name, model, version, sha256):
+                        self._stored[(model, version)] = sha256
+                        self._store_failed.pop((model, version, sha256), None)
+                        return name
+                    return None
+                except Exception as exc:  # noqa: BLE001 - NATS busy: again, then the chunks through this node
+                    log.warning("bundle %s not stored in the object store (attempt %d of %d: %s: %s)",
+                                name, attempt, STORE_ATTEMPTS, type(exc).__name__, exc)
+            self._store_failed[(model, version, sha256)] = time.monotonic()
+            log.warning("bundle %s: sending its chunks through this node for %g s", name, STORE_RETRY_S)
+            return None
+
+    async def _put_bundle(self, name: str, model: str, version: str, sha256: str) -> bool:
+        """Put the bundle once (unless it is there already); False when the registry has no such bytes.
+        Its own JetStream context waits longer than the default 5 s: under 10,000 edges' heartbeats
+        and presence writes a chunk's acknowledgement took longer, and every edge then got the
+        bundle through this node instead."""
+        js = self.nc.jetstream(timeout=STORE_TIMEOUT_S)
+        store = await js.object_store(subjects.BUNDLE_BUCKET)
+        info = None
+        with contextlib.suppress(Exception):
+            info = await store.get_info(name)
+        if info is not None and not info.deleted and (info.headers or {}).get("Sql-Sha256") == sha256:
+            return True
+        stored = self.registry.get_bundle(model, version)
+        data = self.registry.bundle_data(stored) if stored is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            return False
+        await store.put(name, data, meta=ObjectMeta(name=name, headers={"Sql-Sha256": sha256}))
+        return True
 
     # --- frames from edges -----------------------------------------------------------------------
     async def _on_up(self, msg) -> None:
+        if msg.subject == self._probe_subject:
+            with contextlib.suppress(ValueError):
+                self._caught_up_to = max(self._caught_up_to, float(msg.data))
+            return
         try:
             edge = subjects.edge_of(msg.subject)
         except ValueError:
@@ -298,6 +337,8 @@ class NatsHub(EdgeHub):
         if not isinstance(conn, NatsEdgeConnection) or conn.closing:
             if frame.t == "health" and conn is None:
                 self._adopt_later(edge)
+            elif frame.t in ("ack", "nack") and conn is None and not msg.subject.endswith(f".{subjects.ALL_NODES}"):
+                self._answer_of_unheld(edge, frame)
             return
         conn.last_frame = time.monotonic()
         conn.last_seen = time.time()
@@ -377,7 +418,24 @@ class NatsHub(EdgeHub):
     def _hears(self, edge: str) -> bool:
         conn = self._connections.get(edge)
         return (isinstance(conn, NatsEdgeConnection) and not conn.closing
-                and time.monotonic() - conn.last_frame < 3 * self.config.heartbeat_s)
+                and self.silent_for(conn, time.monotonic()) < 3 * self.config.heartbeat_s)
+
+    def silent_for(self, conn, now: float) -> float:
+        """A NATS edge's silence counts up to what this node has read, not to now: its frames may
+        wait unread in the subscription (a backlog of 10,000 edges' health behind slow hellos, or
+        a held loop), and an edge whose health waits there is not silent. The node's own probe
+        (sent every PROBE_S on the same subscription, stamped with its send time) tells how far
+        the reading has come: every frame the server had before the probe was read before it."""
+        if not isinstance(conn, NatsEdgeConnection):
+            return now - conn.last_frame
+        return self._caught_up_to - conn.last_frame
+
+    async def _probe(self) -> None:
+        """This node's probe on its up subscription, every PROBE_S (see silent_for)."""
+        while True:
+            with contextlib.suppress(Exception):   # NATS away: nothing is read meanwhile either
+                await self.nc.publish(self._probe_subject, repr(time.monotonic()).encode())
+            await asyncio.sleep(PROBE_S)
 
     def on_rows(self, conn, frame: wire.Frame) -> None:
         """As EdgeHub.on_rows; rows of a fragment this node does not run (a previous process under
@@ -386,6 +444,20 @@ class NatsHub(EdgeHub):
                 and not frame["qid"].startswith(f"q{self._prefix}-") and frame["seq"] % 64 == 0:
             conn.post(wire.make("cancel", qid=frame["qid"], reason="no federation node runs this fragment"))
         super().on_rows(conn, frame)
+
+    def _answer_of_unheld(self, edge: str, frame: wire.Frame) -> None:
+        """An ack or nack for this node from an edge it no longer holds (it closed the edge after
+        losing its frames: a slow-consumer cut, say): the deployer still hears it, and the node
+        adopts the edge again. Dropped, the answer left its target to time out as failed (run b
+        of the 10,000-edge deployment: 6,567 failed)."""
+        for observer in self._observers:
+            hook = getattr(observer, "edge_replied", None)
+            if hook is not None:
+                try:
+                    hook(edge, frame)
+                except Exception:
+                    log.exception("an observer failed on the %s of %s", frame.t, edge)
+        self._adopt_later(edge)
 
     def _learn_models(self, conn: NatsEdgeConnection, frame: wire.Frame) -> None:
         """What on_reply keeps of an ack or nack, without telling the deployer (not ours)."""

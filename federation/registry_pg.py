@@ -38,7 +38,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from federation.errors import Conflict, NotFound
 from federation.records import Bundle, Device, RegistryListener, TokenRecord, version_key
-from federation.registry_pg_beats import PgHeartbeats
+from federation.registry_pg_beats import PgHeartbeats, lock_devices
 from federation.registry_pg_schema import CHANGE_LOCK, LOCK_CLASS, NODE_LOCK_CLASS, pg_migrate, pg_schema_version
 from federation.registry_pg_stores import PgDeploymentStore, PgModelVersionStore
 from federation.registry_pg_sync import KEEP_CHANGES, LockHolder, Watcher
@@ -388,9 +388,13 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
         """At start: what this node or a dead node held is offline; live nodes' edges stay online."""
         with self._serving_lock:
             self._serving.clear()
-        ids = [row[0] for row in self._rows(
-            f"UPDATE devices SET online = false, online_node = NULL WHERE online_node = %s OR ({self._DEAD_NODE}) "
-            "RETURNING id", (self.node_key,))]
+        where = f"online_node = %s OR ({self._DEAD_NODE})"
+        with self.transaction() as conn:
+            conn.execute(_CHANGE_LOCK_SQL)   # the feed's lock, then the rows in id order (see _run)
+            lock_devices(conn, where=where, args=(self.node_key,))
+            ids = [row[0] for row in conn.execute(
+                f"UPDATE devices SET online = false, online_node = NULL WHERE {where} RETURNING id",
+                (self.node_key,)).fetchall()]
         if ids:
             for listener in self._listeners:
                 listener.online_changed(ids, False)
@@ -407,6 +411,7 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
         with self.transaction() as conn:
             conn.execute(_CHANGE_LOCK_SQL)   # before any row (see _run)
             conn.execute("SELECT set_config('streamql.node', '', true)")
+            lock_devices(conn, where=self._DEAD_NODE)   # in id order, as every multi-row write
             if serving:
                 conn.execute(f"UPDATE devices SET online_node = %s WHERE id = ANY(%s) AND {self._DEAD_NODE}",
                              (self.node_key, serving))

@@ -14,6 +14,15 @@ from federation.records import Heartbeat
 HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
 
 
+def lock_devices(conn, ids: list[str] | None = None, *, where: str | None = None, args: tuple = ()) -> None:
+    """Lock device rows in id order (the ids given, or those matching `where`): the one order every
+    transaction writing several devices takes them in, so two nodes' writes wait, never deadlock."""
+    if ids is not None:
+        conn.execute("SELECT 1 FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (ids,))
+    else:
+        conn.execute(f"SELECT 1 FROM devices WHERE {where} ORDER BY id FOR NO KEY UPDATE", args)
+
+
 def _loads(text):
     return json.loads(text) if isinstance(text, str) else text
 
@@ -47,13 +56,19 @@ class PgHeartbeats:
             return self._update_beats(rows)
 
     def _update_beats(self, rows: list[Heartbeat]) -> int:
-        return self._run(
-            "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
-            "restarts = coalesce(u.restarts, d.restarts) "
-            "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
-            "WHERE d.id = u.id",
-            ([b.device_id for b in rows], [b.at for b in rows],
-             [None if b.health is None else Jsonb(b.health) for b in rows], [b.restarts for b in rows]))
+        ids = [b.device_id for b in rows]
+        with self.transaction() as conn:
+            # the rows locked in id order first, as every multi-row write of devices does (lock_devices):
+            # the UPDATE alone locks them in its plan's order, which crossed a transaction of the other
+            # node writing some of them offline (its loop lagging) and deadlocked
+            lock_devices(conn, ids)
+            return conn.execute(
+                "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
+                "restarts = coalesce(u.restarts, d.restarts) "
+                "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
+                "WHERE d.id = u.id",
+                (ids, [b.at for b in rows], [None if b.health is None else Jsonb(b.health) for b in rows],
+                 [b.restarts for b in rows])).rowcount
 
     def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
         return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]

@@ -102,7 +102,10 @@ class PgDeploymentStore:
     def update_targets(self, deployment_id: int, updates: Iterable[tuple[str, str, str | None]]) -> int:
         """Set (device_id, state, reason) of many targets in one transaction."""
         now = self.clock()
-        rows = [(state, reason, now, deployment_id, device_id) for device_id, state, reason in updates]
+        # in device order (stable: a later update of a device still wins): two transactions writing
+        # targets of one deployment lock them in the same order
+        rows = [(state, reason, now, deployment_id, device_id)
+                for device_id, state, reason in sorted(updates, key=lambda update: update[0])]
         count = 0
         with self.transaction() as conn, conn.cursor() as cur:
             for row in rows:   # in order, as SQLite's executemany: a later update of a device wins
