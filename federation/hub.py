@@ -143,6 +143,8 @@ class EdgeHub:
         self.m_fragments = m.counter("streamql_fragments_total", "Query fragments run on edges, by outcome.",
                                      ("outcome",))
         self.m_fragment_rows = m.counter("streamql_fragment_rows_total", "Rows received from query fragments.")
+        self.m_silent = m.counter("streamql_edges_closed_silent_total", "Edges closed by this node for "
+                                  "sending nothing for 3 heartbeats (an edge or its link starved, or gone).")
         self.m_fragments_running = m.gauge("streamql_fragments_running", "Query fragments running on edges now.")
         self.m_published = m.counter("streamql_published_records_total", "Published records kept (new ones).")
         self.m_duplicates = m.counter("streamql_published_duplicates_total",
@@ -594,6 +596,7 @@ class EdgeHub:
             for conn in [] if held else list(self._connections.values()):
                 if not conn.closing and self.silent_for(conn, now) > limit:
                     log.info("edge %s silent for %.0f s: closing", conn.edge_id, self.silent_for(conn, now))
+                    self.m_silent.inc()
                     self.spawn(conn.close(wire.CLOSE_CODES["protocol_error"], f"no frame for {limit:g} s"))
             if self.heartbeats is not None:   # last seen moved by other frames than health (rows, publish)
                 recorded = self._recorded_seen

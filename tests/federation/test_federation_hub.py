@@ -312,6 +312,8 @@ async def test_a_silent_edge_is_closed_and_marked_offline(aiohttp_client, tmp_pa
         assert welcome["heartbeat_s"] == 0.2
         await asyncio.wait_for(edge.closed.wait(), 5)
         await until(lambda: not client.app[REGISTRY].get_device("e1").online)
+        # counted, so an operator sees edges closed for silence without the info log
+        assert "streamql_edges_closed_silent_total 1" in client.app[HUB].metrics.render()
     finally:
         await edge.shutdown()
 
