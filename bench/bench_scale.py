@@ -152,6 +152,37 @@ class LagProbe:
         self._stop.set()
 
 
+def node_urls(fleet: ScaleFleet) -> list[str]:
+    """Every federation node's URL (node A first)."""
+    others = [f"http://127.0.0.1:{port}" for port in getattr(fleet, "ports", {}).values()]
+    return [fleet.url, *[url for url in others if url != fleet.url]]
+
+
+def metric_of(url: str, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+class SilentCloses:
+    """Edges the nodes closed for silence (streamql_edges_closed_silent_total) over a phase: the
+    node's side of a lost edge, which its log keeps below the bench's level."""
+
+    NAME = "streamql_edges_closed_silent_total"
+
+    def __init__(self, fleet: ScaleFleet):
+        self.urls = node_urls(fleet)
+        self.before = [metric_of(url, self.NAME) for url in self.urls]
+
+    def __str__(self) -> str:
+        closed = [metric_of(url, self.NAME) - before for url, before in zip(self.urls, self.before)]
+        return f"{' / '.join(f'{n:,.0f}' for n in closed)} edges closed as silent by the node{'s' * (len(closed) > 1)}"
+
+
 def link_drops(fleet: ScaleFleet) -> int:
     """Simulated edges that gave up on a silent federation (3 heartbeats without a frame)."""
     log = fleet.dir / "simulator.log"
@@ -267,7 +298,7 @@ def stop_profiler(profiler) -> None:
 
 
 def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems: list) -> None:
-    phase, cpu = probe.mark(), CpuShare(fleet)
+    phase, cpu, silent = probe.mark(), CpuShare(fleet), SilentCloses(fleet)
     t0 = time.time()
     first, answer, total, status = fleet.query("select id(e), signal_value('battery')@e from Edge e;")
     t1 = time.time()
@@ -277,13 +308,28 @@ def fan_out(fleet: ScaleFleet, identities, probe: LagProbe, out: dict, problems:
     counts = status.get("status", {}).get("counts")
     out["fan-out"] = (f"first {first * 1000:,.0f} ms, all {total * 1000:,.0f} ms",
                       f"{len(answer):,} rows, {wrong} differ from the oracle, {missing} edges missing; {counts}; "
-                      f"{probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far; load {load()}")
+                      f"{unanswered_reasons(status)}; "
+                      f"{probe.worst(phase)}; {cpu}; {silent}; {link_drops(fleet)} links dropped so far; load {load()}")
     if wrong or missing:
         problems.append(f"fan-out: {wrong} values differ from the oracle, {missing} edges missing")
 
 
+def unanswered_reasons(status: dict, top: int = 4) -> str:
+    """Why devices did not answer (the status's reasons and errors, counted): tells a link the
+    node dropped from one never connected, or a fragment that timed out."""
+    from collections import Counter
+
+    found = Counter()
+    for outcome in (status.get("status", {}).get("devices") or {}).values():
+        if outcome.get("outcome") == "answered":
+            continue
+        why = outcome.get("reason") or (outcome.get("error") or {}).get("message") or ""
+        found[f"{outcome.get('outcome')}: {re.sub(r'[0-9.]+ s', 'N s', str(why))[:90]}"] += 1
+    return ("unanswered: " + "; ".join(f"{n:,} {why}" for why, n in found.most_common(top))) if found else ""
+
+
 def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
-    t0, cpu = time.time(), CpuShare(fleet)
+    t0, cpu, silent = time.time(), CpuShare(fleet), SilentCloses(fleet)
     _, groups, total, status = fleet.query("select region(e), count(e) from Edge e "
                                            "where signal_value('battery')@e < 20 group by region(e);")
     t1 = time.time()
@@ -297,7 +343,8 @@ def aggregate(fleet: ScaleFleet, identities, out: dict, problems: list) -> None:
     out["aggregate"] = (f"{total * 1000:,.0f} ms",
                         f"{len(groups)} groups, {sum(counted.values())} low batteries; oracle "
                         f"{'agrees' if not outside else 'DISAGREES: ' + ', '.join(outside)}; "
-                        f"{status.get('status', {}).get('counts')}; {cpu}; load {load()}")
+                        f"{status.get('status', {}).get('counts')}; {unanswered_reasons(status)}; {cpu}; {silent}; "
+                        f"load {load()}")
     if outside:
         problems.append(f"the grouped aggregate differs from the oracle in {outside}")
 
@@ -328,7 +375,7 @@ def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str, str]
     status, answer = fleet.request("POST", "/v1/models", data, content_type="application/octet-stream")
     if status >= 300:
         return f"upload failed: HTTP {status}", str(answer)[:200], ""
-    began, cpu = time.monotonic(), CpuShare(fleet)
+    began, cpu, silent = time.monotonic(), CpuShare(fleet), SilentCloses(fleet)
     _, _, _, result = fleet.query("deploy model 'scalebench' version '1.0.0' to Edge e over waves of 100 percent;")
     deployment = result.get("deployment_id")
     progress = {}
@@ -338,7 +385,7 @@ def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str, str]
             break
     seconds = time.monotonic() - began
     return (f"{seconds:.1f} s, {progress.get('state')}",
-            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; load {load()}", str(cpu))
+            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; {silent}; load {load()}", str(cpu))
 
 
 def cell(entry: tuple[str, str] | None) -> str:
