@@ -1,5 +1,6 @@
-"""Heartbeats in the PostgreSQL registry (a mixin of PgRegistry): written in one statement per
-flush, from a worker thread, and read back of the edges other nodes serve (`poll_heartbeats`)."""
+"""Heartbeats in the PostgreSQL registry (a mixin of PgRegistry): written in slices of BEAT_SLICE
+devices (a short transaction each), from a worker thread, and read back of the edges other nodes
+serve (`poll_heartbeats`)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,10 @@ import json
 from collections.abc import Callable, Iterable
 
 from psycopg import errors as pg_errors
-from psycopg.types.json import Jsonb
 
 from federation.records import Heartbeat
 
+BEAT_SLICE = 500   # beats per transaction: a flip on the event loop waits for one slice's locks at most
 HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
 
 
@@ -21,6 +22,12 @@ def lock_devices(conn, ids: list[str] | None = None, *, where: str | None = None
         conn.execute("SELECT 1 FROM devices WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", (ids,))
     else:
         conn.execute(f"SELECT 1 FROM devices WHERE {where} ORDER BY id FOR NO KEY UPDATE", args)
+
+
+def _beat_params(rows: list[Heartbeat]) -> tuple:
+    """The UPDATE's arrays for beats sorted by device (health as JSON text, cast in the statement)."""
+    return ([b.device_id for b in rows], [b.at for b in rows],
+            [None if b.health is None else json.dumps(b.health) for b in rows], [b.restarts for b in rows])
 
 
 def _loads(text):
@@ -50,25 +57,33 @@ class PgHeartbeats:
             return 0
         latest = {b.device_id: b for b in beats}   # one row per device in a single UPDATE … FROM
         rows = sorted(latest.values())
-        try:
-            return self._update_beats(rows)
-        except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
-            return self._update_beats(rows)
+        written = 0
+        for start in range(0, len(rows), BEAT_SLICE):
+            params = _beat_params(rows[start:start + BEAT_SLICE])
+            try:
+                written += self._update_beats(params)
+            except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
+                written += self._update_beats(params)
+        return written
 
-    def _update_beats(self, rows: list[Heartbeat]) -> int:
-        ids = [b.device_id for b in rows]
+    def _update_beats(self, params: tuple) -> int:
+        """One slice, its rows locked for as short a time as can be: its values encoded before the
+        transaction, the lock and the UPDATE sent together. An edge's hello flips its row online from
+        the event loop and waits for these locks: at 10,000 edges one transaction of every beat,
+        encoding thousands of health documents between its lock and its UPDATE on a starved box,
+        held node A's loop 3–7 s at a time (its stall log: `_run` in wait)."""
         with self.transaction() as conn:
             # the rows locked in id order first, as every multi-row write of devices does (lock_devices):
             # the UPDATE alone locks them in its plan's order, which crossed a transaction of the other
             # node writing some of them offline (its loop lagging) and deadlocked
-            lock_devices(conn, ids)
-            return conn.execute(
-                "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
-                "restarts = coalesce(u.restarts, d.restarts) "
-                "FROM unnest(%s::text[], %s::float8[], %s::jsonb[], %s::int[]) AS u(id, at, health, restarts) "
-                "WHERE d.id = u.id",
-                (ids, [b.at for b in rows], [None if b.health is None else Jsonb(b.health) for b in rows],
-                 [b.restarts for b in rows])).rowcount
+            with conn.pipeline():
+                lock_devices(conn, params[0])
+                cursor = conn.execute(
+                    "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health::jsonb, d.health), "
+                    "restarts = coalesce(u.restarts, d.restarts) "
+                    "FROM unnest(%s::text[], %s::float8[], %s::text[], %s::int[]) AS u(id, at, health, restarts) "
+                    "WHERE d.id = u.id", params)
+            return cursor.rowcount
 
     def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:
         return [hook for listener in self._listeners if (hook := getattr(listener, "heartbeats_recorded", None))]

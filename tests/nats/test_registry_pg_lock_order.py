@@ -103,3 +103,57 @@ async def test_one_nodes_offline_writes_and_the_others_heartbeat_batch_do_not_de
         assert device.online is False, device.id
         assert device.last_seen == pytest.approx(at)
         assert device.restarts == 7
+
+
+def test_a_heartbeat_batch_holds_no_row_while_it_encodes_and_is_written_in_slices(nodes, monkeypatch):
+    """An edge's hello flips its row online from the event loop, so it must not wait for another
+    node's heartbeat batch longer than that batch's statements take. At 10,000 edges one batch
+    locked every row, then encoded thousands of health documents, then updated: node A's loop
+    waited 3–7 s at a time in `set_online`. Here the encoding of B's batch is held until A's flip
+    is done (or 10 s passed): before, the flip waited for the rows B had locked; now B encodes
+    before it takes any. The batch is written in slices, every beat of it (read back)."""
+    import json
+
+    import psycopg.types.json as pg_json
+
+    from federation import registry_pg_beats
+
+    a, b = nodes
+    for device in DEVICES:
+        provision(a, device, {}, {})
+        a.set_online(device, True)
+    monkeypatch.setattr(registry_pg_beats, "BEAT_SLICE", 6, raising=False)
+    encoding, release = threading.Event(), threading.Event()
+    real_dumps = json.dumps
+
+    def held_dumps(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("marker") == "held":
+            encoding.set()
+            release.wait(30)
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", held_dumps)
+    pg_json.set_json_dumps(held_dumps)   # the adapters' encoder too (Jsonb), whichever one a batch uses
+    try:
+        at = time.time() + 1000.0
+        beats = [Heartbeat(device, at, {"marker": "held", "cpu": i}, 3) for i, device in enumerate(DEVICES)]
+        writer = threading.Thread(target=b.record_heartbeats, args=(beats,), daemon=True)
+        writer.start()
+        assert encoding.wait(30)
+        flip = threading.Thread(target=a.set_online, args=(DEVICES[0], False), daemon=True)
+        flip.start()
+        flip.join(10)
+        flipped_while_encoding = not flip.is_alive()
+        release.set()
+        writer.join(30)
+        flip.join(30)
+    finally:
+        release.set()
+        pg_json.set_json_dumps(real_dumps)
+    assert not writer.is_alive() and not flip.is_alive()
+    assert flipped_while_encoding, "node A's flip waited for the rows of node B's batch while B encoded"
+    for i, device in enumerate(map(a.get_device, DEVICES)):
+        assert device.last_seen == pytest.approx(at), device.id
+        assert device.health == {"marker": "held", "cpu": i}
+        assert device.restarts == 3
+    assert a.get_device(DEVICES[0]).online is False and a.get_device(DEVICES[1]).online is True
