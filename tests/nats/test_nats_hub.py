@@ -224,3 +224,24 @@ async def test_an_edge_whose_nats_client_gave_up_connects_afresh(node, server):
     finally:
         await link.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_stopping_node_takes_no_hello_and_writes_nothing_for_it(node):
+    """A node stopping reads nothing more from its edges (another node answers): at 10,000 edges a
+    hello taken during the stop wrote the edge online on the event loop, waited for the registry,
+    and held the stop past its 9 s. The hello goes unanswered here (one node), and the registry
+    is left as it was."""
+    app, nc = node
+    hub = app[HUB]
+    provision(app[REGISTRY], "dev.stop", {}, {})
+    provision(app[REGISTRY], "dev.before", {}, {})
+    assert (await welcome_for(nc, subjects.up_all("dev.before"), hello("dev.before")))["accepted"]
+    await hub.shutdown(0.1)
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        await nc.request(subjects.up_all("dev.stop"), hello("dev.stop"), timeout=1.5)
+    await nc.publish(subjects.up_all("dev.stop"), wire.encode(wire.make("health", time=time.time(), uptime_s=1.0,
+                                                                        restarts=0)))   # no adoption either
+    await nc.flush()
+    await asyncio.sleep(0.3)
+    assert not hub.is_online("dev.stop") and hub.announced("dev.stop") is None
+    assert app[REGISTRY].get_device("dev.stop").online is False
