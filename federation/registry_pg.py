@@ -60,13 +60,19 @@ def _device(row: Sequence) -> Device:
     return Device(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], bool(row[5]), _loads(row[6]), row[7])
 
 
+# connections: the event loop's calls, and the threads that use the registry beside it (the
+# heartbeat flush or poll, two auth callout workers, the watcher's sweep) — with 4, those threads
+# held every one and the loop waited for a connection (node A, 10,000 edges: `_connection` in wait)
+POOL_SIZE = 8
+
+
 class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
     """The federation's persistent state in a PostgreSQL database several nodes may share."""
 
     shared = True   # other processes write here while we run: follow them, take turns driving rollouts
 
     def __init__(self, conninfo: str, *, bundle_dir: Any = None, clock: Callable[[], float] = time.time,
-                 pool_size: int = 4, watch: bool = True):
+                 pool_size: int = POOL_SIZE, watch: bool = True):
         self.conninfo = conninfo
         self.bundle_dir = None   # bundles live in the database
         self.clock = clock

@@ -157,3 +157,29 @@ def test_a_heartbeat_batch_holds_no_row_while_it_encodes_and_is_written_in_slice
         assert device.health == {"marker": "held", "cpu": i}
         assert device.restarts == 3
     assert a.get_device(DEVICES[0]).online is False and a.get_device(DEVICES[1]).online is True
+
+
+def test_the_event_loop_gets_a_connection_while_the_nodes_threads_each_hold_one(nodes):
+    """Beside the event loop, a node's threads use the registry at once: the heartbeat flush (or
+    poll), two auth callout workers, the watcher's sweep. With a pool of 4 they could hold every
+    connection, and the loop waited for one (node A's stall log at 10,000 edges: `_connection` in
+    wait); the pool leaves the loop room."""
+    a, _ = nodes
+    provision(a, "d-pool", {}, {})
+    holding, release = threading.Barrier(5), threading.Event()
+
+    def hold():
+        with a.transaction():
+            holding.wait(10)
+            release.wait(30)
+
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        holding.wait(10)   # every thread inside its transaction, a connection each
+        assert a.get_device("d-pool").id == "d-pool"   # before: PoolTimeout after 3 s
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
