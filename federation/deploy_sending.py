@@ -5,11 +5,14 @@ A wave marks every device it sends to `sending` in one transaction, then a bound
 workers (the manager's `concurrency`, shared by all deployments) sends the frames, each send
 waiting for the socket to drain: 10,000 devices are neither 10,000 transactions in one turn of
 the event loop nor 10,000 bundles queued in memory at once. The ack timer of a device starts when
-its frames have gone out.
+its frames have gone out, and at most the manager's `in_flight` devices of a deployment have them
+without having answered (on NATS the frame is small and each edge fetches the bundle itself: the
+window keeps the fetches in line with the timers).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class DeploymentSending:
-    """Needs the manager's `registry`, `hub`, `_runs`, `_send_slots`, `concurrency`, `ack_timeout`,
+    """Needs the manager's `registry`, `hub`, `_runs`, `_send_slots`, `concurrency`, `in_flight`, `ack_timeout`,
     `_set` and `_give_up`."""
 
     def _mark_sending(self, run: "_Run", targets: list[DeploymentTarget]) -> list[DeploymentTarget]:
@@ -64,6 +67,9 @@ class DeploymentSending:
         deployment = run.deployment
         if deployment.id not in self._runs or edge not in run.sending:
             return   # finished, or the device dropped meanwhile (pending again: resent when it is back)
+        await self._room_in_window(run)
+        if deployment.id not in self._runs or edge not in run.sending:
+            return
         try:
             async with self._send_slots:
                 run.sent_at[edge] = time.monotonic()
@@ -79,17 +85,25 @@ class DeploymentSending:
                     await self.hub.send(edge, wire.make("undeploy", did=run.did, model=deployment.bundle))
         except EdgeOffline:
             if edge in run.sending:
-                run.sending.discard(edge)
+                run.settle(edge)
                 self._set(deployment.id, edge, "pending", "the device went offline; resent when it is back")
                 run.poke()
             return
         if deployment.id not in self._runs or edge not in run.sending:
             return  # finished, or answered already
+        run.awaiting[edge] = None
         previous = run.timers.pop(edge, None)
         if previous is not None:
             previous.cancel()
         wait = min(self.ack_timeout, run.policy.timeout_s)
         run.timers[edge] = asyncio.get_running_loop().call_later(wait, self._give_up, run, edge)
+
+    async def _room_in_window(self, run: "_Run") -> None:
+        """Wait until fewer than `in_flight` devices of the run have its frames and have not answered."""
+        while len(run.awaiting) >= self.in_flight and run.deployment.id in self._runs:
+            run.room.clear()
+            with contextlib.suppress(asyncio.TimeoutError):   # bounded: a finished run is looked at again
+                await asyncio.wait_for(run.room.wait(), 1.0)
 
     def _variants_for(self, run: "_Run", target: DeploymentTarget) -> tuple[str, ...]:
         announced = self.hub.announced(target.device_id)

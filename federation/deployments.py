@@ -59,6 +59,11 @@ IN_FLIGHT = ("sending", "installed")
 
 
 WAVE_RECOUNT_S = 0.25   # how often a running wave looks at its targets while answers arrive
+# a deployment sends to this many devices at most before they answer: each device's ack timer starts
+# when its frame went out, and on NATS that frame is small (the edge fetches the bundle itself), so
+# 10,000 went out in seconds while the simulated fleet fetched ~25 bundles a second — 5,833 timed
+# out unanswered after 120 s (bench/README.md, scale)
+IN_FLIGHT_WINDOW = 1000
 
 class _Run:
     """What the manager keeps in memory about a running deployment."""
@@ -73,6 +78,8 @@ class _Run:
         self.changed = asyncio.Event()
         self.timers: dict[str, asyncio.TimerHandle] = {}   # per device: no answer, or not healthy, in time
         self.sending: set[str] = set()      # sent to (or being sent to), not answered yet
+        self.awaiting: dict[str, None] = {}  # of them, those whose frames went out (the window counts them)
+        self.room = asyncio.Event()          # set when one of them answered, gave up or left
         self.sent_at: dict[str, float] = {}
         self.watching: dict[str, dict] = {}  # acked, waiting for health: {expected, why, settle}
         self.undoing: dict[str, asyncio.Future] = {}
@@ -81,6 +88,12 @@ class _Run:
 
     def poke(self) -> None:
         self.changed.set()
+
+    def settle(self, edge: str) -> None:
+        """The device is no longer in flight (answered, given up on, gone): its place in the window is free."""
+        self.sending.discard(edge)
+        if self.awaiting.pop(edge, 0) is None:
+            self.room.set()
 
     def stop_watching(self, edge: str) -> dict | None:
         timer = self.timers.pop(edge, None)
@@ -106,13 +119,14 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
 
     def __init__(self, registry: Registry, hub: EdgeHub, *, ack_timeout: float = 120.0,
                  defaults: RolloutDefaults | None = None, settle_s: float = 5.0, concurrency: int = 64,
-                 metrics=None):
+                 in_flight: int = IN_FLIGHT_WINDOW, metrics=None):
         self.registry, self.hub = registry, hub
         self.ack_timeout = ack_timeout
         self.defaults = defaults or RolloutDefaults()
         self.settle_s = settle_s    # how long a device must look healthy before it counts as healthy
         self.concurrency = max(1, concurrency)   # devices sent to at once, all deployments together
         self._send_slots = asyncio.Semaphore(self.concurrency)
+        self.in_flight = max(1, in_flight)   # devices of a deployment sent to and not answered yet, at most
         self._runs: dict[int, _Run] = {}
         self._closed = False
         self.m_replies = None
@@ -296,7 +310,7 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
                 undo.set_result(None)
             watched = run.stop_watching(edge_id) is not None
             if edge_id in run.sending or watched:
-                run.sending.discard(edge_id)
+                run.settle(edge_id)
                 self.registry.move_targets(run.deployment.id, IN_FLIGHT, "pending",
                                            "the device disconnected before it had finished; resent when it is back",
                                            device_id=edge_id)
@@ -333,7 +347,7 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
             return
         if run is not None:
             run.stop_watching(edge_id)
-            run.sending.discard(edge_id)
+            run.settle(edge_id)
         target = self.registry.deployment_target(deployment.id, edge_id)
         if target is None or target.state in ("skipped", "rolled_back"):
             return
@@ -521,7 +535,7 @@ class DeploymentManager(DeploymentControl, DeploymentSending):
             return
         run.stop_watching(edge)
         if edge in run.sending:
-            run.sending.discard(edge)
+            run.settle(edge)
             wait = min(self.ack_timeout, run.policy.timeout_s)
             if self.registry.move_targets(run.deployment.id, ("sending",), "failed", f"no answer within {wait:g} s",
                                           device_id=edge):

@@ -163,6 +163,52 @@ async def test_a_restart_in_the_middle_keeps_each_devices_outcome(config, data):
         await client.close()
 
 
+async def test_a_deployment_has_at_most_its_window_of_devices_sent_to_and_unanswered(config, data):
+    """Each device's ack timer starts when its frame went out; on NATS the frame is small and the
+    edge fetches the bundle itself, so 10,000 frames went out in seconds while the fleet fetched
+    ~25 bundles a second, and 5,833 devices timed out unanswered. At most `in_flight` devices of a
+    deployment have its frames without having answered. Here the manager hears each answer late
+    (as from edges busy fetching): before, all 40 were out at once."""
+    client = TestClient(TestServer(create_app(config)))
+    await client.start_server()
+    registry, hub = client.app[REGISTRY], client.app[HUB]
+    registry.add_bundle("vib", "1.0.0", data, read_bundle(data).manifest)
+    ids = [f"w{i:02d}" for i in range(40)]
+    tokens = {device: provision(registry, device, None, NUMPY).token for device in ids}
+    edges = await connect_all(str(client.make_url("/")), tokens)
+    manager = client.app[DEPLOYMENTS]
+    manager.in_flight = 5
+    out, answered, most = set(), set(), 0
+    send, replied = hub.send, manager.edge_replied
+
+    async def counted(edge_id, frame):
+        nonlocal most
+        await send(edge_id, frame)
+        out.add(edge_id)
+        most = max(most, len(out - answered))
+
+    def late(edge_id, frame):   # the answer reaches the manager a moment later
+        def hear():
+            answered.add(edge_id)
+            replied(edge_id, frame)
+        asyncio.get_running_loop().call_later(0.05, hear)
+
+    hub.send, manager.edge_replied = counted, late
+    try:
+        did = await manager.start("deploy", "vib", None, ids, selection="true", waves=1, failure_threshold=1.0)
+        progress = await manager.wait(did, 60)
+        assert progress["state"] == "done" and progress["counts"]["done"] == len(ids), progress["counts"]
+        assert most <= 5, f"{most} devices had the frame and had not answered (window 5)"
+        assert most == 5    # the window is used, not just respected
+        for edge in edges.values():
+            assert [f.t for f in edge.received].count("deploy") == 1
+    finally:
+        hub.send, manager.edge_replied = send, replied
+        for edge in edges.values():
+            await edge.shutdown()
+        await client.close()
+
+
 def test_fits_are_remembered_per_capabilities_the_fit_reads(tmp_path, keys):
     """OutgoingBundle.fit answers from what it remembers for devices alike in what a fit reads:
     the same as computing it for each device (the oracle: streamql.models.bundle_fit)."""
