@@ -387,7 +387,22 @@ def deploy(fleet: ScaleFleet, work: Path, private, args) -> tuple[str, str, str]
             break
     seconds = time.monotonic() - began
     return (f"{seconds:.1f} s, {progress.get('state')}",
-            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}; {silent}; load {load()}", str(cpu))
+            f"{len(data) / 1024:.0f} KB bundle; {progress.get('counts')}{failed_reasons(fleet, deployment, progress)}; "
+            f"{silent}; load {load()}", str(cpu))
+
+
+def failed_reasons(fleet: ScaleFleet, deployment, progress: dict, top: int = 3) -> str:
+    """The failed targets' reasons, counted (a timeout tells an answer lost from an install that failed)."""
+    from collections import Counter
+
+    if deployment is None or not (progress.get("counts") or {}).get("failed"):
+        return ""
+    try:
+        _, failed = fleet.request("GET", f"/v1/deployments/{deployment}?device_state=failed&device_limit=10000")
+    except (urllib.error.URLError, OSError, ValueError):
+        return ""
+    found = Counter(re.sub(r"[0-9.]+ s", "N s", str(d.get("reason")))[:90] for d in failed.get("devices") or [])
+    return "; failed: " + "; ".join(f"{n:,} {why}" for why, n in found.most_common(top))
 
 
 def cell(entry: tuple[str, str] | None) -> str:
