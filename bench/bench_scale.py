@@ -79,9 +79,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def make_fleet(transport: str, edges: int, args, work: Path, public) -> ScaleFleet:
-    # a simulator process per 1,250 edges (at most 8): at 2,500 a process its event loop ran up to
-    # 9.6 s late in the fan-out behind ~1,000 fragment threads, and the node closed its edges as silent
-    processes = args.processes or max(1, min(8, edges // 1250))
+    # a simulator process per 2,500 edges, at most 4: with 8 at 10,000 (fewer fragment threads per
+    # process) the fleet's processes took the node's CPU instead (its loop held 7.5 s, on the CPU
+    # 0.8 s of it) and the fan-out lost 2,584 edges instead of 52 (bench/README.md, scale)
+    processes = args.processes or max(1, min(4, edges // 2500 + 1))
     options = dict(edges=edges, processes=processes, heartbeat_s=args.heartbeat, seed=args.seed, trusted_key=public,
                    simulator_nice=args.simulator_nice,
                    federation_args=["--device-timeout", str(args.device_timeout), "--log-level", "warning"])
