@@ -86,6 +86,10 @@ class ComputeGate:
                     del holders[place]
                     place.held = False
                     self.lapsed += 1
+                    if place.waiting:
+                        # granted, and lapsed before its thread woke (a busy process): out of the
+                        # line and the places both, it waited for good — back to the front
+                        self._queue.appendleft(place)
         while self._queue and len(holders) < self.slots:
             place = self._queue.popleft()
             holders[place] = now
@@ -135,6 +139,7 @@ class Place:
                     raise QueryCancelled("the query was cancelled")
                 with gate._lock:
                     if self.held:
+                        self.waiting = False   # under the lock: a lapse from now on does not queue it again
                         return
                     self.ready.clear()
                     gate._grant(time.monotonic())   # a holder that blocked without leaving lapses

@@ -251,3 +251,46 @@ async def test_a_stream_nobody_reads_costs_no_cpu(fed, edge_config, start_edge, 
     await conn.send("cancel", qid=qid)
     end = await conn.next("end", qid=qid, start=0)
     assert end["outcome"] == "cancelled"
+
+
+def test_a_place_granted_and_lapsed_before_its_thread_woke_is_not_lost():
+    """A waiter is granted a place, and the place lapses (held past the lease without a check
+    point) before the waiter's thread has woken — on a busy simulator process that takes longer
+    than the lease. The waiter was then neither in line nor holding, and waited for good (a
+    10,000-edge fan-out: 42 fragment threads of one process in `Place.check_in`, nothing
+    computing). Here the lock is held while the grant and the lapse happen, so the waiter cannot
+    wake in between."""
+    import threading
+    import time
+
+    from edge_engine.pacing import ComputeGate
+
+    gate = ComputeGate(1, lease_s=0.05)
+    holder, waiter, other = gate.place(), gate.place(), gate.place()
+    never = threading.Event()
+    holder.check_in(never)
+    entered = threading.Event()
+
+    def wait_in_line():
+        waiter.check_in(never)
+        entered.set()
+
+    thread = threading.Thread(target=wait_in_line, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while waiter not in gate._queue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with gate._lock:
+        del gate._holders[holder]        # the holder leaves: the waiter is granted its place …
+        holder.held = False
+        gate._grant(time.monotonic())
+        assert waiter.held
+        gate._queue.append(other)        # … which lapses before the waiter's thread woke
+        gate._grant(time.monotonic() + 1.0)
+        assert gate.lapsed == 1
+        if gate._holders.pop(other, None) is not None:   # (the other one goes away at once)
+            other.held = False
+        elif other in gate._queue:
+            gate._queue.remove(other)
+    assert entered.wait(5), "the waiter was lost: out of the line and not holding a place"
+    thread.join(5)
