@@ -306,6 +306,7 @@ class SimulatedFleet:
         self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
         PACER.share = min(PACER.share, LONG_SHARE)
         PACER.long_after_s = min(PACER.long_after_s, SIM_LONG_AFTER_S)
+        PACER.fair_by_edge = os.environ.get("STREAMQL_SIM_GATE_FAIR_BY") == "edge"   # measured: bench/README.md
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}
