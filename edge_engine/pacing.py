@@ -71,6 +71,7 @@ class ComputeGate:
         self._lines: dict[object, collections.deque[Place]] = {}   # key → its waiting places, FIFO
         self._used: dict[object, float] = {}        # key → seconds of places held (its virtual time)
         self._clock = 0.0         # the virtual time of the last key served: where a key (re)joins
+        self._forget_at = USED_KEYS_KEPT    # the table's size that makes it forget idle keys
         self._queued = 0
         self._seq = 0             # arrival order: ties between keys go to the one waiting longest
         self.entered = 0          # admissions since the start
@@ -99,6 +100,8 @@ class ComputeGate:
         self._holders.pop(place, None)
         place.held = False
         self._used[place.key] = self._used.get(place.key, self._clock) + max(0.0, now - place.since)
+        if len(self._used) > self._forget_at:
+            self._forget_idle()
 
     def _enqueue(self, place: "Place") -> None:
         """(lock held)"""
@@ -152,15 +155,18 @@ class ComputeGate:
             place.held = True
             place.since = now
             place.ready.set()
-        if len(self._used) > USED_KEYS_KEPT:
+        if len(self._used) > self._forget_at:
             self._forget_idle()
 
     def _forget_idle(self) -> None:
-        """(lock held) Keys neither waiting nor holding, at or behind the virtual time, would rejoin
-        there anyway: forgetting them bounds the table (a principal per client)."""
+        """(lock held) Forget the keys neither waiting nor holding, which bounds the table (a
+        principal per client). Those at or behind the virtual time would rejoin there anyway; one
+        still ahead of it (a stream between two batches, say) is forgiven what it used — once per
+        USED_KEYS_KEPT new keys at most, as the next look is that far away."""
         active = set(self._lines) | {place.key for place in self._holders}
-        for key in [k for k, used in self._used.items() if k not in active and used <= self._clock]:
+        for key in [k for k in self._used if k not in active]:
             del self._used[key]
+        self._forget_at = max(USED_KEYS_KEPT, 2 * len(self._used))
 
 
 USED_KEYS_KEPT = 1024     # keys remembered by a gate before the idle ones are forgotten
