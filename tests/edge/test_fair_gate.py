@@ -7,12 +7,22 @@ import threading
 
 from edge_engine.pacing import USED_KEYS_KEPT, ComputeGate
 
-from concurrency_probe import spin, wait_until
+from concurrency_probe import wait_until
 
 
-def queue_in_order(gate: ComputeGate, waiters: list[tuple[str, int]], admitted: list, hold_s: float = 0.0):
+class StepClock:
+    """The gate's clock, moved by the test only: each admitted thread holds exactly `step`."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queue_in_order(gate: ComputeGate, waiters: list[tuple[str, int]], admitted: list, clock=None):
     """One thread per (principal, index), queued at the gate one after the other in this order;
-    each, once admitted, notes itself, computes `hold_s` and leaves."""
+    each, once admitted, notes itself and leaves (after one step of the test's `clock`, if any)."""
     threads = []
     for key, index in waiters:
         place = gate.place(key)
@@ -20,7 +30,8 @@ def queue_in_order(gate: ComputeGate, waiters: list[tuple[str, int]], admitted: 
         def wait(place=place, key=key, index=index) -> None:
             place.check_in(threading.Event())
             admitted.append((key, index))
-            spin(hold_s)
+            if clock is not None:
+                clock.now += clock.step      # one admitted at a time (one place): no race
             place.leave()
         queued = gate.queued
         thread = threading.Thread(target=wait)
@@ -31,14 +42,15 @@ def queue_in_order(gate: ComputeGate, waiters: list[tuple[str, int]], admitted: 
 
 
 def test_a_lone_principal_gets_a_place_after_about_one_turn_not_the_whole_line():
-    gate = ComputeGate(1, lease_s=60)
+    clock = StepClock(0.002)
+    gate = ComputeGate(1, lease_s=60, clock=clock)
     holder = gate.place("hog")
     holder.check_in(threading.Event())
     admitted: list[tuple[str, int]] = []
     waiters = [("hog", i) for i in range(10)] + [("lone", 0)]
-    threads = queue_in_order(gate, waiters, admitted)
+    threads = queue_in_order(gate, waiters, admitted, clock=clock)
     assert gate.queued == 11 and gate.keys_waiting == 2
-    spin(0.002)                  # the hog's holder computed: it is charged for it when it leaves
+    clock.now += clock.step      # the hog's holder computed: it is charged for it when it leaves
     holder.leave()
     for thread in threads:
         thread.join(10)
@@ -51,17 +63,19 @@ def test_a_lone_principal_gets_a_place_after_about_one_turn_not_the_whole_line()
 
 
 def test_two_busy_principals_take_turns_whatever_order_they_queued_in():
-    gate = ComputeGate(1, lease_s=60)
+    clock = StepClock(0.003)
+    gate = ComputeGate(1, lease_s=60, clock=clock)
     holder = gate.place("a")
     holder.check_in(threading.Event())
     admitted: list[tuple[str, int]] = []
     waiters = [("a", i) for i in range(8)] + [("b", i) for i in range(8)]    # all of a's first
-    threads = queue_in_order(gate, waiters, admitted, hold_s=0.003)
+    threads = queue_in_order(gate, waiters, admitted, clock=clock)
+    clock.now += clock.step
     holder.leave()
     for thread in threads:
         thread.join(10)
     assert len(admitted) == 16
-    # each admission computes as long: neither principal gets two turns ahead of the other
+    # each admission holds its place as long: neither principal gets two turns ahead of the other
     # (FIFO would admit all eight of a's first)
     lead = 0
     for key, _ in admitted[:14]:
@@ -72,11 +86,12 @@ def test_two_busy_principals_take_turns_whatever_order_they_queued_in():
 
 
 def test_a_principal_that_computed_longer_waits_behind_one_that_computed_less():
-    gate = ComputeGate(1, lease_s=60)
+    clock = StepClock(0.0)
+    gate = ComputeGate(1, lease_s=60, clock=clock)
     for key, seconds in (("heavy", 0.05), ("light", 0.005)):   # one turn each, of different lengths
         place = gate.place(key)
         place.check_in(threading.Event())
-        spin(seconds)
+        clock.now += seconds
         place.leave()
     holder = gate.place("other")
     holder.check_in(threading.Event())
