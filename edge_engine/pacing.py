@@ -263,6 +263,11 @@ class Pacer:
     def queued(self) -> int:
         return self.gate.queued if self.gate is not None else 0
 
+    @property
+    def keys_waiting(self) -> int:
+        """Principals (the gate's unit of fairness) with fragments waiting at the gate now."""
+        return self.gate.keys_waiting if self.gate is not None else 0
+
     def pace_for(self, cancelled: threading.Event, key: object = None) -> Callable[[], None]:
         """The `pace` of one fragment's worker thread (call it from that thread only); `key` is who
         it computes for (the gate's unit of fairness: the fragment's principal). `pace.idle()`

@@ -358,9 +358,10 @@ class SimulatedFleet:
             if loop.time() - reported >= LAG_REPORT_S:
                 lags.sort()
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
-                            "running, %d threads, %d computing, %d waiting to compute",
+                            "running, %d threads, %d computing, %d waiting to compute (%d principals' lines)",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
-                            self.fragments_running(), _threads(), PACER.computing, PACER.queued)
+                            self.fragments_running(), _threads(), PACER.computing, PACER.queued,
+                            PACER.keys_waiting)
                 lags, reported = [], loop.time()
 
     def fragments_running(self) -> int:
