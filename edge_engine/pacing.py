@@ -64,8 +64,9 @@ class ComputeGate:
     called from that thread, except `interrupt` (any thread: wakes it to look at its cancel flag)."""
 
     def __init__(self, slots: int, slice_s: float = GATE_SLICE_S, lease_s: float = GATE_LEASE_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wake_credit_s: float = 0.0):
         self.slots = max(1, slots)
+        self.wake_credit_s = wake_credit_s  # how far behind the others a key that comes back may start
         self.clock = clock        # what places are charged by (a test's own clock makes it exact)
         self.slice_s, self.lease_s = slice_s, lease_s
         self._lock = threading.Lock()
@@ -110,9 +111,12 @@ class ComputeGate:
         line = self._lines.get(place.key)
         if line is None:
             line = self._lines[place.key] = collections.deque()
-            # a key that (re)joins starts at the virtual time now: what it did not use while away
-            # is not saved up, what it used recently (a stream between two batches) still counts
-            self._used[place.key] = max(self._used.get(place.key, self._clock), self._clock)
+            # a key that (re)joins starts at most `wake_credit_s` behind the virtual time now: what
+            # it did not use while away is not saved up beyond that (a burst, like a fleet query's
+            # fragments on every edge of a simulator process, goes through at once), and what it
+            # used recently (a stream between two batches) still counts
+            joins_at = self._clock - self.wake_credit_s
+            self._used[place.key] = max(self._used.get(place.key, joins_at), joins_at)
         self._seq += 1
         place.seq = self._seq
         line.append(place)

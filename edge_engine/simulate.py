@@ -307,6 +307,8 @@ class SimulatedFleet:
         PACER.share = min(PACER.share, LONG_SHARE)
         PACER.long_after_s = min(PACER.long_after_s, SIM_LONG_AFTER_S)
         PACER.fair_by_edge = os.environ.get("STREAMQL_SIM_GATE_FAIR_BY") == "edge"   # measured: bench/README.md
+        if PACER.gate is not None and os.environ.get("STREAMQL_SIM_GATE_WAKE_CREDIT_S"):   # ditto
+            PACER.gate.wake_credit_s = float(os.environ["STREAMQL_SIM_GATE_WAKE_CREDIT_S"])
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}

@@ -103,6 +103,25 @@ def test_a_principal_that_computed_longer_waits_behind_one_that_computed_less():
     assert admitted == [("light", 0), ("heavy", 0)]
 
 
+def test_a_principal_back_after_a_pause_goes_through_a_burst_up_to_its_wake_credit():
+    clock = StepClock(0.01)
+    gate = ComputeGate(1, lease_s=60, clock=clock, wake_credit_s=0.03)
+    holder = gate.place("busy")
+    holder.check_in(threading.Event())
+    admitted: list[tuple[str, int]] = []
+    waiters = [("busy", i) for i in range(6)] + [("burst", i) for i in range(6)]
+    threads = queue_in_order(gate, waiters, admitted, clock=clock)
+    clock.now += 0.025           # the busy one computed 0.025 s since its line formed
+    holder.leave()
+    for thread in threads:
+        thread.join(10)
+    # both lines formed 0.03 s behind the virtual time; the busy one used 0.025 s of it since: at
+    # 0.01 s an admission the burst's first three go first (not all six: the credit is bounded),
+    # then they take turns
+    assert admitted[:4] == [("burst", 0), ("burst", 1), ("burst", 2), ("busy", 0)], admitted
+    assert [i for key, i in admitted if key == "burst"] == list(range(6))
+
+
 def test_a_cancelled_waiter_leaves_its_principals_line_and_the_rest_keep_their_order():
     gate = ComputeGate(1, lease_s=60)
     holder = gate.place("hog")
