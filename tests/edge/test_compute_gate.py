@@ -13,11 +13,7 @@ from edge_engine import fragments as fragments_module
 from edge_engine.pacing import ComputeGate, Pacer
 from streamql.errors import QueryCancelled
 
-
-def spin(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
+from concurrency_probe import InsideCounter, spin, wait_until
 
 
 def thread_state(tid: int) -> str:
@@ -39,7 +35,7 @@ def thread_cpu_s(tid: int) -> float:
 def test_at_most_slots_compute_at_once_and_every_thread_progresses():
     gate = ComputeGate(2, slice_s=0.005)
     pacer = Pacer(long_after_s=1e9, gate=gate)     # no long-fragment turns: the gate alone
-    inside, most, lock = [0], [0], threading.Lock()
+    counter = InsideCounter()
     chunks = [0] * 12
     stop = threading.Event()
 
@@ -48,12 +44,8 @@ def test_at_most_slots_compute_at_once_and_every_thread_progresses():
         try:
             while not stop.is_set():
                 pace()                    # a check point: in (or waiting in line)
-                with lock:
-                    inside[0] += 1
-                    most[0] = max(most[0], inside[0])
-                spin(0.001)
-                with lock:
-                    inside[0] -= 1
+                with counter.inside():
+                    spin(0.001)
                 chunks[i] += 1
                 if chunks[i] % 5 == 0:
                     pace.idle()           # a batch handed over: out until the next check point
@@ -68,7 +60,7 @@ def test_at_most_slots_compute_at_once_and_every_thread_progresses():
     for t in threads:
         t.join(10)
     assert not any(t.is_alive() for t in threads)
-    assert most[0] <= 2, most
+    assert counter.most <= 2, counter.most
     assert all(c > 0 for c in chunks), chunks          # FIFO and slices: nobody starves
     assert gate.computing == 0 and gate.queued == 0     # everyone left
     assert gate.waited > 0                               # the bound was reached, so it held something
