@@ -210,7 +210,11 @@ class Fragment:
         # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
         # lock is the edge's, and its holder waiting in the process's line while every other fragment
         # of that edge waited for the lock piled up a thousand threads (measured in the soak)
+        if self.outcome is not None:
+            raise _Stopped()
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
+            if self.outcome is not None:   # ended while it waited for the lock (cancelled, client gone)
+                raise _Stopped()
             session = engine.store.session
             saved = {}
             try:
