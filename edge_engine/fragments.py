@@ -28,12 +28,18 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
 - **Slots**: at most `max_running` fragments at once, and at most `max_per_principal` of one
   principal (the `query` frame's `principal`: who asked), so one reader holding streams it never
   reads cannot take every slot; fragments over either are answered `end error` LimitError.
+  When every slot is taken, a newcomer whose principal holds fewer than the principal holding the
+  most *after* it came in (max-min) takes the slot of that principal's oldest stream paused — no
+  credit, i.e. unread — for `PAUSED_YIELD_S` or more; that stream ends `end error` LimitError
+  saying why. Fragments that compute or stream to a reader are never taken, so a full edge refuses
+  as before when nothing is paused.
   A statement the process guard quarantined (edge_engine/guard.py) is refused the same way.
 """
 from __future__ import annotations
 
 import _thread
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -50,6 +56,7 @@ from .pacing import PACER, Pacer, below_the_loop
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 
 DEFAULT_BATCH_ROWS = 1024
+PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a principal under its share
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
 
@@ -85,13 +92,17 @@ class Fragment:
         self.outcome: str | None = None     # decided (loop); the end frame follows
         self.ctx = None
         self._stop = threading.Event()   # set when the outcome is decided: wakes the worker wherever it waits
-        self._pace = owner.pacer.pace_for(self._stop)   # this worker's share of the CPU (edge_engine/pacing.py)
+        # this worker's share of the CPU (edge_engine/pacing.py), shared fairly between principals
+        # (in a simulator process that stands for many devices, optionally per edge and principal)
+        key = (id(owner), self.principal) if owner.pacer.fair_by_edge else self.principal
+        self._pace = owner.pacer.pace_for(self._stop, key=key)
         self._cond = threading.Condition()
         self._send_lock = asyncio.Lock()
         self._in_flight = None      # the worker's last rows frame handed to the loop (a concurrent future)
         self._rows_go = False       # the worker decided the end itself: the rows it handed over still go
         self._timer: asyncio.TimerHandle | None = None
         self.thread_id: int | None = None
+        self.paused_since: float | None = None   # the worker waits for credit since (monotonic), or None
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -199,7 +210,11 @@ class Fragment:
         # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
         # lock is the edge's, and its holder waiting in the process's line while every other fragment
         # of that edge waited for the lock piled up a thousand threads (measured in the soak)
+        if self.outcome is not None:
+            raise _Stopped()
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
+            if self.outcome is not None:   # ended while it waited for the lock (cancelled, client gone)
+                raise _Stopped()
             session = engine.store.session
             saved = {}
             try:
@@ -272,7 +287,10 @@ class Fragment:
                 granted = self.window.take(want)
                 if granted:
                     self.taken_rows += granted
+                    self.paused_since = None
                     return granted
+                if self.paused_since is None:
+                    self.paused_since = time.monotonic()
                 self._pace.release()          # paused: no CPU turn nor place at the gate held while it waits
                 if ctx.cancel.is_set():       # (not ctx.check: that would wait for a turn, paused)
                     raise QueryCancelled("the query was cancelled")
@@ -336,6 +354,7 @@ class FragmentSet:
         self.running: dict[str, Fragment] = {}
         self._tasks: set[asyncio.Task] = set()
         self.started = 0
+        self.yielded = 0                # paused streams stopped to give their slot (_yield_paused_slot)
 
     def spawn(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -360,7 +379,7 @@ class FragmentSet:
 
     def _refusal(self, fragment: Fragment) -> dict | None:
         """Why the fragment may not start (an `end error` body), or None."""
-        if len(self.running) >= self.max_running:
+        if len(self.running) >= self.max_running and not self._yield_paused_slot(fragment.principal):
             return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
         if fragment.principal is not None:
             mine = sum(1 for f in self.running.values() if f.principal == fragment.principal)
@@ -371,6 +390,28 @@ class FragmentSet:
         if reason is not None:
             return {"kind": "LimitError", "message": reason}
         return None
+
+    def _yield_paused_slot(self, principal: str | None) -> bool:
+        """Every slot taken: free one for `principal` if the principal holding the most would
+        still hold more than it after giving one up (max-min) and has a stream paused for
+        PAUSED_YIELD_S (see the module docstring). True when a slot was freed."""
+        held = collections.Counter(f.principal for f in self.running.values())
+        mine = held.get(principal, 0)
+        now = time.monotonic()
+        for holder, count in held.most_common():
+            if count - 1 < mine + 1:    # the others hold no more than it would: its share is reached
+                return False
+            paused = [f for f in self.running.values() if f.principal == holder and f.paused_since is not None
+                      and now - f.paused_since >= PAUSED_YIELD_S]
+            if paused:
+                victim = min(paused, key=lambda f: f.received)
+                self.yielded += 1
+                victim.finish("error", {"kind": "LimitError", "message": (
+                    f"this edge runs at most {self.max_running} queries at once: this stream, unread "
+                    f"(no credit) for {now - victim.paused_since:.0f} s, gave its slot to another "
+                    f"principal's query (its principal held the most slots here)")})
+                return True
+        return False
 
     def forget(self, fragment: Fragment) -> None:
         if self.running.get(fragment.qid) is fragment:
@@ -396,7 +437,7 @@ class FragmentSet:
         return sorted(self.running)
 
     def paused(self) -> int:
-        return sum(1 for f in self.running.values() if f.window.available == 0)
+        return sum(1 for f in self.running.values() if f.paused_since is not None)
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Wait for end frames on their way (used when shutting down)."""

@@ -23,8 +23,14 @@ links (a thread at nice 19 that holds the interpreter's lock also holds up every
 
 **Admission** (`ComputeGate`, every short fragment; the long ones are bounded by their turns and
 hold no place, see `pace`): at most `slots` fragment threads
-of the process compute at once; the others sleep in FIFO order on an event of their own (no CPU,
-no interpreter lock) until one leaves. A fragment enters at a check point and leaves when it stops
+of the process compute at once; the others sleep on an event of their own (no CPU, no interpreter
+lock) until one leaves. The line is fair between *principals* (who asked for the fragment): one
+line per principal, FIFO within it, and the next place goes to the principal that has held places
+the least (start-time fair queueing: each principal is charged the seconds its fragments held a
+place; one that comes back starts at the gate's current virtual time, so being away saves nothing
+up). A well-behaved client with one fragment waiting is then served after about one turn of each
+other principal that is waiting, not after every fragment in line — a client that keeps a hundred
+streams computing waits behind its own. A fragment enters at a check point and leaves when it stops
 computing — at each row batch it hands over, while it waits for credit or for the loop to send,
 when it ends — and a holder gives its place to the next in line after `GATE_SLICE_S` at a check
 point. Without it, a simulated process with a thousand runnable fragment threads handed the
@@ -51,17 +57,26 @@ GATE_WAIT_TICK_S = 0.5  # a fragment waiting at the gate looks at its cancel fla
 
 
 class ComputeGate:
-    """At most `slots` threads compute at once; the others wait in FIFO order (see the module doc).
+    """At most `slots` threads compute at once; the others wait in a line per principal, served
+    fairly (see the module doc and `_grant`).
 
-    A thread is identified by its own `Place` (from `place()`); all methods but `place` are called
-    from that thread, except `interrupt` (any thread: wakes it to look at its cancel flag)."""
+    A thread is identified by its own `Place` (from `place(key)`); all methods but `place` are
+    called from that thread, except `interrupt` (any thread: wakes it to look at its cancel flag)."""
 
-    def __init__(self, slots: int, slice_s: float = GATE_SLICE_S, lease_s: float = GATE_LEASE_S):
+    def __init__(self, slots: int, slice_s: float = GATE_SLICE_S, lease_s: float = GATE_LEASE_S,
+                 clock: Callable[[], float] = time.monotonic, wake_credit_s: float = 0.0):
         self.slots = max(1, slots)
+        self.wake_credit_s = wake_credit_s  # how far behind the others a key that comes back may start
+        self.clock = clock        # what places are charged by (a test's own clock makes it exact)
         self.slice_s, self.lease_s = slice_s, lease_s
         self._lock = threading.Lock()
         self._holders: dict[Place, float] = {}      # place → when it last entered or checked in
-        self._queue: collections.deque[Place] = collections.deque()
+        self._lines: dict[object, collections.deque[Place]] = {}   # key → its waiting places, FIFO
+        self._used: dict[object, float] = {}        # key → seconds of places held (its virtual time)
+        self._clock = 0.0         # the virtual time of the last key served: where a key (re)joins
+        self._forget_at = USED_KEYS_KEPT    # the table's size that makes it forget idle keys
+        self._queued = 0
+        self._seq = 0             # arrival order: ties between keys go to the one waiting longest
         self.entered = 0          # admissions since the start
         self.waited = 0           # of them, those that had to wait
         self.lapsed = 0           # places that lapsed (held past lease_s without a check point)
@@ -72,64 +87,134 @@ class ComputeGate:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
 
-    def place(self) -> "Place":
-        return Place(self)
+    @property
+    def keys_waiting(self) -> int:
+        return len(self._lines)
+
+    def place(self, key: object = None) -> "Place":
+        """A thread's place; `key` is who it computes for (the fragment's principal): the unit
+        the gate shares its places fairly between."""
+        return Place(self, key)
+
+    def _charge(self, place: "Place", now: float) -> None:
+        """(lock held) The place stops holding: its key pays for the time it held it."""
+        self._holders.pop(place, None)
+        place.held = False
+        self._used[place.key] = self._used.get(place.key, self._clock) + max(0.0, now - place.since)
+        if len(self._used) > self._forget_at:
+            self._forget_idle()
+
+    def _enqueue(self, place: "Place") -> None:
+        """(lock held)"""
+        line = self._lines.get(place.key)
+        if line is None:
+            line = self._lines[place.key] = collections.deque()
+            # a key that (re)joins starts at most `wake_credit_s` behind the virtual time now: what
+            # it did not use while away is not saved up beyond that (a burst, like a fleet query's
+            # fragments on every edge of a simulator process, goes through at once), and what it
+            # used recently (a stream between two batches) still counts
+            joins_at = self._clock - self.wake_credit_s
+            self._used[place.key] = max(self._used.get(place.key, joins_at), joins_at)
+        self._seq += 1
+        place.seq = self._seq
+        line.append(place)
+        self._queued += 1
+
+    def _unqueue(self, place: "Place") -> bool:
+        line = self._lines.get(place.key)
+        if line is None:
+            return False
+        try:
+            line.remove(place)
+        except ValueError:
+            return False
+        self._queued -= 1
+        if not line:
+            del self._lines[place.key]
+        return True
+
+    def _next(self) -> "Place":
+        """(lock held, someone waiting) The head of the line of the key that has held places the
+        least (ties: the longest waiting) — start-time fair queueing over keys, FIFO within one."""
+        key = min(self._lines, key=lambda k: (self._used[k], self._lines[k][0].seq))
+        line = self._lines[key]
+        place = line.popleft()
+        self._queued -= 1
+        if not line:
+            del self._lines[key]
+        self._clock = max(self._clock, self._used[key])
+        return place
 
     def _grant(self, now: float) -> None:
-        """(lock held) Lapse stale places, then admit the head of the line while there is room."""
+        """(lock held) Lapse stale places, then admit the fairest waiter while there is room."""
         holders = self._holders
-        if len(holders) >= self.slots and self._queue:
+        if len(holders) >= self.slots and self._lines:
             for place, since in list(holders.items()):
                 if now - since > self.lease_s:
-                    del holders[place]
-                    place.held = False
+                    self._charge(place, now)
                     self.lapsed += 1
                     if place.waiting:
                         # granted, and lapsed before its thread woke (a busy process): out of the
-                        # line and the places both, it waited for good — back to the front
-                        self._queue.appendleft(place)
-        while self._queue and len(holders) < self.slots:
-            place = self._queue.popleft()
+                        # line and the places both, it waited for good — back in its line
+                        self._enqueue(place)
+        while self._lines and len(holders) < self.slots:
+            place = self._next()
             holders[place] = now
             place.held = True
             place.since = now
             place.ready.set()
+        if len(self._used) > self._forget_at:
+            self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        """(lock held) Forget the keys neither waiting nor holding, which bounds the table (a
+        principal per client). Those at or behind the virtual time would rejoin there anyway; one
+        still ahead of it (a stream between two batches, say) is forgiven what it used — once per
+        USED_KEYS_KEPT new keys at most, as the next look is that far away."""
+        active = set(self._lines) | {place.key for place in self._holders}
+        for key in [k for k in self._used if k not in active]:
+            del self._used[key]
+        self._forget_at = max(USED_KEYS_KEPT, 2 * len(self._used))
+
+
+USED_KEYS_KEPT = 1024     # keys remembered by a gate before the idle ones are forgotten
 
 
 class Place:
     """One thread's place at a `ComputeGate`."""
 
-    __slots__ = ("gate", "held", "since", "ready", "waiting")
+    __slots__ = ("gate", "key", "held", "since", "seq", "ready", "waiting")
 
-    def __init__(self, gate: ComputeGate):
+    def __init__(self, gate: ComputeGate, key: object = None):
         self.gate = gate
+        self.key = key
         self.held = False
         self.since = 0.0
+        self.seq = 0
         self.ready = threading.Event()
         self.waiting = False
 
     def check_in(self, cancelled: threading.Event) -> None:
         """At a check point: enter (waiting in line) unless already in; past a slice with others
-        in line, go to the back of it."""
+        in line, go to the back of its key's line."""
         gate = self.gate
-        now = time.monotonic()
+        now = gate.clock()
         with gate._lock:
             if self.held:
-                if now - self.since < gate.slice_s or not gate._queue:
+                if now - self.since < gate.slice_s or not gate._lines:
                     gate._holders[self] = now       # still computing: its place does not lapse
                     return
-                del gate._holders[self]             # a slice done and others waiting: their turn
-                self.held = False
+                gate._charge(self, now)             # a slice done and others waiting: their turn
             self.ready.clear()
             gate.entered += 1
-            if not gate._queue and len(gate._holders) < gate.slots:
+            if not gate._lines and len(gate._holders) < gate.slots:
                 gate._holders[self] = now
                 self.held, self.since = True, now
                 return
             gate.waited += 1
-            gate._queue.append(self)
+            gate._enqueue(self)
             self.waiting = True
             gate._grant(now)
         try:
@@ -142,7 +227,7 @@ class Place:
                         self.waiting = False   # under the lock: a lapse from now on does not queue it again
                         return
                     self.ready.clear()
-                    gate._grant(time.monotonic())   # a holder that blocked without leaving lapses
+                    gate._grant(gate.clock())   # a holder that blocked without leaving lapses
         except BaseException:
             self.leave()
             raise
@@ -153,15 +238,12 @@ class Place:
         """Not computing any more (waiting for credit, for the loop, or ended): the next one's turn."""
         gate = self.gate
         with gate._lock:
+            now = gate.clock()
             if self.held:
-                self.held = False
-                gate._holders.pop(self, None)
+                gate._charge(self, now)
             elif self.waiting:
-                try:
-                    gate._queue.remove(self)
-                except ValueError:
-                    pass
-            gate._grant(time.monotonic())
+                gate._unqueue(self)
+            gate._grant(now)
 
     def interrupt(self) -> None:
         """(any thread) Wake a waiting thread so it sees its cancel flag at once."""
@@ -176,6 +258,7 @@ class Pacer:
         self.long_after_s, self.slice_s = long_after_s, slice_s
         self.share = share
         self.gate = gate          # admission of every fragment's computing (None: no bound)
+        self.fair_by_edge = False  # the gate's unit of fairness: (edge, principal), not the principal alone
         self._turns = threading.Semaphore(self.turns)
         self._lock = threading.Lock()
         self.waiting = 0          # long fragments waiting for a turn now
@@ -189,12 +272,18 @@ class Pacer:
     def queued(self) -> int:
         return self.gate.queued if self.gate is not None else 0
 
-    def pace_for(self, cancelled: threading.Event) -> Callable[[], None]:
-        """The `pace` of one fragment's worker thread (call it from that thread only). `pace.idle()`
+    @property
+    def keys_waiting(self) -> int:
+        """Principals (the gate's unit of fairness) with fragments waiting at the gate now."""
+        return self.gate.keys_waiting if self.gate is not None else 0
+
+    def pace_for(self, cancelled: threading.Event, key: object = None) -> Callable[[], None]:
+        """The `pace` of one fragment's worker thread (call it from that thread only); `key` is who
+        it computes for (the gate's unit of fairness: the fragment's principal). `pace.idle()`
         says the thread stops computing for a while (gives its place at the gate back);
         `pace.release()` that it ended; `pace.interrupt()` (any thread) wakes it at the gate."""
         state = {"long": False, "holding": False, "until": 0.0, "started": None}
-        place = self.gate.place() if self.gate is not None else None
+        place = self.gate.place(key) if self.gate is not None else None
 
         def long_turn() -> None:
             if not state["long"]:

@@ -306,6 +306,9 @@ class SimulatedFleet:
         self._rng = random.Random(f"streamql-ramp:{seed}:{k}")
         PACER.share = min(PACER.share, LONG_SHARE)
         PACER.long_after_s = min(PACER.long_after_s, SIM_LONG_AFTER_S)
+        PACER.fair_by_edge = os.environ.get("STREAMQL_SIM_GATE_FAIR_BY") == "edge"   # measured: bench/README.md
+        if PACER.gate is not None and os.environ.get("STREAMQL_SIM_GATE_WAKE_CREDIT_S"):   # ditto
+            PACER.gate.wake_credit_s = float(os.environ["STREAMQL_SIM_GATE_WAKE_CREDIT_S"])
 
     def config_for(self, identity: SimIdentity) -> EdgeConfig:
         metadata = {**self.base.metadata, **identity.metadata}
@@ -357,10 +360,17 @@ class SimulatedFleet:
             if loop.time() - reported >= LAG_REPORT_S:
                 lags.sort()
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
-                            "running, %d threads, %d computing, %d waiting to compute",
+                            "running, %d threads, %d computing, %d waiting to compute (%d principals' lines); "
+                            "%d unread streams gave their slot since the start",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
-                            self.fragments_running(), _threads(), PACER.computing, PACER.queued)
+                            self.fragments_running(), _threads(), PACER.computing, PACER.queued,
+                            PACER.keys_waiting, self.slots_yielded())
                 lags, reported = [], loop.time()
+
+    def slots_yielded(self) -> int:
+        """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
+        current connection."""
+        return sum(d.fragments.yielded for d in self.daemons if d.fragments is not None)
 
     def fragments_running(self) -> int:
         return sum(len(d.fragments.running) for d in self.daemons if d.fragments is not None)

@@ -13,11 +13,7 @@ from edge_engine import fragments as fragments_module
 from edge_engine.pacing import ComputeGate, Pacer
 from streamql.errors import QueryCancelled
 
-
-def spin(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
+from concurrency_probe import InsideCounter, spin, wait_until
 
 
 def thread_state(tid: int) -> str:
@@ -39,7 +35,7 @@ def thread_cpu_s(tid: int) -> float:
 def test_at_most_slots_compute_at_once_and_every_thread_progresses():
     gate = ComputeGate(2, slice_s=0.005)
     pacer = Pacer(long_after_s=1e9, gate=gate)     # no long-fragment turns: the gate alone
-    inside, most, lock = [0], [0], threading.Lock()
+    counter = InsideCounter()
     chunks = [0] * 12
     stop = threading.Event()
 
@@ -48,12 +44,8 @@ def test_at_most_slots_compute_at_once_and_every_thread_progresses():
         try:
             while not stop.is_set():
                 pace()                    # a check point: in (or waiting in line)
-                with lock:
-                    inside[0] += 1
-                    most[0] = max(most[0], inside[0])
-                spin(0.001)
-                with lock:
-                    inside[0] -= 1
+                with counter.inside():
+                    spin(0.001)
                 chunks[i] += 1
                 if chunks[i] % 5 == 0:
                     pace.idle()           # a batch handed over: out until the next check point
@@ -68,7 +60,7 @@ def test_at_most_slots_compute_at_once_and_every_thread_progresses():
     for t in threads:
         t.join(10)
     assert not any(t.is_alive() for t in threads)
-    assert most[0] <= 2, most
+    assert counter.most <= 2, counter.most
     assert all(c > 0 for c in chunks), chunks          # FIFO and slices: nobody starves
     assert gate.computing == 0 and gate.queued == 0     # everyone left
     assert gate.waited > 0                               # the bound was reached, so it held something
@@ -278,19 +270,19 @@ def test_a_place_granted_and_lapsed_before_its_thread_woke_is_not_lost():
     thread = threading.Thread(target=wait_in_line, daemon=True)
     thread.start()
     deadline = time.monotonic() + 5
-    while waiter not in gate._queue and time.monotonic() < deadline:
+    while gate.queued < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     with gate._lock:
-        del gate._holders[holder]        # the holder leaves: the waiter is granted its place …
-        holder.held = False
-        gate._grant(time.monotonic())
+        now = gate.clock()
+        gate._charge(holder, now)        # the holder leaves: the waiter is granted its place …
+        gate._grant(now)
         assert waiter.held
-        gate._queue.append(other)        # … which lapses before the waiter's thread woke
-        gate._grant(time.monotonic() + 1.0)
+        gate._enqueue(other)             # … which lapses before the waiter's thread woke
+        gate._grant(now + 1.0)
         assert gate.lapsed == 1
-        if gate._holders.pop(other, None) is not None:   # (the other one goes away at once)
-            other.held = False
-        elif other in gate._queue:
-            gate._queue.remove(other)
+        if other.held:                   # (the other one goes away at once)
+            gate._charge(other, now + 1.0)
+        else:
+            gate._unqueue(other)
     assert entered.wait(5), "the waiter was lost: out of the line and not holding a place"
     thread.join(5)

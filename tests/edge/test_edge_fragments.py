@@ -200,3 +200,28 @@ async def test_rows_frames_stay_within_the_federations_frame_limit(edge_config, 
         assert max(sizes) <= 20_000 and len(sizes) > 8       # 5000-row batches were split to fit
     finally:
         await fed.stop()
+
+
+async def test_fragments_ended_while_waiting_for_the_compile_lock_do_not_compile(fed, edge_config, start_edge):
+    # a starved simulator process piled thousands of finished fragments' threads on its edges'
+    # compile locks, each compiling once it got the lock only to find it was over (soak, 2026-12-06)
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    compiled = []
+    real_query = daemon.engine.query
+
+    def counting_query(source, *args, **kwargs):
+        compiled.append(source)
+        return real_query(source, *args, **kwargs)
+
+    daemon.engine.query = counting_query
+    with daemon._compile_lock:          # the edge is busy compiling something else
+        qids = [await conn.start_query(STREAM) for _ in range(5)]
+        await asyncio.sleep(0.2)        # their threads now wait for the lock
+        for qid in qids:
+            await conn.send("cancel", qid=qid)
+        for qid in qids:
+            assert (await conn.next("end", qid=qid, start=0))["outcome"] == "cancelled"
+    rows, end = await conn.run_query("select 1 + 1;")    # the lock free again: a new query compiles
+    assert end["outcome"] == "ok" and rows == [2]
+    assert compiled == ["select 1 + 1;"]

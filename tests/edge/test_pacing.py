@@ -9,16 +9,12 @@ import pytest
 from edge_engine.pacing import Pacer
 from streamql.errors import QueryCancelled
 
-
-def spin(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
+from concurrency_probe import InsideCounter, spin
 
 
 def test_long_computations_take_turns_and_all_progress():
     pacer = Pacer(turns=1, long_after_s=0.02, slice_s=0.01)
-    inside, most, lock = [0], [0], threading.Lock()
+    counter = InsideCounter()
     chunks = [0, 0, 0]
     stop = threading.Event()
 
@@ -30,12 +26,8 @@ def test_long_computations_take_turns_and_all_progress():
                 if pacer.long_total < 3:    # not yet all long: nothing to measure
                     spin(0.002)
                     continue
-                with lock:
-                    inside[0] += 1
-                    most[0] = max(most[0], inside[0])
-                spin(0.002)
-                with lock:
-                    inside[0] -= 1
+                with counter.inside():
+                    spin(0.002)
                 chunks[i] += 1
         finally:
             pace.release()
@@ -48,7 +40,7 @@ def test_long_computations_take_turns_and_all_progress():
     for t in threads:
         t.join(5)
     # a turn lasts a slice and is given up only at a check point: at most one inside at once
-    assert most[0] == 1, most
+    assert counter.most == 1, counter.most
     assert all(c > 0 for c in chunks), chunks    # round robin: none starves
 
 
