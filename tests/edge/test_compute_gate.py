@@ -13,7 +13,7 @@ from edge_engine import fragments as fragments_module
 from edge_engine.pacing import ComputeGate, Pacer
 from streamql.errors import QueryCancelled
 
-from concurrency_probe import InsideCounter, spin, wait_until
+from concurrency_probe import InsideCounter, spin
 
 
 def thread_state(tid: int) -> str:
