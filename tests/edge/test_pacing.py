@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 
-
 from edge_engine.pacing import Pacer
 from streamql.errors import QueryCancelled
 
