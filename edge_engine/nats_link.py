@@ -27,6 +27,7 @@ from typing import Any
 
 import nats
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 
 from streamql import nats_subjects as subjects
 from streamql import codec, wire
@@ -57,7 +58,7 @@ async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
     10,000 consumers created and deleted on the server. The digest is checked as `get` does."""
     stream = f"OBJ_{bucket}"
     meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
-    meta = await js.get_msg(stream, subject=meta_subject, direct=True)
+    meta = await _get_msg(js, stream, subject=meta_subject)
     info = json.loads(meta.data)
     if info.get("deleted"):
         raise LookupError(f"object {name} was deleted")
@@ -67,7 +68,7 @@ async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
     chunk_subject = f"$O.{bucket}.C.{nuid}"
     data, seq, digest = bytearray(), 1, hashlib.sha256()
     for _ in range(chunks):
-        msg = await js.get_msg(stream, seq=seq, subject=chunk_subject, direct=True, next=True)
+        msg = await _get_msg(js, stream, seq=seq, subject=chunk_subject, next=True)
         data += msg.data or b""
         digest.update(msg.data or b"")
         seq = msg.seq + 1
@@ -78,6 +79,16 @@ async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
     if info.get("size") is not None and len(data) != int(info["size"]):
         raise ValueError(f"object {name}: {len(data)} bytes read, {info['size']} described")
     return bytes(data)
+
+
+async def _get_msg(js: Any, stream: str, **where) -> Any:
+    """A direct get; if it finds nothing, the same get from the stream's leader. A direct get may be
+    answered by any replica, and with replicas > 1 one that has not yet applied the node's put
+    answers "not found" (a three-server cluster's deployment failed so: tests/nats/test_nats_cluster.py)."""
+    try:
+        return await js.get_msg(stream, direct=True, **where)
+    except NotFoundError:
+        return await js.get_msg(stream, **where)
 
 
 class NatsConnection:

@@ -63,3 +63,30 @@ async def test_a_missing_object_and_one_whose_chunks_do_not_match_its_digest_fai
             await fetch_object(js, "fetch_bad", "b/1")
     finally:
         await nc.close()
+
+
+class _LaggingReplica:
+    """A JetStream context whose direct gets are answered by a replica that has not yet applied the
+    put (what a three-server cluster with replicas 3 answered now and then): "not found"."""
+
+    def __init__(self, js):
+        self.js, self.direct_misses = js, 0
+
+    async def get_msg(self, stream, *, direct=False, **where):
+        if direct:
+            self.direct_misses += 1
+            from nats.js.errors import NotFoundError
+            raise NotFoundError()
+        return await self.js.get_msg(stream, **where)
+
+
+async def test_a_direct_get_that_finds_nothing_is_asked_again_of_the_leader(server):
+    nc, js, store = await _store(server, "fetch_lag")
+    try:
+        data = random.Random(3).randbytes(150 << 10)
+        await store.put("lag/1", data, meta=ObjectMeta(name="lag/1", options=ObjectMetaOptions(max_chunk_size=64 << 10)))
+        lagging = _LaggingReplica(js)
+        assert await fetch_object(lagging, "fetch_lag", "lag/1") == data
+        assert lagging.direct_misses == 4          # the description and three chunks, each asked again
+    finally:
+        await nc.close()
