@@ -17,7 +17,6 @@ B5  memory: a continuous query over 50,000,000 readings holds O(window) state
 from __future__ import annotations
 
 import argparse
-import gc
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from common import ROOT, best_of, machine, median_of, peak_rss_mb, rss_mb, table
+from common import ROOT, best_of, machine, median_of, table
 
 import streamql
 from streamql.signals import REPLAY_BATCH, ArraySignal

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -33,7 +32,6 @@ import time
 
 from common import machine  # noqa: F401  (puts the repository on sys.path)
 
-from edge_engine.config import EdgeConfig
 from edge_engine.fragments import FragmentSet
 from edge_engine.sim_signals import SignalPump, on_demand
 from edge_engine.signals import build_drivers

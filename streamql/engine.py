@@ -23,7 +23,7 @@ from .catalog import Table, UserType
 from .checkpoint import Checkpointing, QueryState
 from .clock import SYSTEM_CLOCK, Clock
 from .compiler import compile_expression, compile_statement, physical_plan
-from .errors import QueryError, QueryLimitError, QueryParseError, QueryRuntimeError, QueryTypeError, Span
+from .errors import QueryError, QueryLimitError, QueryRuntimeError, QueryTypeError, Span
 from .explain import describe_plan
 from .files import ANYWHERE, FileAccess
 from .fleet import FleetAccess, FleetCatalog

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Iterable, Protocol
 
 from . import ast as A
 from .bound import BoundQuery, TAt, TCall, TConst, TExpr, TQuery, TVar

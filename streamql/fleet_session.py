@@ -12,7 +12,6 @@ at its position in the user's text — and nothing is sent.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from . import ast as A
 from .binder import Binder

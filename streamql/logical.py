@@ -19,7 +19,7 @@ the objects of a type are scanned. A variable nothing can bind is an error, befo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 from .bound import (BoundQuery, Conjunct, TAggregate, TCall, TCase, TConst, TExpr, TNot, TOr, TQuery,
                     TStored, TVar, replace_children)

@@ -22,7 +22,7 @@ from .osql_statements import SIGNAL_ROOT, CodeLoading, OsqlStatements, check_par
 from .result import Result
 from .streams import ExecContext, LazyBag, Limits, StreamValue, gather
 from .types import OBJECT, Type, bag_of, canonical_builtin, type_of_value, value_fits, vector_of
-from .values import Bag, Obj, brief_value, values_equal
+from .values import Bag, brief_value, values_equal
 
 
 class StatementRunner(OsqlStatements, CodeLoading):

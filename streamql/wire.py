@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import codec
-from .wire_checks import (ANY, BOOL, BYTES, COLUMNS, COUNT, ID, INT, LIST, MAP, NUM, POSITIVE, POSNUM, SHA256, STR,
+from .wire_checks import (ANY, BOOL, BYTES, COLUMNS, COUNT, ID, INT, MAP, NUM, POSITIVE, POSNUM, SHA256, STR,
                           Check, ProtocolError, check_fields, is_int, short, list_of, map_of, one_of, opt, struct)
 
 __all__ = [

@@ -11,7 +11,6 @@ from ..bound import TConst
 from ..errors import ModelError, QueryError, QueryRuntimeError
 from ..models import (dense_network, kmeans, linear_regression, logistic_regression, model_info,
                       zscore_detector)
-from ..models.base import Model
 from ..registry import Library
 from ..types import RECORD, REAL, vector_of
 from ..values import Bag

@@ -21,7 +21,7 @@ from ..arithmetic import by_row, dot, np_fmod, np_real_div, np_real_pow, real_di
 from ..errors import QueryRuntimeError
 from ..registry import Library
 from ..selection import like_match
-from ..streams import TRACKED_BYTES, LazyBag, approximate_bytes, reserve
+from ..streams import TRACKED_BYTES, LazyBag, reserve
 from ..types import INTEGER, NULL, OBJECT, REAL, Type, value_fits, vector_of
 from ..values import Bag, Time, brief_value, format_value, make_vector, values_equal
 

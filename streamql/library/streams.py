@@ -23,7 +23,7 @@ from ..physical.stateful import Changed, Deadband, Map, SampleEvery, Skip, ZScor
 from ..physical.stateful import floats as _floats
 from ..physical.windows import WINDOW_VALUES, count_windows, time_windows
 from ..registry import STREAM, Library
-from ..streams import StreamValue, close_items
+from ..streams import StreamValue
 
 
 def _require_int(name: str, value, minimum: int = 1) -> int:

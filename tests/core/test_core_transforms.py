@@ -3,7 +3,6 @@ an iterator (one reading at a time); flows, file streams and the clock-driven so
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np

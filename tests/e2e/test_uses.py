@@ -10,13 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import msgpack
 import pytest
-
-import streamql
-from streamql import codec
 
 from demo_process import ROOT
 

@@ -16,7 +16,6 @@ from federation import statements
 from federation.auth import Role, create_token
 from federation.fleet_access import BUFFERED_BATCHES, HubFleetAccess
 from federation.keys import QUERY_SERVICE, REGISTRY
-from federation.testing import until
 from streamql.fleet import FragmentRequest
 from streamql.syntax import parse_one
 

@@ -1,7 +1,6 @@
 """Wire frames: every type round-trips; anything malformed or hostile is a ProtocolError, nothing else."""
 import math
 
-import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
