@@ -216,7 +216,7 @@ async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
                                config.deploy_failure_threshold, config.deploy_wave_timeout_s)
     manager = DeploymentManager(app[REGISTRY], app[HUB], ack_timeout=config.deploy_ack_timeout_s, defaults=defaults,
                                 settle_s=config.deploy_settle_s, concurrency=config.deploy_concurrency,
-                                metrics=app[METRICS])
+                                in_flight=config.deploy_window, metrics=app[METRICS])
     app[DEPLOYMENTS] = manager
     app[HUB].add_observer(manager)
     resumed = await manager.resume()

@@ -104,6 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "(a statement's `wave timeout` overrides it)")
     parser.add_argument("--deploy-settle", type=float, default=5.0, metavar="SECONDS",
                         help="how long a device must look healthy after a change to count as healthy")
+    parser.add_argument("--deploy-concurrency", type=int, default=64, metavar="N",
+                        help="devices receiving a bundle's bytes at the same time (64)")
+    parser.add_argument("--deploy-window", type=int, default=1000, metavar="N",
+                        help="devices of one deployment sent to and not yet answered, at most (1000)")
     nats = parser.add_argument_group("NATS transport (docs/operations.md, Transport on NATS)")
     nats.add_argument("--nats", action="append", metavar="URL[,URL…]",
                       help="reach edges through NATS (nats://host:port of every server of the cluster)")

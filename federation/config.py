@@ -81,6 +81,9 @@ class FederationConfig:
     deploy_wave_timeout_s: float = 300.0  # a wave waits this long at most for its devices to report healthy
     deploy_settle_s: float = 5.0  # a device counts as healthy once it has looked healthy this long
     deploy_concurrency: int = 64  # devices receiving bundle bytes at the same time
+    # devices of one deployment sent to and not yet answered, at most: each such device's ack timer
+    # runs, so a window far wider than the fleet can fetch in `deploy_ack_timeout_s` times devices out
+    deploy_window: int = 1000
     # --- queries
     max_socket_queries: int = 8  # statements running at once on one /v1/query/ws socket
     statement_workers: int = 32  # worker threads statements run in (never on the event loop)
@@ -140,6 +143,8 @@ class FederationConfig:
         if (self.deploy_waves is not None and self.deploy_waves < 1) or self.heartbeat_s <= 0 \
                 or self.deploy_ack_timeout_s <= 0 or self.deploy_wave_timeout_s <= 0:
             raise ValueError("waves, heartbeat, ack and wave timeouts must be positive")
+        if self.deploy_concurrency < 1 or self.deploy_window < 1:
+            raise ValueError("the deployment's concurrency and window are at least 1 device")
         if not 0 < self.deploy_first_wave_percent <= 100 or self.deploy_settle_s < 0:
             raise ValueError("the first wave is a percentage from 0 to 100, and settling takes no negative time")
         if self.statement_workers < 1 or self.device_timeout_s <= 0 or self.query_memory_mb <= 0 \
@@ -204,6 +209,8 @@ class FederationConfig:
                    heartbeat_s=getattr(args, "heartbeat", 5.0),
                    deploy_wave_timeout_s=getattr(args, "deploy_wave_timeout", 300.0),
                    deploy_settle_s=getattr(args, "deploy_settle", 5.0),
+                   deploy_concurrency=getattr(args, "deploy_concurrency", 64),
+                   deploy_window=getattr(args, "deploy_window", 1000),
                    statement_workers=getattr(args, "statement_workers", 32),
                    device_timeout_s=getattr(args, "device_timeout", 10.0),
                    query_memory_mb=getattr(args, "query_memory_mb", 256.0),

@@ -5,6 +5,7 @@ answered and resends only to those that had not."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -168,8 +169,9 @@ async def test_a_deployment_has_at_most_its_window_of_devices_sent_to_and_unansw
     edge fetches the bundle itself, so 10,000 frames went out in seconds while the fleet fetched
     ~25 bundles a second, and 5,833 devices timed out unanswered. At most `in_flight` devices of a
     deployment have its frames without having answered. Here the manager hears each answer late
-    (as from edges busy fetching): before, all 40 were out at once."""
-    client = TestClient(TestServer(create_app(config)))
+    (as from edges busy fetching): before, all 40 were out at once. The window is the operator's
+    `deploy_window` (`--deploy-window N`)."""
+    client = TestClient(TestServer(create_app(dataclasses.replace(config, deploy_window=5))))
     await client.start_server()
     registry, hub = client.app[REGISTRY], client.app[HUB]
     registry.add_bundle("vib", "1.0.0", data, read_bundle(data).manifest)
@@ -177,7 +179,7 @@ async def test_a_deployment_has_at_most_its_window_of_devices_sent_to_and_unansw
     tokens = {device: provision(registry, device, None, NUMPY).token for device in ids}
     edges = await connect_all(str(client.make_url("/")), tokens)
     manager = client.app[DEPLOYMENTS]
-    manager.in_flight = 5
+    assert manager.in_flight == 5
     out, answered, most = set(), set(), 0
     send, replied = hub.send, manager.edge_replied
 

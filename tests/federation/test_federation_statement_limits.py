@@ -89,3 +89,24 @@ async def test_remote_clients_cannot_load_code_run_the_toploop_or_create_foreign
                               "create function f(Real x) -> Real as foreign 'py:os.getcwd';")
     assert status == 400 and "allow-list" in lines[0]["error"]["message"]
     assert (lines[0]["error"]["line"], lines[0]["error"]["column"]) == (1, 38)   # at `foreign`
+
+
+def test_the_deployment_window_and_concurrency_come_from_flags_or_the_config_file(tmp_path):
+    from federation.cli import _apply_config_file
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    plain = FederationConfig.from_args(parser.parse_args(["federation", "--data", str(tmp_path)]))
+    assert (plain.deploy_window, plain.deploy_concurrency) == (1000, 64)
+    flags = parser.parse_args(["federation", "--data", str(tmp_path), "--deploy-window", "250",
+                               "--deploy-concurrency", "16"])
+    config = FederationConfig.from_args(flags)
+    assert (config.deploy_window, config.deploy_concurrency) == (250, 16)
+    toml = tmp_path / "federation.toml"
+    toml.write_text("deploy-window = 300\ndeploy_concurrency = 8\n")
+    args = parser.parse_args(["federation", "--data", str(tmp_path), "--config", str(toml)])
+    _apply_config_file(args)
+    config = FederationConfig.from_args(args)
+    assert (config.deploy_window, config.deploy_concurrency) == (300, 8)
+    with pytest.raises(ValueError):
+        FederationConfig(data_dir=tmp_path, deploy_window=0)
