@@ -490,6 +490,7 @@ class EdgeHub:
 
     # --- background work -------------------------------------------------------------------------
     def _flush_publish(self) -> None:
+        """Commit; live subscribers get the new records, and edges their publish_ack."""
         records, acks = self.publish_log.flush()
         for record in records:
             for sub in list(self._subscriptions):
@@ -497,9 +498,13 @@ class EdgeHub:
                     sub.offer(record)
         for edge, (upto, log_id) in acks.items():
             conn = self._connections.get(edge)
-            if conn is not None and not conn.closing:
+            if conn is not None and not conn.closing and self._acks_publish(conn):
                 fields = {"upto": upto} if log_id is None else {"upto": upto, "log": log_id}
                 conn.post(wire.make("publish_ack", **fields))
+
+    def _acks_publish(self, conn) -> bool:
+        """Whether this node sends `conn` its publish_ack (on NATS, JetStream acknowledged it)."""
+        return True
 
     async def _flush_loop(self) -> None:
         last_trim = time.monotonic()

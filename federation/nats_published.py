@@ -114,16 +114,7 @@ class NatsPublished:
         else:
             self.m_duplicates.inc()
 
-    def _flush_publish(self) -> None:
-        """Commit; live subscribers get the new records. NATS edges were acknowledged by JetStream
-        already; WebSocket edges connected here get their publish_ack as before."""
-        records, acks = self.publish_log.flush()
-        for record in records:
-            for sub in list(self._subscriptions):
-                if sub.wants(record):
-                    sub.offer(record)
-        for edge, (upto, log_id) in acks.items():
-            conn = self._connections.get(edge)
-            if isinstance(conn, EdgeConnection) and not conn.closing:
-                fields = {"upto": upto} if log_id is None else {"upto": upto, "log": log_id}
-                conn.post(wire.make("publish_ack", **fields))
+    def _acks_publish(self, conn) -> bool:
+        """NATS edges were acknowledged by JetStream already; WebSocket edges connected here get
+        their publish_ack as on the embedded hub (EdgeHub._flush_publish)."""
+        return isinstance(conn, EdgeConnection)
