@@ -40,6 +40,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import collections
+import json
 import logging
 import threading
 import time
@@ -58,6 +59,7 @@ __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 DEFAULT_BATCH_ROWS = 1024
 PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a principal under its share
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
+CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
 
 
@@ -103,6 +105,7 @@ class Fragment:
         self._timer: asyncio.TimerHandle | None = None
         self.thread_id: int | None = None
         self.paused_since: float | None = None   # the worker waits for credit since (monotonic), or None
+        self.kind: str | None = None    # the compiled statement's kind ("stream", "bag", …); None before
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -173,6 +176,25 @@ class Fragment:
             except Exception as exc:  # noqa: BLE001 - the connection went away: nobody to tell
                 self.owner.log.debug("end of %s not sent: %s", self.qid, exc)
 
+    def state(self) -> str:
+        """What the fragment is doing now, for an edge's census of its slots (read from the loop,
+        without locks: a snapshot that may be a step behind)."""
+        if self.paused_since is not None:
+            return "paused"
+        if self.kind is None:
+            return "starting"       # its thread not yet run, or waiting for the edge's compile lock
+        place, pace_state = getattr(self._pace, "place", None), getattr(self._pace, "state", None) or {}
+        if pace_state.get("long"):
+            return "long"
+        if place is not None and place.waiting:
+            return "at the gate"
+        if place is not None and place.held:
+            return "computing"
+        in_flight = self._in_flight
+        if in_flight is not None and not in_flight.done():
+            return "sending"
+        return "waiting for input"   # between batches: a stream waiting for its signal's next readings
+
     # == the worker's side ======================================================================
     def _post(self, outcome: str, error: dict | None) -> None:
         self.owner.loop.call_soon_threadsafe(lambda: self.finish(outcome, error, from_worker=True))
@@ -232,6 +254,7 @@ class Fragment:
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
         # long computations take turns on the CPU, so they never starve the short fragments
         result.ctx.pace = self._pace
+        self.kind = result.kind
         self.ctx = result.ctx
         if self.outcome is not None:
             result.ctx.cancel.set()
@@ -355,6 +378,8 @@ class FragmentSet:
         self._tasks: set[asyncio.Task] = set()
         self.started = 0
         self.yielded = 0                # paused streams stopped to give their slot (_yield_paused_slot)
+        self.refused_full = 0           # fragments refused because every slot was taken
+        self._census_at = float("-inf")
 
     def spawn(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -380,6 +405,7 @@ class FragmentSet:
     def _refusal(self, fragment: Fragment) -> dict | None:
         """Why the fragment may not start (an `end error` body), or None."""
         if len(self.running) >= self.max_running and not self._yield_paused_slot(fragment.principal):
+            self._log_full(fragment)
             return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
         if fragment.principal is not None:
             mine = sum(1 for f in self.running.values() if f.principal == fragment.principal)
@@ -412,6 +438,33 @@ class FragmentSet:
                     f"principal's query (its principal held the most slots here)")})
                 return True
         return False
+
+    def census(self) -> dict:
+        """The running fragments by principal, kind and state, with their ages and how long the
+        paused ones have been paused (what fills the slots when a query is refused)."""
+        now = time.monotonic()
+        fragments = list(self.running.values())
+        by_state = collections.Counter(f.state() for f in fragments)
+        by_kind = collections.Counter("stream" if f.kind == "stream" else "one-shot" if f.kind else "not compiled"
+                                      for f in fragments)
+        ages = sorted(now - f.received for f in fragments)
+        return {"running": len(fragments), "principals": len({f.principal for f in fragments}),
+                "most_per_principal": max(collections.Counter(f.principal for f in fragments).values(), default=0),
+                "kinds": dict(by_kind), "states": dict(by_state),
+                "age_s": [round(a, 1) for a in ages[::max(1, len(ages) // 8)]] + ([round(ages[-1], 1)] if ages else []),
+                "paused_s": sorted(round(now - f.paused_since, 1) for f in fragments if f.paused_since is not None),
+                "fragments": [(f.principal, f.kind or "-", f.state(), round(now - f.received, 1), f.source[:60])
+                              for f in sorted(fragments, key=lambda f: f.received)]}
+
+    def _log_full(self, fragment: Fragment) -> None:
+        """A refusal for want of slots: the census, at most every CENSUS_EVERY_S per edge."""
+        self.refused_full += 1
+        now = time.monotonic()
+        if now - self._census_at < CENSUS_EVERY_S:
+            return
+        self._census_at = now
+        self.log.warning("slots full, %d refused since the start; refused %s (%s): %s", self.refused_full,
+                         fragment.principal, fragment.source[:60], json.dumps(self.census()))
 
     def forget(self, fragment: Fragment) -> None:
         if self.running.get(fragment.qid) is fragment:
