@@ -197,7 +197,8 @@ def summary(report: dict) -> str:
     latency = well.get("latency") or {}
     retried = well.get("retried") or {}
     rows = []
-    for kind in ("select1", "aggregate", "battery", "edges", "stream_post", "stream_ws"):
+    for kind in ("select1", "aggregate", "battery", "edges", "stream_post", "stream_post admission", "stream_ws",
+                 "stream_ws admission"):
         values = latency.get(kind, [])
         errors = sum(v for k, v in (well.get("errors") or {}).items() if k.startswith(kind + ":"))
         retries = sum(v for k, v in retried.items() if k.startswith(kind + ":"))
