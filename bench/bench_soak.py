@@ -202,7 +202,7 @@ def summary(report: dict) -> str:
         values = latency.get(kind, [])
         errors = sum(v for k, v in (well.get("errors") or {}).items() if k.startswith(kind + ":"))
         retries = sum(v for k, v in retried.items() if k.startswith(kind + ":"))
-        rows.append((kind, (well.get("counts") or {}).get(kind, 0), errors, retries,
+        rows.append((kind, (well.get("counts") or {}).get(kind, len(values)), errors, retries,
                      ms(percentile(values, 50)), ms(percentile(values, 95)), ms(percentile(values, 99)),
                      ms(max(values, default=None))))
     out = [table("well-behaved clients", rows, ("request", "done", "errors", "429/503 retries", "p50", "p95", "p99",

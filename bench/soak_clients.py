@@ -93,7 +93,8 @@ class Stats:
 
     def error(self, kind: str, reason: str, detail: str = "") -> None:
         self.errors[f"{kind}: {reason}"] += 1
-        if len(self.samples) < 60:
+        # the first 60, and the first 5 of every kind of error (a rare one is not crowded out)
+        if len(self.samples) < 60 or self.errors[f"{kind}: {reason}"] <= 5:
             self.samples.append({"t": round(time.time(), 1), "kind": kind, "reason": reason, "detail": detail[:300]})
 
     def to_dict(self) -> dict:
