@@ -391,6 +391,7 @@ class FragmentSet:
         self.started = 0
         self.yielded = 0                # paused streams stopped to give their slot (_yield_paused_slot)
         self.refused_full = 0           # fragments refused because every slot was taken
+        self.refused_one_shot = 0       # of them, fragments sent as one-shot (the reserve full too)
         self._census_at = float("-inf")
 
     def spawn(self, coroutine) -> None:
@@ -482,11 +483,13 @@ class FragmentSet:
     def _log_full(self, fragment: Fragment) -> None:
         """A refusal for want of slots: the census, at most every CENSUS_EVERY_S per edge."""
         self.refused_full += 1
+        self.refused_one_shot += fragment.one_shot
         now = time.monotonic()
         if now - self._census_at < CENSUS_EVERY_S:
             return
         self._census_at = now
-        self.log.warning("slots full, %d refused since the start; refused %s (%s): %s", self.refused_full,
+        self.log.warning("slots full, %d refused since the start (%d one-shot); refused %s (%s): %s",
+                         self.refused_full, self.refused_one_shot,
                          fragment.principal, fragment.source[:60], json.dumps(self.census()))
 
     def forget(self, fragment: Fragment) -> None:

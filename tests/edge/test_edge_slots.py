@@ -158,6 +158,7 @@ async def test_the_one_shot_reserve_is_bounded_and_takes_no_stream(fed, edge_con
     assert sorted(daemon.fragments.qids()) == sorted(read + long)
     rows, end = await conn.run_query(COUNT, principal="newcomer", kind="bag")
     assert end["outcome"] == "error" and "at most 6 queries at once (2 of them kept for one-shot" in end["error"]["message"]
+    assert daemon.fragments.refused_full == 1 and daemon.fragments.refused_one_shot == 1
     # a stream sent as one-shot is refused when it compiles, whatever slot it took
     for qid in long:
         await conn.send("cancel", qid=qid)
@@ -183,4 +184,5 @@ async def test_a_full_edge_tells_what_fills_its_slots(fed, edge_config, start_ed
     assert end["outcome"] == "error" and FULL in end["error"]["message"]
     logged = [r.getMessage() for r in caplog.records if "slots full" in r.getMessage()]
     assert len(logged) == 1 and "refused newcomer" in logged[0] and '"running": 4' in logged[0]
+    assert "1 refused since the start (0 one-shot)" in logged[0]
     assert sorted(daemon.fragments.qids()) == sorted(held + read)
