@@ -35,8 +35,8 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   When every slot is taken, a newcomer takes the slot of the oldest stream paused — no credit,
   i.e. unread — for `PAUSED_YIELD_S` or more of a principal that holds at least as many slots as
   the newcomer's would then hold (`mine + 1 <= theirs`, the biggest holders first); that stream
-  ends `end error` LimitError saying why. Fragments that compute or stream to a reader are never taken, so a full edge refuses
-  as before when nothing is paused.
+  ends `end error` LimitError saying why. Fragments that compute or stream to a reader are never
+  taken, so a full edge refuses as before when nothing is paused.
   A statement the process guard quarantined (edge_engine/guard.py) is refused the same way.
 """
 from __future__ import annotations
