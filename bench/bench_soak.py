@@ -197,11 +197,12 @@ def summary(report: dict) -> str:
     latency = well.get("latency") or {}
     retried = well.get("retried") or {}
     rows = []
-    for kind in ("select1", "aggregate", "battery", "edges", "stream_post", "stream_ws"):
+    for kind in ("select1", "aggregate", "battery", "edges", "stream_post", "stream_post admission", "stream_ws",
+                 "stream_ws admission"):
         values = latency.get(kind, [])
         errors = sum(v for k, v in (well.get("errors") or {}).items() if k.startswith(kind + ":"))
         retries = sum(v for k, v in retried.items() if k.startswith(kind + ":"))
-        rows.append((kind, (well.get("counts") or {}).get(kind, 0), errors, retries,
+        rows.append((kind, (well.get("counts") or {}).get(kind, len(values)), errors, retries,
                      ms(percentile(values, 50)), ms(percentile(values, 95)), ms(percentile(values, 99)),
                      ms(max(values, default=None))))
     out = [table("well-behaved clients", rows, ("request", "done", "errors", "429/503 retries", "p50", "p95", "p99",

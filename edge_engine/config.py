@@ -76,6 +76,7 @@ class Limits:
     memory_mb: float | None = 256.0
     max_queries: int = 32                 # fragments running at once
     max_queries_per_principal: int = 8    # of them, fragments of one principal (who asked)
+    one_shot_reserve: int = 8             # slots beyond max_queries that only one-shot fragments take
 
 
 @dataclass
@@ -236,6 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--reconnect-max", dest="reconnect_max_s", type=float, metavar="S", help="longest reconnection backoff")
     add("--max-queries", type=int, metavar="N", help="fragments running at once (32)")
     add("--max-queries-per-principal", type=int, metavar="N", help="of them, fragments of one principal (8)")
+    add("--one-shot-reserve", type=int, metavar="N", help="slots beyond --max-queries for one-shot queries only (8)")
     add("--watchdog", action="store_true", default=None,
         help="run the daemon as a child process, restarted past --max-rss-mb (edge_engine/guard.py)")
     add("--max-rss-mb", type=float, metavar="MB", help="with --watchdog: the daemon's memory cap (1024)")
@@ -292,7 +294,8 @@ def _flag_overrides(args: argparse.Namespace | None) -> dict:
             ("buffer", (("max_records", "buffer_records"), ("max_bytes", "buffer_bytes"),
                         ("fsync", "fsync"), ("fsync_interval_s", "fsync_interval_s"), ("overflow", "overflow"))),
             ("limits", (("rows", "limit_rows"), ("seconds", "limit_seconds"), ("memory_mb", "limit_memory_mb"),
-                        ("max_queries", "max_queries"), ("max_queries_per_principal", "max_queries_per_principal"))),
+                        ("max_queries", "max_queries"), ("max_queries_per_principal", "max_queries_per_principal"),
+                        ("one_shot_reserve", "one_shot_reserve"))),
             ("guard", (("enabled", "watchdog"), ("max_rss_mb", "max_rss_mb"), ("quarantine_s", "quarantine_s"),
                        ("check_interval_s", "guard_check_interval_s"))),
             ("reconnect", (("initial_s", "reconnect_initial_s"), ("max_s", "reconnect_max_s"))),
@@ -356,7 +359,8 @@ _TOP = {"id", "token", "federation", "nats", "store", "metadata", "capabilities"
         "foreign"}
 _SECTIONS = {"capabilities": {"ram_kb", "flash_kb", "cpu"},
              "buffer": {"max_records", "max_bytes", "fsync", "fsync_interval_s", "overflow"},
-             "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal"},
+             "limits": {"rows", "seconds", "memory_mb", "max_queries", "max_queries_per_principal",
+                        "one_shot_reserve"},
              "guard": {"enabled", "max_rss_mb", "check_interval_s", "quarantine_s"},
              "autostart": {"checkpoint_interval_s", "max_failures"},
              "reconnect": {"initial_s", "max_s"},
@@ -502,7 +506,9 @@ def _build(doc: dict, base: Path, path: Path | None, source: str, from_flags: se
         memory_mb=opt_number(lim, "memory_mb", "limits.memory_mb", fail) if "memory_mb" in lim else Limits().memory_mb,
         max_queries=opt_int(lim, "max_queries", "limits.max_queries", fail, minimum=1) or Limits().max_queries,
         max_queries_per_principal=opt_int(lim, "max_queries_per_principal", "limits.max_queries_per_principal",
-                                           fail, minimum=1) or Limits().max_queries_per_principal)
+                                           fail, minimum=1) or Limits().max_queries_per_principal,
+        one_shot_reserve=Limits().one_shot_reserve if lim.get("one_shot_reserve") is None else
+        opt_int(lim, "one_shot_reserve", "limits.one_shot_reserve", fail, minimum=0))
 
     guard_doc = section("guard")
     enabled = guard_doc.get("enabled", False)

@@ -366,6 +366,7 @@ class EdgeDaemon:
                                      default_limits=Limits(limits.rows, limits.seconds, limits.memory_mb),
                                      max_running=self.max_fragments,
                                      max_per_principal=limits.max_queries_per_principal,
+                                     one_shot_reserve=limits.one_shot_reserve,
                                      compile_lock=self._compile_lock, log=self.log, max_frame=welcome.get("max_frame"),
                                      refuse=self.quarantine.refuse, running_log=self.running_log)
         self.publisher.max_frame = welcome.get("max_frame") or wire.MAX_FRAME_BYTES

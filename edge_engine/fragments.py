@@ -28,11 +28,15 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
 - **Slots**: at most `max_running` fragments at once, and at most `max_per_principal` of one
   principal (the `query` frame's `principal`: who asked), so one reader holding streams it never
   reads cannot take every slot; fragments over either are answered `end error` LimitError.
-  When every slot is taken, a newcomer whose principal holds fewer than the principal holding the
-  most *after* it came in (max-min) takes the slot of that principal's oldest stream paused — no
-  credit, i.e. unread — for `PAUSED_YIELD_S` or more; that stream ends `end error` LimitError
-  saying why. Fragments that compute or stream to a reader are never taken, so a full edge refuses
-  as before when nothing is paused.
+  Beyond them, `one_shot_reserve` slots take only fragments the federation sent as one-shot
+  (`kind` "bag" or "vector": they end on their own, under their time limit), so an edge whose 32
+  slots hold other users' streams still answers one-shot queries; a fragment sent as one-shot
+  that compiles to a stream is refused.
+  When every slot is taken, a newcomer takes the slot of the oldest stream paused — no credit,
+  i.e. unread — for `PAUSED_YIELD_S` or more of a principal that holds at least as many slots as
+  the newcomer's would then hold (`mine + 1 <= theirs`, the biggest holders first); that stream
+  ends `end error` LimitError saying why. Fragments that compute or stream to a reader are never
+  taken, so a full edge refuses as before when nothing is paused.
   A statement the process guard quarantined (edge_engine/guard.py) is refused the same way.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import collections
+import json
 import logging
 import threading
 import time
@@ -56,8 +61,10 @@ from .pacing import PACER, Pacer, below_the_loop
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 
 DEFAULT_BATCH_ROWS = 1024
+ONE_SHOT_KINDS = ("bag", "vector")   # a query frame's `kind` for fragments that end on their own
 PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a principal under its share
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
+CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
 
 
@@ -83,6 +90,8 @@ class Fragment:
         self.names = fields.get("columns")
         self.batch_rows = fields.get("batch_rows") or DEFAULT_BATCH_ROWS
         self.principal: str | None = fields.get("principal")
+        # one-shot as the federation sent it ("bag", "vector": it ends on its own); checked when compiled
+        self.one_shot = fields.get("kind") in ONE_SHOT_KINDS
         self.window = wire.CreditWindow(fields["credit"])
         self.engine = engine
         self.received = time.monotonic()
@@ -103,6 +112,7 @@ class Fragment:
         self._timer: asyncio.TimerHandle | None = None
         self.thread_id: int | None = None
         self.paused_since: float | None = None   # the worker waits for credit since (monotonic), or None
+        self.kind: str | None = None    # the compiled statement's kind ("stream", "bag", …); None before
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -173,6 +183,25 @@ class Fragment:
             except Exception as exc:  # noqa: BLE001 - the connection went away: nobody to tell
                 self.owner.log.debug("end of %s not sent: %s", self.qid, exc)
 
+    def state(self) -> str:
+        """What the fragment is doing now, for an edge's census of its slots (read from the loop,
+        without locks: a snapshot that may be a step behind)."""
+        if self.paused_since is not None:
+            return "paused"
+        if self.kind is None:
+            return "starting"       # its thread not yet run, or waiting for the edge's compile lock
+        place, pace_state = getattr(self._pace, "place", None), getattr(self._pace, "state", None) or {}
+        if pace_state.get("long"):
+            return "long"
+        if place is not None and place.waiting:
+            return "at the gate"
+        if place is not None and place.held:
+            return "computing"
+        in_flight = self._in_flight
+        if in_flight is not None and not in_flight.done():
+            return "sending"
+        return "waiting for input"   # between batches: a stream waiting for its signal's next readings
+
     # == the worker's side ======================================================================
     def _post(self, outcome: str, error: dict | None) -> None:
         self.owner.loop.call_soon_threadsafe(lambda: self.finish(outcome, error, from_worker=True))
@@ -232,6 +261,10 @@ class Fragment:
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
         # long computations take turns on the CPU, so they never starve the short fragments
         result.ctx.pace = self._pace
+        self.kind = result.kind
+        if self.one_shot and result.kind == "stream":   # it may have taken a slot kept for one-shot queries
+            result.ctx.cancel.set()
+            raise QueryLimitError("this fragment was sent as a one-shot query but is a stream: refused")
         self.ctx = result.ctx
         if self.outcome is not None:
             result.ctx.cancel.set()
@@ -335,6 +368,7 @@ class FragmentSet:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, send_frame: Callable[[wire.Frame], Awaitable[None]],
                  send_bytes: Callable[[bytes], Awaitable[None]], engine: Callable[[], Any],
                  default_limits: Limits | None = None, max_running: int = 32, max_per_principal: int = 8,
+                 one_shot_reserve: int = 8,
                  compile_lock: threading.Lock | None = None, log: logging.Logger | None = None,
                  max_frame: int | None = None, refuse: Callable[[str], str | None] | None = None,
                  running_log: Any = None, pacer: Pacer | None = None):
@@ -347,6 +381,7 @@ class FragmentSet:
         self.default_limits = default_limits or Limits()
         self.max_running = max_running
         self.max_per_principal = max_per_principal   # one principal's share of the slots
+        self.one_shot_reserve = one_shot_reserve     # slots beyond max_running for one-shot fragments only
         self.refuse = refuse            # source → why it is refused here (the guard's quarantine), or None
         self.running_log = running_log  # the guard's write-ahead of running fragments (edge_engine/guard.py)
         self.compile_lock = compile_lock or threading.Lock()
@@ -355,6 +390,9 @@ class FragmentSet:
         self._tasks: set[asyncio.Task] = set()
         self.started = 0
         self.yielded = 0                # paused streams stopped to give their slot (_yield_paused_slot)
+        self.refused_full = 0           # fragments refused because every slot was taken
+        self.refused_one_shot = 0       # of them, fragments sent as one-shot (the reserve full too)
+        self._census_at = float("-inf")
 
     def spawn(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -378,9 +416,8 @@ class FragmentSet:
         return fragment
 
     def _refusal(self, fragment: Fragment) -> dict | None:
-        """Why the fragment may not start (an `end error` body), or None."""
-        if len(self.running) >= self.max_running and not self._yield_paused_slot(fragment.principal):
-            return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
+        """Why the fragment may not start (an `end error` body), or None. The principal's share and
+        the quarantine first: no paused stream is stopped for a fragment refused anyway."""
         if fragment.principal is not None:
             mine = sum(1 for f in self.running.values() if f.principal == fragment.principal)
             if mine >= self.max_per_principal:
@@ -389,17 +426,30 @@ class FragmentSet:
         reason = self.refuse(fragment.source) if self.refuse is not None else None
         if reason is not None:
             return {"kind": "LimitError", "message": reason}
+        # the first max_running slots take any fragment, the reserve beyond them only one-shot ones:
+        # an edge full of streams (other users', read or not) still answers a one-shot query
+        room = self.max_running + (self.one_shot_reserve if fragment.one_shot else 0)
+        if len(self.running) >= room and not (len(self.running) == room
+                                              and self._yield_paused_slot(fragment.principal)):
+            self._log_full(fragment)
+            if fragment.one_shot and self.one_shot_reserve:
+                return {"kind": "LimitError", "message": (
+                    f"this edge runs at most {room} queries at once ({self.one_shot_reserve} of them "
+                    f"kept for one-shot queries)")}
+            return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
         return None
 
     def _yield_paused_slot(self, principal: str | None) -> bool:
-        """Every slot taken: free one for `principal` if the principal holding the most would
-        still hold more than it after giving one up (max-min) and has a stream paused for
-        PAUSED_YIELD_S (see the module docstring). True when a slot was freed."""
+        """Every slot taken: free one for `principal` if a principal holding at least as many as
+        `principal` would then hold (`mine + 1 <= theirs`; the biggest holders first) has a stream
+        paused for PAUSED_YIELD_S (see the module docstring). True when a slot was freed. With one
+        slot per principal (a fleet of many users) a newcomer holding nothing there may take the
+        slot of a stream nobody has read for seconds: never of one that is read."""
         held = collections.Counter(f.principal for f in self.running.values())
         mine = held.get(principal, 0)
         now = time.monotonic()
         for holder, count in held.most_common():
-            if count - 1 < mine + 1:    # the others hold no more than it would: its share is reached
+            if count < mine + 1:    # the others hold fewer than it would: its share is reached
                 return False
             paused = [f for f in self.running.values() if f.principal == holder and f.paused_since is not None
                       and now - f.paused_since >= PAUSED_YIELD_S]
@@ -409,9 +459,38 @@ class FragmentSet:
                 victim.finish("error", {"kind": "LimitError", "message": (
                     f"this edge runs at most {self.max_running} queries at once: this stream, unread "
                     f"(no credit) for {now - victim.paused_since:.0f} s, gave its slot to another "
-                    f"principal's query (its principal held the most slots here)")})
+                    f"principal's query (its principal held as many slots here or more)")})
                 return True
         return False
+
+    def census(self) -> dict:
+        """The running fragments by principal, kind and state, with their ages and how long the
+        paused ones have been paused (what fills the slots when a query is refused)."""
+        now = time.monotonic()
+        fragments = list(self.running.values())
+        by_state = collections.Counter(f.state() for f in fragments)
+        by_kind = collections.Counter("stream" if f.kind == "stream" else "one-shot" if f.kind or f.one_shot
+                                      else "not compiled" for f in fragments)
+        ages = sorted(now - f.received for f in fragments)
+        return {"running": len(fragments), "principals": len({f.principal for f in fragments}),
+                "most_per_principal": max(collections.Counter(f.principal for f in fragments).values(), default=0),
+                "kinds": dict(by_kind), "states": dict(by_state),
+                "age_s": [round(a, 1) for a in ages[::max(1, len(ages) // 8)]] + ([round(ages[-1], 1)] if ages else []),
+                "paused_s": sorted(round(now - f.paused_since, 1) for f in fragments if f.paused_since is not None),
+                "fragments": [(f.principal, f.kind or "-", f.state(), round(now - f.received, 1), f.source[:60])
+                              for f in sorted(fragments, key=lambda f: f.received)]}
+
+    def _log_full(self, fragment: Fragment) -> None:
+        """A refusal for want of slots: the census, at most every CENSUS_EVERY_S per edge."""
+        self.refused_full += 1
+        self.refused_one_shot += fragment.one_shot
+        now = time.monotonic()
+        if now - self._census_at < CENSUS_EVERY_S:
+            return
+        self._census_at = now
+        self.log.warning("slots full, %d refused since the start (%d one-shot); refused %s (%s): %s",
+                         self.refused_full, self.refused_one_shot,
+                         fragment.principal, fragment.source[:60], json.dumps(self.census()))
 
     def forget(self, fragment: Fragment) -> None:
         if self.running.get(fragment.qid) is fragment:

@@ -336,6 +336,7 @@ class Pacer:
         pace.idle = idle
         pace.release = release             # the worker gives its turn back when the fragment ends
         pace.interrupt = interrupt
+        pace.place, pace.state = place, state   # read (not changed) by an edge's census of its slots
         return pace
 
     def _rest(self, cancelled: threading.Event) -> None:

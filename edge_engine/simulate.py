@@ -361,16 +361,22 @@ class SimulatedFleet:
                 lags.sort()
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
                             "running, %d threads, %d computing, %d waiting to compute (%d principals' lines); "
-                            "%d unread streams gave their slot since the start",
+                            "%d unread streams gave their slot since the start; %d fragments refused for slots "
+                            "(%d one-shot)",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
                             self.fragments_running(), _threads(), PACER.computing, PACER.queued,
-                            PACER.keys_waiting, self.slots_yielded())
+                            PACER.keys_waiting, self.slots_yielded(), *self.slots_refused())
                 lags, reported = [], loop.time()
 
     def slots_yielded(self) -> int:
         """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
         current connection."""
         return sum(d.fragments.yielded for d in self.daemons if d.fragments is not None)
+
+    def slots_refused(self) -> tuple[int, int]:
+        """Fragments refused for want of slots (all, one-shot), over every edge's current connection."""
+        sets = [d.fragments for d in self.daemons if d.fragments is not None]
+        return sum(f.refused_full for f in sets), sum(f.refused_one_shot for f in sets)
 
     def fragments_running(self) -> int:
         return sum(len(d.fragments.running) for d in self.daemons if d.fragments is not None)

@@ -220,7 +220,8 @@ class HubFeed:
         try:
             credit = self.access.stream_credit if request.kind == "stream" else self.access.credit
             stream = self.hub.fragment(device, request.source, limits=request.limits or None, credit=credit,
-                                       params=request.params or None, principal=request.principal)
+                                       params=request.params or None, principal=request.principal,
+                                       kind=request.kind)
             try:
                 async for batch in stream:
                     if batch.n:

@@ -215,11 +215,14 @@ class EdgeHub:
 
     async def fragment(self, edge_id: str, source: str, *, limits: dict | None = None, credit: int = 10_000,
                        params: dict | None = None, columns: list[str] | None = None,
-                       batch_rows: int | None = None, principal: str | None = None) -> AsyncIterator[RowBatch]:
+                       batch_rows: int | None = None, principal: str | None = None,
+                       kind: str | None = None) -> AsyncIterator[RowBatch]:
         """Run `source` on the edge: RowBatches as `rows` frames arrive; see the module docstring.
 
         `principal` names who asked (a token, e.g. `Principal.name`): the edge gives one principal
-        at most a share of its query slots, refusing the rest with `end error` LimitError.
+        at most a share of its query slots, refusing the rest with `end error` LimitError. `kind`
+        says whether the fragment is a stream ("stream") or one-shot ("bag", "vector"): the edge
+        keeps a reserve of slots for one-shot fragments (they end on their own).
 
         Credit: the edge may have `credit` rows unconsumed; each time the consumer has taken half
         of that, the hub grants as much again. Closing the iterator early (aclose, or the consuming
@@ -243,6 +246,8 @@ class EdgeHub:
             fields["batch_rows"] = batch_rows
         if principal:
             fields["principal"] = principal[:256]
+        if kind in wire.FRAGMENT_KINDS:
+            fields["kind"] = kind
         query = wire.make("query", **fields)
         conn.fragments[qid] = state
         self.m_fragments_running.inc()

@@ -53,6 +53,9 @@ CLOSE_CODES = {
 
 ERROR_INFO = struct({"kind": STR, "message": STR}, {"line": opt(INT), "column": opt(INT)})
 ACTIVE = map_of(STR)  # model name → active version
+# what a query fragment is (its `select stream of …` or not): a one-shot one ends on its own, under
+# its time limit, so an edge keeps a few slots for them that streams may not take
+FRAGMENT_KINDS = ("stream", "bag", "vector")
 
 # type → (required fields, optional fields)
 SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
@@ -106,6 +109,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "credit": COUNT,
     }, {
         "params": MAP, "columns": list_of(STR), "batch_rows": POSITIVE, "principal": ID,
+        "kind": one_of(*FRAGMENT_KINDS),
     }),
     "rows": ({
         "qid": ID, "seq": COUNT, "n": COUNT, "cols": COLUMNS,

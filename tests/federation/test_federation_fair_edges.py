@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from edge_engine.autostart import AutostartSpec
 from edge_engine.config import load_config
 from edge_engine.daemon import EdgeDaemon
 from federation.app import create_app
-from federation.auth import provision
+from federation.auth import Role, create_token, provision
 from federation.config import FederationConfig
 from federation.hub import FragmentError
 from federation.keys import HEARTBEATS, HUB, REGISTRY
@@ -151,3 +152,25 @@ async def test_a_hello_with_too_much_metadata_is_refused_with_its_reason(tmp_pat
         welcome = await edge.connect()
         assert welcome["accepted"] and registry.get_device("chatty").metadata == {"region": "EU"}
         await edge.shutdown()
+
+
+async def test_a_fleet_one_shot_query_is_answered_by_an_edge_whose_slots_hold_other_users_streams(tmp_path):
+    # the federation says which fragments are one-shot (the query frame's `kind`), and the edge
+    # keeps a reserve of slots for them beyond the ones its streams fill
+    async with federation(tmp_path) as client, real_edge(client, tmp_path, max_queries=4) as daemon:
+        hub = client.app[HUB]
+        held = [hub.fragment("wl-1", STREAM, principal=f"read#{100 + i}", kind="stream") for i in range(4)]
+        await asyncio.gather(*(first_batch(s) for s in held))
+        assert len(daemon.fragments.running) == 4
+        token = create_token(client.app[REGISTRY], Role.READ)[1]
+        resp = await client.post("/v1/query", json={"query": "select id(e), signal_value('vibration')@e from Edge e;"},
+                                 headers={"Authorization": f"Bearer {token}"})
+        body = await resp.text()
+        assert resp.status == 200, body
+        lines = [json.loads(line) for line in body.splitlines()]
+        assert [row[0] for row in lines if isinstance(row, list)] == ["wl-1"]
+        assert "error" not in lines[-1] and not (lines[-1]["status"].get("counts") or {}).get("failed"), lines[-1]
+        assert len(daemon.fragments.running) == 4       # the streams went on
+        for stream in held:
+            await stream.aclose()
+        await until(lambda: not daemon.fragments.running, what="the held fragments cancelled")
