@@ -297,7 +297,9 @@ async def test_an_ack_names_what_to_watch_and_health_follows_each_status_change(
         entry = next(q for q in failed["autostart"] if q["query"] == "bad:autostart/third.sql#1")
         assert entry["bundle"] == "bad" and "3" in entry["error"]
         pushed = [f for f in conn.frames[start:] if f.t == "health"]
-        assert len(pushed) >= 2         # right after the ack, and when the query failed
+        # right after the ack, and when the query failed — one frame when the failure came within
+        # the 0.1 s that changes share (daemon.health_soon), as on a loaded box
+        assert len(pushed) >= 2 or pushed == [failed], pushed
     finally:
         await quiet.stop()
 
