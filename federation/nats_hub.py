@@ -194,18 +194,25 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
 
     async def close(self) -> None:
         """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
+        steps = _Steps()
         await self._leave_nats_edges()
+        steps.mark("edges left")
         if self._renewer is not None:
             await asyncio.to_thread(self._renewer.stop)
+        steps.mark("lease thread")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        steps.mark("unsubscribed")
         await super().close()
+        steps.mark("hub closed")
         if self.nc is not None:   # the cancels above go out first; then leave at once
             with contextlib.suppress(Exception):
                 await self.nc.flush(1.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
+        steps.mark("NATS closed")
+        steps.report("NATS hub closed")
 
     async def _ensure_storage_soon(self, timeout_s: float = 60.0) -> None:
         """_ensure_storage, waiting for JetStream (a cluster elects its leader after starting)."""
@@ -500,6 +507,23 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
                 if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing:
                     nonce += 1
                     conn.post(wire.make("ping", nonce=nonce, time=time.time()))
+
+
+class _Steps:
+    """How long each step of a close took, logged when the whole was slow."""
+
+    def __init__(self):
+        self.began = self.last = time.monotonic()
+        self.parts: list[str] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.parts.append(f"{name} +{now - self.last:.2f} s")
+        self.last = now
+
+    def report(self, what: str, slow_s: float = 1.0) -> None:
+        took = self.last - self.began
+        (log.warning if took >= slow_s else log.debug)("%s in %.2f s: %s", what, took, ", ".join(self.parts))
 
 
 def _refused(reason: str) -> wire.Frame:
