@@ -86,7 +86,7 @@ def timed(ctx):
             pass
         finally:
             took = time.monotonic() - began
-            (log.warning if took >= SLOW_TEARDOWN_S else log.debug)("closing %s took %.2f s", ctx.__name__, took)
+            (log.warning if took >= SLOW_TEARDOWN_S else log.info)("closing %s took %.2f s", ctx.__name__, took)
     wrapper.__name__ = wrapper.__qualname__ = ctx.__name__
     return wrapper
 
@@ -162,10 +162,7 @@ async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        buffer.flush()
+        await buffer.stop(task)
 
 
 async def sessions_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -523,7 +523,7 @@ class _Steps:
 
     def report(self, what: str, slow_s: float = 1.0) -> None:
         took = self.last - self.began
-        (log.warning if took >= slow_s else log.debug)("%s in %.2f s: %s", what, took, ", ".join(self.parts))
+        (log.warning if took >= slow_s else log.info)("%s in %.2f s: %s", what, took, ", ".join(self.parts))
 
 
 def _refused(reason: str) -> wire.Frame:

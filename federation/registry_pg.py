@@ -116,9 +116,8 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
         self._locks.close()
         self._pool.close()
         end = time.monotonic()
-        if end - began >= 1.0:
-            log.warning("closing the registry took %.2f s: watcher %.2f s, pool %.2f s", end - began,
-                        watcher - began, end - watcher)
+        (log.warning if end - began >= 1.0 else log.info)(
+            "closing the registry took %.2f s: watcher %.2f s, pool %.2f s", end - began, watcher - began, end - watcher)
 
     def __enter__(self) -> "PgRegistry":
         return self
