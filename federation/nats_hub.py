@@ -9,7 +9,8 @@ Frames are unchanged (docs/protocol.md); only where they travel changes (federat
 - a hello arrives as a NATS request: each node checks it against the registry and answers
   `welcome` (the edge takes the first); a node that starts later learns the edges already up
   from the presence bucket `sql_presence` (the edge's hello and latest health, expiring after
-  three heartbeats), and any edge it hears health from but does not know the same way;
+  three heartbeats), and any edge it hears health from but does not know the same way; an edge
+  it closed as silent is taken back from its next frame with the hello it kept (federation/nats_adopt.py);
 - frames to an edge go to `sql.down.<edge>` with the NATS reply subject `sql.up.<edge>.<node>`:
   the edge answers there. A `query` carries the header `Sql-Lease`: the node pings each edge
   running one of its fragments every lease/3 (from a thread of its own: a busy loop does not
