@@ -30,7 +30,7 @@ __all__ = ["NatsAdoption", "ADOPT_AT_ONCE", "SILENT_REASON"]
 
 
 class NatsAdoption:
-    """Mixed into NatsHub (which sets `_hellos`, `_taking_back`, `_adopting`, `m_adopted`)."""
+    """Mixed into NatsHub (which sets `_hellos`, `_taking_back`, `_take_back_task`, `_adopting`, `m_adopted`)."""
 
     def _keep_hello(self, edge: str, hello: wire.Frame, size: int) -> None:
         self._hellos[edge] = (hello, size)
@@ -52,10 +52,10 @@ class NatsAdoption:
         if self.stopping:
             return
         if edge in self._hellos:
-            first = not self._taking_back
             self._taking_back[edge] = (health, time.monotonic())
-            if first:
-                self.spawn(self._take_back(), name="nats-take-back")
+            worker = self._take_back_task
+            if worker is None or worker.done():
+                self._take_back_task = self.spawn(self._take_back(), name="nats-take-back")
             return
         if edge not in self._adopting and len(self._adopting) < ADOPT_AT_ONCE:
             self._adopting.add(edge)
@@ -68,16 +68,19 @@ class NatsAdoption:
             edge = next(iter(self._taking_back))
             health, heard = self._taking_back.pop(edge)
             kept = self._hellos.get(edge)
-            if kept is not None and edge not in self._connections:
-                hello, size = kept
-                welcome = self._accept_hello(edge, self._hello_now(edge, hello), size, heard=heard)
-                conn = self._connections.get(edge)
-                if welcome["accepted"] and conn is not None:
-                    self.m_adopted.inc(via="kept_hello")
-                    if health is not None:
-                        self.on_health(conn, health)
-                else:
-                    self.m_adopted.inc(via="refused")
+            try:
+                if kept is not None and edge not in self._connections:
+                    hello, size = kept
+                    welcome = self._accept_hello(edge, self._hello_now(edge, hello), size, heard=heard)
+                    conn = self._connections.get(edge)
+                    if welcome["accepted"] and conn is not None:
+                        self.m_adopted.inc(via="kept_hello")
+                        if health is not None:
+                            self.on_health(conn, health)
+                    else:
+                        self.m_adopted.inc(via="refused")
+            except Exception:  # noqa: BLE001 - the registry away: the next health tries again
+                log.exception("taking %s back failed", edge)
             await asyncio.sleep(0)
 
     def _hello_now(self, edge: str, hello: wire.Frame) -> wire.Frame:

@@ -96,6 +96,7 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
         self._adopting: set[str] = set()   # edges whose presence entry is being read (nats_adopt)
         self._hellos: dict[str, tuple[wire.Frame, int]] = {}   # edge → its hello and size, while it may come back
         self._taking_back: dict[str, tuple] = {}   # edges closed as silent heard again → (health, when)
+        self._take_back_task: asyncio.Task | None = None
         self._consumer = f"node_{token}".replace("=", "_")[:200]
         self._holes_looked_for: set[tuple] = set()   # (edge, log, seq) a rewind has looked for
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256

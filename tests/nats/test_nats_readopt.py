@@ -158,3 +158,29 @@ async def test_more_edges_than_the_adopt_cap_closed_at_once_all_come_back(aiohtt
     finally:
         fleet.done.set()
         fleet.thread.join(10)
+
+
+async def test_a_take_back_that_fails_once_is_tried_again_at_the_next_health(aiohttp_client, tmp_path, server):
+    """The registry away during a take-back: logged, and the next health tries again (the worker
+    must not die with edges left in its queue, which would then never be taken back)."""
+    edges = ["f1", "f2", "f3"]
+    hub = await _node(aiohttp_client, tmp_path, server, edges)
+    fleet = Edges(server.url, edges)
+    try:
+        await until(fleet.welcomed.is_set, 30, "every edge welcomed")
+        await until(lambda: all(hub.is_online(e) for e in edges), 10, "the node to hold every edge")
+        hub.presence = SlowPresence(hub.presence)
+        accept, failures = hub._accept_hello, []
+
+        def failing_once(*args, **kwargs):
+            if not failures:
+                failures.append(args[0])
+                raise ConnectionError("the registry is away")
+            return accept(*args, **kwargs)
+
+        hub._accept_hello = failing_once
+        await _closed_then_back(hub, fleet, ["f2", "f3"], ["f1"])   # heard again together: queued together
+        assert len(failures) == 1
+    finally:
+        fleet.done.set()
+        fleet.thread.join(10)
