@@ -12,6 +12,7 @@ of encoding and writing, which would otherwise hold every edge's frames in one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from federation.registry import Heartbeat, Registry
@@ -19,6 +20,7 @@ from federation.registry import Heartbeat, Registry
 log = logging.getLogger("streamql.federation")
 
 FLUSH_SLICE = 250   # beats per transaction when the flush runs on the event loop
+STOP_WAIT_S = 2.0   # a stop waits this long for the flush in flight before cancelling it
 
 
 class HeartbeatBuffer:
@@ -26,6 +28,7 @@ class HeartbeatBuffer:
         self.registry, self.interval = registry, interval
         self._pending: dict[str, Heartbeat] = {}
         self._heard_only: dict[str, Heartbeat] = {}   # another node writes these: the listeners hear them
+        self._stopping = asyncio.Event()
 
     def add(self, beat: Heartbeat, *, write: bool = True) -> None:
         """A beat to write at the next flush; `write=False`: only to the registry's listeners (this
@@ -65,12 +68,18 @@ class HeartbeatBuffer:
         return self.registry.record_heartbeats(beats)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+                break
+            except asyncio.TimeoutError:
+                pass
             try:
                 await self.flush_off_loop()
             except Exception:  # a locked database must not end the flushing for good
                 log.exception("writing heartbeats failed")
+            if self._stopping.is_set():
+                break
             follow = getattr(self.registry, "poll_heartbeats_off_loop", None)
             try:
                 if follow is not None:   # a shared registry: what the other nodes heard of their edges
@@ -108,6 +117,18 @@ class HeartbeatBuffer:
                 self._keep(beats[start:])   # a locked database: written at the next flush
                 raise
         return written
+
+    async def stop(self, task: asyncio.Task, wait_s: float = STOP_WAIT_S) -> None:
+        """End `task` (run()) after the flush in flight, then write the rest once. Cancelled
+        mid-write, a flush's thread went on writing and the same beats were written again behind
+        the row locks it still held: at 5,000 NATS edges on a loaded box 1.3 s of a node's stop."""
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.flush()
 
     def _keep(self, beats: list[Heartbeat]) -> None:
         """Beats not written: kept for the next flush, unless a newer one of the device came meanwhile."""

@@ -9,7 +9,8 @@ Frames are unchanged (docs/protocol.md); only where they travel changes (federat
 - a hello arrives as a NATS request: each node checks it against the registry and answers
   `welcome` (the edge takes the first); a node that starts later learns the edges already up
   from the presence bucket `sql_presence` (the edge's hello and latest health, expiring after
-  three heartbeats), and any edge it hears health from but does not know the same way;
+  three heartbeats), and any edge it hears health from but does not know the same way; an edge
+  it closed as silent is taken back from its next frame with the hello it kept (federation/nats_adopt.py);
 - frames to an edge go to `sql.down.<edge>` with the NATS reply subject `sql.up.<edge>.<node>`:
   the edge answers there. A `query` carries the header `Sql-Lease`: the node pings each edge
   running one of its fragments every lease/3 (from a thread of its own: a busy loop does not
@@ -40,6 +41,7 @@ from nats.js.api import KeyValueConfig, ObjectMeta, ObjectStoreConfig, StreamCon
 from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
+from federation.nats_adopt import NatsAdoption
 from federation.nats_auth import node_connect_options
 from federation.nats_edge_conn import LEASE_HEADER, NatsEdgeConnection  # noqa: F401 (LEASE_HEADER: the contract)
 from federation.nats_leases import RUN_HEADER, LeaseRenewer  # noqa: F401
@@ -51,7 +53,7 @@ from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
 from federation.hub_support import OnlineAgain
 from federation.publish import PublishLog
-from streamql import codec, wire
+from streamql import wire
 from streamql.frame_keys import peek
 
 log = logging.getLogger("streamql.federation.nats")
@@ -76,7 +78,7 @@ def max_frame_for(max_payload: int) -> int:
     return max(64 << 10, min(wire.MAX_FRAME_BYTES, max_payload - 4096))
 
 
-class NatsHub(NatsPublished, EdgeHub):
+class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
     """EdgeHub whose edges are reached over NATS (see the module docstring)."""
 
     def __init__(self, registry, config: FederationConfig, *, heartbeats=None, metrics=None,
@@ -91,7 +93,10 @@ class NatsHub(NatsPublished, EdgeHub):
         self.js: Any = None
         self.max_frame = wire.MAX_FRAME_BYTES
         self._subs: list = []
-        self._adopting: set[str] = set()
+        self._adopting: set[str] = set()   # edges whose presence entry is being read (nats_adopt)
+        self._hellos: dict[str, tuple[wire.Frame, int]] = {}   # edge → its hello and size, while it may come back
+        self._taking_back: dict[str, tuple] = {}   # edges closed as silent heard again → (health, when)
+        self._take_back_task: asyncio.Task | None = None
         self._consumer = f"node_{token}".replace("=", "_")[:200]
         self._holes_looked_for: set[tuple] = set()   # (edge, log, seq) a rewind has looked for
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
@@ -109,6 +114,9 @@ class NatsHub(NatsPublished, EdgeHub):
         self.peers = Peers(self.node_id)   # the other nodes: who writes which NATS edge's heartbeats
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
+        self.m_adopted = self.metrics.counter(
+            "streamql_nats_adoptions_total", "Edges this node took in without their hello: kept_hello (closed as "
+            "silent, heard again), presence (never held), no_presence (its entry not read), refused.", ("via",))
 
     # --- lifetime --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,6 +181,7 @@ class NatsHub(NatsPublished, EdgeHub):
     async def _leave_nats_edges(self) -> list:
         self._stopped_websocket_edges = [e for e, c in self._connections.items() if not isinstance(c, NatsEdgeConnection)]
         nats_edges = [c for c in self._connections.values() if isinstance(c, NatsEdgeConnection)]
+        self._taking_back.clear()
         for conn in nats_edges:
             for qid in list(conn.fragments):
                 with contextlib.suppress(Exception):
@@ -187,18 +196,25 @@ class NatsHub(NatsPublished, EdgeHub):
 
     async def close(self) -> None:
         """Cancel this node's fragments on the edges, then leave NATS; edges stay online for the others."""
+        steps = _Steps()
         await self._leave_nats_edges()
+        steps.mark("edges left")
         if self._renewer is not None:
             await asyncio.to_thread(self._renewer.stop)
+        steps.mark("lease thread")
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        steps.mark("unsubscribed")
         await super().close()
+        steps.mark("hub closed")
         if self.nc is not None:   # the cancels above go out first; then leave at once
             with contextlib.suppress(Exception):
                 await self.nc.flush(1.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
+        steps.mark("NATS closed")
+        steps.report("NATS hub closed")
 
     async def _ensure_storage_soon(self, timeout_s: float = 60.0) -> None:
         """_ensure_storage, waiting for JetStream (a cluster elects its leader after starting)."""
@@ -328,6 +344,7 @@ class NatsHub(NatsPublished, EdgeHub):
         if headers.get(KIND_HEADER) == "bye":
             if isinstance(conn, NatsEdgeConnection):
                 await conn.close(1000, "the edge said bye")
+            self._forget_hello(edge)
             return
         data = msg.data
         try:
@@ -342,7 +359,7 @@ class NatsHub(NatsPublished, EdgeHub):
             return
         if not isinstance(conn, NatsEdgeConnection) or conn.closing:
             if frame.t == "health" and conn is None:
-                self._adopt_later(edge)
+                self._adopt_later(edge, frame)
             elif frame.t in ("ack", "nack") and conn is None and not msg.subject.endswith(f".{subjects.ALL_NODES}"):
                 self._answer_of_unheld(edge, frame)
             return
@@ -407,6 +424,7 @@ class NatsHub(NatsPublished, EdgeHub):
                 self.spawn(replaced.close(wire.CLOSE_CODES["replaced"], "replaced by a newer connection"))
             replaced.closing = True
             self.detach(replaced, "replaced by a newer connection")
+        self._keep_hello(edge, hello, size)
         self.connected(conn)
         return wire.make("welcome", accepted=True, server_time=time.time(),
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
@@ -473,51 +491,6 @@ class NatsHub(NatsPublished, EdgeHub):
             if frame.get("functions") is not None:
                 announced["capabilities"]["functions"] = list(frame["functions"])
 
-    def _adopt_later(self, edge: str) -> None:
-        if edge not in self._adopting and len(self._adopting) < 1024 and not self.stopping:
-            self._adopting.add(edge)
-            self.spawn(self._adopt(edge), name=f"adopt-{edge}")
-
-    async def _adopt(self, edge: str) -> None:
-        """An edge this node has not heard say hello (it connected before the node started)."""
-        try:
-            entry = await self.presence.get(subjects.presence_key(edge))
-            self._adopt_entry(edge, entry.value)
-        except Exception as exc:  # noqa: BLE001 - gone meanwhile, or a bad entry
-            log.debug("no presence for %s: %s", edge, exc)
-        finally:
-            self._adopting.discard(edge)
-
-    def _adopt_entry(self, edge: str, value: bytes | None) -> None:
-        if not value or edge in self._connections:
-            return
-        document = codec.unpack(value)
-        hello = wire.decode(document["hello"], accept=wire.FROM_EDGE)
-        if hello.t != "hello":
-            return
-        welcome = self._accept_hello(edge, hello, len(document["hello"]))
-        if welcome["accepted"] and document.get("health"):
-            health = wire.decode(document["health"], accept=wire.FROM_EDGE)
-            conn = self._connections.get(edge)
-            if health.t == "health" and conn is not None:
-                self.on_health(conn, health)
-
-    async def _load_presence(self) -> None:
-        """The edges up before this node started (their presence entries)."""
-        try:
-            keys = await self.presence.keys()
-        except Exception:  # noqa: BLE001 - nats raises NoKeysError for an empty bucket
-            return
-        for key in keys:
-            try:
-                edge = subjects.decode_token(key)
-                entry = await self.presence.get(key)
-                self._adopt_entry(edge, entry.value)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("presence entry %s skipped: %s", key, exc)
-        if keys:
-            log.info("%d edges already present on NATS", len(self._connections))
-
     # --- leases ----------------------------------------------------------------------------------
     async def _renew_leases(self) -> None:
         """A ping to every edge running one of this node's fragments, three times a lease: from the
@@ -536,6 +509,23 @@ class NatsHub(NatsPublished, EdgeHub):
                 if isinstance(conn, NatsEdgeConnection) and conn.fragments and not conn.closing:
                     nonce += 1
                     conn.post(wire.make("ping", nonce=nonce, time=time.time()))
+
+
+class _Steps:
+    """How long each step of a close took, logged when the whole was slow."""
+
+    def __init__(self):
+        self.began = self.last = time.monotonic()
+        self.parts: list[str] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.parts.append(f"{name} +{now - self.last:.2f} s")
+        self.last = now
+
+    def report(self, what: str, slow_s: float = 1.0) -> None:
+        took = self.last - self.began
+        (log.warning if took >= slow_s else log.info)("%s in %.2f s: %s", what, took, ", ".join(self.parts))
 
 
 def _refused(reason: str) -> wire.Frame:

@@ -109,10 +109,15 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
 
     # --- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
+        began = time.monotonic()
         if self._watcher is not None:
             self._watcher.stop()
+        watcher = time.monotonic()
         self._locks.close()
         self._pool.close()
+        end = time.monotonic()
+        (log.warning if end - began >= 1.0 else log.info)(
+            "closing the registry took %.2f s: watcher %.2f s, pool %.2f s", end - began, watcher - began, end - watcher)
 
     def __enter__(self) -> "PgRegistry":
         return self
