@@ -24,6 +24,8 @@ from streamql import codec, wire
 log = logging.getLogger("streamql.federation.nats")
 
 ADOPT_AT_ONCE = 1024       # presence reads in flight
+BEHIND_S = 3.0             # reading this far behind (three of its 1 s probes), a node takes none back
+TAKE_BACK_PER_S = 250      # edges closed as silent taken back a second, at most (a hello's registry writes each)
 SILENT_REASON = "no frame for"   # hub.EdgeHub._sweep_loop's close reason: the edge may come back
 
 __all__ = ["NatsAdoption", "ADOPT_AT_ONCE", "SILENT_REASON"]
@@ -62,9 +64,15 @@ class NatsAdoption:
             self.spawn(self._adopt(edge), name=f"adopt-{edge}")
 
     async def _take_back(self) -> None:
-        """Edges closed as silent, accepted again from their kept hellos, one per loop turn: a burst
-        of a thousand is a thousand registry writes, and the subscription goes on being read."""
+        """Edges closed as silent, accepted again from their kept hellos, at most TAKE_BACK_PER_S a
+        second and only while this node reads its subscription within a heartbeat or BEHIND_S (its own probe,
+        nats_hub.silent_for): a burst of a thousand is a thousand registry writes on the loop, and a
+        node behind its reading (a connect storm, a held loop) first reads its backlog — its hellos
+        and other nodes' edges' frames — rather than compete with it; the edges wait meanwhile."""
         while self._taking_back and not self.stopping:
+            if time.monotonic() - self._caught_up_to > max(self.config.heartbeat_s, BEHIND_S):
+                await asyncio.sleep(1.0)
+                continue
             edge = next(iter(self._taking_back))
             health, heard = self._taking_back.pop(edge)
             kept = self._hellos.get(edge)
@@ -81,7 +89,7 @@ class NatsAdoption:
                         self.m_adopted.inc(via="refused")
             except Exception:  # noqa: BLE001 - the registry away: the next health tries again
                 log.exception("taking %s back failed", edge)
-            await asyncio.sleep(0)
+            await asyncio.sleep(1.0 / TAKE_BACK_PER_S)
 
     def _hello_now(self, edge: str, hello: wire.Frame) -> wire.Frame:
         """The kept hello with what the edge runs now: a deployment since changed its models (the

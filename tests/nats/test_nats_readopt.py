@@ -22,6 +22,7 @@ from federation.app import create_app
 from federation.auth import provision
 from federation.config import FederationConfig
 from federation.keys import HUB, REGISTRY
+from federation.nats_adopt import TAKE_BACK_PER_S, NatsAdoption
 from federation.testing import until
 from tests.nats_servers import module_nats_server  # noqa: F401  (the fixture `server`)
 from streamql import codec, wire
@@ -184,3 +185,40 @@ async def test_a_take_back_that_fails_once_is_tried_again_at_the_next_health(aio
     finally:
         fleet.done.set()
         fleet.thread.join(10)
+
+
+class _Node(NatsAdoption):
+    """Just what `_take_back` reads of a NatsHub: a node whose reading is `behind_s` late."""
+
+    def __init__(self, edges):
+        self.stopping, self.behind_s = False, 0.0
+        self.config = type("C", (), {"heartbeat_s": 0.5})()
+        self._hellos = {e: (wire.decode(_hello(e), accept=wire.FROM_EDGE), 100) for e in edges}
+        self._taking_back = {e: (None, time.monotonic()) for e in edges}
+        self._connections, self._announced, self.taken = {}, {}, []
+        self.m_adopted = type("M", (), {"inc": lambda *a, **k: None})()
+
+    @property
+    def _caught_up_to(self):
+        return time.monotonic() - self.behind_s
+
+    def _accept_hello(self, edge, hello, size, *, heard=None):
+        self.taken.append((edge, time.monotonic()))
+        self._connections[edge] = object()
+        return {"accepted": True}
+
+
+async def test_a_node_behind_its_reading_takes_nothing_back_and_then_at_a_bounded_rate():
+    """A take-back is a hello's registry writes on the loop: a node reading its subscription late
+    (a connect storm) reads its backlog first, and a thousand edges come back over seconds, not in
+    one burst of loop turns (three 10,000-edge connects failed with the take-back unpaced)."""
+    node = _Node([f"e{i:03d}" for i in range(100)])
+    node.behind_s = 10.0
+    worker = asyncio.get_running_loop().create_task(node._take_back())
+    await asyncio.sleep(1.5)
+    assert node.taken == [], "taken back while the node was behind its reading"
+    node.behind_s = 0.0
+    await asyncio.wait_for(worker, 30)
+    assert sorted(e for e, _ in node.taken) == sorted(node._hellos)
+    span = node.taken[-1][1] - node.taken[0][1]
+    assert span >= 99 / TAKE_BACK_PER_S * 0.9, f"100 edges taken back in {span:.3f} s"
