@@ -65,7 +65,7 @@ class NatsAdoption:
 
     async def _take_back(self) -> None:
         """Edges closed as silent, accepted again from their kept hellos, at most TAKE_BACK_PER_S a
-        second and only while this node reads its subscription within a heartbeat or BEHIND_S (its own probe,
+        second (and a quarter of the loop's time) and only while this node reads its subscription within a heartbeat or BEHIND_S (its own probe,
         nats_hub.silent_for): a burst of a thousand is a thousand registry writes on the loop, and a
         node behind its reading (a connect storm, a held loop) first reads its backlog — its hellos
         and other nodes' edges' frames — rather than compete with it; the edges wait meanwhile."""
@@ -76,6 +76,7 @@ class NatsAdoption:
             edge = next(iter(self._taking_back))
             health, heard = self._taking_back.pop(edge)
             kept = self._hellos.get(edge)
+            began = time.monotonic()
             try:
                 if kept is not None and edge not in self._connections:
                     hello, size = kept
@@ -89,7 +90,10 @@ class NatsAdoption:
                         self.m_adopted.inc(via="refused")
             except Exception:  # noqa: BLE001 - the registry away: the next health tries again
                 log.exception("taking %s back failed", edge)
-            await asyncio.sleep(1.0 / TAKE_BACK_PER_S)
+            # its registry writes wait for PostgreSQL's device-change lock, which every node's flips
+            # share: at 10,000 edges such waits held a node's loop 15 s. A take-back has at most a
+            # quarter of the loop's time, whatever one costs.
+            await asyncio.sleep(max(1.0 / TAKE_BACK_PER_S, 3 * (time.monotonic() - began)))
 
     def _hello_now(self, edge: str, hello: wire.Frame) -> wire.Frame:
         """The kept hello with what the edge runs now: a deployment since changed its models (the
