@@ -10,6 +10,7 @@ out as under that backlog (`SlowPresence`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -123,14 +124,23 @@ async def _closed_then_back(hub, fleet, quiet, others):
                 "the edges closed as silent to be connected again")
 
 
-async def test_an_edge_closed_as_silent_is_connected_again_from_its_next_frames(aiohttp_client, tmp_path, server):
-    edges = ["r1", "r2", "r3"]
+@contextlib.asynccontextmanager
+async def _held_fleet(aiohttp_client, tmp_path, server, edges, welcome_s: float = 30, hold_s: float = 10):
+    """A node holding every one of `edges`, whose presence reads from now on time out."""
     hub = await _node(aiohttp_client, tmp_path, server, edges)
     fleet = Edges(server.url, edges)
     try:
-        await until(fleet.welcomed.is_set, 30, "every edge welcomed")
-        await until(lambda: all(hub.is_online(e) for e in edges), 10, "the node to hold every edge")
+        await until(fleet.welcomed.is_set, welcome_s, "every edge welcomed")
+        await until(lambda: all(hub.is_online(e) for e in edges), hold_s, "the node to hold every edge")
         hub.presence = SlowPresence(hub.presence)
+        yield hub, fleet
+    finally:
+        fleet.done.set()
+        fleet.thread.join(10)
+
+
+async def test_an_edge_closed_as_silent_is_connected_again_from_its_next_frames(aiohttp_client, tmp_path, server):
+    async with _held_fleet(aiohttp_client, tmp_path, server, ["r1", "r2", "r3"]) as (hub, fleet):
         # a deployment changed r2's models meanwhile (its ack's copy for every node)
         async with _client(server.url) as nc:
             ack = wire.make("ack", did="d1-abc", model="m", active={"m": "2.0.0"})
@@ -141,36 +151,18 @@ async def test_an_edge_closed_as_silent_is_connected_again_from_its_next_frames(
         await _closed_then_back(hub, fleet, ["r2"], ["r1", "r3"])
         # taken back with what it runs now, not the models of its first hello
         assert hub._announced["r2"]["models"] == {"m": "2.0.0"}
-    finally:
-        fleet.done.set()
-        fleet.thread.join(10)
 
 
 async def test_more_edges_than_the_adopt_cap_closed_at_once_all_come_back(aiohttp_client, tmp_path, server):
     edges = [f"b{i}" for i in range(1300)]        # more than the 1,024 adoptions a node runs at once
-    hub = await _node(aiohttp_client, tmp_path, server, edges)
-    fleet = Edges(server.url, edges)
-    try:
-        await until(fleet.welcomed.is_set, 120, "every edge welcomed")
-        await until(lambda: all(hub.is_online(e) for e in edges), 60, "the node to hold every edge")
-        hub.presence = SlowPresence(hub.presence)
-        quiet, others = edges[:1200], edges[1200:]
-        await _closed_then_back(hub, fleet, quiet, others)
-    finally:
-        fleet.done.set()
-        fleet.thread.join(10)
+    async with _held_fleet(aiohttp_client, tmp_path, server, edges, welcome_s=120, hold_s=60) as (hub, fleet):
+        await _closed_then_back(hub, fleet, edges[:1200], edges[1200:])
 
 
 async def test_a_take_back_that_fails_once_is_tried_again_at_the_next_health(aiohttp_client, tmp_path, server):
     """The registry away during a take-back: logged, and the next health tries again (the worker
     must not die with edges left in its queue, which would then never be taken back)."""
-    edges = ["f1", "f2", "f3"]
-    hub = await _node(aiohttp_client, tmp_path, server, edges)
-    fleet = Edges(server.url, edges)
-    try:
-        await until(fleet.welcomed.is_set, 30, "every edge welcomed")
-        await until(lambda: all(hub.is_online(e) for e in edges), 10, "the node to hold every edge")
-        hub.presence = SlowPresence(hub.presence)
+    async with _held_fleet(aiohttp_client, tmp_path, server, ["f1", "f2", "f3"]) as (hub, fleet):
         accept, failures = hub._accept_hello, []
 
         def failing_once(*args, **kwargs):
@@ -182,9 +174,6 @@ async def test_a_take_back_that_fails_once_is_tried_again_at_the_next_health(aio
         hub._accept_hello = failing_once
         await _closed_then_back(hub, fleet, ["f2", "f3"], ["f1"])   # heard again together: queued together
         assert len(failures) == 1
-    finally:
-        fleet.done.set()
-        fleet.thread.join(10)
 
 
 class _Node(NatsAdoption):
