@@ -30,7 +30,7 @@ from federation.auth import Principal
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, serve_edge
 from federation.heartbeats import HeartbeatBuffer
-from federation.hub_support import OfflineWrites, Subscription, signal_descriptions
+from federation.hub_support import OnlineFlips, Subscription, signal_descriptions
 from federation.hub_support import plain as _plain
 from federation.hub_types import End as _End
 from federation.hub_types import EdgeOffline, FragmentError, FragmentState, HubObserver, RowBatch
@@ -68,7 +68,7 @@ class EdgeHub:
         self._flush_now = asyncio.Event()
         self._background: list[asyncio.Task] = []
         self.stopping = False   # shutting down: hellos are refused
-        self._offline = OfflineWrites(registry, lambda edge: edge in self._connections)
+        self._flips = OnlineFlips(registry, self._wants_online)
         self._recorded_seen: dict[str, float] = {}   # edge → last-seen time last given to the heartbeats
         m = self.metrics
         self.m_frames = m.counter("streamql_edge_frames_total", "Frames received from edges, by type.", ("type",))
@@ -119,7 +119,7 @@ class EdgeHub:
                     break
                 await asyncio.sleep(0.01)
             marks.append(("handlers", time.monotonic()))
-        self._offline.clear()
+        await self._flips.stop()
         with contextlib.suppress(Exception):   # one statement for all, not a write per edge
             self._write_stopped_offline()
         marks.append(("offline written", time.monotonic()))
@@ -130,6 +130,10 @@ class EdgeHub:
             "%d edges closed in %.2f s (%d aborted after %.1f s without their answer): %s",
             len(conns), took, aborted, grace_s, steps)
         return len(conns)
+
+    def _wants_online(self, edge: str) -> bool:
+        """What the registry should say of an edge: online while this node holds its link."""
+        return edge in self._connections
 
     def _write_stopped_offline(self) -> None:
         """The node stops: what it held is offline (NatsHub: only its WebSocket edges)."""
@@ -152,7 +156,8 @@ class EdgeHub:
             with contextlib.suppress(Exception):
                 self._write_stopped_offline()
         else:
-            self._offline.flush()
+            await self._flips.drain(timeout_s)
+            self._flips.flush()
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -311,7 +316,10 @@ class EdgeHub:
         acked = self.publish_log.hello(edge, resume.get("log"))
         replaced = self._connections.get(edge)
         self._connections[edge] = conn
-        self.registry.set_online(edge, True)
+        if self._flips.off_loop is not None:   # PostgreSQL: in a batch, off the loop (hub_support.OnlineFlips)
+            self._flips.mark((edge,))
+        else:
+            self.registry.set_online(edge, True)
         self.m_connects.inc(result="accepted")
         return acked, replaced
 
@@ -349,7 +357,7 @@ class EdgeHub:
         del self._connections[conn.edge_id]
         self._recorded_seen.pop(conn.edge_id, None)
         if not self.stopping:   # stopping: all are written offline at once (shutdown)
-            self._offline.add(conn.edge_id)   # with every other disconnect of this turn, in one transaction
+            self._flips.mark((conn.edge_id,))   # with every other disconnect of this turn, in one batch
         if self.heartbeats is not None and self.writes_beats_of(conn):
             self.heartbeats.touch(conn.edge_id, conn.last_seen)
         for observer in self._observers:

@@ -3,8 +3,8 @@ published records, announced values made plain, and the registry writes of many 
 
 At 10,000 edges the hub's per-edge costs add up: a disconnect wrote the registry in a transaction
 of its own (10,000 commits when a federation stops or a network drops every edge at once), and
-every health frame was converted to plain values by the general codec. `OnlineWrites` collects
-the offline marks of one event-loop turn into one transaction; `plain` converts the msgpack
+every health frame was converted to plain values by the general codec. `OnlineFlips` collects
+the online/offline marks into batches (off the event loop on PostgreSQL); `plain` converts the msgpack
 values a frame carries with a fast path for the plain types they almost always are.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamql.federation.hub")
 
-__all__ = ["Subscription", "plain", "signal_descriptions", "OfflineWrites"]
+__all__ = ["Subscription", "plain", "signal_descriptions", "OnlineFlips"]
 
 
 class Subscription:
@@ -106,75 +106,99 @@ def signal_descriptions(capabilities: dict) -> list[dict]:
     return out
 
 
-class OfflineWrites:
-    """Edges that went offline, written to the registry together at the end of the event-loop turn
-    (one transaction for all the disconnects of that turn, not one each). An edge connected again
-    by then is left online; `flush()` writes what waits at once (at shutdown)."""
+class OnlineFlips:
+    """The registry's online flag of the hub's edges, written in batches. `mark(edges)` says an edge's
+    link may have changed; what is written is what holds when the write runs (`wants_online(edge)`):
+    online (last seen now) for an edge this node holds, else offline — so an edge that dropped and
+    came back within one batch is written once, as it is.
 
-    def __init__(self, registry: Any, is_connected: Callable[[str], bool]):
-        self.registry, self.is_connected = registry, is_connected
-        self._pending: dict[str, None] = {}
+    On the embedded registry (SQLite) the edges marked in one event-loop turn are written at its end
+    in one transaction. On PostgreSQL (a registry with `write_online_off_loop`) every flip takes the
+    device-change lock all nodes share, and waiting for it on the event loop held a node's loop 15 s
+    at 10,000 edges (a burst of edges closed as silent, each a flip behind the other node's: the loop
+    stopped reading, more edges looked silent): there one batch at a time is written from a worker
+    thread, and the listeners hear it on the loop. An edge whose link changed while its batch was on
+    its way is marked again by that change (or by the listeners: NatsHub) and written in the next."""
+
+    RETRY_S = 1.0   # the registry failed (PostgreSQL restarting): the batch again after this
+
+    def __init__(self, registry: Any, wants_online: Callable[[str], bool]):
+        self.registry, self.wants_online = registry, wants_online
+        self.off_loop = getattr(registry, "write_online_off_loop", None)
+        self._pending: set[str] = set()
         self._scheduled = False
-
-    def add(self, edge_id: str) -> None:
-        self._pending[edge_id] = None
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:   # no loop (a synchronous caller): now
-                self.flush()
+        self._writer: asyncio.Task | None = None
+        self.written = 0      # edges written (both ways), for tests and the log
+        self.failures = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def clear(self) -> None:
-        """Forget what waits (the caller writes every edge offline itself)."""
-        self._pending = {}
+    def mark(self, edge_ids: Iterable[str]) -> None:
+        self._pending.update(edge_ids)
+        if self._scheduled or not self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # no loop (a synchronous caller): now
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if self.off_loop is None:
+            self.flush()
+        elif self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_off_loop(), name="online-flips")
+
+    async def _write_off_loop(self) -> None:
+        while self._pending:
+            edges = sorted(self._pending)
+            self._pending = set()
+            changes = {edge: bool(self.wants_online(edge)) for edge in edges}
+            try:
+                await self.off_loop(changes)
+                self.written += len(changes)
+            except Exception as exc:  # noqa: BLE001 - the registry failed: the same edges again, later
+                self.failures += 1
+                log.warning("writing %d edges on/offline failed (%s: %s); again in %.0f s", len(changes),
+                            type(exc).__name__, exc, self.RETRY_S)
+                self._pending.update(edges)
+                await asyncio.sleep(self.RETRY_S)
 
     def flush(self) -> int:
+        """Write what waits, now, on the calling thread, in one transaction (SQLite; shutdown)."""
         self._scheduled = False
-        edges = [edge for edge in self._pending if not self.is_connected(edge)]
-        self._pending = {}
+        edges = sorted(self._pending)   # rows in id order, as every multi-row write (no deadlock)
+        self._pending = set()
         if not edges:
             return 0
         transaction = getattr(self.registry, "transaction", None)
         with transaction() if transaction is not None else contextlib.nullcontext():
-            for edge in sorted(edges):   # rows in id order, as every multi-row write (no deadlock)
+            for edge in edges:
                 with contextlib.suppress(Exception):  # the device may have been deleted meanwhile
-                    self.registry.set_online(edge, False)
+                    self.registry.set_online(edge, bool(self.wants_online(edge)))
+        self.written += len(edges)
         return len(edges)
 
-
-
-class OnlineAgain:
-    """Edges another node wrote offline while this node still hears them (a NATS edge is served by
-    every node: one whose loop lagged past three heartbeats closes it and writes it offline, and the
-    registry's change feed takes it offline on the others too): written online again, together at
-    the end of the event-loop turn, after every listener heard the offline write. `hears(edge)`
-    says whether this node holds a live connection of it."""
-
-    def __init__(self, registry: Any, hears: Callable[[str], bool]):
-        self.registry, self.hears = registry, hears
-        self._pending: set[str] = set()
-        self.rewritten = 0
-
-    def offline_written(self, device_ids) -> None:
-        found = [edge for edge in device_ids if self.hears(edge)]
-        if not found:
-            return
-        if not self._pending:
-            with contextlib.suppress(RuntimeError):   # no loop: nothing runs here to correct
-                asyncio.get_running_loop().call_soon(self.flush)
-        self._pending.update(found)
-
-    def flush(self) -> int:
-        edges = [edge for edge in self._pending if self.hears(edge)]
+    def clear(self) -> None:
+        """Forget what waits (the caller writes every edge offline itself)."""
         self._pending = set()
-        transaction = getattr(self.registry, "transaction", None)
-        with transaction() if transaction is not None else contextlib.nullcontext():
-            for edge in sorted(edges):   # rows in id order, as every multi-row write (no deadlock)
-                with contextlib.suppress(Exception):  # deleted meanwhile
-                    self.registry.set_online(edge, True)
-        self.rewritten += len(edges)
-        return len(edges)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Until nothing waits and no batch is on its way (at most `timeout_s`)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (self._pending or self._scheduled or (self._writer is not None and not self._writer.done())) \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """The hub stops: the batch on its way may finish (bounded); nothing more is written."""
+        self._pending = set()
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(writer), timeout_s)
+            writer.cancel()

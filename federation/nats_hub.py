@@ -51,7 +51,6 @@ from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_se
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
-from federation.hub_support import OnlineAgain
 from federation.publish import PublishLog
 from streamql import wire
 from streamql.frame_keys import peek
@@ -110,7 +109,6 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
         self._stopped_websocket_edges: list[str] = []
         self.security: NatsSecurity | None = None   # set on a secured NATS: its quotas shape SQL_PUB
         self._renewer: LeaseRenewer | None = None
-        self._online_again = OnlineAgain(registry, self._hears)
         self.peers = Peers(self.node_id)   # the other nodes: who writes which NATS edge's heartbeats
         self.m_nats = self.metrics.counter("streamql_nats_events_total", "NATS connection events of this node.",
                                            ("event",))
@@ -431,9 +429,11 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
                          edge=edge, session=conn.session)
 
     def online_changed(self, device_ids, online: bool) -> None:
-        """Another node wrote offline an edge this node still hears: online again (hub_support.OnlineAgain)."""
+        """Another node wrote offline an edge this node still hears (a NATS edge is served by every
+        node: one whose loop lagged past three heartbeats closes it and writes it offline, and the
+        change feed takes it offline here too): written online again, in the next batch of flips."""
         if not online and not self.stopping:
-            self._online_again.offline_written(device_ids)
+            self._flips.mark([edge for edge in device_ids if self._hears(edge)])
 
     def writes_beats_of(self, conn) -> bool:
         """One node writes each NATS edge's heartbeats (nats_peers); WebSocket edges' their own node."""

@@ -8,7 +8,8 @@ service does not care which it has. The differences:
   costs the calls made while it is down an error, and the next ones reconnect by themselves;
 - calls block the event loop for a round trip (a fraction of a millisecond on a LAN), as SQLite's
   did for a page read; the selection index stays in memory and answers selections itself; the
-  hot ones, the heartbeat flush and the heartbeat poll, have `…_off_loop` forms run in a thread;
+  hot ones, the heartbeat flush and poll and the hub's online/offline flips, have `…_off_loop`
+  forms run in a thread;
 - devices changed by another node reach this node's listeners (the selection index, the fleet
   table) through the change feed (`device_changes`, written by triggers, LISTEN/NOTIFY to wake
   up; federation/registry_pg_sync.py): `poll_external_changes` costs nothing when nothing changed;
@@ -70,6 +71,7 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
     """The federation's persistent state in a PostgreSQL database several nodes may share."""
 
     shared = True   # other processes write here while we run: follow them, take turns driving rollouts
+    _change_lock_sql = _CHANGE_LOCK_SQL
 
     def __init__(self, conninfo: str, *, bundle_dir: Any = None, clock: Callable[[], float] = time.time,
                  pool_size: int = POOL_SIZE, watch: bool = True):
@@ -167,7 +169,7 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
                                    "UPDATE devices SET capabilities", "DELETE FROM devices")):
                 # a change the feed records: its lock before the rows' (the trigger takes it after
                 # them): two nodes' writes deadlocked, a flip holding its row and waiting for the lock
-                # against a transaction holding the lock and waiting for that row (OfflineWrites)
+                # against a transaction holding the lock and waiting for that row (OnlineFlips)
                 conn.execute(_CHANGE_LOCK_SQL)
             return conn.execute(sql, args).rowcount
 

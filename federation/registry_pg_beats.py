@@ -1,6 +1,7 @@
-"""Heartbeats in the PostgreSQL registry (a mixin of PgRegistry): written in slices of BEAT_SLICE
-devices (a short transaction each), from a worker thread, and read back of the edges other nodes
-serve (`poll_heartbeats`)."""
+"""Heartbeats and online flips in the PostgreSQL registry (a mixin of PgRegistry): beats written in
+slices of BEAT_SLICE devices (a short transaction each), from a worker thread, and read back of the
+edges other nodes serve (`poll_heartbeats`); the hub's online/offline flips written many at once,
+from a worker thread too (`write_online_off_loop`)."""
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,44 @@ def _loads(text):
 
 
 class PgHeartbeats:
-    """Needs of its host: _run, _rows, _listeners, _serving(_lock), _heard, _heard_through."""
+    """Needs of its host: _run, _rows, _listeners, _serving(_lock), _heard, _heard_through, clock,
+    node_key, transaction, and the device-change lock's statement (`_change_lock_sql`)."""
+
+    async def write_online_off_loop(self, changes: dict[str, bool]) -> tuple[list[str], list[str]]:
+        """Many edges written online (last seen now, this node's) or offline in one transaction, from
+        a worker thread: each flip takes the device-change lock every node's flips share, and a
+        burst of them waiting for it on the event loop held a node's loop 15 s at 10,000 edges.
+        Listeners hear on the loop; returns the ids written (online, offline) — a deleted device is
+        in neither."""
+        with self._serving_lock:   # before the write: a sweep in between re-points nothing wrongly
+            for edge, online in changes.items():
+                (self._serving.add if online else self._serving.discard)(edge)
+        went_online, went_offline = await asyncio.to_thread(self._write_online, changes)
+        for ids, online in ((went_online, True), (went_offline, False)):
+            if ids:
+                for listener in self._listeners:
+                    listener.online_changed(ids, online)
+        return went_online, went_offline
+
+    def _write_online(self, changes: dict[str, bool]) -> tuple[list[str], list[str]]:
+        online = sorted(edge for edge, state in changes.items() if state)
+        offline = sorted(edge for edge, state in changes.items() if not state)
+        try:
+            return self._flip_rows(online, offline)
+        except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
+            return self._flip_rows(online, offline)
+
+    def _flip_rows(self, online: list[str], offline: list[str]) -> tuple[list[str], list[str]]:
+        with self.transaction() as conn:
+            conn.execute(self._change_lock_sql)   # the feed's lock, then the rows in id order (see _run)
+            lock_devices(conn, sorted(online + offline))
+            went_online = [row[0] for row in conn.execute(
+                "UPDATE devices SET online = true, online_node = %s, last_seen = %s WHERE id = ANY(%s) RETURNING id",
+                (self.node_key, self.clock(), online)).fetchall()] if online else []
+            went_offline = [row[0] for row in conn.execute(
+                "UPDATE devices SET online = false, online_node = NULL WHERE id = ANY(%s) RETURNING id",
+                (offline,)).fetchall()] if offline else []
+        return went_online, went_offline
 
     def record_heartbeats(self, beats: Iterable[Heartbeat]) -> int:
         """Last seen, health and restarts of many devices in one statement; returns rows updated."""

@@ -1,7 +1,7 @@
 """Two federation nodes writing the same device rows on PostgreSQL must wait for each other, never
 deadlock. Seen at 10,000 edges on NATS during a deployment: node B's heartbeat batch (one UPDATE of
 thousands of rows, locked in its plan's order) against node A writing the edges its lagging loop
-gave up offline (OfflineWrites: one transaction, one row after another in the order they dropped).
+gave up offline (then one transaction, one row after another in the order they dropped; OnlineFlips.flush).
 Every multi-row write now takes its rows in id order (registry_pg_beats.lock_devices)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from psycopg import errors as pg_errors
 
 from federation.auth import provision
-from federation.hub_support import OfflineWrites
+from federation.hub_support import OnlineFlips
 from federation.records import Heartbeat
 from federation.registry_pg import PgRegistry
 
@@ -87,9 +87,10 @@ async def test_one_nodes_offline_writes_and_the_others_heartbeat_batch_do_not_de
     midway = _BatchMidway(b, [Heartbeat(device, at, {"cpu": 1.0}, 7) for device in DEVICES])
     a.add_listener(midway, [])
 
-    offline = OfflineWrites(a, lambda edge: False)
+    offline = OnlineFlips(a, lambda edge: False)
+    offline.off_loop = None                   # the synchronous form: one row after another, listeners inside
     for device in reversed(DEVICES):          # the order edges happen to drop in, all in one turn
-        offline.add(device)
+        offline.mark((device,))
     assert len(offline) == len(DEVICES)
     await asyncio.sleep(0.1)                  # the end of the turn: one transaction for them all
     assert len(offline) == 0 and midway.thread is not None
@@ -103,6 +104,68 @@ async def test_one_nodes_offline_writes_and_the_others_heartbeat_batch_do_not_de
         assert device.online is False, device.id
         assert device.last_seen == pytest.approx(at)
         assert device.restarts == 7
+
+
+class _Heard:
+    def __init__(self):
+        self.online: dict[str, bool] = {}
+
+    def online_changed(self, device_ids, online):
+        self.online.update(dict.fromkeys(device_ids, online))
+
+    def reset(self, devices):
+        pass
+
+    def device_changed(self, device):
+        pass
+
+    def device_removed(self, device_id):
+        pass
+
+
+async def test_flips_waiting_for_the_change_lock_do_not_hold_the_event_loop(nodes):
+    """At 10,000 edges node A's loop was held 15 s waiting for PostgreSQL: each online/offline flip
+    took the device-change lock every node's flips share, on the loop. Here node B holds that lock
+    2 s while node A's hub flips 20 edges: A's loop keeps turning, the flips land in one batch once
+    the lock is free (read back from B), and A's listeners hear them on the loop."""
+    from federation.registry_pg import _CHANGE_LOCK_SQL
+
+    a, b = nodes
+    for device in DEVICES:
+        provision(a, device, {}, {})
+        a.set_online(device, True)
+    heard = _Heard()
+    a.add_listener(heard, [])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with b.transaction() as conn:
+            conn.execute(_CHANGE_LOCK_SQL)
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    gone = set(DEVICES[:15])
+    flips = OnlineFlips(a, lambda edge: edge not in gone)
+    assert flips.off_loop is not None
+    loop = asyncio.get_running_loop()
+    flips.mark(reversed(DEVICES))
+    worst, last = 0.0, loop.time()
+    end = last + 2.0
+    while loop.time() < end:   # 2 s of 10 ms ticks, each timed
+        await asyncio.sleep(0.01)
+        now = loop.time()
+        worst, last = max(worst, now - last), now
+    assert worst < 0.5, f"node A's loop was held {worst:.2f} s while its flips waited for the lock"
+    assert not heard.online, "the flips were written while node B held the change lock"
+    release.set()
+    await flips.drain(20)
+    holder.join(10)
+    assert heard.online == {device: device not in gone for device in DEVICES}
+    assert {d.id: d.online for d in b.get_devices(DEVICES)} == heard.online   # the oracle: the database
+    assert flips.written == len(DEVICES) and flips.failures == 0
 
 
 def test_a_heartbeat_batch_holds_no_row_while_it_encodes_and_is_written_in_slices(nodes, monkeypatch):
