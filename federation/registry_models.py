@@ -59,6 +59,9 @@ class ModelVersionStore:
         """
         current = self.model_versions([device_id]).get(device_id, {})
         names = [only] if only is not None else sorted(set(current) | set(active))
+        names = [name for name in names if (current[name].version if name in current else None) != active.get(name)]
+        if not names:   # as recorded (every hello of an edge that reconnects): no transaction at all
+            return False
         changed = False
         with self.transaction():
             for name in names:
