@@ -12,7 +12,9 @@ from psycopg import errors as pg_errors
 
 from federation.records import Heartbeat
 
-BEAT_SLICE = 500   # beats per transaction: a flip on the event loop waits for one slice's locks at most
+BEAT_SLICE = 500   # beats per transaction: a write of these rows waits for one slice's locks at most
+FLIP_SLICE = 250  # flips per transaction: the device-change lock, which the loop's own writes (a
+                  # hello's new metadata) wait for, is held for one slice's rows at most
 HEARD_MARGIN_S = 10.0    # a beat is written a flush (1 s) and a busy loop after it was heard, on another clock
 
 
@@ -56,12 +58,20 @@ class PgHeartbeats:
         return went_online, went_offline
 
     def _write_online(self, changes: dict[str, bool]) -> tuple[list[str], list[str]]:
-        online = sorted(edge for edge, state in changes.items() if state)
-        offline = sorted(edge for edge, state in changes.items() if not state)
-        try:
-            return self._flip_rows(online, offline)
-        except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
-            return self._flip_rows(online, offline)
+        went_online: list[str] = []
+        went_offline: list[str] = []
+        edges = sorted(changes)
+        for start in range(0, len(edges), FLIP_SLICE):
+            chunk = edges[start:start + FLIP_SLICE]
+            online = [edge for edge in chunk if changes[edge]]
+            offline = [edge for edge in chunk if not changes[edge]]
+            try:
+                on, off = self._flip_rows(online, offline)
+            except pg_errors.DeadlockDetected:   # against a transaction writing some of these rows: once more
+                on, off = self._flip_rows(online, offline)
+            went_online += on
+            went_offline += off
+        return went_online, went_offline
 
     def _flip_rows(self, online: list[str], offline: list[str]) -> tuple[list[str], list[str]]:
         with self.transaction() as conn:

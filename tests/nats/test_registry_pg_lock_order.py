@@ -123,12 +123,16 @@ class _Heard:
         pass
 
 
-async def test_flips_waiting_for_the_change_lock_do_not_hold_the_event_loop(nodes):
+async def test_flips_waiting_for_the_change_lock_do_not_hold_the_event_loop(nodes, monkeypatch):
     """At 10,000 edges node A's loop was held 15 s waiting for PostgreSQL: each online/offline flip
     took the device-change lock every node's flips share, on the loop. Here node B holds that lock
     2 s while node A's hub flips 20 edges: A's loop keeps turning, the flips land in one batch once
-    the lock is free (read back from B), and A's listeners hear them on the loop."""
+    the lock is free (read back from B), and A's listeners hear them on the loop. The batch is
+    written in slices (a transaction each: the lock held for one slice's rows at most)."""
+    from federation import registry_pg_beats
     from federation.registry_pg import _CHANGE_LOCK_SQL
+
+    monkeypatch.setattr(registry_pg_beats, "FLIP_SLICE", 6)
 
     a, b = nodes
     for device in DEVICES:
