@@ -274,6 +274,7 @@ class Fragment:
                         session.pop(key, None)
                     else:
                         session[key] = value
+        self.plan_reused = result.plan_reused
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
         # long computations take turns on the CPU, so they never starve the short fragments
         result.ctx.pace = self._pace
