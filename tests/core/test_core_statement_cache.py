@@ -157,3 +157,24 @@ def test_frozen_values_compare_by_value_and_type():
     assert frozen_value(np.array([1.0, 2.0])) != frozen_value(np.array([1, 2]))
     assert frozen_value(object()) is UNCACHEABLE
     assert frozen_value(np.zeros(100_000)) is UNCACHEABLE
+
+
+def test_threads_sharing_a_small_cache_always_get_the_value_of_their_key():
+    import threading
+    cache = streamql.StatementCache(4)
+    wrong, done = [], []
+
+    def hammer(seed: int) -> None:
+        for i in range(3000):
+            key = (seed * 7 + i) % 11
+            value, _ = cache.get_or_make(("k", key), lambda: key * 10)
+            if value != key * 10:
+                wrong.append((key, value))
+        done.append(seed)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(done) == 8 and not wrong and len(cache) <= 4
