@@ -404,6 +404,8 @@ class Engine:
         if self.statement_cache is None or span is None or len(source) > MAX_CACHED_TEXT:
             return None
         store = self.store
+        if store.in_transaction:    # changes not yet counted in its revision: compile afresh
+            return None
         definitions = (store, store.revision) if store.types or store.functions or store.tables else None
         session = frozen_value(store.session) if store.session else None
         if session is UNCACHEABLE:

@@ -178,3 +178,16 @@ def test_threads_sharing_a_small_cache_always_get_the_value_of_their_key():
     for thread in threads:
         thread.join(60)
     assert len(done) == 8 and not wrong and len(cache) <= 4
+
+
+def test_no_plan_is_kept_or_reused_inside_an_open_transaction():
+    """Inside a statement's transaction the store may hold definitions its revision does not count
+    yet: a plan compiled there is neither taken from the cache nor kept."""
+    engine = cached_engine()
+    engine.execute("create function f(Integer x) -> Integer as x * 2;")
+    engine.execute("create function g(Integer x) -> Integer as x + 1;")
+    assert list(engine.query("select f(3);")) == [6]
+    with engine.store.transaction():
+        engine.store.functions.pop("f")     # a change the revision does not count until commit
+        with pytest.raises(QueryNameError):
+            engine.query("select f(3);")
