@@ -26,7 +26,8 @@ a miss, and the LRU forgets the old entry):
 
 No statement limit changes a plan (folding has a fixed budget of its own), so limits are not in
 the key: each run gets its own context with its own limits. A session value that cannot be
-compared by value (an object, a large array) makes the statement uncached. Texts over
+compared by value (an object, a large array) makes the statement uncached, and so does an open
+transaction (its changes are not counted in the revision until it commits). Texts over
 `MAX_CACHED_TEXT` characters are not kept (the hostile 64 KiB statements would fill it).
 """
 from __future__ import annotations
