@@ -58,6 +58,8 @@ def options(argv=None) -> argparse.Namespace:
                         help=f"leave out a hostile act ({', '.join(ACTS)})")
     parser.add_argument("--report", metavar="DIR", help="write report.json and the logs there")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stack-samples", metavar="DIR", help="sample the simulator processes' stacks into "
+                        "DIR/stacks-PID.json (bench/stack_sampler)")
     return parser.parse_args(argv)
 
 
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
     n_well = max(1, round(args.clients * 0.7))
     n_abandon = max(1, round(args.clients * 0.2)) if args.clients >= 3 else 0
     n_hostile = max(1, args.clients - n_well - n_abandon) if args.clients >= 3 else 0
-    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice, edge_procs=args.edge_procs)
+    fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice, edge_procs=args.edge_procs,
+                      stack_samples=args.stack_samples)
     procs: list[subprocess.Popen] = []
     report: dict = {"machine": machine(), "options": vars(args), "load_before": machine_load()}
     try:

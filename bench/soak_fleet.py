@@ -118,13 +118,17 @@ def busy_processes(exclude: set[int], top: int = 4) -> list[str]:
 
 class SoakFleet:
     def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0,
-                 edge_procs: int = 1):
+                 edge_procs: int = 1, stack_samples: str | None = None):
         self.work, self.edges, self.rss_cap_mb, self.edges_nice = work, edges, rss_cap_mb, edges_nice
         self.edge_procs = max(1, min(edge_procs, edges))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = work / "fed"
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if stack_samples:   # the simulators sample their stacks (bench/stack_sampler/sitecustomize.py)
+            Path(stack_samples).mkdir(parents=True, exist_ok=True)
+            self.env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "bench" / "stack_sampler"), str(ROOT)]),
+                            STREAMQL_STACK_SAMPLES=str(Path(stack_samples).resolve()))
         self.log_level = log_level
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}

@@ -59,6 +59,10 @@ CRASH_ENV = "STREAMQL_EDGE_CRASH_AT"
 (`built-scratch`, `bundle-written`, `before-switch`, `after-switch`)."""
 
 SOFTWARE = f"streamql-edge {streamql.__version__}"
+# compiled fragments kept per process: an edge answers the same fleet statements again and again,
+# and a simulator process's edges share it (plans are shared only where the catalogs match:
+# streamql/statement_cache.py); 512 covers a fleet's statements, bounded whatever comes in
+STATEMENT_CACHE = streamql.StatementCache(512)
 
 
 def load_trusted_keys(entries: list[str], base: Path | None = None) -> list:
@@ -240,7 +244,8 @@ class EdgeDaemon:
     def _new_engine(self):
         engine = streamql.Engine(clock=self.clock, seed=self.seed, trusted_keys=self.trusted_keys, name=self.config.id,
                                  files=self.config.files_dir,   # statements read the operator's files only
-                                 foreign=self.config.foreign)   # … and call only the Python it names
+                                 foreign=self.config.foreign,   # … and call only the Python it names
+                                 statement_cache=STATEMENT_CACHE)
         for name, live in self.drivers.signals.items():
             engine.add_signal(name, live, type=live.type_name or None)
         return engine

@@ -56,6 +56,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
+from .fragment_costs import FRAGMENT_COSTS
 from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
@@ -113,6 +114,7 @@ class Fragment:
         self.thread_id: int | None = None
         self.paused_since: float | None = None   # the worker waits for credit since (monotonic), or None
         self.kind: str | None = None    # the compiled statement's kind ("stream", "bag", …); None before
+        self.plan_reused = False        # its plan came from the edge's compiled-statement cache
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -210,8 +212,11 @@ class Fragment:
         self.thread_id = threading.get_native_id()   # for /proc (what a fragment's thread costs)
         below_the_loop()
         result = None
+        started_cpu, started_wall = time.thread_time(), time.monotonic()
+        compiled_cpu = compiled_wall = None
         try:
             result = self._compile()
+            compiled_cpu, compiled_wall = time.thread_time(), time.monotonic()
             self._stream(result)
         except _Stopped:
             pass
@@ -233,6 +238,17 @@ class Fragment:
                     result.close()
                 except Exception:  # noqa: BLE001
                     pass
+            self._account(started_cpu, started_wall, compiled_cpu, compiled_wall)
+
+    def _account(self, started_cpu: float, started_wall: float, compiled_cpu: float | None,
+                 compiled_wall: float | None) -> None:
+        """This fragment's CPU, compiling apart from running, into the process's totals."""
+        ended_cpu = time.thread_time()
+        if compiled_cpu is None:    # stopped or failed while compiling: all of it was compiling
+            compiled_cpu, compiled_wall = ended_cpu, time.monotonic()
+        FRAGMENT_COSTS.add(compiled=self.kind is not None, reused=self.plan_reused,
+                           compile_cpu_s=compiled_cpu - started_cpu, compile_wall_s=compiled_wall - started_wall,
+                           run_cpu_s=ended_cpu - compiled_cpu)
 
     def _compile(self):
         engine = self.engine
@@ -258,6 +274,7 @@ class Fragment:
                         session.pop(key, None)
                     else:
                         session[key] = value
+        self.plan_reused = result.plan_reused
         result.ctx.limits = Limits(None, None, self.limits.memory_mb)   # rows and time: enforced here
         # long computations take turns on the CPU, so they never starve the short fragments
         result.ctx.pace = self._pace
@@ -313,6 +330,7 @@ class Fragment:
 
     def _take(self, want: int, ctx) -> int:
         """Rows the window grants now, waiting (paused: not pulling from the query) while it is empty."""
+        released = False
         with self._cond:
             while True:
                 if self.outcome is not None:
@@ -324,7 +342,18 @@ class Fragment:
                     return granted
                 if self.paused_since is None:
                     self.paused_since = time.monotonic()
-                self._pace.release()          # paused: no CPU turn nor place at the gate held while it waits
+                if not released:
+                    # paused: no CPU turn nor place at the gate held while it waits — given back
+                    # without holding _cond, which the loop takes for credit and cancels: the loop
+                    # must never wait behind the gate's lock (a soak's sampling saw it blocked
+                    # there, the simulator's loop 20–90 s late); then look at the window again
+                    self._cond.release()
+                    try:
+                        self._pace.release()
+                    finally:
+                        self._cond.acquire()
+                    released = True
+                    continue
                 if ctx.cancel.is_set():       # (not ctx.check: that would wait for a turn, paused)
                     raise QueryCancelled("the query was cancelled")
                 # no polling: credit (add_credit) and the fragment's end (_decide) notify, so a

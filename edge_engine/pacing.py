@@ -236,6 +236,11 @@ class Place:
 
     def leave(self) -> None:
         """Not computing any more (waiting for credit, for the loop, or ended): the next one's turn."""
+        if not self.held and not self.waiting:
+            # neither holding nor in line (a stream between batches: `idle` at every item): nothing
+            # to give back, so no lock — only this thread puts its place in line, and a lapse only
+            # clears `held`; the gate's lock was the soak's busiest (30–60 threads waiting for it)
+            return
         gate = self.gate
         with gate._lock:
             now = gate.clock()
@@ -295,9 +300,9 @@ class Pacer:
                 state["long"] = True
                 with self._lock:
                     self.long_total += 1
+                if place is not None:      # before nice 19: a thread the kernel runs last must not
+                    place.leave()          # hold the gate's lock; long: its turns bound it, not the gate
                 _lowest_priority()
-                if place is not None:
-                    place.leave()          # long: its turns bound it, not the gate (see pace)
             now = time.monotonic()
             if state["holding"]:
                 if now < state["until"]:

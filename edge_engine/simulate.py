@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -46,6 +47,7 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 
 from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
+from .fragment_costs import FRAGMENT_COSTS, CostTotals
 from .pacing import PACER
 from .sim_signals import SignalPump, on_demand
 from .signals import build_drivers
@@ -349,6 +351,7 @@ class SimulatedFleet:
         loop = asyncio.get_running_loop()
         lags: list[float] = []
         reported = loop.time()
+        costs_before, process_cpu = FRAGMENT_COSTS.totals(), time.process_time()
         while True:
             due = loop.time() + tick_s
             await asyncio.sleep(tick_s)
@@ -366,7 +369,10 @@ class SimulatedFleet:
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
                             self.fragments_running(), _threads(), PACER.computing, PACER.queued,
                             PACER.keys_waiting, self.slots_yielded(), *self.slots_refused())
-                lags, reported = [], loop.time()
+                costs_now = FRAGMENT_COSTS.totals()
+                log.warning("fragments over %.0f s: %s; the process's CPU %.2f s", loop.time() - reported,
+                            _costs_text(costs_now.minus(costs_before)), time.process_time() - process_cpu)
+                lags, reported, costs_before, process_cpu = [], loop.time(), costs_now, time.process_time()
 
     def slots_yielded(self) -> int:
         """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
@@ -407,3 +413,11 @@ class SimulatedFleet:
         while self.connected() < len(self.daemons) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         return self.connected()
+
+
+def _costs_text(costs: CostTotals) -> str:
+    """The fragments' CPU split into compiling and running, for the simulator's summary."""
+    per = max(1, costs.compiled)
+    return (f"{costs.fragments} ended, {costs.compiled} compiled ({costs.plans_reused} plans reused); CPU compiling "
+            f"{costs.compile_cpu_s:.2f} s ({costs.compile_cpu_s / per * 1e3:.2f} ms each, wall "
+            f"{costs.compile_wall_s / per * 1e3:.1f} ms each), running {costs.run_cpu_s:.2f} s")

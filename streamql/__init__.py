@@ -13,10 +13,11 @@ from .errors import (FleetError, ModelError, QueryCancelled, QueryError, QueryLi
                      QueryNameError, QueryParseError, QueryRuntimeError, QueryTypeError,
                      QueryValidationError, StoreError)
 from .result import QueryHandle, Result  # noqa: E402
+from .statement_cache import StatementCache  # noqa: E402
 from .syntax import parse, parse_one  # noqa: E402
 from .values import Bag, EdgeRef, FunctionRef, Obj, Time, Timeval  # noqa: E402
 
 __all__ = ["Engine", "Result", "QueryHandle", "connect", "parse", "parse_one", "QueryError", "QueryParseError",
            "QueryTypeError", "QueryNameError", "QueryRuntimeError", "QueryLimitError", "QueryCancelled",
            "QueryValidationError", "ModelError", "StoreError", "FleetError", "Bag", "Time", "Timeval", "Obj",
-           "EdgeRef", "FunctionRef"]
+           "EdgeRef", "FunctionRef", "StatementCache"]

@@ -33,6 +33,7 @@ from .models import ModelRegistry
 from .optimizer import optimize as optimize_plan
 from .result import QueryHandle, Result
 from .signals import LiveSignal, Signal, SignalRegistry, make_signal
+from .statement_cache import MAX_CACHED_TEXT, UNCACHEABLE, StatementCache, frozen_value
 from .osql_statements import loads_code
 from .statements import StatementRunner
 from .store import Store, read_snapshot, write_snapshot
@@ -117,12 +118,16 @@ class Engine:
                  seed: int | None = None, library: Library | None = None, trusted_keys: Iterable | None = None,
                  optimize: bool = True, base_dir: str | os.PathLike | None = None, name: str | None = None,
                  files: str | os.PathLike | None = ANYWHERE, limits: dict | Limits | None = None,
-                 models_dir: str | os.PathLike | None = None, foreign: Iterable[str] = ()):
+                 models_dir: str | os.PathLike | None = None, foreign: Iterable[str] = (),
+                 statement_cache: StatementCache | None = None):
         self.name = name or "local"
         self.clock = clock or SYSTEM_CLOCK
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.library = library or default_library()
+        self._default_library = library is None   # the same functions as every engine's default one
+        # compiled statements kept (streamql/statement_cache.py), maybe shared with other engines
+        self.statement_cache = statement_cache
         self.store = Store()
         self.signals = SignalRegistry()
         self.flows = FlowRegistry(self.clock)
@@ -188,7 +193,7 @@ class Engine:
 
         With `checkpoint` (see `start`) the query's operators keep their state where it can be
         snapshotted, and resume from the checkpoint it holds."""
-        statement = parse_one(text)
+        statement = self._parse_one(text)
         if loads_code(statement):
             raise QueryTypeError(f"{statement.expr.name} runs files as a statement of a script (execute, the shell, "
                                  "streamql run), not as a query", statement.span, text)
@@ -372,10 +377,44 @@ class Engine:
             raise error from exc
 
     def _compile(self, statement: A.Statement, source: str, catalog=None):
+        return self._compiled(statement, source, catalog)[0]
+
+    def _compiled(self, statement: A.Statement, source: str, catalog=None) -> tuple[Any, bool]:
+        """(the statement's plan, whether it came from the statement cache)."""
+        key = self._plan_key(statement, source) if catalog is None else None
+        if key is not None:
+            return self.statement_cache.get_or_make(key, lambda: compile_statement(
+                self.catalog, statement, source, self._optimizer()))
         plan = compile_statement(catalog or self.catalog, statement, source, self._optimizer())
         if isinstance(catalog, FleetCatalog):
             catalog.check(plan.query, source)
-        return plan
+        return plan, False
+
+    def _parse_one(self, text: str) -> A.Statement:
+        """parse_one, through the statement cache when there is one (an AST is immutable: shared)."""
+        if self.statement_cache is None or len(text) > MAX_CACHED_TEXT:
+            return parse_one(text)
+        return self.statement_cache.get_or_make(("parse", text), lambda: parse_one(text))[0]
+
+    def _plan_key(self, statement: A.Statement, source: str):
+        """The statement cache's key for this statement's plan in this engine now, or None (no
+        cache, a long text, a session value not comparable by value). What binding and planning
+        read from the engine is in it (streamql/statement_cache.py says why each part)."""
+        span = statement.span
+        if self.statement_cache is None or span is None or len(source) > MAX_CACHED_TEXT:
+            return None
+        store = self.store
+        if store.in_transaction:    # changes not yet counted in its revision: compile afresh
+            return None
+        definitions = (store, store.revision) if store.types or store.functions or store.tables else None
+        session = frozen_value(store.session) if store.session else None
+        if session is UNCACHEABLE:
+            return None
+        signals = tuple(sorted((name, str(self._signal_types.get(name))) for name in self.catalog.signal_names()))
+        models = (self.models, self.models.revision) if len(self.models) else None
+        library = None if self._default_library else self.library
+        return ("plan", source, span.start, span.end, definitions, session, signals, models, library,
+                self.optimize_enabled)
 
     def _optimizer(self):
         """The optimizer pipeline, or None when this engine runs plans as planned."""
@@ -388,7 +427,7 @@ class Engine:
                       ctx: ExecContext | None = None, checkpoint: Checkpointing | QueryState | None = None) -> Result:
         catalog = FleetCatalog(self.catalog, self.library, fleet["access"]) if fleet is not None else None
         started = time.perf_counter()
-        plan = self._compile(statement, source, catalog)
+        plan, reused = self._compiled(statement, source, catalog)
         ctx = ctx if ctx is not None else self.new_context(limits)
         if checkpoint is not None:
             text = _statement_text(statement, source)
@@ -400,6 +439,7 @@ class Engine:
         items = physical_plan(plan, ctx).run({})
         result = Result(plan.columns, plan.types, plan.kind, items=items, ctx=ctx,
                         statement=_statement_text(statement, source), span=statement.span, source=source)
+        result.plan_reused = reused
         if catalog is not None:
             result.status = ctx.fleet.status
             result.status.timings["plan"] = time.perf_counter() - started   # parse excluded: done before

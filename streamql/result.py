@@ -33,6 +33,7 @@ class Result:
         self.message = message
         self.statement = statement
         self.status: dict | None = None  # per-device outcome on a federation
+        self.plan_reused = False         # its plan came from the engine's statement cache
         self.ctx = ctx
         self._span = span
         self._source = source

@@ -61,6 +61,11 @@ class Store:
                 if changed:
                     self.revision += 1
 
+    @property
+    def in_transaction(self) -> bool:
+        """A statement's changes are being applied (not yet committed, nor counted in `revision`)."""
+        return self._undo is not None
+
     def _record(self, undo: Callable[[], None]) -> None:
         if self._undo is not None:
             self._undo.append(undo)

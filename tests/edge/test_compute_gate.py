@@ -286,3 +286,57 @@ def test_a_place_granted_and_lapsed_before_its_thread_woke_is_not_lost():
             gate._unqueue(other)
     assert entered.wait(5), "the waiter was lost: out of the line and not holding a place"
     thread.join(5)
+
+
+async def test_a_paused_fragment_gives_its_place_back_without_holding_what_the_loop_takes(fed, edge_config,
+                                                                                          start_edge, gated):
+    """A fragment that runs out of credit gives its place at the gate back, which takes the gate's
+    lock — on a busy simulator process, behind dozens of threads. It did that holding its own
+    condition, which the event loop takes for every credit and cancel frame: the loop waited
+    behind the gate's lock (a soak's stack samples: the simulator's loop blocked in
+    `Fragment._decide`, 20–90 s late). Here giving the place back blocks until released; the
+    loop must still answer a cancel (its `end` frame) meanwhile."""
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    qid = await conn.start_query("select stream of x from Real x where x in signal_stream('vibration');",
+                                 credit=64, batch_rows=32)
+    deadline = time.monotonic() + 10
+    while qid not in daemon.fragments.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    fragment = daemon.fragments.running[qid]
+    blocked, unblock = threading.Event(), threading.Event()
+    real_release = fragment._pace.release
+
+    def slow_release() -> None:        # the gate's lock, held by others for a long while
+        if not blocked.is_set():
+            blocked.set()
+            unblock.wait(10)
+        real_release()
+
+    fragment._pace.release = slow_release
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, blocked.wait, 10), 15)
+        assert blocked.is_set()         # paused: inside the (slow) release
+        await conn.send("credit", qid=qid, add=32)
+        await conn.send("cancel", qid=qid)
+        end = await conn.next("end", qid=qid, start=0, timeout=5)
+        assert end["outcome"] == "cancelled"
+        assert not unblock.is_set()     # answered while the release still waited: the loop did not
+    finally:
+        unblock.set()
+
+
+def test_leaving_without_a_place_takes_no_lock():
+    """`pace.idle()` runs at every item a stream hands over; with no place held nor in line it has
+    nothing to give back and must not queue on the gate's lock (the soak's busiest: 30–60 threads
+    waiting for it in each simulator process)."""
+    gate = ComputeGate(1)
+    place = gate.place("p")
+    with gate._lock:                   # someone else holds the gate's lock
+        done = threading.Event()
+        threading.Thread(target=lambda: (place.leave(), done.set()), daemon=True).start()
+        assert done.wait(5)            # it did not wait for the lock
+    place.check_in(threading.Event())  # holding a place, leaving does take the lock and frees it
+    assert gate.computing == 1
+    place.leave()
+    assert gate.computing == 0

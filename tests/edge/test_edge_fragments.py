@@ -225,3 +225,23 @@ async def test_fragments_ended_while_waiting_for_the_compile_lock_do_not_compile
     rows, end = await conn.run_query("select 1 + 1;")    # the lock free again: a new query compiles
     assert end["outcome"] == "ok" and rows == [2]
     assert compiled == ["select 1 + 1;"]
+
+
+async def test_a_fragment_sent_again_reuses_its_plan_with_each_edges_own_parameters(fed, edge_config, start_edge):
+    """The edge keeps compiled fragments (edge_engine/daemon.py STATEMENT_CACHE): the same text
+    again is not parsed and planned again — and per-edge parameters, bound as constants, are part
+    of the key, so each value gets its own answer; the costs say how many plans were reused."""
+    from edge_engine.fragment_costs import FRAGMENT_COSTS
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    text = "select :edge_site + '/' + x from Charstring x where x in ('a', 'b');"
+    before = FRAGMENT_COSTS.totals()
+    answers = []
+    for site in ("kiruna", "kiruna", "minot", "kiruna"):
+        rows, end = await conn.run_query(text, params={"edge_site": site})
+        assert end["outcome"] == "ok", end
+        answers.append(sorted(rows))
+    assert answers == [["kiruna/a", "kiruna/b"]] * 2 + [["minot/a", "minot/b"]] + [["kiruna/a", "kiruna/b"]]
+    reused = FRAGMENT_COSTS.totals().minus(before)
+    assert reused.fragments == 4 and reused.compiled == 4
+    assert reused.plans_reused == 2     # the second and fourth: the same text and parameter value
