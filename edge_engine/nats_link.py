@@ -35,6 +35,7 @@ from streamql.frame_keys import peek
 
 from .config import Reconnect
 from .health import LinkStats
+from .nats_handshake import finish_slow_authorization
 from .link import LinkHandler, backoff_delay
 
 __all__ = ["NatsLink", "NatsConnection"]
@@ -48,6 +49,9 @@ RUN_HEADER = "Sql-Run"
 # how long a hello waits for its welcome: a busy node answers late (10,000 edges' health before it
 # on its subscription), and a hello sent again is one more for every node to check and write
 # (a fleet connecting at 5 s re-sent 6,000 of 10,000 hellos, each node answering all of them)
+# the connect, authorization included: the federation's generated server configuration gives its
+# auth callout 8 s (federation/nats_config.py AUTH_TIMEOUT_S), busy at a connect storm of thousands
+CONNECT_TIMEOUT_S = 10.0
 HELLO_TIMEOUT_S = 20.0
 
 
@@ -293,9 +297,10 @@ class NatsLink:
                 self.nc = await nats.connect(
                     self.servers, name=f"streamql-edge {self.edge_id}", inbox_prefix=subjects.inbox_prefix(
                         self.edge_id).encode(), allow_reconnect=True, max_reconnect_attempts=-1,
-                    reconnect_time_wait=max(0.2, self.reconnect.initial_s), connect_timeout=5,
+                    reconnect_time_wait=max(0.2, self.reconnect.initial_s), connect_timeout=CONNECT_TIMEOUT_S,
                     disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
                     closed_cb=closed, error_cb=self._error, **options)
+                await finish_slow_authorization(self.nc, CONNECT_TIMEOUT_S)   # a callout slower than 2 s
                 self.js = self.nc.jetstream()
                 self.max_frame = min(wire.MAX_FRAME_BYTES, self.nc.max_payload - 4096)
                 self._nats_down.clear()

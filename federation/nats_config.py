@@ -130,6 +130,12 @@ def _quoted(text: str) -> str:
 
 
 WRITE_DEADLINE = "60s"
+# seconds a connecting client may take to be authorized, the callout's answer included: at the
+# server's default (2 s) 3,500–5,500 of 10,000 edges connecting at once were refused on a 2-core
+# box, each node's callout answering late while its loop was busy with the storm's hellos, and
+# every refused edge came back to add to the storm. The edge waits a little longer
+# (edge_engine/nats_link.py CONNECT_TIMEOUT_S; edge_engine/nats_handshake.py says what nats-py needs)
+AUTH_TIMEOUT_S = 8
 
 
 def security_block(security: NatsSecurity) -> str:
@@ -153,6 +159,7 @@ def security_block(security: NatsSecurity) -> str:
         f"write_deadline: {_quoted(WRITE_DEADLINE)}",
         "authorization {",
         "  # every other connection is decided by the federation nodes (federation/nats_auth.py)",
+        f"  timeout: {AUTH_TIMEOUT_S}",
         "  auth_callout {",
         f"    issuer: {_quoted(security.issuer_public)}",
         f"    account: {ACCOUNT}",

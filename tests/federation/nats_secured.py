@@ -11,6 +11,7 @@ from federation import nats_subjects
 from federation.nats_auth import NatsAuthService
 from federation.nats_config import AccountLimits, EdgeQuotas, NatsSecurity, security_block
 from federation.registry import Registry
+from edge_engine.nats_handshake import finish_slow_authorization
 from federation.sessions import Sessions
 from tests.nats_servers import NatsServer, nats_server_binary
 
@@ -42,8 +43,10 @@ class Secured:
             errors.append(error)
 
         options.setdefault("allow_reconnect", False)
-        nc = await nats.connect(self.server.url, token=token, error_cb=on_error, connect_timeout=3,
+        options.setdefault("connect_timeout", 3)
+        nc = await nats.connect(self.server.url, token=token, error_cb=on_error,
                                 inbox_prefix=nats_subjects.inbox_prefix(device_id).encode(), **options)
+        await finish_slow_authorization(nc, options["connect_timeout"])   # as the edge's link does
         nc.errors = errors
         self.clients.append(nc)
         return nc
