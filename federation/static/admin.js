@@ -35,13 +35,17 @@ export class AdminPanel {
     this.made = null;          // the token just created: shown once
     this.provisioned = null;   // the device just provisioned: its config
     this.error = null;
+    this.asked = 0;            // refreshes asked for: an older answer arriving late is dropped
   }
 
   forget() { this.tokens = []; this.made = this.provisioned = null; clear(this.box); }
 
   async refresh() {
     if (!this.api.token) return;
-    this.tokens = (await this.api.get("/v1/tokens?devices=false")).tokens;
+    const asked = ++this.asked;
+    const tokens = (await this.api.get("/v1/tokens?devices=false")).tokens;
+    if (asked !== this.asked) return;  // the periodic refresh's list, asked before a create, would hide the new token
+    this.tokens = tokens;
     this.render();
   }
 
@@ -50,13 +54,21 @@ export class AdminPanel {
       this.made = await this.api.post("/v1/tokens", { role: form.role.value, label: form.label.value });
       this.error = null;
       form.label.value = "";
+      const { token, ...record } = this.made;  // listed at once, even if the list's refresh fails
+      this.tokens = [...this.tokens.filter((t) => t.id !== record.id), record];
     } catch (err) { this.error = err; }
+    this.render();
     await this.refresh();
   }
 
   async revoke(id) {
-    try { await this.api.delete("/v1/tokens/" + id); this.error = null; } catch (err) { this.error = err; }
+    try {
+      await this.api.delete("/v1/tokens/" + id);
+      this.error = null;
+      this.tokens = this.tokens.filter((t) => t.id !== id);
+    } catch (err) { this.error = err; }
     if (this.made && this.made.id === id) this.made = null;
+    this.render();
     await this.refresh();
   }
 
