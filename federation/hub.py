@@ -30,7 +30,8 @@ from federation.auth import Principal
 from federation.config import FederationConfig
 from federation.edge_link import EdgeConnection, serve_edge
 from federation.heartbeats import HeartbeatBuffer
-from federation.hub_support import OnlineFlips, Subscription, signal_descriptions
+from federation.hello_record import announcement, record_hello
+from federation.hub_support import OnlineFlips, Subscription
 from federation.hub_support import plain as _plain
 from federation.hub_types import End as _End
 from federation.hub_types import EdgeOffline, FragmentError, FragmentState, HubObserver, RowBatch
@@ -301,17 +302,18 @@ class EdgeHub:
         return sub
 
     # --- called by the edge connections ----------------------------------------------------------
-    def attach(self, conn: EdgeConnection, device: Device, hello: wire.Frame) -> tuple[int, EdgeConnection | None]:
-        """A device said hello: make it the edge's connection; returns (publish_acked, replaced one)."""
+    def attach(self, conn: EdgeConnection, device: Device, hello: wire.Frame, *,
+               announced: dict | None = None) -> tuple[int, EdgeConnection | None]:
+        """A device said hello: make it the edge's connection; returns (publish_acked, replaced one).
+        With `announced`, the hello is already recorded in the registry (hello_record.find_and_record,
+        off the loop); otherwise it is recorded here (may raise: the device deleted meanwhile)."""
         edge = conn.edge_id
-        capabilities = dict(hello["capabilities"])
-        self._announced[edge] = {
-            "edge": edge, "software": hello["software"], "metadata": {k: _plain(v) for k, v in hello["metadata"].items()},
-            "capabilities": {k: _plain(v) for k, v in capabilities.items()},
-            "signals": signal_descriptions(capabilities), "models": dict(hello["models"]),
-            "restarts": hello["restarts"], "version": conn.version, "connected_at": time.time(),
-        }
-        self._record_hello(device, hello, write=self.writes_beats_of(conn))  # may raise (device deleted meanwhile)
+        if announced is None:
+            announced = announcement(edge, conn.version, hello)
+            record_hello(self.registry, device, announced)
+        self._announced[edge] = announced
+        if self.heartbeats is not None:
+            self.heartbeats.add(Heartbeat(edge, time.time(), None, hello["restarts"]), write=self.writes_beats_of(conn))
         resume = hello.get("resume") or {}
         acked = self.publish_log.hello(edge, resume.get("log"))
         replaced = self._connections.get(edge)
@@ -322,23 +324,6 @@ class EdgeHub:
             self.registry.set_online(edge, True)
         self.m_connects.inc(result="accepted")
         return acked, replaced
-
-    def _record_hello(self, device: Device, hello: wire.Frame, *, write: bool = True) -> None:
-        """What the device announced goes into the registry (and so into the selection index)."""
-        announced = self._announced[device.id]
-        metadata = {**device.metadata, **{k: v for k, v in announced["metadata"].items() if _good_key(k)}}
-        capabilities = dict(device.capabilities)
-        for key, value in announced["capabilities"].items():
-            if key == "signals":
-                capabilities["signals"] = [s["name"] for s in announced["signals"]]
-            elif value is not None and _good_key(key):
-                capabilities[key] = value
-        if metadata != device.metadata or capabilities != device.capabilities:
-            self.registry.update_device(device.id, metadata=metadata if metadata != device.metadata else None,
-                                        capabilities=capabilities if capabilities != device.capabilities else None)
-        self.registry.record_active_models(device.id, {k: str(v) for k, v in hello["models"].items()})
-        if self.heartbeats is not None:
-            self.heartbeats.add(Heartbeat(device.id, time.time(), None, hello["restarts"]), write=write)
 
     def connected(self, conn: EdgeConnection) -> None:
         """The welcome went out: observers may now send what waits for the edge."""
@@ -561,7 +546,3 @@ class EdgeHub:
     async def serve(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Handle GET /v1/edges/connect for an authenticated device token."""
         return await serve_edge(self, request, principal)
-
-
-def _good_key(key: Any) -> bool:
-    return isinstance(key, str) and 0 < len(key) <= 128 and not any(c.isspace() or ord(c) < 32 for c in key)

@@ -51,7 +51,7 @@ class NatsAdoption:
 
     def _adopt_later(self, edge: str, health: wire.Frame | None = None) -> None:
         """A frame from an edge this node does not hold: take it in (see the module docstring)."""
-        if self.stopping:
+        if self.stopping or edge in self._hellos_pending:   # its hello is being answered (nats_hellos)
             return
         if edge in self._hellos:
             self._taking_back[edge] = (health, time.monotonic())

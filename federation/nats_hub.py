@@ -42,6 +42,7 @@ from nats.js.errors import NotFoundError
 
 from federation import nats_subjects as subjects
 from federation.nats_adopt import NatsAdoption
+from federation.nats_hellos import KIND_HEADER, NatsHellos
 from federation.nats_auth import node_connect_options
 from federation.nats_edge_conn import LEASE_HEADER, NatsEdgeConnection  # noqa: F401 (LEASE_HEADER: the contract)
 from federation.nats_leases import RUN_HEADER, LeaseRenewer  # noqa: F401
@@ -49,7 +50,6 @@ from federation.nats_peers import Peers
 from federation.nats_published import NatsPublished
 from federation.nats_config import SECURITY_FILE, NatsSecurity, publish_quota_settings
 from federation.config import FederationConfig
-from federation.edge_link import EdgeConnection, hello_too_large
 from federation.hub import EdgeHub, EdgeOffline
 from federation.publish import PublishLog
 from streamql import wire
@@ -58,7 +58,6 @@ from streamql.frame_keys import peek
 log = logging.getLogger("streamql.federation.nats")
 
 BUNDLE_HEADER = "Sql-Bundle"
-KIND_HEADER = "Sql-Kind"
 DUPLICATE_WINDOW_S = 3600.0  # JetStream drops a record resent within this; the publish log beyond it
 PROBE_S = 1.0
 STORE_TIMEOUT_S = 30.0   # a bundle put's acknowledgements (the default 5 s timed out under load)
@@ -77,7 +76,7 @@ def max_frame_for(max_payload: int) -> int:
     return max(64 << 10, min(wire.MAX_FRAME_BYTES, max_payload - 4096))
 
 
-class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
+class NatsHub(NatsPublished, NatsHellos, NatsAdoption, EdgeHub):
     """EdgeHub whose edges are reached over NATS (see the module docstring)."""
 
     def __init__(self, registry, config: FederationConfig, *, heartbeats=None, metrics=None,
@@ -96,6 +95,9 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
         self._hellos: dict[str, tuple[wire.Frame, int]] = {}   # edge → its hello and size, while it may come back
         self._taking_back: dict[str, tuple] = {}   # edges closed as silent heard again → (health, when)
         self._take_back_task: asyncio.Task | None = None
+        self._hello_lane = None   # threads for the hellos' registry work on PostgreSQL (nats_hellos)
+        self._hellos_pending: dict[str, asyncio.Task] = {}   # edge → its hello being answered there
+        self._after_hello: dict[str, list] = {}   # edge → its messages meanwhile, handled after it
         self._consumer = f"node_{token}".replace("=", "_")[:200]
         self._holes_looked_for: set[tuple] = set()   # (edge, log, seq) a rewind has looked for
         self._stored: dict[tuple[str, str], str] = {}   # bundles in the object store: (name, version) → sha256
@@ -141,6 +143,7 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
         if not await asyncio.to_thread(self._renewer.start):
             log.warning("lease renewal thread did not connect: renewing from the event loop")
         await self._ensure_storage_soon()
+        self._open_hello_lane()
         self._subs = [await self.nc.subscribe(subjects.up_broadcast(), cb=self._on_up),
                       await self.nc.subscribe(subjects.up_for_node(self.node_id), cb=self._on_up)]
         await self._load_presence()
@@ -205,6 +208,7 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
                 await sub.unsubscribe()
         steps.mark("unsubscribed")
         await super().close()
+        self._close_hello_lane()
         steps.mark("hub closed")
         if self.nc is not None:   # the cancels above go out first; then leave at once
             with contextlib.suppress(Exception):
@@ -337,6 +341,8 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
             edge = subjects.edge_of(msg.subject)
         except ValueError:
             return
+        if edge in self._hellos_pending and self._after_its_hello(edge, msg):
+            return
         headers = msg.headers or {}
         conn = self._connections.get(edge)
         if headers.get(KIND_HEADER) == "bye":
@@ -381,52 +387,6 @@ class NatsHub(NatsPublished, NatsAdoption, EdgeHub):
                 getattr(self, _DISPATCH[t])(conn, frame)
         except Exception:  # noqa: BLE001 - one bad frame must not stop the subscription
             log.exception("handling a %s frame from %s failed", t, edge)
-
-    async def _hello(self, edge: str, hello: wire.Frame, size: int, msg) -> None:
-        welcome = self._accept_hello(edge, hello, size)
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await self.nc.publish(msg.reply, wire.encode(welcome))
-
-    def _accept_hello(self, edge: str, hello: wire.Frame, size: int, *, heard: float | None = None) -> wire.Frame:
-        """Check a hello (the subject names the edge: NATS permissions vouch for it); the welcome."""
-        if hello["edge"] != edge:
-            self.m_connects.inc(result="impersonation")
-            return _refused(f"this edge speaks as {edge!r}, not {hello['edge']!r}")
-        version = wire.negotiate(hello.get("versions") or [hello.v])
-        if version is None:
-            self.m_connects.inc(result="unsupported_version")
-            return _refused(f"no common protocol version (this federation speaks {list(wire.SUPPORTED_VERSIONS)})")
-        oversized = hello_too_large(hello, size, self.config)
-        if oversized is not None:
-            self.m_connects.inc(result="hello_too_large")
-            return _refused(oversized)
-        device = self.registry.get_device(edge)
-        if device is None and self.registry.poll_external_changes():
-            device = self.registry.get_device(edge)   # provisioned through another node
-        if device is None:
-            self.m_connects.inc(result="unknown")
-            return _refused(f"no device {edge!r} is registered")
-        conn = NatsEdgeConnection(self, edge, version)
-        if heard is not None:
-            conn.last_frame = heard
-        try:
-            _acked, replaced = self.attach(conn, device, hello)
-        except Exception as exc:  # noqa: BLE001 - the registry failed us
-            log.exception("accepting the hello of %s failed", edge)
-            self.m_connects.inc(result="internal")
-            return _refused(f"the federation could not accept the connection: {type(exc).__name__}")
-        if replaced is not None:    # the edge reconnected: what ran over its old session is gone
-            replaced.close_reason = "replaced by a newer connection"
-            if isinstance(replaced, EdgeConnection):
-                self.spawn(replaced.close(wire.CLOSE_CODES["replaced"], "replaced by a newer connection"))
-            replaced.closing = True
-            self.detach(replaced, "replaced by a newer connection")
-        self._keep_hello(edge, hello, size)
-        self.connected(conn)
-        return wire.make("welcome", accepted=True, server_time=time.time(),
-                         heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
-                         edge=edge, session=conn.session)
 
     def online_changed(self, device_ids, online: bool) -> None:
         """Another node wrote offline an edge this node still hears (a NATS edge is served by every
@@ -526,8 +486,3 @@ class _Steps:
     def report(self, what: str, slow_s: float = 1.0) -> None:
         took = self.last - self.began
         (log.warning if took >= slow_s else log.info)("%s in %.2f s: %s", what, took, ", ".join(self.parts))
-
-
-def _refused(reason: str) -> wire.Frame:
-    return wire.make("welcome", accepted=False, server_time=time.time(), heartbeat_s=5.0, publish_acked=0,
-                     reason=reason)

@@ -22,6 +22,7 @@ service does not care which it has. The differences:
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -62,9 +63,10 @@ def _device(row: Sequence) -> Device:
 
 
 # connections: the event loop's calls, and the threads that use the registry beside it (the
-# heartbeat flush or poll, two auth callout workers, the watcher's sweep) — with 4, those threads
-# held every one and the loop waited for a connection (node A, 10,000 edges: `_connection` in wait)
-POOL_SIZE = 8
+# heartbeat flush or poll, the online flips, two auth callout workers, the watcher's sweep, a NATS
+# node's hello workers) — with 4, those threads held every one and the loop waited for a
+# connection (node A, 10,000 edges: `_connection` in wait)
+POOL_SIZE = 12
 
 
 class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
@@ -258,13 +260,35 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
         hooks = [hook for listener in self._listeners if (hook := getattr(listener, "models_changed", None))]
         if hooks:
             models = self.model_versions([device_id]).get(device_id, {})
-            for hook in hooks:
-                hook(device_id, models)
+            self._tell(lambda: [hook(device_id, models) for hook in hooks])
 
     def _notify_changed(self, devices: Iterable[Device]) -> None:
-        for device in devices:
-            for listener in self._listeners:
-                listener.device_changed(device)
+        devices = list(devices)
+        self._tell(lambda: [listener.device_changed(device) for device in devices for listener in self._listeners])
+
+    def _tell(self, call: Callable[[], Any]) -> None:
+        """Listeners now, or, in `run_off_loop`'s worker thread, on the loop after its work."""
+        held = getattr(self._local, "told", None)
+        call() if held is None else held.append(call)
+
+    async def run_off_loop(self, work: Callable[[], Any], executor=None) -> Any:
+        """`work()` (registry calls) in a worker thread, its listeners told on the loop afterwards —
+        also when it raised, for what it changed before: the selection index and the fleet table
+        live on the loop."""
+        def in_thread():
+            self._local.told = told = []
+            try:
+                return work(), None, told
+            except Exception as exc:  # noqa: BLE001 - raised again on the loop
+                return None, exc, told
+            finally:
+                del self._local.told
+        result, error, told = await asyncio.get_running_loop().run_in_executor(executor, in_thread)
+        for call in told:
+            call()
+        if error is not None:
+            raise error
+        return result
 
     # --- one rollout controller at a time ----------------------------------------------------------
     def claim_deployment(self, deployment_id: int) -> bool:

@@ -31,7 +31,23 @@ def nodes(pg_server):
         registry.close()
 
 
-class _BatchMidway:
+class _Listener:
+    """A registry listener hearing nothing but what a subclass overrides."""
+
+    def online_changed(self, device_ids, online):
+        pass
+
+    def reset(self, devices):
+        pass
+
+    def device_changed(self, device):
+        pass
+
+    def device_removed(self, device_id):
+        pass
+
+
+class _BatchMidway(_Listener):
     """A listener of node A's registry: at A's first offline write (inside its transaction, a row
     locked) node B's heartbeat flush of every device starts in a thread, and A goes on only once
     B is under way, so B's batch meets A's transaction halfway."""
@@ -52,15 +68,6 @@ class _BatchMidway:
             self.writer.record_heartbeats(self.beats)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.errors.append(exc)
-
-    def reset(self, devices):
-        pass
-
-    def device_changed(self, device):
-        pass
-
-    def device_removed(self, device_id):
-        pass
 
 
 async def test_one_nodes_offline_writes_and_the_others_heartbeat_batch_do_not_deadlock(nodes, monkeypatch):
@@ -106,21 +113,12 @@ async def test_one_nodes_offline_writes_and_the_others_heartbeat_batch_do_not_de
         assert device.restarts == 7
 
 
-class _Heard:
+class _Heard(_Listener):
     def __init__(self):
         self.online: dict[str, bool] = {}
 
     def online_changed(self, device_ids, online):
         self.online.update(dict.fromkeys(device_ids, online))
-
-    def reset(self, devices):
-        pass
-
-    def device_changed(self, device):
-        pass
-
-    def device_removed(self, device_id):
-        pass
 
 
 async def test_flips_waiting_for_the_change_lock_do_not_hold_the_event_loop(nodes, monkeypatch):
