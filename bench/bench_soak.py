@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, table  # noqa: E402
 from bench.soak_clients import ACTS  # noqa: E402
+from bench.soak_costs import fleet_cpu, groups_by_principal  # noqa: E402
+from bench.soak_costs import text as fleet_cpu_text  # noqa: E402
 from bench.soak_fleet import FleetDidNotStart, SoakFleet, busy_processes, machine_load  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -163,6 +165,9 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         report["http"] = {k: v for k, v in fleet.prober.delta("streamql_http_limited_total").items()}
         report["warnings"] = fleet.warnings()
         report["load_after"] = machine_load()
+        groups = groups_by_principal(fleet.token_ids.get("read", []), n_well, n_abandon, n_hostile)
+        report["fleet_cpu"] = fleet_cpu([path for name, path in fleet.logs.items() if name.startswith("edges")],
+                                        groups)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -241,6 +246,7 @@ def summary(report: dict) -> str:
     fleet_n = sum(1 for n in procs if n.startswith("edges"))
     out.append(f"edge processes: {fleet_n}, peak RSS (VmHWM) {fleet_hwm:.0f} MB in all, "
                f"{fleet_hwm / max(1, (report.get('options') or {}).get('edges', 1)):.1f} MB per simulated edge")
+    out.append(fleet_cpu_text(report.get("fleet_cpu") or {}))
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

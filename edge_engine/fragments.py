@@ -56,7 +56,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
-from .fragment_costs import FRAGMENT_COSTS
+from .fragment_costs import FRAGMENT_COSTS, statement_key
 from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
@@ -248,7 +248,8 @@ class Fragment:
             compiled_cpu, compiled_wall = ended_cpu, time.monotonic()
         FRAGMENT_COSTS.add(compiled=self.kind is not None, reused=self.plan_reused,
                            compile_cpu_s=compiled_cpu - started_cpu, compile_wall_s=compiled_wall - started_wall,
-                           run_cpu_s=ended_cpu - compiled_cpu)
+                           run_cpu_s=ended_cpu - compiled_cpu, principal=self.principal,
+                           statement=statement_key(self.source))
 
     def _compile(self):
         engine = self.engine

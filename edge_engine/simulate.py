@@ -352,6 +352,7 @@ class SimulatedFleet:
         lags: list[float] = []
         reported = loop.time()
         costs_before, process_cpu = FRAGMENT_COSTS.totals(), time.process_time()
+        by_key_before = FRAGMENT_COSTS.by_principal_and_statement()
         while True:
             due = loop.time() + tick_s
             await asyncio.sleep(tick_s)
@@ -372,7 +373,11 @@ class SimulatedFleet:
                 costs_now = FRAGMENT_COSTS.totals()
                 log.warning("fragments over %.0f s: %s; the process's CPU %.2f s", loop.time() - reported,
                             _costs_text(costs_now.minus(costs_before)), time.process_time() - process_cpu)
+                by_key_now = FRAGMENT_COSTS.by_principal_and_statement()
+                log.warning("fragment CPU by principal and statement over %.0f s: %s", loop.time() - reported,
+                            json.dumps(_by_key_text(by_key_now, by_key_before)))
                 lags, reported, costs_before, process_cpu = [], loop.time(), costs_now, time.process_time()
+                by_key_before = by_key_now
 
     def slots_yielded(self) -> int:
         """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
@@ -413,6 +418,17 @@ class SimulatedFleet:
         while self.connected() < len(self.daemons) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         return self.connected()
+
+
+def _by_key_text(now: dict, before: dict) -> list:
+    """[principal, statement, fragments, CPU s] that changed between two readings of the costs by
+    principal and statement (a soak maps principals to its client groups: bench/bench_soak.py)."""
+    out = []
+    for (principal, statement), (n, cpu) in now.items():
+        n0, cpu0 = before.get((principal, statement), (0, 0.0))
+        if n > n0:
+            out.append([principal, statement, n - n0, round(cpu - cpu0, 4)])
+    return out
 
 
 def _costs_text(costs: CostTotals) -> str:
