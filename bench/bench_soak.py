@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, table  # noqa: E402
 from bench.soak_clients import ACTS  # noqa: E402
-from bench.soak_costs import fleet_cpu, groups_by_principal  # noqa: E402
+from bench.soak_costs import federation_lanes, fleet_cpu, groups_by_principal, lanes_text  # noqa: E402
 from bench.soak_costs import text as fleet_cpu_text  # noqa: E402
 from bench.soak_fleet import FleetDidNotStart, SoakFleet, busy_processes, machine_load  # noqa: E402
 
@@ -168,6 +168,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         groups = groups_by_principal(fleet.token_ids.get("read", []), n_well, n_abandon, n_hostile)
         report["fleet_cpu"] = fleet_cpu([path for name, path in fleet.logs.items() if name.startswith("edges")],
                                         groups)
+        report["federation_lanes"] = federation_lanes(fleet.logs["federation"], groups)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -247,6 +248,7 @@ def summary(report: dict) -> str:
     out.append(f"edge processes: {fleet_n}, peak RSS (VmHWM) {fleet_hwm:.0f} MB in all, "
                f"{fleet_hwm / max(1, (report.get('options') or {}).get('edges', 1)):.1f} MB per simulated edge")
     out.append(fleet_cpu_text(report.get("fleet_cpu") or {}))
+    out.append(lanes_text(report.get("federation_lanes") or {}))
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

@@ -19,7 +19,11 @@ many) does keeps `select 1;` waiting.
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
   does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
 
-A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
+A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After, and
+the refusal logs who holds the lanes (at most every `CENSUS_EVERY_S`: the holders by principal and
+how long they have held their slots); every `SUMMARY_EVERY_S` the pool logs how long statements
+waited for a slot, cheap ones (fast-lane candidates) apart, and how the cheap ones ran — wall time
+against their thread's CPU, which tells a queue from a thread starved of CPU.
 Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
@@ -28,8 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import logging
 import os
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -45,6 +52,10 @@ FAST_SLOTS = 8
 FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
+CENSUS_EVERY_S = 5.0        # a refusal for want of a slot logs the lanes' holders at most this often
+SUMMARY_EVERY_S = 30.0      # waits for slots and cheap statements' run times, summed up this often
+
+log = logging.getLogger("streamql.federation.lanes")
 
 
 # statement threads' CPU priority below the event loop's (a thread's own nice). +15, not +5: in the
@@ -70,6 +81,7 @@ class Lane:
         self.name, self.slots, self.per_principal = name, slots, per_principal
         self.used = 0
         self.held: Counter = Counter()
+        self.since: dict[Any, list[float]] = {}     # who → when each of its slots was taken (census)
 
     def free_for(self, who: Any) -> bool:
         return self.used < self.slots and self.held[who] < self.per_principal
@@ -77,12 +89,75 @@ class Lane:
     def take(self, who: Any) -> None:
         self.used += 1
         self.held[who] += 1
+        self.since.setdefault(who, []).append(time.monotonic())
 
     def give_back(self, who: Any) -> None:
         self.used -= 1
         self.held[who] -= 1
+        taken = self.since.get(who)
+        if taken:
+            taken.pop(0)
         if self.held[who] <= 0:
             del self.held[who]
+            self.since.pop(who, None)
+
+    def census(self) -> dict:
+        """Who holds the lane's slots: {who: [seconds each has been held]}, the biggest holders first."""
+        now = time.monotonic()
+        return {str(who): sorted((round(now - t, 1) for t in self.since.get(who, ())), reverse=True)
+                for who, _ in self.held.most_common()}
+
+
+class LaneWatch:
+    """What a pool's statements waited for and how its cheap ones ran (the module docstring)."""
+
+    def __init__(self):
+        self.waits: dict[str, list[float]] = {}    # "cheap" / "other" / "stream" → seconds waited
+        self.refused: Counter = Counter()
+        self.cheap_runs: list[tuple[float, float]] = []    # (wall, thread CPU) of cheap statements
+        self._summary_at = time.monotonic()
+        self._census_at = float("-inf")
+
+    def waited(self, kind: str, seconds: float) -> None:
+        self.waits.setdefault(kind, []).append(seconds)
+        self._maybe_summary()
+
+    def timed(self, fn: Callable, *args) -> Any:
+        """fn(*args) in a worker thread, a cheap statement: its wall time and its thread's CPU kept."""
+        wall, cpu = time.monotonic(), time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cheap_runs.append((time.monotonic() - wall, time.thread_time() - cpu))
+
+    def busy(self, kind: str, who: Any, lanes: tuple["Lane", ...]) -> None:
+        self.refused[kind] += 1
+        now = time.monotonic()
+        if now - self._census_at >= CENSUS_EVERY_S:
+            self._census_at = now
+            log.warning("statement lanes full, %s refused (%s) after its wait: %s", who, kind,
+                        json.dumps({lane.name: {"used": lane.used, "slots": lane.slots, "holders": lane.census()}
+                                    for lane in lanes}))
+        self._maybe_summary()
+
+    def _maybe_summary(self) -> None:
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_EVERY_S:
+            return
+        parts = []
+        for kind, waits in sorted(self.waits.items()):
+            waits.sort()
+            parts.append(f"{kind} {len(waits)} admitted, waited p50 {waits[len(waits) // 2]:.2f} s, p99 "
+                         f"{waits[int(len(waits) * 0.99)]:.2f} s, {self.refused[kind]} refused")
+        runs = self.cheap_runs
+        if runs:
+            walls = sorted(w for w, _ in runs)
+            parts.append(f"cheap statements ran: wall p50 {walls[len(walls) // 2] * 1e3:.0f} ms, p99 "
+                         f"{walls[int(len(walls) * 0.99)] * 1e3:.0f} ms; their threads' CPU "
+                         f"{sum(c for _, c in runs) / len(runs) * 1e3:.1f} ms each")
+        log.warning("statement lanes over %.0f s: %s", now - self._summary_at, "; ".join(parts) or "idle")
+        self.waits, self.refused, self.cheap_runs = {}, Counter(), []
+        self._summary_at = now
 
 
 @dataclass
@@ -169,6 +244,7 @@ class StatementPool:
         self._long = pool(LONG_WORKERS, "statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
+        self.watch = LaneWatch()
         self.closing = False          # shutting down: no slot for anyone, waiters told at once
 
     # ------------------------------------------------------------------------------ slots
@@ -182,15 +258,19 @@ class StatementPool:
 
     async def acquire(self, who: Any = None, *, stream: bool = False, local: bool = False) -> Slot:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
+        began = loop.time()
+        deadline = began + self.wait_s
+        kind = "stream" if stream else "cheap" if local else "other"
         while True:
             if self.closing:
                 raise Busy("the federation is shutting down; try again shortly")
             slot = self._try(who, stream, local)
             if slot is not None:
+                self.watch.waited(kind, loop.time() - began)
                 return slot
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self.watch.busy(kind, who, (self.streams,) if stream else (self.statements, self.fast))
                 lane = self.streams if stream else self.statements
                 mine = lane.held[who] >= lane.per_principal
                 raise Busy(f"this token already runs {lane.per_principal} {lane.name} at once; try again shortly"
