@@ -366,10 +366,10 @@ class SimulatedFleet:
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
                             "running, %d threads, %d computing, %d waiting to compute (%d principals' lines); "
                             "%d unread streams gave their slot since the start; %d fragments refused for slots "
-                            "(%d one-shot)",
+                            "(%d one-shot); %d one-shot fragments stopped at their deadline",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
                             self.fragments_running(), _threads(), PACER.computing, PACER.queued,
-                            PACER.keys_waiting, self.slots_yielded(), *self.slots_refused())
+                            PACER.keys_waiting, self.slots_yielded(), *self.slots_refused(), self.past_deadline())
                 costs_now = FRAGMENT_COSTS.totals()
                 log.warning("fragments over %.0f s: %s; the process's CPU %.2f s", loop.time() - reported,
                             _costs_text(costs_now.minus(costs_before)), time.process_time() - process_cpu)
@@ -383,6 +383,11 @@ class SimulatedFleet:
         """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
         current connection."""
         return sum(d.fragments.yielded for d in self.daemons if d.fragments is not None)
+
+    def past_deadline(self) -> int:
+        """One-shot fragments stopped by their edge at the deadline the federation sent (its device
+        timeout), over every edge's current connection."""
+        return sum(d.fragments.past_deadline for d in self.daemons if d.fragments is not None)
 
     def slots_refused(self) -> tuple[int, int]:
         """Fragments refused for want of slots (all, one-shot), over every edge's current connection."""
