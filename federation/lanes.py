@@ -23,7 +23,9 @@ A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with 
 the refusal logs who holds the lanes (at most every `CENSUS_EVERY_S`: the holders by principal and
 how long they have held their slots); every `SUMMARY_EVERY_S` the pool logs how long statements
 waited for a slot, cheap ones (fast-lane candidates) apart, and how the cheap ones ran — wall time
-against their thread's CPU, which tells a queue from a thread starved of CPU.
+against their thread's CPU and its time runnable but waiting for a CPU (the kernel's schedstat),
+which tells a queue from a thread starved of CPU from one waiting for the interpreter's lock — and
+the same two for the event loop's thread over the period.
 Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
@@ -108,27 +110,42 @@ class Lane:
                 for who, _ in self.held.most_common()}
 
 
+def thread_schedstat() -> tuple[float, float]:
+    """The calling thread's (seconds on a CPU, seconds runnable but waiting for one) since it
+    started (/proc/thread-self/schedstat; zeros where there is none)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
 class LaneWatch:
     """What a pool's statements waited for and how its cheap ones ran (the module docstring)."""
 
     def __init__(self):
         self.waits: dict[str, list[float]] = {}    # "cheap" / "other" / "stream" → seconds waited
         self.refused: Counter = Counter()
-        self.cheap_runs: list[tuple[float, float]] = []    # (wall, thread CPU) of cheap statements
+        self.cheap_runs: list[tuple[float, float, float]] = []   # (wall, CPU, waiting for a CPU) each
         self._summary_at = time.monotonic()
         self._census_at = float("-inf")
+        self._loop_sched: tuple[float, float] | None = None     # the loop thread's schedstat then
 
     def waited(self, kind: str, seconds: float) -> None:
         self.waits.setdefault(kind, []).append(seconds)
+        if self._loop_sched is None:
+            self._loop_sched = thread_schedstat()      # the loop's thread: the first period starts
         self._maybe_summary()
 
     def timed(self, fn: Callable, *args) -> Any:
         """fn(*args) in a worker thread, a cheap statement: its wall time and its thread's CPU kept."""
-        wall, cpu = time.monotonic(), time.thread_time()
+        wall, cpu, (_, runnable) = time.monotonic(), time.thread_time(), thread_schedstat()
         try:
             return fn(*args)
         finally:
-            self.cheap_runs.append((time.monotonic() - wall, time.thread_time() - cpu))
+            self.cheap_runs.append((time.monotonic() - wall, time.thread_time() - cpu,
+                                    thread_schedstat()[1] - runnable))
 
     def busy(self, kind: str, who: Any, lanes: tuple["Lane", ...]) -> None:
         self.refused[kind] += 1
@@ -151,13 +168,19 @@ class LaneWatch:
                          f"{waits[int(len(waits) * 0.99)]:.2f} s, {self.refused[kind]} refused")
         runs = self.cheap_runs
         if runs:
-            walls = sorted(w for w, _ in runs)
+            walls = sorted(w for w, _, _ in runs)
             parts.append(f"cheap statements ran: wall p50 {walls[len(walls) // 2] * 1e3:.0f} ms, p99 "
-                         f"{walls[int(len(walls) * 0.99)] * 1e3:.0f} ms; their threads' CPU "
-                         f"{sum(c for _, c in runs) / len(runs) * 1e3:.1f} ms each")
+                         f"{walls[int(len(walls) * 0.99)] * 1e3:.0f} ms, mean {sum(walls) / len(runs) * 1e3:.0f} ms; "
+                         f"their threads' CPU {sum(c for _, c, _ in runs) / len(runs) * 1e3:.1f} ms each, waiting "
+                         f"for a CPU {sum(r for _, _, r in runs) / len(runs) * 1e3:.0f} ms each")
+        sched = thread_schedstat()     # called on the event loop's thread (acquire)
+        if self._loop_sched is not None:
+            span = max(1e-9, now - self._summary_at)
+            parts.append(f"the event loop's thread on a CPU {(sched[0] - self._loop_sched[0]) / span:.0%} of the "
+                         f"time, waiting for one {(sched[1] - self._loop_sched[1]) / span:.0%}")
         log.warning("statement lanes over %.0f s: %s", now - self._summary_at, "; ".join(parts) or "idle")
         self.waits, self.refused, self.cheap_runs = {}, Counter(), []
-        self._summary_at = now
+        self._summary_at, self._loop_sched = now, sched
 
 
 @dataclass
