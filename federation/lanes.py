@@ -26,10 +26,7 @@ waited for a slot, cheap ones (fast-lane candidates) apart, and how the cheap on
 against their thread's CPU and its time runnable but waiting for a CPU (the kernel's schedstat),
 which tells a queue from a thread starved of CPU from one waiting for the interpreter's lock — and
 the same two for the event loop's thread over the period.
-Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first. A
-cheap statement (`is_fast`, whichever lane's slot it holds) runs on threads of its own at the
-smaller `CHEAP_NICE`: it computes for a millisecond or two by construction, and at nice 15 it waited
-seconds for a CPU behind the simulated fleet on a saturated box (the soak's lane summaries).
+Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
 """
@@ -68,18 +65,15 @@ log = logging.getLogger("streamql.federation.lanes")
 # fleet queries 41 vs 173 times; the cost, seen at 100 clients: a statement thread preempted while
 # it holds the interpreter's lock keeps the loop waiting longer (bench/README.md "Fourth session")
 WORKER_NICE = 15
-# cheap statements (`select 1;`: a millisecond or two of CPU, provably no fleet, no large value)
-# a step below the loop only: at +15 one took 0.3–2 s of wall time for its 2 ms on a saturated box
-CHEAP_NICE = 5
 
 
-def below_the_loop(steps: int = WORKER_NICE) -> None:
-    """A worker thread's start: its CPU priority `steps` below the event loop's, so that however
+def below_the_loop() -> None:
+    """A worker thread's start: its CPU priority a step below the event loop's, so that however
     many statements compute, the kernel runs the loop first when it has work — answering
     /healthz, reading the edges' frames, stopping on SIGTERM (its own nice; no privilege needed)."""
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE))
     except (AttributeError, OSError):
         pass
 
@@ -265,11 +259,9 @@ class StatementPool:
         self.statements = Lane("statements", workers, max(1, workers // 4))
         self.fast = Lane("fast", fast_slots, 1)
         self.streams = Lane("streams", stream_slots, STREAMS_PER_PRINCIPAL)
-        def pool(n: int, name: str, nice: int = WORKER_NICE) -> concurrent.futures.ThreadPoolExecutor:
-            return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=name, initializer=below_the_loop,
-                                                         initargs=(nice,))
+        def pool(n: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+            return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=name, initializer=below_the_loop)
         self._executor = pool(workers + fast_slots, "statement")
-        self._cheap = pool(workers + fast_slots, "statement-cheap", CHEAP_NICE)   # one per slot at most
         self._stream_executor = pool(stream_slots, "stream")
         self._quick = pool(QUICK_WORKERS, "statement-quick")
         self._long = pool(LONG_WORKERS, "statement-long")
@@ -325,10 +317,9 @@ class StatementPool:
                 waiter.set_result(None)
 
     # ------------------------------------------------------------------------------ threads
-    def submit(self, fn, *args, stream: bool = False, cheap: bool = False) -> asyncio.Future:
-        """fn(*args) in a worker thread (the caller holds a slot); `cheap`: a cheap statement, on
-        the threads at CHEAP_NICE."""
-        executor = self._stream_executor if stream else self._cheap if cheap else self._executor
+    def submit(self, fn, *args, stream: bool = False) -> asyncio.Future:
+        """fn(*args) in a worker thread (the caller holds a slot)."""
+        executor = self._stream_executor if stream else self._executor
         return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def call(self, fn, *args, who: Any = None, local: bool = False):
@@ -363,5 +354,5 @@ class StatementPool:
                 waiter.set_result(None)
 
     def shutdown(self) -> None:
-        for executor in (self._executor, self._cheap, self._stream_executor, self._quick, self._long):
+        for executor in (self._executor, self._stream_executor, self._quick, self._long):
             executor.shutdown(wait=False, cancel_futures=True)

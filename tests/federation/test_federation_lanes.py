@@ -169,26 +169,3 @@ async def test_a_refusal_for_want_of_a_slot_logs_who_holds_the_lanes(caplog):
     summary = [r.getMessage() for r in caplog.records if "statement lanes over" in r.getMessage()][-1]
     assert "cheap 2 admitted" in summary and "other 4 admitted" in summary and "cheap statements ran" in summary
     assert "1 refused" in summary and "waiting for a CPU" in summary and "the event loop's thread on a CPU" in summary
-
-
-async def test_cheap_statements_run_a_step_below_the_loop_and_the_others_far_below():
-    """A cheap statement (`select 1;`) computes for a millisecond or two: its threads sit at
-    CHEAP_NICE, where a saturated box still gives it a CPU soon; every other statement stays at
-    WORKER_NICE, far below the event loop."""
-    import os
-    import threading
-
-    from federation.lanes import CHEAP_NICE, WORKER_NICE
-    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    if here + WORKER_NICE > 19:
-        pytest.skip("the tests run too low already to tell the two apart")
-
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    pool = StatementPool(workers=4)
-    try:
-        assert await pool.submit(nice, cheap=True) == here + CHEAP_NICE
-        assert await pool.submit(nice) == here + WORKER_NICE
-        assert CHEAP_NICE < WORKER_NICE
-    finally:
-        pool.shutdown()
