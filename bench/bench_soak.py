@@ -8,6 +8,8 @@ client processes (bench/soak_clients.py): the well-behaved clients (70 %), and t
 their latencies, 429/503 retries, both processes' memory and CPU every 0.5 s (VmHWM at the end),
 /healthz answered or not (from a thread of its own), edges reconnecting, the logs' warnings, and
 how the federation stops on SIGTERM while the bad clients are still connected (≤ 10 s, exit 0).
+From the logs: the simulated fleet's fragment CPU by client group and statement, and who held the
+federation's statement lanes when a statement was refused for want of a slot (bench/soak_costs.py).
 
     /work/venv/bin/python bench/bench_soak.py [--duration 300] [--clients 200] [--edges 100]
         [--think 10] [--heavy 2] [--rss-cap-mb 3000] [--isolate] [--skip ACT …] [--report DIR]
