@@ -242,6 +242,8 @@ async def test_a_fragment_sent_again_reuses_its_plan_with_each_edges_own_paramet
         assert end["outcome"] == "ok", end
         answers.append(sorted(rows))
     assert answers == [["kiruna/a", "kiruna/b"]] * 2 + [["minot/a", "minot/b"]] + [["kiruna/a", "kiruna/b"]]
+    # a fragment's thread adds its costs after its end frame is on its way: wait for the last one
+    await _costs_settled(lambda: FRAGMENT_COSTS.totals().minus(before).fragments >= 4)
     reused = FRAGMENT_COSTS.totals().minus(before)
     assert reused.fragments == 4 and reused.compiled == 4
     assert reused.plans_reused == 2     # the second and fourth: the same text and parameter value
@@ -258,6 +260,11 @@ async def test_the_costs_are_kept_by_principal_and_statement(fed, edge_config, s
     for principal, text in (("token-7", busy), ("token-8", light), ("token-8", light)):
         rows, end = await conn.run_query(text, principal=principal)
         assert end["outcome"] == "ok", end
+
+    def ended(principal, text):
+        return FRAGMENT_COSTS.by_principal_and_statement().get((principal, statement_key(text)), (0, 0.0))[0] - \
+            before.get((principal, statement_key(text)), (0, 0.0))[0]
+    await _costs_settled(lambda: ended("token-7", busy) >= 1 and ended("token-8", light) >= 2)
     now = FRAGMENT_COSTS.by_principal_and_statement()
 
     def spent(principal, text):
@@ -269,3 +276,10 @@ async def test_the_costs_are_kept_by_principal_and_statement(fed, edge_config, s
     assert cpu_busy > 5 * max(cpu_light, 1e-4)       # counting 3 million numbers against adding two
     assert spent("token-7", light) == (0, 0.0)
     assert statement_key(busy) != statement_key(light) and statement_key(busy).endswith(busy[:40])
+
+
+async def _costs_settled(done, timeout: float = 10.0) -> None:
+    """Wait until `done()`: a fragment's thread adds its costs just after its end frame is sent."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
