@@ -8,6 +8,8 @@ client processes (bench/soak_clients.py): the well-behaved clients (70 %), and t
 their latencies, 429/503 retries, both processes' memory and CPU every 0.5 s (VmHWM at the end),
 /healthz answered or not (from a thread of its own), edges reconnecting, the logs' warnings, and
 how the federation stops on SIGTERM while the bad clients are still connected (≤ 10 s, exit 0).
+From the logs: the simulated fleet's fragment CPU by client group and statement, and who held the
+federation's statement lanes when a statement was refused for want of a slot (bench/soak_costs.py).
 
     /work/venv/bin/python bench/bench_soak.py [--duration 300] [--clients 200] [--edges 100]
         [--think 10] [--heavy 2] [--rss-cap-mb 3000] [--isolate] [--skip ACT …] [--report DIR]
@@ -32,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, table  # noqa: E402
 from bench.soak_clients import ACTS  # noqa: E402
+from bench.soak_costs import federation_lanes, fleet_cpu, groups_by_principal, lanes_text  # noqa: E402
+from bench.soak_costs import text as fleet_cpu_text  # noqa: E402
 from bench.soak_fleet import FleetDidNotStart, SoakFleet, busy_processes, machine_load  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -163,6 +167,10 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         report["http"] = {k: v for k, v in fleet.prober.delta("streamql_http_limited_total").items()}
         report["warnings"] = fleet.warnings()
         report["load_after"] = machine_load()
+        groups = groups_by_principal(fleet.token_ids.get("read", []), n_well, n_abandon, n_hostile)
+        report["fleet_cpu"] = fleet_cpu([path for name, path in fleet.logs.items() if name.startswith("edges")],
+                                        groups)
+        report["federation_lanes"] = federation_lanes(fleet.logs["federation"], groups)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -241,6 +249,8 @@ def summary(report: dict) -> str:
     fleet_n = sum(1 for n in procs if n.startswith("edges"))
     out.append(f"edge processes: {fleet_n}, peak RSS (VmHWM) {fleet_hwm:.0f} MB in all, "
                f"{fleet_hwm / max(1, (report.get('options') or {}).get('edges', 1)):.1f} MB per simulated edge")
+    out.append(fleet_cpu_text(report.get("fleet_cpu") or {}))
+    out.append(lanes_text(report.get("federation_lanes") or {}))
     sigterm = report.get("sigterm") or {}
     out.append(f"SIGTERM: stopped in {sigterm.get('seconds')} s, exit {sigterm.get('exit')}")
     for name, groups in (report.get("warnings") or {}).items():

@@ -133,6 +133,7 @@ class SoakFleet:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.admin = ""
+        self.token_ids: dict[str, list] = {}
         self.sampler: Sampler | None = None
         self.prober: Prober | None = None
         self.launcher: subprocess.Popen | None = None
@@ -249,12 +250,16 @@ class SoakFleet:
             return -1
 
     def tokens(self, role: str, n: int) -> list[str]:
+        """n new tokens of `role`; their ids (what edges see as the principal `token-ID`) are kept,
+        in order, in `token_ids[role]`."""
         out = []
         for i in range(n):
             status, body = self.request("POST", "/v1/tokens", {"role": role, "label": f"soak-{role}-{i}"})
             if status != 201:
                 raise FleetDidNotStart(f"POST /v1/tokens answered {status}: {body[:200]!r}")
-            out.append(json.loads(body)["token"])
+            made = json.loads(body)
+            out.append(made["token"])
+            self.token_ids.setdefault(role, []).append(made.get("id"))
         return out
 
     # ------------------------------------------------------------------------------ the end

@@ -6,13 +6,22 @@ parts here. A simulator process logs the sums every 30 s (edge_engine/simulate.p
 shows whether its fragments' CPU goes to parsing and planning or to computing rows, without a
 profiler attached. Wall time of compiling is kept apart: it includes waiting for the edge's
 compile lock and for the interpreter's lock, which cost no CPU of the thread itself.
+
+The same CPU is also kept by principal (who asked) and statement (its first words and a short
+hash of its text), so a soak can tell whose fragments the process computes for: a thread's CPU
+clock counts only the time it ran, not the time it waited for the interpreter's lock, which a
+stack sampler cannot tell apart.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, fields
 
-__all__ = ["FragmentCosts", "FRAGMENT_COSTS"]
+__all__ = ["FragmentCosts", "FRAGMENT_COSTS", "statement_key"]
+
+STATEMENT_WORDS = 48     # characters of a statement kept in its key, beside the hash
+KEYS_KEPT = 4096         # (principal, statement) pairs kept; past it, new ones go to one "other" pair
 
 
 @dataclass
@@ -34,10 +43,19 @@ class FragmentCosts:
     def __init__(self):
         self._lock = threading.Lock()
         self._totals = CostTotals()
+        self._by_key: dict[tuple[str, str], list] = {}    # (principal, statement) → [fragments, CPU s]
 
     def add(self, *, compiled: bool, reused: bool, compile_cpu_s: float, compile_wall_s: float,
-            run_cpu_s: float) -> None:
+            run_cpu_s: float, principal: str | None = None, statement: str | None = None) -> None:
         with self._lock:
+            key = (principal or "-", statement or "-")
+            entry = self._by_key.get(key)
+            if entry is None:
+                if len(self._by_key) >= KEYS_KEPT:
+                    key = ("other", "other")
+                entry = self._by_key.setdefault(key, [0, 0.0])
+            entry[0] += 1
+            entry[1] += compile_cpu_s + run_cpu_s
             totals = self._totals
             totals.fragments += 1
             totals.compiled += compiled
@@ -49,6 +67,17 @@ class FragmentCosts:
     def totals(self) -> CostTotals:
         with self._lock:
             return CostTotals(**{f.name: getattr(self._totals, f.name) for f in fields(self._totals)})
+
+    def by_principal_and_statement(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(principal, statement key) → (fragments ended, their CPU seconds), since the start."""
+        with self._lock:
+            return {key: (entry[0], entry[1]) for key, entry in self._by_key.items()}
+
+
+def statement_key(source: str) -> str:
+    """A statement's key in the costs by statement: its first words and a short hash of the text."""
+    digest = hashlib.blake2s(source.encode(), digest_size=4).hexdigest()
+    return f"{digest} {' '.join(source.split())[:STATEMENT_WORDS]}"
 
 
 FRAGMENT_COSTS = FragmentCosts()

@@ -14,6 +14,11 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
   `memory_mb` — the statement's memory budget (operator state, and every large value checked
   before it is built) and the largest result batch. The edge's configured limits are defaults and
   ceilings at once: a frame may ask for less, never more.
+- **Deadline**: a one-shot fragment's optional `deadline_s` is the federation's device timeout:
+  past it nobody waits for the answer, so the edge ends the fragment itself then (counted from the
+  frame's arrival, like `seconds`), `end cancelled` DeadlineError, even when the federation's
+  cancel is late (a busy federation) or lost — a fragment computing for an answer already reported
+  timed out gives its CPU and its slot back.
 - **Exactly one `end`** per query, sent after its last `rows` frame: `ok`, `limit`, `error` (with
   the error's kind, message, line and column) or `cancelled`. A cancel is answered at once; the
   worker stops at its next batch or idle tick, and anything it still produces is discarded.
@@ -56,7 +61,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
-from .fragment_costs import FRAGMENT_COSTS
+from .fragment_costs import FRAGMENT_COSTS, statement_key
 from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
@@ -93,6 +98,7 @@ class Fragment:
         self.principal: str | None = fields.get("principal")
         # one-shot as the federation sent it ("bag", "vector": it ends on its own); checked when compiled
         self.one_shot = fields.get("kind") in ONE_SHOT_KINDS
+        self.deadline_s: float | None = fields.get("deadline_s")    # nobody waits for it past this
         self.window = wire.CreditWindow(fields["credit"])
         self.engine = engine
         self.received = time.monotonic()
@@ -118,8 +124,11 @@ class Fragment:
 
     # == the loop's side ========================================================================
     def start(self) -> None:
-        if self.limits.seconds is not None:
-            self._timer = self.owner.loop.call_later(self.limits.seconds, self._expire)
+        seconds, deadline = self.limits.seconds, self.deadline_s
+        if deadline is not None and (seconds is None or deadline < seconds):
+            self._timer = self.owner.loop.call_later(deadline, self._past_deadline)
+        elif seconds is not None:
+            self._timer = self.owner.loop.call_later(seconds, self._expire)
         # a bare thread: threading.Thread.start() waits until the new thread runs, and on a busy
         # interpreter (a hundred simulated edges in one process) that held the event loop for
         # milliseconds per fragment; this one starts without waiting and never holds up the exit
@@ -136,6 +145,12 @@ class Fragment:
     def _expire(self) -> None:
         self.finish("limit", {"kind": "LimitError",
                               "message": f"the query ran past its time limit of {self.limits.seconds:g} s"})
+
+    def _past_deadline(self) -> None:
+        if self.outcome is None:
+            self.owner.past_deadline += 1
+        self.finish("cancelled", {"kind": "DeadlineError", "message": (
+            f"the federation waits {self.deadline_s:g} s for this device's answer: stopped on the edge")})
 
     def drop(self) -> None:
         """The connection is gone: stop, no end."""
@@ -248,7 +263,8 @@ class Fragment:
             compiled_cpu, compiled_wall = ended_cpu, time.monotonic()
         FRAGMENT_COSTS.add(compiled=self.kind is not None, reused=self.plan_reused,
                            compile_cpu_s=compiled_cpu - started_cpu, compile_wall_s=compiled_wall - started_wall,
-                           run_cpu_s=ended_cpu - compiled_cpu)
+                           run_cpu_s=ended_cpu - compiled_cpu, principal=self.principal,
+                           statement=statement_key(self.source))
 
     def _compile(self):
         engine = self.engine
@@ -421,6 +437,7 @@ class FragmentSet:
         self.yielded = 0                # paused streams stopped to give their slot (_yield_paused_slot)
         self.refused_full = 0           # fragments refused because every slot was taken
         self.refused_one_shot = 0       # of them, fragments sent as one-shot (the reserve full too)
+        self.past_deadline = 0          # one-shot fragments the edge stopped itself at their deadline
         self._census_at = float("-inf")
 
     def spawn(self, coroutine) -> None:

@@ -352,6 +352,7 @@ class SimulatedFleet:
         lags: list[float] = []
         reported = loop.time()
         costs_before, process_cpu = FRAGMENT_COSTS.totals(), time.process_time()
+        by_key_before = FRAGMENT_COSTS.by_principal_and_statement()
         while True:
             due = loop.time() + tick_s
             await asyncio.sleep(tick_s)
@@ -365,19 +366,28 @@ class SimulatedFleet:
                 log.warning("simulator loop lag over %.0f s: p50 %.3f s, p99 %.3f s, max %.2f s; %d fragments "
                             "running, %d threads, %d computing, %d waiting to compute (%d principals' lines); "
                             "%d unread streams gave their slot since the start; %d fragments refused for slots "
-                            "(%d one-shot)",
+                            "(%d one-shot); %d one-shot fragments stopped at their deadline",
                             loop.time() - reported, lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-1],
                             self.fragments_running(), _threads(), PACER.computing, PACER.queued,
-                            PACER.keys_waiting, self.slots_yielded(), *self.slots_refused())
+                            PACER.keys_waiting, self.slots_yielded(), *self.slots_refused(), self.past_deadline())
                 costs_now = FRAGMENT_COSTS.totals()
                 log.warning("fragments over %.0f s: %s; the process's CPU %.2f s", loop.time() - reported,
                             _costs_text(costs_now.minus(costs_before)), time.process_time() - process_cpu)
+                by_key_now = FRAGMENT_COSTS.by_principal_and_statement()
+                log.warning("fragment CPU by principal and statement over %.0f s: %s", loop.time() - reported,
+                            json.dumps(_by_key_text(by_key_now, by_key_before)))
                 lags, reported, costs_before, process_cpu = [], loop.time(), costs_now, time.process_time()
+                by_key_before = by_key_now
 
     def slots_yielded(self) -> int:
         """Paused streams stopped to give their slot (edge_engine/fragments.py), over every edge's
         current connection."""
         return sum(d.fragments.yielded for d in self.daemons if d.fragments is not None)
+
+    def past_deadline(self) -> int:
+        """One-shot fragments stopped by their edge at the deadline the federation sent (its device
+        timeout), over every edge's current connection."""
+        return sum(d.fragments.past_deadline for d in self.daemons if d.fragments is not None)
 
     def slots_refused(self) -> tuple[int, int]:
         """Fragments refused for want of slots (all, one-shot), over every edge's current connection."""
@@ -413,6 +423,17 @@ class SimulatedFleet:
         while self.connected() < len(self.daemons) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         return self.connected()
+
+
+def _by_key_text(now: dict, before: dict) -> list:
+    """[principal, statement, fragments, CPU s] that changed between two readings of the costs by
+    principal and statement (a soak maps principals to its client groups: bench/bench_soak.py)."""
+    out = []
+    for (principal, statement), (n, cpu) in now.items():
+        n0, cpu0 = before.get((principal, statement), (0, 0.0))
+        if n > n0:
+            out.append([principal, statement, n - n0, round(cpu - cpu0, 4)])
+    return out
 
 
 def _costs_text(costs: CostTotals) -> str:

@@ -221,7 +221,7 @@ class HubFeed:
             credit = self.access.stream_credit if request.kind == "stream" else self.access.credit
             stream = self.hub.fragment(device, request.source, limits=request.limits or None, credit=credit,
                                        params=request.params or None, principal=request.principal,
-                                       kind=request.kind)
+                                       kind=request.kind, deadline_s=request.deadline_s)
             try:
                 async for batch in stream:
                     if batch.n:

@@ -222,13 +222,15 @@ class EdgeHub:
     async def fragment(self, edge_id: str, source: str, *, limits: dict | None = None, credit: int = 10_000,
                        params: dict | None = None, columns: list[str] | None = None,
                        batch_rows: int | None = None, principal: str | None = None,
-                       kind: str | None = None) -> AsyncIterator[RowBatch]:
+                       kind: str | None = None, deadline_s: float | None = None) -> AsyncIterator[RowBatch]:
         """Run `source` on the edge: RowBatches as `rows` frames arrive; see the module docstring.
 
         `principal` names who asked (a token, e.g. `Principal.name`): the edge gives one principal
         at most a share of its query slots, refusing the rest with `end error` LimitError. `kind`
         says whether the fragment is a stream ("stream") or one-shot ("bag", "vector"): the edge
-        keeps a reserve of slots for one-shot fragments (they end on their own).
+        keeps a reserve of slots for one-shot fragments (they end on their own). `deadline_s`: the
+        seconds after which nobody waits for the fragment's answer (a one-shot query's device
+        timeout); the edge ends it then by itself, `end cancelled` DeadlineError.
 
         Credit: the edge may have `credit` rows unconsumed; each time the consumer has taken half
         of that, the hub grants as much again. Closing the iterator early (aclose, or the consuming
@@ -254,6 +256,8 @@ class EdgeHub:
             fields["principal"] = principal[:256]
         if kind in wire.FRAGMENT_KINDS:
             fields["kind"] = kind
+        if deadline_s is not None and deadline_s > 0:
+            fields["deadline_s"] = float(deadline_s)
         query = wire.make("query", **fields)
         conn.fragments[qid] = state
         self.m_fragments_running.inc()

@@ -19,7 +19,13 @@ many) does keeps `select 1;` waiting.
   batch of rows is computed: rows wait for the client in a bounded channel, and a client that
   does not read leaves its stream with no thread at all (backpressure up to the edges' credit).
 
-A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After.
+A statement that finds no slot within `wait_s` (5 s) is refused `503 Busy` with Retry-After, and
+the refusal logs who holds the lanes (at most every `CENSUS_EVERY_S`: the holders by principal and
+how long they have held their slots); every `SUMMARY_EVERY_S` the pool logs how long statements
+waited for a slot, cheap ones (fast-lane candidates) apart, and how the cheap ones ran — wall time
+against their thread's CPU and its time runnable but waiting for a CPU (the kernel's schedstat),
+which tells a queue from a thread starved of CPU from one waiting for the interpreter's lock — and
+the same two for the event loop's thread over the period.
 Every worker thread runs at nice `WORKER_NICE` (its own): the event loop's thread comes first.
 Parsing and `explain` have `QUICK_WORKERS` threads of their own; statements longer than
 `LONG_TEXT` bytes are parsed on `LONG_WORKERS` others, so they never hold up a short one's parse.
@@ -28,8 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import logging
 import os
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -45,6 +54,10 @@ FAST_SLOTS = 8
 FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
+CENSUS_EVERY_S = 5.0        # a refusal for want of a slot logs the lanes' holders at most this often
+SUMMARY_EVERY_S = 30.0      # waits for slots and cheap statements' run times, summed up this often
+
+log = logging.getLogger("streamql.federation.lanes")
 
 
 # statement threads' CPU priority below the event loop's (a thread's own nice). +15, not +5: in the
@@ -70,6 +83,7 @@ class Lane:
         self.name, self.slots, self.per_principal = name, slots, per_principal
         self.used = 0
         self.held: Counter = Counter()
+        self.since: dict[Any, list[float]] = {}     # who → when each of its slots was taken (census)
 
     def free_for(self, who: Any) -> bool:
         return self.used < self.slots and self.held[who] < self.per_principal
@@ -77,12 +91,96 @@ class Lane:
     def take(self, who: Any) -> None:
         self.used += 1
         self.held[who] += 1
+        self.since.setdefault(who, []).append(time.monotonic())
 
     def give_back(self, who: Any) -> None:
         self.used -= 1
         self.held[who] -= 1
+        taken = self.since.get(who)
+        if taken:
+            taken.pop(0)
         if self.held[who] <= 0:
             del self.held[who]
+            self.since.pop(who, None)
+
+    def census(self) -> dict:
+        """Who holds the lane's slots: {who: [seconds each has been held]}, the biggest holders first."""
+        now = time.monotonic()
+        return {str(who): sorted((round(now - t, 1) for t in self.since.get(who, ())), reverse=True)
+                for who, _ in self.held.most_common()}
+
+
+def thread_schedstat() -> tuple[float, float]:
+    """The calling thread's (seconds on a CPU, seconds runnable but waiting for one) since it
+    started (/proc/thread-self/schedstat; zeros where there is none)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+class LaneWatch:
+    """What a pool's statements waited for and how its cheap ones ran (the module docstring)."""
+
+    def __init__(self):
+        self.waits: dict[str, list[float]] = {}    # "cheap" / "other" / "stream" → seconds waited
+        self.refused: Counter = Counter()
+        self.cheap_runs: list[tuple[float, float, float]] = []   # (wall, CPU, waiting for a CPU) each
+        self._summary_at = time.monotonic()
+        self._census_at = float("-inf")
+        self._loop_sched: tuple[float, float] | None = None     # the loop thread's schedstat then
+
+    def waited(self, kind: str, seconds: float) -> None:
+        self.waits.setdefault(kind, []).append(seconds)
+        if self._loop_sched is None:
+            self._loop_sched = thread_schedstat()      # the loop's thread: the first period starts
+        self._maybe_summary()
+
+    def timed(self, fn: Callable, *args) -> Any:
+        """fn(*args) in a worker thread, a cheap statement: its wall time and its thread's CPU kept."""
+        wall, cpu, (_, runnable) = time.monotonic(), time.thread_time(), thread_schedstat()
+        try:
+            return fn(*args)
+        finally:
+            self.cheap_runs.append((time.monotonic() - wall, time.thread_time() - cpu,
+                                    thread_schedstat()[1] - runnable))
+
+    def busy(self, kind: str, who: Any, lanes: tuple["Lane", ...]) -> None:
+        self.refused[kind] += 1
+        now = time.monotonic()
+        if now - self._census_at >= CENSUS_EVERY_S:
+            self._census_at = now
+            log.warning("statement lanes full, %s refused (%s) after its wait: %s", who, kind,
+                        json.dumps({lane.name: {"used": lane.used, "slots": lane.slots, "holders": lane.census()}
+                                    for lane in lanes}))
+        self._maybe_summary()
+
+    def _maybe_summary(self) -> None:
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_EVERY_S:
+            return
+        parts = []
+        for kind, waits in sorted(self.waits.items()):
+            waits.sort()
+            parts.append(f"{kind} {len(waits)} admitted, waited p50 {waits[len(waits) // 2]:.2f} s, p99 "
+                         f"{waits[int(len(waits) * 0.99)]:.2f} s, {self.refused[kind]} refused")
+        runs = self.cheap_runs
+        if runs:
+            walls = sorted(w for w, _, _ in runs)
+            parts.append(f"cheap statements ran: wall p50 {walls[len(walls) // 2] * 1e3:.0f} ms, p99 "
+                         f"{walls[int(len(walls) * 0.99)] * 1e3:.0f} ms, mean {sum(walls) / len(runs) * 1e3:.0f} ms; "
+                         f"their threads' CPU {sum(c for _, c, _ in runs) / len(runs) * 1e3:.1f} ms each, waiting "
+                         f"for a CPU {sum(r for _, _, r in runs) / len(runs) * 1e3:.0f} ms each")
+        sched = thread_schedstat()     # called on the event loop's thread (acquire)
+        if self._loop_sched is not None:
+            span = max(1e-9, now - self._summary_at)
+            parts.append(f"the event loop's thread on a CPU {(sched[0] - self._loop_sched[0]) / span:.0%} of the "
+                         f"time, waiting for one {(sched[1] - self._loop_sched[1]) / span:.0%}")
+        log.warning("statement lanes over %.0f s: %s", now - self._summary_at, "; ".join(parts) or "idle")
+        self.waits, self.refused, self.cheap_runs = {}, Counter(), []
+        self._summary_at, self._loop_sched = now, sched
 
 
 @dataclass
@@ -169,6 +267,7 @@ class StatementPool:
         self._long = pool(LONG_WORKERS, "statement-long")
         self._waiters: list[asyncio.Future] = []
         self.running: set = set()     # statements whose rows are being produced
+        self.watch = LaneWatch()
         self.closing = False          # shutting down: no slot for anyone, waiters told at once
 
     # ------------------------------------------------------------------------------ slots
@@ -182,15 +281,19 @@ class StatementPool:
 
     async def acquire(self, who: Any = None, *, stream: bool = False, local: bool = False) -> Slot:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
+        began = loop.time()
+        deadline = began + self.wait_s
+        kind = "stream" if stream else "cheap" if local else "other"
         while True:
             if self.closing:
                 raise Busy("the federation is shutting down; try again shortly")
             slot = self._try(who, stream, local)
             if slot is not None:
+                self.watch.waited(kind, loop.time() - began)
                 return slot
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self.watch.busy(kind, who, (self.streams,) if stream else (self.statements, self.fast))
                 lane = self.streams if stream else self.statements
                 mine = lane.held[who] >= lane.per_principal
                 raise Busy(f"this token already runs {lane.per_principal} {lane.name} at once; try again shortly"

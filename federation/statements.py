@@ -352,7 +352,7 @@ class QueryService:
                 if fast:
                     # cheap, no fleet, no stream: planned, run and closed in one worker hop, not one
                     # hop per batch and one to close — on a busy loop every hop waits its turn
-                    done = await self.pool.submit(_at_once, query)
+                    done = await self.pool.submit(self.pool.watch.timed, _at_once, query)
                     if isinstance(done, StatementResult):
                         slot.release()
                         return done

@@ -99,6 +99,7 @@ class FragmentRequest:
     limits: dict = field(default_factory=dict)
     kind: str = "bag"
     principal: str | None = None
+    deadline_s: float | None = None     # a one-shot fragment: the device timeout, which the edge keeps too
 
 
 @dataclass

@@ -55,7 +55,11 @@ class FleetSession:
         return self.access.open_feed(watch=watch)
 
     def request(self, device: str, fragment: Fragment, params: dict) -> FragmentRequest:
-        return FragmentRequest(device, fragment.text, params, dict(self.fragment_limits), fragment.kind, self.principal)
+        # a one-shot fragment carries the device timeout: past it nobody waits for its answer, so
+        # the edge stops it itself even when the federation's cancel comes late or not at all
+        deadline = self.device_timeout if fragment.kind != "stream" else None
+        return FragmentRequest(device, fragment.text, params, dict(self.fragment_limits), fragment.kind, self.principal,
+                               deadline)
 
     # ----------------------------------------------------------------------------- checks
     def check(self, fragment: Fragment, devices: dict[str, DeviceInfo]) -> list[str]:

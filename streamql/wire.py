@@ -109,7 +109,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         "credit": COUNT,
     }, {
         "params": MAP, "columns": list_of(STR), "batch_rows": POSITIVE, "principal": ID,
-        "kind": one_of(*FRAGMENT_KINDS),
+        "kind": one_of(*FRAGMENT_KINDS), "deadline_s": POSNUM,
     }),
     "rows": ({
         "qid": ID, "seq": COUNT, "n": COUNT, "cols": COLUMNS,

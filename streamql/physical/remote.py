@@ -244,6 +244,9 @@ def _ended(session, fragment, device: str, event) -> None:
         status.set(device, "offline", (event.error or {}).get("message") or "not connected")
     elif outcome == "dropped":
         status.set(device, "offline", (event.error or {}).get("message") or "its link dropped")
+    elif outcome == "cancelled" and (event.error or {}).get("kind") == "DeadlineError":
+        # the edge kept the device timeout itself and its end came before the federation's own check
+        status.set(device, "timed out", (event.error or {}).get("message") or "past the device timeout")
     elif outcome == "cancelled":
         status.set(device, "cancelled", (event.error or {}).get("message") or "cancelled on the edge")
     else:

@@ -242,6 +242,44 @@ async def test_a_fragment_sent_again_reuses_its_plan_with_each_edges_own_paramet
         assert end["outcome"] == "ok", end
         answers.append(sorted(rows))
     assert answers == [["kiruna/a", "kiruna/b"]] * 2 + [["minot/a", "minot/b"]] + [["kiruna/a", "kiruna/b"]]
+    # a fragment's thread adds its costs after its end frame is on its way: wait for the last one
+    await _costs_settled(lambda: FRAGMENT_COSTS.totals().minus(before).fragments >= 4)
     reused = FRAGMENT_COSTS.totals().minus(before)
     assert reused.fragments == 4 and reused.compiled == 4
     assert reused.plans_reused == 2     # the second and fourth: the same text and parameter value
+
+
+async def test_the_costs_are_kept_by_principal_and_statement(fed, edge_config, start_edge):
+    """What a soak attributes the fleet's CPU by (bench/soak_costs.py): each fragment's CPU under
+    its principal and its statement's key, a busy statement's CPU where it belongs."""
+    from edge_engine.fragment_costs import FRAGMENT_COSTS, statement_key
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    busy, light = "select count(iota(1, 3000000));", "select 1 + 1;"
+    before = FRAGMENT_COSTS.by_principal_and_statement()
+    for principal, text in (("token-7", busy), ("token-8", light), ("token-8", light)):
+        rows, end = await conn.run_query(text, principal=principal)
+        assert end["outcome"] == "ok", end
+
+    def ended(principal, text):
+        return FRAGMENT_COSTS.by_principal_and_statement().get((principal, statement_key(text)), (0, 0.0))[0] - \
+            before.get((principal, statement_key(text)), (0, 0.0))[0]
+    await _costs_settled(lambda: ended("token-7", busy) >= 1 and ended("token-8", light) >= 2)
+    now = FRAGMENT_COSTS.by_principal_and_statement()
+
+    def spent(principal, text):
+        n0, cpu0 = before.get((principal, statement_key(text)), (0, 0.0))
+        n, cpu = now.get((principal, statement_key(text)), (0, 0.0))
+        return n - n0, cpu - cpu0
+    (n_busy, cpu_busy), (n_light, cpu_light) = spent("token-7", busy), spent("token-8", light)
+    assert n_busy == 1 and n_light == 2
+    assert cpu_busy > 5 * max(cpu_light, 1e-4)       # counting 3 million numbers against adding two
+    assert spent("token-7", light) == (0, 0.0)
+    assert statement_key(busy) != statement_key(light) and statement_key(busy).endswith(busy[:40])
+
+
+async def _costs_settled(done, timeout: float = 10.0) -> None:
+    """Wait until `done()`: a fragment's thread adds its costs just after its end frame is sent."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)

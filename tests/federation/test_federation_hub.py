@@ -172,6 +172,18 @@ async def test_fragments_stream_rows_with_credit_as_the_consumer_reads(fleet):
     assert frames[0]["credit"] == 1000 and frames[0]["batch_rows"] == 250 and frames[0]["limits"] == {}
 
 
+async def test_a_one_shot_fragment_is_sent_with_its_deadline(fleet):
+    edge = fleet.edge("e1", answer=lambda source, frame: table(3))
+    await edge.connect()
+    hub = fleet.app[HUB]
+    got = [r async for b in hub.fragment("e1", "select …;", kind="bag", deadline_s=10) for r in b.rows()]
+    got += [r async for b in hub.fragment("e1", "select …;") for r in b.rows()]
+    assert got == table(3) * 2
+    frames = [f for f in edge.received if f.t == "query"]
+    assert frames[0]["deadline_s"] == 10.0 and frames[0]["kind"] == "bag"
+    assert "deadline_s" not in frames[1]
+
+
 async def test_fragment_errors_and_limits(fleet):
     def answer(source, frame):
         if "bad" in source:

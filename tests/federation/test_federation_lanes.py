@@ -140,3 +140,32 @@ async def test_a_local_statement_calling_a_fleet_function_waits_for_a_statement_
     finally:
         for slot in held:
             slot.release()
+
+
+async def test_a_refusal_for_want_of_a_slot_logs_who_holds_the_lanes(caplog):
+    """What the soak reads to tell a queue from CPU starvation: the holders at a refusal, and the
+    cheap statements' waits and run times (wall against their thread's CPU)."""
+    from federation import lanes
+    pool = StatementPool(workers=4, wait_s=0.2, fast_slots=1)
+    held = [await pool.acquire(who) for who in ("token-1", "token-2", "token-3", "token-4")]
+    fast = await pool.acquire("token-5", local=True)             # the statement workers full: the fast lane
+    assert fast.fast
+    with caplog.at_level("WARNING", logger="streamql.federation.lanes"):
+        with pytest.raises(Busy):
+            await pool.acquire("token-9", local=True)
+    census = [r.getMessage() for r in caplog.records if "statement lanes full" in r.getMessage()]
+    assert len(census) == 1 and "token-9 refused (cheap)" in census[0]
+    lanes_now = json.loads(census[0][census[0].index(": {") + 2:])
+    assert lanes_now["statements"]["used"] == 4 and len(lanes_now["statements"]["holders"]) == 4
+    assert list(lanes_now["fast"]["holders"]) == ["token-5"]
+    assert all(age >= 0.2 for ages in lanes_now["statements"]["holders"].values() for age in ages)
+    for slot in (*held, fast):
+        slot.release()
+    assert pool.statements.census() == {} and pool.fast.census() == {}
+    assert await pool.submit(pool.watch.timed, lambda n: sum(range(n)), 300_000) == sum(range(300_000))
+    pool.watch._summary_at -= lanes.SUMMARY_EVERY_S
+    with caplog.at_level("WARNING", logger="streamql.federation.lanes"):
+        (await pool.acquire("token-1", local=True)).release()
+    summary = [r.getMessage() for r in caplog.records if "statement lanes over" in r.getMessage()][-1]
+    assert "cheap 2 admitted" in summary and "other 4 admitted" in summary and "cheap statements ran" in summary
+    assert "1 refused" in summary and "waiting for a CPU" in summary and "the event loop's thread on a CPU" in summary

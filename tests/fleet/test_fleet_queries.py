@@ -264,3 +264,32 @@ def test_a_stream_with_a_limit_ends_and_is_complete(federation, fleet):
     rows = list(result)                      # a standing stream, ended by its limit
     assert len(rows) == 3 and all(len(w) == 4 for _, w in rows)
     assert result.status.incomplete() == ["d-3"]    # the offline one; the others were cancelled by the limit
+
+
+# ------------------------------------------------------------------------ deadlines
+def test_one_shot_fragments_carry_the_device_timeout_as_their_deadline_and_streams_none(federation, fleet):
+    run(federation, fleet, f"select id(e), {TEMPERATURE} from Edge e;", device_timeout=7.5)
+    one_shot = list(fleet.requests)
+    assert one_shot and all(r.kind != "stream" and r.deadline_s == 7.5 for r in one_shot)
+    fleet.requests.clear()
+    run(federation, fleet, f"select id(e), {TEMPERATURE} from Edge e;", device_timeout=None)
+    assert fleet.requests and all(r.deadline_s is None for r in fleet.requests)   # nobody gives up: no deadline
+    fleet.requests.clear()
+    result = federation.query("select stream of id(e), x from Edge e, Real x "
+                              "where x in signal_stream('vibration')@e;", fleet=fleet, device_timeout=7.5)
+    take(result, 3)
+    result.close()
+    assert fleet.requests and all(r.kind == "stream" and r.deadline_s is None for r in fleet.requests)
+
+
+def test_an_edge_that_ended_a_fragment_at_its_deadline_reports_the_device_timed_out():
+    from types import SimpleNamespace
+
+    from streamql.fleet_status import FleetStatus
+    from streamql.physical.remote import _ended
+    session = SimpleNamespace(status=FleetStatus())
+    end = SimpleNamespace(outcome="cancelled", error={"kind": "DeadlineError", "message": "past 10 s"})
+    _ended(session, None, "wl-1", end)
+    _ended(session, None, "wl-2", SimpleNamespace(outcome="cancelled", error=None))
+    assert session.status["wl-1"]["outcome"] == "timed out"
+    assert session.status["wl-2"]["outcome"] == "cancelled"
