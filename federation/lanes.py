@@ -54,6 +54,7 @@ FAST_SLOTS = 8
 FAST_SECONDS = 10.0
 STREAM_SLOTS = 128
 STREAMS_PER_PRINCIPAL = 16
+WANTED_CHECK_S = 0.25       # a statement waiting for a slot checks this often whether its client is still there
 CENSUS_EVERY_S = 5.0        # a refusal for want of a slot logs the lanes' holders at most this often
 SUMMARY_EVERY_S = 30.0      # waits for slots and cheap statements' run times, summed up this often
 
@@ -77,6 +78,10 @@ def below_the_loop() -> None:
     except (AttributeError, OSError):
         pass
 
+
+
+class ClientLeft(Exception):
+    """The client of a statement waiting for a slot is gone: nothing is started for it."""
 
 class Lane:
     def __init__(self, name: str, slots: int, per_principal: int):
@@ -128,6 +133,7 @@ class LaneWatch:
         self.waits: dict[str, list[float]] = {}    # "cheap" / "other" / "stream" → seconds waited
         self.refused: Counter = Counter()
         self.cheap_runs: list[tuple[float, float, float]] = []   # (wall, CPU, waiting for a CPU) each
+        self.abandoned = 0    # statements whose client left while they waited for a slot
         self._summary_at = time.monotonic()
         self._census_at = float("-inf")
         self._loop_sched: tuple[float, float] | None = None     # the loop thread's schedstat then
@@ -173,13 +179,15 @@ class LaneWatch:
                          f"{walls[int(len(walls) * 0.99)] * 1e3:.0f} ms, mean {sum(walls) / len(runs) * 1e3:.0f} ms; "
                          f"their threads' CPU {sum(c for _, c, _ in runs) / len(runs) * 1e3:.1f} ms each, waiting "
                          f"for a CPU {sum(r for _, _, r in runs) / len(runs) * 1e3:.0f} ms each")
+        if self.abandoned:
+            parts.append(f"{self.abandoned} left by their clients while waiting, never started")
         sched = thread_schedstat()     # called on the event loop's thread (acquire)
         if self._loop_sched is not None:
             span = max(1e-9, now - self._summary_at)
             parts.append(f"the event loop's thread on a CPU {(sched[0] - self._loop_sched[0]) / span:.0%} of the "
                          f"time, waiting for one {(sched[1] - self._loop_sched[1]) / span:.0%}")
         log.warning("statement lanes over %.0f s: %s", now - self._summary_at, "; ".join(parts) or "idle")
-        self.waits, self.refused, self.cheap_runs = {}, Counter(), []
+        self.waits, self.refused, self.cheap_runs, self.abandoned = {}, Counter(), [], 0
         self._summary_at, self._loop_sched = now, sched
 
 
@@ -279,7 +287,11 @@ class StatementPool:
                 return Slot(self, lane, who)
         return None
 
-    async def acquire(self, who: Any = None, *, stream: bool = False, local: bool = False) -> Slot:
+    async def acquire(self, who: Any = None, *, stream: bool = False, local: bool = False,
+                      still_wanted: Callable[[], bool] | None = None) -> Slot:
+        """A slot, waiting up to `wait_s` for one (else Busy). `still_wanted`, asked every
+        WANTED_CHECK_S while waiting: False (its client left) raises ClientLeft, so no statement
+        nobody waits for takes a slot and starts on the edges."""
         loop = asyncio.get_running_loop()
         began = loop.time()
         deadline = began + self.wait_s
@@ -287,6 +299,9 @@ class StatementPool:
         while True:
             if self.closing:
                 raise Busy("the federation is shutting down; try again shortly")
+            if still_wanted is not None and not still_wanted():
+                self.watch.abandoned += 1
+                raise ClientLeft("the client left while its statement waited for a worker")
             slot = self._try(who, stream, local)
             if slot is not None:
                 self.watch.waited(kind, loop.time() - began)
@@ -301,10 +316,11 @@ class StatementPool:
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining if still_wanted is None else min(remaining, WANTED_CHECK_S)):
                     await waiter
             except TimeoutError:
                 pass
+
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

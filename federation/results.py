@@ -257,12 +257,15 @@ class RowWriter:
             self._flushing.cancel()
 
 
+def client_is_there(request: web.Request) -> bool:
+    """The client's connection is still open."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 async def watch_disconnect(request: web.Request, interval: float = 0.25) -> None:
     """Returns when the client's connection is gone (aiohttp does not cancel handlers itself)."""
-    while True:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
+    while client_is_there(request):
         await asyncio.sleep(interval)
 
 

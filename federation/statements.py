@@ -327,7 +327,8 @@ class QueryService:
         return statement
 
     async def run(self, text: str, principal: Any = None, *, limits: dict | None = None,
-                  device_timeout: float | None = None) -> StatementResult:
+                  device_timeout: float | None = None, still_wanted=None) -> StatementResult:
+        """`still_wanted()` False while the statement waits for a slot (its client left): lanes.ClientLeft."""
         statement = await self.parsed(text)
         if isinstance(statement, A.Explain):
             return await self._explain(statement.statement, text)
@@ -340,7 +341,7 @@ class QueryService:
             limits = self.limits_for(principal, limits)
             stream = is_stream(statement)
             fast = self.is_fast(statement, text)
-            slot = await self.pool.acquire(name, stream=stream, local=fast)
+            slot = await self.pool.acquire(name, stream=stream, local=fast, still_wanted=still_wanted)
             if slot.fast:
                 limits = fast_limits(limits)
             access = StatementAccess(self.access)
@@ -371,7 +372,7 @@ class QueryService:
         _require(principal, "deploy")
         name = principal_name(principal)
         limits = self.limits_for(principal, limits)
-        slot = await self.pool.acquire(name, local=self.is_fast(statement, text))
+        slot = await self.pool.acquire(name, local=self.is_fast(statement, text), still_wanted=still_wanted)
         try:
             return await self.pool.submit(self._statement, statement, text,
                                           fast_limits(limits) if slot.fast else limits)

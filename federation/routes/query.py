@@ -21,11 +21,13 @@ from federation.auth import Role
 from federation.errors import BadRequest, NotImplementedYet
 from federation.http import check_statement_size, json_body, principal, read_body, requires
 from federation.keys import CONFIG, METRICS, QUERY_SERVICE
+from federation.lanes import ClientLeft
 from federation.results import (
     QueryTimer,
     RowWriter,
     check_statement_off_loop,
     choose_format,
+    client_is_there,
     close_result,
     encoder_for,
     final_record,
@@ -95,10 +97,14 @@ def parse_options(body: dict) -> dict:
     return options
 
 
-async def start_statement(service, text: str, caller, limits: dict | None, options: dict | None = None):
-    """The service's result for one statement (raising its QueryError at once)."""
+async def start_statement(service, text: str, caller, limits: dict | None, options: dict | None = None,
+                          still_wanted=None):
+    """The service's result for one statement (raising its QueryError at once); `still_wanted`:
+    whether its client is still there, asked while it waits for a slot (lanes.ClientLeft)."""
     parameters = inspect.signature(service.run).parameters
     kwargs = {}
+    if still_wanted is not None and "still_wanted" in parameters:
+        kwargs["still_wanted"] = still_wanted
     if limits and "limits" in parameters:
         kwargs["limits"] = limits
     if options and options.get("device_timeout") is not None and "device_timeout" in parameters:
@@ -117,7 +123,11 @@ async def run_query(request: web.Request) -> web.StreamResponse:
     detail = options.get("detail")
     with QueryTimer(metrics) as timer:
         try:
-            result = await start_statement(service, text, caller, limits, options)
+            result = await start_statement(service, text, caller, limits, options,
+                                           still_wanted=lambda: client_is_there(request))
+        except ClientLeft:
+            timer.outcome = "cancelled"
+            return web.Response(status=499)   # nobody reads it: the connection is gone
         except BaseException:
             timer.outcome = "rejected"
             raise

@@ -169,3 +169,48 @@ async def test_a_refusal_for_want_of_a_slot_logs_who_holds_the_lanes(caplog):
     summary = [r.getMessage() for r in caplog.records if "statement lanes over" in r.getMessage()][-1]
     assert "cheap 2 admitted" in summary and "other 4 admitted" in summary and "cheap statements ran" in summary
     assert "1 refused" in summary and "waiting for a CPU" in summary and "the event loop's thread on a CPU" in summary
+
+
+async def test_a_statement_whose_client_leaves_while_it_waits_for_a_worker_never_starts(config):
+    """Served as `streamql federation` serves (web.AppRunner: a handler is not cancelled when its
+    client leaves — aiohttp's test server cancels it, which would hide this)."""
+    import aiohttp
+    from aiohttp import web
+
+    from federation.app import create_app
+    from federation.keys import QUERY_SERVICE
+
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    app = runner.app
+    tokens = [create_token(app[REGISTRY], Role.READ)[1] for _ in range(5)]
+    pool = app[QUERY_SERVICE].pool
+    body = json.dumps({"query": SLOW, "limits": {"seconds": 6}}).encode()
+    try:
+        async with aiohttp.ClientSession() as session:
+            # four tokens fill the 4 statement workers for a few seconds
+            slow = [asyncio.ensure_future(session.post(f"http://127.0.0.1:{port}/v1/query", data=body, headers={
+                "Authorization": f"Bearer {tokens[i]}", "Content-Type": "application/json"})) for i in range(4)]
+            deadline = time.monotonic() + 10
+            while pool.statements.used < 4:
+                assert time.monotonic() < deadline, "the slow statements never took the workers"
+                await asyncio.sleep(0.05)
+            # a fifth waits for one, and its client gives up after 1 s (closes its connection)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Authorization: Bearer " + tokens[4].encode() + b"\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+            await asyncio.sleep(1.0)
+            writer.close()
+            while pool.watch.abandoned < 1:
+                assert time.monotonic() < deadline, "the statement of a client that left still waits for a worker"
+                await asyncio.sleep(0.05)
+            assert pool.statements.used == 4          # it took no worker, and so never started
+            for resp in await asyncio.gather(*slow):
+                resp.close()
+    finally:
+        await runner.cleanup()
