@@ -104,6 +104,7 @@ class NatsConnection:
         self.closed = False
         self.close_reason: str | None = None
         self.routes: dict[str, str] = {}       # qid → reply subject of the node that asked
+        self.routed = asyncio.Event()          # set when a fragment arrives: the lease check wakes
         self.leases: dict[str, float] = {}     # qid → lease seconds
         self.owners: dict[str, str] = {}       # qid → the node process that renews it (reply and run)
         self.deploys: dict[str, str] = {}      # did → reply subject
@@ -468,6 +469,9 @@ class NatsLink:
     async def _leases(self, conn: NatsConnection) -> None:
         """Fragments of a node not heard from for their lease are cancelled (no orphans)."""
         while not conn.closed:
+            if not conn.routes:     # nothing to watch: sleep until a fragment comes (10,000 idle
+                conn.routed.clear()     # edges woke 10,000 times a second for nothing)
+                await conn.routed.wait()
             await asyncio.sleep(1.0)
             sub = self._down_sub
             if sub is not None and sub.pending_msgs:
@@ -511,6 +515,7 @@ class NatsLink:
         if t == "query":
             conn.routes[frame["qid"]] = reply
             conn.owners[frame["qid"]] = owner
+            conn.routed.set()
             try:
                 conn.leases[frame["qid"]] = float((msg.headers or {}).get(LEASE_HEADER, DEFAULT_LEASE_S))
             except ValueError:

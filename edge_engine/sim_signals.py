@@ -60,7 +60,7 @@ class OnDemandSignal(LiveSignal):
         k = self._grid()
         if k != self._cached_k:
             t = k / self.driver.rate_hz
-            self._cached = float(self.driver.model.values_at([t])[0])
+            self._cached = self.driver.model.value_at(t)
             self._cached_k = k
         return self._cached
 

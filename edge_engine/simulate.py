@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -133,15 +134,23 @@ def simulated_load(seed: int, device_id: str, t: float) -> dict:
     and noise; it changes in steps of 5 s.
     """
     t = math.floor(t / 5.0) * 5.0
-    own = random.Random(f"streamql-load:{seed}:{device_id}")
-    cpu_level, cpu_swing = own.uniform(2.0, 40.0), own.uniform(1.0, 15.0)
-    memory_level, memory_swing = own.uniform(24_576, 204_800), own.uniform(1_024, 16_384)
-    period, phase = own.uniform(300.0, 1800.0), own.uniform(0.0, 2 * math.pi)
+    cpu_level, cpu_swing, memory_level, memory_swing, period, phase = _own_load(seed, device_id)
     step = random.Random(f"streamql-load:{seed}:{device_id}:{int(t)}")
     cycle = math.sin(2 * math.pi * t / period + phase)
     cpu = cpu_level + cpu_swing * cycle + step.uniform(-2.0, 2.0)
     memory = memory_level + memory_swing * cycle + step.uniform(-512.0, 512.0)
     return {"cpu_percent": round(min(100.0, max(0.1, cpu)), 2), "memory_kb": int(max(4096.0, memory))}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _own_load(seed: int, device_id: str) -> tuple[float, ...]:
+    """An edge's own load levels (simulated_load), drawn once: seeding a Random from a string
+    hashes it, and every heartbeat of every simulated edge asked again."""
+    own = random.Random(f"streamql-load:{seed}:{device_id}")
+    cpu_level, cpu_swing = own.uniform(2.0, 40.0), own.uniform(1.0, 15.0)
+    memory_level, memory_swing = own.uniform(24_576, 204_800), own.uniform(1_024, 16_384)
+    period, phase = own.uniform(300.0, 1800.0), own.uniform(0.0, 2 * math.pi)
+    return cpu_level, cpu_swing, memory_level, memory_swing, period, phase
 
 
 class SimulatedProcess:
