@@ -7,6 +7,10 @@ in a connect storm of 10,000 edges each hello's three round trips there held a n
 (waiting for connections and reads), hellos went unanswered and every frame behind them waited.
 A hello being answered so is pending: the edge's other frames meanwhile are not adopted, and its
 next hello (it gave up waiting) is answered after it, so the edge is held with its newest session.
+A hello still waiting for an earlier one when a newer one comes is dropped unanswered (its edge
+gave up on it): in a storm every retry queued the same edge's registry work once more, the lane
+fell behind the edges' 20 s wait for good, and ~270 of 10,000 edges never got an answer.
+Every `HELLO_SUMMARY_S` the node logs how its hellos waited and ran (HelloLaneStats).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ log = logging.getLogger("streamql.federation.nats")
 HELLO_WORKERS = 3   # threads answering hellos' registry work (the registry's pool: registry_pg.POOL_SIZE)
 WAIT_FOR_HELLO = 256   # an edge's messages kept while its hello is answered; more are dropped
 KIND_HEADER = "Sql-Kind"   # a message so marked carries no frame: "bye" (the edge leaves)
+HELLO_SUMMARY_S = 30.0     # how often the hello lane's figures are logged (when there were hellos)
 
 __all__ = ["NatsHellos", "HELLO_WORKERS", "KIND_HEADER", "refused"]
 
@@ -35,6 +40,7 @@ class NatsHellos:
 
     def _open_hello_lane(self) -> None:
         """Threads for the hellos' registry work, when the registry can run work off the loop."""
+        self._hello_stats = HelloLaneStats()
         if getattr(self.registry, "run_off_loop", None) is not None:
             self._hello_lane = ThreadPoolExecutor(HELLO_WORKERS, thread_name_prefix="streamql-hello")
 
@@ -52,13 +58,20 @@ class NatsHellos:
                                                 name=f"hello-{edge}")
 
     async def _hello_off_loop(self, edge: str, hello: wire.Frame, size: int, msg, previous) -> None:
+        stats = self._hello_stats
+        arrived = time.monotonic()
         try:
             if previous is not None:   # the edge's earlier hello first: the later one is held
                 await asyncio.wait([previous])
+            if self._hellos_pending.get(edge) is not asyncio.current_task():
+                stats.superseded += 1      # a newer hello of the edge waits: this one's asker is gone
+                return
+            started = time.monotonic()
             welcome = self._hello_refusal(edge, hello, size)
             if welcome is None:
                 welcome = await self._accept_hello_off_loop(edge, hello, size)
             await self._reply(msg, welcome)
+            stats.answered(started - arrived, time.monotonic() - started)
         finally:
             last = self._hellos_pending.get(edge) is asyncio.current_task()
             if last:
@@ -155,6 +168,36 @@ class NatsHellos:
         return wire.make("welcome", accepted=True, server_time=time.time(),
                          heartbeat_s=float(self.config.heartbeat_s), publish_acked=0, max_frame=self.max_frame,
                          edge=edge, session=conn.session)
+
+
+class HelloLaneStats:
+    """How the hellos answered off the loop waited (behind the edge's earlier hello and for a lane
+    thread are one wait: from arrival to start) and took; logged every HELLO_SUMMARY_S."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.since = clock()
+        self.waits: list[float] = []
+        self.works: list[float] = []
+        self.superseded = 0
+
+    def answered(self, waited: float, worked: float) -> None:
+        self.waits.append(waited)
+        self.works.append(worked)
+        if self.clock() - self.since >= HELLO_SUMMARY_S:
+            self.log()
+
+    def log(self) -> None:
+        if self.waits or self.superseded:
+            log.warning("hellos over %.0f s: %d answered (waited p50 %.2f s, max %.2f s; took p50 %.3f s, "
+                     "max %.2f s), %d superseded by a newer hello unanswered", self.clock() - self.since,
+                     len(self.waits), _p50(self.waits), max(self.waits, default=0.0), _p50(self.works),
+                     max(self.works, default=0.0), self.superseded)
+        self.since, self.waits, self.works, self.superseded = self.clock(), [], [], 0
+
+
+def _p50(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else 0.0
 
 
 def refused(reason: str) -> wire.Frame:

@@ -28,9 +28,11 @@ def lock_devices(conn, ids: list[str] | None = None, *, where: str | None = None
 
 
 def _beat_params(rows: list[Heartbeat]) -> tuple:
-    """The UPDATE's arrays for beats sorted by device (health as JSON text, cast in the statement)."""
-    return ([b.device_id for b in rows], [b.at for b in rows],
-            [None if b.health is None else json.dumps(b.health) for b in rows], [b.restarts for b in rows])
+    """The UPDATE's parameters for beats sorted by device: their ids (to lock), and the beats as one
+    JSON document — a text[] of health documents had psycopg escape each element with a regular
+    expression, a sixth of a node's CPU at 10,000 edges."""
+    return ([b.device_id for b in rows],
+            json.dumps([{"id": b.device_id, "at": b.at, "health": b.health, "restarts": b.restarts} for b in rows]))
 
 
 def _loads(text):
@@ -127,10 +129,10 @@ class PgHeartbeats:
             with conn.pipeline():
                 lock_devices(conn, params[0])
                 cursor = conn.execute(
-                    "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health::jsonb, d.health), "
+                    "UPDATE devices d SET last_seen = u.at, health = coalesce(u.health, d.health), "
                     "restarts = coalesce(u.restarts, d.restarts) "
-                    "FROM unnest(%s::text[], %s::float8[], %s::text[], %s::int[]) AS u(id, at, health, restarts) "
-                    "WHERE d.id = u.id", params)
+                    "FROM jsonb_to_recordset(%s::jsonb) AS u(id text, at float8, health jsonb, restarts int) "
+                    "WHERE d.id = u.id", (params[1],))
             return cursor.rowcount
 
     def _heartbeats_hooks(self) -> list[Callable[[list[Heartbeat]], None]]:

@@ -30,8 +30,8 @@ def hello(edge: str, metadata: dict) -> bytes:
                                  versions=list(wire.SUPPORTED_VERSIONS)))
 
 
-async def _ask(nc, edge: str, metadata: dict) -> wire.Frame:
-    reply = await nc.request(subjects.up_all(edge), hello(edge, metadata), timeout=20)
+async def _ask(nc, edge: str, metadata: dict, timeout: float = 20) -> wire.Frame:
+    reply = await nc.request(subjects.up_all(edge), hello(edge, metadata), timeout=timeout)
     return wire.decode(reply.data, accept=wire.FROM_FEDERATION)
 
 
@@ -125,6 +125,37 @@ async def test_an_edge_that_says_hello_again_while_its_first_waits_is_held_with_
     assert one["accepted"] and two["accepted"] and one["session"] != two["session"]
     assert app[HUB]._connections["twice"].session == two["session"]
     assert app[REGISTRY].get_device("twice").metadata == {"site": "b"}
+
+
+async def test_a_hello_superseded_while_it_waits_is_dropped_unanswered_and_the_newest_answered(pg_node, monkeypatch):
+    """An edge that gave up on its hello twice: the middle one, still waiting behind the first when
+    the third came, costs the registry nothing and gets no answer (its asker is gone)."""
+    app, nc, url = pg_node
+    provision(app[REGISTRY], "thrice", {}, {"signals": ["x"]})
+    from federation import nats_hellos
+    recorded = []
+    real = nats_hellos.find_and_record
+
+    def find_and_record(registry, edge, announced):
+        recorded.append(announced["metadata"].get("site"))
+        return real(registry, edge, announced)
+
+    monkeypatch.setattr(nats_hellos, "find_and_record", find_and_record)
+    with _ChangeLock(url):
+        first = asyncio.ensure_future(_ask(nc, "thrice", {"site": "a"}))
+        await asyncio.sleep(0.5)
+        second = asyncio.ensure_future(_ask(nc, "thrice", {"site": "b"}, timeout=6))
+        await asyncio.sleep(0.3)
+        third = asyncio.ensure_future(_ask(nc, "thrice", {"site": "c"}))
+        await asyncio.sleep(0.5)
+    assert (await first)["accepted"]
+    welcome = await third
+    assert welcome["accepted"] and app[HUB]._connections["thrice"].session == welcome["session"]
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+        await second
+    assert app[REGISTRY].get_device("thrice").metadata == {"site": "c"}
+    assert recorded == ["a", "c"]
+    assert app[HUB]._hello_stats.superseded == 1
 
 
 async def test_a_hello_while_the_registry_is_away_is_refused_and_the_next_one_welcomed(pg_node, monkeypatch):

@@ -192,7 +192,7 @@ def test_a_heartbeat_batch_holds_no_row_while_it_encodes_and_is_written_in_slice
     real_dumps = json.dumps
 
     def held_dumps(obj, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("marker") == "held":
+        if "'marker': 'held'" in repr(obj):     # a health document, or the batch's beats as one
             encoding.set()
             release.wait(30)
         return real_dumps(obj, *args, **kwargs)
