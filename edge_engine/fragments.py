@@ -72,6 +72,42 @@ PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
+# fragment threads of the process compiling at once; the others sleep. A 10,000-edge fan-out started
+# 2,500 fragment threads in each simulator process, all compiling at once: load 60 on two cores, the
+# processes' own loops and the federation nodes beside them starved (bench/README.md, issue 16)
+COMPILING_AT_ONCE = 4
+
+
+class CompileSlots:
+    """The process's places to compile in. A waiting thread sleeps in the semaphore and looks at its
+    fragment's end at most every WAIT_TICK_S, less often the more are waiting: 2,500 waiters each
+    waking four times a second would take the interpreter's lock 10,000 times a second."""
+
+    WAIT_TICK_S = 0.25
+    WAKES_PER_S = 200       # all waiters' timed wakes together, about
+
+    def __init__(self, places: int):
+        self._places = threading.BoundedSemaphore(places)
+        self.waiting = 0        # approximate (unlocked): it only sizes the tick
+
+    def acquire(self, ended: Callable[[], bool]) -> bool:
+        """A place (True), or False once `ended()` says the fragment is over."""
+        if self._places.acquire(blocking=False):
+            return True
+        self.waiting += 1
+        try:
+            while not self._places.acquire(timeout=max(self.WAIT_TICK_S, self.waiting / self.WAKES_PER_S)):
+                if ended():
+                    return False
+            return True
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        self._places.release()
+
+
+COMPILING = CompileSlots(COMPILING_AT_ONCE)
 
 
 class DuplicateQuery(Exception):
@@ -267,12 +303,22 @@ class Fragment:
                            statement=statement_key(self.source))
 
     def _compile(self):
-        engine = self.engine
         # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
         # lock is the edge's, and its holder waiting in the process's line while every other fragment
-        # of that edge waited for the lock piled up a thousand threads (measured in the soak)
+        # of that edge waited for the lock piled up a thousand threads (measured in the soak). It
+        # takes one of the process's COMPILING_AT_ONCE places first (before the lock: a holder of the
+        # lock holds a place, so it never waits for one): the threads beyond sleep, not run
         if self.outcome is not None:
             raise _Stopped()
+        if not COMPILING.acquire(lambda: self.outcome is not None):
+            raise _Stopped()                # ended while it waited: nothing to compile
+        try:
+            return self._compile_now()
+        finally:
+            COMPILING.release()
+
+    def _compile_now(self):
+        engine = self.engine
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
             if self.outcome is not None:   # ended while it waited for the lock (cancelled, client gone)
                 raise _Stopped()

@@ -227,6 +227,39 @@ async def test_fragments_ended_while_waiting_for_the_compile_lock_do_not_compile
     assert compiled == ["select 1 + 1;"]
 
 
+async def test_at_most_a_few_fragments_of_the_process_compile_at_once(fed, edge_config, start_edge, monkeypatch):
+    # a 10,000-edge fan-out had 2,500 threads per simulator process compiling at once (load 60);
+    # the others now sleep until a place is free, and one ended meanwhile never compiles
+    import threading
+    import time
+
+    from edge_engine import fragments
+
+    await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    compiling, most, lock = [0], [0], threading.Lock()
+    real_now = fragments.Fragment._compile_now
+
+    def slow_compile(self):
+        with lock:
+            compiling[0] += 1
+            most[0] = max(most[0], compiling[0])
+        try:
+            time.sleep(0.1)
+            return real_now(self)
+        finally:
+            with lock:
+                compiling[0] -= 1
+
+    monkeypatch.setattr(fragments.Fragment, "_compile_now", slow_compile)
+    monkeypatch.setattr(fragments, "COMPILING", fragments.CompileSlots(3))
+    qids = [await conn.start_query(f"select {k} + 1;") for k in range(12)]
+    for k, qid in enumerate(qids):
+        end = await conn.next("end", qid=qid, start=0)
+        assert end["outcome"] == "ok" and conn.rows_of(qid) == [k + 1]
+    assert 2 <= most[0] <= 3, most[0]
+
+
 async def test_a_fragment_sent_again_reuses_its_plan_with_each_edges_own_parameters(fed, edge_config, start_edge):
     """The edge keeps compiled fragments (edge_engine/daemon.py STATEMENT_CACHE): the same text
     again is not parsed and planned again — and per-edge parameters, bound as constants, are part
