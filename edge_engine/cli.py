@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from streamql.gc_pauses import GcPauses
+
 from .config import SECRET_ON_COMMAND_LINE, ConfigError, add_arguments, load_config, read_secret_file
 from .guard import STOP_DEADLINE_S, guard_state, install_stop_handlers, supervise
 
@@ -196,6 +198,9 @@ async def _run_fleet(args, base, store_root: Path, tokens: dict, admin_token: st
                            admin_token=admin_token, prefix=args.id_prefix, rate_scale=args.rate_scale,
                            shard=args.shard, ramp_s=args.ramp_s)
     log = logging.getLogger("streamql.edge.simulate")
+    # thousands of edges' engines, links and signals in one process: full collections walking them
+    # all held every thread for seconds at a 10,000-edge fan-out; what survives one is frozen
+    GcPauses(asyncio.get_running_loop(), freeze=True, log=log).install()
     starting = asyncio.ensure_future(fleet.start())
     stopping = asyncio.ensure_future(stop.wait())
     try:    # a SIGTERM while thousands of edges start stops at once, not after the last one started

@@ -72,42 +72,49 @@ PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
-# fragment threads of the process compiling at once; the others sleep. A 10,000-edge fan-out started
-# 2,500 fragment threads in each simulator process, all compiling at once: load 60 on two cores, the
-# processes' own loops and the federation nodes beside them starved (bench/README.md, issue 16)
-COMPILING_AT_ONCE = 4
+# fragment threads of the process started and not yet compiled, at most; the fragments beyond wait
+# in a line, threadless, and each compile done starts the next. A 10,000-edge fan-out started 2,500
+# fragment threads at once in each simulator process: load 60–127 on two cores, the processes' own
+# loops 20–50 s late and the federation nodes beside them starved (bench/README.md, issue 16)
+STARTING_AT_ONCE = 4
 
 
-class CompileSlots:
-    """The process's places to compile in. A waiting thread sleeps in the semaphore and looks at its
-    fragment's end at most every WAIT_TICK_S, less often the more are waiting: 2,500 waiters each
-    waking four times a second would take the interpreter's lock 10,000 times a second."""
+class FragmentStarts:
+    """The process's fragment threads, started `at_once` at a time until each has compiled."""
 
-    WAIT_TICK_S = 0.25
-    WAKES_PER_S = 200       # all waiters' timed wakes together, about
+    def __init__(self, at_once: int):
+        self.at_once = max(1, at_once)
+        self._lock = threading.Lock()
+        self._starting = 0
+        self._line: collections.deque = collections.deque()
 
-    def __init__(self, places: int):
-        self._places = threading.BoundedSemaphore(places)
-        self.waiting = 0        # approximate (unlocked): it only sizes the tick
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
 
-    def acquire(self, ended: Callable[[], bool]) -> bool:
-        """A place (True), or False once `ended()` says the fragment is over."""
-        if self._places.acquire(blocking=False):
-            return True
-        self.waiting += 1
-        try:
-            while not self._places.acquire(timeout=max(self.WAIT_TICK_S, self.waiting / self.WAKES_PER_S)):
-                if ended():
-                    return False
-            return True
-        finally:
-            self.waiting -= 1
+    def start(self, fragment: "Fragment") -> None:
+        with self._lock:
+            if self._starting >= self.at_once:
+                self._line.append(fragment)
+                return
+            self._starting += 1
+        _thread.start_new_thread(fragment._run, ())
 
-    def release(self) -> None:
-        self._places.release()
+    def compiled(self) -> None:
+        """(a started thread, once: its compile done or failed) The next in line gets a thread —
+        unless it ended while it waited (cancelled, past its deadline): it never needs one."""
+        while True:
+            with self._lock:
+                if not self._line:
+                    self._starting -= 1
+                    return
+                following = self._line.popleft()
+            if following.outcome is None:
+                _thread.start_new_thread(following._run, ())
+                return
 
 
-COMPILING = CompileSlots(COMPILING_AT_ONCE)
+STARTS = FragmentStarts(STARTING_AT_ONCE)
 
 
 class DuplicateQuery(Exception):
@@ -168,7 +175,8 @@ class Fragment:
         # a bare thread: threading.Thread.start() waits until the new thread runs, and on a busy
         # interpreter (a hundred simulated edges in one process) that held the event loop for
         # milliseconds per fragment; this one starts without waiting and never holds up the exit
-        _thread.start_new_thread(self._run, ())
+        # — when the process has a place for one more starting thread (STARTS)
+        STARTS.start(self)
 
     def add_credit(self, rows: int) -> None:
         with self._cond:
@@ -266,7 +274,10 @@ class Fragment:
         started_cpu, started_wall = time.thread_time(), time.monotonic()
         compiled_cpu = compiled_wall = None
         try:
-            result = self._compile()
+            try:
+                result = self._compile()
+            finally:
+                STARTS.compiled()
             compiled_cpu, compiled_wall = time.thread_time(), time.monotonic()
             self._stream(result)
         except _Stopped:
@@ -305,20 +316,10 @@ class Fragment:
     def _compile(self):
         # compiling (a fraction of a millisecond) waits for no place at the compute gate: the compile
         # lock is the edge's, and its holder waiting in the process's line while every other fragment
-        # of that edge waited for the lock piled up a thousand threads (measured in the soak). It
-        # takes one of the process's COMPILING_AT_ONCE places first (before the lock: a holder of the
-        # lock holds a place, so it never waits for one): the threads beyond sleep, not run
+        # of that edge waited for the lock piled up a thousand threads (measured in the soak)
+        engine = self.engine
         if self.outcome is not None:
             raise _Stopped()
-        if not COMPILING.acquire(lambda: self.outcome is not None):
-            raise _Stopped()                # ended while it waited: nothing to compile
-        try:
-            return self._compile_now()
-        finally:
-            COMPILING.release()
-
-    def _compile_now(self):
-        engine = self.engine
         with self.owner.compile_lock:   # session variables are the engine's: set them only while compiling
             if self.outcome is not None:   # ended while it waited for the lock (cancelled, client gone)
                 raise _Stopped()

@@ -35,8 +35,9 @@ from aiohttp import web
 from federation.app import create_app
 from federation.config import FederationConfig
 from federation.http import RedactingAccessLogger
-from federation.loop_watch import GcPauses, watch_stalls
+from federation.loop_watch import watch_stalls
 from streamql import process_limits
+from streamql.gc_pauses import GcPauses
 
 log = logging.getLogger("streamql.federation")
 

@@ -227,18 +227,19 @@ async def test_fragments_ended_while_waiting_for_the_compile_lock_do_not_compile
     assert compiled == ["select 1 + 1;"]
 
 
-async def test_at_most_a_few_fragments_of_the_process_compile_at_once(fed, edge_config, start_edge, monkeypatch):
-    # a 10,000-edge fan-out had 2,500 threads per simulator process compiling at once (load 60);
-    # the others now sleep until a place is free, and one ended meanwhile never compiles
+async def test_fragment_threads_start_a_few_at_a_time_and_one_ended_in_line_never_starts(
+        fed, edge_config, start_edge, monkeypatch):
+    # a 10,000-edge fan-out started 2,500 fragment threads at once in each simulator process (load
+    # 60–127); now at most a few are started and not yet compiled, the others wait threadless
     import threading
     import time
 
     from edge_engine import fragments
 
-    await start_edge(edge_config())
+    daemon = await start_edge(edge_config())
     conn = await fed.connection("wl-1")
-    compiling, most, lock = [0], [0], threading.Lock()
-    real_now = fragments.Fragment._compile_now
+    compiling, most, compiled, lock = [0], [0], [], threading.Lock()
+    real_compile = fragments.Fragment._compile
 
     def slow_compile(self):
         with lock:
@@ -246,18 +247,33 @@ async def test_at_most_a_few_fragments_of_the_process_compile_at_once(fed, edge_
             most[0] = max(most[0], compiling[0])
         try:
             time.sleep(0.1)
-            return real_now(self)
+            compiled.append(self.source)
+            return real_compile(self)
         finally:
             with lock:
                 compiling[0] -= 1
 
-    monkeypatch.setattr(fragments.Fragment, "_compile_now", slow_compile)
-    monkeypatch.setattr(fragments, "COMPILING", fragments.CompileSlots(3))
+    monkeypatch.setattr(fragments.Fragment, "_compile", slow_compile)
+    monkeypatch.setattr(fragments, "STARTS", fragments.FragmentStarts(3))
     qids = [await conn.start_query(f"select {k} + 1;") for k in range(12)]
     for k, qid in enumerate(qids):
         end = await conn.next("end", qid=qid, start=0)
         assert end["outcome"] == "ok" and conn.rows_of(qid) == [k + 1]
     assert 2 <= most[0] <= 3, most[0]
+    # three threads held up in their compile (the edge's lock taken), a fourth in line, cancelled there
+    compiled.clear()
+    with daemon._compile_lock:
+        held = [await conn.start_query(f"select {k} * 2;") for k in range(3)]
+        in_line = await conn.start_query("select 99;")
+        await asyncio.sleep(0.3)
+        assert fragments.STARTS.waiting == 1
+        await conn.send("cancel", qid=in_line)
+        assert (await conn.next("end", qid=in_line, start=0))["outcome"] == "cancelled"
+    for k, qid in enumerate(held):
+        assert (await conn.next("end", qid=qid, start=0))["outcome"] == "ok" and conn.rows_of(qid) == [k * 2]
+    rows, end = await conn.run_query("select 5;")
+    assert end["outcome"] == "ok" and rows == [5]
+    assert "select 99;" not in compiled and fragments.STARTS.waiting == 0
 
 
 async def test_a_fragment_sent_again_reuses_its_plan_with_each_edges_own_parameters(fed, edge_config, start_edge):

@@ -9,7 +9,8 @@ import logging
 import time
 import weakref
 
-from federation.loop_watch import GcPauses, watch_stalls
+from federation.loop_watch import watch_stalls
+from streamql.gc_pauses import GcPauses
 
 
 class Node:   # a cycle, as sockets and their protocols make
