@@ -3,6 +3,7 @@
 - `edge_engine.daemon`      — `EdgeDaemon`: one device's engine, signals, bundles, buffer and link
 - `edge_engine.link`        — the WebSocket to the federation: handshake, heartbeat, hostile frames, backoff
 - `edge_engine.fragments`   — query fragments: limits, credit-based backpressure, cancel, one `end` each
+- `edge_engine.fragment_starts` — fragment threads started a few at a time until compiled
 - `edge_engine.deployments` — deploy (chunked), rollback, undeploy of signed bundles, switched atomically
 - `edge_engine.autostart`   — autostart queries of deployed bundles and the flows their results go to
 - `edge_engine.publish`     — those results through the buffer to the federation (`publish` frames)

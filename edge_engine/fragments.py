@@ -1,6 +1,7 @@
 """Query fragments sent by the federation: run, stream back with credit, stop at limits, cancel.
 
-Each fragment runs in its own worker thread that pulls the query's batches (`Result.items()`:
+Each fragment runs in its own worker thread (started when the process has a place for one more:
+edge_engine/fragment_starts.py) that pulls the query's batches (`Result.items()`:
 numpy columns, no per-row Python) and hands encoded `rows` frames to the event loop. The loop
 owns the fragment's life: credit and cancel frames, the time limit, and the one `end` frame.
 
@@ -46,7 +47,6 @@ owns the fragment's life: credit and cancel frames, the time limit, and the one 
 """
 from __future__ import annotations
 
-import _thread
 import asyncio
 import collections
 import json
@@ -62,6 +62,7 @@ from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
 from .fragment_costs import FRAGMENT_COSTS, statement_key
+from .fragment_starts import STARTS
 from .pacing import PACER, Pacer, below_the_loop
 
 __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
@@ -72,49 +73,6 @@ PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
-# fragment threads of the process started and not yet compiled, at most; the fragments beyond wait
-# in a line, threadless, and each compile done starts the next. A 10,000-edge fan-out started 2,500
-# fragment threads at once in each simulator process: load 60–127 on two cores, the processes' own
-# loops 20–50 s late and the federation nodes beside them starved (bench/README.md, issue 16)
-STARTING_AT_ONCE = 4
-
-
-class FragmentStarts:
-    """The process's fragment threads, started `at_once` at a time until each has compiled."""
-
-    def __init__(self, at_once: int):
-        self.at_once = max(1, at_once)
-        self._lock = threading.Lock()
-        self._starting = 0
-        self._line: collections.deque = collections.deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._line)
-
-    def start(self, fragment: "Fragment") -> None:
-        with self._lock:
-            if self._starting >= self.at_once:
-                self._line.append(fragment)
-                return
-            self._starting += 1
-        _thread.start_new_thread(fragment._run, ())
-
-    def compiled(self) -> None:
-        """(a started thread, once: its compile done or failed) The next in line gets a thread —
-        unless it ended while it waited (cancelled, past its deadline): it never needs one."""
-        while True:
-            with self._lock:
-                if not self._line:
-                    self._starting -= 1
-                    return
-                following = self._line.popleft()
-            if following.outcome is None:
-                _thread.start_new_thread(following._run, ())
-                return
-
-
-STARTS = FragmentStarts(STARTING_AT_ONCE)
 
 
 class DuplicateQuery(Exception):

@@ -235,6 +235,7 @@ async def test_fragment_threads_start_a_few_at_a_time_and_one_ended_in_line_neve
     import time
 
     from edge_engine import fragments
+    from edge_engine.fragment_starts import FragmentStarts
 
     daemon = await start_edge(edge_config())
     conn = await fed.connection("wl-1")
@@ -254,7 +255,7 @@ async def test_fragment_threads_start_a_few_at_a_time_and_one_ended_in_line_neve
                 compiling[0] -= 1
 
     monkeypatch.setattr(fragments.Fragment, "_compile", slow_compile)
-    monkeypatch.setattr(fragments, "STARTS", fragments.FragmentStarts(3))
+    monkeypatch.setattr(fragments, "STARTS", FragmentStarts(3))
     qids = [await conn.start_query(f"select {k} + 1;") for k in range(12)]
     for k, qid in enumerate(qids):
         end = await conn.next("end", qid=qid, start=0)
