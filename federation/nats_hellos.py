@@ -8,8 +8,7 @@ in a connect storm of 10,000 edges each hello's three round trips there held a n
 A hello being answered so is pending: the edge's other frames meanwhile are not adopted, and its
 next hello (it gave up waiting) is answered after it, so the edge is held with its newest session.
 A hello still waiting for an earlier one when a newer one comes is dropped unanswered (its edge
-gave up on it): in a storm every retry queued the same edge's registry work once more, the lane
-fell behind the edges' 20 s wait for good, and ~270 of 10,000 edges never got an answer.
+gave up on it): otherwise every retry in a storm queues the same edge's registry work once more.
 Every `HELLO_SUMMARY_S` the node logs how its hellos waited and ran (HelloLaneStats).
 """
 from __future__ import annotations
@@ -171,8 +170,10 @@ class NatsHellos:
 
 
 class HelloLaneStats:
-    """How the hellos answered off the loop waited (behind the edge's earlier hello and for a lane
-    thread are one wait: from arrival to start) and took; logged every HELLO_SUMMARY_S."""
+    """How the hellos answered off the loop waited behind their edge's earlier hello (arrival to
+    start) and took (the registry's work, its wait for a lane thread included); logged every
+    HELLO_SUMMARY_S. Hellos lost before they reach the node (a node cut as a slow consumer) are
+    in neither."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
