@@ -193,7 +193,7 @@ class Client:
                     raise Failed(f"HTTP {resp.status}", (await resp.read())[:300].decode(errors="replace"))
                 # the 3 s count from the acknowledgement (the response head, as the WebSocket's
                 # `columns`); the wait for it is reported apart, as admission
-                rows, started = 0, time.monotonic()
+                rows, started, changes = 0, time.monotonic(), Counter()
                 self.stats.latency[kind + " admission"].append(started - sent)
                 while time.monotonic() - started < 3.0:
                     try:
@@ -206,9 +206,14 @@ class Client:
                     if isinstance(value, dict) and "error" in value:
                         raise Failed("error line", json.dumps(value["error"])[:300])
                     if isinstance(value, list):
+                        if not rows:
+                            self.stats.latency[kind + " first row"].append(time.monotonic() - started)
                         rows += 1
-                if rows == 0:
-                    raise Failed("no row in 3 s")
+                    elif isinstance(value, dict) and "status_change" in value:
+                        change = value["status_change"] or {}
+                        changes[f"{change.get('outcome')}: {str(change.get('reason'))[:60]}"] += 1
+                if rows == 0:   # what the devices said, to tell refusals from slow devices
+                    raise Failed("no row in 3 s", json.dumps(dict(changes.most_common(4)))[:300])
                 return resp.status, 0.0
             finally:
                 resp.close()
@@ -221,10 +226,11 @@ class Client:
             # the POST route sends its response head: at the first row or after 1 s); until then
             # the wait is admission, reported apart and bounded by the hang time only
             sent, rows, started, cancelled_at = time.monotonic(), 0, None, None
+            changes: Counter = Counter()      # the devices' status changes: outcome and reason
             while True:
                 if started is not None and cancelled_at is None and time.monotonic() - started >= 3.0:
-                    if rows == 0:
-                        raise Failed("no row in 3 s")
+                    if rows == 0:   # what the devices said, to tell refusals from slow devices
+                        raise Failed("no row in 3 s", json.dumps(dict(changes.most_common(4)))[:300])
                     await ws.send_json({"type": "cancel", "id": "s"})
                     cancelled_at = time.monotonic()
                 wait = STREAM_HANG_S if started is None else (3.0 - (time.monotonic() - started)) \
@@ -244,7 +250,12 @@ class Client:
                 elif message["type"] == "rows":
                     if started is None:     # (not sent so by the federation) the rows acknowledge it
                         started = time.monotonic()
+                    if not rows:
+                        self.stats.latency[kind + " first row"].append(time.monotonic() - started)
                     rows += len(message["rows"])
+                elif message["type"] == "status":
+                    change = message.get("change") or {}
+                    changes[f"{change.get('outcome')}: {str(change.get('reason'))[:60]}"] += 1
                 elif message["type"] == "cancelled":
                     if cancelled_at is None:
                         raise Failed("cancelled unasked")

@@ -61,7 +61,7 @@ from streamql.errors import QueryCancelled, QueryError, QueryLimitError
 from streamql.streams import Limits
 
 from .autostart import columns_bytes, item_columns
-from .fragment_costs import FRAGMENT_COSTS, statement_key
+from .fragment_costs import FIRST_ROWS, FRAGMENT_COSTS, statement_key
 from .fragment_starts import STARTS
 from .pacing import PACER, Pacer, below_the_loop
 
@@ -70,6 +70,7 @@ __all__ = ["Fragment", "FragmentSet", "DuplicateQuery"]
 DEFAULT_BATCH_ROWS = 1024
 ONE_SHOT_KINDS = ("bag", "vector")   # a query frame's `kind` for fragments that end on their own
 PAUSED_YIELD_S = 2.0    # a stream paused (unread) this long gives its slot to a principal under its share
+BUSY_RETRY_S = 0.5      # every slot taken: the wait the refusal suggests before the federation asks again
 CREDIT_WAIT_S = 5.0     # a paused fragment sleeps until credit or its end wakes it; this is a safety net
 CENSUS_EVERY_S = 5.0    # a full edge logs what fills its slots at most this often
 MAX_FRAME_PAYLOAD = 8 << 20     # aim well below wire.MAX_FRAME_BYTES; a frame over it is split again
@@ -122,6 +123,7 @@ class Fragment:
         self.paused_since: float | None = None   # the worker waits for credit since (monotonic), or None
         self.kind: str | None = None    # the compiled statement's kind ("stream", "bag", …); None before
         self.plan_reused = False        # its plan came from the edge's compiled-statement cache
+        self._times: list[float] | None = None   # a stream's first row: thread ran, compiled, first batch (FIRST_ROWS)
 
     # == the loop's side ========================================================================
     def start(self) -> None:
@@ -187,6 +189,8 @@ class Fragment:
             if self.outcome is not None and not self._rows_go:
                 raise _Stopped()
             await self.owner.send_bytes(data)
+            if not self.sent_rows and self._times is not None and self.kind == "stream":
+                FIRST_ROWS.add(self.received, *self._times, time.monotonic())
             self.sent_rows += n
 
     async def _send_end(self, outcome: str, error: dict | None) -> None:
@@ -197,6 +201,8 @@ class Fragment:
                 fields["error"] = {"kind": str(error.get("kind") or "RuntimeError"),
                                    "message": str(error.get("message") or ""),
                                    "line": error.get("line"), "column": error.get("column")}
+                if error.get("retry_s"):
+                    fields["error"]["retry_s"] = float(error["retry_s"])
             try:
                 await self.owner.send_frame(wire.make("end", **fields))
             except Exception as exc:  # noqa: BLE001 - the connection went away: nobody to tell
@@ -237,6 +243,7 @@ class Fragment:
             finally:
                 STARTS.compiled()
             compiled_cpu, compiled_wall = time.thread_time(), time.monotonic()
+            self._times = [started_wall, compiled_wall]
             self._stream(result)
         except _Stopped:
             pass
@@ -323,8 +330,10 @@ class Fragment:
         for item in items:
             if self.outcome is not None:
                 raise _Stopped()
-            ctx.check()
-            pace.idle()     # an item in hand: cutting, encoding and sending it waits for no turn
+            # an item in hand: cutting, encoding and sending it waits for no turn at the compute
+            # gate (the sources' own checks pace the computing); cancel and limits still stop it
+            ctx.check_unpaced()
+            pace.idle()
             if item is IDLE:
                 continue
             n, cols = item_columns(item, width)
@@ -394,6 +403,9 @@ class Fragment:
             self._send([c[half:] for c in cols], n - half, names)
             return
         self.seq += 1
+        if self.seq == 1 and self._times is not None:
+            place = getattr(self._pace, "place", None)
+            self._times += [time.monotonic(), place.waited_s if place is not None else 0.0]
         self._wait_in_flight()   # one frame in flight: back-pressure from the socket, memory bounded
         self._in_flight = asyncio.run_coroutine_threadsafe(self._send_rows(data, n), self.owner.loop)
 
@@ -483,11 +495,13 @@ class FragmentSet:
         if len(self.running) >= room and not (len(self.running) == room
                                               and self._yield_paused_slot(fragment.principal)):
             self._log_full(fragment)
+            # `retry_s`: busy, not wrong — the federation asks again (streamql/physical/remote.py)
             if fragment.one_shot and self.one_shot_reserve:
-                return {"kind": "LimitError", "message": (
+                return {"kind": "LimitError", "retry_s": BUSY_RETRY_S, "message": (
                     f"this edge runs at most {room} queries at once ({self.one_shot_reserve} of them "
                     f"kept for one-shot queries)")}
-            return {"kind": "LimitError", "message": f"this edge runs at most {self.max_running} queries at once"}
+            return {"kind": "LimitError", "retry_s": BUSY_RETRY_S,
+                    "message": f"this edge runs at most {self.max_running} queries at once"}
         return None
 
     def _yield_paused_slot(self, principal: str | None) -> bool:

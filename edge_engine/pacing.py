@@ -189,7 +189,7 @@ USED_KEYS_KEPT = 1024     # keys remembered by a gate before the idle ones are f
 class Place:
     """One thread's place at a `ComputeGate`."""
 
-    __slots__ = ("gate", "key", "held", "since", "seq", "ready", "waiting")
+    __slots__ = ("gate", "key", "held", "since", "seq", "ready", "waiting", "waited_s")
 
     def __init__(self, gate: ComputeGate, key: object = None):
         self.gate = gate
@@ -199,6 +199,7 @@ class Place:
         self.seq = 0
         self.ready = threading.Event()
         self.waiting = False
+        self.waited_s = 0.0      # seconds its thread waited in line, in all (a stream's first row: FIRST_ROWS)
 
     def check_in(self, cancelled: threading.Event) -> None:
         """At a check point: enter (waiting in line) unless already in; past a slice with others
@@ -221,6 +222,7 @@ class Place:
             gate._enqueue(self)
             self.waiting = True
             gate._grant(now)
+        entered = time.monotonic()
         try:
             while True:
                 self.ready.wait(max(GATE_WAIT_TICK_S, gate._queued / GATE_WAKES_PER_S))
@@ -237,6 +239,7 @@ class Place:
             raise
         finally:
             self.waiting = False
+            self.waited_s += time.monotonic() - entered
 
     def leave(self) -> None:
         """Not computing any more (waiting for credit, for the loop, or ended): the next one's turn."""

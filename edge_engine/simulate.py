@@ -48,7 +48,7 @@ from streamql.clock import SYSTEM_CLOCK, Clock
 
 from .config import Capabilities, EdgeConfig
 from .daemon import EdgeDaemon
-from .fragment_costs import FRAGMENT_COSTS, CostTotals
+from .fragment_costs import FIRST_ROWS, FRAGMENT_COSTS, CostTotals
 from .pacing import PACER
 from .sim_signals import SignalPump, on_demand
 from .signals import build_drivers
@@ -382,6 +382,7 @@ class SimulatedFleet:
                 costs_now = FRAGMENT_COSTS.totals()
                 log.warning("fragments over %.0f s: %s; the process's CPU %.2f s", loop.time() - reported,
                             _costs_text(costs_now.minus(costs_before)), time.process_time() - process_cpu)
+                log.warning("streams' first rows over %.0f s: %s", loop.time() - reported, FIRST_ROWS.take_text())
                 by_key_now = FRAGMENT_COSTS.by_principal_and_statement()
                 log.warning("fragment CPU by principal and statement over %.0f s: %s", loop.time() - reported,
                             json.dumps(_by_key_text(by_key_now, by_key_before)))

@@ -21,6 +21,8 @@ from .errors import QueryCancelled, QueryError
 from .fleet import DeviceInfo, EdgeProfile, FragmentEvent, FragmentRequest
 from .selection import Predicate, device_lookup
 
+BUSY_RETRY_S = 0.05     # what a busy device's refusal suggests (an edge says 0.5 s; tests wait less)
+
 
 @dataclass
 class LocalDevice:
@@ -33,6 +35,7 @@ class LocalDevice:
     failing: str | None = None     # every fragment fails with this message
     slow: bool = False             # fragments never answer
     after_rows: str | None = None  # "drop": its link drops after it sent its rows; "stall": it never ends
+    busy: int = 0                  # the next `busy` fragments are refused as an edge with every slot taken
 
 
 class LocalFleet:
@@ -117,6 +120,12 @@ class LocalFeed:
         put = self._put
         if not device.online:
             put(FragmentEvent(device.id, "end", outcome="offline", error={"message": "not connected"}), stop)
+            return
+        if device.busy > 0:
+            device.busy -= 1
+            put(FragmentEvent(device.id, "end", outcome="error", error={
+                "kind": "LimitError", "retry_s": BUSY_RETRY_S, "message": "this edge runs at most 1 queries at once"}),
+                stop)
             return
         if device.failing is not None:
             put(FragmentEvent(device.id, "end", outcome="error",

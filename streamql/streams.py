@@ -462,6 +462,19 @@ class ExecContext:
             raise QueryCancelled("the query was cancelled")
         if self.pace is not None:
             self.pace()
+        self.check_limits()
+
+    def check_unpaced(self) -> None:
+        """`check` where nothing is computed — an IDLE tick of a stream that waited for input, an
+        item already in hand: no wait for the host's CPU (`pace`: an edge's compute gate). A
+        simulated edge process's streams waited in the gate's line at every tick (ten a second
+        each), and a new stream's first row waited there seconds behind hundreds of ticks
+        (bench/README.md, issue 12)."""
+        if self.cancel.is_set():
+            raise QueryCancelled("the query was cancelled")
+        self.check_limits()
+
+    def check_limits(self) -> None:
         if not self._watch:
             return
         if self._deadline is not None and self.clock.monotonic() > self._deadline:

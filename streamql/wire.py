@@ -51,7 +51,8 @@ CLOSE_CODES = {
 }
 
 
-ERROR_INFO = struct({"kind": STR, "message": STR}, {"line": opt(INT), "column": opt(INT)})
+# retry_s: the edge refused only for want of a free slot; asking again after that long may succeed
+ERROR_INFO = struct({"kind": STR, "message": STR}, {"line": opt(INT), "column": opt(INT), "retry_s": opt(POSNUM)})
 ACTIVE = map_of(STR)  # model name → active version
 # what a query fragment is (its `select stream of …` or not): a one-shot one ends on its own, under
 # its time limit, so an edge keeps a few slots for them that streams may not take

@@ -172,13 +172,15 @@ def build_scan(node: L.Scan, ctx):
 # ------------------------------------------------------------------------------- binding
 def bind_stream(env: dict, items, target: str, check_value, check_column, wants_timeval: bool, ctx):
     """Rows binding `target` to each element of stream items, each also holding env's values."""
-    check = ctx.check
+    check, check_unpaced = ctx.check, ctx.check_unpaced
     try:
         for item in items:
-            check()  # cancellation and time limits, even when later filters drop every row
-            if item is IDLE:
+            if item is IDLE:     # a tick while the stream waits for input: nothing to compute
+                check_unpaced()
                 yield IDLE
-            elif type(item) is Batch:
+                continue
+            check()  # cancellation and time limits, even when later filters drop every row
+            if type(item) is Batch:
                 column = item.values
                 if len(column) <= 1:  # a batch of one takes the scalar path
                     if len(column) == 1:

@@ -13,9 +13,18 @@ met, the consumer gone) cancels whatever still runs on the edges.
 A stream fragment is standing: a device that connects later and matches the selection joins; one
 that drops its link is reported offline and joins again when it comes back. The stream ends only
 when the statement is cancelled or its limit is met.
+
+An edge whose every query slot is taken refuses a fragment with an error carrying `retry_s` (the
+edge is busy, not the statement wrong): the device stays `running`, its reason saying so, and the
+fragment is sent again after `retry_s`, then twice as long each time up to `BUSY_RETRY_MAX_S` — a
+stream for as long as it stands, a one-shot fragment while its device timeout lasts (past it, the
+device is `timed out` as any other). In the soak (bench/README.md, issue 12) a burst of statements
+filled every slot of the EU edges for a second or two, and well-behaved streams that arrived then
+had failed on every device they selected: no row, although the slots were free again at once.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -29,6 +38,7 @@ from .chunk import Chunk, broadcast, column_values, concat_chunks, make_column
 from .expressions import as_mask, full_column
 
 WAIT_S = 0.1
+BUSY_RETRY_MAX_S = 8.0         # the longest wait before a busy edge is asked again
 HOLD_DEVICE_ROWS = 4096        # a device's rows held until its end; past this they flow as they come
 HOLD_TOTAL_ROWS = 262_144      # all devices' held rows together (the statement's memory stays small)
 
@@ -152,19 +162,53 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
             out.append(chunk)
         return out
 
-    def start(device: str, device_params: dict) -> None:
+    sent_params: dict[str, dict] = {}
+    busy: dict[str, tuple[float, float, float]] = {}   # device → (ask again at, wait after that, first sent)
+
+    def start(device: str, device_params: dict, since: float | None = None) -> None:
         feed.start(session.request(device, fragment, device_params))
-        status.set(device, "running")
-        running[device] = time.monotonic()
+        sent_params[device] = device_params
+        if since is None:
+            status.set(device, "running")
+        running[device] = time.monotonic() if since is None else since
+
+    def refused_busy(device: str, event, since: float) -> bool:
+        """The edge had no free slot (`retry_s`): ask again later (see the module doc)."""
+        retry_s = (event.error or {}).get("retry_s") if event.outcome == "error" else None
+        if not isinstance(retry_s, (int, float)) or retry_s <= 0 or ctx.cancel.is_set():
+            return False
+        wait = busy[device][1] if device in busy else min(float(retry_s), BUSY_RETRY_MAX_S)
+        now = time.monotonic()
+        if not standing and timeout is not None:
+            left = since + timeout - now
+            if left <= 2 * WAIT_S:      # no time for another ask: busy all through its timeout
+                busy.pop(device, None)
+                held.discard(device)
+                status.set(device, "timed out", f"the edge stayed busy (every query slot taken) "
+                                                f"through the device timeout of {timeout:g} s")
+                return True
+            wait = min(wait, left - WAIT_S)
+        busy[device] = (now + wait, min(2 * wait, BUSY_RETRY_MAX_S), since)
+        status.set(device, "running", f"the edge is busy (every query slot taken): asking again in {wait:.2g} s")
+        return True
+
+    def ask_busy_again() -> None:
+        now = time.monotonic()
+        for device, (when, _, since) in list(busy.items()):
+            if now >= when:
+                busy[device] = (math.inf, *busy[device][1:])
+                start(device, sent_params[device], since)
 
     began = time.perf_counter()
     try:
         for device in online:
             ctx.check()    # a statement cancelled (its client gone, the service stopping) starts no more
             start(device, values[device])
-        while running or standing:
+        while running or standing or busy:
             if limit is not None and delivered >= limit:
                 break
+            if busy:
+                ask_busy_again()
             event = feed.next(WAIT_S)
             ctx.check()
             if event is None:
@@ -174,6 +218,7 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
                         if now - since > timeout:
                             feed.cancel(device)
                             del running[device]
+                            busy.pop(device, None)
                             held.discard(device)
                             status.set(device, "timed out", f"no complete answer within {timeout:g} s")
                 yield IDLE
@@ -182,19 +227,25 @@ def _run_fragments(node: L.Remote, ctx, session, env: dict, ids: list[str], para
             if event.kind == "rows":
                 if device not in running or not event.n:
                     continue
+                if busy.pop(device, None) is not None:
+                    status.set(device, "running")     # it got a slot: the busy reason is history
                 status.add_rows(device, event.n)
                 chunk = _rows_chunk(env, node, device, event)
                 yield from deliver([chunk] if held is None else held.add(device, chunk))
             elif event.kind == "end":
-                if running.pop(device, None) is None:
+                since = running.pop(device, None)
+                if since is None:
                     continue
+                if refused_busy(device, event, since):
+                    continue
+                busy.pop(device, None)
                 _ended(session, fragment, device, event)
                 if held is not None:
                     if event.outcome == "ok":
                         yield from deliver(held.release(device))
                     else:
                         held.discard(device)
-            elif event.kind == "connected" and standing and device not in running:
+            elif event.kind == "connected" and standing and device not in running and device not in busy:
                 if device in selected(env, session):
                     joined = session.check(fragment, session.devices([device], fresh=True))
                     if joined:

@@ -344,3 +344,23 @@ def test_leaving_without_a_place_takes_no_lock():
     assert gate.computing == 1
     place.leave()
     assert gate.computing == 0
+
+
+async def test_a_stream_waiting_for_input_takes_no_place_at_the_gate_at_its_idle_ticks(
+        fed, edge_config, start_edge, gated):
+    """A stream with no input ticks (IDLE) ten times a second; each tick used to wait in the gate's
+    line for a place it gave back at once, and a new stream's first row waited behind hundreds of
+    such ticks in a busy simulator process (bench/README.md, issue 12). Cancel still ends it."""
+    daemon = await start_edge(edge_config())
+    conn = await fed.connection("wl-1")
+    qid = await conn.start_query("select stream of x from Real x where x in subscribe('nobody_publishes');")
+    deadline = time.monotonic() + 10
+    while (qid not in daemon.fragments.running or daemon.fragments.running[qid].kind is None) \
+            and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    entered = gated.gate.entered
+    await asyncio.sleep(1.0)            # about ten idle ticks
+    assert gated.gate.entered == entered, gated.gate.entered - entered
+    await conn.send("cancel", qid=qid)
+    end = await conn.next("end", qid=qid, start=0, timeout=10)
+    assert end["outcome"] == "cancelled"

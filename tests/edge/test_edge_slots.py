@@ -51,6 +51,7 @@ async def test_a_principal_under_its_share_takes_the_oldest_paused_stream_of_the
     yielded = await conn.next("end", qid=hog[0], start=0)       # the oldest of the hog's gave way
     assert yielded["outcome"] == "error" and yielded["error"]["kind"] == "LimitError"
     assert "unread" in yielded["error"]["message"] and "gave its slot" in yielded["error"]["message"]
+    assert "retry_s" not in yielded["error"]       # given way for being unread: not to be asked again
     assert sorted(daemon.fragments.qids()) == sorted(hog[1:])   # the others go on
     assert daemon.fragments.yielded == 1
 
@@ -65,6 +66,7 @@ async def test_a_full_edge_with_no_paused_stream_refuses_as_before(fed, edge_con
     assert daemon.fragments.paused() == 0
     rows, end = await conn.run_query(COUNT, principal="reader")
     assert end["outcome"] == "error" and FULL in end["error"]["message"] and rows == []
+    assert end["error"]["retry_s"] == fragments_module.BUSY_RETRY_S     # busy, not wrong: ask again
     assert sorted(daemon.fragments.qids()) == sorted(read) and daemon.fragments.yielded == 0
 
 
@@ -158,6 +160,7 @@ async def test_the_one_shot_reserve_is_bounded_and_takes_no_stream(fed, edge_con
     assert sorted(daemon.fragments.qids()) == sorted(read + long)
     rows, end = await conn.run_query(COUNT, principal="newcomer", kind="bag")
     assert end["outcome"] == "error" and "at most 6 queries at once (2 of them kept for one-shot" in end["error"]["message"]
+    assert end["error"]["retry_s"] == fragments_module.BUSY_RETRY_S
     assert daemon.fragments.refused_full == 1 and daemon.fragments.refused_one_shot == 1
     # a stream sent as one-shot is refused when it compiles, whatever slot it took
     for qid in long:

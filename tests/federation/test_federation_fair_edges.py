@@ -70,12 +70,15 @@ async def test_one_principal_gets_its_share_of_an_edges_query_slots_and_others_s
         assert len(refused) == 28 and all(o is None for o in outcomes if not isinstance(o, FragmentError))
         assert {e.error["kind"] for e in refused} == {"LimitError"}
         assert refused[0].error["message"] == "this principal runs at most 4 queries on this edge"
+        assert not any("retry_s" in e.error for e in refused)   # its own share reached: not asked again
         assert len(daemon.fragments.running) == 4  # held open, never read
         rows = [r async for b in hub.fragment("wl-1", "select 1;", principal="read#8") for r in b.rows()]
         assert rows == [1]  # another principal still runs its statement
         others = [hub.fragment("wl-1", STREAM, credit=1, principal="admin#1") for _ in range(3)]
         outcomes = await asyncio.gather(*(first_batch(s) for s in others), return_exceptions=True)
         assert sum(isinstance(o, FragmentError) for o in outcomes) == 1  # the edge's own cap of 6
+        full = next(o for o in outcomes if isinstance(o, FragmentError))
+        assert full.error["retry_s"] > 0      # the edge busy: the statement may ask again (physical/remote.py)
         for stream in greedy + others:
             await stream.aclose()
         await until(lambda: not daemon.fragments.running, what="the held fragments cancelled")

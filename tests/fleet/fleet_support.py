@@ -34,24 +34,33 @@ def mode(meta: dict, temperature: float) -> str | None:
 
 def take(result, count: int, timeout: float = 20.0) -> list:
     """The first `count` rows of a (standing) stream, read in a thread; then the result is closed."""
+    rows, _ = read_until(result, lambda rows: len(rows) >= count, timeout)
+    result.close()
+    return rows
+
+
+def read_until(result, enough, timeout: float = 20.0) -> tuple[list, bool]:
+    """Rows of a (standing) stream read in a thread until `enough(rows)` or `timeout`: (the rows,
+    whether enough came). The result stays open."""
     rows: list = []
     done = threading.Event()
+    met = []
 
     def read():
         try:
             for row in result:
                 rows.append(row)
-                if len(rows) >= count:
+                if enough(rows):
+                    met.append(True)
                     break
-        except Exception:  # noqa: BLE001 - closed from here
+        except Exception:  # noqa: BLE001 - closed from outside
             pass
         finally:
             done.set()
 
     threading.Thread(target=read, daemon=True).start()
     done.wait(timeout)
-    result.close()
-    return rows
+    return rows, bool(met)
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
