@@ -27,6 +27,7 @@ from typing import Any
 
 import nats
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError
 
 from streamql import nats_subjects as subjects
@@ -53,6 +54,8 @@ RUN_HEADER = "Sql-Run"
 # auth callout 8 s (federation/nats_config.py AUTH_TIMEOUT_S), busy at a connect storm of thousands
 CONNECT_TIMEOUT_S = 10.0
 HELLO_TIMEOUT_S = 20.0
+GET_ATTEMPTS = 6        # an object store read that timed out is asked again (see _get_msg) ...
+GET_RETRY_S = 0.5       # ... after this long, doubled each time (the whole fetch has 120 s)
 
 
 async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
@@ -88,11 +91,22 @@ async def fetch_object(js: Any, bucket: str, name: str) -> bytes:
 async def _get_msg(js: Any, stream: str, **where) -> Any:
     """A direct get; if it finds nothing, the same get from the stream's leader. A direct get may be
     answered by any replica, and with replicas > 1 one that has not yet applied the node's put
-    answers "not found" (a three-server cluster's deployment failed so: tests/nats/test_nats_cluster.py)."""
-    try:
-        return await js.get_msg(stream, direct=True, **where)
-    except NotFoundError:
-        return await js.get_msg(stream, **where)
+    answers "not found" (a three-server cluster's deployment failed so: tests/nats/test_nats_cluster.py).
+
+    A get that times out or finds no responder is asked again, up to GET_ATTEMPTS times after a
+    growing, jittered wait: a server answering 10,000 edges' fetches at once lets a few requests
+    time out, and each was a device's deployment failed (43 of 10,000 in bench_scale's run)."""
+    for attempt in range(GET_ATTEMPTS):
+        try:
+            try:
+                return await js.get_msg(stream, direct=True, **where)
+            except NotFoundError:
+                return await js.get_msg(stream, **where)
+        except (TimeoutError, NoRespondersError):   # nats-py's TimeoutError is one
+            if attempt == GET_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(GET_RETRY_S * 2 ** attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
 
 
 class NatsConnection:

@@ -90,3 +90,38 @@ async def test_a_direct_get_that_finds_nothing_is_asked_again_of_the_leader(serv
         assert lagging.direct_misses == 4          # the description and three chunks, each asked again
     finally:
         await nc.close()
+
+
+class _BusyServer:
+    """A JetStream context whose gets time out now and then (a server answering 10,000 edges'
+    fetches at once): the first `fail` gets of every read time out, as nats-py raises it."""
+
+    def __init__(self, js, fail: int):
+        self.js, self.fail, self.timeouts, self._failed = js, fail, 0, {}
+
+    async def get_msg(self, stream, **where):
+        from nats.errors import TimeoutError as NatsTimeout
+        key = repr(sorted((k, v) for k, v in where.items() if k != "direct"))
+        if self._failed.get(key, 0) < self.fail:
+            self._failed[key] = self._failed.get(key, 0) + 1
+            self.timeouts += 1
+            raise NatsTimeout()
+        return await self.js.get_msg(stream, **where)
+
+
+async def test_a_get_that_times_out_is_asked_again_and_one_that_always_does_fails(server, monkeypatch):
+    import edge_engine.nats_link as nats_link
+    monkeypatch.setattr(nats_link, "GET_RETRY_S", 0.01)
+    nc, js, store = await _store(server, "fetch_busy")
+    try:
+        data = random.Random(5).randbytes(150 << 10)
+        await store.put("busy/1", data, meta=ObjectMeta(name="busy/1", options=ObjectMetaOptions(max_chunk_size=64 << 10)))
+        busy = _BusyServer(js, fail=2)
+        assert await fetch_object(busy, "fetch_busy", "busy/1") == data
+        assert busy.timeouts == 8                  # the description and three chunks, each timed out twice
+        hopeless = _BusyServer(js, fail=nats_link.GET_ATTEMPTS)
+        with pytest.raises(TimeoutError):
+            await fetch_object(hopeless, "fetch_busy", "busy/1")
+        assert hopeless.timeouts == nats_link.GET_ATTEMPTS     # the description only, then it gives up
+    finally:
+        await nc.close()
