@@ -256,6 +256,8 @@ def run_column(transport: str, edges: int, args, work: Path, out: dict[str, tupl
             finally:
                 stop_profiler(profiler)
             out["deploy"] = (value, f"{notes}; {probe.worst(phase)}; {cpu}; {link_drops(fleet)} links dropped so far")
+            if not value.endswith(", done") or "'failed': 0" not in notes:   # every edge must install it
+                problems.append(f"deploy: {value}, not installed on every edge")
 
         at_stop = fleet.connected()
         seconds, code = fleet.stop_federation(timeout=60)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,7 @@ from bench.common import machine, table  # noqa: E402
 from bench.soak_clients import ACTS  # noqa: E402
 from bench.soak_costs import federation_lanes, fleet_cpu, groups_by_principal, lanes_text  # noqa: E402
 from bench.soak_costs import text as fleet_cpu_text  # noqa: E402
-from bench.soak_fleet import FleetDidNotStart, SoakFleet, busy_processes, machine_load  # noqa: E402
+from bench.soak_fleet import FleetDidNotStart, SoakFleet, busy_processes, machine_load, pinned, split_cores  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SIGTERM_LIMIT_S = 10.0
@@ -57,6 +55,10 @@ def options(argv=None) -> argparse.Namespace:
     parser.add_argument("--edge-procs", type=int, default=4,
                         help="processes the simulated fleet is split into (4): each runs edges/K edges with its "
                              "own seed and id prefix, as devices compute in parallel")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the simulated fleet on the last CPU, the federation and the clients on the others: "
+                             "devices have CPUs of their own, and on one small box the fleet's hundreds of threads "
+                             "otherwise take the federation's")
     parser.add_argument("--isolate", action="store_true", help="each hostile act alone, with two probes")
     parser.add_argument("--skip", action="append", default=[], choices=ACTS, metavar="ACT",
                         help=f"leave out a hostile act ({', '.join(ACTS)})")
@@ -78,13 +80,13 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
-def spawn_clients(work: Path, name: str, config: dict) -> tuple[subprocess.Popen, Path]:
+def spawn_clients(work: Path, name: str, config: dict, cpus: set[int] | None = None) -> tuple[subprocess.Popen, Path]:
     path = work / f"clients-{name}.json"
     config = {**config, "result": str(work / f"result-{name}.json"), "work": str(work)}
     path.write_text(json.dumps(config))
     log = open(work / f"clients-{name}.log", "w")
     proc = subprocess.Popen([sys.executable, str(HERE / "soak_clients.py"), str(path)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pinned(cpus))
     return proc, Path(config["result"])
 
 
@@ -100,8 +102,10 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
     n_well = max(1, round(args.clients * 0.7))
     n_abandon = max(1, round(args.clients * 0.2)) if args.clients >= 3 else 0
     n_hostile = max(1, args.clients - n_well - n_abandon) if args.clients >= 3 else 0
+    cores = split_cores() if args.split_cores else None
     fleet = SoakFleet(work, args.edges, args.rss_cap_mb, edges_nice=args.edges_nice, edge_procs=args.edge_procs,
-                      stack_samples=args.stack_samples)
+                      stack_samples=args.stack_samples, cores=cores)
+    servers = cores[0] if cores else None
     procs: list[subprocess.Popen] = []
     report: dict = {"machine": machine(), "options": vars(args), "load_before": machine_load()}
     try:
@@ -115,12 +119,12 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
         begun = time.monotonic()
         well, well_result = spawn_clients(work, "well", {**common, "group": "well",
                                                          "tokens": read[:0 if args.isolate else n_well],
-                                                         "think": args.think})
+                                                         "think": args.think}, servers)
         bad, bad_result = spawn_clients(work, "bad", {
             **common, "group": "bad", "abandon_tokens": read[n_well:n_well + n_abandon],
             "hostile_tokens": read[n_well + n_abandon:n_well + n_abandon + n_hostile], "probe_token": read[-1],
             "deploy_token": deploy, "heavy": args.heavy, "skip": args.skip, "isolate": args.isolate,
-            "private_key": str(fleet.private_key)})
+            "private_key": str(fleet.private_key)}, servers)
         procs = [well, bad]
         fleet.sampler.watch("clients-well", well)
         fleet.sampler.watch("clients-bad", bad)
@@ -259,6 +263,8 @@ def summary(report: dict) -> str:
             out += [f"  {count:5d}  {line}" for line, count in groups[:8]]
     out.append(f"machine: {report.get('machine')}; {report.get('load_before')} before, "
                f"{report.get('load_during')} at the end of the clients; others busy: {report.get('busy_others')}")
+    if (report.get("options") or {}).get("split_cores"):
+        out.append("cores split: the simulated fleet on the last CPU, the federation and the clients on the others")
     return "\n".join(out)
 
 

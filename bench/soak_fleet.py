@@ -116,10 +116,27 @@ def busy_processes(exclude: set[int], top: int = 4) -> list[str]:
     return [f"{name}[{pid}] {share * 100:.0f}%" for share, name, pid in busy[:top] if share >= 0.05]
 
 
+def split_cores() -> tuple[set[int], set[int]]:
+    """(the federation's and clients' CPUs, the simulated fleet's): the last CPU for the fleet."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cores needs at least two CPUs")
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def pinned(cpus: set[int] | None):
+    """A preexec_fn that keeps the child (and every thread it starts) on these CPUs."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 class SoakFleet:
     def __init__(self, work: Path, edges: int, rss_cap_mb: float, log_level: str = "warning", edges_nice: int = 0,
-                 edge_procs: int = 1, stack_samples: str | None = None):
+                 edge_procs: int = 1, stack_samples: str | None = None,
+                 cores: tuple[set[int], set[int]] | None = None):
         self.work, self.edges, self.rss_cap_mb, self.edges_nice = work, edges, rss_cap_mb, edges_nice
+        self.cores = cores    # (the federation's CPUs, the fleet's) or None: every process anywhere
         self.edge_procs = max(1, min(edge_procs, edges))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -139,13 +156,20 @@ class SoakFleet:
         self.launcher: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------------------ processes
-    def _spawn(self, name: str, *args: str, nice: int = 0) -> subprocess.Popen:
+    def _spawn(self, name: str, *args: str, nice: int = 0, cpus: set[int] | None = None) -> subprocess.Popen:
         path = self.work / f"{name}.log"
         self.logs[name] = path
+        pin = pinned(cpus)
+
+        def prepare() -> None:
+            if nice:
+                os.nice(nice)
+            if pin:
+                pin()
         with open(path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "streamql.cli", *args], cwd=ROOT, env=self.env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                                    preexec_fn=prepare if nice or pin else None)
         if nice:
             set_autogroup_nice(proc.pid, nice)
         self.procs[name] = proc
@@ -161,7 +185,8 @@ class SoakFleet:
             self.logs[name] = self.work / f"{name}.log"
             specs.append({"args": [sys.executable, "-m", "streamql.cli", *args], "log": str(self.logs[name])})
         launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, json.dumps(specs)], cwd=ROOT, env=self.env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=pinned(self.cores[1] if self.cores else None))
         self.launcher = launcher
         if nice:
             set_autogroup_nice(launcher.pid, nice)
@@ -175,7 +200,8 @@ class SoakFleet:
         from streamql.models import keygen
         self.private_key, self.public_key = keygen(self.work / "keys" / "release")
         self._spawn("federation", "federation", "--data", str(self.data), "--port", str(self.port),
-                    "--trusted-key", str(self.public_key), "--log-level", self.log_level)
+                    "--trusted-key", str(self.public_key), "--log-level", self.log_level,
+                    cpus=self.cores[0] if self.cores else None)
         self._wait(self.healthy, 30, "the federation to listen")
         self.admin = (self.data / "admin.token").read_text().strip()
         # the fleet in several processes (`edges-1` … `edges-K`), each its own seed and id prefix: a
