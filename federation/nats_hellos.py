@@ -26,7 +26,7 @@ from streamql import wire
 
 log = logging.getLogger("streamql.federation.nats")
 
-HELLO_WORKERS = 3   # threads answering hellos' registry work (the registry's pool: registry_pg.POOL_SIZE)
+HELLO_WORKERS = 3   # threads answering hellos' registry work (the registry's pool: registry_pg_pool.POOL_SIZE)
 WAIT_FOR_HELLO = 256   # an edge's messages kept while its hello is answered; more are dropped
 KIND_HEADER = "Sql-Kind"   # a message so marked carries no frame: "bye" (the edge leaves)
 HELLO_SUMMARY_S = 30.0     # how often the hello lane's figures are logged (when there were hellos)

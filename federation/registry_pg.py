@@ -41,6 +41,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from federation.errors import Conflict, NotFound
 from federation.records import Bundle, Device, RegistryListener, TokenRecord, version_key
 from federation.registry_pg_beats import PgHeartbeats, lock_devices
+from federation.registry_pg_pool import POOL_SIZE, IdleCheck
 from federation.registry_pg_schema import CHANGE_LOCK, LOCK_CLASS, NODE_LOCK_CLASS, pg_migrate, pg_schema_version
 from federation.registry_pg_stores import PgDeploymentStore, PgModelVersionStore
 from federation.registry_pg_sync import KEEP_CHANGES, LockHolder, Watcher
@@ -60,13 +61,6 @@ _CHANGE_LOCK_SQL = f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, {CHANGE_LOCK})"
 
 def _device(row: Sequence) -> Device:
     return Device(row[0], _loads(row[1]), _loads(row[2]), row[3], row[4], bool(row[5]), _loads(row[6]), row[7])
-
-
-# connections: the event loop's calls, and the threads that use the registry beside it (the
-# heartbeat flush or poll, the online flips, two auth callout workers, the watcher's sweep, a NATS
-# node's hello workers) — with 4, those threads held every one and the loop waited for a
-# connection (node A, 10,000 edges: `_connection` in wait)
-POOL_SIZE = 12
 
 
 class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
@@ -91,9 +85,11 @@ class PgRegistry(PgHeartbeats, PgDeploymentStore, PgModelVersionStore):
         self._heard_through = self.clock()
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
             pg_migrate(conn)
+        self._idle_check = IdleCheck()
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="streamql-registry",
                                     kwargs={"autocommit": True, "connect_timeout": 5},
-                                    configure=self._configure, check=ConnectionPool.check_connection,
+                                    configure=self._configure, check=self._idle_check.check,
+                                    reset=self._idle_check.returned,
                                     # calls block the loop: with the server away, fail within seconds
                                     # (and try connecting afresh at the next call) rather than wait
                                     timeout=3.0, reconnect_timeout=0)
