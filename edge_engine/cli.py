@@ -99,10 +99,22 @@ def _warm_parser() -> None:
 
 
 SWITCH_INTERVAL_S = 0.001   # fragments compute in threads: the link's event loop gets the lock back within 1 ms
+# A process simulating many edges holds hundreds of fragment threads, and each one waiting for the
+# interpreter's lock wakes once per switch interval to ask for it. At 1 ms, while one thread held
+# the lock without running (preempted, or at nice 19), those wake-ups took the CPU from it: a
+# collection of 0.26 s of CPU held a simulator 39 s, its edges' links dropped. bench/README.md,
+# soak, "Twelfth session": 1 ms → 50 ms, 425–514 → 73 errors, no link dropped.
+SIMULATOR_SWITCH_INTERVAL_S = 0.05
+
+
+def switch_interval(args: argparse.Namespace) -> float:
+    """The interpreter's thread switch interval for this process: an edge daemon's, or a simulated
+    fleet's (see SIMULATOR_SWITCH_INTERVAL_S)."""
+    return SWITCH_INTERVAL_S if args.simulate is None else SIMULATOR_SWITCH_INTERVAL_S
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    sys.setswitchinterval(switch_interval(args))
     _warm_parser()
     if args.simulate is not None:
         return _simulate(args)

@@ -36,21 +36,24 @@ class GcPauses:
         self.total_s = 0.0
         self.worst_s = 0.0
         self.frozen = 0         # times the survivors were frozen
-        self._began = 0.0
+        self._began = self._began_cpu = 0.0
         self._freezing = False
         self._thawed_at = time.monotonic()
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._began = time.perf_counter()
+            self._began_cpu = time.thread_time()
             return
         took = time.perf_counter() - self._began
+        on_cpu = time.thread_time() - self._began_cpu
         self.collections += 1
         self.total_s += took
         self.worst_s = max(self.worst_s, took)
         if took >= self.slow_s:
-            self.log.warning("a garbage collection (generation %d, %d collected) held the event loop %.2f s",
-                        info.get("generation", -1), info.get("collected", 0), took)
+            self.log.warning("a garbage collection (generation %d, %d collected) held the event loop %.2f s "
+                             "(its thread on a CPU %.2f s of it)",
+                             info.get("generation", -1), info.get("collected", 0), took, on_cpu)
         if self.freeze and info.get("generation") == 2 and not self._freezing:
             self._freezing = True
             try:

@@ -171,3 +171,14 @@ def test_a_simulated_fleet_computes_readings_when_read():
     reader.close()
     clock.advance(1.0)
     assert pump.poll() == 0 and pump.active == 0               # closed: the driver leaves the pump
+
+
+def test_a_simulated_fleet_hands_the_interpreter_lock_round_less_often_than_one_edge():
+    """Hundreds of fragment threads in one simulator process each wake once per switch interval
+    while they wait for the lock: at an edge daemon's 1 ms they starved the holder (bench/README.md,
+    soak, twelfth session). One edge keeps 1 ms: its loop gets the lock back quickly."""
+    from edge_engine.cli import SIMULATOR_SWITCH_INTERVAL_S, SWITCH_INTERVAL_S, build_parser, switch_interval
+
+    assert switch_interval(build_parser().parse_args([])) == SWITCH_INTERVAL_S == 0.001
+    simulated = build_parser().parse_args(["--simulate", "25", "--federation", "http://127.0.0.1:1"])
+    assert switch_interval(simulated) == SIMULATOR_SWITCH_INTERVAL_S >= 0.02

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import time
 import weakref
 
@@ -79,3 +80,17 @@ async def test_a_stall_is_logged_with_where_the_loop_was_held_and_its_cpu(caplog
         assert "its thread ran" in held[0] and "_spin_in_a_callback" in held[0], held
     finally:
         watcher.cancel()
+
+
+def test_a_long_collection_says_how_much_of_it_its_thread_was_on_a_cpu(caplog):
+    """A collection whose thread was preempted (or starved of the CPU) is told from a slow one:
+    here its thread sleeps through the 'collection', so it was on a CPU for none of it."""
+    pauses = GcPauses(slow_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="streamql.federation"):
+        pauses("start", {"generation": 2})
+        time.sleep(0.3)
+        pauses("stop", {"generation": 2, "collected": 7})
+    [message] = [r.getMessage() for r in caplog.records if "garbage collection" in r.getMessage()]
+    held = float(re.search(r"held the event loop ([\d.]+) s", message).group(1))
+    on_cpu = float(re.search(r"its thread on a CPU ([\d.]+) s", message).group(1))
+    assert held >= 0.3 and on_cpu < 0.1, message
