@@ -25,11 +25,12 @@ from federation.transport import EdgeTransport
 CALL_TIMEOUT_S = 30.0
 BUFFERED_BATCHES = 64       # row batches waiting for the worker, across all of a statement's edges
 CREDIT_ROWS = 10_000
-# a standing stream's fragments get less: they run until the client leaves, and one nobody reads
-# should pause within seconds on each edge (512 rows: 5 s of a 100 Hz signal), not stream 10,000
-# rows per edge into the hub's queues first; a reader keeps them going (more is granted as it
-# takes half)
-STREAM_CREDIT_ROWS = 512
+# a standing stream's fragments start with less, and their window then follows what the reader
+# takes (hub.fragment's follow_s, Grants): they run until the client leaves, and one nobody reads
+# should pause within seconds on each edge, not stream 10,000 rows per edge into the hub's queues
+# first — nor 512 (51 s of a 10 Hz signal); a reader that keeps up doubles it at each grant
+STREAM_CREDIT_ROWS = 64
+STREAM_WINDOW_S = 2.0
 
 
 class HubFleetAccess:
@@ -218,10 +219,13 @@ class HubFeed:
         device = request.device
         outcome, error = "ok", None
         try:
-            credit = self.access.stream_credit if request.kind == "stream" else self.access.credit
-            stream = self.hub.fragment(device, request.source, limits=request.limits or None, credit=credit,
+            standing = request.kind == "stream"
+            stream = self.hub.fragment(device, request.source, limits=request.limits or None,
+                                       credit=self.access.stream_credit if standing else self.access.credit,
                                        params=request.params or None, principal=request.principal,
-                                       kind=request.kind, deadline_s=request.deadline_s)
+                                       kind=request.kind, deadline_s=request.deadline_s,
+                                       follow_s=STREAM_WINDOW_S if standing else None,
+                                       most_credit=self.access.credit)
             try:
                 async for batch in stream:
                     if batch.n:

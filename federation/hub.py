@@ -34,7 +34,7 @@ from federation.hello_record import announcement, record_hello
 from federation.hub_support import OnlineFlips, Subscription
 from federation.hub_support import plain as _plain
 from federation.hub_types import End as _End
-from federation.hub_types import EdgeOffline, FragmentError, FragmentState, HubObserver, RowBatch
+from federation.hub_types import EdgeOffline, FragmentError, FragmentState, Grants, HubObserver, RowBatch
 from federation.metrics import FederationMetrics
 from federation.publish import PublishedRecord, PublishLog
 from federation.publish_quota import PublishQuotas
@@ -222,7 +222,8 @@ class EdgeHub:
     async def fragment(self, edge_id: str, source: str, *, limits: dict | None = None, credit: int = 10_000,
                        params: dict | None = None, columns: list[str] | None = None,
                        batch_rows: int | None = None, principal: str | None = None,
-                       kind: str | None = None, deadline_s: float | None = None) -> AsyncIterator[RowBatch]:
+                       kind: str | None = None, deadline_s: float | None = None,
+                       follow_s: float | None = None, most_credit: int | None = None) -> AsyncIterator[RowBatch]:
         """Run `source` on the edge: RowBatches as `rows` frames arrive; see the module docstring.
 
         `principal` names who asked (a token, e.g. `Principal.name`): the edge gives one principal
@@ -233,8 +234,9 @@ class EdgeHub:
         timeout); the edge ends it then by itself, `end cancelled` DeadlineError.
 
         Credit: the edge may have `credit` rows unconsumed; each time the consumer has taken half
-        of that, the hub grants as much again. Closing the iterator early (aclose, or the consuming
-        task being cancelled) sends `cancel`.
+        of that, the hub grants as much again — or, with `follow_s`, the window follows the
+        consumer: about what it took in the last `follow_s` seconds, up to `most_credit` (Grants).
+        Closing the iterator early (aclose, or the consuming task being cancelled) sends `cancel`.
         """
         if credit < 1:
             raise ValueError("a fragment needs a credit of at least one row")
@@ -262,19 +264,17 @@ class EdgeHub:
         conn.fragments[qid] = state
         self.m_fragments_running.inc()
         outcome = "cancelled"
-        grant_at = max(1, credit // 2)
-        consumed = 0
+        grants = Grants(credit, window_s=follow_s, most=most_credit)
         try:
             await conn.send(query)
             while True:
                 item = await state.queue.get()
                 if type(item) is RowBatch:
                     yield item
-                    consumed += item.n
-                    if consumed >= grant_at and not state.done:
-                        state.granted += consumed
-                        await conn.send(wire.make("credit", qid=qid, add=consumed))
-                        consumed = 0
+                    grant = grants.took(item.n)
+                    if grant and not state.done:
+                        state.granted += grant
+                        await conn.send(wire.make("credit", qid=qid, add=grant))
                 elif type(item) is _End:
                     end = item.frame
                     if end["outcome"] == "ok":

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,21 @@ MSGPACK = "application/x-msgpack"
 FLUSH_BYTES = 64 * 1024
 FLUSH_DELAY_S = 0.02
 DEPLOYMENT_STATEMENTS = (A.Deploy, A.Rollback, A.Undeploy)
+# the kernel's send buffer of a connection carrying a stream: left alone it grows to megabytes
+# (tcp_wmem), which a client that stops reading lets fill for tens of seconds while every edge
+# goes on computing its rows; bounded, the rows' writer waits within a second or so, and the
+# wait reaches the edges through their credit (federation/hub.py). bench/README.md, soak
+STREAM_SEND_BUFFER = 64 * 1024
+
+
+def bound_send_buffer(transport: asyncio.BaseTransport | None) -> None:
+    """Keep at most about STREAM_SEND_BUFFER bytes of this connection in the kernel (the
+    connection of a stream's response or of a WebSocket session)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
 
 
 class NotAcceptable(FederationError):

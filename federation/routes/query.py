@@ -25,6 +25,7 @@ from federation.lanes import ClientLeft
 from federation.results import (
     QueryTimer,
     RowWriter,
+    bound_send_buffer,
     check_statement_off_loop,
     choose_format,
     client_is_there,
@@ -146,6 +147,8 @@ async def run_query(request: web.Request) -> web.StreamResponse:
             except ConnectionError:   # the client left before the response head: nothing to tell
                 timer.outcome = "cancelled"
                 return response
+            if result.kind == "stream":
+                bound_send_buffer(request.transport)
             encode = encoder_for(fmt)
             async def emit(items: list) -> None:
                 await response.write(b"".join(items))

@@ -36,6 +36,7 @@ from federation.keys import CONFIG, METRICS, SESSIONS
 from federation.results import (
     QueryTimer,
     RowWriter,
+    bound_send_buffer,
     check_statement_off_loop,
     close_result,
     error_info,
@@ -210,6 +211,7 @@ async def query_socket(request: web.Request) -> web.StreamResponse:
     except ConnectionError:   # the client left before the handshake's answer: nothing to tell
         return ws
     track_websocket(request, ws)
+    bound_send_buffer(request.transport)   # a session's streams wait for a client that stops reading
     socket = QuerySocket(ws, service, principal(request), request.app[METRICS], fmt == "msgpack",
                          config.max_socket_queries)
     session = request.app[SESSIONS].open(socket.caller.token_id, ws_closer(ws), label="query ws")
