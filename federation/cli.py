@@ -89,6 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="requests per second, burst and requests in flight of each token of a role "
                              "(read, deploy, admin, device; repeatable)")
     limits.add_argument("--max-statement-bytes", type=int, metavar="N", help="longest statement text")
+    limits.add_argument("--max-statement-tokens", type=int, metavar="N",
+                        help="most tokens (names, numbers, strings, symbols) of a statement")
     limits.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, metavar="S",
                         help="close connections without a complete request head this long")
     limits.add_argument("--body-timeout", dest="body_timeout_s", type=float, metavar="S",

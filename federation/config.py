@@ -98,6 +98,7 @@ class FederationConfig:
     # federation nodes share (docs/operations.md, Registry on PostgreSQL)
     registry: str | None = None
     max_statement_bytes: int = 64 << 10  # statement text (UTF-8) of POST /v1/query and /v1/query/ws
+    max_statement_tokens: int = 8192  # … and its tokens, counted before parsing (15 µs each to parse)
     # --- HTTP hygiene
     max_json_depth: int = 64  # JSON bodies and WebSocket messages nested deeper are a 400
     idle_timeout_s: float = 15.0  # a connection without a complete request head this long is closed
@@ -159,9 +160,9 @@ class FederationConfig:
         if unknown:
             raise ValueError(f"rate limits name unknown roles: {', '.join(sorted(unknown))}")
         object.__setattr__(self, "rate_limits", limits)
-        for name in ("max_statement_bytes", "max_json_depth", "max_uploads", "max_bundle_unpacked_bytes",
-                     "max_bundle_members", "publish_records_burst", "max_hello_bytes", "max_hello_keys",
-                     "max_hello_value_bytes", "max_hello_signals"):
+        for name in ("max_statement_bytes", "max_statement_tokens", "max_json_depth", "max_uploads",
+                     "max_bundle_unpacked_bytes", "max_bundle_members", "publish_records_burst", "max_hello_bytes",
+                     "max_hello_keys", "max_hello_value_bytes", "max_hello_signals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         for name in ("idle_timeout_s", "body_timeout_s", "shutdown_timeout_s", "max_bundle_ratio",
@@ -259,8 +260,9 @@ def _check_nats(config: "FederationConfig") -> None:
 def _limit_flags(args: argparse.Namespace) -> dict:
     """The limits given on the command line (absent flags keep the defaults)."""
     out = {}
-    for name in ("max_statement_bytes", "idle_timeout_s", "body_timeout_s", "shutdown_timeout_s", "max_uploads",
-                 "max_bundle_unpacked_bytes", "publish_records_per_s", "publish_bytes_per_s"):
+    for name in ("max_statement_bytes", "max_statement_tokens", "idle_timeout_s", "body_timeout_s",
+                 "shutdown_timeout_s", "max_uploads", "max_bundle_unpacked_bytes", "publish_records_per_s",
+                 "publish_bytes_per_s"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value

@@ -286,7 +286,7 @@ class StatementResult:
 class QueryService:
     def __init__(self, engine, registry, index, hub, deployments=None, *, workers: int = 32,
                  device_timeout: float = 10.0, credit: int = 10_000, default_limits: dict | None = None,
-                 role_limits: Callable[[str | None], dict] | None = None):
+                 role_limits: Callable[[str | None], dict] | None = None, max_tokens: int | None = None):
         self.engine = engine          # the federation's own Engine: its functions and session variables
         self.registry = registry
         self.index = index
@@ -299,6 +299,7 @@ class QueryService:
         self.access = HubFleetAccess(_loop(), registry, index, hub, credit=credit)
         self._restored = False
         self._parsed: dict[str, A.Statement] = {}     # short texts parsed lately (PARSED_KEPT)
+        self.max_tokens = max_tokens  # statements of more tokens are refused unparsed
 
     async def restore(self) -> None:
         """Replay the definitions kept in the registry (once, at start)."""
@@ -312,6 +313,9 @@ class QueryService:
                 log.warning("a kept definition no longer runs (%s): %s", exc.message, text[:200])
 
     # ------------------------------------------------------------------------------ entry
+    def _parse_one(self, text: str) -> A.Statement:
+        return parse_one(text, max_tokens=self.max_tokens)
+
     async def parsed(self, text: str) -> A.Statement:
         """The statement of a text, parsed in a worker — or kept from a moment ago: an HTTP request
         has its text parsed to check it, then again to run it, and many clients send the same
@@ -319,7 +323,7 @@ class QueryService:
         on a busy loop waits its turn. (Trees are immutable; errors are not kept.)"""
         statement = self._parsed.get(text)
         if statement is None:
-            statement = await self.pool.parse(parse_one, text)
+            statement = await self.pool.parse(self._parse_one, text)
             if len(text) <= PARSED_TEXT:
                 self._parsed[text] = statement
                 if len(self._parsed) > PARSED_KEPT:
@@ -347,7 +351,8 @@ class QueryService:
             access = StatementAccess(self.access)
 
             def query():
-                return self.engine.query(text, limits, fleet=access, principal=name, device_timeout=timeout)
+                return self.engine.query(text, limits, fleet=access, principal=name, device_timeout=timeout,
+                                         parsed=statement)
             batches = ready = None
             try:
                 if fast:
@@ -398,7 +403,7 @@ class QueryService:
         return {k: v for k, v in effective.items() if v is not None}
 
     def _statement(self, statement: A.Statement, text: str, limits: dict | None = None) -> StatementResult:
-        result = self.engine.run(text, limits=limits)
+        result = self.engine.run(text, limits=limits, parsed=statement)
         rows = [list(r) if isinstance(r, tuple) else [r] for r in result] if result.kind != "statement" else []
         if isinstance(statement, DEFINITIONS):
             span = statement.span
@@ -443,7 +448,7 @@ class QueryService:
 
     async def preflight(self, text: str, principal: Any = None) -> dict:
         """What a deploy, rollback or undeploy statement would do now, without starting it."""
-        statement = await self.pool.quick(parse_one, text)
+        statement = await self.pool.quick(self._parse_one, text)
         if isinstance(statement, A.Explain):
             statement = statement.statement
         if not isinstance(statement, DEPLOYMENT_STATEMENTS):
@@ -607,5 +612,5 @@ def create_query_service(app) -> QueryService:
     return QueryService(engine, app[REGISTRY], app[INDEX], app[HUB], app[DEPLOYMENTS],
                         workers=config.statement_workers, device_timeout=config.device_timeout_s,
                         default_limits={"memory_mb": config.query_memory_mb, "seconds": config.query_seconds},
-                        role_limits=config.query_limits)
+                        role_limits=config.query_limits, max_tokens=config.max_statement_tokens)
 

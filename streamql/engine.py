@@ -180,7 +180,7 @@ class Engine:
 
     def query(self, text: str, limits: dict | Limits | None = None, *, fleet: FleetAccess | None = None,
               principal: str | None = None, device_timeout: float | None = DEFAULT_DEVICE_TIMEOUT,
-              checkpoint: Checkpointing | QueryState | None = None) -> Result:
+              checkpoint: Checkpointing | QueryState | None = None, parsed: A.Statement | None = None) -> Result:
         """Compile one query now (a bad query raises here) and return its rows as an iterator.
         `limits` ({"rows", "seconds", "memory_mb"}) stop it with a QueryLimitError when exceeded
         (rows: more rows than that raise too).
@@ -192,8 +192,9 @@ class Engine:
         timed out.
 
         With `checkpoint` (see `start`) the query's operators keep their state where it can be
-        snapshotted, and resume from the checkpoint it holds."""
-        statement = self._parse_one(text)
+        snapshotted, and resume from the checkpoint it holds. `parsed` is `text`'s statement when
+        the caller parsed it already (a server checks a text before it runs it)."""
+        statement = self._parse_one(text) if parsed is None else parsed
         if loads_code(statement):
             raise QueryTypeError(f"{statement.expr.name} runs files as a statement of a script (execute, the shell, "
                                  "streamql run), not as a query", statement.span, text)
@@ -208,10 +209,11 @@ class Engine:
                 statement, text, limits, fleet_options, checkpoint=checkpoint))
         return self._execute_statement(statement, text, self.default_limits.given(limits), fleet_options)
 
-    def run(self, text: str, limits: dict | Limits | None = None) -> Result:
+    def run(self, text: str, limits: dict | Limits | None = None, *, parsed: A.Statement | None = None) -> Result:
         """Run one statement of any kind under `limits` (over the engine's defaults); a query's
-        rows are computed lazily as they are read."""
-        return self._execute_statement(parse_one(text), text, self.default_limits.given(limits))
+        rows are computed lazily as they are read. `parsed`: as for `query`."""
+        return self._execute_statement(parse_one(text) if parsed is None else parsed, text,
+                                       self.default_limits.given(limits))
 
     def aquery(self, text: str, limits: dict | Limits | None = None) -> AsyncIterator:
         """`async for row in engine.aquery(…)`: the query runs in a worker thread."""

@@ -12,7 +12,8 @@ from lark import Lark
 from lark.exceptions import UnexpectedInput
 
 from streamql import ast as A
-from streamql.syntax import ToAst, grammar_text, parser
+from streamql.errors import QueryParseError
+from streamql.syntax import ToAst, _ROUGH_TOKEN, grammar_text, parse_one, parser
 from streamql.syntax.grammar import _fast_parse, _WholeWords
 
 from test_core_bad_input import KINDS, _corpus, make_statement
@@ -111,3 +112,33 @@ def test_a_long_string_literal_is_lexed_in_little_memory():
         tracemalloc.stop()
     assert statement.items[0].expr.value == "x" * 65_000 + "'" + "y" * 100
     assert peak < 4 << 20, peak
+
+
+def test_the_token_count_before_parsing_is_the_lexers_within_a_few():
+    """`check_token_count` counts in the regex engine what the lexer would make tokens of: never
+    fewer (a cap is not dodged), at most a few more (a comment is one token to it)."""
+    texts = _corpus()
+    rnd = random.Random("tokens")
+    texts += [make_statement(kind, rnd.randrange(2 ** 32)) for kind in sorted(set(KINDS)) for _ in range(100)]
+    counted = 0
+    for text in texts:
+        try:
+            real = sum(1 for _ in parser().lex(text))
+        except UnexpectedInput:
+            continue
+        rough = len(_ROUGH_TOKEN.findall(text))
+        assert real <= rough <= real + 3 + real // 10, (real, rough, text)
+        counted += 1
+    assert counted > 1000
+
+
+def test_a_statement_over_the_token_cap_is_refused_at_its_first_token_past_it():
+    statement = "select " + ", ".join(f"'{i}'" for i in range(3000)) + ";"    # 1 + 5,999 + 1 tokens
+    assert len(parse_one(statement, max_tokens=6001).items) == 3000
+    with pytest.raises(QueryParseError) as caught:
+        parse_one(statement, max_tokens=6000)
+    assert caught.value.span.start == len(statement) - 1 and "more than 6000 tokens" in caught.value.message
+    with pytest.raises(QueryParseError) as caught:      # a comment is cheap: one token, however long
+        parse_one("select 1 /*" + "x " * 10_000 + "*/ + 2;", max_tokens=5)
+    assert caught.value.span.start == len("select 1 /*" + "x " * 10_000 + "*/ + 2")
+    assert parse_one("select 1 /*" + "x " * 10_000 + "*/ + 2;", max_tokens=6) is not None

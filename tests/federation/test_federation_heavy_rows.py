@@ -58,9 +58,9 @@ async def test_statements_are_parsed_off_the_loop(client, tokens, monkeypatch, p
     threads = []
     parse_one = results.parse_one
 
-    def recording(text):
+    def recording(text, **options):
         threads.append(threading.current_thread() is threading.main_thread())
-        return parse_one(text)
+        return parse_one(text, **options)
     monkeypatch.setattr(results, "parse_one", recording)
     monkeypatch.setattr(statements, "parse_one", recording)    # the service's parse (it checks through it)
     statement = "select count(x) from Integer x where x in (" + ",".join(map(str, range(2000))) + ");"

@@ -6,7 +6,9 @@ even with sockets, statements and slow clients open."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -92,6 +94,41 @@ async def test_deep_json_a_megabyte_statement_and_200_slowloris_clients(deployme
             writer.close()
         assert time.monotonic() - started < 15
         await fleet.alive(session)
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_statements_of_too_many_tokens_are_refused_unparsed_with_a_position(deployment):
+    """Just under 64 KiB, `1+1+…` and an `in (…)` list of 12,000 numbers each took the federation
+    a second of CPU to parse (parsed twice, the list bound too), and 20 hostile clients sending
+    them kept its core busy; past 8,192 tokens they are refused after a count in the regex engine."""
+    fleet = deployment
+    room = 64 * 1024 - 64
+    long_sum = "select " + "+".join(["1"] * ((room - 8) // 2)) + ";"
+    long_list = "select x from Integer x where x in (" + ",".join(str(i) for i in range(12_000)) + ");"
+    assert len(long_list.encode()) < room
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        before = cpu_seconds(fleet.federation.pid)
+        for _ in range(10):
+            for text in (long_sum, long_list):
+                async with session.post(fleet.url + "/v1/query", json={"query": text}, headers=fleet.header()) as resp:
+                    error = (await resp.json())["error"]
+                assert resp.status == 400 and error["kind"] == "ParseError", error
+                assert "more than 8192 tokens" in error["message"] and error["line"] == 1, error
+                # the sum's 8,193rd token is its 8,192nd `1` or `+`, after `select `
+                assert error["column"] == (8 + 8191 if text is long_sum else error["column"]), error
+        spent = cpu_seconds(fleet.federation.pid) - before
+        # 20 statements: about 20 s of CPU when each was parsed; well under 1 s refused unparsed
+        assert spent < 6, spent
+        await fleet.alive(session)
+        # under the cap, a long list is answered in full
+        shorter = "select count(x) from Integer x where x in (" + ",".join(str(i) for i in range(4_000)) + ");"
+        async with session.post(fleet.url + "/v1/query", json={"query": shorter}, headers=fleet.header()) as resp:
+            assert resp.status == 200 and (await resp.text()).splitlines()[0] == "[4000]"
 
 
 async def test_a_device_with_an_oversized_hello_or_a_publish_flood_harms_nobody(deployment):
