@@ -38,28 +38,46 @@ class Span:
         return Span(offset, end, line, column, end_line, end_column)
 
 
+EXCERPT_WIDTH = 120   # characters of a source line an excerpt shows: a 60 KiB one-line statement
+                      # would print its whole line and a caret line as long
+
+
 def caret_excerpt(source: str, span: Span, context: int = 0) -> str:
-    """The source line holding `span` with a caret line underneath it.
+    """The source line holding `span` with a caret line underneath it; of a line longer than
+    EXCERPT_WIDTH, the part around the caret, its cut ends marked `…`.
 
     >>> print(caret_excerpt("select 1 +;", Span(10, 11, 1, 11, 1, 12)))
       1 | select 1 +;
         |           ^
+    >>> text = "select " + "1+" * 100 + "x+" + "1+" * 100 + ";"     # an error at the x
+    >>> top, carets = caret_excerpt(text, Span(207, 208, 1, 208, 1, 209)).splitlines()
+    >>> len(top), top[:8], top[-2:], carets.index("^") == top.index("x")
+    (128, '  1 | …1', '+…', True)
     """
     lines = source.splitlines() or [""]
     index = min(max(span.line - 1, 0), len(lines) - 1)
     first = max(0, index - context)
     width = len(str(index + 1))
+    line_text = lines[index]
+    start_col = min(max(span.column - 1, 0), len(line_text))
+    low = 0 if len(line_text) <= EXCERPT_WIDTH else max(0, min(start_col - EXCERPT_WIDTH // 2,
+                                                               len(line_text) - EXCERPT_WIDTH))
+    high = low + EXCERPT_WIDTH
+
+    def shown(text: str) -> str:
+        if len(text) <= EXCERPT_WIDTH and low == 0:
+            return text
+        return ("…" if low > 0 else "") + text[low:high] + ("…" if len(text) > high else "")
+
     out = []
     for number in range(first, index + 1):
-        out.append(f"  {number + 1:>{width}} | {lines[number]}")
-    line_text = lines[index]
-    start_col = max(span.column - 1, 0)
+        out.append(f"  {number + 1:>{width}} | {shown(lines[number])}")
     if span.end_line == span.line:
         length = max(1, span.end_column - span.column)
     else:
         length = max(1, len(line_text) - start_col)
-    length = min(length, max(1, len(line_text) - start_col))
-    prefix = "".join(ch if ch == "\t" else " " for ch in line_text[:start_col])
+    length = max(1, min(length, len(line_text) - start_col, high - start_col))
+    prefix = (" " if low > 0 else "") + "".join(ch if ch == "\t" else " " for ch in line_text[low:start_col])
     out.append(f"  {' ' * width} | {prefix}{'^' * length}")
     return "\n".join(out)
 

@@ -348,6 +348,24 @@ def test_parse_errors_carry_line_column_and_caret(text, line, column):
     assert f"line {line}, column {column}" in str(error)
 
 
+@pytest.mark.parametrize("where", [3, 200, 9_000, 19_990])
+def test_an_error_in_a_long_line_shows_the_part_around_its_caret(where):
+    """A 20,000-character one-line statement (an `in` list) printed its whole line and a caret
+    line as long; the excerpt now shows EXCERPT_WIDTH characters around the caret."""
+    from streamql.errors import EXCERPT_WIDTH
+    items = ["1"] * 10_000
+    items[where // 2] = "1 2"                   # a number where a comma belongs
+    text = "select x from Integer x where x in (" + ",".join(items) + ");"
+    with pytest.raises(QueryParseError) as info:
+        parse(text)
+    top, carets = info.value.excerpt.splitlines()
+    shown = top.split(" | ", 1)[1]
+    assert len(shown) <= EXCERPT_WIDTH + 2 and len(carets) <= len(top)
+    column = info.value.column
+    assert text[column - 1] == "2" and shown[carets.index("^") - top.index("|") - 2] == "2"
+    assert shown.startswith("…") == (column > EXCERPT_WIDTH // 2 + 1)
+
+
 @pytest.mark.parametrize("text,bad", [
     ("select from Integer x;", "Integer"),        # not `from In teger`
     ("select x andy;", "andy"),                   # not `x and y`
