@@ -34,7 +34,7 @@ from streamql.syntax import parse_one
 
 from federation.auth import Role
 from federation.deployment_control import preflight_lines
-from federation.errors import BadRequest, Forbidden
+from federation.errors import BadRequest, Busy, Forbidden
 from federation.fleet_access import HubFleetAccess
 from federation.keys import CONFIG, DEPLOYMENTS, HUB, INDEX, REGISTRY
 from federation.lanes import FAST_SECONDS, Slot, StatementPool, is_fast, is_stream
@@ -209,8 +209,8 @@ class StatementResult:
                 return
             item = await _get(self._channel, wait)
             if self._stopped is not None:    # the federation is stopping: no first row will come
-                self._finished = True
-                raise QueryCancelled(self._stopped)
+                self._finished = True        # before any answer: 503 as for a statement still waiting
+                raise Busy(f"{self._stopped}; try again shortly")   # for a slot — not the client's fault
             if item is not _NOTHING:
                 break
         if isinstance(item, BaseException):
@@ -259,7 +259,8 @@ class StatementResult:
 
     def stop(self, reason: str) -> None:
         """Stop the statement now, from the event loop (the federation is shutting down): its
-        reader ends with QueryCancelled(reason) within a moment."""
+        reader ends within a moment: with QueryCancelled(reason) after its first rows, Busy
+        (503) before them."""
         self._stopped = reason
         self._cancel_now()
 

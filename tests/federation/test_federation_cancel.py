@@ -69,12 +69,15 @@ async def test_every_websocket_cancel_is_answered_cancelled(client, tokens):
 
 
 async def test_stopping_ends_a_wait_for_the_first_rows():
-    """SIGTERM stops every statement: one still waiting for its first rows ends at once."""
-    from streamql.errors import QueryCancelled
+    """SIGTERM stops every statement: one still waiting for its first rows ends at once, answered
+    as a statement still waiting for a slot is — 503 with Retry-After (the soak's abandoning client
+    got a 400 for it, as if its statement had been wrong)."""
+    from federation.errors import Busy
     result = waiting_result()
     result.kind = "bag"                   # a bag waits for its first rows as long as they take
     task = asyncio.ensure_future(result.first())
     await asyncio.sleep(0.05)
     result.stop("the federation is shutting down")
-    with pytest.raises(QueryCancelled, match="shutting down"):
+    with pytest.raises(Busy, match="shutting down") as raised:
         await asyncio.wait_for(task, 2)
+    assert raised.value.http_status == 503 and raised.value.retry_after >= 1

@@ -221,8 +221,17 @@ async def test_sigterm_stops_the_federation_and_the_fleet_within_10_s(tmp_path):
                 reader, writer = await asyncio.open_connection("127.0.0.1", fleet.port)
                 writer.write(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
                 slow.append(writer)
+            # a statement still computing its answer when the signal comes: 503, not the 400 of a
+            # wrong statement (the client may try again, elsewhere or later)
+            computing = asyncio.ensure_future(session.post(
+                fleet.url + "/v1/query", json={"query": "select count(iota(1, 1000000000000));"},
+                headers=fleet.header()))
+            await asyncio.sleep(1.5)
             code, seconds = await asyncio.to_thread(fleet.stop, fleet.federation)
             assert seconds < 10 and code == 0, (code, seconds, fleet.log("federation")[-2000:])
+            answer = await asyncio.wait_for(computing, 10)
+            assert answer.status == 503 and "Retry-After" in answer.headers, answer.status
+            assert (await answer.json())["error"]["kind"] == "Busy"
             code, seconds = await asyncio.to_thread(fleet.stop, fleet.fleet)
             assert seconds < 10 and code == 0, (code, seconds, fleet.log("fleet")[-2000:])
             for writer in slow:
