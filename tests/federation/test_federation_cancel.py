@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from federation.statements import StatementResult
+from federation.statement_result import StatementResult
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from federation import statements
+from federation import statement_result
 from federation.auth import Role, create_token
 from federation.fleet_access import BUFFERED_BATCHES, HubFleetAccess
 from federation.keys import QUERY_SERVICE, REGISTRY
@@ -51,7 +51,7 @@ async def test_a_cheap_statement_is_parsed_once_and_runs_in_one_worker_hop(clien
 
 
 async def test_a_cheap_statement_with_more_rows_than_one_hop_takes_streams_them_all(client, monkeypatch):
-    monkeypatch.setattr(statements, "BATCH_ROWS", 2)    # 7 rows: 4 batches, more than AT_ONCE_BATCHES
+    monkeypatch.setattr(statement_result, "BATCH_ROWS", 2)    # 7 rows: 4 batches, more than AT_ONCE_BATCHES
     token = create_token(client.app[REGISTRY], Role.READ)[1]
     headers = {"Authorization": f"Bearer {token}"}
     text = "select x from Integer x where x in (7, 1, 5, 3, 9, 2, 8);"
