@@ -4,7 +4,7 @@ Columns, then rows in batches as the statement makes them, then every device's o
 cross from the worker to the event loop through a bounded channel (CHANNEL_BATCHES batches), so a
 client that reads slowly slows its statement down instead of filling memory, and a client that
 leaves cancels it. A cheap statement with a few batches is run to its end in its worker first
-(`_at_once`) and answered whole. The service that makes them is federation/statements.py.
+(`run_at_once`) and answered whole. The service that makes them is federation/statements.py.
 """
 from __future__ import annotations
 
